@@ -1,0 +1,133 @@
+package io.mqvirtio.linux;
+
+import static io.mqvirtio.linux.Native.C_INT;
+import static io.mqvirtio.linux.Native.C_LONG;
+import static io.mqvirtio.linux.Native.C_POINTER;
+import static io.mqvirtio.linux.Native.SIZE_T;
+
+import java.lang.foreign.FunctionDescriptor;
+import java.lang.foreign.MemorySegment;
+import java.lang.invoke.MethodHandle;
+import java.util.concurrent.atomic.AtomicInteger;
+
+/**
+ * An owned file descriptor. Closing is idempotent and thread-safe; after close, {@link #fd()} throws, so a
+ * closed number is never reused by accident for a descriptor the kernel handed to someone else.
+ */
+public class Fd implements AutoCloseable {
+    private static final MethodHandle CLOSE = Native.downcall("close", FunctionDescriptor.of(C_INT, C_POINTER, C_INT));
+    private static final MethodHandle READ =
+            Native.downcall("read", FunctionDescriptor.of(C_LONG, C_POINTER, C_INT, C_POINTER, SIZE_T));
+    private static final MethodHandle WRITE =
+            Native.downcall("write", FunctionDescriptor.of(C_LONG, C_POINTER, C_INT, C_POINTER, SIZE_T));
+    private static final MethodHandle DUP = Native.downcall("dup", FunctionDescriptor.of(C_INT, C_POINTER, C_INT));
+    private static final MethodHandle FCNTL =
+            Native.downcallVariadic("fcntl", FunctionDescriptor.of(C_INT, C_POINTER, C_INT, C_INT, C_INT), 2);
+
+    static final int F_GETFL = 3, F_SETFL = 4, O_NONBLOCK = 0x800, F_GETFD = 1, F_SETFD = 2, FD_CLOEXEC = 1;
+
+    private final AtomicInteger fd;
+
+    /** Takes ownership of {@code fd}. */
+    public Fd(int fd) {
+        if (fd < 0) {
+            throw new IllegalArgumentException("negative fd " + fd);
+        }
+        this.fd = new AtomicInteger(fd);
+    }
+
+    /** Adopts a descriptor received from elsewhere (e.g. over SCM_RIGHTS). */
+    public static Fd adopt(int fd) {
+        return new Fd(fd);
+    }
+
+    public final int fd() {
+        int v = fd.get();
+        if (v < 0) {
+            throw new IllegalStateException("fd already closed");
+        }
+        return v;
+    }
+
+    public final boolean isOpen() {
+        return fd.get() >= 0;
+    }
+
+    /** A new descriptor for the same open file, owned by the caller. */
+    public final Fd dup() {
+        try {
+            return new Fd(Native.check((int) DUP.invokeExact(Native.errnoState(), fd()), "dup"));
+        } catch (Throwable t) {
+            throw Native.rethrow(t);
+        }
+    }
+
+    /** Reads into {@code buf}; returns the count, 0 at end of file, -1 if non-blocking and nothing is ready. */
+    public final long read(MemorySegment buf) {
+        try {
+            long n = (long) READ.invokeExact(Native.errnoState(), fd(), buf, buf.byteSize());
+            return again(n, "read");
+        } catch (Throwable t) {
+            throw Native.rethrow(t);
+        }
+    }
+
+    /** Writes from {@code buf}; returns the count, -1 if non-blocking and the write would block. */
+    public final long write(MemorySegment buf) {
+        try {
+            long n = (long) WRITE.invokeExact(Native.errnoState(), fd(), buf, buf.byteSize());
+            return again(n, "write");
+        } catch (Throwable t) {
+            throw Native.rethrow(t);
+        }
+    }
+
+    /** Maps EAGAIN to -1 and any other failure to an exception. */
+    static long again(long n, String call) {
+        if (n < 0) {
+            int e = Native.lastErrno();
+            if (e == ErrnoException.EAGAIN) {
+                return -1;
+            }
+            throw new ErrnoException(call, e);
+        }
+        return n;
+    }
+
+    public final void setNonBlocking(boolean on) {
+        try {
+            int flags = Native.check((int) FCNTL.invokeExact(Native.errnoState(), fd(), F_GETFL, 0), "fcntl(F_GETFL)");
+            int next = on ? flags | O_NONBLOCK : flags & ~O_NONBLOCK;
+            Native.check((int) FCNTL.invokeExact(Native.errnoState(), fd(), F_SETFL, next), "fcntl(F_SETFL)");
+        } catch (Throwable t) {
+            throw Native.rethrow(t);
+        }
+    }
+
+    public final boolean isNonBlocking() {
+        try {
+            int flags = Native.check((int) FCNTL.invokeExact(Native.errnoState(), fd(), F_GETFL, 0), "fcntl(F_GETFL)");
+            return (flags & O_NONBLOCK) != 0;
+        } catch (Throwable t) {
+            throw Native.rethrow(t);
+        }
+    }
+
+    @Override
+    public void close() {
+        int v = fd.getAndSet(-1);
+        if (v >= 0) {
+            try {
+                // Linux releases the descriptor even when close reports an error; nothing to retry.
+                int ignored = (int) CLOSE.invokeExact(Native.errnoState(), v);
+            } catch (Throwable t) {
+                throw Native.rethrow(t);
+            }
+        }
+    }
+
+    @Override
+    public String toString() {
+        return getClass().getSimpleName() + "[fd=" + fd.get() + "]";
+    }
+}
