@@ -1,0 +1,174 @@
+package io.mqvirtio.virtio;
+
+import io.mqvirtio.memory.GuestMemory;
+import java.lang.foreign.MemorySegment;
+
+/**
+ * One descriptor chain as the device popped it: its head index, then its buffers, readable ones first and writable
+ * ones after (the order the spec requires). Every buffer was checked to lie inside guest memory when popped.
+ *
+ * <p>A chain object is reused for every pop (the data path allocates nothing); a worker owns its chains.
+ */
+public final class DescriptorChain {
+    private final int capacity;
+    private final long[] gpa;
+    private final long[] host;
+    private final int[] len;
+    private int head = -1;
+    private int count;
+    private int readable;
+    private long readableBytes;
+    private long writableBytes;
+    private GuestMemory memory;
+    private boolean indirect;
+
+    public DescriptorChain(int capacity) {
+        this.capacity = capacity;
+        this.gpa = new long[capacity];
+        this.host = new long[capacity];
+        this.len = new int[capacity];
+    }
+
+    void reset(GuestMemory mem, int headIndex) {
+        memory = mem;
+        head = headIndex;
+        count = 0;
+        readable = 0;
+        readableBytes = 0;
+        writableBytes = 0;
+        indirect = false;
+    }
+
+    void markIndirect() {
+        indirect = true;
+    }
+
+    /** Adds one buffer; returns false when the chain object is full. */
+    boolean add(long guestAddr, long hostAddr, int length, boolean writable) {
+        if (count == capacity) {
+            return false;
+        }
+        gpa[count] = guestAddr;
+        host[count] = hostAddr;
+        len[count] = length;
+        count++;
+        if (writable) {
+            writableBytes += Integer.toUnsignedLong(length);
+        } else {
+            readable++;
+            readableBytes += Integer.toUnsignedLong(length);
+        }
+        return true;
+    }
+
+    public int capacity() {
+        return capacity;
+    }
+
+    /** The head descriptor's index: what goes back in the used ring. */
+    public int head() {
+        return head;
+    }
+
+    /** Number of buffers (descriptors other than an indirect table pointer). */
+    public int count() {
+        return count;
+    }
+
+    public int readableCount() {
+        return readable;
+    }
+
+    public int writableCount() {
+        return count - readable;
+    }
+
+    public long readableBytes() {
+        return readableBytes;
+    }
+
+    public long writableBytes() {
+        return writableBytes;
+    }
+
+    public boolean isIndirect() {
+        return indirect;
+    }
+
+    public boolean isWritable(int i) {
+        return i >= readable;
+    }
+
+    public long guestAddress(int i) {
+        return gpa[checkIndex(i)];
+    }
+
+    /** This process's address of buffer {@code i}, for iovecs. */
+    public long hostAddress(int i) {
+        return host[checkIndex(i)];
+    }
+
+    public int length(int i) {
+        return len[checkIndex(i)];
+    }
+
+    /** Buffer {@code i} as a bounds-checked slice of guest memory. */
+    public MemorySegment segment(int i) {
+        return memory.gpa(gpa[checkIndex(i)], Integer.toUnsignedLong(len[i]));
+    }
+
+    /**
+     * Copies up to {@code dst.byteSize()} bytes of the readable part, starting {@code offset} bytes in, into
+     * {@code dst}; returns the count copied.
+     */
+    public long readFrom(long offset, MemorySegment dst) {
+        long done = 0;
+        long skip = offset;
+        for (int i = 0; i < readable && done < dst.byteSize(); i++) {
+            long l = Integer.toUnsignedLong(len[i]);
+            if (skip >= l) {
+                skip -= l;
+                continue;
+            }
+            long n = Math.min(l - skip, dst.byteSize() - done);
+            MemorySegment.copy(memory.gpa(gpa[i] + skip, n), 0, dst, done, n);
+            done += n;
+            skip = 0;
+        }
+        return done;
+    }
+
+    /**
+     * Copies {@code src} into the writable part, starting {@code offset} bytes into it, never past the writable
+     * buffers' lengths; returns the count copied.
+     */
+    public long writeTo(long offset, MemorySegment src) {
+        long done = 0;
+        long skip = offset;
+        for (int i = readable; i < count && done < src.byteSize(); i++) {
+            long l = Integer.toUnsignedLong(len[i]);
+            if (skip >= l) {
+                skip -= l;
+                continue;
+            }
+            long n = Math.min(l - skip, src.byteSize() - done);
+            MemorySegment.copy(src, done, memory.gpa(gpa[i] + skip, n), 0, n);
+            done += n;
+            skip = 0;
+        }
+        return done;
+    }
+
+    private int checkIndex(int i) {
+        if (i < 0 || i >= count) {
+            throw new IndexOutOfBoundsException("buffer " + i + " of " + count);
+        }
+        return i;
+    }
+
+    @Override
+    public String toString() {
+        return "DescriptorChain[head=" + head + " buffers=" + count + " readable=" + readableBytes + "B writable="
+                + writableBytes + "B" + (indirect ? " indirect" : "") + "]";
+    }
+}

@@ -1,0 +1,286 @@
+package io.mqvirtio.virtio;
+
+import static io.mqvirtio.virtio.SplitRing.*;
+
+import io.mqvirtio.memory.GuestMemory;
+import io.mqvirtio.memory.GuestMemoryException;
+import java.lang.foreign.MemorySegment;
+import java.lang.invoke.VarHandle;
+
+/**
+ * The device's side of one split virtqueue (VIRTIO 1.3, 2.7): pops descriptor chains the driver made available,
+ * pushes used entries, publishes the used index once per batch, and decides whether to notify the driver
+ * (VIRTQ_AVAIL_F_NO_INTERRUPT or EVENT_IDX's {@code used_event}) and whether it wants kicks.
+ *
+ * <p>Everything the driver wrote is untrusted. Any violation (a descriptor loop, an index out of range, a nested or
+ * malformed indirect table, a writable buffer before a readable one, a buffer outside guest memory, a chain whose
+ * total length overflows 32 bits, an avail index that jumps by more than the queue size) throws a
+ * {@link VirtqueueException} and leaves the queue {@linkplain #isBroken() broken}: it pops nothing more until it
+ * is set up again. Each value is read from guest memory once, so a driver that changes a descriptor while we read
+ * it gets no second, different look.
+ *
+ * <p>Single-threaded: one worker owns a queue.
+ */
+public final class DeviceQueue {
+    private final GuestMemory memory;
+    private final int size;
+    private final int mask;
+    private final MemorySegment desc;
+    private final MemorySegment avail;
+    private final MemorySegment used;
+    private final boolean eventIdx;
+    private final boolean indirectAllowed;
+    private final long usedEventOff;
+    private final long availEventOff;
+
+    private int lastAvail;      // next avail ring slot to read (free-running 16-bit)
+    private int usedIdx;        // next used ring slot to write (free-running 16-bit), published by publishUsed
+    private int publishedUsed;  // value last stored in used.idx
+    private int signalledUsed;  // used index at the last notification decision
+    private boolean signalledValid;
+    private String broken;
+
+    /**
+     * @param memory      the guest memory the descriptors' addresses refer to
+     * @param size        the queue size (a power of two, at most 32768)
+     * @param desc        the descriptor table, already translated (16 × size bytes)
+     * @param avail       the available ring (6 + 2 × size bytes)
+     * @param used        the used ring (6 + 8 × size bytes)
+     * @param features    the negotiated features (EVENT_IDX and INDIRECT_DESC matter here)
+     * @param lastAvail   where to resume reading the avail ring (vhost-user SET_VRING_BASE)
+     * @param usedIdx     where to resume writing the used ring (normally the ring's current used.idx)
+     */
+    public DeviceQueue(GuestMemory memory, int size, MemorySegment desc, MemorySegment avail, MemorySegment used,
+                       long features, int lastAvail, int usedIdx) {
+        if (!isValidSize(size)) {
+            throw new VirtqueueException("queue size " + size + " is not a power of two in 1.." + MAX_SIZE);
+        }
+        checkPart("descriptor table", desc, descTableBytes(size), 16);
+        checkPart("available ring", avail, availBytes(size), 2);
+        checkPart("used ring", used, usedBytes(size), 4);
+        this.memory = memory;
+        this.size = size;
+        this.mask = size - 1;
+        this.desc = desc;
+        this.avail = avail;
+        this.used = used;
+        this.eventIdx = VirtioFeatures.has(features, VirtioFeatures.F_EVENT_IDX);
+        this.indirectAllowed = VirtioFeatures.has(features, VirtioFeatures.F_INDIRECT_DESC);
+        this.usedEventOff = usedEventOffset(size);
+        this.availEventOff = availEventOffset(size);
+        this.lastAvail = lastAvail & 0xffff;
+        this.usedIdx = usedIdx & 0xffff;
+        this.publishedUsed = this.usedIdx;
+    }
+
+    public int size() {
+        return size;
+    }
+
+    /** The next avail index the device will read: what GET_VRING_BASE returns. */
+    public int lastAvailIndex() {
+        return lastAvail;
+    }
+
+    public int usedIndex() {
+        return usedIdx;
+    }
+
+    public boolean isBroken() {
+        return broken != null;
+    }
+
+    /** Why the queue broke, or null. */
+    public String brokenReason() {
+        return broken;
+    }
+
+    /** Number of chains the driver has made available that the device has not popped yet (validated). */
+    public int available() {
+        checkNotBroken();
+        int n = (getU16Acquire(avail, AVAIL_IDX) - lastAvail) & 0xffff;
+        if (n > size) {
+            fail("avail index jumped from " + lastAvail + " to " + ((lastAvail + n) & 0xffff) + ", more than the queue size "
+                    + size);
+        }
+        return n;
+    }
+
+    /**
+     * Pops the next available chain into {@code chain}. Returns false if none is available.
+     *
+     * @throws VirtqueueException if the driver broke the ring's rules (the queue is then broken)
+     */
+    public boolean pop(DescriptorChain chain) {
+        if (available() == 0) {
+            return false;
+        }
+        int head = getU16(avail, AVAIL_RING + 2L * (lastAvail & mask));
+        lastAvail = (lastAvail + 1) & 0xffff;
+        if (head >= size) {
+            fail("avail ring slot " + ((lastAvail - 1) & mask) + " names head " + head + ", queue size is " + size);
+        }
+        walk(head, chain);
+        return true;
+    }
+
+    private void walk(int head, DescriptorChain chain) {
+        chain.reset(memory, head);
+        MemorySegment table = desc;
+        int tableSize = size;
+        int idx = head;
+        int seen = 0; // descriptors visited in the current table: more than its size means a loop
+        boolean inIndirect = false;
+        boolean writableSeen = false;
+        long total = 0;
+        while (true) {
+            if (++seen > tableSize) {
+                fail("descriptor chain at head " + head + " loops or is longer than its table (" + tableSize + ")");
+            }
+            long base = (long) idx * DESC_SIZE;
+            long addr = table.get(U64, base + DESC_ADDR);
+            int len = table.get(U32, base + DESC_LEN);
+            int flags = getU16(table, base + DESC_FLAGS);
+            int next = getU16(table, base + DESC_NEXT);
+
+            if ((flags & DESC_F_INDIRECT) != 0) {
+                if (!indirectAllowed) {
+                    fail("indirect descriptor at head " + head + " but INDIRECT_DESC was not negotiated");
+                }
+                if (inIndirect) {
+                    fail("indirect table inside an indirect table at head " + head);
+                }
+                if (idx != head || seen != 1) {
+                    fail("indirect descriptor in the middle of the chain at head " + head);
+                }
+                if ((flags & DESC_F_NEXT) != 0) {
+                    fail("descriptor " + idx + " sets both INDIRECT and NEXT");
+                }
+                long tlen = Integer.toUnsignedLong(len);
+                if (tlen == 0 || tlen % DESC_SIZE != 0) {
+                    fail("indirect table at head " + head + " has length " + tlen + ", not a non-zero multiple of 16");
+                }
+                if (tlen / DESC_SIZE > chain.capacity()) {
+                    fail("indirect table at head " + head + " has " + tlen / DESC_SIZE + " descriptors, more than "
+                            + chain.capacity());
+                }
+                if ((addr & 0xf) != 0) {
+                    fail("indirect table at head " + head + " at 0x" + Long.toHexString(addr) + " is not 16-byte aligned");
+                }
+                try {
+                    table = memory.gpa(addr, tlen);
+                } catch (GuestMemoryException e) {
+                    fail("indirect table at head " + head + ": " + e.getMessage());
+                }
+                tableSize = (int) (tlen / DESC_SIZE);
+                inIndirect = true;
+                chain.markIndirect();
+                idx = 0;
+                seen = 0;
+                continue;
+            }
+
+            boolean writable = (flags & DESC_F_WRITE) != 0;
+            if (writable) {
+                writableSeen = true;
+            } else if (writableSeen) {
+                fail("readable descriptor " + idx + " after a writable one in the chain at head " + head);
+            }
+            long ulen = Integer.toUnsignedLong(len);
+            total += ulen;
+            if (total > 0xffff_ffffL) {
+                fail("descriptor chain at head " + head + " is longer than 2^32-1 bytes");
+            }
+            long host = memory.hostAddress(addr, ulen);
+            if (host == 0) {
+                fail("descriptor " + idx + " of the chain at head " + head + " points outside guest memory: 0x"
+                        + Long.toHexString(addr) + "+" + ulen);
+            }
+            if (!chain.add(addr, host, len, writable)) {
+                fail("descriptor chain at head " + head + " has more than " + chain.capacity() + " buffers");
+            }
+            if ((flags & DESC_F_NEXT) == 0) {
+                return;
+            }
+            if (next >= tableSize) {
+                fail("descriptor " + idx + " of the chain at head " + head + " has next " + next + ", table size is "
+                        + tableSize);
+            }
+            idx = next;
+        }
+    }
+
+    /** Returns the chain that began at {@code head} to the driver, having written {@code len} bytes into it. */
+    public void push(int head, int len) {
+        checkNotBroken();
+        if (head < 0 || head >= size) {
+            throw new IllegalArgumentException("head " + head + " out of range for queue size " + size);
+        }
+        long e = USED_RING + (long) USED_ELEM_SIZE * (usedIdx & mask);
+        used.set(U32, e, head);
+        used.set(U32, e + 4, len);
+        usedIdx = (usedIdx + 1) & 0xffff;
+    }
+
+    /** Makes every pushed entry visible to the driver (one release store for the batch). */
+    public void publishUsed() {
+        if (publishedUsed != usedIdx) {
+            setU16Release(used, USED_IDX, usedIdx);
+            publishedUsed = usedIdx;
+        }
+    }
+
+    /**
+     * Whether the driver wants a notification for what was published since the last call (VIRTIO 1.3, 2.7.7.2):
+     * with EVENT_IDX, when {@code used_event} was crossed; otherwise unless it set VIRTQ_AVAIL_F_NO_INTERRUPT.
+     */
+    public boolean needsNotification() {
+        // The used index store must be visible before we read the driver's wish (store-load ordering).
+        VarHandle.fullFence();
+        int old = signalledUsed;
+        boolean valid = signalledValid;
+        signalledUsed = publishedUsed;
+        signalledValid = true;
+        if (eventIdx) {
+            int event = getU16(avail, usedEventOff);
+            return !valid || needEvent(event, publishedUsed, old);
+        }
+        if (valid && publishedUsed == old) {
+            return false;
+        }
+        return (getU16(avail, AVAIL_FLAGS) & AVAIL_F_NO_INTERRUPT) == 0;
+    }
+
+    /** Asks the driver not to kick (while the device is polling the ring anyway). */
+    public void disableKicks() {
+        if (!eventIdx) {
+            setU16(used, USED_FLAGS, USED_F_NO_NOTIFY);
+        }
+        // With EVENT_IDX, avail_event stays where it was: the driver kicks only when it passes it.
+    }
+
+    /**
+     * Asks the driver to kick on the next chain it makes available. Returns true if chains arrived meanwhile (the
+     * caller must then process them, or it could sleep with work pending).
+     */
+    public boolean enableKicks() {
+        if (eventIdx) {
+            setU16(used, availEventOff, lastAvail);
+        } else {
+            setU16(used, USED_FLAGS, 0);
+        }
+        VarHandle.fullFence();
+        return !isBroken() && getU16Acquire(avail, AVAIL_IDX) != lastAvail;
+    }
+
+    private void checkNotBroken() {
+        if (broken != null) {
+            throw new VirtqueueException("queue is broken: " + broken);
+        }
+    }
+
+    private void fail(String why) {
+        broken = why;
+        throw new VirtqueueException(why);
+    }
+}

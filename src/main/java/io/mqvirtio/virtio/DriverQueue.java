@@ -1,0 +1,280 @@
+package io.mqvirtio.virtio;
+
+import static io.mqvirtio.virtio.SplitRing.*;
+
+import java.lang.foreign.MemorySegment;
+import java.lang.invoke.VarHandle;
+
+/**
+ * The driver's side of one split virtqueue (VIRTIO 1.3, 2.7): a free list of descriptors, chains added to the
+ * avail ring, one release store of avail.idx per batch, the kick decision (EVENT_IDX's {@code avail_event} or
+ * VIRTQ_USED_F_NO_NOTIFY), and reaping used entries.
+ *
+ * <p>The device is not trusted either: a used entry naming a descriptor that is not in flight, or a used index
+ * that runs ahead of what was made available, throws {@link VirtqueueException} and breaks the queue.
+ *
+ * <p>Buffers are given by guest-physical address, as the device will see them. Single-threaded: one queue-pair
+ * handle owns a queue.
+ */
+public final class DriverQueue {
+    private final int size;
+    private final int mask;
+    private final MemorySegment desc;
+    private final MemorySegment avail;
+    private final MemorySegment used;
+    private final boolean eventIdx;
+    private final long usedEventOff;
+    private final long availEventOff;
+    private final int[] chainLength;   // by head: descriptors the chain took from the free list (0 = not in flight)
+    private final int[] next;          // free-list and chain links, kept here: the device can write the table too
+    private final MemorySegment indirectArea;
+    private final long indirectAreaGpa;
+    private final int indirectMax;     // descriptors per indirect table slot
+
+    private int freeHead;
+    private int numFree;
+    private int availIdx;      // shadow of avail.idx
+    private int kickedAvail;   // avail.idx at the previous kick decision
+    private int lastUsed;      // next used slot to reap
+    private int reapedLen;
+    private String broken;
+
+    /**
+     * @param desc/avail/used the ring parts in this process's view of the shared memory (all zeroed by the caller)
+     * @param indirectArea    null, or memory for one indirect table per head ({@code size × indirectMax × 16} bytes)
+     *                        whose guest-physical address is {@code indirectAreaGpa}
+     */
+    public DriverQueue(int size, MemorySegment desc, MemorySegment avail, MemorySegment used, long features,
+                       MemorySegment indirectArea, long indirectAreaGpa, int indirectMax) {
+        if (!isValidSize(size)) {
+            throw new IllegalArgumentException("queue size " + size + " is not a power of two in 1.." + MAX_SIZE);
+        }
+        checkPart("descriptor table", desc, descTableBytes(size), 16);
+        checkPart("available ring", avail, availBytes(size), 2);
+        checkPart("used ring", used, usedBytes(size), 4);
+        this.size = size;
+        this.mask = size - 1;
+        this.desc = desc;
+        this.avail = avail;
+        this.used = used;
+        this.eventIdx = VirtioFeatures.has(features, VirtioFeatures.F_EVENT_IDX);
+        this.usedEventOff = usedEventOffset(size);
+        this.availEventOff = availEventOffset(size);
+        this.chainLength = new int[size];
+        this.next = new int[size];
+        this.indirectArea = indirectArea;
+        this.indirectAreaGpa = indirectAreaGpa;
+        this.indirectMax = indirectArea == null ? 0 : indirectMax;
+        if (indirectArea != null && indirectArea.byteSize() < (long) size * indirectMax * DESC_SIZE) {
+            throw new IllegalArgumentException("indirect area too small");
+        }
+        for (int i = 0; i < size; i++) {
+            next[i] = (i + 1) & mask;
+        }
+        freeHead = 0;
+        numFree = size;
+    }
+
+    public DriverQueue(int size, MemorySegment desc, MemorySegment avail, MemorySegment used, long features) {
+        this(size, desc, avail, used, features, null, 0, 0);
+    }
+
+    public int size() {
+        return size;
+    }
+
+    public int freeDescriptors() {
+        return numFree;
+    }
+
+    /** Chains added and not yet reaped. */
+    public int inFlight() {
+        return (availIdx - lastUsed) & 0xffff;
+    }
+
+    public int availIndex() {
+        return availIdx;
+    }
+
+    public boolean isBroken() {
+        return broken != null;
+    }
+
+    public String brokenReason() {
+        return broken;
+    }
+
+    public boolean supportsIndirect() {
+        return indirectMax > 0;
+    }
+
+    /**
+     * Adds a chain of {@code out} device-readable then {@code in} device-writable buffers (guest-physical address
+     * and length each) using direct descriptors. Not visible to the device until {@link #publish()}.
+     *
+     * @return the head index (the chain's identity in the used ring), or -1 if the ring has too few free descriptors
+     */
+    public int add(long[] addr, int[] len, int out, int in) {
+        int n = out + in;
+        if (n <= 0 || n > addr.length || n > len.length) {
+            throw new IllegalArgumentException("chain of " + out + "+" + in + " buffers");
+        }
+        checkNotBroken();
+        if (numFree < n) {
+            return -1;
+        }
+        int head = freeHead;
+        int idx = head;
+        for (int i = 0; i < n; i++) {
+            long base = (long) idx * DESC_SIZE;
+            desc.set(U64, base + DESC_ADDR, addr[i]);
+            desc.set(U32, base + DESC_LEN, len[i]);
+            setU16(desc, base + DESC_FLAGS, (i >= out ? DESC_F_WRITE : 0) | (i + 1 < n ? DESC_F_NEXT : 0));
+            setU16(desc, base + DESC_NEXT, next[idx]);
+            idx = next[idx];
+        }
+        freeHead = idx;
+        numFree -= n;
+        chainLength[head] = n;
+        exposeHead(head);
+        return head;
+    }
+
+    /**
+     * Adds a chain through one indirect descriptor (VIRTIO 1.3, 2.7.5.3): the buffers go into this head's slot of
+     * the indirect area and only one ring descriptor is used.
+     *
+     * @return the head index, or -1 if no descriptor is free
+     */
+    public int addIndirect(long[] addr, int[] len, int out, int in) {
+        int n = out + in;
+        if (indirectMax == 0) {
+            throw new IllegalStateException("no indirect area");
+        }
+        if (n <= 0 || n > indirectMax) {
+            throw new IllegalArgumentException("indirect chain of " + n + " buffers, at most " + indirectMax);
+        }
+        checkNotBroken();
+        if (numFree < 1) {
+            return -1;
+        }
+        int head = freeHead;
+        long slot = (long) head * indirectMax * DESC_SIZE;
+        for (int i = 0; i < n; i++) {
+            long base = slot + (long) i * DESC_SIZE;
+            indirectArea.set(U64, base + DESC_ADDR, addr[i]);
+            indirectArea.set(U32, base + DESC_LEN, len[i]);
+            setU16(indirectArea, base + DESC_FLAGS, (i >= out ? DESC_F_WRITE : 0) | (i + 1 < n ? DESC_F_NEXT : 0));
+            setU16(indirectArea, base + DESC_NEXT, i + 1);
+        }
+        long base = (long) head * DESC_SIZE;
+        desc.set(U64, base + DESC_ADDR, indirectAreaGpa + slot);
+        desc.set(U32, base + DESC_LEN, n * DESC_SIZE);
+        setU16(desc, base + DESC_FLAGS, DESC_F_INDIRECT);
+        freeHead = next[head];
+        numFree--;
+        chainLength[head] = 1;
+        exposeHead(head);
+        return head;
+    }
+
+    private void exposeHead(int head) {
+        setU16(avail, AVAIL_RING + 2L * (availIdx & mask), head);
+        availIdx = (availIdx + 1) & 0xffff;
+    }
+
+    /** Makes the chains added so far visible to the device (one release store). */
+    public void publish() {
+        setU16Release(avail, AVAIL_IDX, availIdx);
+    }
+
+    /**
+     * Whether the device wants a kick for what was published since the previous call (VIRTIO 1.3, 2.7.10): with
+     * EVENT_IDX, when {@code avail_event} was crossed; otherwise unless it set VIRTQ_USED_F_NO_NOTIFY.
+     */
+    public boolean needsKick() {
+        VarHandle.fullFence();
+        int old = kickedAvail;
+        kickedAvail = availIdx;
+        if (eventIdx) {
+            return needEvent(getU16(used, availEventOff), availIdx, old);
+        }
+        return old != availIdx && (getU16(used, USED_FLAGS) & USED_F_NO_NOTIFY) == 0;
+    }
+
+    /** Number of used entries the device has published that were not reaped yet. */
+    public int usedPending() {
+        int n = (getU16Acquire(used, USED_IDX) - lastUsed) & 0xffff;
+        if (n > inFlight()) {
+            fail("used index " + ((lastUsed + n) & 0xffff) + " runs ahead of the " + inFlight() + " chains in flight");
+        }
+        return n;
+    }
+
+    /**
+     * Reaps one used entry: returns its head, or -1 if none is pending; {@link #reapedLength()} then tells how many
+     * bytes the device wrote. The chain's descriptors return to the free list.
+     */
+    public int reap() {
+        checkNotBroken();
+        if (usedPending() == 0) {
+            return -1;
+        }
+        long e = USED_RING + (long) USED_ELEM_SIZE * (lastUsed & mask);
+        int id = used.get(U32, e);
+        int len = used.get(U32, e + 4);
+        if (id < 0 || id >= size || chainLength[id] == 0) {
+            fail("used ring slot " + (lastUsed & mask) + " returns descriptor " + Integer.toUnsignedString(id)
+                    + ", which is not a chain in flight");
+        }
+        lastUsed = (lastUsed + 1) & 0xffff;
+        int n = chainLength[id];
+        chainLength[id] = 0;
+        int tail = id;
+        for (int i = 1; i < n; i++) {
+            tail = next[tail];
+        }
+        next[tail] = freeHead;
+        freeHead = id;
+        numFree += n;
+        reapedLen = len;
+        return id;
+    }
+
+    /** Bytes the device wrote into the chain the last {@link #reap()} returned. */
+    public int reapedLength() {
+        return reapedLen;
+    }
+
+    /** Asks the device not to notify (the driver polls). */
+    public void disableInterrupts() {
+        if (!eventIdx) {
+            setU16(avail, AVAIL_FLAGS, AVAIL_F_NO_INTERRUPT);
+        }
+    }
+
+    /**
+     * Asks the device to notify on the next used entry. Returns true if entries arrived meanwhile (reap them before
+     * sleeping).
+     */
+    public boolean enableInterrupts() {
+        if (eventIdx) {
+            setU16(avail, usedEventOff, lastUsed);
+        } else {
+            setU16(avail, AVAIL_FLAGS, 0);
+        }
+        VarHandle.fullFence();
+        return getU16Acquire(used, USED_IDX) != lastUsed;
+    }
+
+    private void checkNotBroken() {
+        if (broken != null) {
+            throw new VirtqueueException("queue is broken: " + broken);
+        }
+    }
+
+    private void fail(String why) {
+        broken = why;
+        throw new VirtqueueException(why);
+    }
+}
