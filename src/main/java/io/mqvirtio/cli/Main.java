@@ -1,10 +1,85 @@
 package io.mqvirtio.cli;
 
+import io.mqvirtio.bench.RingBenchmark;
+import java.io.PrintStream;
+import java.util.Arrays;
+import java.util.List;
+import java.util.Set;
+
 /** The {@code mqvirtio} command. */
 public final class Main {
+    private static final String USAGE = """
+            usage: mqvirtio COMMAND [OPTIONS]
+
+            commands:
+              demo                 move frames through a split virtqueue between a driver thread and a device
+                                   thread (two mappings of one memfd, as two processes see it) and print Mpps
+                  --seconds S      how long to measure each frame size (default 2)
+              bench ring           the split-ring benchmark
+                  --sizes LIST     frame sizes in bytes (default 64,1500)
+                  --ring N         ring size, a power of two (default 256)
+                  --seconds S      measured time per size (default 5)
+                  --warmup S       warm-up per size (default 2)
+              help                 this text
+            """;
+
     private Main() {}
 
-    public static void main(String[] args) {
-        System.out.println("mqvirtio");
+    public static void main(String[] argv) {
+        System.exit(run(argv, System.out, System.err));
+    }
+
+    static int run(String[] argv, PrintStream out, PrintStream err) {
+        if (argv.length == 0 || argv[0].equals("help") || argv[0].equals("--help") || argv[0].equals("-h")) {
+            out.print(USAGE);
+            return argv.length == 0 ? 2 : 0;
+        }
+        String[] rest = Arrays.copyOfRange(argv, 1, argv.length);
+        try {
+            return switch (argv[0]) {
+                case "demo" -> demo(new Args(rest, Set.of("seconds"), Set.of()), out);
+                case "bench" -> bench(rest, out);
+                default -> throw new Args.UsageException("unknown command '" + argv[0] + "'");
+            };
+        } catch (Args.UsageException e) {
+            err.println("mqvirtio: " + e.getMessage());
+            err.println("run 'mqvirtio help' for usage");
+            return 2;
+        } catch (InterruptedException e) {
+            Thread.currentThread().interrupt();
+            return 130;
+        }
+    }
+
+    private static int demo(Args a, PrintStream out) throws InterruptedException {
+        double secs = a.decimal("seconds", 2, 0.1, 3600);
+        out.println("mqvirtio demo: one 256-entry split virtqueue, driver thread -> device thread, busy polling");
+        ringTable(List.of(64, 1500), 256, Math.min(1, secs / 2), secs, out);
+        return 0;
+    }
+
+    private static int bench(String[] argv, PrintStream out) throws InterruptedException {
+        if (argv.length == 0 || !argv[0].equals("ring")) {
+            throw new Args.UsageException("bench needs a scenario: ring");
+        }
+        Args a = new Args(Arrays.copyOfRange(argv, 1, argv.length), Set.of("sizes", "ring", "seconds", "warmup"), Set.of());
+        List<Integer> sizes = a.integers("sizes", "64,1500", 14, 65535);
+        int ring = a.integer("ring", 256, 1, 32768);
+        if (Integer.bitCount(ring) != 1) {
+            throw new Args.UsageException("--ring must be a power of two, got " + ring);
+        }
+        ringTable(sizes, ring, a.decimal("warmup", 2, 0, 3600), a.decimal("seconds", 5, 0.1, 3600), out);
+        return 0;
+    }
+
+    private static void ringTable(List<Integer> sizes, int ring, double warmup, double secs, PrintStream out)
+            throws InterruptedException {
+        out.printf("%8s %6s %10s %9s %10s %14s %14s%n", "frame B", "ring", "Mpps", "Gbit/s", "ns/pkt", "drv CPU ns/pkt",
+                "dev CPU ns/pkt");
+        for (int size : sizes) {
+            RingBenchmark.Result r = RingBenchmark.run(size, ring, warmup, secs);
+            out.printf("%8d %6d %10.2f %9.2f %10.1f %14.1f %14.1f%n", size, ring, r.mpps(), r.gbps(), r.nsPerPacket(),
+                    r.driverCpuNsPerPacket(), r.deviceCpuNsPerPacket());
+        }
     }
 }

@@ -1,0 +1,46 @@
+package io.mqvirtio.cli;
+
+import static org.assertj.core.api.Assertions.assertThat;
+
+import java.io.ByteArrayOutputStream;
+import java.io.PrintStream;
+import java.nio.charset.StandardCharsets;
+import org.junit.jupiter.api.Test;
+
+class MainTest {
+    record Out(int rc, String out, String err) {}
+
+    static Out run(String... argv) {
+        ByteArrayOutputStream o = new ByteArrayOutputStream();
+        ByteArrayOutputStream e = new ByteArrayOutputStream();
+        int rc = Main.run(argv, new PrintStream(o, true, StandardCharsets.UTF_8), new PrintStream(e, true, StandardCharsets.UTF_8));
+        return new Out(rc, o.toString(StandardCharsets.UTF_8), e.toString(StandardCharsets.UTF_8));
+    }
+
+    @Test
+    void helpAndUnknownCommands() {
+        assertThat(run("help").out()).contains("usage: mqvirtio");
+        Out bad = run("frobnicate");
+        assertThat(bad.rc()).isEqualTo(2);
+        assertThat(bad.err()).contains("unknown command 'frobnicate'");
+    }
+
+    @Test
+    void malformedOptionsAreClearErrors() {
+        assertThat(run("bench", "ring", "--ring", "100").err()).contains("--ring must be a power of two");
+        assertThat(run("bench", "ring", "--sizes", "64,abc").err()).contains("--sizes needs comma-separated numbers");
+        assertThat(run("bench", "ring", "--seconds").err()).contains("--seconds needs a value");
+        assertThat(run("demo", "--bogus", "1").err()).contains("unknown option --bogus");
+        assertThat(run("bench", "ring", "--sizes", "70000").rc()).isEqualTo(2);
+    }
+
+    @Test
+    void demoMovesFrames() {
+        Out o = run("demo", "--seconds", "0.2");
+        assertThat(o.rc()).isZero();
+        // one row per frame size, with a positive packet rate
+        assertThat(o.out()).containsPattern("\\n\\s+64\\s+256\\s+[0-9]+\\.[0-9]+");
+        assertThat(o.out()).containsPattern("\\n\\s+1500\\s+256\\s+[0-9]+\\.[0-9]+");
+        assertThat(o.out()).doesNotContainPattern("\\s0\\.00\\s");
+    }
+}
