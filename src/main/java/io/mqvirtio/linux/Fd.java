@@ -5,6 +5,7 @@ import static io.mqvirtio.linux.Native.C_LONG;
 import static io.mqvirtio.linux.Native.C_POINTER;
 import static io.mqvirtio.linux.Native.SIZE_T;
 
+import java.lang.foreign.Arena;
 import java.lang.foreign.FunctionDescriptor;
 import java.lang.foreign.MemorySegment;
 import java.lang.invoke.MethodHandle;
@@ -24,6 +25,12 @@ public class Fd implements AutoCloseable {
     private static final MethodHandle FCNTL =
             Native.downcallVariadic("fcntl", FunctionDescriptor.of(C_INT, C_POINTER, C_INT, C_INT, C_INT), 2);
 
+    private static final MethodHandle OPEN = Native.downcallVariadic("open",
+            FunctionDescriptor.of(C_INT, C_POINTER, C_POINTER, C_INT, C_INT), 2);
+
+    /** open(2) flags, <bits/fcntl-linux.h>. */
+    static final int O_RDONLY = 0, O_RDWR = 2, O_CLOEXEC = 0x80000;
+
     static final int F_GETFL = 3, F_SETFL = 4, O_NONBLOCK = 0x800, F_GETFD = 1, F_SETFD = 2, FD_CLOEXEC = 1;
 
     private final AtomicInteger fd;
@@ -39,6 +46,19 @@ public class Fd implements AutoCloseable {
     /** Adopts a descriptor received from elsewhere (e.g. over SCM_RIGHTS). */
     public static Fd adopt(int fd) {
         return new Fd(fd);
+    }
+
+    /**
+     * Opens {@code path} (open(2) is variadic: the mode after the flags), always close-on-exec; returns the raw
+     * descriptor for the caller's own {@code Fd} subclass to take.
+     */
+    static int open(String path, int flags) {
+        try (Arena a = Arena.ofConfined()) {
+            int fd = (int) OPEN.invokeExact(Native.errnoState(), a.allocateFrom(path), flags | O_CLOEXEC, 0);
+            return Native.check(fd, "open(" + path + ")");
+        } catch (Throwable t) {
+            throw Native.rethrow(t);
+        }
     }
 
     public final int fd() {

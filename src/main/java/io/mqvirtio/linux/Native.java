@@ -1,5 +1,6 @@
 package io.mqvirtio.linux;
 
+import java.lang.foreign.AddressLayout;
 import java.lang.foreign.Arena;
 import java.lang.foreign.FunctionDescriptor;
 import java.lang.foreign.Linker;
@@ -9,6 +10,7 @@ import java.lang.foreign.SymbolLookup;
 import java.lang.foreign.ValueLayout;
 import java.lang.invoke.MethodHandle;
 import java.lang.invoke.VarHandle;
+import java.util.List;
 
 /**
  * The FFM plumbing shared by the classes of this package: looking up libc functions with errno capture, and
@@ -39,14 +41,34 @@ final class Native {
         return LIBC.find(name).orElseThrow(() -> new UnsatisfiedLinkError("libc has no " + name));
     }
 
-    /** A downcall whose first parameter is the errno capture segment (see {@link #errnoState()}). */
+    /**
+     * A downcall whose first parameter is the errno capture segment (see {@link #errnoState()}). By this package's
+     * convention {@code fd} lists that segment as its first parameter, so the descriptor reads like the handle's
+     * type and its {@code invokeExact} call; the linker adds the capture parameter itself, so it is dropped here.
+     */
     static MethodHandle downcall(String name, FunctionDescriptor fd) {
-        return LINKER.downcallHandle(find(name), fd, CAPTURE_ERRNO);
+        return LINKER.downcallHandle(find(name), withoutCaptureSlot(fd), CAPTURE_ERRNO);
     }
 
-    /** A variadic downcall (open, ioctl, fcntl): {@code fixed} is the number of named parameters. */
+    /**
+     * A variadic downcall (open, ioctl, fcntl): {@code fixed} is the number of named parameters of the C function,
+     * not counting the capture slot.
+     */
     static MethodHandle downcallVariadic(String name, FunctionDescriptor fd, int fixed) {
-        return LINKER.downcallHandle(find(name), fd, CAPTURE_ERRNO, Linker.Option.firstVariadicArg(fixed));
+        return LINKER.downcallHandle(find(name), withoutCaptureSlot(fd), CAPTURE_ERRNO,
+                Linker.Option.firstVariadicArg(fixed));
+    }
+
+    /** {@code fd} without its leading capture-segment parameter: the C function's own signature. */
+    private static FunctionDescriptor withoutCaptureSlot(FunctionDescriptor fd) {
+        List<MemoryLayout> args = fd.argumentLayouts();
+        if (args.isEmpty() || !(args.getFirst() instanceof AddressLayout)) {
+            throw new IllegalArgumentException("descriptor must start with the errno capture pointer: " + fd);
+        }
+        MemoryLayout[] rest = args.subList(1, args.size()).toArray(MemoryLayout[]::new);
+        return fd.returnLayout()
+                .map(r -> FunctionDescriptor.of(r, rest))
+                .orElseGet(() -> FunctionDescriptor.ofVoid(rest));
     }
 
     /** This thread's capture-state segment, to pass as the first argument of a {@link #downcall}. */

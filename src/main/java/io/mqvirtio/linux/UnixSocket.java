@@ -1,0 +1,323 @@
+package io.mqvirtio.linux;
+
+import static io.mqvirtio.linux.Native.C_INT;
+import static io.mqvirtio.linux.Native.C_LONG;
+import static io.mqvirtio.linux.Native.C_POINTER;
+
+import java.lang.foreign.Arena;
+import java.lang.foreign.FunctionDescriptor;
+import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
+import java.lang.invoke.MethodHandle;
+import java.nio.charset.StandardCharsets;
+import java.nio.file.Path;
+import java.util.Arrays;
+
+/**
+ * An AF_UNIX stream socket with descriptor passing (SCM_RIGHTS): the vhost-user control channel. Blocking unless
+ * {@link #setNonBlocking} says otherwise; every descriptor it creates or receives is close-on-exec.
+ *
+ * <p>Sending and receiving allocate a little scratch memory per call: this is the control path, never the data path.
+ */
+public final class UnixSocket extends Fd {
+    private static final MethodHandle SOCKET =
+            Native.downcall("socket", FunctionDescriptor.of(C_INT, C_POINTER, C_INT, C_INT, C_INT));
+    private static final MethodHandle SOCKETPAIR =
+            Native.downcall("socketpair", FunctionDescriptor.of(C_INT, C_POINTER, C_INT, C_INT, C_INT, C_POINTER));
+    private static final MethodHandle BIND =
+            Native.downcall("bind", FunctionDescriptor.of(C_INT, C_POINTER, C_INT, C_POINTER, C_INT));
+    private static final MethodHandle LISTEN =
+            Native.downcall("listen", FunctionDescriptor.of(C_INT, C_POINTER, C_INT, C_INT));
+    private static final MethodHandle CONNECT =
+            Native.downcall("connect", FunctionDescriptor.of(C_INT, C_POINTER, C_INT, C_POINTER, C_INT));
+    private static final MethodHandle ACCEPT4 =
+            Native.downcall("accept4", FunctionDescriptor.of(C_INT, C_POINTER, C_INT, C_POINTER, C_POINTER, C_INT));
+    private static final MethodHandle SENDMSG =
+            Native.downcall("sendmsg", FunctionDescriptor.of(C_LONG, C_POINTER, C_INT, C_POINTER, C_INT));
+    private static final MethodHandle RECVMSG =
+            Native.downcall("recvmsg", FunctionDescriptor.of(C_LONG, C_POINTER, C_INT, C_POINTER, C_INT));
+    private static final MethodHandle GETSOCKOPT = Native.downcall("getsockopt",
+            FunctionDescriptor.of(C_INT, C_POINTER, C_INT, C_INT, C_INT, C_POINTER, C_POINTER));
+    private static final MethodHandle SHUTDOWN =
+            Native.downcall("shutdown", FunctionDescriptor.of(C_INT, C_POINTER, C_INT, C_INT));
+
+    // <sys/socket.h>, <bits/socket.h>, socket(7), unix(7)
+    private static final int AF_UNIX = 1, SOCK_STREAM = 1, SOCK_CLOEXEC = 0x80000, SOL_SOCKET = 1,
+            SO_PEERCRED = 17, SCM_RIGHTS = 1, SHUT_RDWR = 2;
+    private static final int MSG_CTRUNC = 0x8, MSG_NOSIGNAL = 0x4000, MSG_CMSG_CLOEXEC = 0x40000000;
+
+    /** sockaddr_un (unix(7)): sa_family_t sun_family (u16), then char sun_path[108]. */
+    private static final int SUN_PATH_OFFSET = 2, SUN_PATH_SIZE = 108, SOCKADDR_UN_SIZE = 110;
+
+    /*
+     * struct msghdr (sendmsg(2), <bits/socket.h>) on x86_64, 56 bytes: void *msg_name @0, socklen_t msg_namelen
+     * @8 (+4 pad), struct iovec *msg_iov @16, size_t msg_iovlen @24, void *msg_control @32, size_t msg_controllen
+     * @40, int msg_flags @48 (+4 pad). struct iovec (readv(2)) is {void *base; size_t len}, 16 bytes.
+     */
+    private static final long MSGHDR_SIZE = 56, MSG_IOV = 16, MSG_IOVLEN = 24, MSG_CONTROL = 32,
+            MSG_CONTROLLEN = 40, MSG_FLAGS = 48, IOVEC_SIZE = 16;
+
+    /*
+     * struct cmsghdr (cmsg(3)): size_t cmsg_len @0, int cmsg_level @8, int cmsg_type @12, data @16.
+     * CMSG_LEN(n) = 16 + n; CMSG_SPACE(n) = 16 + n rounded up to 8 (alignment of size_t).
+     */
+    private static final long CMSG_HDR = 16, CMSG_LEVEL = 8, CMSG_TYPE = 12;
+
+    /** What one {@link #recv} got: {@code bytes} read (0 at end of stream, -1 if it would block) and the fds. */
+    public record Received(long bytes, int[] fds) {}
+
+    /** The peer's identity at connect time (SO_PEERCRED, socket(7)). */
+    public record Credentials(int pid, int uid, int gid) {}
+
+    /** Two connected sockets ({@code socketpair(2)}); closing the pair closes both. */
+    public record Pair(UnixSocket first, UnixSocket second) implements AutoCloseable {
+        @Override
+        public void close() {
+            try {
+                first.close();
+            } finally {
+                second.close();
+            }
+        }
+    }
+
+    private UnixSocket(int fd) {
+        super(fd);
+    }
+
+    /** Wraps a socket received from elsewhere. */
+    public static UnixSocket adopt(int fd) {
+        return new UnixSocket(fd);
+    }
+
+    /**
+     * A listening socket bound to {@code path}. An existing file at {@code path} fails with EADDRINUSE: this never
+     * removes it, since it may be a live server's socket (deciding that is a separate question).
+     */
+    public static UnixSocket listen(Path path, int backlog) {
+        UnixSocket s = open();
+        try (Arena a = Arena.ofConfined()) {
+            MemorySegment addr = sockaddr(a, path);
+            Native.check((int) BIND.invokeExact(Native.errnoState(), s.fd(), addr, (int) addr.byteSize()), "bind");
+            Native.check((int) LISTEN.invokeExact(Native.errnoState(), s.fd(), backlog), "listen");
+            return s;
+        } catch (Throwable t) {
+            s.close();
+            throw Native.rethrow(t);
+        }
+    }
+
+    /** A socket connected to the server listening on {@code path}. */
+    public static UnixSocket connect(Path path) {
+        UnixSocket s = open();
+        try (Arena a = Arena.ofConfined()) {
+            MemorySegment addr = sockaddr(a, path);
+            int r;
+            // An AF_UNIX connect interrupted by a signal has connected nothing yet (the wait is for backlog room),
+            // so retrying is safe here, unlike for TCP.
+            do {
+                r = (int) CONNECT.invokeExact(Native.errnoState(), s.fd(), addr, (int) addr.byteSize());
+            } while (r < 0 && Native.lastErrno() == ErrnoException.EINTR);
+            Native.check(r, "connect");
+            return s;
+        } catch (Throwable t) {
+            s.close();
+            throw Native.rethrow(t);
+        }
+    }
+
+    /** Two connected sockets, e.g. to hand one end to a child or to test without a path. */
+    public static Pair pair() {
+        try (Arena a = Arena.ofConfined()) {
+            MemorySegment fds = a.allocate(ValueLayout.JAVA_INT, 2);
+            Native.check((int) SOCKETPAIR.invokeExact(Native.errnoState(), AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds),
+                    "socketpair");
+            return new Pair(new UnixSocket(fds.getAtIndex(ValueLayout.JAVA_INT, 0)),
+                    new UnixSocket(fds.getAtIndex(ValueLayout.JAVA_INT, 1)));
+        } catch (Throwable t) {
+            throw Native.rethrow(t);
+        }
+    }
+
+    private static UnixSocket open() {
+        try {
+            return new UnixSocket(Native.check(
+                    (int) SOCKET.invokeExact(Native.errnoState(), AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0), "socket"));
+        } catch (Throwable t) {
+            throw Native.rethrow(t);
+        }
+    }
+
+    /** sockaddr_un for a filesystem path; its length is through the path's terminating NUL. */
+    private static MemorySegment sockaddr(Arena a, Path path) {
+        byte[] p = path.toString().getBytes(StandardCharsets.UTF_8);
+        if (p.length == 0 || p.length > SUN_PATH_SIZE - 1) {
+            throw new IllegalArgumentException("AF_UNIX socket path must be 1.." + (SUN_PATH_SIZE - 1)
+                    + " bytes, is " + p.length + ": " + path);
+        }
+        for (byte b : p) {
+            if (b == 0) {
+                throw new IllegalArgumentException("AF_UNIX socket path contains a NUL byte: " + path);
+            }
+        }
+        MemorySegment addr = a.allocate(SOCKADDR_UN_SIZE, 2); // zero-filled: the NUL terminator is already there
+        addr.set(ValueLayout.JAVA_SHORT, 0, (short) AF_UNIX);
+        MemorySegment.copy(p, 0, addr, ValueLayout.JAVA_BYTE, SUN_PATH_OFFSET, p.length);
+        return addr.asSlice(0, SUN_PATH_OFFSET + p.length + 1);
+    }
+
+    /** The next connection; null if the socket is non-blocking and none is pending. */
+    public UnixSocket accept() {
+        try {
+            int r;
+            do {
+                r = (int) ACCEPT4.invokeExact(Native.errnoState(), fd(), MemorySegment.NULL, MemorySegment.NULL,
+                        SOCK_CLOEXEC);
+            } while (r < 0 && Native.lastErrno() == ErrnoException.EINTR);
+            return Fd.again(r, "accept4") < 0 ? null : new UnixSocket(r);
+        } catch (Throwable t) {
+            throw Native.rethrow(t);
+        }
+    }
+
+    /**
+     * Sends all of {@code data}, with {@code fds} (may be empty) riding on its first byte as SCM_RIGHTS. A closed
+     * peer gives EPIPE as an exception, never SIGPIPE (MSG_NOSIGNAL). On a non-blocking socket a full buffer
+     * throws EAGAIN: the control channel is blocking. Returns the byte count sent.
+     */
+    public long send(MemorySegment data, int... fds) {
+        if (fds.length > 0 && data.byteSize() == 0) {
+            throw new IllegalArgumentException("descriptors need at least one byte of data to ride on");
+        }
+        try (Arena a = Arena.ofConfined()) {
+            MemorySegment src = data.isNative() ? data : a.allocate(data.byteSize()).copyFrom(data);
+            MemorySegment msg = a.allocate(MSGHDR_SIZE, 8);
+            MemorySegment iov = a.allocate(IOVEC_SIZE, 8);
+            msg.set(C_POINTER, MSG_IOV, iov);
+            msg.set(C_LONG, MSG_IOVLEN, 1);
+            if (fds.length > 0) {
+                long payload = 4L * fds.length;
+                MemorySegment cmsg = a.allocate(cmsgSpace(payload), 8);
+                cmsg.set(C_LONG, 0, CMSG_HDR + payload);
+                cmsg.set(C_INT, CMSG_LEVEL, SOL_SOCKET);
+                cmsg.set(C_INT, CMSG_TYPE, SCM_RIGHTS);
+                MemorySegment.copy(fds, 0, cmsg, C_INT, CMSG_HDR, fds.length);
+                msg.set(C_POINTER, MSG_CONTROL, cmsg);
+                msg.set(C_LONG, MSG_CONTROLLEN, cmsg.byteSize());
+            }
+            long sent = 0;
+            do { // once even for empty data, so an empty send is still a (no-op) call that checks the socket
+                iov.set(C_POINTER, 0, src.asSlice(sent));
+                iov.set(C_LONG, 8, src.byteSize() - sent);
+                long n = (long) SENDMSG.invokeExact(Native.errnoState(), fd(), msg, MSG_NOSIGNAL);
+                if (n < 0) {
+                    if (Native.lastErrno() == ErrnoException.EINTR) {
+                        continue; // nothing was sent, descriptors included: send them again
+                    }
+                    throw new ErrnoException("sendmsg", Native.lastErrno());
+                }
+                sent += n;
+                // The descriptors went with the first chunk; the peer must not receive them twice.
+                msg.set(C_POINTER, MSG_CONTROL, MemorySegment.NULL);
+                msg.set(C_LONG, MSG_CONTROLLEN, 0);
+            } while (sent < src.byteSize());
+            return sent;
+        } catch (Throwable t) {
+            throw Native.rethrow(t);
+        }
+    }
+
+    /**
+     * One {@code recvmsg} into {@code buf}, accepting up to {@code maxFds} descriptors (close-on-exec, owned by the
+     * caller). Bytes 0 means end of stream; -1 means non-blocking and nothing ready. If the peer sent more
+     * descriptors than {@code maxFds} (MSG_CTRUNC), the ones that arrived are closed and this throws EMSGSIZE:
+     * a peer that does so is broken, and a half-received set of descriptors is of no use.
+     */
+    public Received recv(MemorySegment buf, int maxFds) {
+        if (maxFds < 0) {
+            throw new IllegalArgumentException("maxFds must not be negative: " + maxFds);
+        }
+        try (Arena a = Arena.ofConfined()) {
+            MemorySegment dst = buf.isNative() ? buf : a.allocate(Math.max(1, buf.byteSize()));
+            MemorySegment msg = a.allocate(MSGHDR_SIZE, 8);
+            MemorySegment iov = a.allocate(IOVEC_SIZE, 8);
+            iov.set(C_POINTER, 0, dst);
+            iov.set(C_LONG, 8, buf.byteSize());
+            msg.set(C_POINTER, MSG_IOV, iov);
+            msg.set(C_LONG, MSG_IOVLEN, 1);
+            MemorySegment control = maxFds == 0 ? MemorySegment.NULL : a.allocate(cmsgSpace(4L * maxFds), 8);
+            long n;
+            do {
+                msg.set(C_POINTER, MSG_CONTROL, control);
+                msg.set(C_LONG, MSG_CONTROLLEN, control.byteSize());
+                msg.set(C_INT, MSG_FLAGS, 0);
+                n = (long) RECVMSG.invokeExact(Native.errnoState(), fd(), msg, MSG_CMSG_CLOEXEC);
+            } while (n < 0 && Native.lastErrno() == ErrnoException.EINTR);
+            if (Fd.again(n, "recvmsg") < 0) {
+                return new Received(-1, new int[0]);
+            }
+            int[] fds = maxFds == 0 ? new int[0] : parseRights(control, msg.get(C_LONG, MSG_CONTROLLEN));
+            if ((msg.get(C_INT, MSG_FLAGS) & MSG_CTRUNC) != 0) {
+                for (int fd : fds) {
+                    new Fd(fd).close();
+                }
+                throw new ErrnoException("recvmsg: peer sent more than " + maxFds + " fds (MSG_CTRUNC)",
+                        ErrnoException.EMSGSIZE);
+            }
+            if (dst != buf) {
+                MemorySegment.copy(dst, 0, buf, 0, n);
+            }
+            return new Received(n, fds);
+        } catch (Throwable t) {
+            throw Native.rethrow(t);
+        }
+    }
+
+    /** The descriptors of every SCM_RIGHTS message in the first {@code length} bytes of {@code control}. */
+    private static int[] parseRights(MemorySegment control, long length) {
+        int[] fds = new int[0];
+        long off = 0;
+        while (off + CMSG_HDR <= length) {
+            long len = control.get(C_LONG, off);
+            if (len < CMSG_HDR || off + len > length) {
+                break; // malformed or truncated: the kernel never produces this, but never read past it
+            }
+            if (control.get(C_INT, off + CMSG_LEVEL) == SOL_SOCKET
+                    && control.get(C_INT, off + CMSG_TYPE) == SCM_RIGHTS) {
+                int n = (int) ((len - CMSG_HDR) / 4);
+                int at = fds.length;
+                fds = Arrays.copyOf(fds, at + n);
+                MemorySegment.copy(control, C_INT, off + CMSG_HDR, fds, at, n);
+            }
+            off += cmsgSpace(len - CMSG_HDR);
+        }
+        return fds;
+    }
+
+    private static long cmsgSpace(long payload) {
+        return CMSG_HDR + ((payload + 7) & ~7L);
+    }
+
+    /** Who is on the other end: their pid, uid and gid when they connected (or created the pair). */
+    public Credentials peerCredentials() {
+        try (Arena a = Arena.ofConfined()) {
+            MemorySegment cred = a.allocate(12, 4); // struct ucred {pid_t pid; uid_t uid; gid_t gid;}
+            MemorySegment len = a.allocate(C_INT);
+            len.set(C_INT, 0, 12);
+            Native.check((int) GETSOCKOPT.invokeExact(Native.errnoState(), fd(), SOL_SOCKET, SO_PEERCRED, cred, len),
+                    "getsockopt(SO_PEERCRED)");
+            return new Credentials(cred.get(C_INT, 0), cred.get(C_INT, 4), cred.get(C_INT, 8));
+        } catch (Throwable t) {
+            throw Native.rethrow(t);
+        }
+    }
+
+    /** Shuts both directions: the peer reads end of stream, and a thread blocked in {@link #recv} here wakes. */
+    public void shutdown() {
+        try {
+            Native.check((int) SHUTDOWN.invokeExact(Native.errnoState(), fd(), SHUT_RDWR), "shutdown");
+        } catch (Throwable t) {
+            throw Native.rethrow(t);
+        }
+    }
+}

@@ -1,0 +1,187 @@
+package io.mqvirtio.linux;
+
+import static org.assertj.core.api.Assertions.assertThat;
+import static org.assertj.core.api.Assertions.assertThatThrownBy;
+
+import java.lang.foreign.Arena;
+import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
+import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import org.junit.jupiter.api.AfterEach;
+import org.junit.jupiter.api.BeforeEach;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.Timeout;
+
+@Timeout(10)
+class UnixSocketTest {
+    private Path dir;
+    private Path path;
+    private final Arena arena = Arena.ofConfined();
+
+    @BeforeEach
+    void makeDir() throws Exception {
+        dir = Files.createTempDirectory("mqv-sock");
+        path = dir.resolve("s.sock");
+    }
+
+    @AfterEach
+    void cleanUp() throws Exception {
+        arena.close();
+        Files.deleteIfExists(path);
+        Files.deleteIfExists(dir);
+    }
+
+    private MemorySegment bytes(String s) {
+        return arena.allocateFrom(s).asSlice(0, s.length()); // without the NUL
+    }
+
+    @Test
+    void passesBytesAndWorkingDescriptors() throws Exception {
+        try (UnixSocket server = UnixSocket.listen(path, 4);
+                UnixSocket client = UnixSocket.connect(path);
+                UnixSocket conn = server.accept();
+                EventFd kick = EventFd.create();
+                MemFd mem = MemFd.create("mqv-test", 4096);
+                Mmap mine = Mmap.shared(mem, 0, 4096)) {
+            assertThat(client.send(bytes("hello"), kick.fd(), mem.fd())).isEqualTo(5);
+
+            MemorySegment buf = arena.allocate(64);
+            UnixSocket.Received r = conn.recv(buf, 8);
+            assertThat(r.bytes()).isEqualTo(5);
+            assertThat(buf.asSlice(0, 5).toArray(ValueLayout.JAVA_BYTE))
+                    .isEqualTo("hello".getBytes(StandardCharsets.US_ASCII));
+            assertThat(r.fds()).hasSize(2).doesNotContain(kick.fd(), mem.fd());
+
+            try (EventFd theirKick = EventFd.adopt(r.fds()[0]); Fd theirMem = Fd.adopt(r.fds()[1]);
+                    Mmap theirs = Mmap.shared(theirMem, 0, 4096)) {
+                assertThat(isCloseOnExec(theirKick)).isTrue();
+                theirKick.signal();
+                theirKick.signal();
+                assertThat(kick.drain()).isEqualTo(2); // same eventfd object behind both numbers
+
+                theirs.segment().set(ValueLayout.JAVA_LONG, 1024, 0xfeed_face_cafe_beefL);
+                assertThat(mine.segment().get(ValueLayout.JAVA_LONG, 1024)).isEqualTo(0xfeed_face_cafe_beefL);
+            }
+        }
+    }
+
+    private static boolean isCloseOnExec(Fd fd) throws Exception {
+        String info = Files.readString(Path.of("/proc/self/fdinfo/" + fd.fd()));
+        String flags = info.lines().filter(l -> l.startsWith("flags:")).findFirst().orElseThrow();
+        return (Integer.parseInt(flags.substring(6).trim(), 8) & 02000000) != 0;
+    }
+
+    @Test
+    void heapSegmentsAndLargeMessagesGoThroughWhole() throws Exception {
+        try (UnixSocket.Pair p = UnixSocket.pair()) {
+            byte[] big = new byte[1 << 20]; // more than a socket buffer: the sender loops over partial writes
+            for (int i = 0; i < big.length; i++) {
+                big[i] = (byte) (i * 31);
+            }
+            Thread sender = Thread.ofPlatform().start(() -> p.first().send(MemorySegment.ofArray(big)));
+            byte[] got = new byte[big.length];
+            int at = 0;
+            while (at < got.length) {
+                UnixSocket.Received r = p.second().recv(MemorySegment.ofArray(got).asSlice(at), 0);
+                assertThat(r.bytes()).isPositive();
+                at += (int) r.bytes();
+            }
+            assertThat(got).isEqualTo(big);
+            sender.join();
+        }
+    }
+
+    @Test
+    void endOfStreamReadsZero() {
+        try (UnixSocket.Pair p = UnixSocket.pair()) {
+            p.first().shutdown();
+            assertThat(p.second().recv(arena.allocate(16), 4).bytes()).isZero();
+        }
+    }
+
+    @Test
+    void nonBlockingRecvWithNothingReadyIsMinusOne() {
+        try (UnixSocket.Pair p = UnixSocket.pair()) {
+            p.second().setNonBlocking(true);
+            assertThat(p.second().recv(arena.allocate(16), 4).bytes()).isEqualTo(-1);
+        }
+    }
+
+    @Test
+    void tooManyDescriptorsAreClosedAndRefused() throws Exception {
+        try (UnixSocket.Pair p = UnixSocket.pair(); EventFd a = EventFd.create(); EventFd b = EventFd.create();
+                EventFd c = EventFd.create()) {
+            long before = openFds();
+            p.first().send(bytes("x"), a.fd(), b.fd(), c.fd());
+            assertThatThrownBy(() -> p.second().recv(arena.allocate(16), 1))
+                    .isInstanceOfSatisfying(ErrnoException.class,
+                            e -> assertThat(e.errno()).isEqualTo(ErrnoException.EMSGSIZE));
+            assertThat(openFds()).isEqualTo(before); // nothing leaked from the truncated message
+        }
+    }
+
+    private static long openFds() throws Exception {
+        try (var s = Files.list(Path.of("/proc/self/fd"))) {
+            return s.count();
+        }
+    }
+
+    @Test
+    void peerCredentialsAreOurs() throws Exception {
+        try (UnixSocket server = UnixSocket.listen(path, 1); UnixSocket client = UnixSocket.connect(path);
+                UnixSocket conn = server.accept()) {
+            UnixSocket.Credentials c = conn.peerCredentials();
+            assertThat(c.pid()).isEqualTo(ProcessHandle.current().pid());
+            assertThat(c.uid()).isEqualTo((int) Files.getAttribute(Path.of("/proc/self"), "unix:uid"));
+            assertThat(c.gid()).isEqualTo((int) Files.getAttribute(Path.of("/proc/self"), "unix:gid"));
+            assertThat(client.peerCredentials()).isEqualTo(c);
+        }
+    }
+
+    @Test
+    void listenNeverRemovesAnExistingFile() throws Exception {
+        Files.writeString(path, "not a socket");
+        assertThatThrownBy(() -> UnixSocket.listen(path, 1))
+                .isInstanceOfSatisfying(ErrnoException.class, e -> {
+                    assertThat(e.call()).isEqualTo("bind");
+                    assertThat(e.errno()).isEqualTo(ErrnoException.EADDRINUSE);
+                });
+        assertThat(Files.readString(path)).isEqualTo("not a socket");
+    }
+
+    @Test
+    void connectWithoutServerIsRefusedOrMissing() {
+        assertThatThrownBy(() -> UnixSocket.connect(path))
+                .isInstanceOfSatisfying(ErrnoException.class,
+                        e -> assertThat(e.errno()).isEqualTo(ErrnoException.ENOENT));
+    }
+
+    @Test
+    void rejectsPathsLongerThanSunPath() {
+        Path longPath = Path.of("/tmp/" + "x".repeat(103)); // 108 bytes: no room for the NUL
+        assertThatThrownBy(() -> UnixSocket.listen(longPath, 1))
+                .isInstanceOf(IllegalArgumentException.class).hasMessageContaining("1..107 bytes");
+        Path fits = dir.resolve("y".repeat(107 - dir.toString().length() - 1));
+        assertThat(fits.toString()).hasSize(107);
+        try (UnixSocket s = UnixSocket.listen(fits, 1)) {
+            assertThat(s.isOpen()).isTrue();
+            assertThat(Files.exists(fits)).isTrue();
+        } finally {
+            try {
+                Files.deleteIfExists(fits);
+            } catch (Exception ignored) {
+                // cleanup only
+            }
+        }
+    }
+
+    @Test
+    void nonBlockingAcceptWithNothingPendingIsNull() {
+        try (UnixSocket server = UnixSocket.listen(path, 1)) {
+            server.setNonBlocking(true);
+            assertThat(server.accept()).isNull();
+        }
+    }
+}
