@@ -20,6 +20,18 @@ public final class Main {
                   --ring N         ring size, a power of two (default 256)
                   --seconds S      measured time per size (default 5)
                   --warmup S       warm-up per size (default 2)
+              serve                a vhost-user-net backend (QEMU or DPDK virtio-user connect to it)
+                  --socket-path P  the vhost-user socket (listened on; with --client, connected to)
+                  --queues N       queue pairs (default 1); QEMU's queues= must not exceed it
+                  --tap NAME       multiqueue TAP device as the host side (created if it does not exist)
+                  --loopback       frames a queue pair sends come back on its RX
+                  --mtu N          MTU offered to the guest (default 1500)
+                  --client         connect to a frontend that listens (QEMU server=on) and reconnect
+                  --busy-poll      workers poll their rings instead of sleeping on kicks
+                  --cpus LIST      pin queue pair i's worker to LIST[i mod length]
+                  --stats-interval S  print per-queue counters every S seconds
+                  --print-capabilities  print the backend's capabilities as JSON and exit
+                  --debug          log every vhost-user message
               help                 this text
             """;
 
@@ -39,8 +51,12 @@ public final class Main {
             return switch (argv[0]) {
                 case "demo" -> demo(new Args(rest, Set.of("seconds"), Set.of()), out);
                 case "bench" -> bench(rest, out);
+                case "serve" -> Serve.run(new Args(rest, Serve.VALUED, Serve.FLAGS), out);
                 default -> throw new Args.UsageException("unknown command '" + argv[0] + "'");
             };
+        } catch (IllegalArgumentException | io.mqvirtio.vhostuser.VhostUserException | io.mqvirtio.linux.ErrnoException e) {
+            err.println("mqvirtio: " + e.getMessage());
+            return 1;
         } catch (Args.UsageException e) {
             err.println("mqvirtio: " + e.getMessage());
             err.println("run 'mqvirtio help' for usage");

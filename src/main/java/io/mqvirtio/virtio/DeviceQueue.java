@@ -210,6 +210,17 @@ public final class DeviceQueue {
         }
     }
 
+    /**
+     * Gives back the last {@code n} chains popped and not pushed: the next pops return them again (a receive path
+     * that took more buffers than the frame needed, or a send that would block).
+     */
+    public void unpop(int n) {
+        if (n < 0 || n > size) {
+            throw new IllegalArgumentException("cannot give back " + n + " chains");
+        }
+        lastAvail = (lastAvail - n) & 0xffff;
+    }
+
     /** Returns the chain that began at {@code head} to the driver, having written {@code len} bytes into it. */
     public void push(int head, int len) {
         checkNotBroken();

@@ -1,0 +1,202 @@
+package io.mqvirtio.net;
+
+import io.mqvirtio.linux.EventFd;
+import io.mqvirtio.vhostuser.Protocol;
+import io.mqvirtio.vhostuser.VhostUserDevice;
+import io.mqvirtio.vhostuser.VhostUserException;
+import io.mqvirtio.virtio.DeviceQueue;
+import io.mqvirtio.virtio.VirtioFeatures;
+import java.lang.System.Logger;
+import java.lang.System.Logger.Level;
+import java.lang.foreign.Arena;
+import java.lang.foreign.MemorySegment;
+import java.util.ArrayList;
+import java.util.List;
+
+/**
+ * A multiqueue virtio-net device (VIRTIO_NET_F_MQ) served over vhost-user: one {@link QueuePairWorker} per queue
+ * pair, each with its own port of the {@link PacketBackend}. Ring 2i is pair i's RX, ring 2i+1 its TX; the
+ * frontend (QEMU) runs the control queue itself.
+ */
+public final class NetDevice implements VhostUserDevice, AutoCloseable {
+    private static final Logger LOG = System.getLogger(NetDevice.class.getName());
+
+    /** Ring and device features every net device offers, whatever the backend. */
+    static final long BASE_FEATURES = VirtioFeatures.bit(VirtioFeatures.F_VERSION_1)
+            | VirtioFeatures.bit(VirtioFeatures.F_EVENT_IDX)
+            | VirtioFeatures.bit(VirtioFeatures.F_INDIRECT_DESC)
+            | VirtioFeatures.bit(VirtioNet.F_MQ)
+            | VirtioFeatures.bit(VirtioNet.F_MRG_RXBUF);
+
+    /** What a net device needs to know beyond its backend. */
+    public record Config(String name, int pairs, int mtu, boolean busyPoll, int[] cpus) {
+        public Config {
+            if (pairs < 1 || pairs > VirtioNet.MAX_PAIRS) {
+                throw new IllegalArgumentException("queue pairs must be 1.." + VirtioNet.MAX_PAIRS + ": " + pairs);
+            }
+            if (mtu < 68 || mtu > 65535) {
+                throw new IllegalArgumentException("MTU must be 68..65535: " + mtu);
+            }
+        }
+
+        public static Config of(String name, int pairs) {
+            return new Config(name, pairs, 1500, false, new int[0]);
+        }
+    }
+
+    private final Config config;
+    private final PacketBackend backend;
+    private final QueuePairWorker[] workers;
+    private volatile long features;
+    private volatile int mtu;
+
+    public NetDevice(Config config, PacketBackend backend) {
+        if (config.pairs() > backend.maxPairs()) {
+            throw new IllegalArgumentException(backend.describe() + " serves at most " + backend.maxPairs() + " queue pairs, "
+                    + config.pairs() + " asked");
+        }
+        this.config = config;
+        this.backend = backend;
+        this.mtu = config.mtu();
+        this.workers = new QueuePairWorker[config.pairs()];
+        List<Port> opened = new ArrayList<>();
+        try {
+            for (int i = 0; i < workers.length; i++) {
+                Port p = backend.open(i);
+                opened.add(p);
+                int cpu = config.cpus().length == 0 ? -1 : config.cpus()[i % config.cpus().length];
+                workers[i] = new QueuePairWorker(config.name(), i, p, config.busyPoll(), cpu);
+            }
+        } catch (RuntimeException e) {
+            opened.forEach(Port::close);
+            throw e;
+        }
+        for (QueuePairWorker w : workers) {
+            w.start();
+        }
+        LOG.log(Level.INFO, "{0}: net device with {1} queue pairs on {2}", config.name(), config.pairs(), backend.describe());
+    }
+
+    public Config config() {
+        return config;
+    }
+
+    public int pairs() {
+        return workers.length;
+    }
+
+    @Override
+    public int maxRings() {
+        return 2 * workers.length;
+    }
+
+    @Override
+    public long features() {
+        return BASE_FEATURES | backend.features() | VirtioFeatures.bit(VirtioNet.F_MTU);
+    }
+
+    @Override
+    public long protocolFeatures() {
+        return (1L << Protocol.PF_MQ) | (1L << Protocol.PF_NET_MTU) | (1L << Protocol.PF_RARP);
+    }
+
+    @Override
+    public long queueNum() {
+        return workers.length;
+    }
+
+    @Override
+    public void setFeatures(long f) {
+        features = f;
+        for (QueuePairWorker w : workers) {
+            w.call(x -> x.setFeatures(f, mtu));
+        }
+    }
+
+    public long negotiatedFeatures() {
+        return features;
+    }
+
+    private QueuePairWorker worker(int ring) {
+        int pair = VirtioNet.pairOf(ring);
+        if (pair >= workers.length) {
+            throw new VhostUserException("ring " + ring + " is beyond " + workers.length + " queue pairs");
+        }
+        return workers[pair];
+    }
+
+    @Override
+    public void startRing(int index, DeviceQueue queue, EventFd kick, EventFd call, boolean enabled) {
+        boolean rx = VirtioNet.isRx(index);
+        worker(index).call(w -> w.startRing(rx, queue, kick, call, enabled));
+    }
+
+    @Override
+    public DeviceQueue stopRing(int index) {
+        boolean rx = VirtioNet.isRx(index);
+        return worker(index).call(w -> w.stopRing(rx));
+    }
+
+    @Override
+    public void enableRing(int index, boolean enabled) {
+        boolean rx = VirtioNet.isRx(index);
+        worker(index).call(w -> w.enable(rx, enabled));
+    }
+
+    @Override
+    public void setCall(int index, EventFd call) {
+        boolean rx = VirtioNet.isRx(index);
+        worker(index).call(w -> w.setCall(rx, call));
+    }
+
+    @Override
+    public void setErr(int index, EventFd err) {
+        boolean rx = VirtioNet.isRx(index);
+        worker(index).call(w -> w.setErr(rx, err));
+    }
+
+    @Override
+    public void setMtu(int newMtu) {
+        LOG.log(Level.INFO, "{0}: frontend set MTU {1}", config.name(), newMtu);
+        mtu = newMtu;
+        long f = features;
+        for (QueuePairWorker w : workers) {
+            w.call(x -> x.setFeatures(f, newMtu));
+        }
+    }
+
+    /** SEND_RARP: a reverse-ARP broadcast from the guest's MAC, so switches learn where it now is. */
+    @Override
+    public void sendRarp(byte[] mac) {
+        byte[] frame = Frames.rarp(mac);
+        try (Arena a = Arena.ofConfined()) {
+            MemorySegment buf = a.allocate(VirtioNet.HDR_SIZE + frame.length);
+            MemorySegment.copy(MemorySegment.ofArray(frame), 0, buf, VirtioNet.HDR_SIZE, frame.length);
+            workers[0].call(w -> w.inject(buf));
+        }
+        LOG.log(Level.INFO, "{0}: sent RARP for {1}", config.name(), Frames.macString(mac));
+    }
+
+    @Override
+    public void reset() {
+        LOG.log(Level.INFO, "{0}: device reset", config.name());
+    }
+
+    /** Per-queue counters: index 2i is pair i's RX, 2i+1 its TX. */
+    public List<QueueCounters.Snapshot> counters() {
+        List<QueueCounters.Snapshot> l = new ArrayList<>();
+        for (QueuePairWorker w : workers) {
+            l.add(w.rxCounters.snapshot());
+            l.add(w.txCounters.snapshot());
+        }
+        return l;
+    }
+
+    @Override
+    public void close() {
+        for (QueuePairWorker w : workers) {
+            w.close();
+        }
+        backend.close();
+    }
+}

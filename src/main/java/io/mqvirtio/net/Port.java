@@ -1,0 +1,27 @@
+package io.mqvirtio.net;
+
+import io.mqvirtio.linux.IoVec;
+
+/**
+ * One queue pair's way to the host (a TAP queue, a loopback, a sink): the backend side of a worker. Frames always
+ * carry the 12-byte virtio-net header in front. Used by one worker thread only.
+ */
+public interface Port extends AutoCloseable {
+    /** A descriptor that is readable when frames wait for {@link #receive}, or -1: try receive after each TX batch. */
+    int readFd();
+
+    /** Sends one frame (header then frame) gathered from {@code frame}: bytes taken, or -1 if it would block. */
+    long send(IoVec frame);
+
+    /** Receives one frame (header then frame) into {@code into}: its length, or -1 if none is waiting. */
+    long receive(IoVec into);
+
+    /** Whether the host should hand this queue frames (a TAP queue is attached or detached). */
+    default void setActive(boolean active) {}
+
+    /** The negotiated virtio-net features, for the offloads the host may use towards the guest. */
+    default void setFeatures(long features) {}
+
+    @Override
+    void close();
+}

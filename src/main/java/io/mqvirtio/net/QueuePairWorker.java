@@ -1,0 +1,467 @@
+package io.mqvirtio.net;
+
+import io.mqvirtio.linux.Affinity;
+import io.mqvirtio.linux.Epoll;
+import io.mqvirtio.linux.EventFd;
+import io.mqvirtio.linux.IoVec;
+import io.mqvirtio.virtio.DescriptorChain;
+import io.mqvirtio.virtio.DeviceQueue;
+import io.mqvirtio.virtio.VirtioFeatures;
+import io.mqvirtio.virtio.VirtqueueException;
+import java.lang.System.Logger;
+import java.lang.System.Logger.Level;
+import java.lang.foreign.Arena;
+import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
+import java.nio.ByteOrder;
+import java.util.concurrent.CompletableFuture;
+import java.util.concurrent.ConcurrentLinkedQueue;
+import java.util.concurrent.ExecutionException;
+import java.util.concurrent.TimeUnit;
+import java.util.concurrent.TimeoutException;
+import java.util.function.Function;
+
+/**
+ * The worker of one queue pair (the role of a vhost thread): owns RX ring 2i, TX ring 2i+1 and port i. Waits on
+ * epoll over its kick eventfds, its port's fd and its command eventfd; each wake-up moves at most a budget of
+ * frames per direction, so one busy direction cannot starve the other.
+ *
+ * <p>TX: pop a chain, gather its readable buffers into an iovec, one {@code send} (writev on a TAP), push used.
+ * RX: pop as many chains as a frame may need (one without MRG_RXBUF), gather their writable buffers, one
+ * {@code receive} (readv on a TAP), set {@code num_buffers}, push the chains the frame used and give the rest back.
+ * No copy in between for TAP.
+ *
+ * <p>The control thread reaches the worker only through {@link #call}: a command runs on the worker thread between
+ * batches and the caller waits for it. Nothing on the data path is shared with another pair.
+ */
+final class QueuePairWorker implements Runnable {
+    private static final Logger LOG = System.getLogger(QueuePairWorker.class.getName());
+    private static final long TOKEN_COMMAND = 0, TOKEN_TX_KICK = 1, TOKEN_RX_KICK = 2, TOKEN_PORT = 3;
+    static final int BUDGET = 64;
+    private static final int MAX_RX_CHAINS = 64;
+    private static final ValueLayout.OfShort LE16 = ValueLayout.JAVA_SHORT_UNALIGNED.withOrder(ByteOrder.LITTLE_ENDIAN);
+
+    final int pair;
+    private final Port port;
+    private final Epoll epoll = Epoll.create(8);
+    private final EventFd wakeup = EventFd.create();
+    private final ConcurrentLinkedQueue<Runnable> commands = new ConcurrentLinkedQueue<>();
+    private final boolean busyPoll;
+    private final int cpu;
+    final QueueCounters rxCounters = new QueueCounters();
+    final QueueCounters txCounters = new QueueCounters();
+    private final String name;
+
+    // ---- state below is owned by the worker thread ----
+    private DeviceQueue rx;
+    private DeviceQueue tx;
+    private EventFd rxKick;
+    private EventFd txKick;
+    private EventFd rxCall;
+    private EventFd txCall;
+    private EventFd rxErr;
+    private EventFd txErr;
+    private boolean rxEnabled;
+    private boolean rxBroken;
+    private boolean txBroken;
+    private boolean txEnabled;
+    private boolean portActive;
+    private boolean portReadable;
+    private boolean mrgRxbuf;
+    private int rxFrameNeed = VirtioNet.HDR_SIZE + 1518;
+    private volatile boolean running = true;
+    private final DescriptorChain txChain = new DescriptorChain(IoVec.IOV_MAX);
+    private final DescriptorChain[] rxChains = new DescriptorChain[MAX_RX_CHAINS];
+    private final IoVec iov = new IoVec(IoVec.IOV_MAX);
+    private final MemorySegment numBuffers = Arena.ofAuto().allocate(2);
+    private Thread thread;
+
+    QueuePairWorker(String name, int pair, Port port, boolean busyPoll, int cpu) {
+        this.name = name;
+        this.pair = pair;
+        this.port = port;
+        this.busyPoll = busyPoll;
+        this.cpu = cpu;
+        for (int i = 0; i < rxChains.length; i++) {
+            rxChains[i] = new DescriptorChain(IoVec.IOV_MAX);
+        }
+        epoll.add(wakeup.fd(), Epoll.EPOLLIN, TOKEN_COMMAND);
+        if (port.readFd() >= 0) {
+            // Edge-triggered: with no RX buffers we stop reading, and must not be woken again and again meanwhile.
+            epoll.add(port.readFd(), Epoll.EPOLLIN | Epoll.EPOLLET, TOKEN_PORT);
+        }
+    }
+
+    void start() {
+        thread = Thread.ofPlatform().name(name + "-qp" + pair).daemon(true).start(this);
+    }
+
+    /** Runs {@code command} on the worker thread between batches and returns its result. */
+    <T> T call(Function<QueuePairWorker, T> command) {
+        if (Thread.currentThread() == thread) {
+            return command.apply(this);
+        }
+        CompletableFuture<T> f = new CompletableFuture<>();
+        commands.add(() -> {
+            try {
+                f.complete(command.apply(this));
+            } catch (Throwable t) {
+                f.completeExceptionally(t);
+            }
+        });
+        wakeup.signal();
+        try {
+            return f.get(10, TimeUnit.SECONDS);
+        } catch (ExecutionException e) {
+            throw e.getCause() instanceof RuntimeException r ? r : new IllegalStateException(e.getCause());
+        } catch (TimeoutException e) {
+            throw new IllegalStateException("queue pair " + pair + " worker did not answer within 10 s");
+        } catch (InterruptedException e) {
+            Thread.currentThread().interrupt();
+            throw new IllegalStateException("interrupted waiting for queue pair " + pair);
+        }
+    }
+
+    // ---- commands (run on the worker thread) ----
+
+    Void startRing(boolean isRx, DeviceQueue q, EventFd kick, EventFd call, boolean enabled) {
+        if (isRx) {
+            rx = q;
+            rxKick = kick;
+            rxCall = call;
+            rxEnabled = enabled;
+            epoll.add(kick.fd(), Epoll.EPOLLIN, TOKEN_RX_KICK);
+            portReadable = true; // frames may have queued while no ring ran
+        } else {
+            tx = q;
+            txKick = kick;
+            txCall = call;
+            txEnabled = enabled;
+            epoll.add(kick.fd(), Epoll.EPOLLIN, TOKEN_TX_KICK);
+        }
+        updatePortActive();
+        return null;
+    }
+
+    DeviceQueue stopRing(boolean isRx) {
+        DeviceQueue q;
+        if (isRx) {
+            q = rx;
+            if (rxKick != null && !rxBroken) {
+                epoll.remove(rxKick.fd());
+            }
+            rxBroken = false;
+            rx = null;
+            rxKick = null;
+            rxCall = null;
+            rxErr = null;
+            rxEnabled = false;
+        } else {
+            q = tx;
+            if (txKick != null && !txBroken) {
+                epoll.remove(txKick.fd());
+            }
+            txBroken = false;
+            tx = null;
+            txKick = null;
+            txCall = null;
+            txErr = null;
+            txEnabled = false;
+        }
+        updatePortActive();
+        return q;
+    }
+
+    Void enable(boolean isRx, boolean on) {
+        if (isRx) {
+            rxEnabled = on;
+            portReadable = true;
+        } else {
+            txEnabled = on;
+        }
+        updatePortActive();
+        return null;
+    }
+
+    Void setCall(boolean isRx, EventFd call) {
+        if (isRx) {
+            rxCall = call;
+        } else {
+            txCall = call;
+        }
+        return null;
+    }
+
+    Void setErr(boolean isRx, EventFd err) {
+        if (isRx) {
+            rxErr = err;
+        } else {
+            txErr = err;
+        }
+        return null;
+    }
+
+    Void setFeatures(long features, int mtu) {
+        mrgRxbuf = VirtioFeatures.has(features, VirtioNet.F_MRG_RXBUF);
+        boolean gso = VirtioFeatures.has(features, VirtioNet.F_GUEST_TSO4) || VirtioFeatures.has(features, VirtioNet.F_GUEST_TSO6)
+                || VirtioFeatures.has(features, VirtioNet.F_GUEST_UFO);
+        rxFrameNeed = VirtioNet.HDR_SIZE + (gso ? VirtioNet.MAX_GSO_FRAME : mtu + 14 + 4);
+        port.setFeatures(features);
+        return null;
+    }
+
+    /** Sends a frame the device made itself (header included) through the port, if it is active. */
+    Void inject(MemorySegment frame) {
+        if (portActive) {
+            iov.clear();
+            iov.add(frame);
+            port.send(iov);
+        }
+        return null;
+    }
+
+    Void shutdown() {
+        running = false;
+        return null;
+    }
+
+    /** The TAP queue is attached while either ring of the pair runs enabled (ethtool -L turns both off together). */
+    private void updatePortActive() {
+        boolean active = (rx != null && rxEnabled) || (tx != null && txEnabled);
+        if (active != portActive) {
+            port.setActive(active);
+            portActive = active;
+            portReadable = true;
+        }
+    }
+
+    // ---- the loop ----
+
+    @Override
+    public void run() {
+        if (cpu >= 0) {
+            try {
+                Affinity.pin(cpu);
+            } catch (RuntimeException e) {
+                LOG.log(Level.WARNING, "{0} qp{1}: cannot pin to CPU {2}: {3}", name, pair, cpu, e.getMessage());
+            }
+        }
+        boolean more = true;
+        try {
+            while (running) {
+                int n = epoll.await(more || busyPoll ? 0 : -1);
+                for (int i = 0; i < n; i++) {
+                    long token = epoll.data(i);
+                    if (token == TOKEN_COMMAND) {
+                        wakeup.drain();
+                    } else if (token == TOKEN_TX_KICK) {
+                        if (txKick != null) {
+                            txKick.drain();
+                            txCounters.add(QueueCounters.KICKS, 1);
+                        }
+                    } else if (token == TOKEN_RX_KICK) {
+                        if (rxKick != null) {
+                            rxKick.drain();
+                            rxCounters.add(QueueCounters.KICKS, 1);
+                        }
+                    } else if (token == TOKEN_PORT) {
+                        portReadable = true;
+                    }
+                }
+                Runnable c;
+                while ((c = commands.poll()) != null) {
+                    c.run();
+                }
+                if (!running) {
+                    break;
+                }
+                more = false;
+                if (tx != null && !txBroken) {
+                    more |= txBurst();
+                }
+                if (port.readFd() < 0) {
+                    portReadable = true;
+                }
+                if (rx != null && !rxBroken && rxEnabled && portReadable) {
+                    more |= rxBurst();
+                }
+            }
+        } catch (RuntimeException | Error e) {
+            LOG.log(Level.ERROR, "{0} qp{1}: worker failed: {2}", name, pair, e.toString());
+            throw e;
+        } finally {
+            // Answer anything still queued so no control thread waits forever.
+            Runnable c;
+            while ((c = commands.poll()) != null) {
+                c.run();
+            }
+        }
+    }
+
+    /** Moves up to a budget of frames from the TX ring to the port; true if more may be waiting. */
+    private boolean txBurst() {
+        DeviceQueue q = tx;
+        int done = 0;
+        boolean blocked = false;
+        try {
+            while (done < BUDGET && q.pop(txChain)) {
+                if (txEnabled && portActive) {
+                    long len = sendChain(txChain);
+                    if (len == -1) {
+                        q.unpop(1);
+                        blocked = true;
+                        break;
+                    }
+                } else {
+                    txCounters.add(QueueCounters.DROPS, 1); // a started but disabled ring is consumed, not sent
+                }
+                q.push(txChain.head(), 0);
+                done++;
+            }
+        } catch (VirtqueueException e) {
+            broken(false, txErr, e);
+            return false;
+        }
+        if (done > 0) {
+            q.publishUsed();
+            if (q.needsNotification() && txCall != null) {
+                txCall.signal();
+                txCounters.add(QueueCounters.NOTIFICATIONS, 1);
+            }
+        }
+        if (done == BUDGET || blocked) {
+            return !blocked;
+        }
+        if (busyPoll) {
+            q.disableKicks();
+            return false;
+        }
+        return q.enableKicks();
+    }
+
+    private long sendChain(DescriptorChain c) {
+        if (c.readableBytes() < VirtioNet.HDR_SIZE) {
+            txCounters.add(QueueCounters.ERRORS, 1); // no room for even the header: the frame is malformed
+            return 0;
+        }
+        iov.clear();
+        for (int i = 0; i < c.readableCount(); i++) {
+            iov.addRaw(c.hostAddress(i), Integer.toUnsignedLong(c.length(i)));
+        }
+        long n = port.send(iov);
+        if (n >= 0) {
+            txCounters.add(QueueCounters.PACKETS, 1);
+            txCounters.add(QueueCounters.BYTES, c.readableBytes() - VirtioNet.HDR_SIZE);
+        }
+        return n;
+    }
+
+    /** Moves up to a budget of frames from the port into the RX ring; true if more may be waiting. */
+    private boolean rxBurst() {
+        DeviceQueue q = rx;
+        int done = 0;
+        boolean waitBuffers = false;
+        try {
+            while (done < BUDGET) {
+                int k = 0;
+                long cap = 0;
+                iov.clear();
+                while (cap < rxFrameNeed && k < rxChains.length && q.pop(rxChains[k])) {
+                    DescriptorChain c = rxChains[k++];
+                    for (int i = c.readableCount(); i < c.count(); i++) {
+                        // Only buffers the driver marked writable are written; read-only ones in an RX chain are skipped.
+                        if (!iov.addRaw(c.hostAddress(i), Integer.toUnsignedLong(c.length(i)))) {
+                            break;
+                        }
+                    }
+                    cap += c.writableBytes();
+                    if (!mrgRxbuf) {
+                        break;
+                    }
+                }
+                if (k == 0 || cap < VirtioNet.HDR_SIZE || (mrgRxbuf && cap < rxFrameNeed && k < q.size())) {
+                    // Not enough room for a largest frame yet: wait for the driver to post more.
+                    q.unpop(k);
+                    waitBuffers = true;
+                    break;
+                }
+                long len = port.receive(iov);
+                if (len < 0) {
+                    q.unpop(k);
+                    portReadable = false;
+                    break;
+                }
+                if (len < VirtioNet.HDR_SIZE) {
+                    q.unpop(k);
+                    rxCounters.add(QueueCounters.ERRORS, 1);
+                    continue;
+                }
+                long left = len;
+                int used = 0;
+                while (used < k && (left > 0 || used == 0)) {
+                    long take = Math.min(left, rxChains[used].writableBytes());
+                    q.push(rxChains[used].head(), (int) take);
+                    left -= take;
+                    used++;
+                }
+                q.unpop(k - used);
+                numBuffers.set(LE16, 0, (short) used);
+                rxChains[0].writeTo(VirtioNet.HDR_NUM_BUFFERS, numBuffers);
+                if (left > 0) {
+                    rxCounters.add(QueueCounters.ERRORS, 1); // cannot happen: readv fills at most the iovec
+                }
+                rxCounters.add(QueueCounters.PACKETS, 1);
+                rxCounters.add(QueueCounters.BYTES, len - VirtioNet.HDR_SIZE);
+                done++;
+            }
+        } catch (VirtqueueException e) {
+            broken(true, rxErr, e);
+            return false;
+        }
+        if (done > 0) {
+            q.publishUsed();
+            if (q.needsNotification() && rxCall != null) {
+                rxCall.signal();
+                rxCounters.add(QueueCounters.NOTIFICATIONS, 1);
+            }
+        }
+        if (waitBuffers) {
+            return !busyPoll && q.enableKicks();
+        }
+        return done == BUDGET;
+    }
+
+    /**
+     * A ring the driver broke stops here (the spec's DEVICE_NEEDS_RESET for that queue): its kicks are no longer
+     * watched and the frontend's error eventfd is signalled. The other ring and every other pair go on.
+     */
+    private void broken(boolean isRx, EventFd err, VirtqueueException e) {
+        LOG.log(Level.WARNING, "{0} qp{1} {2}: ring broken, stopped: {3}", name, pair, isRx ? "RX" : "TX", e.getMessage());
+        if (isRx) {
+            rxCounters.add(QueueCounters.ERRORS, 1);
+            epoll.remove(rxKick.fd());
+            rxBroken = true;
+        } else {
+            txCounters.add(QueueCounters.ERRORS, 1);
+            epoll.remove(txKick.fd());
+            txBroken = true;
+        }
+        if (err != null) {
+            err.signal();
+        }
+    }
+
+    void close() {
+        if (thread != null) {
+            call(QueuePairWorker::shutdown);
+            try {
+                thread.join(5000);
+            } catch (InterruptedException e) {
+                Thread.currentThread().interrupt();
+            }
+        }
+        epoll.close();
+        wakeup.close();
+        port.close();
+    }
+}

@@ -1,0 +1,12 @@
+package io.mqvirtio.vhostuser;
+
+/** A vhost-user peer sent something the protocol does not allow, or a request could not be carried out. */
+public final class VhostUserException extends RuntimeException {
+    public VhostUserException(String message) {
+        super(message);
+    }
+
+    public VhostUserException(String message, Throwable cause) {
+        super(message, cause);
+    }
+}
