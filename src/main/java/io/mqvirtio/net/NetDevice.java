@@ -21,8 +21,13 @@ import java.util.List;
 public final class NetDevice implements VhostUserDevice, AutoCloseable {
     private static final Logger LOG = System.getLogger(NetDevice.class.getName());
 
-    /** Ring and device features every net device offers, whatever the backend. */
+    /**
+     * Ring and device features every net device offers, whatever the backend. CTRL_RX: the frontend runs the control
+     * queue (QEMU, DPDK virtio-user) and may accept RX-mode commands; we deliver every frame, so promiscuous and
+     * all-multicast are what the device does anyway.
+     */
     static final long BASE_FEATURES = VirtioFeatures.bit(VirtioFeatures.F_VERSION_1)
+            | VirtioFeatures.bit(VirtioNet.F_CTRL_RX)
             | VirtioFeatures.bit(VirtioFeatures.F_EVENT_IDX)
             | VirtioFeatures.bit(VirtioFeatures.F_INDIRECT_DESC)
             | VirtioFeatures.bit(VirtioNet.F_MQ)
