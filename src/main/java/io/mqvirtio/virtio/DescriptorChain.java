@@ -1,6 +1,5 @@
 package io.mqvirtio.virtio;
 
-import io.mqvirtio.memory.GuestMemory;
 import java.lang.foreign.MemorySegment;
 
 /**
@@ -12,25 +11,25 @@ import java.lang.foreign.MemorySegment;
 public final class DescriptorChain {
     private final int capacity;
     private final long[] gpa;
-    private final long[] host;
+    private final MemorySegment[] region; // the mapping of the region each buffer lies in
+    private final long[] regionOffset;          // the buffer's offset in that region
     private final int[] len;
     private int head = -1;
     private int count;
     private int readable;
     private long readableBytes;
     private long writableBytes;
-    private GuestMemory memory;
     private boolean indirect;
 
     public DescriptorChain(int capacity) {
         this.capacity = capacity;
         this.gpa = new long[capacity];
-        this.host = new long[capacity];
+        this.region = new MemorySegment[capacity];
+        this.regionOffset = new long[capacity];
         this.len = new int[capacity];
     }
 
-    void reset(GuestMemory mem, int headIndex) {
-        memory = mem;
+    void reset(int headIndex) {
         head = headIndex;
         count = 0;
         readable = 0;
@@ -44,12 +43,13 @@ public final class DescriptorChain {
     }
 
     /** Adds one buffer; returns false when the chain object is full. */
-    boolean add(long guestAddr, long hostAddr, int length, boolean writable) {
+    boolean add(long guestAddr, MemorySegment regionMapping, long regionOffset, int length, boolean writable) {
         if (count == capacity) {
             return false;
         }
         gpa[count] = guestAddr;
-        host[count] = hostAddr;
+        region[count] = regionMapping;
+        this.regionOffset[count] = regionOffset;
         len[count] = length;
         count++;
         if (writable) {
@@ -105,7 +105,7 @@ public final class DescriptorChain {
 
     /** This process's address of buffer {@code i}, for iovecs. */
     public long hostAddress(int i) {
-        return host[checkIndex(i)];
+        return region[checkIndex(i)].address() + regionOffset[i];
     }
 
     public int length(int i) {
@@ -114,7 +114,7 @@ public final class DescriptorChain {
 
     /** Buffer {@code i} as a bounds-checked slice of guest memory. */
     public MemorySegment segment(int i) {
-        return memory.gpa(gpa[checkIndex(i)], Integer.toUnsignedLong(len[i]));
+        return region[checkIndex(i)].asSlice(regionOffset[i], Integer.toUnsignedLong(len[i]));
     }
 
     /**
@@ -131,7 +131,7 @@ public final class DescriptorChain {
                 continue;
             }
             long n = Math.min(l - skip, dst.byteSize() - done);
-            MemorySegment.copy(memory.gpa(gpa[i] + skip, n), 0, dst, done, n);
+            MemorySegment.copy(region[i], regionOffset[i] + skip, dst, done, n);
             done += n;
             skip = 0;
         }
@@ -152,7 +152,7 @@ public final class DescriptorChain {
                 continue;
             }
             long n = Math.min(l - skip, src.byteSize() - done);
-            MemorySegment.copy(src, done, memory.gpa(gpa[i] + skip, n), 0, n);
+            MemorySegment.copy(src, done, region[i], regionOffset[i] + skip, n);
             done += n;
             skip = 0;
         }

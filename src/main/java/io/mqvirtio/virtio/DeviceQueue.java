@@ -4,6 +4,7 @@ import static io.mqvirtio.virtio.SplitRing.*;
 
 import io.mqvirtio.memory.GuestMemory;
 import io.mqvirtio.memory.GuestMemoryException;
+import io.mqvirtio.memory.MemoryRegion;
 import java.lang.foreign.MemorySegment;
 import java.lang.invoke.VarHandle;
 
@@ -34,6 +35,7 @@ public final class DeviceQueue {
     private final long availEventOff;
 
     private int lastAvail;      // next avail ring slot to read (free-running 16-bit)
+    private int availShadow;    // avail.idx as last read: pops up to it without touching the driver's cache line
     private int usedIdx;        // next used ring slot to write (free-running 16-bit), published by publishUsed
     private int publishedUsed;  // value last stored in used.idx
     private int signalledUsed;  // used index at the last notification decision
@@ -69,6 +71,7 @@ public final class DeviceQueue {
         this.usedEventOff = usedEventOffset(size);
         this.availEventOff = availEventOffset(size);
         this.lastAvail = lastAvail & 0xffff;
+        this.availShadow = this.lastAvail;
         this.usedIdx = usedIdx & 0xffff;
         this.publishedUsed = this.usedIdx;
     }
@@ -98,11 +101,12 @@ public final class DeviceQueue {
     /** Number of chains the driver has made available that the device has not popped yet (validated). */
     public int available() {
         checkNotBroken();
-        int n = (getU16Acquire(avail, AVAIL_IDX) - lastAvail) & 0xffff;
+        int idx = getU16Acquire(avail, AVAIL_IDX);
+        int n = (idx - lastAvail) & 0xffff;
         if (n > size) {
-            fail("avail index jumped from " + lastAvail + " to " + ((lastAvail + n) & 0xffff) + ", more than the queue size "
-                    + size);
+            fail("avail index jumped from " + lastAvail + " to " + idx + ", more than the queue size " + size);
         }
+        availShadow = idx;
         return n;
     }
 
@@ -112,8 +116,12 @@ public final class DeviceQueue {
      * @throws VirtqueueException if the driver broke the ring's rules (the queue is then broken)
      */
     public boolean pop(DescriptorChain chain) {
-        if (available() == 0) {
-            return false;
+        if (lastAvail == availShadow) {
+            if (available() == 0) {
+                return false;
+            }
+        } else {
+            checkNotBroken();
         }
         int head = getU16(avail, AVAIL_RING + 2L * (lastAvail & mask));
         lastAvail = (lastAvail + 1) & 0xffff;
@@ -125,7 +133,7 @@ public final class DeviceQueue {
     }
 
     private void walk(int head, DescriptorChain chain) {
-        chain.reset(memory, head);
+        chain.reset(head);
         MemorySegment table = desc;
         int tableSize = size;
         int idx = head;
@@ -191,12 +199,12 @@ public final class DeviceQueue {
             if (total > 0xffff_ffffL) {
                 fail("descriptor chain at head " + head + " is longer than 2^32-1 bytes");
             }
-            long host = memory.hostAddress(addr, ulen);
-            if (host == 0) {
+            MemoryRegion region = memory.regionOfGpa(addr, ulen);
+            if (region == null) {
                 fail("descriptor " + idx + " of the chain at head " + head + " points outside guest memory: 0x"
                         + Long.toHexString(addr) + "+" + ulen);
             }
-            if (!chain.add(addr, host, len, writable)) {
+            if (!chain.add(addr, region.segment(), addr - region.guestPhysAddr(), len, writable)) {
                 fail("descriptor chain at head " + head + " has more than " + chain.capacity() + " buffers");
             }
             if ((flags & DESC_F_NEXT) == 0) {

@@ -36,6 +36,7 @@ public final class DriverQueue {
     private int availIdx;      // shadow of avail.idx
     private int kickedAvail;   // avail.idx at the previous kick decision
     private int lastUsed;      // next used slot to reap
+    private int usedShadow;    // used.idx as last read
     private int reapedLen;
     private String broken;
 
@@ -204,10 +205,12 @@ public final class DriverQueue {
 
     /** Number of used entries the device has published that were not reaped yet. */
     public int usedPending() {
-        int n = (getU16Acquire(used, USED_IDX) - lastUsed) & 0xffff;
+        int idx = getU16Acquire(used, USED_IDX);
+        int n = (idx - lastUsed) & 0xffff;
         if (n > inFlight()) {
-            fail("used index " + ((lastUsed + n) & 0xffff) + " runs ahead of the " + inFlight() + " chains in flight");
+            fail("used index " + idx + " runs ahead of the " + inFlight() + " chains in flight");
         }
+        usedShadow = idx;
         return n;
     }
 
@@ -217,7 +220,7 @@ public final class DriverQueue {
      */
     public int reap() {
         checkNotBroken();
-        if (usedPending() == 0) {
+        if (lastUsed == usedShadow && usedPending() == 0) {
             return -1;
         }
         long e = USED_RING + (long) USED_ELEM_SIZE * (lastUsed & mask);
