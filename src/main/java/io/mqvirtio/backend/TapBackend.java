@@ -1,13 +1,17 @@
 package io.mqvirtio.backend;
 
+import io.mqvirtio.linux.ErrnoException;
 import io.mqvirtio.linux.IoVec;
 import io.mqvirtio.linux.Tap;
 import io.mqvirtio.net.PacketBackend;
 import io.mqvirtio.net.Port;
 import io.mqvirtio.net.VirtioNet;
 import io.mqvirtio.virtio.VirtioFeatures;
+import java.io.IOException;
 import java.lang.System.Logger;
 import java.lang.System.Logger.Level;
+import java.nio.file.Files;
+import java.nio.file.Path;
 import java.util.ArrayList;
 import java.util.List;
 
@@ -17,36 +21,141 @@ import java.util.List;
  * readv/writev and no copy. Offloads towards the guest follow the negotiated GUEST_* features (TUNSETOFFLOAD);
  * a pair whose rings are disabled has its queue detached (TUNSETQUEUE) so the kernel steers no flow to it.
  *
- * <p>An existing TAP device (e.g. {@code ip tuntap add NAME mode tap multi_queue}) is used as it is; a name that
- * does not exist yet is created, and disappears when its last queue closes.
+ * <p>An existing multiqueue TAP device (e.g. {@code ip tuntap add dev NAME mode tap multi_queue}) is used as it is and
+ * outlives us; a name that does not exist yet in the opening thread's network namespace is created (not
+ * persistent), and disappears when its last queue closes: on {@link #close()}, or when the process ends in any way.
  */
 public final class TapBackend implements PacketBackend {
     private static final Logger LOG = System.getLogger(TapBackend.class.getName());
 
+    /** IFNAMSIZ - 1: the longest interface name Linux takes. */
+    public static final int MAX_NAME = 15;
+
+    /** The kernel's TUN/TAP limit on queues per device (MAX_TAP_QUEUES). */
+    public static final int MAX_QUEUES = 256;
+
+    private static final int E2BIG = 7; // <asm-generic/errno-base.h>: too many queues on the device
+
     private final String name;
+    private final boolean created;
     private final List<Tap> queues = new ArrayList<>();
 
-    private TapBackend(String name) {
+    private TapBackend(String name, boolean created) {
         this.name = name;
+        this.created = created;
     }
 
-    /** Opens {@code pairs} queues of TAP device {@code ifName}. */
+    /**
+     * Why {@code ifName} cannot name a network interface (the kernel's {@code dev_valid_name}, and printable ASCII),
+     * or null if it can. A single {@code %d} lets the kernel choose the number ({@code mqv%d}).
+     */
+    public static String invalidNameReason(String ifName) {
+        if (ifName.isEmpty()) {
+            return "an interface name cannot be empty";
+        }
+        if (ifName.length() > MAX_NAME) {
+            return "an interface name has at most " + MAX_NAME + " characters, \"" + ifName + "\" has " + ifName.length();
+        }
+        if (ifName.equals(".") || ifName.equals("..")) {
+            return "\"" + ifName + "\" is not an interface name";
+        }
+        for (int i = 0; i < ifName.length(); i++) {
+            char c = ifName.charAt(i);
+            if (c <= ' ' || c >= 0x7f || c == '/' || c == ':') {
+                return "an interface name is printable ASCII without blanks, '/' or ':', got \"" + ifName + "\"";
+            }
+        }
+        int pct = ifName.indexOf('%');
+        if (pct >= 0 && (!ifName.startsWith("%d", pct) || ifName.indexOf('%', pct + 1) >= 0)) {
+            return "'%' in an interface name may only appear once, as %d (the kernel picks the number): \"" + ifName + "\"";
+        }
+        return null;
+    }
+
+    /**
+     * Opens {@code pairs} queues of TAP device {@code ifName}, in the calling thread's network namespace, creating
+     * the device if it does not exist there.
+     *
+     * @throws IllegalArgumentException for a name Linux refuses or a queue count beyond the kernel's limit
+     * @throws IllegalStateException when the kernel refuses, with what that usually means
+     */
     public static TapBackend open(String ifName, int pairs) {
-        TapBackend b = new TapBackend(ifName);
+        String bad = invalidNameReason(ifName);
+        if (bad != null) {
+            throw new IllegalArgumentException(bad);
+        }
+        if (pairs < 1 || pairs > MAX_QUEUES) {
+            throw new IllegalArgumentException("a TAP device has 1.." + MAX_QUEUES + " queues, " + pairs + " asked");
+        }
+        boolean existed = !ifName.contains("%") && interfaceExists(ifName);
+        TapBackend b = null;
+        String actual = ifName;
         try {
             for (int i = 0; i < pairs; i++) {
-                Tap q = Tap.openQueue(ifName, true);
+                Tap q = openQueue(actual, i, existed);
+                if (b == null) {
+                    actual = q.interfaceName(); // "mqv%d" becomes the kernel's choice; later queues join that device
+                    b = new TapBackend(actual, !existed);
+                }
+                b.queues.add(q);
                 q.setVnetHdrSize(VirtioNet.HDR_SIZE);
                 q.setNonBlocking(true);
                 q.detach(); // attached when the guest enables the pair
-                b.queues.add(q);
             }
         } catch (RuntimeException e) {
-            b.close();
+            if (b != null) {
+                b.close();
+            }
             throw e;
         }
-        LOG.log(Level.INFO, "tap {0}: {1} queues opened", ifName, pairs);
+        LOG.log(Level.INFO, "tap {0}: {1} queues opened on {2} device{3}", actual, pairs, existed ? "an existing" : "a new",
+                existed ? "" : " (it goes away when mqvirtio exits)");
         return b;
+    }
+
+    private static Tap openQueue(String ifName, int index, boolean existed) {
+        try {
+            return Tap.openQueue(ifName, true);
+        } catch (ErrnoException e) {
+            String what = "tap " + ifName + ": cannot open queue " + index + " (" + e.getMessage() + ")";
+            String hint = switch (e.errno()) {
+                case ErrnoException.EPERM, ErrnoException.EACCES ->
+                        "TAP queues need CAP_NET_ADMIN (run as root) or a persistent device owned by this user";
+                case ErrnoException.EINVAL -> existed
+                        ? ifName + " exists but is not a multiqueue TAP device (create one with: ip tuntap add dev "
+                                + ifName + " mode tap multi_queue)"
+                        : "the kernel refused the name or the flags";
+                case ErrnoException.EBUSY -> ifName + " is in use in a way that admits no more queues";
+                case ErrnoException.ENOENT, ErrnoException.ENODEV -> "this kernel has no /dev/net/tun (modprobe tun)";
+                case E2BIG -> ifName + " has reached the kernel's limit of " + MAX_QUEUES + " queues";
+                default -> "";
+            };
+            throw new IllegalStateException(hint.isEmpty() ? what : what + ": " + hint, e);
+        }
+    }
+
+    /**
+     * Whether an interface named {@code ifName} exists in the calling thread's network namespace ({@code
+     * /proc/thread-self/net/dev} shows the thread's namespace, which may differ from the process's).
+     */
+    static boolean interfaceExists(String ifName) {
+        Path dev = Path.of("/proc/thread-self/net/dev");
+        try {
+            for (String line : Files.readAllLines(dev)) {
+                int colon = line.indexOf(':');
+                if (colon > 0 && line.substring(0, colon).trim().equals(ifName)) {
+                    return true;
+                }
+            }
+            return false;
+        } catch (IOException e) {
+            return false;
+        }
+    }
+
+    /** Whether this backend created its device (then it vanishes with the last queue) rather than joining one. */
+    public boolean createdDevice() {
+        return created;
     }
 
     public String interfaceName() {
@@ -133,12 +242,17 @@ public final class TapBackend implements PacketBackend {
 
     @Override
     public String describe() {
-        return "tap " + name + " (" + queues.size() + " queues)";
+        return "tap " + name + " (" + queues.size() + " queues" + (created ? ", created by mqvirtio" : "") + ")";
     }
 
     @Override
     public void close() {
+        if (queues.isEmpty()) {
+            return;
+        }
         queues.forEach(Tap::close);
         queues.clear();
+        LOG.log(Level.INFO, "tap {0}: queues closed{1}", name,
+                created ? " (the device we created goes with its last queue)" : " (the device stays)");
     }
 }

@@ -1,0 +1,52 @@
+package io.mqvirtio.cli;
+
+import java.lang.reflect.InvocationHandler;
+import java.lang.reflect.Method;
+import java.lang.reflect.Proxy;
+import java.util.List;
+import java.util.function.Consumer;
+
+/**
+ * Termination signals as ordinary events: SIGTERM and SIGINT call a handler (on the JVM's signal thread) instead of
+ * starting the JVM's shutdown with status 143/130, so a daemon can stop its work in order and exit 0.
+ *
+ * <p>The JDK's only way to do this is {@code sun.misc.Signal} (module {@code jdk.unsupported}, exported to every
+ * module). It is reached by reflection so that the build stays free of "internal proprietary API" warnings; where it
+ * is missing, {@link #onTermination} says so and the JVM's default (shutdown hooks, status 128+signal) applies.
+ */
+final class Signals {
+    static final List<String> TERMINATION = List.of("TERM", "INT");
+
+    private Signals() {}
+
+    /**
+     * Calls {@code handler} with the signal's name ("TERM", "INT") each time one arrives.
+     *
+     * @return whether the handlers are installed
+     */
+    static boolean onTermination(Consumer<String> handler) {
+        try {
+            Class<?> signal = Class.forName("sun.misc.Signal");
+            Class<?> handlerType = Class.forName("sun.misc.SignalHandler");
+            Method handle = signal.getMethod("handle", signal, handlerType);
+            Method getName = signal.getMethod("getName");
+            InvocationHandler ih = (proxy, m, args) -> switch (m.getName()) {
+                case "handle" -> {
+                    handler.accept((String) getName.invoke(args[0]));
+                    yield null;
+                }
+                case "hashCode" -> System.identityHashCode(proxy);
+                case "equals" -> proxy == args[0];
+                case "toString" -> "mqvirtio termination handler";
+                default -> throw new UnsupportedOperationException(m.getName());
+            };
+            Object h = Proxy.newProxyInstance(Signals.class.getClassLoader(), new Class<?>[] {handlerType}, ih);
+            for (String name : TERMINATION) {
+                handle.invoke(null, signal.getConstructor(String.class).newInstance(name), h);
+            }
+            return true;
+        } catch (ReflectiveOperationException | RuntimeException | LinkageError e) {
+            return false;
+        }
+    }
+}

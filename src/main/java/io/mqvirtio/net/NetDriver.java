@@ -1,0 +1,310 @@
+package io.mqvirtio.net;
+
+import io.mqvirtio.linux.EventFd;
+import io.mqvirtio.linux.MemFd;
+import io.mqvirtio.linux.Mmap;
+import io.mqvirtio.vhostuser.Frontend;
+import io.mqvirtio.vhostuser.Protocol;
+import io.mqvirtio.vhostuser.VhostUserException;
+import io.mqvirtio.virtio.DriverQueue;
+import io.mqvirtio.virtio.SplitRing;
+import io.mqvirtio.virtio.VirtioFeatures;
+import java.lang.System.Logger;
+import java.lang.System.Logger.Level;
+import java.lang.foreign.MemorySegment;
+import java.nio.file.Path;
+import java.util.ArrayList;
+import java.util.List;
+
+/**
+ * A userspace multiqueue virtio-net driver over vhost-user, in the manner of DPDK's virtio-user: it connects to a
+ * backend's socket as the frontend, shares one memfd holding its rings and buffers (guest-physical addresses are
+ * its own virtual addresses), sets up N queue pairs, and hands each to one application thread.
+ *
+ * <p>The control virtqueue is emulated here, as virtio-user does: {@link #setQueuePairs(int)} becomes
+ * SET_VRING_ENABLE on both rings of each pair.
+ *
+ * <pre>{@code
+ * try (NetDriver nic = NetDriver.connect(Path.of("/tmp/vm0.sock"), NetDriver.Options.pairs(4))) {
+ *     NetQueuePair q = nic.pair(0);                 // one per thread
+ *     int sent = q.send(frame);                     // 1, or 0 when the TX ring is full
+ *     int got = q.receive(buffers, lengths, 32);    // frames copied into buffers
+ *     nic.setQueuePairs(2);                         // like ethtool -L combined 2
+ * }
+ * }</pre>
+ */
+public final class NetDriver implements AutoCloseable {
+    private static final Logger LOG = System.getLogger(NetDriver.class.getName());
+
+    /** Features the driver negotiates when the backend offers them (VERSION_1 is required). */
+    static final long WANTED = VirtioFeatures.bit(VirtioFeatures.F_VERSION_1) | VirtioFeatures.bit(VirtioFeatures.F_EVENT_IDX)
+            | VirtioFeatures.bit(VirtioNet.F_MQ) | VirtioFeatures.bit(VirtioNet.F_MRG_RXBUF)
+            | VirtioFeatures.bit(VirtioNet.F_MTU);
+    static final long WANTED_PROTOCOL = (1L << Protocol.PF_MQ) | (1L << Protocol.PF_REPLY_ACK) | (1L << Protocol.PF_STATUS);
+    static final int STATUS_OK = 1 | 2 | 8 | 4; // ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK
+
+    /**
+     * @param pairs      queue pairs to set up (all start enabled)
+     * @param ringSize   entries per ring (a power of two)
+     * @param bufSize    bytes per buffer, header included (frames up to bufSize - 12)
+     * @param timeoutMs  how long to wait for each backend reply
+     * @param features   features to negotiate when offered (a subset of {@link #WANTED} or more)
+     */
+    public record Options(int pairs, int ringSize, int bufSize, int timeoutMs, long features) {
+        public Options {
+            if (pairs < 1 || pairs > VirtioNet.MAX_PAIRS) {
+                throw new IllegalArgumentException("queue pairs must be 1.." + VirtioNet.MAX_PAIRS + ": " + pairs);
+            }
+            if (!SplitRing.isValidSize(ringSize)) {
+                throw new IllegalArgumentException("ring size must be a power of two up to 32768: " + ringSize);
+            }
+            if (bufSize < 64 || bufSize > 65536) {
+                throw new IllegalArgumentException("buffer size must be 64..65536: " + bufSize);
+            }
+        }
+
+        public static Options pairs(int pairs) {
+            return new Options(pairs, 256, 2048, 5000, WANTED);
+        }
+
+        public Options withRingSize(int n) {
+            return new Options(pairs, n, bufSize, timeoutMs, features);
+        }
+
+        public Options withFeatures(long f) {
+            return new Options(pairs, ringSize, bufSize, timeoutMs, f);
+        }
+    }
+
+    private final Frontend frontend;
+    private final MemFd memfd;
+    private final Mmap map;
+    private final List<NetQueuePair> pairs = new ArrayList<>();
+    private final List<EventFd> eventFds = new ArrayList<>();
+    private final long features;
+    private final long protocolFeatures;
+    private final int maxPairs;
+    private int activePairs;
+    private boolean closed;
+
+    private NetDriver(Frontend frontend, MemFd memfd, Mmap map, long features, long protocolFeatures, int maxPairs) {
+        this.frontend = frontend;
+        this.memfd = memfd;
+        this.map = map;
+        this.features = features;
+        this.protocolFeatures = protocolFeatures;
+        this.maxPairs = maxPairs;
+    }
+
+    /**
+     * Connects to the backend at {@code socket} and sets up the queue pairs.
+     *
+     * @throws VhostUserException if the backend refuses, answers wrongly, lacks VERSION_1 or enough queue pairs,
+     *                            or does not answer in time; nothing is left open then
+     */
+    public static NetDriver connect(Path socket, Options o) {
+        Frontend fe = Frontend.connect(socket, o.timeoutMs());
+        MemFd memfd = null;
+        Mmap map = null;
+        NetDriver d = null;
+        try {
+            long offered = fe.getFeatures();
+            if (!VirtioFeatures.has(offered, VirtioFeatures.F_VERSION_1)) {
+                throw new VhostUserException("the backend does not offer VERSION_1 (features 0x" + Long.toHexString(offered) + ")");
+            }
+            long pf = 0;
+            if (VirtioFeatures.has(offered, Protocol.F_PROTOCOL_FEATURES)) {
+                pf = fe.getProtocolFeatures() & WANTED_PROTOCOL;
+                fe.setProtocolFeatures(pf);
+                fe.useReplyAck((pf & (1L << Protocol.PF_REPLY_ACK)) != 0);
+            }
+            long negotiated = offered & o.features() & ~(1L << Protocol.F_PROTOCOL_FEATURES);
+            int max = 1;
+            if ((pf & (1L << Protocol.PF_MQ)) != 0 && VirtioFeatures.has(negotiated, VirtioNet.F_MQ)) {
+                long q = fe.getQueueNum();
+                if (q < 1 || q > VirtioNet.MAX_PAIRS) {
+                    throw new VhostUserException("GET_QUEUE_NUM answered " + Long.toUnsignedString(q) + " queue pairs");
+                }
+                max = (int) q;
+            }
+            if (o.pairs() > max) {
+                throw new VhostUserException("the backend serves " + max + " queue pair" + (max == 1 ? "" : "s") + ", "
+                        + o.pairs() + " asked");
+            }
+            if (o.pairs() == 1) {
+                negotiated &= ~VirtioFeatures.bit(VirtioNet.F_MQ);
+            }
+            fe.setOwner();
+            fe.setFeatures(negotiated | (offered & (1L << Protocol.F_PROTOCOL_FEATURES)));
+
+            SplitRing.Layout layout = SplitRing.Layout.contiguous(o.ringSize());
+            long bufBytes = (long) o.ringSize() * o.bufSize();
+            long perPair = 2 * layout.totalBytes() + 2 * align(bufBytes);
+            long size = perPair * o.pairs();
+            memfd = MemFd.create("mqvirtio-driver", size);
+            map = Mmap.shared(memfd, 0, size);
+            MemorySegment mem = map.segment();
+            long base = mem.address();
+            fe.setMemTable(List.of(new Frontend.Region(base, size, base, 0, memfd)));
+            d = new NetDriver(fe, memfd, map, negotiated, pf, o.pairs());
+            boolean mrg = VirtioFeatures.has(negotiated, VirtioNet.F_MRG_RXBUF);
+            for (int p = 0; p < o.pairs(); p++) {
+                long off = perPair * p;
+                DriverQueue[] q = new DriverQueue[2];
+                EventFd[] kick = new EventFd[2];
+                EventFd[] call = new EventFd[2];
+                for (int r = 0; r < 2; r++) {
+                    long ringOff = off + r * layout.totalBytes();
+                    MemorySegment ring = mem.asSlice(ringOff, layout.totalBytes());
+                    q[r] = new DriverQueue(o.ringSize(), ring.asSlice(layout.descOffset(), SplitRing.descTableBytes(o.ringSize())),
+                            ring.asSlice(layout.availOffset(), SplitRing.availBytes(o.ringSize())),
+                            ring.asSlice(layout.usedOffset(), SplitRing.usedBytes(o.ringSize())), negotiated);
+                    kick[r] = d.track(EventFd.create());
+                    call[r] = d.track(EventFd.create());
+                }
+                long rxBufs = off + 2 * layout.totalBytes();
+                long txBufs = rxBufs + align(bufBytes);
+                NetQueuePair qp = new NetQueuePair(p, q[0], q[1], kick[0], kick[1], call[0],
+                        mem.asSlice(rxBufs, bufBytes), base + rxBufs, mem.asSlice(txBufs, bufBytes), base + txBufs,
+                        o.bufSize(), mrg);
+                for (int r = 0; r < 2; r++) {
+                    int index = 2 * p + r;
+                    long ringAddr = base + off + r * layout.totalBytes();
+                    fe.setVringNum(index, o.ringSize());
+                    fe.setVringBase(index, 0);
+                    fe.setVringAddr(index, ringAddr + layout.descOffset(), ringAddr + layout.usedOffset(),
+                            ringAddr + layout.availOffset());
+                    fe.setVringCall(index, call[r]);
+                    fe.setVringKick(index, kick[r]);
+                }
+                d.pairs.add(qp);
+            }
+            d.setQueuePairs(o.pairs());
+            if ((pf & (1L << Protocol.PF_STATUS)) != 0) {
+                fe.setStatus(STATUS_OK);
+            }
+            // The RX rings were filled before the backend started them: tell it they are there.
+            for (NetQueuePair qp : d.pairs) {
+                qp.kickRx();
+            }
+            LOG.log(Level.INFO, "connected to {0}: {1} queue pairs, features {2}", socket, o.pairs(),
+                    VirtioFeatures.list(negotiated));
+            return d;
+        } catch (RuntimeException e) {
+            if (d != null) {
+                d.release();
+            } else {
+                if (map != null) {
+                    map.close();
+                }
+                if (memfd != null) {
+                    memfd.close();
+                }
+                fe.close();
+            }
+            throw e;
+        }
+    }
+
+    private static long align(long v) {
+        return (v + 4095) & -4096L;
+    }
+
+    private EventFd track(EventFd e) {
+        eventFds.add(e);
+        return e;
+    }
+
+    /** Negotiated virtio features. */
+    public long features() {
+        return features;
+    }
+
+    public long protocolFeatures() {
+        return protocolFeatures;
+    }
+
+    /** Queue pairs set up (the most that {@link #setQueuePairs} can enable). */
+    public int maxPairs() {
+        return maxPairs;
+    }
+
+    public synchronized int activePairs() {
+        return activePairs;
+    }
+
+    /** Pair {@code i}'s handle; use each from one thread. */
+    public NetQueuePair pair(int i) {
+        return pairs.get(i);
+    }
+
+    /**
+     * Changes the number of active queue pairs at run time (the control queue's VIRTIO_NET_CTRL_MQ, emulated):
+     * pairs below {@code n} are enabled, the rest disabled on both rings. A disabled pair takes and delivers nothing.
+     */
+    public synchronized void setQueuePairs(int n) {
+        if (n < 1 || n > maxPairs) {
+            throw new IllegalArgumentException("queue pairs must be 1.." + maxPairs + ": " + n);
+        }
+        checkOpen();
+        for (int p = 0; p < maxPairs; p++) {
+            boolean on = p < n;
+            NetQueuePair qp = pairs.get(p);
+            if (!on) {
+                qp.enabled = false; // stop using it before the backend stops serving it
+            }
+            frontend.setVringEnable(2 * p, on);
+            frontend.setVringEnable(2 * p + 1, on);
+            if (on) {
+                qp.enabled = true;
+            }
+        }
+        activePairs = n;
+    }
+
+    /**
+     * The pair a frame should use so that a flow stays on one pair (in the spirit of the kernel's XPS/RSS): a hash
+     * of its IP addresses and TCP/UDP ports, modulo the active pairs. Frames that are not IP go to pair 0.
+     */
+    public int pairFor(MemorySegment frame) {
+        return FlowHash.of(frame) % activePairs();
+    }
+
+    private void checkOpen() {
+        if (closed) {
+            throw new IllegalStateException("driver closed");
+        }
+    }
+
+    /**
+     * Stops every ring (GET_VRING_BASE, so the backend lets go of our memory), then disconnects and frees the
+     * memory. A backend that is already gone is no obstacle.
+     */
+    @Override
+    public synchronized void close() {
+        if (closed) {
+            return;
+        }
+        closed = true;
+        try {
+            for (NetQueuePair qp : pairs) {
+                qp.enabled = false;
+            }
+            for (int r = 0; r < 2 * pairs.size(); r++) {
+                frontend.getVringBase(r);
+            }
+        } catch (VhostUserException e) {
+            LOG.log(Level.DEBUG, "closing: {0}", e.getMessage());
+        } finally {
+            release();
+        }
+    }
+
+    private void release() {
+        frontend.close();
+        pairs.forEach(NetQueuePair::close);
+        eventFds.forEach(EventFd::close);
+        map.close();
+        memfd.close();
+    }
+}

@@ -1,0 +1,206 @@
+package io.mqvirtio.vhostuser;
+
+import static io.mqvirtio.vhostuser.Protocol.*;
+
+import io.mqvirtio.linux.Epoll;
+import io.mqvirtio.linux.ErrnoException;
+import io.mqvirtio.linux.Fd;
+import io.mqvirtio.linux.UnixSocket;
+import java.nio.ByteBuffer;
+import java.nio.ByteOrder;
+import java.nio.file.Path;
+import java.util.List;
+
+/**
+ * The frontend side of a vhost-user connection: what QEMU or DPDK's virtio-user does, for our userspace driver.
+ * Each method sends one request and, where the protocol has one, waits for the reply (with REPLY_ACK negotiated,
+ * also for the ack of requests without a reply). The backend is not trusted: a reply for another request, of the
+ * wrong size, a negative ack, a connection that drops, or no answer within the timeout is a
+ * {@link VhostUserException} naming the request. Used by one thread at a time.
+ */
+public final class Frontend implements AutoCloseable {
+    /** A region of our memory as SET_MEM_TABLE describes it. */
+    public record Region(long guestPhysAddr, long size, long userAddr, long mmapOffset, Fd fd) {}
+
+    private final Channel channel;
+    private final Epoll readable = Epoll.create(1);
+    private final int timeoutMillis;
+    private boolean replyAck;
+
+    private Frontend(UnixSocket socket, int timeoutMillis) {
+        this.channel = new Channel(socket);
+        this.timeoutMillis = timeoutMillis;
+        readable.add(socket, Epoll.EPOLLIN | Epoll.EPOLLRDHUP, 0);
+    }
+
+    /** Connects to a backend listening on {@code path}. */
+    public static Frontend connect(Path path, int timeoutMillis) {
+        UnixSocket s;
+        try {
+            s = UnixSocket.connect(path);
+        } catch (ErrnoException e) {
+            throw new VhostUserException("cannot connect to the vhost-user backend at " + path + ": " + e.getMessage(), e);
+        }
+        return new Frontend(s, timeoutMillis);
+    }
+
+    /** Wraps a connected socket (e.g. one a listening frontend accepted). */
+    public static Frontend over(UnixSocket socket, int timeoutMillis) {
+        return new Frontend(socket, timeoutMillis);
+    }
+
+    /** From now on every request without a reply asks for an ack (after REPLY_ACK was negotiated). */
+    public void useReplyAck(boolean on) {
+        replyAck = on;
+    }
+
+    public long getFeatures() {
+        return u64Reply(Request.GET_FEATURES, new byte[0]);
+    }
+
+    public void setFeatures(long f) {
+        send(Request.SET_FEATURES, Message.u64Payload(f));
+    }
+
+    public long getProtocolFeatures() {
+        return u64Reply(Request.GET_PROTOCOL_FEATURES, new byte[0]);
+    }
+
+    public void setProtocolFeatures(long f) {
+        send(Request.SET_PROTOCOL_FEATURES, Message.u64Payload(f));
+    }
+
+    public void setOwner() {
+        send(Request.SET_OWNER, new byte[0]);
+    }
+
+    public long getQueueNum() {
+        return u64Reply(Request.GET_QUEUE_NUM, new byte[0]);
+    }
+
+    public void setMemTable(List<Region> regions) {
+        if (regions.isEmpty() || regions.size() > MAX_TABLE_REGIONS) {
+            throw new IllegalArgumentException(regions.size() + " regions");
+        }
+        ByteBuffer b = ByteBuffer.allocate(8 + 32 * regions.size()).order(ByteOrder.LITTLE_ENDIAN);
+        b.putInt(regions.size()).putInt(0);
+        int[] fds = new int[regions.size()];
+        for (int i = 0; i < regions.size(); i++) {
+            Region r = regions.get(i);
+            b.putLong(r.guestPhysAddr()).putLong(r.size()).putLong(r.userAddr()).putLong(r.mmapOffset());
+            fds[i] = r.fd().fd();
+        }
+        send(Request.SET_MEM_TABLE, b.array(), fds);
+    }
+
+    public void setVringNum(int index, int num) {
+        send(Request.SET_VRING_NUM, Message.vringState(index, num));
+    }
+
+    public void setVringBase(int index, int base) {
+        send(Request.SET_VRING_BASE, Message.vringState(index, base));
+    }
+
+    public void setVringAddr(int index, long desc, long used, long avail) {
+        ByteBuffer b = ByteBuffer.allocate(40).order(ByteOrder.LITTLE_ENDIAN);
+        b.putInt(index).putInt(0).putLong(desc).putLong(used).putLong(avail).putLong(0);
+        send(Request.SET_VRING_ADDR, b.array());
+    }
+
+    public void setVringKick(int index, Fd fd) {
+        send(Request.SET_VRING_KICK, Message.u64Payload(index), fd.fd());
+    }
+
+    public void setVringCall(int index, Fd fd) {
+        send(Request.SET_VRING_CALL, Message.u64Payload(index), fd.fd());
+    }
+
+    public void setVringEnable(int index, boolean on) {
+        send(Request.SET_VRING_ENABLE, Message.vringState(index, on ? 1 : 0));
+    }
+
+    /** Stops ring {@code index}; returns the backend's next avail index. */
+    public int getVringBase(int index) {
+        try (Message m = request(Request.GET_VRING_BASE, Message.vringState(index, 0))) {
+            expectSize(m, 8);
+            if (m.u32(0) != index) {
+                throw new VhostUserException("GET_VRING_BASE for ring " + index + " answered for ring " + m.u32(0));
+            }
+            int base = m.u32(4);
+            if (Integer.compareUnsigned(base, 0xffff) > 0) {
+                throw new VhostUserException("GET_VRING_BASE answered " + Integer.toUnsignedString(base)
+                        + ", not a 16-bit index");
+            }
+            return base;
+        }
+    }
+
+    public void setStatus(int status) {
+        send(Request.SET_STATUS, Message.u64Payload(status));
+    }
+
+    public long getStatus() {
+        return u64Reply(Request.GET_STATUS, new byte[0]);
+    }
+
+    /** Sends a request that has no reply of its own (acked when REPLY_ACK is in use). */
+    private void send(Request r, byte[] payload, int... fds) {
+        if (!replyAck) {
+            channel.send(r.id, 0, payload, fds);
+            return;
+        }
+        channel.send(r.id, FLAG_NEED_REPLY, payload, fds);
+        try (Message m = await(r)) {
+            expectSize(m, 8);
+            long v = m.u64(0);
+            if (v != 0) {
+                throw new VhostUserException(r + " was refused by the backend (ack " + v + ")");
+            }
+        }
+    }
+
+    private long u64Reply(Request r, byte[] payload) {
+        try (Message m = request(r, payload)) {
+            expectSize(m, 8);
+            return m.u64(0);
+        }
+    }
+
+    private Message request(Request r, byte[] payload) {
+        channel.send(r.id, 0, payload);
+        return await(r);
+    }
+
+    /** The reply to {@code r}, or an exception: nothing else may arrive on a frontend's channel. */
+    private Message await(Request r) {
+        int n = readable.await(timeoutMillis);
+        if (n == 0) {
+            throw new VhostUserException(r + ": no reply from the backend within " + timeoutMillis + " ms");
+        }
+        Message m = channel.receive();
+        if (m == null) {
+            throw new VhostUserException(r + ": the backend closed the connection");
+        }
+        if (m.requestId() != r.id || !m.isReply()) {
+            m.close();
+            throw new VhostUserException(r + ": the backend answered with " + m.name() + (m.isReply() ? "" : " (not a reply)"));
+        }
+        if (m.fdCount() != 0) {
+            m.close();
+            throw new VhostUserException(r + ": the reply carried file descriptors");
+        }
+        return m;
+    }
+
+    private static void expectSize(Message m, int size) {
+        if (m.size() != size) {
+            throw new VhostUserException(m.name() + " reply has " + m.size() + " bytes, expected " + size);
+        }
+    }
+
+    @Override
+    public void close() {
+        channel.close();
+        readable.close();
+    }
+}
