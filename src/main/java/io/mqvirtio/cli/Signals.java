@@ -22,7 +22,7 @@ final class Signals {
     /**
      * Calls {@code handler} with the signal's name ("TERM", "INT") each time one arrives.
      *
-     * @return whether the handlers are installed
+     * @return whether both handlers are installed
      */
     static boolean onTermination(Consumer<String> handler) {
         try {
@@ -41,10 +41,15 @@ final class Signals {
                 default -> throw new UnsupportedOperationException(m.getName());
             };
             Object h = Proxy.newProxyInstance(Signals.class.getClassLoader(), new Class<?>[] {handlerType}, ih);
+            boolean all = true;
             for (String name : TERMINATION) {
-                handle.invoke(null, signal.getConstructor(String.class).newInstance(name), h);
+                try {
+                    handle.invoke(null, signal.getConstructor(String.class).newInstance(name), h);
+                } catch (ReflectiveOperationException e) {
+                    all = false; // e.g. -Xrs: the JVM keeps this one; its default still runs the shutdown hooks
+                }
             }
-            return true;
+            return all;
         } catch (ReflectiveOperationException | RuntimeException | LinkageError e) {
             return false;
         }

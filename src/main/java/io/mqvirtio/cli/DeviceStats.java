@@ -1,0 +1,110 @@
+package io.mqvirtio.cli;
+
+import io.mqvirtio.net.NetDevice;
+import io.mqvirtio.net.QueueCounters;
+import java.util.ArrayList;
+import java.util.LinkedHashMap;
+import java.util.List;
+import java.util.Map;
+
+/**
+ * One served device's per-queue counters at one moment: what {@code /stats} serves as JSON, {@code /metrics} as
+ * Prometheus text, and {@code mqvirtio stats} prints. Queue entries come in the device's order: pair 0 RX, pair 0
+ * TX, pair 1 RX, ...
+ */
+record DeviceStats(String name, String socket, String backend, int pairs, boolean connected, List<Queue> queues) {
+
+    /** One virtqueue: {@code direction} "rx" (host to guest, ring 2·pair) or "tx" (guest to host, ring 2·pair+1). */
+    record Queue(int pair, String direction, long packets, long bytes, long drops, long errors, long kicks,
+            long notifications) {
+        String label() {
+            return direction + pair;
+        }
+
+        static final List<String> FIELDS = List.of("packets", "bytes", "drops", "errors", "kicks", "notifications");
+
+        long get(String field) {
+            return switch (field) {
+                case "packets" -> packets;
+                case "bytes" -> bytes;
+                case "drops" -> drops;
+                case "errors" -> errors;
+                case "kicks" -> kicks;
+                case "notifications" -> notifications;
+                default -> throw new IllegalArgumentException(field);
+            };
+        }
+    }
+
+    /** A snapshot of {@code device} now (each counter read once). */
+    static DeviceStats of(NetDevice device, String socket, String backend, boolean connected) {
+        List<QueueCounters.Snapshot> c = device.counters();
+        List<Queue> q = new ArrayList<>(c.size());
+        for (int i = 0; i < c.size(); i++) {
+            QueueCounters.Snapshot s = c.get(i);
+            q.add(new Queue(i / 2, i % 2 == 0 ? "rx" : "tx", s.packets(), s.bytes(), s.drops(), s.errors(), s.kicks(),
+                    s.notifications()));
+        }
+        return new DeviceStats(device.config().name(), socket, backend, device.pairs(), connected, List.copyOf(q));
+    }
+
+    Map<String, Object> toJson() {
+        Map<String, Object> m = new LinkedHashMap<>();
+        m.put("name", name);
+        m.put("socket", socket);
+        m.put("backend", backend);
+        m.put("pairs", pairs);
+        m.put("connected", connected);
+        List<Object> l = new ArrayList<>();
+        for (Queue q : queues) {
+            Map<String, Object> e = new LinkedHashMap<>();
+            e.put("pair", q.pair());
+            e.put("direction", q.direction());
+            for (String f : Queue.FIELDS) {
+                e.put(f, q.get(f));
+            }
+            l.add(e);
+        }
+        m.put("queues", l);
+        return m;
+    }
+
+    /** The inverse of {@link #toJson}; a missing or mistyped field is an {@link IllegalArgumentException}. */
+    static DeviceStats fromJson(Object o) {
+        Map<?, ?> m = map(o, "device");
+        List<Queue> q = new ArrayList<>();
+        for (Object e : list(m.get("queues"), "queues")) {
+            Map<?, ?> qm = map(e, "queue");
+            q.add(new Queue((int) number(qm, "pair"), string(qm, "direction"), number(qm, "packets"), number(qm, "bytes"),
+                    number(qm, "drops"), number(qm, "errors"), number(qm, "kicks"), number(qm, "notifications")));
+        }
+        return new DeviceStats(string(m, "name"), string(m, "socket"), string(m, "backend"), (int) number(m, "pairs"),
+                Boolean.TRUE.equals(m.get("connected")), List.copyOf(q));
+    }
+
+    static Map<?, ?> map(Object o, String what) {
+        if (o instanceof Map<?, ?> m) {
+            return m;
+        }
+        throw new IllegalArgumentException("expected an object for " + what + ", got " + o);
+    }
+
+    static List<?> list(Object o, String what) {
+        if (o instanceof List<?> l) {
+            return l;
+        }
+        throw new IllegalArgumentException("expected a list for " + what + ", got " + o);
+    }
+
+    static long number(Map<?, ?> m, String key) {
+        if (m.get(key) instanceof Long n) {
+            return n;
+        }
+        throw new IllegalArgumentException("expected a whole number for '" + key + "', got " + m.get(key));
+    }
+
+    static String string(Map<?, ?> m, String key) {
+        Object v = m.get(key);
+        return v == null ? "" : v.toString();
+    }
+}
