@@ -46,7 +46,7 @@ public final class LoopbackBackend implements PacketBackend {
 
             @Override
             public int readFd() {
-                return -1;
+                return POLL;
             }
 
             @Override

@@ -10,6 +10,15 @@ final class Logging {
     private Logging() {}
 
     static void setup(boolean debug) {
+        setup(debug ? Level.FINE : Level.INFO);
+    }
+
+    /** Only warnings and errors: for commands whose output is a table. */
+    static void quiet() {
+        setup(Level.WARNING);
+    }
+
+    private static void setup(Level level) {
         System.setProperty("java.util.logging.SimpleFormatter.format", "%1$tT.%1$tL %4$-7s %3$s: %5$s%6$s%n");
         Logger root = Logger.getLogger("");
         for (var h : root.getHandlers()) {
@@ -17,7 +26,6 @@ final class Logging {
         }
         ConsoleHandler h = new ConsoleHandler();
         h.setFormatter(new SimpleFormatter());
-        Level level = debug ? Level.FINE : Level.INFO;
         h.setLevel(level);
         root.addHandler(h);
         root.setLevel(level);

@@ -12,9 +12,11 @@ public final class Main {
             usage: mqvirtio COMMAND [OPTIONS]
 
             commands:
-              demo                 move frames through a split virtqueue between a driver thread and a device
-                                   thread (two mappings of one memfd, as two processes see it) and print Mpps
-                  --seconds S      how long to measure each frame size (default 2)
+              demo                 our driver and our backend (loopback) in one process over a real vhost-user
+                                   socket: one traffic thread per queue pair, then a per-queue table
+                  --pairs N        queue pairs (default 2)
+                  --size B         frame size in bytes (default 64)
+                  --seconds S      how long to measure (default 3)
               bench ring           the split-ring benchmark
                   --sizes LIST     frame sizes in bytes (default 64,1500)
                   --ring N         ring size, a power of two (default 256)
@@ -23,15 +25,26 @@ public final class Main {
               serve                a vhost-user-net backend (QEMU or DPDK virtio-user connect to it)
                   --socket-path P  the vhost-user socket (listened on; with --client, connected to)
                   --queues N       queue pairs (default 1); QEMU's queues= must not exceed it
-                  --tap NAME       multiqueue TAP device as the host side (created if it does not exist)
+                  --tap NAME       multiqueue TAP device as the host side: an existing one is used and kept;
+                                   one that does not exist is created, and removed when serve exits
                   --loopback       frames a queue pair sends come back on its RX
                   --mtu N          MTU offered to the guest (default 1500)
                   --client         connect to a frontend that listens (QEMU server=on) and reconnect
                   --busy-poll      workers poll their rings instead of sleeping on kicks
                   --cpus LIST      pin queue pair i's worker to LIST[i mod length]
                   --stats-interval S  print per-queue counters every S seconds
+                  --metrics ADDR:PORT  serve per-queue counters over HTTP on a loopback address (127.0.0.1:9100,
+                                   [::1]:9100; port 0 picks one, logged): /metrics in Prometheus text format,
+                                   /stats in JSON
+                  --name NAME      the device's name in logs and metrics (default: the socket's file name)
                   --print-capabilities  print the backend's capabilities as JSON and exit
                   --debug          log every vhost-user message
+                                   SIGTERM or SIGINT stops it cleanly (socket file removed, TAP queues closed, a
+                                   TAP device it created gone) with exit status 0
+              stats                print a running serve's per-queue counters (read from its --metrics endpoint)
+                  --from ADDR:PORT the address given to serve --metrics
+                  --watch S        every S seconds, print per-queue rates (packets/s, Mbit/s, drops/s, ...)
+                  --count N        with --watch: stop after N samples
               help                 this text
             """;
 
@@ -49,9 +62,10 @@ public final class Main {
         String[] rest = Arrays.copyOfRange(argv, 1, argv.length);
         try {
             return switch (argv[0]) {
-                case "demo" -> demo(new Args(rest, Set.of("seconds"), Set.of()), out);
+                case "demo" -> demo(new Args(rest, Set.of("seconds", "pairs", "size"), Set.of()), out);
                 case "bench" -> bench(rest, out);
-                case "serve" -> Serve.run(new Args(rest, Serve.VALUED, Serve.FLAGS), out);
+                case "serve" -> Serve.run(new Args(rest, Serve.VALUED, Serve.FLAGS), out, err);
+                case "stats" -> Stats.run(new Args(rest, Stats.VALUED, Stats.FLAGS), out, err);
                 default -> throw new Args.UsageException("unknown command '" + argv[0] + "'");
             };
         } catch (IllegalArgumentException | io.mqvirtio.vhostuser.VhostUserException | io.mqvirtio.linux.ErrnoException e) {
@@ -64,13 +78,16 @@ public final class Main {
         } catch (InterruptedException e) {
             Thread.currentThread().interrupt();
             return 130;
+        } catch (Exception e) {
+            err.println("mqvirtio: " + e);
+            return 1;
         }
     }
 
-    private static int demo(Args a, PrintStream out) throws InterruptedException {
-        double secs = a.decimal("seconds", 2, 0.1, 3600);
-        out.println("mqvirtio demo: one 256-entry split virtqueue, driver thread -> device thread, busy polling");
-        ringTable(List.of(64, 1500), 256, Math.min(1, secs / 2), secs, out);
+    private static int demo(Args a, PrintStream out) throws Exception {
+        Logging.quiet();
+        io.mqvirtio.bench.DriverDemo.run(a.integer("pairs", 2, 1, 64), a.integer("size", 64, 60, 2000),
+                a.decimal("seconds", 3, 0.2, 3600), out);
         return 0;
     }
 

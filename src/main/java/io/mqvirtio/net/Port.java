@@ -7,7 +7,12 @@ import io.mqvirtio.linux.IoVec;
  * carry the 12-byte virtio-net header in front. Used by one worker thread only.
  */
 public interface Port extends AutoCloseable {
-    /** A descriptor that is readable when frames wait for {@link #receive}, or -1: try receive after each TX batch. */
+    /** {@link #readFd()}: no descriptor; try {@link #receive} after each TX batch (a loopback). */
+    int POLL = -1;
+    /** {@link #readFd()}: this port never receives (a sink). */
+    int NEVER = -2;
+
+    /** A descriptor that is readable when frames wait for {@link #receive}, or {@link #POLL}, or {@link #NEVER}. */
     int readFd();
 
     /** Sends one frame (header then frame) gathered from {@code frame}: bytes taken, or -1 if it would block. */

@@ -279,7 +279,7 @@ final class QueuePairWorker implements Runnable {
                 if (tx != null && !txBroken) {
                     more |= txBurst();
                 }
-                if (port.readFd() < 0) {
+                if (port.readFd() == Port.POLL) {
                     portReadable = true;
                 }
                 if (rx != null && !rxBroken && rxEnabled && portReadable) {

@@ -35,15 +35,25 @@ class MainTest {
     }
 
     @Test
-    void demoMovesFrames() {
-        Out o = run("demo", "--seconds", "0.2");
-        assertThat(o.rc()).isZero();
-        // one row per frame size, each with a packet rate above zero (however loaded the machine)
-        for (String size : new String[] {"64", "1500"}) {
-            java.util.regex.Matcher m = java.util.regex.Pattern.compile("\\n\\s+" + size + "\\s+256\\s+([0-9.]+)\\s+([0-9.]+)")
+    void demoMovesFramesThroughDriverAndBackend() {
+        Out o = run("demo", "--pairs", "2", "--seconds", "0.5");
+        assertThat(o.rc()).as(o.err()).isZero();
+        assertThat(o.out()).contains("negotiated features:");
+        // one row per pair, frames sent and echoed back on each (however loaded the machine)
+        for (int pair = 0; pair < 2; pair++) {
+            java.util.regex.Matcher m = java.util.regex.Pattern
+                    .compile("\\n" + pair + "\\s+([0-9.]+)\\s+([0-9.]+)\\s+[0-9.]+\\s+[0-9.]+\\s+(\\d+)\\s+(\\d+)")
                     .matcher(o.out());
-            assertThat(m.find()).as("row for %s B in%n%s", size, o.out()).isTrue();
-            assertThat(Double.parseDouble(m.group(2))).as("Gbit/s for %s B", size).isPositive();
+            assertThat(m.find()).as("row for pair %d in%n%s", pair, o.out()).isTrue();
+            assertThat(Long.parseLong(m.group(3))).as("backend TX packets on pair %d", pair).isPositive();
+            assertThat(Long.parseLong(m.group(4))).as("backend RX packets on pair %d", pair).isPositive();
         }
+    }
+
+    @Test
+    void ringBenchmarkRuns() {
+        Out o = run("bench", "ring", "--sizes", "64", "--seconds", "0.2", "--warmup", "0.1");
+        assertThat(o.rc()).isZero();
+        assertThat(o.out()).containsPattern("\\n\\s+64\\s+256\\s+[0-9.]+");
     }
 }

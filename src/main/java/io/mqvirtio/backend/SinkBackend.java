@@ -1,0 +1,55 @@
+package io.mqvirtio.backend;
+
+import io.mqvirtio.linux.IoVec;
+import io.mqvirtio.net.PacketBackend;
+import io.mqvirtio.net.Port;
+
+/** Counts and drops every frame (a benchmark's receiver); never delivers any. */
+public final class SinkBackend implements PacketBackend {
+    private final int maxPairs;
+
+    public SinkBackend(int maxPairs) {
+        this.maxPairs = maxPairs;
+    }
+
+    @Override
+    public int maxPairs() {
+        return maxPairs;
+    }
+
+    @Override
+    public long features() {
+        return 0;
+    }
+
+    @Override
+    public Port open(int pair) {
+        return new Port() {
+            @Override
+            public int readFd() {
+                return NEVER;
+            }
+
+            @Override
+            public long send(IoVec frame) {
+                return frame.totalBytes();
+            }
+
+            @Override
+            public long receive(IoVec into) {
+                return -1;
+            }
+
+            @Override
+            public void close() {}
+        };
+    }
+
+    @Override
+    public String describe() {
+        return "sink";
+    }
+
+    @Override
+    public void close() {}
+}

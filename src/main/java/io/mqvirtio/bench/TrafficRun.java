@@ -1,0 +1,153 @@
+package io.mqvirtio.bench;
+
+import io.mqvirtio.net.NetDriver;
+import io.mqvirtio.net.NetQueuePair;
+import java.lang.foreign.Arena;
+import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
+import java.lang.management.ManagementFactory;
+import java.lang.management.ThreadMXBean;
+import java.nio.ByteOrder;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.concurrent.atomic.AtomicBoolean;
+import java.util.concurrent.atomic.AtomicLongArray;
+
+/**
+ * Traffic from our driver: one thread per queue pair sends bursts of UDP frames (and in ECHO mode receives what
+ * comes back), for a warm-up and then a measured interval. Per pair: packets and bytes each way, and the thread's
+ * CPU time during the measured interval (thread CPU time holds on a loaded machine, wall time does not).
+ */
+public final class TrafficRun {
+    public enum Mode { TX_ONLY, ECHO }
+
+    public record PairResult(int pair, long txPackets, long txBytes, long rxPackets, long rxBytes, long cpuNanos) {}
+
+    public record Result(double seconds, int frameSize, List<PairResult> pairs) {
+        public long txPackets() {
+            return pairs.stream().mapToLong(PairResult::txPackets).sum();
+        }
+
+        public long rxPackets() {
+            return pairs.stream().mapToLong(PairResult::rxPackets).sum();
+        }
+
+        public double txMpps() {
+            return txPackets() / seconds / 1e6;
+        }
+
+        public double rxMpps() {
+            return rxPackets() / seconds / 1e6;
+        }
+
+        /** Driver CPU nanoseconds per transmitted packet, over all pairs. */
+        public double cpuNsPerPacket() {
+            long cpu = pairs.stream().mapToLong(PairResult::cpuNanos).sum();
+            return txPackets() == 0 ? Double.NaN : (double) cpu / txPackets();
+        }
+    }
+
+    private static final int BURST = 32;
+    private static final int TX = 0, TXB = 1, RX = 2, RXB = 3;
+
+    private TrafficRun() {}
+
+    public static Result run(NetDriver nic, int pairs, Mode mode, int frameSize, double warmup, double seconds)
+            throws InterruptedException {
+        AtomicBoolean stop = new AtomicBoolean();
+        AtomicLongArray[] counts = new AtomicLongArray[pairs];
+        List<Thread> threads = new ArrayList<>();
+        for (int p = 0; p < pairs; p++) {
+            counts[p] = new AtomicLongArray(4 + 12); // padded
+            int pair = p;
+            threads.add(Thread.ofPlatform().name("traffic-qp" + p).daemon().start(() -> loop(nic.pair(pair), pair, mode,
+                    frameSize, stop, counts[pair])));
+        }
+        ThreadMXBean mx = ManagementFactory.getThreadMXBean();
+        Thread.sleep((long) (warmup * 1000));
+        long[][] c0 = snapshot(counts);
+        long[] cpu0 = threads.stream().mapToLong(t -> mx.getThreadCpuTime(t.threadId())).toArray();
+        long t0 = System.nanoTime();
+        Thread.sleep((long) (seconds * 1000));
+        long[][] c1 = snapshot(counts);
+        long[] cpu1 = threads.stream().mapToLong(t -> mx.getThreadCpuTime(t.threadId())).toArray();
+        long t1 = System.nanoTime();
+        stop.set(true);
+        for (Thread t : threads) {
+            t.join(5000);
+        }
+        List<PairResult> r = new ArrayList<>();
+        for (int p = 0; p < pairs; p++) {
+            r.add(new PairResult(p, c1[p][TX] - c0[p][TX], c1[p][TXB] - c0[p][TXB], c1[p][RX] - c0[p][RX],
+                    c1[p][RXB] - c0[p][RXB], cpu1[p] - cpu0[p]));
+        }
+        return new Result((t1 - t0) / 1e9, frameSize, r);
+    }
+
+    private static long[][] snapshot(AtomicLongArray[] c) {
+        long[][] s = new long[c.length][4];
+        for (int p = 0; p < c.length; p++) {
+            for (int i = 0; i < 4; i++) {
+                s[p][i] = c[p].getAcquire(i);
+            }
+        }
+        return s;
+    }
+
+    private static void loop(NetQueuePair q, int pair, Mode mode, int frameSize, AtomicBoolean stop, AtomicLongArray out) {
+        try (Arena a = Arena.ofConfined()) {
+            MemorySegment[] burst = new MemorySegment[BURST];
+            for (int i = 0; i < BURST; i++) {
+                burst[i] = udpFrame(a, pair, i, frameSize);
+            }
+            MemorySegment[] bufs = new MemorySegment[BURST];
+            for (int i = 0; i < BURST; i++) {
+                bufs[i] = a.allocate(2048);
+            }
+            int[] lens = new int[BURST];
+            long tx = 0, txb = 0, rx = 0, rxb = 0;
+            while (!stop.get()) {
+                int n = q.send(burst, 0, BURST);
+                tx += n;
+                txb += (long) n * frameSize;
+                if (mode == Mode.ECHO) {
+                    int r = q.receive(bufs, lens, BURST);
+                    rx += r;
+                    for (int i = 0; i < r; i++) {
+                        rxb += lens[i];
+                    }
+                }
+                out.setRelease(TX, tx);
+                out.setRelease(TXB, txb);
+                out.setRelease(RX, rx);
+                out.setRelease(RXB, rxb);
+                if (n == 0) {
+                    Thread.onSpinWait();
+                }
+            }
+        }
+    }
+
+    /** A UDP/IPv4 frame of {@code len} bytes (at least 60) from a per-pair source port. */
+    static MemorySegment udpFrame(Arena a, int pair, int seq, int len) {
+        MemorySegment f = a.allocate(Math.max(len, 60));
+        var be16 = ValueLayout.JAVA_SHORT_UNALIGNED.withOrder(ByteOrder.BIG_ENDIAN);
+        var be32 = ValueLayout.JAVA_INT_UNALIGNED.withOrder(ByteOrder.BIG_ENDIAN);
+        f.set(ValueLayout.JAVA_BYTE, 0, (byte) 0x02);
+        f.set(ValueLayout.JAVA_BYTE, 5, (byte) 0x01);
+        f.set(ValueLayout.JAVA_BYTE, 6, (byte) 0x02);
+        f.set(ValueLayout.JAVA_BYTE, 11, (byte) (0x10 + pair));
+        f.set(be16, 12, (short) 0x0800);
+        f.set(ValueLayout.JAVA_BYTE, 14, (byte) 0x45);
+        f.set(be16, 16, (short) (f.byteSize() - 14));
+        f.set(ValueLayout.JAVA_BYTE, 22, (byte) 64);
+        f.set(ValueLayout.JAVA_BYTE, 23, (byte) 17);
+        f.set(be32, 26, 0xc0a80002 + pair);
+        f.set(be32, 30, 0xc0a80001);
+        f.set(be16, 34, (short) (1024 + pair));
+        f.set(be16, 36, (short) 9);
+        f.set(be16, 38, (short) (f.byteSize() - 34));
+        f.set(be32, 42, seq);
+        return f;
+    }
+}

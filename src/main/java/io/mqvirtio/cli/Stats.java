@@ -1,0 +1,174 @@
+package io.mqvirtio.cli;
+
+import java.io.IOException;
+import java.io.PrintStream;
+import java.net.InetSocketAddress;
+import java.net.URI;
+import java.net.http.HttpClient;
+import java.net.http.HttpRequest;
+import java.net.http.HttpResponse;
+import java.time.Duration;
+import java.time.LocalTime;
+import java.time.format.DateTimeFormatter;
+import java.util.ArrayList;
+import java.util.HashMap;
+import java.util.List;
+import java.util.Map;
+import java.util.Set;
+
+/**
+ * {@code mqvirtio stats --from ADDR:PORT [--watch S [--count N]]}: reads a running {@code serve}'s {@code /stats}
+ * and prints the per-queue table; with {@code --watch}, every S seconds the rates since the previous sample.
+ */
+final class Stats {
+    static final Set<String> VALUED = Set.of("from", "watch", "count");
+    static final Set<String> FLAGS = Set.of();
+
+    private static final DateTimeFormatter CLOCK = DateTimeFormatter.ofPattern("HH:mm:ss");
+
+    private Stats() {}
+
+    /** What one GET /stats returned. */
+    record Sample(long uptimeMillis, List<DeviceStats> devices) {
+        static Sample parse(String body) {
+            Map<?, ?> m = DeviceStats.map(Json.parse(body), "the reply");
+            List<DeviceStats> d = new ArrayList<>();
+            for (Object o : DeviceStats.list(m.get("devices"), "devices")) {
+                d.add(DeviceStats.fromJson(o));
+            }
+            return new Sample(DeviceStats.number(m, "uptime_ms"), List.copyOf(d));
+        }
+    }
+
+    static int run(Args a, PrintStream out, PrintStream err) throws InterruptedException {
+        String from = a.string("from", null);
+        if (from == null) {
+            throw new Args.UsageException("stats needs --from ADDR:PORT (the address given to serve --metrics)");
+        }
+        if (!a.positional().isEmpty()) {
+            throw new Args.UsageException("stats takes no positional arguments, got " + a.positional());
+        }
+        InetSocketAddress at = MetricsServer.address("from", from);
+        double watch = a.decimal("watch", 0, 0.1, 86400);
+        int count = a.integer("count", 0, 1, Integer.MAX_VALUE);
+        if (a.flag("count") && watch == 0) {
+            throw new Args.UsageException("--count needs --watch S");
+        }
+        URI uri = URI.create("http://" + MetricsServer.hostPort(at) + "/stats");
+        HttpClient client = HttpClient.newBuilder().connectTimeout(Duration.ofSeconds(5)).build();
+        try (client) {
+            Sample prev = fetch(client, uri);
+            printTotals(prev, out);
+            if (watch == 0) {
+                return 0;
+            }
+            for (int n = 0; count == 0 || n < count; n++) {
+                Thread.sleep((long) (watch * 1000));
+                Sample now = fetch(client, uri);
+                printRates(prev, now, out);
+                prev = now;
+            }
+            return 0;
+        } catch (IOException e) {
+            err.println("mqvirtio: stats: cannot read " + uri + ": " + (e.getMessage() == null ? e.toString() : e.getMessage()));
+            return 1;
+        } catch (IllegalArgumentException e) {
+            err.println("mqvirtio: stats: " + uri + " did not answer as mqvirtio serve does: " + e.getMessage());
+            return 1;
+        }
+    }
+
+    static Sample fetch(HttpClient client, URI uri) throws IOException, InterruptedException {
+        HttpRequest req = HttpRequest.newBuilder(uri).timeout(Duration.ofSeconds(5)).GET().build();
+        HttpResponse<String> r = client.send(req, HttpResponse.BodyHandlers.ofString());
+        if (r.statusCode() != 200) {
+            throw new IOException("HTTP " + r.statusCode());
+        }
+        return Sample.parse(r.body());
+    }
+
+    static String header(DeviceStats d) {
+        return d.name() + ": socket " + d.socket() + ", " + d.backend() + ", " + d.pairs() + " queue pairs, frontend "
+                + (d.connected() ? "connected" : "not connected");
+    }
+
+    /** The counters as they stand: one row per queue and a total. */
+    static void printTotals(Sample s, PrintStream out) {
+        StringBuilder b = new StringBuilder();
+        for (DeviceStats d : s.devices()) {
+            b.append(header(d)).append('\n');
+            b.append(String.format("%-6s %14s %16s %10s %10s %12s %12s%n", "queue", "packets", "bytes", "drops", "errors",
+                    "kicks", "notifies"));
+            long[] sum = new long[6];
+            for (DeviceStats.Queue q : d.queues()) {
+                long[] v = values(q);
+                for (int k = 0; k < 6; k++) {
+                    sum[k] += v[k];
+                }
+                b.append(String.format("%-6s %14d %16d %10d %10d %12d %12d%n", q.label(), v[0], v[1], v[2], v[3], v[4], v[5]));
+            }
+            b.append(String.format("%-6s %14d %16d %10d %10d %12d %12d%n", "total", sum[0], sum[1], sum[2], sum[3], sum[4],
+                    sum[5]));
+        }
+        out.print(b);
+        out.flush();
+    }
+
+    /** Per-second rates between two samples, per queue, with a total; a restarted server shows its totals instead. */
+    static void printRates(Sample prev, Sample now, PrintStream out) {
+        double secs = (now.uptimeMillis() - prev.uptimeMillis()) / 1000.0;
+        Map<String, DeviceStats> before = new HashMap<>();
+        prev.devices().forEach(d -> before.put(d.name(), d));
+        StringBuilder b = new StringBuilder();
+        for (DeviceStats d : now.devices()) {
+            DeviceStats p = before.get(d.name());
+            if (p == null || secs <= 0 || p.queues().size() != d.queues().size() || restarted(p, d)) {
+                out.print(b);
+                b.setLength(0);
+                out.println(LocalTime.now().format(CLOCK) + " " + d.name() + ": counters restarted; totals:");
+                printTotals(new Sample(now.uptimeMillis(), List.of(d)), out);
+                continue;
+            }
+            b.append(String.format("%s %s over %.2f s (frontend %s)%n", LocalTime.now().format(CLOCK), d.name(), secs,
+                    d.connected() ? "connected" : "not connected"));
+            b.append(String.format("%-6s %12s %10s %10s %10s %10s %10s%n", "queue", "pps", "Mbit/s", "drops/s", "errors/s",
+                    "kicks/s", "notifies/s"));
+            double[] sum = new double[6];
+            for (int i = 0; i < d.queues().size(); i++) {
+                long[] v = values(d.queues().get(i));
+                long[] w = values(p.queues().get(i));
+                double[] r = new double[6];
+                for (int k = 0; k < 6; k++) {
+                    r[k] = (v[k] - w[k]) / secs;
+                    sum[k] += r[k];
+                }
+                b.append(row(d.queues().get(i).label(), r));
+            }
+            b.append(row("total", sum));
+        }
+        out.print(b);
+        out.flush();
+    }
+
+    private static String row(String label, double[] r) {
+        return String.format("%-6s %12.0f %10.2f %10.0f %10.0f %10.0f %10.0f%n", label, r[0], r[1] * 8 / 1e6, r[2], r[3],
+                r[4], r[5]);
+    }
+
+    private static boolean restarted(DeviceStats p, DeviceStats d) {
+        for (int i = 0; i < d.queues().size(); i++) {
+            long[] v = values(d.queues().get(i));
+            long[] w = values(p.queues().get(i));
+            for (int k = 0; k < 6; k++) {
+                if (v[k] < w[k]) {
+                    return true;
+                }
+            }
+        }
+        return false;
+    }
+
+    private static long[] values(DeviceStats.Queue q) {
+        return new long[] {q.packets(), q.bytes(), q.drops(), q.errors(), q.kicks(), q.notifications()};
+    }
+}

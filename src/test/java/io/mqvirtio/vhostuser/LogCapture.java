@@ -1,0 +1,52 @@
+package io.mqvirtio.vhostuser;
+
+import java.util.ArrayList;
+import java.util.List;
+import java.util.logging.Handler;
+import java.util.logging.Level;
+import java.util.logging.LogRecord;
+import java.util.logging.Logger;
+
+/**
+ * Collects what the vhost-user package logs at WARNING and above (System.Logger goes to java.util.logging here),
+ * with the message's parameters filled in.
+ */
+final class LogCapture extends Handler implements AutoCloseable {
+    private static final String PACKAGE = "io.mqvirtio.vhostuser";
+    private final Logger logger = Logger.getLogger(PACKAGE);
+    private final List<String> lines = new ArrayList<>();
+
+    LogCapture() {
+        setLevel(Level.WARNING);
+        logger.addHandler(this);
+    }
+
+    @Override
+    public synchronized void publish(LogRecord r) {
+        if (r.getLevel().intValue() < Level.WARNING.intValue()) {
+            return;
+        }
+        String m = r.getMessage();
+        Object[] p = r.getParameters();
+        if (p != null) {
+            m = java.text.MessageFormat.format(m, p);
+        }
+        lines.add(r.getLevel() + " " + m);
+    }
+
+    synchronized List<String> lines() {
+        return List.copyOf(lines);
+    }
+
+    synchronized void clear() {
+        lines.clear();
+    }
+
+    @Override
+    public void flush() {}
+
+    @Override
+    public void close() {
+        logger.removeHandler(this);
+    }
+}
