@@ -22,7 +22,8 @@ import java.util.List;
  * its own virtual addresses), sets up N queue pairs, and hands each to one application thread.
  *
  * <p>The control virtqueue is emulated here, as virtio-user does: {@link #setQueuePairs(int)} becomes
- * SET_VRING_ENABLE on both rings of each pair.
+ * SET_VRING_ENABLE on both rings of each pair; RX-mode commands are acknowledged ({@link #setPromiscuous}).
+ * Device status follows the spec's initialisation order when the backend has the STATUS protocol feature.
  *
  * <pre>{@code
  * try (NetDriver nic = NetDriver.connect(Path.of("/tmp/vm0.sock"), NetDriver.Options.pairs(4))) {
@@ -39,9 +40,10 @@ public final class NetDriver implements AutoCloseable {
     /** Features the driver negotiates when the backend offers them (VERSION_1 is required). */
     static final long WANTED = VirtioFeatures.bit(VirtioFeatures.F_VERSION_1) | VirtioFeatures.bit(VirtioFeatures.F_EVENT_IDX)
             | VirtioFeatures.bit(VirtioNet.F_MQ) | VirtioFeatures.bit(VirtioNet.F_MRG_RXBUF)
-            | VirtioFeatures.bit(VirtioNet.F_MTU);
+            | VirtioFeatures.bit(VirtioNet.F_MTU) | VirtioFeatures.bit(VirtioFeatures.F_INDIRECT_DESC);
     static final long WANTED_PROTOCOL = (1L << Protocol.PF_MQ) | (1L << Protocol.PF_REPLY_ACK) | (1L << Protocol.PF_STATUS);
-    static final int STATUS_OK = 1 | 2 | 8 | 4; // ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK
+    /** Device status bits (VIRTIO 1.3, 2.1), set in this order as the driver initialises (3.1.1). */
+    static final int ACKNOWLEDGE = 1, DRIVER = 2, DRIVER_OK = 4, FEATURES_OK = 8;
 
     /**
      * @param pairs      queue pairs to set up (all start enabled)
@@ -85,6 +87,7 @@ public final class NetDriver implements AutoCloseable {
     private final long protocolFeatures;
     private final int maxPairs;
     private int activePairs;
+    private boolean promiscuous = true;
     private boolean closed;
 
     private NetDriver(Frontend frontend, MemFd memfd, Mmap map, long features, long protocolFeatures, int maxPairs) {
@@ -118,6 +121,11 @@ public final class NetDriver implements AutoCloseable {
                 fe.setProtocolFeatures(pf);
                 fe.useReplyAck((pf & (1L << Protocol.PF_REPLY_ACK)) != 0);
             }
+            boolean status = (pf & (1L << Protocol.PF_STATUS)) != 0;
+            if (status) {
+                fe.setStatus(ACKNOWLEDGE);
+                fe.setStatus(ACKNOWLEDGE | DRIVER);
+            }
             long negotiated = offered & o.features() & ~(1L << Protocol.F_PROTOCOL_FEATURES);
             int max = 1;
             if ((pf & (1L << Protocol.PF_MQ)) != 0 && VirtioFeatures.has(negotiated, VirtioNet.F_MQ)) {
@@ -136,6 +144,12 @@ public final class NetDriver implements AutoCloseable {
             }
             fe.setOwner();
             fe.setFeatures(negotiated | (offered & (1L << Protocol.F_PROTOCOL_FEATURES)));
+            if (status) {
+                fe.setStatus(ACKNOWLEDGE | DRIVER | FEATURES_OK);
+                if ((fe.getStatus() & FEATURES_OK) == 0) {
+                    throw new VhostUserException("the backend did not accept features 0x" + Long.toHexString(negotiated));
+                }
+            }
 
             SplitRing.Layout layout = SplitRing.Layout.contiguous(o.ringSize());
             long bufBytes = (long) o.ringSize() * o.bufSize();
@@ -180,8 +194,8 @@ public final class NetDriver implements AutoCloseable {
                 d.pairs.add(qp);
             }
             d.setQueuePairs(o.pairs());
-            if ((pf & (1L << Protocol.PF_STATUS)) != 0) {
-                fe.setStatus(STATUS_OK);
+            if (status) {
+                fe.setStatus(ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK);
             }
             // The RX rings were filled before the backend started them: tell it they are there.
             for (NetQueuePair qp : d.pairs) {
@@ -260,6 +274,20 @@ public final class NetDriver implements AutoCloseable {
             }
         }
         activePairs = n;
+    }
+
+    /**
+     * The control queue's RX-mode command (VIRTIO_NET_CTRL_RX_PROMISC), emulated as virtio-user does: vhost-user has
+     * no message for it and backends deliver every frame to the device, so the command is acknowledged and recorded.
+     */
+    public synchronized boolean setPromiscuous(boolean on) {
+        checkOpen();
+        promiscuous = on;
+        return true;
+    }
+
+    public synchronized boolean isPromiscuous() {
+        return promiscuous;
     }
 
     /**
