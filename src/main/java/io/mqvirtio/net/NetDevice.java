@@ -187,6 +187,16 @@ public final class NetDevice implements VhostUserDevice, AutoCloseable {
         LOG.log(Level.INFO, "{0}: device reset", config.name());
     }
 
+    /** CPU time each pair's worker thread has used so far (ns), for CPU-per-packet figures. */
+    public long[] workerCpuNanos() {
+        java.lang.management.ThreadMXBean mx = java.lang.management.ManagementFactory.getThreadMXBean();
+        long[] t = new long[workers.length];
+        for (int i = 0; i < workers.length; i++) {
+            t[i] = mx.getThreadCpuTime(workers[i].threadId());
+        }
+        return t;
+    }
+
     /** Per-queue counters: index 2i is pair i's RX, 2i+1 its TX. */
     public List<QueueCounters.Snapshot> counters() {
         List<QueueCounters.Snapshot> l = new ArrayList<>();

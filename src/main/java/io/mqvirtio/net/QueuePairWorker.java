@@ -92,6 +92,10 @@ final class QueuePairWorker implements Runnable {
         }
     }
 
+    long threadId() {
+        return thread.threadId();
+    }
+
     void start() {
         thread = Thread.ofPlatform().name(name + "-qp" + pair).daemon(true).start(this);
     }
