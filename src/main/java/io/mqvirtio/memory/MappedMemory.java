@@ -5,6 +5,7 @@ import io.mqvirtio.linux.Fd;
 import io.mqvirtio.linux.FileSize;
 import io.mqvirtio.linux.Mmap;
 import java.util.ArrayList;
+import java.util.Comparator;
 import java.util.List;
 
 /**
@@ -28,6 +29,23 @@ public final class MappedMemory implements AutoCloseable {
     private MappedMemory(List<Mapped> mapped) {
         this.mapped = mapped;
         this.memory = GuestMemory.of(mapped.stream().map(Mapped::region).toList());
+        checkUserAddresses(memory.regions());
+    }
+
+    /**
+     * Frontend-virtual ranges must not overlap either: ring addresses are translated through them, and two regions
+     * claiming the same frontend address would make that translation ambiguous.
+     */
+    private static void checkUserAddresses(List<MemoryRegion> regions) {
+        List<MemoryRegion> r = new ArrayList<>(regions);
+        r.sort(Comparator.comparing(MemoryRegion::userAddr, Long::compareUnsigned));
+        for (int i = 1; i < r.size(); i++) {
+            MemoryRegion a = r.get(i - 1), b = r.get(i);
+            if (Long.compareUnsigned(b.userAddr(), a.userAddr() + a.size() - 1) <= 0) {
+                throw new GuestMemoryException("memory regions' frontend addresses overlap: uva 0x" + Long.toHexString(a.userAddr())
+                        + "+0x" + Long.toHexString(a.size()) + " and 0x" + Long.toHexString(b.userAddr()));
+            }
+        }
     }
 
     public static final MappedMemory EMPTY = new MappedMemory(List.of());
@@ -36,7 +54,10 @@ public final class MappedMemory implements AutoCloseable {
         return memory;
     }
 
-    /** Maps one region; the fd is only borrowed (the mapping keeps the memory alive on its own). */
+    /**
+     * Maps one region; the fd is only borrowed (the mapping keeps the memory alive on its own). On success the
+     * mapping is added to {@code owned}; on any failure nothing stays mapped.
+     */
     public static MemoryRegion map(Spec s, Fd fd, List<Mmap> owned) {
         if (s.size() <= 0) {
             throw new GuestMemoryException("memory region of size " + Long.toUnsignedString(s.size()));
@@ -49,7 +70,7 @@ public final class MappedMemory implements AutoCloseable {
         try {
             fileSize = FileSize.of(fd);
         } catch (ErrnoException e) {
-            throw new GuestMemoryException("memory region fd: " + e.getMessage());
+            throw new GuestMemoryException("memory region fd cannot be mapped (not a file: " + e.getMessage() + ")");
         }
         long end = s.mmapOffset() + s.size();
         if (end > fileSize) {
@@ -62,9 +83,15 @@ public final class MappedMemory implements AutoCloseable {
         } catch (ErrnoException e) {
             throw new GuestMemoryException("mapping a memory region of 0x" + Long.toHexString(end) + " bytes: " + e.getMessage());
         }
-        owned.add(m);
-        return new MemoryRegion(s.guestPhysAddr(), s.size(), s.userAddr(), s.mmapOffset(),
-                m.segment().asSlice(s.mmapOffset(), s.size()));
+        try {
+            MemoryRegion r = new MemoryRegion(s.guestPhysAddr(), s.size(), s.userAddr(), s.mmapOffset(),
+                    m.segment().asSlice(s.mmapOffset(), s.size()));
+            owned.add(m);
+            return r;
+        } catch (RuntimeException e) {
+            m.close(); // e.g. a range that wraps the address space: refused after mapping, so unmap here
+            throw e;
+        }
     }
 
     /** Maps a whole table; on any error nothing stays mapped. */

@@ -132,7 +132,8 @@ public final class NetQueuePair {
             }
             int slot = txFreeSlots[--txFree];
             long base = (long) slot * bufSize;
-            txBufs.asSlice(base, VirtioNet.HDR_SIZE).fill((byte) 0);
+            txBufs.set(ValueLayout.JAVA_LONG_UNALIGNED, base, 0L); // a zero virtio_net_hdr_v1: no offload asked
+            txBufs.set(ValueLayout.JAVA_INT_UNALIGNED, base + 8, 0);
             MemorySegment.copy(f, 0, txBufs, base + VirtioNet.HDR_SIZE, flen);
             addr[0] = txBufsGpa + base;
             len[0] = (int) (VirtioNet.HDR_SIZE + flen);

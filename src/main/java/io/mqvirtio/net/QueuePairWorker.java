@@ -306,25 +306,47 @@ final class QueuePairWorker implements Runnable {
     private boolean txBurst() {
         DeviceQueue q = tx;
         int done = 0;
+        long sent = 0;
+        long bytes = 0;
+        long dropped = 0;
+        long malformed = 0;
         boolean blocked = false;
         try {
             while (done < BUDGET && q.pop(txChain)) {
-                if (txEnabled && portActive) {
-                    long len = sendChain(txChain);
-                    if (len == -1) {
+                DescriptorChain c = txChain;
+                if (!txEnabled || !portActive) {
+                    dropped++; // a started but disabled ring is consumed, not sent
+                } else if (c.readableBytes() < VirtioNet.HDR_SIZE) {
+                    malformed++; // no room for even the header
+                } else {
+                    iov.clear();
+                    for (int i = 0; i < c.readableCount(); i++) {
+                        iov.addRaw(c.hostAddress(i), Integer.toUnsignedLong(c.length(i)));
+                    }
+                    if (port.send(iov) == -1) {
                         q.unpop(1);
                         blocked = true;
                         break;
                     }
-                } else {
-                    txCounters.add(QueueCounters.DROPS, 1); // a started but disabled ring is consumed, not sent
+                    sent++;
+                    bytes += c.readableBytes() - VirtioNet.HDR_SIZE;
                 }
-                q.push(txChain.head(), 0);
+                q.push(c.head(), 0);
                 done++;
             }
         } catch (VirtqueueException e) {
             broken(false, txErr, e);
             return false;
+        } finally {
+            // counted once per burst: one release store per counter, not per frame
+            txCounters.add(QueueCounters.PACKETS, sent);
+            txCounters.add(QueueCounters.BYTES, bytes);
+            if (dropped != 0) {
+                txCounters.add(QueueCounters.DROPS, dropped);
+            }
+            if (malformed != 0) {
+                txCounters.add(QueueCounters.ERRORS, malformed);
+            }
         }
         if (done > 0) {
             q.publishUsed();
@@ -341,23 +363,6 @@ final class QueuePairWorker implements Runnable {
             return false;
         }
         return q.enableKicks();
-    }
-
-    private long sendChain(DescriptorChain c) {
-        if (c.readableBytes() < VirtioNet.HDR_SIZE) {
-            txCounters.add(QueueCounters.ERRORS, 1); // no room for even the header: the frame is malformed
-            return 0;
-        }
-        iov.clear();
-        for (int i = 0; i < c.readableCount(); i++) {
-            iov.addRaw(c.hostAddress(i), Integer.toUnsignedLong(c.length(i)));
-        }
-        long n = port.send(iov);
-        if (n >= 0) {
-            txCounters.add(QueueCounters.PACKETS, 1);
-            txCounters.add(QueueCounters.BYTES, c.readableBytes() - VirtioNet.HDR_SIZE);
-        }
-        return n;
     }
 
     /** Moves up to a budget of frames from the port into the RX ring; true if more may be waiting. */

@@ -28,12 +28,17 @@ import java.util.List;
  * negotiated).
  *
  * <p>Errors: a malformed frame closes the connection (the stream cannot be resynchronised). A well-framed request
- * that cannot be carried out is answered with a REPLY_ACK failure when the front end asked for an ack, and closes
- * the connection otherwise. Either way it is logged, and only this connection is affected.
+ * that cannot be carried out (an unknown id, a payload or descriptor count that does not match the request's row,
+ * a value the request does not allow, or a state it cannot be applied in) is answered with a REPLY_ACK failure when
+ * the front end asked for an ack and negotiated REPLY_ACK, and closes the connection otherwise; a request that has
+ * a reply of its own closes the connection when it fails. Either way it is logged (a flood of failures is logged
+ * in part), and only this connection is affected. A failure inside the device (a ring that does not stop) ends the
+ * session.
  */
 public final class BackendSession implements Runnable {
     private static final Logger LOG = System.getLogger(BackendSession.class.getName());
-    private static final ValueLayout.OfShort LE16 = ValueLayout.JAVA_SHORT.withOrder(ByteOrder.LITTLE_ENDIAN);
+    private static final ValueLayout.OfShort LE16_UNALIGNED =
+            ValueLayout.JAVA_SHORT_UNALIGNED.withOrder(ByteOrder.LITTLE_ENDIAN);
 
     /** Protocol features this session implements itself, on top of the device's. */
     static final long SESSION_PROTOCOL_FEATURES =
@@ -51,6 +56,11 @@ public final class BackendSession implements Runnable {
     private int status;
     private MappedMemory memory = MappedMemory.EMPTY;
     private volatile boolean closing;
+    private long warnings;
+
+    /** Warnings logged in full per session; after that only every {@link #WARNINGS_EVERY}th, with a count. */
+    static final int WARNINGS_LOGGED = 100;
+    static final int WARNINGS_EVERY = 10_000;
 
     /** Per-ring protocol state; the running ring itself belongs to a device worker. */
     private static final class Ring {
@@ -65,6 +75,8 @@ public final class BackendSession implements Runnable {
         EventFd err;
         boolean enabled;
         boolean started;
+        /** Was running when the memory table changed and is not inside the new one: restarts when memory covers it. */
+        boolean parked;
     }
 
     public BackendSession(String name, Channel channel, VhostUserDevice device) {
@@ -92,7 +104,7 @@ public final class BackendSession implements Runnable {
                     m = channel.receive();
                 } catch (VhostUserException e) {
                     if (!closing) {
-                        LOG.log(Level.WARNING, "{0}: closing connection: {1}", name, e.getMessage());
+                        warn("{0}: closing connection: {1}", name, e.getMessage());
                     }
                     return;
                 }
@@ -127,7 +139,7 @@ public final class BackendSession implements Runnable {
         boolean ack = m.needsReply() && (ackedProtocolFeatures & (1L << PF_REPLY_ACK)) != 0;
         try {
             if (r == null) {
-                throw new VhostUserException("unknown request " + m.requestId());
+                throw new VhostUserException("unknown request " + Integer.toUnsignedString(m.requestId()));
             }
             if (m.isReply()) {
                 throw new VhostUserException(r + " arrived with the REPLY flag set");
@@ -142,8 +154,9 @@ public final class BackendSession implements Runnable {
             }
             return true;
         } catch (VhostUserException | GuestMemoryException | VirtqueueException | io.mqvirtio.linux.ErrnoException e) {
-            if (ack && r != null && !r.alwaysReplies) {
-                LOG.log(Level.WARNING, "{0}: {1} failed: {2}", name, m.name(), e.getMessage());
+            // An unknown request has no reply of its own that we know of: with an ack asked for, the ack is its reply.
+            if (ack && (r == null || !r.alwaysReplies)) {
+                warn("{0}: {1} failed: {2}", name, m.name(), e.getMessage());
                 try {
                     channel.reply(m, Message.u64Payload(1));
                     return true;
@@ -151,18 +164,48 @@ public final class BackendSession implements Runnable {
                     return false;
                 }
             }
-            LOG.log(Level.WARNING, "{0}: {1} failed, closing connection: {2}", name, m.name(), e.getMessage());
+            warn("{0}: {1} failed, closing connection: {2}", name, m.name(), e.getMessage());
+            return false;
+        } catch (RuntimeException e) {
+            // Not the frontend's fault as far as we can tell (e.g. a device worker that does not answer): end the
+            // session, whose teardown then stops what it can.
+            LOG.log(Level.ERROR, name + ": " + m.name() + " failed inside the backend, closing connection", e);
             return false;
         }
     }
 
-    /** Payload size and descriptor count must match the request's row. */
+    /** Logs a warning about what the frontend did; a frontend that floods us with failures is logged in part. */
+    private void warn(String format, Object... args) {
+        long n = ++warnings;
+        if (n <= WARNINGS_LOGGED) {
+            LOG.log(Level.WARNING, format, args);
+        } else if (n % WARNINGS_EVERY == 0) {
+            LOG.log(Level.WARNING, format + " (warning {" + args.length + "} of this session; the others since the first "
+                    + WARNINGS_LOGGED + " were not logged)", append(args, n));
+        }
+    }
+
+    private static Object[] append(Object[] a, Object x) {
+        Object[] r = Arrays.copyOf(a, a.length + 1);
+        r[a.length] = x;
+        return r;
+    }
+
+    /** Payload size and descriptor count must match the request's row exactly. */
     private static void checkShape(Request r, Message m) {
         int size = m.size();
         switch (r.payload) {
             case MEM_TABLE -> {
-                if (size < 8 || (size - 8) % 32 != 0) {
-                    throw new VhostUserException(r + ": payload of " + size + " bytes is not 8 + 32 x regions");
+                if (size < 8) {
+                    throw new VhostUserException(r + ": payload of " + size + " bytes has no region count");
+                }
+                int n = m.u32(0);
+                if (n < 1 || n > MAX_TABLE_REGIONS) {
+                    throw new VhostUserException(r + ": " + Integer.toUnsignedString(n) + " regions, expected 1.."
+                            + MAX_TABLE_REGIONS);
+                }
+                if (size != 8 + 32 * n) {
+                    throw new VhostUserException(r + ": " + n + " regions need " + (8 + 32 * n) + " bytes, got " + size);
                 }
             }
             case CONFIG -> {
@@ -171,8 +214,7 @@ public final class BackendSession implements Runnable {
                 }
             }
             default -> {
-                // Front ends may send a larger union than needed for some requests; fewer bytes are never valid.
-                if (size < r.payload.size || (r.payload.size == 0 && size > 8)) {
+                if (size != r.payload.size) {
                     throw new VhostUserException(r + ": payload of " + size + " bytes, expected " + r.payload.size);
                 }
             }
@@ -182,7 +224,7 @@ public final class BackendSession implements Runnable {
             case NONE -> fds == 0;
             case ONE -> fds == 1;
             case ANY -> true;
-            case ONE_PER_REGION -> size >= 8 && fds == m.u32(0);
+            case ONE_PER_REGION -> fds == m.u32(0);
             case UNLESS_NOFD -> fds == ((m.u64(0) & VRING_NOFD) != 0 ? 0 : 1);
         };
         if (!ok) {
@@ -203,7 +245,9 @@ public final class BackendSession implements Runnable {
                 yield null;
             }
             case RESET_OWNER, RESET_DEVICE -> {
-                resetRings();
+                if (!resetRings()) {
+                    throw new IllegalStateException("a ring did not stop");
+                }
                 ackedFeatures = 0;
                 featuresSet = false;
                 yield null;
@@ -226,20 +270,26 @@ public final class BackendSession implements Runnable {
                 yield null;
             }
             case ADD_MEM_REG -> {
+                requireProtocolFeature(PF_CONFIGURE_MEM_SLOTS, r);
                 if (memory.regionCount() >= MAX_MEM_SLOTS) {
                     throw new VhostUserException("ADD_MEM_REG: all " + MAX_MEM_SLOTS + " memory slots are in use");
                 }
                 MappedMemory.Spec s = regionSpec(m, 8);
                 try (Fd fd = m.takeFd(0)) {
-                    replaceMemory(memory.plus(s, fd), List.of()); // the new table keeps the old mappings
+                    replaceMemory(memory.plus(s, fd), List.of(), false); // the new table keeps the old mappings
                 }
+                LOG.log(Level.INFO, "{0}: memory table {1}", name, memory.memory());
                 yield null;
             }
             case REM_MEM_REG -> {
+                requireProtocolFeature(PF_CONFIGURE_MEM_SLOTS, r);
                 MappedMemory.Spec s = regionSpec(m, 8);
                 List<AutoCloseable> removed = new ArrayList<>();
                 MappedMemory next = memory.minus(s.guestPhysAddr(), s.size(), removed);
-                replaceMemory(next, removed);
+                // Rings inside the removed region wait (parked) for an ADD_MEM_REG that brings their memory back:
+                // QEMU updates a table with slots by removing regions first and adding the new ones after.
+                replaceMemory(next, removed, false);
+                LOG.log(Level.INFO, "{0}: memory table {1}", name, memory.memory());
                 yield null;
             }
             case SET_VRING_NUM -> {
@@ -274,12 +324,13 @@ public final class BackendSession implements Runnable {
                 yield null;
             }
             case GET_VRING_BASE -> {
-                int index = ringIndex(m.u32(0));
+                int index = ringIndex(Integer.toUnsignedLong(m.u32(0)));
                 Ring ring = rings[index];
                 if (ring.started) {
                     stop(index);
                     LOG.log(Level.INFO, "{0}: ring {1} stopped at avail index {2}", name, index, ring.base);
                 }
+                ring.parked = false;
                 // The ring is stopped: a later start needs a new kick fd, and (with protocol features) a new enable.
                 ring.enabled = !protocolFeaturesNegotiated();
                 closeQuietly(ring.kick);
@@ -293,12 +344,22 @@ public final class BackendSession implements Runnable {
                     throw new VhostUserException("SET_VRING_KICK for ring " + index + " without a kick fd (polling mode) is not supported");
                 }
                 Ring ring = rings[index];
+                String missing = missingForStart(ring);
+                if (missing != null) {
+                    throw new VhostUserException("SET_VRING_KICK: ring " + index + " cannot start: " + missing);
+                }
                 EventFd kick = EventFd.adopt(m.takeRawFd(0));
                 if (ring.started) {
-                    stop(index);
+                    try {
+                        stop(index);
+                    } catch (RuntimeException e) {
+                        kick.close();
+                        throw e;
+                    }
                 }
                 closeQuietly(ring.kick);
                 ring.kick = kick;
+                ring.parked = false;
                 start(index);
                 yield null;
             }
@@ -308,7 +369,12 @@ public final class BackendSession implements Runnable {
                 Ring ring = rings[index];
                 EventFd call = (m.u64(0) & VRING_NOFD) != 0 ? null : EventFd.adopt(m.takeRawFd(0));
                 if (ring.started) {
-                    device.setCall(index, call);
+                    try {
+                        device.setCall(index, call);
+                    } catch (RuntimeException e) {
+                        closeQuietly(call);
+                        throw e;
+                    }
                 }
                 closeQuietly(ring.call);
                 ring.call = call;
@@ -320,14 +386,19 @@ public final class BackendSession implements Runnable {
                 Ring ring = rings[index];
                 EventFd err = (m.u64(0) & VRING_NOFD) != 0 ? null : EventFd.adopt(m.takeRawFd(0));
                 if (ring.started) {
-                    device.setErr(index, err);
+                    try {
+                        device.setErr(index, err);
+                    } catch (RuntimeException e) {
+                        closeQuietly(err);
+                        throw e;
+                    }
                 }
                 closeQuietly(ring.err);
                 ring.err = err;
                 yield null;
             }
             case SET_VRING_ENABLE -> {
-                int index = ringIndex(m.u32(0));
+                int index = ringIndex(Integer.toUnsignedLong(m.u32(0)));
                 int on = m.u32(4);
                 if (on != 0 && on != 1) {
                     throw new VhostUserException("SET_VRING_ENABLE: " + Integer.toUnsignedString(on) + " is neither 0 nor 1");
@@ -448,15 +519,9 @@ public final class BackendSession implements Runnable {
         return new MappedMemory.Spec(m.u64(at), m.u64(at + 8), m.u64(at + 16), m.u64(at + 24));
     }
 
+    /** The region count and payload size were checked with the message's shape. */
     private void setMemTable(Message m) {
         int n = m.u32(0);
-        if (n < 1 || n > MAX_TABLE_REGIONS) {
-            throw new VhostUserException("SET_MEM_TABLE: " + Integer.toUnsignedString(n) + " regions, expected 1.."
-                    + MAX_TABLE_REGIONS);
-        }
-        if (m.size() != 8 + 32 * n) {
-            throw new VhostUserException("SET_MEM_TABLE: " + n + " regions need " + (8 + 32 * n) + " bytes, got " + m.size());
-        }
         List<MappedMemory.Spec> specs = new ArrayList<>();
         List<Fd> fds = new ArrayList<>();
         try {
@@ -465,39 +530,72 @@ public final class BackendSession implements Runnable {
                 fds.add(m.takeFd(i));
             }
             MappedMemory next = MappedMemory.of(specs, fds);
-            replaceMemory(next, List.of(memory));
             LOG.log(Level.INFO, "{0}: memory table {1}", name, next.memory());
+            replaceMemory(next, List.of(memory), true);
         } finally {
             fds.forEach(Fd::close); // the mappings keep the memory alive
         }
     }
 
     /**
-     * Installs a new memory table. Running rings are stopped, restarted on the new table at the same indexes, and
-     * only then is the old mapping released: no worker ever reads unmapped memory.
+     * Installs a new memory table. Running rings are stopped, the old mappings ({@code retired}) are released only
+     * once no worker can read them, and the rings restart on the new table at the indexes they stopped at. A ring
+     * the new table does not hold is parked: it restarts when a later table holds it. With {@code whole} (a whole
+     * new table, SET_MEM_TABLE) that is also reported as this request's failure, since the frontend's table is
+     * then wrong; ADD/REM_MEM_REG change a table piece by piece and may pass through such a state.
      */
-    private void replaceMemory(MappedMemory next, List<AutoCloseable> retired) {
-        List<Integer> running = new ArrayList<>();
+    private void replaceMemory(MappedMemory next, List<AutoCloseable> retired, boolean whole) {
+        List<Integer> restart = new ArrayList<>();
         for (int i = 0; i < rings.length; i++) {
             if (rings[i].started) {
-                stop(i);
-                running.add(i);
+                stop(i); // a ring that does not stop ends the session (and then nothing is unmapped)
+                restart.add(i);
+            } else if (rings[i].parked) {
+                restart.add(i);
             }
         }
         memory = next;
-        try {
-            for (int i : running) {
+        retired.forEach(BackendSession::closeQuietly);
+        List<String> parked = new ArrayList<>();
+        for (int i : restart) {
+            rings[i].parked = false;
+            try {
                 start(i);
+            } catch (GuestMemoryException | VirtqueueException | VhostUserException e) {
+                rings[i].parked = true;
+                parked.add("ring " + i + ": " + e.getMessage());
             }
-        } finally {
-            retired.forEach(BackendSession::closeQuietly);
+        }
+        if (!parked.isEmpty()) {
+            LOG.log(Level.INFO, "{0}: waiting for memory to hold {1}", name, parked);
+            if (whole) {
+                throw new VhostUserException("the new memory table does not hold running rings (stopped): " + parked);
+            }
         }
     }
 
-    /** Starts ring {@code index} if it has everything it needs; rings lacking something start later. */
+    /** What ring {@code ring} lacks to start, or null. */
+    private String missingForStart(Ring ring) {
+        List<String> missing = new ArrayList<>();
+        if (memory.regionCount() == 0) {
+            missing.add("no memory table");
+        }
+        if (ring.num == 0) {
+            missing.add("no size (SET_VRING_NUM)");
+        }
+        if (!ring.addrSet) {
+            missing.add("no addresses (SET_VRING_ADDR)");
+        }
+        return missing.isEmpty() ? null : String.join(", ", missing);
+    }
+
+    /**
+     * Starts ring {@code index} on the current memory. Its addresses are checked here: a ring outside the shared
+     * memory, or misaligned, is a {@link GuestMemoryException} or {@link VirtqueueException} and does not start.
+     */
     private void start(int index) {
         Ring ring = rings[index];
-        if (ring.started || ring.kick == null || !ring.addrSet || ring.num == 0 || memory.regionCount() == 0) {
+        if (ring.started || ring.kick == null || missingForStart(ring) != null) {
             return;
         }
         GuestMemory g = memory.memory();
@@ -505,7 +603,8 @@ public final class BackendSession implements Runnable {
         MemorySegment desc = g.uva(ring.descUva, SplitRing.descTableBytes(num));
         MemorySegment avail = g.uva(ring.availUva, SplitRing.availBytes(num));
         MemorySegment used = g.uva(ring.usedUva, SplitRing.usedBytes(num));
-        int usedIdx = Short.toUnsignedInt(used.get(LE16, SplitRing.USED_IDX));
+        // Unaligned read: the alignment of the ring parts is checked by DeviceQueue, with a clear error.
+        int usedIdx = Short.toUnsignedInt(used.get(LE16_UNALIGNED, SplitRing.USED_IDX));
         int base = ring.base;
         if (usedIdx != base) {
             // Chains between the used index and the frontend's avail index were in flight with a backend that went
@@ -516,34 +615,52 @@ public final class BackendSession implements Runnable {
         }
         DeviceQueue q = new DeviceQueue(g, num, desc, avail, used, ackedFeatures, base, usedIdx);
         device.startRing(index, q, ring.kick, ring.call, ring.enabled);
+        ring.started = true;
         if (ring.err != null) {
             device.setErr(index, ring.err);
         }
-        ring.started = true;
         LOG.log(Level.INFO, "{0}: ring {1} started: size {2}, avail index {3}, {4}", name, index, num, base,
                 ring.enabled ? "enabled" : "disabled");
     }
 
+    /**
+     * Stops ring {@code index}: afterwards no worker touches its memory. A device that fails to stop a ring is a
+     * failure of the backend, not of the frontend: an {@link IllegalStateException} that ends the session.
+     */
     private void stop(int index) {
-        DeviceQueue q = device.stopRing(index);
+        DeviceQueue q;
+        try {
+            q = device.stopRing(index);
+        } catch (RuntimeException e) {
+            throw new IllegalStateException("ring " + index + " did not stop: " + e.getMessage(), e);
+        }
         rings[index].started = false;
         rings[index].base = q.lastAvailIndex();
     }
 
-    private void resetRings() {
+    /** Stops every running ring; returns false if one did not stop (its worker may still read guest memory). */
+    private boolean resetRings() {
+        boolean allStopped = true;
         for (int i = 0; i < rings.length; i++) {
+            rings[i].parked = false;
             if (rings[i].started) {
-                stop(i);
+                try {
+                    stop(i);
+                } catch (RuntimeException e) {
+                    LOG.log(Level.ERROR, name + ": " + e.getMessage(), e);
+                    allStopped = false;
+                }
             }
         }
+        return allStopped;
     }
 
     private void teardown() {
+        boolean stopped = resetRings();
         try {
-            resetRings();
             device.reset();
         } catch (RuntimeException e) {
-            LOG.log(Level.WARNING, "{0}: stopping the device: {1}", name, e.toString());
+            LOG.log(Level.WARNING, "{0}: resetting the device: {1}", name, e.toString());
         }
         for (Ring ring : rings) {
             closeQuietly(ring.kick);
@@ -551,7 +668,12 @@ public final class BackendSession implements Runnable {
             closeQuietly(ring.err);
             ring.kick = ring.call = ring.err = null;
         }
-        memory.close();
+        if (stopped) {
+            memory.close();
+        } else {
+            // Unmapping memory a worker may still read would crash the process: keep the mapping (a leak we log).
+            LOG.log(Level.ERROR, "{0}: a ring did not stop; its guest memory stays mapped", name);
+        }
         memory = MappedMemory.EMPTY;
         channel.close();
         LOG.log(Level.INFO, "{0}: session closed", name);

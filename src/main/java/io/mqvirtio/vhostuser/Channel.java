@@ -41,7 +41,7 @@ public final class Channel implements AutoCloseable {
         try {
             long got = 0;
             while (got < Protocol.HEADER_SIZE) {
-                UnixSocket.Received r = socket.recv(header.asSlice(got), MAX_FDS);
+                UnixSocket.Received r = read(header.asSlice(got));
                 fds = append(fds, r.fds());
                 if (r.bytes() == 0) {
                     if (got == 0 && fds.length == 0) {
@@ -54,26 +54,28 @@ public final class Channel implements AutoCloseable {
             int request = header.get(LE32, 0);
             int flags = header.get(LE32, 4);
             int size = header.get(LE32, 8);
+            Request known = Request.of(request);
+            String id = known != null ? known + " (" + request + ")" : Integer.toUnsignedString(request);
             if ((flags & Protocol.VERSION_MASK) != Protocol.VERSION) {
-                throw new VhostUserException("message " + request + " has protocol version " + (flags & Protocol.VERSION_MASK)
+                throw new VhostUserException("message " + id + " has protocol version " + (flags & Protocol.VERSION_MASK)
                         + ", expected " + Protocol.VERSION);
             }
             if (size < 0 || size > Protocol.MAX_PAYLOAD) {
-                throw new VhostUserException("message " + request + " announces a payload of " + Integer.toUnsignedString(size)
+                throw new VhostUserException("message " + id + " announces a payload of " + Integer.toUnsignedString(size)
                         + " bytes, more than " + Protocol.MAX_PAYLOAD);
             }
             got = 0;
             while (got < size) {
-                UnixSocket.Received r = socket.recv(body.asSlice(got, size - got), MAX_FDS);
+                UnixSocket.Received r = read(body.asSlice(got, size - got));
                 fds = append(fds, r.fds());
                 if (r.bytes() == 0) {
                     throw new VhostUserException("connection closed after " + got + " of " + size + " payload bytes of message "
-                            + request);
+                            + id);
                 }
                 got += r.bytes();
             }
             if (fds.length > MAX_FDS) {
-                throw new VhostUserException("message " + request + " carries " + fds.length + " file descriptors, more than "
+                throw new VhostUserException("message " + id + " carries " + fds.length + " file descriptors, more than "
                         + MAX_FDS);
             }
             byte[] payload = body.asSlice(0, size).toArray(ValueLayout.JAVA_BYTE);
@@ -85,6 +87,18 @@ public final class Channel implements AutoCloseable {
         } finally {
             new Message(0, 0, new byte[0], fds).close(); // descriptors of a message we did not deliver
         }
+    }
+
+    /** One blocking read; descriptors beyond {@link #MAX_FDS} in one go fail it (the kernel discards them). */
+    private UnixSocket.Received read(MemorySegment into) {
+        UnixSocket.Received r = socket.recv(into, MAX_FDS);
+        if (r.bytes() < 0) {
+            for (int fd : r.fds()) {
+                new Message(0, 0, new byte[0], new int[] {fd}).close();
+            }
+            throw new VhostUserException("the control socket is non-blocking; it must block");
+        }
+        return r;
     }
 
     /** Sends one message with {@code fds} attached. */

@@ -91,7 +91,7 @@ public final class Message implements AutoCloseable {
 
     public String name() {
         Request r = request();
-        return r != null ? r.name() : "request " + requestId;
+        return r != null ? r.name() : "request " + Integer.toUnsignedString(requestId);
     }
 
     @Override
