@@ -115,6 +115,10 @@ public final class Frontend implements AutoCloseable {
         send(Request.SET_VRING_CALL, Message.u64Payload(index), fd.fd());
     }
 
+    public void setVringErr(int index, Fd fd) {
+        send(Request.SET_VRING_ERR, Message.u64Payload(index), fd.fd());
+    }
+
     public void setVringEnable(int index, boolean on) {
         send(Request.SET_VRING_ENABLE, Message.vringState(index, on ? 1 : 0));
     }

@@ -113,7 +113,8 @@ public final class VhostUserServer implements AutoCloseable {
         if (!isSocket(path)) {
             throw new VhostUserException(path + " exists and is not a socket; not replacing it");
         }
-        try (UnixSocket probe = UnixSocket.connect(path)) {
+        try {
+            UnixSocket.connect(path).close();
             throw new VhostUserException(path + " is served by another live process; not taking it over");
         } catch (ErrnoException e) {
             if (e.errno() != ErrnoException.ECONNREFUSED) {

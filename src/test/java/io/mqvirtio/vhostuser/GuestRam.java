@@ -27,7 +27,11 @@ final class GuestRam implements AutoCloseable {
     }
 
     GuestRam(long size) {
-        memfd = MemFd.create(NAME, size);
+        this(NAME, size);
+    }
+
+    GuestRam(String name, long size) {
+        memfd = MemFd.create(name, size);
         Mmap m;
         try {
             m = Mmap.shared(memfd, 0, size);

@@ -46,6 +46,15 @@ record Leaks(int fds, int memfdMaps, List<String> fdTargets, List<String> memfdL
         return now;
     }
 
+    /** Mappings in this process of the memfd called {@code name}. */
+    static long mappingsOf(String name) {
+        try {
+            return Files.readAllLines(Path.of("/proc/self/maps")).stream().filter(l -> l.contains("/memfd:" + name + " ")).count();
+        } catch (IOException e) {
+            throw new UncheckedIOException(e);
+        }
+    }
+
     String describe() {
         return fds + " fds " + fdTargets + "\n" + memfdMaps + " memfd mappings " + memfdLines;
     }

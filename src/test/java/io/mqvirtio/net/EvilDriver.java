@@ -1,0 +1,166 @@
+package io.mqvirtio.net;
+
+import static io.mqvirtio.virtio.SplitRing.*;
+
+import io.mqvirtio.linux.EventFd;
+import io.mqvirtio.linux.MemFd;
+import io.mqvirtio.linux.Mmap;
+import io.mqvirtio.vhostuser.Frontend;
+import io.mqvirtio.vhostuser.Protocol;
+import io.mqvirtio.virtio.SplitRing;
+import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
+import java.nio.ByteOrder;
+import java.nio.file.Path;
+import java.util.ArrayList;
+import java.util.List;
+
+/**
+ * A test tool built from the driver's parts (the vhost-user {@link Frontend}, a memfd shared with the backend)
+ * that writes ring contents by hand: descriptors, avail entries and indexes of its choosing, legal or not, then
+ * kicks. It reads the used rings back and checks guest memory. What a malicious guest can do to a backend.
+ */
+final class EvilDriver implements AutoCloseable {
+    static final ValueLayout.OfLong U64 = ValueLayout.JAVA_LONG_UNALIGNED.withOrder(ByteOrder.LITTLE_ENDIAN);
+    static final ValueLayout.OfInt U32 = ValueLayout.JAVA_INT_UNALIGNED.withOrder(ByteOrder.LITTLE_ENDIAN);
+    static final ValueLayout.OfShort U16 = ValueLayout.JAVA_SHORT_UNALIGNED.withOrder(ByteOrder.LITTLE_ENDIAN);
+
+    final int size;
+    final int pairs;
+    final MemFd memfd;
+    final Mmap map;
+    final MemorySegment mem;
+    final long base;
+    final Frontend fe;
+    final long dataOff;
+    final long memSize;
+    final List<Ring> rings = new ArrayList<>();
+    private long bump;
+
+    /** One ring's placement and its eventfds; {@code availIdx} is the index this tool publishes next. */
+    final class Ring {
+        final int index;
+        final long descOff;
+        final long availOff;
+        final long usedOff;
+        final EventFd kick = EventFd.create();
+        final EventFd call = EventFd.create();
+        final EventFd err = EventFd.create();
+        int availIdx;
+        int lastUsed;
+
+        Ring(int index, long off) {
+            SplitRing.Layout l = SplitRing.Layout.contiguous(size);
+            this.index = index;
+            this.descOff = off + l.descOffset();
+            this.availOff = off + l.availOffset();
+            this.usedOff = off + l.usedOffset();
+        }
+
+        void desc(int i, long gpa, int len, int flags, int next) {
+            long b = descOff + 16L * i;
+            mem.set(U64, b, gpa);
+            mem.set(U32, b + 8, len);
+            mem.set(U16, b + 12, (short) flags);
+            mem.set(U16, b + 14, (short) next);
+        }
+
+        /** Puts {@code head} in the next avail slot and publishes it. */
+        void offer(int head) {
+            mem.set(U16, availOff + AVAIL_RING + 2L * (availIdx % size), (short) head);
+            availIdx = (availIdx + 1) & 0xffff;
+            mem.set(U16, availOff + AVAIL_IDX, (short) availIdx);
+        }
+
+        void setAvailIdx(int v) {
+            availIdx = v & 0xffff;
+            mem.set(U16, availOff + AVAIL_IDX, (short) availIdx);
+        }
+
+        void kick() {
+            kick.signal();
+        }
+
+        int usedIdx() {
+            return Short.toUnsignedInt(mem.get(U16, usedOff + USED_IDX));
+        }
+
+        /** The next used element not read yet, as {id, len}, or null. */
+        int[] nextUsed() {
+            if (usedIdx() == lastUsed) {
+                return null;
+            }
+            long e = usedOff + USED_RING + 8L * (lastUsed % size);
+            lastUsed = (lastUsed + 1) & 0xffff;
+            return new int[] {mem.get(U32, e), mem.get(U32, e + 4)};
+        }
+    }
+
+    EvilDriver(Path socket, int pairs, int size, long features, long memSize) {
+        this.size = size;
+        this.pairs = pairs;
+        this.memSize = memSize;
+        this.memfd = MemFd.create("evil-driver", memSize);
+        this.map = Mmap.shared(memfd, 0, memSize);
+        this.mem = map.segment();
+        this.base = mem.address();
+        this.fe = Frontend.connect(socket, 5000);
+        long offered = fe.getFeatures();
+        long pf = fe.getProtocolFeatures() & ((1L << Protocol.PF_MQ) | (1L << Protocol.PF_REPLY_ACK));
+        fe.setProtocolFeatures(pf);
+        fe.useReplyAck(true);
+        fe.setOwner();
+        fe.setFeatures((offered & features) | (1L << Protocol.F_PROTOCOL_FEATURES));
+        fe.setMemTable(List.of(new Frontend.Region(base, memSize, base, 0, memfd)));
+        long ringBytes = SplitRing.Layout.contiguous(size).totalBytes();
+        for (int r = 0; r < 2 * pairs; r++) {
+            Ring ring = new Ring(r, r * ringBytes);
+            rings.add(ring);
+            fe.setVringNum(r, size);
+            fe.setVringBase(r, 0);
+            fe.setVringAddr(r, base + ring.descOff, base + ring.usedOff, base + ring.availOff);
+            fe.setVringCall(r, ring.call);
+            fe.setVringErr(r, ring.err);
+            fe.setVringKick(r, ring.kick);
+        }
+        for (int r = 0; r < 2 * pairs; r++) {
+            fe.setVringEnable(r, true);
+        }
+        this.dataOff = (2L * pairs * ringBytes + 4095) & -4096L;
+        this.bump = dataOff;
+    }
+
+    Ring rx(int pair) {
+        return rings.get(2 * pair);
+    }
+
+    Ring tx(int pair) {
+        return rings.get(2 * pair + 1);
+    }
+
+    long gpa(long off) {
+        return base + off;
+    }
+
+    /** Reserves {@code bytes} of data area (aligned to 64); returns the offset. */
+    long alloc(long bytes) {
+        long off = (bump + 63) & -64L;
+        bump = off + bytes;
+        if (bump > memSize) {
+            throw new IllegalStateException("evil driver memory exhausted");
+        }
+        return off;
+    }
+
+    @Override
+    public void close() {
+        fe.close();
+        for (Ring r : rings) {
+            r.kick.close();
+            r.call.close();
+            r.err.close();
+        }
+        map.close();
+        memfd.close();
+    }
+}

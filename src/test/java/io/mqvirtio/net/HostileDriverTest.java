@@ -1,0 +1,303 @@
+package io.mqvirtio.net;
+
+import static io.mqvirtio.virtio.SplitRing.*;
+import static org.assertj.core.api.Assertions.assertThat;
+
+import io.mqvirtio.backend.LoopbackBackend;
+import io.mqvirtio.vhostuser.VhostUserServer;
+import io.mqvirtio.virtio.VirtioFeatures;
+import java.lang.foreign.Arena;
+import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
+import java.nio.file.Path;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.concurrent.TimeUnit;
+import java.util.function.Consumer;
+import java.util.function.BooleanSupplier;
+import org.junit.jupiter.api.AfterEach;
+import org.junit.jupiter.api.BeforeEach;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.Timeout;
+import org.junit.jupiter.api.io.TempDir;
+import org.junit.jupiter.params.ParameterizedTest;
+import org.junit.jupiter.params.provider.MethodSource;
+
+/**
+ * A malicious guest against a running backend: crafted ring states on one queue pair of one device, while another
+ * pair of the same device and another device on another socket carry traffic. The broken ring stops (counted,
+ * the frontend's error eventfd signalled); nothing else notices. On the receive side, the backend writes only into
+ * buffers the guest marked writable and never past them, checked by a pattern around every buffer.
+ */
+class HostileDriverTest {
+    static final int SIZE = 64;
+    static final long FEATURES = VirtioFeatures.bit(VirtioFeatures.F_VERSION_1) | VirtioFeatures.bit(VirtioFeatures.F_INDIRECT_DESC)
+            | VirtioFeatures.bit(VirtioNet.F_MQ) | VirtioFeatures.bit(VirtioNet.F_MRG_RXBUF);
+
+    @TempDir
+    Path dir;
+    NetDevice victim;
+    VhostUserServer victimServer;
+    NetDevice bystander;
+    VhostUserServer bystanderServer;
+
+    @BeforeEach
+    void start() {
+        victim = new NetDevice(NetDevice.Config.of("victim", 2), new LoopbackBackend(2, 1500));
+        victimServer = VhostUserServer.listen(dir.resolve("victim.sock"), victim);
+        bystander = new NetDevice(NetDevice.Config.of("bystander", 1), new LoopbackBackend(1, 1500));
+        bystanderServer = VhostUserServer.listen(dir.resolve("bystander.sock"), bystander);
+    }
+
+    @AfterEach
+    void stop() {
+        victimServer.close();
+        victim.close();
+        bystanderServer.close();
+        bystander.close();
+    }
+
+    static void await(BooleanSupplier cond, String what) throws InterruptedException {
+        long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(10);
+        while (!cond.getAsBoolean()) {
+            if (System.nanoTime() > deadline) {
+                throw new AssertionError("timed out waiting for " + what);
+            }
+            Thread.sleep(10);
+        }
+    }
+
+    /** A frame of {@code len} bytes with a recognisable pattern. */
+    static byte[] frame(int len, int seed) {
+        byte[] f = new byte[len];
+        for (int i = 0; i < len; i++) {
+            f[i] = (byte) (seed + i * 13);
+        }
+        f[12] = 0x08;
+        f[13] = 0x00;
+        return f;
+    }
+
+    /** Sends one valid frame on {@code pair}'s TX ring: header + frame in one readable buffer. */
+    static long sendValid(EvilDriver d, int pair, byte[] f, int descIndex) {
+        long off = d.alloc(12 + f.length);
+        d.mem.asSlice(off, 12).fill((byte) 0);
+        MemorySegment.copy(MemorySegment.ofArray(f), 0, d.mem, off + 12, f.length);
+        EvilDriver.Ring tx = d.tx(pair);
+        tx.desc(descIndex, d.gpa(off), 12 + f.length, 0, 0);
+        tx.offer(descIndex);
+        tx.kick();
+        return off;
+    }
+
+    /** Echo through the pair with real driver code on a real connection: proves a pair or device still works. */
+    static void assertEchoes(Path sock, int pairs, int pair) throws Exception {
+        try (NetDriver nic = NetDriver.connect(sock, NetDriver.Options.pairs(pairs)); Arena a = Arena.ofConfined()) {
+            assertEchoes(nic.pair(pair), a);
+        }
+    }
+
+    static void assertEchoes(NetQueuePair q, Arena a) throws InterruptedException {
+        MemorySegment f = NetDriverContract.frame(a, q.index(), 1, 200);
+        MemorySegment[] bufs = {a.allocate(2048)};
+        int[] lens = new int[1];
+        long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(10);
+        int got = 0;
+        boolean sent = false;
+        while (got == 0 && System.nanoTime() < deadline) {
+            if (!sent) {
+                sent = q.send(f) == 1;
+            }
+            got = q.receive(bufs, lens, 1);
+            Thread.sleep(1);
+        }
+        assertThat(got).as("a frame echoed on pair %d", q.index()).isEqualTo(1);
+        assertThat(NetDriverContract.sameBytes(bufs[0], f, 200)).isTrue();
+    }
+
+    record Evil(String name, Consumer<EvilDriver> act) {
+        @Override
+        public String toString() {
+            return name;
+        }
+    }
+
+    static List<Evil> txAttacks() {
+        List<Evil> l = new ArrayList<>();
+        l.add(new Evil("descriptor loop", d -> {
+            long off = d.alloc(64);
+            d.tx(0).desc(0, d.gpa(off), 16, DESC_F_NEXT, 1);
+            d.tx(0).desc(1, d.gpa(off + 16), 16, DESC_F_NEXT, 0);
+            d.tx(0).offer(0);
+        }));
+        l.add(new Evil("head out of range", d -> d.tx(0).offer(SIZE + 5)));
+        l.add(new Evil("next out of range", d -> {
+            d.tx(0).desc(0, d.gpa(d.alloc(64)), 16, DESC_F_NEXT, 999);
+            d.tx(0).offer(0);
+        }));
+        l.add(new Evil("address outside guest memory", d -> {
+            d.tx(0).desc(0, 0x10, 64, 0, 0);
+            d.tx(0).offer(0);
+        }));
+        l.add(new Evil("buffer across the end of guest memory", d -> {
+            d.tx(0).desc(0, d.gpa(d.memSize - 8), 64, 0, 0);
+            d.tx(0).offer(0);
+        }));
+        l.add(new Evil("nested indirect table", d -> {
+            long t = d.alloc(64);
+            d.mem.set(EvilDriver.U64, t, d.gpa(t));
+            d.mem.set(EvilDriver.U32, t + 8, 16);
+            d.mem.set(EvilDriver.U16, t + 12, (short) DESC_F_INDIRECT);
+            d.tx(0).desc(0, d.gpa(t), 16, DESC_F_INDIRECT, 0);
+            d.tx(0).offer(0);
+        }));
+        l.add(new Evil("indirect length not a multiple of 16", d -> {
+            d.tx(0).desc(0, d.gpa(d.alloc(64)), 20, DESC_F_INDIRECT, 0);
+            d.tx(0).offer(0);
+        }));
+        l.add(new Evil("indirect length zero", d -> {
+            d.tx(0).desc(0, d.gpa(d.alloc(64)), 0, DESC_F_INDIRECT, 0);
+            d.tx(0).offer(0);
+        }));
+        l.add(new Evil("readable after writable", d -> {
+            long off = d.alloc(128);
+            d.tx(0).desc(0, d.gpa(off), 64, DESC_F_NEXT | DESC_F_WRITE, 1);
+            d.tx(0).desc(1, d.gpa(off + 64), 64, 0, 0);
+            d.tx(0).offer(0);
+        }));
+        l.add(new Evil("avail index jump", d -> d.tx(0).setAvailIdx(SIZE * 3)));
+        return l;
+    }
+
+    @ParameterizedTest(name = "{0}")
+    @MethodSource("txAttacks")
+    @Timeout(60)
+    void brokenTxRingStopsOnlyItself(Evil attack) throws Exception {
+        try (EvilDriver d = new EvilDriver(victimServer.path(), 2, SIZE, FEATURES, 1 << 20)) {
+            attack.act().accept(d);
+            d.tx(0).kick();
+            await(() -> victim.counters().get(1).errors() > 0, "the TX ring of pair 0 to break");
+            assertThat(d.tx(0).usedIdx()).as("nothing used from a broken ring").isZero();
+            // the same device's other pair still forwards, as does a device on another socket
+            sendValid(d, 1, frame(100, 7), 0);
+            long off = d.alloc(2048);
+            d.rx(1).desc(0, d.gpa(off), 2048, DESC_F_WRITE, 0);
+            d.rx(1).offer(0);
+            d.rx(1).kick();
+            await(() -> d.rx(1).usedIdx() == 1, "pair 1 to echo a frame");
+            int[] used = d.rx(1).nextUsed();
+            assertThat(used[1]).isEqualTo(12 + 100);
+            assertThat(d.mem.asSlice(off + 12, 100).toArray(ValueLayout.JAVA_BYTE)).isEqualTo(frame(100, 7));
+            assertEchoes(bystanderServer.path(), 1, 0);
+        }
+    }
+
+    @Test
+    @Timeout(60)
+    void errorEventfdIsSignalled() throws Exception {
+        try (EvilDriver d = new EvilDriver(victimServer.path(), 2, SIZE, FEATURES, 1 << 20)) {
+            d.tx(0).offer(SIZE + 1);
+            d.tx(0).kick();
+            await(() -> d.tx(0).err.drain() > 0, "the error eventfd");
+        }
+    }
+
+    @Test
+    @Timeout(60)
+    void kickStormsWithNothingPosted() throws Exception {
+        try (EvilDriver d = new EvilDriver(victimServer.path(), 2, SIZE, FEATURES, 1 << 20);
+             NetDriver other = NetDriver.connect(bystanderServer.path(), NetDriver.Options.pairs(1));
+             Arena a = Arena.ofConfined()) {
+            long end = System.nanoTime() + TimeUnit.MILLISECONDS.toNanos(1500);
+            long kicks = 0;
+            while (System.nanoTime() < end) {
+                for (int i = 0; i < 1000; i++) {
+                    d.tx(0).kick();
+                    d.rx(0).kick();
+                }
+                kicks += 2000;
+            }
+            assertEchoes(other.pair(0), a);
+            assertThat(victim.counters().get(1).errors()).isZero();
+            assertThat(kicks).isPositive();
+        }
+    }
+
+    /**
+     * The receive side with mergeable buffers: chains of every awkward shape, all guest memory filled with a pattern
+     * first. After frames arrive, every byte the backend was not allowed to write still holds the pattern, used
+     * lengths never exceed a chain's writable length, and the frame lies in the writable buffers in order.
+     */
+    @Test
+    @Timeout(60)
+    void receiveWritesOnlyIntoWritableBuffers() throws Exception {
+        try (EvilDriver d = new EvilDriver(victimServer.path(), 1, SIZE, FEATURES, 1 << 20)) {
+            byte pattern = (byte) 0xA5;
+            d.mem.asSlice(d.dataOff).fill(pattern);
+            EvilDriver.Ring rx = d.rx(0);
+            List<long[]> writable = new ArrayList<>(); // {offset, length} the backend may write
+            List<long[]> chains = new ArrayList<>();   // per chain: head, writable bytes
+            // chain A: a read-only buffer, then a 4-byte writable one (shorter than the header)
+            long a0 = d.alloc(256), a1 = d.alloc(4);
+            rx.desc(0, d.gpa(a0), 256, DESC_F_NEXT, 1);
+            rx.desc(1, d.gpa(a1), 4, DESC_F_WRITE, 0);
+            writable.add(new long[] {a1, 4});
+            chains.add(new long[] {0, 4});
+            // chain B: two small writable pieces
+            long b0 = d.alloc(30), b1 = d.alloc(50);
+            rx.desc(2, d.gpa(b0), 30, DESC_F_WRITE | DESC_F_NEXT, 3);
+            rx.desc(3, d.gpa(b1), 50, DESC_F_WRITE, 0);
+            writable.add(new long[] {b0, 30});
+            writable.add(new long[] {b1, 50});
+            chains.add(new long[] {2, 80});
+            // chains C..: one 700-byte buffer each, plenty for the frames
+            for (int i = 0; i < 8; i++) {
+                long c = d.alloc(700);
+                rx.desc(4 + i, d.gpa(c), 700, DESC_F_WRITE, 0);
+                writable.add(new long[] {c, 700});
+                chains.add(new long[] {4 + i, 700});
+            }
+            for (long[] c : chains) {
+                rx.offer((int) c[0]);
+            }
+            rx.kick();
+            // two frames through the loopback: 1000 and 300 bytes
+            byte[] f1 = frame(1000, 1);
+            byte[] f2 = frame(300, 2);
+            writable.add(new long[] {sendValid(d, 0, f1, 0), 12 + f1.length}); // written by us, not the backend
+            await(() -> d.tx(0).usedIdx() == 1, "TX of frame 1");
+            writable.add(new long[] {sendValid(d, 0, f2, 1), 12 + f2.length});
+            await(() -> d.tx(0).usedIdx() == 2, "TX of frame 2");
+            long need = 12 + 1000 + 12 + 300;
+            await(() -> {
+                long total = 0;
+                int n = (rx.usedIdx() - 0) & 0xffff;
+                for (int i = 0; i < n; i++) {
+                    total += d.mem.get(EvilDriver.U32, rx.usedOff + USED_RING + 8L * i + 4);
+                }
+                return total >= need;
+            }, "both frames to arrive");
+            int[] u;
+            while ((u = rx.nextUsed()) != null) {
+                int head = u[0];
+                long cap = chains.stream().filter(c -> c[0] == head).findFirst().orElseThrow()[1];
+                assertThat((long) u[1]).as("used length of chain %d", head).isLessThanOrEqualTo(cap);
+            }
+            // every byte outside the writable buffers still holds the pattern
+            byte[] all = d.mem.asSlice(d.dataOff, d.memSize - d.dataOff).toArray(ValueLayout.JAVA_BYTE);
+            boolean[] allowed = new boolean[all.length];
+            for (long[] w : writable) {
+                for (long i = w[0]; i < w[0] + w[1]; i++) {
+                    allowed[(int) (i - d.dataOff)] = true;
+                }
+            }
+            for (int i = 0; i < all.length; i++) {
+                long off = d.dataOff + i;
+                if (!allowed[i] && all[i] != pattern) {
+                    throw new AssertionError("backend wrote outside a writable buffer at offset 0x" + Long.toHexString(off));
+                }
+            }
+            assertThat(victim.counters().get(0).errors()).isZero();
+        }
+    }
+}

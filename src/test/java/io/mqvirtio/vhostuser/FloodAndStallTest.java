@@ -1,0 +1,215 @@
+package io.mqvirtio.vhostuser;
+
+import static io.mqvirtio.vhostuser.BackendHarness.BASIC_PF;
+import static io.mqvirtio.vhostuser.RawPeer.NEED_REPLY;
+import static io.mqvirtio.vhostuser.RawPeer.V1;
+import static io.mqvirtio.vhostuser.RawPeer.frame;
+import static io.mqvirtio.vhostuser.RawPeer.u64;
+import static org.assertj.core.api.Assertions.assertThat;
+
+import io.mqvirtio.linux.EventFd;
+import java.io.ByteArrayOutputStream;
+import java.nio.file.Path;
+import java.util.concurrent.CompletableFuture;
+import java.util.concurrent.TimeUnit;
+import org.junit.jupiter.api.AfterEach;
+import org.junit.jupiter.api.BeforeEach;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.Timeout;
+import org.junit.jupiter.api.io.TempDir;
+
+/**
+ * Frontends that flood the backend, or stop in the middle of a message. A flood is answered in full and costs
+ * nothing that stays; a stalled connection waits, alone: its socket refuses other frontends meanwhile (one session
+ * per socket), other sockets serve normally, and the stalled one serves again once that frontend goes away.
+ */
+@Timeout(60)
+class FloodAndStallTest {
+    @TempDir
+    Path dir;
+    private Path sockA;
+    private Path sockB;
+    private RecordingDevice devA;
+    private RecordingDevice devB;
+    private VhostUserServer a;
+    private VhostUserServer b;
+
+    @BeforeEach
+    void start() {
+        sockA = dir.resolve("a.sock");
+        sockB = dir.resolve("b.sock");
+        devA = new RecordingDevice(2);
+        devB = new RecordingDevice(2);
+        a = VhostUserServer.listen(sockA, devA);
+        b = VhostUserServer.listen(sockB, devB);
+    }
+
+    @AfterEach
+    void stop() {
+        a.close();
+        b.close();
+    }
+
+    /** {@code n} copies of one message, back to back. */
+    private static byte[] repeat(byte[] message, int n) {
+        ByteArrayOutputStream out = new ByteArrayOutputStream(message.length * n);
+        for (int i = 0; i < n; i++) {
+            out.writeBytes(message);
+        }
+        return out.toByteArray();
+    }
+
+    @Test
+    void hundredThousandGetFeaturesAreAllAnswered() throws Exception {
+        final int total = 100_000, batch = 1000;
+        try (RawPeer fe = RawPeer.connect(sockA)) {
+            long features = fe.get(Request.GET_FEATURES);
+            byte[] burst = repeat(frame(Request.GET_FEATURES.id, V1, 0, new byte[0]), batch);
+            CompletableFuture<Void> writer = CompletableFuture.runAsync(() -> {
+                for (int i = 0; i < total / batch; i++) {
+                    fe.sendRaw(burst);
+                }
+            });
+            for (int i = 0; i < total; i++) {
+                RawPeer.Reply r = fe.read(10_000);
+                assertThat(r.request()).isEqualTo(Request.GET_FEATURES.id);
+                assertThat(r.u64()).isEqualTo(features);
+            }
+            writer.get(10, TimeUnit.SECONDS);
+            // Still a working session afterwards.
+            BackendHarness.negotiate(fe, BASIC_PF);
+        }
+        BackendHarness.assertServesFully(a, sockA, devA);
+    }
+
+    @Test
+    void aFloodOfFailingRequestsIsAnsweredAndLoggedInPart() throws Exception {
+        final int total = 30_000, batch = 1000;
+        try (RawPeer fe = RawPeer.connect(sockA); LogCapture log = new LogCapture()) {
+            BackendHarness.negotiate(fe, BASIC_PF);
+            byte[] burst = repeat(frame(77, V1 | NEED_REPLY, 8, u64(0)), batch);
+            CompletableFuture<Void> writer = CompletableFuture.runAsync(() -> {
+                for (int i = 0; i < total / batch; i++) {
+                    fe.sendRaw(burst);
+                }
+            });
+            for (int i = 0; i < total; i++) {
+                RawPeer.Reply r = fe.read(10_000);
+                assertThat(r.request()).isEqualTo(77);
+                assertThat(r.u64()).isNotZero();
+            }
+            writer.get(10, TimeUnit.SECONDS);
+            assertThat(fe.get(Request.GET_QUEUE_NUM)).isEqualTo(2);
+            assertThat(log.lines()).as("warnings logged for %d failures", total)
+                    .hasSizeBetween(BackendSession.WARNINGS_LOGGED, BackendSession.WARNINGS_LOGGED + total / BackendSession.WARNINGS_EVERY)
+                    .last().asString().contains("warning 30,000 of this session");
+        }
+        BackendHarness.assertServesFully(a, sockA, devA);
+    }
+
+    @Test
+    void aFloodOfDescriptorsLeavesNoneBehind() throws Exception {
+        BackendHarness.assertServesFully(a, sockA, devA); // warm
+        Leaks before = Leaks.now();
+        try (RawPeer fe = RawPeer.connect(sockA); EventFd call = EventFd.create()) {
+            BackendHarness.negotiate(fe, BASIC_PF);
+            for (int i = 0; i < 5000; i++) {
+                // Each replaces the last one the session holds for ring i % 4, which must then be closed.
+                fe.send(Request.SET_VRING_CALL, u64(i % 4), call.fd());
+                // Descriptors on a request that takes none are closed, not kept (and a request with a reply of its
+                // own that fails closes the connection).
+                if (i == 4999) {
+                    fe.send(Request.GET_QUEUE_NUM.id, V1, new byte[0], call.fd(), call.fd());
+                    fe.expectClosed();
+                    break;
+                }
+            }
+        }
+        BackendHarness.awaitNoSession(a);
+        try (RawPeer fe = RawPeer.connect(sockA); EventFd call = EventFd.create()) {
+            BackendHarness.negotiate(fe, BASIC_PF);
+            for (int i = 0; i < 5000; i++) {
+                fe.send(Request.SET_VRING_CALL, u64(i % 4), call.fd());
+            }
+            assertThat(fe.get(Request.GET_QUEUE_NUM)).isEqualTo(2);
+            Leaks during = Leaks.now();
+            // this connection's socket and epoll, the test's eventfd, and the session's socket and four call fds
+            assertThat(during.fds()).as("%s", during.describe()).isLessThanOrEqualTo(before.fds() + 3 + 5);
+        }
+        BackendHarness.awaitNoSession(a);
+        Leaks after = Leaks.settleTo(before, 3000);
+        assertThat(after.fds()).as("before %s%nafter %s", before.describe(), after.describe()).isEqualTo(before.fds());
+    }
+
+    @Test
+    void aFrontendThatNeverReadsStallsOnlyItsOwnSession() throws Exception {
+        try (RawPeer fe = RawPeer.connect(sockA)) {
+            byte[] burst = repeat(frame(Request.GET_FEATURES.id, V1, 0, new byte[0]), 1000);
+            // Send until our own socket buffer is full too: the backend is blocked writing replies nobody reads.
+            CompletableFuture<Void> writer = CompletableFuture.runAsync(() -> {
+                try {
+                    for (int i = 0; i < 1000; i++) {
+                        fe.sendRaw(burst);
+                    }
+                } catch (RuntimeException closed) {
+                    // the socket was closed under us below
+                }
+            });
+            Thread.sleep(500);
+            assertThat(writer).as("the writer is blocked").isNotDone();
+            // Another socket is served in full meanwhile, and this one refuses a second frontend.
+            BackendHarness.assertServesFully(b, sockB, devB);
+            try (RawPeer second = RawPeer.connect(sockA)) {
+                second.expectClosed();
+            }
+            fe.socket().shutdown();
+            writer.get(10, TimeUnit.SECONDS);
+        }
+        BackendHarness.assertServesFully(a, sockA, devA);
+    }
+
+    @Test
+    void aHeaderWhosePayloadNeverComesBlocksOnlyItsConnection() throws Exception {
+        try (RawPeer stalled = RawPeer.connect(sockA); EventFd fd = EventFd.create()) {
+            BackendHarness.negotiate(stalled, BASIC_PF);
+            byte[] f = frame(Request.SET_VRING_CALL.id, V1 | NEED_REPLY, 8, u64(0));
+            stalled.sendRaw(java.util.Arrays.copyOf(f, Protocol.HEADER_SIZE + 3), fd.fd()); // 3 of 8 payload bytes
+            assertThat(stalled.closedWithin(300)).as("the backend waits for the rest").isFalse();
+
+            // Meanwhile: the other socket serves in full, several times over; this socket refuses a second frontend.
+            for (int i = 0; i < 3; i++) {
+                BackendHarness.assertServesFully(b, sockB, devB);
+            }
+            try (RawPeer second = RawPeer.connect(sockA)) {
+                second.send(Request.GET_FEATURES, new byte[0]);
+                second.expectClosed();
+            }
+            assertThat(a.hasSession()).isTrue();
+
+            // The rest arrives late: the message completes and is answered.
+            stalled.sendRaw(java.util.Arrays.copyOfRange(f, Protocol.HEADER_SIZE + 3, f.length));
+            RawPeer.Reply r = stalled.read(5000);
+            assertThat(r.request()).isEqualTo(Request.SET_VRING_CALL.id);
+            assertThat(r.u64()).isZero();
+
+            // Stall again, then go away: the backend notices and serves a new frontend.
+            stalled.sendRaw(java.util.Arrays.copyOf(f, Protocol.HEADER_SIZE + 5), fd.fd());
+            assertThat(stalled.closedWithin(200)).isFalse();
+        }
+        BackendHarness.assertServesFully(a, sockA, devA);
+    }
+
+    @Test
+    void closingTheServerEndsAStalledSession() throws Exception {
+        try (RawPeer stalled = RawPeer.connect(sockA)) {
+            stalled.sendRaw(java.util.Arrays.copyOf(frame(Request.SET_FEATURES.id, V1, 8, u64(0)), 14));
+            assertThat(stalled.closedWithin(200)).isFalse();
+            assertThat(a.hasSession()).isTrue();
+            long t0 = System.nanoTime();
+            a.close();
+            assertThat(TimeUnit.NANOSECONDS.toMillis(System.nanoTime() - t0)).isLessThan(3000);
+            assertThat(a.hasSession()).isFalse();
+            stalled.expectClosed();
+        }
+    }
+}

@@ -1,0 +1,189 @@
+package io.mqvirtio.vhostuser;
+
+import static io.mqvirtio.vhostuser.BackendHarness.BASIC_PF;
+import static org.assertj.core.api.Assertions.assertThat;
+import static org.assertj.core.api.Assertions.assertThatThrownBy;
+
+import io.mqvirtio.linux.Epoll;
+import io.mqvirtio.linux.UnixSocket;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.nio.file.attribute.PosixFilePermissions;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.Timeout;
+import org.junit.jupiter.api.io.TempDir;
+
+/**
+ * The socket side of serving: binding a path (stale files, live servers, other files, permissions), one frontend
+ * at a time, closing, and client mode reconnecting to a frontend that listens.
+ */
+@Timeout(30)
+class VhostUserServerTest {
+    @TempDir
+    Path dir;
+
+    @Test
+    void socketFileIsOwnerOnlyAndRemovedOnClose() throws Exception {
+        Path sock = dir.resolve("vu.sock");
+        try (VhostUserServer server = VhostUserServer.listen(sock, new RecordingDevice(1))) {
+            assertThat(PosixFilePermissions.toString(Files.getPosixFilePermissions(sock))).isEqualTo("rw-------");
+            assertThat(server.path()).isEqualTo(sock);
+            try (Stream s = new Stream(dir)) {
+                assertThat(s.names()).as("no temporary socket name left behind").containsExactly("vu.sock");
+            }
+        }
+        assertThat(sock).doesNotExist();
+    }
+
+    @Test
+    void staleSocketFileIsReplaced() throws Exception {
+        Path sock = dir.resolve("vu.sock");
+        UnixSocket.listen(sock, 1).close(); // a crashed server: the file stays, nobody accepts
+        assertThat(sock).exists();
+        RecordingDevice dev = new RecordingDevice(2);
+        try (VhostUserServer server = VhostUserServer.listen(sock, dev)) {
+            BackendHarness.assertServesFully(server, sock, dev);
+        }
+    }
+
+    @Test
+    void pathServedByALiveListenerIsRefused() throws Exception {
+        Path sock = dir.resolve("vu.sock");
+        try (UnixSocket live = UnixSocket.listen(sock, 4)) {
+            assertThatThrownBy(() -> VhostUserServer.listen(sock, new RecordingDevice(1)))
+                    .isInstanceOf(VhostUserException.class).hasMessageContaining("served by another live process");
+            // The live listener still owns the path and still accepts.
+            try (UnixSocket probe = live.accept(); UnixSocket c = UnixSocket.connect(sock); UnixSocket a = live.accept()) {
+                assertThat(a).isNotNull();
+            }
+        }
+    }
+
+    @Test
+    void pathServedByAnotherVhostUserServerIsRefusedAndKeepsWorking() throws Exception {
+        Path sock = dir.resolve("vu.sock");
+        RecordingDevice dev = new RecordingDevice(2);
+        try (VhostUserServer first = VhostUserServer.listen(sock, dev)) {
+            assertThatThrownBy(() -> VhostUserServer.listen(sock, new RecordingDevice(1)))
+                    .isInstanceOf(VhostUserException.class).hasMessageContaining("served by another live process");
+            assertThat(sock).exists();
+            BackendHarness.assertServesFully(first, sock, dev);
+        }
+    }
+
+    @Test
+    void otherKindsOfFileAreNotReplaced() throws Exception {
+        Path file = dir.resolve("vu.sock");
+        Files.writeString(file, "precious");
+        assertThatThrownBy(() -> VhostUserServer.listen(file, new RecordingDevice(1)))
+                .isInstanceOf(VhostUserException.class).hasMessageContaining("is not a socket");
+        assertThat(Files.readString(file)).isEqualTo("precious");
+
+        Path link = dir.resolve("link.sock");
+        Files.createSymbolicLink(link, file);
+        assertThatThrownBy(() -> VhostUserServer.listen(link, new RecordingDevice(1)))
+                .isInstanceOf(VhostUserException.class).hasMessageContaining("is not a socket");
+        assertThat(Files.isSymbolicLink(link)).isTrue();
+    }
+
+    @Test
+    void closeLeavesASocketFileThatIsNoLongerOurs() throws Exception {
+        Path sock = dir.resolve("vu.sock");
+        VhostUserServer server = VhostUserServer.listen(sock, new RecordingDevice(1));
+        try {
+            Files.delete(sock);
+            UnixSocket.listen(sock, 1).close(); // someone else's socket file now
+        } finally {
+            server.close();
+        }
+        assertThat(sock).exists();
+    }
+
+    @Test
+    void secondFrontendIsRefusedWhileASessionRuns() throws Exception {
+        Path sock = dir.resolve("vu.sock");
+        RecordingDevice dev = new RecordingDevice(2);
+        try (VhostUserServer server = VhostUserServer.listen(sock, dev); LogCapture log = new LogCapture()) {
+            try (RawPeer first = RawPeer.connect(sock)) {
+                BackendHarness.negotiate(first, BASIC_PF);
+                for (int i = 0; i < 3; i++) {
+                    try (RawPeer second = RawPeer.connect(sock)) {
+                        second.send(Request.GET_FEATURES, new byte[0]);
+                        second.expectClosed();
+                    }
+                }
+                // The first is undisturbed.
+                assertThat(first.get(Request.GET_QUEUE_NUM)).isEqualTo(2);
+                assertThat(server.hasSession()).isTrue();
+            }
+            assertThat(log.lines()).anySatisfy(l -> assertThat(l).contains("refusing a second frontend"));
+            BackendHarness.assertServesFully(server, sock, dev);
+        }
+    }
+
+    @Test
+    void closeEndsTheRunningSessionAndReturnsAfterTearDown() throws Exception {
+        Path sock = dir.resolve("vu.sock");
+        RecordingDevice dev = new RecordingDevice(2);
+        VhostUserServer server = VhostUserServer.listen(sock, dev);
+        try (RawPeer fe = RawPeer.connect(sock); GuestRam ram = new GuestRam();
+             io.mqvirtio.linux.EventFd kick = io.mqvirtio.linux.EventFd.create();
+             io.mqvirtio.linux.EventFd call = io.mqvirtio.linux.EventFd.create()) {
+            BackendHarness.negotiate(fe, BASIC_PF);
+            fe.ok(Request.SET_MEM_TABLE, ram.memTable(), ram.fd());
+            BackendHarness.setupRing(fe, ram, 0, kick, call);
+            assertThat(dev.running()).isEqualTo(1);
+            long t0 = System.nanoTime();
+            server.close();
+            assertThat((System.nanoTime() - t0) / 1_000_000).as("close takes ms").isLessThan(3000);
+            assertThat(server.hasSession()).isFalse();
+            assertThat(dev.running()).isZero();
+            assertThat(dev.calls()).endsWith("reset");
+            fe.expectClosed();
+        }
+        assertThat(sock).doesNotExist();
+    }
+
+    @Test
+    void clientModeConnectsAndReconnectsAfterTheFrontendCloses() throws Exception {
+        Path sock = dir.resolve("fe.sock");
+        RecordingDevice dev = new RecordingDevice(2);
+        // The backend starts first and keeps trying until the frontend listens.
+        try (VhostUserServer server = VhostUserServer.connect(sock, dev)) {
+            Thread.sleep(300);
+            try (UnixSocket listener = UnixSocket.listen(sock, 4); Epoll ep = Epoll.create(1)) {
+                ep.add(listener, Epoll.EPOLLIN, 0);
+                for (int round = 0; round < 3; round++) {
+                    assertThat(ep.await(5000)).as("the backend connects (round %d)", round).isEqualTo(1);
+                    try (RawPeer fe = RawPeer.over(listener.accept())) {
+                        BackendHarness.negotiate(fe, BASIC_PF);
+                        assertThat(fe.get(Request.GET_MAX_MEM_SLOTS)).isEqualTo(Protocol.MAX_MEM_SLOTS);
+                        if (round == 1) {
+                            fe.send(Request.SET_VRING_NUM, RawPeer.state(0, 3)); // a failure without ack closes ...
+                            fe.expectClosed();
+                        }
+                    } // ... and so does the frontend going away: either way the backend comes back
+                }
+            }
+            Files.deleteIfExists(sock);
+            server.close();
+            assertThat(server.hasSession()).isFalse();
+        }
+    }
+
+    /** The names in a directory. */
+    private record Stream(java.util.stream.Stream<Path> s) implements AutoCloseable {
+        Stream(Path dir) throws java.io.IOException {
+            this(Files.list(dir));
+        }
+
+        java.util.List<String> names() {
+            return s.map(p -> p.getFileName().toString()).toList();
+        }
+
+        @Override
+        public void close() {
+            s.close();
+        }
+    }
+}
