@@ -74,6 +74,9 @@ public final class BackendSession implements Runnable {
         EventFd call;
         EventFd err;
         boolean enabled;
+        /** SET_VRING_ENABLE was received since the ring last stopped: SET_FEATURES must not reset it (QEMU
+         * sends the enables before SET_FEATURES when it reconnects to a restarted backend). */
+        boolean enableSet;
         boolean started;
         /** Was running when the memory table changed and is not inside the new one: restarts when memory covers it. */
         boolean parked;
@@ -333,6 +336,7 @@ public final class BackendSession implements Runnable {
                 ring.parked = false;
                 // The ring is stopped: a later start needs a new kick fd, and (with protocol features) a new enable.
                 ring.enabled = !protocolFeaturesNegotiated();
+                ring.enableSet = false;
                 closeQuietly(ring.kick);
                 ring.kick = null;
                 yield Message.vringState(index, ring.base);
@@ -408,6 +412,7 @@ public final class BackendSession implements Runnable {
                     LOG.log(Level.INFO, "{0}: ring {1} {2}", name, index, on == 1 ? "enabled" : "disabled");
                 }
                 ring.enabled = on == 1;
+                ring.enableSet = true;
                 if (ring.started) {
                     device.enableRing(index, ring.enabled);
                 }
@@ -484,7 +489,7 @@ public final class BackendSession implements Runnable {
         if (first || hadProtocol != protocolFeaturesNegotiated()) {
             // Without protocol features rings are enabled from the start (vhost-user.rst, "Ring states").
             for (Ring ring : rings) {
-                if (!ring.started) {
+                if (!ring.started && !ring.enableSet) {
                     ring.enabled = !protocolFeaturesNegotiated();
                 }
             }
@@ -561,6 +566,9 @@ public final class BackendSession implements Runnable {
             rings[i].parked = false;
             try {
                 start(i);
+                if (!rings[i].started) {
+                    throw new VhostUserException(missingForStart(rings[i]));
+                }
             } catch (GuestMemoryException | VirtqueueException | VhostUserException e) {
                 rings[i].parked = true;
                 parked.add("ring " + i + ": " + e.getMessage());

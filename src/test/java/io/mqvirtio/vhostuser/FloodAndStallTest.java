@@ -181,7 +181,6 @@ class FloodAndStallTest {
                 BackendHarness.assertServesFully(b, sockB, devB);
             }
             try (RawPeer second = RawPeer.connect(sockA)) {
-                second.send(Request.GET_FEATURES, new byte[0]);
                 second.expectClosed();
             }
             assertThat(a.hasSession()).isTrue();

@@ -67,7 +67,18 @@ class VhostUserServerTest {
             assertThatThrownBy(() -> VhostUserServer.listen(sock, new RecordingDevice(1)))
                     .isInstanceOf(VhostUserException.class).hasMessageContaining("served by another live process");
             assertThat(sock).exists();
-            BackendHarness.assertServesFully(first, sock, dev);
+            // The refused server's probe was a (very short) connection to the first one; it may still be in the way.
+            for (int attempt = 0; ; attempt++) {
+                try {
+                    BackendHarness.assertServesFully(first, sock, dev);
+                    break;
+                } catch (RawPeer.Closed | io.mqvirtio.linux.ErrnoException e) {
+                    if (attempt == 5) {
+                        throw e;
+                    }
+                    Thread.sleep(50);
+                }
+            }
         }
     }
 
@@ -108,7 +119,6 @@ class VhostUserServerTest {
                 BackendHarness.negotiate(first, BASIC_PF);
                 for (int i = 0; i < 3; i++) {
                     try (RawPeer second = RawPeer.connect(sock)) {
-                        second.send(Request.GET_FEATURES, new byte[0]);
                         second.expectClosed();
                     }
                 }
