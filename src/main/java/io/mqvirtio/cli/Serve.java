@@ -140,8 +140,13 @@ final class Serve {
                     throw e;
                 }
             }
-            VhostUserServer s = o.client() ? VhostUserServer.connect(o.socket(), device)
-                    : VhostUserServer.listen(o.socket(), device);
+            VhostUserServer s;
+            try {
+                s = o.client() ? VhostUserServer.connect(o.socket(), device) : VhostUserServer.listen(o.socket(), device);
+            } catch (RuntimeException e) {
+                String m = message(e);
+                throw m.contains(o.socket().toString()) ? e : new IllegalStateException(o.socket() + ": " + m, e);
+            }
             synchronized (this) {
                 server = s;
                 if (stopped) {
