@@ -25,13 +25,13 @@ import java.util.function.BooleanSupplier;
  * {@code GET /stats} in JSON (what {@code mqvirtio stats} reads). It binds to loopback addresses only: the counters
  * say what a VM does, and the endpoint has no authentication.
  */
-final class MetricsServer implements AutoCloseable {
+public final class MetricsServer implements AutoCloseable {
     private static final Logger LOG = System.getLogger(MetricsServer.class.getName());
 
     static final String PROMETHEUS_TYPE = "text/plain; version=0.0.4; charset=utf-8";
 
     /** One served device as the endpoint sees it. */
-    record Source(NetDevice device, String socket, String backend, BooleanSupplier connected) {
+    public record Source(NetDevice device, String socket, String backend, BooleanSupplier connected) {
         DeviceStats snapshot() {
             return DeviceStats.of(device, socket, backend, connected.getAsBoolean());
         }
@@ -110,7 +110,7 @@ final class MetricsServer implements AutoCloseable {
     }
 
     /** Serves {@code sources} on {@code at} (a loopback address, see {@link #loopback}). */
-    static MetricsServer start(InetSocketAddress at, List<Source> sources) throws IOException {
+    public static MetricsServer start(InetSocketAddress at, List<Source> sources) throws IOException {
         if (!at.getAddress().isLoopbackAddress()) {
             throw new IllegalArgumentException("the metrics endpoint serves only on loopback, not " + at);
         }
@@ -126,7 +126,7 @@ final class MetricsServer implements AutoCloseable {
     }
 
     /** The bound address (with the port the kernel chose for port 0). */
-    InetSocketAddress address() {
+    public InetSocketAddress address() {
         return http.getAddress();
     }
 
