@@ -11,14 +11,17 @@ import java.util.Map;
 import java.util.concurrent.ThreadLocalRandom;
 import java.util.concurrent.TimeUnit;
 import org.junit.jupiter.api.Tag;
-import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.Timeout;
 import org.junit.jupiter.api.io.TempDir;
+import org.junit.jupiter.params.ParameterizedTest;
+import org.junit.jupiter.params.provider.ValueSource;
 
 /**
- * A backend restart must not cost the VM its NIC: QEMU listens on the vhost-user socket (server=on), our backend
- * runs as its own process in client mode on a persistent multiqueue TAP, and is killed with SIGKILL and started
- * again ten times while a real Linux guest pings the host side. Afterwards the guest's pings all come back (its
+ * A backend restart must not cost the VM its NIC. Two set-ups: QEMU listens on the vhost-user socket (server=on)
+ * and our backend connects (client mode); or our backend listens and QEMU's client chardev reconnects
+ * (reconnect), so each new backend must take over the socket path the killed one left behind. Either way the
+ * backend runs as its own process on a persistent multiqueue TAP, and is killed with SIGKILL and started again ten
+ * times while a real Linux guest pings the host side. Afterwards the guest's pings all come back (its
  * RX ring did not run dry over the restarts: no descriptor was lost) and it still has eth0.
  */
 @Tag("peer")
@@ -29,9 +32,11 @@ class BackendRestartTest {
     @TempDir
     Path dir;
 
-    @Test
+    @ParameterizedTest(name = "backend as {0}")
+    @ValueSource(strings = {"client", "server"})
     @Timeout(400)
-    void guestSurvivesTenBackendKills() throws Exception {
+    void guestSurvivesTenBackendKills(String mode) throws Exception {
+        boolean backendListens = mode.equals("server");
         Peers.requireRoot("a TAP device in a network namespace");
         Peers.require("qemu-system-x86_64", "QEMU");
         Path repo = Path.of("").toAbsolutePath();
@@ -45,14 +50,17 @@ class BackendRestartTest {
             ns.ip("tuntap", "add", "dev", tap, "mode", "tap", "multi_queue");
             ns.ip("addr", "add", host + "/24", "dev", tap);
             ns.ip("link", "set", tap, "up");
+            List<Process> backends = new ArrayList<>();
+            if (backendListens) {
+                backends.add(backend(ns.name(), sock, tap, false, dir.resolve("backend-0.log")));
+            }
             Process qemu = new ProcessBuilder(repo.resolve("scripts/guest/run-guest.sh").toString(), "--vhost-user",
-                    sock.toString(), "--server", "--queues", String.valueOf(PAIRS), "--smp", "2",
+                    sock.toString(), backendListens ? "--reconnect" : "--server", "--queues", String.valueOf(PAIRS), "--smp", "2",
                     "--script", repo.resolve("scripts/guest/tests/restart.sh").toString(), "--log", log.toString(),
                     "--timeout", "300", "--arg", "ip=10.78." + net + ".2/24", "--arg", "peer=" + host,
                     "--arg", "seconds=70", "--arg", "timeout=200")
                     .redirectErrorStream(true).redirectOutput(dir.resolve("run-guest.out").toFile())
                     .directory(repo.toFile()).start();
-            List<Process> backends = new ArrayList<>();
             try {
                 long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(60);
                 while (!Files.exists(sock)) {
@@ -60,14 +68,16 @@ class BackendRestartTest {
                     Thread.sleep(100);
                 }
                 // QEMU waits for its first backend before it runs the guest
-                backends.add(backend(ns.name(), sock, tap, dir.resolve("backend-0.log")));
+                if (!backendListens) {
+                    backends.add(backend(ns.name(), sock, tap, true, dir.resolve("backend-0.log")));
+                }
                 waitForLine(log, "MQV-READY", 90);
                 for (int i = 1; i <= RESTARTS; i++) {
                     Thread.sleep(2500 + ThreadLocalRandom.current().nextInt(1500));
                     Process b = backends.get(backends.size() - 1);
                     b.destroyForcibly().waitFor(10, TimeUnit.SECONDS); // SIGKILL: no goodbye to QEMU
                     Thread.sleep(300);
-                    backends.add(backend(ns.name(), sock, tap, dir.resolve("backend-" + i + ".log")));
+                    backends.add(backend(ns.name(), sock, tap, !backendListens, dir.resolve("backend-" + i + ".log")));
                 }
                 assertThat(qemu.waitFor(300, TimeUnit.SECONDS)).as("guest finished").isTrue();
             } finally {
@@ -93,13 +103,16 @@ class BackendRestartTest {
         }
     }
 
-    /** Starts {@code mqvirtio serve --client} as its own process inside the namespace, from the test classpath. */
-    private static Process backend(String ns, Path sock, String tap, Path out) throws Exception {
+    /** Starts {@code mqvirtio serve} as its own process inside the namespace, from the test classpath. */
+    private static Process backend(String ns, Path sock, String tap, boolean client, Path out) throws Exception {
         String java = Path.of(System.getProperty("java.home"), "bin", "java").toString();
-        return new ProcessBuilder("ip", "netns", "exec", ns, java, "--enable-native-access=ALL-UNNAMED", "-cp",
-                System.getProperty("java.class.path"), "io.mqvirtio.cli.Main", "serve", "--client",
-                "--socket-path", sock.toString(), "--queues", String.valueOf(PAIRS), "--tap", tap)
-                .redirectErrorStream(true).redirectOutput(out.toFile()).start();
+        List<String> cmd = new ArrayList<>(List.of("ip", "netns", "exec", ns, java, "--enable-native-access=ALL-UNNAMED",
+                "-cp", System.getProperty("java.class.path"), "io.mqvirtio.cli.Main", "serve",
+                "--socket-path", sock.toString(), "--queues", String.valueOf(PAIRS), "--tap", tap));
+        if (client) {
+            cmd.add("--client");
+        }
+        return new ProcessBuilder(cmd).redirectErrorStream(true).redirectOutput(out.toFile()).start();
     }
 
     private static void waitForLine(Path log, String marker, int seconds) throws Exception {
