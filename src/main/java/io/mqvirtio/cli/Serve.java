@@ -77,7 +77,8 @@ final class Serve {
         Logging.setup(o.debug());
 
         Running r = new Running();
-        // Installed first: a signal during start-up stops whatever has started so far.
+        // SIGTERM/SIGINT only set the latch below, even during start-up; the hook covers the other ways out
+        // (SIGHUP, an exit elsewhere) and is a no-op after an orderly stop.
         Runtime.getRuntime().addShutdownHook(Thread.ofPlatform().name("mqvirtio-shutdown").unstarted(() -> r.stop("exit")));
         if (!Signals.onTermination(r::requestStop)) {
             LOG.log(Level.WARNING, "cannot handle SIGTERM/SIGINT (sun.misc.Signal unavailable): they exit with 128+signal");
@@ -118,7 +119,11 @@ final class Serve {
         private boolean stopped;
 
         void requestStop(String sig) {
-            signal.compareAndSet(null, sig);
+            if (!signal.compareAndSet(null, sig)) {
+                // a second signal while stopping: the user insists (or stopping hangs); leave at once
+                System.err.println("mqvirtio: SIG" + sig + " again while stopping: exiting now");
+                Runtime.getRuntime().halt(1);
+            }
             stopRequested.countDown();
         }
 
