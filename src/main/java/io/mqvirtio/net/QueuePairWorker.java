@@ -68,7 +68,11 @@ final class QueuePairWorker implements Runnable {
     private boolean portActive;
     private boolean portReadable;
     private boolean mrgRxbuf;
-    private int rxFrameNeed = VirtioNet.HDR_SIZE + 1518;
+    private int rxFrameNeed = VirtioNet.HDR_SIZE + 1518;  // the largest frame the negotiated features allow
+    private int rxSmallNeed = VirtioNet.HDR_SIZE + 1518;  // an MTU-sized frame: what a receive gathers chains for
+    /** Spill space for frames larger than an MTU, and the parking place of a frame waiting for RX buffers. */
+    private final MemorySegment overflow = Arena.ofAuto().allocate(VirtioNet.HDR_SIZE + VirtioNet.MAX_GSO_FRAME, 64);
+    private long pendingLen;
     private volatile boolean running = true;
     private final DescriptorChain txChain = new DescriptorChain(IoVec.IOV_MAX);
     private final DescriptorChain[] rxChains = new DescriptorChain[MAX_RX_CHAINS];
@@ -151,6 +155,10 @@ final class QueuePairWorker implements Runnable {
         DeviceQueue q;
         if (isRx) {
             q = rx;
+            if (pendingLen > 0) {
+                pendingLen = 0; // a frame parked for this ring's buffers: the ring's next life may not take it
+                rxCounters.add(QueueCounters.DROPS, 1);
+            }
             if (rxKick != null && !rxBroken) {
                 epoll.remove(rxKick.fd());
             }
@@ -210,6 +218,7 @@ final class QueuePairWorker implements Runnable {
         boolean gso = VirtioFeatures.has(features, VirtioNet.F_GUEST_TSO4) || VirtioFeatures.has(features, VirtioNet.F_GUEST_TSO6)
                 || VirtioFeatures.has(features, VirtioNet.F_GUEST_UFO);
         rxFrameNeed = VirtioNet.HDR_SIZE + (gso ? VirtioNet.MAX_GSO_FRAME : mtu + 14 + 4);
+        rxSmallNeed = Math.min(rxFrameNeed, VirtioNet.HDR_SIZE + mtu + 14 + 4);
         port.setFeatures(features);
         return null;
     }
@@ -365,34 +374,47 @@ final class QueuePairWorker implements Runnable {
         return q.enableKicks();
     }
 
-    /** Moves up to a budget of frames from the port into the RX ring; true if more may be waiting. */
+    /**
+     * Moves up to a budget of frames from the port into the RX ring; true if more may be waiting.
+     *
+     * <p>The frame's length is unknown until it is read, and a GSO frame may be 64 KiB, so the worker pops only as
+     * many chains as an MTU-sized frame needs and puts a spill buffer of this worker's at the end of the iovec: an
+     * ordinary frame lands in guest memory with one {@code readv} and no copy; a larger one spills, and the spilled
+     * part is copied into further chains. If the driver has not posted enough buffers for it, the whole frame is
+     * parked in the spill buffer until it does (nothing is dropped, no chain is held).
+     */
     private boolean rxBurst() {
         DeviceQueue q = rx;
         int done = 0;
+        long packets = 0;
+        long bytes = 0;
+        long errors = 0;
+        long drops = 0;
         boolean waitBuffers = false;
         try {
             while (done < BUDGET) {
-                int k = 0;
-                long cap = 0;
-                iov.clear();
-                while (cap < rxFrameNeed && k < rxChains.length && q.pop(rxChains[k])) {
-                    DescriptorChain c = rxChains[k++];
-                    for (int i = c.readableCount(); i < c.count(); i++) {
-                        // Only buffers the driver marked writable are written; read-only ones in an RX chain are skipped.
-                        if (!iov.addRaw(c.hostAddress(i), Integer.toUnsignedLong(c.length(i)))) {
-                            break;
-                        }
-                    }
-                    cap += c.writableBytes();
-                    if (!mrgRxbuf) {
+                if (pendingLen > 0) {
+                    long len = pendingLen;
+                    if (!deliverPending(q)) {
+                        waitBuffers = true;
                         break;
                     }
+                    packets++;
+                    bytes += len - VirtioNet.HDR_SIZE;
+                    done++;
+                    continue;
                 }
-                if (k == 0 || cap < VirtioNet.HDR_SIZE || (mrgRxbuf && cap < rxFrameNeed && k < q.size())) {
-                    // Not enough room for a largest frame yet: wait for the driver to post more.
+                iov.clear();
+                int k = gather(q, 0, rxSmallNeed);
+                long cap = gathered;
+                if (k == 0 || cap < VirtioNet.HDR_SIZE) {
                     q.unpop(k);
                     waitBuffers = true;
                     break;
+                }
+                long spillRoom = Math.min(rxFrameNeed - cap, overflow.byteSize());
+                if (spillRoom > 0) {
+                    iov.add(overflow, 0, spillRoom);
                 }
                 long len = port.receive(iov);
                 if (len < 0) {
@@ -402,30 +424,53 @@ final class QueuePairWorker implements Runnable {
                 }
                 if (len < VirtioNet.HDR_SIZE) {
                     q.unpop(k);
-                    rxCounters.add(QueueCounters.ERRORS, 1);
+                    errors++;
                     continue;
                 }
-                long left = len;
-                int used = 0;
-                while (used < k && (left > 0 || used == 0)) {
-                    long take = Math.min(left, rxChains[used].writableBytes());
-                    q.push(rxChains[used].head(), (int) take);
-                    left -= take;
-                    used++;
+                if (len > cap) {
+                    long spill = len - cap;
+                    int k2 = mrgRxbuf ? gather(q, k, spill) : k;
+                    long extra = mrgRxbuf ? gathered : 0;
+                    if (extra < spill) {
+                        if (!mrgRxbuf) {
+                            q.unpop(k); // larger than the one buffer this driver gives a frame
+                            drops++;
+                            continue;
+                        }
+                        // park the whole frame: the spill moves up behind the part the chains hold
+                        MemorySegment.copy(overflow, 0, overflow, cap, spill);
+                        long at = 0;
+                        for (int i = 0; i < k; i++) {
+                            at += rxChains[i].readWritten(0, overflow.asSlice(at, rxChains[i].writableBytes()));
+                        }
+                        q.unpop(k2);
+                        pendingLen = len;
+                        waitBuffers = true;
+                        break;
+                    }
+                    long at = 0;
+                    for (int i = k; i < k2 && at < spill; i++) {
+                        at += rxChains[i].writeTo(0, overflow.asSlice(at, Math.min(spill - at, rxChains[i].writableBytes())));
+                    }
+                    k = k2;
                 }
-                q.unpop(k - used);
-                numBuffers.set(LE16, 0, (short) used);
-                rxChains[0].writeTo(VirtioNet.HDR_NUM_BUFFERS, numBuffers);
-                if (left > 0) {
-                    rxCounters.add(QueueCounters.ERRORS, 1); // cannot happen: readv fills at most the iovec
-                }
-                rxCounters.add(QueueCounters.PACKETS, 1);
-                rxCounters.add(QueueCounters.BYTES, len - VirtioNet.HDR_SIZE);
+                complete(q, k, len);
+                packets++;
+                bytes += len - VirtioNet.HDR_SIZE;
                 done++;
             }
         } catch (VirtqueueException e) {
             broken(true, rxErr, e);
             return false;
+        } finally {
+            rxCounters.add(QueueCounters.PACKETS, packets);
+            rxCounters.add(QueueCounters.BYTES, bytes);
+            if (errors != 0) {
+                rxCounters.add(QueueCounters.ERRORS, errors);
+            }
+            if (drops != 0) {
+                rxCounters.add(QueueCounters.DROPS, drops);
+            }
         }
         if (done > 0) {
             q.publishUsed();
@@ -438,6 +483,61 @@ final class QueuePairWorker implements Runnable {
             return !busyPoll && q.enableKicks();
         }
         return done == BUDGET;
+    }
+
+    /**
+     * Pops chains into {@code rxChains[from..]} until their writable bytes reach {@code need} (one chain without
+     * MRG_RXBUF), adding their writable buffers to the iovec; sets {@link #gathered} to those bytes and returns the
+     * index after the last chain popped. Buffers a driver marked read-only are never written.
+     */
+    private int gather(DeviceQueue q, int from, long need) {
+        int k = from;
+        long cap = 0;
+        while (cap < need && k < rxChains.length && (mrgRxbuf || k == from) && q.pop(rxChains[k])) {
+            DescriptorChain c = rxChains[k++];
+            for (int i = c.readableCount(); i < c.count(); i++) {
+                if (!iov.addRaw(c.hostAddress(i), Integer.toUnsignedLong(c.length(i)))) {
+                    break;
+                }
+            }
+            cap += c.writableBytes();
+        }
+        gathered = cap;
+        return k;
+    }
+
+    private long gathered;
+
+    /** The frame of {@code len} bytes is in chains 0..k-1: push those it fills, set num_buffers, give back the rest. */
+    private void complete(DeviceQueue q, int k, long len) {
+        long left = len;
+        int used = 0;
+        while (used < k && (left > 0 || used == 0)) {
+            long take = Math.min(left, rxChains[used].writableBytes());
+            q.push(rxChains[used].head(), (int) take);
+            left -= take;
+            used++;
+        }
+        q.unpop(k - used);
+        numBuffers.set(LE16, 0, (short) used);
+        rxChains[0].writeTo(VirtioNet.HDR_NUM_BUFFERS, numBuffers);
+    }
+
+    /** Copies the parked frame into chains once the driver has posted enough; false if it still has not. */
+    private boolean deliverPending(DeviceQueue q) {
+        iov.clear();
+        int k = gather(q, 0, pendingLen);
+        if (gathered < pendingLen) {
+            q.unpop(k);
+            return false;
+        }
+        long at = 0;
+        for (int i = 0; i < k && at < pendingLen; i++) {
+            at += rxChains[i].writeTo(0, overflow.asSlice(at, Math.min(pendingLen - at, rxChains[i].writableBytes())));
+        }
+        complete(q, k, pendingLen);
+        pendingLen = 0;
+        return true;
     }
 
     /**

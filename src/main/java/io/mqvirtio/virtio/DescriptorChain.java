@@ -159,6 +159,27 @@ public final class DescriptorChain {
         return done;
     }
 
+    /**
+     * Copies up to {@code dst.byteSize()} bytes of the writable part (what the device wrote there), starting
+     * {@code offset} bytes in, into {@code dst}; returns the count copied.
+     */
+    public long readWritten(long offset, MemorySegment dst) {
+        long done = 0;
+        long skip = offset;
+        for (int i = readable; i < count && done < dst.byteSize(); i++) {
+            long l = Integer.toUnsignedLong(len[i]);
+            if (skip >= l) {
+                skip -= l;
+                continue;
+            }
+            long n = Math.min(l - skip, dst.byteSize() - done);
+            MemorySegment.copy(region[i], regionOffset[i] + skip, dst, done, n);
+            done += n;
+            skip = 0;
+        }
+        return done;
+    }
+
     private int checkIndex(int i) {
         if (i < 0 || i >= count) {
             throw new IndexOutOfBoundsException("buffer " + i + " of " + count);

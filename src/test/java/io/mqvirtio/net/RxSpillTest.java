@@ -1,0 +1,169 @@
+package io.mqvirtio.net;
+
+import static io.mqvirtio.virtio.SplitRing.*;
+import static org.assertj.core.api.Assertions.assertThat;
+
+import io.mqvirtio.linux.IoVec;
+import io.mqvirtio.vhostuser.VhostUserServer;
+import io.mqvirtio.virtio.VirtioFeatures;
+import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
+import java.nio.file.Path;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.concurrent.ConcurrentLinkedQueue;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.Timeout;
+import org.junit.jupiter.api.io.TempDir;
+
+/**
+ * The receive path for frames larger than an MTU (GSO), with mergeable buffers: the part beyond the first chains
+ * spills and is copied into further chains; when the driver has not posted enough buffers, the frame waits
+ * (parked) until it does. The frame must arrive whole, in order, with the right num_buffers, and nothing may be
+ * written outside the buffers.
+ */
+class RxSpillTest {
+    static final int SIZE = 64;
+
+    @TempDir
+    Path dir;
+
+    /** A backend whose port delivers frames the test hands it, and offers GSO towards the guest. */
+    static final class Scripted implements PacketBackend {
+        final ConcurrentLinkedQueue<byte[]> frames = new ConcurrentLinkedQueue<>();
+        private static final MemorySegment ALL = MemorySegment.NULL.reinterpret(Long.MAX_VALUE);
+
+        @Override
+        public int maxPairs() {
+            return 1;
+        }
+
+        @Override
+        public long features() {
+            return VirtioFeatures.bit(VirtioNet.F_GUEST_CSUM) | VirtioFeatures.bit(VirtioNet.F_GUEST_TSO4);
+        }
+
+        @Override
+        public Port open(int pair) {
+            return new Port() {
+                @Override
+                public int readFd() {
+                    return POLL;
+                }
+
+                @Override
+                public long send(IoVec frame) {
+                    return frame.totalBytes();
+                }
+
+                @Override
+                public long receive(IoVec into) {
+                    byte[] f = frames.poll();
+                    if (f == null) {
+                        return -1;
+                    }
+                    long at = 0;
+                    for (int i = 0; i < into.count() && at < f.length; i++) {
+                        long n = Math.min(into.length(i), f.length - at);
+                        MemorySegment.copy(MemorySegment.ofArray(f), at, ALL, into.address(i), n);
+                        at += n;
+                    }
+                    return at;
+                }
+
+                @Override
+                public void close() {}
+            };
+        }
+
+        @Override
+        public String describe() {
+            return "scripted";
+        }
+
+        @Override
+        public void close() {}
+    }
+
+    static byte[] frameWithHeader(int frameLen) {
+        byte[] f = new byte[VirtioNet.HDR_SIZE + frameLen];
+        for (int i = VirtioNet.HDR_SIZE; i < f.length; i++) {
+            f[i] = (byte) (i * 31 + 7);
+        }
+        return f;
+    }
+
+    @Test
+    @Timeout(60)
+    void largeFrameSpillsIntoMoreChainsAndWaitsForBuffers() throws Exception {
+        Scripted backend = new Scripted();
+        long features = VirtioFeatures.bit(VirtioFeatures.F_VERSION_1) | VirtioFeatures.bit(VirtioNet.F_MRG_RXBUF)
+                | VirtioFeatures.bit(VirtioNet.F_GUEST_CSUM) | VirtioFeatures.bit(VirtioNet.F_GUEST_TSO4);
+        try (NetDevice dev = new NetDevice(NetDevice.Config.of("spill", 1), backend);
+             VhostUserServer server = VhostUserServer.listen(dir.resolve("spill.sock"), dev);
+             EvilDriver d = new EvilDriver(server.path(), 1, SIZE, features, 2 << 20)) {
+            byte pattern = 0x5A;
+            d.mem.asSlice(d.dataOff).fill(pattern);
+            EvilDriver.Ring rx = d.rx(0);
+            int buf = 1536;
+            List<Long> offs = new ArrayList<>();
+            // first 20 buffers: enough for the small frame and part of the big one
+            for (int i = 0; i < 20; i++) {
+                long off = d.alloc(buf + 64) ;
+                offs.add(off);
+                rx.desc(i, d.gpa(off), buf, DESC_F_WRITE, 0);
+                rx.offer(i);
+            }
+            byte[] small = frameWithHeader(100);
+            byte[] big = frameWithHeader(40_000); // 27 buffers of 1536
+            backend.frames.add(small);
+            backend.frames.add(big);
+            rx.kick();
+            HostileDriverTest.await(() -> rx.usedIdx() >= 1, "the small frame");
+            Thread.sleep(300);
+            assertThat(rx.usedIdx()).as("the big frame waits: 19 buffers are too few").isEqualTo(1);
+            // post 20 more: now it fits
+            for (int i = 20; i < 40; i++) {
+                long off = d.alloc(buf + 64);
+                offs.add(off);
+                rx.desc(i, d.gpa(off), buf, DESC_F_WRITE, 0);
+                rx.offer(i);
+            }
+            rx.kick();
+            int chainsForBig = (big.length + buf - 1) / buf;
+            HostileDriverTest.await(() -> rx.usedIdx() >= 1 + chainsForBig, "the big frame");
+            int[] u = rx.nextUsed();
+            assertThat(u[0]).isZero();
+            assertThat(u[1]).isEqualTo(small.length);
+            assertThat(d.mem.get(EvilDriver.U16, offs.get(0) + VirtioNet.HDR_NUM_BUFFERS)).isEqualTo((short) 1);
+            // the big frame: chains in order, lengths summing to the frame, num_buffers in the first
+            byte[] got = new byte[big.length];
+            int at = 0;
+            int first = -1;
+            for (int c = 0; c < chainsForBig; c++) {
+                u = rx.nextUsed();
+                assertThat(u).isNotNull();
+                if (first < 0) {
+                    first = u[0];
+                }
+                assertThat(u[1]).isLessThanOrEqualTo(buf);
+                MemorySegment.copy(d.mem, ValueLayout.JAVA_BYTE, offs.get(u[0]), got, at, u[1]);
+                at += u[1];
+            }
+            assertThat(rx.nextUsed()).isNull();
+            assertThat(at).isEqualTo(big.length);
+            assertThat(d.mem.get(EvilDriver.U16, offs.get(first) + VirtioNet.HDR_NUM_BUFFERS)).isEqualTo((short) chainsForBig);
+            got[VirtioNet.HDR_NUM_BUFFERS] = 0;
+            got[VirtioNet.HDR_NUM_BUFFERS + 1] = 0;
+            assertThat(got).isEqualTo(big);
+            // the 64 bytes after every buffer were never written
+            for (long off : offs) {
+                for (int i = 0; i < 64; i++) {
+                    assertThat(d.mem.get(ValueLayout.JAVA_BYTE, off + buf + i)).isEqualTo(pattern);
+                }
+            }
+            assertThat(dev.counters().get(0).packets()).isEqualTo(2);
+            assertThat(dev.counters().get(0).errors() + dev.counters().get(0).drops()).isZero();
+        }
+    }
+}
