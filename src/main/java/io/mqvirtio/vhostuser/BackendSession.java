@@ -169,6 +169,12 @@ public final class BackendSession implements Runnable {
             }
             warn("{0}: {1} failed, closing connection: {2}", name, m.name(), e.getMessage());
             return false;
+        } catch (InternalError e) {
+            // What the JVM makes of SIGBUS on a mapped segment: the frontend shrank a memory file it shared (or the
+            // memory is otherwise gone). Nothing in it can be trusted any more; end the session.
+            warn("{0}: {1}: the shared memory became inaccessible (did the frontend shrink its memory file?), closing "
+                    + "connection: {2}", name, m.name(), e.getMessage());
+            return false;
         } catch (RuntimeException e) {
             // Not the frontend's fault as far as we can tell (e.g. a device worker that does not answer): end the
             // session, whose teardown then stops what it can.
@@ -352,7 +358,7 @@ public final class BackendSession implements Runnable {
                 if (missing != null) {
                     throw new VhostUserException("SET_VRING_KICK: ring " + index + " cannot start: " + missing);
                 }
-                EventFd kick = EventFd.adopt(m.takeRawFd(0));
+                EventFd kick = takeEventFd(m, "kick");
                 if (ring.started) {
                     try {
                         stop(index);
@@ -371,7 +377,7 @@ public final class BackendSession implements Runnable {
                 int index = ringIndex(m.u64(0) & VRING_INDEX_MASK);
                 checkVringFileBits(m);
                 Ring ring = rings[index];
-                EventFd call = (m.u64(0) & VRING_NOFD) != 0 ? null : EventFd.adopt(m.takeRawFd(0));
+                EventFd call = (m.u64(0) & VRING_NOFD) != 0 ? null : takeEventFd(m, "call");
                 if (ring.started) {
                     try {
                         device.setCall(index, call);
@@ -388,7 +394,7 @@ public final class BackendSession implements Runnable {
                 int index = ringIndex(m.u64(0) & VRING_INDEX_MASK);
                 checkVringFileBits(m);
                 Ring ring = rings[index];
-                EventFd err = (m.u64(0) & VRING_NOFD) != 0 ? null : EventFd.adopt(m.takeRawFd(0));
+                EventFd err = (m.u64(0) & VRING_NOFD) != 0 ? null : takeEventFd(m, "error");
                 if (ring.started) {
                     try {
                         device.setErr(index, err);
@@ -517,6 +523,36 @@ public final class BackendSession implements Runnable {
         long v = m.u64(0);
         if ((v & ~(VRING_INDEX_MASK | VRING_NOFD)) != 0) {
             throw new VhostUserException(m.name() + ": unknown bits in 0x" + Long.toHexString(v));
+        }
+    }
+
+    /**
+     * The message's descriptor as an eventfd, which kick, call and error descriptors must be: anything else (a
+     * socket, a memory file, a pipe) fails in the workers' hands in ways the protocol gives them no answer to. It is
+     * made non-blocking (the flag is shared with the frontend, whose eventfds QEMU and DPDK create non-blocking
+     * anyway): a frontend that drains a kick first, or fills a call counter to the brim, then cannot block a worker.
+     */
+    private static EventFd takeEventFd(Message m, String what) {
+        EventFd e = EventFd.adopt(m.takeRawFd(0));
+        try {
+            String kind = descriptorKind(e.fd());
+            if (kind != null && !kind.equals("anon_inode:[eventfd]")) {
+                throw new VhostUserException(m.name() + ": the " + what + " descriptor is " + kind + ", not an eventfd");
+            }
+            e.setNonBlocking(true);
+            return e;
+        } catch (RuntimeException ex) {
+            e.close();
+            throw ex;
+        }
+    }
+
+    /** What an open descriptor is, as /proc names it ("socket:[123]", "anon_inode:[eventfd]"); null if unknown. */
+    private static String descriptorKind(int fd) {
+        try {
+            return java.nio.file.Files.readSymbolicLink(java.nio.file.Path.of("/proc/self/fd/" + fd)).toString();
+        } catch (java.io.IOException | UnsupportedOperationException e) {
+            return null; // no /proc: trust the frontend here
         }
     }
 
