@@ -6,7 +6,11 @@ import io.mqvirtio.net.NetDriver;
 import java.nio.file.Files;
 import java.nio.file.Path;
 
-/** Scenario 1 of the benchmark: our driver (TX only) into our backend, whose port counts and drops. */
+/**
+ * Scenario 1 of the benchmark on its own: our driver (TX only) into our backend, whose port counts and drops; the
+ * backend's workers pinned to {@code cpus} (empty: not pinned). {@code mqvirtio bench} runs it with a CPU list per
+ * side.
+ */
 public final class SinkScenario {
     private SinkScenario() {}
 
@@ -19,16 +23,23 @@ public final class SinkScenario {
         try (NetDevice dev = new NetDevice(new NetDevice.Config("sink", pairs, 1500, busyPoll, cpus), new SinkBackend(pairs));
              var server = io.mqvirtio.vhostuser.VhostUserServer.listen(sock, dev);
              NetDriver nic = NetDriver.connect(sock, NetDriver.Options.pairs(pairs))) {
-            long[] cpu0 = dev.workerCpuNanos();
-            long b0 = backendTx(dev);
-            TrafficRun.Result r = TrafficRun.run(nic, pairs, TrafficRun.Mode.TX_ONLY, frameSize, warmup, seconds);
-            long[] cpu1 = dev.workerCpuNanos();
-            long b1 = backendTx(dev);
+            // The backend's count and its workers' CPU time are read at the same instants as the driver's own
+            // counters, so both cover the same measured interval (not the warm-up, not the stopping).
+            long[][] at = new long[2][];
+            long[] b = new long[2];
+            TrafficRun.Result r = TrafficRun.run(nic, pairs, TrafficRun.Mode.TX_ONLY, frameSize, warmup, seconds, new int[0],
+                    () -> {
+                        b[0] = backendTx(dev);
+                        at[0] = dev.workerCpuNanos();
+                    }, () -> {
+                        b[1] = backendTx(dev);
+                        at[1] = dev.workerCpuNanos();
+                    });
             long[] cpu = new long[pairs];
             for (int i = 0; i < pairs; i++) {
-                cpu[i] = cpu1[i] - cpu0[i];
+                cpu[i] = at[1][i] - at[0][i];
             }
-            return new Result(r, b1 - b0, cpu);
+            return new Result(r, b[1] - b[0], cpu);
         } finally {
             Files.deleteIfExists(sock);
             Files.deleteIfExists(dir);

@@ -1,5 +1,6 @@
 package io.mqvirtio.bench;
 
+import io.mqvirtio.linux.Affinity;
 import io.mqvirtio.net.NetDriver;
 import io.mqvirtio.net.NetQueuePair;
 import java.lang.foreign.Arena;
@@ -54,28 +55,53 @@ public final class TrafficRun {
 
     public static Result run(NetDriver nic, int pairs, Mode mode, int frameSize, double warmup, double seconds)
             throws InterruptedException {
+        return run(nic, pairs, mode, frameSize, warmup, seconds, new int[0], () -> {}, () -> {});
+    }
+
+    /**
+     * As {@link #run(NetDriver, int, Mode, int, double, double)}, with pair i's thread pinned to
+     * {@code cpus[i % cpus.length]} (none when empty), and two hooks run on the calling thread right after the
+     * driver's own counters and CPU times are read at the start and at the end of the measured interval, so that a
+     * receiver's counters can be sampled over the same interval.
+     */
+    public static Result run(NetDriver nic, int pairs, Mode mode, int frameSize, double warmup, double seconds, int[] cpus,
+                             Runnable atStart, Runnable atEnd) throws InterruptedException {
         AtomicBoolean stop = new AtomicBoolean();
         AtomicLongArray[] counts = new AtomicLongArray[pairs];
         List<Thread> threads = new ArrayList<>();
         for (int p = 0; p < pairs; p++) {
             counts[p] = new AtomicLongArray(4 + 12); // padded
             int pair = p;
-            threads.add(Thread.ofPlatform().name("traffic-qp" + p).daemon().start(() -> loop(nic.pair(pair), pair, mode,
-                    frameSize, stop, counts[pair])));
+            int cpu = cpus.length == 0 ? -1 : cpus[p % cpus.length];
+            threads.add(Thread.ofPlatform().name("traffic-qp" + p).daemon().start(() -> {
+                if (cpu >= 0) {
+                    Affinity.pin(cpu);
+                }
+                loop(nic.pair(pair), pair, mode, frameSize, stop, counts[pair]);
+            }));
         }
         ThreadMXBean mx = ManagementFactory.getThreadMXBean();
-        Thread.sleep((long) (warmup * 1000));
-        long[][] c0 = snapshot(counts);
-        long[] cpu0 = threads.stream().mapToLong(t -> mx.getThreadCpuTime(t.threadId())).toArray();
-        long t0 = System.nanoTime();
-        Thread.sleep((long) (seconds * 1000));
-        long[][] c1 = snapshot(counts);
-        long[] cpu1 = threads.stream().mapToLong(t -> mx.getThreadCpuTime(t.threadId())).toArray();
-        long t1 = System.nanoTime();
-        stop.set(true);
-        for (Thread t : threads) {
-            t.join(5000);
+        try {
+            Thread.sleep((long) (warmup * 1000));
+            long[][] c0 = snapshot(counts);
+            long[] cpu0 = threads.stream().mapToLong(t -> mx.getThreadCpuTime(t.threadId())).toArray();
+            long t0 = System.nanoTime();
+            atStart.run();
+            Thread.sleep((long) (seconds * 1000));
+            long[][] c1 = snapshot(counts);
+            long[] cpu1 = threads.stream().mapToLong(t -> mx.getThreadCpuTime(t.threadId())).toArray();
+            long t1 = System.nanoTime();
+            atEnd.run();
+            return result(pairs, frameSize, c0, c1, cpu0, cpu1, t0, t1);
+        } finally {
+            stop.set(true);
+            for (Thread t : threads) {
+                t.join(5000);
+            }
         }
+    }
+
+    private static Result result(int pairs, int frameSize, long[][] c0, long[][] c1, long[] cpu0, long[] cpu1, long t0, long t1) {
         List<PairResult> r = new ArrayList<>();
         for (int p = 0; p < pairs; p++) {
             r.add(new PairResult(p, c1[p][TX] - c0[p][TX], c1[p][TXB] - c0[p][TXB], c1[p][RX] - c0[p][RX],
@@ -122,7 +148,9 @@ public final class TrafficRun {
                 out.setRelease(RX, rx);
                 out.setRelease(RXB, rxb);
                 if (n == 0) {
-                    Thread.onSpinWait();
+                    // The ring is full. Another pair's sender may share this CPU (more pairs than cores): let it run
+                    // now rather than spin out the time slice while only our backend could make room.
+                    Thread.yield();
                 }
             }
         }

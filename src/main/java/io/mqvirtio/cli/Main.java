@@ -1,9 +1,7 @@
 package io.mqvirtio.cli;
 
-import io.mqvirtio.bench.RingBenchmark;
 import java.io.PrintStream;
 import java.util.Arrays;
-import java.util.List;
 import java.util.Set;
 
 /** The {@code mqvirtio} command. */
@@ -17,11 +15,7 @@ public final class Main {
                   --pairs N        queue pairs (default 2)
                   --size B         frame size in bytes (default 64)
                   --seconds S      how long to measure (default 3)
-              bench ring           the split-ring benchmark
-                  --sizes LIST     frame sizes in bytes (default 64,1500)
-                  --ring N         ring size, a power of two (default 256)
-                  --seconds S      measured time per size (default 5)
-                  --warmup S       warm-up per size (default 2)
+            """ + Bench.USAGE + """
               serve                a vhost-user-net backend (QEMU or DPDK virtio-user connect to it)
                   --socket-path P  the vhost-user socket (listened on; with --client, connected to)
                   --queues N       queue pairs (default 1); QEMU's queues= must not exceed it
@@ -63,7 +57,7 @@ public final class Main {
         try {
             return switch (argv[0]) {
                 case "demo" -> demo(new Args(rest, Set.of("seconds", "pairs", "size"), Set.of()), out);
-                case "bench" -> bench(rest, out);
+                case "bench" -> Bench.run(rest, out, err);
                 case "serve" -> Serve.run(new Args(rest, Serve.VALUED, Serve.FLAGS), out, err);
                 case "stats" -> Stats.run(new Args(rest, Stats.VALUED, Stats.FLAGS), out, err);
                 default -> throw new Args.UsageException("unknown command '" + argv[0] + "'");
@@ -89,30 +83,5 @@ public final class Main {
         io.mqvirtio.bench.DriverDemo.run(a.integer("pairs", 2, 1, 64), a.integer("size", 64, 60, 2000),
                 a.decimal("seconds", 3, 0.2, 3600), out);
         return 0;
-    }
-
-    private static int bench(String[] argv, PrintStream out) throws InterruptedException {
-        if (argv.length == 0 || !argv[0].equals("ring")) {
-            throw new Args.UsageException("bench needs a scenario: ring");
-        }
-        Args a = new Args(Arrays.copyOfRange(argv, 1, argv.length), Set.of("sizes", "ring", "seconds", "warmup"), Set.of());
-        List<Integer> sizes = a.integers("sizes", "64,1500", 14, 65535);
-        int ring = a.integer("ring", 256, 1, 32768);
-        if (Integer.bitCount(ring) != 1) {
-            throw new Args.UsageException("--ring must be a power of two, got " + ring);
-        }
-        ringTable(sizes, ring, a.decimal("warmup", 2, 0, 3600), a.decimal("seconds", 5, 0.1, 3600), out);
-        return 0;
-    }
-
-    private static void ringTable(List<Integer> sizes, int ring, double warmup, double secs, PrintStream out)
-            throws InterruptedException {
-        out.printf("%8s %6s %10s %9s %10s %14s %14s%n", "frame B", "ring", "Mpps", "Gbit/s", "ns/pkt", "drv CPU ns/pkt",
-                "dev CPU ns/pkt");
-        for (int size : sizes) {
-            RingBenchmark.Result r = RingBenchmark.run(size, ring, warmup, secs);
-            out.printf("%8d %6d %10.2f %9.2f %10.1f %14.1f %14.1f%n", size, ring, r.mpps(), r.gbps(), r.nsPerPacket(),
-                    r.driverCpuNsPerPacket(), r.deviceCpuNsPerPacket());
-        }
     }
 }

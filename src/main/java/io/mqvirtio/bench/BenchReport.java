@@ -1,0 +1,99 @@
+package io.mqvirtio.bench;
+
+import java.util.ArrayList;
+import java.util.List;
+import java.util.Locale;
+
+/** Ratios to the reference, the console table and the CSV of a benchmark run. */
+public final class BenchReport {
+    private BenchReport() {}
+
+    /** The reference point (scenario 3) measured at the same frame size and queue pairs, or null. */
+    public static Measurement reference(Measurement m, List<Measurement> all) {
+        for (Measurement r : all) {
+            if (r.scenario() == Scenario.REFERENCE && r.frameSize() == m.frameSize() && r.pairs() == m.pairs() && r.ok()) {
+                return r;
+            }
+        }
+        return null;
+    }
+
+    /** This point's packet rate over the reference's at the same size and pairs; NaN without one. */
+    public static double ratio(Measurement m, List<Measurement> all) {
+        Measurement r = reference(m, all);
+        if (r == null || !m.ok() || !(r.mpps() > 0)) {
+            return Double.NaN;
+        }
+        return m.mpps() / r.mpps();
+    }
+
+    public static final String TABLE_HEADER = String.format(Locale.ROOT, "%-14s %6s %5s %8s %8s %8s %9s %9s %6s %7s",
+            "scenario", "frame", "pairs", "Mpps", "Gbit/s", "sent", "TX ns/pk", "RX ns/pk", "cores", "vs (3)");
+
+    public static String tableRow(Measurement m, List<Measurement> all) {
+        String head = String.format(Locale.ROOT, "%-14s %6d %5d", m.scenario().title(), m.frameSize(), m.pairs());
+        if (!m.ok()) {
+            return head + "  " + m.status().name().toLowerCase(Locale.ROOT) + ": " + firstLine(m.note());
+        }
+        return head + String.format(Locale.ROOT, " %8.3f %8.3f %8.3f %9.1f %9.1f %6.2f %7s", m.mpps(), m.gbps(),
+                m.senderMpps(), m.cpuNsPerPacket(Measurement.TX), m.cpuNsPerPacket(Measurement.RX), m.cores(),
+                fmt(ratio(m, all), "%.2f"));
+    }
+
+    /** "driver-qp0 120.1, driver-qp1 119.5 | backend-qp0 80.2": each busy thread's CPU ns per packet it handled. */
+    public static String threadLine(Measurement m) {
+        List<String> tx = new ArrayList<>();
+        List<String> rx = new ArrayList<>();
+        for (Measurement.ThreadCpu t : m.threads()) {
+            String s = t.name() + " " + fmt(t.nsPerPacket(), "%.1f");
+            (t.side().equals(Measurement.TX) ? tx : rx).add(s);
+        }
+        return String.join(", ", tx) + " | " + String.join(", ", rx);
+    }
+
+    public static String csv(List<Measurement> all) {
+        StringBuilder b = new StringBuilder();
+        b.append("scenario,label,frame_bytes,pairs,status,mpps,gbps,packets,seconds,sender_mpps,sender_packets,"
+                + "sender_seconds,tx_cpu_ns_per_packet,rx_cpu_ns_per_packet,cores,ratio_to_reference,threads,note\n");
+        for (Measurement m : all) {
+            StringBuilder threads = new StringBuilder();
+            for (Measurement.ThreadCpu t : m.threads()) {
+                if (!threads.isEmpty()) {
+                    threads.append(';');
+                }
+                threads.append(t.side()).append(':').append(t.name()).append('=').append(fmt(t.nsPerPacket(), "%.1f"));
+            }
+            b.append(m.scenario().id()).append(',').append(m.scenario().label()).append(',').append(m.frameSize())
+                    .append(',').append(m.pairs()).append(',').append(m.status().name().toLowerCase(Locale.ROOT))
+                    .append(',').append(fmt(m.mpps(), "%.4f")).append(',').append(fmt(m.gbps(), "%.4f"))
+                    .append(',').append(m.packets()).append(',').append(fmt(m.seconds(), "%.4f"))
+                    .append(',').append(fmt(m.senderMpps(), "%.4f")).append(',').append(m.senderPackets())
+                    .append(',').append(fmt(m.senderSeconds(), "%.4f"))
+                    .append(',').append(fmt(m.cpuNsPerPacket(Measurement.TX), "%.2f"))
+                    .append(',').append(fmt(m.cpuNsPerPacket(Measurement.RX), "%.2f"))
+                    .append(',').append(fmt(m.cores(), "%.3f")).append(',').append(fmt(ratio(m, all), "%.4f"))
+                    .append(',').append(quote(threads.toString())).append(',').append(quote(m.note() == null ? "" : m.note()))
+                    .append('\n');
+        }
+        return b.toString();
+    }
+
+    static String fmt(double v, String f) {
+        return Double.isNaN(v) || Double.isInfinite(v) ? "" : String.format(Locale.ROOT, f, v);
+    }
+
+    private static String quote(String s) {
+        if (s.indexOf(',') < 0 && s.indexOf('"') < 0 && s.indexOf('\n') < 0) {
+            return s;
+        }
+        return '"' + s.replace("\"", "\"\"") + '"';
+    }
+
+    private static String firstLine(String s) {
+        if (s == null) {
+            return "";
+        }
+        int nl = s.indexOf('\n');
+        return nl < 0 ? s : s.substring(0, nl) + " …";
+    }
+}

@@ -1,0 +1,532 @@
+package io.mqvirtio.bench;
+
+import io.mqvirtio.backend.SinkBackend;
+import io.mqvirtio.backend.TapBackend;
+import io.mqvirtio.net.NetDevice;
+import io.mqvirtio.net.NetDriver;
+import io.mqvirtio.net.PacketBackend;
+import io.mqvirtio.net.QueueCounters;
+import io.mqvirtio.vhostuser.VhostUserServer;
+import java.io.IOException;
+import java.io.UncheckedIOException;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.ArrayList;
+import java.util.Comparator;
+import java.util.List;
+import java.util.Map;
+import java.util.concurrent.ThreadLocalRandom;
+import java.util.stream.Stream;
+
+/**
+ * {@code mqvirtio bench}: runs each scenario at each number of queue pairs and frame size, one after the other,
+ * and returns one {@link Measurement} per point. A scenario's processes and devices are set up once per number
+ * of queue pairs and reused for every frame size (testpmd's txonly changes its frame length between points).
+ *
+ * <p>Each point: the sender starts, runs for the warm-up, then both sides' counters and threads' CPU times are
+ * read at the start and at the end of the measured interval; the receiver's count over its own interval gives the
+ * packet rate.
+ */
+public final class BenchRunner {
+    /**
+     * @param txCpus   CPUs of the sending side's busy threads (driver threads, or testpmd's forwarding lcore); empty:
+     *                 not pinned
+     * @param rxCpus   CPUs of the receiving side's (our backend's workers, or testpmd's forwarding lcore)
+     * @param busyPoll our backend's workers poll their rings instead of sleeping until kicked
+     * @param copySink our backend's sink copies each frame out of guest memory (as DPDK's vhost PMD does into an
+     *                 mbuf) instead of dropping it untouched
+     * @param logDir   where testpmd's output goes
+     */
+    public record Options(List<Scenario> scenarios, List<Integer> sizes, List<Integer> pairs, double warmup,
+                          double seconds, boolean busyPoll, int[] txCpus, int[] rxCpus, boolean copySink, Path logDir) {}
+
+    /** Told of each point as it completes, and of anything worth a line. */
+    public interface Listener {
+        void measured(int done, int total, Measurement m);
+
+        void note(String line);
+    }
+
+    private final Options o;
+    private final Listener listener;
+    private final Path testpmd = Testpmd.find();
+    private Path sockets;
+
+    private BenchRunner(Options o, Listener listener) {
+        this.o = o;
+        this.listener = listener;
+    }
+
+    public static List<Measurement> run(Options o, Listener listener) throws IOException, InterruptedException {
+        return new BenchRunner(o, listener).runAll();
+    }
+
+    /** Why a scenario cannot run on this machine, or null. */
+    public static String unavailable(Scenario s) {
+        if (s.needsDpdk() && Testpmd.find() == null) {
+            String named = System.getProperty("mqvirtio.testpmd", System.getenv("MQV_TESTPMD"));
+            if (named != null && !named.isBlank()) {
+                return "DPDK is missing: " + named + " (named by MQV_TESTPMD) is not an executable dpdk-testpmd";
+            }
+            return "DPDK is missing: no dpdk-testpmd on PATH or in /usr/bin (install it with apt-get install dpdk-dev, or "
+                    + "scripts/install-deps.sh; MQV_TESTPMD names another binary)";
+        }
+        if (s.needsRoot()) {
+            return BenchNetns.unavailableReason();
+        }
+        return null;
+    }
+
+    private List<Measurement> runAll() throws IOException, InterruptedException {
+        List<Measurement> out = new ArrayList<>();
+        int total = o.scenarios().size() * o.sizes().size() * o.pairs().size();
+        for (Scenario s : o.scenarios()) {
+            String why = unavailable(s);
+            if (why != null) {
+                listener.note("scenario " + s.title() + " skipped: " + why);
+            }
+        }
+        sockets = Files.createTempDirectory("mqvirtio-bench");
+        try {
+            for (int pairs : o.pairs()) {
+                for (Scenario s : o.scenarios()) {
+                    String why = unavailable(s);
+                    Session session = null;
+                    try {
+                        for (int size : o.sizes()) {
+                            Measurement m;
+                            if (why != null) {
+                                m = Measurement.skipped(s, size, pairs, why);
+                            } else {
+                                try {
+                                    if (session == null) {
+                                        session = open(s, pairs);
+                                    }
+                                    m = session.measure(size);
+                                } catch (InterruptedException e) {
+                                    throw e;
+                                } catch (Exception | Error e) {
+                                    m = Measurement.failed(s, size, pairs, message(e));
+                                    closeQuietly(session);
+                                    session = null; // set up afresh for the next point
+                                }
+                            }
+                            out.add(m);
+                            listener.measured(out.size(), total, m);
+                        }
+                    } finally {
+                        closeQuietly(session);
+                    }
+                }
+            }
+        } finally {
+            deleteTree(sockets);
+        }
+        return out;
+    }
+
+    private static String message(Throwable e) {
+        String m = e.getMessage();
+        return e.getClass().getSimpleName() + (m == null ? "" : ": " + m);
+    }
+
+    private void closeQuietly(Session s) {
+        if (s != null) {
+            try {
+                s.close();
+            } catch (Exception e) {
+                listener.note("closing " + s.getClass().getSimpleName() + ": " + message(e));
+            }
+        }
+    }
+
+    private Session open(Scenario s, int pairs) throws Exception {
+        Path sock = sockets.resolve("s" + s.id() + "-" + pairs + "-" + Long.toHexString(System.nanoTime() & 0xffffff) + ".sock");
+        return switch (s) {
+            case OURS_TO_OURS -> new DriverToBackend(s, pairs, sock, null);
+            case OURS_TO_TAP -> new DriverToBackend(s, pairs, sock, BenchNetns.create());
+            case DPDK_TO_OURS -> new DpdkToBackend(pairs, sock);
+            case DPDK_TO_DPDK -> new DpdkToDpdk(pairs, sock);
+            case OURS_TO_DPDK -> new DriverToDpdk(pairs, sock);
+        };
+    }
+
+    private Path log(Scenario s, int pairs, String role) {
+        return o.logDir().resolve("testpmd-s" + s.id() + "-" + pairs + "pairs-" + role + ".log");
+    }
+
+    private void sleep(double seconds) throws InterruptedException {
+        Thread.sleep((long) (seconds * 1000));
+    }
+
+    // ---- samples ----
+
+    /** Our device's per-pair TX-ring packet counts and worker CPU times at one instant. */
+    private record DeviceSample(long nanos, long[] packets, long[] cpu) {
+        static DeviceSample of(NetDevice d) {
+            List<QueueCounters.Snapshot> c = d.counters();
+            long[] p = new long[d.pairs()];
+            for (int i = 0; i < p.length; i++) {
+                p[i] = c.get(2 * i + 1).packets();
+            }
+            long[] cpu = d.workerCpuNanos();
+            return new DeviceSample(System.nanoTime(), p, cpu);
+        }
+
+        static long packets(DeviceSample a, DeviceSample b) {
+            long n = 0;
+            for (int i = 0; i < a.packets.length; i++) {
+                n += b.packets[i] - a.packets[i];
+            }
+            return n;
+        }
+
+        static void threads(DeviceSample a, DeviceSample b, List<Measurement.ThreadCpu> out) {
+            for (int i = 0; i < a.packets.length; i++) {
+                out.add(new Measurement.ThreadCpu(Measurement.RX, "backend-qp" + i, b.cpu[i] - a.cpu[i],
+                        b.packets[i] - a.packets[i]));
+            }
+        }
+    }
+
+    /** A testpmd's port counters and thread CPU times at one instant. */
+    private record PmdSample(Testpmd.PortStats port, Map<String, Long> cpu) {
+        static PmdSample of(Testpmd t) {
+            try {
+                Testpmd.PortStats s = t.portStats();
+                return new PmdSample(s, t.threadCpu());
+            } catch (IOException e) {
+                throw new UncheckedIOException(e);
+            } catch (InterruptedException e) {
+                Thread.currentThread().interrupt();
+                throw new IllegalStateException("interrupted", e);
+            }
+        }
+
+        static void threads(String side, PmdSample a, PmdSample b, long packets, List<Measurement.ThreadCpu> out) {
+            for (Map.Entry<String, Long> e : b.cpu.entrySet()) {
+                long before = a.cpu.getOrDefault(e.getKey(), 0L);
+                out.add(new Measurement.ThreadCpu(side, "testpmd-" + e.getKey(), e.getValue() - before, packets));
+            }
+        }
+
+        static double seconds(PmdSample a, PmdSample b) {
+            return (b.port.nanoTime() - a.port.nanoTime()) / 1e9;
+        }
+    }
+
+    private static void driverThreads(TrafficRun.Result r, List<Measurement.ThreadCpu> out) {
+        for (TrafficRun.PairResult p : r.pairs()) {
+            out.add(new Measurement.ThreadCpu(Measurement.TX, "driver-qp" + p.pair(), p.cpuNanos(), p.txPackets()));
+        }
+    }
+
+    // ---- scenarios ----
+
+    private abstract static class Session implements AutoCloseable {
+        abstract Measurement measure(int size) throws Exception;
+
+        @Override
+        public abstract void close() throws Exception;
+    }
+
+    private NetDevice device(int pairs, PacketBackend backend) {
+        return new NetDevice(new NetDevice.Config("bench", pairs, 1500, o.busyPoll(), o.rxCpus()), backend);
+    }
+
+    private PacketBackend sink(int pairs) {
+        return o.copySink() ? new CopySinkBackend(pairs) : new SinkBackend(pairs);
+    }
+
+    private String sinkNote() {
+        return (o.copySink() ? "copying sink" : "sink") + (o.busyPoll() ? ", busy-poll" : ", notifications");
+    }
+
+    /** Scenarios 1 and 5: our driver into our backend (a sink, or a multiqueue TAP in a namespace). */
+    private final class DriverToBackend extends Session {
+        private final Scenario scenario;
+        private final int pairs;
+        private final BenchNetns ns;
+        private final String tap;
+        private final NetDevice dev;
+        private final VhostUserServer server;
+        private final NetDriver nic;
+
+        DriverToBackend(Scenario scenario, int pairs, Path sock, BenchNetns ns) throws Exception {
+            this.scenario = scenario;
+            this.pairs = pairs;
+            this.ns = ns;
+            NetDevice d = null;
+            VhostUserServer srv = null;
+            try {
+                PacketBackend backend;
+                if (ns != null) {
+                    tap = "mqvb" + Integer.toHexString(ThreadLocalRandom.current().nextInt(0x10000, 0xfffff));
+                    backend = ns.inside(() -> TapBackend.open(tap, pairs));
+                    try {
+                        // not the frames' destination MAC (02:00:00:00:00:01): the kernel counts and drops them
+                        ns.ip("link", "set", tap, "address", "02:00:00:00:00:fe");
+                        ns.ip("link", "set", tap, "up");
+                    } catch (Exception e) {
+                        backend.close();
+                        throw e;
+                    }
+                } else {
+                    tap = null;
+                    backend = sink(pairs);
+                }
+                d = device(pairs, backend);
+                srv = VhostUserServer.listen(sock, d);
+                nic = NetDriver.connect(sock, NetDriver.Options.pairs(pairs));
+            } catch (Exception | Error e) {
+                if (srv != null) {
+                    srv.close();
+                }
+                if (d != null) {
+                    d.close();
+                }
+                if (ns != null) {
+                    ns.close();
+                }
+                throw e;
+            }
+            dev = d;
+            server = srv;
+        }
+
+        @Override
+        Measurement measure(int size) throws Exception {
+            DeviceSample[] s = new DeviceSample[2];
+            long[] tapRx = {-1, -1};
+            TrafficRun.Result r = TrafficRun.run(nic, pairs, TrafficRun.Mode.TX_ONLY, size, o.warmup(), o.seconds(), o.txCpus(),
+                    () -> {
+                        s[0] = DeviceSample.of(dev);
+                        tapRx[0] = tapRxPackets();
+                    }, () -> {
+                        s[1] = DeviceSample.of(dev);
+                        tapRx[1] = tapRxPackets();
+                    });
+            String note = sinkNote();
+            if (ns != null) {
+                note = "tap " + tap + " in netns " + ns.name() + " counted rx_packets +" + (tapRx[1] - tapRx[0])
+                        + (o.busyPoll() ? ", busy-poll" : ", notifications");
+            }
+            List<Measurement.ThreadCpu> threads = new ArrayList<>();
+            driverThreads(r, threads);
+            DeviceSample.threads(s[0], s[1], threads);
+            long packets = DeviceSample.packets(s[0], s[1]);
+            long errors = 0;
+            for (QueueCounters.Snapshot c : dev.counters()) {
+                errors += c.errors();
+            }
+            if (errors > 0) {
+                note += "; " + errors + " errors counted by the device";
+            }
+            return new Measurement(scenario, size, pairs, packets, (s[1].nanos() - s[0].nanos()) / 1e9, r.txPackets(),
+                    r.seconds(), threads, Measurement.Status.OK, note);
+        }
+
+        private long tapRxPackets() {
+            if (ns == null) {
+                return -1;
+            }
+            try {
+                return ns.rxPackets(tap);
+            } catch (Exception e) {
+                return -1;
+            }
+        }
+
+        @Override
+        public void close() throws Exception {
+            try {
+                nic.close();
+            } finally {
+                try {
+                    server.close();
+                } finally {
+                    try {
+                        dev.close();
+                    } finally {
+                        if (ns != null) {
+                            ns.close();
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    private static String virtioUser(Path sock, int pairs) {
+        return "net_virtio_user0,path=" + sock + ",queues=" + pairs + (pairs > 1 ? ",cq=1" : "");
+    }
+
+    private static String vhost(Path sock, int pairs) {
+        return "net_vhost0,iface=" + sock + ",queues=" + pairs;
+    }
+
+    /** Restarts a txonly testpmd with a new frame length. */
+    private static void txonly(Testpmd t, int size) throws IOException {
+        t.command("stop");
+        t.command("set txpkts " + size);
+        t.command("start");
+    }
+
+    /** Scenario 2: testpmd's virtio-user (txonly) into our backend. */
+    private final class DpdkToBackend extends Session {
+        private final int pairs;
+        private final NetDevice dev;
+        private final VhostUserServer server;
+        private final Testpmd tx;
+
+        DpdkToBackend(int pairs, Path sock) throws Exception {
+            this.pairs = pairs;
+            NetDevice d = device(pairs, sink(pairs));
+            VhostUserServer srv = null;
+            try {
+                srv = VhostUserServer.listen(sock, d);
+                tx = Testpmd.start(testpmd, virtioUser(sock, pairs), pairs, "txonly", 0, o.txCpus(),
+                        log(Scenario.DPDK_TO_OURS, pairs, "virtio-user"), 60);
+            } catch (Exception | Error e) {
+                if (srv != null) {
+                    srv.close();
+                }
+                d.close();
+                throw e;
+            }
+            dev = d;
+            server = srv;
+        }
+
+        @Override
+        Measurement measure(int size) throws Exception {
+            txonly(tx, size);
+            sleep(o.warmup());
+            DeviceSample d0 = DeviceSample.of(dev);
+            PmdSample t0 = PmdSample.of(tx);
+            sleep(o.seconds());
+            DeviceSample d1 = DeviceSample.of(dev);
+            PmdSample t1 = PmdSample.of(tx);
+            long packets = DeviceSample.packets(d0, d1);
+            List<Measurement.ThreadCpu> threads = new ArrayList<>();
+            PmdSample.threads(Measurement.TX, t0, t1, t1.port().txPackets() - t0.port().txPackets(), threads);
+            DeviceSample.threads(d0, d1, threads);
+            return new Measurement(Scenario.DPDK_TO_OURS, size, pairs, packets, (d1.nanos() - d0.nanos()) / 1e9,
+                    t1.port().txPackets() - t0.port().txPackets(), PmdSample.seconds(t0, t1), threads,
+                    Measurement.Status.OK, sinkNote() + "; testpmd log " + tx.log());
+        }
+
+        @Override
+        public void close() {
+            try {
+                tx.close();
+            } finally {
+                try {
+                    server.close();
+                } finally {
+                    dev.close();
+                }
+            }
+        }
+    }
+
+    /** Scenario 3, the reference: testpmd virtio-user (txonly) into testpmd vhost (rxonly). */
+    private final class DpdkToDpdk extends Session {
+        private final int pairs;
+        private final Testpmd rx;
+        private final Testpmd tx;
+
+        DpdkToDpdk(int pairs, Path sock) throws Exception {
+            this.pairs = pairs;
+            rx = Testpmd.start(testpmd, vhost(sock, pairs), pairs, "rxonly", 0, o.rxCpus(),
+                    log(Scenario.DPDK_TO_DPDK, pairs, "vhost"), 60);
+            try {
+                rx.command("start");
+                tx = Testpmd.start(testpmd, virtioUser(sock, pairs), pairs, "txonly", 0, o.txCpus(),
+                        log(Scenario.DPDK_TO_DPDK, pairs, "virtio-user"), 60);
+            } catch (Exception | Error e) {
+                rx.close();
+                throw e;
+            }
+        }
+
+        @Override
+        Measurement measure(int size) throws Exception {
+            txonly(tx, size);
+            sleep(o.warmup());
+            PmdSample r0 = PmdSample.of(rx);
+            PmdSample t0 = PmdSample.of(tx);
+            sleep(o.seconds());
+            PmdSample r1 = PmdSample.of(rx);
+            PmdSample t1 = PmdSample.of(tx);
+            long packets = r1.port().rxPackets() - r0.port().rxPackets();
+            long sent = t1.port().txPackets() - t0.port().txPackets();
+            List<Measurement.ThreadCpu> threads = new ArrayList<>();
+            PmdSample.threads(Measurement.TX, t0, t1, sent, threads);
+            PmdSample.threads(Measurement.RX, r0, r1, packets, threads);
+            return new Measurement(Scenario.DPDK_TO_DPDK, size, pairs, packets, PmdSample.seconds(r0, r1), sent,
+                    PmdSample.seconds(t0, t1), threads, Measurement.Status.OK, "testpmd logs " + tx.log() + ", " + rx.log());
+        }
+
+        @Override
+        public void close() {
+            try {
+                tx.close();
+            } finally {
+                rx.close();
+            }
+        }
+    }
+
+    /** Scenario 4: our driver into testpmd's vhost (rxonly). */
+    private final class DriverToDpdk extends Session {
+        private final int pairs;
+        private final Testpmd rx;
+        private final NetDriver nic;
+
+        DriverToDpdk(int pairs, Path sock) throws Exception {
+            this.pairs = pairs;
+            rx = Testpmd.start(testpmd, vhost(sock, pairs), pairs, "rxonly", 0, o.rxCpus(),
+                    log(Scenario.OURS_TO_DPDK, pairs, "vhost"), 60);
+            try {
+                rx.command("start");
+                nic = NetDriver.connect(sock, NetDriver.Options.pairs(pairs));
+            } catch (Exception | Error e) {
+                rx.close();
+                throw e;
+            }
+        }
+
+        @Override
+        Measurement measure(int size) throws Exception {
+            PmdSample[] s = new PmdSample[2];
+            TrafficRun.Result r = TrafficRun.run(nic, pairs, TrafficRun.Mode.TX_ONLY, size, o.warmup(), o.seconds(), o.txCpus(),
+                    () -> s[0] = PmdSample.of(rx), () -> s[1] = PmdSample.of(rx));
+            long packets = s[1].port().rxPackets() - s[0].port().rxPackets();
+            List<Measurement.ThreadCpu> threads = new ArrayList<>();
+            driverThreads(r, threads);
+            PmdSample.threads(Measurement.RX, s[0], s[1], packets, threads);
+            return new Measurement(Scenario.OURS_TO_DPDK, size, pairs, packets, PmdSample.seconds(s[0], s[1]), r.txPackets(),
+                    r.seconds(), threads, Measurement.Status.OK, "testpmd log " + rx.log());
+        }
+
+        @Override
+        public void close() {
+            try {
+                nic.close();
+            } finally {
+                rx.close();
+            }
+        }
+    }
+
+    private static void deleteTree(Path dir) {
+        try (Stream<Path> s = Files.walk(dir)) {
+            for (Path p : s.sorted(Comparator.reverseOrder()).toList()) {
+                Files.deleteIfExists(p);
+            }
+        } catch (IOException ignored) {
+            // best effort
+        }
+    }
+}

@@ -1,0 +1,83 @@
+package io.mqvirtio.bench;
+
+import java.util.List;
+
+/**
+ * One point of a benchmark: a scenario at one frame size and number of queue pairs.
+ *
+ * @param packets        frames the receiver counted over its measured interval
+ * @param seconds        that interval, on the receiver's own sampling clock
+ * @param senderPackets  frames the sender reported sent over its own interval (what the receiver missed or the
+ *                       sender dropped explains a difference)
+ * @param senderSeconds  the sender's interval
+ * @param threads        CPU time of every busy thread of both sides over the interval
+ * @param status         {@link Status#OK}, or why there is no figure
+ * @param note           what to know about this point (negotiated options, why it was skipped or failed)
+ */
+public record Measurement(Scenario scenario, int frameSize, int pairs, long packets, double seconds, long senderPackets,
+                          double senderSeconds, List<ThreadCpu> threads, Status status, String note) {
+
+    public enum Status { OK, SKIPPED, FAILED }
+
+    /** Sender ("tx") or receiver ("rx") side. */
+    public static final String TX = "tx", RX = "rx";
+
+    /**
+     * One thread's CPU time (user + system) over the measured interval, and the frames it handled then (for a
+     * thread that serves all of its side's queues, the side's total).
+     */
+    public record ThreadCpu(String side, String name, long cpuNanos, long packets) {
+        public double nsPerPacket() {
+            return packets == 0 ? Double.NaN : (double) cpuNanos / packets;
+        }
+    }
+
+    public static Measurement skipped(Scenario s, int frameSize, int pairs, String why) {
+        return new Measurement(s, frameSize, pairs, 0, 0, 0, 0, List.of(), Status.SKIPPED, why);
+    }
+
+    public static Measurement failed(Scenario s, int frameSize, int pairs, String why) {
+        return new Measurement(s, frameSize, pairs, 0, 0, 0, 0, List.of(), Status.FAILED, why);
+    }
+
+    public boolean ok() {
+        return status == Status.OK;
+    }
+
+    public double mpps() {
+        return ok() && seconds > 0 ? packets / seconds / 1e6 : Double.NaN;
+    }
+
+    /** Frame bits per second (the frame as sent, without virtio-net header, FCS, preamble or gap). */
+    public double gbps() {
+        return mpps() * frameSize * 8 / 1e3;
+    }
+
+    public double senderMpps() {
+        return ok() && senderSeconds > 0 ? senderPackets / senderSeconds / 1e6 : Double.NaN;
+    }
+
+    /** CPU nanoseconds per received packet of all threads of one side together. */
+    public double cpuNsPerPacket(String side) {
+        if (!ok() || packets == 0) {
+            return Double.NaN;
+        }
+        long cpu = 0;
+        boolean any = false;
+        for (ThreadCpu t : threads) {
+            if (t.side().equals(side)) {
+                cpu += t.cpuNanos();
+                any = true;
+            }
+        }
+        return any ? (double) cpu / packets : Double.NaN;
+    }
+
+    /** CPUs kept busy: all measured threads' CPU time over the interval's wall time. */
+    public double cores() {
+        if (!ok() || seconds <= 0) {
+            return Double.NaN;
+        }
+        return threads.stream().mapToLong(ThreadCpu::cpuNanos).sum() / (seconds * 1e9);
+    }
+}

@@ -1,0 +1,90 @@
+package io.mqvirtio.bench;
+
+import java.util.ArrayList;
+import java.util.List;
+
+/** The scenarios of {@code mqvirtio bench}: who sends, who receives. Scenario 3 is the reference. */
+public enum Scenario {
+    OURS_TO_OURS(1, "ours->ours", "our driver -> our backend (sink)", false, false),
+    DPDK_TO_OURS(2, "dpdk->ours", "DPDK virtio-user (testpmd txonly) -> our backend (sink)", true, false),
+    DPDK_TO_DPDK(3, "dpdk->dpdk", "DPDK virtio-user (testpmd txonly) -> DPDK vhost (testpmd rxonly): the reference", true, false),
+    OURS_TO_DPDK(4, "ours->dpdk", "our driver -> DPDK vhost (testpmd rxonly)", true, false),
+    OURS_TO_TAP(5, "ours->tap", "our driver -> our backend -> multiqueue TAP in a namespace (the kernel drops)", false, true);
+
+    /** The scenario every other is compared with, at the same frame size and queue pairs. */
+    public static final Scenario REFERENCE = DPDK_TO_DPDK;
+
+    private final int id;
+    private final String label;
+    private final String description;
+    private final boolean needsDpdk;
+    private final boolean needsRoot;
+
+    Scenario(int id, String label, String description, boolean needsDpdk, boolean needsRoot) {
+        this.id = id;
+        this.label = label;
+        this.description = description;
+        this.needsDpdk = needsDpdk;
+        this.needsRoot = needsRoot;
+    }
+
+    public int id() {
+        return id;
+    }
+
+    /** Short name, e.g. "dpdk->ours". */
+    public String label() {
+        return label;
+    }
+
+    /** "2 dpdk->ours". */
+    public String title() {
+        return id + " " + label;
+    }
+
+    public String description() {
+        return description;
+    }
+
+    public boolean needsDpdk() {
+        return needsDpdk;
+    }
+
+    public boolean needsRoot() {
+        return needsRoot;
+    }
+
+    public static Scenario byId(int id) {
+        for (Scenario s : values()) {
+            if (s.id == id) {
+                return s;
+            }
+        }
+        throw new IllegalArgumentException("no scenario " + id + " (there are 1.." + values().length + ")");
+    }
+
+    /** "1,2,4" or "all" (also accepts labels such as "dpdk->dpdk"). */
+    public static List<Scenario> parseList(String text) {
+        List<Scenario> out = new ArrayList<>();
+        if (text.trim().equals("all")) {
+            return List.of(values());
+        }
+        for (String p : text.split(",")) {
+            String t = p.trim();
+            Scenario found = null;
+            for (Scenario s : values()) {
+                if (s.label.equals(t) || String.valueOf(s.id).equals(t)) {
+                    found = s;
+                }
+            }
+            if (found == null) {
+                throw new IllegalArgumentException("unknown scenario '" + t + "': use 1..5 or all (1 ours->ours, "
+                        + "2 dpdk->ours, 3 dpdk->dpdk, 4 ours->dpdk, 5 ours->tap)");
+            }
+            if (!out.contains(found)) {
+                out.add(found);
+            }
+        }
+        return out;
+    }
+}

@@ -1,0 +1,153 @@
+package io.mqvirtio.bench;
+
+import static org.assertj.core.api.Assertions.assertThat;
+
+import io.mqvirtio.cli.Bench;
+import java.awt.image.BufferedImage;
+import java.io.ByteArrayOutputStream;
+import java.io.PrintStream;
+import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.ArrayList;
+import java.util.LinkedHashMap;
+import java.util.List;
+import java.util.Map;
+import javax.imageio.ImageIO;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.Timeout;
+import org.junit.jupiter.api.io.TempDir;
+
+/** {@code mqvirtio bench} for real, with tiny durations: scenario 1 always, and what needs no peer. */
+class BenchCommandTest {
+    record Out(int rc, String out, String err) {}
+
+    @TempDir
+    Path dir;
+
+    static Out bench(String... argv) {
+        ByteArrayOutputStream o = new ByteArrayOutputStream();
+        ByteArrayOutputStream e = new ByteArrayOutputStream();
+        int rc = Bench.command(argv, new PrintStream(o, true, StandardCharsets.UTF_8), new PrintStream(e, true, StandardCharsets.UTF_8));
+        return new Out(rc, o.toString(StandardCharsets.UTF_8), e.toString(StandardCharsets.UTF_8));
+    }
+
+    /** bench.csv as one map per row (header names as keys); the CSV has no quoted commas in these columns. */
+    static List<Map<String, String>> csv(Path file) throws Exception {
+        List<String> lines = Files.readAllLines(file);
+        String[] head = lines.get(0).split(",");
+        List<Map<String, String>> rows = new ArrayList<>();
+        for (String line : lines.subList(1, lines.size())) {
+            String[] f = line.split(",", -1);
+            Map<String, String> row = new LinkedHashMap<>();
+            for (int i = 0; i < head.length && i < f.length; i++) {
+                row.put(head[i], f[i]);
+            }
+            rows.add(row);
+        }
+        return rows;
+    }
+
+    static double num(Map<String, String> row, String key) {
+        return Double.parseDouble(row.get(key));
+    }
+
+    /** A run's CSV, JSON and PNG are there and hold sane figures for each point that ran. */
+    static List<Map<String, String>> checkOutputs(Path out, int points) throws Exception {
+        Path csvFile = out.resolve("bench.csv");
+        Path json = out.resolve("bench.json");
+        Path png = out.resolve("bench.png");
+        assertThat(csvFile).exists();
+        assertThat(json).exists();
+        assertThat(png).exists();
+        List<Map<String, String>> rows = csv(csvFile);
+        assertThat(rows).hasSize(points);
+        String j = Files.readString(json);
+        assertThat(j).startsWith("{\"tool\":\"mqvirtio bench\"").contains("\"results\":[").contains("\"threads\":[");
+        BufferedImage img = ImageIO.read(png.toFile());
+        assertThat(img).as("a PNG image").isNotNull();
+        assertThat(img.getWidth()).isEqualTo(900);
+        assertThat(img.getHeight()).isGreaterThan(300);
+        for (Map<String, String> r : rows) {
+            if (!r.get("status").equals("ok")) {
+                continue;
+            }
+            assertThat(num(r, "mpps")).as("Mpps of %s", r).isGreaterThan(0.0005).isLessThan(200);
+            assertThat(num(r, "gbps")).as("Gbit/s of %s", r)
+                    .isCloseTo(num(r, "mpps") * num(r, "frame_bytes") * 8 / 1000, org.assertj.core.data.Percentage.withPercentage(1));
+            assertThat(num(r, "seconds")).isPositive();
+            assertThat(num(r, "tx_cpu_ns_per_packet")).as("sender CPU per packet of %s", r).isPositive();
+            assertThat(num(r, "rx_cpu_ns_per_packet")).as("receiver CPU per packet of %s", r).isPositive();
+            assertThat(num(r, "cores")).as("cores of %s", r).isPositive().isLessThan(Runtime.getRuntime().availableProcessors() + 1.0);
+            assertThat(r.get("threads")).contains("tx:").contains("rx:");
+        }
+        return rows;
+    }
+
+    @Test
+    @Timeout(120)
+    void scenarioOneRunsAndWritesCsvJsonAndPng() throws Exception {
+        Path out = dir.resolve("out");
+        Out o = bench("--scenarios", "1", "--pairs", "1,2", "--sizes", "64,1500", "--seconds", "0.3", "--warmup", "0.3",
+                "--out", out.toString());
+        assertThat(o.rc()).as(o.out() + o.err()).isZero();
+        // progress: one line per point as it completes
+        assertThat(o.err()).contains("[1/4] 1 ours->ours 64 B 1 pair:").contains("[4/4] 1 ours->ours 1500 B 2 pairs:");
+        assertThat(o.out()).contains("scenario").contains("vs (3)").containsPattern("1 ours->ours\\s+1500\\s+2\\s+[0-9.]+");
+        List<Map<String, String>> rows = checkOutputs(out, 4);
+        for (Map<String, String> r : rows) {
+            assertThat(r.get("status")).as("%s", r).isEqualTo("ok");
+            assertThat(r.get("ratio_to_reference")).as("no reference measured").isEmpty();
+            // the backend's count is sampled over the same interval as the driver's: they agree (within what a
+            // ring holds and the scheduling of a loaded 2-core machine allows), and warm-up traffic is not in it
+            double ratio = num(r, "packets") / Double.parseDouble(r.get("sender_packets"));
+            assertThat(ratio).as("receiver/sender packets in %s", r).isBetween(0.6, 1.4);
+            assertThat(r.get("threads")).contains("tx:driver-qp0=").contains("rx:backend-qp0=");
+            if (r.get("pairs").equals("2")) {
+                assertThat(r.get("threads")).contains("tx:driver-qp1=").contains("rx:backend-qp1=");
+            }
+        }
+    }
+
+    @Test
+    @Timeout(120)
+    void missingDpdkIsSaidClearlyAndTheRestStillRuns() throws Exception {
+        Path out = dir.resolve("out");
+        System.setProperty("mqvirtio.testpmd", dir.resolve("no-such-testpmd").toString());
+        Out o;
+        try {
+            o = bench("--scenarios", "1,2,3,4", "--pairs", "1", "--sizes", "64", "--seconds", "0.2", "--warmup", "0.1",
+                    "--busy-poll", "--out", out.toString());
+        } finally {
+            System.clearProperty("mqvirtio.testpmd");
+        }
+        assertThat(o.rc()).as(o.out() + o.err()).isZero();
+        assertThat(o.err()).contains("scenario 2 dpdk->ours skipped: DPDK is missing")
+                .contains("scenario 3 dpdk->dpdk skipped: DPDK is missing")
+                .contains("scenario 4 ours->dpdk skipped: DPDK is missing");
+        assertThat(o.out()).containsPattern("2 dpdk->ours\\s+64\\s+1\\s+skipped: DPDK is missing");
+        List<Map<String, String>> rows = checkOutputs(out, 4);
+        assertThat(rows.get(0).get("status")).isEqualTo("ok");
+        assertThat(rows.subList(1, 4)).allSatisfy(r -> assertThat(r.get("status")).isEqualTo("skipped"));
+    }
+
+    @Test
+    void argumentErrorsAreClear() {
+        assertBad("unknown scenario '7'", "--scenarios", "1,7");
+        assertBad("--sizes: each value must be in 60..1518, got 20", "--sizes", "20");
+        assertBad("--pairs needs comma-separated numbers, got 'x'", "--pairs", "x");
+        assertBad("--cpus needs TX:RX CPU lists", "--cpus", "0");
+        assertBad("--cpus: CPU 4096 is not online here", "--cpus", "0:4096");
+        assertBad("--sink must be drop or copy", "--sink", "keep");
+        assertBad("--seconds must be in", "--seconds", "0");
+        assertBad("unknown option --bogus", "--bogus");
+        assertBad("bench takes options only, or 'ring': unexpected 'sink'", "sink");
+        assertBad("--ring must be a power of two", "ring", "--ring", "100");
+    }
+
+    private static void assertBad(String message, String... argv) {
+        Out o = bench(argv);
+        assertThat(o.rc()).as("exit status of bench %s", String.join(" ", argv)).isEqualTo(2);
+        assertThat(o.err()).contains(message).contains("run 'mqvirtio help' for usage");
+    }
+}

@@ -1,0 +1,69 @@
+package io.mqvirtio.bench;
+
+import static io.mqvirtio.bench.BenchCommandTest.bench;
+import static io.mqvirtio.bench.BenchCommandTest.checkOutputs;
+import static io.mqvirtio.bench.BenchCommandTest.num;
+import static org.assertj.core.api.Assertions.assertThat;
+
+import io.mqvirtio.peers.Peers;
+import java.nio.file.Path;
+import java.util.List;
+import java.util.Map;
+import java.util.concurrent.TimeUnit;
+import org.junit.jupiter.api.Tag;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.Timeout;
+import org.junit.jupiter.api.io.TempDir;
+
+/** {@code mqvirtio bench} with its real peers: DPDK testpmd on either side (2, 3, 4) and a TAP in a namespace (5). */
+@Tag("peer")
+class BenchPeersTest {
+    @TempDir
+    Path dir;
+
+    @Test
+    @Timeout(240)
+    void dpdkScenariosRunBesideTheReference() throws Exception {
+        Peers.require("dpdk-testpmd", "DPDK testpmd");
+        Path out = dir.resolve("out");
+        BenchCommandTest.Out o = bench("--scenarios", "2,3,4", "--pairs", "2", "--sizes", "64", "--seconds", "0.5",
+                "--warmup", "0.5", "--out", out.toString());
+        assertThat(o.rc()).as(o.out() + o.err()).isZero();
+        List<Map<String, String>> rows = checkOutputs(out, 3);
+        for (Map<String, String> r : rows) {
+            assertThat(r.get("status")).as("%s%n%s", r, o.err()).isEqualTo("ok");
+            double ratio = num(r, "ratio_to_reference");
+            if (r.get("scenario").equals("3")) {
+                assertThat(ratio).isEqualTo(1.0);
+                assertThat(r.get("threads")).contains("tx:testpmd-rte-worker-1=").contains("rx:testpmd-rte-worker-1=");
+            } else {
+                assertThat(ratio).as("ratio of %s", r).isPositive();
+            }
+        }
+        assertThat(rows.get(0).get("threads")).contains("rx:backend-qp0=");
+        assertThat(rows.get(2).get("threads")).contains("tx:driver-qp0=");
+        assertThat(out.resolve("logs/testpmd-s3-2pairs-vhost.log")).exists();
+        assertThat(ProcessHandle.allProcesses().filter(p -> p.info().commandLine().orElse("").contains("mqvbench-"
+                + ProcessHandle.current().pid() + "-"))).as("testpmd processes left running").isEmpty();
+    }
+
+    @Test
+    @Timeout(120)
+    void tapScenarioCreatesAndDeletesItsNamespace() throws Exception {
+        Peers.requireRoot("a TAP device in a network namespace");
+        Path out = dir.resolve("out");
+        BenchCommandTest.Out o = bench("--scenarios", "5", "--pairs", "2", "--sizes", "64", "--seconds", "0.3",
+                "--warmup", "0.2", "--out", out.toString());
+        assertThat(o.rc()).as(o.out() + o.err()).isZero();
+        List<Map<String, String>> rows = checkOutputs(out, 1);
+        Map<String, String> r = rows.get(0);
+        assertThat(r.get("status")).as("%s", r).isEqualTo("ok");
+        assertThat(r.get("note")).contains("counted rx_packets +");
+        long tapCount = Long.parseLong(r.get("note").replaceAll(".*rx_packets \\+(\\d+).*", "$1"));
+        assertThat(tapCount).as("the kernel counted the frames").isPositive();
+        Process p = new ProcessBuilder("ip", "netns", "list").redirectErrorStream(true).start();
+        String list = new String(p.getInputStream().readAllBytes());
+        p.waitFor(10, TimeUnit.SECONDS);
+        assertThat(list).as("namespaces left").doesNotContain("mqvbench-");
+    }
+}
