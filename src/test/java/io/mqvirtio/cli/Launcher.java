@@ -42,6 +42,7 @@ public final class Launcher {
             throw new IOException(e);
         }
         Path dir = Files.createTempDirectory("mqvirtio-launcher");
+        dir.toFile().deleteOnExit(); // registered first: deleted last, once empty
         Path manifest = dir.resolve("MANIFEST.MF");
         Files.writeString(manifest, "Main-Class: io.mqvirtio.cli.Main\nEnable-Native-Access: ALL-UNNAMED\n");
         Path out = dir.resolve("mqvirtio.jar");
@@ -53,9 +54,8 @@ public final class Launcher {
         if (rc != 0) {
             throw new IOException("jar failed (" + rc + "): " + log);
         }
-        out.toFile().deleteOnExit();
         manifest.toFile().deleteOnExit();
-        dir.toFile().deleteOnExit();
+        out.toFile().deleteOnExit();
         jar = out;
         return jar;
     }
