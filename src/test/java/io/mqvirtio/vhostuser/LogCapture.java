@@ -34,6 +34,12 @@ final class LogCapture extends Handler implements AutoCloseable {
         lines.add(r.getLevel() + " " + m);
     }
 
+    /** Keeps the package's records off the console while this capture is open (for tests that log thousands). */
+    LogCapture quiet() {
+        logger.setUseParentHandlers(false);
+        return this;
+    }
+
     synchronized List<String> lines() {
         return List.copyOf(lines);
     }
@@ -48,5 +54,6 @@ final class LogCapture extends Handler implements AutoCloseable {
     @Override
     public void close() {
         logger.removeHandler(this);
+        logger.setUseParentHandlers(true);
     }
 }
