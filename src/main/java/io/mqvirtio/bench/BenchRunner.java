@@ -35,10 +35,13 @@ public final class BenchRunner {
      * @param busyPoll our backend's workers poll their rings instead of sleeping until kicked
      * @param copySink our backend's sink copies each frame out of guest memory (as DPDK's vhost PMD does into an
      *                 mbuf) instead of dropping it untouched
+     * @param repeat   measured intervals per point, back to back after one warm-up; the point is the best of them
+     *                 (on a shared machine, the interval least disturbed by other work)
      * @param logDir   where testpmd's output goes
      */
     public record Options(List<Scenario> scenarios, List<Integer> sizes, List<Integer> pairs, double warmup,
-                          double seconds, boolean busyPoll, int[] txCpus, int[] rxCpus, boolean copySink, Path logDir) {}
+                          double seconds, int repeat, boolean busyPoll, int[] txCpus, int[] rxCpus, boolean copySink,
+                          Path logDir) {}
 
     /** Told of each point as it completes, and of anything worth a line. */
     public interface Listener {
@@ -223,8 +226,41 @@ public final class BenchRunner {
 
     // ---- scenarios ----
 
-    private abstract static class Session implements AutoCloseable {
-        abstract Measurement measure(int size) throws Exception;
+    /**
+     * One scenario at one number of queue pairs, set up once and measured at each frame size: traffic starts, runs
+     * for the warm-up, then both sides are sampled at the start and the end of each measured interval; the point is
+     * the best of its intervals.
+     */
+    private abstract class Session implements AutoCloseable {
+        /** Starts traffic of {@code size}-byte frames. */
+        abstract void begin(int size) throws Exception;
+
+        /** Both sides' counters and CPU times now. */
+        abstract Object sample() throws Exception;
+
+        /** What happened between two samples. */
+        abstract Measurement between(int size, Object a, Object b) throws Exception;
+
+        /** Stops the traffic that {@link #begin} started, if it must stop between frame sizes. */
+        void end() throws Exception {}
+
+        final Measurement measure(int size) throws Exception {
+            begin(size);
+            try {
+                sleep(o.warmup());
+                Object a = sample();
+                List<Measurement> intervals = new ArrayList<>();
+                for (int i = 0; i < o.repeat(); i++) {
+                    sleep(o.seconds());
+                    Object b = sample();
+                    intervals.add(between(size, a, b));
+                    a = b;
+                }
+                return Measurement.best(intervals);
+            } finally {
+                end();
+            }
+        }
 
         @Override
         public abstract void close() throws Exception;
@@ -242,6 +278,14 @@ public final class BenchRunner {
         return (o.copySink() ? "copying sink" : "sink") + (o.busyPoll() ? ", busy-poll" : ", notifications");
     }
 
+    private static String deviceErrors(NetDevice dev) {
+        long errors = 0;
+        for (QueueCounters.Snapshot c : dev.counters()) {
+            errors += c.errors();
+        }
+        return errors > 0 ? "; " + errors + " errors counted by the device" : "";
+    }
+
     /** Scenarios 1 and 5: our driver into our backend (a sink, or a multiqueue TAP in a namespace). */
     private final class DriverToBackend extends Session {
         private final Scenario scenario;
@@ -251,6 +295,9 @@ public final class BenchRunner {
         private final NetDevice dev;
         private final VhostUserServer server;
         private final NetDriver nic;
+        private TrafficRun.Running traffic;
+
+        private record Sample(TrafficRun.Snapshot driver, DeviceSample device, long tapRx) {}
 
         DriverToBackend(Scenario scenario, int pairs, Path sock, BenchNetns ns) throws Exception {
             this.scenario = scenario;
@@ -295,51 +342,47 @@ public final class BenchRunner {
         }
 
         @Override
-        Measurement measure(int size) throws Exception {
-            DeviceSample[] s = new DeviceSample[2];
-            long[] tapRx = {-1, -1};
-            TrafficRun.Result r = TrafficRun.run(nic, pairs, TrafficRun.Mode.TX_ONLY, size, o.warmup(), o.seconds(), o.txCpus(),
-                    () -> {
-                        s[0] = DeviceSample.of(dev);
-                        tapRx[0] = tapRxPackets();
-                    }, () -> {
-                        s[1] = DeviceSample.of(dev);
-                        tapRx[1] = tapRxPackets();
-                    });
+        void begin(int size) {
+            traffic = TrafficRun.start(nic, pairs, TrafficRun.Mode.TX_ONLY, size, o.txCpus());
+        }
+
+        @Override
+        Object sample() throws Exception {
+            TrafficRun.Snapshot t = traffic.sample();
+            DeviceSample d = DeviceSample.of(dev);
+            return new Sample(t, d, ns == null ? -1 : ns.rxPackets(tap));
+        }
+
+        @Override
+        Measurement between(int size, Object x, Object y) {
+            Sample a = (Sample) x;
+            Sample b = (Sample) y;
+            TrafficRun.Result r = TrafficRun.between(a.driver(), b.driver());
             String note = sinkNote();
             if (ns != null) {
-                note = "tap " + tap + " in netns " + ns.name() + " counted rx_packets +" + (tapRx[1] - tapRx[0])
+                note = "tap " + tap + " in netns " + ns.name() + " counted rx_packets +" + (b.tapRx() - a.tapRx())
                         + (o.busyPoll() ? ", busy-poll" : ", notifications");
             }
             List<Measurement.ThreadCpu> threads = new ArrayList<>();
             driverThreads(r, threads);
-            DeviceSample.threads(s[0], s[1], threads);
-            long packets = DeviceSample.packets(s[0], s[1]);
-            long errors = 0;
-            for (QueueCounters.Snapshot c : dev.counters()) {
-                errors += c.errors();
-            }
-            if (errors > 0) {
-                note += "; " + errors + " errors counted by the device";
-            }
-            return new Measurement(scenario, size, pairs, packets, (s[1].nanos() - s[0].nanos()) / 1e9, r.txPackets(),
-                    r.seconds(), threads, Measurement.Status.OK, note);
+            DeviceSample.threads(a.device(), b.device(), threads);
+            return new Measurement(scenario, size, pairs, DeviceSample.packets(a.device(), b.device()),
+                    (b.device().nanos() - a.device().nanos()) / 1e9, r.txPackets(), r.seconds(), threads,
+                    Measurement.Status.OK, note + deviceErrors(dev));
         }
 
-        private long tapRxPackets() {
-            if (ns == null) {
-                return -1;
-            }
-            try {
-                return ns.rxPackets(tap);
-            } catch (Exception e) {
-                return -1;
+        @Override
+        void end() throws InterruptedException {
+            if (traffic != null) {
+                traffic.close();
+                traffic = null;
             }
         }
 
         @Override
         public void close() throws Exception {
             try {
+                end();
                 nic.close();
             } finally {
                 try {
@@ -379,6 +422,8 @@ public final class BenchRunner {
         private final VhostUserServer server;
         private final Testpmd tx;
 
+        private record Sample(DeviceSample device, PmdSample pmd) {}
+
         DpdkToBackend(int pairs, Path sock) throws Exception {
             this.pairs = pairs;
             NetDevice d = device(pairs, sink(pairs));
@@ -399,21 +444,27 @@ public final class BenchRunner {
         }
 
         @Override
-        Measurement measure(int size) throws Exception {
+        void begin(int size) throws IOException {
             txonly(tx, size);
-            sleep(o.warmup());
-            DeviceSample d0 = DeviceSample.of(dev);
-            PmdSample t0 = PmdSample.of(tx);
-            sleep(o.seconds());
-            DeviceSample d1 = DeviceSample.of(dev);
-            PmdSample t1 = PmdSample.of(tx);
-            long packets = DeviceSample.packets(d0, d1);
+        }
+
+        @Override
+        Object sample() {
+            DeviceSample d = DeviceSample.of(dev);
+            return new Sample(d, PmdSample.of(tx));
+        }
+
+        @Override
+        Measurement between(int size, Object x, Object y) {
+            Sample a = (Sample) x;
+            Sample b = (Sample) y;
+            long sent = b.pmd().port().txPackets() - a.pmd().port().txPackets();
             List<Measurement.ThreadCpu> threads = new ArrayList<>();
-            PmdSample.threads(Measurement.TX, t0, t1, t1.port().txPackets() - t0.port().txPackets(), threads);
-            DeviceSample.threads(d0, d1, threads);
-            return new Measurement(Scenario.DPDK_TO_OURS, size, pairs, packets, (d1.nanos() - d0.nanos()) / 1e9,
-                    t1.port().txPackets() - t0.port().txPackets(), PmdSample.seconds(t0, t1), threads,
-                    Measurement.Status.OK, sinkNote() + "; testpmd log " + tx.log());
+            PmdSample.threads(Measurement.TX, a.pmd(), b.pmd(), sent, threads);
+            DeviceSample.threads(a.device(), b.device(), threads);
+            return new Measurement(Scenario.DPDK_TO_OURS, size, pairs, DeviceSample.packets(a.device(), b.device()),
+                    (b.device().nanos() - a.device().nanos()) / 1e9, sent, PmdSample.seconds(a.pmd(), b.pmd()), threads,
+                    Measurement.Status.OK, sinkNote() + deviceErrors(dev) + "; testpmd log " + tx.log());
         }
 
         @Override
@@ -436,6 +487,8 @@ public final class BenchRunner {
         private final Testpmd rx;
         private final Testpmd tx;
 
+        private record Sample(PmdSample rx, PmdSample tx) {}
+
         DpdkToDpdk(int pairs, Path sock) throws Exception {
             this.pairs = pairs;
             rx = Testpmd.start(testpmd, vhost(sock, pairs), pairs, "rxonly", 0, o.rxCpus(),
@@ -451,21 +504,28 @@ public final class BenchRunner {
         }
 
         @Override
-        Measurement measure(int size) throws Exception {
+        void begin(int size) throws IOException {
             txonly(tx, size);
-            sleep(o.warmup());
-            PmdSample r0 = PmdSample.of(rx);
-            PmdSample t0 = PmdSample.of(tx);
-            sleep(o.seconds());
-            PmdSample r1 = PmdSample.of(rx);
-            PmdSample t1 = PmdSample.of(tx);
-            long packets = r1.port().rxPackets() - r0.port().rxPackets();
-            long sent = t1.port().txPackets() - t0.port().txPackets();
+        }
+
+        @Override
+        Object sample() {
+            PmdSample r = PmdSample.of(rx);
+            return new Sample(r, PmdSample.of(tx));
+        }
+
+        @Override
+        Measurement between(int size, Object x, Object y) {
+            Sample a = (Sample) x;
+            Sample b = (Sample) y;
+            long packets = b.rx().port().rxPackets() - a.rx().port().rxPackets();
+            long sent = b.tx().port().txPackets() - a.tx().port().txPackets();
             List<Measurement.ThreadCpu> threads = new ArrayList<>();
-            PmdSample.threads(Measurement.TX, t0, t1, sent, threads);
-            PmdSample.threads(Measurement.RX, r0, r1, packets, threads);
-            return new Measurement(Scenario.DPDK_TO_DPDK, size, pairs, packets, PmdSample.seconds(r0, r1), sent,
-                    PmdSample.seconds(t0, t1), threads, Measurement.Status.OK, "testpmd logs " + tx.log() + ", " + rx.log());
+            PmdSample.threads(Measurement.TX, a.tx(), b.tx(), sent, threads);
+            PmdSample.threads(Measurement.RX, a.rx(), b.rx(), packets, threads);
+            return new Measurement(Scenario.DPDK_TO_DPDK, size, pairs, packets, PmdSample.seconds(a.rx(), b.rx()), sent,
+                    PmdSample.seconds(a.tx(), b.tx()), threads, Measurement.Status.OK,
+                    "testpmd logs " + tx.log() + ", " + rx.log());
         }
 
         @Override
@@ -483,6 +543,9 @@ public final class BenchRunner {
         private final int pairs;
         private final Testpmd rx;
         private final NetDriver nic;
+        private TrafficRun.Running traffic;
+
+        private record Sample(TrafficRun.Snapshot driver, PmdSample pmd) {}
 
         DriverToDpdk(int pairs, Path sock) throws Exception {
             this.pairs = pairs;
@@ -498,21 +561,41 @@ public final class BenchRunner {
         }
 
         @Override
-        Measurement measure(int size) throws Exception {
-            PmdSample[] s = new PmdSample[2];
-            TrafficRun.Result r = TrafficRun.run(nic, pairs, TrafficRun.Mode.TX_ONLY, size, o.warmup(), o.seconds(), o.txCpus(),
-                    () -> s[0] = PmdSample.of(rx), () -> s[1] = PmdSample.of(rx));
-            long packets = s[1].port().rxPackets() - s[0].port().rxPackets();
-            List<Measurement.ThreadCpu> threads = new ArrayList<>();
-            driverThreads(r, threads);
-            PmdSample.threads(Measurement.RX, s[0], s[1], packets, threads);
-            return new Measurement(Scenario.OURS_TO_DPDK, size, pairs, packets, PmdSample.seconds(s[0], s[1]), r.txPackets(),
-                    r.seconds(), threads, Measurement.Status.OK, "testpmd log " + rx.log());
+        void begin(int size) {
+            traffic = TrafficRun.start(nic, pairs, TrafficRun.Mode.TX_ONLY, size, o.txCpus());
         }
 
         @Override
-        public void close() {
+        Object sample() {
+            TrafficRun.Snapshot t = traffic.sample();
+            return new Sample(t, PmdSample.of(rx));
+        }
+
+        @Override
+        Measurement between(int size, Object x, Object y) {
+            Sample a = (Sample) x;
+            Sample b = (Sample) y;
+            TrafficRun.Result r = TrafficRun.between(a.driver(), b.driver());
+            long packets = b.pmd().port().rxPackets() - a.pmd().port().rxPackets();
+            List<Measurement.ThreadCpu> threads = new ArrayList<>();
+            driverThreads(r, threads);
+            PmdSample.threads(Measurement.RX, a.pmd(), b.pmd(), packets, threads);
+            return new Measurement(Scenario.OURS_TO_DPDK, size, pairs, packets, PmdSample.seconds(a.pmd(), b.pmd()),
+                    r.txPackets(), r.seconds(), threads, Measurement.Status.OK, "testpmd log " + rx.log());
+        }
+
+        @Override
+        void end() throws InterruptedException {
+            if (traffic != null) {
+                traffic.close();
+                traffic = null;
+            }
+        }
+
+        @Override
+        public void close() throws Exception {
             try {
+                end();
                 nic.close();
             } finally {
                 rx.close();

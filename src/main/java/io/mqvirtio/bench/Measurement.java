@@ -13,9 +13,38 @@ import java.util.List;
  * @param threads        CPU time of every busy thread of both sides over the interval
  * @param status         {@link Status#OK}, or why there is no figure
  * @param note           what to know about this point (negotiated options, why it was skipped or failed)
+ * @param intervalMpps   with several measured intervals per point: each one's rate (this point is the best)
  */
 public record Measurement(Scenario scenario, int frameSize, int pairs, long packets, double seconds, long senderPackets,
-                          double senderSeconds, List<ThreadCpu> threads, Status status, String note) {
+                          double senderSeconds, List<ThreadCpu> threads, Status status, String note,
+                          List<Double> intervalMpps) {
+
+    public Measurement(Scenario scenario, int frameSize, int pairs, long packets, double seconds, long senderPackets,
+                       double senderSeconds, List<ThreadCpu> threads, Status status, String note) {
+        this(scenario, frameSize, pairs, packets, seconds, senderPackets, senderSeconds, threads, status, note, List.of());
+    }
+
+    /** The interval with the highest rate of {@code intervals} (all of one point), with every interval's rate. */
+    public static Measurement best(List<Measurement> intervals) {
+        Measurement best = intervals.get(0);
+        for (Measurement m : intervals) {
+            if (m.mpps() > best.mpps()) {
+                best = m;
+            }
+        }
+        if (intervals.size() == 1) {
+            return best;
+        }
+        List<Double> rates = intervals.stream().map(Measurement::mpps).toList();
+        StringBuilder note = new StringBuilder(best.note() == null ? "" : best.note());
+        note.append(note.isEmpty() ? "" : "; ").append("best of ").append(intervals.size()).append(" intervals (Mpps");
+        for (double r : rates) {
+            note.append(' ').append(String.format(java.util.Locale.ROOT, "%.3f", r));
+        }
+        note.append(')');
+        return new Measurement(best.scenario, best.frameSize, best.pairs, best.packets, best.seconds, best.senderPackets,
+                best.senderSeconds, best.threads, best.status, note.toString(), rates);
+    }
 
     public enum Status { OK, SKIPPED, FAILED }
 

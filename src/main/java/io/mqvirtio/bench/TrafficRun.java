@@ -66,34 +66,65 @@ public final class TrafficRun {
      */
     public static Result run(NetDriver nic, int pairs, Mode mode, int frameSize, double warmup, double seconds, int[] cpus,
                              Runnable atStart, Runnable atEnd) throws InterruptedException {
-        AtomicBoolean stop = new AtomicBoolean();
-        AtomicLongArray[] counts = new AtomicLongArray[pairs];
-        List<Thread> threads = new ArrayList<>();
-        for (int p = 0; p < pairs; p++) {
-            counts[p] = new AtomicLongArray(4 + 12); // padded
-            int pair = p;
-            int cpu = cpus.length == 0 ? -1 : cpus[p % cpus.length];
-            threads.add(Thread.ofPlatform().name("traffic-qp" + p).daemon().start(() -> {
-                if (cpu >= 0) {
-                    Affinity.pin(cpu);
-                }
-                loop(nic.pair(pair), pair, mode, frameSize, stop, counts[pair]);
-            }));
-        }
-        ThreadMXBean mx = ManagementFactory.getThreadMXBean();
-        try {
+        try (Running r = start(nic, pairs, mode, frameSize, cpus)) {
             Thread.sleep((long) (warmup * 1000));
-            long[][] c0 = snapshot(counts);
-            long[] cpu0 = threads.stream().mapToLong(t -> mx.getThreadCpuTime(t.threadId())).toArray();
-            long t0 = System.nanoTime();
+            Snapshot a = r.sample();
             atStart.run();
             Thread.sleep((long) (seconds * 1000));
-            long[][] c1 = snapshot(counts);
-            long[] cpu1 = threads.stream().mapToLong(t -> mx.getThreadCpuTime(t.threadId())).toArray();
-            long t1 = System.nanoTime();
+            Snapshot b = r.sample();
             atEnd.run();
-            return result(pairs, frameSize, c0, c1, cpu0, cpu1, t0, t1);
-        } finally {
+            return between(a, b);
+        }
+    }
+
+    /** The senders' counters and CPU times at one instant. */
+    public record Snapshot(long nanos, int frameSize, long[][] counts, long[] cpu) {}
+
+    /** What the senders did from {@code a} to {@code b}. */
+    public static Result between(Snapshot a, Snapshot b) {
+        List<PairResult> r = new ArrayList<>();
+        for (int p = 0; p < a.counts().length; p++) {
+            long[] c0 = a.counts()[p];
+            long[] c1 = b.counts()[p];
+            r.add(new PairResult(p, c1[TX] - c0[TX], c1[TXB] - c0[TXB], c1[RX] - c0[RX], c1[RXB] - c0[RXB],
+                    b.cpu()[p] - a.cpu()[p]));
+        }
+        return new Result((b.nanos() - a.nanos()) / 1e9, a.frameSize(), r);
+    }
+
+    /** Senders that run until closed; {@link #sample()} reads their counters whenever asked. */
+    public static final class Running implements AutoCloseable {
+        private final AtomicBoolean stop = new AtomicBoolean();
+        private final AtomicLongArray[] counts;
+        private final List<Thread> threads = new ArrayList<>();
+        private final int frameSize;
+        private final ThreadMXBean mx = ManagementFactory.getThreadMXBean();
+
+        private Running(NetDriver nic, int pairs, Mode mode, int frameSize, int[] cpus) {
+            this.frameSize = frameSize;
+            this.counts = new AtomicLongArray[pairs];
+            for (int p = 0; p < pairs; p++) {
+                counts[p] = new AtomicLongArray(4 + 12); // padded
+                int pair = p;
+                int cpu = cpus.length == 0 ? -1 : cpus[p % cpus.length];
+                threads.add(Thread.ofPlatform().name("traffic-qp" + p).daemon().start(() -> {
+                    if (cpu >= 0) {
+                        Affinity.pin(cpu);
+                    }
+                    loop(nic.pair(pair), pair, mode, frameSize, stop, counts[pair]);
+                }));
+            }
+        }
+
+        public Snapshot sample() {
+            long[][] c = snapshot(counts);
+            long[] cpu = threads.stream().mapToLong(t -> mx.getThreadCpuTime(t.threadId())).toArray();
+            return new Snapshot(System.nanoTime(), frameSize, c, cpu);
+        }
+
+        /** Stops the senders and waits for them. */
+        @Override
+        public void close() throws InterruptedException {
             stop.set(true);
             for (Thread t : threads) {
                 t.join(5000);
@@ -101,13 +132,9 @@ public final class TrafficRun {
         }
     }
 
-    private static Result result(int pairs, int frameSize, long[][] c0, long[][] c1, long[] cpu0, long[] cpu1, long t0, long t1) {
-        List<PairResult> r = new ArrayList<>();
-        for (int p = 0; p < pairs; p++) {
-            r.add(new PairResult(p, c1[p][TX] - c0[p][TX], c1[p][TXB] - c0[p][TXB], c1[p][RX] - c0[p][RX],
-                    c1[p][RXB] - c0[p][RXB], cpu1[p] - cpu0[p]));
-        }
-        return new Result((t1 - t0) / 1e9, frameSize, r);
+    /** Starts one sender thread per pair, pair i's on {@code cpus[i % cpus.length]} (not pinned when empty). */
+    public static Running start(NetDriver nic, int pairs, Mode mode, int frameSize, int[] cpus) {
+        return new Running(nic, pairs, mode, frameSize, cpus);
     }
 
     private static long[][] snapshot(AtomicLongArray[] c) {

@@ -36,7 +36,9 @@ public final class Bench {
                   --sizes LIST     frame sizes in bytes (default 64,512,1500)
                   --pairs LIST     queue pairs (default 1,2,4)
                   --seconds S      measured time per point (default 5)
-                  --warmup S       traffic before each measured interval (default 2)
+                  --warmup S       traffic before each point's first measured interval (default 2)
+                  --repeat N       measured intervals per point, back to back; the best is reported, all are in
+                                   the JSON (default 1; on a shared machine, 3 to 5 find its quieter moments)
                   --busy-poll      our backend's workers poll their rings (default: they sleep until kicked)
                   --cpus TX:RX     CPU lists for the sending and the receiving side's busy threads, e.g. 0:1 or
                                    0,1:2,3 (thread i of a side on entry i mod length; testpmd gets one forwarding
@@ -51,7 +53,8 @@ public final class Bench {
                   --warmup S       warm-up per size (default 2)
             """;
 
-    static final Set<String> VALUED = Set.of("scenarios", "sizes", "pairs", "seconds", "warmup", "cpus", "sink", "out");
+    static final Set<String> VALUED = Set.of("scenarios", "sizes", "pairs", "seconds", "warmup", "repeat", "cpus", "sink",
+            "out");
     static final Set<String> FLAGS = Set.of("busy-poll");
 
     private Bench() {}
@@ -83,6 +86,7 @@ public final class Bench {
         List<Integer> pairs = a.integers("pairs", "1,2,4", 1, 16);
         double seconds = a.decimal("seconds", 5, 0.05, 3600);
         double warmup = a.decimal("warmup", 2, 0, 3600);
+        int repeat = a.integer("repeat", 1, 1, 1000);
         boolean busyPoll = a.flag("busy-poll");
         String sink = a.string("sink", "drop");
         if (!sink.equals("drop") && !sink.equals("copy")) {
@@ -98,13 +102,13 @@ public final class Bench {
         Logging.quiet();
         String started = OffsetDateTime.now().format(DateTimeFormatter.ISO_OFFSET_DATE_TIME);
         String loadBefore = loadAverage();
-        out.printf("mqvirtio bench: scenarios %s, frames %s B, pairs %s, %.1f s per point after %.1f s warm-up, %s, "
-                        + "%s sink, CPUs %s%n", titles(scenarios), join(sizes), join(pairs), seconds, warmup,
-                busyPoll ? "busy-polling workers" : "workers woken by kicks", sink, cpuText(cpus));
+        out.printf("mqvirtio bench: scenarios %s, frames %s B, pairs %s, %s%.1f s per point after %.1f s warm-up, %s, "
+                        + "%s sink, CPUs %s%n", titles(scenarios), join(sizes), join(pairs),
+                repeat > 1 ? "best of " + repeat + " x " : "", seconds, warmup, busyPoll ? "busy-polling workers" : "workers woken by kicks", sink, cpuText(cpus));
         out.printf("%d points; load average %s; results in %s%n", scenarios.size() * sizes.size() * pairs.size(), loadBefore,
                 outDir);
         out.flush();
-        BenchRunner.Options o = new BenchRunner.Options(scenarios, sizes, pairs, warmup, seconds, busyPoll, cpus[0], cpus[1],
+        BenchRunner.Options o = new BenchRunner.Options(scenarios, sizes, pairs, warmup, seconds, repeat, busyPoll, cpus[0], cpus[1],
                 sink.equals("copy"), logs);
         List<Measurement> results = BenchRunner.run(o, new BenchRunner.Listener() {
             @Override
@@ -154,6 +158,7 @@ public final class Bench {
         opts.put("pairs", pairs);
         opts.put("seconds", seconds);
         opts.put("warmup", warmup);
+        opts.put("repeat", repeat);
         opts.put("busy_poll", busyPoll);
         opts.put("sink", sink);
         opts.put("tx_cpus", Arrays.stream(cpus[0]).boxed().toList());
@@ -167,8 +172,9 @@ public final class Bench {
         Files.writeString(outDir.resolve("bench.json"), Json.write(doc) + "\n");
         Path png = outDir.resolve("bench.png");
         try {
-            BenchPlot.write(results, String.format(Locale.ROOT, "%s; %s; %.1f s per point; CPUs %s; %s sink; load %s",
-                    started.substring(0, Math.min(16, started.length())), busyPoll ? "busy-poll" : "notifications", seconds,
+            BenchPlot.write(results, String.format(Locale.ROOT, "%s; %s; %s%.1f s per point; CPUs %s; %s sink; load %s",
+                    started.substring(0, Math.min(16, started.length())), busyPoll ? "busy-poll" : "notifications",
+                    repeat > 1 ? "best of " + repeat + " x " : "", seconds,
                     cpuText(cpus), sink, loadBefore), png);
             out.println("\nwrote " + outDir.resolve("bench.csv") + ", " + outDir.resolve("bench.json") + ", " + png);
         } catch (Exception | Error e) { // a machine without fonts: the figures are still in the CSV and JSON
@@ -198,6 +204,7 @@ public final class Bench {
         r.put("rx_cpu_ns_per_packet", m.cpuNsPerPacket(Measurement.RX));
         r.put("cores", m.cores());
         r.put("ratio_to_reference", BenchReport.ratio(m, all));
+        r.put("interval_mpps", m.intervalMpps());
         List<Object> threads = new ArrayList<>();
         for (Measurement.ThreadCpu t : m.threads()) {
             Map<String, Object> th = new LinkedHashMap<>();

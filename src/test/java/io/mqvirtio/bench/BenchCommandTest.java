@@ -32,20 +32,50 @@ class BenchCommandTest {
         return new Out(rc, o.toString(StandardCharsets.UTF_8), e.toString(StandardCharsets.UTF_8));
     }
 
-    /** bench.csv as one map per row (header names as keys); the CSV has no quoted commas in these columns. */
+    /** bench.csv as one map per row (header names as keys). */
     static List<Map<String, String>> csv(Path file) throws Exception {
         List<String> lines = Files.readAllLines(file);
-        String[] head = lines.get(0).split(",");
+        List<String> head = fields(lines.get(0));
         List<Map<String, String>> rows = new ArrayList<>();
         for (String line : lines.subList(1, lines.size())) {
-            String[] f = line.split(",", -1);
+            List<String> f = fields(line);
+            assertThat(f).as("fields of %s", line).hasSameSizeAs(head);
             Map<String, String> row = new LinkedHashMap<>();
-            for (int i = 0; i < head.length && i < f.length; i++) {
-                row.put(head[i], f[i]);
+            for (int i = 0; i < head.size(); i++) {
+                row.put(head.get(i), f.get(i));
             }
             rows.add(row);
         }
         return rows;
+    }
+
+    /** One CSV line's fields (RFC 4180 quoting). */
+    static List<String> fields(String line) {
+        List<String> out = new ArrayList<>();
+        StringBuilder f = new StringBuilder();
+        boolean quoted = false;
+        for (int i = 0; i < line.length(); i++) {
+            char c = line.charAt(i);
+            if (quoted) {
+                if (c == '"' && i + 1 < line.length() && line.charAt(i + 1) == '"') {
+                    f.append('"');
+                    i++;
+                } else if (c == '"') {
+                    quoted = false;
+                } else {
+                    f.append(c);
+                }
+            } else if (c == '"') {
+                quoted = true;
+            } else if (c == ',') {
+                out.add(f.toString());
+                f.setLength(0);
+            } else {
+                f.append(c);
+            }
+        }
+        out.add(f.toString());
+        return out;
     }
 
     static double num(Map<String, String> row, String key) {
@@ -63,7 +93,8 @@ class BenchCommandTest {
         List<Map<String, String>> rows = csv(csvFile);
         assertThat(rows).hasSize(points);
         String j = Files.readString(json);
-        assertThat(j).startsWith("{\"tool\":\"mqvirtio bench\"").contains("\"results\":[").contains("\"threads\":[");
+        assertThat(j).startsWith("{\"tool\":\"mqvirtio bench\"").contains("\"results\":[").contains("\"threads\":[")
+                .contains("\"interval_mpps\":[");
         BufferedImage img = ImageIO.read(png.toFile());
         assertThat(img).as("a PNG image").isNotNull();
         assertThat(img.getWidth()).isEqualTo(900);
@@ -88,8 +119,8 @@ class BenchCommandTest {
     @Timeout(120)
     void scenarioOneRunsAndWritesCsvJsonAndPng() throws Exception {
         Path out = dir.resolve("out");
-        Out o = bench("--scenarios", "1", "--pairs", "1,2", "--sizes", "64,1500", "--seconds", "0.3", "--warmup", "0.3",
-                "--out", out.toString());
+        Out o = bench("--scenarios", "1", "--pairs", "1,2", "--sizes", "64,1500", "--seconds", "0.2", "--warmup", "0.3",
+                "--repeat", "2", "--out", out.toString());
         assertThat(o.rc()).as(o.out() + o.err()).isZero();
         // progress: one line per point as it completes
         assertThat(o.err()).contains("[1/4] 1 ours->ours 64 B 1 pair:").contains("[4/4] 1 ours->ours 1500 B 2 pairs:");
@@ -103,6 +134,7 @@ class BenchCommandTest {
             double ratio = num(r, "packets") / Double.parseDouble(r.get("sender_packets"));
             assertThat(ratio).as("receiver/sender packets in %s", r).isBetween(0.6, 1.4);
             assertThat(r.get("threads")).contains("tx:driver-qp0=").contains("rx:backend-qp0=");
+            assertThat(r.get("note")).contains("best of 2 intervals (Mpps ");
             if (r.get("pairs").equals("2")) {
                 assertThat(r.get("threads")).contains("tx:driver-qp1=").contains("rx:backend-qp1=");
             }
@@ -140,6 +172,7 @@ class BenchCommandTest {
         assertBad("--cpus: CPU 4096 is not online here", "--cpus", "0:4096");
         assertBad("--sink must be drop or copy", "--sink", "keep");
         assertBad("--seconds must be in", "--seconds", "0");
+        assertBad("--repeat must be in 1..1000, got 0", "--repeat", "0");
         assertBad("unknown option --bogus", "--bogus");
         assertBad("bench takes options only, or 'ring': unexpected 'sink'", "sink");
         assertBad("--ring must be a power of two", "ring", "--ring", "100");
