@@ -147,6 +147,10 @@ final class QueuePairWorker implements Runnable {
             txEnabled = enabled;
             epoll.add(kick.fd(), Epoll.EPOLLIN, TOKEN_TX_KICK);
         }
+        if (call != null) {
+            // A backend that died may have published used entries without signalling them: have the driver look.
+            call.signal();
+        }
         updatePortActive();
         return null;
     }
@@ -195,11 +199,20 @@ final class QueuePairWorker implements Runnable {
         return null;
     }
 
+    /**
+     * A new call eventfd (QEMU sends one after the kick, and swaps them when the guest masks a vector). Used entries
+     * may have been published while there was none, or signalled on the old one: one notification on the new fd
+     * makes sure the driver looks (a spurious notification is harmless; a lost one stalls the queue, since with
+     * EVENT_IDX the device signals only when it crosses the driver's used_event).
+     */
     Void setCall(boolean isRx, EventFd call) {
         if (isRx) {
             rxCall = call;
         } else {
             txCall = call;
+        }
+        if (call != null && (isRx ? rx : tx) != null) {
+            call.signal();
         }
         return null;
     }
@@ -359,7 +372,8 @@ final class QueuePairWorker implements Runnable {
         }
         if (done > 0) {
             q.publishUsed();
-            if (q.needsNotification() && txCall != null) {
+            // No call fd yet: keep the decision for later (see setCall), or a notification would be lost for good.
+            if (txCall != null && q.needsNotification()) {
                 txCall.signal();
                 txCounters.add(QueueCounters.NOTIFICATIONS, 1);
             }
@@ -474,7 +488,7 @@ final class QueuePairWorker implements Runnable {
         }
         if (done > 0) {
             q.publishUsed();
-            if (q.needsNotification() && rxCall != null) {
+            if (rxCall != null && q.needsNotification()) {
                 rxCall.signal();
                 rxCounters.add(QueueCounters.NOTIFICATIONS, 1);
             }
