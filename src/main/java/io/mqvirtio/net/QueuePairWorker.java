@@ -117,9 +117,24 @@ final class QueuePairWorker implements Runnable {
                 f.completeExceptionally(t);
             }
         });
+        if (!thread.isAlive()) {
+            throw new IllegalStateException("queue pair " + pair + " worker is not running");
+        }
         wakeup.signal();
         try {
-            return f.get(10, TimeUnit.SECONDS);
+            long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(10);
+            while (true) {
+                try {
+                    return f.get(100, TimeUnit.MILLISECONDS);
+                } catch (TimeoutException e) {
+                    if (!thread.isAlive()) {
+                        throw new IllegalStateException("queue pair " + pair + " worker died");
+                    }
+                    if (System.nanoTime() > deadline) {
+                        throw e;
+                    }
+                }
+            }
         } catch (ExecutionException e) {
             throw e.getCause() instanceof RuntimeException r ? r : new IllegalStateException(e.getCause());
         } catch (TimeoutException e) {
@@ -359,6 +374,10 @@ final class QueuePairWorker implements Runnable {
         } catch (VirtqueueException e) {
             broken(false, txErr, e);
             return false;
+        } catch (RuntimeException | InternalError e) {
+            // InternalError: the JVM's answer to SIGBUS, e.g. a frontend that shrank its memory file under us
+            broken(false, txErr, new VirtqueueException("fault while processing the ring: " + e, e));
+            return false;
         } finally {
             // counted once per burst: one release store per counter, not per frame
             txCounters.add(QueueCounters.PACKETS, sent);
@@ -475,6 +494,9 @@ final class QueuePairWorker implements Runnable {
             }
         } catch (VirtqueueException e) {
             broken(true, rxErr, e);
+            return false;
+        } catch (RuntimeException | InternalError e) {
+            broken(true, rxErr, new VirtqueueException("fault while processing the ring: " + e, e));
             return false;
         } finally {
             rxCounters.add(QueueCounters.PACKETS, packets);

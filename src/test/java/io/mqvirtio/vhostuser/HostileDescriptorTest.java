@@ -114,7 +114,6 @@ class HostileDescriptorTest {
      * broken ring.
      */
     @Test
-    @org.junit.jupiter.api.Disabled("QueuePairWorker dies on InternalError from a shrunk memory file (net layer)")
     void memoryThatShrinksUnderRunningWorkersBreaksOnlyThoseRings() throws Exception {
         Path sock = dir.resolve("vu.sock");
         try (NetDevice dev = new NetDevice(NetDevice.Config.of("shrink", PAIRS), new LoopbackBackend(PAIRS, 1500));
