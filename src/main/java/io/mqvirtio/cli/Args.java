@@ -12,6 +12,7 @@ import java.util.Set;
  */
 final class Args {
     private final Map<String, String> options = new HashMap<>();
+    private final Map<String, List<String>> every = new HashMap<>(); // all values of a repeated option, in order
     private final List<String> positional = new ArrayList<>();
 
     /** @param flags option names that take no value */
@@ -39,6 +40,7 @@ final class Args {
                         value = argv[++i];
                     }
                     options.put(name, value);
+                    every.computeIfAbsent(name, k -> new ArrayList<>()).add(value);
                 } else {
                     throw new UsageException("unknown option --" + name);
                 }
@@ -50,6 +52,11 @@ final class Args {
 
     List<String> positional() {
         return positional;
+    }
+
+    /** Every value given for an option that may be repeated (e.g. --vm), in command-line order. */
+    List<String> strings(String name) {
+        return every.getOrDefault(name, List.of());
     }
 
     boolean flag(String name) {

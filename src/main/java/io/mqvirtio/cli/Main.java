@@ -31,6 +31,12 @@ public final class Main {
                                    [::1]:9100; port 0 picks one, logged): /metrics in Prometheus text format,
                                    /stats in JSON
                   --name NAME      the device's name in logs and metrics (default: the socket's file name)
+                  --vm SPEC        one VM's device, repeatable (several VMs in one serve, each with its own socket,
+                                   workers and backend): the options above as key=value, comma-separated, e.g.
+                                   --vm socket-path=/run/vm1.sock,queues=4,tap=mqv1 --vm socket-path=/run/vm2.sock,loopback
+                                   (cpus=0:1 inside a spec)
+                  --socket-group G listened sockets belong to group G and its members may connect (0660);
+                                   without it only the owner may (0600)
                   --print-capabilities  print the backend's capabilities as JSON and exit
                   --debug          log every vhost-user message
                                    SIGTERM or SIGINT stops it cleanly (socket file removed, TAP queues closed, a

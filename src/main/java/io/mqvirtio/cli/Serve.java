@@ -12,6 +12,12 @@ import java.lang.System.Logger;
 import java.lang.System.Logger.Level;
 import java.net.InetSocketAddress;
 import java.nio.file.Path;
+import java.nio.file.Files;
+import java.nio.file.attribute.GroupPrincipal;
+import java.nio.file.attribute.PosixFileAttributeView;
+import java.nio.file.attribute.PosixFilePermissions;
+import java.util.ArrayList;
+import java.util.HashSet;
 import java.util.List;
 import java.util.Set;
 import java.util.concurrent.CountDownLatch;
@@ -19,29 +25,31 @@ import java.util.concurrent.TimeUnit;
 import java.util.concurrent.atomic.AtomicReference;
 
 /**
- * {@code mqvirtio serve}: a vhost-user-net backend on one socket until SIGTERM or SIGINT, which stop it in order
- * (metrics endpoint, vhost-user session and socket file, queue-pair workers, TAP queues) and exit 0.
+ * {@code mqvirtio serve}: vhost-user-net backends, one device per VM (each on its own socket, with its own workers
+ * and backend), until SIGTERM or SIGINT, which stop them in order (metrics endpoint, vhost-user sessions and
+ * socket files, queue-pair workers, TAP queues) and exit 0. One VM's device failing or misbehaving touches no other.
  */
 final class Serve {
     private static final Logger LOG = System.getLogger(Serve.class.getName());
 
     static final Set<String> VALUED = Set.of("socket-path", "queues", "tap", "mtu", "cpus", "stats-interval", "name",
-            "metrics");
+            "metrics", "vm", "socket-group");
     static final Set<String> FLAGS = Set.of("loopback", "client", "busy-poll", "print-capabilities", "debug");
+    /** The options that describe one VM's device: on the command line directly, or inside each --vm. */
+    private static final Set<String> VM_OPTIONS = Set.of("socket-path", "queues", "tap", "mtu", "cpus", "name",
+            "loopback", "client");
 
     private Serve() {}
 
-    /** The command line, checked before anything is opened. */
-    record Options(Path socket, int queues, int mtu, String tap, boolean loopback, boolean client, boolean busyPoll,
-            int[] cpus, double statsEvery, String name, InetSocketAddress metrics, boolean debug) {
+    /** One VM's device: its socket, its queue pairs and its backend. */
+    record Vm(Path socket, int queues, int mtu, String tap, boolean loopback, boolean client, boolean busyPoll,
+            int[] cpus, String name) {
 
-        static Options parse(Args a) {
-            if (!a.positional().isEmpty()) {
-                throw new Args.UsageException("serve takes no positional arguments, got " + a.positional());
-            }
+        /** From the command line's own options (one VM) or from a --vm spec turned into arguments. */
+        static Vm parse(Args a, boolean busyPollDefault) {
             String socket = a.string("socket-path", null);
             if (socket == null || socket.isEmpty()) {
-                throw new Args.UsageException("serve needs --socket-path PATH");
+                throw new Args.UsageException("serve needs --socket-path PATH (or --vm socket-path=PATH,...)");
             }
             int queues = a.integer("queues", 1, 1, Math.min(VirtioNet.MAX_PAIRS, TapBackend.MAX_QUEUES));
             int mtu = a.integer("mtu", 1500, 68, 65535);
@@ -58,13 +66,80 @@ final class Serve {
             }
             int[] cpus = a.string("cpus", null) == null ? new int[0]
                     : a.integers("cpus", "", 0, 4095).stream().mapToInt(Integer::intValue).toArray();
-            double statsEvery = a.decimal("stats-interval", 0, 0, 86400);
             Path path = Path.of(socket);
             String name = a.string("name", path.getFileName() == null ? socket : path.getFileName().toString());
+            return new Vm(path, queues, mtu, tap, loopback, a.flag("client"), busyPollDefault || a.flag("busy-poll"),
+                    cpus, name);
+        }
+
+        /**
+         * A --vm spec, {@code socket-path=P,queues=N,tap=T} or {@code ...,loopback,client}: the same keys as the
+         * single-VM options, separated by commas (cpus are separated by colons inside it: cpus=0:1).
+         */
+        static Vm parseSpec(String spec, boolean busyPoll) {
+            List<String> argv = new ArrayList<>();
+            for (String part : spec.split(",")) {
+                if (part.isBlank()) {
+                    continue;
+                }
+                int eq = part.indexOf('=');
+                String key = eq < 0 ? part : part.substring(0, eq);
+                if (!VM_OPTIONS.contains(key) && !key.equals("busy-poll")) {
+                    throw new Args.UsageException("--vm: unknown key '" + key + "' (keys: socket-path, queues, tap, loopback, "
+                            + "mtu, cpus, name, client, busy-poll)");
+                }
+                argv.add("--" + (eq < 0 ? key : key + "=" + part.substring(eq + 1).replace(':', ',')));
+            }
+            try {
+                return parse(new Args(argv.toArray(new String[0]), VALUED, FLAGS), busyPoll);
+            } catch (Args.UsageException e) {
+                throw new Args.UsageException("--vm " + spec + ": " + e.getMessage());
+            }
+        }
+    }
+
+    /** The command line, checked before anything is opened. */
+    record Options(List<Vm> vms, double statsEvery, InetSocketAddress metrics, boolean debug, String socketGroup) {
+
+        static Options parse(Args a) {
+            if (!a.positional().isEmpty()) {
+                throw new Args.UsageException("serve takes no positional arguments, got " + a.positional());
+            }
+            List<Vm> vms = new ArrayList<>();
+            if (a.strings("vm").isEmpty()) {
+                vms.add(Vm.parse(a, false));
+            } else {
+                for (String o : VM_OPTIONS) {
+                    if (a.flag(o)) {
+                        throw new Args.UsageException("--" + o + " belongs inside --vm when --vm is used");
+                    }
+                }
+                for (String spec : a.strings("vm")) {
+                    vms.add(Vm.parseSpec(spec, a.flag("busy-poll")));
+                }
+            }
+            Set<Path> sockets = new HashSet<>();
+            Set<String> taps = new HashSet<>();
+            Set<String> names = new HashSet<>();
+            for (Vm v : vms) {
+                if (!sockets.add(v.socket().toAbsolutePath().normalize())) {
+                    throw new Args.UsageException("socket " + v.socket() + " is given to two VMs");
+                }
+                if (v.tap() != null && !taps.add(v.tap())) {
+                    throw new Args.UsageException("TAP device " + v.tap() + " is given to two VMs");
+                }
+                if (!names.add(v.name())) {
+                    throw new Args.UsageException("two VMs are named " + v.name() + " (set name=...)");
+                }
+            }
+            double statsEvery = a.decimal("stats-interval", 0, 0, 86400);
             InetSocketAddress metrics = a.string("metrics", null) == null ? null
                     : MetricsServer.loopback("metrics", a.string("metrics", null));
-            return new Options(path, queues, mtu, tap, loopback, a.flag("client"), a.flag("busy-poll"), cpus, statsEvery,
-                    name, metrics, a.flag("debug"));
+            String group = a.string("socket-group", null);
+            if (group != null && group.isBlank()) {
+                throw new Args.UsageException("--socket-group needs a group name");
+            }
+            return new Options(List.copyOf(vms), statsEvery, metrics, a.flag("debug"), group);
         }
     }
 
@@ -93,7 +168,7 @@ final class Serve {
         long every = o.statsEvery() > 0 ? (long) (o.statsEvery() * 1000) : TimeUnit.HOURS.toMillis(1);
         while (!r.stopRequested.await(every, TimeUnit.MILLISECONDS)) {
             if (o.statsEvery() > 0) {
-                Stats.printTotals(new Stats.Sample(0, List.of(r.snapshot())), out);
+                Stats.printTotals(new Stats.Sample(0, r.snapshot()), out);
             }
         }
         LOG.log(Level.INFO, "SIG{0}: stopping", r.signal.get());
@@ -111,12 +186,12 @@ final class Serve {
     static final class Running {
         final CountDownLatch stopRequested = new CountDownLatch(1);
         final AtomicReference<String> signal = new AtomicReference<>();
-        private NetDevice device;
-        private VhostUserServer server;
+        private final List<Started> started = new ArrayList<>();
         private MetricsServer metrics;
-        private String socket;
-        private String backendName;
         private boolean stopped;
+
+        /** One VM's running parts. */
+        private record Started(NetDevice device, VhostUserServer server, String socket, String backendName) {}
 
         void requestStop(String sig) {
             if (!signal.compareAndSet(null, sig)) {
@@ -128,46 +203,19 @@ final class Serve {
         }
 
         void start(Options o) throws IOException {
-            PacketBackend backend;
-            if (o.loopback()) {
-                backend = new LoopbackBackend(o.queues(), o.mtu());
-            } else {
-                backend = TapBackend.open(o.tap(), o.queues());
-            }
-            synchronized (this) {
-                backendName = backend.describe();
-                socket = o.socket().toAbsolutePath().toString();
-                try {
-                    device = new NetDevice(new NetDevice.Config(o.name(), o.queues(), o.mtu(), o.busyPoll(), o.cpus()),
-                            backend);
-                } catch (RuntimeException e) {
-                    backend.close();
-                    throw e;
-                }
-            }
-            VhostUserServer s;
-            try {
-                s = o.client() ? VhostUserServer.connect(o.socket(), device) : VhostUserServer.listen(o.socket(), device);
-            } catch (RuntimeException e) {
-                String m = message(e);
-                throw m.contains(o.socket().toString()) ? e : new IllegalStateException(o.socket() + ": " + m, e);
-            }
-            synchronized (this) {
-                server = s;
-                if (stopped) {
-                    s.close();
-                    return;
-                }
-            }
-            if (o.client()) {
-                LOG.log(Level.INFO, "connecting to {0} (and again after each session)", o.socket());
+            for (Vm vm : o.vms()) {
+                startVm(vm, o.socketGroup());
             }
             if (o.metrics() != null) {
-                VhostUserServer srv = s;
+                List<MetricsServer.Source> sources = new ArrayList<>();
+                synchronized (this) {
+                    for (Started s : started) {
+                        sources.add(new MetricsServer.Source(s.device(), s.socket(), s.backendName(), s.server()::hasSession));
+                    }
+                }
                 MetricsServer m;
                 try {
-                    m = MetricsServer.start(o.metrics(),
-                            List.of(new MetricsServer.Source(device, socket, backendName, srv::hasSession)));
+                    m = MetricsServer.start(o.metrics(), sources);
                 } catch (IOException e) {
                     throw new IOException("metrics endpoint on " + MetricsServer.hostPort(o.metrics()) + ": "
                             + message(e), e);
@@ -181,8 +229,57 @@ final class Serve {
             }
         }
 
-        synchronized DeviceStats snapshot() {
-            return DeviceStats.of(device, socket, backendName, server != null && server.hasSession());
+        private void startVm(Vm vm, String group) throws IOException {
+            PacketBackend backend = vm.loopback() ? new LoopbackBackend(vm.queues(), vm.mtu()) : TapBackend.open(vm.tap(), vm.queues());
+            NetDevice device;
+            try {
+                device = new NetDevice(new NetDevice.Config(vm.name(), vm.queues(), vm.mtu(), vm.busyPoll(), vm.cpus()), backend);
+            } catch (RuntimeException e) {
+                backend.close();
+                throw e;
+            }
+            VhostUserServer s;
+            try {
+                s = vm.client() ? VhostUserServer.connect(vm.socket(), device) : VhostUserServer.listen(vm.socket(), device);
+            } catch (RuntimeException e) {
+                device.close();
+                String m = message(e);
+                throw m.contains(vm.socket().toString()) ? e : new IllegalStateException(vm.socket() + ": " + m, e);
+            }
+            synchronized (this) {
+                started.add(new Started(device, s, vm.socket().toAbsolutePath().toString(), backend.describe()));
+                if (stopped) {
+                    s.close();
+                    device.close();
+                    return;
+                }
+            }
+            if (vm.client()) {
+                LOG.log(Level.INFO, "connecting to {0} (and again after each session)", vm.socket());
+            } else if (group != null) {
+                shareWithGroup(vm.socket(), group);
+            }
+        }
+
+        /** --socket-group: the listening socket belongs to that group and its members may connect (0660). */
+        private static void shareWithGroup(Path socket, String group) throws IOException {
+            GroupPrincipal g;
+            try {
+                g = socket.getFileSystem().getUserPrincipalLookupService().lookupPrincipalByGroupName(group);
+            } catch (IOException e) {
+                throw new IOException("--socket-group: no group named " + group, e);
+            }
+            Files.getFileAttributeView(socket, PosixFileAttributeView.class).setGroup(g);
+            Files.setPosixFilePermissions(socket, PosixFilePermissions.fromString("rw-rw----"));
+            LOG.log(Level.INFO, "{0}: group {1} may connect", socket, group);
+        }
+
+        synchronized List<DeviceStats> snapshot() {
+            List<DeviceStats> l = new ArrayList<>();
+            for (Started s : started) {
+                l.add(DeviceStats.of(s.device(), s.socket(), s.backendName(), s.server().hasSession()));
+            }
+            return l;
         }
 
         /** Closes what was started, last first; idempotent. */
@@ -194,12 +291,11 @@ final class Serve {
             if (metrics != null) {
                 metrics.close();
             }
-            if (server != null) {
-                server.close(); // ends the session and removes the socket file we listened on
-            }
-            if (device != null) {
-                device.close(); // stops the workers, then closes the backend (TAP queues)
-                LOG.log(Level.INFO, "{0}: stopped ({1})", device.config().name(), why);
+            for (int i = started.size() - 1; i >= 0; i--) {
+                Started s = started.get(i);
+                s.server().close(); // ends the session and removes the socket file we listened on
+                s.device().close(); // stops the workers, then closes the backend (TAP queues)
+                LOG.log(Level.INFO, "{0}: stopped ({1})", s.device().config().name(), why);
             }
             flushLogs();
         }
