@@ -40,7 +40,7 @@ import org.junit.jupiter.api.io.TempDir;
  * four TX and all four RX queues.
  */
 @Tag("peer")
-class QemuGuestTest {
+public class QemuGuestTest {
     static final int PAIRS = 4;
     static final int BULK_KB = 4096;
 
@@ -144,7 +144,7 @@ class QemuGuestTest {
         }
     }
 
-    static Map<String, String> results(String console) {
+    public static Map<String, String> results(String console) {
         Map<String, String> r = new LinkedHashMap<>();
         Matcher m = Pattern.compile("MQV-RESULT (\\S+)=(\\S*)").matcher(console);
         while (m.find()) {
