@@ -132,18 +132,22 @@ public final class DeviceQueue {
         return true;
     }
 
+    /**
+     * Follows the chain at {@code head} into {@code chain}, checking every descriptor. Kept small enough for the JIT
+     * to inline into {@link #pop}: the rare paths (an indirect table, every error with its message) are methods of
+     * their own.
+     */
     private void walk(int head, DescriptorChain chain) {
         chain.reset(head);
         MemorySegment table = desc;
         int tableSize = size;
         int idx = head;
         int seen = 0; // descriptors visited in the current table: more than its size means a loop
-        boolean inIndirect = false;
         boolean writableSeen = false;
         long total = 0;
         while (true) {
             if (++seen > tableSize) {
-                fail("descriptor chain at head " + head + " loops or is longer than its table (" + tableSize + ")");
+                throw loop(head, tableSize);
             }
             long base = (long) idx * DESC_SIZE;
             long addr = table.get(U64, base + DESC_ADDR);
@@ -152,70 +156,98 @@ public final class DeviceQueue {
             int next = getU16(table, base + DESC_NEXT);
 
             if ((flags & DESC_F_INDIRECT) != 0) {
-                if (!indirectAllowed) {
-                    fail("indirect descriptor at head " + head + " but INDIRECT_DESC was not negotiated");
-                }
-                if (inIndirect) {
-                    fail("indirect table inside an indirect table at head " + head);
-                }
-                if (idx != head || seen != 1) {
-                    fail("indirect descriptor in the middle of the chain at head " + head);
-                }
-                if ((flags & DESC_F_NEXT) != 0) {
-                    fail("descriptor " + idx + " sets both INDIRECT and NEXT");
-                }
-                long tlen = Integer.toUnsignedLong(len);
-                if (tlen == 0 || tlen % DESC_SIZE != 0) {
-                    fail("indirect table at head " + head + " has length " + tlen + ", not a non-zero multiple of 16");
-                }
-                if (tlen / DESC_SIZE > chain.capacity()) {
-                    fail("indirect table at head " + head + " has " + tlen / DESC_SIZE + " descriptors, more than "
-                            + chain.capacity());
-                }
-                if ((addr & 0xf) != 0) {
-                    fail("indirect table at head " + head + " at 0x" + Long.toHexString(addr) + " is not 16-byte aligned");
-                }
-                try {
-                    table = memory.gpa(addr, tlen);
-                } catch (GuestMemoryException e) {
-                    fail("indirect table at head " + head + ": " + e.getMessage());
-                }
-                tableSize = (int) (tlen / DESC_SIZE);
-                inIndirect = true;
+                table = indirectTable(head, idx, seen, table != desc, flags, addr, len, chain);
+                tableSize = (int) (Integer.toUnsignedLong(len) / DESC_SIZE);
                 chain.markIndirect();
                 idx = 0;
                 seen = 0;
                 continue;
             }
-
             boolean writable = (flags & DESC_F_WRITE) != 0;
             if (writable) {
                 writableSeen = true;
             } else if (writableSeen) {
-                fail("readable descriptor " + idx + " after a writable one in the chain at head " + head);
+                throw readableAfterWritable(head, idx);
             }
             long ulen = Integer.toUnsignedLong(len);
             total += ulen;
             if (total > 0xffff_ffffL) {
-                fail("descriptor chain at head " + head + " is longer than 2^32-1 bytes");
+                throw tooLong(head);
             }
             MemoryRegion region = memory.regionOfGpa(addr, ulen);
             if (region == null) {
-                fail("descriptor " + idx + " of the chain at head " + head + " points outside guest memory: 0x"
-                        + Long.toHexString(addr) + "+" + ulen);
+                throw outside(head, idx, addr, ulen);
             }
             if (!chain.add(addr, region.segment(), addr - region.guestPhysAddr(), len, writable)) {
-                fail("descriptor chain at head " + head + " has more than " + chain.capacity() + " buffers");
+                throw tooManyBuffers(head, chain.capacity());
             }
             if ((flags & DESC_F_NEXT) == 0) {
                 return;
             }
             if (next >= tableSize) {
-                fail("descriptor " + idx + " of the chain at head " + head + " has next " + next + ", table size is "
-                        + tableSize);
+                throw badNext(head, idx, next, tableSize);
             }
             idx = next;
         }
+    }
+
+    /** Checks an indirect descriptor (VIRTIO 1.3, 2.7.5.3.1) and returns its table. */
+    private MemorySegment indirectTable(int head, int idx, int seen, boolean inIndirect, int flags, long addr, int len,
+                                        DescriptorChain chain) {
+        if (!indirectAllowed) {
+            throw broken("indirect descriptor at head " + head + " but INDIRECT_DESC was not negotiated");
+        }
+        if (inIndirect) {
+            throw broken("indirect table inside an indirect table at head " + head);
+        }
+        if (idx != head || seen != 1) {
+            throw broken("indirect descriptor in the middle of the chain at head " + head);
+        }
+        if ((flags & DESC_F_NEXT) != 0) {
+            throw broken("descriptor " + idx + " sets both INDIRECT and NEXT");
+        }
+        long tlen = Integer.toUnsignedLong(len);
+        if (tlen == 0 || tlen % DESC_SIZE != 0) {
+            throw broken("indirect table at head " + head + " has length " + tlen + ", not a non-zero multiple of 16");
+        }
+        if (tlen / DESC_SIZE > chain.capacity()) {
+            throw broken("indirect table at head " + head + " has " + tlen / DESC_SIZE + " descriptors, more than "
+                    + chain.capacity());
+        }
+        if ((addr & 0xf) != 0) {
+            throw broken("indirect table at head " + head + " at 0x" + Long.toHexString(addr) + " is not 16-byte aligned");
+        }
+        try {
+            return memory.gpa(addr, tlen);
+        } catch (GuestMemoryException e) {
+            throw broken("indirect table at head " + head + ": " + e.getMessage());
+        }
+    }
+
+    private VirtqueueException loop(int head, int tableSize) {
+        return broken("descriptor chain at head " + head + " loops or is longer than its table (" + tableSize + ")");
+    }
+
+    private VirtqueueException readableAfterWritable(int head, int idx) {
+        return broken("readable descriptor " + idx + " after a writable one in the chain at head " + head);
+    }
+
+    private VirtqueueException tooLong(int head) {
+        return broken("descriptor chain at head " + head + " is longer than 2^32-1 bytes");
+    }
+
+    private VirtqueueException outside(int head, int idx, long addr, long len) {
+        return broken("descriptor " + idx + " of the chain at head " + head + " points outside guest memory: 0x"
+                + Long.toHexString(addr) + "+" + len);
+    }
+
+    private VirtqueueException tooManyBuffers(int head, int capacity) {
+        return broken("descriptor chain at head " + head + " has more than " + capacity + " buffers");
+    }
+
+    private VirtqueueException badNext(int head, int idx, int next, int tableSize) {
+        return broken("descriptor " + idx + " of the chain at head " + head + " has next " + next + ", table size is "
+                + tableSize);
     }
 
     /**
@@ -299,7 +331,12 @@ public final class DeviceQueue {
     }
 
     private void fail(String why) {
+        throw broken(why);
+    }
+
+    /** Marks the queue broken (DEVICE_NEEDS_RESET for this queue) and returns the exception to throw. */
+    private VirtqueueException broken(String why) {
         broken = why;
-        throw new VirtqueueException(why);
+        return new VirtqueueException(why);
     }
 }
