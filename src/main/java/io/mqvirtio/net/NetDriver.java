@@ -40,7 +40,8 @@ public final class NetDriver implements AutoCloseable {
     /** Features the driver negotiates when the backend offers them (VERSION_1 is required). */
     static final long WANTED = VirtioFeatures.bit(VirtioFeatures.F_VERSION_1) | VirtioFeatures.bit(VirtioFeatures.F_EVENT_IDX)
             | VirtioFeatures.bit(VirtioNet.F_MQ) | VirtioFeatures.bit(VirtioNet.F_MRG_RXBUF)
-            | VirtioFeatures.bit(VirtioNet.F_MTU) | VirtioFeatures.bit(VirtioFeatures.F_INDIRECT_DESC);
+            | VirtioFeatures.bit(VirtioNet.F_MTU) | VirtioFeatures.bit(VirtioFeatures.F_INDIRECT_DESC)
+            | VirtioFeatures.bit(VirtioNet.F_CSUM) | VirtioFeatures.bit(VirtioNet.F_GUEST_CSUM);
     static final long WANTED_PROTOCOL = (1L << Protocol.PF_MQ) | (1L << Protocol.PF_REPLY_ACK) | (1L << Protocol.PF_STATUS);
     /** Device status bits (VIRTIO 1.3, 2.1), set in this order as the driver initialises (3.1.1). */
     static final int ACKNOWLEDGE = 1, DRIVER = 2, DRIVER_OK = 4, FEATURES_OK = 8;
@@ -180,7 +181,8 @@ public final class NetDriver implements AutoCloseable {
                 long txBufs = rxBufs + align(bufBytes);
                 NetQueuePair qp = new NetQueuePair(p, q[0], q[1], kick[0], kick[1], call[0],
                         mem.asSlice(rxBufs, bufBytes), base + rxBufs, mem.asSlice(txBufs, bufBytes), base + txBufs,
-                        o.bufSize(), mrg);
+                        o.bufSize(), mrg, VirtioFeatures.has(negotiated, VirtioNet.F_CSUM),
+                        VirtioFeatures.has(negotiated, VirtioNet.F_GUEST_CSUM));
                 for (int r = 0; r < 2; r++) {
                     int index = 2 * p + r;
                     long ringAddr = base + off + r * layout.totalBytes();

@@ -31,6 +31,8 @@ public final class NetQueuePair {
     private final long txBufsGpa;
     private final int bufSize;
     private final boolean mergeable;
+    private final boolean csumOffload;  // F_CSUM: the device completes checksums we leave partial
+    private final boolean guestCsum;    // F_GUEST_CSUM: frames may reach us with a partial checksum
     private final int[] rxSlotOfHead;
     private final int[] txSlotOfHead;
     private final int[] txFreeSlots;
@@ -44,7 +46,8 @@ public final class NetQueuePair {
     final QueueCounters txCounters = new QueueCounters();
 
     NetQueuePair(int index, DriverQueue rx, DriverQueue tx, EventFd rxKick, EventFd txKick, EventFd rxCall,
-                 MemorySegment rxBufs, long rxBufsGpa, MemorySegment txBufs, long txBufsGpa, int bufSize, boolean mergeable) {
+                 MemorySegment rxBufs, long rxBufsGpa, MemorySegment txBufs, long txBufsGpa, int bufSize, boolean mergeable,
+                 boolean csumOffload, boolean guestCsum) {
         this.index = index;
         this.rx = rx;
         this.tx = tx;
@@ -57,6 +60,8 @@ public final class NetQueuePair {
         this.txBufsGpa = txBufsGpa;
         this.bufSize = bufSize;
         this.mergeable = mergeable;
+        this.csumOffload = csumOffload;
+        this.guestCsum = guestCsum;
         this.rxSlotOfHead = new int[rx.size()];
         this.txSlotOfHead = new int[tx.size()];
         this.txFreeSlots = new int[tx.size()];
@@ -134,6 +139,11 @@ public final class NetQueuePair {
             long base = (long) slot * bufSize;
             txBufs.set(ValueLayout.JAVA_LONG_UNALIGNED, base, 0L); // a zero virtio_net_hdr_v1: no offload asked
             txBufs.set(ValueLayout.JAVA_INT_UNALIGNED, base + 8, 0);
+            if (pendingCsumStart >= 0) {
+                txBufs.set(ValueLayout.JAVA_BYTE, base + VirtioNet.HDR_FLAGS, (byte) VirtioNet.HDR_F_NEEDS_CSUM);
+                txBufs.set(LE16, base + VirtioNet.HDR_CSUM_START, (short) pendingCsumStart);
+                txBufs.set(LE16, base + VirtioNet.HDR_CSUM_OFFSET, (short) pendingCsumOffset);
+            }
             MemorySegment.copy(f, 0, txBufs, base + VirtioNet.HDR_SIZE, flen);
             addr[0] = txBufsGpa + base;
             len[0] = (int) (VirtioNet.HDR_SIZE + flen);
@@ -155,6 +165,35 @@ public final class NetQueuePair {
     }
 
     /**
+     * Sends one frame whose L4 checksum is left for the device to complete (checksum offload, VIRTIO_NET_F_CSUM):
+     * the field at {@code csumStart + csumOffset} holds the pseudo-header's partial sum, as the kernel's
+     * CHECKSUM_PARTIAL does; the checksum covers the frame from {@code csumStart} on. When the backend cannot
+     * complete checksums, the driver completes it here before sending. Returns 1 if taken, 0 if the ring is full.
+     */
+    public int sendWithChecksumOffload(MemorySegment frame, int csumStart, int csumOffset) {
+        long flen = frame.byteSize();
+        if (csumStart < 14 || csumOffset < 0 || (long) csumStart + csumOffset + 2 > flen) {
+            throw new IllegalArgumentException("checksum at " + csumStart + "+" + csumOffset + " outside a frame of " + flen + " bytes");
+        }
+        if (!csumOffload) {
+            MemorySegment copy = java.lang.foreign.Arena.ofAuto().allocate(flen);
+            MemorySegment.copy(frame, 0, copy, 0, flen);
+            Checksum.complete(copy, flen, csumStart, csumOffset);
+            return send(copy);
+        }
+        pendingCsumStart = csumStart;
+        pendingCsumOffset = csumOffset;
+        try {
+            return send(new MemorySegment[] {frame}, 0, 1);
+        } finally {
+            pendingCsumStart = -1;
+        }
+    }
+
+    private int pendingCsumStart = -1;
+    private int pendingCsumOffset;
+
+    /**
      * Receives up to {@code max} frames: frame i is copied into {@code bufs[i]} (the header stripped) and its length
      * stored in {@code lengths[i]}. A frame longer than its buffer is cut and counted as an error. Returns the count.
      */
@@ -170,6 +209,10 @@ public final class NetQueuePair {
             int slot = rxSlotOfHead[head];
             long base = (long) slot * bufSize;
             int numBuffers = mergeable ? Short.toUnsignedInt(rxBufs.get(LE16, base + VirtioNet.HDR_NUM_BUFFERS)) : 1;
+            boolean partial = guestCsum && (rxBufs.get(ValueLayout.JAVA_BYTE, base + VirtioNet.HDR_FLAGS)
+                    & VirtioNet.HDR_F_NEEDS_CSUM) != 0;
+            int csumStart = Short.toUnsignedInt(rxBufs.get(LE16, base + VirtioNet.HDR_CSUM_START));
+            int csumOffset = Short.toUnsignedInt(rxBufs.get(LE16, base + VirtioNet.HDR_CSUM_OFFSET));
             long at = copyOut(base + VirtioNet.HDR_SIZE, used - VirtioNet.HDR_SIZE, bufs[n], 0);
             boolean bad = used < VirtioNet.HDR_SIZE || used > bufSize || numBuffers < 1;
             postRx(slot);
@@ -190,6 +233,10 @@ public final class NetQueuePair {
                 continue;
             }
             lengths[n] = (int) Math.min(at, bufs[n].byteSize());
+            if (partial && !Checksum.complete(bufs[n], lengths[n], csumStart, csumOffset)) {
+                rxCounters.add(QueueCounters.ERRORS, 1); // a partial checksum we cannot complete: drop the frame
+                continue;
+            }
             rxCounters.add(QueueCounters.PACKETS, 1);
             rxCounters.add(QueueCounters.BYTES, at);
             n++;
