@@ -1,0 +1,562 @@
+package io.mqvirtio.fuzz;
+
+import static io.mqvirtio.virtio.SplitRing.*;
+
+import com.code_intelligence.jazzer.api.FuzzedDataProvider;
+import io.mqvirtio.linux.MemFd;
+import io.mqvirtio.linux.Mmap;
+import io.mqvirtio.memory.GuestMemory;
+import io.mqvirtio.memory.MemoryRegion;
+import io.mqvirtio.virtio.DescriptorChain;
+import io.mqvirtio.virtio.DeviceQueue;
+import io.mqvirtio.virtio.SplitRing;
+import io.mqvirtio.virtio.VirtioFeatures;
+import io.mqvirtio.virtio.VirtqueueException;
+import java.lang.foreign.Arena;
+import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
+import java.nio.ByteOrder;
+import java.util.ArrayList;
+import java.util.List;
+
+/**
+ * Fuzz target (a): the device side of a split virtqueue ({@link DeviceQueue}) fed whatever a hostile driver can
+ * write: the descriptor table, the available ring and indirect tables, over real guest memory (one memfd mapped
+ * twice, as a frontend and a backend would see it), in three regions: one holds the ring, one is 4 GiB (sparse), one
+ * ends at 2^64.
+ *
+ * <p>The input is decoded into a ring state (queue size, features, start index, descriptors as structured or raw
+ * values, long template-filled chains and loops, avail entries) and then a script of operations: mostly pops, with
+ * gives-back, pushes, driver rewrites between pops and notification calls mixed in.
+ *
+ * <p>Oracle, for every pop: either it returns a chain every buffer of which lies inside one region of guest memory
+ * (checked on {@link DescriptorChain#segment} against the region's mapping, and on the guest address), whose total
+ * length is at most 2^32-1 and whose buffer count is at most the chain's capacity, readable before writable; or it
+ * throws {@link VirtqueueException} and the queue is broken from then on (every later pop, push and
+ * {@code available} throws it again). Any other exception, or a disagreement with an independent reference walk of
+ * the same bytes ({@link #reference}), is a finding. Work is bounded: at most {@link #MAX_OPS} operations per input
+ * and the fuzzer's per-input timeout catches a pop that does not end.
+ */
+public final class RingFuzzer {
+    static final ValueLayout.OfShort LE16 = ValueLayout.JAVA_SHORT_UNALIGNED.withOrder(ByteOrder.LITTLE_ENDIAN);
+    static final ValueLayout.OfInt LE32 = ValueLayout.JAVA_INT_UNALIGNED.withOrder(ByteOrder.LITTLE_ENDIAN);
+    static final ValueLayout.OfLong LE64 = ValueLayout.JAVA_LONG_UNALIGNED.withOrder(ByteOrder.LITTLE_ENDIAN);
+
+    // Region A holds the ring (sized for the largest queue), an indirect area and data; B is 4 GiB of data (sparse:
+    // never touched), so that two buffers inside memory can add up to more than 2^32-1 bytes; C ends at 2^64, so
+    // any end-of-range arithmetic that overflows shows.
+    static final long A_GPA = 0x4000_0000L, A_SIZE = 0x10_0000L, A_FILE = 0;
+    static final long C_GPA = 0xFFFF_FFFF_FFFF_0000L, C_SIZE = 0x1_0000L, C_FILE = 0x10_0000L;
+    static final long B_GPA = 0x1_0000_0000L, B_SIZE = 0x1_0000_0000L, B_FILE = 0x11_0000L;
+    static final long FILE_SIZE = B_FILE + B_SIZE;
+    static final long DESC_OFF = 0, AVAIL_OFF = 0x8_0000L, USED_OFF = 0x9_1000L;
+    static final long IND_OFF = 0xD_2000L, IND_BYTES = 0x1_0000L; // 4096 descriptors
+    static final long DATA_OFF = 0xE_2000L;
+    static final int MAX_OPS = 400;
+    static final int TEMPLATE_MAX = 1100;
+    static final int[] CAPACITIES = {1, 2, 3, 16, 64, 1024};
+
+    static MemFd memfd;
+    static Mmap driverMap;
+    static Mmap deviceMap;
+    static GuestMemory guest;
+    static MemorySegment drv;
+    static MemorySegment dev;
+    static int lastSize = MAX_SIZE;
+    static long dirtyIndA; // bytes of the indirect area in A written by the last input
+    static long dirtyIndC; // bytes at the start of region C written by the last input
+
+    // per input
+    static int size;
+    static int capacity;
+    static boolean indirectAllowed;
+    static final List<long[]> expected = new ArrayList<>();
+
+    private RingFuzzer() {}
+
+    public static void fuzzerInitialize() {
+        FuzzSupport.quietLogging();
+        memfd = MemFd.create("mqv-fuzz-ring", FILE_SIZE);
+        driverMap = Mmap.shared(memfd, 0, FILE_SIZE);
+        deviceMap = Mmap.shared(memfd, 0, FILE_SIZE);
+        drv = driverMap.segment();
+        dev = deviceMap.segment();
+        long uva = drv.address();
+        guest = GuestMemory.of(List.of(
+                new MemoryRegion(A_GPA, A_SIZE, uva + A_FILE, A_FILE, dev.asSlice(A_FILE, A_SIZE)),
+                new MemoryRegion(B_GPA, B_SIZE, uva + B_FILE, B_FILE, dev.asSlice(B_FILE, B_SIZE)),
+                new MemoryRegion(C_GPA, C_SIZE, uva + C_FILE, C_FILE, dev.asSlice(C_FILE, C_SIZE))));
+        // Some recognisable bytes in the data areas, for readFrom to copy.
+        for (long off = DATA_OFF; off < A_SIZE; off += 8) {
+            drv.set(LE64, off, off * 0x9E37_79B9_7F4A_7C15L);
+        }
+    }
+
+    public static void fuzzerTearDown() {
+        deviceMap.close();
+        driverMap.close();
+        memfd.close();
+    }
+
+    public static void fuzzerTestOneInput(FuzzedDataProvider d) {
+        size = 1 << d.consumeInt(0, 15);
+        long features = (d.consumeBoolean() ? VirtioFeatures.bit(VirtioFeatures.F_INDIRECT_DESC) : 0)
+                | (d.consumeBoolean() ? VirtioFeatures.bit(VirtioFeatures.F_EVENT_IDX) : 0);
+        indirectAllowed = (features & VirtioFeatures.bit(VirtioFeatures.F_INDIRECT_DESC)) != 0;
+        capacity = d.consumeBoolean() ? CAPACITIES[d.consumeInt(0, CAPACITIES.length - 1)] : d.consumeInt(1, 1100);
+        int lastAvail = switch (d.consumeInt(0, 3)) {
+            case 0 -> 0;
+            case 1 -> 0xffff - d.consumeInt(0, 16);
+            default -> d.consumeShort() & 0xffff;
+        };
+
+        // The driver's writes: descriptor table, indirect areas, avail ring; the used ring starts zeroed. Only what
+        // a walk can reach is written one by one (a chain holds at most 1100 buffers); the rest is zeroed in bulk.
+        // Everything the last input's ring could have written (by the driver or the device) is cleared first.
+        drv.asSlice(A_FILE + DESC_OFF, descTableBytes(lastSize)).fill((byte) 0);
+        drv.asSlice(A_FILE + AVAIL_OFF, availBytes(lastSize)).fill((byte) 0);
+        drv.asSlice(A_FILE + USED_OFF, usedBytes(lastSize)).fill((byte) 0);
+        lastSize = size;
+        writeTable(d, drv, A_FILE + DESC_OFF, Math.min(size, TEMPLATE_MAX), size);
+        int indA = d.consumeInt(0, 1100);
+        writeTable(d, drv, A_FILE + IND_OFF, indA, 4096);
+        long indABytes = 16L * indA;
+        if (dirtyIndA > indABytes) {
+            drv.asSlice(A_FILE + IND_OFF + indABytes, dirtyIndA - indABytes).fill((byte) 0);
+        }
+        dirtyIndA = indABytes;
+        int indC = d.consumeInt(0, 64);
+        writeTable(d, drv, C_FILE, indC, 4096);
+        long indCBytes = 16L * indC;
+        if (dirtyIndC > indCBytes) {
+            drv.asSlice(C_FILE + indCBytes, dirtyIndC - indCBytes).fill((byte) 0);
+        }
+        dirtyIndC = indCBytes;
+        int availIdx = writeAvail(d, lastAvail);
+
+        MemorySegment desc = guest.gpa(A_GPA + DESC_OFF, descTableBytes(size));
+        MemorySegment avail = guest.gpa(A_GPA + AVAIL_OFF, availBytes(size));
+        MemorySegment used = guest.gpa(A_GPA + USED_OFF, usedBytes(size));
+        DeviceQueue q = new DeviceQueue(guest, size, desc, avail, used, features, lastAvail, 0);
+        DescriptorChain chain = new DescriptorChain(capacity);
+
+        // The reference's own view of the queue's progress (what pop's bookkeeping must match).
+        int refLast = lastAvail;
+        int refShadow = lastAvail;
+        List<Integer> outstanding = new ArrayList<>(); // heads popped and not pushed, in pop order
+        try (Arena scratchArena = Arena.ofConfined()) {
+            MemorySegment scratch = scratchArena.allocate(256);
+            for (int op = 0; op < MAX_OPS; op++) {
+                boolean more = d.remainingBytes() > 0;
+                int kind = more ? d.consumeInt(0, 15) : 0;
+                if (kind <= 9) {
+                    // pop: first what the reference says must happen
+                    String refError = null;
+                    int refHead = -1;
+                    boolean refNone = false;
+                    if (refLast == refShadow) {
+                        int idx = Short.toUnsignedInt(drv.get(LE16, A_FILE + AVAIL_OFF + AVAIL_IDX));
+                        int n = (idx - refLast) & 0xffff;
+                        if (n > size) {
+                            refError = "avail index jump";
+                        } else {
+                            refShadow = idx;
+                            refNone = n == 0;
+                        }
+                    }
+                    if (refError == null && !refNone) {
+                        refHead = Short.toUnsignedInt(drv.get(LE16, A_FILE + AVAIL_OFF + AVAIL_RING + 2L * (refLast & (size - 1))));
+                        refLast = (refLast + 1) & 0xffff;
+                        refError = reference(refHead);
+                    }
+                    boolean got;
+                    try {
+                        got = q.pop(chain);
+                    } catch (VirtqueueException e) {
+                        if (refError == null) {
+                            throw new FuzzFinding("pop threw " + e.getMessage() + " but the reference accepts "
+                                    + (refNone ? "nothing to pop" : "head " + refHead + " as " + describe(expected)), e);
+                        }
+                        checkBroken(q, chain);
+                        return;
+                    }
+                    if (refError != null) {
+                        throw new FuzzFinding("pop returned " + got + " (" + chain + ") but the reference says: " + refError);
+                    }
+                    if (!got) {
+                        if (!refNone) {
+                            throw new FuzzFinding("pop returned nothing; the reference pops head " + refHead);
+                        }
+                        if (!more) {
+                            break;
+                        }
+                        continue;
+                    }
+                    if (refNone) {
+                        throw new FuzzFinding("pop returned " + chain + " but the reference has nothing to pop");
+                    }
+                    checkChain(chain, refHead, scratch);
+                    if (q.lastAvailIndex() != refLast) {
+                        throw new FuzzFinding("last avail index " + q.lastAvailIndex() + ", expected " + refLast);
+                    }
+                    outstanding.add(refHead);
+                } else if (kind == 10) {
+                    int n = d.consumeInt(0, Math.min(outstanding.size(), size));
+                    q.unpop(n);
+                    refLast = (refLast - n) & 0xffff;
+                    for (int i = 0; i < n; i++) {
+                        outstanding.remove(outstanding.size() - 1);
+                    }
+                } else if (kind == 11) {
+                    if (!outstanding.isEmpty()) {
+                        int head = outstanding.remove(d.consumeInt(0, outstanding.size() - 1));
+                        q.push(head, d.consumeInt());
+                        q.publishUsed();
+                    }
+                } else if (kind == 12) {
+                    // the driver makes more (or fewer, or absurdly many) chains available
+                    int idx = d.consumeBoolean() ? (availIdx + d.consumeInt(0, size + 1)) & 0xffff : d.consumeShort() & 0xffff;
+                    availIdx = idx;
+                    drv.set(LE16, A_FILE + AVAIL_OFF + AVAIL_IDX, (short) idx);
+                    drv.set(LE16, A_FILE + AVAIL_OFF + AVAIL_RING + 2L * (d.consumeInt(0, size - 1)),
+                            (short) head(d));
+                } else if (kind == 13) {
+                    // the driver rewrites a descriptor between two pops
+                    writeDesc(d, drv, A_FILE + DESC_OFF, d.consumeInt(0, size - 1), size);
+                } else if (kind == 14) {
+                    q.needsNotification();
+                    if (d.consumeBoolean()) {
+                        q.disableKicks();
+                    } else {
+                        q.enableKicks();
+                    }
+                } else {
+                    // available() is also where the avail index is validated
+                    int idx = Short.toUnsignedInt(drv.get(LE16, A_FILE + AVAIL_OFF + AVAIL_IDX));
+                    int n = (idx - refLast) & 0xffff;
+                    try {
+                        int got = q.available();
+                        if (n > size || got != n) {
+                            throw new FuzzFinding("available() = " + got + ", expected " + (n > size ? "a failure" : n));
+                        }
+                        refShadow = idx;
+                    } catch (VirtqueueException e) {
+                        if (n <= size) {
+                            throw new FuzzFinding("available() threw " + e.getMessage() + " for " + n + " chains", e);
+                        }
+                        checkBroken(q, chain);
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /** A queue that threw is broken: it refuses every later pop, push and count, with the same exception type. */
+    private static void checkBroken(DeviceQueue q, DescriptorChain chain) {
+        if (!q.isBroken() || q.brokenReason() == null) {
+            throw new FuzzFinding("the queue threw but is not broken");
+        }
+        try {
+            q.pop(chain);
+            throw new FuzzFinding("a broken queue popped again");
+        } catch (VirtqueueException expected) {
+            // refused
+        }
+        try {
+            q.available();
+            throw new FuzzFinding("a broken queue counted available chains");
+        } catch (VirtqueueException expected) {
+            // refused
+        }
+        try {
+            q.push(0, 0);
+            throw new FuzzFinding("a broken queue accepted a push");
+        } catch (VirtqueueException expected) {
+            // refused
+        }
+        if (q.enableKicks()) {
+            throw new FuzzFinding("a broken queue asks to be processed");
+        }
+    }
+
+    /** The safety oracle: every buffer inside one region of guest memory, the sums and order as the spec says. */
+    private static void checkChain(DescriptorChain c, int head, MemorySegment scratch) {
+        if (c.head() != head || head < 0 || head >= size) {
+            throw new FuzzFinding("chain head " + c.head() + ", avail ring named " + head);
+        }
+        int n = c.count();
+        if (n < 1 || n > capacity || n > c.capacity()) {
+            throw new FuzzFinding(n + " buffers in a chain of capacity " + capacity);
+        }
+        long readable = 0, writable = 0;
+        boolean touchesB = false;
+        for (int i = 0; i < n; i++) {
+            boolean w = c.isWritable(i);
+            if (w != (i >= c.readableCount())) {
+                throw new FuzzFinding("buffer " + i + " writable=" + w + " but " + c.readableCount() + " are readable");
+            }
+            long len = Integer.toUnsignedLong(c.length(i));
+            MemorySegment s = c.segment(i);
+            if (s.byteSize() != len) {
+                throw new FuzzFinding("buffer " + i + ": segment of " + s.byteSize() + " bytes, length " + len);
+            }
+            if (c.hostAddress(i) != s.address()) {
+                throw new FuzzFinding("buffer " + i + ": host address differs from its segment's");
+            }
+            // The buffer's guest range must lie inside one region (found here by our own arithmetic), and its
+            // segment must be exactly the matching slice of that region's mapping in the device's view.
+            long gpa = c.guestAddress(i);
+            touchesB |= gpa - B_GPA >= 0 && gpa - B_GPA <= B_SIZE;
+            long file = fileOffset(gpa, len);
+            if (file < 0) {
+                throw new FuzzFinding("buffer " + i + " (gpa 0x" + Long.toHexString(gpa) + "+" + len
+                        + ") is not inside guest memory");
+            }
+            if (s.address() != dev.address() + file) {
+                throw new FuzzFinding("buffer " + i + ": guest address 0x" + Long.toHexString(gpa)
+                        + " does not translate to its segment");
+            }
+            MemoryRegion r = regionOfHost(s.address(), len);
+            if (r == null || !r.segment().asSlice(s.address() - r.segment().address(), len).equals(s)) {
+                throw new FuzzFinding("buffer " + i + ": its segment is not inside a region's mapping");
+            }
+            if (w) {
+                writable += len;
+            } else {
+                readable += len;
+            }
+            long[] e = expected.get(i);
+            if (e[0] != gpa || e[1] != len || (e[2] != 0) != w) {
+                throw new FuzzFinding("buffer " + i + " is 0x" + Long.toHexString(gpa) + "+" + len + (w ? " w" : " r")
+                        + ", the reference walk has " + describe(expected));
+            }
+        }
+        if (n != expected.size()) {
+            throw new FuzzFinding(n + " buffers, the reference walk has " + describe(expected));
+        }
+        if (readable != c.readableBytes() || writable != c.writableBytes() || readable + writable > 0xffff_ffffL) {
+            throw new FuzzFinding("chain sums " + c + " vs " + readable + "/" + writable);
+        }
+        if (!touchesB) { // reading B would fill the sparse 4 GiB with pages
+            long copied = c.readFrom(0, scratch);
+            if (copied != Math.min(readable, scratch.byteSize())) {
+                throw new FuzzFinding("readFrom copied " + copied + " of " + readable);
+            }
+        }
+    }
+
+    /** The region whose mapping (in the device's view) holds [addr, addr+len), or null. */
+    private static MemoryRegion regionOfHost(long addr, long len) {
+        for (MemoryRegion r : guest.regions()) {
+            long start = r.segment().address();
+            long end = start + r.segment().byteSize();
+            if (addr >= start && addr <= end && len <= end - addr) {
+                return r;
+            }
+        }
+        return null;
+    }
+
+    /**
+     * An independent walk of the chain at {@code head} over the driver's view of the same bytes, by the rules of
+     * design.md ("Split virtqueue"); fills {@link #expected} with (gpa, len, writable) rows and returns null, or
+     * returns why the chain must be refused. Region containment is computed differently from {@code MemoryRegion}
+     * (by the carry of {@code addr + len}), so a mistake in either shows as a disagreement.
+     */
+    static String reference(int head) {
+        expected.clear();
+        if (head >= size) {
+            return "head out of range";
+        }
+        long tableOff = A_FILE + DESC_OFF;
+        MemorySegment table = drv;
+        int tableSize = size;
+        int idx = head;
+        int seen = 0;
+        boolean inIndirect = false;
+        boolean writableSeen = false;
+        long total = 0;
+        while (true) {
+            if (++seen > tableSize) {
+                return "loop";
+            }
+            long b = tableOff + 16L * idx;
+            long addr = table.get(LE64, b);
+            long len = Integer.toUnsignedLong(table.get(LE32, b + 8));
+            int flags = Short.toUnsignedInt(table.get(LE16, b + 12));
+            int next = Short.toUnsignedInt(table.get(LE16, b + 14));
+            if ((flags & DESC_F_INDIRECT) != 0) {
+                if (!indirectAllowed || inIndirect || seen != 1 || (flags & DESC_F_NEXT) != 0) {
+                    return "indirect not allowed here";
+                }
+                if (len == 0 || len % 16 != 0 || len / 16 > capacity || (addr & 15) != 0) {
+                    return "bad indirect table";
+                }
+                long file = fileOffset(addr, len);
+                if (file < 0) {
+                    return "indirect table outside memory";
+                }
+                tableOff = file;
+                tableSize = (int) (len / 16);
+                inIndirect = true;
+                idx = 0;
+                seen = 0;
+                continue;
+            }
+            boolean w = (flags & DESC_F_WRITE) != 0;
+            if (!w && writableSeen) {
+                return "readable after writable";
+            }
+            writableSeen |= w;
+            total += len;
+            if (total > 0xffff_ffffL) {
+                return "too long";
+            }
+            if (fileOffset(addr, len) < 0) {
+                return "buffer outside memory";
+            }
+            if (expected.size() == capacity) {
+                return "too many buffers";
+            }
+            expected.add(new long[] {addr, len, w ? 1 : 0});
+            if ((flags & DESC_F_NEXT) == 0) {
+                return null;
+            }
+            if (next >= tableSize) {
+                return "next out of range";
+            }
+            idx = next;
+        }
+    }
+
+    /** Where [gpa, gpa+len) lies in the memfd, or -1 if it is not wholly inside one region. */
+    static long fileOffset(long gpa, long len) {
+        long[][] regions = {{A_GPA, A_SIZE, A_FILE}, {B_GPA, B_SIZE, B_FILE}, {C_GPA, C_SIZE, C_FILE}};
+        for (long[] r : regions) {
+            long base = r[0], end = r[0] + r[1]; // end 0 stands for 2^64
+            if (Long.compareUnsigned(gpa, base) < 0) {
+                continue;
+            }
+            long last = gpa + len;
+            boolean carry = Long.compareUnsigned(last, gpa) < 0;
+            boolean inside = carry ? last == 0 && end == 0 : end == 0 || Long.compareUnsigned(last, end) <= 0;
+            if (inside) {
+                return r[2] + (gpa - base);
+            }
+        }
+        return -1;
+    }
+
+    private static String describe(List<long[]> l) {
+        StringBuilder b = new StringBuilder("[");
+        for (long[] e : l) {
+            b.append(" 0x").append(Long.toHexString(e[0])).append('+').append(e[1]).append(e[2] != 0 ? "w" : "r");
+        }
+        return b.append(" ]").toString();
+    }
+
+    // ---- decoding the input into ring contents ----------------------------------------------------------------------
+
+    /**
+     * Writes {@code count} descriptors at {@code off}: some decoded one by one from the input, the rest from a
+     * template (same buffer, flags and a stride for {@code next}), which makes long chains and loops cheap to reach.
+     */
+    private static void writeTable(FuzzedDataProvider d, MemorySegment s, long off, int count, int tableSize) {
+        int explicit = d.consumeInt(0, Math.min(count, 32));
+        for (int i = 0; i < explicit; i++) {
+            writeDesc(d, s, off, i, tableSize);
+        }
+        if (explicit == count) {
+            return;
+        }
+        boolean template = d.consumeBoolean();
+        long addr = template ? addr(d) : 0;
+        int len = template ? len(d) : 0;
+        short flags = template ? (short) flags(d) : 0;
+        int stride = template ? d.consumeInt(0, 3) : 0;
+        int wrapTo = template ? d.consumeInt(0, tableSize) : 0;
+        int endAt = template ? d.consumeInt(explicit, count) : 0; // the template's chain ends there (no NEXT)
+        for (int i = explicit; i < count; i++) {
+            long b = off + 16L * i;
+            s.set(LE64, b, addr);
+            s.set(LE32, b + 8, len);
+            s.set(LE16, b + 12, i == endAt ? (short) (flags & ~DESC_F_NEXT) : flags);
+            int next = i + stride;
+            s.set(LE16, b + 14, (short) (next >= count ? wrapTo : next));
+        }
+    }
+
+    private static void writeDesc(FuzzedDataProvider d, MemorySegment s, long off, int i, int tableSize) {
+        long b = off + 16L * i;
+        if (d.consumeInt(0, 7) == 0) { // raw bytes
+            s.set(LE64, b, d.consumeLong());
+            s.set(LE64, b + 8, d.consumeLong());
+            return;
+        }
+        s.set(LE64, b, addr(d));
+        s.set(LE32, b + 8, len(d));
+        s.set(LE16, b + 12, (short) flags(d));
+        s.set(LE16, b + 14, (short) switch (d.consumeInt(0, 3)) {
+            case 0 -> d.consumeShort();
+            case 1 -> i + 1; // as drivers chain them
+            default -> d.consumeInt(0, tableSize);
+        });
+    }
+
+    private static long addr(FuzzedDataProvider d) {
+        return switch (d.consumeInt(0, 9)) {
+            case 0 -> d.consumeLong();
+            case 1 -> A_GPA + DATA_OFF + d.consumeInt(0, (int) (A_SIZE - DATA_OFF) + 64);
+            case 2 -> B_GPA + (d.consumeBoolean() ? d.consumeLong(0, B_SIZE + 64) : B_SIZE - d.consumeLong(0, 0x8000_0040L));
+            case 3 -> C_GPA + d.consumeInt(0, (int) C_SIZE + 64); // past 2^64 wraps to small addresses
+            case 4 -> A_GPA + IND_OFF + 16L * d.consumeInt(0, 1100);
+            case 5 -> C_GPA + 16L * d.consumeInt(0, 64);
+            case 6 -> new long[] {A_GPA, B_GPA, C_GPA}[d.consumeInt(0, 2)] - d.consumeInt(1, 64);
+            case 7 -> new long[] {A_GPA + A_SIZE, B_GPA + B_SIZE, 0}[d.consumeInt(0, 2)] - d.consumeInt(0, 64);
+            case 8 -> A_GPA + d.consumeInt(0, (int) A_SIZE); // anywhere, the ring itself included
+            default -> A_GPA + IND_OFF + d.consumeInt(0, 64);
+        };
+    }
+
+    private static int len(FuzzedDataProvider d) {
+        return switch (d.consumeInt(0, 5)) {
+            case 0 -> d.consumeInt();
+            case 1 -> d.consumeInt(0, 2048);
+            case 2 -> 16 * d.consumeInt(0, 1100);
+            case 3 -> -1 - d.consumeInt(0, 64); // near 2^32
+            case 4 -> 0x8000_0000 + d.consumeInt(-16, 16);
+            default -> d.consumeInt(0, 64);
+        };
+    }
+
+    private static int flags(FuzzedDataProvider d) {
+        return d.consumeInt(0, 7) == 0 ? d.consumeShort() & 0xffff : d.consumeInt(0, 7);
+    }
+
+    private static int head(FuzzedDataProvider d) {
+        return d.consumeInt(0, 3) == 0 ? d.consumeShort() & 0xffff : d.consumeInt(0, size);
+    }
+
+    /** Writes the avail ring; returns the avail index written. */
+    private static int writeAvail(FuzzedDataProvider d, int lastAvail) {
+        long a = A_FILE + AVAIL_OFF;
+        drv.set(LE16, a + AVAIL_FLAGS, d.consumeShort());
+        int idx = switch (d.consumeInt(0, 3)) {
+            case 0 -> d.consumeShort() & 0xffff;
+            case 1 -> (lastAvail + size + d.consumeInt(0, 3)) & 0xffff; // full ring, or just over
+            default -> (lastAvail + d.consumeInt(0, Math.min(size, 64))) & 0xffff;
+        };
+        drv.set(LE16, a + AVAIL_IDX, (short) idx);
+        int explicit = d.consumeInt(0, Math.min(size, 64));
+        for (int i = 0; i < explicit; i++) {
+            drv.set(LE16, a + AVAIL_RING + 2L * ((lastAvail + i) & (size - 1)), (short) head(d));
+        }
+        int stride = d.consumeInt(0, 3);
+        for (int i = explicit; i < Math.min(size, 2 * MAX_OPS); i++) {
+            drv.set(LE16, a + AVAIL_RING + 2L * ((lastAvail + i) & (size - 1)), (short) ((i * stride) & (size - 1)));
+        }
+        drv.set(LE16, a + SplitRing.AVAIL_RING + 2L * size, d.consumeShort()); // used_event
+        return idx;
+    }
+}
