@@ -6,7 +6,9 @@ import io.mqvirtio.memory.GuestMemory;
 import io.mqvirtio.memory.GuestMemoryException;
 import io.mqvirtio.memory.MemoryRegion;
 import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
 import java.lang.invoke.VarHandle;
+import java.nio.ByteOrder;
 
 /**
  * The device's side of one split virtqueue (VIRTIO 1.3, 2.7): pops descriptor chains the driver made available,
@@ -23,6 +25,15 @@ import java.lang.invoke.VarHandle;
  * <p>Single-threaded: one worker owns a queue.
  */
 public final class DeviceQueue {
+    /**
+     * Descriptor fields are read without an alignment requirement. An indirect table is checked to be 16-byte
+     * aligned as a guest-physical address, but where that lies in our mapping depends on the region's guest base,
+     * which the frontend chooses: with a base that is not aligned like its mapping, aligned layouts made the JVM
+     * throw IllegalArgumentException out of pop (found by fuzzing, docs/fuzzing.md). A plain load on x86 either way.
+     */
+    private static final ValueLayout.OfInt DESC_U32 = ValueLayout.JAVA_INT_UNALIGNED.withOrder(ByteOrder.LITTLE_ENDIAN);
+    private static final ValueLayout.OfShort DESC_U16 = ValueLayout.JAVA_SHORT_UNALIGNED.withOrder(ByteOrder.LITTLE_ENDIAN);
+
     private final GuestMemory memory;
     private final int size;
     private final int mask;
@@ -151,9 +162,9 @@ public final class DeviceQueue {
             }
             long base = (long) idx * DESC_SIZE;
             long addr = table.get(U64, base + DESC_ADDR);
-            int len = table.get(U32, base + DESC_LEN);
-            int flags = getU16(table, base + DESC_FLAGS);
-            int next = getU16(table, base + DESC_NEXT);
+            int len = table.get(DESC_U32, base + DESC_LEN);
+            int flags = Short.toUnsignedInt(table.get(DESC_U16, base + DESC_FLAGS));
+            int next = Short.toUnsignedInt(table.get(DESC_U16, base + DESC_NEXT));
 
             if ((flags & DESC_F_INDIRECT) != 0) {
                 table = indirectTable(head, idx, seen, table != desc, flags, addr, len, chain);

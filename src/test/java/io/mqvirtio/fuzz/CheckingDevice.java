@@ -110,6 +110,8 @@ final class CheckingDevice implements VhostUserDevice {
             }
         } catch (VirtqueueException broken) {
             // the guest broke this ring; the session must still be able to stop it
+        } catch (RuntimeException e) {
+            throw new FuzzFinding("DeviceQueue.pop threw " + e + " on a ring the session started", e);
         }
     }
 

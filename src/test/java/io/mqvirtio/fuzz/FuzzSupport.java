@@ -2,10 +2,8 @@ package io.mqvirtio.fuzz;
 
 import java.io.IOException;
 import java.io.UncheckedIOException;
-import java.lang.foreign.Arena;
 import java.lang.foreign.FunctionDescriptor;
 import java.lang.foreign.Linker;
-import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
 import java.lang.invoke.MethodHandle;
 import java.nio.file.Files;
@@ -116,12 +114,5 @@ final class FuzzSupport {
         } catch (IOException e) {
             throw new UncheckedIOException(e);
         }
-    }
-
-    /** A native buffer with {@code bytes} in it. */
-    static MemorySegment copy(Arena a, byte[] bytes) {
-        MemorySegment m = a.allocate(Math.max(1, bytes.length));
-        MemorySegment.copy(bytes, 0, m, ValueLayout.JAVA_BYTE, 0, bytes.length);
-        return m.asSlice(0, bytes.length);
     }
 }

@@ -23,7 +23,7 @@ import java.util.List;
  * Fuzz target (a): the device side of a split virtqueue ({@link DeviceQueue}) fed whatever a hostile driver can
  * write: the descriptor table, the available ring and indirect tables, over real guest memory (one memfd mapped
  * twice, as a frontend and a backend would see it), in three regions: one holds the ring, one is 4 GiB (sparse), one
- * ends at 2^64.
+ * ends at 2^64 and has an odd guest base.
  *
  * <p>The input is decoded into a ring state (queue size, features, start index, descriptors as structured or raw
  * values, long template-filled chains and loops, avail entries) and then a script of operations: mostly pops, with
@@ -46,7 +46,10 @@ public final class RingFuzzer {
     // never touched), so that two buffers inside memory can add up to more than 2^32-1 bytes; C ends at 2^64, so
     // any end-of-range arithmetic that overflows shows.
     static final long A_GPA = 0x4000_0000L, A_SIZE = 0x10_0000L, A_FILE = 0;
-    static final long C_GPA = 0xFFFF_FFFF_FFFF_0000L, C_SIZE = 0x1_0000L, C_FILE = 0x10_0000L;
+    // C's guest base is odd, unlike its page-aligned mapping: a 16-byte-aligned indirect table in it is misaligned
+    // in the device's view (what a frontend's memory table can do).
+    static final long C_GPA = 0xFFFF_FFFF_FFFF_000FL, C_SIZE = 0xFFF1L, C_FILE = 0x10_0000L;
+    static final long IND_C_GPA = C_GPA + 1, IND_C_FILE = C_FILE + 1; // 16-byte aligned guest address
     static final long B_GPA = 0x1_0000_0000L, B_SIZE = 0x1_0000_0000L, B_FILE = 0x11_0000L;
     static final long FILE_SIZE = B_FILE + B_SIZE;
     static final long DESC_OFF = 0, AVAIL_OFF = 0x8_0000L, USED_OFF = 0x9_1000L;
@@ -126,10 +129,10 @@ public final class RingFuzzer {
         }
         dirtyIndA = indABytes;
         int indC = d.consumeInt(0, 64);
-        writeTable(d, drv, C_FILE, indC, 4096);
+        writeTable(d, drv, IND_C_FILE, indC, 4096);
         long indCBytes = 16L * indC;
         if (dirtyIndC > indCBytes) {
-            drv.asSlice(C_FILE + indCBytes, dirtyIndC - indCBytes).fill((byte) 0);
+            drv.asSlice(IND_C_FILE + indCBytes, dirtyIndC - indCBytes).fill((byte) 0);
         }
         dirtyIndC = indCBytes;
         int availIdx = writeAvail(d, lastAvail);
@@ -511,7 +514,7 @@ public final class RingFuzzer {
             case 2 -> B_GPA + (d.consumeBoolean() ? d.consumeLong(0, B_SIZE + 64) : B_SIZE - d.consumeLong(0, 0x8000_0040L));
             case 3 -> C_GPA + d.consumeInt(0, (int) C_SIZE + 64); // past 2^64 wraps to small addresses
             case 4 -> A_GPA + IND_OFF + 16L * d.consumeInt(0, 1100);
-            case 5 -> C_GPA + 16L * d.consumeInt(0, 64);
+            case 5 -> IND_C_GPA + 16L * d.consumeInt(0, 64);
             case 6 -> new long[] {A_GPA, B_GPA, C_GPA}[d.consumeInt(0, 2)] - d.consumeInt(1, 64);
             case 7 -> new long[] {A_GPA + A_SIZE, B_GPA + B_SIZE, 0}[d.consumeInt(0, 2)] - d.consumeInt(0, 64);
             case 8 -> A_GPA + d.consumeInt(0, (int) A_SIZE); // anywhere, the ring itself included
