@@ -18,6 +18,7 @@ class NetDriverOverTestpmdTest extends NetDriverContract {
     Path dir;
     private Process testpmd;
     private OutputStream stdin;
+    private String prefix;
 
     @Override
     Path startBackend(int pairs) throws Exception {
@@ -25,7 +26,7 @@ class NetDriverOverTestpmdTest extends NetDriverContract {
         Path sock = dir.resolve("vhost.sock");
         Path log = dir.resolve("testpmd.log");
         testpmd = new ProcessBuilder(bin.toString(), "-l", "0-1", "--no-huge", "-m", "512", "--no-pci",
-                "--file-prefix", "mqvd" + ProcessHandle.current().pid() + "x" + System.nanoTime() % 100000,
+                "--file-prefix", prefix = "mqvd" + ProcessHandle.current().pid() + "x" + System.nanoTime() % 100000,
                 "--vdev", "net_vhost0,iface=" + sock + ",queues=" + pairs, "--",
                 "--forward-mode=io", "--port-topology=loop", "--rxq=" + pairs, "--txq=" + pairs, "--nb-cores=1",
                 "--total-num-mbufs=16384", "--auto-start")
@@ -52,6 +53,7 @@ class NetDriverOverTestpmdTest extends NetDriverContract {
                 // already gone
             }
             Peers.stop(testpmd, 3000);
+            Peers.removeDpdkRuntime(prefix);
         }
     }
 }

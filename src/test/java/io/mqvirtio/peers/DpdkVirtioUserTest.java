@@ -34,10 +34,11 @@ class DpdkVirtioUserTest {
         Path sock = dir.resolve("vu.sock");
         Path log = dir.resolve("testpmd.log");
         CheckingBackend sink = new CheckingBackend(PAIRS, FRAME);
+        String prefix = "mqv" + ProcessHandle.current().pid();
         try (NetDevice dev = new NetDevice(NetDevice.Config.of("dpdk-test", PAIRS), sink);
              VhostUserServer server = VhostUserServer.listen(sock, dev)) {
             ProcessBuilder pb = new ProcessBuilder(testpmd.toString(), "-l", "0-1", "--no-huge", "-m", "512", "--no-pci",
-                    "--file-prefix", "mqv" + ProcessHandle.current().pid(), "--vdev",
+                    "--file-prefix", prefix, "--vdev",
                     "net_virtio_user0,path=" + sock + ",queues=" + PAIRS + ",cq=1", "--",
                     "--forward-mode=txonly", "--txpkts=" + FRAME, "--txq=" + PAIRS, "--rxq=" + PAIRS, "--nb-cores=1",
                     "--total-num-mbufs=16384", "--auto-start")
@@ -55,6 +56,7 @@ class DpdkVirtioUserTest {
                 p.waitFor(20, TimeUnit.SECONDS);
             } finally {
                 Peers.stop(p, 3000);
+                Peers.removeDpdkRuntime(prefix);
             }
             String out = Files.readString(log);
             for (int q = 0; q < PAIRS; q++) {

@@ -81,6 +81,21 @@ public final class Peers {
         }
     }
 
+    /** Deletes DPDK's runtime directory for {@code --file-prefix prefix} (testpmd leaves it behind). */
+    public static void removeDpdkRuntime(String prefix) {
+        Path d = Path.of("/var/run/dpdk", prefix);
+        if (!Files.isDirectory(d)) {
+            return;
+        }
+        try (var walk = Files.walk(d)) {
+            for (Path p : walk.sorted(java.util.Comparator.reverseOrder()).toList()) {
+                Files.deleteIfExists(p);
+            }
+        } catch (IOException e) {
+            // best effort: a leftover directory is untidy, not wrong
+        }
+    }
+
     public static String tail(Path log, int lines) {
         try {
             var all = Files.readAllLines(log);
