@@ -122,20 +122,7 @@ public final class DescriptorChain {
      * {@code dst}; returns the count copied.
      */
     public long readFrom(long offset, MemorySegment dst) {
-        long done = 0;
-        long skip = offset;
-        for (int i = 0; i < readable && done < dst.byteSize(); i++) {
-            long l = Integer.toUnsignedLong(len[i]);
-            if (skip >= l) {
-                skip -= l;
-                continue;
-            }
-            long n = Math.min(l - skip, dst.byteSize() - done);
-            MemorySegment.copy(region[i], regionOffset[i] + skip, dst, done, n);
-            done += n;
-            skip = 0;
-        }
-        return done;
+        return copy(0, readable, offset, dst, false);
     }
 
     /**
@@ -143,20 +130,7 @@ public final class DescriptorChain {
      * buffers' lengths; returns the count copied.
      */
     public long writeTo(long offset, MemorySegment src) {
-        long done = 0;
-        long skip = offset;
-        for (int i = readable; i < count && done < src.byteSize(); i++) {
-            long l = Integer.toUnsignedLong(len[i]);
-            if (skip >= l) {
-                skip -= l;
-                continue;
-            }
-            long n = Math.min(l - skip, src.byteSize() - done);
-            MemorySegment.copy(src, done, region[i], regionOffset[i] + skip, n);
-            done += n;
-            skip = 0;
-        }
-        return done;
+        return copy(readable, count, offset, src, true);
     }
 
     /**
@@ -164,16 +138,28 @@ public final class DescriptorChain {
      * {@code offset} bytes in, into {@code dst}; returns the count copied.
      */
     public long readWritten(long offset, MemorySegment dst) {
+        return copy(readable, count, offset, dst, false);
+    }
+
+    /**
+     * Copies between {@code other} and buffers {@code from..to-1} taken as one byte range, starting {@code offset}
+     * bytes into that range, into the buffers if {@code intoChain}; never past a buffer's length.
+     */
+    private long copy(int from, int to, long offset, MemorySegment other, boolean intoChain) {
         long done = 0;
         long skip = offset;
-        for (int i = readable; i < count && done < dst.byteSize(); i++) {
+        for (int i = from; i < to && done < other.byteSize(); i++) {
             long l = Integer.toUnsignedLong(len[i]);
             if (skip >= l) {
                 skip -= l;
                 continue;
             }
-            long n = Math.min(l - skip, dst.byteSize() - done);
-            MemorySegment.copy(region[i], regionOffset[i] + skip, dst, done, n);
+            long n = Math.min(l - skip, other.byteSize() - done);
+            if (intoChain) {
+                MemorySegment.copy(other, done, region[i], regionOffset[i] + skip, n);
+            } else {
+                MemorySegment.copy(region[i], regionOffset[i] + skip, other, done, n);
+            }
             done += n;
             skip = 0;
         }
