@@ -13,11 +13,7 @@ import java.lang.foreign.MemorySegment;
  * drops the frame (counted), as a real link would.
  */
 public final class LoopbackBackend implements PacketBackend {
-    /**
-     * All of this process's memory, to copy from and to the iovec's raw addresses without a segment per buffer. The
-     * addresses were bounds-checked against guest memory when the device popped the chain.
-     */
-    private static final MemorySegment ALL = MemorySegment.NULL.reinterpret(Long.MAX_VALUE);
+
     public static final int DEPTH = 256;
     private final int maxPairs;
     private final int slotSize;
@@ -61,12 +57,7 @@ public final class LoopbackBackend implements PacketBackend {
                     return frame.totalBytes(); // consumed (and lost), never blocking the guest
                 }
                 long base = (long) (tail % DEPTH) * slotSize;
-                long at = 0;
-                for (int i = 0; i < frame.count(); i++) {
-                    long len = frame.length(i);
-                    MemorySegment.copy(ALL, frame.address(i), slots, base + at, len);
-                    at += len;
-                }
+                long at = frame.copyTo(slots, base, slotSize);
                 lengths[tail % DEPTH] = (int) at;
                 tail++;
                 return at;
@@ -78,13 +69,7 @@ public final class LoopbackBackend implements PacketBackend {
                     return -1;
                 }
                 long base = (long) (head % DEPTH) * slotSize;
-                long len = lengths[head % DEPTH];
-                long at = 0;
-                for (int i = 0; i < into.count() && at < len; i++) {
-                    long n = Math.min(into.length(i), len - at);
-                    MemorySegment.copy(slots, base + at, ALL, into.address(i), n);
-                    at += n;
-                }
+                long at = into.copyFrom(slots, base, lengths[head % DEPTH]);
                 head++;
                 return at;
             }

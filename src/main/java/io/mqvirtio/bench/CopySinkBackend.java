@@ -40,15 +40,7 @@ final class CopySinkBackend implements PacketBackend {
 
             @Override
             public long send(IoVec frame) {
-                long at = 0;
-                for (int i = 0; i < frame.count(); i++) {
-                    long n = Math.min(frame.length(i), buf.byteSize() - at);
-                    if (n <= 0) {
-                        break;
-                    }
-                    MemorySegment.copy(MemorySegment.ofAddress(frame.address(i)).reinterpret(n), 0, buf, at, n);
-                    at += n;
-                }
+                frame.copyTo(buf, 0, buf.byteSize());
                 return frame.totalBytes();
             }
 

@@ -87,6 +87,40 @@ public final class IoVec {
         return true;
     }
 
+    /**
+     * All of this process's memory, to copy from and to the entries' raw addresses without a segment per entry. The
+     * entries' ranges were checked by whoever added them (guest buffers: when the device popped the chain).
+     */
+    private static final MemorySegment ALL = MemorySegment.NULL.reinterpret(Long.MAX_VALUE);
+
+    /**
+     * Gathers the entries' bytes, in order, into {@code dst} from {@code dstOffset}, at most {@code max} of them
+     * (what a backend without a file descriptor does instead of writev); returns the count copied.
+     */
+    public long copyTo(MemorySegment dst, long dstOffset, long max) {
+        long at = 0;
+        for (int i = 0; i < count && at < max; i++) {
+            long n = Math.min(length(i), max - at);
+            MemorySegment.copy(ALL, address(i), dst, dstOffset + at, n);
+            at += n;
+        }
+        return at;
+    }
+
+    /**
+     * Scatters {@code n} bytes of {@code src} from {@code srcOffset} into the entries, in order, never past them
+     * (instead of readv); returns the count copied.
+     */
+    public long copyFrom(MemorySegment src, long srcOffset, long n) {
+        long at = 0;
+        for (int i = 0; i < count && at < n; i++) {
+            long c = Math.min(length(i), n - at);
+            MemorySegment.copy(src, srcOffset + at, ALL, address(i), c);
+            at += c;
+        }
+        return at;
+    }
+
     /** Entry {@code i}'s address. */
     public long address(int i) {
         return array.get(C_LONG, ENTRY * checkEntry(i) + BASE);

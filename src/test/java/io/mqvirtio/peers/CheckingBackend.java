@@ -48,12 +48,7 @@ final class CheckingBackend implements PacketBackend {
             @Override
             public long send(IoVec frame) {
                 long total = frame.totalBytes();
-                int at = 0;
-                for (int i = 0; i < frame.count() && at < buf.length; i++) {
-                    int n = (int) Math.min(frame.length(i), buf.length - at);
-                    MemorySegment.copy(MemorySegment.ofAddress(frame.address(i)).reinterpret(n), ValueLayout.JAVA_BYTE, 0, buf, at, n);
-                    at += n;
-                }
+                frame.copyTo(MemorySegment.ofArray(buf), 0, buf.length);
                 boolean ok = total == VirtioNet.HDR_SIZE + frameLen
                         && buf[VirtioNet.HDR_GSO_TYPE] == 0 // no GSO was negotiated
                         && buf[VirtioNet.HDR_SIZE + 12] == 0x08 && buf[VirtioNet.HDR_SIZE + 13] == 0x00 // IPv4
