@@ -75,7 +75,7 @@ class ServeIsolationTest {
                         "--arg", "timeout=150")
                         .redirectErrorStream(true).redirectOutput(dir.resolve("run-guest.out").toFile())
                         .directory(repo.toFile()).start();
-                waitFor(log, "MQV-READY", 90);
+                Peers.waitForLine(log, "MQV-READY", 90);
                 hostile = Thread.ofPlatform().name("bad-vm").start(() -> misbehave(bad, stop, attacks, floodFrames));
                 assertThat(qemu.waitFor(200, TimeUnit.SECONDS)).as("guest finished").isTrue();
             } finally {
@@ -106,15 +106,6 @@ class ServeIsolationTest {
         }
     }
 
-    static void waitFor(Path log, String marker, int seconds) throws Exception {
-        long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(seconds);
-        while (!(Files.exists(log) && Files.readString(log).contains(marker))) {
-            if (System.nanoTime() > deadline) {
-                throw new AssertionError("no " + marker + " in " + log + ":\n" + Peers.tail(log, 30));
-            }
-            Thread.sleep(200);
-        }
-    }
 
     /** The bad VM: rounds of flooding, ring breaking and kick storms, each on a new connection. */
     private static void misbehave(Path sock, AtomicBoolean stop, AtomicLong attacks, AtomicLong flood) {

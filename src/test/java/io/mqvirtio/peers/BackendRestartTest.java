@@ -80,17 +80,17 @@ class BackendRestartTest {
                 if (!backendListens) {
                     backends.add(backend(ns.name(), sock, tap, true, dir.resolve("backend-0.log")));
                 }
-                waitForLine(log, "MQV-READY", 90);
+                Peers.waitForLine(log, "MQV-READY", 90);
                 for (int i = 1; i <= RESTARTS; i++) {
                     // kill each backend only once it serves every ring, and after the guest had time to use it
-                    waitForLine(dir.resolve("backend-" + (i - 1) + ".log"), "ring " + (2 * PAIRS - 1) + " started", 60);
+                    Peers.waitForLine(dir.resolve("backend-" + (i - 1) + ".log"), "ring " + (2 * PAIRS - 1) + " started", 60);
                     Thread.sleep(1000 + ThreadLocalRandom.current().nextInt(1500));
                     Process b = backends.get(backends.size() - 1);
                     b.destroyForcibly().waitFor(10, TimeUnit.SECONDS); // SIGKILL: no goodbye to QEMU
                     Thread.sleep(300);
                     backends.add(backend(ns.name(), sock, tap, !backendListens, dir.resolve("backend-" + i + ".log")));
                 }
-                waitForLine(dir.resolve("backend-" + RESTARTS + ".log"), "ring " + (2 * PAIRS - 1) + " started", 60);
+                Peers.waitForLine(dir.resolve("backend-" + RESTARTS + ".log"), "ring " + (2 * PAIRS - 1) + " started", 60);
                 ns.ip("addr", "add", doneAddr + "/24", "dev", tap); // tells the guest the restarts are over
                 assertThat(qemu.waitFor(300, TimeUnit.SECONDS)).as("guest finished").isTrue();
             } finally {
@@ -126,13 +126,4 @@ class BackendRestartTest {
         return new ProcessBuilder(cmd).redirectErrorStream(true).redirectOutput(out.toFile()).start();
     }
 
-    private static void waitForLine(Path log, String marker, int seconds) throws Exception {
-        long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(seconds);
-        while (!(Files.exists(log) && Files.readString(log).contains(marker))) {
-            if (System.nanoTime() > deadline) {
-                throw new AssertionError("no " + marker + " in " + log + ":\n" + Peers.tail(log, 30));
-            }
-            Thread.sleep(200);
-        }
-    }
 }

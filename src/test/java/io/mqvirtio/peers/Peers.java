@@ -96,6 +96,17 @@ public final class Peers {
         }
     }
 
+    /** Waits until {@code log} contains {@code marker}; fails with the log's tail after {@code seconds}. */
+    public static void waitForLine(Path log, String marker, int seconds) throws IOException, InterruptedException {
+        long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(seconds);
+        while (!(Files.exists(log) && Files.readString(log).contains(marker))) {
+            if (System.nanoTime() > deadline) {
+                throw new AssertionError("no " + marker + " in " + log + ":\n" + tail(log, 30));
+            }
+            Thread.sleep(200);
+        }
+    }
+
     public static String tail(Path log, int lines) {
         try {
             var all = Files.readAllLines(log);
