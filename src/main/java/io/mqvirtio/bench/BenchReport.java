@@ -27,17 +27,44 @@ public final class BenchReport {
         return m.mpps() / r.mpps();
     }
 
-    public static final String TABLE_HEADER = String.format(Locale.ROOT, "%-14s %6s %5s %8s %8s %8s %9s %9s %6s %7s",
-            "scenario", "frame", "pairs", "Mpps", "Gbit/s", "sent", "TX ns/pk", "RX ns/pk", "cores", "vs (3)");
+    /**
+     * With several rounds: the median, over the rounds in which both were measured, of this point's rate over the
+     * reference's in the same round (the two measured minutes apart at most, so a slow spell of a shared machine
+     * weighs on both); NaN with fewer than two such rounds.
+     */
+    public static double medianRatio(Measurement m, List<Measurement> all) {
+        Measurement r = reference(m, all);
+        if (r == null || !m.ok() || m.roundMpps().size() != r.roundMpps().size()) {
+            return Double.NaN;
+        }
+        List<Double> ratios = new ArrayList<>();
+        for (int i = 0; i < m.roundMpps().size(); i++) {
+            double a = m.roundMpps().get(i);
+            double b = r.roundMpps().get(i);
+            if (a >= 0 && b > 0) { // false for NaN
+                ratios.add(a / b);
+            }
+        }
+        if (ratios.size() < 2) {
+            return Double.NaN;
+        }
+        ratios.sort(null);
+        int n = ratios.size();
+        return n % 2 == 1 ? ratios.get(n / 2) : (ratios.get(n / 2 - 1) + ratios.get(n / 2)) / 2;
+    }
+
+    public static final String TABLE_HEADER = String.format(Locale.ROOT,
+            "%-14s %6s %5s %8s %8s %8s %9s %9s %6s %7s %7s", "scenario", "frame", "pairs", "Mpps", "Gbit/s", "sent",
+            "TX ns/pk", "RX ns/pk", "cores", "vs (3)", "med (3)");
 
     public static String tableRow(Measurement m, List<Measurement> all) {
         String head = String.format(Locale.ROOT, "%-14s %6d %5d", m.scenario().title(), m.frameSize(), m.pairs());
         if (!m.ok()) {
             return head + "  " + m.status().name().toLowerCase(Locale.ROOT) + ": " + firstLine(m.note());
         }
-        return head + String.format(Locale.ROOT, " %8.3f %8.3f %8.3f %9.1f %9.1f %6.2f %7s", m.mpps(), m.gbps(),
+        return head + String.format(Locale.ROOT, " %8.3f %8.3f %8.3f %9.1f %9.1f %6.2f %7s %7s", m.mpps(), m.gbps(),
                 m.senderMpps(), m.cpuNsPerPacket(Measurement.TX), m.cpuNsPerPacket(Measurement.RX), m.cores(),
-                fmt(ratio(m, all), "%.2f"));
+                fmt(ratio(m, all), "%.2f"), fmt(medianRatio(m, all), "%.2f"));
     }
 
     /** "driver-qp0 120.1, driver-qp1 119.5 | backend-qp0 80.2": each busy thread's CPU ns per packet it handled. */
@@ -54,7 +81,7 @@ public final class BenchReport {
     public static String csv(List<Measurement> all) {
         StringBuilder b = new StringBuilder();
         b.append("scenario,label,frame_bytes,pairs,status,mpps,gbps,packets,seconds,sender_mpps,sender_packets,"
-                + "sender_seconds,tx_cpu_ns_per_packet,rx_cpu_ns_per_packet,cores,ratio_to_reference,threads,note\n");
+                + "sender_seconds,tx_cpu_ns_per_packet,rx_cpu_ns_per_packet,cores,ratio_to_reference,median_round_ratio_to_reference,threads,note\n");
         for (Measurement m : all) {
             StringBuilder threads = new StringBuilder();
             for (Measurement.ThreadCpu t : m.threads()) {
@@ -72,6 +99,7 @@ public final class BenchReport {
                     .append(',').append(fmt(m.cpuNsPerPacket(Measurement.TX), "%.2f"))
                     .append(',').append(fmt(m.cpuNsPerPacket(Measurement.RX), "%.2f"))
                     .append(',').append(fmt(m.cores(), "%.3f")).append(',').append(fmt(ratio(m, all), "%.4f"))
+                    .append(',').append(fmt(medianRatio(m, all), "%.4f"))
                     .append(',').append(quote(threads.toString())).append(',').append(quote(m.note() == null ? "" : m.note()))
                     .append('\n');
         }

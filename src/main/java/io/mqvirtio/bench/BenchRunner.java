@@ -13,6 +13,7 @@ import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.ArrayList;
 import java.util.Comparator;
+import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
 import java.util.concurrent.ThreadLocalRandom;
@@ -37,15 +38,18 @@ public final class BenchRunner {
      *                 mbuf) instead of dropping it untouched
      * @param repeat   measured intervals per point, back to back after one warm-up; the point is the best of them
      *                 (on a shared machine, the interval least disturbed by other work)
+     * @param rounds   how many times the whole grid of points is measured, one round after the other (each point
+     *                   set up afresh in each round); the point is its best round, and each round gives a ratio to
+     *                   the reference measured minutes apart at most
      * @param logDir   where testpmd's output goes
      */
     public record Options(List<Scenario> scenarios, List<Integer> sizes, List<Integer> pairs, double warmup,
-                          double seconds, int repeat, boolean busyPoll, int[] txCpus, int[] rxCpus, boolean copySink,
-                          Path logDir) {}
+                          double seconds, int repeat, int rounds, boolean busyPoll, int[] txCpus, int[] rxCpus,
+                          boolean copySink, Path logDir) {}
 
-    /** Told of each point as it completes, and of anything worth a line. */
+    /** Told of each point of each round as it completes, and of anything worth a line. */
     public interface Listener {
-        void measured(int done, int total, Measurement m);
+        void measured(int done, int total, int round, Measurement m);
 
         void note(String line);
     }
@@ -81,49 +85,58 @@ public final class BenchRunner {
     }
 
     private List<Measurement> runAll() throws IOException, InterruptedException {
-        List<Measurement> out = new ArrayList<>();
-        int total = o.scenarios().size() * o.sizes().size() * o.pairs().size();
+        int points = o.scenarios().size() * o.sizes().size() * o.pairs().size();
+        int total = points * o.rounds();
         for (Scenario s : o.scenarios()) {
             String why = unavailable(s);
             if (why != null) {
                 listener.note("scenario " + s.title() + " skipped: " + why);
             }
         }
+        // every round measures every point, in the same order; a point's rounds are kept in order
+        Map<String, List<Measurement>> byPoint = new LinkedHashMap<>();
+        int done = 0;
         sockets = Files.createTempDirectory("mqvirtio-bench");
         try {
-            for (int pairs : o.pairs()) {
-                for (Scenario s : o.scenarios()) {
-                    String why = unavailable(s);
-                    Session session = null;
-                    try {
-                        for (int size : o.sizes()) {
-                            Measurement m;
-                            if (why != null) {
-                                m = Measurement.skipped(s, size, pairs, why);
-                            } else {
-                                try {
-                                    if (session == null) {
-                                        session = open(s, pairs);
+            for (int round = 1; round <= o.rounds(); round++) {
+                for (int pairs : o.pairs()) {
+                    for (Scenario s : o.scenarios()) {
+                        String why = unavailable(s);
+                        Session session = null;
+                        try {
+                            for (int size : o.sizes()) {
+                                Measurement m;
+                                if (why != null) {
+                                    m = Measurement.skipped(s, size, pairs, why);
+                                } else {
+                                    try {
+                                        if (session == null) {
+                                            session = open(s, pairs);
+                                        }
+                                        m = session.measure(size);
+                                    } catch (InterruptedException e) {
+                                        throw e;
+                                    } catch (Exception | Error e) {
+                                        m = Measurement.failed(s, size, pairs, message(e));
+                                        closeQuietly(session);
+                                        session = null; // set up afresh for the next point
                                     }
-                                    m = session.measure(size);
-                                } catch (InterruptedException e) {
-                                    throw e;
-                                } catch (Exception | Error e) {
-                                    m = Measurement.failed(s, size, pairs, message(e));
-                                    closeQuietly(session);
-                                    session = null; // set up afresh for the next point
                                 }
+                                byPoint.computeIfAbsent(s.id() + "/" + size + "/" + pairs, k -> new ArrayList<>()).add(m);
+                                listener.measured(++done, total, round, m);
                             }
-                            out.add(m);
-                            listener.measured(out.size(), total, m);
+                        } finally {
+                            closeQuietly(session);
                         }
-                    } finally {
-                        closeQuietly(session);
                     }
                 }
             }
         } finally {
             deleteTree(sockets);
+        }
+        List<Measurement> out = new ArrayList<>();
+        for (List<Measurement> rounds : byPoint.values()) {
+            out.add(Measurement.acrossRounds(rounds));
         }
         return out;
     }

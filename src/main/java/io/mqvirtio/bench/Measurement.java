@@ -14,14 +14,42 @@ import java.util.List;
  * @param status         {@link Status#OK}, or why there is no figure
  * @param note           what to know about this point (negotiated options, why it was skipped or failed)
  * @param intervalMpps   with several measured intervals per point: each one's rate (this point is the best)
+ * @param roundMpps      with several rounds (the whole grid of points measured again, round after round): this
+ *                       point's rate in each round, in order, NaN where it failed (this point is the best round)
  */
 public record Measurement(Scenario scenario, int frameSize, int pairs, long packets, double seconds, long senderPackets,
                           double senderSeconds, List<ThreadCpu> threads, Status status, String note,
-                          List<Double> intervalMpps) {
+                          List<Double> intervalMpps, List<Double> roundMpps) {
 
     public Measurement(Scenario scenario, int frameSize, int pairs, long packets, double seconds, long senderPackets,
                        double senderSeconds, List<ThreadCpu> threads, Status status, String note) {
-        this(scenario, frameSize, pairs, packets, seconds, senderPackets, senderSeconds, threads, status, note, List.of());
+        this(scenario, frameSize, pairs, packets, seconds, senderPackets, senderSeconds, threads, status, note, List.of(),
+                List.of());
+    }
+
+    /**
+     * One point measured in several rounds ({@code rounds}, in order; each the best of its intervals): the best
+     * round that has a figure, with every round's rate, or the last round when none has one.
+     */
+    public static Measurement acrossRounds(List<Measurement> rounds) {
+        Measurement best = null;
+        for (Measurement m : rounds) {
+            if (m.ok() && (best == null || m.mpps() > best.mpps())) {
+                best = m;
+            }
+        }
+        if (rounds.size() == 1 || best == null) {
+            return rounds.get(rounds.size() - 1);
+        }
+        List<Double> rates = rounds.stream().map(Measurement::mpps).toList();
+        StringBuilder note = new StringBuilder(best.note() == null ? "" : best.note());
+        note.append(note.isEmpty() ? "" : "; ").append("best of ").append(rounds.size()).append(" rounds (Mpps");
+        for (double r : rates) {
+            note.append(' ').append(Double.isNaN(r) ? "failed" : String.format(java.util.Locale.ROOT, "%.3f", r));
+        }
+        note.append(')');
+        return new Measurement(best.scenario, best.frameSize, best.pairs, best.packets, best.seconds, best.senderPackets,
+                best.senderSeconds, best.threads, best.status, note.toString(), best.intervalMpps, rates);
     }
 
     /** The interval with the highest rate of {@code intervals} (all of one point), with every interval's rate. */
@@ -43,7 +71,7 @@ public record Measurement(Scenario scenario, int frameSize, int pairs, long pack
         }
         note.append(')');
         return new Measurement(best.scenario, best.frameSize, best.pairs, best.packets, best.seconds, best.senderPackets,
-                best.senderSeconds, best.threads, best.status, note.toString(), rates);
+                best.senderSeconds, best.threads, best.status, note.toString(), rates, List.of());
     }
 
     public enum Status { OK, SKIPPED, FAILED }

@@ -39,6 +39,10 @@ public final class Bench {
                   --warmup S       traffic before each point's first measured interval (default 2)
                   --repeat N       measured intervals per point, back to back; the best is reported, all are in
                                    the JSON (default 1; on a shared machine, 3 to 5 find its quieter moments)
+                  --rounds N       measure the whole grid N times, round after round, each point set up afresh;
+                                   a point is its best round, and "med (3)" is the median over the rounds of
+                                   its ratio to the reference of the same round (default 1; on a machine whose
+                                   speed drifts, 5 or more)
                   --busy-poll      our backend's workers poll their rings (default: they sleep until kicked)
                   --cpus TX:RX     CPU lists for the sending and the receiving side's busy threads, e.g. 0:1 or
                                    0,1:2,3 (thread i of a side on entry i mod length; testpmd gets one forwarding
@@ -53,8 +57,8 @@ public final class Bench {
                   --warmup S       warm-up per size (default 2)
             """;
 
-    static final Set<String> VALUED = Set.of("scenarios", "sizes", "pairs", "seconds", "warmup", "repeat", "cpus", "sink",
-            "out");
+    static final Set<String> VALUED = Set.of("scenarios", "sizes", "pairs", "seconds", "warmup", "repeat", "rounds", "cpus",
+            "sink", "out");
     static final Set<String> FLAGS = Set.of("busy-poll");
 
     private Bench() {}
@@ -87,6 +91,7 @@ public final class Bench {
         double seconds = a.decimal("seconds", 5, 0.05, 3600);
         double warmup = a.decimal("warmup", 2, 0, 3600);
         int repeat = a.integer("repeat", 1, 1, 1000);
+        int rounds = a.integer("rounds", 1, 1, 1000);
         boolean busyPoll = a.flag("busy-poll");
         String sink = a.string("sink", "drop");
         if (!sink.equals("drop") && !sink.equals("copy")) {
@@ -104,17 +109,19 @@ public final class Bench {
         String loadBefore = loadAverage();
         out.printf("mqvirtio bench: scenarios %s, frames %s B, pairs %s, %s%.1f s per point after %.1f s warm-up, %s, "
                         + "%s sink, CPUs %s%n", titles(scenarios), join(sizes), join(pairs),
-                repeat > 1 ? "best of " + repeat + " x " : "", seconds, warmup, busyPoll ? "busy-polling workers" : "workers woken by kicks", sink, cpuText(cpus));
-        out.printf("%d points; load average %s; results in %s%n", scenarios.size() * sizes.size() * pairs.size(), loadBefore,
-                outDir);
+                repeat > 1 ? "best of " + repeat + " x " : "", seconds, warmup,
+                busyPoll ? "busy-polling workers" : "workers woken by kicks", sink, cpuText(cpus));
+        out.printf("%d points%s; load average %s; results in %s%n", scenarios.size() * sizes.size() * pairs.size(),
+                rounds > 1 ? " x " + rounds + " rounds" : "", loadBefore, outDir);
         out.flush();
-        BenchRunner.Options o = new BenchRunner.Options(scenarios, sizes, pairs, warmup, seconds, repeat, busyPoll, cpus[0], cpus[1],
-                sink.equals("copy"), logs);
+        BenchRunner.Options o = new BenchRunner.Options(scenarios, sizes, pairs, warmup, seconds, repeat, rounds, busyPoll,
+                cpus[0], cpus[1], sink.equals("copy"), logs);
         List<Measurement> results = BenchRunner.run(o, new BenchRunner.Listener() {
             @Override
-            public void measured(int done, int total, Measurement m) {
-                String what = String.format(Locale.ROOT, "[%d/%d] %s %d B %d pair%s: ", done, total, m.scenario().title(),
-                        m.frameSize(), m.pairs(), m.pairs() == 1 ? "" : "s");
+            public void measured(int done, int total, int round, Measurement m) {
+                String what = String.format(Locale.ROOT, "[%d/%d]%s %s %d B %d pair%s: ", done, total,
+                        rounds > 1 ? " round " + round : "", m.scenario().title(), m.frameSize(), m.pairs(),
+                        m.pairs() == 1 ? "" : "s");
                 if (m.ok()) {
                     err.printf(Locale.ROOT, "%s%.3f Mpps, %.2f Gbit/s, CPU ns/packet TX %.1f RX %.1f%n", what, m.mpps(),
                             m.gbps(), m.cpuNsPerPacket(Measurement.TX), m.cpuNsPerPacket(Measurement.RX));
@@ -159,6 +166,7 @@ public final class Bench {
         opts.put("seconds", seconds);
         opts.put("warmup", warmup);
         opts.put("repeat", repeat);
+        opts.put("rounds", rounds);
         opts.put("busy_poll", busyPoll);
         opts.put("sink", sink);
         opts.put("tx_cpus", Arrays.stream(cpus[0]).boxed().toList());
@@ -174,7 +182,8 @@ public final class Bench {
         try {
             BenchPlot.write(results, String.format(Locale.ROOT, "%s; %s; %s%.1f s per point; CPUs %s; %s sink; load %s",
                     started.substring(0, Math.min(16, started.length())), busyPoll ? "busy-poll" : "notifications",
-                    repeat > 1 ? "best of " + repeat + " x " : "", seconds,
+                    (rounds > 1 ? "best of " + rounds + " rounds, " : "") + (repeat > 1 ? "best of " + repeat + " x " : ""),
+                    seconds,
                     cpuText(cpus), sink, loadBefore), png);
             out.println("\nwrote " + outDir.resolve("bench.csv") + ", " + outDir.resolve("bench.json") + ", " + png);
         } catch (Exception | Error e) { // a machine without fonts: the figures are still in the CSV and JSON
@@ -204,7 +213,9 @@ public final class Bench {
         r.put("rx_cpu_ns_per_packet", m.cpuNsPerPacket(Measurement.RX));
         r.put("cores", m.cores());
         r.put("ratio_to_reference", BenchReport.ratio(m, all));
+        r.put("median_round_ratio_to_reference", BenchReport.medianRatio(m, all));
         r.put("interval_mpps", m.intervalMpps());
+        r.put("round_mpps", m.roundMpps());
         List<Object> threads = new ArrayList<>();
         for (Measurement.ThreadCpu t : m.threads()) {
             Map<String, Object> th = new LinkedHashMap<>();

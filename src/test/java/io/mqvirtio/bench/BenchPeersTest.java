@@ -23,23 +23,33 @@ class BenchPeersTest {
 
     @Test
     @Timeout(240)
-    void dpdkScenariosRunBesideTheReference() throws Exception {
+    void dpdkScenariosRunBesideTheReferenceInRounds() throws Exception {
         Peers.require("dpdk-testpmd", "DPDK testpmd");
         Path out = dir.resolve("out");
         BenchCommandTest.Out o = bench("--scenarios", "2,3,4", "--pairs", "2", "--sizes", "64", "--seconds", "0.5",
-                "--warmup", "0.5", "--out", out.toString());
+                "--warmup", "0.5", "--rounds", "2", "--out", out.toString());
         assertThat(o.rc()).as(o.out() + o.err()).isZero();
+        // the whole grid twice, round after round
+        assertThat(o.err()).contains("[1/6] round 1 2 dpdk->ours 64 B 2 pairs:")
+                .contains("[4/6] round 2 2 dpdk->ours 64 B 2 pairs:").contains("[6/6] round 2 4 ours->dpdk 64 B 2 pairs:");
+        assertThat(o.out()).contains("med (3)");
         List<Map<String, String>> rows = checkOutputs(out, 3);
         for (Map<String, String> r : rows) {
             assertThat(r.get("status")).as("%s%n%s", r, o.err()).isEqualTo("ok");
+            assertThat(r.get("note")).contains("best of 2 rounds (Mpps ");
             double ratio = num(r, "ratio_to_reference");
+            double median = num(r, "median_round_ratio_to_reference");
             if (r.get("scenario").equals("3")) {
                 assertThat(ratio).isEqualTo(1.0);
+                assertThat(median).isEqualTo(1.0);
                 assertThat(r.get("threads")).contains("tx:testpmd-rte-worker-1=").contains("rx:testpmd-rte-worker-1=");
             } else {
                 assertThat(ratio).as("ratio of %s", r).isPositive();
+                assertThat(median).as("median ratio of %s", r).isPositive();
             }
         }
+        String json = java.nio.file.Files.readString(out.resolve("bench.json"));
+        assertThat(json).contains("\"rounds\":2").containsPattern("\"round_mpps\":\\[[0-9.]+,[0-9.]+\\]");
         assertThat(rows.get(0).get("threads")).contains("rx:backend-qp0=");
         assertThat(rows.get(2).get("threads")).contains("tx:driver-qp0=");
         assertThat(out.resolve("logs/testpmd-s3-2pairs-vhost.log")).exists();

@@ -28,6 +28,43 @@ class BenchReportTest {
         assertThat(BenchReport.ratio(ours64, List.of(ours64, Measurement.failed(Scenario.DPDK_TO_DPDK, 64, 1, "x")))).isNaN();
     }
 
+    /** One point measured in rounds at these rates (Mpps; NaN: the round failed). */
+    static Measurement rounds(Scenario s, double... mpps) {
+        List<Measurement> r = new java.util.ArrayList<>();
+        for (double x : mpps) {
+            r.add(Double.isNaN(x) ? Measurement.failed(s, 64, 1, "testpmd died") : point(s, 64, 1, (long) (x * 1e6)));
+        }
+        return Measurement.acrossRounds(r);
+    }
+
+    @Test
+    void roundsGiveTheBestRoundAndTheMedianOfPerRoundRatios() {
+        Measurement ref = rounds(Scenario.DPDK_TO_DPDK, 10, 5, 8, 4);
+        Measurement ours = rounds(Scenario.DPDK_TO_OURS, 12, 9, 6, 2);
+        List<Measurement> all = List.of(ref, ours);
+        assertThat(ref.mpps()).isEqualTo(10.0);
+        assertThat(ours.mpps()).isEqualTo(12.0);
+        assertThat(ours.roundMpps()).containsExactly(12.0, 9.0, 6.0, 2.0);
+        assertThat(ours.note()).endsWith("best of 4 rounds (Mpps 12.000 9.000 6.000 2.000)");
+        assertThat(BenchReport.ratio(ours, all)).as("best over best").isEqualTo(1.2);
+        // per round 1.2, 1.8, 0.75, 0.5: the median is between 0.75 and 1.2
+        assertThat(BenchReport.medianRatio(ours, all)).isCloseTo(0.975, org.assertj.core.data.Offset.offset(1e-9));
+        assertThat(BenchReport.medianRatio(ref, all)).isEqualTo(1.0);
+        // a failed round of either side leaves that round out
+        Measurement gap = rounds(Scenario.DPDK_TO_OURS, 20, Double.NaN, 4, 8);
+        assertThat(gap.ok()).isTrue();
+        assertThat(gap.mpps()).isEqualTo(20.0);
+        assertThat(gap.note()).contains("(Mpps 20.000 failed 4.000 8.000)");
+        assertThat(BenchReport.medianRatio(gap, List.of(ref, gap))).as("rounds 1, 3, 4: 2.0, 0.5, 2.0").isEqualTo(2.0);
+        // one round, or every round failed: no median, the point as it was
+        Measurement one = rounds(Scenario.DPDK_TO_OURS, 3);
+        assertThat(BenchReport.medianRatio(one, List.of(rounds(Scenario.DPDK_TO_DPDK, 2), one))).isNaN();
+        Measurement none = rounds(Scenario.DPDK_TO_OURS, Double.NaN, Double.NaN);
+        assertThat(none.status()).isEqualTo(Measurement.Status.FAILED);
+        assertThat(BenchReport.medianRatio(none, List.of(ref, none))).isNaN();
+        assertThat(BenchReport.tableRow(ours, all)).containsPattern(" 1\\.20 +0\\.9[78]$");
+    }
+
     @Test
     void figuresAndCsv() {
         Measurement m = point(Scenario.OURS_TO_OURS, 1500, 1, 2_000_000);
