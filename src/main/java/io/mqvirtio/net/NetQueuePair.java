@@ -36,6 +36,7 @@ public final class NetQueuePair {
     private final int[] rxSlotOfHead;
     private final int[] txSlotOfHead;
     private final int[] txFreeSlots;
+    private final MemorySegment[] txFrames; // slot i's frame area, behind its header: what sendInPlace hands out
     private int txFree;
     private final long[] addr = new long[1];
     private final int[] len = new int[1];
@@ -69,6 +70,10 @@ public final class NetQueuePair {
             txFreeSlots[i] = i;
         }
         txFree = tx.size();
+        this.txFrames = new MemorySegment[tx.size()];
+        for (int i = 0; i < tx.size(); i++) {
+            txFrames[i] = txBufs.asSlice((long) i * bufSize + VirtioNet.HDR_SIZE, maxFrame());
+        }
         rx.disableInterrupts();
         tx.disableInterrupts();
         for (int slot = 0; slot < rx.size(); slot++) {
@@ -152,6 +157,12 @@ public final class NetQueuePair {
             n++;
             bytes += flen;
         }
+        finishSend(n, bytes);
+        return n;
+    }
+
+    /** Publishes a burst of {@code n} frames: one release store, at most one kick. */
+    private void finishSend(int n, long bytes) {
         if (n > 0) {
             tx.publish();
             if (tx.needsKick()) {
@@ -160,6 +171,60 @@ public final class NetQueuePair {
             }
             txCounters.add(QueueCounters.PACKETS, n);
             txCounters.add(QueueCounters.BYTES, bytes);
+        }
+    }
+
+    /** Writes the frames of {@link #sendInPlace} straight into the queue pair's TX buffers. */
+    @FunctionalInterface
+    public interface FrameWriter {
+        /**
+         * Writes frame {@code i} of a burst, an Ethernet frame without virtio-net header, at the start of
+         * {@code buffer} and returns its length, 14 to {@code buffer.byteSize()} ({@link #maxFrame()}) bytes.
+         * {@code buffer} is one of the pair's TX buffers in the memory shared with the backend, valid only during
+         * the call; it still holds the last frame sent from it (zeros at first), so a writer that sends frames
+         * of one shape may rewrite only the bytes that change, as DPDK's txonly rewrites only the headers.
+         */
+        int write(MemorySegment buffer, int i);
+    }
+
+    /**
+     * Sends up to {@code count} frames that {@code writer} writes in place into the pair's TX buffers: no copy, the
+     * zero-copy counterpart of {@link #send(MemorySegment[], int, int)}. Frame i is written only once the ring has
+     * room for it; returns how many were sent (0 when the ring is full), with one publish and at most one kick. A
+     * length out of range is an {@link IllegalArgumentException} (the frames written before it are still sent).
+     */
+    public int sendInPlace(int count, FrameWriter writer) {
+        if (!enabled) {
+            return 0;
+        }
+        reapTx();
+        int n = 0;
+        long bytes = 0;
+        try {
+            while (n < count && txFree > 0) {
+                int slot = txFreeSlots[--txFree];
+                int flen;
+                try {
+                    flen = writer.write(txFrames[slot], n);
+                    if (flen < 14 || flen > maxFrame()) {
+                        throw new IllegalArgumentException("frame of " + flen + " bytes: must be 14.." + maxFrame());
+                    }
+                } catch (RuntimeException | Error e) {
+                    txFree++; // the slot goes back unused
+                    throw e;
+                }
+                long base = (long) slot * bufSize;
+                txBufs.set(ValueLayout.JAVA_LONG_UNALIGNED, base, 0L); // a zero virtio_net_hdr_v1
+                txBufs.set(ValueLayout.JAVA_INT_UNALIGNED, base + 8, 0);
+                addr[0] = txBufsGpa + base;
+                len[0] = VirtioNet.HDR_SIZE + flen;
+                int head = tx.add(addr, len, 1, 0);
+                txSlotOfHead[head] = slot;
+                n++;
+                bytes += flen;
+            }
+        } finally {
+            finishSend(n, bytes);
         }
         return n;
     }
