@@ -54,17 +54,17 @@ public final class BenchReport {
     }
 
     public static final String TABLE_HEADER = String.format(Locale.ROOT,
-            "%-14s %6s %5s %8s %8s %8s %9s %9s %6s %7s %7s", "scenario", "frame", "pairs", "Mpps", "Gbit/s", "sent",
-            "TX ns/pk", "RX ns/pk", "cores", "vs (3)", "med (3)");
+            "%-14s %6s %5s %8s %8s %8s %9s %9s %6s %7s %7s %6s", "scenario", "frame", "pairs", "Mpps", "Gbit/s", "sent",
+            "TX ns/pk", "RX ns/pk", "cores", "vs (3)", "med (3)", "rt ns");
 
     public static String tableRow(Measurement m, List<Measurement> all) {
         String head = String.format(Locale.ROOT, "%-14s %6d %5d", m.scenario().title(), m.frameSize(), m.pairs());
         if (!m.ok()) {
             return head + "  " + m.status().name().toLowerCase(Locale.ROOT) + ": " + firstLine(m.note());
         }
-        return head + String.format(Locale.ROOT, " %8.3f %8.3f %8.3f %9.1f %9.1f %6.2f %7s %7s", m.mpps(), m.gbps(),
-                m.senderMpps(), m.cpuNsPerPacket(Measurement.TX), m.cpuNsPerPacket(Measurement.RX), m.cores(),
-                fmt(ratio(m, all), "%.2f"), fmt(medianRatio(m, all), "%.2f"));
+        return head + String.format(Locale.ROOT, " %8.3f %8.3f %8.3f %9.1f %9.1f %6.2f %7s %7s %6s", m.mpps(),
+                m.gbps(), m.senderMpps(), m.cpuNsPerPacket(Measurement.TX), m.cpuNsPerPacket(Measurement.RX), m.cores(),
+                fmt(ratio(m, all), "%.2f"), fmt(medianRatio(m, all), "%.2f"), fmt(m.roundTripNs(), "%.0f"));
     }
 
     /** "driver-qp0 120.1, driver-qp1 119.5 | backend-qp0 80.2": each busy thread's CPU ns per packet it handled. */
@@ -81,7 +81,8 @@ public final class BenchReport {
     public static String csv(List<Measurement> all) {
         StringBuilder b = new StringBuilder();
         b.append("scenario,label,frame_bytes,pairs,status,mpps,gbps,packets,seconds,sender_mpps,sender_packets,"
-                + "sender_seconds,tx_cpu_ns_per_packet,rx_cpu_ns_per_packet,cores,ratio_to_reference,median_round_ratio_to_reference,threads,note\n");
+                + "sender_seconds,tx_cpu_ns_per_packet,rx_cpu_ns_per_packet,cores,ratio_to_reference,"
+                + "median_round_ratio_to_reference,cpu_round_trip_ns,threads,note\n");
         for (Measurement m : all) {
             StringBuilder threads = new StringBuilder();
             for (Measurement.ThreadCpu t : m.threads()) {
@@ -100,6 +101,7 @@ public final class BenchReport {
                     .append(',').append(fmt(m.cpuNsPerPacket(Measurement.RX), "%.2f"))
                     .append(',').append(fmt(m.cores(), "%.3f")).append(',').append(fmt(ratio(m, all), "%.4f"))
                     .append(',').append(fmt(medianRatio(m, all), "%.4f"))
+                    .append(',').append(fmt(m.roundTripNs(), "%.1f"))
                     .append(',').append(quote(threads.toString())).append(',').append(quote(m.note() == null ? "" : m.note()))
                     .append('\n');
         }

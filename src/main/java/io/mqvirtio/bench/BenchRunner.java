@@ -102,6 +102,9 @@ public final class BenchRunner {
                 for (int pairs : o.pairs()) {
                     for (Scenario s : o.scenarios()) {
                         String why = unavailable(s);
+                        // how far apart the two sides' CPUs are right now (nothing else of ours runs yet)
+                        double roundTrip = why != null || o.txCpus().length == 0 || o.rxCpus().length == 0 ? Double.NaN
+                                : CpuRoundTrip.measure(o.txCpus()[0], o.rxCpus()[0], 20_000, 5);
                         Session session = null;
                         try {
                             for (int size : o.sizes()) {
@@ -122,6 +125,7 @@ public final class BenchRunner {
                                         session = null; // set up afresh for the next point
                                     }
                                 }
+                                m = m.withRoundTrip(roundTrip);
                                 byPoint.computeIfAbsent(s.id() + "/" + size + "/" + pairs, k -> new ArrayList<>()).add(m);
                                 listener.measured(++done, total, round, m);
                             }

@@ -16,15 +16,25 @@ import java.util.List;
  * @param intervalMpps   with several measured intervals per point: each one's rate (this point is the best)
  * @param roundMpps      with several rounds (the whole grid of points measured again, round after round): this
  *                       point's rate in each round, in order, NaN where it failed (this point is the best round)
+ * @param roundTripNs    the sending and the receiving CPU's cache-line round trip ({@link CpuRoundTrip}) measured
+ *                       just before this point's scenario was set up, NaN when not measured
+ * @param roundRoundTripNs with several rounds: that round trip in each round, in order
  */
 public record Measurement(Scenario scenario, int frameSize, int pairs, long packets, double seconds, long senderPackets,
                           double senderSeconds, List<ThreadCpu> threads, Status status, String note,
-                          List<Double> intervalMpps, List<Double> roundMpps) {
+                          List<Double> intervalMpps, List<Double> roundMpps, double roundTripNs,
+                          List<Double> roundRoundTripNs) {
 
     public Measurement(Scenario scenario, int frameSize, int pairs, long packets, double seconds, long senderPackets,
                        double senderSeconds, List<ThreadCpu> threads, Status status, String note) {
         this(scenario, frameSize, pairs, packets, seconds, senderPackets, senderSeconds, threads, status, note, List.of(),
-                List.of());
+                List.of(), Double.NaN, List.of());
+    }
+
+    /** This point with the CPUs' round trip measured before it. */
+    public Measurement withRoundTrip(double ns) {
+        return new Measurement(scenario, frameSize, pairs, packets, seconds, senderPackets, senderSeconds, threads,
+                status, note, intervalMpps, roundMpps, ns, roundRoundTripNs);
     }
 
     /**
@@ -49,7 +59,8 @@ public record Measurement(Scenario scenario, int frameSize, int pairs, long pack
         }
         note.append(')');
         return new Measurement(best.scenario, best.frameSize, best.pairs, best.packets, best.seconds, best.senderPackets,
-                best.senderSeconds, best.threads, best.status, note.toString(), best.intervalMpps, rates);
+                best.senderSeconds, best.threads, best.status, note.toString(), best.intervalMpps, rates,
+                best.roundTripNs, rounds.stream().map(Measurement::roundTripNs).toList());
     }
 
     /** The interval with the highest rate of {@code intervals} (all of one point), with every interval's rate. */
@@ -71,7 +82,8 @@ public record Measurement(Scenario scenario, int frameSize, int pairs, long pack
         }
         note.append(')');
         return new Measurement(best.scenario, best.frameSize, best.pairs, best.packets, best.seconds, best.senderPackets,
-                best.senderSeconds, best.threads, best.status, note.toString(), rates, List.of());
+                best.senderSeconds, best.threads, best.status, note.toString(), rates, List.of(), best.roundTripNs,
+                List.of());
     }
 
     public enum Status { OK, SKIPPED, FAILED }

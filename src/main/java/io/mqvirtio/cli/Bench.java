@@ -123,8 +123,10 @@ public final class Bench {
                         rounds > 1 ? " round " + round : "", m.scenario().title(), m.frameSize(), m.pairs(),
                         m.pairs() == 1 ? "" : "s");
                 if (m.ok()) {
-                    err.printf(Locale.ROOT, "%s%.3f Mpps, %.2f Gbit/s, CPU ns/packet TX %.1f RX %.1f%n", what, m.mpps(),
-                            m.gbps(), m.cpuNsPerPacket(Measurement.TX), m.cpuNsPerPacket(Measurement.RX));
+                    err.printf(Locale.ROOT, "%s%.3f Mpps, %.2f Gbit/s, CPU ns/packet TX %.1f RX %.1f%s%n", what,
+                            m.mpps(), m.gbps(), m.cpuNsPerPacket(Measurement.TX), m.cpuNsPerPacket(Measurement.RX),
+                            Double.isNaN(m.roundTripNs()) ? ""
+                                    : String.format(Locale.ROOT, ", CPU round trip %.0f ns", m.roundTripNs()));
                 } else if (m.status() == Measurement.Status.FAILED) {
                     err.println(what + "FAILED: " + m.note());
                 }
@@ -216,6 +218,8 @@ public final class Bench {
         r.put("median_round_ratio_to_reference", BenchReport.medianRatio(m, all));
         r.put("interval_mpps", m.intervalMpps());
         r.put("round_mpps", m.roundMpps());
+        r.put("cpu_round_trip_ns", m.roundTripNs());
+        r.put("round_cpu_round_trip_ns", m.roundRoundTripNs());
         List<Object> threads = new ArrayList<>();
         for (Measurement.ThreadCpu t : m.threads()) {
             Map<String, Object> th = new LinkedHashMap<>();

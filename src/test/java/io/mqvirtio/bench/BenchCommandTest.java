@@ -135,6 +135,9 @@ class BenchCommandTest {
             assertThat(ratio).as("receiver/sender packets in %s", r).isBetween(0.6, 1.4);
             assertThat(r.get("threads")).contains("tx:driver-qp0=").contains("rx:backend-qp0=");
             assertThat(r.get("note")).contains("best of 2 intervals (Mpps ");
+            if (io.mqvirtio.linux.Affinity.onlineCpus() >= 2) { // pinned to CPUs 0 and 1 by default: their round trip
+                assertThat(num(r, "cpu_round_trip_ns")).as("CPU round trip of %s", r).isPositive();
+            }
             if (r.get("pairs").equals("2")) {
                 assertThat(r.get("threads")).contains("tx:driver-qp1=").contains("rx:backend-qp1=");
             }

@@ -62,7 +62,18 @@ class BenchReportTest {
         Measurement none = rounds(Scenario.DPDK_TO_OURS, Double.NaN, Double.NaN);
         assertThat(none.status()).isEqualTo(Measurement.Status.FAILED);
         assertThat(BenchReport.medianRatio(none, List.of(ref, none))).isNaN();
-        assertThat(BenchReport.tableRow(ours, all)).containsPattern(" 1\\.20 +0\\.9[78]$");
+        assertThat(BenchReport.tableRow(ours, all)).containsPattern(" 1\\.20 +0\\.9[78] +$");
+    }
+
+    @Test
+    void cpuRoundTripIsMeasuredBetweenTwoCpus() {
+        if (io.mqvirtio.linux.Affinity.onlineCpus() >= 2) {
+            // a cache line there and back: tens to hundreds of ns on real CPUs (a loaded machine: more)
+            assertThat(CpuRoundTrip.measure(0, 1, 2000, 3)).isPositive().isLessThan(1e6);
+        }
+        Measurement m = point(Scenario.OURS_TO_OURS, 64, 1, 1_000_000).withRoundTrip(123.4);
+        assertThat(BenchReport.tableRow(m, List.of(m))).endsWith("   123");
+        assertThat(BenchReport.csv(List.of(m)).split("\n")[1]).contains(",123.4,");
     }
 
     @Test
