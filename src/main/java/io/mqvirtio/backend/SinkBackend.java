@@ -36,6 +36,11 @@ public final class SinkBackend implements PacketBackend {
             }
 
             @Override
+            public boolean readsFrames() {
+                return false;
+            }
+
+            @Override
             public long receive(IoVec into) {
                 return -1;
             }

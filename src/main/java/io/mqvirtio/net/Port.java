@@ -24,6 +24,14 @@ public interface Port extends AutoCloseable {
     /** Whether the host should hand this queue frames (a TAP queue is attached or detached). */
     default void setActive(boolean active) {}
 
+    /**
+     * Whether {@link #send} reads the frame's bytes (a TAP's writev, a copy): the worker then reads the first bytes
+     * of a burst's frames ahead, so that their cache misses overlap. A port that only counts says false.
+     */
+    default boolean readsFrames() {
+        return true;
+    }
+
     /** The negotiated virtio-net features, for the offloads the host may use towards the guest. */
     default void setFeatures(long features) {}
 
