@@ -35,10 +35,7 @@ public final class CpuRoundTrip {
         AtomicLong result = new AtomicLong(-1);
         long deadline = System.nanoTime() + 2_000_000_000L;
         Thread b = Thread.ofPlatform().name("roundtrip-b").daemon().start(() -> {
-            try {
-                Affinity.pin(cpuB);
-            } catch (RuntimeException e) {
-                line.set(-1);
+            if (!pin(cpuB, line)) {
                 return;
             }
             for (long i = 1; i <= trips; i++) {
@@ -53,10 +50,7 @@ public final class CpuRoundTrip {
             }
         });
         Thread a = Thread.ofPlatform().name("roundtrip-a").daemon().start(() -> {
-            try {
-                Affinity.pin(cpuA);
-            } catch (RuntimeException e) {
-                line.set(-1);
+            if (!pin(cpuA, line)) {
                 return;
             }
             long t0 = System.nanoTime();
@@ -85,5 +79,16 @@ public final class CpuRoundTrip {
         }
         long ns = result.get();
         return ns < 0 ? Double.NaN : (double) ns / trips;
+    }
+
+    /** Pins the calling thread; on failure tells the other thread to give up (-1 on the line). */
+    private static boolean pin(int cpu, AtomicLong line) {
+        try {
+            Affinity.pin(cpu);
+            return true;
+        } catch (RuntimeException e) {
+            line.set(-1);
+            return false;
+        }
     }
 }
