@@ -124,6 +124,15 @@ public class Fd implements AutoCloseable {
         }
     }
 
+    /** fcntl(2) with one int argument; returns its result (errors become {@link ErrnoException}). */
+    protected final int fcntl(int cmd, int arg, String what) {
+        try {
+            return Native.check((int) FCNTL.invokeExact(Native.errnoState(), fd(), cmd, arg), what);
+        } catch (Throwable t) {
+            throw Native.rethrow(t);
+        }
+    }
+
     public final boolean isNonBlocking() {
         try {
             int flags = Native.check((int) FCNTL.invokeExact(Native.errnoState(), fd(), F_GETFL, 0), "fcntl(F_GETFL)");

@@ -15,7 +15,10 @@ public final class MemFd extends Fd {
     private static final MethodHandle FTRUNCATE =
             Native.downcall("ftruncate", FunctionDescriptor.of(C_INT, C_POINTER, C_INT, C_LONG));
 
-    private static final int MFD_CLOEXEC = 1;
+    private static final int MFD_CLOEXEC = 1, MFD_ALLOW_SEALING = 2;
+    private static final int F_ADD_SEALS = 1033, F_GET_SEALS = 1034;
+    /** File seals, <linux/fcntl.h>. */
+    public static final int F_SEAL_SEAL = 1, F_SEAL_SHRINK = 2, F_SEAL_GROW = 4, F_SEAL_WRITE = 8;
 
     private long size;
 
@@ -27,7 +30,8 @@ public final class MemFd extends Fd {
     public static MemFd create(String name, long size) {
         MemFd m;
         try (Arena a = Arena.ofConfined()) {
-            int fd = (int) MEMFD_CREATE.invokeExact(Native.errnoState(), a.allocateFrom(name), MFD_CLOEXEC);
+            int fd = (int) MEMFD_CREATE.invokeExact(Native.errnoState(), a.allocateFrom(name),
+                    MFD_CLOEXEC | MFD_ALLOW_SEALING);
             m = new MemFd(Native.check(fd, "memfd_create"));
         } catch (Throwable t) {
             throw Native.rethrow(t);
@@ -48,6 +52,19 @@ public final class MemFd extends Fd {
         } catch (Throwable t) {
             throw Native.rethrow(t);
         }
+    }
+
+    /**
+     * Fixes the file's size for good (seals SHRINK, GROW and SEAL): whoever it is shared with can no longer truncate
+     * it under this process's mappings, which would turn our next access there into a SIGBUS.
+     */
+    public void sealSize() {
+        fcntl(F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL, "fcntl(F_ADD_SEALS)");
+    }
+
+    /** The file's seals ({@code F_SEAL_*} bits). */
+    public int seals() {
+        return fcntl(F_GET_SEALS, 0, "fcntl(F_GET_SEALS)");
     }
 
     public long size() {

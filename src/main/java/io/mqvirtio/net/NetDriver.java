@@ -157,6 +157,7 @@ public final class NetDriver implements AutoCloseable {
             long perPair = 2 * layout.totalBytes() + 2 * align(bufBytes);
             long size = perPair * o.pairs();
             memfd = MemFd.create("mqvirtio-driver", size);
+            memfd.sealSize(); // the backend gets this file: it must not be able to shrink it under our mapping
             map = Mmap.shared(memfd, 0, size);
             MemorySegment mem = map.segment();
             long base = mem.address();

@@ -175,6 +175,51 @@ abstract class NetDriverContract {
         }
     }
 
+    /**
+     * The driver's memory file goes to the backend; a backend that truncated it would make the driver's next access
+     * there a SIGBUS. Its size is sealed: no holder of the file can shrink or grow it, and traffic goes on.
+     */
+    @Test
+    @Timeout(60)
+    void theBackendCannotResizeTheDriversMemory() throws Exception {
+        Path sock = startBackend(MAX_PAIRS);
+        try (NetDriver nic = NetDriver.connect(sock, NetDriver.Options.pairs(1)); Arena a = Arena.ofConfined()) {
+            List<Path> files = new ArrayList<>();
+            try (var fds = java.nio.file.Files.list(Path.of("/proc/self/fd"))) {
+                for (Path fd : fds.toList()) {
+                    try {
+                        if (java.nio.file.Files.readSymbolicLink(fd).toString().startsWith("/memfd:mqvirtio-driver")) {
+                            files.add(fd);
+                        }
+                    } catch (java.io.IOException gone) {
+                        // the directory's own fd, closed as we listed it
+                    }
+                }
+            }
+            assertThat(files).as("the driver's memory file").isNotEmpty();
+            for (Path f : files) {
+                try (java.io.RandomAccessFile peer = new java.io.RandomAccessFile(f.toFile(), "rw")) {
+                    long size = peer.length();
+                    assertThatThrownBy(() -> peer.setLength(0)).isInstanceOf(java.io.IOException.class);
+                    assertThatThrownBy(() -> peer.setLength(size + 4096)).isInstanceOf(java.io.IOException.class);
+                    assertThat(peer.length()).isEqualTo(size);
+                }
+            }
+            NetQueuePair q = nic.pair(0);
+            MemorySegment f = frame(a, 0, 1, 100);
+            assertThat(q.send(f)).isEqualTo(1);
+            MemorySegment[] bufs = {a.allocate(2048)};
+            int[] lens = new int[1];
+            long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(10);
+            int got = 0;
+            while (got == 0 && System.nanoTime() < deadline) {
+                got = q.receive(bufs, lens, 1);
+            }
+            assertThat(got).isEqualTo(1);
+            assertThat(sameBytes(bufs[0], f, 100)).isTrue();
+        }
+    }
+
     /** The UDP pseudo-header's sum for a frame made by {@link #frame}. */
     static long pseudoHeaderSum(MemorySegment f) {
         var be16 = ValueLayout.JAVA_SHORT_UNALIGNED.withOrder(ByteOrder.BIG_ENDIAN);
