@@ -1,6 +1,7 @@
 package io.mqvirtio.vhostuser;
 
 import io.mqvirtio.linux.ErrnoException;
+import io.mqvirtio.linux.Fd;
 import io.mqvirtio.linux.UnixSocket;
 import java.io.IOException;
 import java.lang.System.Logger;
@@ -55,8 +56,13 @@ public final class VhostUserServer implements AutoCloseable {
      */
     public static VhostUserServer listen(Path path, VhostUserDevice device) {
         VhostUserServer s = new VhostUserServer(path, device, false);
-        removeIfStale(path);
-        s.listener = bindOwnerOnly(path);
+        // Probing, removing a stale file and linking ours in are one step under an flock on the directory (no lock
+        // file left behind): two backends starting on the same stale path would otherwise both find it stale, and
+        // the second would delete the first's new socket.
+        try (Fd lock = lockDirectoryOf(path)) {
+            removeIfStale(path);
+            s.listener = bindOwnerOnly(path);
+        }
         try {
             s.socketInode = Files.getAttribute(path, "unix:ino", LinkOption.NOFOLLOW_LINKS);
         } catch (IOException | UnsupportedOperationException e) {
@@ -103,6 +109,18 @@ public final class VhostUserServer implements AutoCloseable {
         VhostUserServer s = new VhostUserServer(path, device, true);
         s.thread = Thread.ofPlatform().name("vhost-user-client " + path.getFileName()).daemon(true).start(s::clientLoop);
         return s;
+    }
+
+    private static Fd lockDirectoryOf(Path path) {
+        Path dir = path.toAbsolutePath().getParent();
+        if (!Files.isDirectory(dir)) {
+            throw new VhostUserException("cannot listen on " + path + ": the directory " + dir + " does not exist");
+        }
+        try {
+            return Fd.lockDirectory(dir.toString());
+        } catch (ErrnoException e) {
+            throw new VhostUserException("cannot lock " + dir + " to set up " + path + ": " + e.getMessage(), e);
+        }
     }
 
     /** Deletes {@code path} if it is a socket nobody listens on; refuses if someone does. */

@@ -89,7 +89,7 @@ class ServeProcessTest {
                         "--loopback", "--metrics", "0.0.0.0:9100"),
                 new Case(2, "unknown option --queue", "serve", "--socket-path", sock.toString(), "--queue", "2"),
                 new Case(1, "exists and is not a socket", "serve", "--socket-path", file.toString(), "--loopback"),
-                new Case(1, "x.sock: bind: No such file or directory", "serve", "--socket-path",
+                new Case(1, "x.sock: the directory " + dir.resolve("no/such/dir") + " does not exist", "serve", "--socket-path",
                         dir.resolve("no/such/dir/x.sock").toString(), "--loopback"));
         List<Launcher.Run> runs = new ArrayList<>();
         try {

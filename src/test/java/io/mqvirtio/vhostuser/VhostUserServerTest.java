@@ -46,6 +46,54 @@ class VhostUserServerTest {
         }
     }
 
+    /**
+     * Several backends start at once on the same stale socket file: exactly one serves the path, the others are
+     * refused, and none deletes the winner's new socket (each probes, removes and binds under one lock).
+     */
+    @Test
+    @Timeout(60)
+    void backendsRacingForOneStalePathLeaveExactlyOneServing() throws Exception {
+        for (int trial = 0; trial < 20; trial++) {
+            Path sock = dir.resolve("race" + trial + ".sock");
+            UnixSocket.listen(sock, 1).close(); // stale
+            int n = 4;
+            java.util.concurrent.CyclicBarrier start = new java.util.concurrent.CyclicBarrier(n);
+            java.util.List<java.util.concurrent.Future<VhostUserServer>> results = new java.util.ArrayList<>();
+            try (var pool = java.util.concurrent.Executors.newFixedThreadPool(n)) {
+                for (int i = 0; i < n; i++) {
+                    results.add(pool.submit(() -> {
+                        start.await();
+                        return VhostUserServer.listen(sock, new RecordingDevice(1));
+                    }));
+                }
+            }
+            java.util.List<VhostUserServer> won = new java.util.ArrayList<>();
+            for (var f : results) {
+                try {
+                    won.add(f.get());
+                } catch (java.util.concurrent.ExecutionException e) {
+                    assertThat(e.getCause()).isInstanceOf(VhostUserException.class)
+                            .hasMessageContaining("served by another live process");
+                }
+            }
+            try {
+                assertThat(won).as("servers listening on %s", sock).hasSize(1);
+                RecordingDevice dev = new RecordingDevice(2);
+                assertThat(sock).exists();
+                try (UnixSocket c = UnixSocket.connect(sock)) {
+                    assertThat(c).as("the winner's socket is the one at the path").isNotNull();
+                }
+            } finally {
+                for (VhostUserServer w : won) {
+                    w.close();
+                }
+            }
+        }
+        try (var names = Files.list(dir)) {
+            assertThat(names.map(p -> p.getFileName().toString())).as("nothing left behind").isEmpty();
+        }
+    }
+
     @Test
     void pathServedByALiveListenerIsRefused() throws Exception {
         Path sock = dir.resolve("vu.sock");
