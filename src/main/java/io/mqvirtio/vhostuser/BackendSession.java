@@ -56,11 +56,7 @@ public final class BackendSession implements Runnable {
     private int status;
     private MappedMemory memory = MappedMemory.EMPTY;
     private volatile boolean closing;
-    private long warnings;
-
-    /** Warnings logged in full per session; after that only every {@link #WARNINGS_EVERY}th, with a count. */
-    static final int WARNINGS_LOGGED = 100;
-    static final int WARNINGS_EVERY = 10_000;
+    private final WarningLimit warnings;
 
     /** Per-ring protocol state; the running ring itself belongs to a device worker. */
     private static final class Ring {
@@ -83,6 +79,12 @@ public final class BackendSession implements Runnable {
     }
 
     public BackendSession(String name, Channel channel, VhostUserDevice device) {
+        this(name, channel, device, new WarningLimit(name));
+    }
+
+    /** A session whose warnings share {@code warnings} with the other sessions of its socket. */
+    BackendSession(String name, Channel channel, VhostUserDevice device, WarningLimit warnings) {
+        this.warnings = warnings;
         this.name = name;
         this.channel = channel;
         this.device = device;
@@ -183,21 +185,9 @@ public final class BackendSession implements Runnable {
         }
     }
 
-    /** Logs a warning about what the frontend did; a frontend that floods us with failures is logged in part. */
+    /** Logs a warning about what the frontend did, within the socket's allowance (see {@link WarningLimit}). */
     private void warn(String format, Object... args) {
-        long n = ++warnings;
-        if (n <= WARNINGS_LOGGED) {
-            LOG.log(Level.WARNING, format, args);
-        } else if (n % WARNINGS_EVERY == 0) {
-            LOG.log(Level.WARNING, format + " (warning {" + args.length + "} of this session; the others since the first "
-                    + WARNINGS_LOGGED + " were not logged)", append(args, n));
-        }
-    }
-
-    private static Object[] append(Object[] a, Object x) {
-        Object[] r = Arrays.copyOf(a, a.length + 1);
-        r[a.length] = x;
-        return r;
+        warnings.warn(LOG, format, args);
     }
 
     /** Payload size and descriptor count must match the request's row exactly. */

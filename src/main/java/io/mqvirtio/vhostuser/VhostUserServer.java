@@ -38,12 +38,14 @@ public final class VhostUserServer implements AutoCloseable {
     private Object socketInode; // the inode of the socket file we created, so close() removes only ours
     private Thread thread;
     private int sessions;
+    private final WarningLimit warnings;
 
     /** How long {@link #close()} waits for a session to tear down. */
     private static final long CLOSE_WAIT_MS = 5000;
 
     private VhostUserServer(Path path, VhostUserDevice device, boolean client) {
         this.path = path;
+        this.warnings = new WarningLimit(String.valueOf(path.getFileName()));
         this.device = device;
         this.client = client;
     }
@@ -184,7 +186,7 @@ public final class VhostUserServer implements AutoCloseable {
             }
             if (closed || session.get() != null) {
                 if (!closed) {
-                    LOG.log(Level.WARNING, "{0}: refusing a second frontend while a session runs", path);
+                    warnings.warn(LOG, "{0}: refusing a second frontend while a session runs", path);
                 }
                 conn.close();
                 continue;
@@ -213,7 +215,7 @@ public final class VhostUserServer implements AutoCloseable {
     /** Runs a session on its own thread; in client mode waits for it before reconnecting. */
     private void runSession(UnixSocket conn, boolean wait) {
         String name = path.getFileName() + "#" + (++sessions);
-        BackendSession s = new BackendSession(name, new Channel(conn), device);
+        BackendSession s = new BackendSession(name, new Channel(conn), device, warnings);
         session.set(s);
         Thread t = Thread.ofPlatform().name("vhost-user " + name).daemon(true).unstarted(() -> {
             try {

@@ -101,8 +101,33 @@ class FloodAndStallTest {
             writer.get(10, TimeUnit.SECONDS);
             assertThat(fe.get(Request.GET_QUEUE_NUM)).isEqualTo(2);
             assertThat(log.lines()).as("warnings logged for %d failures", total)
-                    .hasSizeBetween(BackendSession.WARNINGS_LOGGED, BackendSession.WARNINGS_LOGGED + total / BackendSession.WARNINGS_EVERY)
-                    .last().asString().contains("warning 30,000 of this session");
+                    .hasSize(WarningLimit.BURST)
+                    .last().asString().contains("the last warning about this frontend logged for up to 60 s");
+        }
+        BackendHarness.assertServesFully(a, sockA, devA);
+    }
+
+    /** A frontend that reconnects to fail again gets no fresh allowance of warnings with each connection. */
+    @Test
+    void aReconnectStormIsLoggedInPartToo() throws Exception {
+        int connections = 3 * WarningLimit.BURST;
+        try (LogCapture log = new LogCapture().quiet()) {
+            for (int i = 0; i < connections; i++) {
+                for (int attempt = 0; ; attempt++) {
+                    // the previous connection's session may still be ending: a second frontend is turned away then
+                    try (RawPeer fe = RawPeer.connect(sockA)) {
+                        BackendHarness.negotiate(fe, BASIC_PF);
+                        fe.sendRaw(frame(77, V1 | NEED_REPLY, 8, u64(0)));
+                        assertThat(fe.read(10_000).u64()).isNotZero();
+                        break;
+                    } catch (RawPeer.Closed | io.mqvirtio.linux.ErrnoException e) {
+                        assertThat(attempt).as("connection %d turned away", i).isLessThan(2000);
+                        Thread.sleep(1);
+                    }
+                }
+            }
+            assertThat(log.lines()).as("warnings logged for %d connections that each failed once", connections)
+                    .hasSize(WarningLimit.BURST);
         }
         BackendHarness.assertServesFully(a, sockA, devA);
     }
