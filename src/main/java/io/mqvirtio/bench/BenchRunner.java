@@ -34,6 +34,7 @@ public final class BenchRunner {
      *                 not pinned
      * @param rxCpus   CPUs of the receiving side's (our backend's workers, or testpmd's forwarding lcore)
      * @param busyPoll our backend's workers poll their rings instead of sleeping until kicked
+     * @param pollMicros without busy polling: how long our workers poll after frames moved before they sleep
      * @param copySink our backend's sink copies each frame out of guest memory (as DPDK's vhost PMD does into an
      *                 mbuf) instead of dropping it untouched
      * @param repeat   measured intervals per point, back to back after one warm-up; the point is the best of them
@@ -44,8 +45,8 @@ public final class BenchRunner {
      * @param logDir   where testpmd's output goes
      */
     public record Options(List<Scenario> scenarios, List<Integer> sizes, List<Integer> pairs, double warmup,
-                          double seconds, int repeat, int rounds, boolean busyPoll, int[] txCpus, int[] rxCpus,
-                          boolean copySink, Path logDir) {}
+                          double seconds, int repeat, int rounds, boolean busyPoll, int pollMicros, int[] txCpus,
+                          int[] rxCpus, boolean copySink, Path logDir) {}
 
     /** Told of each point of each round as it completes, and of anything worth a line. */
     public interface Listener {
@@ -284,7 +285,7 @@ public final class BenchRunner {
     }
 
     private NetDevice device(int pairs, PacketBackend backend) {
-        return new NetDevice(new NetDevice.Config("bench", pairs, 1500, o.busyPoll(), o.rxCpus()), backend);
+        return new NetDevice(new NetDevice.Config("bench", pairs, 1500, o.busyPoll(), o.rxCpus(), o.pollMicros()), backend);
     }
 
     private PacketBackend sink(int pairs) {
@@ -292,7 +293,8 @@ public final class BenchRunner {
     }
 
     private String sinkNote() {
-        return (o.copySink() ? "copying sink" : "sink") + (o.busyPoll() ? ", busy-poll" : ", notifications");
+        return (o.copySink() ? "copying sink" : "sink") + (o.busyPoll() ? ", busy-poll"
+                : o.pollMicros() > 0 ? ", notifications after a " + o.pollMicros() + " µs poll window" : ", notifications");
     }
 
     private static String deviceErrors(NetDevice dev) {

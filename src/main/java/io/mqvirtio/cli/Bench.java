@@ -44,6 +44,8 @@ public final class Bench {
                                    its ratio to the reference of the same round (default 1; on a machine whose
                                    speed drifts, 5 or more)
                   --busy-poll      our backend's workers poll their rings (default: they sleep until kicked)
+                  --poll-us N      without --busy-poll: our workers poll N µs more after frames moved before
+                                   they sleep (serve --poll-us); default 0
                   --cpus TX:RX     CPU lists for the sending and the receiving side's busy threads, e.g. 0:1 or
                                    0,1:2,3 (thread i of a side on entry i mod length; testpmd gets one forwarding
                                    lcore per entry); none: no pinning (default 0:1 with two CPUs or more)
@@ -58,7 +60,7 @@ public final class Bench {
             """;
 
     static final Set<String> VALUED = Set.of("scenarios", "sizes", "pairs", "seconds", "warmup", "repeat", "rounds", "cpus",
-            "sink", "out");
+            "sink", "out", "poll-us");
     static final Set<String> FLAGS = Set.of("busy-poll");
 
     private Bench() {}
@@ -93,6 +95,7 @@ public final class Bench {
         int repeat = a.integer("repeat", 1, 1, 1000);
         int rounds = a.integer("rounds", 1, 1, 1000);
         boolean busyPoll = a.flag("busy-poll");
+        int pollMicros = a.integer("poll-us", 0, 0, 1_000_000);
         String sink = a.string("sink", "drop");
         if (!sink.equals("drop") && !sink.equals("copy")) {
             throw new Args.UsageException("--sink must be drop or copy, got '" + sink + "'");
@@ -110,12 +113,13 @@ public final class Bench {
         out.printf("mqvirtio bench: scenarios %s, frames %s B, pairs %s, %s%.1f s per point after %.1f s warm-up, %s, "
                         + "%s sink, CPUs %s%n", titles(scenarios), join(sizes), join(pairs),
                 repeat > 1 ? "best of " + repeat + " x " : "", seconds, warmup,
-                busyPoll ? "busy-polling workers" : "workers woken by kicks", sink, cpuText(cpus));
+                busyPoll ? "busy-polling workers"
+                        : pollMicros > 0 ? "workers polling " + pollMicros + " µs before sleeping" : "workers woken by kicks", sink, cpuText(cpus));
         out.printf("%d points%s; load average %s; results in %s%n", scenarios.size() * sizes.size() * pairs.size(),
                 rounds > 1 ? " x " + rounds + " rounds" : "", loadBefore, outDir);
         out.flush();
         BenchRunner.Options o = new BenchRunner.Options(scenarios, sizes, pairs, warmup, seconds, repeat, rounds, busyPoll,
-                cpus[0], cpus[1], sink.equals("copy"), logs);
+                pollMicros, cpus[0], cpus[1], sink.equals("copy"), logs);
         List<Measurement> results = BenchRunner.run(o, new BenchRunner.Listener() {
             @Override
             public void measured(int done, int total, int round, Measurement m) {
@@ -170,6 +174,7 @@ public final class Bench {
         opts.put("repeat", repeat);
         opts.put("rounds", rounds);
         opts.put("busy_poll", busyPoll);
+        opts.put("poll_us", pollMicros);
         opts.put("sink", sink);
         opts.put("tx_cpus", Arrays.stream(cpus[0]).boxed().toList());
         opts.put("rx_cpus", Arrays.stream(cpus[1]).boxed().toList());

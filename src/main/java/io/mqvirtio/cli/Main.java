@@ -25,6 +25,9 @@ public final class Main {
                   --mtu N          MTU offered to the guest (default 1500)
                   --client         connect to a frontend that listens (QEMU server=on) and reconnect
                   --busy-poll      workers poll their rings instead of sleeping on kicks
+                  --poll-us N      without --busy-poll: after frames moved, a worker polls N microseconds more
+                                   before it sleeps on kicks again (fewer kicks and wake-ups for steady
+                                   traffic; vhost-net's busyloop_timeout); default 0
                   --cpus LIST      pin queue pair i's worker to LIST[i mod length]
                   --stats-interval S  print per-queue counters every S seconds
                   --metrics ADDR:PORT  serve per-queue counters over HTTP on a loopback address (127.0.0.1:9100,

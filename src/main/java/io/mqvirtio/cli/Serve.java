@@ -33,7 +33,7 @@ final class Serve {
     private static final Logger LOG = System.getLogger(Serve.class.getName());
 
     static final Set<String> VALUED = Set.of("socket-path", "queues", "tap", "mtu", "cpus", "stats-interval", "name",
-            "metrics", "vm", "socket-group");
+            "metrics", "vm", "socket-group", "poll-us");
     static final Set<String> FLAGS = Set.of("loopback", "client", "busy-poll", "print-capabilities", "debug");
     /** The options that describe one VM's device: on the command line directly, or inside each --vm. */
     private static final Set<String> VM_OPTIONS = Set.of("socket-path", "queues", "tap", "mtu", "cpus", "name",
@@ -43,10 +43,10 @@ final class Serve {
 
     /** One VM's device: its socket, its queue pairs and its backend. */
     record Vm(Path socket, int queues, int mtu, String tap, boolean loopback, boolean client, boolean busyPoll,
-            int[] cpus, String name) {
+            int[] cpus, String name, int pollMicros) {
 
         /** From the command line's own options (one VM) or from a --vm spec turned into arguments. */
-        static Vm parse(Args a, boolean busyPollDefault) {
+        static Vm parse(Args a, boolean busyPollDefault, int pollDefault) {
             String socket = a.string("socket-path", null);
             if (socket == null || socket.isEmpty()) {
                 throw new Args.UsageException("serve needs --socket-path PATH (or --vm socket-path=PATH,...)");
@@ -68,15 +68,16 @@ final class Serve {
                     : a.integers("cpus", "", 0, 4095).stream().mapToInt(Integer::intValue).toArray();
             Path path = Path.of(socket);
             String name = a.string("name", path.getFileName() == null ? socket : path.getFileName().toString());
+            int poll = a.integer("poll-us", pollDefault, 0, 1_000_000);
             return new Vm(path, queues, mtu, tap, loopback, a.flag("client"), busyPollDefault || a.flag("busy-poll"),
-                    cpus, name);
+                    cpus, name, poll);
         }
 
         /**
          * A --vm spec, {@code socket-path=P,queues=N,tap=T} or {@code ...,loopback,client}: the same keys as the
          * single-VM options, separated by commas (cpus are separated by colons inside it: cpus=0:1).
          */
-        static Vm parseSpec(String spec, boolean busyPoll) {
+        static Vm parseSpec(String spec, boolean busyPoll, int pollDefault) {
             List<String> argv = new ArrayList<>();
             for (String part : spec.split(",")) {
                 if (part.isBlank()) {
@@ -84,14 +85,14 @@ final class Serve {
                 }
                 int eq = part.indexOf('=');
                 String key = eq < 0 ? part : part.substring(0, eq);
-                if (!VM_OPTIONS.contains(key) && !key.equals("busy-poll")) {
+                if (!VM_OPTIONS.contains(key) && !key.equals("busy-poll") && !key.equals("poll-us")) {
                     throw new Args.UsageException("--vm: unknown key '" + key + "' (keys: socket-path, queues, tap, loopback, "
-                            + "mtu, cpus, name, client, busy-poll)");
+                            + "mtu, cpus, name, client, busy-poll, poll-us)");
                 }
                 argv.add("--" + (eq < 0 ? key : key + "=" + part.substring(eq + 1).replace(':', ',')));
             }
             try {
-                return parse(new Args(argv.toArray(new String[0]), VALUED, FLAGS), busyPoll);
+                return parse(new Args(argv.toArray(new String[0]), VALUED, FLAGS), busyPoll, pollDefault);
             } catch (Args.UsageException e) {
                 throw new Args.UsageException("--vm " + spec + ": " + e.getMessage());
             }
@@ -107,7 +108,7 @@ final class Serve {
             }
             List<Vm> vms = new ArrayList<>();
             if (a.strings("vm").isEmpty()) {
-                vms.add(Vm.parse(a, false));
+                vms.add(Vm.parse(a, false, 0));
             } else {
                 for (String o : VM_OPTIONS) {
                     if (a.flag(o)) {
@@ -115,7 +116,7 @@ final class Serve {
                     }
                 }
                 for (String spec : a.strings("vm")) {
-                    vms.add(Vm.parseSpec(spec, a.flag("busy-poll")));
+                    vms.add(Vm.parseSpec(spec, a.flag("busy-poll"), a.integer("poll-us", 0, 0, 1_000_000)));
                 }
             }
             Set<Path> sockets = new HashSet<>();
@@ -233,7 +234,8 @@ final class Serve {
             PacketBackend backend = vm.loopback() ? new LoopbackBackend(vm.queues(), vm.mtu()) : TapBackend.open(vm.tap(), vm.queues());
             NetDevice device;
             try {
-                device = new NetDevice(new NetDevice.Config(vm.name(), vm.queues(), vm.mtu(), vm.busyPoll(), vm.cpus()), backend);
+                device = new NetDevice(new NetDevice.Config(vm.name(), vm.queues(), vm.mtu(), vm.busyPoll(), vm.cpus(),
+                        vm.pollMicros()), backend);
             } catch (RuntimeException e) {
                 backend.close();
                 throw e;

@@ -33,9 +33,23 @@ public final class NetDevice implements VhostUserDevice, AutoCloseable {
             | VirtioFeatures.bit(VirtioNet.F_MQ)
             | VirtioFeatures.bit(VirtioNet.F_MRG_RXBUF);
 
-    /** What a net device needs to know beyond its backend. */
-    public record Config(String name, int pairs, int mtu, boolean busyPoll, int[] cpus) {
+    /**
+     * What a net device needs to know beyond its backend.
+     *
+     * @param busyPoll   workers poll their rings all the time, kicks off
+     * @param pollMicros without busy polling: after frames moved, a worker keeps polling (kicks off) this long
+     *                   before it enables kicks and sleeps again, so a steady stream costs no kick and no wake-up
+     *                   per burst (the role of vhost-net's busyloop_timeout); 0: sleep as soon as the rings are empty
+     */
+    public record Config(String name, int pairs, int mtu, boolean busyPoll, int[] cpus, int pollMicros) {
+        public Config(String name, int pairs, int mtu, boolean busyPoll, int[] cpus) {
+            this(name, pairs, mtu, busyPoll, cpus, 0);
+        }
+
         public Config {
+            if (pollMicros < 0 || pollMicros > 1_000_000) {
+                throw new IllegalArgumentException("poll window must be 0..1000000 µs: " + pollMicros);
+            }
             if (pairs < 1 || pairs > VirtioNet.MAX_PAIRS) {
                 throw new IllegalArgumentException("queue pairs must be 1.." + VirtioNet.MAX_PAIRS + ": " + pairs);
             }
@@ -70,7 +84,7 @@ public final class NetDevice implements VhostUserDevice, AutoCloseable {
                 Port p = backend.open(i);
                 opened.add(p);
                 int cpu = config.cpus().length == 0 ? -1 : config.cpus()[i % config.cpus().length];
-                workers[i] = new QueuePairWorker(config.name(), i, p, config.busyPoll(), cpu);
+                workers[i] = new QueuePairWorker(config.name(), i, p, config.busyPoll(), config.pollMicros() * 1000L, cpu);
             }
         } catch (RuntimeException e) {
             opened.forEach(Port::close);

@@ -56,6 +56,10 @@ final class QueuePairWorker implements Runnable {
     private final EventFd wakeup = EventFd.create();
     private final ConcurrentLinkedQueue<Runnable> commands = new ConcurrentLinkedQueue<>();
     private final boolean busyPoll;
+    /** With kicks: how long after the last frame moved the worker keeps polling before it sleeps again (0: not). */
+    private final long pollNanos;
+    private long lastWork;      // System.nanoTime() after the last burst that moved frames (with pollNanos only)
+    private boolean workDone;   // a burst of this round moved frames
     private final int cpu;
     final QueueCounters rxCounters = new QueueCounters();
     final QueueCounters txCounters = new QueueCounters();
@@ -90,6 +94,11 @@ final class QueuePairWorker implements Runnable {
     private Thread thread;
 
     QueuePairWorker(String name, int pair, Port port, boolean busyPoll, int cpu) {
+        this(name, pair, port, busyPoll, 0, cpu);
+    }
+
+    QueuePairWorker(String name, int pair, Port port, boolean busyPoll, long pollNanos, int cpu) {
+        this.pollNanos = busyPoll ? 0 : pollNanos;
         this.name = name;
         this.pair = pair;
         this.port = port;
@@ -298,12 +307,14 @@ final class QueuePairWorker implements Runnable {
             }
         }
         boolean more = true;
+        boolean poll = busyPoll; // whether the previous round polled: its bursts left kicks off, so no sleeping now
         long rounds = 0;
         try {
             while (running) {
-                // Busy polling looks at epoll (port readiness, commands) every 16th round only: a syscall per round
-                // was a quarter of the worker's time. Commands are noticed at once through the queue itself.
-                int n = busyPoll && (++rounds & 15) != 0 && commands.isEmpty() ? 0 : epoll.await(more || busyPoll ? 0 : -1);
+                // Polling looks at epoll (port readiness, commands) every 16th round only: a syscall per round was a
+                // quarter of the worker's time. Commands are noticed at once through the queue itself. Sleeping
+                // (-1) only after a round whose bursts enabled kicks and found nothing.
+                int n = poll && (++rounds & 15) != 0 && commands.isEmpty() ? 0 : epoll.await(more || poll ? 0 : -1);
                 for (int i = 0; i < n; i++) {
                     long token = epoll.data(i);
                     if (token == TOKEN_COMMAND) {
@@ -330,19 +341,28 @@ final class QueuePairWorker implements Runnable {
                     break;
                 }
                 more = false;
+                // Decided once per round, before the bursts: each burst leaves kicks off when polling and enables
+                // them otherwise, and the next round sleeps only if this one enabled them.
+                poll = busyPoll || (pollNanos > 0 && System.nanoTime() - lastWork < pollNanos);
+                workDone = false;
                 if (tx != null && !txBroken) {
-                    more |= txBurst();
+                    more |= txBurst(poll);
                 }
                 if (port.readFd() == Port.POLL) {
                     portReadable = true;
                 }
                 if (rx != null && !rxBroken && rxEnabled && portReadable) {
-                    more |= rxBurst();
+                    more |= rxBurst(poll);
                 }
-                if (busyPoll && !more) {
+                if (workDone && pollNanos > 0) {
+                    lastWork = System.nanoTime();
+                    more = true; // the window starts (or goes on): the next round polls, kicks off
+                }
+                if (poll && !more) {
                     // a polling worker that found little to do lets others run now and then: on a machine with
                     // fewer cores than busy threads, spinning without yielding starved the other side
-                    if ((rounds & 255) == 0) {
+                    // (within a poll window every empty round yields: several such workers often share a CPU)
+                    if (!busyPoll || (rounds & 255) == 0) {
                         Thread.yield();
                     } else {
                         Thread.onSpinWait();
@@ -362,7 +382,7 @@ final class QueuePairWorker implements Runnable {
     }
 
     /** Moves up to a budget of frames from the TX ring to the port; true if more may be waiting. */
-    private boolean txBurst() {
+    private boolean txBurst(boolean poll) {
         DeviceQueue q = tx;
         int done = 0;
         long sent = 0;
@@ -425,10 +445,11 @@ final class QueuePairWorker implements Runnable {
                 txCounters.add(QueueCounters.NOTIFICATIONS, 1);
             }
         }
+        workDone |= done > 0;
         if (done == BUDGET || blocked) {
             return !blocked;
         }
-        if (busyPoll) {
+        if (poll) {
             q.disableKicks();
             return false;
         }
@@ -444,7 +465,7 @@ final class QueuePairWorker implements Runnable {
      * part is copied into further chains. If the driver has not posted enough buffers for it, the whole frame is
      * parked in the spill buffer until it does (nothing is dropped, no chain is held).
      */
-    private boolean rxBurst() {
+    private boolean rxBurst(boolean poll) {
         DeviceQueue q = rx;
         int done = 0;
         long packets = 0;
@@ -543,8 +564,9 @@ final class QueuePairWorker implements Runnable {
                 rxCounters.add(QueueCounters.NOTIFICATIONS, 1);
             }
         }
+        workDone |= done > 0;
         if (waitBuffers) {
-            return !busyPoll && q.enableKicks();
+            return !poll && q.enableKicks();
         }
         return done == BUDGET;
     }

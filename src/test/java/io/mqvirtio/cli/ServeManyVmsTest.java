@@ -26,7 +26,7 @@ class ServeManyVmsTest {
         Path a = dir.resolve("a.sock");
         Path b = dir.resolve("b.sock");
         String group = Files.readAttributes(dir, PosixFileAttributes.class).group().getName();
-        List<String> cmd = Launcher.command("serve", "--vm", "socket-path=" + a + ",queues=2,loopback,name=vm-a",
+        List<String> cmd = Launcher.command("serve", "--vm", "socket-path=" + a + ",queues=2,loopback,name=vm-a,poll-us=200",
                 "--vm", "socket-path=" + b + ",queues=1,loopback,name=vm-b", "--socket-group", group);
         try (Launcher.Run r = Launcher.start(dir, "serve-two", cmd)) {
             r.awaitErr("listening on " + java.util.regex.Pattern.quote(b.toString()), START_MS);

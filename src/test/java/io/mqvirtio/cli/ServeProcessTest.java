@@ -88,6 +88,10 @@ class ServeProcessTest {
                 new Case(2, "--metrics: 0.0.0.0 is not a loopback address", "serve", "--socket-path", sock.toString(),
                         "--loopback", "--metrics", "0.0.0.0:9100"),
                 new Case(2, "unknown option --queue", "serve", "--socket-path", sock.toString(), "--queue", "2"),
+                new Case(2, "--poll-us must be in 0..1000000, got 2000000", "serve", "--socket-path", sock.toString(),
+                        "--loopback", "--poll-us", "2000000"),
+                new Case(2, "--vm socket-path=" + sock + ",loopback,poll-us=x: --poll-us needs a number, got 'x'", "serve",
+                        "--vm", "socket-path=" + sock + ",loopback,poll-us=x"),
                 new Case(1, "exists and is not a socket", "serve", "--socket-path", file.toString(), "--loopback"),
                 new Case(1, "x.sock: the directory " + dir.resolve("no/such/dir") + " does not exist", "serve", "--socket-path",
                         dir.resolve("no/such/dir/x.sock").toString(), "--loopback"));
