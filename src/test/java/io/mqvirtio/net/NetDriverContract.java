@@ -153,7 +153,8 @@ abstract class NetDriverContract {
                     assertThatThrownBy(() -> q.sendInPlace(1, (buf, i) -> q.maxFrame() + 1))
                             .isInstanceOf(IllegalArgumentException.class).hasMessageContaining("must be 14..");
                     assertThatThrownBy(() -> q.sendInPlace(1, (buf, i) -> 13)).isInstanceOf(IllegalArgumentException.class);
-                } else if (next[0] < count) {
+                } else if (next[0] < count && next[0] - got < 128) {
+                    // at most half the RX ring in flight: a real backend (testpmd) drops what finds no RX buffer
                     int n = Math.min(16, count - next[0]);
                     q.sendInPlace(n, (buf, i) -> {
                         assertThat(buf.byteSize()).isEqualTo(q.maxFrame());
