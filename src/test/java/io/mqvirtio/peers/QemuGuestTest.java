@@ -28,9 +28,10 @@ import java.util.concurrent.TimeUnit;
 import java.util.regex.Matcher;
 import java.util.regex.Pattern;
 import org.junit.jupiter.api.Tag;
-import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.Timeout;
 import org.junit.jupiter.api.io.TempDir;
+import org.junit.jupiter.params.ParameterizedTest;
+import org.junit.jupiter.params.provider.ValueSource;
 
 /**
  * The heart of the mission, end to end: a real Linux guest (its virtio_net driver) in QEMU, four vCPUs and four
@@ -47,9 +48,11 @@ public class QemuGuestTest {
     @TempDir
     Path dir;
 
-    @Test
+    /** Workers woken by kicks (0), and with a poll window after traffic (200 µs: kicks off while polling). */
+    @ParameterizedTest(name = "poll window {0} µs")
+    @ValueSource(ints = {0, 200})
     @Timeout(420)
-    void linuxGuestUsesFourQueuePairs() throws Exception {
+    void linuxGuestUsesFourQueuePairs(int pollMicros) throws Exception {
         Peers.requireRoot("a TAP device in a network namespace");
         Peers.require("qemu-system-x86_64", "QEMU");
         Path repo = Path.of("").toAbsolutePath();
@@ -80,7 +83,8 @@ public class QemuGuestTest {
             http.start();
             CompletableFuture<String> uploaded = CompletableFuture.supplyAsync(() -> receive(upload, BULK_KB * 1024));
 
-            try (NetDevice dev = new NetDevice(NetDevice.Config.of("qemu-test", PAIRS), backend);
+            try (NetDevice dev = new NetDevice(
+                    new NetDevice.Config("qemu-test", PAIRS, 1500, false, new int[0], pollMicros), backend);
                  VhostUserServer server = VhostUserServer.listen(sock, dev)) {
                 Process qemu = new ProcessBuilder(runGuest.toString(), "--vhost-user", sock.toString(),
                         "--queues", String.valueOf(PAIRS), "--smp", "4", "--script", script.toString(),
