@@ -52,15 +52,9 @@ public record Measurement(Scenario scenario, int frameSize, int pairs, long pack
             return rounds.get(rounds.size() - 1);
         }
         List<Double> rates = rounds.stream().map(Measurement::mpps).toList();
-        StringBuilder note = new StringBuilder(best.note() == null ? "" : best.note());
-        note.append(note.isEmpty() ? "" : "; ").append("best of ").append(rounds.size()).append(" rounds (Mpps");
-        for (double r : rates) {
-            note.append(' ').append(Double.isNaN(r) ? "failed" : String.format(java.util.Locale.ROOT, "%.3f", r));
-        }
-        note.append(')');
         return new Measurement(best.scenario, best.frameSize, best.pairs, best.packets, best.seconds, best.senderPackets,
-                best.senderSeconds, best.threads, best.status, note.toString(), best.intervalMpps, rates,
-                best.roundTripNs, rounds.stream().map(Measurement::roundTripNs).toList());
+                best.senderSeconds, best.threads, best.status, best.noteWithRates("rounds", rates), best.intervalMpps,
+                rates, best.roundTripNs, rounds.stream().map(Measurement::roundTripNs).toList());
     }
 
     /** The interval with the highest rate of {@code intervals} (all of one point), with every interval's rate. */
@@ -75,15 +69,19 @@ public record Measurement(Scenario scenario, int frameSize, int pairs, long pack
             return best;
         }
         List<Double> rates = intervals.stream().map(Measurement::mpps).toList();
-        StringBuilder note = new StringBuilder(best.note() == null ? "" : best.note());
-        note.append(note.isEmpty() ? "" : "; ").append("best of ").append(intervals.size()).append(" intervals (Mpps");
-        for (double r : rates) {
-            note.append(' ').append(String.format(java.util.Locale.ROOT, "%.3f", r));
-        }
-        note.append(')');
         return new Measurement(best.scenario, best.frameSize, best.pairs, best.packets, best.seconds, best.senderPackets,
-                best.senderSeconds, best.threads, best.status, note.toString(), rates, List.of(), best.roundTripNs,
-                List.of());
+                best.senderSeconds, best.threads, best.status, best.noteWithRates("intervals", rates), rates, List.of(),
+                best.roundTripNs, List.of());
+    }
+
+    /** This point's note, then "best of N {@code what} (Mpps r1 r2 ...)", a NaN rate as "failed". */
+    private String noteWithRates(String what, List<Double> rates) {
+        StringBuilder b = new StringBuilder(note == null ? "" : note);
+        b.append(b.isEmpty() ? "" : "; ").append("best of ").append(rates.size()).append(' ').append(what).append(" (Mpps");
+        for (double r : rates) {
+            b.append(' ').append(Double.isNaN(r) ? "failed" : String.format(java.util.Locale.ROOT, "%.3f", r));
+        }
+        return b.append(')').toString();
     }
 
     public enum Status { OK, SKIPPED, FAILED }

@@ -152,7 +152,7 @@ public final class TrafficRun {
         try (Arena a = Arena.ofConfined()) {
             // Like DPDK's txonly: each frame's Ethernet, IPv4 and UDP headers are written into the pair's own TX
             // buffer (zero-copy send), the payload is left as it is.
-            MemorySegment template = udpFrame(a, pair, 0, frameSize);
+            MemorySegment template = udpFrame(a, pair, frameSize);
             long headers = Math.min(HEADERS, frameSize);
             NetQueuePair.FrameWriter writer = (buf, i) -> {
                 MemorySegment.copy(template, 0, buf, 0, headers);
@@ -189,7 +189,7 @@ public final class TrafficRun {
     }
 
     /** A UDP/IPv4 frame of {@code len} bytes (at least 60) from a per-pair source port. */
-    static MemorySegment udpFrame(Arena a, int pair, int seq, int len) {
+    static MemorySegment udpFrame(Arena a, int pair, int len) {
         MemorySegment f = a.allocate(Math.max(len, 60));
         var be16 = ValueLayout.JAVA_SHORT_UNALIGNED.withOrder(ByteOrder.BIG_ENDIAN);
         var be32 = ValueLayout.JAVA_INT_UNALIGNED.withOrder(ByteOrder.BIG_ENDIAN);
@@ -207,7 +207,6 @@ public final class TrafficRun {
         f.set(be16, 34, (short) (1024 + pair));
         f.set(be16, 36, (short) 9);
         f.set(be16, 38, (short) (f.byteSize() - 34));
-        f.set(be32, 42, seq);
         return f;
     }
 }

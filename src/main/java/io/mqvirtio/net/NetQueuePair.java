@@ -141,24 +141,34 @@ public final class NetQueuePair {
                 throw new IllegalArgumentException("frame of " + flen + " bytes: must be 14.." + maxFrame());
             }
             int slot = txFreeSlots[--txFree];
-            long base = (long) slot * bufSize;
-            txBufs.set(ValueLayout.JAVA_LONG_UNALIGNED, base, 0L); // a zero virtio_net_hdr_v1: no offload asked
-            txBufs.set(ValueLayout.JAVA_INT_UNALIGNED, base + 8, 0);
+            long base = zeroHeader(slot);
             if (pendingCsumStart >= 0) {
                 txBufs.set(ValueLayout.JAVA_BYTE, base + VirtioNet.HDR_FLAGS, (byte) VirtioNet.HDR_F_NEEDS_CSUM);
                 txBufs.set(LE16, base + VirtioNet.HDR_CSUM_START, (short) pendingCsumStart);
                 txBufs.set(LE16, base + VirtioNet.HDR_CSUM_OFFSET, (short) pendingCsumOffset);
             }
             MemorySegment.copy(f, 0, txBufs, base + VirtioNet.HDR_SIZE, flen);
-            addr[0] = txBufsGpa + base;
-            len[0] = (int) (VirtioNet.HDR_SIZE + flen);
-            int head = tx.add(addr, len, 1, 0);
-            txSlotOfHead[head] = slot;
+            queueTx(slot, base, flen);
             n++;
             bytes += flen;
         }
         finishSend(n, bytes);
         return n;
+    }
+
+    /** Writes a zero virtio_net_hdr_v1 (no offload asked) at the start of TX slot {@code slot}; returns its offset. */
+    private long zeroHeader(int slot) {
+        long base = (long) slot * bufSize;
+        txBufs.set(ValueLayout.JAVA_LONG_UNALIGNED, base, 0L);
+        txBufs.set(ValueLayout.JAVA_INT_UNALIGNED, base + 8, 0);
+        return base;
+    }
+
+    /** Adds slot {@code slot}'s header and {@code flen}-byte frame (at {@code base}) to the TX ring, unpublished. */
+    private void queueTx(int slot, long base, long flen) {
+        addr[0] = txBufsGpa + base;
+        len[0] = (int) (VirtioNet.HDR_SIZE + flen);
+        txSlotOfHead[tx.add(addr, len, 1, 0)] = slot;
     }
 
     /** Publishes a burst of {@code n} frames: one release store, at most one kick. */
@@ -213,13 +223,7 @@ public final class NetQueuePair {
                     txFree++; // the slot goes back unused
                     throw e;
                 }
-                long base = (long) slot * bufSize;
-                txBufs.set(ValueLayout.JAVA_LONG_UNALIGNED, base, 0L); // a zero virtio_net_hdr_v1
-                txBufs.set(ValueLayout.JAVA_INT_UNALIGNED, base + 8, 0);
-                addr[0] = txBufsGpa + base;
-                len[0] = VirtioNet.HDR_SIZE + flen;
-                int head = tx.add(addr, len, 1, 0);
-                txSlotOfHead[head] = slot;
+                queueTx(slot, zeroHeader(slot), flen);
                 n++;
                 bytes += flen;
             }

@@ -93,10 +93,6 @@ final class QueuePairWorker implements Runnable {
     private final MemorySegment numBuffers = Arena.ofAuto().allocate(2);
     private Thread thread;
 
-    QueuePairWorker(String name, int pair, Port port, boolean busyPoll, int cpu) {
-        this(name, pair, port, busyPoll, 0, cpu);
-    }
-
     QueuePairWorker(String name, int pair, Port port, boolean busyPoll, long pollNanos, int cpu) {
         this.pollNanos = busyPoll ? 0 : pollNanos;
         this.name = name;

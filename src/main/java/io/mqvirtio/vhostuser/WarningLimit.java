@@ -21,8 +21,7 @@ final class WarningLimit {
     private final long windowNanos;
     private final LongSupplier clock;
     private long windowStart;
-    private long inWindow;
-    private long suppressed;
+    private long inWindow;   // warnings in this window, logged or not
     private long total;
 
     WarningLimit(String source) {
@@ -42,13 +41,12 @@ final class WarningLimit {
         long now = clock.getAsLong();
         total++;
         if (now - windowStart >= windowNanos) {
-            if (suppressed > 0) {
+            if (inWindow > burst) {
                 log.log(Level.WARNING, "{0}: {1} warnings about the frontend were not logged in the last {2} s "
-                        + "({3} in all)", source, suppressed, (now - windowStart) / 1_000_000_000L, total - 1);
+                        + "({3} in all)", source, inWindow - burst, (now - windowStart) / 1_000_000_000L, total - 1);
             }
             windowStart = now;
             inWindow = 0;
-            suppressed = 0;
         }
         if (++inWindow <= burst) {
             if (inWindow == burst) {
@@ -57,8 +55,6 @@ final class WarningLimit {
             } else {
                 log.log(Level.WARNING, format, args);
             }
-        } else {
-            suppressed++;
         }
     }
 

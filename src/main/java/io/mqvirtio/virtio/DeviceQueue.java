@@ -34,6 +34,9 @@ public final class DeviceQueue {
     private static final ValueLayout.OfInt DESC_U32 = ValueLayout.JAVA_INT_UNALIGNED.withOrder(ByteOrder.LITTLE_ENDIAN);
     private static final ValueLayout.OfShort DESC_U16 = ValueLayout.JAVA_SHORT_UNALIGNED.withOrder(ByteOrder.LITTLE_ENDIAN);
 
+    /** readAhead touches a buffer's first lines only from this length on (shorter ones come with the descriptors). */
+    private static final long READ_AHEAD_MIN_LEN = 256;
+
     private final GuestMemory memory;
     private final int size;
     private final int mask;
@@ -46,6 +49,8 @@ public final class DeviceQueue {
     private final long availEventOff;
 
     private int lastAvail;      // next avail ring slot to read (free-running 16-bit)
+    @SuppressWarnings("unused")
+    private long readAheadSink; // what readAhead loaded, kept so that the JIT keeps the loads
     private int availShadow;    // avail.idx as last read: pops up to it without touching the driver's cache line
     private int usedIdx;        // next used ring slot to write (free-running 16-bit), published by publishUsed
     private int publishedUsed;  // value last stored in used.idx
@@ -136,7 +141,7 @@ public final class DeviceQueue {
         }
         long sum = 0;
         for (int i = 0; i < n; i++) {
-            int head = Short.toUnsignedInt(avail.get(DESC_U16, AVAIL_RING + 2L * ((lastAvail + i) & mask)));
+            int head = getU16(avail, AVAIL_RING + 2L * ((lastAvail + i) & mask));
             if (head >= size) {
                 return;
             }
@@ -155,10 +160,6 @@ public final class DeviceQueue {
         }
         readAheadSink = sum; // keeps the loads
     }
-
-    @SuppressWarnings("unused")
-    private long readAheadSink;
-    private static final long READ_AHEAD_MIN_LEN = 256;
 
     /**
      * Pops the next available chain into {@code chain}. Returns false if none is available.
