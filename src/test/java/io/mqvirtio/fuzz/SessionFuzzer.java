@@ -1,5 +1,9 @@
 package io.mqvirtio.fuzz;
 
+import static io.mqvirtio.vhostuser.RawPeer.state;
+import static io.mqvirtio.vhostuser.RawPeer.u64;
+import static io.mqvirtio.vhostuser.RawPeer.vringAddr;
+
 import com.code_intelligence.jazzer.api.FuzzedDataProvider;
 import io.mqvirtio.linux.Epoll;
 import io.mqvirtio.linux.ErrnoException;
@@ -626,19 +630,6 @@ public final class SessionFuzzer {
 
     static byte[] header(int id, int flags, int size) {
         return ByteBuffer.allocate(12).order(ByteOrder.LITTLE_ENDIAN).putInt(id).putInt(flags).putInt(size).array();
-    }
-
-    static byte[] u64(long v) {
-        return ByteBuffer.allocate(8).order(ByteOrder.LITTLE_ENDIAN).putLong(v).array();
-    }
-
-    static byte[] state(int index, int num) {
-        return ByteBuffer.allocate(8).order(ByteOrder.LITTLE_ENDIAN).putInt(index).putInt(num).array();
-    }
-
-    static byte[] vringAddr(int index, int flags, long desc, long used, long avail, long log) {
-        return ByteBuffer.allocate(40).order(ByteOrder.LITTLE_ENDIAN).putInt(index).putInt(flags).putLong(desc)
-                .putLong(used).putLong(avail).putLong(log).array();
     }
 
     static byte[] memTable(long[]... rows) {

@@ -12,9 +12,15 @@ class NetDriverOverLoopbackTest extends NetDriverContract {
     private NetDevice device;
     private VhostUserServer server;
 
+    /** The workers' poll window ({@link NetDevice.Config#pollMicros}); 0: they sleep as soon as the rings are empty. */
+    int pollMicros() {
+        return 0;
+    }
+
     @Override
     Path startBackend(int pairs) {
-        device = new NetDevice(NetDevice.Config.of("loop", pairs), new LoopbackBackend(pairs, 1500));
+        device = new NetDevice(new NetDevice.Config("loop", pairs, 1500, false, new int[0], pollMicros()),
+                new LoopbackBackend(pairs, 1500));
         server = VhostUserServer.listen(dir.resolve("loop.sock"), device);
         return server.path();
     }

@@ -2,45 +2,21 @@ package io.mqvirtio.net;
 
 import static org.assertj.core.api.Assertions.assertThat;
 
-import io.mqvirtio.backend.LoopbackBackend;
 import io.mqvirtio.vhostuser.VhostUserServer;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
-import java.nio.file.Path;
 import java.util.concurrent.TimeUnit;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.Timeout;
-import org.junit.jupiter.api.io.TempDir;
 
 /**
  * The driver contract against our loopback backend whose workers poll for a while after frames moved before they
  * sleep again ({@link NetDevice.Config#pollMicros}): nothing is lost on the way between polling and sleeping.
  */
-class NetDriverOverPollingLoopbackTest extends NetDriverContract {
-    @TempDir
-    Path dir;
-    private NetDevice device;
-    private VhostUserServer server;
-    private int pollMicros = 200;
-
+class NetDriverOverPollingLoopbackTest extends NetDriverOverLoopbackTest {
     @Override
-    Path startBackend(int pairs) {
-        device = new NetDevice(new NetDevice.Config("poll", pairs, 1500, false, new int[0], pollMicros),
-                new LoopbackBackend(pairs, 1500));
-        server = VhostUserServer.listen(dir.resolve("poll-" + pollMicros + ".sock"), device);
-        return server.path();
-    }
-
-    @Override
-    void stopBackend() {
-        if (server != null) {
-            server.close();
-        }
-        if (device != null) {
-            device.close();
-        }
-        server = null;
-        device = null;
+    int pollMicros() {
+        return 200;
     }
 
     /** 500 bursts of 4 frames, 0.3 ms apart, into a sink: the driver's kicks with a poll window of {@code micros}. */

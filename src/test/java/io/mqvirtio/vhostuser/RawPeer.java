@@ -19,7 +19,7 @@ import java.util.Arrays;
  * one {@code sendmsg}, and reads replies with a deadline. Nothing here checks what it sends; that is the point.
  * Replies are read exactly (header, then the size it announces).
  */
-final class RawPeer implements AutoCloseable {
+public final class RawPeer implements AutoCloseable {
     static final int V1 = Protocol.VERSION;
     static final int NEED_REPLY = Protocol.FLAG_NEED_REPLY;
     static final int REPLY = Protocol.FLAG_REPLY;
@@ -240,15 +240,15 @@ final class RawPeer implements AutoCloseable {
 
     // ---- payloads ------------------------------------------------------------------------------------------------
 
-    static byte[] u64(long v) {
+    public static byte[] u64(long v) {
         return ByteBuffer.allocate(8).order(ByteOrder.LITTLE_ENDIAN).putLong(v).array();
     }
 
-    static byte[] state(int index, int num) {
+    public static byte[] state(int index, int num) {
         return ByteBuffer.allocate(8).order(ByteOrder.LITTLE_ENDIAN).putInt(index).putInt(num).array();
     }
 
-    static byte[] vringAddr(int index, int flags, long desc, long used, long avail, long log) {
+    public static byte[] vringAddr(int index, int flags, long desc, long used, long avail, long log) {
         return ByteBuffer.allocate(40).order(ByteOrder.LITTLE_ENDIAN).putInt(index).putInt(flags).putLong(desc)
                 .putLong(used).putLong(avail).putLong(log).array();
     }
