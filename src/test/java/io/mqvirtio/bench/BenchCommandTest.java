@@ -179,6 +179,9 @@ class BenchCommandTest {
         assertBad("unknown option --bogus", "--bogus");
         assertBad("bench takes options only, or 'ring': unexpected 'sink'", "sink");
         assertBad("--ring must be a power of two", "ring", "--ring", "100");
+        assertBad("--rounds must be in 1..1000, got 0", "--rounds", "0");
+        assertBad("--poll-us must be in 0..1000000, got -1", "--poll-us", "-1");
+        assertBad("--poll-us needs a number, got 'x'", "--poll-us", "x");
     }
 
     private static void assertBad(String message, String... argv) {
