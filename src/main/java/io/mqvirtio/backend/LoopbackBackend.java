@@ -75,6 +75,11 @@ public final class LoopbackBackend implements PacketBackend {
             }
 
             @Override
+            public void reset() {
+                head = tail; // frames the last frontend sent are not the next one's
+            }
+
+            @Override
             public void close() {
                 arena.close();
             }

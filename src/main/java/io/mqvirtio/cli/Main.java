@@ -40,6 +40,10 @@ public final class Main {
                                    (cpus=0:1 inside a spec)
                   --socket-group G listened sockets belong to group G and its members may connect (0660);
                                    without it only the owner may (0600)
+                  --max-memory SIZE  the most guest memory one VM may share with serve (512M, 16G, 1T; also
+                                   max-memory= in a --vm); default: the host's memory
+                  --max-total-memory SIZE  the most all VMs of this serve may share together; default: four
+                                   times the host's memory
                   --print-capabilities  print the backend's capabilities as JSON and exit
                   --debug          log every vhost-user message
                                    SIGTERM or SIGINT stops it cleanly (socket file removed, TAP queues closed, a

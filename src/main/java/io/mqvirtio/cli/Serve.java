@@ -12,10 +12,6 @@ import java.lang.System.Logger;
 import java.lang.System.Logger.Level;
 import java.net.InetSocketAddress;
 import java.nio.file.Path;
-import java.nio.file.Files;
-import java.nio.file.attribute.GroupPrincipal;
-import java.nio.file.attribute.PosixFileAttributeView;
-import java.nio.file.attribute.PosixFilePermissions;
 import java.util.ArrayList;
 import java.util.HashSet;
 import java.util.List;
@@ -33,7 +29,7 @@ final class Serve {
     private static final Logger LOG = System.getLogger(Serve.class.getName());
 
     static final Set<String> VALUED = Set.of("socket-path", "queues", "tap", "mtu", "cpus", "stats-interval", "name",
-            "metrics", "vm", "socket-group", "poll-us");
+            "metrics", "vm", "socket-group", "poll-us", "max-memory", "max-total-memory");
     static final Set<String> FLAGS = Set.of("loopback", "client", "busy-poll", "print-capabilities", "debug");
     /** The options that describe one VM's device: on the command line directly, or inside each --vm. */
     private static final Set<String> VM_OPTIONS = Set.of("socket-path", "queues", "tap", "mtu", "cpus", "name",
@@ -43,10 +39,10 @@ final class Serve {
 
     /** One VM's device: its socket, its queue pairs and its backend. */
     record Vm(Path socket, int queues, int mtu, String tap, boolean loopback, boolean client, boolean busyPoll,
-            int[] cpus, String name, int pollMicros) {
+            int[] cpus, String name, int pollMicros, long maxMemory) {
 
         /** From the command line's own options (one VM) or from a --vm spec turned into arguments. */
-        static Vm parse(Args a, boolean busyPollDefault, int pollDefault) {
+        static Vm parse(Args a, boolean busyPollDefault, int pollDefault, long maxMemoryDefault) {
             String socket = a.string("socket-path", null);
             if (socket == null || socket.isEmpty()) {
                 throw new Args.UsageException("serve needs --socket-path PATH (or --vm socket-path=PATH,...)");
@@ -69,15 +65,17 @@ final class Serve {
             Path path = Path.of(socket);
             String name = a.string("name", path.getFileName() == null ? socket : path.getFileName().toString());
             int poll = a.integer("poll-us", pollDefault, 0, 1_000_000);
+            long maxMemory = a.string("max-memory", null) == null ? maxMemoryDefault
+                    : size("max-memory", a.string("max-memory", null));
             return new Vm(path, queues, mtu, tap, loopback, a.flag("client"), busyPollDefault || a.flag("busy-poll"),
-                    cpus, name, poll);
+                    cpus, name, poll, maxMemory);
         }
 
         /**
          * A --vm spec, {@code socket-path=P,queues=N,tap=T} or {@code ...,loopback,client}: the same keys as the
          * single-VM options, separated by commas (cpus are separated by colons inside it: cpus=0:1).
          */
-        static Vm parseSpec(String spec, boolean busyPoll, int pollDefault) {
+        static Vm parseSpec(String spec, boolean busyPoll, int pollDefault, long maxMemoryDefault) {
             List<String> argv = new ArrayList<>();
             for (String part : spec.split(",")) {
                 if (part.isBlank()) {
@@ -85,30 +83,64 @@ final class Serve {
                 }
                 int eq = part.indexOf('=');
                 String key = eq < 0 ? part : part.substring(0, eq);
-                if (!VM_OPTIONS.contains(key) && !key.equals("busy-poll") && !key.equals("poll-us")) {
+                if (!VM_OPTIONS.contains(key) && !key.equals("busy-poll") && !key.equals("poll-us")
+                        && !key.equals("max-memory")) {
                     throw new Args.UsageException("--vm: unknown key '" + key + "' (keys: socket-path, queues, tap, loopback, "
-                            + "mtu, cpus, name, client, busy-poll, poll-us)");
+                            + "mtu, cpus, name, client, busy-poll, poll-us, max-memory)");
                 }
                 argv.add("--" + (eq < 0 ? key : key + "=" + part.substring(eq + 1).replace(':', ',')));
             }
             try {
-                return parse(new Args(argv.toArray(new String[0]), VALUED, FLAGS), busyPoll, pollDefault);
+                return parse(new Args(argv.toArray(new String[0]), VALUED, FLAGS), busyPoll, pollDefault, maxMemoryDefault);
             } catch (Args.UsageException e) {
                 throw new Args.UsageException("--vm " + spec + ": " + e.getMessage());
             }
         }
     }
 
+    /**
+     * A size in bytes: digits with an optional binary unit, {@code 512M}, {@code 16G}, {@code 1T} (K, M, G, T, P; also
+     * KiB, MiB... and KB, MB... meaning the same).
+     */
+    static long size(String option, String v) {
+        java.util.regex.Matcher m = java.util.regex.Pattern.compile("(?i)(\\d+)\\s*([kmgtp]?)(i?b)?").matcher(v.trim());
+        if (!m.matches()) {
+            throw new Args.UsageException("--" + option + ": '" + v + "' is not a size (e.g. 512M, 16G, 1T)");
+        }
+        int shift = switch (m.group(2).toLowerCase(java.util.Locale.ROOT)) {
+            case "k" -> 10;
+            case "m" -> 20;
+            case "g" -> 30;
+            case "t" -> 40;
+            case "p" -> 50;
+            default -> 0;
+        };
+        try {
+            long n = Long.parseLong(m.group(1));
+            if (n <= 0 || n > (Long.MAX_VALUE >> shift)) {
+                throw new NumberFormatException();
+            }
+            return n << shift;
+        } catch (NumberFormatException e) {
+            throw new Args.UsageException("--" + option + ": '" + v + "' is not a size between 1 byte and 8 EiB");
+        }
+    }
+
     /** The command line, checked before anything is opened. */
-    record Options(List<Vm> vms, double statsEvery, InetSocketAddress metrics, boolean debug, String socketGroup) {
+    record Options(List<Vm> vms, double statsEvery, InetSocketAddress metrics, boolean debug, String socketGroup,
+            long maxTotalMemory) {
 
         static Options parse(Args a) {
             if (!a.positional().isEmpty()) {
                 throw new Args.UsageException("serve takes no positional arguments, got " + a.positional());
             }
             List<Vm> vms = new ArrayList<>();
+            io.mqvirtio.memory.MemoryBudget defaults = io.mqvirtio.memory.MemoryBudget.defaults();
+            long maxMemory = a.string("max-memory", null) == null ? defaults.perVm() : size("max-memory", a.string("max-memory", null));
+            long maxTotal = a.string("max-total-memory", null) == null ? Math.max(defaults.total(), maxMemory)
+                    : size("max-total-memory", a.string("max-total-memory", null));
             if (a.strings("vm").isEmpty()) {
-                vms.add(Vm.parse(a, false, 0));
+                vms.add(Vm.parse(a, false, 0, maxMemory));
             } else {
                 for (String o : VM_OPTIONS) {
                     if (a.flag(o)) {
@@ -116,7 +148,7 @@ final class Serve {
                     }
                 }
                 for (String spec : a.strings("vm")) {
-                    vms.add(Vm.parseSpec(spec, a.flag("busy-poll"), a.integer("poll-us", 0, 0, 1_000_000)));
+                    vms.add(Vm.parseSpec(spec, a.flag("busy-poll"), a.integer("poll-us", 0, 0, 1_000_000), maxMemory));
                 }
             }
             Set<Path> sockets = new HashSet<>();
@@ -140,7 +172,7 @@ final class Serve {
             if (group != null && group.isBlank()) {
                 throw new Args.UsageException("--socket-group needs a group name");
             }
-            return new Options(List.copyOf(vms), statsEvery, metrics, a.flag("debug"), group);
+            return new Options(List.copyOf(vms), statsEvery, metrics, a.flag("debug"), group, maxTotal);
         }
     }
 
@@ -204,8 +236,19 @@ final class Serve {
         }
 
         void start(Options o) throws IOException {
+            if (o.socketGroup() != null) {
+                try {
+                    java.nio.file.FileSystems.getDefault().getUserPrincipalLookupService()
+                            .lookupPrincipalByGroupName(o.socketGroup());
+                } catch (IOException e) {
+                    throw new IOException("--socket-group: no group named " + o.socketGroup(), e);
+                }
+            }
+            // One budget for the whole process: the VMs' limits differ, their total is shared.
+            io.mqvirtio.memory.MemoryBudget budget = new io.mqvirtio.memory.MemoryBudget(
+                    o.vms().stream().mapToLong(Vm::maxMemory).max().orElse(1), o.maxTotalMemory());
             for (Vm vm : o.vms()) {
-                startVm(vm, o.socketGroup());
+                startVm(vm, o.socketGroup(), budget.withPerVm(vm.maxMemory()));
             }
             if (o.metrics() != null) {
                 List<MetricsServer.Source> sources = new ArrayList<>();
@@ -230,7 +273,7 @@ final class Serve {
             }
         }
 
-        private void startVm(Vm vm, String group) throws IOException {
+        private void startVm(Vm vm, String group, io.mqvirtio.memory.MemoryBudget memory) throws IOException {
             PacketBackend backend = vm.loopback() ? new LoopbackBackend(vm.queues(), vm.mtu()) : TapBackend.open(vm.tap(), vm.queues());
             NetDevice device;
             try {
@@ -242,7 +285,8 @@ final class Serve {
             }
             VhostUserServer s;
             try {
-                s = vm.client() ? VhostUserServer.connect(vm.socket(), device) : VhostUserServer.listen(vm.socket(), device);
+                s = vm.client() ? VhostUserServer.connect(vm.socket(), device, new VhostUserServer.Options(null, memory))
+                        : VhostUserServer.listen(vm.socket(), device, new VhostUserServer.Options(group, memory));
             } catch (RuntimeException e) {
                 device.close();
                 String m = message(e);
@@ -258,22 +302,7 @@ final class Serve {
             }
             if (vm.client()) {
                 LOG.log(Level.INFO, "connecting to {0} (and again after each session)", vm.socket());
-            } else if (group != null) {
-                shareWithGroup(vm.socket(), group);
             }
-        }
-
-        /** --socket-group: the listening socket belongs to that group and its members may connect (0660). */
-        private static void shareWithGroup(Path socket, String group) throws IOException {
-            GroupPrincipal g;
-            try {
-                g = socket.getFileSystem().getUserPrincipalLookupService().lookupPrincipalByGroupName(group);
-            } catch (IOException e) {
-                throw new IOException("--socket-group: no group named " + group, e);
-            }
-            Files.getFileAttributeView(socket, PosixFileAttributeView.class).setGroup(g);
-            Files.setPosixFilePermissions(socket, PosixFilePermissions.fromString("rw-rw----"));
-            LOG.log(Level.INFO, "{0}: group {1} may connect", socket, group);
         }
 
         synchronized List<DeviceStats> snapshot() {

@@ -27,7 +27,12 @@ public class Fd implements AutoCloseable {
 
     private static final MethodHandle FLOCK =
             Native.downcall("flock", FunctionDescriptor.of(C_INT, C_POINTER, C_INT, C_INT));
-    private static final int O_DIRECTORY = 0x10000, LOCK_EX = 2;
+    private static final MethodHandle POLL =
+            Native.downcall("poll", FunctionDescriptor.of(C_INT, C_POINTER, C_POINTER, C_LONG, C_INT));
+    private static final int O_DIRECTORY = 0x10000, LOCK_EX = 2, LOCK_NB = 4;
+
+    /** poll(2) events, <bits/poll.h>. */
+    public static final short POLLIN = 0x1, POLLOUT = 0x4, POLLERR = 0x8, POLLHUP = 0x10, POLLRDHUP = 0x2000;
 
     private static final MethodHandle OPEN = Native.downcallVariadic("open",
             FunctionDescriptor.of(C_INT, C_POINTER, C_POINTER, C_INT, C_INT), 2);
@@ -66,21 +71,66 @@ public class Fd implements AutoCloseable {
     }
 
     /**
-     * Opens the directory {@code dir} and takes an exclusive {@code flock} on it, waiting for whoever holds one (another
-     * process, or another open of it in this one); closing the returned descriptor releases it. For short critical
-     * sections on a directory's entries, without leaving a lock file behind.
+     * Opens the directory {@code dir} and takes an exclusive {@code flock} on it, waiting at most {@code timeoutMillis}
+     * for whoever holds one (another process, or another open of it in this one); closing the returned descriptor
+     * releases it. For short critical sections on a directory's entries, without leaving a lock file behind. Anyone
+     * who can open the directory can hold such a lock (another user, on /tmp), so the wait is bounded: past it, an
+     * {@link ErrnoException} with EWOULDBLOCK.
      */
-    public static Fd lockDirectory(String dir) {
+    public static Fd lockDirectory(String dir, long timeoutMillis) {
         Fd d = new Fd(open(dir, O_RDONLY | O_DIRECTORY));
         try {
-            int r;
-            do {
-                r = (int) FLOCK.invokeExact(Native.errnoState(), d.fd(), LOCK_EX);
-            } while (r < 0 && Native.lastErrno() == ErrnoException.EINTR);
-            Native.check(r, "flock(" + dir + ")");
-            return d;
+            long deadline = System.nanoTime() + timeoutMillis * 1_000_000L;
+            long pause = 1;
+            while (true) {
+                int r = (int) FLOCK.invokeExact(Native.errnoState(), d.fd(), LOCK_EX | LOCK_NB);
+                if (r == 0) {
+                    return d;
+                }
+                int e = Native.lastErrno();
+                if (e != ErrnoException.EAGAIN && e != ErrnoException.EINTR) {
+                    throw new ErrnoException("flock(" + dir + ")", e);
+                }
+                if (System.nanoTime() - deadline > 0) {
+                    throw new ErrnoException("flock(" + dir + "): held by another process for more than "
+                            + timeoutMillis + " ms", ErrnoException.EAGAIN);
+                }
+                Thread.sleep(pause);
+                pause = Math.min(pause * 2, 20);
+            }
         } catch (Throwable t) {
             d.close();
+            if (t instanceof InterruptedException) {
+                Thread.currentThread().interrupt();
+                throw new ErrnoException("flock(" + dir + "): interrupted", ErrnoException.EINTR);
+            }
+            throw Native.rethrow(t);
+        }
+    }
+
+    /**
+     * poll(2) on this descriptor alone: the events of {@code events} (and POLLERR/POLLHUP) that are ready within
+     * {@code timeoutMillis} (0: now; negative: no limit), or 0 if none.
+     */
+    public final int poll(int events, int timeoutMillis) {
+        try (Arena a = Arena.ofConfined()) {
+            MemorySegment p = a.allocate(8, 4);
+            p.set(java.lang.foreign.ValueLayout.JAVA_INT, 0, fd());
+            p.set(java.lang.foreign.ValueLayout.JAVA_SHORT, 4, (short) events);
+            long deadline = System.nanoTime() + Math.max(0, timeoutMillis) * 1_000_000L;
+            while (true) {
+                int n = (int) POLL.invokeExact(Native.errnoState(), p, 1L, timeoutMillis);
+                if (n >= 0) {
+                    return n == 0 ? 0 : Short.toUnsignedInt(p.get(java.lang.foreign.ValueLayout.JAVA_SHORT, 6));
+                }
+                if (Native.lastErrno() != ErrnoException.EINTR) {
+                    throw new ErrnoException("poll", Native.lastErrno());
+                }
+                if (timeoutMillis > 0) {
+                    timeoutMillis = (int) Math.max(0, (deadline - System.nanoTime()) / 1_000_000L);
+                }
+            }
+        } catch (Throwable t) {
             throw Native.rethrow(t);
         }
     }

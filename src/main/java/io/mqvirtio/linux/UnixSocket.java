@@ -40,6 +40,9 @@ public final class UnixSocket extends Fd {
             FunctionDescriptor.of(C_INT, C_POINTER, C_INT, C_INT, C_INT, C_POINTER, C_POINTER));
     private static final MethodHandle SHUTDOWN =
             Native.downcall("shutdown", FunctionDescriptor.of(C_INT, C_POINTER, C_INT, C_INT));
+    private static final MethodHandle SETSOCKOPT = Native.downcall("setsockopt",
+            FunctionDescriptor.of(C_INT, C_POINTER, C_INT, C_INT, C_INT, C_POINTER, C_INT));
+    private static final int SO_SNDTIMEO = 21;
 
     // <sys/socket.h>, <bits/socket.h>, socket(7), unix(7)
     private static final int AF_UNIX = 1, SOCK_STREAM = 1, SOCK_CLOEXEC = 0x80000, SOL_SOCKET = 1,
@@ -310,6 +313,27 @@ public final class UnixSocket extends Fd {
         } catch (Throwable t) {
             throw Native.rethrow(t);
         }
+    }
+
+    /**
+     * Bounds how long one {@link #send} may wait for room in the peer's receive queue (SO_SNDTIMEO): past it, the send
+     * fails with EAGAIN, so a peer that stops reading cannot hold the sender for good.
+     */
+    public void setSendTimeout(long millis) {
+        try (Arena a = Arena.ofConfined()) {
+            MemorySegment tv = a.allocate(16, 8); // struct timeval {time_t tv_sec; suseconds_t tv_usec;}
+            tv.set(C_LONG, 0, millis / 1000);
+            tv.set(C_LONG, 8, (millis % 1000) * 1000);
+            Native.check((int) SETSOCKOPT.invokeExact(Native.errnoState(), fd(), SOL_SOCKET, SO_SNDTIMEO, tv, 16),
+                    "setsockopt(SO_SNDTIMEO)");
+        } catch (Throwable t) {
+            throw Native.rethrow(t);
+        }
+    }
+
+    /** Whether the peer has closed or shut down its end (poll's POLLRDHUP/POLLHUP, nothing consumed). */
+    public boolean peerHungUp() {
+        return (poll(POLLRDHUP, 0) & (POLLRDHUP | POLLHUP)) != 0;
     }
 
     /** Shuts both directions: the peer reads end of stream, and a thread blocked in {@link #recv} here wakes. */

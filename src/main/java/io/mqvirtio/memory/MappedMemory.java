@@ -59,24 +59,7 @@ public final class MappedMemory implements AutoCloseable {
      * mapping is added to {@code owned}; on any failure nothing stays mapped.
      */
     public static MemoryRegion map(Spec s, Fd fd, List<Mmap> owned) {
-        if (s.size() <= 0) {
-            throw new GuestMemoryException("memory region of size " + Long.toUnsignedString(s.size()));
-        }
-        if (s.mmapOffset() < 0 || s.mmapOffset() + s.size() < 0) {
-            throw new GuestMemoryException("memory region's mmap offset 0x" + Long.toHexString(s.mmapOffset()) + " + size 0x"
-                    + Long.toHexString(s.size()) + " overflows");
-        }
-        long fileSize;
-        try {
-            fileSize = FileSize.of(fd);
-        } catch (ErrnoException e) {
-            throw new GuestMemoryException("memory region fd cannot be mapped (not a file: " + e.getMessage() + ")");
-        }
-        long end = s.mmapOffset() + s.size();
-        if (end > fileSize) {
-            throw new GuestMemoryException("memory region reaches byte 0x" + Long.toHexString(end) + " of a file of 0x"
-                    + Long.toHexString(fileSize) + " bytes");
-        }
+        long end = mappingBytes(s, fd);
         Mmap m;
         try {
             m = Mmap.shared(fd, 0, end);
@@ -145,6 +128,51 @@ public final class MappedMemory implements AutoCloseable {
                     + Long.toHexString(size));
         }
         return new MappedMemory(l);
+    }
+
+    /** Unmaps this table's mappings that {@code kept} does not share (a new table that is not going to be used). */
+    public void closeExcept(MappedMemory kept) {
+        for (Mapped m : mapped) {
+            if (!kept.mapped.contains(m)) {
+                m.mapping().close();
+            }
+        }
+    }
+
+    /**
+     * The bytes mapping region {@code s} of {@code fd} takes (from offset 0 of the file through {@code mmap_offset +
+     * size}, see the class comment), after every check that can be made before mapping: a size of 0 or beyond 2^63,
+     * an offset and size that overflow, a range past the end of the file. What a caller reserves before it maps.
+     */
+    public static long mappingBytes(Spec s, Fd fd) {
+        if (s.size() <= 0) {
+            throw new GuestMemoryException("memory region of size " + Long.toUnsignedString(s.size()));
+        }
+        if (s.mmapOffset() < 0 || s.mmapOffset() + s.size() < 0) {
+            throw new GuestMemoryException("memory region's mmap offset 0x" + Long.toHexString(s.mmapOffset()) + " + size 0x"
+                    + Long.toHexString(s.size()) + " overflows");
+        }
+        long fileSize;
+        try {
+            fileSize = FileSize.of(fd);
+        } catch (ErrnoException e) {
+            throw new GuestMemoryException("memory region fd cannot be mapped (not a file: " + e.getMessage() + ")");
+        }
+        long end = s.mmapOffset() + s.size();
+        if (end > fileSize) {
+            throw new GuestMemoryException("memory region reaches byte 0x" + Long.toHexString(end) + " of a file of 0x"
+                    + Long.toHexString(fileSize) + " bytes");
+        }
+        return end;
+    }
+
+    /** The bytes this table has mapped. */
+    public long mappedBytes() {
+        long n = 0;
+        for (Mapped m : mapped) {
+            n += m.mapping().size();
+        }
+        return n;
     }
 
     public int regionCount() {

@@ -12,6 +12,7 @@ import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
 import java.util.ArrayList;
 import java.util.List;
+import java.util.function.Function;
 
 /**
  * A multiqueue virtio-net device (VIRTIO_NET_F_MQ) served over vhost-user: one {@link QueuePairWorker} per queue
@@ -68,8 +69,15 @@ public final class NetDevice implements VhostUserDevice, AutoCloseable {
     private final QueuePairWorker[] workers;
     private volatile long features;
     private volatile int mtu;
+    /** Why this device can no longer be served, or null; set once, when a worker stops answering. */
+    private volatile String dead;
 
     public NetDevice(Config config, PacketBackend backend) {
+        this(config, backend, QueuePairWorker.COMMAND_TIMEOUT_NANOS);
+    }
+
+    /** With how long the control thread waits for a worker's answer (tests of a worker that hangs). */
+    NetDevice(Config config, PacketBackend backend, long commandTimeoutNanos) {
         if (config.pairs() > backend.maxPairs()) {
             throw new IllegalArgumentException(backend.describe() + " serves at most " + backend.maxPairs() + " queue pairs, "
                     + config.pairs() + " asked");
@@ -84,7 +92,8 @@ public final class NetDevice implements VhostUserDevice, AutoCloseable {
                 Port p = backend.open(i);
                 opened.add(p);
                 int cpu = config.cpus().length == 0 ? -1 : config.cpus()[i % config.cpus().length];
-                workers[i] = new QueuePairWorker(config.name(), i, p, config.busyPoll(), config.pollMicros() * 1000L, cpu);
+                workers[i] = new QueuePairWorker(config.name(), i, p, config.busyPoll(), config.pollMicros() * 1000L, cpu,
+                        commandTimeoutNanos);
             }
         } catch (RuntimeException e) {
             opened.forEach(Port::close);
@@ -127,9 +136,41 @@ public final class NetDevice implements VhostUserDevice, AutoCloseable {
     @Override
     public void setFeatures(long f) {
         features = f;
+        int m = mtu;
         for (QueuePairWorker w : workers) {
-            w.call(x -> x.setFeatures(f, mtu));
+            call(w, x -> x.setFeatures(f, m));
         }
+    }
+
+    /**
+     * Runs a command on a worker. A worker that does not answer makes the whole device dead: its threads may still
+     * touch the guest's memory and the frontend's descriptors, so none of that may be released, and no new frontend
+     * may be served by it (see {@link #deadReason}).
+     */
+    private <T> T call(QueuePairWorker w, Function<QueuePairWorker, T> command) {
+        String d = dead;
+        if (d != null) {
+            throw new WorkerStuckException("device is dead: " + d, true);
+        }
+        try {
+            return w.call(command);
+        } catch (WorkerStuckException e) {
+            declareDead(e.getMessage());
+            throw e;
+        }
+    }
+
+    private synchronized void declareDead(String why) {
+        if (dead == null) {
+            dead = why;
+            LOG.log(Level.ERROR, "{0}: device is dead, its memory and descriptors stay as they are and its socket "
+                    + "refuses frontends until mqvirtio restarts: {1}", config.name(), why);
+        }
+    }
+
+    @Override
+    public String deadReason() {
+        return dead;
     }
 
     public long negotiatedFeatures() {
@@ -147,31 +188,31 @@ public final class NetDevice implements VhostUserDevice, AutoCloseable {
     @Override
     public void startRing(int index, DeviceQueue queue, EventFd kick, EventFd call, boolean enabled) {
         boolean rx = VirtioNet.isRx(index);
-        worker(index).call(w -> w.startRing(rx, queue, kick, call, enabled));
+        call(worker(index), w -> w.startRing(rx, queue, kick, call, enabled));
     }
 
     @Override
     public DeviceQueue stopRing(int index) {
         boolean rx = VirtioNet.isRx(index);
-        return worker(index).call(w -> w.stopRing(rx));
+        return call(worker(index), w -> w.stopRing(rx));
     }
 
     @Override
     public void enableRing(int index, boolean enabled) {
         boolean rx = VirtioNet.isRx(index);
-        worker(index).call(w -> w.enable(rx, enabled));
+        call(worker(index), w -> w.enable(rx, enabled));
     }
 
     @Override
     public void setCall(int index, EventFd call) {
         boolean rx = VirtioNet.isRx(index);
-        worker(index).call(w -> w.setCall(rx, call));
+        call(worker(index), w -> w.setCall(rx, call));
     }
 
     @Override
     public void setErr(int index, EventFd err) {
         boolean rx = VirtioNet.isRx(index);
-        worker(index).call(w -> w.setErr(rx, err));
+        call(worker(index), w -> w.setErr(rx, err));
     }
 
     @Override
@@ -180,7 +221,7 @@ public final class NetDevice implements VhostUserDevice, AutoCloseable {
         mtu = newMtu;
         long f = features;
         for (QueuePairWorker w : workers) {
-            w.call(x -> x.setFeatures(f, newMtu));
+            call(w, x -> x.setFeatures(f, newMtu));
         }
     }
 
@@ -188,17 +229,30 @@ public final class NetDevice implements VhostUserDevice, AutoCloseable {
     @Override
     public void sendRarp(byte[] mac) {
         byte[] frame = Frames.rarp(mac);
-        try (Arena a = Arena.ofConfined()) {
-            MemorySegment buf = a.allocate(VirtioNet.HDR_SIZE + frame.length);
-            MemorySegment.copy(MemorySegment.ofArray(frame), 0, buf, VirtioNet.HDR_SIZE, frame.length);
-            workers[0].call(w -> w.inject(buf));
-        }
+        // An automatic arena: the worker reads the frame; it must stay valid whatever happens to this call.
+        MemorySegment buf = Arena.ofAuto().allocate(VirtioNet.HDR_SIZE + frame.length);
+        MemorySegment.copy(MemorySegment.ofArray(frame), 0, buf, VirtioNet.HDR_SIZE, frame.length);
+        call(workers[0], w -> w.inject(buf));
         LOG.log(Level.INFO, "{0}: sent RARP for {1}", config.name(), Frames.macString(mac));
     }
 
+    /**
+     * Every ring is stopped: the device starts clean for the next frontend. Frames the workers still hold (a parked
+     * RX frame, the loopback's FIFO) are dropped, and the MTU and features go back to what this device was made with
+     * (NET_SET_MTU and SET_FEATURES were the last frontend's).
+     */
     @Override
     public void reset() {
         LOG.log(Level.INFO, "{0}: device reset", config.name());
+        mtu = config.mtu();
+        features = 0;
+        int m = mtu;
+        for (QueuePairWorker w : workers) {
+            call(w, x -> {
+                x.reset();
+                return x.setFeatures(0, m);
+            });
+        }
     }
 
     /** CPU time each pair's worker thread has used so far (ns), for CPU-per-packet figures. */
@@ -221,11 +275,17 @@ public final class NetDevice implements VhostUserDevice, AutoCloseable {
         return l;
     }
 
+    /** Stops the workers and closes the backend; what a worker that does not stop still uses stays open. */
     @Override
     public void close() {
+        boolean all = true;
         for (QueuePairWorker w : workers) {
-            w.close();
+            all &= w.close();
         }
-        backend.close();
+        if (all) {
+            backend.close();
+        } else {
+            declareDead("a worker did not stop when the device closed");
+        }
     }
 }

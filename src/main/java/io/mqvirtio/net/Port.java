@@ -35,6 +35,13 @@ public interface Port extends AutoCloseable {
     /** The negotiated virtio-net features, for the offloads the host may use towards the guest. */
     default void setFeatures(long features) {}
 
+    /**
+     * The device was reset (its frontend went away): drop whatever the port still holds for it, so that nothing of
+     * one session reaches the next frontend. A TAP needs nothing here: detaching its queue (both rings stopped)
+     * purges what the kernel had queued.
+     */
+    default void reset() {}
+
     @Override
     void close();
 }

@@ -2,6 +2,7 @@ package io.mqvirtio.net;
 
 import io.mqvirtio.linux.Affinity;
 import io.mqvirtio.linux.Epoll;
+import io.mqvirtio.linux.ErrnoException;
 import io.mqvirtio.linux.EventFd;
 import io.mqvirtio.linux.IoVec;
 import io.mqvirtio.virtio.DescriptorChain;
@@ -19,6 +20,7 @@ import java.util.concurrent.ConcurrentLinkedQueue;
 import java.util.concurrent.ExecutionException;
 import java.util.concurrent.TimeUnit;
 import java.util.concurrent.TimeoutException;
+import java.util.concurrent.atomic.AtomicInteger;
 import java.util.function.Function;
 
 /**
@@ -32,7 +34,13 @@ import java.util.function.Function;
  * No copy in between for TAP.
  *
  * <p>The control thread reaches the worker only through {@link #call}: a command runs on the worker thread between
- * batches and the caller waits for it. Nothing on the data path is shared with another pair.
+ * batches and the caller waits for it, for a bounded time; a command that timed out never runs (it may refer to
+ * memory its caller then unmaps). Nothing on the data path is shared with another pair.
+ *
+ * <p>Nothing a peer controls makes this thread wait: kick eventfds are read with RWF_NOWAIT, the port is
+ * non-blocking, and a write to a call or error eventfd that the frontend made blocking and filled is released by
+ * the eventfd watchdog ({@link EventFd#signal()}), after which that ring is broken (the frontend is hostile). A port's errors (a TAP
+ * that is down or gone) drop the frame and are counted; they never break a ring.
  */
 final class QueuePairWorker implements Runnable {
     private static final Logger LOG = System.getLogger(QueuePairWorker.class.getName());
@@ -47,6 +55,10 @@ final class QueuePairWorker implements Runnable {
      */
     static final int READ_AHEAD = 32;
     private static final int MAX_RX_CHAINS = 64;
+    /** How long a control thread waits for the worker to answer a command (it normally takes microseconds). */
+    static final long COMMAND_TIMEOUT_NANOS = TimeUnit.SECONDS.toNanos(10);
+    /** Port errors logged in full per worker before they are only counted, and how often the count is logged. */
+    private static final long PORT_ERROR_LOG_NANOS = TimeUnit.SECONDS.toNanos(10);
     private static final ValueLayout.OfShort LE16 = ValueLayout.JAVA_SHORT_UNALIGNED.withOrder(ByteOrder.LITTLE_ENDIAN);
 
     final int pair;
@@ -54,7 +66,8 @@ final class QueuePairWorker implements Runnable {
     private final boolean readsFrames;
     private final Epoll epoll = Epoll.create(8);
     private final EventFd wakeup = EventFd.create();
-    private final ConcurrentLinkedQueue<Runnable> commands = new ConcurrentLinkedQueue<>();
+    private final ConcurrentLinkedQueue<Command<?>> commands = new ConcurrentLinkedQueue<>();
+    private final long commandTimeoutNanos;
     private final boolean busyPoll;
     /** With kicks: how long after the last frame moved the worker keeps polling before it sleeps again (0: not). */
     private final long pollNanos;
@@ -93,7 +106,17 @@ final class QueuePairWorker implements Runnable {
     private final MemorySegment numBuffers = Arena.ofAuto().allocate(2);
     private Thread thread;
 
+    // ---- port errors: counted always, logged in part ----
+    private long portErrorLoggedAt;
+    private long portErrorsUnlogged;
+    private boolean portErrorLogged;
+
     QueuePairWorker(String name, int pair, Port port, boolean busyPoll, long pollNanos, int cpu) {
+        this(name, pair, port, busyPoll, pollNanos, cpu, COMMAND_TIMEOUT_NANOS);
+    }
+
+    QueuePairWorker(String name, int pair, Port port, boolean busyPoll, long pollNanos, int cpu, long commandTimeoutNanos) {
+        this.commandTimeoutNanos = commandTimeoutNanos;
         this.pollNanos = busyPoll ? 0 : pollNanos;
         this.name = name;
         this.pair = pair;
@@ -119,44 +142,114 @@ final class QueuePairWorker implements Runnable {
         thread = Thread.ofPlatform().name(name + "-qp" + pair).daemon(true).start(this);
     }
 
-    /** Runs {@code command} on the worker thread between batches and returns its result. */
+    String workerName() {
+        return name + "-qp" + pair;
+    }
+
+    /** A command for the worker thread; it runs at most once, and never after its caller gave up on it. */
+    private static final class Command<T> {
+        static final int QUEUED = 0, RUNNING = 1, DONE = 2, CANCELLED = 3;
+        final AtomicInteger state = new AtomicInteger(QUEUED);
+        final CompletableFuture<T> result = new CompletableFuture<>();
+        final Function<QueuePairWorker, T> body;
+
+        Command(Function<QueuePairWorker, T> body) {
+            this.body = body;
+        }
+
+        void run(QueuePairWorker w) {
+            if (!state.compareAndSet(QUEUED, RUNNING)) {
+                return; // its caller timed out: what it refers to may be gone
+            }
+            try {
+                result.complete(body.apply(w));
+            } catch (Throwable t) {
+                result.completeExceptionally(t);
+            } finally {
+                state.set(DONE);
+            }
+        }
+    }
+
+    /**
+     * Runs {@code command} on the worker thread between batches and returns its result. A worker that does not
+     * answer within the command timeout is a {@link WorkerStuckException}: the command is then withdrawn (if it had
+     * not started, it never will), and the worker may still be using whatever its rings point at.
+     */
     <T> T call(Function<QueuePairWorker, T> command) {
         if (Thread.currentThread() == thread) {
             return command.apply(this);
         }
-        CompletableFuture<T> f = new CompletableFuture<>();
-        commands.add(() -> {
-            try {
-                f.complete(command.apply(this));
-            } catch (Throwable t) {
-                f.completeExceptionally(t);
-            }
-        });
+        Command<T> c = new Command<>(command);
         if (!thread.isAlive()) {
-            throw new IllegalStateException("queue pair " + pair + " worker is not running");
+            throw new WorkerStuckException(workerName() + " is not running", false);
         }
+        commands.add(c);
         wakeup.signal();
         try {
-            long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(10);
+            long deadline = System.nanoTime() + commandTimeoutNanos;
             while (true) {
                 try {
-                    return f.get(100, TimeUnit.MILLISECONDS);
+                    return c.result.get(Math.min(100, Math.max(1, commandTimeoutNanos / 1_000_000)), TimeUnit.MILLISECONDS);
                 } catch (TimeoutException e) {
-                    if (!thread.isAlive()) {
-                        throw new IllegalStateException("queue pair " + pair + " worker died");
+                    if (!thread.isAlive() && c.state.compareAndSet(Command.QUEUED, Command.CANCELLED)) {
+                        throw new WorkerStuckException(workerName() + " died", false);
                     }
-                    if (System.nanoTime() > deadline) {
-                        throw e;
+                    if (System.nanoTime() - deadline > 0) {
+                        boolean neverRan = c.state.compareAndSet(Command.QUEUED, Command.CANCELLED);
+                        String where = neverRan ? "did not take a command" : "did not finish a command";
+                        throw new WorkerStuckException(workerName() + " " + where + " within "
+                                + TimeUnit.NANOSECONDS.toMillis(commandTimeoutNanos) + " ms" + stuckAt(), thread.isAlive());
                     }
                 }
             }
         } catch (ExecutionException e) {
             throw e.getCause() instanceof RuntimeException r ? r : new IllegalStateException(e.getCause());
-        } catch (TimeoutException e) {
-            throw new IllegalStateException("queue pair " + pair + " worker did not answer within 10 s");
         } catch (InterruptedException e) {
             Thread.currentThread().interrupt();
-            throw new IllegalStateException("interrupted waiting for queue pair " + pair);
+            c.state.compareAndSet(Command.QUEUED, Command.CANCELLED);
+            throw new WorkerStuckException("interrupted waiting for " + workerName(), thread.isAlive());
+        }
+    }
+
+    /** Where the worker thread is, for the log: the top frames of its stack. */
+    private String stuckAt() {
+        StackTraceElement[] st = thread.getStackTrace();
+        StringBuilder b = new StringBuilder();
+        for (int i = 0; i < Math.min(4, st.length); i++) {
+            b.append(i == 0 ? " (at " : " < ").append(st[i].getClassName().replaceAll(".*\\.", "")).append('.')
+                    .append(st[i].getMethodName());
+        }
+        return st.length == 0 ? "" : b.append(')').toString();
+    }
+
+    /**
+     * Signals a peer's eventfd. False if the write stuck on a counter the peer filled and was released by the
+     * watchdog (the caller breaks the ring that eventfd belongs to).
+     */
+    private static boolean notifyPeer(EventFd fd) {
+        try {
+            return fd.signal();
+        } catch (ErrnoException | IllegalStateException e) {
+            return true; // a descriptor that is not an eventfd any more, or closed: nothing to notify
+        }
+    }
+
+    /** Signals ring {@code isRx}'s call eventfd (if any); breaks the ring if the frontend made that impossible. */
+    private void signalCall(boolean isRx) {
+        EventFd call = isRx ? rxCall : txCall;
+        if (call == null) {
+            return;
+        }
+        (isRx ? rxCounters : txCounters).add(QueueCounters.NOTIFICATIONS, 1);
+        if (!notifyPeer(call)) {
+            if (isRx) {
+                rxCall = null;
+            } else {
+                txCall = null;
+            }
+            broken(isRx, isRx ? rxErr : txErr, new VirtqueueException("the call eventfd was filled to its limit with "
+                    + "O_NONBLOCK cleared: the frontend blocked this ring's notifications"));
         }
     }
 
@@ -177,10 +270,8 @@ final class QueuePairWorker implements Runnable {
             txEnabled = enabled;
             epoll.add(kick.fd(), Epoll.EPOLLIN, TOKEN_TX_KICK);
         }
-        if (call != null) {
-            // A backend that died may have published used entries without signalling them: have the driver look.
-            call.signal();
-        }
+        // A backend that died may have published used entries without signalling them: have the driver look.
+        signalCall(isRx);
         updatePortActive();
         return null;
     }
@@ -241,8 +332,8 @@ final class QueuePairWorker implements Runnable {
         } else {
             txCall = call;
         }
-        if (call != null && (isRx ? rx : tx) != null) {
-            call.signal();
+        if ((isRx ? rx : tx) != null && !(isRx ? rxBroken : txBroken)) {
+            signalCall(isRx);
         }
         return null;
     }
@@ -262,7 +353,11 @@ final class QueuePairWorker implements Runnable {
                 || VirtioFeatures.has(features, VirtioNet.F_GUEST_UFO);
         rxFrameNeed = VirtioNet.HDR_SIZE + (gso ? VirtioNet.MAX_GSO_FRAME : mtu + 14 + 4);
         rxSmallNeed = Math.min(rxFrameNeed, VirtioNet.HDR_SIZE + mtu + 14 + 4);
-        port.setFeatures(features);
+        try {
+            port.setFeatures(features);
+        } catch (RuntimeException e) {
+            portError(true, e); // a TAP that is gone: the offloads no longer matter
+        }
         return null;
     }
 
@@ -281,13 +376,52 @@ final class QueuePairWorker implements Runnable {
         return null;
     }
 
+    /**
+     * The device was reset (its frontend went away or asked for it): both rings are stopped, and nothing of the
+     * last session may reach the next one, neither a parked frame nor what the port still holds.
+     */
+    Void reset() {
+        pendingLen = 0;
+        try {
+            port.reset();
+        } catch (RuntimeException e) {
+            portError(true, e);
+        }
+        return null;
+    }
+
     /** The TAP queue is attached while either ring of the pair runs enabled (ethtool -L turns both off together). */
     private void updatePortActive() {
         boolean active = (rx != null && rxEnabled) || (tx != null && txEnabled);
         if (active != portActive) {
-            port.setActive(active);
             portActive = active;
             portReadable = true;
+            try {
+                port.setActive(active);
+            } catch (RuntimeException e) {
+                // e.g. a TAP deleted under us: the rings stay as they are; frames to it are dropped and counted
+                portError(!active, e);
+            }
+        }
+    }
+
+    /**
+     * The port failed (a TAP that is down answers EIO, a runt frame or a bad header EINVAL, a deleted TAP EBADFD):
+     * the frame is dropped and counted as an error of that queue, as vhost-net does; the ring goes on. Logged the
+     * first time, then at most once per 10 s with the count in between.
+     */
+    private void portError(boolean isRx, RuntimeException e) {
+        (isRx ? rxCounters : txCounters).add(QueueCounters.ERRORS, 1);
+        long now = System.nanoTime();
+        if (!portErrorLogged || now - portErrorLoggedAt >= PORT_ERROR_LOG_NANOS) {
+            LOG.log(Level.WARNING, "{0} {1}: port error, frame dropped{2}: {3}", workerName(), isRx ? "RX" : "TX",
+                    portErrorsUnlogged == 0 ? "" : " (" + portErrorsUnlogged + " more since the last report)",
+                    e.getMessage());
+            portErrorLogged = true;
+            portErrorLoggedAt = now;
+            portErrorsUnlogged = 0;
+        } else {
+            portErrorsUnlogged++;
         }
     }
 
@@ -317,21 +451,21 @@ final class QueuePairWorker implements Runnable {
                         wakeup.drain();
                     } else if (token == TOKEN_TX_KICK) {
                         if (txKick != null) {
-                            txKick.drain();
+                            drainKick(txKick);
                             txCounters.add(QueueCounters.KICKS, 1);
                         }
                     } else if (token == TOKEN_RX_KICK) {
                         if (rxKick != null) {
-                            rxKick.drain();
+                            drainKick(rxKick);
                             rxCounters.add(QueueCounters.KICKS, 1);
                         }
                     } else if (token == TOKEN_PORT) {
                         portReadable = true;
                     }
                 }
-                Runnable c;
+                Command<?> c;
                 while ((c = commands.poll()) != null) {
-                    c.run();
+                    c.run(this);
                 }
                 if (!running) {
                     break;
@@ -370,10 +504,19 @@ final class QueuePairWorker implements Runnable {
             throw e;
         } finally {
             // Answer anything still queued so no control thread waits forever.
-            Runnable c;
+            Command<?> c;
             while ((c = commands.poll()) != null) {
-                c.run();
+                c.run(this);
             }
+        }
+    }
+
+    /** Clears a kick eventfd (never waits, whatever the frontend did to its flags). */
+    private static void drainKick(EventFd kick) {
+        try {
+            kick.drain();
+        } catch (RuntimeException e) {
+            // not readable as an eventfd: the kick still woke us, which is all it is for
         }
     }
 
@@ -404,17 +547,45 @@ final class QueuePairWorker implements Runnable {
                     for (int i = 0; i < c.readableCount(); i++) {
                         iov.addRaw(c.hostAddress(i), Integer.toUnsignedLong(c.length(i)));
                     }
-                    if (port.send(iov) == -1) {
+                    long n;
+                    try {
+                        n = port.send(iov);
+                    } catch (ErrnoException e) {
+                        n = 0; // the host refused this frame (link down, runt, bad header): dropped, counted
+                        portError(false, e);
+                    }
+                    if (n == -1) {
                         q.unpop(1);
                         blocked = true;
                         break;
                     }
-                    sent++;
-                    bytes += c.readableBytes() - VirtioNet.HDR_SIZE;
+                    if (n > 0) {
+                        sent++;
+                        bytes += c.readableBytes() - VirtioNet.HDR_SIZE;
+                    }
                 }
                 q.push(c.head(), 0);
                 done++;
             }
+            if (done > 0) {
+                q.publishUsed();
+                // No call fd yet: keep the decision for later (see setCall), or a notification would be lost for good.
+                if (txCall != null && q.needsNotification()) {
+                    signalCall(false);
+                }
+            }
+            workDone |= done > 0;
+            if (txBroken) {
+                return false;
+            }
+            if (done == BUDGET || blocked) {
+                return !blocked;
+            }
+            if (poll) {
+                q.disableKicks();
+                return false;
+            }
+            return q.enableKicks();
         } catch (VirtqueueException e) {
             broken(false, txErr, e);
             return false;
@@ -433,23 +604,6 @@ final class QueuePairWorker implements Runnable {
                 txCounters.add(QueueCounters.ERRORS, malformed);
             }
         }
-        if (done > 0) {
-            q.publishUsed();
-            // No call fd yet: keep the decision for later (see setCall), or a notification would be lost for good.
-            if (txCall != null && q.needsNotification()) {
-                txCall.signal();
-                txCounters.add(QueueCounters.NOTIFICATIONS, 1);
-            }
-        }
-        workDone |= done > 0;
-        if (done == BUDGET || blocked) {
-            return !blocked;
-        }
-        if (poll) {
-            q.disableKicks();
-            return false;
-        }
-        return q.enableKicks();
     }
 
     /**
@@ -459,7 +613,11 @@ final class QueuePairWorker implements Runnable {
      * many chains as an MTU-sized frame needs and puts a spill buffer of this worker's at the end of the iovec: an
      * ordinary frame lands in guest memory with one {@code readv} and no copy; a larger one spills, and the spilled
      * part is copied into further chains. If the driver has not posted enough buffers for it, the whole frame is
-     * parked in the spill buffer until it does (nothing is dropped, no chain is held).
+     * parked in the spill buffer until it does (nothing is dropped, no chain is held); a frame that could never fit
+     * (more than the whole ring, or than one frame may span) is dropped instead of waiting for good.
+     *
+     * <p>Waiting for buffers means waiting for a kick: chains given back unused do not count as new ones, so a ring
+     * whose buffers cannot take the waiting frame costs nothing until the driver adds more.
      */
     private boolean rxBurst(boolean poll) {
         DeviceQueue q = rx;
@@ -473,7 +631,12 @@ final class QueuePairWorker implements Runnable {
             while (done < BUDGET) {
                 if (pendingLen > 0) {
                     long len = pendingLen;
-                    if (!deliverPending(q)) {
+                    int r = deliverPending(q);
+                    if (r < 0) {
+                        drops++; // can never fit: waiting for it would stop this ring for good
+                        continue;
+                    }
+                    if (r == 0) {
                         waitBuffers = true;
                         break;
                     }
@@ -485,8 +648,7 @@ final class QueuePairWorker implements Runnable {
                 iov.clear();
                 int k = gather(q, 0, rxSmallNeed);
                 long cap = gathered;
-                if (k == 0 || cap < VirtioNet.HDR_SIZE) {
-                    q.unpop(k);
+                if (k == 0) {
                     waitBuffers = true;
                     break;
                 }
@@ -494,7 +656,15 @@ final class QueuePairWorker implements Runnable {
                 if (spillRoom > 0) {
                     iov.add(overflow, 0, spillRoom);
                 }
-                long len = port.receive(iov);
+                long len;
+                try {
+                    len = port.receive(iov);
+                } catch (ErrnoException e) {
+                    q.unpop(k);
+                    portError(true, e);
+                    portReadable = false; // the next edge of the port's fd says when to try again
+                    break;
+                }
                 if (len < 0) {
                     q.unpop(k);
                     portReadable = false;
@@ -510,8 +680,8 @@ final class QueuePairWorker implements Runnable {
                     int k2 = mrgRxbuf ? gather(q, k, spill) : k;
                     long extra = mrgRxbuf ? gathered : 0;
                     if (extra < spill) {
-                        if (!mrgRxbuf) {
-                            q.unpop(k); // larger than the one buffer this driver gives a frame
+                        if (!mrgRxbuf || gatherExhausted) {
+                            q.unpop(k2); // larger than what this driver can ever give one frame
                             drops++;
                             continue;
                         }
@@ -537,6 +707,20 @@ final class QueuePairWorker implements Runnable {
                 bytes += len - VirtioNet.HDR_SIZE;
                 done++;
             }
+            if (done > 0) {
+                q.publishUsed();
+                if (rxCall != null && q.needsNotification()) {
+                    signalCall(true);
+                }
+            }
+            workDone |= done > 0;
+            if (rxBroken) {
+                return false;
+            }
+            if (waitBuffers) {
+                return !poll && q.enableKicksForMore();
+            }
+            return done == BUDGET;
         } catch (VirtqueueException e) {
             broken(true, rxErr, e);
             return false;
@@ -553,42 +737,43 @@ final class QueuePairWorker implements Runnable {
                 rxCounters.add(QueueCounters.DROPS, drops);
             }
         }
-        if (done > 0) {
-            q.publishUsed();
-            if (rxCall != null && q.needsNotification()) {
-                rxCall.signal();
-                rxCounters.add(QueueCounters.NOTIFICATIONS, 1);
-            }
-        }
-        workDone |= done > 0;
-        if (waitBuffers) {
-            return !poll && q.enableKicks();
-        }
-        return done == BUDGET;
     }
 
     /**
      * Pops chains into {@code rxChains[from..]} until their writable bytes reach {@code need} (one chain without
      * MRG_RXBUF), adding their writable buffers to the iovec; sets {@link #gathered} to those bytes and returns the
-     * index after the last chain popped. Buffers a driver marked read-only are never written.
+     * index after the last chain popped. Buffers a driver marked read-only are never written. Sets
+     * {@link #gatherExhausted} when it stopped short for a reason more buffers cannot change: the chains one frame
+     * may span, the iovec, or the whole ring were used up.
+     *
+     * @throws VirtqueueException for a chain whose writable part cannot hold even the virtio-net header (VIRTIO 1.3,
+     *                            5.1.6.3.1: the driver MUST post buffers at least that large)
      */
     private int gather(DeviceQueue q, int from, long need) {
         int k = from;
         long cap = 0;
-        while (cap < need && k < rxChains.length && (mrgRxbuf || k == from) && q.pop(rxChains[k])) {
+        boolean iovFull = false;
+        while (cap < need && k < rxChains.length && !iovFull && (mrgRxbuf || k == from) && q.pop(rxChains[k])) {
             DescriptorChain c = rxChains[k++];
+            if (c.writableBytes() < VirtioNet.HDR_SIZE) {
+                throw new VirtqueueException("RX chain at head " + c.head() + " has " + c.writableBytes()
+                        + " writable bytes, less than the " + VirtioNet.HDR_SIZE + "-byte virtio-net header");
+            }
             for (int i = c.readableCount(); i < c.count(); i++) {
                 if (!iov.addRaw(c.hostAddress(i), Integer.toUnsignedLong(c.length(i)))) {
+                    iovFull = true;
                     break;
                 }
             }
             cap += c.writableBytes();
         }
         gathered = cap;
+        gatherExhausted = cap < need && (k == rxChains.length || iovFull || k >= q.size());
         return k;
     }
 
     private long gathered;
+    private boolean gatherExhausted;
 
     /** The frame of {@code len} bytes is in chains 0..k-1: push those it fills, set num_buffers, give back the rest. */
     private void complete(DeviceQueue q, int k, long len) {
@@ -605,13 +790,20 @@ final class QueuePairWorker implements Runnable {
         rxChains[0].writeTo(VirtioNet.HDR_NUM_BUFFERS, numBuffers);
     }
 
-    /** Copies the parked frame into chains once the driver has posted enough; false if it still has not. */
-    private boolean deliverPending(DeviceQueue q) {
+    /**
+     * Copies the parked frame into chains once the driver has posted enough: 1 when delivered, 0 if the driver has
+     * not posted enough yet, -1 if it never can (the frame is dropped then).
+     */
+    private int deliverPending(DeviceQueue q) {
         iov.clear();
         int k = gather(q, 0, pendingLen);
         if (gathered < pendingLen) {
             q.unpop(k);
-            return false;
+            if (gatherExhausted) {
+                pendingLen = 0;
+                return -1;
+            }
+            return 0;
         }
         long at = 0;
         for (int i = 0; i < k && at < pendingLen; i++) {
@@ -619,7 +811,7 @@ final class QueuePairWorker implements Runnable {
         }
         complete(q, k, pendingLen);
         pendingLen = 0;
-        return true;
+        return 1;
     }
 
     /**
@@ -627,6 +819,9 @@ final class QueuePairWorker implements Runnable {
      * watched and the frontend's error eventfd is signalled. The other ring and every other pair go on.
      */
     private void broken(boolean isRx, EventFd err, VirtqueueException e) {
+        if (isRx ? rxBroken : txBroken) {
+            return;
+        }
         LOG.log(Level.WARNING, "{0} qp{1} {2}: ring broken, stopped: {3}", name, pair, isRx ? "RX" : "TX", e.getMessage());
         if (isRx) {
             rxCounters.add(QueueCounters.ERRORS, 1);
@@ -638,21 +833,33 @@ final class QueuePairWorker implements Runnable {
             txBroken = true;
         }
         if (err != null) {
-            err.signal();
+            notifyPeer(err); // stuck on a full counter: released by the watchdog, and nothing more to do about it
         }
     }
 
-    void close() {
-        if (thread != null) {
-            call(QueuePairWorker::shutdown);
+    /**
+     * Stops the thread and frees what it owns. False, with nothing freed, if the thread does not stop: it may still
+     * use its descriptors (closing them would let their numbers reach another VM's files) and its port.
+     */
+    boolean close() {
+        if (thread != null && thread.isAlive()) {
             try {
+                call(QueuePairWorker::shutdown);
                 thread.join(5000);
+            } catch (WorkerStuckException e) {
+                LOG.log(Level.ERROR, "{0}: does not stop, its resources stay: {1}", workerName(), e.getMessage());
+                return false;
             } catch (InterruptedException e) {
                 Thread.currentThread().interrupt();
+            }
+            if (thread.isAlive()) {
+                LOG.log(Level.ERROR, "{0}: did not end within 5 s, its resources stay", workerName());
+                return false;
             }
         }
         epoll.close();
         wakeup.close();
         port.close();
+        return true;
     }
 }

@@ -7,6 +7,7 @@ import io.mqvirtio.linux.Fd;
 import io.mqvirtio.memory.GuestMemory;
 import io.mqvirtio.memory.GuestMemoryException;
 import io.mqvirtio.memory.MappedMemory;
+import io.mqvirtio.memory.MemoryBudget;
 import io.mqvirtio.virtio.DeviceQueue;
 import io.mqvirtio.virtio.SplitRing;
 import io.mqvirtio.virtio.VirtioFeatures;
@@ -56,7 +57,10 @@ public final class BackendSession implements Runnable {
     private int status;
     private MappedMemory memory = MappedMemory.EMPTY;
     private volatile boolean closing;
+    /** The message loop has ended: the session is tearing down (or gone), whatever its frontend does now. */
+    private volatile boolean ending;
     private final WarningLimit warnings;
+    private final MemoryBudget budget;
 
     /** Per-ring protocol state; the running ring itself belongs to a device worker. */
     private static final class Ring {
@@ -79,11 +83,15 @@ public final class BackendSession implements Runnable {
     }
 
     public BackendSession(String name, Channel channel, VhostUserDevice device) {
-        this(name, channel, device, new WarningLimit(name));
+        this(name, channel, device, new WarningLimit(name), MemoryBudget.processDefault());
     }
 
-    /** A session whose warnings share {@code warnings} with the other sessions of its socket. */
-    BackendSession(String name, Channel channel, VhostUserDevice device, WarningLimit warnings) {
+    /**
+     * A session whose warnings share {@code warnings} with the other sessions of its socket, and whose guest memory
+     * is reserved in {@code budget}.
+     */
+    BackendSession(String name, Channel channel, VhostUserDevice device, WarningLimit warnings, MemoryBudget budget) {
+        this.budget = budget;
         this.warnings = warnings;
         this.name = name;
         this.channel = channel;
@@ -124,7 +132,23 @@ public final class BackendSession implements Runnable {
                 }
             }
         } finally {
+            ending = true;
             teardown();
+        }
+    }
+
+    /**
+     * Whether this session is on its way out: its loop has ended, or its frontend has closed the connection (a
+     * frontend that reconnects at once may come before this session has read the end of its stream).
+     */
+    boolean isEnding() {
+        if (ending || closing) {
+            return true;
+        }
+        try {
+            return channel.socket().peerHungUp();
+        } catch (RuntimeException e) {
+            return true; // closed already
         }
     }
 
@@ -247,6 +271,7 @@ public final class BackendSession implements Runnable {
                 if (!resetRings()) {
                     throw new IllegalStateException("a ring did not stop");
                 }
+                device.reset(); // nothing of what came before (parked frames, the MTU) outlives the reset
                 ackedFeatures = 0;
                 featuresSet = false;
                 yield null;
@@ -274,9 +299,19 @@ public final class BackendSession implements Runnable {
                     throw new VhostUserException("ADD_MEM_REG: all " + MAX_MEM_SLOTS + " memory slots are in use");
                 }
                 MappedMemory.Spec s = regionSpec(m, 8);
+                MappedMemory next;
+                long bytes;
                 try (Fd fd = m.takeFd(0)) {
-                    replaceMemory(memory.plus(s, fd), List.of(), false); // the new table keeps the old mappings
+                    bytes = MappedMemory.mappingBytes(s, fd);
+                    budget.reserve(memory.mappedBytes(), bytes);
+                    try {
+                        next = memory.plus(s, fd);
+                    } catch (RuntimeException e) {
+                        budget.release(bytes);
+                        throw e;
+                    }
                 }
+                replaceMemory(next, List.of(), false, bytes, 0); // the new table keeps the old mappings
                 LOG.log(Level.INFO, "{0}: memory table {1}", name, memory.memory());
                 yield null;
             }
@@ -285,9 +320,10 @@ public final class BackendSession implements Runnable {
                 MappedMemory.Spec s = regionSpec(m, 8);
                 List<AutoCloseable> removed = new ArrayList<>();
                 MappedMemory next = memory.minus(s.guestPhysAddr(), s.size(), removed);
+                long freed = memory.mappedBytes() - next.mappedBytes();
                 // Rings inside the removed region wait (parked) for an ADD_MEM_REG that brings their memory back:
                 // QEMU updates a table with slots by removing regions first and adding the new ones after.
-                replaceMemory(next, removed, false);
+                replaceMemory(next, removed, false, 0, freed);
                 LOG.log(Level.INFO, "{0}: memory table {1}", name, memory.memory());
                 yield null;
             }
@@ -556,13 +592,27 @@ public final class BackendSession implements Runnable {
         List<MappedMemory.Spec> specs = new ArrayList<>();
         List<Fd> fds = new ArrayList<>();
         try {
+            long bytes = 0;
             for (int i = 0; i < n; i++) {
-                specs.add(regionSpec(m, 8 + 32 * i));
+                MappedMemory.Spec spec = regionSpec(m, 8 + 32 * i);
+                specs.add(spec);
                 fds.add(m.takeFd(i));
+                bytes = Math.addExact(bytes, MappedMemory.mappingBytes(spec, fds.get(i)));
             }
-            MappedMemory next = MappedMemory.of(specs, fds);
+            // The new table replaces the old one: this VM's limit applies to it alone (the process's budget counts
+            // both while the old one is still mapped).
+            budget.reserve(0, bytes);
+            MappedMemory next;
+            try {
+                next = MappedMemory.of(specs, fds);
+            } catch (RuntimeException e) {
+                budget.release(bytes);
+                throw e;
+            }
             LOG.log(Level.INFO, "{0}: memory table {1}", name, next.memory());
-            replaceMemory(next, List.of(memory), true);
+            replaceMemory(next, List.of(memory), true, bytes, memory.mappedBytes());
+        } catch (ArithmeticException e) {
+            throw new GuestMemoryException("the memory table's regions add up to more than 2^63 bytes");
         } finally {
             fds.forEach(Fd::close); // the mappings keep the memory alive
         }
@@ -575,18 +625,26 @@ public final class BackendSession implements Runnable {
      * new table, SET_MEM_TABLE) that is also reported as this request's failure, since the frontend's table is
      * then wrong; ADD/REM_MEM_REG change a table piece by piece and may pass through such a state.
      */
-    private void replaceMemory(MappedMemory next, List<AutoCloseable> retired, boolean whole) {
+    private void replaceMemory(MappedMemory next, List<AutoCloseable> retired, boolean whole, long reservedForNext,
+                               long retiredBytes) {
         List<Integer> restart = new ArrayList<>();
-        for (int i = 0; i < rings.length; i++) {
-            if (rings[i].started) {
-                stop(i); // a ring that does not stop ends the session (and then nothing is unmapped)
-                restart.add(i);
-            } else if (rings[i].parked) {
-                restart.add(i);
+        try {
+            for (int i = 0; i < rings.length; i++) {
+                if (rings[i].started) {
+                    stop(i); // a ring that does not stop ends the session (and then nothing is unmapped)
+                    restart.add(i);
+                } else if (rings[i].parked) {
+                    restart.add(i);
+                }
             }
+        } catch (RuntimeException e) {
+            next.closeExcept(memory); // no worker has seen the new mappings; the old ones stay in use
+            budget.release(reservedForNext);
+            throw e;
         }
         memory = next;
         retired.forEach(BackendSession::closeQuietly);
+        budget.release(retiredBytes);
         List<String> parked = new ArrayList<>();
         for (int i : restart) {
             rings[i].parked = false;
@@ -691,22 +749,29 @@ public final class BackendSession implements Runnable {
 
     private void teardown() {
         boolean stopped = resetRings();
-        try {
-            device.reset();
-        } catch (RuntimeException e) {
-            LOG.log(Level.WARNING, "{0}: resetting the device: {1}", name, e.toString());
+        if (stopped && device.deadReason() == null) {
+            try {
+                device.reset();
+            } catch (RuntimeException e) {
+                LOG.log(Level.WARNING, "{0}: resetting the device: {1}", name, e.toString());
+            }
         }
-        for (Ring ring : rings) {
-            closeQuietly(ring.kick);
-            closeQuietly(ring.call);
-            closeQuietly(ring.err);
-            ring.kick = ring.call = ring.err = null;
-        }
-        if (stopped) {
+        String dead = device.deadReason();
+        if (stopped && dead == null) {
+            for (Ring ring : rings) {
+                closeQuietly(ring.kick);
+                closeQuietly(ring.call);
+                closeQuietly(ring.err);
+                ring.kick = ring.call = ring.err = null;
+            }
+            long bytes = memory.mappedBytes();
             memory.close();
+            budget.release(bytes);
         } else {
-            // Unmapping memory a worker may still read would crash the process: keep the mapping (a leak we log).
-            LOG.log(Level.ERROR, "{0}: a ring did not stop; its guest memory stays mapped", name);
+            // A worker may still read this memory and use these descriptors: unmapping would crash the process, and a
+            // closed descriptor's number would soon name another VM's file. Keep both (a leak we log, once per session).
+            LOG.log(Level.ERROR, "{0}: {1}; its guest memory stays mapped and its descriptors open", name,
+                    dead != null ? "the device is dead (" + dead + ")" : "a ring did not stop");
         }
         memory = MappedMemory.EMPTY;
         channel.close();

@@ -2,7 +2,6 @@ package io.mqvirtio.vhostuser;
 
 import static io.mqvirtio.vhostuser.Protocol.*;
 
-import io.mqvirtio.linux.Epoll;
 import io.mqvirtio.linux.ErrnoException;
 import io.mqvirtio.linux.Fd;
 import io.mqvirtio.linux.UnixSocket;
@@ -15,7 +14,7 @@ import java.util.List;
  * The frontend side of a vhost-user connection: what QEMU or DPDK's virtio-user does, for our userspace driver.
  * Each method sends one request and, where the protocol has one, waits for the reply (with REPLY_ACK negotiated,
  * also for the ack of requests without a reply). The backend is not trusted: a reply for another request, of the
- * wrong size, a negative ack, a connection that drops, or no answer within the timeout is a
+ * wrong size, a negative ack, a connection that drops, or no whole answer within the timeout is a
  * {@link VhostUserException} naming the request. Used by one thread at a time.
  */
 public final class Frontend implements AutoCloseable {
@@ -23,14 +22,12 @@ public final class Frontend implements AutoCloseable {
     public record Region(long guestPhysAddr, long size, long userAddr, long mmapOffset, Fd fd) {}
 
     private final Channel channel;
-    private final Epoll readable = Epoll.create(1);
     private final int timeoutMillis;
     private boolean replyAck;
 
     private Frontend(UnixSocket socket, int timeoutMillis) {
-        this.channel = new Channel(socket);
+        this.channel = new Channel(socket, Math.max(1, timeoutMillis)); // a send that finds no room waits as long
         this.timeoutMillis = timeoutMillis;
-        readable.add(socket, Epoll.EPOLLIN | Epoll.EPOLLRDHUP, 0);
     }
 
     /** Connects to a backend listening on {@code path}. */
@@ -177,11 +174,13 @@ public final class Frontend implements AutoCloseable {
 
     /** The reply to {@code r}, or an exception: nothing else may arrive on a frontend's channel. */
     private Message await(Request r) {
-        int n = readable.await(timeoutMillis);
-        if (n == 0) {
-            throw new VhostUserException(r + ": no reply from the backend within " + timeoutMillis + " ms");
+        Message m;
+        try {
+            m = channel.receive(timeoutMillis); // the whole reply, not only its first byte, within the timeout
+        } catch (Channel.Stalled e) {
+            throw new VhostUserException(r + ": " + (e.begun ? "the backend stalled in the middle of its reply ("
+                    + e.getMessage() + ")" : "no reply from the backend") + " within " + timeoutMillis + " ms", e);
         }
-        Message m = channel.receive();
         if (m == null) {
             throw new VhostUserException(r + ": the backend closed the connection");
         }
@@ -205,6 +204,5 @@ public final class Frontend implements AutoCloseable {
     @Override
     public void close() {
         channel.close();
-        readable.close();
     }
 }

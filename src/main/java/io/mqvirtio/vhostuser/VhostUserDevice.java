@@ -58,4 +58,13 @@ public interface VhostUserDevice {
 
     /** The frontend went away or reset the device: every ring is already stopped when this is called. */
     void reset();
+
+    /**
+     * Why this device can no longer be served (a worker that does not answer, which may still be touching the last
+     * session's memory and descriptors), or null. Once set it stays: the session then releases nothing the workers
+     * may use, and the server turns frontends away with this reason.
+     */
+    default String deadReason() {
+        return null;
+    }
 }

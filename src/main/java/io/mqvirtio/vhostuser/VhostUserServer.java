@@ -3,6 +3,7 @@ package io.mqvirtio.vhostuser;
 import io.mqvirtio.linux.ErrnoException;
 import io.mqvirtio.linux.Fd;
 import io.mqvirtio.linux.UnixSocket;
+import io.mqvirtio.memory.MemoryBudget;
 import java.io.IOException;
 import java.lang.System.Logger;
 import java.lang.System.Logger.Level;
@@ -10,6 +11,8 @@ import java.nio.file.FileAlreadyExistsException;
 import java.nio.file.Files;
 import java.nio.file.LinkOption;
 import java.nio.file.Path;
+import java.nio.file.attribute.GroupPrincipal;
+import java.nio.file.attribute.PosixFileAttributeView;
 import java.nio.file.attribute.PosixFilePermission;
 import java.nio.file.attribute.PosixFilePermissions;
 import java.util.Set;
@@ -19,18 +22,36 @@ import java.util.concurrent.atomic.AtomicReference;
 /**
  * Serves one vhost-user device on one socket path: either listening (the frontend connects, QEMU's default) or
  * connecting to a frontend that listens (QEMU's {@code server=on}), reconnecting after each session. One frontend
- * at a time: a second connection while a session runs is refused and closed. Each session runs on its own control
- * thread; a session's failure ends only that session. {@link #close()} ends the session and returns once it has
- * been torn down.
+ * at a time: a second connection while a session really runs is refused and closed; one that comes while the last
+ * session is ending (its frontend hung up, and it is tearing down) waits for that, a bounded time, and is then
+ * served. Each session runs on its own control thread; a session's failure ends only that session. A device that
+ * is dead (a worker that does not answer) is served no more: each new frontend is closed, with the reason in the
+ * log. {@link #close()} ends the session and returns once it has been torn down.
  */
 public final class VhostUserServer implements AutoCloseable {
     private static final Logger LOG = System.getLogger(VhostUserServer.class.getName());
     private static final int BACKLOG = 4;
     private static final Set<PosixFilePermission> OWNER_ONLY = PosixFilePermissions.fromString("rw-------");
+    private static final Set<PosixFilePermission> OWNER_AND_GROUP = PosixFilePermissions.fromString("rw-rw----");
+    /** How long setting up a socket waits for another process's lock on its directory. */
+    static final long LOCK_WAIT_MS = 5000;
+    /** How long a new frontend waits for the last session to finish tearing down. */
+    static final long TEARDOWN_WAIT_MS = 10_000;
+
+    /**
+     * How a server serves: {@code socketGroup} (null: the owner only) may connect to a listening socket (mode 0660,
+     * set before the socket appears at its path); {@code memory} bounds the guest memory its sessions map.
+     */
+    public record Options(String socketGroup, MemoryBudget memory) {
+        public static Options defaults() {
+            return new Options(null, MemoryBudget.processDefault());
+        }
+    }
 
     private final Path path;
     private final VhostUserDevice device;
     private final boolean client;
+    private final Options options;
     private final AtomicReference<BackendSession> session = new AtomicReference<>();
     private volatile Thread sessionThread;
     private volatile boolean closed;
@@ -43,7 +64,8 @@ public final class VhostUserServer implements AutoCloseable {
     /** How long {@link #close()} waits for a session to tear down. */
     private static final long CLOSE_WAIT_MS = 5000;
 
-    private VhostUserServer(Path path, VhostUserDevice device, boolean client) {
+    private VhostUserServer(Path path, VhostUserDevice device, boolean client, Options options) {
+        this.options = options;
         this.path = path;
         this.warnings = new WarningLimit(String.valueOf(path.getFileName()));
         this.device = device;
@@ -57,13 +79,26 @@ public final class VhostUserServer implements AutoCloseable {
      * replaces an existing file, so a server that appeared meanwhile is not taken over either).
      */
     public static VhostUserServer listen(Path path, VhostUserDevice device) {
-        VhostUserServer s = new VhostUserServer(path, device, false);
+        return listen(path, device, Options.defaults());
+    }
+
+    /**
+     * Listens on {@code path} as {@link #listen(Path, VhostUserDevice)} does; with a socket group, the socket is
+     * that group's and mode 0660 from the moment it appears (both are set on the temporary name, which is not a
+     * link anyone else can have placed: it is created by our bind).
+     */
+    public static VhostUserServer listen(Path path, VhostUserDevice device, Options options) {
+        GroupPrincipal group = options.socketGroup() == null ? null : lookupGroup(options.socketGroup());
+        VhostUserServer s = new VhostUserServer(path, device, false, options);
         // Probing, removing a stale file and linking ours in are one step under an flock on the directory (no lock
         // file left behind): two backends starting on the same stale path would otherwise both find it stale, and
         // the second would delete the first's new socket.
         try (Fd lock = lockDirectoryOf(path)) {
             removeIfStale(path);
-            s.listener = bindOwnerOnly(path);
+            s.listener = bindRestricted(path, group);
+        }
+        if (group != null) {
+            LOG.log(Level.INFO, "{0}: group {1} may connect", path, options.socketGroup());
         }
         try {
             s.socketInode = Files.getAttribute(path, "unix:ino", LinkOption.NOFOLLOW_LINKS);
@@ -75,14 +110,30 @@ public final class VhostUserServer implements AutoCloseable {
         return s;
     }
 
-    private static UnixSocket bindOwnerOnly(Path path) {
+    private static GroupPrincipal lookupGroup(String group) {
+        try {
+            return java.nio.file.FileSystems.getDefault().getUserPrincipalLookupService().lookupPrincipalByGroupName(group);
+        } catch (IOException e) {
+            throw new VhostUserException("socket group: no group named " + group, e);
+        }
+    }
+
+    /** Sets the socket file's group (if any) and mode, without following a link (the file is ours, bound just now). */
+    private static void restrict(Path p, GroupPrincipal group) throws IOException {
+        if (group != null) {
+            Files.getFileAttributeView(p, PosixFileAttributeView.class, LinkOption.NOFOLLOW_LINKS).setGroup(group);
+        }
+        Files.setPosixFilePermissions(p, group == null ? OWNER_ONLY : OWNER_AND_GROUP);
+    }
+
+    private static UnixSocket bindRestricted(Path path, GroupPrincipal group) {
         Path abs = path.toAbsolutePath();
         Path tmp = abs.resolveSibling(".mqv-" + Long.toHexString(ThreadLocalRandom.current().nextLong() >>> 1));
         if (tmp.toString().getBytes(java.nio.charset.StandardCharsets.UTF_8).length > 107) {
             // No room for a temporary name: bind in place and restrict at once (umask decides the mode meanwhile).
             UnixSocket l = UnixSocket.listen(path, BACKLOG);
             try {
-                Files.setPosixFilePermissions(path, OWNER_ONLY);
+                restrict(path, group);
                 return l;
             } catch (IOException e) {
                 l.close();
@@ -92,7 +143,7 @@ public final class VhostUserServer implements AutoCloseable {
         }
         UnixSocket l = UnixSocket.listen(tmp, BACKLOG);
         try {
-            Files.setPosixFilePermissions(tmp, OWNER_ONLY);
+            restrict(tmp, group); // before the socket is reachable at its path: nothing can be linked in its place
             Files.createLink(abs, tmp);
             return l;
         } catch (FileAlreadyExistsException e) {
@@ -108,7 +159,12 @@ public final class VhostUserServer implements AutoCloseable {
 
     /** Connects to a frontend listening on {@code path}, and again after each session ends. */
     public static VhostUserServer connect(Path path, VhostUserDevice device) {
-        VhostUserServer s = new VhostUserServer(path, device, true);
+        return connect(path, device, Options.defaults());
+    }
+
+    /** Connects as {@link #connect(Path, VhostUserDevice)} does, with {@code options}' memory budget. */
+    public static VhostUserServer connect(Path path, VhostUserDevice device, Options options) {
+        VhostUserServer s = new VhostUserServer(path, device, true, options);
         s.thread = Thread.ofPlatform().name("vhost-user-client " + path.getFileName()).daemon(true).start(s::clientLoop);
         return s;
     }
@@ -119,9 +175,14 @@ public final class VhostUserServer implements AutoCloseable {
             throw new VhostUserException("cannot listen on " + path + ": the directory " + dir + " does not exist");
         }
         try {
-            return Fd.lockDirectory(dir.toString());
+            return Fd.lockDirectory(dir.toString(), LOCK_WAIT_MS);
         } catch (ErrnoException e) {
-            throw new VhostUserException("cannot lock " + dir + " to set up " + path + ": " + e.getMessage(), e);
+            String why = e.errno() == ErrnoException.EAGAIN
+                    ? "another process has held a lock on that directory for more than " + LOCK_WAIT_MS / 1000 + " s "
+                            + "(any user who can read it can; use a directory only mqvirtio's user can write, such as "
+                            + "/run/mqvirtio)"
+                    : e.getMessage();
+            throw new VhostUserException("cannot lock " + dir + " to set up " + path + ": " + why, e);
         }
     }
 
@@ -184,15 +245,57 @@ public final class VhostUserServer implements AutoCloseable {
             if (conn == null) {
                 continue;
             }
-            if (closed || session.get() != null) {
+            String refused = admit();
+            if (refused != null) {
                 if (!closed) {
-                    warnings.warn(LOG, "{0}: refusing a second frontend while a session runs", path);
+                    warnings.warn(LOG, "{0}: refusing a frontend: {1}", path, refused);
                 }
                 conn.close();
                 continue;
             }
             runSession(conn, false);
         }
+    }
+
+    /**
+     * Whether a frontend that just connected may be served: null if so, else why not. A session that is ending
+     * (its frontend hung up) is waited for, up to {@link #TEARDOWN_WAIT_MS}: a frontend that reconnects at once,
+     * QEMU after a restart, must not be turned away by the teardown of its own last connection.
+     */
+    private String admit() {
+        if (closed) {
+            return "the server is closing";
+        }
+        String dead = device.deadReason();
+        if (dead != null) {
+            return "the device is dead (" + dead + "); restart mqvirtio to serve it again";
+        }
+        BackendSession s = session.get();
+        if (s == null) {
+            return null;
+        }
+        if (!s.isEnding()) {
+            return "a second frontend while a session runs";
+        }
+        Thread t = sessionThread;
+        long deadline = System.nanoTime() + TEARDOWN_WAIT_MS * 1_000_000L;
+        while (session.get() == s && System.nanoTime() - deadline < 0 && !closed) {
+            try {
+                if (t != null) {
+                    t.join(10);
+                } else {
+                    Thread.sleep(10);
+                }
+            } catch (InterruptedException e) {
+                Thread.currentThread().interrupt();
+                return "interrupted";
+            }
+        }
+        if (session.get() == s) {
+            return "the last session did not finish tearing down within " + TEARDOWN_WAIT_MS / 1000 + " s";
+        }
+        dead = device.deadReason();
+        return dead == null ? null : "the device is dead (" + dead + "); restart mqvirtio to serve it again";
     }
 
     private void clientLoop() {
@@ -207,6 +310,13 @@ public final class VhostUserServer implements AutoCloseable {
                 delay = Math.min(delay * 2, 1000);
                 continue;
             }
+            String dead = device.deadReason();
+            if (dead != null) {
+                conn.close();
+                warnings.warn(LOG, "{0}: not serving: the device is dead ({1}); restart mqvirtio to serve it again", path, dead);
+                sleep(1000);
+                continue;
+            }
             LOG.log(Level.INFO, "connected to {0}", path);
             runSession(conn, true);
         }
@@ -215,7 +325,7 @@ public final class VhostUserServer implements AutoCloseable {
     /** Runs a session on its own thread; in client mode waits for it before reconnecting. */
     private void runSession(UnixSocket conn, boolean wait) {
         String name = path.getFileName() + "#" + (++sessions);
-        BackendSession s = new BackendSession(name, new Channel(conn), device, warnings);
+        BackendSession s = new BackendSession(name, new Channel(conn), device, warnings, options.memory());
         session.set(s);
         Thread t = Thread.ofPlatform().name("vhost-user " + name).daemon(true).unstarted(() -> {
             try {

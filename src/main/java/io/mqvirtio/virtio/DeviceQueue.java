@@ -375,6 +375,23 @@ public final class DeviceQueue {
         return !isBroken() && getU16Acquire(avail, AVAIL_IDX) != lastAvail;
     }
 
+    /**
+     * Like {@link #enableKicks}, for a device waiting for more chains than those it has seen and given back
+     * ({@link #unpop}): a receive path whose waiting frame needs more buffers than the ring holds now. The driver is
+     * asked to kick on the next chain beyond those, and only such chains count as arrived: returning true for the
+     * ones given back would have the caller spin on chains it cannot use.
+     */
+    public boolean enableKicksForMore() {
+        int seen = availShadow;
+        if (eventIdx) {
+            setU16(used, availEventOff, seen); // the driver kicks when it makes chain `seen` available
+        } else {
+            setU16(used, USED_FLAGS, 0);
+        }
+        VarHandle.fullFence();
+        return !isBroken() && getU16Acquire(avail, AVAIL_IDX) != seen;
+    }
+
     private void checkNotBroken() {
         if (broken != null) {
             throw new VirtqueueException("queue is broken: " + broken);

@@ -97,6 +97,11 @@ final class EvilDriver implements AutoCloseable {
     }
 
     EvilDriver(Path socket, int pairs, int size, long features, long memSize) {
+        this(socket, pairs, size, features, memSize, r -> {});
+    }
+
+    /** With {@code beforeStart} run on each ring's parts just before its kick fd is sent (which starts it). */
+    EvilDriver(Path socket, int pairs, int size, long features, long memSize, java.util.function.Consumer<Ring> beforeStart) {
         this.size = size;
         this.pairs = pairs;
         this.memSize = memSize;
@@ -121,6 +126,7 @@ final class EvilDriver implements AutoCloseable {
             fe.setVringAddr(r, base + ring.descOff, base + ring.usedOff, base + ring.availOff);
             fe.setVringCall(r, ring.call);
             fe.setVringErr(r, ring.err);
+            beforeStart.accept(ring);
             fe.setVringKick(r, ring.kick);
         }
         for (int r = 0; r < 2 * pairs; r++) {

@@ -237,12 +237,13 @@ class HostileDriverTest {
             EvilDriver.Ring rx = d.rx(0);
             List<long[]> writable = new ArrayList<>(); // {offset, length} the backend may write
             List<long[]> chains = new ArrayList<>();   // per chain: head, writable bytes
-            // chain A: a read-only buffer, then a 4-byte writable one (shorter than the header)
-            long a0 = d.alloc(256), a1 = d.alloc(4);
+            // chain A: a read-only buffer, then a writable one just big enough for the header (a shorter one breaks
+            // the ring: WorkerStallTest)
+            long a0 = d.alloc(256), a1 = d.alloc(12);
             rx.desc(0, d.gpa(a0), 256, DESC_F_NEXT, 1);
-            rx.desc(1, d.gpa(a1), 4, DESC_F_WRITE, 0);
-            writable.add(new long[] {a1, 4});
-            chains.add(new long[] {0, 4});
+            rx.desc(1, d.gpa(a1), 12, DESC_F_WRITE, 0);
+            writable.add(new long[] {a1, 12});
+            chains.add(new long[] {0, 12});
             // chain B: two small writable pieces
             long b0 = d.alloc(30), b1 = d.alloc(50);
             rx.desc(2, d.gpa(b0), 30, DESC_F_WRITE | DESC_F_NEXT, 3);

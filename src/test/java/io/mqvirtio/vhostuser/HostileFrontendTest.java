@@ -177,7 +177,7 @@ class HostileFrontendTest {
                     c.fe.sendRaw(Arrays.copyOf(f, Protocol.HEADER_SIZE), c.eventfds(8));
                     c.fe.sendRaw(Arrays.copyOfRange(f, Protocol.HEADER_SIZE, f.length), c.eventfds(8));
                     return 0;
-                }, "carries 16 file descriptors"),
+                }, "carries more than 8 fds"),
                 Named.of("header cut short, then hang-up", new Case(Setup.NEGOTIATED, BASIC_PF, c -> {
                     c.fe.sendRaw(Arrays.copyOf(frame(Request.SET_FEATURES.id, V1, 8, u64(0)), 6), c.eventfd());
                     c.fe.socket().shutdown();

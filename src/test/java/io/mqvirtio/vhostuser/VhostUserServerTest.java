@@ -174,7 +174,7 @@ class VhostUserServerTest {
                 assertThat(first.get(Request.GET_QUEUE_NUM)).isEqualTo(2);
                 assertThat(server.hasSession()).isTrue();
             }
-            assertThat(log.lines()).anySatisfy(l -> assertThat(l).contains("refusing a second frontend"));
+            assertThat(log.lines()).anySatisfy(l -> assertThat(l).contains("refusing a frontend: a second frontend while a session runs"));
             BackendHarness.assertServesFully(server, sock, dev);
         }
     }
