@@ -1,29 +1,26 @@
 package io.mqvirtio.cli;
 
-import com.sun.net.httpserver.HttpExchange;
-import com.sun.net.httpserver.HttpServer;
+import io.mqvirtio.cli.LoopbackHttpServer.Request;
+import io.mqvirtio.cli.LoopbackHttpServer.Response;
 import io.mqvirtio.net.NetDevice;
 import java.io.IOException;
-import java.io.OutputStream;
 import java.lang.System.Logger;
 import java.lang.System.Logger.Level;
 import java.net.InetAddress;
 import java.net.InetSocketAddress;
 import java.net.UnknownHostException;
-import java.nio.charset.StandardCharsets;
 import java.util.ArrayList;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
-import java.util.concurrent.ExecutorService;
-import java.util.concurrent.Executors;
 import java.util.function.BooleanSupplier;
 
 /**
  * The metrics endpoint of {@code mqvirtio serve --metrics ADDR:PORT}: per-queue counters of the served devices,
  * readable from outside the process while it runs. {@code GET /metrics} answers in Prometheus' text format (0.0.4),
  * {@code GET /stats} in JSON (what {@code mqvirtio stats} reads). It binds to loopback addresses only: the counters
- * say what a VM does, and the endpoint has no authentication.
+ * say what a VM does, and the endpoint has no authentication. It answers only requests whose Host names loopback
+ * (against DNS rebinding) and bounds each connection in time and size ({@link LoopbackHttpServer} says how and why).
  */
 public final class MetricsServer implements AutoCloseable {
     private static final Logger LOG = System.getLogger(MetricsServer.class.getName());
@@ -48,15 +45,13 @@ public final class MetricsServer implements AutoCloseable {
         HELP.put("notifications", "Interrupts signalled to the driver (call eventfd writes) for the virtqueue.");
     }
 
-    private final HttpServer http;
-    private final ExecutorService executor;
     private final List<Source> sources;
     private final long started = System.nanoTime();
+    private final LoopbackHttpServer http;
 
-    private MetricsServer(HttpServer http, ExecutorService executor, List<Source> sources) {
-        this.http = http;
-        this.executor = executor;
+    private MetricsServer(InetSocketAddress at, List<Source> sources) throws IOException {
         this.sources = List.copyOf(sources);
+        this.http = LoopbackHttpServer.start(at, this::handle); // serves from other threads, started after the above
     }
 
     /**
@@ -114,20 +109,14 @@ public final class MetricsServer implements AutoCloseable {
         if (!at.getAddress().isLoopbackAddress()) {
             throw new IllegalArgumentException("the metrics endpoint serves only on loopback, not " + at);
         }
-        HttpServer http = HttpServer.create(at, 16);
-        ExecutorService ex = Executors.newFixedThreadPool(2,
-                r -> Thread.ofPlatform().name("mqvirtio-metrics").daemon(true).unstarted(r));
-        MetricsServer m = new MetricsServer(http, ex, sources);
-        http.createContext("/", m::handle);
-        http.setExecutor(ex);
-        http.start();
+        MetricsServer m = new MetricsServer(at, sources);
         LOG.log(Level.INFO, "metrics on http://{0}/metrics (Prometheus) and /stats (JSON)", hostPort(m.address()));
         return m;
     }
 
     /** The bound address (with the port the kernel chose for port 0). */
     public InetSocketAddress address() {
-        return http.getAddress();
+        return http.address();
     }
 
     static String hostPort(InetSocketAddress a) {
@@ -135,39 +124,16 @@ public final class MetricsServer implements AutoCloseable {
         return (h.contains(":") ? "[" + h + "]" : h) + ":" + a.getPort();
     }
 
-    private void handle(HttpExchange ex) throws IOException {
-        try (ex) {
-            String method = ex.getRequestMethod();
-            String path = ex.getRequestURI().getPath();
-            if (!method.equals("GET") && !method.equals("HEAD")) {
-                ex.getResponseHeaders().set("Allow", "GET, HEAD");
-                reply(ex, 405, "text/plain; charset=utf-8", "only GET and HEAD\n");
-                return;
-            }
-            switch (path) {
-                case "/metrics" -> reply(ex, 200, PROMETHEUS_TYPE, prometheus(snapshots()));
-                case "/stats" -> reply(ex, 200, "application/json", json(snapshots(), uptimeMillis()) + "\n");
-                case "/" -> reply(ex, 200, "text/plain; charset=utf-8",
-                        "mqvirtio metrics: /metrics (Prometheus text format), /stats (JSON)\n");
-                default -> reply(ex, 404, "text/plain; charset=utf-8", "not found: " + path + "\n");
-            }
-        } catch (RuntimeException e) {
-            LOG.log(Level.WARNING, "metrics request failed: {0}", e.toString());
-            throw e;
+    private Response handle(Request q) {
+        if (!q.method().equals("GET") && !q.method().equals("HEAD")) {
+            return new Response(405, "text/plain; charset=utf-8", "only GET and HEAD\n", Map.of("Allow", "GET, HEAD"));
         }
-    }
-
-    private static void reply(HttpExchange ex, int status, String type, String body) throws IOException {
-        byte[] b = body.getBytes(StandardCharsets.UTF_8);
-        ex.getResponseHeaders().set("Content-Type", type);
-        ex.getResponseHeaders().set("Cache-Control", "no-store");
-        boolean head = ex.getRequestMethod().equals("HEAD");
-        ex.sendResponseHeaders(status, head ? -1 : b.length);
-        if (!head) {
-            try (OutputStream o = ex.getResponseBody()) {
-                o.write(b);
-            }
-        }
+        return switch (q.path()) {
+            case "/metrics" -> Response.of(200, PROMETHEUS_TYPE, prometheus(snapshots()));
+            case "/stats" -> Response.of(200, "application/json", json(snapshots(), uptimeMillis()) + "\n");
+            case "/" -> Response.text(200, "mqvirtio metrics: /metrics (Prometheus text format), /stats (JSON)\n");
+            default -> Response.text(404, "not found: " + q.path() + "\n");
+        };
     }
 
     List<DeviceStats> snapshots() {
@@ -238,7 +204,6 @@ public final class MetricsServer implements AutoCloseable {
 
     @Override
     public void close() {
-        http.stop(0);
-        executor.shutdownNow();
+        http.close();
     }
 }

@@ -6,14 +6,22 @@ import static org.assertj.core.api.Assertions.assertThatThrownBy;
 import io.mqvirtio.backend.LoopbackBackend;
 import io.mqvirtio.net.NetDevice;
 import java.io.ByteArrayOutputStream;
+import java.io.IOException;
+import java.io.InputStream;
+import java.io.OutputStream;
 import java.io.PrintStream;
+import java.net.InetAddress;
 import java.net.InetSocketAddress;
 import java.net.ServerSocket;
+import java.net.Socket;
 import java.nio.charset.StandardCharsets;
 import java.util.ArrayList;
 import java.util.List;
 import java.util.Map;
+import java.util.concurrent.CompletableFuture;
+import java.util.concurrent.TimeUnit;
 import java.util.concurrent.atomic.AtomicBoolean;
+import java.util.concurrent.atomic.AtomicLong;
 import java.util.regex.Matcher;
 import java.util.regex.Pattern;
 import org.junit.jupiter.api.Test;
@@ -21,8 +29,10 @@ import org.junit.jupiter.api.Timeout;
 
 /**
  * The metrics endpoint in-process, on a real net device (loopback backend, no frontend) and a real HTTP server on an
- * ephemeral loopback port (127.0.0.1 of this process only): both formats, the loopback-only rule, and {@code
- * mqvirtio stats} reading it. Traffic through the counters is checked by the peer tests (QEMU, testpmd).
+ * ephemeral loopback port (127.0.0.1 of this process only): both formats, the loopback-only rule, {@code mqvirtio
+ * stats} reading it, the bounds on what a client may hold (stalled, trickling and oversized request heads, over raw
+ * sockets) and the Host check against DNS rebinding. Traffic through the counters is checked by the peer tests
+ * (QEMU, testpmd).
  */
 @Timeout(60)
 class MetricsServerTest {
@@ -234,6 +244,286 @@ class MetricsServerTest {
                 "[".repeat(100) + "]".repeat(100), "{\"a\":1,}", "\"\u0001\"")) {
             assertThatThrownBy(() -> Json.parse(bad)).as(bad).isInstanceOf(IllegalArgumentException.class)
                     .hasMessageStartingWith("malformed JSON at offset");
+        }
+    }
+
+    /** A device and an endpoint on an ephemeral 127.0.0.1 port, for the raw-socket tests below. */
+    record Endpoint(NetDevice dev, MetricsServer server) implements AutoCloseable {
+        static Endpoint start() throws IOException {
+            NetDevice dev = new NetDevice(NetDevice.Config.of("vm0", 1), new LoopbackBackend(1, 1500));
+            try {
+                return new Endpoint(dev, MetricsServer.start(new InetSocketAddress("127.0.0.1", 0),
+                        List.of(new MetricsServer.Source(dev, "/run/vm0.sock", "loopback", () -> false))));
+            } catch (IOException | RuntimeException e) {
+                dev.close();
+                throw e;
+            }
+        }
+
+        int port() {
+            return server.address().getPort();
+        }
+
+        Socket connect() throws IOException {
+            Socket s = new Socket(InetAddress.getByName("127.0.0.1"), port());
+            s.setSoTimeout(10_000);
+            return s;
+        }
+
+        @Override
+        public void close() {
+            server.close();
+            dev.close();
+        }
+    }
+
+    /** A response as it came off the wire: status line, header lines, body. */
+    record Raw(int status, String head, String body) {}
+
+    /**
+     * Sends {@code request} as is on a fresh connection and reads one response: its head, then as many bytes of body
+     * as its Content-Length says (none for HEAD), whether or not the server then keeps the connection open.
+     */
+    static Raw raw(Endpoint e, String request) throws IOException {
+        try (Socket s = e.connect()) {
+            s.getOutputStream().write(request.getBytes(StandardCharsets.ISO_8859_1));
+            s.getOutputStream().flush();
+            InputStream in = s.getInputStream();
+            ByteArrayOutputStream head = new ByteArrayOutputStream();
+            while (!head.toString(StandardCharsets.ISO_8859_1).endsWith("\r\n\r\n")) {
+                int b = in.read();
+                assertThat(b).as("a whole response head, got: %s", head).isNotNegative();
+                head.write(b);
+            }
+            String h = head.toString(StandardCharsets.ISO_8859_1).strip();
+            int length = 0;
+            for (String line : h.split("\r\n")) {
+                if (line.toLowerCase(java.util.Locale.ROOT).startsWith("content-length:")) {
+                    length = Integer.parseInt(line.substring(line.indexOf(':') + 1).strip());
+                }
+            }
+            byte[] body = request.startsWith("HEAD ") ? new byte[0] : in.readNBytes(length);
+            assertThat(body).as("the whole body").hasSize(request.startsWith("HEAD ") ? 0 : length);
+            return new Raw(Integer.parseInt(h.split(" ")[1]), h, new String(body, StandardCharsets.UTF_8));
+        }
+    }
+
+    /** Reads until the server closes {@code s} (or resets it); what it sent before, as text. */
+    static String untilClosed(Socket s) throws IOException {
+        ByteArrayOutputStream got = new ByteArrayOutputStream();
+        byte[] b = new byte[4096];
+        InputStream in = s.getInputStream();
+        try {
+            for (int n; (n = in.read(b)) >= 0; ) {
+                got.write(b, 0, n);
+            }
+        } catch (java.net.SocketException reset) {
+            // a reset also ends the connection: the server stopped reading what was still coming
+        }
+        return got.toString(StandardCharsets.ISO_8859_1);
+    }
+
+    static final String PARTIAL = "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: stall";
+
+    /**
+     * Clients that open a connection and send part of a request head, then nothing (item 11 of the hardening issue:
+     * with a fixed pool of reader threads and no deadline, two of them left every later client unanswered). A
+     * well-formed client is answered at once while they stall, and the server closes each stalled one after its
+     * head deadline, not never.
+     */
+    @Test
+    @Timeout(30)
+    void stalledRequestHeadsDoNotStarveOtherClients() throws Exception {
+        try (Endpoint e = Endpoint.start()) {
+            List<Socket> stalled = new ArrayList<>();
+            try {
+                for (int i = 0; i < 8; i++) {
+                    Socket s = e.connect();
+                    stalled.add(s);
+                    s.getOutputStream().write(PARTIAL.getBytes(StandardCharsets.US_ASCII));
+                    s.getOutputStream().flush();
+                }
+                Thread.sleep(300); // let the server take them all up
+                long t0 = System.nanoTime();
+                Launcher.Http ok = Launcher.get("127.0.0.1", e.port(), "/metrics");
+                long ms = TimeUnit.NANOSECONDS.toMillis(System.nanoTime() - t0);
+                assertThat(ok.status()).isEqualTo(200);
+                assertThat(ok.body()).contains("mqvirtio_queue_packets_total{device=\"vm0\"");
+                assertThat(ms).as("answered while 8 clients stall").isLessThan(5000);
+
+                // each stalled connection is told 408 and closed once its head time is up
+                for (Socket s : stalled) {
+                    long c0 = System.nanoTime();
+                    String got = untilClosed(s);
+                    assertThat(TimeUnit.NANOSECONDS.toMillis(System.nanoTime() - c0)).isLessThan(8000);
+                    assertThat(got).startsWith("HTTP/1.1 408 Request Timeout\r\n").contains("Connection: close\r\n")
+                            .doesNotContain("mqvirtio_");
+                }
+            } finally {
+                for (Socket s : stalled) {
+                    s.close();
+                }
+            }
+        }
+    }
+
+    /**
+     * A client that trickles its request head one byte every 200 ms, forever: no single read ever waits long, so
+     * only a deadline on the whole head (not a per-read timeout) stops it. The server must close it within a few
+     * seconds and answer others meanwhile.
+     */
+    @Test
+    @Timeout(30)
+    void tricklingClientIsCutOffByTheHeadDeadline() throws Exception {
+        try (Endpoint e = Endpoint.start(); Socket s = e.connect()) {
+            long t0 = System.nanoTime();
+            CompletableFuture<Long> closedAfter = new CompletableFuture<>();
+            Thread reader = Thread.ofVirtual().start(() -> {
+                try {
+                    assertThat(untilClosed(s)).startsWith("HTTP/1.1 408 ");
+                    closedAfter.complete(TimeUnit.NANOSECONDS.toMillis(System.nanoTime() - t0));
+                } catch (IOException | AssertionError x) {
+                    closedAfter.completeExceptionally(x);
+                }
+            });
+            byte[] head = (PARTIAL + "\r\nX-Trickle: ").getBytes(StandardCharsets.US_ASCII);
+            OutputStream o = s.getOutputStream();
+            int sent = 0;
+            try {
+                while (!closedAfter.isDone() && System.nanoTime() - t0 < TimeUnit.SECONDS.toNanos(12)) {
+                    o.write(sent < head.length ? head[sent] : 'a');
+                    o.flush();
+                    sent++;
+                    if (sent == 5) {
+                        assertThat(Launcher.get("127.0.0.1", e.port(), "/stats").status()).isEqualTo(200);
+                    }
+                    Thread.sleep(200);
+                }
+            } catch (IOException reset) {
+                // the server closed it and the kernel said so to the writer first
+            }
+            long ms = closedAfter.get(12, TimeUnit.SECONDS);
+            assertThat(ms).as("closed after %d trickled bytes", sent).isLessThan(8000);
+            reader.join();
+        }
+    }
+
+    /**
+     * A request head without end: header lines streamed as fast as the socket takes them. The server reads a bounded
+     * head, refuses it (431, RFC 6585 section 5, if the client still reads) and stops reading; the writer then fails
+     * long before 64 MiB, more than every socket buffer on the way can hold, so the server buffered a bounded
+     * amount. A client with a 1 MiB head that it does finish is refused the same way.
+     */
+    @Test
+    @Timeout(30)
+    void oversizedRequestHeadIsRefusedWithoutReadingItAll() throws Exception {
+        try (Endpoint e = Endpoint.start()) {
+            AtomicLong written = new AtomicLong();
+            try (Socket s = e.connect()) {
+                CompletableFuture<String> answer = CompletableFuture.supplyAsync(() -> {
+                    try {
+                        return untilClosed(s);
+                    } catch (IOException x) {
+                        throw new java.io.UncheckedIOException(x);
+                    }
+                }, r -> Thread.ofVirtual().start(r));
+                OutputStream o = s.getOutputStream();
+                byte[] line = ("X-Pad: " + "a".repeat(1016) + "\r\n").getBytes(StandardCharsets.US_ASCII);
+                byte[] chunk = new byte[16 * line.length];
+                for (int i = 0; i < 16; i++) {
+                    System.arraycopy(line, 0, chunk, i * line.length, line.length);
+                }
+                boolean failed = false;
+                try {
+                    o.write((PARTIAL + "\r\n").getBytes(StandardCharsets.US_ASCII));
+                    while (written.get() < 64L << 20) {
+                        o.write(chunk);
+                        written.addAndGet(chunk.length);
+                    }
+                } catch (IOException stopped) {
+                    failed = true;
+                }
+                assertThat(failed).as("the server stopped reading, after %d bytes sent", written.get()).isTrue();
+                assertThat(answer.get(10, TimeUnit.SECONDS)).satisfiesAnyOf(g -> assertThat(g).isEmpty(),
+                        g -> assertThat(g).startsWith("HTTP/1.1 431 "));
+            }
+
+            // 1 MiB of headers, then the blank line: refused, nothing of the metrics
+            StringBuilder big = new StringBuilder("GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n");
+            while (big.length() < 1 << 20) {
+                big.append("X-Pad-").append(big.length()).append(": ").append("b".repeat(200)).append("\r\n");
+            }
+            big.append("\r\n");
+            try (Socket s = e.connect()) {
+                CompletableFuture<Void> send = CompletableFuture.runAsync(() -> {
+                    try {
+                        s.getOutputStream().write(big.toString().getBytes(StandardCharsets.US_ASCII));
+                    } catch (IOException stopped) {
+                        // expected: the server closes before it took the whole head
+                    }
+                }, r -> Thread.ofVirtual().start(r));
+                String got = untilClosed(s);
+                assertThat(got).satisfiesAnyOf(g -> assertThat(g).isEmpty(),
+                        g -> assertThat(g).startsWith("HTTP/1.1 431 "));
+                assertThat(got).doesNotContain("mqvirtio_");
+                send.get(10, TimeUnit.SECONDS);
+            }
+            assertThat(raw(e, "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").status()).isEqualTo(200);
+        }
+    }
+
+    /**
+     * DNS rebinding: a page on evil.example.com whose name the attacker re-points at 127.0.0.1 makes the victim's
+     * browser send requests here that carry {@code Host: evil.example.com:PORT} and whose answers the page may read.
+     * Only loopback names and literals are served; anything else gets 421 (RFC 9110 section 15.5.20) and nothing of
+     * the counters. HTTP/1.1 without a Host, or with two, is a 400 (RFC 9112 section 3.2); HTTP/1.0 may omit it.
+     */
+    @Test
+    @Timeout(30)
+    void servesOnlyRequestsThatNameALoopbackHost() throws Exception {
+        try (Endpoint e = Endpoint.start()) {
+            int port = e.port();
+            for (String host : List.of("127.0.0.1", "127.0.0.1:" + port, "localhost", "LocalHost:" + port, "[::1]",
+                    "[::1]:" + port, "localhost:19100", "127.0.0.1:80")) {
+                for (String path : List.of("/metrics", "/stats")) {
+                    Raw r = raw(e, "GET " + path + " HTTP/1.1\r\nHost: " + host + "\r\n\r\n");
+                    assertThat(r.status()).as("Host: %s %s", host, path).isEqualTo(200);
+                }
+            }
+            assertThat(raw(e, "GET /stats HTTP/1.1\r\nhost:localhost\r\nConnection: close\r\n\r\n").body())
+                    .contains("\"devices\"");
+            for (String host : List.of("evil.example.com:" + port, "evil.example.com", "localhost.evil.example.com",
+                    "127.0.0.1.evil.example.com", "mqvirtio.local:" + port, "[::2]:" + port, "10.0.0.1:" + port,
+                    "0.0.0.0:" + port, "localhost:http", "[::1", "")) {
+                for (String path : List.of("/metrics", "/stats", "/", "/nope")) {
+                    Raw r = raw(e, "GET " + path + " HTTP/1.1\r\nHost: " + host + "\r\n\r\n");
+                    assertThat(r.status()).as("Host: %s %s", host, path).isIn(400, 421);
+                    assertThat(r.body()).as("Host: %s %s", host, path).doesNotContain("mqvirtio_")
+                            .doesNotContain("devices").doesNotContain("vm0");
+                }
+            }
+            Raw evil = raw(e, "GET /stats HTTP/1.1\r\nHost: evil.example.com:" + port + "\r\n\r\n");
+            assertThat(evil.status()).isEqualTo(421);
+            assertThat(evil.body()).isEqualTo("misdirected request: this endpoint answers only to a loopback Host\n");
+            assertThat(raw(e, "HEAD /metrics HTTP/1.1\r\nHost: evil.example.com\r\n\r\n").status())
+                    .isEqualTo(421);
+
+            // the absolute form names the host in the request target, and that is what counts (RFC 9112 3.2.2)
+            assertThat(raw(e, "GET http://evil.example.com/stats HTTP/1.1\r\nHost: localhost\r\n\r\n").status())
+                    .isEqualTo(421);
+            assertThat(raw(e, "GET http://localhost:" + port + "/stats HTTP/1.1\r\nHost: x.example\r\n\r\n").status())
+                    .isEqualTo(200);
+            // an empty line before the request line and bare LF line ends are accepted (RFC 9112 section 2.2)
+            assertThat(raw(e, "\r\nGET /metrics HTTP/1.1\nHost: localhost\n\n").status()).isEqualTo(200);
+
+            // no Host: HTTP/1.1 must send one (400), HTTP/1.0 need not (no browser omits it)
+            assertThat(raw(e, "GET /metrics HTTP/1.1\r\n\r\n").status()).isEqualTo(400);
+            assertThat(raw(e, "GET /metrics HTTP/1.1\r\nHost: localhost\r\nHost: localhost\r\n\r\n").status())
+                    .isEqualTo(400);
+            Raw old = raw(e, "GET /metrics HTTP/1.0\r\n\r\n");
+            assertThat(old.status()).isEqualTo(200);
+            assertThat(old.body()).contains("mqvirtio_device_queue_pairs{device=\"vm0\"} 1\n");
+            assertThat(raw(e, "GET /metrics HTTP/1.0\r\nHost: evil.example.com\r\n\r\n").status()).isEqualTo(421);
         }
     }
 }
