@@ -41,6 +41,7 @@ public final class NetQueuePair {
     private final long[] addr = new long[1];
     private final int[] len = new int[1];
     private Epoll waiter;
+    private volatile String lastRxError;
     volatile boolean enabled;
 
     final QueueCounters rxCounters = new QueueCounters();
@@ -265,6 +266,8 @@ public final class NetQueuePair {
     /**
      * Receives up to {@code max} frames: frame i is copied into {@code bufs[i]} (the header stripped) and its length
      * stored in {@code lengths[i]}. A frame longer than its buffer is cut and counted as an error. Returns the count.
+     * A frame the backend lied about (see {@link #takeFrame}) is dropped and counted as an error
+     * ({@link #lastRxError()} says why).
      */
     public int receive(MemorySegment[] bufs, int[] lengths, int max) {
         if (!enabled) {
@@ -274,40 +277,29 @@ public final class NetQueuePair {
         int head;
         boolean reposted = false;
         while (n < max && (head = rx.reap()) >= 0) {
-            int used = rx.reapedLength();
-            int slot = rxSlotOfHead[head];
-            long base = (long) slot * bufSize;
-            int numBuffers = mergeable ? Short.toUnsignedInt(rxBufs.get(LE16, base + VirtioNet.HDR_NUM_BUFFERS)) : 1;
+            reposted = true;
+            long base = (long) rxSlotOfHead[head] * bufSize;
+            // The header's fields, each read once: the backend can rewrite them at any moment.
             boolean partial = guestCsum && (rxBufs.get(ValueLayout.JAVA_BYTE, base + VirtioNet.HDR_FLAGS)
                     & VirtioNet.HDR_F_NEEDS_CSUM) != 0;
             int csumStart = Short.toUnsignedInt(rxBufs.get(LE16, base + VirtioNet.HDR_CSUM_START));
             int csumOffset = Short.toUnsignedInt(rxBufs.get(LE16, base + VirtioNet.HDR_CSUM_OFFSET));
-            long at = copyOut(base + VirtioNet.HDR_SIZE, used - VirtioNet.HDR_SIZE, bufs[n], 0);
-            boolean bad = used < VirtioNet.HDR_SIZE || used > bufSize || numBuffers < 1;
-            postRx(slot);
-            reposted = true;
-            for (int k = 1; k < numBuffers && !bad; k++) {
-                int h = rx.reap();
-                if (h < 0) {
-                    bad = true; // the backend published a frame without all its buffers
-                    break;
-                }
-                int s = rxSlotOfHead[h];
-                int l = rx.reapedLength();
-                at += copyOut((long) s * bufSize, l, bufs[n], at);
-                postRx(s);
-            }
-            if (bad) {
-                rxCounters.add(QueueCounters.ERRORS, 1);
+            MemorySegment dst = bufs[n];
+            long len = takeFrame(head, dst);
+            if (len < 0) {
                 continue;
             }
-            lengths[n] = (int) Math.min(at, bufs[n].byteSize());
-            if (partial && !Checksum.complete(bufs[n], lengths[n], csumStart, csumOffset)) {
-                rxCounters.add(QueueCounters.ERRORS, 1); // a partial checksum we cannot complete: drop the frame
-                continue;
+            int kept = (int) Math.min(len, dst.byteSize());
+            if (kept < len) {
+                rxError("a frame of " + len + " bytes was cut to its " + dst.byteSize() + "-byte buffer");
             }
+            if (partial && !Checksum.complete(dst, kept, csumStart, csumOffset)) {
+                rxError("a partial checksum at " + csumStart + "+" + csumOffset + " that cannot be completed");
+                continue; // drop the frame
+            }
+            lengths[n] = kept;
             rxCounters.add(QueueCounters.PACKETS, 1);
-            rxCounters.add(QueueCounters.BYTES, at);
+            rxCounters.add(QueueCounters.BYTES, len);
             n++;
         }
         if (reposted) {
@@ -320,6 +312,84 @@ public final class NetQueuePair {
         return n;
     }
 
+    /**
+     * Copies the frame whose first buffer the used ring just returned ({@code head}) into {@code dst}, with
+     * MRG_RXBUF taking its further buffers from the used ring too, and reposts every buffer it takes. Returns the
+     * frame's length (without header), or -1 when the backend lied about it: the frame is dropped and counted.
+     *
+     * <p>With MRG_RXBUF a frame spans {@code num_buffers} buffers, this one included (VIRTIO 1.3, 5.1.6.4), and the
+     * device must have used them together, so that at least that many are in the used ring, and filled every one
+     * but the last to its full length (5.1.6.4.1). Each used length and num_buffers is checked against that before
+     * a byte is copied: a lie never makes the driver copy bytes the device did not write (a frame stitched from
+     * stale buffer contents), read past a buffer, or wait. A frame with a bad length still takes the buffers it
+     * claims, as far as they are in the ring, so that they are not taken for frames of their own; a num_buffers
+     * out of range (0, or more than the ring holds) claims nothing but its head.
+     */
+    private long takeFrame(int head, MemorySegment dst) {
+        int used = rx.reapedLength();
+        int slot = rxSlotOfHead[head];
+        long base = (long) slot * bufSize;
+        if (Integer.compareUnsigned(used, VirtioNet.HDR_SIZE) < 0) {
+            postRx(slot);
+            return rxError("a used length of " + used + " bytes, shorter than the virtio-net header");
+        }
+        int numBuffers = mergeable ? Short.toUnsignedInt(rxBufs.get(LE16, base + VirtioNet.HDR_NUM_BUFFERS)) : 1;
+        if (numBuffers < 1 || numBuffers > rx.size()) {
+            postRx(slot);
+            return rxError("num_buffers " + numBuffers + " (a ring of " + rx.size() + ")");
+        }
+        int more = numBuffers - 1;
+        int there = more == 0 ? 0 : rx.usedPending();
+        String lie = null;
+        if (more > there) {
+            lie = "num_buffers " + numBuffers + " with " + there + " more used buffer" + (there == 1 ? "" : "s")
+                    + " in the ring";
+        } else if (Integer.compareUnsigned(used, bufSize) > 0 || (more > 0 && used != bufSize)) {
+            lie = "buffer 1 of " + numBuffers + " used for " + Integer.toUnsignedString(used) + " bytes of " + bufSize;
+        }
+        long len = used - VirtioNet.HDR_SIZE;
+        if (lie == null) {
+            copyOut(base + VirtioNet.HDR_SIZE, len, dst, 0);
+        }
+        postRx(slot);
+        int take = Math.min(more, there);
+        for (int k = 1; k <= take; k++) {
+            int h = rx.reap(); // never -1: usedPending counted it
+            int l = rx.reapedLength();
+            int s = rxSlotOfHead[h];
+            if (lie == null) {
+                boolean last = k == more;
+                if (Integer.compareUnsigned(l, bufSize) > 0 || (!last && l != bufSize) || l == 0) {
+                    lie = "buffer " + (k + 1) + " of " + numBuffers + " used for " + Integer.toUnsignedString(l)
+                            + " bytes of " + bufSize;
+                } else {
+                    copyOut((long) s * bufSize, l, dst, len);
+                    len += l;
+                }
+            }
+            postRx(s);
+        }
+        if (lie != null) {
+            return rxError(lie);
+        }
+        if (len < 14) {
+            return rxError("a frame of " + len + " bytes, shorter than an Ethernet header");
+        }
+        return len;
+    }
+
+    /** Counts a receive error and records why; returns -1 (a dropped frame). Not on the fast path. */
+    private long rxError(String why) {
+        lastRxError = why;
+        rxCounters.add(QueueCounters.ERRORS, 1);
+        return -1;
+    }
+
+    /** Why the last receive error happened (a frame dropped or cut), or null if none did. */
+    public String lastRxError() {
+        return lastRxError;
+    }
+
     /** Receives one frame into {@code buf} (position to limit); returns its length or -1 if none waits. */
     public int receive(ByteBuffer buf) {
         int[] l = new int[1];
@@ -330,19 +400,15 @@ public final class NetQueuePair {
         return l[0];
     }
 
-    private long copyOut(long from, long n, MemorySegment dst, long dstOff) {
-        if (n <= 0) {
-            return 0;
-        }
-        long room = Math.max(0, dst.byteSize() - dstOff);
-        long c = Math.min(Math.min(n, room), bufSize - (from % bufSize));
+    /**
+     * Copies {@code n} bytes of RX buffer memory from {@code from} (checked by the caller to lie in one buffer) to
+     * {@code dst} at {@code at}, as far as {@code dst} has room.
+     */
+    private void copyOut(long from, long n, MemorySegment dst, long at) {
+        long c = Math.min(n, dst.byteSize() - at);
         if (c > 0) {
-            MemorySegment.copy(rxBufs, from, dst, dstOff, c);
+            MemorySegment.copy(rxBufs, from, dst, at, c);
         }
-        if (c < n) {
-            rxCounters.add(QueueCounters.ERRORS, 1); // cut: the caller's buffer is too small
-        }
-        return n;
     }
 
     /**
