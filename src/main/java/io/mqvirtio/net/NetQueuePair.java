@@ -5,8 +5,11 @@ import io.mqvirtio.linux.EventFd;
 import io.mqvirtio.virtio.DriverQueue;
 import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
+import java.lang.invoke.MethodHandles;
+import java.lang.invoke.VarHandle;
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
+import java.util.concurrent.locks.LockSupport;
 
 /**
  * One queue pair of a {@link NetDriver}, for one thread: send frames on its TX ring, receive frames from its RX
@@ -14,10 +17,20 @@ import java.nio.ByteOrder;
  * with the backend, behind the 12-byte virtio-net header the driver writes and strips.
  *
  * <p>Back-pressure: {@link #send} takes what fits in the TX ring and says how many it took; a full ring takes none.
- * A pair the driver disabled ({@link NetDriver#setQueuePairs}) takes nothing and delivers nothing.
+ * A pair the driver disabled ({@link NetDriver#setQueuePairs}) takes nothing and delivers nothing. Once the driver is
+ * closed, every operation throws {@code IllegalStateException("driver closed")}.
  */
 public final class NetQueuePair {
     static final ValueLayout.OfShort LE16 = ValueLayout.JAVA_SHORT_UNALIGNED.withOrder(ByteOrder.LITTLE_ENDIAN);
+    private static final VarHandle BUSY;
+
+    static {
+        try {
+            BUSY = MethodHandles.lookup().findVarHandle(NetQueuePair.class, "busy", boolean.class);
+        } catch (ReflectiveOperationException e) {
+            throw new ExceptionInInitializerError(e);
+        }
+    }
 
     private final int index;
     private final DriverQueue rx;
@@ -25,6 +38,7 @@ public final class NetQueuePair {
     private final EventFd rxKick;
     private final EventFd txKick;
     private final EventFd rxCall;
+    private final EventFd txCall;       // only the backend signals it (we poll TX): owned here, closed with the pair
     private final MemorySegment rxBufs;
     private final MemorySegment txBufs;
     private final long rxBufsGpa;
@@ -43,12 +57,16 @@ public final class NetQueuePair {
     private Epoll waiter;
     private volatile String lastRxError;
     volatile boolean enabled;
+    /** Set once, by {@link NetDriver#close()}: see {@link #enter()}. */
+    private volatile boolean closed;
+    /** True while the pair's thread is inside an operation (written by that thread only): see {@link #enter()}. */
+    private volatile boolean busy;
 
     final QueueCounters rxCounters = new QueueCounters();
     final QueueCounters txCounters = new QueueCounters();
 
     NetQueuePair(int index, DriverQueue rx, DriverQueue tx, EventFd rxKick, EventFd txKick, EventFd rxCall,
-                 MemorySegment rxBufs, long rxBufsGpa, MemorySegment txBufs, long txBufsGpa, int bufSize, boolean mergeable,
+                 EventFd txCall, MemorySegment rxBufs, long rxBufsGpa, MemorySegment txBufs, long txBufsGpa, int bufSize, boolean mergeable,
                  boolean csumOffload, boolean guestCsum) {
         this.index = index;
         this.rx = rx;
@@ -56,6 +74,7 @@ public final class NetQueuePair {
         this.rxKick = rxKick;
         this.txKick = txKick;
         this.rxCall = rxCall;
+        this.txCall = txCall;
         this.rxBufs = rxBufs;
         this.txBufs = txBufs;
         this.rxBufsGpa = rxBufsGpa;
@@ -96,6 +115,72 @@ public final class NetQueuePair {
         return enabled;
     }
 
+    /*
+     * Closing while the pair's thread works (NetDriver.close from another thread). The pair's memory is shared with
+     * the backend through a mapping that close unmaps: an access after that is a SIGSEGV, which kills the JVM. So
+     * every operation that touches the shared memory or the pair's descriptors runs between enter() and leave(),
+     * and close waits for the pair to be out before it releases anything.
+     *
+     * Why this guard: it is a Dekker handshake on two volatile flags, one writer each. The pair's thread writes
+     * busy, then reads closed; close() writes closed, then reads busy. Volatile accesses are sequentially
+     * consistent, so at least one of them sees the other's write: either the operation sees closed and throws
+     * before touching anything, or close sees busy and waits until it is cleared. The cost per operation (per
+     * burst, not per frame) is one volatile store (on x86 a locked instruction, some 20 cycles), one load and one
+     * release store (a plain store): no lock, no CAS, no allocation. A lock per operation would cost more and
+     * still need the flag for "driver closed"; liveness checks of an FFM shared arena alone (closing one
+     * handshakes with every thread, and a racing access fails with IllegalStateException) cost nothing per
+     * access but protect memory only, not the eventfds and the epoll instance, whose numbers the kernel may hand
+     * to someone else once closed. The driver has that arena as well (see NetDriver): it is what makes a pair
+     * whose thread never leaves safe (a FrameWriter that blocks), and any buffer a writer kept past its call.
+     */
+
+    /**
+     * Marks the pair's thread as inside an operation, or throws if the driver is closed. Returns false if it already
+     * was inside one (a FrameWriter calling back into its pair): only the outermost operation leaves.
+     */
+    private boolean enter() {
+        if (busy) {
+            return false;
+        }
+        busy = true;
+        if (closed) {
+            BUSY.setRelease(this, false);
+            throw new IllegalStateException("driver closed");
+        }
+        return true;
+    }
+
+    private void leave(boolean entered) {
+        if (entered) {
+            BUSY.setRelease(this, false); // release: what the operation did happens-before close's next read
+        }
+    }
+
+    /** Makes every later operation throw "driver closed" and wakes one waiting in {@link #awaitReceive}. */
+    void shut() {
+        closed = true;
+        enabled = false;
+        rxCall.signal(); // its epoll instance wakes; a spurious notification is harmless
+    }
+
+    /**
+     * Waits until the pair's thread is out of its operation, until {@code deadlineNanos} (System.nanoTime) at most;
+     * returns whether it is out (then it never touches the pair's memory or descriptors again).
+     */
+    boolean awaitLeft(long deadlineNanos) {
+        for (int spins = 0; busy; spins++) {
+            if (System.nanoTime() - deadlineNanos >= 0) {
+                return false;
+            }
+            if (spins < 1000) {
+                Thread.onSpinWait(); // a burst takes microseconds
+            } else {
+                LockSupport.parkNanos(100_000);
+            }
+        }
+        return true;
+    }
+
     private void postRx(int slot) {
         addr[0] = rxBufsGpa + (long) slot * bufSize;
         len[0] = bufSize;
@@ -129,9 +214,15 @@ public final class NetQueuePair {
      * publish and at most one kick for the burst.
      */
     public int send(MemorySegment[] frames, int offset, int count) {
-        if (!enabled) {
-            return 0;
+        boolean entered = enter();
+        try {
+            return enabled ? sendCopies(frames, offset, count) : 0;
+        } finally {
+            leave(entered);
         }
+    }
+
+    private int sendCopies(MemorySegment[] frames, int offset, int count) {
         reapTx();
         int n = 0;
         long bytes = 0;
@@ -192,8 +283,9 @@ public final class NetQueuePair {
          * Writes frame {@code i} of a burst, an Ethernet frame without virtio-net header, at the start of
          * {@code buffer} and returns its length, 14 to {@code buffer.byteSize()} ({@link #maxFrame()}) bytes.
          * {@code buffer} is one of the pair's TX buffers in the memory shared with the backend, valid only during
-         * the call; it still holds the last frame sent from it (zeros at first), so a writer that sends frames
-         * of one shape may rewrite only the bytes that change, as DPDK's txonly rewrites only the headers.
+         * the call (once the driver is closed, any access through it throws IllegalStateException); it still holds
+         * the last frame sent from it (zeros at first), so a writer that sends frames of one shape may rewrite only
+         * the bytes that change, as DPDK's txonly rewrites only the headers.
          */
         int write(MemorySegment buffer, int i);
     }
@@ -205,9 +297,15 @@ public final class NetQueuePair {
      * length out of range is an {@link IllegalArgumentException} (the frames written before it are still sent).
      */
     public int sendInPlace(int count, FrameWriter writer) {
-        if (!enabled) {
-            return 0;
+        boolean entered = enter();
+        try {
+            return enabled ? sendWritten(count, writer) : 0;
+        } finally {
+            leave(entered);
         }
+    }
+
+    private int sendWritten(int count, FrameWriter writer) {
         reapTx();
         int n = 0;
         long bytes = 0;
@@ -270,9 +368,15 @@ public final class NetQueuePair {
      * ({@link #lastRxError()} says why).
      */
     public int receive(MemorySegment[] bufs, int[] lengths, int max) {
-        if (!enabled) {
-            return 0;
+        boolean entered = enter();
+        try {
+            return enabled ? receiveFrames(bufs, lengths, max) : 0;
+        } finally {
+            leave(entered);
         }
+    }
+
+    private int receiveFrames(MemorySegment[] bufs, int[] lengths, int max) {
         int n = 0;
         int head;
         boolean reposted = false;
@@ -416,6 +520,15 @@ public final class NetQueuePair {
      * returns true if one may be waiting.
      */
     public boolean awaitReceive(int timeoutMillis) {
+        boolean entered = enter();
+        try {
+            return awaitCall(timeoutMillis);
+        } finally {
+            leave(entered);
+        }
+    }
+
+    private boolean awaitCall(int timeoutMillis) {
         if (waiter == null) {
             waiter = Epoll.create(1);
             waiter.add(rxCall, Epoll.EPOLLIN, 0);
@@ -438,9 +551,14 @@ public final class NetQueuePair {
         return txCounters.snapshot();
     }
 
+    /** Closes the pair's descriptors; only once its thread is out ({@link #awaitLeft}) or never started. */
     void close() {
         if (waiter != null) {
             waiter.close();
         }
+        rxKick.close();
+        txKick.close();
+        rxCall.close();
+        txCall.close();
     }
 }

@@ -9,6 +9,7 @@ import io.mqvirtio.vhostuser.Message;
 import io.mqvirtio.vhostuser.Protocol;
 import io.mqvirtio.vhostuser.Request;
 import io.mqvirtio.virtio.VirtioFeatures;
+import java.io.IOException;
 import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
 import java.lang.invoke.VarHandle;
@@ -195,7 +196,7 @@ final class ScriptedRingBackend implements AutoCloseable {
     }
 
     @Override
-    public void close() throws Exception {
+    public void close() throws IOException {
         closed = true;
         UnixSocket c = connection;
         if (c != null) {
@@ -203,7 +204,11 @@ final class ScriptedRingBackend implements AutoCloseable {
         } else {
             UnixSocket.connect(path).close(); // wakes its accept: nobody connected
         }
-        thread.join(5000);
+        try {
+            thread.join(5000);
+        } catch (InterruptedException e) {
+            Thread.currentThread().interrupt();
+        }
         c = connection;
         if (c != null) {
             c.close();
