@@ -55,7 +55,7 @@ public final class NetDriver implements AutoCloseable {
      * @param ringSize   entries per ring (a power of two)
      * @param bufSize    bytes per buffer, header included (frames up to bufSize - 12)
      * @param timeoutMs  how long to wait for each backend reply; on close, also how long to wait for the pairs'
-     *                   threads to leave their calls
+     *                   threads to leave their calls and, in all, for the backend to stop the rings
      * @param features   features to negotiate when offered (a subset of {@link #WANTED} or more)
      */
     public record Options(int pairs, int ringSize, int bufSize, int timeoutMs, long features) {
@@ -90,7 +90,7 @@ public final class NetDriver implements AutoCloseable {
     /** The scope of every segment of {@link #map} the rings and pairs use: see {@link #close()}. */
     private final Arena arena;
     private final List<NetQueuePair> pairs = new ArrayList<>();
-    /** Pair i's eventfds (RX kick and call, TX kick and call), from before the pair exists: it owns them after. */
+    /** Pair i's eventfds (RX kick and call, TX kick and call, wake), made before the pair, which owns them after. */
     private final List<EventFd[]> pairFds = new ArrayList<>();
     private final int timeoutMs;
     private final long features;
@@ -184,7 +184,7 @@ public final class NetDriver implements AutoCloseable {
                 DriverQueue[] q = new DriverQueue[2];
                 EventFd[] kick = new EventFd[2];
                 EventFd[] call = new EventFd[2];
-                EventFd[] fds = new EventFd[4];
+                EventFd[] fds = new EventFd[5];
                 d.pairFds.add(fds);
                 for (int r = 0; r < 2; r++) {
                     long ringOff = off + r * layout.totalBytes();
@@ -195,9 +195,10 @@ public final class NetDriver implements AutoCloseable {
                     kick[r] = fds[2 * r] = EventFd.create();
                     call[r] = fds[2 * r + 1] = EventFd.create();
                 }
+                fds[4] = EventFd.create();
                 long rxBufs = off + 2 * layout.totalBytes();
                 long txBufs = rxBufs + align(bufBytes);
-                NetQueuePair qp = new NetQueuePair(p, q[0], q[1], kick[0], kick[1], call[0], call[1],
+                NetQueuePair qp = new NetQueuePair(p, q[0], q[1], kick[0], kick[1], call[0], call[1], fds[4],
                         mem.asSlice(rxBufs, bufBytes), base + rxBufs, mem.asSlice(txBufs, bufBytes), base + txBufs,
                         o.bufSize(), mrg, VirtioFeatures.has(negotiated, VirtioNet.F_CSUM),
                         VirtioFeatures.has(negotiated, VirtioNet.F_GUEST_CSUM));
@@ -324,8 +325,10 @@ public final class NetDriver implements AutoCloseable {
 
     /**
      * Stops the pairs, then every ring (GET_VRING_BASE, so the backend lets go of our memory), then disconnects and
-     * frees the memory. A backend that is already gone, or does not answer, is no obstacle. May be called from any
-     * thread while others use their pairs, and waits one timeout at most for them, whatever their threads do:
+     * frees the memory. A backend that is already gone, or answers slowly or not at all, is no obstacle: the rings
+     * get one timeout in all (and the reply in progress when it ends its own). May be called from any thread while
+     * others use their pairs, and waits one timeout at most for them, whatever their threads do; so close returns
+     * within about three timeouts:
      *
      * <ol>
      * <li>every pair is shut: its next operation throws {@code IllegalStateException("driver closed")}, a thread
@@ -364,9 +367,17 @@ public final class NetDriver implements AutoCloseable {
         release(busy);
     }
 
+    /** GET_VRING_BASE for every ring, within one timeout in all: a backend that answers slowly gets no more. */
     private void stopRings() {
+        long deadline = System.nanoTime() + TimeUnit.MILLISECONDS.toNanos(timeoutMs);
+        int rings = 2 * pairs.size();
         try {
-            for (int r = 0; r < 2 * pairs.size(); r++) {
+            for (int r = 0; r < rings; r++) {
+                if (System.nanoTime() - deadline > 0) {
+                    LOG.log(Level.DEBUG, "closing: {0} of {1} rings stopped within {2} ms; disconnecting", r, rings,
+                            timeoutMs);
+                    return;
+                }
                 frontend.getVringBase(r);
             }
         } catch (VhostUserException e) {

@@ -39,6 +39,7 @@ public final class NetQueuePair {
     private final EventFd txKick;
     private final EventFd rxCall;
     private final EventFd txCall;       // only the backend signals it (we poll TX): owned here, closed with the pair
+    private final EventFd wake;         // never shared: close() signals it to end an awaitReceive
     private final MemorySegment rxBufs;
     private final MemorySegment txBufs;
     private final long rxBufsGpa;
@@ -66,8 +67,8 @@ public final class NetQueuePair {
     final QueueCounters txCounters = new QueueCounters();
 
     NetQueuePair(int index, DriverQueue rx, DriverQueue tx, EventFd rxKick, EventFd txKick, EventFd rxCall,
-                 EventFd txCall, MemorySegment rxBufs, long rxBufsGpa, MemorySegment txBufs, long txBufsGpa, int bufSize, boolean mergeable,
-                 boolean csumOffload, boolean guestCsum) {
+                 EventFd txCall, EventFd wake, MemorySegment rxBufs, long rxBufsGpa, MemorySegment txBufs,
+                 long txBufsGpa, int bufSize, boolean mergeable, boolean csumOffload, boolean guestCsum) {
         this.index = index;
         this.rx = rx;
         this.tx = tx;
@@ -75,6 +76,7 @@ public final class NetQueuePair {
         this.txKick = txKick;
         this.rxCall = rxCall;
         this.txCall = txCall;
+        this.wake = wake;
         this.rxBufs = rxBufs;
         this.txBufs = txBufs;
         this.rxBufsGpa = rxBufsGpa;
@@ -160,7 +162,7 @@ public final class NetQueuePair {
     void shut() {
         closed = true;
         enabled = false;
-        rxCall.signal(); // its epoll instance wakes; a spurious notification is harmless
+        wake.signal(); // not rxCall: the backend can make that one block (see awaitCall)
     }
 
     /**
@@ -516,10 +518,14 @@ public final class NetQueuePair {
     }
 
     /**
-     * Waits up to {@code timeoutMillis} for a frame to arrive (the backend's call eventfd), instead of polling;
-     * returns true if one may be waiting.
+     * Waits up to {@code timeoutMillis} (0 or more: the backend may never send, so no wait is endless) for a frame
+     * to arrive (the backend's call eventfd), instead of polling; returns true if one may be waiting. Closing the
+     * driver ends the wait.
      */
     public boolean awaitReceive(int timeoutMillis) {
+        if (timeoutMillis < 0) {
+            throw new IllegalArgumentException("timeout must be 0 or more milliseconds: " + timeoutMillis);
+        }
         boolean entered = enter();
         try {
             return awaitCall(timeoutMillis);
@@ -530,15 +536,19 @@ public final class NetQueuePair {
 
     private boolean awaitCall(int timeoutMillis) {
         if (waiter == null) {
-            waiter = Epoll.create(1);
-            waiter.add(rxCall, Epoll.EPOLLIN, 0);
+            waiter = Epoll.create(2);
+            // Edge-triggered, and the counter is never read: the backend shares the call eventfd's open file and
+            // can clear its O_NONBLOCK, and a read(2) of an empty counter would then block for good. Each write to
+            // an eventfd is an edge, so every call the backend signals wakes one wait without a read.
+            waiter.add(rxCall, Epoll.EPOLLIN | Epoll.EPOLLET, 0);
+            waiter.add(wake, Epoll.EPOLLIN, 1); // ours alone: how close() ends a wait
         }
+        waiter.await(0); // takes the edges of calls for frames already in the ring: they must not wake the wait
         if (rx.enableInterrupts()) {
             rx.disableInterrupts();
             return true;
         }
         int n = waiter.await(timeoutMillis);
-        rxCall.drain();
         rx.disableInterrupts();
         return n > 0 || rx.usedPending() > 0;
     }
@@ -560,5 +570,6 @@ public final class NetQueuePair {
         txKick.close();
         rxCall.close();
         txCall.close();
+        wake.close();
     }
 }

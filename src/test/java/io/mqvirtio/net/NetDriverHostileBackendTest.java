@@ -3,6 +3,7 @@ package io.mqvirtio.net;
 import static org.assertj.core.api.Assertions.assertThat;
 import static org.assertj.core.api.Assertions.assertThatThrownBy;
 
+import io.mqvirtio.linux.EventFd;
 import io.mqvirtio.linux.UnixSocket;
 import io.mqvirtio.vhostuser.Channel;
 import io.mqvirtio.vhostuser.Message;
@@ -21,7 +22,9 @@ import java.nio.file.Path;
 import java.util.ArrayList;
 import java.util.Arrays;
 import java.util.List;
+import java.util.concurrent.CountDownLatch;
 import java.util.concurrent.TimeUnit;
+import java.util.concurrent.atomic.AtomicReference;
 import java.util.function.BiFunction;
 import java.util.stream.Stream;
 import org.junit.jupiter.api.Test;
@@ -353,6 +356,145 @@ class NetDriverHostileBackendTest {
             rx.publish();
             assertThat(receive(nic.pair(0), 1)).singleElement().isEqualTo(frame(100, 2));
             assertThat(nic.pair(0).rxCounters().errors()).isEqualTo(2);
+        }
+    }
+
+    // ---- every wait of the driver is bounded ----
+
+    /**
+     * The call eventfd's O_NONBLOCK belongs to the open file, which the backend shares: a backend that clears it
+     * must not turn the driver's wait for frames into a read(2) that never returns. Before, awaitReceive read the
+     * counter after each wait, and with nothing signalled that read blocked for good.
+     */
+    @Test
+    @Timeout(30)
+    void awaitReceiveIsBoundedWhenTheBackendMakesItsCallFdBlocking() throws Exception {
+        try (ScriptedRingBackend be = new ScriptedRingBackend(dir.resolve("block.sock"));
+             NetDriver nic = NetDriver.connect(be.path(), mergeable())) {
+            NetQueuePair q = nic.pair(0);
+            be.ring(0).call.setNonBlocking(false);
+            AtomicReference<Object> result = new AtomicReference<>();
+            Thread t = Thread.ofPlatform().daemon().start(() -> {
+                try {
+                    result.set(q.awaitReceive(100));
+                } catch (Throwable e) {
+                    result.set(e);
+                }
+            });
+            try {
+                t.join(3000);
+                assertThat(t.isAlive()).as("awaitReceive(100) still waiting after 3 s").isFalse();
+                assertThat(result.get()).isEqualTo(false);
+            } finally {
+                be.ring(0).call.signal(); // lets a read(2) that blocked return
+                t.join(1000);
+            }
+        }
+    }
+
+    /** Every call the backend signals wakes one wait, and a wait after it has nothing stale to wake it. */
+    @Test
+    @Timeout(30)
+    void awaitReceiveWakesOnEveryCall() throws Exception {
+        try (ScriptedRingBackend be = new ScriptedRingBackend(dir.resolve("wake.sock"));
+             NetDriver nic = NetDriver.connect(be.path(), mergeable())) {
+            NetQueuePair q = nic.pair(0);
+            ScriptedRingBackend.Ring rx = be.ring(0);
+            for (int i = 0; i < 5; i++) {
+                assertThat(q.awaitReceive(50)).as("round %d: nothing yet", i).isFalse();
+                put(rx, frame(100, i), 1, honest(100));
+                rx.publish();
+                long t0 = System.nanoTime();
+                assertThat(q.awaitReceive(5000)).as("round %d: a frame", i).isTrue();
+                assertThat(System.nanoTime() - t0).isLessThan(TimeUnit.SECONDS.toNanos(2));
+                assertThat(receive(q, 1)).singleElement().isEqualTo(frame(100, i));
+            }
+        }
+    }
+
+    /** A wait without end is refused: the backend may never send. Before, awaitReceive(-1) waited forever. */
+    @Test
+    @Timeout(30)
+    void awaitReceiveRefusesAnEndlessWait() throws Exception {
+        try (ScriptedRingBackend be = new ScriptedRingBackend(dir.resolve("endless.sock"));
+             NetDriver nic = NetDriver.connect(be.path(), mergeable())) {
+            NetQueuePair q = nic.pair(0);
+            AtomicReference<Object> result = new AtomicReference<>();
+            Thread t = Thread.ofPlatform().daemon().start(() -> {
+                try {
+                    result.set(q.awaitReceive(-1));
+                } catch (Throwable e) {
+                    result.set(e);
+                }
+            });
+            try {
+                t.join(2000);
+                assertThat(result.get()).isInstanceOf(IllegalArgumentException.class);
+            } finally {
+                be.ring(0).call.signal(); // ends a wait that began
+                t.join(1000);
+            }
+        }
+    }
+
+    /**
+     * A backend that answers each GET_VRING_BASE just inside the timeout gets one timeout in all to stop the
+     * rings, not one per ring. Before, closing 4 pairs against it took 8 replies of 600 ms.
+     */
+    @Test
+    @Timeout(30)
+    void closeGivesASlowBackendOneTimeoutInAll() throws Exception {
+        try (ScriptedRingBackend be = new ScriptedRingBackend(dir.resolve("slow.sock"),
+                m -> m.request() == Request.GET_VRING_BASE ? (Object) 600L : null)) {
+            NetDriver nic = NetDriver.connect(be.path(), new NetDriver.Options(4, 64, 2048, 1000, NetDriver.WANTED));
+            long t0 = System.nanoTime();
+            nic.close();
+            assertThat(TimeUnit.NANOSECONDS.toMillis(System.nanoTime() - t0)).as("close took (ms)").isLessThan(2500);
+        }
+    }
+
+    /**
+     * A backend can also make a kick block: clear O_NONBLOCK on the kick eventfd and fill its counter. The pair's
+     * send then waits in write(2) until the backend reads (no per-call non-blocking write exists for an eventfd:
+     * pwritev2's RWF_NOWAIT is EOPNOTSUPP there), but close still returns after one timeout and the pair's thread
+     * gets "driver closed" on its next call once the backend lets go.
+     */
+    @Test
+    @Timeout(30)
+    void closeIsBoundedWhileTheBackendBlocksAKick() throws Exception {
+        try (ScriptedRingBackend be = new ScriptedRingBackend(dir.resolve("kick.sock"));
+             Arena a = Arena.ofConfined()) {
+            NetDriver nic = NetDriver.connect(be.path(), mergeable());
+            NetQueuePair q = nic.pair(0);
+            EventFd kick = be.ring(1).kick;
+            kick.setNonBlocking(false);
+            MemorySegment max = a.allocate(8);
+            max.set(ValueLayout.JAVA_LONG, 0, 0xffff_ffff_ffff_fffeL); // the most an eventfd holds
+            assertThat(kick.write(max)).isEqualTo(8);
+            AtomicReference<Object> result = new AtomicReference<>();
+            CountDownLatch sent = new CountDownLatch(1);
+            Thread t = Thread.ofPlatform().daemon().start(() -> {
+                try {
+                    result.set(q.send(MemorySegment.ofArray(frame(60, 1))));
+                    sent.countDown();
+                    q.send(MemorySegment.ofArray(frame(60, 2)));
+                } catch (Throwable e) {
+                    result.set(e);
+                }
+            });
+            try {
+                assertThat(sent.await(300, TimeUnit.MILLISECONDS)).as("the kick returned").isFalse();
+                long t0 = System.nanoTime();
+                nic.close();
+                assertThat(TimeUnit.NANOSECONDS.toMillis(System.nanoTime() - t0)).as("close took (ms)").isLessThan(3000);
+            } finally {
+                kick.drain(); // the backend reads its kicks: the write completes
+                t.join(2000);
+                nic.close();
+            }
+            assertThat(t.isAlive()).isFalse();
+            assertThat(result.get()).isInstanceOf(IllegalStateException.class);
+            assertThat((Throwable) result.get()).hasMessage("driver closed");
         }
     }
 }
