@@ -11,10 +11,12 @@ import io.mqvirtio.virtio.SplitRing;
 import io.mqvirtio.virtio.VirtioFeatures;
 import java.lang.System.Logger;
 import java.lang.System.Logger.Level;
+import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
 import java.nio.file.Path;
 import java.util.ArrayList;
 import java.util.List;
+import java.util.concurrent.TimeUnit;
 
 /**
  * A userspace multiqueue virtio-net driver over vhost-user, in the manner of DPDK's virtio-user: it connects to a
@@ -24,6 +26,8 @@ import java.util.List;
  * <p>The control virtqueue is emulated here, as virtio-user does: {@link #setQueuePairs(int)} becomes
  * SET_VRING_ENABLE on both rings of each pair; RX-mode commands are acknowledged ({@link #setPromiscuous}).
  * Device status follows the spec's initialisation order when the backend has the STATUS protocol feature.
+ *
+ * <p>{@link #close()} may come from any thread while others use their pairs: see there.
  *
  * <pre>{@code
  * try (NetDriver nic = NetDriver.connect(Path.of("/tmp/vm0.sock"), NetDriver.Options.pairs(4))) {
@@ -50,7 +54,8 @@ public final class NetDriver implements AutoCloseable {
      * @param pairs      queue pairs to set up (all start enabled)
      * @param ringSize   entries per ring (a power of two)
      * @param bufSize    bytes per buffer, header included (frames up to bufSize - 12)
-     * @param timeoutMs  how long to wait for each backend reply
+     * @param timeoutMs  how long to wait for each backend reply; on close, also how long to wait for the pairs'
+     *                   threads to leave their calls and, in all, for the backend to stop the rings
      * @param features   features to negotiate when offered (a subset of {@link #WANTED} or more)
      */
     public record Options(int pairs, int ringSize, int bufSize, int timeoutMs, long features) {
@@ -82,8 +87,12 @@ public final class NetDriver implements AutoCloseable {
     private final Frontend frontend;
     private final MemFd memfd;
     private final Mmap map;
+    /** The scope of every segment of {@link #map} the rings and pairs use: see {@link #close()}. */
+    private final Arena arena;
     private final List<NetQueuePair> pairs = new ArrayList<>();
-    private final List<EventFd> eventFds = new ArrayList<>();
+    /** Pair i's eventfds (RX kick and call, TX kick and call, wake), made before the pair, which owns them after. */
+    private final List<EventFd[]> pairFds = new ArrayList<>();
+    private final int timeoutMs;
     private final long features;
     private final long protocolFeatures;
     private final int maxPairs;
@@ -91,10 +100,13 @@ public final class NetDriver implements AutoCloseable {
     private boolean promiscuous = true;
     private boolean closed;
 
-    private NetDriver(Frontend frontend, MemFd memfd, Mmap map, long features, long protocolFeatures, int maxPairs) {
+    private NetDriver(Frontend frontend, MemFd memfd, Mmap map, Arena arena, int timeoutMs, long features,
+                      long protocolFeatures, int maxPairs) {
         this.frontend = frontend;
         this.memfd = memfd;
         this.map = map;
+        this.arena = arena;
+        this.timeoutMs = timeoutMs;
         this.features = features;
         this.protocolFeatures = protocolFeatures;
         this.maxPairs = maxPairs;
@@ -110,6 +122,7 @@ public final class NetDriver implements AutoCloseable {
         Frontend fe = Frontend.connect(socket, o.timeoutMs());
         MemFd memfd = null;
         Mmap map = null;
+        Arena arena = null;
         NetDriver d = null;
         try {
             long offered = fe.getFeatures();
@@ -159,28 +172,33 @@ public final class NetDriver implements AutoCloseable {
             memfd = MemFd.create("mqvirtio-driver", size);
             memfd.sealSize(); // the backend gets this file: it must not be able to shrink it under our mapping
             map = Mmap.shared(memfd, 0, size);
-            MemorySegment mem = map.segment();
+            // Everything the driver touches in the mapping is a view scoped to a shared arena (close() explains).
+            arena = Arena.ofShared();
+            MemorySegment mem = map.segment().reinterpret(arena, null);
             long base = mem.address();
             fe.setMemTable(List.of(new Frontend.Region(base, size, base, 0, memfd)));
-            d = new NetDriver(fe, memfd, map, negotiated, pf, o.pairs());
+            d = new NetDriver(fe, memfd, map, arena, o.timeoutMs(), negotiated, pf, o.pairs());
             boolean mrg = VirtioFeatures.has(negotiated, VirtioNet.F_MRG_RXBUF);
             for (int p = 0; p < o.pairs(); p++) {
                 long off = perPair * p;
                 DriverQueue[] q = new DriverQueue[2];
                 EventFd[] kick = new EventFd[2];
                 EventFd[] call = new EventFd[2];
+                EventFd[] fds = new EventFd[5];
+                d.pairFds.add(fds);
                 for (int r = 0; r < 2; r++) {
                     long ringOff = off + r * layout.totalBytes();
                     MemorySegment ring = mem.asSlice(ringOff, layout.totalBytes());
                     q[r] = new DriverQueue(o.ringSize(), ring.asSlice(layout.descOffset(), SplitRing.descTableBytes(o.ringSize())),
                             ring.asSlice(layout.availOffset(), SplitRing.availBytes(o.ringSize())),
                             ring.asSlice(layout.usedOffset(), SplitRing.usedBytes(o.ringSize())), negotiated);
-                    kick[r] = d.track(EventFd.create());
-                    call[r] = d.track(EventFd.create());
+                    kick[r] = fds[2 * r] = EventFd.create();
+                    call[r] = fds[2 * r + 1] = EventFd.create();
                 }
+                fds[4] = EventFd.create();
                 long rxBufs = off + 2 * layout.totalBytes();
                 long txBufs = rxBufs + align(bufBytes);
-                NetQueuePair qp = new NetQueuePair(p, q[0], q[1], kick[0], kick[1], call[0],
+                NetQueuePair qp = new NetQueuePair(p, q[0], q[1], kick[0], kick[1], call[0], call[1], fds[4],
                         mem.asSlice(rxBufs, bufBytes), base + rxBufs, mem.asSlice(txBufs, bufBytes), base + txBufs,
                         o.bufSize(), mrg, VirtioFeatures.has(negotiated, VirtioNet.F_CSUM),
                         VirtioFeatures.has(negotiated, VirtioNet.F_GUEST_CSUM));
@@ -209,8 +227,11 @@ public final class NetDriver implements AutoCloseable {
             return d;
         } catch (RuntimeException e) {
             if (d != null) {
-                d.release();
+                d.release(new boolean[0]); // no pair was handed out: none can be busy
             } else {
+                if (arena != null) {
+                    arena.close();
+                }
                 if (map != null) {
                     map.close();
                 }
@@ -225,11 +246,6 @@ public final class NetDriver implements AutoCloseable {
 
     private static long align(long v) {
         return (v + 4095) & -4096L;
-    }
-
-    private EventFd track(EventFd e) {
-        eventFds.add(e);
-        return e;
     }
 
     /** Negotiated virtio features. */
@@ -308,8 +324,26 @@ public final class NetDriver implements AutoCloseable {
     }
 
     /**
-     * Stops every ring (GET_VRING_BASE, so the backend lets go of our memory), then disconnects and frees the
-     * memory. A backend that is already gone is no obstacle.
+     * Stops the pairs, then every ring (GET_VRING_BASE, so the backend lets go of our memory), then disconnects and
+     * frees the memory. A backend that is already gone, or answers slowly or not at all, is no obstacle: the rings
+     * get one timeout in all (and the reply in progress when it ends its own). May be called from any thread while
+     * others use their pairs, and waits one timeout at most for them, whatever their threads do; so close returns
+     * within about three timeouts:
+     *
+     * <ol>
+     * <li>every pair is shut: its next operation throws {@code IllegalStateException("driver closed")}, a thread
+     *     waiting in {@link NetQueuePair#awaitReceive} is woken;
+     * <li>close waits, one timeout at most, for each pair's thread to leave the operation it is in (see
+     *     NetQueuePair's enter/leave for how this costs one volatile store per burst);
+     * <li>the shared arena that scopes every segment of the mapping the driver handed out is closed: the JVM
+     *     handshakes with every thread, so from then on any access through those segments throws
+     *     IllegalStateException instead of reaching the mapping, even from a pair whose thread did not leave (a
+     *     FrameWriter still running) or from a TX buffer a writer kept past its call; only then is the memory
+     *     unmapped. (A shared arena's close fails while a native call holds one of its segments, a writer blocked
+     *     in read(2) into its buffer: the memory then stays mapped, logged, rather than be unmapped under the call);
+     * <li>the descriptors of the pairs whose thread left are closed; those of a pair whose thread did not are left
+     *     open (logged): a late kick must not write to a number the kernel has given to another file.
+     * </ol>
      */
     @Override
     public synchronized void close() {
@@ -317,25 +351,65 @@ public final class NetDriver implements AutoCloseable {
             return;
         }
         closed = true;
-        try {
-            for (NetQueuePair qp : pairs) {
-                qp.enabled = false;
+        for (NetQueuePair qp : pairs) {
+            qp.shut();
+        }
+        long left = System.nanoTime() + TimeUnit.MILLISECONDS.toNanos(timeoutMs);
+        boolean[] busy = new boolean[pairs.size()];
+        for (int p = 0; p < pairs.size(); p++) {
+            if (!pairs.get(p).awaitLeft(left)) {
+                busy[p] = true;
+                LOG.log(Level.WARNING, "closing: the thread of queue pair {0} did not leave its call within {1} ms; "
+                        + "the pair''s eventfds stay open", p, timeoutMs);
             }
-            for (int r = 0; r < 2 * pairs.size(); r++) {
+        }
+        stopRings();
+        release(busy);
+    }
+
+    /** GET_VRING_BASE for every ring, within one timeout in all: a backend that answers slowly gets no more. */
+    private void stopRings() {
+        long deadline = System.nanoTime() + TimeUnit.MILLISECONDS.toNanos(timeoutMs);
+        int rings = 2 * pairs.size();
+        try {
+            for (int r = 0; r < rings; r++) {
+                if (System.nanoTime() - deadline > 0) {
+                    LOG.log(Level.DEBUG, "closing: {0} of {1} rings stopped within {2} ms; disconnecting", r, rings,
+                            timeoutMs);
+                    return;
+                }
                 frontend.getVringBase(r);
             }
         } catch (VhostUserException e) {
             LOG.log(Level.DEBUG, "closing: {0}", e.getMessage());
-        } finally {
-            release();
         }
     }
 
-    private void release() {
+    /** Frees what close (or a failed connect) can free; {@code busy[p]}: pair p's thread may still use it. */
+    private void release(boolean[] busy) {
         frontend.close();
-        pairs.forEach(NetQueuePair::close);
-        eventFds.forEach(EventFd::close);
+        memfd.close(); // the mapping keeps the memory; the backend has its own descriptor
+        for (int p = 0; p < pairFds.size(); p++) {
+            if (p < busy.length && busy[p]) {
+                continue;
+            }
+            if (p < pairs.size()) {
+                pairs.get(p).close();
+            } else {
+                for (EventFd e : pairFds.get(p)) { // connect failed before the pair was made
+                    if (e != null) {
+                        e.close();
+                    }
+                }
+            }
+        }
+        try {
+            arena.close();
+        } catch (IllegalStateException e) {
+            LOG.log(Level.WARNING, "closing: a native call holds the driver''s memory ({0}); its {1} bytes stay "
+                    + "mapped", e.getMessage(), map.size());
+            return;
+        }
         map.close();
-        memfd.close();
     }
 }

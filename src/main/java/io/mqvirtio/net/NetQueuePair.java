@@ -5,8 +5,11 @@ import io.mqvirtio.linux.EventFd;
 import io.mqvirtio.virtio.DriverQueue;
 import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
+import java.lang.invoke.MethodHandles;
+import java.lang.invoke.VarHandle;
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
+import java.util.concurrent.locks.LockSupport;
 
 /**
  * One queue pair of a {@link NetDriver}, for one thread: send frames on its TX ring, receive frames from its RX
@@ -14,10 +17,20 @@ import java.nio.ByteOrder;
  * with the backend, behind the 12-byte virtio-net header the driver writes and strips.
  *
  * <p>Back-pressure: {@link #send} takes what fits in the TX ring and says how many it took; a full ring takes none.
- * A pair the driver disabled ({@link NetDriver#setQueuePairs}) takes nothing and delivers nothing.
+ * A pair the driver disabled ({@link NetDriver#setQueuePairs}) takes nothing and delivers nothing. Once the driver is
+ * closed, every operation throws {@code IllegalStateException("driver closed")}.
  */
 public final class NetQueuePair {
     static final ValueLayout.OfShort LE16 = ValueLayout.JAVA_SHORT_UNALIGNED.withOrder(ByteOrder.LITTLE_ENDIAN);
+    private static final VarHandle BUSY;
+
+    static {
+        try {
+            BUSY = MethodHandles.lookup().findVarHandle(NetQueuePair.class, "busy", boolean.class);
+        } catch (ReflectiveOperationException e) {
+            throw new ExceptionInInitializerError(e);
+        }
+    }
 
     private final int index;
     private final DriverQueue rx;
@@ -25,6 +38,8 @@ public final class NetQueuePair {
     private final EventFd rxKick;
     private final EventFd txKick;
     private final EventFd rxCall;
+    private final EventFd txCall;       // only the backend signals it (we poll TX): owned here, closed with the pair
+    private final EventFd wake;         // never shared: close() signals it to end an awaitReceive
     private final MemorySegment rxBufs;
     private final MemorySegment txBufs;
     private final long rxBufsGpa;
@@ -41,20 +56,27 @@ public final class NetQueuePair {
     private final long[] addr = new long[1];
     private final int[] len = new int[1];
     private Epoll waiter;
+    private volatile String lastRxError;
     volatile boolean enabled;
+    /** Set once, by {@link NetDriver#close()}: see {@link #enter()}. */
+    private volatile boolean closed;
+    /** True while the pair's thread is inside an operation (written by that thread only): see {@link #enter()}. */
+    private volatile boolean busy;
 
     final QueueCounters rxCounters = new QueueCounters();
     final QueueCounters txCounters = new QueueCounters();
 
     NetQueuePair(int index, DriverQueue rx, DriverQueue tx, EventFd rxKick, EventFd txKick, EventFd rxCall,
-                 MemorySegment rxBufs, long rxBufsGpa, MemorySegment txBufs, long txBufsGpa, int bufSize, boolean mergeable,
-                 boolean csumOffload, boolean guestCsum) {
+                 EventFd txCall, EventFd wake, MemorySegment rxBufs, long rxBufsGpa, MemorySegment txBufs,
+                 long txBufsGpa, int bufSize, boolean mergeable, boolean csumOffload, boolean guestCsum) {
         this.index = index;
         this.rx = rx;
         this.tx = tx;
         this.rxKick = rxKick;
         this.txKick = txKick;
         this.rxCall = rxCall;
+        this.txCall = txCall;
+        this.wake = wake;
         this.rxBufs = rxBufs;
         this.txBufs = txBufs;
         this.rxBufsGpa = rxBufsGpa;
@@ -95,6 +117,72 @@ public final class NetQueuePair {
         return enabled;
     }
 
+    /*
+     * Closing while the pair's thread works (NetDriver.close from another thread). The pair's memory is shared with
+     * the backend through a mapping that close unmaps: an access after that is a SIGSEGV, which kills the JVM. So
+     * every operation that touches the shared memory or the pair's descriptors runs between enter() and leave(),
+     * and close waits for the pair to be out before it releases anything.
+     *
+     * Why this guard: it is a Dekker handshake on two volatile flags, one writer each. The pair's thread writes
+     * busy, then reads closed; close() writes closed, then reads busy. Volatile accesses are sequentially
+     * consistent, so at least one of them sees the other's write: either the operation sees closed and throws
+     * before touching anything, or close sees busy and waits until it is cleared. The cost per operation (per
+     * burst, not per frame) is one volatile store (on x86 a locked instruction, some 20 cycles), one load and one
+     * release store (a plain store): no lock, no CAS, no allocation. A lock per operation would cost more and
+     * still need the flag for "driver closed"; liveness checks of an FFM shared arena alone (closing one
+     * handshakes with every thread, and a racing access fails with IllegalStateException) cost nothing per
+     * access but protect memory only, not the eventfds and the epoll instance, whose numbers the kernel may hand
+     * to someone else once closed. The driver has that arena as well (see NetDriver): it is what makes a pair
+     * whose thread never leaves safe (a FrameWriter that blocks), and any buffer a writer kept past its call.
+     */
+
+    /**
+     * Marks the pair's thread as inside an operation, or throws if the driver is closed. Returns false if it already
+     * was inside one (a FrameWriter calling back into its pair): only the outermost operation leaves.
+     */
+    private boolean enter() {
+        if (busy) {
+            return false;
+        }
+        busy = true;
+        if (closed) {
+            BUSY.setRelease(this, false);
+            throw new IllegalStateException("driver closed");
+        }
+        return true;
+    }
+
+    private void leave(boolean entered) {
+        if (entered) {
+            BUSY.setRelease(this, false); // release: what the operation did happens-before close's next read
+        }
+    }
+
+    /** Makes every later operation throw "driver closed" and wakes one waiting in {@link #awaitReceive}. */
+    void shut() {
+        closed = true;
+        enabled = false;
+        wake.signal(); // not rxCall: the backend can make that one block (see awaitCall)
+    }
+
+    /**
+     * Waits until the pair's thread is out of its operation, until {@code deadlineNanos} (System.nanoTime) at most;
+     * returns whether it is out (then it never touches the pair's memory or descriptors again).
+     */
+    boolean awaitLeft(long deadlineNanos) {
+        for (int spins = 0; busy; spins++) {
+            if (System.nanoTime() - deadlineNanos >= 0) {
+                return false;
+            }
+            if (spins < 1000) {
+                Thread.onSpinWait(); // a burst takes microseconds
+            } else {
+                LockSupport.parkNanos(100_000);
+            }
+        }
+        return true;
+    }
+
     private void postRx(int slot) {
         addr[0] = rxBufsGpa + (long) slot * bufSize;
         len[0] = bufSize;
@@ -128,9 +216,15 @@ public final class NetQueuePair {
      * publish and at most one kick for the burst.
      */
     public int send(MemorySegment[] frames, int offset, int count) {
-        if (!enabled) {
-            return 0;
+        boolean entered = enter();
+        try {
+            return enabled ? sendCopies(frames, offset, count) : 0;
+        } finally {
+            leave(entered);
         }
+    }
+
+    private int sendCopies(MemorySegment[] frames, int offset, int count) {
         reapTx();
         int n = 0;
         long bytes = 0;
@@ -191,8 +285,9 @@ public final class NetQueuePair {
          * Writes frame {@code i} of a burst, an Ethernet frame without virtio-net header, at the start of
          * {@code buffer} and returns its length, 14 to {@code buffer.byteSize()} ({@link #maxFrame()}) bytes.
          * {@code buffer} is one of the pair's TX buffers in the memory shared with the backend, valid only during
-         * the call; it still holds the last frame sent from it (zeros at first), so a writer that sends frames
-         * of one shape may rewrite only the bytes that change, as DPDK's txonly rewrites only the headers.
+         * the call (once the driver is closed, any access through it throws IllegalStateException); it still holds
+         * the last frame sent from it (zeros at first), so a writer that sends frames of one shape may rewrite only
+         * the bytes that change, as DPDK's txonly rewrites only the headers.
          */
         int write(MemorySegment buffer, int i);
     }
@@ -204,9 +299,15 @@ public final class NetQueuePair {
      * length out of range is an {@link IllegalArgumentException} (the frames written before it are still sent).
      */
     public int sendInPlace(int count, FrameWriter writer) {
-        if (!enabled) {
-            return 0;
+        boolean entered = enter();
+        try {
+            return enabled ? sendWritten(count, writer) : 0;
+        } finally {
+            leave(entered);
         }
+    }
+
+    private int sendWritten(int count, FrameWriter writer) {
         reapTx();
         int n = 0;
         long bytes = 0;
@@ -265,49 +366,46 @@ public final class NetQueuePair {
     /**
      * Receives up to {@code max} frames: frame i is copied into {@code bufs[i]} (the header stripped) and its length
      * stored in {@code lengths[i]}. A frame longer than its buffer is cut and counted as an error. Returns the count.
+     * A frame the backend lied about (see {@link #takeFrame}) is dropped and counted as an error
+     * ({@link #lastRxError()} says why).
      */
     public int receive(MemorySegment[] bufs, int[] lengths, int max) {
-        if (!enabled) {
-            return 0;
+        boolean entered = enter();
+        try {
+            return enabled ? receiveFrames(bufs, lengths, max) : 0;
+        } finally {
+            leave(entered);
         }
+    }
+
+    private int receiveFrames(MemorySegment[] bufs, int[] lengths, int max) {
         int n = 0;
         int head;
         boolean reposted = false;
         while (n < max && (head = rx.reap()) >= 0) {
-            int used = rx.reapedLength();
-            int slot = rxSlotOfHead[head];
-            long base = (long) slot * bufSize;
-            int numBuffers = mergeable ? Short.toUnsignedInt(rxBufs.get(LE16, base + VirtioNet.HDR_NUM_BUFFERS)) : 1;
+            reposted = true;
+            long base = (long) rxSlotOfHead[head] * bufSize;
+            // The header's fields, each read once: the backend can rewrite them at any moment.
             boolean partial = guestCsum && (rxBufs.get(ValueLayout.JAVA_BYTE, base + VirtioNet.HDR_FLAGS)
                     & VirtioNet.HDR_F_NEEDS_CSUM) != 0;
             int csumStart = Short.toUnsignedInt(rxBufs.get(LE16, base + VirtioNet.HDR_CSUM_START));
             int csumOffset = Short.toUnsignedInt(rxBufs.get(LE16, base + VirtioNet.HDR_CSUM_OFFSET));
-            long at = copyOut(base + VirtioNet.HDR_SIZE, used - VirtioNet.HDR_SIZE, bufs[n], 0);
-            boolean bad = used < VirtioNet.HDR_SIZE || used > bufSize || numBuffers < 1;
-            postRx(slot);
-            reposted = true;
-            for (int k = 1; k < numBuffers && !bad; k++) {
-                int h = rx.reap();
-                if (h < 0) {
-                    bad = true; // the backend published a frame without all its buffers
-                    break;
-                }
-                int s = rxSlotOfHead[h];
-                int l = rx.reapedLength();
-                at += copyOut((long) s * bufSize, l, bufs[n], at);
-                postRx(s);
-            }
-            if (bad) {
-                rxCounters.add(QueueCounters.ERRORS, 1);
+            MemorySegment dst = bufs[n];
+            long len = takeFrame(head, dst);
+            if (len < 0) {
                 continue;
             }
-            lengths[n] = (int) Math.min(at, bufs[n].byteSize());
-            if (partial && !Checksum.complete(bufs[n], lengths[n], csumStart, csumOffset)) {
-                rxCounters.add(QueueCounters.ERRORS, 1); // a partial checksum we cannot complete: drop the frame
-                continue;
+            int kept = (int) Math.min(len, dst.byteSize());
+            if (kept < len) {
+                rxError("a frame of " + len + " bytes was cut to its " + dst.byteSize() + "-byte buffer");
             }
+            if (partial && !Checksum.complete(dst, kept, csumStart, csumOffset)) {
+                rxError("a partial checksum at " + csumStart + "+" + csumOffset + " that cannot be completed");
+                continue; // drop the frame
+            }
+            lengths[n] = kept;
             rxCounters.add(QueueCounters.PACKETS, 1);
-            rxCounters.add(QueueCounters.BYTES, at);
+            rxCounters.add(QueueCounters.BYTES, len);
             n++;
         }
         if (reposted) {
@@ -320,6 +418,84 @@ public final class NetQueuePair {
         return n;
     }
 
+    /**
+     * Copies the frame whose first buffer the used ring just returned ({@code head}) into {@code dst}, with
+     * MRG_RXBUF taking its further buffers from the used ring too, and reposts every buffer it takes. Returns the
+     * frame's length (without header), or -1 when the backend lied about it: the frame is dropped and counted.
+     *
+     * <p>With MRG_RXBUF a frame spans {@code num_buffers} buffers, this one included (VIRTIO 1.3, 5.1.6.4), and the
+     * device must have used them together, so that at least that many are in the used ring, and filled every one
+     * but the last to its full length (5.1.6.4.1). Each used length and num_buffers is checked against that before
+     * a byte is copied: a lie never makes the driver copy bytes the device did not write (a frame stitched from
+     * stale buffer contents), read past a buffer, or wait. A frame with a bad length still takes the buffers it
+     * claims, as far as they are in the ring, so that they are not taken for frames of their own; a num_buffers
+     * out of range (0, or more than the ring holds) claims nothing but its head.
+     */
+    private long takeFrame(int head, MemorySegment dst) {
+        int used = rx.reapedLength();
+        int slot = rxSlotOfHead[head];
+        long base = (long) slot * bufSize;
+        if (Integer.compareUnsigned(used, VirtioNet.HDR_SIZE) < 0) {
+            postRx(slot);
+            return rxError("a used length of " + used + " bytes, shorter than the virtio-net header");
+        }
+        int numBuffers = mergeable ? Short.toUnsignedInt(rxBufs.get(LE16, base + VirtioNet.HDR_NUM_BUFFERS)) : 1;
+        if (numBuffers < 1 || numBuffers > rx.size()) {
+            postRx(slot);
+            return rxError("num_buffers " + numBuffers + " (a ring of " + rx.size() + ")");
+        }
+        int more = numBuffers - 1;
+        int there = more == 0 ? 0 : rx.usedPending();
+        String lie = null;
+        if (more > there) {
+            lie = "num_buffers " + numBuffers + " with " + there + " more used buffer" + (there == 1 ? "" : "s")
+                    + " in the ring";
+        } else if (Integer.compareUnsigned(used, bufSize) > 0 || (more > 0 && used != bufSize)) {
+            lie = "buffer 1 of " + numBuffers + " used for " + Integer.toUnsignedString(used) + " bytes of " + bufSize;
+        }
+        long len = used - VirtioNet.HDR_SIZE;
+        if (lie == null) {
+            copyOut(base + VirtioNet.HDR_SIZE, len, dst, 0);
+        }
+        postRx(slot);
+        int take = Math.min(more, there);
+        for (int k = 1; k <= take; k++) {
+            int h = rx.reap(); // never -1: usedPending counted it
+            int l = rx.reapedLength();
+            int s = rxSlotOfHead[h];
+            if (lie == null) {
+                boolean last = k == more;
+                if (Integer.compareUnsigned(l, bufSize) > 0 || (!last && l != bufSize) || l == 0) {
+                    lie = "buffer " + (k + 1) + " of " + numBuffers + " used for " + Integer.toUnsignedString(l)
+                            + " bytes of " + bufSize;
+                } else {
+                    copyOut((long) s * bufSize, l, dst, len);
+                    len += l;
+                }
+            }
+            postRx(s);
+        }
+        if (lie != null) {
+            return rxError(lie);
+        }
+        if (len < 14) {
+            return rxError("a frame of " + len + " bytes, shorter than an Ethernet header");
+        }
+        return len;
+    }
+
+    /** Counts a receive error and records why; returns -1 (a dropped frame). Not on the fast path. */
+    private long rxError(String why) {
+        lastRxError = why;
+        rxCounters.add(QueueCounters.ERRORS, 1);
+        return -1;
+    }
+
+    /** Why the last receive error happened (a frame dropped or cut), or null if none did. */
+    public String lastRxError() {
+        return lastRxError;
+    }
+
     /** Receives one frame into {@code buf} (position to limit); returns its length or -1 if none waits. */
     public int receive(ByteBuffer buf) {
         int[] l = new int[1];
@@ -330,36 +506,49 @@ public final class NetQueuePair {
         return l[0];
     }
 
-    private long copyOut(long from, long n, MemorySegment dst, long dstOff) {
-        if (n <= 0) {
-            return 0;
-        }
-        long room = Math.max(0, dst.byteSize() - dstOff);
-        long c = Math.min(Math.min(n, room), bufSize - (from % bufSize));
+    /**
+     * Copies {@code n} bytes of RX buffer memory from {@code from} (checked by the caller to lie in one buffer) to
+     * {@code dst} at {@code at}, as far as {@code dst} has room.
+     */
+    private void copyOut(long from, long n, MemorySegment dst, long at) {
+        long c = Math.min(n, dst.byteSize() - at);
         if (c > 0) {
-            MemorySegment.copy(rxBufs, from, dst, dstOff, c);
+            MemorySegment.copy(rxBufs, from, dst, at, c);
         }
-        if (c < n) {
-            rxCounters.add(QueueCounters.ERRORS, 1); // cut: the caller's buffer is too small
-        }
-        return n;
     }
 
     /**
-     * Waits up to {@code timeoutMillis} for a frame to arrive (the backend's call eventfd), instead of polling;
-     * returns true if one may be waiting.
+     * Waits up to {@code timeoutMillis} (0 or more: the backend may never send, so no wait is endless) for a frame
+     * to arrive (the backend's call eventfd), instead of polling; returns true if one may be waiting. Closing the
+     * driver ends the wait.
      */
     public boolean awaitReceive(int timeoutMillis) {
-        if (waiter == null) {
-            waiter = Epoll.create(1);
-            waiter.add(rxCall, Epoll.EPOLLIN, 0);
+        if (timeoutMillis < 0) {
+            throw new IllegalArgumentException("timeout must be 0 or more milliseconds: " + timeoutMillis);
         }
+        boolean entered = enter();
+        try {
+            return awaitCall(timeoutMillis);
+        } finally {
+            leave(entered);
+        }
+    }
+
+    private boolean awaitCall(int timeoutMillis) {
+        if (waiter == null) {
+            waiter = Epoll.create(2);
+            // Edge-triggered, and the counter is never read: the backend shares the call eventfd's open file and
+            // can clear its O_NONBLOCK, and a read(2) of an empty counter would then block for good. Each write to
+            // an eventfd is an edge, so every call the backend signals wakes one wait without a read.
+            waiter.add(rxCall, Epoll.EPOLLIN | Epoll.EPOLLET, 0);
+            waiter.add(wake, Epoll.EPOLLIN, 1); // ours alone: how close() ends a wait
+        }
+        waiter.await(0); // takes the edges of calls for frames already in the ring: they must not wake the wait
         if (rx.enableInterrupts()) {
             rx.disableInterrupts();
             return true;
         }
         int n = waiter.await(timeoutMillis);
-        rxCall.drain();
         rx.disableInterrupts();
         return n > 0 || rx.usedPending() > 0;
     }
@@ -372,9 +561,15 @@ public final class NetQueuePair {
         return txCounters.snapshot();
     }
 
+    /** Closes the pair's descriptors; only once its thread is out ({@link #awaitLeft}) or never started. */
     void close() {
         if (waiter != null) {
             waiter.close();
         }
+        rxKick.close();
+        txKick.close();
+        rxCall.close();
+        txCall.close();
+        wake.close();
     }
 }

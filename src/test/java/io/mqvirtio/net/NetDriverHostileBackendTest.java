@@ -3,6 +3,7 @@ package io.mqvirtio.net;
 import static org.assertj.core.api.Assertions.assertThat;
 import static org.assertj.core.api.Assertions.assertThatThrownBy;
 
+import io.mqvirtio.linux.EventFd;
 import io.mqvirtio.linux.UnixSocket;
 import io.mqvirtio.vhostuser.Channel;
 import io.mqvirtio.vhostuser.Message;
@@ -11,17 +12,32 @@ import io.mqvirtio.vhostuser.Request;
 import io.mqvirtio.vhostuser.VhostUserException;
 import io.mqvirtio.virtio.VirtioFeatures;
 import java.io.IOException;
+import java.lang.foreign.Arena;
+import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
+import java.nio.ByteBuffer;
+import java.nio.ByteOrder;
 import java.nio.file.Files;
 import java.nio.file.Path;
+import java.util.ArrayList;
+import java.util.Arrays;
+import java.util.List;
+import java.util.concurrent.CountDownLatch;
+import java.util.concurrent.TimeUnit;
+import java.util.concurrent.atomic.AtomicReference;
 import java.util.function.BiFunction;
 import java.util.stream.Stream;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.Timeout;
 import org.junit.jupiter.api.io.TempDir;
+import org.junit.jupiter.params.ParameterizedTest;
+import org.junit.jupiter.params.provider.Arguments;
+import org.junit.jupiter.params.provider.MethodSource;
 
 /**
- * Backends that misbehave: each gives the driver's caller a clear {@link VhostUserException}, leaves no thread
- * waiting and no descriptor open.
+ * Backends that misbehave: in setting up, each gives the driver's caller a clear {@link VhostUserException}, leaves
+ * no thread waiting and no descriptor open; on the data path ({@link ScriptedRingBackend}: used entries, lengths and
+ * headers of the test's choosing), each lie costs the frame it touches, counted as an error, and nothing else.
  */
 class NetDriverHostileBackendTest {
     static final long GOOD_FEATURES = VirtioFeatures.bit(VirtioFeatures.F_VERSION_1) | VirtioFeatures.bit(VirtioNet.F_MQ)
@@ -165,5 +181,320 @@ class NetDriverHostileBackendTest {
     void noBackendAtAll() {
         assertThatThrownBy(() -> NetDriver.connect(dir.resolve("nobody.sock"), NetDriver.Options.pairs(1)))
                 .isInstanceOf(VhostUserException.class).hasMessageContaining("cannot connect");
+    }
+
+    // ---- the data path: receive buffers merged with MRG_RXBUF (VIRTIO 1.3, 5.1.6.4) ----
+
+    /** The driver's receive buffer size in these tests: a frame of more than 244 bytes spans buffers. */
+    static final int BUF = 256;
+
+    static NetDriver.Options mergeable() {
+        return new NetDriver.Options(1, 64, BUF, 1000, NetDriver.WANTED);
+    }
+
+    /** {@code len} bytes of a frame, different for each {@code seed}. */
+    static byte[] frame(int len, int seed) {
+        byte[] f = new byte[len];
+        for (int i = 0; i < len; i++) {
+            f[i] = (byte) (seed * 31 + i * 7 + 1);
+        }
+        return f;
+    }
+
+    /** The used lengths an honest device gives a frame of {@code len} bytes: every buffer full but the last. */
+    static long[] honest(int len) {
+        int total = VirtioNet.HDR_SIZE + len;
+        long[] lens = new long[(total + BUF - 1) / BUF];
+        for (int i = 0; i < lens.length; i++) {
+            lens[i] = Math.min(BUF, total - (long) i * BUF);
+        }
+        return lens;
+    }
+
+    /**
+     * Takes one RX buffer per entry of {@code usedLens}, writes header ({@code numBuffers}) and {@code frame} across
+     * them as a device would, and adds their used entries with {@code usedLens} as lengths; not published.
+     */
+    static void put(ScriptedRingBackend.Ring rx, byte[] frame, int numBuffers, long... usedLens) throws Exception {
+        ByteBuffer all = ByteBuffer.allocate(VirtioNet.HDR_SIZE + frame.length).order(ByteOrder.LITTLE_ENDIAN);
+        all.putShort(VirtioNet.HDR_NUM_BUFFERS, (short) numBuffers).position(VirtioNet.HDR_SIZE);
+        all.put(frame);
+        byte[] bytes = all.array();
+        for (int i = 0; i < usedLens.length; i++) {
+            ScriptedRingBackend.Buffer b = rx.take();
+            assertThat(b.len()).isEqualTo(BUF);
+            int from = Math.min(i * BUF, bytes.length);
+            rx.write(b, 0, Arrays.copyOfRange(bytes, from, Math.min(from + BUF, bytes.length)));
+            rx.use(b, usedLens[i]);
+        }
+    }
+
+    /** Receives until {@code want} frames came or 2 s passed, then 100 ms more (for frames that should not come). */
+    static List<byte[]> receive(NetQueuePair q, int want) throws InterruptedException {
+        List<byte[]> got = new ArrayList<>();
+        try (Arena a = Arena.ofConfined()) {
+            MemorySegment[] bufs = new MemorySegment[8];
+            for (int i = 0; i < bufs.length; i++) {
+                bufs[i] = a.allocate(4096);
+            }
+            int[] lens = new int[bufs.length];
+            long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(2);
+            boolean settling = false;
+            while (System.nanoTime() < deadline) {
+                if (got.size() >= want && !settling) {
+                    settling = true;
+                    deadline = Math.min(deadline, System.nanoTime() + TimeUnit.MILLISECONDS.toNanos(100));
+                }
+                int n = q.receive(bufs, lens, bufs.length);
+                for (int i = 0; i < n; i++) {
+                    got.add(bufs[i].asSlice(0, lens[i]).toArray(ValueLayout.JAVA_BYTE));
+                }
+                if (n == 0) {
+                    Thread.sleep(1);
+                }
+            }
+        }
+        return got;
+    }
+
+    @Test
+    @Timeout(30)
+    void mergedFramesArriveWhole() throws Exception {
+        try (ScriptedRingBackend be = new ScriptedRingBackend(dir.resolve("merge.sock"));
+             NetDriver nic = NetDriver.connect(be.path(), mergeable())) {
+            assertThat(VirtioFeatures.has(nic.features(), VirtioNet.F_MRG_RXBUF)).isTrue();
+            ScriptedRingBackend.Ring rx = be.ring(0);
+            int[] sizes = {600, BUF - VirtioNet.HDR_SIZE, BUF - VirtioNet.HDR_SIZE + 1, 60, 3 * BUF};
+            for (int i = 0; i < sizes.length; i++) {
+                put(rx, frame(sizes[i], i), honest(sizes[i]).length, honest(sizes[i]));
+            }
+            rx.publish();
+            List<byte[]> got = receive(nic.pair(0), sizes.length);
+            assertThat(got).hasSize(sizes.length);
+            for (int i = 0; i < sizes.length; i++) {
+                assertThat(got.get(i)).as("frame %d of %d bytes", i, sizes[i]).isEqualTo(frame(sizes[i], i));
+            }
+            assertThat(nic.pair(0).rxCounters().errors()).isZero();
+        }
+    }
+
+    /** A 600-byte frame over three buffers (honest lengths 256, 256, 100), with one lie each. */
+    static Stream<Arguments> lies() {
+        long big = 0xFFFF_FFF0L; // negative as a Java int
+        return Stream.of(
+                Arguments.of("2nd buffer's used length beyond its buffer", 3, new long[] {BUF, BUF + 100, 100}),
+                Arguments.of("3rd buffer's used length beyond its buffer", 3, new long[] {BUF, BUF, BUF + 1}),
+                Arguments.of("3rd buffer's used length of 2^32 - 16", 3, new long[] {BUF, BUF, big}),
+                Arguments.of("2nd buffer's used length of 2^32 - 16", 3, new long[] {BUF, big, 100}),
+                Arguments.of("2nd buffer not used to its end", 3, new long[] {BUF, 100, 100}),
+                Arguments.of("first buffer not used to its end", 3, new long[] {200, BUF, 100}),
+                Arguments.of("first buffer's used length beyond its buffer", 3, new long[] {BUF + 44, BUF, 100}),
+                Arguments.of("last buffer empty", 3, new long[] {BUF, BUF, 0}),
+                Arguments.of("num_buffers 0", 0, new long[] {100}),
+                Arguments.of("num_buffers larger than the ring", 65535, new long[] {BUF}),
+                Arguments.of("num_buffers 1 for a frame longer than the buffer", 1, new long[] {BUF + 100}));
+    }
+
+    /**
+     * Each lie about a merged frame drops that frame, counted as one error, and consumes exactly the buffers the
+     * frame claims (as far as they are in the ring): the honest frame published right after it arrives intact.
+     * Before, the driver delivered frames stitched from the lengths it was told (bytes it never received).
+     */
+    @ParameterizedTest(name = "{0}")
+    @MethodSource("lies")
+    @Timeout(30)
+    void aLieAboutAMergedFrameCostsThatFrameOnly(String lie, int numBuffers, long[] usedLens) throws Exception {
+        try (ScriptedRingBackend be = new ScriptedRingBackend(dir.resolve("lie.sock"));
+             NetDriver nic = NetDriver.connect(be.path(), mergeable())) {
+            ScriptedRingBackend.Ring rx = be.ring(0);
+            put(rx, frame(600, 1), numBuffers, usedLens);
+            put(rx, frame(100, 2), 1, honest(100));
+            rx.publish();
+            List<byte[]> got = receive(nic.pair(0), 1);
+            assertThat(got).as("frames delivered").hasSize(1);
+            assertThat(got.get(0)).as("the honest frame").isEqualTo(frame(100, 2));
+            assertThat(nic.pair(0).rxCounters().errors()).as("errors").isEqualTo(1);
+            assertThat(nic.pair(0).lastRxError()).as("the reason").isNotNull();
+            // and the ring goes on: every buffer came back to the driver
+            put(rx, frame(300, 3), 2, honest(300));
+            rx.publish();
+            assertThat(receive(nic.pair(0), 1)).singleElement().isEqualTo(frame(300, 3));
+        }
+    }
+
+    /**
+     * The device uses a frame's buffers together, so at least num_buffers are in the used ring (VIRTIO 1.3,
+     * 5.1.6.4.1): a head claiming three with only two there is dropped and the driver waits for nothing.
+     */
+    @Test
+    @Timeout(30)
+    void aFrameWhoseBuffersAreNotAllInTheUsedRingIsDropped() throws Exception {
+        try (ScriptedRingBackend be = new ScriptedRingBackend(dir.resolve("short.sock"));
+             NetDriver nic = NetDriver.connect(be.path(), mergeable())) {
+            ScriptedRingBackend.Ring rx = be.ring(0);
+            put(rx, frame(600, 1), 3, BUF, BUF);
+            rx.publish();
+            assertThat(receive(nic.pair(0), 0)).isEmpty();
+            assertThat(nic.pair(0).rxCounters().errors()).isEqualTo(1);
+            assertThat(nic.pair(0).lastRxError()).contains("num_buffers 3").contains("1 more");
+            put(rx, frame(100, 2), 1, honest(100));
+            rx.publish();
+            assertThat(receive(nic.pair(0), 1)).singleElement().isEqualTo(frame(100, 2));
+        }
+    }
+
+    /** A frame shorter than an Ethernet header is a length error (as Linux's virtio_net counts it), not a frame. */
+    @Test
+    @Timeout(30)
+    void aRuntFrameIsDropped() throws Exception {
+        try (ScriptedRingBackend be = new ScriptedRingBackend(dir.resolve("runt.sock"));
+             NetDriver nic = NetDriver.connect(be.path(), mergeable())) {
+            ScriptedRingBackend.Ring rx = be.ring(0);
+            put(rx, frame(5, 1), 1, VirtioNet.HDR_SIZE + 5);
+            put(rx, frame(0, 1), 1, VirtioNet.HDR_SIZE);
+            put(rx, frame(100, 2), 1, honest(100));
+            rx.publish();
+            assertThat(receive(nic.pair(0), 1)).singleElement().isEqualTo(frame(100, 2));
+            assertThat(nic.pair(0).rxCounters().errors()).isEqualTo(2);
+        }
+    }
+
+    // ---- every wait of the driver is bounded ----
+
+    /**
+     * The call eventfd's O_NONBLOCK belongs to the open file, which the backend shares: a backend that clears it
+     * must not turn the driver's wait for frames into a read(2) that never returns. Before, awaitReceive read the
+     * counter after each wait, and with nothing signalled that read blocked for good.
+     */
+    @Test
+    @Timeout(30)
+    void awaitReceiveIsBoundedWhenTheBackendMakesItsCallFdBlocking() throws Exception {
+        try (ScriptedRingBackend be = new ScriptedRingBackend(dir.resolve("block.sock"));
+             NetDriver nic = NetDriver.connect(be.path(), mergeable())) {
+            NetQueuePair q = nic.pair(0);
+            be.ring(0).call.setNonBlocking(false);
+            AtomicReference<Object> result = new AtomicReference<>();
+            Thread t = Thread.ofPlatform().daemon().start(() -> {
+                try {
+                    result.set(q.awaitReceive(100));
+                } catch (Throwable e) {
+                    result.set(e);
+                }
+            });
+            try {
+                t.join(3000);
+                assertThat(t.isAlive()).as("awaitReceive(100) still waiting after 3 s").isFalse();
+                assertThat(result.get()).isEqualTo(false);
+            } finally {
+                be.ring(0).call.signal(); // lets a read(2) that blocked return
+                t.join(1000);
+            }
+        }
+    }
+
+    /** Every call the backend signals wakes one wait, and a wait after it has nothing stale to wake it. */
+    @Test
+    @Timeout(30)
+    void awaitReceiveWakesOnEveryCall() throws Exception {
+        try (ScriptedRingBackend be = new ScriptedRingBackend(dir.resolve("wake.sock"));
+             NetDriver nic = NetDriver.connect(be.path(), mergeable())) {
+            NetQueuePair q = nic.pair(0);
+            ScriptedRingBackend.Ring rx = be.ring(0);
+            for (int i = 0; i < 5; i++) {
+                assertThat(q.awaitReceive(50)).as("round %d: nothing yet", i).isFalse();
+                put(rx, frame(100, i), 1, honest(100));
+                rx.publish();
+                long t0 = System.nanoTime();
+                assertThat(q.awaitReceive(5000)).as("round %d: a frame", i).isTrue();
+                assertThat(System.nanoTime() - t0).isLessThan(TimeUnit.SECONDS.toNanos(2));
+                assertThat(receive(q, 1)).singleElement().isEqualTo(frame(100, i));
+            }
+        }
+    }
+
+    /** A wait without end is refused: the backend may never send. Before, awaitReceive(-1) waited forever. */
+    @Test
+    @Timeout(30)
+    void awaitReceiveRefusesAnEndlessWait() throws Exception {
+        try (ScriptedRingBackend be = new ScriptedRingBackend(dir.resolve("endless.sock"));
+             NetDriver nic = NetDriver.connect(be.path(), mergeable())) {
+            NetQueuePair q = nic.pair(0);
+            AtomicReference<Object> result = new AtomicReference<>();
+            Thread t = Thread.ofPlatform().daemon().start(() -> {
+                try {
+                    result.set(q.awaitReceive(-1));
+                } catch (Throwable e) {
+                    result.set(e);
+                }
+            });
+            try {
+                t.join(2000);
+                assertThat(result.get()).isInstanceOf(IllegalArgumentException.class);
+            } finally {
+                be.ring(0).call.signal(); // ends a wait that began
+                t.join(1000);
+            }
+        }
+    }
+
+    /**
+     * A backend that answers each GET_VRING_BASE just inside the timeout gets one timeout in all to stop the
+     * rings, not one per ring. Before, closing 4 pairs against it took 8 replies of 600 ms.
+     */
+    @Test
+    @Timeout(30)
+    void closeGivesASlowBackendOneTimeoutInAll() throws Exception {
+        try (ScriptedRingBackend be = new ScriptedRingBackend(dir.resolve("slow.sock"),
+                m -> m.request() == Request.GET_VRING_BASE ? (Object) 600L : null)) {
+            NetDriver nic = NetDriver.connect(be.path(), new NetDriver.Options(4, 64, 2048, 1000, NetDriver.WANTED));
+            long t0 = System.nanoTime();
+            nic.close();
+            assertThat(TimeUnit.NANOSECONDS.toMillis(System.nanoTime() - t0)).as("close took (ms)").isLessThan(2500);
+        }
+    }
+
+    /**
+     * A backend can also make a kick block: clear O_NONBLOCK on the kick eventfd and fill its counter. The pair's
+     * send then waits in write(2) until the backend reads (no per-call non-blocking write exists for an eventfd:
+     * pwritev2's RWF_NOWAIT is EOPNOTSUPP there), but close still returns after one timeout and the pair's thread
+     * gets "driver closed" on its next call once the backend lets go.
+     */
+    @Test
+    @Timeout(30)
+    void closeIsBoundedWhileTheBackendBlocksAKick() throws Exception {
+        try (ScriptedRingBackend be = new ScriptedRingBackend(dir.resolve("kick.sock"));
+             Arena a = Arena.ofConfined()) {
+            NetDriver nic = NetDriver.connect(be.path(), mergeable());
+            NetQueuePair q = nic.pair(0);
+            EventFd kick = be.ring(1).kick;
+            kick.setNonBlocking(false);
+            MemorySegment max = a.allocate(8);
+            max.set(ValueLayout.JAVA_LONG, 0, 0xffff_ffff_ffff_fffeL); // the most an eventfd holds
+            assertThat(kick.write(max)).isEqualTo(8);
+            AtomicReference<Object> result = new AtomicReference<>();
+            CountDownLatch sent = new CountDownLatch(1);
+            Thread t = Thread.ofPlatform().daemon().start(() -> {
+                try {
+                    result.set(q.send(MemorySegment.ofArray(frame(60, 1))));
+                    sent.countDown();
+                    q.send(MemorySegment.ofArray(frame(60, 2)));
+                } catch (Throwable e) {
+                    result.set(e);
+                }
+            });
+            try {
+                assertThat(sent.await(300, TimeUnit.MILLISECONDS)).as("the kick returned").isFalse();
+                long t0 = System.nanoTime();
+                nic.close();
+                assertThat(TimeUnit.NANOSECONDS.toMillis(System.nanoTime() - t0)).as("close took (ms)").isLessThan(3000);
+            } finally {
+                kick.drain(); // the backend reads its kicks: the write completes
+                t.join(2000);
+                nic.close();
+            }
+            assertThat(t.isAlive()).isFalse();
+            assertThat(result.get()).isInstanceOf(IllegalStateException.class);
+            assertThat((Throwable) result.get()).hasMessage("driver closed");
+        }
     }
 }
