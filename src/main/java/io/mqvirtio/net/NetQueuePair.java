@@ -192,7 +192,36 @@ public final class NetQueuePair {
 
     /** Tells the backend the RX ring has buffers (after setup, when it may have started on an empty ring). */
     void kickRx() {
-        rxKick.signal();
+        kick(rxKick);
+    }
+
+    /**
+     * Kicks the backend. The backend shares each kick eventfd's open file, and so its O_NONBLOCK flag, with us: a
+     * backend that clears it and fills the counter would make the write wait for good. The eventfd watchdog
+     * releases such a write within about 100 ms ({@link EventFd#signal()}); this pair then kicks no more (the
+     * backend is hostile), and {@link #fault()} says why.
+     */
+    private boolean kick(EventFd k) {
+        if (fault != null) {
+            return false;
+        }
+        try {
+            if (k.signal()) {
+                return true;
+            }
+            fault = "the backend filled kick eventfd of pair " + index + " to its limit with O_NONBLOCK cleared; "
+                    + "this pair kicks no more";
+        } catch (RuntimeException e) {
+            fault = "kicking the backend on pair " + index + " failed: " + e.getMessage();
+        }
+        return false;
+    }
+
+    private volatile String fault;
+
+    /** Why this pair no longer kicks its backend (a backend that blocked the kick), or null. */
+    public String fault() {
+        return fault;
     }
 
     private void reapTx() {
@@ -269,8 +298,7 @@ public final class NetQueuePair {
     private void finishSend(int n, long bytes) {
         if (n > 0) {
             tx.publish();
-            if (tx.needsKick()) {
-                txKick.signal();
+            if (tx.needsKick() && kick(txKick)) {
                 txCounters.add(QueueCounters.KICKS, 1);
             }
             txCounters.add(QueueCounters.PACKETS, n);
@@ -410,8 +438,7 @@ public final class NetQueuePair {
         }
         if (reposted) {
             rx.publish();
-            if (rx.needsKick()) {
-                rxKick.signal();
+            if (rx.needsKick() && kick(rxKick)) {
                 rxCounters.add(QueueCounters.KICKS, 1);
             }
         }
