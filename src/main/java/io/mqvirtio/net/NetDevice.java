@@ -177,6 +177,11 @@ public final class NetDevice implements VhostUserDevice, AutoCloseable {
         return features;
     }
 
+    /** The MTU in force: the configured one, or what the frontend set (NET_SET_MTU) since the last reset. */
+    public int mtu() {
+        return mtu;
+    }
+
     private QueuePairWorker worker(int ring) {
         int pair = VirtioNet.pairOf(ring);
         if (pair >= workers.length) {

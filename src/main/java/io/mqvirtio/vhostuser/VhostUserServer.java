@@ -16,7 +16,6 @@ import java.nio.file.attribute.PosixFileAttributeView;
 import java.nio.file.attribute.PosixFilePermission;
 import java.nio.file.attribute.PosixFilePermissions;
 import java.util.Set;
-import java.util.concurrent.ThreadLocalRandom;
 import java.util.concurrent.atomic.AtomicReference;
 
 /**
@@ -126,34 +125,50 @@ public final class VhostUserServer implements AutoCloseable {
         Files.setPosixFilePermissions(p, group == null ? OWNER_ONLY : OWNER_AND_GROUP);
     }
 
+    /**
+     * Binds the socket in a directory of our own (mode 0700, made next to {@code path}, so on the same file system),
+     * gives it its group and mode there, where nobody else can replace it with a link, then hard-links it to
+     * {@code path} (a link never replaces an existing file) and removes the directory. So the socket is never
+     * reachable at {@code path} with a wider mode, and nothing we chmod or chown can be someone else's file.
+     */
     private static UnixSocket bindRestricted(Path path, GroupPrincipal group) {
         Path abs = path.toAbsolutePath();
-        Path tmp = abs.resolveSibling(".mqv-" + Long.toHexString(ThreadLocalRandom.current().nextLong() >>> 1));
-        if (tmp.toString().getBytes(java.nio.charset.StandardCharsets.UTF_8).length > 107) {
-            // No room for a temporary name: bind in place and restrict at once (umask decides the mode meanwhile).
-            UnixSocket l = UnixSocket.listen(path, BACKLOG);
-            try {
-                restrict(path, group);
-                return l;
-            } catch (IOException e) {
-                l.close();
-                deleteQuietly(path);
-                throw new VhostUserException("cannot restrict permissions of " + path + ": " + e.getMessage(), e);
-            }
-        }
-        UnixSocket l = UnixSocket.listen(tmp, BACKLOG);
+        Path dir;
         try {
-            restrict(tmp, group); // before the socket is reachable at its path: nothing can be linked in its place
-            Files.createLink(abs, tmp);
-            return l;
-        } catch (FileAlreadyExistsException e) {
-            l.close();
-            throw new VhostUserException(path + " appeared while binding; not replacing it", e);
+            dir = Files.createTempDirectory(abs.getParent(), ".mqv-",
+                    PosixFilePermissions.asFileAttribute(PosixFilePermissions.fromString("rwx------")));
         } catch (IOException | UnsupportedOperationException e) {
-            l.close();
-            throw new VhostUserException("cannot create owner-only socket " + path + ": " + e.getMessage(), e);
+            throw new VhostUserException("cannot create a private directory next to " + path + ": " + e.getMessage(), e);
+        }
+        Path tmp = dir.resolve("s");
+        try {
+            if (tmp.toString().getBytes(java.nio.charset.StandardCharsets.UTF_8).length > 107) {
+                // No room for the private name: bind in place and restrict at once (umask decides the mode meanwhile).
+                UnixSocket l = UnixSocket.listen(path, BACKLOG);
+                try {
+                    restrict(path, group);
+                    return l;
+                } catch (IOException e) {
+                    l.close();
+                    deleteQuietly(path);
+                    throw new VhostUserException("cannot restrict permissions of " + path + ": " + e.getMessage(), e);
+                }
+            }
+            UnixSocket l = UnixSocket.listen(tmp, BACKLOG);
+            try {
+                restrict(tmp, group);
+                Files.createLink(abs, tmp);
+                return l;
+            } catch (FileAlreadyExistsException e) {
+                l.close();
+                throw new VhostUserException(path + " appeared while binding; not replacing it", e);
+            } catch (IOException | UnsupportedOperationException e) {
+                l.close();
+                throw new VhostUserException("cannot create owner-only socket " + path + ": " + e.getMessage(), e);
+            }
         } finally {
             deleteQuietly(tmp);
+            deleteQuietly(dir);
         }
     }
 

@@ -28,6 +28,17 @@ final class CheckingDevice implements VhostUserDevice {
     private final DescriptorChain chain = new DescriptorChain(64);
     private int resets;
     private int starts;
+    private long calls;          // every call the session made of this device
+    private long callsAtReset = -1;
+
+    private synchronized void touch() {
+        calls++;
+    }
+
+    /** Whether the last call the session made was a reset (teardown resets the device last of all). */
+    synchronized boolean endedWithReset() {
+        return callsAtReset == calls;
+    }
 
     CheckingDevice(int pairs) {
         this.pairs = pairs;
@@ -65,26 +76,31 @@ final class CheckingDevice implements VhostUserDevice {
 
     @Override
     public int maxRings() {
+        touch();
         return 2 * pairs;
     }
 
     @Override
     public long features() {
+        touch();
         return FEATURES;
     }
 
     @Override
     public long protocolFeatures() {
+        touch();
         return PROTOCOL_FEATURES;
     }
 
     @Override
     public long queueNum() {
+        touch();
         return pairs;
     }
 
     @Override
     public synchronized void setFeatures(long features) {
+        touch();
         if ((features & ~FEATURES) != 0) {
             throw new FuzzFinding("setFeatures 0x" + Long.toHexString(features) + " beyond the offer");
         }
@@ -92,6 +108,7 @@ final class CheckingDevice implements VhostUserDevice {
 
     @Override
     public synchronized void startRing(int index, DeviceQueue queue, EventFd kick, EventFd call, boolean enabled) {
+        touch();
         checkIndex(index, "startRing");
         if (queues[index] != null) {
             throw new FuzzFinding("ring " + index + " started twice");
@@ -117,6 +134,7 @@ final class CheckingDevice implements VhostUserDevice {
 
     @Override
     public synchronized DeviceQueue stopRing(int index) {
+        touch();
         checkRunning(index, "stopRing");
         DeviceQueue q = queues[index];
         queues[index] = null;
@@ -125,11 +143,13 @@ final class CheckingDevice implements VhostUserDevice {
 
     @Override
     public synchronized void enableRing(int index, boolean enabled) {
+        touch();
         checkRunning(index, "enableRing");
     }
 
     @Override
     public synchronized void setCall(int index, EventFd call) {
+        touch();
         checkRunning(index, "setCall");
         if (call != null && !call.isOpen()) {
             throw new FuzzFinding("setCall with a closed descriptor");
@@ -138,6 +158,7 @@ final class CheckingDevice implements VhostUserDevice {
 
     @Override
     public synchronized void setErr(int index, EventFd err) {
+        touch();
         checkRunning(index, "setErr");
         if (err != null && !err.isOpen()) {
             throw new FuzzFinding("setErr with a closed descriptor");
@@ -146,6 +167,7 @@ final class CheckingDevice implements VhostUserDevice {
 
     @Override
     public void setMtu(int mtu) {
+        touch();
         if (mtu < 68 || mtu > 65535) {
             throw new FuzzFinding("setMtu " + mtu);
         }
@@ -153,6 +175,7 @@ final class CheckingDevice implements VhostUserDevice {
 
     @Override
     public void sendRarp(byte[] mac) {
+        touch();
         if (mac.length != 6) {
             throw new FuzzFinding("sendRarp with " + mac.length + " bytes");
         }
@@ -160,6 +183,7 @@ final class CheckingDevice implements VhostUserDevice {
 
     @Override
     public void setStatus(int status) {
+        touch();
         if (status < 0 || status > 255) {
             throw new FuzzFinding("setStatus " + status);
         }
@@ -171,5 +195,6 @@ final class CheckingDevice implements VhostUserDevice {
             throw new FuzzFinding("reset with " + running() + " rings running");
         }
         resets++;
+        callsAtReset = calls;
     }
 }

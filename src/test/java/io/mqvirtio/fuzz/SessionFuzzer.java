@@ -43,8 +43,10 @@ import java.util.List;
  * is then half-closed; the session runs on this thread until it ends, so a run is deterministic.
  *
  * <p>Oracle: nothing escapes {@link BackendSession#run()}; the session ends (end of stream, or it closes the
- * connection) with every ring stopped and the device reset once; every reply is well framed; the device's contract
- * holds throughout ({@link CheckingDevice}); afterwards this process holds exactly the descriptors and memfd
+ * connection) with every ring stopped and the device reset last (once, or more if it asked for resets); every reply is well framed; the device's contract
+ * holds throughout ({@link CheckingDevice}); while it runs it never holds more than {@link #SESSION_FD_BOUND}
+ * descriptors (sampled by a second thread: a message dribbled in pieces with descriptors attached must not
+ * accumulate them); afterwards this process holds exactly the descriptors and memfd
  * mappings it held before; the JVM never crashes; and every {@value #SERVER_CHECK_EVERY} inputs a real
  * {@link VhostUserServer} on the same device gives a fresh, well-formed frontend full service.
  */
@@ -86,6 +88,14 @@ public final class SessionFuzzer {
     static Path serverDir;
     static VhostUserServer server;
     static long inputs;
+    /**
+     * Descriptors a session may hold at once beyond those open before it: the kick, call and error eventfds of its
+     * rings, one message's descriptors ({@link io.mqvirtio.vhostuser.Channel}'s bound), and a few of the JVM's.
+     */
+    static final int SESSION_FD_BOUND = 3 * 2 * PAIRS + 8 + 4;
+    static volatile boolean sampling;
+    static volatile boolean inSample; // the sampler is counting (it holds a descriptor of /proc/self/fd meanwhile)
+    static volatile int sampledMax;
 
     private SessionFuzzer() {}
 
@@ -104,6 +114,24 @@ public final class SessionFuzzer {
         server = VhostUserServer.listen(serverDir.resolve("vu.sock"), device);
         serverCheck(); // the server works before any fuzzing, with every descriptor it needs opened once
         takeBaseline();
+        // The partial-message oracle: while a session runs, another thread counts our descriptors. A message
+        // dribbled in pieces with descriptors on each used to make the session hold all of them until it completed.
+        Thread.ofPlatform().name("fd-sampler").daemon(true).start(() -> {
+            while (true) {
+                if (sampling) {
+                    inSample = true;
+                    if (sampling) {
+                        int n = FuzzSupport.fdCount();
+                        if (n > sampledMax) {
+                            sampledMax = n;
+                        }
+                    }
+                    inSample = false;
+                } else {
+                    java.util.concurrent.locks.LockSupport.parkNanos(200_000);
+                }
+            }
+        });
     }
 
     public static void fuzzerTearDown() throws IOException {
@@ -191,22 +219,38 @@ public final class SessionFuzzer {
         UnixSocket.Pair pair = UnixSocket.pair();
         UnixSocket frontend = pair.first();
         List<Reply> replies;
+        int before = FuzzSupport.fdCount();
         try {
             s.sendTo(frontend);
             FuzzSupport.shutdownWrite(frontend.fd());
-            new BackendSession("fuzz", new Channel(pair.second()), device).run();
+            sampledMax = 0;
+            sampling = true;
+            try {
+                new BackendSession("fuzz", new Channel(pair.second()), device).run();
+            } finally {
+                sampling = false;
+                while (inSample) {
+                    Thread.onSpinWait(); // its listing's descriptor must be closed before we count ours
+                }
+            }
             replies = drain(frontend);
         } finally {
             frontend.close();
             pair.second().close(); // closed by the session already; close is idempotent
+        }
+        if (sampledMax > before + SESSION_FD_BOUND) {
+            throw new FuzzFinding("the session held " + (sampledMax - before) + " descriptors at once, more than "
+                    + SESSION_FD_BOUND);
         }
 
         // ---- what must hold afterwards ----
         if (device.running() != 0) {
             throw new FuzzFinding("the session ended with " + device.running() + " rings running");
         }
-        if (device.resets() != resetsBefore + 1) {
-            throw new FuzzFinding("the session ended with " + (device.resets() - resetsBefore) + " device resets");
+        // teardown resets the device last; RESET_OWNER / RESET_DEVICE on the way may have reset it before
+        if (device.resets() <= resetsBefore || !device.endedWithReset()) {
+            throw new FuzzFinding("the session ended with " + (device.resets() - resetsBefore) + " device resets"
+                    + (device.endedWithReset() ? "" : ", not last"));
         }
         for (Reply r : replies) {
             // every reply this backend sends is a u64 or a vring state: 8 bytes

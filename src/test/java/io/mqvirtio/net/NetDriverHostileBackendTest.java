@@ -71,6 +71,16 @@ class NetDriverHostileBackendTest {
                                 Thread.sleep(3000);
                                 return;
                             }
+                            if ("half".equals(act)) {
+                                // a reply header announcing 8 bytes, then 3 of them, then nothing
+                                ByteBuffer b = ByteBuffer.allocate(Protocol.HEADER_SIZE + 3).order(ByteOrder.LITTLE_ENDIAN);
+                                b.putInt(m.requestId()).putInt(Protocol.FLAG_REPLY | Protocol.VERSION).putInt(8);
+                                try (Arena a = Arena.ofConfined()) {
+                                    ch.socket().send(a.allocate(b.capacity()).copyFrom(MemorySegment.ofArray(b.array())));
+                                }
+                                Thread.sleep(3000);
+                                return;
+                            }
                             if (act instanceof byte[] raw) {
                                 ch.send(m.requestId(), Protocol.FLAG_REPLY, raw);
                                 continue;
@@ -123,6 +133,15 @@ class NetDriverHostileBackendTest {
     @Timeout(30)
     void replyOfTheWrongSize() throws Exception {
         hostile((m, n) -> m.request() == Request.GET_FEATURES ? new byte[4] : null, "reply has 4 bytes, expected 8");
+    }
+
+    /** The whole reply must come within the timeout, not only its first byte. */
+    @Test
+    @Timeout(30)
+    void backendThatStallsMidReply() throws Exception {
+        long t0 = System.nanoTime();
+        hostile((m, n) -> m.request() == Request.GET_QUEUE_NUM ? "half" : null, "stalled in the middle of its reply");
+        assertThat(TimeUnit.NANOSECONDS.toMillis(System.nanoTime() - t0)).as("ms until the driver gave up").isLessThan(4500);
     }
 
     @Test

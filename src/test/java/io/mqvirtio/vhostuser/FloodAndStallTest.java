@@ -223,6 +223,93 @@ class FloodAndStallTest {
         BackendHarness.assertServesFully(a, sockA, devA);
     }
 
+    /**
+     * One SET_MEM_TABLE header dribbled in a byte at a time with eight descriptors on each byte: the backend used to
+     * collect them all until the message was complete (3,200 descriptors held by one connection, enough to make
+     * another VM's session fail). Now a message holds at most eight: the ninth ends the connection, and the kernel
+     * discards the descriptors that did not fit.
+     */
+    @Test
+    void aMessageDribbledWithDescriptorsHoldsAtMostEight() throws Exception {
+        BackendHarness.assertServesFully(a, sockA, devA); // warm
+        Leaks before = Leaks.now();
+        try (RawPeer fe = RawPeer.connect(sockA); GuestRam ram = new GuestRam(); LogCapture log = new LogCapture()) {
+            BackendHarness.negotiate(fe, BASIC_PF);
+            byte[] p = RawPeer.memTable(ram.region());
+            byte[] f = frame(Request.SET_MEM_TABLE.id, V1 | NEED_REPLY, p.length, p);
+            int[] eight = new int[8];
+            java.util.Arrays.fill(eight, ram.fd());
+            long most = 0;
+            boolean closed = false;
+            for (int i = 0; i < f.length && !closed; i++) {
+                try {
+                    fe.sendRaw(new byte[] {f[i]}, eight);
+                } catch (io.mqvirtio.linux.ErrnoException e) {
+                    closed = true; // the backend hung up under us
+                }
+                most = Math.max(most, Leaks.now().fds() - before.fds());
+                closed |= fe.closedWithin(20);
+            }
+            assertThat(closed).as("the connection was closed").isTrue();
+            // our connection, its epoll and our memfd; the session's socket and the eight descriptors of one message
+            assertThat(most).as("descriptors held while the message dribbled in").isLessThanOrEqualTo(3 + 1 + 8);
+            assertThat(log.lines()).anySatisfy(l -> assertThat(l).contains("carries more than 8 fds"));
+        }
+        BackendHarness.awaitNoSession(a);
+        Leaks after = Leaks.settleTo(before, 3000);
+        assertThat(after.fds()).as("before %s%nafter %s", before.describe(), after.describe()).isEqualTo(before.fds());
+        BackendHarness.assertServesFully(a, sockA, devA);
+    }
+
+    /** A message begun and never finished is given up on after 10 s: the connection closes and the socket serves. */
+    @Test
+    void aMessageStalledMidWayIsGivenUpOnAfterTenSeconds() throws Exception {
+        try (RawPeer stalled = RawPeer.connect(sockA); LogCapture log = new LogCapture()) {
+            BackendHarness.negotiate(stalled, BASIC_PF);
+            stalled.sendRaw(java.util.Arrays.copyOf(frame(Request.SET_FEATURES.id, V1, 8, u64(0)), Protocol.HEADER_SIZE + 2));
+            long t0 = System.nanoTime();
+            assertThat(stalled.closedWithin(Channel.MID_MESSAGE_MILLIS + 3000)).as("closed by the backend").isTrue();
+            long ms = TimeUnit.NANOSECONDS.toMillis(System.nanoTime() - t0);
+            assertThat(ms).isBetween(Channel.MID_MESSAGE_MILLIS - 1000L, Channel.MID_MESSAGE_MILLIS + 3000L);
+            assertThat(log.lines()).anySatisfy(l -> assertThat(l).contains("stalled in the middle of a message"));
+        }
+        BackendHarness.assertServesFully(a, sockA, devA);
+    }
+
+    /**
+     * A frontend that sends requests and never reads the replies fills its socket: the backend's reply waits at
+     * most 10 s for room (SO_SNDTIMEO), then the connection closes, and the socket serves the next frontend.
+     */
+    @Test
+    void aFrontendThatNeverReadsIsClosedAfterTenSeconds() throws Exception {
+        try (RawPeer fe = RawPeer.connect(sockA); LogCapture log = new LogCapture().quiet()) {
+            byte[] burst = repeat(frame(Request.GET_FEATURES.id, V1, 0, new byte[0]), 1000);
+            CompletableFuture<Void> writer = CompletableFuture.runAsync(() -> {
+                try {
+                    for (int i = 0; i < 1000; i++) {
+                        fe.sendRaw(burst);
+                    }
+                } catch (RuntimeException closed) {
+                    // the backend closed the connection
+                }
+            });
+            long t0 = System.nanoTime();
+            awaitTrue(() -> !a.hasSession(), Channel.MID_MESSAGE_MILLIS + 5000);
+            assertThat(TimeUnit.NANOSECONDS.toMillis(System.nanoTime() - t0)).isLessThan(Channel.MID_MESSAGE_MILLIS + 5000L);
+            fe.socket().shutdown();
+            writer.get(10, TimeUnit.SECONDS);
+        }
+        BackendHarness.assertServesFully(a, sockA, devA);
+    }
+
+    private static void awaitTrue(java.util.function.BooleanSupplier c, long ms) throws InterruptedException {
+        long deadline = System.nanoTime() + ms * 1_000_000L;
+        while (!c.getAsBoolean()) {
+            assertThat(System.nanoTime()).as("condition within %d ms", ms).isLessThan(deadline);
+            Thread.sleep(20);
+        }
+    }
+
     @Test
     void closingTheServerEndsAStalledSession() throws Exception {
         try (RawPeer stalled = RawPeer.connect(sockA)) {

@@ -18,6 +18,12 @@ final class RecordingDevice implements VhostUserDevice {
 
     private final int pairs;
     private final List<String> calls = new ArrayList<>();
+    /** How long {@link #reset} takes (a device whose teardown is slow). */
+    volatile long resetDelayMs;
+    /** Every {@link #stopRing} fails, as it does for a device whose worker does not answer. */
+    volatile boolean failStops;
+    /** What {@link #deadReason} answers. */
+    volatile String dead;
     private final DeviceQueue[] queues;
     private final boolean[] enabled;
 
@@ -91,7 +97,15 @@ final class RecordingDevice implements VhostUserDevice {
     }
 
     @Override
+    public String deadReason() {
+        return dead;
+    }
+
+    @Override
     public synchronized DeviceQueue stopRing(int index) {
+        if (failStops) {
+            throw new IllegalStateException("ring " + index + ": the worker did not answer (test)");
+        }
         DeviceQueue q = queues[index];
         if (q == null) {
             throw new IllegalStateException("ring " + index + " stopped but not running");
@@ -133,7 +147,19 @@ final class RecordingDevice implements VhostUserDevice {
     }
 
     @Override
-    public synchronized void reset() {
+    public void reset() {
+        long d = resetDelayMs;
+        if (d > 0) {
+            try {
+                Thread.sleep(d);
+            } catch (InterruptedException e) {
+                Thread.currentThread().interrupt();
+            }
+        }
+        resetNow();
+    }
+
+    private synchronized void resetNow() {
         for (DeviceQueue q : queues) {
             if (q != null) {
                 throw new IllegalStateException("reset with rings running");

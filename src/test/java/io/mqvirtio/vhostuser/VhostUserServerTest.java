@@ -22,6 +22,129 @@ class VhostUserServerTest {
     @TempDir
     Path dir;
 
+    /**
+     * Two well-formed sessions back to back: the second connects the moment the first hangs up, while the first is
+     * still tearing down (made slow here). It used to be refused as a second frontend; it waits and is served.
+     */
+    @Test
+    void aFrontendThatReconnectsAtOnceIsServed() throws Exception {
+        Path sock = dir.resolve("vu.sock");
+        RecordingDevice dev = new RecordingDevice(2);
+        dev.resetDelayMs = 300;
+        try (VhostUserServer server = VhostUserServer.listen(sock, dev); LogCapture log = new LogCapture()) {
+            for (int i = 0; i < 3; i++) {
+                try (RawPeer fe = RawPeer.connect(sock)) {
+                    BackendHarness.negotiate(fe, BASIC_PF);
+                    assertThat(fe.get(Request.GET_QUEUE_NUM)).isEqualTo(2);
+                }
+            }
+            assertThat(log.lines()).noneSatisfy(l -> assertThat(l).contains("refusing"));
+        }
+    }
+
+    /** NET_SET_MTU is the last frontend's: a reset (its session ending) brings back the MTU the device was made with. */
+    @Test
+    void theMtuAFrontendSetEndsWithItsSession() throws Exception {
+        Path sock = dir.resolve("vu.sock");
+        io.mqvirtio.net.NetDevice dev = new io.mqvirtio.net.NetDevice(io.mqvirtio.net.NetDevice.Config.of("dev", 1),
+                new io.mqvirtio.backend.LoopbackBackend(1, 1500));
+        try (VhostUserServer server = VhostUserServer.listen(sock, dev)) {
+            try (RawPeer fe = RawPeer.connect(sock)) {
+                BackendHarness.negotiate(fe, BackendHarness.ALL_PF);
+                fe.ok(Request.NET_SET_MTU, RawPeer.u64(9000));
+                assertThat(dev.mtu()).isEqualTo(9000);
+            }
+            BackendHarness.awaitNoSession(server);
+            assertThat(dev.mtu()).isEqualTo(1500);
+        } finally {
+            dev.close();
+        }
+    }
+
+    /** Any user who can read a directory can flock it: socket set-up waits a bounded time, then says so. */
+    @Test
+    void aLockHeldOnTheSocketsDirectoryIsWaitedForABoundedTime() throws Exception {
+        Path sock = dir.resolve("vu.sock");
+        try (io.mqvirtio.linux.Fd held = io.mqvirtio.linux.Fd.lockDirectory(dir.toString(), 0)) {
+            long t0 = System.nanoTime();
+            assertThatThrownBy(() -> VhostUserServer.listen(sock, new RecordingDevice(1)))
+                    .isInstanceOf(VhostUserException.class)
+                    .hasMessageContaining("held a lock on that directory");
+            long ms = java.util.concurrent.TimeUnit.NANOSECONDS.toMillis(System.nanoTime() - t0);
+            assertThat(ms).isBetween(VhostUserServer.LOCK_WAIT_MS - 500, VhostUserServer.LOCK_WAIT_MS + 3000);
+        }
+        assertThat(sock).doesNotExist();
+        try (VhostUserServer server = VhostUserServer.listen(sock, new RecordingDevice(1))) {
+            assertThat(sock).exists(); // once the lock is gone
+        }
+    }
+
+    /**
+     * With a socket group the socket is that group's, mode 0660, from the moment it appears: both are set while it
+     * sits in a directory of our own (0700), where no one can put a link in its place, then it is linked in.
+     */
+    @Test
+    void theSocketGroupAndModeAreSetBeforeTheSocketAppears() throws Exception {
+        Path sock = dir.resolve("vu.sock");
+        try (VhostUserServer server = VhostUserServer.listen(sock, new RecordingDevice(1),
+                new VhostUserServer.Options("daemon", io.mqvirtio.memory.MemoryBudget.processDefault()))) {
+            assertThat(Files.getAttribute(sock, "posix:group", java.nio.file.LinkOption.NOFOLLOW_LINKS).toString())
+                    .isEqualTo("daemon");
+            assertThat(PosixFilePermissions.toString(Files.getPosixFilePermissions(sock, java.nio.file.LinkOption.NOFOLLOW_LINKS)))
+                    .isEqualTo("rw-rw----");
+            try (java.util.stream.Stream<Path> l = Files.list(dir)) {
+                assertThat(l.map(p -> p.getFileName().toString()).toList()).as("nothing else left in the directory")
+                        .containsExactly("vu.sock");
+            }
+            try (RawPeer fe = RawPeer.connect(sock)) {
+                BackendHarness.negotiate(fe, BASIC_PF);
+            }
+        }
+    }
+
+    /** A device that is dead is served no more: each frontend is closed, and the log says why. */
+    @Test
+    void aDeadDeviceTurnsFrontendsAwayWithItsReason() throws Exception {
+        Path sock = dir.resolve("vu.sock");
+        RecordingDevice dev = new RecordingDevice(1);
+        try (VhostUserServer server = VhostUserServer.listen(sock, dev); LogCapture log = new LogCapture()) {
+            dev.dead = "qp0 did not answer (test)";
+            try (RawPeer fe = RawPeer.connect(sock)) {
+                fe.expectClosed();
+            }
+            assertThat(log.lines()).anySatisfy(l -> assertThat(l).contains("the device is dead (qp0 did not answer (test))"));
+            dev.dead = null;
+            BackendHarness.assertServesFully(server, sock, dev);
+        }
+    }
+
+    /**
+     * A ring that does not stop while a new memory table is installed ends the session; the new table's mappings,
+     * which no worker ever saw, are unmapped at once (they used to stay mapped for good).
+     */
+    @Test
+    void aNewMemoryTableIsUnmappedWhenARingDoesNotStop() throws Exception {
+        Path sock = dir.resolve("vu.sock");
+        RecordingDevice dev = new RecordingDevice(1);
+        try (VhostUserServer server = VhostUserServer.listen(sock, dev); LogCapture log = new LogCapture().quiet();
+             RawPeer fe = RawPeer.connect(sock);
+             GuestRam ram = new GuestRam("mqv-stays-mapped", GuestRam.SIZE); // a ring that does not stop keeps it
+             GuestRam other = new GuestRam("mqv-other-table", GuestRam.SIZE);
+             io.mqvirtio.linux.EventFd k = io.mqvirtio.linux.EventFd.create();
+             io.mqvirtio.linux.EventFd c = io.mqvirtio.linux.EventFd.create()) {
+            BackendHarness.negotiate(fe, BASIC_PF);
+            fe.ok(Request.SET_MEM_TABLE, ram.memTable(), ram.fd());
+            BackendHarness.setupRing(fe, ram, 0, k, c);
+            assertThat(dev.running()).isEqualTo(1);
+            long before = Leaks.mappingsOf("mqv-other-table");
+            dev.failStops = true;
+            fe.sendAcked(Request.SET_MEM_TABLE, other.memTable(), other.fd());
+            fe.expectClosed();
+            BackendHarness.awaitNoSession(server);
+            assertThat(Leaks.mappingsOf("mqv-other-table")).as("mappings of the new table").isEqualTo(before);
+        }
+    }
+
     @Test
     void socketFileIsOwnerOnlyAndRemovedOnClose() throws Exception {
         Path sock = dir.resolve("vu.sock");

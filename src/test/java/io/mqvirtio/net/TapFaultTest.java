@@ -1,0 +1,77 @@
+package io.mqvirtio.net;
+
+import static org.assertj.core.api.Assertions.assertThat;
+
+import io.mqvirtio.backend.TapBackend;
+import io.mqvirtio.linux.TestNetns;
+import io.mqvirtio.vhostuser.VhostUserServer;
+import io.mqvirtio.virtio.VirtioFeatures;
+import java.nio.file.Path;
+import java.util.concurrent.ThreadLocalRandom;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.Timeout;
+import org.junit.jupiter.api.io.TempDir;
+
+/**
+ * Host-side faults on the TAP, with the kernel's real TAP in a namespace of the test's own: a link that goes down
+ * (writev answers EIO), a runt frame (EINVAL), the device deleted under the running device (EBADFD). Each costs the
+ * frame it hit, counted as an error of that queue; the guest's ring goes on, and frames flow again once the link
+ * is back. They used to break the TX ring for good.
+ */
+@Timeout(60)
+class TapFaultTest {
+    static final long FEATURES = VirtioFeatures.bit(VirtioFeatures.F_VERSION_1) | VirtioFeatures.bit(VirtioNet.F_MQ);
+
+    @TempDir
+    Path dir;
+
+    private int next; // next TX descriptor of the evil driver
+
+    private void send(EvilDriver d, int len) throws InterruptedException {
+        int want = (d.tx(0).usedIdx() + 1) & 0xffff;
+        byte[] f = len >= 14 ? HostileDriverTest.frame(len, next) : new byte[len];
+        HostileDriverTest.sendValid(d, 0, f, next++ % 64);
+        HostileDriverTest.await(() -> d.tx(0).usedIdx() == want, "the frame to be used");
+    }
+
+    @Test
+    void linkDownRuntFrameAndDeletedTapCostOneFrameEach() throws Exception {
+        String tap = "mqvf" + Integer.toHexString(ThreadLocalRandom.current().nextInt(0x10000));
+        try (TestNetns ns = TestNetns.create()) {
+            TapBackend backend = ns.inside(() -> TapBackend.open(tap, 1));
+            ns.ip("link", "set", tap, "up");
+            try (NetDevice dev = new NetDevice(NetDevice.Config.of("tapfault", 1), backend);
+                 VhostUserServer server = VhostUserServer.listen(dir.resolve("t.sock"), dev);
+                 EvilDriver d = new EvilDriver(server.path(), 1, 64, FEATURES, 1 << 20)) {
+                QueueCounters.Snapshot c;
+                send(d, 100);
+                c = dev.counters().get(1);
+                assertThat(c.packets()).isEqualTo(1);
+                assertThat(c.errors()).isZero();
+
+                ns.ip("link", "set", tap, "down");
+                send(d, 100); // EIO
+                c = dev.counters().get(1);
+                assertThat(c.errors()).as("a frame into a TAP that is down").isEqualTo(1);
+                assertThat(c.packets()).isEqualTo(1);
+
+                ns.ip("link", "set", tap, "up");
+                send(d, 100);
+                send(d, 8); // shorter than an Ethernet header: EINVAL
+                send(d, 100);
+                c = dev.counters().get(1);
+                assertThat(c.packets()).as("frames after the link came back").isEqualTo(3);
+                assertThat(c.errors()).isEqualTo(2);
+
+                ns.ip("link", "del", tap);
+                for (int i = 0; i < 5; i++) {
+                    send(d, 100); // EBADFD: every frame still used, none sent
+                }
+                c = dev.counters().get(1);
+                assertThat(c.errors()).as("frames into a deleted TAP").isEqualTo(7);
+                assertThat(d.tx(0).err.drain()).as("the error eventfd: no ring broke").isZero();
+                assertThat(d.fe.getVringBase(1)).isEqualTo(next);
+            }
+        }
+    }
+}
