@@ -129,6 +129,47 @@ public final class UnixSocket extends Fd {
         }
     }
 
+    /**
+     * A socket connected to the server listening on {@code path}, within {@code timeoutMillis}: a listener whose
+     * backlog is full (it does not accept) would keep a blocking connect waiting for good, so the socket connects
+     * non-blocking, and an AF_UNIX connect that finds no room fails at once with EAGAIN: it is tried again until
+     * the deadline, then fails with EAGAIN. The socket is blocking again once connected.
+     */
+    public static UnixSocket connect(Path path, long timeoutMillis) {
+        UnixSocket s = open();
+        try (Arena a = Arena.ofConfined()) {
+            s.setNonBlocking(true);
+            MemorySegment addr = sockaddr(a, path);
+            long deadline = System.nanoTime() + timeoutMillis * 1_000_000L;
+            long pause = 1;
+            while (true) {
+                int r = (int) CONNECT.invokeExact(Native.errnoState(), s.fd(), addr, (int) addr.byteSize());
+                if (r == 0) {
+                    break;
+                }
+                int e = Native.lastErrno();
+                if (e != ErrnoException.EAGAIN && e != ErrnoException.EINTR) {
+                    throw new ErrnoException("connect", e);
+                }
+                if (System.nanoTime() - deadline > 0) {
+                    throw new ErrnoException("connect: the listener accepted nothing within " + timeoutMillis + " ms",
+                            ErrnoException.EAGAIN);
+                }
+                Thread.sleep(pause);
+                pause = Math.min(2 * pause, 50);
+            }
+            s.setNonBlocking(false);
+            return s;
+        } catch (Throwable t) {
+            s.close();
+            if (t instanceof InterruptedException) {
+                Thread.currentThread().interrupt();
+                throw new ErrnoException("connect: interrupted", ErrnoException.EINTR);
+            }
+            throw Native.rethrow(t);
+        }
+    }
+
     /** Two connected sockets, e.g. to hand one end to a child or to test without a path. */
     public static Pair pair() {
         try (Arena a = Arena.ofConfined()) {

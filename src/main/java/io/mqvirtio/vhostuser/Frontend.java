@@ -34,7 +34,7 @@ public final class Frontend implements AutoCloseable {
     public static Frontend connect(Path path, int timeoutMillis) {
         UnixSocket s;
         try {
-            s = UnixSocket.connect(path);
+            s = UnixSocket.connect(path, timeoutMillis); // a backend that never accepts: bounded too
         } catch (ErrnoException e) {
             throw new VhostUserException("cannot connect to the vhost-user backend at " + path + ": " + e.getMessage(), e);
         }

@@ -210,9 +210,14 @@ public final class VhostUserServer implements AutoCloseable {
             throw new VhostUserException(path + " exists and is not a socket; not replacing it");
         }
         try {
-            UnixSocket.connect(path).close();
+            // bounded: a listener that never accepts (its backlog full) must not hold us, under the directory's lock
+            UnixSocket.connect(path, 1000).close();
             throw new VhostUserException(path + " is served by another live process; not taking it over");
         } catch (ErrnoException e) {
+            if (e.errno() == ErrnoException.EAGAIN) {
+                throw new VhostUserException(path + " is a socket something listens on without accepting; not taking "
+                        + "it over", e);
+            }
             if (e.errno() != ErrnoException.ECONNREFUSED) {
                 throw new VhostUserException("probing " + path + ": " + e.getMessage(), e);
             }
@@ -318,7 +323,7 @@ public final class VhostUserServer implements AutoCloseable {
         while (!closed) {
             UnixSocket conn;
             try {
-                conn = UnixSocket.connect(path);
+                conn = UnixSocket.connect(path, 1000);
                 delay = 100;
             } catch (RuntimeException e) {
                 sleep(delay);

@@ -127,6 +127,7 @@ public final class SessionFuzzer {
                         }
                     }
                     inSample = false;
+                    java.util.concurrent.locks.LockSupport.parkNanos(50_000); // leave the CPU to the session mostly
                 } else {
                     java.util.concurrent.locks.LockSupport.parkNanos(200_000);
                 }

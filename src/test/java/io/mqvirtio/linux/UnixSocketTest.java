@@ -33,6 +33,35 @@ class UnixSocketTest {
         Files.deleteIfExists(dir);
     }
 
+    /** A listener that never accepts, its backlog full: a connect to it waits no longer than asked, then says so. */
+    @Test
+    void connectToAListenerThatNeverAcceptsIsBounded() throws Exception {
+        java.util.List<UnixSocket> queued = new java.util.ArrayList<>();
+        try (UnixSocket l = UnixSocket.listen(path, 0)) {
+            while (true) { // fill the backlog
+                try {
+                    queued.add(UnixSocket.connect(path, 50));
+                } catch (ErrnoException e) {
+                    assertThat(e.errno()).isEqualTo(ErrnoException.EAGAIN);
+                    break;
+                }
+                assertThat(queued.size()).isLessThan(100);
+            }
+            long t0 = System.nanoTime();
+            assertThatThrownBy(() -> UnixSocket.connect(path, 300)).isInstanceOf(ErrnoException.class)
+                    .hasMessageContaining("accepted nothing within 300 ms");
+            long ms = (System.nanoTime() - t0) / 1_000_000;
+            assertThat(ms).isBetween(250L, 2000L);
+            // once it accepts, a connect goes through, and the socket is blocking again
+            l.accept().close();
+            try (UnixSocket c = UnixSocket.connect(path, 1000)) {
+                assertThat(c.isNonBlocking()).isFalse();
+            }
+        } finally {
+            queued.forEach(UnixSocket::close);
+        }
+    }
+
     private MemorySegment bytes(String s) {
         return arena.allocateFrom(s).asSlice(0, s.length()); // without the NUL
     }

@@ -61,6 +61,31 @@ class VhostUserServerTest {
         }
     }
 
+    /**
+     * A listener at our path that never accepts (another local user's, its backlog full): probing it used to wait
+     * for good, holding the directory's lock. Now the probe gives up after a second and we refuse the path.
+     */
+    @Test
+    void aListenerThatNeverAcceptsAtOurPathIsRefusedNotWaitedFor() throws Exception {
+        Path sock = dir.resolve("vu.sock");
+        java.util.List<UnixSocket> queued = new java.util.ArrayList<>();
+        try (UnixSocket squatter = UnixSocket.listen(sock, 0)) {
+            try {
+                while (queued.size() < 100) {
+                    queued.add(UnixSocket.connect(sock, 50));
+                }
+            } catch (io.mqvirtio.linux.ErrnoException full) {
+                // the backlog is full
+            }
+            long t0 = System.nanoTime();
+            assertThatThrownBy(() -> VhostUserServer.listen(sock, new RecordingDevice(1)))
+                    .isInstanceOf(VhostUserException.class).hasMessageContaining("without accepting");
+            assertThat(java.util.concurrent.TimeUnit.NANOSECONDS.toMillis(System.nanoTime() - t0)).isLessThan(4000);
+        } finally {
+            queued.forEach(UnixSocket::close);
+        }
+    }
+
     /** Any user who can read a directory can flock it: socket set-up waits a bounded time, then says so. */
     @Test
     void aLockHeldOnTheSocketsDirectoryIsWaitedForABoundedTime() throws Exception {
