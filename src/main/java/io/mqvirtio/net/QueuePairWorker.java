@@ -223,6 +223,19 @@ final class QueuePairWorker implements Runnable {
         return st.length == 0 ? "" : b.append(')').toString();
     }
 
+    /** What a port's errno usually means on a TAP, for the log. */
+    private static String hint(RuntimeException e) {
+        if (!(e instanceof ErrnoException x)) {
+            return "";
+        }
+        return switch (x.errno()) {
+            case ErrnoException.EIO -> " (is the TAP's link down?)";
+            case ErrnoException.EINVAL -> " (a frame shorter than an Ethernet header, or a bad virtio-net header)";
+            case 77 -> " (the TAP device is gone: deleted under us)"; // EBADFD
+            default -> "";
+        };
+    }
+
     /**
      * Signals a peer's eventfd. False if the write stuck on a counter the peer filled and was released by the
      * watchdog (the caller breaks the ring that eventfd belongs to).
@@ -414,9 +427,9 @@ final class QueuePairWorker implements Runnable {
         (isRx ? rxCounters : txCounters).add(QueueCounters.ERRORS, 1);
         long now = System.nanoTime();
         if (!portErrorLogged || now - portErrorLoggedAt >= PORT_ERROR_LOG_NANOS) {
-            LOG.log(Level.WARNING, "{0} {1}: port error, frame dropped{2}: {3}", workerName(), isRx ? "RX" : "TX",
+            LOG.log(Level.WARNING, "{0} {1}: port error, frame dropped{2}: {3}{4}", workerName(), isRx ? "RX" : "TX",
                     portErrorsUnlogged == 0 ? "" : " (" + portErrorsUnlogged + " more since the last report)",
-                    e.getMessage());
+                    e.getMessage(), hint(e));
             portErrorLogged = true;
             portErrorLoggedAt = now;
             portErrorsUnlogged = 0;
