@@ -3,7 +3,8 @@
 # and once the guest reaches it, the guest checks that traffic flows with no loss.
 #   run-guest.sh --script scripts/guest/tests/restart.sh --arg ip=A/24 --arg peer=B --arg done=C --arg max=300 ...
 # Guest environment: MQV_PEER, MQV_DONE (the address that says "restarts over"), MQV_MAX (seconds at most).
-# Results: during_sent, during_received (pings while restarting), reached_done, after_ok (1 = after the last
+# Results: during_sent, during_received (pings while restarting), longest_gap_ms (between two answered pings of a
+#   second pinger, one ping every 0.1 s), gap_pings, reached_done, after_ok (1 = after the last
 #   restart, 10 pings in a row came back, within 60 tries), after_tries, eth0 (present|missing), rx_packets,
 #   tx_packets.
 IP=/sbin/ip-full
@@ -14,6 +15,10 @@ $IP link set eth0 up
 sent=0
 received=0
 reached=0
+# the gap measure: a ping every 0.1 s in the background; the longest run of unanswered sequence numbers between
+# two answered ones says how long the guest was cut off (to 0.1 s)
+ping -i 0.1 "$peer" >/tmp/gap 2>&1 &
+gap_pid=$!
 start=$(cut -d. -f1 /proc/uptime)
 while [ $(( $(cut -d. -f1 /proc/uptime) - start )) -lt "$max" ]; do
   sent=$((sent + 1))
@@ -26,6 +31,13 @@ while [ $(( $(cut -d. -f1 /proc/uptime) - start )) -lt "$max" ]; do
 done
 mqv-result during_sent "$sent"
 mqv-result during_received "$received"
+kill "$gap_pid" 2>/dev/null
+wait "$gap_pid" 2>/dev/null
+longest=$(awk -F'seq=' '/seq=/ { split($2, a, " "); s = a[1] + 0; if (have && s - last > g) g = s - last; last = s; have = 1 }
+  END { print (g > 0 ? g : 1) * 100 }' /tmp/gap)
+mqv-result longest_gap_ms "$longest"
+mqv-result gaps "$(awk -F'seq=' '/seq=/ { split($2, a, " "); s = a[1] + 0; if (have && s - last > 3) printf "%d:%d,", last, (s - last) * 100; last = s; have = 1 }' /tmp/gap)"
+mqv-result gap_pings "$(grep -c 'seq=' /tmp/gap)"
 mqv-result reached_done "$reached"
 # traffic must flow again: 10 replies in a row (a slow, loaded TCG guest may lose a stray one before that)
 tries=0

@@ -5,6 +5,7 @@ import static org.assertj.core.api.Assertions.assertThat;
 import io.mqvirtio.linux.TestNetns;
 import java.nio.file.Files;
 import java.nio.file.Path;
+import java.time.LocalTime;
 import java.util.ArrayList;
 import java.util.List;
 import java.util.Map;
@@ -54,6 +55,8 @@ class BackendRestartTest {
         String host = "10.78." + net + ".1";
         String doneAddr = "10.78." + net + ".3";
         String tap = "mqvr" + Integer.toHexString(ThreadLocalRandom.current().nextInt(0x10000));
+        List<LocalTime> killed = new ArrayList<>();
+        List<LocalTime> spawned = new ArrayList<>();
         try (TestNetns ns = TestNetns.create()) {
             // persistent: it outlives every backend process, and keeps the host side's address
             ns.ip("tuntap", "add", "dev", tap, "mode", "tap", "multi_queue");
@@ -87,7 +90,9 @@ class BackendRestartTest {
                     Thread.sleep(1000 + ThreadLocalRandom.current().nextInt(1500));
                     Process b = backends.get(backends.size() - 1);
                     b.destroyForcibly().waitFor(10, TimeUnit.SECONDS); // SIGKILL: no goodbye to QEMU
+                    killed.add(LocalTime.now());
                     Thread.sleep(300);
+                    spawned.add(LocalTime.now());
                     backends.add(backend(ns.name(), sock, tap, !backendListens, dir.resolve("backend-" + i + ".log")));
                 }
                 Peers.waitForLine(dir.resolve("backend-" + RESTARTS + ".log"), "ring " + (2 * PAIRS - 1) + " started", 60);
@@ -109,9 +114,45 @@ class BackendRestartTest {
             long received = Long.parseLong(r.getOrDefault("during_received", "0"));
             assertThat(received).as("pings answered while the backend was restarted %d times%s", RESTARTS, context)
                     .isPositive();
+            String breakdown = breakdown(mode, killed, spawned, backendListens) + "longest ping gap (guest, 0.1 s pings): "
+                    + r.get("longest_gap_ms") + " ms\n";
+            Files.writeString(dir.resolve("restart-breakdown.txt"), breakdown);
+            System.out.print(breakdown);
             assertThat(console).contains("MQV-DONE rc=0");
 
         }
+    }
+
+    /**
+     * Where each restart's time went, from the backends' own log lines: the JVM and set-up (spawned until listening,
+     * or connected to QEMU), waiting for QEMU (until a frontend is connected: QEMU's reconnect interval when the
+     * backend listens), and the vhost-user negotiation (until the last ring started).
+     */
+    private String breakdown(String mode, List<LocalTime> killed, List<LocalTime> spawned, boolean listens) throws Exception {
+        StringBuilder b = new StringBuilder("backend restarts (" + mode + "), ms: kill-to-spawn, JVM and set-up, waiting "
+                + "for QEMU, negotiation, kill-to-last-ring\n");
+        for (int i = 1; i <= killed.size(); i++) {
+            List<String> lines = Files.readAllLines(dir.resolve("backend-" + i + ".log"));
+            LocalTime up = at(lines, listens ? "listening on" : "connected to");
+            LocalTime connected = at(lines, "front end connected");
+            LocalTime ready = at(lines, "ring " + (2 * PAIRS - 1) + " started");
+            b.append(String.format("  %2d: %5d %5d %5d %5d %6d%n", i, ms(killed.get(i - 1), spawned.get(i - 1)),
+                    ms(spawned.get(i - 1), up), ms(up, connected), ms(connected, ready), ms(killed.get(i - 1), ready)));
+        }
+        return b.toString();
+    }
+
+    private static LocalTime at(List<String> lines, String marker) {
+        for (String l : lines) {
+            if (l.contains(marker) && l.length() > 12) {
+                return LocalTime.parse(l.substring(0, 12));
+            }
+        }
+        return null;
+    }
+
+    private static long ms(LocalTime a, LocalTime b) {
+        return a == null || b == null ? -1 : java.time.Duration.between(a, b).toMillis();
     }
 
     /** Starts {@code mqvirtio serve} as its own process inside the namespace, from the test classpath. */
