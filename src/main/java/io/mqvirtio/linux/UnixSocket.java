@@ -301,7 +301,9 @@ public final class UnixSocket extends Fd {
                 return new Received(-1, new int[0]);
             }
             int[] fds = maxFds == 0 ? new int[0] : parseRights(control, msg.get(C_LONG, MSG_CONTROLLEN));
-            if ((msg.get(C_INT, MSG_FLAGS) & MSG_CTRUNC) != 0) {
+            // The control buffer is rounded up to 8 bytes, so it may hold one descriptor more than asked for (found
+            // by fuzzing: 8 arrived where 7 were allowed): more than maxFds is refused as a truncation is.
+            if ((msg.get(C_INT, MSG_FLAGS) & MSG_CTRUNC) != 0 || fds.length > maxFds) {
                 for (int fd : fds) {
                     new Fd(fd).close();
                 }

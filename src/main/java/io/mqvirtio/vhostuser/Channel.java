@@ -161,7 +161,7 @@ public final class Channel implements AutoCloseable {
      * discards them, MSG_CTRUNC, and {@link UnixSocket#recv} throws EMSGSIZE).
      */
     private UnixSocket.Received read(MemorySegment into, int fdRoom) {
-        UnixSocket.Received r = socket.recv(into, fdRoom);
+        UnixSocket.Received r = socket.recv(into, Math.max(0, fdRoom));
         if (r.bytes() < 0) {
             for (int fd : r.fds()) {
                 new Message(0, 0, new byte[0], new int[] {fd}).close();
