@@ -12,7 +12,12 @@ import java.util.Map;
  * Prometheus text, and {@code mqvirtio stats} prints. Queue entries come in the device's order: pair 0 RX, pair 0
  * TX, pair 1 RX, ...
  */
-record DeviceStats(String name, String socket, String backend, int pairs, boolean connected, List<Queue> queues) {
+record DeviceStats(String name, String socket, String backend, int pairs, boolean connected, List<Queue> queues,
+        String dead) {
+
+    DeviceStats(String name, String socket, String backend, int pairs, boolean connected, List<Queue> queues) {
+        this(name, socket, backend, pairs, connected, queues, null);
+    }
 
     /** One virtqueue: {@code direction} "rx" (host to guest, ring 2·pair) or "tx" (guest to host, ring 2·pair+1). */
     record Queue(int pair, String direction, long packets, long bytes, long drops, long errors, long kicks,
@@ -45,7 +50,8 @@ record DeviceStats(String name, String socket, String backend, int pairs, boolea
             q.add(new Queue(i / 2, i % 2 == 0 ? "rx" : "tx", s.packets(), s.bytes(), s.drops(), s.errors(), s.kicks(),
                     s.notifications()));
         }
-        return new DeviceStats(device.config().name(), socket, backend, device.pairs(), connected, List.copyOf(q));
+        return new DeviceStats(device.config().name(), socket, backend, device.pairs(), connected, List.copyOf(q),
+                device.deadReason());
     }
 
     Map<String, Object> toJson() {
@@ -55,6 +61,9 @@ record DeviceStats(String name, String socket, String backend, int pairs, boolea
         m.put("backend", backend);
         m.put("pairs", pairs);
         m.put("connected", connected);
+        if (dead != null) {
+            m.put("dead", dead); // why the device serves no more (a worker that does not answer)
+        }
         List<Object> l = new ArrayList<>();
         for (Queue q : queues) {
             Map<String, Object> e = new LinkedHashMap<>();
@@ -79,7 +88,7 @@ record DeviceStats(String name, String socket, String backend, int pairs, boolea
                     number(qm, "drops"), number(qm, "errors"), number(qm, "kicks"), number(qm, "notifications")));
         }
         return new DeviceStats(string(m, "name"), string(m, "socket"), string(m, "backend"), (int) number(m, "pairs"),
-                Boolean.TRUE.equals(m.get("connected")), List.copyOf(q));
+                Boolean.TRUE.equals(m.get("connected")), List.copyOf(q), m.get("dead") == null ? null : string(m, "dead"));
     }
 
     static Map<?, ?> map(Object o, String what) {

@@ -194,6 +194,12 @@ public final class MetricsServer implements AutoCloseable {
             b.append("mqvirtio_frontend_connected{device=\"").append(escape(d.name())).append("\"} ")
                     .append(d.connected() ? 1 : 0).append('\n');
         }
+        b.append("# HELP mqvirtio_device_dead Whether the device serves no more (a worker stopped answering: restart).\n");
+        b.append("# TYPE mqvirtio_device_dead gauge\n");
+        for (DeviceStats d : devices) {
+            b.append("mqvirtio_device_dead{device=\"").append(escape(d.name())).append("\"} ")
+                    .append(d.dead() != null ? 1 : 0).append('\n');
+        }
         return b.toString();
     }
 
