@@ -5,8 +5,8 @@ import io.mqvirtio.linux.Mmap;
 import io.mqvirtio.memory.GuestMemory;
 import io.mqvirtio.memory.MemoryRegion;
 import io.mqvirtio.virtio.DescriptorChain;
-import io.mqvirtio.virtio.DeviceQueue;
-import io.mqvirtio.virtio.DriverQueue;
+import io.mqvirtio.virtio.SplitDeviceRing;
+import io.mqvirtio.virtio.SplitDriverRing;
 import io.mqvirtio.virtio.SplitRing;
 import io.mqvirtio.virtio.VirtioFeatures;
 import java.lang.foreign.Arena;
@@ -63,10 +63,10 @@ public final class RingBenchmark {
              Mmap devMap = Mmap.shared(fd, 0, size)) {
             MemorySegment dm = drvMap.segment();
             GuestMemory guest = GuestMemory.of(List.of(new MemoryRegion(gpaBase, size, dm.address(), 0, devMap.segment())));
-            DriverQueue drv = new DriverQueue(ringSize, dm.asSlice(layout.descOffset(), SplitRing.descTableBytes(ringSize)),
+            SplitDriverRing drv = new SplitDriverRing(ringSize, dm.asSlice(layout.descOffset(), SplitRing.descTableBytes(ringSize)),
                     dm.asSlice(layout.availOffset(), SplitRing.availBytes(ringSize)),
                     dm.asSlice(layout.usedOffset(), SplitRing.usedBytes(ringSize)), features);
-            DeviceQueue dev = new DeviceQueue(guest, ringSize,
+            SplitDeviceRing dev = new SplitDeviceRing(guest, ringSize,
                     guest.uva(dm.address() + layout.descOffset(), SplitRing.descTableBytes(ringSize)),
                     guest.uva(dm.address() + layout.availOffset(), SplitRing.availBytes(ringSize)),
                     guest.uva(dm.address() + layout.usedOffset(), SplitRing.usedBytes(ringSize)), features, 0, 0);
@@ -88,7 +88,7 @@ public final class RingBenchmark {
                             n++;
                         }
                         if (n > 0) {
-                            dev.publishUsed();
+                            dev.publish();
                             dev.needsNotification();
                         } else {
                             Thread.onSpinWait();

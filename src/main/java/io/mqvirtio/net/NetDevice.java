@@ -4,7 +4,7 @@ import io.mqvirtio.linux.EventFd;
 import io.mqvirtio.vhostuser.Protocol;
 import io.mqvirtio.vhostuser.VhostUserDevice;
 import io.mqvirtio.vhostuser.VhostUserException;
-import io.mqvirtio.virtio.DeviceQueue;
+import io.mqvirtio.virtio.DeviceRing;
 import io.mqvirtio.virtio.VirtioFeatures;
 import java.lang.System.Logger;
 import java.lang.System.Logger.Level;
@@ -191,13 +191,13 @@ public final class NetDevice implements VhostUserDevice, AutoCloseable {
     }
 
     @Override
-    public void startRing(int index, DeviceQueue queue, EventFd kick, EventFd call, boolean enabled) {
+    public void startRing(int index, DeviceRing queue, EventFd kick, EventFd call, boolean enabled) {
         boolean rx = VirtioNet.isRx(index);
         call(worker(index), w -> w.startRing(rx, queue, kick, call, enabled));
     }
 
     @Override
-    public DeviceQueue stopRing(int index) {
+    public DeviceRing stopRing(int index) {
         boolean rx = VirtioNet.isRx(index);
         return call(worker(index), w -> w.stopRing(rx));
     }

@@ -6,7 +6,8 @@ import io.mqvirtio.linux.Mmap;
 import io.mqvirtio.vhostuser.Frontend;
 import io.mqvirtio.vhostuser.Protocol;
 import io.mqvirtio.vhostuser.VhostUserException;
-import io.mqvirtio.virtio.DriverQueue;
+import io.mqvirtio.virtio.DriverRing;
+import io.mqvirtio.virtio.Rings;
 import io.mqvirtio.virtio.SplitRing;
 import io.mqvirtio.virtio.VirtioFeatures;
 import java.lang.System.Logger;
@@ -165,7 +166,7 @@ public final class NetDriver implements AutoCloseable {
                 }
             }
 
-            SplitRing.Layout layout = SplitRing.Layout.contiguous(o.ringSize());
+            Rings.Layout layout = Rings.layout(o.ringSize(), negotiated);
             long bufBytes = (long) o.ringSize() * o.bufSize();
             long perPair = 2 * layout.totalBytes() + 2 * align(bufBytes);
             long size = perPair * o.pairs();
@@ -181,7 +182,7 @@ public final class NetDriver implements AutoCloseable {
             boolean mrg = VirtioFeatures.has(negotiated, VirtioNet.F_MRG_RXBUF);
             for (int p = 0; p < o.pairs(); p++) {
                 long off = perPair * p;
-                DriverQueue[] q = new DriverQueue[2];
+                DriverRing[] q = new DriverRing[2];
                 EventFd[] kick = new EventFd[2];
                 EventFd[] call = new EventFd[2];
                 EventFd[] fds = new EventFd[5];
@@ -189,9 +190,7 @@ public final class NetDriver implements AutoCloseable {
                 for (int r = 0; r < 2; r++) {
                     long ringOff = off + r * layout.totalBytes();
                     MemorySegment ring = mem.asSlice(ringOff, layout.totalBytes());
-                    q[r] = new DriverQueue(o.ringSize(), ring.asSlice(layout.descOffset(), SplitRing.descTableBytes(o.ringSize())),
-                            ring.asSlice(layout.availOffset(), SplitRing.availBytes(o.ringSize())),
-                            ring.asSlice(layout.usedOffset(), SplitRing.usedBytes(o.ringSize())), negotiated);
+                    q[r] = Rings.driver(o.ringSize(), negotiated, ring);
                     kick[r] = fds[2 * r] = EventFd.create();
                     call[r] = fds[2 * r + 1] = EventFd.create();
                 }

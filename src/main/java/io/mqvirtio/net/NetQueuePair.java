@@ -2,7 +2,7 @@ package io.mqvirtio.net;
 
 import io.mqvirtio.linux.Epoll;
 import io.mqvirtio.linux.EventFd;
-import io.mqvirtio.virtio.DriverQueue;
+import io.mqvirtio.virtio.DriverRing;
 import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
 import java.lang.invoke.MethodHandles;
@@ -33,8 +33,8 @@ public final class NetQueuePair {
     }
 
     private final int index;
-    private final DriverQueue rx;
-    private final DriverQueue tx;
+    private final DriverRing rx;
+    private final DriverRing tx;
     private final EventFd rxKick;
     private final EventFd txKick;
     private final EventFd rxCall;
@@ -66,7 +66,7 @@ public final class NetQueuePair {
     final QueueCounters rxCounters = new QueueCounters();
     final QueueCounters txCounters = new QueueCounters();
 
-    NetQueuePair(int index, DriverQueue rx, DriverQueue tx, EventFd rxKick, EventFd txKick, EventFd rxCall,
+    NetQueuePair(int index, DriverRing rx, DriverRing tx, EventFd rxKick, EventFd txKick, EventFd rxCall,
                  EventFd txCall, EventFd wake, MemorySegment rxBufs, long rxBufsGpa, MemorySegment txBufs,
                  long txBufsGpa, int bufSize, boolean mergeable, boolean csumOffload, boolean guestCsum) {
         this.index = index;

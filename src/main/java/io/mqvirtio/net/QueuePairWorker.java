@@ -6,7 +6,7 @@ import io.mqvirtio.linux.ErrnoException;
 import io.mqvirtio.linux.EventFd;
 import io.mqvirtio.linux.IoVec;
 import io.mqvirtio.virtio.DescriptorChain;
-import io.mqvirtio.virtio.DeviceQueue;
+import io.mqvirtio.virtio.DeviceRing;
 import io.mqvirtio.virtio.VirtioFeatures;
 import io.mqvirtio.virtio.VirtqueueException;
 import java.lang.System.Logger;
@@ -79,8 +79,8 @@ final class QueuePairWorker implements Runnable {
     private final String name;
 
     // ---- state below is owned by the worker thread ----
-    private DeviceQueue rx;
-    private DeviceQueue tx;
+    private DeviceRing rx;
+    private DeviceRing tx;
     private EventFd rxKick;
     private EventFd txKick;
     private EventFd rxCall;
@@ -268,7 +268,7 @@ final class QueuePairWorker implements Runnable {
 
     // ---- commands (run on the worker thread) ----
 
-    Void startRing(boolean isRx, DeviceQueue q, EventFd kick, EventFd call, boolean enabled) {
+    Void startRing(boolean isRx, DeviceRing q, EventFd kick, EventFd call, boolean enabled) {
         if (isRx) {
             rx = q;
             rxKick = kick;
@@ -289,8 +289,8 @@ final class QueuePairWorker implements Runnable {
         return null;
     }
 
-    DeviceQueue stopRing(boolean isRx) {
-        DeviceQueue q;
+    DeviceRing stopRing(boolean isRx) {
+        DeviceRing q;
         if (isRx) {
             q = rx;
             if (pendingLen > 0) {
@@ -535,7 +535,7 @@ final class QueuePairWorker implements Runnable {
 
     /** Moves up to a budget of frames from the TX ring to the port; true if more may be waiting. */
     private boolean txBurst(boolean poll) {
-        DeviceQueue q = tx;
+        DeviceRing q = tx;
         int done = 0;
         long sent = 0;
         long bytes = 0;
@@ -568,7 +568,7 @@ final class QueuePairWorker implements Runnable {
                         portError(false, e);
                     }
                     if (n == -1) {
-                        q.unpop(1);
+                        q.giveBack(1);
                         blocked = true;
                         break;
                     }
@@ -577,11 +577,11 @@ final class QueuePairWorker implements Runnable {
                         bytes += c.readableBytes() - VirtioNet.HDR_SIZE;
                     }
                 }
-                q.push(c.head(), 0);
+                q.complete(c, 0);
                 done++;
             }
             if (done > 0) {
-                q.publishUsed();
+                q.publish();
                 // No call fd yet: keep the decision for later (see setCall), or a notification would be lost for good.
                 if (txCall != null && q.needsNotification()) {
                     signalCall(false);
@@ -633,7 +633,7 @@ final class QueuePairWorker implements Runnable {
      * whose buffers cannot take the waiting frame costs nothing until the driver adds more.
      */
     private boolean rxBurst(boolean poll) {
-        DeviceQueue q = rx;
+        DeviceRing q = rx;
         int done = 0;
         long packets = 0;
         long bytes = 0;
@@ -673,18 +673,18 @@ final class QueuePairWorker implements Runnable {
                 try {
                     len = port.receive(iov);
                 } catch (ErrnoException e) {
-                    q.unpop(k);
+                    q.giveBack(k);
                     portError(true, e);
                     portReadable = false; // the next edge of the port's fd says when to try again
                     break;
                 }
                 if (len < 0) {
-                    q.unpop(k);
+                    q.giveBack(k);
                     portReadable = false;
                     break;
                 }
                 if (len < VirtioNet.HDR_SIZE) {
-                    q.unpop(k);
+                    q.giveBack(k);
                     errors++;
                     continue;
                 }
@@ -694,7 +694,7 @@ final class QueuePairWorker implements Runnable {
                     long extra = mrgRxbuf ? gathered : 0;
                     if (extra < spill) {
                         if (!mrgRxbuf || gatherExhausted) {
-                            q.unpop(k2); // larger than what this driver can ever give one frame
+                            q.giveBack(k2); // larger than what this driver can ever give one frame
                             drops++;
                             continue;
                         }
@@ -704,7 +704,7 @@ final class QueuePairWorker implements Runnable {
                         for (int i = 0; i < k; i++) {
                             at += rxChains[i].readWritten(0, overflow.asSlice(at, rxChains[i].writableBytes()));
                         }
-                        q.unpop(k2);
+                        q.giveBack(k2);
                         pendingLen = len;
                         waitBuffers = true;
                         break;
@@ -715,13 +715,13 @@ final class QueuePairWorker implements Runnable {
                     }
                     k = k2;
                 }
-                complete(q, k, len);
+                completeFrame(q, k, len);
                 packets++;
                 bytes += len - VirtioNet.HDR_SIZE;
                 done++;
             }
             if (done > 0) {
-                q.publishUsed();
+                q.publish();
                 if (rxCall != null && q.needsNotification()) {
                     signalCall(true);
                 }
@@ -762,7 +762,7 @@ final class QueuePairWorker implements Runnable {
      * @throws VirtqueueException for a chain whose writable part cannot hold even the virtio-net header (VIRTIO 1.3,
      *                            5.1.6.3.1: the driver MUST post buffers at least that large)
      */
-    private int gather(DeviceQueue q, int from, long need) {
+    private int gather(DeviceRing q, int from, long need) {
         int k = from;
         long cap = 0;
         boolean iovFull = false;
@@ -789,16 +789,16 @@ final class QueuePairWorker implements Runnable {
     private boolean gatherExhausted;
 
     /** The frame of {@code len} bytes is in chains 0..k-1: push those it fills, set num_buffers, give back the rest. */
-    private void complete(DeviceQueue q, int k, long len) {
+    private void completeFrame(DeviceRing q, int k, long len) {
         long left = len;
         int used = 0;
         while (used < k && (left > 0 || used == 0)) {
             long take = Math.min(left, rxChains[used].writableBytes());
-            q.push(rxChains[used].head(), (int) take);
+            q.complete(rxChains[used], (int) take);
             left -= take;
             used++;
         }
-        q.unpop(k - used);
+        q.giveBack(k - used);
         numBuffers.set(LE16, 0, (short) used);
         rxChains[0].writeTo(VirtioNet.HDR_NUM_BUFFERS, numBuffers);
     }
@@ -807,11 +807,11 @@ final class QueuePairWorker implements Runnable {
      * Copies the parked frame into chains once the driver has posted enough: 1 when delivered, 0 if the driver has
      * not posted enough yet, -1 if it never can (the frame is dropped then).
      */
-    private int deliverPending(DeviceQueue q) {
+    private int deliverPending(DeviceRing q) {
         iov.clear();
         int k = gather(q, 0, pendingLen);
         if (gathered < pendingLen) {
-            q.unpop(k);
+            q.giveBack(k);
             if (gatherExhausted) {
                 pendingLen = 0;
                 return -1;
@@ -822,7 +822,7 @@ final class QueuePairWorker implements Runnable {
         for (int i = 0; i < k && at < pendingLen; i++) {
             at += rxChains[i].writeTo(0, overflow.asSlice(at, Math.min(pendingLen - at, rxChains[i].writableBytes())));
         }
-        complete(q, k, pendingLen);
+        completeFrame(q, k, pendingLen);
         pendingLen = 0;
         return 1;
     }

@@ -8,7 +8,9 @@ import io.mqvirtio.memory.GuestMemory;
 import io.mqvirtio.memory.GuestMemoryException;
 import io.mqvirtio.memory.MappedMemory;
 import io.mqvirtio.memory.MemoryBudget;
-import io.mqvirtio.virtio.DeviceQueue;
+import io.mqvirtio.virtio.DeviceRing;
+import io.mqvirtio.virtio.RingBase;
+import io.mqvirtio.virtio.Rings;
 import io.mqvirtio.virtio.SplitRing;
 import io.mqvirtio.virtio.VirtioFeatures;
 import io.mqvirtio.virtio.VirtqueueException;
@@ -38,8 +40,6 @@ import java.util.List;
  */
 public final class BackendSession implements Runnable {
     private static final Logger LOG = System.getLogger(BackendSession.class.getName());
-    private static final ValueLayout.OfShort LE16_UNALIGNED =
-            ValueLayout.JAVA_SHORT_UNALIGNED.withOrder(ByteOrder.LITTLE_ENDIAN);
 
     /** Protocol features this session implements itself, on top of the device's. */
     static final long SESSION_PROTOCOL_FEATURES =
@@ -69,7 +69,8 @@ public final class BackendSession implements Runnable {
         long descUva;
         long availUva;
         long usedUva;
-        int base;
+        /** SET_VRING_BASE's number as it came; decoded for the ring's layout when the ring starts. */
+        long baseNum;
         EventFd kick;
         EventFd call;
         EventFd err;
@@ -330,9 +331,9 @@ public final class BackendSession implements Runnable {
             case SET_VRING_NUM -> {
                 Ring ring = stoppedRing(m);
                 int num = m.u32(4);
-                if (!SplitRing.isValidSize(num)) {
+                if (!Rings.isValidSize(num, ackedFeatures)) {
                     throw new VhostUserException("SET_VRING_NUM: ring size " + Integer.toUnsignedString(num)
-                            + " is not a power of two in 1.." + SplitRing.MAX_SIZE);
+                            + " is not " + Rings.sizeRule(ackedFeatures));
                 }
                 ring.num = num;
                 yield null;
@@ -350,12 +351,10 @@ public final class BackendSession implements Runnable {
             }
             case SET_VRING_BASE -> {
                 Ring ring = stoppedRing(m);
-                int base = m.u32(4);
-                if (Integer.compareUnsigned(base, 0xffff) > 0) {
-                    throw new VhostUserException("SET_VRING_BASE: index " + Integer.toUnsignedString(base)
-                            + " does not fit a split ring's 16 bits");
-                }
-                ring.base = base;
+                long num = Integer.toUnsignedLong(m.u32(4));
+                // checked against the layout now (a split base has 16 bits), and again when the ring starts
+                RingBase.decode(num, packed(), ring.num == 0 ? 0x8000 : ring.num);
+                ring.baseNum = num;
                 yield null;
             }
             case GET_VRING_BASE -> {
@@ -363,7 +362,7 @@ public final class BackendSession implements Runnable {
                 Ring ring = rings[index];
                 if (ring.started) {
                     stop(index);
-                    LOG.log(Level.INFO, "{0}: ring {1} stopped at avail index {2}", name, index, ring.base);
+                    LOG.log(Level.INFO, "{0}: ring {1} stopped at {2}", name, index, describe(ring.baseNum));
                 }
                 ring.parked = false;
                 // The ring is stopped: a later start needs a new kick fd, and (with protocol features) a new enable.
@@ -371,7 +370,7 @@ public final class BackendSession implements Runnable {
                 ring.enableSet = false;
                 closeQuietly(ring.kick);
                 ring.kick = null;
-                yield Message.vringState(index, ring.base);
+                yield Message.vringState(index, (int) ring.baseNum);
             }
             case SET_VRING_KICK -> {
                 int index = ringIndex(m.u64(0) & VRING_INDEX_MASK);
@@ -489,6 +488,19 @@ public final class BackendSession implements Runnable {
 
     private long offeredProtocolFeatures() {
         return device.protocolFeatures() | SESSION_PROTOCOL_FEATURES;
+    }
+
+    /** Whether the rings are packed (VIRTIO_F_RING_PACKED negotiated). */
+    private boolean packed() {
+        return VirtioFeatures.has(ackedFeatures, VirtioFeatures.F_RING_PACKED);
+    }
+
+    /** A ring base for the log: "avail index 7" (split), "avail 7/1 used 5/1" (packed: index/wrap counter). */
+    private String describe(long num) {
+        if (!packed()) {
+            return "avail index " + num;
+        }
+        return "avail " + (num & 0x7fff) + "/" + ((num >> 15) & 1) + " used " + ((num >> 16) & 0x7fff) + "/" + ((num >> 31) & 1);
     }
 
     private boolean protocolFeaturesNegotiated() {
@@ -692,27 +704,22 @@ public final class BackendSession implements Runnable {
         }
         GuestMemory g = memory.memory();
         int num = ring.num;
-        MemorySegment desc = g.uva(ring.descUva, SplitRing.descTableBytes(num));
-        MemorySegment avail = g.uva(ring.availUva, SplitRing.availBytes(num));
-        MemorySegment used = g.uva(ring.usedUva, SplitRing.usedBytes(num));
-        // Unaligned read: the alignment of the ring parts is checked by DeviceQueue, with a clear error.
-        int usedIdx = Short.toUnsignedInt(used.get(LE16_UNALIGNED, SplitRing.USED_IDX));
-        int base = ring.base;
-        if (usedIdx != base) {
+        RingBase asked = RingBase.decode(ring.baseNum, packed(), num);
+        DeviceRing q = Rings.device(g, num, ring.descUva, ring.availUva, ring.usedUva, ackedFeatures, asked);
+        boolean differs = packed() ? !q.base().equals(asked) : q.base().avail() != asked.avail();
+        if (differs) {
             // Chains between the used index and the frontend's avail index were in flight with a backend that went
-            // away: take them again from the used index (TX may resend a few frames; no RX buffer is lost).
-            LOG.log(Level.WARNING, "{0}: ring {1}: base {2} differs from used index {3}; resuming from the used index",
-                    name, index, base, usedIdx);
-            base = usedIdx;
+            // away: the ring takes them again from the used index (TX may resend a few frames; no RX buffer is lost).
+            LOG.log(Level.WARNING, "{0}: ring {1}: base {2} differs from where the ring stands ({3}); resuming there",
+                    name, index, describe(ring.baseNum), describe(Integer.toUnsignedLong(q.base().encode(packed()))));
         }
-        DeviceQueue q = new DeviceQueue(g, num, desc, avail, used, ackedFeatures, base, usedIdx);
         device.startRing(index, q, ring.kick, ring.call, ring.enabled);
         ring.started = true;
         if (ring.err != null) {
             device.setErr(index, ring.err);
         }
-        LOG.log(Level.INFO, "{0}: ring {1} started: size {2}, avail index {3}, {4}", name, index, num, base,
-                ring.enabled ? "enabled" : "disabled");
+        LOG.log(Level.INFO, "{0}: ring {1} started: size {2}, {3}, {4}", name, index, num,
+                describe(Integer.toUnsignedLong(q.base().encode(packed()))), ring.enabled ? "enabled" : "disabled");
     }
 
     /**
@@ -720,14 +727,14 @@ public final class BackendSession implements Runnable {
      * failure of the backend, not of the frontend: an {@link IllegalStateException} that ends the session.
      */
     private void stop(int index) {
-        DeviceQueue q;
+        DeviceRing q;
         try {
             q = device.stopRing(index);
         } catch (RuntimeException e) {
             throw new IllegalStateException("ring " + index + " did not stop: " + e.getMessage(), e);
         }
         rings[index].started = false;
-        rings[index].base = q.lastAvailIndex();
+        rings[index].baseNum = Integer.toUnsignedLong(q.base().encode(packed()));
     }
 
     /** Stops every running ring; returns false if one did not stop (its worker may still read guest memory). */

@@ -1,7 +1,7 @@
 package io.mqvirtio.vhostuser;
 
 import io.mqvirtio.linux.EventFd;
-import io.mqvirtio.virtio.DeviceQueue;
+import io.mqvirtio.virtio.DeviceRing;
 
 /**
  * A device as a vhost-user backend session drives it (the net device is the first). The session owns the
@@ -29,10 +29,10 @@ public interface VhostUserDevice {
      * Ring {@code index} starts: from now on the device's worker pops from {@code queue}, waits on {@code kick},
      * and signals {@code call} (null: don't signal).
      */
-    void startRing(int index, DeviceQueue queue, EventFd kick, EventFd call, boolean enabled);
+    void startRing(int index, DeviceRing queue, EventFd kick, EventFd call, boolean enabled);
 
     /** Ring {@code index} stops; returns the queue the worker gave back (its indexes are final). */
-    DeviceQueue stopRing(int index);
+    DeviceRing stopRing(int index);
 
     /** SET_VRING_ENABLE on a started ring. */
     void enableRing(int index, boolean enabled);

@@ -15,6 +15,8 @@ public final class DescriptorChain {
     private final long[] regionOffset;          // the buffer's offset in that region
     private final int[] len;
     private int head = -1;
+    private int id = -1;
+    private int slots;
     private int count;
     private int readable;
     private long readableBytes;
@@ -31,11 +33,19 @@ public final class DescriptorChain {
 
     void reset(int headIndex) {
         head = headIndex;
+        id = headIndex;
+        slots = 0;
         count = 0;
         readable = 0;
         readableBytes = 0;
         writableBytes = 0;
         indirect = false;
+    }
+
+    /** Set by the ring that popped the chain (packed: the id in its last descriptor, its descriptor count). */
+    void identify(int bufferId, int ringSlots) {
+        id = bufferId;
+        slots = ringSlots;
     }
 
     void markIndirect() {
@@ -65,9 +75,22 @@ public final class DescriptorChain {
         return capacity;
     }
 
-    /** The head descriptor's index: what goes back in the used ring. */
+    /** The head descriptor's index (split rings): what goes back in the used ring. */
     public int head() {
         return head;
+    }
+
+    /** The chain's buffer id: what the device returns in the used ring (split: the head's index). */
+    public int id() {
+        return id;
+    }
+
+    /**
+     * The ring entries the chain takes (a packed ring's used index moves on by these; with an indirect table the
+     * whole chain takes one).
+     */
+    public int slots() {
+        return slots;
     }
 
     /** Number of buffers (descriptors other than an indirect table pointer). */

@@ -5,7 +5,7 @@ import io.mqvirtio.net.VirtioNet;
 import io.mqvirtio.vhostuser.Protocol;
 import io.mqvirtio.vhostuser.VhostUserDevice;
 import io.mqvirtio.virtio.DescriptorChain;
-import io.mqvirtio.virtio.DeviceQueue;
+import io.mqvirtio.virtio.DeviceRing;
 import io.mqvirtio.virtio.VirtioFeatures;
 import io.mqvirtio.virtio.VirtqueueException;
 
@@ -24,7 +24,7 @@ final class CheckingDevice implements VhostUserDevice {
     static final long PROTOCOL_FEATURES = (1L << Protocol.PF_MQ) | (1L << Protocol.PF_NET_MTU) | (1L << Protocol.PF_RARP);
 
     private final int pairs;
-    private final DeviceQueue[] queues;
+    private final DeviceRing[] queues;
     private final DescriptorChain chain = new DescriptorChain(64);
     private int resets;
     private int starts;
@@ -42,7 +42,7 @@ final class CheckingDevice implements VhostUserDevice {
 
     CheckingDevice(int pairs) {
         this.pairs = pairs;
-        this.queues = new DeviceQueue[2 * pairs];
+        this.queues = new DeviceRing[2 * pairs];
     }
 
     synchronized int resets() {
@@ -55,7 +55,7 @@ final class CheckingDevice implements VhostUserDevice {
 
     synchronized int running() {
         int n = 0;
-        for (DeviceQueue q : queues) {
+        for (DeviceRing q : queues) {
             n += q != null ? 1 : 0;
         }
         return n;
@@ -107,7 +107,7 @@ final class CheckingDevice implements VhostUserDevice {
     }
 
     @Override
-    public synchronized void startRing(int index, DeviceQueue queue, EventFd kick, EventFd call, boolean enabled) {
+    public synchronized void startRing(int index, DeviceRing queue, EventFd kick, EventFd call, boolean enabled) {
         touch();
         checkIndex(index, "startRing");
         if (queues[index] != null) {
@@ -128,15 +128,15 @@ final class CheckingDevice implements VhostUserDevice {
         } catch (VirtqueueException broken) {
             // the guest broke this ring; the session must still be able to stop it
         } catch (RuntimeException e) {
-            throw new FuzzFinding("DeviceQueue.pop threw " + e + " on a ring the session started", e);
+            throw new FuzzFinding("DeviceRing.pop threw " + e + " on a ring the session started", e);
         }
     }
 
     @Override
-    public synchronized DeviceQueue stopRing(int index) {
+    public synchronized DeviceRing stopRing(int index) {
         touch();
         checkRunning(index, "stopRing");
-        DeviceQueue q = queues[index];
+        DeviceRing q = queues[index];
         queues[index] = null;
         return q;
     }

@@ -8,7 +8,7 @@ import io.mqvirtio.linux.Mmap;
 import io.mqvirtio.memory.GuestMemory;
 import io.mqvirtio.memory.MemoryRegion;
 import io.mqvirtio.virtio.DescriptorChain;
-import io.mqvirtio.virtio.DeviceQueue;
+import io.mqvirtio.virtio.SplitDeviceRing;
 import io.mqvirtio.virtio.VirtioFeatures;
 import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
@@ -20,7 +20,7 @@ import org.junit.jupiter.api.Test;
  * What the session fuzzer found (docs/fuzzing.md): a frontend may give a memory region a guest-physical base that
  * is not aligned like its mapping (here: odd). An indirect table at a 16-byte-aligned guest address then lies
  * misaligned in the backend's mapping, and reading its descriptors with aligned layouts threw
- * IllegalArgumentException out of {@link DeviceQueue#pop} (which a worker does not expect). The chain is valid and
+ * IllegalArgumentException out of {@link SplitDeviceRing#pop} (which a worker does not expect). The chain is valid and
  * must pop.
  */
 class MisalignedIndirectTableTest {
@@ -48,7 +48,7 @@ class MisalignedIndirectTableTest {
             d.set(LE16, availOff + AVAIL_RING, (short) 0);
             d.set(LE16, availOff + AVAIL_IDX, (short) 1);
 
-            DeviceQueue q = new DeviceQueue(guest, SIZE, guest.gpa(BASE + descOff, descTableBytes(SIZE)),
+            SplitDeviceRing q = new SplitDeviceRing(guest, SIZE, guest.gpa(BASE + descOff, descTableBytes(SIZE)),
                     guest.gpa(BASE + availOff, availBytes(SIZE)), guest.gpa(BASE + usedOff, usedBytes(SIZE)),
                     VirtioFeatures.bit(VirtioFeatures.F_INDIRECT_DESC), 0, 0);
             DescriptorChain c = new DescriptorChain(16);

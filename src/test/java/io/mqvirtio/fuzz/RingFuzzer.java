@@ -8,7 +8,7 @@ import io.mqvirtio.linux.Mmap;
 import io.mqvirtio.memory.GuestMemory;
 import io.mqvirtio.memory.MemoryRegion;
 import io.mqvirtio.virtio.DescriptorChain;
-import io.mqvirtio.virtio.DeviceQueue;
+import io.mqvirtio.virtio.SplitDeviceRing;
 import io.mqvirtio.virtio.SplitRing;
 import io.mqvirtio.virtio.VirtioFeatures;
 import io.mqvirtio.virtio.VirtqueueException;
@@ -20,7 +20,7 @@ import java.util.ArrayList;
 import java.util.List;
 
 /**
- * Fuzz target (a): the device side of a split virtqueue ({@link DeviceQueue}) fed whatever a hostile driver can
+ * Fuzz target (a): the device side of a split virtqueue ({@link SplitDeviceRing}) fed whatever a hostile driver can
  * write: the descriptor table, the available ring and indirect tables, over real guest memory (one memfd mapped
  * twice, as a frontend and a backend would see it), in three regions: one holds the ring, one is 4 GiB (sparse), one
  * ends at 2^64 and has an odd guest base.
@@ -140,7 +140,7 @@ public final class RingFuzzer {
         MemorySegment desc = guest.gpa(A_GPA + DESC_OFF, descTableBytes(size));
         MemorySegment avail = guest.gpa(A_GPA + AVAIL_OFF, availBytes(size));
         MemorySegment used = guest.gpa(A_GPA + USED_OFF, usedBytes(size));
-        DeviceQueue q = new DeviceQueue(guest, size, desc, avail, used, features, lastAvail, 0);
+        SplitDeviceRing q = new SplitDeviceRing(guest, size, desc, avail, used, features, lastAvail, 0);
         DescriptorChain chain = new DescriptorChain(capacity);
 
         // The reference's own view of the queue's progress (what pop's bookkeeping must match).
@@ -205,7 +205,7 @@ public final class RingFuzzer {
                     outstanding.add(refHead);
                 } else if (kind == 10) {
                     int n = d.consumeInt(0, Math.min(outstanding.size(), size));
-                    q.unpop(n);
+                    q.giveBack(n);
                     refLast = (refLast - n) & 0xffff;
                     for (int i = 0; i < n; i++) {
                         outstanding.remove(outstanding.size() - 1);
@@ -214,7 +214,7 @@ public final class RingFuzzer {
                     if (!outstanding.isEmpty()) {
                         int head = outstanding.remove(d.consumeInt(0, outstanding.size() - 1));
                         q.push(head, d.consumeInt());
-                        q.publishUsed();
+                        q.publish();
                     }
                 } else if (kind == 12) {
                     // the driver makes more (or fewer, or absurdly many) chains available
@@ -256,7 +256,7 @@ public final class RingFuzzer {
     }
 
     /** A queue that threw is broken: it refuses every later pop, push and count, with the same exception type. */
-    private static void checkBroken(DeviceQueue q, DescriptorChain chain) {
+    private static void checkBroken(SplitDeviceRing q, DescriptorChain chain) {
         if (!q.isBroken() || q.brokenReason() == null) {
             throw new FuzzFinding("the queue threw but is not broken");
         }

@@ -2,7 +2,7 @@ package io.mqvirtio.vhostuser;
 
 import io.mqvirtio.linux.MemFd;
 import io.mqvirtio.linux.Mmap;
-import io.mqvirtio.virtio.DriverQueue;
+import io.mqvirtio.virtio.SplitDriverRing;
 import io.mqvirtio.virtio.SplitRing;
 import java.lang.foreign.MemorySegment;
 
@@ -83,8 +83,8 @@ final class GuestRam implements AutoCloseable {
         return RawPeer.vringAddr(r.index(), 0, uva(r.descOff()), uva(r.usedOff()), uva(r.availOff()), 0);
     }
 
-    DriverQueue driver(RingAt r, long features) {
-        return new DriverQueue(r.size(), seg().asSlice(r.descOff(), SplitRing.descTableBytes(r.size())),
+    SplitDriverRing driver(RingAt r, long features) {
+        return new SplitDriverRing(r.size(), seg().asSlice(r.descOff(), SplitRing.descTableBytes(r.size())),
                 seg().asSlice(r.availOff(), SplitRing.availBytes(r.size())),
                 seg().asSlice(r.usedOff(), SplitRing.usedBytes(r.size())), features);
     }

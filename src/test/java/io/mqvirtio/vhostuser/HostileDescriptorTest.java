@@ -11,7 +11,7 @@ import io.mqvirtio.linux.EventFd;
 import io.mqvirtio.linux.UnixSocket;
 import io.mqvirtio.net.NetDevice;
 import io.mqvirtio.net.VirtioNet;
-import io.mqvirtio.virtio.DriverQueue;
+import io.mqvirtio.virtio.SplitDriverRing;
 import java.nio.file.Path;
 import java.util.ArrayList;
 import java.util.List;
@@ -33,10 +33,10 @@ class HostileDescriptorTest {
     Path dir;
 
     /** Negotiates, maps {@code ram}, and sets up every ring with the given kick and call descriptors. */
-    private static List<DriverQueue> setUp(RawPeer fe, GuestRam ram, int[] kicks, int[] calls) {
+    private static List<SplitDriverRing> setUp(RawPeer fe, GuestRam ram, int[] kicks, int[] calls) {
         BackendHarness.negotiate(fe, BASIC_PF);
         fe.ok(Request.SET_MEM_TABLE, ram.memTable(), ram.fd());
-        List<DriverQueue> q = new ArrayList<>();
+        List<SplitDriverRing> q = new ArrayList<>();
         for (int i = 0; i < 2 * PAIRS; i++) {
             GuestRam.RingAt r = ram.ring(i, RING);
             fe.ok(Request.SET_VRING_NUM, state(i, RING));
@@ -63,7 +63,7 @@ class HostileDescriptorTest {
                 kicks[i] = k.fd();
                 calls[i] = c.fd();
             }
-            List<DriverQueue> q = setUp(fe, ram, kicks, calls);
+            List<SplitDriverRing> q = setUp(fe, ram, kicks, calls);
             for (int p = 0; p < PAIRS; p++) {
                 long rx = ram.alloc(2048), tx = ram.alloc(VirtioNet.HDR_SIZE + 60);
                 q.get(2 * p).add(new long[] {ram.gpa(rx)}, new int[] {2048}, 0, 1);
@@ -201,7 +201,7 @@ class HostileDescriptorTest {
                     w.set(java.lang.foreign.ValueLayout.JAVA_LONG, 0, 0xfffffffffffffffeL);
                     fds.get(1).write(w);
                 }
-                List<DriverQueue> q = setUp(fe, ram, kicks, calls);
+                List<SplitDriverRing> q = setUp(fe, ram, kicks, calls);
                 for (EventFd e : fds) {
                     assertThat(e.isNonBlocking()).as("the shared file description is non-blocking now").isTrue();
                 }

@@ -8,7 +8,7 @@ import io.mqvirtio.backend.LoopbackBackend;
 import io.mqvirtio.linux.EventFd;
 import io.mqvirtio.net.NetDevice;
 import io.mqvirtio.net.VirtioNet;
-import io.mqvirtio.virtio.DriverQueue;
+import io.mqvirtio.virtio.SplitDriverRing;
 import io.mqvirtio.virtio.VirtioFeatures;
 import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
@@ -64,7 +64,7 @@ class NegotiationTest {
             fe.ok(Request.SET_MEM_TABLE, ram.memTable(), ram.fd());
 
             List<EventFd> kicks = new ArrayList<>(), calls = new ArrayList<>();
-            List<DriverQueue> drivers = new ArrayList<>();
+            List<SplitDriverRing> drivers = new ArrayList<>();
             List<GuestRam.RingAt> rings = new ArrayList<>();
             try {
                 for (int i = 0; i < 2 * PAIRS; i++) {
@@ -87,7 +87,7 @@ class NegotiationTest {
                 int[] sent = new int[PAIRS];
                 long[][] rxBufs = new long[PAIRS][];
                 for (int p = 0; p < PAIRS; p++) {
-                    DriverQueue rx = drivers.get(2 * p), tx = drivers.get(2 * p + 1);
+                    SplitDriverRing rx = drivers.get(2 * p), tx = drivers.get(2 * p + 1);
                     long[] rxBuf = rxBufs[p] = new long[16];
                     for (int b = 0; b < rxBuf.length; b++) {
                         rxBuf[b] = ram.alloc(2048);
@@ -160,7 +160,7 @@ class NegotiationTest {
         return r;
     }
 
-    private static int reap(DriverQueue q) throws InterruptedException {
+    private static int reap(SplitDriverRing q) throws InterruptedException {
         long deadline = System.nanoTime() + 5_000_000_000L;
         int head;
         while ((head = q.reap()) < 0) {

@@ -2,7 +2,7 @@ package io.mqvirtio.vhostuser;
 
 import io.mqvirtio.linux.EventFd;
 import io.mqvirtio.net.VirtioNet;
-import io.mqvirtio.virtio.DeviceQueue;
+import io.mqvirtio.virtio.DeviceRing;
 import io.mqvirtio.virtio.VirtioFeatures;
 import java.util.ArrayList;
 import java.util.List;
@@ -24,12 +24,12 @@ final class RecordingDevice implements VhostUserDevice {
     volatile boolean failStops;
     /** What {@link #deadReason} answers. */
     volatile String dead;
-    private final DeviceQueue[] queues;
+    private final DeviceRing[] queues;
     private final boolean[] enabled;
 
     RecordingDevice(int pairs) {
         this.pairs = pairs;
-        this.queues = new DeviceQueue[2 * pairs];
+        this.queues = new DeviceRing[2 * pairs];
         this.enabled = new boolean[2 * pairs];
     }
 
@@ -41,7 +41,7 @@ final class RecordingDevice implements VhostUserDevice {
         calls.clear();
     }
 
-    synchronized DeviceQueue queue(int i) {
+    synchronized DeviceRing queue(int i) {
         return queues[i];
     }
 
@@ -51,7 +51,7 @@ final class RecordingDevice implements VhostUserDevice {
 
     synchronized int running() {
         int n = 0;
-        for (DeviceQueue q : queues) {
+        for (DeviceRing q : queues) {
             n += q != null ? 1 : 0;
         }
         return n;
@@ -87,7 +87,7 @@ final class RecordingDevice implements VhostUserDevice {
     }
 
     @Override
-    public synchronized void startRing(int index, DeviceQueue queue, EventFd kick, EventFd call, boolean on) {
+    public synchronized void startRing(int index, DeviceRing queue, EventFd kick, EventFd call, boolean on) {
         if (queues[index] != null) {
             throw new IllegalStateException("ring " + index + " started twice");
         }
@@ -102,11 +102,11 @@ final class RecordingDevice implements VhostUserDevice {
     }
 
     @Override
-    public synchronized DeviceQueue stopRing(int index) {
+    public synchronized DeviceRing stopRing(int index) {
         if (failStops) {
             throw new IllegalStateException("ring " + index + ": the worker did not answer (test)");
         }
-        DeviceQueue q = queues[index];
+        DeviceRing q = queues[index];
         if (q == null) {
             throw new IllegalStateException("ring " + index + " stopped but not running");
         }
@@ -160,7 +160,7 @@ final class RecordingDevice implements VhostUserDevice {
     }
 
     private synchronized void resetNow() {
-        for (DeviceQueue q : queues) {
+        for (DeviceRing q : queues) {
             if (q != null) {
                 throw new IllegalStateException("reset with rings running");
             }

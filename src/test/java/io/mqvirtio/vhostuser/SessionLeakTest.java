@@ -12,7 +12,7 @@ import io.mqvirtio.backend.LoopbackBackend;
 import io.mqvirtio.linux.EventFd;
 import io.mqvirtio.net.NetDevice;
 import io.mqvirtio.net.VirtioNet;
-import io.mqvirtio.virtio.DriverQueue;
+import io.mqvirtio.virtio.SplitDriverRing;
 import java.nio.file.Path;
 import java.util.ArrayList;
 import java.util.List;
@@ -45,7 +45,7 @@ class SessionLeakTest {
     private static void runTraffic(RawPeer fe, GuestRam ram, List<EventFd> fds) throws InterruptedException {
         BackendHarness.negotiate(fe, BASIC_PF);
         fe.ok(Request.SET_MEM_TABLE, ram.memTable(), ram.fd());
-        List<DriverQueue> q = new ArrayList<>();
+        List<SplitDriverRing> q = new ArrayList<>();
         for (int i = 0; i < 2 * PAIRS; i++) {
             EventFd kick = EventFd.create(), call = EventFd.create();
             fds.add(kick);

@@ -49,10 +49,10 @@ class HostileRingTest {
         mem.close();
     }
 
-    DeviceQueue device(long features) {
+    SplitDeviceRing device(long features) {
         SplitRing.Layout l = SplitRing.Layout.contiguous(SIZE);
         long base = descOff - l.descOffset();
-        return new DeviceQueue(mem.guest, SIZE, mem.guest.uva(mem.uva(base + l.descOffset()), descTableBytes(SIZE)),
+        return new SplitDeviceRing(mem.guest, SIZE, mem.guest.uva(mem.uva(base + l.descOffset()), descTableBytes(SIZE)),
                 mem.guest.uva(mem.uva(base + l.availOffset()), availBytes(SIZE)),
                 mem.guest.uva(mem.uva(base + l.usedOffset()), usedBytes(SIZE)), features, 0, 0);
     }
@@ -80,7 +80,7 @@ class HostileRingTest {
         return mem.gpa(dataOff + off);
     }
 
-    void assertBroken(DeviceQueue q, String message) {
+    void assertBroken(SplitDeviceRing q, String message) {
         DescriptorChain c = new DescriptorChain(SIZE);
         assertThatThrownBy(() -> q.pop(c)).isInstanceOf(VirtqueueException.class).hasMessageContaining(message);
         assertThat(q.isBroken()).isTrue();
@@ -94,7 +94,7 @@ class HostileRingTest {
         desc(0, buf(0), 100, DESC_F_NEXT, 5);
         desc(5, buf(100), 200, DESC_F_WRITE, 0);
         offer(0);
-        DeviceQueue q = device(ALL);
+        SplitDeviceRing q = device(ALL);
         DescriptorChain c = new DescriptorChain(SIZE);
         assertThat(q.pop(c)).isTrue();
         assertThat(c.head()).isZero();
@@ -132,7 +132,7 @@ class HostileRingTest {
         assertThat(c.count()).isEqualTo(SIZE);
         // one buffer more than the chain object holds is refused, not overflowed
         DescriptorChain small = new DescriptorChain(16);
-        DeviceQueue q = device(ALL);
+        SplitDeviceRing q = device(ALL);
         assertThatThrownBy(() -> q.pop(small)).isInstanceOf(VirtqueueException.class).hasMessageContaining("more than 16");
     }
 
@@ -261,7 +261,7 @@ class HostileRingTest {
             offer(0);
             SplitRing.Layout l = SplitRing.Layout.contiguous(SIZE);
             long base = descOff - l.descOffset();
-            DeviceQueue q = new DeviceQueue(g, SIZE, g.uva(mem.uva(base), descTableBytes(SIZE)),
+            SplitDeviceRing q = new SplitDeviceRing(g, SIZE, g.uva(mem.uva(base), descTableBytes(SIZE)),
                     g.uva(mem.uva(base + l.availOffset()), availBytes(SIZE)),
                     g.uva(mem.uva(base + l.usedOffset()), usedBytes(SIZE)), ALL, 0, 0);
             assertBroken(q, "longer than 2^32-1 bytes");
@@ -273,13 +273,13 @@ class HostileRingTest {
         assertThatThrownBy(() -> mem.guest.uva(mem.uva(mem.driverMap.size() - 100), descTableBytes(SIZE)))
                 .isInstanceOf(GuestMemoryException.class);
         MemorySegment misaligned = mem.guest.uva(mem.uva(descOff + 8), descTableBytes(SIZE));
-        assertThatThrownBy(() -> new DeviceQueue(mem.guest, SIZE, misaligned, misaligned, misaligned, ALL, 0, 0))
+        assertThatThrownBy(() -> new SplitDeviceRing(mem.guest, SIZE, misaligned, misaligned, misaligned, ALL, 0, 0))
                 .isInstanceOf(VirtqueueException.class).hasMessageContaining("aligned");
         MemorySegment small = mem.guest.uva(mem.uva(descOff), 64);
-        assertThatThrownBy(() -> new DeviceQueue(mem.guest, SIZE, small, small, small, ALL, 0, 0))
+        assertThatThrownBy(() -> new SplitDeviceRing(mem.guest, SIZE, small, small, small, ALL, 0, 0))
                 .isInstanceOf(VirtqueueException.class).hasMessageContaining("needs");
         for (int bad : new int[] {0, 3, 65536, -1}) {
-            assertThatThrownBy(() -> new DeviceQueue(mem.guest, bad, small, small, small, ALL, 0, 0))
+            assertThatThrownBy(() -> new SplitDeviceRing(mem.guest, bad, small, small, small, ALL, 0, 0))
                     .isInstanceOf(VirtqueueException.class).hasMessageContaining("power of two");
         }
     }
@@ -292,7 +292,7 @@ class HostileRingTest {
             int head = r.driver().add(a, new int[] {64}, 0, 1);
             r.driver().publish();
             r.device().push((head + 3) % 8, 10); // never offered
-            r.device().publishUsed();
+            r.device().publish();
             assertThatThrownBy(() -> r.driver().reap()).isInstanceOf(VirtqueueException.class)
                     .hasMessageContaining("not a chain in flight");
             assertThat(r.driver().isBroken()).isTrue();
@@ -310,7 +310,7 @@ class HostileRingTest {
     }
 
     /** Sometimes reads ahead first (the worker's hint), which must neither consume, fail nor read outside. */
-    static boolean readAheadThenPop(DeviceQueue q, DescriptorChain c, Random r) {
+    static boolean readAheadThenPop(SplitDeviceRing q, DescriptorChain c, Random r) {
         if (r.nextBoolean()) {
             int before = q.lastAvailIndex();
             q.available();

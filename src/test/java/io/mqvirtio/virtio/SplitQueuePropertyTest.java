@@ -52,8 +52,8 @@ class SplitQueuePropertyTest {
     /** One interleaving, chosen by the scenario's seed. */
     private static final class Run {
         final TwoViewMemory mem;
-        final DriverQueue drv;
-        final DeviceQueue dev;
+        final SplitDriverRing drv;
+        final SplitDeviceRing dev;
         final Scenario sc;
         final Random rnd;
         final Map<Integer, Posted> inFlight = new HashMap<>();
@@ -211,7 +211,7 @@ class SplitQueuePropertyTest {
         }
 
         void devicePublish() {
-            dev.publishUsed();
+            dev.publish();
             boolean notify = dev.needsNotification();
             if (driverWantsInterrupt && unpublishedPushes > 0) {
                 assertThat(notify).as("driver asked for an interrupt and entries were published").isTrue();

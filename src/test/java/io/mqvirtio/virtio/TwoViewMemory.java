@@ -53,7 +53,7 @@ final class TwoViewMemory implements AutoCloseable {
     }
 
     /** A ring laid out in the shared memory, seen from both sides. */
-    record Ring(DriverQueue driver, DeviceQueue device, long descOff, long availOff, long usedOff) {}
+    record Ring(SplitDriverRing driver, SplitDeviceRing device, long descOff, long availOff, long usedOff) {}
 
     Ring ring(int size, long features, int indirectMax) {
         SplitRing.Layout l = SplitRing.Layout.contiguous(size);
@@ -66,10 +66,10 @@ final class TwoViewMemory implements AutoCloseable {
             ind = d.asSlice(off, (long) size * indirectMax * 16);
             indGpa = gpa(off);
         }
-        DriverQueue dq = new DriverQueue(size, d.asSlice(base + l.descOffset(), SplitRing.descTableBytes(size)),
+        SplitDriverRing dq = new SplitDriverRing(size, d.asSlice(base + l.descOffset(), SplitRing.descTableBytes(size)),
                 d.asSlice(base + l.availOffset(), SplitRing.availBytes(size)),
                 d.asSlice(base + l.usedOffset(), SplitRing.usedBytes(size)), features, ind, indGpa, indirectMax);
-        DeviceQueue vq = new DeviceQueue(guest, size, guest.uva(uva(base + l.descOffset()), SplitRing.descTableBytes(size)),
+        SplitDeviceRing vq = new SplitDeviceRing(guest, size, guest.uva(uva(base + l.descOffset()), SplitRing.descTableBytes(size)),
                 guest.uva(uva(base + l.availOffset()), SplitRing.availBytes(size)),
                 guest.uva(uva(base + l.usedOffset()), SplitRing.usedBytes(size)), features, 0, 0);
         return new Ring(dq, vq, base + l.descOffset(), base + l.availOffset(), base + l.usedOffset());

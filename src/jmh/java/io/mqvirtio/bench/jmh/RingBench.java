@@ -88,7 +88,7 @@ public class RingBench {
             r.device.pop(chain);
             heads += chain.head();
         }
-        r.device.unpop(BURST);
+        r.device.giveBack(BURST);
         return heads;
     }
 
@@ -99,7 +99,7 @@ public class RingBench {
         for (int i = 0; i < BURST; i++) {
             r.device.push(i, 64);
         }
-        r.device.publishUsed();
+        r.device.publish();
         return r.device.needsNotification();
     }
 
@@ -142,7 +142,7 @@ public class RingBench {
         while (r.device.pop(chain)) {
             r.device.push(chain.head(), 0);
         }
-        r.device.publishUsed();
+        r.device.publish();
         r.device.needsNotification();
         int h;
         int sum = 0;

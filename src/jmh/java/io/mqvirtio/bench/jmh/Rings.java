@@ -2,8 +2,8 @@ package io.mqvirtio.bench.jmh;
 
 import io.mqvirtio.memory.GuestMemory;
 import io.mqvirtio.memory.MemoryRegion;
-import io.mqvirtio.virtio.DeviceQueue;
-import io.mqvirtio.virtio.DriverQueue;
+import io.mqvirtio.virtio.SplitDeviceRing;
+import io.mqvirtio.virtio.SplitDriverRing;
 import io.mqvirtio.virtio.SplitRing;
 import io.mqvirtio.virtio.VirtioFeatures;
 import java.lang.foreign.Arena;
@@ -11,7 +11,7 @@ import java.lang.foreign.MemorySegment;
 import java.util.List;
 
 /**
- * One split ring in one piece of native memory, seen by a {@link DriverQueue} and a {@link DeviceQueue} (the same
+ * One split ring in one piece of native memory, seen by a {@link SplitDriverRing} and a {@link SplitDeviceRing} (the same
  * mapping for both: these benchmarks measure the ring code in one thread, not the cache traffic between two).
  * Buffers of 2 KiB follow the ring; guest-physical addresses start at {@link #GPA}.
  */
@@ -23,8 +23,8 @@ final class Rings {
     final MemorySegment mem;
     final long bufBase;
     final long usedOffset;
-    final DriverQueue driver;
-    final DeviceQueue device;
+    final SplitDriverRing driver;
+    final SplitDeviceRing device;
 
     Rings(Arena arena, int size, boolean eventIdx) {
         this.size = size;
@@ -36,10 +36,10 @@ final class Rings {
         long total = bufBase + (long) size * BUF;
         mem = arena.allocate(total, 4096);
         GuestMemory guest = GuestMemory.of(List.of(new MemoryRegion(GPA, total, mem.address(), 0, mem)));
-        driver = new DriverQueue(size, mem.asSlice(layout.descOffset(), SplitRing.descTableBytes(size)),
+        driver = new SplitDriverRing(size, mem.asSlice(layout.descOffset(), SplitRing.descTableBytes(size)),
                 mem.asSlice(layout.availOffset(), SplitRing.availBytes(size)),
                 mem.asSlice(layout.usedOffset(), SplitRing.usedBytes(size)), features);
-        device = new DeviceQueue(guest, size, guest.uva(mem.address() + layout.descOffset(), SplitRing.descTableBytes(size)),
+        device = new SplitDeviceRing(guest, size, guest.uva(mem.address() + layout.descOffset(), SplitRing.descTableBytes(size)),
                 guest.uva(mem.address() + layout.availOffset(), SplitRing.availBytes(size)),
                 guest.uva(mem.address() + layout.usedOffset(), SplitRing.usedBytes(size)), features, 0, 0);
     }

@@ -11,7 +11,8 @@ import java.lang.invoke.VarHandle;
 import java.nio.ByteOrder;
 
 /**
- * The device's side of one split virtqueue (VIRTIO 1.3, 2.7): pops descriptor chains the driver made available,
+ * The device's side of one split virtqueue (VIRTIO 1.3, 2.7), the split layout of {@link DeviceRing}: pops descriptor
+ * chains the driver made available,
  * pushes used entries, publishes the used index once per batch, and decides whether to notify the driver
  * (VIRTQ_AVAIL_F_NO_INTERRUPT or EVENT_IDX's {@code used_event}) and whether it wants kicks.
  *
@@ -24,7 +25,7 @@ import java.nio.ByteOrder;
  *
  * <p>Single-threaded: one worker owns a queue.
  */
-public final class DeviceQueue {
+public final class SplitDeviceRing implements DeviceRing {
     /**
      * Descriptor fields are read without an alignment requirement. An indirect table is checked to be 16-byte
      * aligned as a guest-physical address, but where that lies in our mapping depends on the region's guest base,
@@ -68,7 +69,7 @@ public final class DeviceQueue {
      * @param lastAvail   where to resume reading the avail ring (vhost-user SET_VRING_BASE)
      * @param usedIdx     where to resume writing the used ring (normally the ring's current used.idx)
      */
-    public DeviceQueue(GuestMemory memory, int size, MemorySegment desc, MemorySegment avail, MemorySegment used,
+    public SplitDeviceRing(GuestMemory memory, int size, MemorySegment desc, MemorySegment avail, MemorySegment used,
                        long features, int lastAvail, int usedIdx) {
         if (!isValidSize(size)) {
             throw new VirtqueueException("queue size " + size + " is not a power of two in 1.." + MAX_SIZE);
@@ -92,6 +93,7 @@ public final class DeviceQueue {
         this.publishedUsed = this.usedIdx;
     }
 
+    @Override
     public int size() {
         return size;
     }
@@ -101,20 +103,28 @@ public final class DeviceQueue {
         return lastAvail;
     }
 
+    @Override
+    public RingBase base() {
+        return RingBase.split(lastAvail, usedIdx);
+    }
+
     public int usedIndex() {
         return usedIdx;
     }
 
+    @Override
     public boolean isBroken() {
         return broken != null;
     }
 
     /** Why the queue broke, or null. */
+    @Override
     public String brokenReason() {
         return broken;
     }
 
     /** Number of chains the driver has made available that the device has not popped yet (validated). */
+    @Override
     public int available() {
         checkNotBroken();
         int idx = getU16Acquire(avail, AVAIL_IDX);
@@ -134,6 +144,7 @@ public final class DeviceQueue {
      * hint: nothing is validated or consumed here (that is {@link #pop}'s job), and a buffer is touched only where
      * it lies in guest memory; an avail index not yet read ({@link #available}) is not looked at.
      */
+    @Override
     public void readAhead(int max) {
         int n = Math.min(max, (availShadow - lastAvail) & 0xffff);
         if (n > size) {
@@ -166,6 +177,7 @@ public final class DeviceQueue {
      *
      * @throws VirtqueueException if the driver broke the ring's rules (the queue is then broken)
      */
+    @Override
     public boolean pop(DescriptorChain chain) {
         if (lastAvail == availShadow) {
             if (available() == 0) {
@@ -233,6 +245,7 @@ public final class DeviceQueue {
                 throw tooManyBuffers(head, chain.capacity());
             }
             if ((flags & DESC_F_NEXT) == 0) {
+                chain.identify(head, table == desc ? seen : 1); // an indirect chain takes one ring entry
                 return;
             }
             if (next >= tableSize) {
@@ -305,11 +318,17 @@ public final class DeviceQueue {
      * Gives back the last {@code n} chains popped and not pushed: the next pops return them again (a receive path
      * that took more buffers than the frame needed, or a send that would block).
      */
-    public void unpop(int n) {
+    @Override
+    public void giveBack(int n) {
         if (n < 0 || n > size) {
             throw new IllegalArgumentException("cannot give back " + n + " chains");
         }
         lastAvail = (lastAvail - n) & 0xffff;
+    }
+
+    @Override
+    public void complete(DescriptorChain chain, int len) {
+        push(chain.head(), len);
     }
 
     /** Returns the chain that began at {@code head} to the driver, having written {@code len} bytes into it. */
@@ -325,7 +344,8 @@ public final class DeviceQueue {
     }
 
     /** Makes every pushed entry visible to the driver (one release store for the batch). */
-    public void publishUsed() {
+    @Override
+    public void publish() {
         if (publishedUsed != usedIdx) {
             setU16Release(used, USED_IDX, usedIdx);
             publishedUsed = usedIdx;
@@ -336,6 +356,7 @@ public final class DeviceQueue {
      * Whether the driver wants a notification for what was published since the last call (VIRTIO 1.3, 2.7.7.2):
      * with EVENT_IDX, when {@code used_event} was crossed; otherwise unless it set VIRTQ_AVAIL_F_NO_INTERRUPT.
      */
+    @Override
     public boolean needsNotification() {
         // The used index store must be visible before we read the driver's wish (store-load ordering).
         VarHandle.fullFence();
@@ -354,6 +375,7 @@ public final class DeviceQueue {
     }
 
     /** Asks the driver not to kick (while the device is polling the ring anyway). */
+    @Override
     public void disableKicks() {
         if (!eventIdx) {
             setU16(used, USED_FLAGS, USED_F_NO_NOTIFY);
@@ -365,6 +387,7 @@ public final class DeviceQueue {
      * Asks the driver to kick on the next chain it makes available. Returns true if chains arrived meanwhile (the
      * caller must then process them, or it could sleep with work pending).
      */
+    @Override
     public boolean enableKicks() {
         if (eventIdx) {
             setU16(used, availEventOff, lastAvail);
@@ -381,6 +404,7 @@ public final class DeviceQueue {
      * asked to kick on the next chain beyond those, and only such chains count as arrived: returning true for the
      * ones given back would have the caller spin on chains it cannot use.
      */
+    @Override
     public boolean enableKicksForMore() {
         int seen = availShadow;
         if (eventIdx) {

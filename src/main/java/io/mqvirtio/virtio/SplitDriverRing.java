@@ -16,7 +16,7 @@ import java.lang.invoke.VarHandle;
  * <p>Buffers are given by guest-physical address, as the device will see them. Single-threaded: one queue-pair
  * handle owns a queue.
  */
-public final class DriverQueue {
+public final class SplitDriverRing implements DriverRing {
     private final int size;
     private final int mask;
     private final MemorySegment desc;
@@ -45,7 +45,7 @@ public final class DriverQueue {
      * @param indirectArea    null, or memory for one indirect table per head ({@code size × indirectMax × 16} bytes)
      *                        whose guest-physical address is {@code indirectAreaGpa}
      */
-    public DriverQueue(int size, MemorySegment desc, MemorySegment avail, MemorySegment used, long features,
+    public SplitDriverRing(int size, MemorySegment desc, MemorySegment avail, MemorySegment used, long features,
                        MemorySegment indirectArea, long indirectAreaGpa, int indirectMax) {
         if (!isValidSize(size)) {
             throw new IllegalArgumentException("queue size " + size + " is not a power of two in 1.." + MAX_SIZE);
@@ -76,19 +76,22 @@ public final class DriverQueue {
         numFree = size;
     }
 
-    public DriverQueue(int size, MemorySegment desc, MemorySegment avail, MemorySegment used, long features) {
+    public SplitDriverRing(int size, MemorySegment desc, MemorySegment avail, MemorySegment used, long features) {
         this(size, desc, avail, used, features, null, 0, 0);
     }
 
+    @Override
     public int size() {
         return size;
     }
 
+    @Override
     public int freeDescriptors() {
         return numFree;
     }
 
     /** Chains added and not yet reaped. */
+    @Override
     public int inFlight() {
         return (availIdx - lastUsed) & 0xffff;
     }
@@ -97,14 +100,17 @@ public final class DriverQueue {
         return availIdx;
     }
 
+    @Override
     public boolean isBroken() {
         return broken != null;
     }
 
+    @Override
     public String brokenReason() {
         return broken;
     }
 
+    @Override
     public boolean supportsIndirect() {
         return indirectMax > 0;
     }
@@ -115,6 +121,7 @@ public final class DriverQueue {
      *
      * @return the head index (the chain's identity in the used ring), or -1 if the ring has too few free descriptors
      */
+    @Override
     public int add(long[] addr, int[] len, int out, int in) {
         int n = out + in;
         if (n <= 0 || n > addr.length || n > len.length) {
@@ -147,6 +154,7 @@ public final class DriverQueue {
      *
      * @return the head index, or -1 if no descriptor is free
      */
+    @Override
     public int addIndirect(long[] addr, int[] len, int out, int in) {
         int n = out + in;
         if (indirectMax == 0) {
@@ -185,6 +193,7 @@ public final class DriverQueue {
     }
 
     /** Makes the chains added so far visible to the device (one release store). */
+    @Override
     public void publish() {
         setU16Release(avail, AVAIL_IDX, availIdx);
     }
@@ -193,6 +202,7 @@ public final class DriverQueue {
      * Whether the device wants a kick for what was published since the previous call (VIRTIO 1.3, 2.7.10): with
      * EVENT_IDX, when {@code avail_event} was crossed; otherwise unless it set VIRTQ_USED_F_NO_NOTIFY.
      */
+    @Override
     public boolean needsKick() {
         VarHandle.fullFence();
         int old = kickedAvail;
@@ -204,6 +214,7 @@ public final class DriverQueue {
     }
 
     /** Number of used entries the device has published that were not reaped yet. */
+    @Override
     public int usedPending() {
         int idx = getU16Acquire(used, USED_IDX);
         int n = (idx - lastUsed) & 0xffff;
@@ -218,6 +229,7 @@ public final class DriverQueue {
      * Reaps one used entry: returns its head, or -1 if none is pending; {@link #reapedLength()} then tells how many
      * bytes the device wrote. The chain's descriptors return to the free list.
      */
+    @Override
     public int reap() {
         checkNotBroken();
         if (lastUsed == usedShadow && usedPending() == 0) {
@@ -245,11 +257,13 @@ public final class DriverQueue {
     }
 
     /** Bytes the device wrote into the chain the last {@link #reap()} returned. */
+    @Override
     public int reapedLength() {
         return reapedLen;
     }
 
     /** Asks the device not to notify (the driver polls). */
+    @Override
     public void disableInterrupts() {
         if (!eventIdx) {
             setU16(avail, AVAIL_FLAGS, AVAIL_F_NO_INTERRUPT);
@@ -260,6 +274,7 @@ public final class DriverQueue {
      * Asks the device to notify on the next used entry. Returns true if entries arrived meanwhile (reap them before
      * sleeping).
      */
+    @Override
     public boolean enableInterrupts() {
         if (eventIdx) {
             setU16(avail, usedEventOff, lastUsed);

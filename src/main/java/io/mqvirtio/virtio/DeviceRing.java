@@ -1,0 +1,65 @@
+package io.mqvirtio.virtio;
+
+/**
+ * The device's side of one virtqueue, whatever its layout (VIRTIO 1.3, 2.7 split, 2.8 packed): pop the chains the
+ * driver made available, give chains back, complete them with a length, make completions visible, and decide about
+ * notifications in both directions. {@link Rings} opens one from the negotiated features.
+ *
+ * <p>Everything the driver wrote is untrusted: a violation of the ring's rules throws {@link VirtqueueException}
+ * and leaves the ring {@linkplain #isBroken() broken} (it pops nothing more). Each field the driver wrote is read
+ * once. Single-threaded: one worker owns a ring.
+ */
+public interface DeviceRing {
+    /** The number of entries (descriptors) of the ring. */
+    int size();
+
+    /** Chains the driver made available that were not popped yet (reads the driver's index; validated). */
+    int available();
+
+    /** Loads up to {@code max} available chains' first lines ahead of their pops; validates and consumes nothing. */
+    void readAhead(int max);
+
+    /**
+     * Pops the next available chain into {@code chain} (its {@link DescriptorChain#id() buffer id} and
+     * {@link DescriptorChain#slots() slots} included). Returns false if none is available.
+     */
+    boolean pop(DescriptorChain chain);
+
+    /**
+     * Gives back the last {@code chains} chains popped and not completed: the next pops return them again (a receive
+     * path that took more buffers than the frame needed, a send that would block).
+     */
+    void giveBack(int chains);
+
+    /** Returns {@code chain} to the driver with {@code len} bytes written into it; visible after {@link #publish()}. */
+    void complete(DescriptorChain chain, int len);
+
+    /** Makes every completion so far visible to the driver (one release store for the batch). */
+    void publish();
+
+    /** Whether the driver wants a notification for what was published since the last call. */
+    boolean needsNotification();
+
+    /** Asks the driver not to kick (while the device polls the ring anyway). */
+    void disableKicks();
+
+    /**
+     * Asks the driver to kick on the next chain it makes available. Returns true if chains are available that were
+     * not popped (the caller must process them, or it could sleep with work pending).
+     */
+    boolean enableKicks();
+
+    /**
+     * Like {@link #enableKicks}, for a device waiting for more chains than those it has seen and given back: only
+     * chains beyond those count as arrived (else the caller would spin on chains it cannot use).
+     */
+    boolean enableKicksForMore();
+
+    /** Where the ring stands: what GET_VRING_BASE reports, and where a new ring resumes. */
+    RingBase base();
+
+    boolean isBroken();
+
+    /** Why the ring broke, or null. */
+    String brokenReason();
+}

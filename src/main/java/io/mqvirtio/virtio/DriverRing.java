@@ -1,0 +1,57 @@
+package io.mqvirtio.virtio;
+
+/**
+ * The driver's side of one virtqueue, whatever its layout: add chains of buffers, publish them and decide whether to
+ * kick, reap what the device used (one buffer id at a time, with its length), and ask for notifications. The device
+ * is not trusted: a used entry naming a buffer that is not in flight, or an index that runs ahead, breaks the ring.
+ * Single-threaded.
+ */
+public interface DriverRing {
+    int size();
+
+    /** Descriptors free for new chains. */
+    int freeDescriptors();
+
+    /** Chains added and not yet reaped. */
+    int inFlight();
+
+    boolean isBroken();
+
+    String brokenReason();
+
+    /** Whether {@link #addIndirect} may be used (INDIRECT_DESC negotiated and an indirect area given). */
+    boolean supportsIndirect();
+
+    /**
+     * Adds a chain of {@code out} device-readable then {@code in} device-writable buffers (guest-physical address and
+     * length each). Not visible to the device until {@link #publish()}.
+     *
+     * @return the chain's buffer id (what the device returns in the used ring, 0 to size-1), or -1 if the ring has
+     *         too few free descriptors
+     */
+    int add(long[] addr, int[] len, int out, int in);
+
+    /** As {@link #add}, through one indirect descriptor (one ring slot for the whole chain). */
+    int addIndirect(long[] addr, int[] len, int out, int in);
+
+    /** Makes the chains added so far visible to the device. */
+    void publish();
+
+    /** Whether the device wants a kick for what was published since the last call. */
+    boolean needsKick();
+
+    /** Used buffers the device has made visible that were not reaped yet (reads the device's index; validated). */
+    int usedPending();
+
+    /** Reaps one used buffer: its id, or -1 if none is pending; {@link #reapedLength()} says what the device wrote. */
+    int reap();
+
+    /** Bytes the device wrote into the buffer the last {@link #reap()} returned. */
+    int reapedLength();
+
+    /** Asks the device not to notify (the driver polls). */
+    void disableInterrupts();
+
+    /** Asks the device to notify on the next used buffer; true if some arrived meanwhile (reap them first). */
+    boolean enableInterrupts();
+}

@@ -1,0 +1,69 @@
+package io.mqvirtio.virtio;
+
+import io.mqvirtio.memory.GuestMemory;
+import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
+import java.nio.ByteOrder;
+
+/**
+ * Opens a ring of the layout the negotiated features choose: the one place that knows which layouts exist. The
+ * ring's three areas are given as the frontend's virtual addresses (vhost-user SET_VRING_ADDR) and translated and
+ * bounds-checked here: a ring outside the shared memory, or misaligned, is a {@code GuestMemoryException} or a
+ * {@link VirtqueueException} and opens nothing.
+ */
+public final class Rings {
+    private static final ValueLayout.OfShort LE16_UNALIGNED =
+            ValueLayout.JAVA_SHORT_UNALIGNED.withOrder(ByteOrder.LITTLE_ENDIAN);
+
+    private Rings() {}
+
+    /** Whether {@code size} entries make a valid ring for these features. */
+    public static boolean isValidSize(int size, long features) {
+        return SplitRing.isValidSize(size);
+    }
+
+    /** What a ring of these features calls its sizes, for error messages. */
+    public static String sizeRule(long features) {
+        return "a power of two in 1.." + SplitRing.MAX_SIZE;
+    }
+
+    /**
+     * The device's side of a ring of {@code size} entries.
+     *
+     * @param descUva  the descriptor table
+     * @param availUva the available ring (split)
+     * @param usedUva  the used ring (split)
+     * @param base     where to resume (SET_VRING_BASE)
+     */
+    public static DeviceRing device(GuestMemory g, int size, long descUva, long availUva, long usedUva, long features,
+                                    RingBase base) {
+        MemorySegment desc = g.uva(descUva, SplitRing.descTableBytes(size));
+        MemorySegment avail = g.uva(availUva, SplitRing.availBytes(size));
+        MemorySegment used = g.uva(usedUva, SplitRing.usedBytes(size));
+        // Unaligned read: the alignment of the ring parts is checked by the ring, with a clear error.
+        int usedIdx = Short.toUnsignedInt(used.get(LE16_UNALIGNED, SplitRing.USED_IDX));
+        // Chains between the used index and the frontend's avail index were in flight with a backend that went away:
+        // they are taken again from the used index (TX may resend a few frames; no RX buffer is lost). The caller
+        // sees it in the ring's base.
+        return new SplitDeviceRing(g, size, desc, avail, used, features, usedIdx, usedIdx);
+    }
+
+    /**
+     * Where a driver that puts one ring in one contiguous area places its parts for these features: offsets of the
+     * descriptor table and of the two other areas (split: avail and used), and the area's size.
+     */
+    public record Layout(long descOffset, long availOffset, long usedOffset, long totalBytes) {}
+
+    public static Layout layout(int size, long features) {
+        SplitRing.Layout l = SplitRing.Layout.contiguous(size);
+        return new Layout(l.descOffset(), l.availOffset(), l.usedOffset(), l.totalBytes());
+    }
+
+    /** The driver's side of a ring of {@code size} entries laid out in {@code area} as {@link #layout} says (zeroed). */
+    public static DriverRing driver(int size, long features, MemorySegment area) {
+        Layout l = layout(size, features);
+        return new SplitDriverRing(size, area.asSlice(l.descOffset(), SplitRing.descTableBytes(size)),
+                area.asSlice(l.availOffset(), SplitRing.availBytes(size)),
+                area.asSlice(l.usedOffset(), SplitRing.usedBytes(size)), features);
+    }
+}
