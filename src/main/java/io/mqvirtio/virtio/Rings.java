@@ -17,26 +17,35 @@ public final class Rings {
 
     private Rings() {}
 
+    /** Whether the features choose the packed layout (VIRTIO_F_RING_PACKED). */
+    public static boolean packed(long features) {
+        return VirtioFeatures.has(features, VirtioFeatures.F_RING_PACKED);
+    }
+
     /** Whether {@code size} entries make a valid ring for these features. */
     public static boolean isValidSize(int size, long features) {
-        return SplitRing.isValidSize(size);
+        return packed(features) ? PackedRing.isValidSize(size) : SplitRing.isValidSize(size);
     }
 
     /** What a ring of these features calls its sizes, for error messages. */
     public static String sizeRule(long features) {
-        return "a power of two in 1.." + SplitRing.MAX_SIZE;
+        return packed(features) ? "in 1.." + PackedRing.MAX_SIZE : "a power of two in 1.." + SplitRing.MAX_SIZE;
     }
 
     /**
      * The device's side of a ring of {@code size} entries.
      *
-     * @param descUva  the descriptor table
-     * @param availUva the available ring (split)
-     * @param usedUva  the used ring (split)
+     * @param descUva  the descriptor table (split) or ring (packed)
+     * @param availUva the available ring (split) or the driver event suppression structure (packed)
+     * @param usedUva  the used ring (split) or the device event suppression structure (packed)
      * @param base     where to resume (SET_VRING_BASE)
      */
     public static DeviceRing device(GuestMemory g, int size, long descUva, long availUva, long usedUva, long features,
                                     RingBase base) {
+        if (packed(features)) {
+            return new PackedDeviceRing(g, size, g.uva(descUva, PackedRing.descRingBytes(size)),
+                    g.uva(availUva, PackedRing.EVENT_BYTES), g.uva(usedUva, PackedRing.EVENT_BYTES), features, base);
+        }
         MemorySegment desc = g.uva(descUva, SplitRing.descTableBytes(size));
         MemorySegment avail = g.uva(availUva, SplitRing.availBytes(size));
         MemorySegment used = g.uva(usedUva, SplitRing.usedBytes(size));
@@ -50,20 +59,36 @@ public final class Rings {
 
     /**
      * Where a driver that puts one ring in one contiguous area places its parts for these features: offsets of the
-     * descriptor table and of the two other areas (split: avail and used), and the area's size.
+     * descriptor table (ring) and of the two other areas (split: avail and used rings; packed: the driver's and the
+     * device's event suppression structures), and the area's size (a multiple of 4096).
      */
     public record Layout(long descOffset, long availOffset, long usedOffset, long totalBytes) {}
 
     public static Layout layout(int size, long features) {
+        if (packed(features)) {
+            long ring = PackedRing.descRingBytes(size);
+            return new Layout(0, ring, ring + PackedRing.EVENT_BYTES, (ring + 2 * PackedRing.EVENT_BYTES + 4095) & -4096L);
+        }
         SplitRing.Layout l = SplitRing.Layout.contiguous(size);
         return new Layout(l.descOffset(), l.availOffset(), l.usedOffset(), l.totalBytes());
     }
 
     /** The driver's side of a ring of {@code size} entries laid out in {@code area} as {@link #layout} says (zeroed). */
     public static DriverRing driver(int size, long features, MemorySegment area) {
+        return driver(size, features, area, null, 0, 0);
+    }
+
+    /** As {@link #driver(int, long, MemorySegment)}, with an area for indirect tables ({@code indirectMax} each). */
+    public static DriverRing driver(int size, long features, MemorySegment area, MemorySegment indirect, long indirectGpa,
+                                    int indirectMax) {
         Layout l = layout(size, features);
+        if (packed(features)) {
+            return new PackedDriverRing(size, area.asSlice(l.descOffset(), PackedRing.descRingBytes(size)),
+                    area.asSlice(l.availOffset(), PackedRing.EVENT_BYTES), area.asSlice(l.usedOffset(), PackedRing.EVENT_BYTES),
+                    features, indirect, indirectGpa, indirectMax);
+        }
         return new SplitDriverRing(size, area.asSlice(l.descOffset(), SplitRing.descTableBytes(size)),
                 area.asSlice(l.availOffset(), SplitRing.availBytes(size)),
-                area.asSlice(l.usedOffset(), SplitRing.usedBytes(size)), features);
+                area.asSlice(l.usedOffset(), SplitRing.usedBytes(size)), features, indirect, indirectGpa, indirectMax);
     }
 }

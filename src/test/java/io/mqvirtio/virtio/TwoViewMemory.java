@@ -52,11 +52,11 @@ final class TwoViewMemory implements AutoCloseable {
         return driverMap.segment().address() + offset;
     }
 
-    /** A ring laid out in the shared memory, seen from both sides. */
-    record Ring(SplitDriverRing driver, SplitDeviceRing device, long descOff, long availOff, long usedOff) {}
+    /** A ring laid out in the shared memory, seen from both sides (the layout the features choose). */
+    record Ring(DriverRing driver, DeviceRing device, long descOff, long availOff, long usedOff) {}
 
     Ring ring(int size, long features, int indirectMax) {
-        SplitRing.Layout l = SplitRing.Layout.contiguous(size);
+        Rings.Layout l = Rings.layout(size, features);
         long base = alloc(l.totalBytes(), 4096);
         MemorySegment d = driver();
         MemorySegment ind = null;
@@ -66,12 +66,9 @@ final class TwoViewMemory implements AutoCloseable {
             ind = d.asSlice(off, (long) size * indirectMax * 16);
             indGpa = gpa(off);
         }
-        SplitDriverRing dq = new SplitDriverRing(size, d.asSlice(base + l.descOffset(), SplitRing.descTableBytes(size)),
-                d.asSlice(base + l.availOffset(), SplitRing.availBytes(size)),
-                d.asSlice(base + l.usedOffset(), SplitRing.usedBytes(size)), features, ind, indGpa, indirectMax);
-        SplitDeviceRing vq = new SplitDeviceRing(guest, size, guest.uva(uva(base + l.descOffset()), SplitRing.descTableBytes(size)),
-                guest.uva(uva(base + l.availOffset()), SplitRing.availBytes(size)),
-                guest.uva(uva(base + l.usedOffset()), SplitRing.usedBytes(size)), features, 0, 0);
+        DriverRing dq = Rings.driver(size, features, d.asSlice(base, l.totalBytes()), ind, indGpa, indirectMax);
+        DeviceRing vq = Rings.device(guest, size, uva(base + l.descOffset()), uva(base + l.availOffset()),
+                uva(base + l.usedOffset()), features, Rings.packed(features) ? RingBase.PACKED_START : RingBase.split(0, 0));
         return new Ring(dq, vq, base + l.descOffset(), base + l.availOffset(), base + l.usedOffset());
     }
 

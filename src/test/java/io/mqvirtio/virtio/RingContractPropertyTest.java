@@ -17,16 +17,17 @@ import net.jqwik.api.Property;
 import net.jqwik.api.Provide;
 
 /**
- * The driver side and the device side run against each other over one memfd mapped twice, with random chain shapes
+ * The ring contract, for every layout and option (split and packed, each with and without EVENT_IDX and
+ * INDIRECT_DESC): the driver side and the device side run against each other over one memfd mapped twice, with random chain shapes
  * (direct and indirect, any mix of readable and writable buffers) and random interleavings of add, publish, pop,
  * push, publish-used and reap. Every chain the device pops must be exactly what the driver added, every used
  * entry must come back with the device's bytes, no descriptor may be lost, and no notification may be missed.
  */
-class SplitQueuePropertyTest {
+class RingContractPropertyTest {
 
     record Shape(int[] outLens, int[] inLens, boolean indirect) {}
 
-    record Scenario(int size, boolean eventIdx, boolean indirect, List<Shape> chains, long seed) {}
+    record Scenario(boolean packed, int size, boolean eventIdx, boolean indirect, List<Shape> chains, long seed) {}
 
     @Provide
     Arbitrary<Scenario> scenarios() {
@@ -34,15 +35,19 @@ class SplitQueuePropertyTest {
         Arbitrary<Shape> shape = Combinators.combine(lens, lens, Arbitraries.of(true, false))
                 .filter((o, i, ind) -> o.length + i.length > 0)
                 .as(Shape::new);
-        return Combinators.combine(Arbitraries.of(2, 4, 8, 16, 256), Arbitraries.of(true, false),
+        Arbitrary<int[]> layoutAndSize = Arbitraries.oneOf(
+                Arbitraries.of(2, 4, 8, 16, 256).map(n -> new int[] {0, n}),          // split: powers of two
+                Arbitraries.of(1, 2, 3, 5, 8, 16, 100, 256).map(n -> new int[] {1, n})); // packed: any size
+        return Combinators.combine(layoutAndSize, Arbitraries.of(true, false),
                         Arbitraries.of(true, false), shape.list().ofMinSize(1).ofMaxSize(120), Arbitraries.longs())
-                .as(Scenario::new);
+                .as((ls, e, i, c, seed) -> new Scenario(ls[0] == 1, ls[1], e, i, c, seed));
     }
 
-    @Property(tries = 300)
+    @Property(tries = 600)
     void driverAndDeviceAgree(@ForAll("scenarios") Scenario sc) {
         long features = (sc.eventIdx ? VirtioFeatures.bit(VirtioFeatures.F_EVENT_IDX) : 0)
-                | (sc.indirect ? VirtioFeatures.bit(VirtioFeatures.F_INDIRECT_DESC) : 0);
+                | (sc.indirect ? VirtioFeatures.bit(VirtioFeatures.F_INDIRECT_DESC) : 0)
+                | (sc.packed ? VirtioFeatures.bit(VirtioFeatures.F_RING_PACKED) : 0);
         try (TwoViewMemory mem = new TwoViewMemory(4 << 20)) {
             TwoViewMemory.Ring ring = mem.ring(sc.size, features, sc.indirect ? 8 : 0);
             new Run(mem, ring, sc).go();
@@ -52,14 +57,13 @@ class SplitQueuePropertyTest {
     /** One interleaving, chosen by the scenario's seed. */
     private static final class Run {
         final TwoViewMemory mem;
-        final SplitDriverRing drv;
-        final SplitDeviceRing dev;
+        final DriverRing drv;
+        final DeviceRing dev;
         final Scenario sc;
         final Random rnd;
         final Map<Integer, Posted> inFlight = new HashMap<>();
-        final ArrayDeque<Integer> poppedNotPushed = new ArrayDeque<>();
+        final ArrayDeque<DescriptorChain> poppedNotPushed = new ArrayDeque<>();
         final Map<Integer, Integer> pushedLen = new HashMap<>();
-        final DescriptorChain chain = new DescriptorChain(64);
         int nextChain;
         Posted prepared;
         int completed;
@@ -81,7 +85,8 @@ class SplitQueuePropertyTest {
             int steps = 0;
             while (completed < sc.chains.size()) {
                 assertThat(++steps).as("no progress").isLessThan(100_000);
-                switch (rnd.nextInt(6)) {
+                switch (rnd.nextInt(7)) {
+                    case 6 -> deviceGiveBack();
                     case 0 -> driverAdd();
                     case 1 -> driverPublish();
                     case 2 -> devicePop();
@@ -161,12 +166,13 @@ class SplitQueuePropertyTest {
             dev.disableKicks();
             deviceWantsKick = false;
             for (int k = rnd.nextInt(5); k >= 0; k--) {
+                DescriptorChain chain = new DescriptorChain(64);
                 if (!dev.pop(chain)) {
                     return;
                 }
-                Posted p = inFlight.get(chain.head());
-                assertThat(p).as("popped head %d was never added", chain.head()).isNotNull();
-                assertThat(poppedNotPushed).doesNotContain(chain.head());
+                Posted p = inFlight.get(chain.id());
+                assertThat(p).as("popped id %d was never added", chain.id()).isNotNull();
+                assertThat(poppedNotPushed).noneMatch(c -> c.id() == chain.id());
                 Shape s = p.shape;
                 assertThat(chain.readableCount()).isEqualTo(s.outLens.length);
                 assertThat(chain.writableCount()).isEqualTo(s.inLens.length);
@@ -183,13 +189,25 @@ class SplitQueuePropertyTest {
                         assertThat(all[at++]).isEqualTo(b);
                     }
                 }
-                poppedNotPushed.add(chain.head());
+                poppedNotPushed.add(chain);
             }
+        }
+
+        /** Gives back the most recently popped chains not completed: the next pops return them again. */
+        void deviceGiveBack() {
+            int k = Math.min(rnd.nextInt(3) + 1, poppedNotPushed.size());
+            for (int i = 0; i < k; i++) {
+                poppedNotPushed.pollLast();
+            }
+            dev.giveBack(k);
+            // the device knows it has chains to pop again: it does not wait for a kick for them
+            deviceWantsKick = deviceWantsKick && k == 0;
         }
 
         void devicePush() {
             for (int k = rnd.nextInt(4); k >= 0 && !poppedNotPushed.isEmpty(); k--) {
-                int head = poppedNotPushed.poll();
+                DescriptorChain chain = poppedNotPushed.poll();
+                int head = chain.id();
                 Posted p = inFlight.get(head);
                 int writable = 0;
                 for (int l : p.shape.inLens) {
@@ -204,7 +222,7 @@ class SplitQueuePropertyTest {
                     MemorySegment.copy(MemorySegment.ofArray(out), at, mem.guest.gpa(p.gpa[i], c), 0, c);
                     at += c;
                 }
-                dev.push(head, n);
+                dev.complete(chain, n);
                 pushedLen.put(head, n);
                 unpublishedPushes++;
             }

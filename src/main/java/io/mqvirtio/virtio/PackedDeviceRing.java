@@ -1,0 +1,450 @@
+package io.mqvirtio.virtio;
+
+import static io.mqvirtio.virtio.PackedRing.*;
+
+import io.mqvirtio.memory.GuestMemory;
+import io.mqvirtio.memory.GuestMemoryException;
+import io.mqvirtio.memory.MemoryRegion;
+import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
+import java.lang.invoke.VarHandle;
+
+/**
+ * The device's side of one packed virtqueue (VIRTIO 1.3, 2.8), the packed layout of {@link DeviceRing}.
+ *
+ * <p>Reading: a chain is available when its first descriptor's flags say so for the device's avail wrap counter
+ * (read with acquire: the driver writes that flags field last, with release); nothing of a chain is trusted before
+ * that, and every field of every descriptor is then read once. The buffer id comes from the chain's last
+ * descriptor; an id out of range, or one still in flight, breaks the ring, as do a chain longer than the ring, an
+ * indirect descriptor inside a chain (or with NEXT), a malformed indirect table, a readable buffer after a writable
+ * one, a buffer outside guest memory, a chain above 2^32-1 bytes.
+ *
+ * <p>Writing: {@link #complete} keeps the used entry (its id, length and place: a chain's used descriptor goes where
+ * its first descriptor was, if used in order, and the next one {@link DescriptorChain#slots()} further on);
+ * {@link #publish} writes the batch's ids and lengths, then, after a release fence, the flags of every entry but
+ * the first, and the first's last with release: the driver sees a batch whole or not at all (2.8.21, multi-buffer
+ * requests).
+ *
+ * <p>Single-threaded: one worker owns a ring.
+ */
+public final class PackedDeviceRing implements DeviceRing {
+    private static final long READ_AHEAD_MIN_LEN = 256;
+
+    private final GuestMemory memory;
+    private final int size;
+    private final MemorySegment desc;
+    private final MemorySegment driverEvent;  // written by the driver: when it wants used buffer notifications
+    private final MemorySegment deviceEvent;  // written by us: when we want available buffer notifications
+    private final boolean eventIdx;
+    private final boolean indirectAllowed;
+
+    // the next descriptor to read, with the device's view of the driver's wrap counter
+    private int nextAvail;
+    private boolean availWrap;
+    private long availTotal;      // descriptors consumed since the ring started (minus those given back)
+    // the furthest the device has read: enableKicksForMore waits for descriptors beyond it
+    private int seenAvail;
+    private boolean seenWrap;
+    private long seenTotal;
+    // the start of each chain popped and not completed yet, for giveBack: its position (bit 15: wrap) and total
+    private final int[] popAt;
+    private final long[] popTotal;
+    private final int[] popId;
+    private int pops;             // pops since the ring started, modulo the history's length (size)
+    private final boolean[] inFlight; // by buffer id
+
+    // the next used descriptor to write, with the device's wrap counter; and what the driver can see
+    private int nextUsed;
+    private boolean usedWrap;
+    private int publishedUsed;
+    private boolean publishedWrap;
+    private long publishedTotal;
+    private long signalledTotal;
+    private int signalledUsed;
+    private boolean signalledValid;
+
+    // completions not published yet
+    private final int[] shadowId;
+    private final int[] shadowLen;
+    private final int[] shadowPos;
+    private final boolean[] shadowWrap;
+    private int shadowCount;
+    private long usedTotal;
+
+    @SuppressWarnings("unused")
+    private long readAheadSink;
+    private String broken;
+
+    /**
+     * @param desc        the descriptor ring (16 × size bytes)
+     * @param driverEvent the driver event suppression structure (vhost-user's "avail" address)
+     * @param deviceEvent the device event suppression structure (vhost-user's "used" address)
+     * @param base        where to resume: the next descriptor to read and the next to write, with wrap counters
+     */
+    public PackedDeviceRing(GuestMemory memory, int size, MemorySegment desc, MemorySegment driverEvent,
+                            MemorySegment deviceEvent, long features, RingBase base) {
+        if (!PackedRing.isValidSize(size)) {
+            throw new VirtqueueException("packed queue size " + size + " is not in 1.." + PackedRing.MAX_SIZE);
+        }
+        checkPart("descriptor ring", desc, descRingBytes(size), 16);
+        checkPart("driver event suppression", driverEvent, EVENT_BYTES, 4);
+        checkPart("device event suppression", deviceEvent, EVENT_BYTES, 4);
+        if (base.avail() >= size || base.used() >= size) {
+            throw new VirtqueueException("ring base " + base + " is beyond the ring's " + size + " descriptors");
+        }
+        this.memory = memory;
+        this.size = size;
+        this.desc = desc;
+        this.driverEvent = driverEvent;
+        this.deviceEvent = deviceEvent;
+        this.eventIdx = VirtioFeatures.has(features, VirtioFeatures.F_EVENT_IDX);
+        this.indirectAllowed = VirtioFeatures.has(features, VirtioFeatures.F_INDIRECT_DESC);
+        this.nextAvail = base.avail();
+        this.availWrap = base.availWrap();
+        this.seenAvail = nextAvail;
+        this.seenWrap = availWrap;
+        this.nextUsed = base.used();
+        this.usedWrap = base.usedWrap();
+        this.publishedUsed = nextUsed;
+        this.publishedWrap = usedWrap;
+        this.popAt = new int[size];
+        this.popTotal = new long[size];
+        this.popId = new int[size];
+        this.inFlight = new boolean[size];
+        this.shadowId = new int[size];
+        this.shadowLen = new int[size];
+        this.shadowPos = new int[size];
+        this.shadowWrap = new boolean[size];
+    }
+
+    @Override
+    public int size() {
+        return size;
+    }
+
+    @Override
+    public RingBase base() {
+        return new RingBase(nextAvail, availWrap, nextUsed, usedWrap);
+    }
+
+    @Override
+    public boolean isBroken() {
+        return broken != null;
+    }
+
+    @Override
+    public String brokenReason() {
+        return broken;
+    }
+
+    private long flagsOff(int pos) {
+        return (long) pos * DESC_SIZE + DESC_FLAGS;
+    }
+
+    /**
+     * Descriptors made available from the next one on, counted by their flags up to 64 (a packed ring has no index
+     * that counts chains): a hint for read-ahead; nothing is validated or consumed.
+     */
+    @Override
+    public int available() {
+        checkNotBroken();
+        int n = 0;
+        int pos = nextAvail;
+        boolean wrap = availWrap;
+        while (n < Math.min(64, size) && isAvail(getU16Acquire(desc, flagsOff(pos)), wrap)) {
+            n++;
+            if (++pos == size) {
+                pos = 0;
+                wrap = !wrap;
+            }
+        }
+        return n;
+    }
+
+    @Override
+    public void readAhead(int max) {
+        long sum = 0;
+        int pos = nextAvail;
+        boolean wrap = availWrap;
+        for (int i = 0; i < Math.min(max, size); i++) {
+            long b = (long) pos * DESC_SIZE;
+            if (!isAvail(Short.toUnsignedInt(desc.get(U16, b + DESC_FLAGS)), wrap)) {
+                break;
+            }
+            long addr = desc.get(U64, b + DESC_ADDR);
+            if (Integer.toUnsignedLong(desc.get(U32, b + DESC_LEN)) >= READ_AHEAD_MIN_LEN) {
+                MemoryRegion r = memory.regionOfGpa(addr, 128);
+                if (r != null) {
+                    long off = addr - r.guestPhysAddr();
+                    sum += r.segment().get(ValueLayout.JAVA_BYTE, off);
+                    sum += r.segment().get(ValueLayout.JAVA_BYTE, off + 64);
+                }
+            }
+            if (++pos == size) {
+                pos = 0;
+                wrap = !wrap;
+            }
+        }
+        readAheadSink = sum;
+    }
+
+    @Override
+    public boolean pop(DescriptorChain chain) {
+        checkNotBroken();
+        int first = getU16Acquire(desc, flagsOff(nextAvail)); // the driver wrote it last, with release
+        if (!isAvail(first, availWrap)) {
+            return false;
+        }
+        int start = nextAvail;
+        boolean startWrap = availWrap;
+        chain.reset(start);
+        int pos = start;
+        boolean wrap = startWrap;
+        int n = 0;
+        boolean writableSeen = false;
+        long total = 0;
+        int id;
+        while (true) {
+            long b = (long) pos * DESC_SIZE;
+            long addr = desc.get(U64, b + DESC_ADDR);
+            int len = desc.get(U32, b + DESC_LEN);
+            int did = Short.toUnsignedInt(desc.get(U16, b + DESC_ID));
+            int flags = n == 0 ? first : Short.toUnsignedInt(desc.get(U16, b + DESC_FLAGS));
+            n++;
+            if (++pos == size) {
+                pos = 0;
+                wrap = !wrap;
+            }
+            if ((flags & F_INDIRECT) != 0) {
+                if (n != 1 || (flags & F_NEXT) != 0) {
+                    throw broken("indirect descriptor at " + (pos == 0 ? size - 1 : pos - 1)
+                            + " is part of a chain (2.8.13: an indirect descriptor stands alone)");
+                }
+                indirect(start, addr, len, chain);
+                id = did;
+                break;
+            }
+            boolean writable = (flags & F_WRITE) != 0;
+            if (writable) {
+                writableSeen = true;
+            } else if (writableSeen) {
+                throw broken("readable descriptor after a writable one in the chain at " + start);
+            }
+            total += Integer.toUnsignedLong(len);
+            if (total > 0xffff_ffffL) {
+                throw broken("descriptor chain at " + start + " is longer than 2^32-1 bytes");
+            }
+            addBuffer(chain, start, addr, len, writable);
+            if ((flags & F_NEXT) == 0) {
+                id = did;
+                break;
+            }
+            if (n == size) {
+                throw broken("descriptor chain at " + start + " is longer than the ring (" + size + ")");
+            }
+        }
+        if (id >= size) {
+            throw broken("chain at " + start + " has buffer id " + id + ", the ring has " + size + " entries");
+        }
+        if (inFlight[id]) {
+            throw broken("chain at " + start + " has buffer id " + id + ", which is already in flight");
+        }
+        inFlight[id] = true;
+        chain.identify(id, n);
+        int h = pops;
+        popAt[h] = start | (startWrap ? 0x8000 : 0);
+        popTotal[h] = availTotal;
+        popId[h] = id;
+        pops = (pops + 1) % size;
+        nextAvail = pos;
+        availWrap = wrap;
+        availTotal += n;
+        if (availTotal > seenTotal) {
+            seenTotal = availTotal;
+            seenAvail = pos;
+            seenWrap = wrap;
+        }
+        return true;
+    }
+
+    private void addBuffer(DescriptorChain chain, int start, long addr, int len, boolean writable) {
+        long ulen = Integer.toUnsignedLong(len);
+        MemoryRegion region = memory.regionOfGpa(addr, ulen);
+        if (region == null) {
+            throw broken("a descriptor of the chain at " + start + " points outside guest memory: 0x"
+                    + Long.toHexString(addr) + "+" + ulen);
+        }
+        if (!chain.add(addr, region.segment(), addr - region.guestPhysAddr(), len, writable)) {
+            throw broken("descriptor chain at " + start + " has more than " + chain.capacity() + " buffers");
+        }
+    }
+
+    /** An indirect table (2.8.13): only WRITE is a valid flag in it (NEXT and the id are ignored). */
+    private void indirect(int start, long addr, int len, DescriptorChain chain) {
+        if (!indirectAllowed) {
+            throw broken("indirect descriptor at " + start + " but INDIRECT_DESC was not negotiated");
+        }
+        long tlen = Integer.toUnsignedLong(len);
+        if (tlen == 0 || tlen % DESC_SIZE != 0) {
+            throw broken("indirect table at " + start + " has length " + tlen + ", not a non-zero multiple of 16");
+        }
+        if (tlen / DESC_SIZE > chain.capacity()) {
+            throw broken("indirect table at " + start + " has " + tlen / DESC_SIZE + " descriptors, more than "
+                    + chain.capacity());
+        }
+        MemorySegment table;
+        try {
+            table = memory.gpa(addr, tlen);
+        } catch (GuestMemoryException e) {
+            throw broken("indirect table at " + start + ": " + e.getMessage());
+        }
+        chain.markIndirect();
+        boolean writableSeen = false;
+        long total = 0;
+        for (long b = 0; b < tlen; b += DESC_SIZE) {
+            long a = table.get(U64, b + DESC_ADDR);
+            int l = table.get(U32, b + DESC_LEN);
+            boolean writable = (Short.toUnsignedInt(table.get(U16, b + DESC_FLAGS)) & F_WRITE) != 0;
+            if (writable) {
+                writableSeen = true;
+            } else if (writableSeen) {
+                throw broken("readable descriptor after a writable one in the indirect table at " + start);
+            }
+            total += Integer.toUnsignedLong(l);
+            if (total > 0xffff_ffffL) {
+                throw broken("indirect table at " + start + " describes more than 2^32-1 bytes");
+            }
+            addBuffer(chain, start, a, l, writable);
+        }
+    }
+
+    @Override
+    public void giveBack(int n) {
+        if (n < 0 || n > size) {
+            throw new IllegalArgumentException("cannot give back " + n + " chains");
+        }
+        if (n == 0) {
+            return;
+        }
+        int h = pops;
+        for (int i = 0; i < n; i++) {
+            h = h == 0 ? size - 1 : h - 1;
+            inFlight[popId[h]] = false; // from what the pop took: the ring is not read again
+        }
+        nextAvail = popAt[h] & 0x7fff;
+        availWrap = (popAt[h] & 0x8000) != 0;
+        availTotal = popTotal[h];
+        pops = h;
+    }
+
+    @Override
+    public void complete(DescriptorChain chain, int len) {
+        checkNotBroken();
+        int id = chain.id();
+        if (id < 0 || id >= size || !inFlight[id]) {
+            throw new IllegalArgumentException("buffer id " + id + " is not in flight");
+        }
+        inFlight[id] = false;
+        int i = shadowCount++;
+        shadowId[i] = id;
+        shadowLen[i] = len;
+        shadowPos[i] = nextUsed;
+        shadowWrap[i] = usedWrap;
+        nextUsed += chain.slots();
+        if (nextUsed >= size) {
+            nextUsed -= size;
+            usedWrap = !usedWrap;
+        }
+        usedTotal += chain.slots();
+    }
+
+    @Override
+    public void publish() {
+        int n = shadowCount;
+        if (n == 0) {
+            return;
+        }
+        for (int i = 0; i < n; i++) {
+            long b = (long) shadowPos[i] * DESC_SIZE;
+            desc.set(U32, b + DESC_LEN, shadowLen[i]);
+            desc.set(U16, b + DESC_ID, (short) shadowId[i]);
+        }
+        VarHandle.releaseFence(); // ids and lengths before any flags
+        for (int i = 1; i < n; i++) {
+            desc.set(U16, flagsOff(shadowPos[i]), (short) flags(i));
+        }
+        setU16Release(desc, flagsOff(shadowPos[0]), flags(0)); // the batch's first entry last
+        shadowCount = 0;
+        publishedUsed = nextUsed;
+        publishedWrap = usedWrap;
+        publishedTotal = usedTotal;
+    }
+
+    private int flags(int i) {
+        return usedFlags(shadowWrap[i]) | (shadowLen[i] != 0 ? F_WRITE : 0);
+    }
+
+    /**
+     * Whether the driver wants a notification for what was published since the last call (2.8.10): not with
+     * DISABLE; with DESC (EVENT_IDX), when the published range crossed the descriptor it named; otherwise yes.
+     */
+    @Override
+    public boolean needsNotification() {
+        VarHandle.fullFence(); // the flags we published before the driver's wish
+        long old = signalledTotal;
+        int oldPos = signalledUsed;
+        boolean valid = signalledValid;
+        signalledTotal = publishedTotal;
+        signalledUsed = publishedUsed;
+        signalledValid = true;
+        if (valid && publishedTotal == old) {
+            return false;
+        }
+        int flags = PackedRing.getU16Acquire(driverEvent, EVENT_FLAGS) & 3;
+        if (flags == EVENT_DISABLE) {
+            return false;
+        }
+        if (flags != EVENT_DESC || !eventIdx || !valid || publishedTotal - old >= size) {
+            return true;
+        }
+        int offWrap = Short.toUnsignedInt(driverEvent.get(U16, EVENT_OFF_WRAP));
+        return needEvent(offWrap, publishedUsed, oldPos, publishedWrap, size);
+    }
+
+    @Override
+    public void disableKicks() {
+        PackedRing.setU16Release(deviceEvent, EVENT_FLAGS, EVENT_DISABLE);
+    }
+
+    @Override
+    public boolean enableKicks() {
+        return enableKicksAt(nextAvail, availWrap);
+    }
+
+    @Override
+    public boolean enableKicksForMore() {
+        return enableKicksAt(seenAvail, seenWrap);
+    }
+
+    private boolean enableKicksAt(int pos, boolean wrap) {
+        if (eventIdx) {
+            deviceEvent.set(U16, EVENT_OFF_WRAP, (short) (pos | (wrap ? 0x8000 : 0)));
+            PackedRing.setU16Release(deviceEvent, EVENT_FLAGS, EVENT_DESC);
+        } else {
+            PackedRing.setU16Release(deviceEvent, EVENT_FLAGS, EVENT_ENABLE);
+        }
+        VarHandle.fullFence();
+        return !isBroken() && isAvail(getU16Acquire(desc, flagsOff(pos)), wrap);
+    }
+
+    private void checkNotBroken() {
+        if (broken != null) {
+            throw new VirtqueueException("queue is broken: " + broken);
+        }
+    }
+
+    private VirtqueueException broken(String why) {
+        broken = why;
+        return new VirtqueueException(why);
+    }
+}

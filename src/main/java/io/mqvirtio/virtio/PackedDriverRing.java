@@ -1,0 +1,394 @@
+package io.mqvirtio.virtio;
+
+import static io.mqvirtio.virtio.PackedRing.*;
+
+import java.lang.foreign.MemorySegment;
+import java.lang.invoke.VarHandle;
+
+/**
+ * The driver's side of one packed virtqueue (VIRTIO 1.3, 2.8), the packed layout of {@link DriverRing}.
+ *
+ * <p>Buffer ids (0 to size-1) come from a free list kept here, with each id's descriptor count: the device cannot
+ * touch either. {@link #add} writes a chain's descriptors in ring order, every flags field but the first's at once;
+ * {@link #publish} writes the first flags of every chain added since, after a release fence, so the device never
+ * sees part of a chain (2.8.6). {@link #reap} reads a used descriptor's flags with acquire, then its id (which must
+ * be in flight) and length, and skips the id's descriptor count. With IN_ORDER, one used descriptor may stand for
+ * a batch: the ids before it, in the order they were made available, are reaped with it.
+ */
+public final class PackedDriverRing implements DriverRing {
+    private final int size;
+    private final MemorySegment desc;
+    private final MemorySegment driverEvent;  // ours: when we want used buffer notifications
+    private final MemorySegment deviceEvent;  // the device's: when it wants kicks
+    private final boolean eventIdx;
+    private final boolean inOrder;
+    private final MemorySegment indirectArea;
+    private final long indirectAreaGpa;
+    private final int indirectMax;
+
+    private final int[] freeIds;
+    private int freeIdCount;
+    private final int[] slotsOf;      // by id: descriptors the chain took (0: not in flight)
+    private final int[] order;        // ids in the order they were made available (for IN_ORDER batches)
+    private int orderHead;
+    private int orderTail;
+    private int numFree;
+    private int inFlight;
+
+    private int nextAvail;
+    private boolean availWrap = true;
+    private long availTotal;
+    private long kickedTotal;
+    private int kickedAvail;
+    private final int[] pendingPos;   // first descriptors added and not published yet, and their flags
+    private final int[] pendingFlags;
+    private int pendingCount;
+
+    private int nextUsed;
+    private boolean usedWrap = true;
+    private int reapedLen;
+    private int batchLeft;            // IN_ORDER: ids of the current batch still to reap before its last one
+    private int batchLastId;
+    private int batchLen;
+    private String broken;
+
+    /**
+     * @param desc        the descriptor ring (zeroed)
+     * @param driverEvent the driver event suppression structure (zeroed: notifications enabled)
+     * @param deviceEvent the device event suppression structure
+     * @param indirectArea null, or memory for one indirect table per id ({@code size × indirectMax × 16} bytes)
+     */
+    public PackedDriverRing(int size, MemorySegment desc, MemorySegment driverEvent, MemorySegment deviceEvent,
+                            long features, MemorySegment indirectArea, long indirectAreaGpa, int indirectMax) {
+        if (!PackedRing.isValidSize(size)) {
+            throw new IllegalArgumentException("packed queue size " + size + " is not in 1.." + PackedRing.MAX_SIZE);
+        }
+        checkPart("descriptor ring", desc, descRingBytes(size), 16);
+        checkPart("driver event suppression", driverEvent, EVENT_BYTES, 4);
+        checkPart("device event suppression", deviceEvent, EVENT_BYTES, 4);
+        this.size = size;
+        this.desc = desc;
+        this.driverEvent = driverEvent;
+        this.deviceEvent = deviceEvent;
+        this.eventIdx = VirtioFeatures.has(features, VirtioFeatures.F_EVENT_IDX);
+        this.inOrder = VirtioFeatures.has(features, VirtioFeatures.F_IN_ORDER);
+        this.indirectArea = indirectArea;
+        this.indirectAreaGpa = indirectAreaGpa;
+        this.indirectMax = indirectArea == null ? 0 : indirectMax;
+        if (indirectArea != null && indirectArea.byteSize() < (long) size * indirectMax * DESC_SIZE) {
+            throw new IllegalArgumentException("indirect area too small");
+        }
+        this.freeIds = new int[size];
+        for (int i = 0; i < size; i++) {
+            freeIds[i] = size - 1 - i; // ids handed out from 0 up
+        }
+        this.freeIdCount = size;
+        this.slotsOf = new int[size];
+        this.order = new int[size];
+        this.numFree = size;
+        this.pendingPos = new int[size];
+        this.pendingFlags = new int[size];
+    }
+
+    public PackedDriverRing(int size, MemorySegment desc, MemorySegment driverEvent, MemorySegment deviceEvent,
+                            long features) {
+        this(size, desc, driverEvent, deviceEvent, features, null, 0, 0);
+    }
+
+    @Override
+    public int size() {
+        return size;
+    }
+
+    @Override
+    public int freeDescriptors() {
+        return numFree;
+    }
+
+    @Override
+    public int inFlight() {
+        return inFlight;
+    }
+
+    @Override
+    public boolean isBroken() {
+        return broken != null;
+    }
+
+    @Override
+    public String brokenReason() {
+        return broken;
+    }
+
+    @Override
+    public boolean supportsIndirect() {
+        return indirectMax > 0;
+    }
+
+    @Override
+    public int add(long[] addr, int[] len, int out, int in) {
+        int n = out + in;
+        if (n <= 0 || n > addr.length || n > len.length) {
+            throw new IllegalArgumentException("chain of " + out + "+" + in + " buffers");
+        }
+        checkNotBroken();
+        if (numFree < n || freeIdCount == 0) {
+            return -1;
+        }
+        int id = freeIds[--freeIdCount];
+        int firstPos = nextAvail;
+        int firstFlags = 0;
+        for (int i = 0; i < n; i++) {
+            long b = (long) nextAvail * DESC_SIZE;
+            desc.set(U64, b + DESC_ADDR, addr[i]);
+            desc.set(U32, b + DESC_LEN, len[i]);
+            desc.set(U16, b + DESC_ID, (short) id);
+            int flags = availFlags(availWrap) | (i >= out ? F_WRITE : 0) | (i + 1 < n ? F_NEXT : 0);
+            if (i == 0) {
+                firstFlags = flags;
+            } else {
+                desc.set(U16, b + DESC_FLAGS, (short) flags);
+            }
+            advanceAvail();
+        }
+        taken(id, n, firstPos, firstFlags);
+        return id;
+    }
+
+    @Override
+    public int addIndirect(long[] addr, int[] len, int out, int in) {
+        int n = out + in;
+        if (indirectMax == 0) {
+            throw new IllegalStateException("no indirect area");
+        }
+        if (n <= 0 || n > indirectMax) {
+            throw new IllegalArgumentException("indirect chain of " + n + " buffers, at most " + indirectMax);
+        }
+        checkNotBroken();
+        if (numFree < 1 || freeIdCount == 0) {
+            return -1;
+        }
+        int id = freeIds[--freeIdCount];
+        long slot = (long) id * indirectMax * DESC_SIZE;
+        for (int i = 0; i < n; i++) {
+            long b = slot + (long) i * DESC_SIZE;
+            indirectArea.set(U64, b + DESC_ADDR, addr[i]);
+            indirectArea.set(U32, b + DESC_LEN, len[i]);
+            indirectArea.set(U16, b + DESC_ID, (short) 0);
+            indirectArea.set(U16, b + DESC_FLAGS, (short) (i >= out ? F_WRITE : 0));
+        }
+        int pos = nextAvail;
+        long b = (long) pos * DESC_SIZE;
+        desc.set(U64, b + DESC_ADDR, indirectAreaGpa + slot);
+        desc.set(U32, b + DESC_LEN, n * DESC_SIZE);
+        desc.set(U16, b + DESC_ID, (short) id);
+        int flags = availFlags(availWrap) | F_INDIRECT;
+        advanceAvail();
+        taken(id, 1, pos, flags);
+        return id;
+    }
+
+    private void advanceAvail() {
+        if (++nextAvail == size) {
+            nextAvail = 0;
+            availWrap = !availWrap;
+        }
+        availTotal++;
+    }
+
+    private void taken(int id, int slots, int firstPos, int firstFlags) {
+        slotsOf[id] = slots;
+        numFree -= slots;
+        inFlight++;
+        if (inOrder) {
+            order[orderTail] = id; // the order the device uses them in
+            orderTail = orderTail + 1 == size ? 0 : orderTail + 1;
+        }
+        pendingPos[pendingCount] = firstPos;
+        pendingFlags[pendingCount] = firstFlags;
+        pendingCount++;
+    }
+
+    @Override
+    public void publish() {
+        if (pendingCount == 0) {
+            return;
+        }
+        VarHandle.releaseFence(); // every descriptor written before a first flags field makes it visible
+        for (int i = 0; i < pendingCount - 1; i++) {
+            desc.set(U16, (long) pendingPos[i] * DESC_SIZE + DESC_FLAGS, (short) pendingFlags[i]);
+        }
+        int last = pendingCount - 1;
+        setU16Release(desc, (long) pendingPos[last] * DESC_SIZE + DESC_FLAGS, pendingFlags[last]);
+        pendingCount = 0;
+    }
+
+    /** Whether the device wants a kick for the chains published since the last call (2.8.10); call after publish. */
+    @Override
+    public boolean needsKick() {
+        VarHandle.fullFence(); // our flags before the device's wish
+        long old = kickedTotal;
+        int oldPos = kickedAvail;
+        kickedTotal = availTotal;
+        kickedAvail = nextAvail;
+        if (kickedTotal == old) {
+            return false;
+        }
+        int flags = getU16Acquire(deviceEvent, EVENT_FLAGS) & 3;
+        if (flags == EVENT_DISABLE) {
+            return false;
+        }
+        if (flags != EVENT_DESC || !eventIdx || kickedTotal - old >= size) {
+            return true;
+        }
+        int offWrap = Short.toUnsignedInt(deviceEvent.get(U16, EVENT_OFF_WRAP));
+        return needEvent(offWrap, nextAvail, oldPos, availWrap, size);
+    }
+
+    @Override
+    public int usedPending() {
+        checkNotBroken();
+        int n = batchLeft;
+        int covered = batchLeft; // ids in flight accounted for, oldest first
+        int pos = nextUsed;
+        boolean wrap = usedWrap;
+        while (covered < inFlight) {
+            long b = (long) pos * DESC_SIZE;
+            if (!isUsed(getU16Acquire(desc, b + DESC_FLAGS), wrap)) {
+                break;
+            }
+            int id = Short.toUnsignedInt(desc.get(U16, b + DESC_ID));
+            if (id >= size || slotsOf[id] == 0) {
+                fail("used descriptor at " + pos + " names buffer id " + id + ", which is not in flight");
+            }
+            int batch = inOrder ? batchSize(id, covered) : 1;
+            int skip = inOrder ? slotsUpTo(id, covered) : slotsOf[id];
+            n += batch;
+            covered += batch;
+            pos += skip;
+            if (pos >= size) {
+                pos -= size;
+                wrap = !wrap;
+            }
+        }
+        return n;
+    }
+
+    @Override
+    public int reap() {
+        checkNotBroken();
+        if (batchLeft > 0) {
+            return reapFromBatch();
+        }
+        if (inFlight == 0) {
+            return -1;
+        }
+        long b = (long) nextUsed * DESC_SIZE;
+        int flags = getU16Acquire(desc, b + DESC_FLAGS);
+        if (!isUsed(flags, usedWrap)) {
+            return -1;
+        }
+        int id = Short.toUnsignedInt(desc.get(U16, b + DESC_ID));
+        int len = desc.get(U32, b + DESC_LEN);
+        if (id >= size || slotsOf[id] == 0) {
+            fail("used descriptor at " + nextUsed + " names buffer id " + id + ", which is not in flight");
+        }
+        if (inOrder) {
+            // one used descriptor for every buffer up to this id, in the order they were made available
+            int batch = batchSize(id, 0);
+            int skip = slotsUpTo(id, 0);
+            moveUsed(skip);
+            batchLastId = id;
+            batchLen = len;
+            batchLeft = batch;
+            return reapFromBatch();
+        }
+        moveUsed(slotsOf[id]);
+        free(id);
+        reapedLen = len;
+        return id;
+    }
+
+    /** The next id of an IN_ORDER batch: the skipped ones were used whole (length 0: read-only use). */
+    private int reapFromBatch() {
+        int id = order[orderHead];
+        orderHead = orderHead + 1 == size ? 0 : orderHead + 1;
+        batchLeft--;
+        reapedLen = id == batchLastId ? batchLen : 0;
+        free(id);
+        return id;
+    }
+
+    /** How many ids, from the {@code skip}-th oldest in flight on, up to and including {@code id}. */
+    private int batchSize(int id, int skip) {
+        int h = (orderHead + skip) % size;
+        for (int n = 1; n <= inFlight - skip; n++) {
+            if (order[h] == id) {
+                return n;
+            }
+            h = h + 1 == size ? 0 : h + 1;
+        }
+        fail("used buffer id " + id + " is not among the buffers in flight (IN_ORDER)");
+        return 0;
+    }
+
+    private int slotsUpTo(int id, int skip) {
+        int h = (orderHead + skip) % size;
+        int slots = 0;
+        while (true) {
+            slots += slotsOf[order[h]];
+            if (order[h] == id) {
+                return slots;
+            }
+            h = h + 1 == size ? 0 : h + 1;
+        }
+    }
+
+    private void moveUsed(int slots) {
+        nextUsed += slots;
+        if (nextUsed >= size) {
+            nextUsed -= size;
+            usedWrap = !usedWrap;
+        }
+    }
+
+    private void free(int id) {
+        numFree += slotsOf[id];
+        slotsOf[id] = 0;
+        freeIds[freeIdCount++] = id;
+        inFlight--;
+    }
+
+    @Override
+    public int reapedLength() {
+        return reapedLen;
+    }
+
+    @Override
+    public void disableInterrupts() {
+        setU16Release(driverEvent, EVENT_FLAGS, EVENT_DISABLE);
+    }
+
+    @Override
+    public boolean enableInterrupts() {
+        if (eventIdx) {
+            driverEvent.set(U16, EVENT_OFF_WRAP, (short) (nextUsed | (usedWrap ? 0x8000 : 0)));
+            setU16Release(driverEvent, EVENT_FLAGS, EVENT_DESC);
+        } else {
+            setU16Release(driverEvent, EVENT_FLAGS, EVENT_ENABLE);
+        }
+        VarHandle.fullFence();
+        return batchLeft > 0 || (inFlight > 0 && isUsed(getU16Acquire(desc, (long) nextUsed * DESC_SIZE + DESC_FLAGS), usedWrap));
+    }
+
+    private void checkNotBroken() {
+        if (broken != null) {
+            throw new VirtqueueException("queue is broken: " + broken);
+        }
+    }
+
+    private void fail(String why) {
+        broken = why;
+        throw new VirtqueueException(why);
+    }
+}
