@@ -25,14 +25,16 @@ public final class NetDevice implements VhostUserDevice, AutoCloseable {
     /**
      * Ring and device features every net device offers, whatever the backend. CTRL_RX: the frontend runs the control
      * queue (QEMU, DPDK virtio-user) and may accept RX-mode commands; we deliver every frame, so promiscuous and
-     * all-multicast are what the device does anyway.
+     * all-multicast are what the device does anyway. RING_PACKED: both ring layouts are served (the frontend
+     * chooses).
      */
     static final long BASE_FEATURES = VirtioFeatures.bit(VirtioFeatures.F_VERSION_1)
             | VirtioFeatures.bit(VirtioNet.F_CTRL_RX)
             | VirtioFeatures.bit(VirtioFeatures.F_EVENT_IDX)
             | VirtioFeatures.bit(VirtioFeatures.F_INDIRECT_DESC)
             | VirtioFeatures.bit(VirtioNet.F_MQ)
-            | VirtioFeatures.bit(VirtioNet.F_MRG_RXBUF);
+            | VirtioFeatures.bit(VirtioNet.F_MRG_RXBUF)
+            | VirtioFeatures.bit(VirtioFeatures.F_RING_PACKED);
 
     /**
      * What a net device needs to know beyond its backend.

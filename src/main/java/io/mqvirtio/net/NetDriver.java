@@ -7,6 +7,7 @@ import io.mqvirtio.vhostuser.Frontend;
 import io.mqvirtio.vhostuser.Protocol;
 import io.mqvirtio.vhostuser.VhostUserException;
 import io.mqvirtio.virtio.DriverRing;
+import io.mqvirtio.virtio.RingBase;
 import io.mqvirtio.virtio.Rings;
 import io.mqvirtio.virtio.SplitRing;
 import io.mqvirtio.virtio.VirtioFeatures;
@@ -46,7 +47,10 @@ public final class NetDriver implements AutoCloseable {
     static final long WANTED = VirtioFeatures.bit(VirtioFeatures.F_VERSION_1) | VirtioFeatures.bit(VirtioFeatures.F_EVENT_IDX)
             | VirtioFeatures.bit(VirtioNet.F_MQ) | VirtioFeatures.bit(VirtioNet.F_MRG_RXBUF)
             | VirtioFeatures.bit(VirtioNet.F_MTU) | VirtioFeatures.bit(VirtioFeatures.F_INDIRECT_DESC)
-            | VirtioFeatures.bit(VirtioNet.F_CSUM) | VirtioFeatures.bit(VirtioNet.F_GUEST_CSUM);
+            | VirtioFeatures.bit(VirtioNet.F_CSUM) | VirtioFeatures.bit(VirtioNet.F_GUEST_CSUM)
+            | VirtioFeatures.bit(VirtioFeatures.F_RING_PACKED);
+    /** {@link #WANTED} without the packed layout: for comparisons with the split one. */
+    public static final long WANTED_SPLIT = WANTED & ~VirtioFeatures.bit(VirtioFeatures.F_RING_PACKED);
     static final long WANTED_PROTOCOL = (1L << Protocol.PF_MQ) | (1L << Protocol.PF_REPLY_ACK) | (1L << Protocol.PF_STATUS);
     /** Device status bits (VIRTIO 1.3, 2.1), set in this order as the driver initialises (3.1.1). */
     static final int ACKNOWLEDGE = 1, DRIVER = 2, DRIVER_OK = 4, FEATURES_OK = 8;
@@ -205,7 +209,8 @@ public final class NetDriver implements AutoCloseable {
                     int index = 2 * p + r;
                     long ringAddr = base + off + r * layout.totalBytes();
                     fe.setVringNum(index, o.ringSize());
-                    fe.setVringBase(index, 0);
+                    // a fresh ring: index 0, and for packed rings both wrap counters 1 (VIRTIO 1.3, 2.8.1)
+                    fe.setVringBase(index, Rings.packed(negotiated) ? RingBase.PACKED_START.encode(true) : 0);
                     fe.setVringAddr(index, ringAddr + layout.descOffset(), ringAddr + layout.usedOffset(),
                             ringAddr + layout.availOffset());
                     fe.setVringCall(index, call[r]);
