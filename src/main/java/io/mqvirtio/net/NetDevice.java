@@ -70,6 +70,7 @@ public final class NetDevice implements VhostUserDevice, AutoCloseable {
     private final PacketBackend backend;
     private final QueuePairWorker[] workers;
     private volatile long features;
+    private volatile long lastFeatures;
     private volatile int mtu;
     /** Why this device can no longer be served, or null; set once, when a worker stops answering. */
     private volatile String dead;
@@ -138,6 +139,7 @@ public final class NetDevice implements VhostUserDevice, AutoCloseable {
     @Override
     public void setFeatures(long f) {
         features = f;
+        lastFeatures = f;
         int m = mtu;
         for (QueuePairWorker w : workers) {
             call(w, x -> x.setFeatures(f, m));
@@ -177,6 +179,11 @@ public final class NetDevice implements VhostUserDevice, AutoCloseable {
 
     public long negotiatedFeatures() {
         return features;
+    }
+
+    /** The features the most recent frontend negotiated, kept after its session ended (0 before any). */
+    public long lastNegotiatedFeatures() {
+        return lastFeatures;
     }
 
     /** The MTU in force: the configured one, or what the frontend set (NET_SET_MTU) since the last reset. */

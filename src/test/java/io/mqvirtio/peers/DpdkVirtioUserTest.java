@@ -11,13 +11,15 @@ import java.nio.file.Path;
 import java.util.List;
 import java.util.concurrent.TimeUnit;
 import org.junit.jupiter.api.Tag;
-import org.junit.jupiter.api.Test;
+import org.junit.jupiter.params.ParameterizedTest;
+import org.junit.jupiter.params.provider.ValueSource;
 import org.junit.jupiter.api.Timeout;
 import org.junit.jupiter.api.io.TempDir;
 
 /**
  * DPDK's testpmd as the vhost-user frontend (its virtio-user PMD, txonly) into our backend: four queue pairs, the
- * frames counted on every queue, each one checked, none malformed.
+ * frames counted on every queue, each one checked, none malformed; with the split ring (DPDK's default) and the
+ * packed one ({@code packed_vq=1}), each with and without {@code in_order} asked for.
  */
 @Tag("peer")
 class DpdkVirtioUserTest {
@@ -27,9 +29,10 @@ class DpdkVirtioUserTest {
     @TempDir
     Path dir;
 
-    @Test
+    @ParameterizedTest(name = "devargs \"{0}\"")
+    @ValueSource(strings = {"", "packed_vq=1,in_order=0", "packed_vq=0,in_order=1", "packed_vq=1,in_order=1"})
     @Timeout(120)
-    void testpmdTransmitsOnEveryQueue() throws Exception {
+    void testpmdTransmitsOnEveryQueue(String devargs) throws Exception {
         Path testpmd = Peers.require("dpdk-testpmd", "DPDK testpmd");
         Path sock = dir.resolve("vu.sock");
         Path log = dir.resolve("testpmd.log");
@@ -39,7 +42,7 @@ class DpdkVirtioUserTest {
              VhostUserServer server = VhostUserServer.listen(sock, dev)) {
             ProcessBuilder pb = new ProcessBuilder(testpmd.toString(), "-l", "0-1", "--no-huge", "-m", "512", "--no-pci",
                     "--file-prefix", prefix, "--vdev",
-                    "net_virtio_user0,path=" + sock + ",queues=" + PAIRS + ",cq=1", "--",
+                    "net_virtio_user0,path=" + sock + ",queues=" + PAIRS + ",cq=1" + (devargs.isEmpty() ? "" : "," + devargs), "--",
                     "--forward-mode=txonly", "--txpkts=" + FRAME, "--txq=" + PAIRS, "--rxq=" + PAIRS, "--nb-cores=1",
                     "--total-num-mbufs=16384", "--auto-start")
                     .redirectErrorStream(true).redirectOutput(log.toFile());
@@ -59,6 +62,9 @@ class DpdkVirtioUserTest {
                 Peers.removeDpdkRuntime(prefix);
             }
             String out = Files.readString(log);
+            boolean packed = io.mqvirtio.virtio.VirtioFeatures.has(dev.lastNegotiatedFeatures(),
+                    io.mqvirtio.virtio.VirtioFeatures.F_RING_PACKED);
+            assertThat(packed).as("packed ring negotiated with %s", devargs).isEqualTo(devargs.contains("packed_vq=1"));
             for (int q = 0; q < PAIRS; q++) {
                 assertThat(sink.good.get(q)).as("good frames on queue %d%n%s", q, Peers.tail(log, 30)).isGreaterThan(10_000);
                 assertThat(sink.bad.get(q)).as("malformed frames on queue %d", q).isZero();

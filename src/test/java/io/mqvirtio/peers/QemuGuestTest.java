@@ -31,7 +31,7 @@ import org.junit.jupiter.api.Tag;
 import org.junit.jupiter.api.Timeout;
 import org.junit.jupiter.api.io.TempDir;
 import org.junit.jupiter.params.ParameterizedTest;
-import org.junit.jupiter.params.provider.ValueSource;
+import org.junit.jupiter.params.provider.CsvSource;
 
 /**
  * The heart of the mission, end to end: a real Linux guest (its virtio_net driver) in QEMU, four vCPUs and four
@@ -48,11 +48,14 @@ public class QemuGuestTest {
     @TempDir
     Path dir;
 
-    /** Workers woken by kicks (0), and with a poll window after traffic (200 µs: kicks off while polling). */
-    @ParameterizedTest(name = "poll window {0} µs")
-    @ValueSource(ints = {0, 200})
+    /**
+     * Workers woken by kicks (0), and with a poll window after traffic (200 µs: kicks off while polling); the split
+     * ring (QEMU's default) and the packed one ({@code packed=on}).
+     */
+    @ParameterizedTest(name = "poll window {0} µs, device options \"{1}\"")
+    @CsvSource(value = {"0,", "200,", "0,packed=on"}, emptyValue = "")
     @Timeout(420)
-    void linuxGuestUsesFourQueuePairs(int pollMicros) throws Exception {
+    void linuxGuestUsesFourQueuePairs(int pollMicros, String devOpts) throws Exception {
         Peers.requireRoot("a TAP device in a network namespace");
         Peers.require("qemu-system-x86_64", "QEMU");
         Path repo = Path.of("").toAbsolutePath();
@@ -90,7 +93,7 @@ public class QemuGuestTest {
                         "--queues", String.valueOf(PAIRS), "--smp", "4", "--script", script.toString(),
                         "--log", log.toString(), "--timeout", "300",
                         "--arg", "pairs=" + PAIRS, "--arg", "ip=" + guest + "/24", "--arg", "peer=" + host,
-                        "--arg", "bulkkb=" + BULK_KB, "--arg", "timeout=240")
+                        "--arg", "bulkkb=" + BULK_KB, "--arg", "timeout=240", "--dev-opts", devOpts == null ? "" : devOpts)
                         .redirectErrorStream(true).redirectOutput(dir.resolve("run-guest.out").toFile())
                         .directory(repo.toFile()).start();
                 try {
@@ -116,6 +119,10 @@ public class QemuGuestTest {
                         .containsEntry("down_md5", md5(down));
                 assertThat(uploaded.get(30, TimeUnit.SECONDS)).as(context).isEqualTo(r.get("up_md5"));
 
+                boolean packed = io.mqvirtio.virtio.VirtioFeatures.has(dev.lastNegotiatedFeatures(),
+                        io.mqvirtio.virtio.VirtioFeatures.F_RING_PACKED);
+                assertThat(packed).as("packed ring negotiated with \"%s\"", devOpts).isEqualTo(devOpts != null
+                        && devOpts.contains("packed=on"));
                 List<QueueCounters.Snapshot> c = dev.counters();
                 for (int q = 0; q < PAIRS; q++) {
                     assertThat(c.get(2 * q).packets()).as("RX queue %d packets; counters %s%s", q, c, context).isPositive();
