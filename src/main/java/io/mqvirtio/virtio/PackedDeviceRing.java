@@ -117,6 +117,48 @@ public final class PackedDeviceRing implements DeviceRing {
         this.shadowWrap = new boolean[size];
     }
 
+    /**
+     * Where a packed ring resumes, given the frontend's base. The used position starts where the avail one does: a
+     * ring stops with every chain it popped used or given back, and DPDK's virtio-user sends only the avail half
+     * (DPDK's vhost does the same).
+     *
+     * <p>A packed ring has no index in memory that says how far a backend got before it died, and QEMU then sends the
+     * base of the last clean stop (its virtio_queue_packed_restore_last_avail_idx does nothing), which may be laps
+     * behind. The ring itself tells, through each descriptor's USED bit: the device's position D (with wrap counter
+     * w) splits the ring into [0, D), whose descriptors the device consumed in this lap (used by it, USED = w, or
+     * made available again by the driver for the next lap, USED = w too), and [D, size), not consumed in this lap
+     * (made available for it, USED = !w, or left from the last lap, USED = !w, or never written: 0). So D is where
+     * the USED bit first differs from position 0's, and w is position 0's bit; with no change, D is 0 and w the
+     * opposite of every bit. The frontend's base is taken when the ring agrees with it, and this position otherwise.
+     * Exact when every chain takes one ring slot (a Linux guest with INDIRECT_DESC, which we offer, chains nothing
+     * else): the other descriptors of a used multi-slot chain keep the driver's USED bit. Chains the dead backend
+     * popped and had not published are taken again (TX may resend a few frames).
+     */
+    static RingBase resumeAt(MemorySegment ring, int size, RingBase base) {
+        int pos = base.avail();
+        boolean wrap = base.availWrap();
+        if (pos >= size) {
+            throw new VirtqueueException("ring base " + base + " is beyond the ring's " + size + " descriptors");
+        }
+        boolean[] usedBit = new boolean[size];
+        for (int i = 0; i < size; i++) {
+            usedBit[i] = (ring.get(U16, (long) i * DESC_SIZE + DESC_FLAGS) & F_USED) != 0;
+        }
+        int before = pos == 0 ? size - 1 : pos - 1;
+        boolean consistent = usedBit[pos] == !wrap && usedBit[before] == (pos == 0 ? !wrap : wrap);
+        if (consistent) {
+            return new RingBase(pos, wrap, pos, wrap);
+        }
+        int d = 1;
+        while (d < size && usedBit[d] == usedBit[0]) {
+            d++;
+        }
+        if (d == size) {
+            return new RingBase(0, !usedBit[0], 0, !usedBit[0]);
+        }
+        return new RingBase(d, usedBit[0], d, usedBit[0]);
+    }
+
     @Override
     public int size() {
         return size;

@@ -43,12 +43,9 @@ public final class Rings {
     public static DeviceRing device(GuestMemory g, int size, long descUva, long availUva, long usedUva, long features,
                                     RingBase base) {
         if (packed(features)) {
-            // The used position starts where the avail one does: a ring stops with every chain it popped used (or
-            // given back), and after a backend died the frontend resumes from its used position (QEMU) or sends
-            // only the avail half (DPDK's virtio-user, whose vhost does the same).
-            RingBase at = new RingBase(base.avail(), base.availWrap(), base.avail(), base.availWrap());
-            return new PackedDeviceRing(g, size, g.uva(descUva, PackedRing.descRingBytes(size)),
-                    g.uva(availUva, PackedRing.EVENT_BYTES), g.uva(usedUva, PackedRing.EVENT_BYTES), features, at);
+            MemorySegment ring = g.uva(descUva, PackedRing.descRingBytes(size));
+            return new PackedDeviceRing(g, size, ring, g.uva(availUva, PackedRing.EVENT_BYTES),
+                    g.uva(usedUva, PackedRing.EVENT_BYTES), features, PackedDeviceRing.resumeAt(ring, size, base));
         }
         MemorySegment desc = g.uva(descUva, SplitRing.descTableBytes(size));
         MemorySegment avail = g.uva(availUva, SplitRing.availBytes(size));

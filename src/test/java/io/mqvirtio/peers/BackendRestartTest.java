@@ -36,10 +36,11 @@ class BackendRestartTest {
     Path dir;
 
     @ParameterizedTest(name = "backend as {0}")
-    @ValueSource(strings = {"client", "server"})
+    @ValueSource(strings = {"client", "server", "client-packed", "server-packed"})
     @Timeout(400)
     void guestSurvivesTenBackendKills(String mode) throws Exception {
-        boolean backendListens = mode.equals("server");
+        boolean backendListens = mode.startsWith("server");
+        boolean packed = mode.endsWith("packed");
         dir = Files.createDirectories(Path.of("target", "peer-logs", "backend-restart-" + mode).toAbsolutePath());
         try (var old = Files.list(dir)) {
             for (Path p : old.toList()) {
@@ -69,7 +70,7 @@ class BackendRestartTest {
             Process qemu = new ProcessBuilder(repo.resolve("scripts/guest/run-guest.sh").toString(), "--vhost-user",
                     sock.toString(), backendListens ? "--reconnect" : "--server", "--queues", String.valueOf(PAIRS), "--smp", "2",
                     "--script", repo.resolve("scripts/guest/tests/restart.sh").toString(), "--log", log.toString(),
-                    "--timeout", "330", "--arg", "ip=10.78." + net + ".2/24", "--arg", "peer=" + host,
+                    "--timeout", "330", "--dev-opts", packed ? "packed=on" : "", "--arg", "ip=10.78." + net + ".2/24", "--arg", "peer=" + host,
                     "--arg", "done=" + doneAddr, "--arg", "max=240", "--arg", "timeout=300")
                     .redirectErrorStream(true).redirectOutput(dir.resolve("run-guest.out").toFile())
                     .directory(repo.toFile()).start();

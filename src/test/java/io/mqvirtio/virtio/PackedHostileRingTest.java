@@ -1,0 +1,259 @@
+package io.mqvirtio.virtio;
+
+import static io.mqvirtio.virtio.PackedRing.*;
+import static org.assertj.core.api.Assertions.assertThat;
+import static org.assertj.core.api.Assertions.assertThatThrownBy;
+
+import java.lang.foreign.MemorySegment;
+import java.util.Random;
+import java.util.function.Consumer;
+import net.jqwik.api.ForAll;
+import net.jqwik.api.Property;
+import org.junit.jupiter.api.AfterEach;
+import org.junit.jupiter.api.BeforeEach;
+import org.junit.jupiter.api.Test;
+
+/**
+ * The packed versions of the ring attacks a driver can make, fed to the device side: each forbidden state is a
+ * clear {@link VirtqueueException} that breaks the ring, never another exception, a hang or an access outside guest
+ * memory; a descriptor whose flags do not say "available" for the device's wrap counter (a wrong wrap bit, a used
+ * flag the driver set) is simply not there yet; event structures naming any descriptor only change a decision.
+ */
+class PackedHostileRingTest {
+    static final int SIZE = 64;
+    static final long ALL = VirtioFeatures.bit(VirtioFeatures.F_INDIRECT_DESC) | VirtioFeatures.bit(VirtioFeatures.F_EVENT_IDX)
+            | VirtioFeatures.bit(VirtioFeatures.F_RING_PACKED);
+
+    TwoViewMemory mem;
+    MemorySegment d;
+    long ringOff;
+    long driverEventOff;
+    long deviceEventOff;
+    long dataOff;
+
+    @BeforeEach
+    void setUp() {
+        mem = new TwoViewMemory(1 << 20);
+        d = mem.driver();
+        Rings.Layout l = Rings.layout(SIZE, ALL);
+        long base = mem.alloc(l.totalBytes(), 4096);
+        ringOff = base + l.descOffset();
+        driverEventOff = base + l.availOffset();
+        deviceEventOff = base + l.usedOffset();
+        dataOff = mem.alloc(64 * 1024, 4096);
+    }
+
+    @AfterEach
+    void tearDown() {
+        mem.close();
+    }
+
+    DeviceRing device(long features) {
+        return Rings.device(mem.guest, SIZE, mem.uva(ringOff), mem.uva(driverEventOff), mem.uva(deviceEventOff),
+                features | VirtioFeatures.bit(VirtioFeatures.F_RING_PACKED), RingBase.PACKED_START);
+    }
+
+    /** Descriptor {@code i}, with the AVAIL/USED bits of a driver whose wrap counter is 1 unless {@code flags} has any. */
+    void desc(int i, long gpa, int len, int id, int flags) {
+        long b = ringOff + 16L * i;
+        d.set(U64, b, gpa);
+        d.set(U32, b + 8, len);
+        d.set(U16, b + 12, (short) id);
+        int wrapBits = (flags & (F_AVAIL | F_USED)) != 0 ? 0 : F_AVAIL;
+        d.set(U16, b + 14, (short) (flags | wrapBits));
+    }
+
+    long buf(int n) {
+        return mem.gpa(dataOff + 1024L * n);
+    }
+
+    void expectBroken(DeviceRing q, String message) {
+        DescriptorChain c = new DescriptorChain(64);
+        assertThatThrownBy(() -> q.pop(c)).isInstanceOf(VirtqueueException.class).hasMessageContaining(message);
+        assertThat(q.isBroken()).isTrue();
+        assertThatThrownBy(() -> q.pop(c)).isInstanceOf(VirtqueueException.class);
+    }
+
+    @Test
+    void aWellFormedChainPops() {
+        desc(1, buf(1), 100, 9, F_WRITE);
+        desc(0, buf(0), 12, 0, F_NEXT); // first flags written last, as a driver does
+        DeviceRing q = device(ALL);
+        DescriptorChain c = new DescriptorChain(64);
+        assertThat(q.pop(c)).isTrue();
+        assertThat(c.id()).isEqualTo(9); // from the last descriptor
+        assertThat(c.slots()).isEqualTo(2);
+        assertThat(c.readableBytes()).isEqualTo(12);
+        assertThat(c.writableBytes()).isEqualTo(100);
+        assertThat(q.pop(c)).isFalse();
+    }
+
+    @Test
+    void wrongWrapBitsAndUsedFlagsAreNotAvailable() {
+        DeviceRing q = device(ALL);
+        DescriptorChain c = new DescriptorChain(64);
+        desc(0, buf(0), 64, 0, F_AVAIL | F_USED); // looks used
+        assertThat(q.pop(c)).isFalse();
+        desc(0, buf(0), 64, 0, F_USED); // available for wrap counter 0, not for the device's 1
+        assertThat(q.pop(c)).isFalse();
+        assertThat(q.isBroken()).isFalse();
+        assertThat(q.enableKicks()).isFalse();
+    }
+
+    @Test
+    void aChainWithoutEndBreaksTheRing() {
+        for (int i = 0; i < SIZE; i++) {
+            desc(i, buf(i % 60), 16, i, F_NEXT);
+        }
+        expectBroken(device(ALL), "longer than the ring");
+    }
+
+    @Test
+    void anIdOutOfRangeBreaksTheRing() {
+        desc(0, buf(0), 64, SIZE + 3, 0);
+        expectBroken(device(ALL), "buffer id " + (SIZE + 3));
+    }
+
+    @Test
+    void anIdInFlightTwiceBreaksTheRing() {
+        desc(0, buf(0), 64, 5, 0);
+        desc(1, buf(1), 64, 5, 0);
+        DeviceRing q = device(ALL);
+        DescriptorChain c = new DescriptorChain(64);
+        assertThat(q.pop(c)).isTrue();
+        expectBroken(q, "already in flight");
+    }
+
+    @Test
+    void anIdUsedAndMadeAvailableAgainIsFine() {
+        desc(0, buf(0), 64, 5, 0);
+        desc(1, buf(1), 64, 5, 0);
+        DeviceRing q = device(ALL);
+        DescriptorChain c = new DescriptorChain(64);
+        assertThat(q.pop(c)).isTrue();
+        q.complete(c, 0);
+        q.publish();
+        assertThat(q.pop(c)).isTrue();
+        assertThat(c.id()).isEqualTo(5);
+    }
+
+    @Test
+    void indirectDescriptorsThatBreakTheRules() {
+        long table = dataOff + 60 * 1024;
+        d.set(U64, table, buf(1));
+        d.set(U32, table + 8, 64);
+        d.set(U16, table + 14, (short) F_WRITE);
+        long tableGpa = mem.gpa(table);
+        check(q -> desc(0, tableGpa, 16, 0, F_INDIRECT | F_NEXT), ALL, "stands alone");
+        check(q -> {
+            desc(1, tableGpa, 16, 0, F_INDIRECT);
+            desc(0, buf(0), 16, 0, F_NEXT);
+        }, ALL, "stands alone");
+        check(q -> desc(0, tableGpa, 0, 0, F_INDIRECT), ALL, "not a non-zero multiple of 16");
+        check(q -> desc(0, tableGpa, 20, 0, F_INDIRECT), ALL, "not a non-zero multiple of 16");
+        check(q -> desc(0, 0x10, 16, 0, F_INDIRECT), ALL, "indirect table");
+        check(q -> desc(0, tableGpa, 16, 0, F_INDIRECT), VirtioFeatures.bit(VirtioFeatures.F_EVENT_IDX), "INDIRECT_DESC was not negotiated");
+        check(q -> desc(0, tableGpa, 16 * 1000, 0, F_INDIRECT), ALL, "indirect table");
+    }
+
+    @Test
+    void buffersThatBreakTheRules() {
+        check(q -> desc(0, 0x10, 64, 0, 0), ALL, "outside guest memory");
+        check(q -> desc(0, mem.gpa(mem.driver().byteSize() - 8), 64, 0, 0), ALL, "outside guest memory");
+        check(q -> {
+            desc(1, buf(1), 64, 0, 0);
+            desc(0, buf(0), 64, 0, F_WRITE | F_NEXT);
+        }, ALL, "readable descriptor after a writable one");
+    }
+
+    /** Three buffers of 2 GiB each, all inside guest memory (a sparse 4 GiB memfd): the total breaks the ring. */
+    @Test
+    void aChainAbove4GiBBreaksTheRing() {
+        mem.close();
+        mem = new TwoViewMemory(4L << 30);
+        setUp2();
+        for (int i = 1; i < 3; i++) {
+            desc(i, mem.gpa(1L << 30), 0x7fff_ffff, 0, i < 2 ? F_NEXT : 0);
+        }
+        desc(0, mem.gpa(1L << 30), 0x7fff_ffff, 0, F_NEXT);
+        expectBroken(device(ALL), "2^32-1");
+    }
+
+    private void setUp2() {
+        d = mem.driver();
+        Rings.Layout l = Rings.layout(SIZE, ALL);
+        long base = mem.alloc(l.totalBytes(), 4096);
+        ringOff = base + l.descOffset();
+        driverEventOff = base + l.availOffset();
+        deviceEventOff = base + l.usedOffset();
+        dataOff = mem.alloc(64 * 1024, 4096);
+    }
+
+    /** A fresh ring each time: {@code write} lays out the attack, then the pop must break the ring with {@code message}. */
+    private void check(Consumer<DeviceRing> write, long features, String message) {
+        d.asSlice(ringOff, 16L * SIZE).fill((byte) 0);
+        write.accept(null);
+        expectBroken(device(features), message);
+    }
+
+    @Test
+    void eventStructuresNamingAnyDescriptorOnlyChangeADecision() {
+        DeviceRing q = device(ALL);
+        DescriptorChain c = new DescriptorChain(64);
+        Random r = new Random(7);
+        for (int round = 0; round < 200; round++) {
+            int pos = round % SIZE;
+            desc(pos, buf(pos % 60), 64, pos, (round / SIZE) % 2 == 0 ? 0 : F_USED); // wrap counter flips per lap
+            assertThat(q.pop(c)).isTrue();
+            q.complete(c, r.nextInt(65));
+            q.publish();
+            d.set(U16, driverEventOff, (short) r.nextInt(0x10000));     // off_wrap: anything
+            d.set(U16, driverEventOff + 2, (short) r.nextInt(0x10000)); // flags: anything, reserved bits too
+            q.needsNotification(); // a decision, never an exception
+        }
+        assertThat(q.isBroken()).isFalse();
+    }
+
+    /** Garbage in every descriptor and both event structures: the device pops what it can, or breaks, never more. */
+    @Property(tries = 1000)
+    void garbageRingsAreRefusedCleanly(@ForAll long seed) {
+        setUp(); // jqwik runs no JUnit @BeforeEach
+        try {
+            garbage(seed);
+        } finally {
+            tearDown();
+        }
+    }
+
+    private void garbage(long seed) {
+        Random r = new Random(seed);
+        for (int i = 0; i < SIZE; i++) {
+            long b = ringOff + 16L * i;
+            d.set(U64, b, r.nextInt(4) == 0 ? r.nextLong() : buf(r.nextInt(60)) + r.nextInt(1024));
+            d.set(U32, b + 8, r.nextInt(4) == 0 ? r.nextInt() : r.nextInt(2048));
+            d.set(U16, b + 12, (short) (r.nextInt(4) == 0 ? r.nextInt() : r.nextInt(SIZE)));
+            d.set(U16, b + 14, (short) r.nextInt(0x10000));
+        }
+        d.set(U32, driverEventOff, r.nextInt());
+        DeviceRing q = device(ALL);
+        DescriptorChain c = new DescriptorChain(128);
+        try {
+            for (int i = 0; i < 2 * SIZE && q.pop(c); i++) {
+                for (int b = 0; b < c.count(); b++) {
+                    assertThat(c.segment(b).address()).isEqualTo(c.hostAddress(b)); // inside guest memory
+                }
+                assertThat(c.readableBytes() + c.writableBytes()).isLessThanOrEqualTo(0xffff_ffffL);
+                if (r.nextBoolean()) {
+                    q.complete(c, r.nextInt(100));
+                    q.publish();
+                    q.needsNotification();
+                } else if (r.nextInt(4) == 0) {
+                    q.giveBack(1);
+                    break;
+                }
+            }
+        } catch (VirtqueueException e) {
+            assertThat(q.isBroken()).isTrue();
+        }
+    }
+}
