@@ -26,7 +26,9 @@ public final class NetDevice implements VhostUserDevice, AutoCloseable {
      * Ring and device features every net device offers, whatever the backend. CTRL_RX: the frontend runs the control
      * queue (QEMU, DPDK virtio-user) and may accept RX-mode commands; we deliver every frame, so promiscuous and
      * all-multicast are what the device does anyway. RING_PACKED: both ring layouts are served (the frontend
-     * chooses).
+     * chooses). IN_ORDER: the workers use every ring's chains in the order they were made available (TX completes each
+     * chain as it is popped, RX the chains a frame fills and gives back the rest), so a TX burst can be completed
+     * with one used entry.
      */
     static final long BASE_FEATURES = VirtioFeatures.bit(VirtioFeatures.F_VERSION_1)
             | VirtioFeatures.bit(VirtioNet.F_CTRL_RX)
@@ -34,7 +36,8 @@ public final class NetDevice implements VhostUserDevice, AutoCloseable {
             | VirtioFeatures.bit(VirtioFeatures.F_INDIRECT_DESC)
             | VirtioFeatures.bit(VirtioNet.F_MQ)
             | VirtioFeatures.bit(VirtioNet.F_MRG_RXBUF)
-            | VirtioFeatures.bit(VirtioFeatures.F_RING_PACKED);
+            | VirtioFeatures.bit(VirtioFeatures.F_RING_PACKED)
+            | VirtioFeatures.bit(VirtioFeatures.F_IN_ORDER);
 
     /**
      * What a net device needs to know beyond its backend.

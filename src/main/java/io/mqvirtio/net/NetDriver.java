@@ -48,9 +48,11 @@ public final class NetDriver implements AutoCloseable {
             | VirtioFeatures.bit(VirtioNet.F_MQ) | VirtioFeatures.bit(VirtioNet.F_MRG_RXBUF)
             | VirtioFeatures.bit(VirtioNet.F_MTU) | VirtioFeatures.bit(VirtioFeatures.F_INDIRECT_DESC)
             | VirtioFeatures.bit(VirtioNet.F_CSUM) | VirtioFeatures.bit(VirtioNet.F_GUEST_CSUM)
-            | VirtioFeatures.bit(VirtioFeatures.F_RING_PACKED);
+            | VirtioFeatures.bit(VirtioFeatures.F_RING_PACKED) | VirtioFeatures.bit(VirtioFeatures.F_IN_ORDER);
     /** {@link #WANTED} without the packed layout: for comparisons with the split one. */
     public static final long WANTED_SPLIT = WANTED & ~VirtioFeatures.bit(VirtioFeatures.F_RING_PACKED);
+    /** {@link #WANTED} without IN_ORDER. */
+    public static final long WANTED_ANY_ORDER = WANTED & ~VirtioFeatures.bit(VirtioFeatures.F_IN_ORDER);
     static final long WANTED_PROTOCOL = (1L << Protocol.PF_MQ) | (1L << Protocol.PF_REPLY_ACK) | (1L << Protocol.PF_STATUS);
     /** Device status bits (VIRTIO 1.3, 2.1), set in this order as the driver initialises (3.1.1). */
     static final int ACKNOWLEDGE = 1, DRIVER = 2, DRIVER_OK = 4, FEATURES_OK = 8;

@@ -37,6 +37,7 @@ public final class PackedDeviceRing implements DeviceRing {
     private final MemorySegment deviceEvent;  // written by us: when we want available buffer notifications
     private final boolean eventIdx;
     private final boolean indirectAllowed;
+    private final boolean inOrder;
 
     // the next descriptor to read, with the device's view of the driver's wrap counter
     private int nextAvail;
@@ -99,6 +100,7 @@ public final class PackedDeviceRing implements DeviceRing {
         this.deviceEvent = deviceEvent;
         this.eventIdx = VirtioFeatures.has(features, VirtioFeatures.F_EVENT_IDX);
         this.indirectAllowed = VirtioFeatures.has(features, VirtioFeatures.F_INDIRECT_DESC);
+        this.inOrder = VirtioFeatures.has(features, VirtioFeatures.F_IN_ORDER);
         this.nextAvail = base.avail();
         this.availWrap = base.availWrap();
         this.seenAvail = nextAvail;
@@ -387,17 +389,27 @@ public final class PackedDeviceRing implements DeviceRing {
             throw new IllegalArgumentException("buffer id " + id + " is not in flight");
         }
         inFlight[id] = false;
+        if (inOrder && len == 0 && shadowCount > 0 && shadowLen[shadowCount - 1] == 0) {
+            // IN_ORDER (2.8.18): one used descriptor for the batch, where its first chain began, naming its last
+            shadowId[shadowCount - 1] = id;
+            advanceUsed(chain.slots());
+            return;
+        }
         int i = shadowCount++;
         shadowId[i] = id;
         shadowLen[i] = len;
         shadowPos[i] = nextUsed;
         shadowWrap[i] = usedWrap;
-        nextUsed += chain.slots();
+        advanceUsed(chain.slots());
+    }
+
+    private void advanceUsed(int slots) {
+        nextUsed += slots;
         if (nextUsed >= size) {
             nextUsed -= size;
             usedWrap = !usedWrap;
         }
-        usedTotal += chain.slots();
+        usedTotal += slots;
     }
 
     @Override

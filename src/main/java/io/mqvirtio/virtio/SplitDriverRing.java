@@ -13,6 +13,11 @@ import java.lang.invoke.VarHandle;
  * <p>The device is not trusted either: a used entry naming a descriptor that is not in flight, or a used index
  * that runs ahead of what was made available, throws {@link VirtqueueException} and breaks the queue.
  *
+ * <p>With IN_ORDER (2.7.9) descriptors are taken in ring order (the free list is first in, first out, and the
+ * device gives chains back in the order they were made available), and one used entry may stand for a batch: the
+ * chains made available before the one it names, and not reaped yet, were used too (with length 0: read by the
+ * device); they are reaped one by one, oldest first.
+ *
  * <p>Buffers are given by guest-physical address, as the device will see them. Single-threaded: one queue-pair
  * handle owns a queue.
  */
@@ -32,7 +37,16 @@ public final class SplitDriverRing implements DriverRing {
     private final int indirectMax;     // descriptors per indirect table slot
 
     private int freeHead;
+    private int freeTail;
     private int numFree;
+    private final boolean inOrder;
+    private final int[] order;     // IN_ORDER: heads in the order they were made available
+    private int orderHead;
+    private int orderTail;
+    private int chainsInFlight;
+    private int batchLeft;         // IN_ORDER: chains of the current used entry still to reap
+    private int batchLastHead;
+    private int batchLen;
     private int availIdx;      // shadow of avail.idx
     private int kickedAvail;   // avail.idx at the previous kick decision
     private int lastUsed;      // next used slot to reap
@@ -73,7 +87,10 @@ public final class SplitDriverRing implements DriverRing {
             next[i] = (i + 1) & mask;
         }
         freeHead = 0;
+        freeTail = size - 1;
         numFree = size;
+        this.inOrder = VirtioFeatures.has(features, VirtioFeatures.F_IN_ORDER);
+        this.order = new int[size];
     }
 
     public SplitDriverRing(int size, MemorySegment desc, MemorySegment avail, MemorySegment used, long features) {
@@ -93,7 +110,7 @@ public final class SplitDriverRing implements DriverRing {
     /** Chains added and not yet reaped. */
     @Override
     public int inFlight() {
-        return (availIdx - lastUsed) & 0xffff;
+        return chainsInFlight;
     }
 
     public int availIndex() {
@@ -190,6 +207,11 @@ public final class SplitDriverRing implements DriverRing {
     private void exposeHead(int head) {
         setU16(avail, AVAIL_RING + 2L * (availIdx & mask), head);
         availIdx = (availIdx + 1) & 0xffff;
+        chainsInFlight++;
+        if (inOrder) {
+            order[orderTail] = head;
+            orderTail = orderTail + 1 == size ? 0 : orderTail + 1;
+        }
     }
 
     /** Makes the chains added so far visible to the device (one release store). */
@@ -213,16 +235,39 @@ public final class SplitDriverRing implements DriverRing {
         return old != availIdx && (getU16(used, USED_FLAGS) & USED_F_NO_NOTIFY) == 0;
     }
 
-    /** Number of used entries the device has published that were not reaped yet. */
+    /** Chains the device has used (published) that were not reaped yet. */
     @Override
     public int usedPending() {
         int idx = getU16Acquire(used, USED_IDX);
-        int n = (idx - lastUsed) & 0xffff;
-        if (n > inFlight()) {
-            fail("used index " + idx + " runs ahead of the " + inFlight() + " chains in flight");
+        int entries = (idx - lastUsed) & 0xffff;
+        int entriesInFlight = (availIdx - lastUsed) & 0xffff;
+        if (entries > entriesInFlight || (!inOrder && entries > chainsInFlight - batchLeft)) {
+            fail("used index " + idx + " runs ahead of the " + chainsInFlight + " chains in flight");
         }
         usedShadow = idx;
+        if (!inOrder) {
+            return entries;
+        }
+        int n = batchLeft;
+        for (int e = 0; e < entries && n < chainsInFlight; e++) {
+            int id = used.get(U32, USED_RING + (long) USED_ELEM_SIZE * ((lastUsed + e) & mask));
+            n += batchSize(id, n);
+        }
         return n;
+    }
+
+    /** IN_ORDER: how many chains, from the {@code skip}-th oldest in flight on, up to and including {@code head}. */
+    private int batchSize(int head, int skip) {
+        int h = (orderHead + skip) % size;
+        for (int n = 1; n <= chainsInFlight - skip; n++) {
+            if (order[h] == head) {
+                return n;
+            }
+            h = h + 1 == size ? 0 : h + 1;
+        }
+        fail("used entry names descriptor " + Integer.toUnsignedString(head) + ", which is not among the chains in flight"
+                + " (IN_ORDER)");
+        return 0;
     }
 
     /**
@@ -232,6 +277,9 @@ public final class SplitDriverRing implements DriverRing {
     @Override
     public int reap() {
         checkNotBroken();
+        if (batchLeft > 0) {
+            return reapFromBatch();
+        }
         if (lastUsed == usedShadow && usedPending() == 0) {
             return -1;
         }
@@ -243,17 +291,43 @@ public final class SplitDriverRing implements DriverRing {
                     + ", which is not a chain in flight");
         }
         lastUsed = (lastUsed + 1) & 0xffff;
-        int n = chainLength[id];
-        chainLength[id] = 0;
-        int tail = id;
+        if (inOrder) {
+            batchLeft = batchSize(id, 0);
+            batchLastHead = id;
+            batchLen = len;
+            return reapFromBatch();
+        }
+        release(id);
+        reapedLen = len;
+        return id;
+    }
+
+    /** The oldest chain of the current IN_ORDER batch: the one the entry named gets its length, the rest 0. */
+    private int reapFromBatch() {
+        int head = order[orderHead];
+        orderHead = orderHead + 1 == size ? 0 : orderHead + 1;
+        batchLeft--;
+        reapedLen = head == batchLastHead ? batchLen : 0;
+        release(head);
+        return head;
+    }
+
+    /** The chain at {@code head} goes back to the free list, at its end (ring order, for IN_ORDER). */
+    private void release(int head) {
+        int n = chainLength[head];
+        chainLength[head] = 0;
+        int tail = head;
         for (int i = 1; i < n; i++) {
             tail = next[tail];
         }
-        next[tail] = freeHead;
-        freeHead = id;
+        if (numFree == 0) {
+            freeHead = head;
+        } else {
+            next[freeTail] = head;
+        }
+        freeTail = tail;
         numFree += n;
-        reapedLen = len;
-        return id;
+        chainsInFlight--;
     }
 
     /** Bytes the device wrote into the chain the last {@link #reap()} returned. */
@@ -282,7 +356,7 @@ public final class SplitDriverRing implements DriverRing {
             setU16(avail, AVAIL_FLAGS, 0);
         }
         VarHandle.fullFence();
-        return getU16Acquire(used, USED_IDX) != lastUsed;
+        return batchLeft > 0 || getU16Acquire(used, USED_IDX) != lastUsed;
     }
 
     private void checkNotBroken() {

@@ -65,6 +65,10 @@ class DpdkVirtioUserTest {
             boolean packed = io.mqvirtio.virtio.VirtioFeatures.has(dev.lastNegotiatedFeatures(),
                     io.mqvirtio.virtio.VirtioFeatures.F_RING_PACKED);
             assertThat(packed).as("packed ring negotiated with %s", devargs).isEqualTo(devargs.contains("packed_vq=1"));
+            boolean inOrder = io.mqvirtio.virtio.VirtioFeatures.has(dev.lastNegotiatedFeatures(),
+                    io.mqvirtio.virtio.VirtioFeatures.F_IN_ORDER);
+            assertThat(inOrder).as("IN_ORDER negotiated with %s (DPDK's default is in_order=1)", devargs)
+                    .isEqualTo(!devargs.contains("in_order=0"));
             for (int q = 0; q < PAIRS; q++) {
                 assertThat(sink.good.get(q)).as("good frames on queue %d%n%s", q, Peers.tail(log, 30)).isGreaterThan(10_000);
                 assertThat(sink.bad.get(q)).as("malformed frames on queue %d", q).isZero();

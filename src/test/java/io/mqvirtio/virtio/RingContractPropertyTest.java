@@ -18,7 +18,7 @@ import net.jqwik.api.Provide;
 
 /**
  * The ring contract, for every layout and option (split and packed, each with and without EVENT_IDX and
- * INDIRECT_DESC): the driver side and the device side run against each other over one memfd mapped twice, with random chain shapes
+ * INDIRECT_DESC and IN_ORDER): the driver side and the device side run against each other over one memfd mapped twice, with random chain shapes
  * (direct and indirect, any mix of readable and writable buffers) and random interleavings of add, publish, pop,
  * push, publish-used and reap. Every chain the device pops must be exactly what the driver added, every used
  * entry must come back with the device's bytes, no descriptor may be lost, and no notification may be missed.
@@ -27,7 +27,8 @@ class RingContractPropertyTest {
 
     record Shape(int[] outLens, int[] inLens, boolean indirect) {}
 
-    record Scenario(boolean packed, int size, boolean eventIdx, boolean indirect, List<Shape> chains, long seed) {}
+    record Scenario(boolean packed, int size, boolean eventIdx, boolean indirect, boolean inOrder, List<Shape> chains,
+                    long seed) {}
 
     @Provide
     Arbitrary<Scenario> scenarios() {
@@ -38,16 +39,17 @@ class RingContractPropertyTest {
         Arbitrary<int[]> layoutAndSize = Arbitraries.oneOf(
                 Arbitraries.of(2, 4, 8, 16, 256).map(n -> new int[] {0, n}),          // split: powers of two
                 Arbitraries.of(1, 2, 3, 5, 8, 16, 100, 256).map(n -> new int[] {1, n})); // packed: any size
-        return Combinators.combine(layoutAndSize, Arbitraries.of(true, false),
+        return Combinators.combine(layoutAndSize, Arbitraries.of(true, false), Arbitraries.of(true, false),
                         Arbitraries.of(true, false), shape.list().ofMinSize(1).ofMaxSize(120), Arbitraries.longs())
-                .as((ls, e, i, c, seed) -> new Scenario(ls[0] == 1, ls[1], e, i, c, seed));
+                .as((ls, e, i, o, c, seed) -> new Scenario(ls[0] == 1, ls[1], e, i, o, c, seed));
     }
 
     @Property(tries = 600)
     void driverAndDeviceAgree(@ForAll("scenarios") Scenario sc) {
         long features = (sc.eventIdx ? VirtioFeatures.bit(VirtioFeatures.F_EVENT_IDX) : 0)
                 | (sc.indirect ? VirtioFeatures.bit(VirtioFeatures.F_INDIRECT_DESC) : 0)
-                | (sc.packed ? VirtioFeatures.bit(VirtioFeatures.F_RING_PACKED) : 0);
+                | (sc.packed ? VirtioFeatures.bit(VirtioFeatures.F_RING_PACKED) : 0)
+                | (sc.inOrder ? VirtioFeatures.bit(VirtioFeatures.F_IN_ORDER) : 0);
         try (TwoViewMemory mem = new TwoViewMemory(4 << 20)) {
             TwoViewMemory.Ring ring = mem.ring(sc.size, features, sc.indirect ? 8 : 0);
             new Run(mem, ring, sc).go();
@@ -65,6 +67,7 @@ class RingContractPropertyTest {
         final ArrayDeque<DescriptorChain> poppedNotPushed = new ArrayDeque<>();
         final Map<Integer, Integer> pushedLen = new HashMap<>();
         int nextChain;
+        int nextDescriptor = -1;
         Posted prepared;
         int completed;
         boolean deviceWantsKick;      // device enabled kicks and saw nothing pending
@@ -122,6 +125,13 @@ class RingContractPropertyTest {
                     return;
                 }
                 assertThat(inFlight).doesNotContainKey(head);
+                if (!sc.packed && sc.inOrder) {
+                    // IN_ORDER (2.7.9): the driver takes descriptors in ring order
+                    if (nextDescriptor >= 0) {
+                        assertThat(head).as("descriptor taken in ring order").isEqualTo(nextDescriptor);
+                    }
+                    nextDescriptor = (head + (indirect ? 1 : n)) % sc.size;
+                }
                 inFlight.put(head, prepared);
                 prepared = null;
                 nextChain++;
