@@ -22,7 +22,8 @@ import org.junit.jupiter.params.provider.ValueSource;
 /**
  * The driver's behaviour against an echoing vhost-user backend, written once and run against each backend by a
  * subclass (ours with the loopback backend, DPDK testpmd's vhost PMD in io mode): frames sent on a queue pair come
- * back intact on the same pair, with 1, 2 and 4 pairs, and while the pair count changes under traffic.
+ * back intact on the same pair, with 1, 2 and 4 pairs, and while the pair count changes under traffic; subclasses
+ * also choose the ring layout and IN_ORDER ({@link #features()}).
  */
 abstract class NetDriverContract {
     static final int MAX_PAIRS = 4;
@@ -31,6 +32,15 @@ abstract class NetDriverContract {
     abstract Path startBackend(int pairs) throws Exception;
 
     abstract void stopBackend() throws Exception;
+
+    /** The features the driver asks for: all it knows by default (packed and IN_ORDER when offered). */
+    long features() {
+        return NetDriver.WANTED;
+    }
+
+    NetDriver.Options options(int pairs) {
+        return NetDriver.Options.pairs(pairs).withFeatures(features());
+    }
 
     @AfterEach
     void tearDownBackend() throws Exception {
@@ -73,8 +83,13 @@ abstract class NetDriverContract {
     @Timeout(90)
     void framesComeBackIntactOnTheirPair(int pairs) throws Exception {
         Path sock = startBackend(MAX_PAIRS);
-        try (NetDriver nic = NetDriver.connect(sock, NetDriver.Options.pairs(pairs)); Arena a = Arena.ofConfined()) {
+        try (NetDriver nic = NetDriver.connect(sock, options(pairs)); Arena a = Arena.ofConfined()) {
             assertThat(nic.maxPairs()).isEqualTo(pairs);
+            // both backends offer both layouts and IN_ORDER: what was negotiated is what was asked for
+            for (int bit : new int[] {io.mqvirtio.virtio.VirtioFeatures.F_RING_PACKED, io.mqvirtio.virtio.VirtioFeatures.F_IN_ORDER}) {
+                assertThat(io.mqvirtio.virtio.VirtioFeatures.has(nic.features(), bit)).as("feature %d negotiated", bit)
+                        .isEqualTo(io.mqvirtio.virtio.VirtioFeatures.has(features(), bit));
+            }
             for (int p = 0; p < pairs; p++) {
                 NetQueuePair q = nic.pair(p);
                 int count = 200;
@@ -118,7 +133,7 @@ abstract class NetDriverContract {
     @Timeout(60)
     void framesWrittenInPlaceComeBackIntact() throws Exception {
         Path sock = startBackend(MAX_PAIRS);
-        try (NetDriver nic = NetDriver.connect(sock, NetDriver.Options.pairs(1)); Arena a = Arena.ofConfined()) {
+        try (NetDriver nic = NetDriver.connect(sock, options(1)); Arena a = Arena.ofConfined()) {
             NetQueuePair q = nic.pair(0);
             int count = 1000;
             List<MemorySegment> sent = new ArrayList<>();
@@ -184,7 +199,7 @@ abstract class NetDriverContract {
     @Timeout(60)
     void theBackendCannotResizeTheDriversMemory() throws Exception {
         Path sock = startBackend(MAX_PAIRS);
-        try (NetDriver nic = NetDriver.connect(sock, NetDriver.Options.pairs(1)); Arena a = Arena.ofConfined()) {
+        try (NetDriver nic = NetDriver.connect(sock, options(1)); Arena a = Arena.ofConfined()) {
             List<Path> files = new ArrayList<>();
             try (var fds = java.nio.file.Files.list(Path.of("/proc/self/fd"))) {
                 for (Path fd : fds.toList()) {
@@ -239,7 +254,7 @@ abstract class NetDriverContract {
     @Timeout(60)
     void checksumOffloadArrivesComplete() throws Exception {
         Path sock = startBackend(MAX_PAIRS);
-        try (NetDriver nic = NetDriver.connect(sock, NetDriver.Options.pairs(1)); Arena a = Arena.ofConfined()) {
+        try (NetDriver nic = NetDriver.connect(sock, options(1)); Arena a = Arena.ofConfined()) {
             NetQueuePair q = nic.pair(0);
             var be16 = ValueLayout.JAVA_SHORT_UNALIGNED.withOrder(ByteOrder.BIG_ENDIAN);
             MemorySegment f = frame(a, 0, 77, 300);
@@ -269,7 +284,7 @@ abstract class NetDriverContract {
     @Timeout(120)
     void pairCountChangesWhileTrafficRuns() throws Exception {
         Path sock = startBackend(MAX_PAIRS);
-        try (NetDriver nic = NetDriver.connect(sock, NetDriver.Options.pairs(MAX_PAIRS))) {
+        try (NetDriver nic = NetDriver.connect(sock, options(MAX_PAIRS))) {
             AtomicBoolean stop = new AtomicBoolean();
             AtomicLong corrupt = new AtomicLong();
             AtomicLong[] echoed = new AtomicLong[MAX_PAIRS];
