@@ -1,5 +1,7 @@
 package io.mqvirtio.net;
 
+import io.mqvirtio.device.WorkerStuckException;
+
 import io.mqvirtio.linux.EventFd;
 import io.mqvirtio.vhostuser.Protocol;
 import io.mqvirtio.vhostuser.VhostUserDevice;

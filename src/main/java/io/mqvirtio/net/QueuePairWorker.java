@@ -1,6 +1,7 @@
 package io.mqvirtio.net;
 
-import io.mqvirtio.linux.Affinity;
+import io.mqvirtio.device.Worker;
+import io.mqvirtio.device.WorkerHandler;
 import io.mqvirtio.linux.Epoll;
 import io.mqvirtio.linux.ErrnoException;
 import io.mqvirtio.linux.EventFd;
@@ -15,36 +16,31 @@ import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
 import java.nio.ByteOrder;
-import java.util.concurrent.CompletableFuture;
-import java.util.concurrent.ConcurrentLinkedQueue;
-import java.util.concurrent.ExecutionException;
 import java.util.concurrent.TimeUnit;
-import java.util.concurrent.TimeoutException;
-import java.util.concurrent.atomic.AtomicInteger;
 import java.util.function.Function;
 
 /**
- * The worker of one queue pair (the role of a vhost thread): owns RX ring 2i, TX ring 2i+1 and port i. Waits on
- * epoll over its kick eventfds, its port's fd and its command eventfd; each wake-up moves at most a budget of
- * frames per direction, so one busy direction cannot starve the other.
+ * The net side of one queue pair's worker (the role of a vhost thread): the {@link WorkerHandler} a device-neutral
+ * {@link Worker} runs, which owns the thread, its epoll, the command channel and the idle policy. It owns RX ring 2i,
+ * TX ring 2i+1 and port i; each round moves at most a budget of frames per direction, so one busy direction cannot
+ * starve the other.
  *
  * <p>TX: pop a chain, gather its readable buffers into an iovec, one {@code send} (writev on a TAP), push used.
  * RX: pop as many chains as a frame may need (one without MRG_RXBUF), gather their writable buffers, one
  * {@code receive} (readv on a TAP), set {@code num_buffers}, push the chains the frame used and give the rest back.
  * No copy in between for TAP.
  *
- * <p>The control thread reaches the worker only through {@link #call}: a command runs on the worker thread between
- * batches and the caller waits for it, for a bounded time; a command that timed out never runs (it may refer to
- * memory its caller then unmaps). Nothing on the data path is shared with another pair.
+ * <p>The control thread reaches it only through {@link #call} ({@link Worker#call}: between rounds, bounded, never
+ * after its caller gave up). Nothing on the data path is shared with another pair.
  *
  * <p>Nothing a peer controls makes this thread wait: kick eventfds are read with RWF_NOWAIT, the port is
  * non-blocking, and a write to a call or error eventfd that the frontend made blocking and filled is released by
  * the eventfd watchdog ({@link EventFd#signal()}), after which that ring is broken (the frontend is hostile). A port's errors (a TAP
  * that is down or gone) drop the frame and are counted; they never break a ring.
  */
-final class QueuePairWorker implements Runnable {
+final class QueuePairWorker implements WorkerHandler {
     private static final Logger LOG = System.getLogger(QueuePairWorker.class.getName());
-    private static final long TOKEN_COMMAND = 0, TOKEN_TX_KICK = 1, TOKEN_RX_KICK = 2, TOKEN_PORT = 3;
+    private static final long TOKEN_TX_KICK = 1, TOKEN_RX_KICK = 2, TOKEN_PORT = 3;
     static final int BUDGET = 64;
     /**
      * Chains a TX burst reads ahead (their descriptors, and the first lines of frames of 256 bytes or more) when the
@@ -64,16 +60,9 @@ final class QueuePairWorker implements Runnable {
     final int pair;
     private final Port port;
     private final boolean readsFrames;
-    private final Epoll epoll = Epoll.create(8);
-    private final EventFd wakeup = EventFd.create();
-    private final ConcurrentLinkedQueue<Command<?>> commands = new ConcurrentLinkedQueue<>();
-    private final long commandTimeoutNanos;
-    private final boolean busyPoll;
-    /** With kicks: how long after the last frame moved the worker keeps polling before it sleeps again (0: not). */
-    private final long pollNanos;
-    private long lastWork;      // System.nanoTime() after the last burst that moved frames (with pollNanos only)
+    /** The thread, its epoll, its commands and its idle policy: device-neutral. */
+    private final Worker<QueuePairWorker> loop;
     private boolean workDone;   // a burst of this round moved frames
-    private final int cpu;
     final QueueCounters rxCounters = new QueueCounters();
     final QueueCounters txCounters = new QueueCounters();
     private final String name;
@@ -99,12 +88,10 @@ final class QueuePairWorker implements Runnable {
     /** Spill space for frames larger than an MTU, and the parking place of a frame waiting for RX buffers. */
     private final MemorySegment overflow = Arena.ofAuto().allocate(VirtioNet.HDR_SIZE + VirtioNet.MAX_GSO_FRAME, 64);
     private long pendingLen;
-    private volatile boolean running = true;
     private final DescriptorChain txChain = new DescriptorChain(IoVec.IOV_MAX);
     private final DescriptorChain[] rxChains = new DescriptorChain[MAX_RX_CHAINS];
     private final IoVec iov = new IoVec(IoVec.IOV_MAX);
     private final MemorySegment numBuffers = Arena.ofAuto().allocate(2);
-    private Thread thread;
 
     // ---- port errors: counted always, logged in part ----
     private long portErrorLoggedAt;
@@ -116,111 +103,35 @@ final class QueuePairWorker implements Runnable {
     }
 
     QueuePairWorker(String name, int pair, Port port, boolean busyPoll, long pollNanos, int cpu, long commandTimeoutNanos) {
-        this.commandTimeoutNanos = commandTimeoutNanos;
-        this.pollNanos = busyPoll ? 0 : pollNanos;
         this.name = name;
         this.pair = pair;
         this.port = port;
         this.readsFrames = port.readsFrames();
-        this.busyPoll = busyPoll;
-        this.cpu = cpu;
+        this.loop = new Worker<>(name + "-qp" + pair, this, new Worker.Idle(busyPoll, pollNanos), cpu, commandTimeoutNanos);
         for (int i = 0; i < rxChains.length; i++) {
             rxChains[i] = new DescriptorChain(IoVec.IOV_MAX);
         }
-        epoll.add(wakeup.fd(), Epoll.EPOLLIN, TOKEN_COMMAND);
         if (port.readFd() >= 0) {
             // Edge-triggered: with no RX buffers we stop reading, and must not be woken again and again meanwhile.
-            epoll.add(port.readFd(), Epoll.EPOLLIN | Epoll.EPOLLET, TOKEN_PORT);
+            loop.register(port.readFd(), Epoll.EPOLLIN | Epoll.EPOLLET, TOKEN_PORT);
         }
     }
 
     long threadId() {
-        return thread.threadId();
+        return loop.threadId();
     }
 
     void start() {
-        thread = Thread.ofPlatform().name(name + "-qp" + pair).daemon(true).start(this);
+        loop.start();
     }
 
     String workerName() {
-        return name + "-qp" + pair;
+        return loop.name();
     }
 
-    /** A command for the worker thread; it runs at most once, and never after its caller gave up on it. */
-    private static final class Command<T> {
-        static final int QUEUED = 0, RUNNING = 1, DONE = 2, CANCELLED = 3;
-        final AtomicInteger state = new AtomicInteger(QUEUED);
-        final CompletableFuture<T> result = new CompletableFuture<>();
-        final Function<QueuePairWorker, T> body;
-
-        Command(Function<QueuePairWorker, T> body) {
-            this.body = body;
-        }
-
-        void run(QueuePairWorker w) {
-            if (!state.compareAndSet(QUEUED, RUNNING)) {
-                return; // its caller timed out: what it refers to may be gone
-            }
-            try {
-                result.complete(body.apply(w));
-            } catch (Throwable t) {
-                result.completeExceptionally(t);
-            } finally {
-                state.set(DONE);
-            }
-        }
-    }
-
-    /**
-     * Runs {@code command} on the worker thread between batches and returns its result. A worker that does not
-     * answer within the command timeout is a {@link WorkerStuckException}: the command is then withdrawn (if it had
-     * not started, it never will), and the worker may still be using whatever its rings point at.
-     */
+    /** Runs {@code command} on this pair's thread (see {@link Worker#call}: bounded, withdrawn when it times out). */
     <T> T call(Function<QueuePairWorker, T> command) {
-        if (Thread.currentThread() == thread) {
-            return command.apply(this);
-        }
-        Command<T> c = new Command<>(command);
-        if (!thread.isAlive()) {
-            throw new WorkerStuckException(workerName() + " is not running", false);
-        }
-        commands.add(c);
-        wakeup.signal();
-        try {
-            long deadline = System.nanoTime() + commandTimeoutNanos;
-            while (true) {
-                try {
-                    return c.result.get(Math.min(100, Math.max(1, commandTimeoutNanos / 1_000_000)), TimeUnit.MILLISECONDS);
-                } catch (TimeoutException e) {
-                    if (!thread.isAlive() && c.state.compareAndSet(Command.QUEUED, Command.CANCELLED)) {
-                        throw new WorkerStuckException(workerName() + " died", false);
-                    }
-                    if (System.nanoTime() - deadline > 0) {
-                        boolean neverRan = c.state.compareAndSet(Command.QUEUED, Command.CANCELLED);
-                        String where = neverRan ? "did not take a command" : "did not finish a command";
-                        throw new WorkerStuckException(workerName() + " " + where + " within "
-                                + TimeUnit.NANOSECONDS.toMillis(commandTimeoutNanos) + " ms" + stuckAt(), thread.isAlive());
-                    }
-                }
-            }
-        } catch (ExecutionException e) {
-            throw e.getCause() instanceof RuntimeException r ? r : new IllegalStateException(e.getCause());
-        } catch (InterruptedException e) {
-            Thread.currentThread().interrupt();
-            c.state.compareAndSet(Command.QUEUED, Command.CANCELLED);
-            throw new WorkerStuckException("interrupted waiting for " + workerName(), thread.isAlive());
-        }
-    }
-
-    /** Where the worker thread is, for the log: the top frames of its stack. */
-    private String stuckAt() {
-        StackTraceElement[] st = thread.getStackTrace();
-        StringBuilder b = new StringBuilder();
-        for (int i = 0; i < Math.min(4, st.length); i++) {
-            b.append(i == 0 ? " (at " : " < ").append(st[i].getClassName().replaceAll(".*\\.", "")).append('.')
-                    .append(st[i].getMethodName());
-        }
-        return st.length == 0 ? "" : b.append(')').toString();
+        return loop.call(command);
     }
 
     /** What a port's errno usually means on a TAP, for the log. */
@@ -274,14 +185,14 @@ final class QueuePairWorker implements Runnable {
             rxKick = kick;
             rxCall = call;
             rxEnabled = enabled;
-            epoll.add(kick.fd(), Epoll.EPOLLIN, TOKEN_RX_KICK);
+            loop.register(kick.fd(), Epoll.EPOLLIN, TOKEN_RX_KICK);
             portReadable = true; // frames may have queued while no ring ran
         } else {
             tx = q;
             txKick = kick;
             txCall = call;
             txEnabled = enabled;
-            epoll.add(kick.fd(), Epoll.EPOLLIN, TOKEN_TX_KICK);
+            loop.register(kick.fd(), Epoll.EPOLLIN, TOKEN_TX_KICK);
         }
         // A backend that died may have published used entries without signalling them: have the driver look.
         signalCall(isRx);
@@ -298,7 +209,7 @@ final class QueuePairWorker implements Runnable {
                 rxCounters.add(QueueCounters.DROPS, 1);
             }
             if (rxKick != null && !rxBroken) {
-                epoll.remove(rxKick.fd());
+                loop.unregister(rxKick.fd());
             }
             rxBroken = false;
             rx = null;
@@ -309,7 +220,7 @@ final class QueuePairWorker implements Runnable {
         } else {
             q = tx;
             if (txKick != null && !txBroken) {
-                epoll.remove(txKick.fd());
+                loop.unregister(txKick.fd());
             }
             txBroken = false;
             tx = null;
@@ -384,11 +295,6 @@ final class QueuePairWorker implements Runnable {
         return null;
     }
 
-    Void shutdown() {
-        running = false;
-        return null;
-    }
-
     /**
      * The device was reset (its frontend went away or asked for it): both rings are stopped, and nothing of the
      * last session may reach the next one, neither a parked frame nor what the port still holds.
@@ -438,90 +344,40 @@ final class QueuePairWorker implements Runnable {
         }
     }
 
-    // ---- the loop ----
+    // ---- the work (on the worker thread) ----
 
     @Override
-    public void run() {
-        if (cpu >= 0) {
-            try {
-                Affinity.pin(cpu);
-            } catch (RuntimeException e) {
-                LOG.log(Level.WARNING, "{0} qp{1}: cannot pin to CPU {2}: {3}", name, pair, cpu, e.getMessage());
+    public void ready(long token) {
+        if (token == TOKEN_TX_KICK) {
+            if (txKick != null) {
+                drainKick(txKick);
+                txCounters.add(QueueCounters.KICKS, 1);
             }
+        } else if (token == TOKEN_RX_KICK) {
+            if (rxKick != null) {
+                drainKick(rxKick);
+                rxCounters.add(QueueCounters.KICKS, 1);
+            }
+        } else if (token == TOKEN_PORT) {
+            portReadable = true;
         }
-        boolean more = true;
-        boolean poll = busyPoll; // whether the previous round polled: its bursts left kicks off, so no sleeping now
-        long rounds = 0;
-        try {
-            while (running) {
-                // Polling looks at epoll (port readiness, commands) every 16th round only: a syscall per round was a
-                // quarter of the worker's time. Commands are noticed at once through the queue itself. Sleeping
-                // (-1) only after a round whose bursts enabled kicks and found nothing.
-                int n = poll && (++rounds & 15) != 0 && commands.isEmpty() ? 0 : epoll.await(more || poll ? 0 : -1);
-                for (int i = 0; i < n; i++) {
-                    long token = epoll.data(i);
-                    if (token == TOKEN_COMMAND) {
-                        wakeup.drain();
-                    } else if (token == TOKEN_TX_KICK) {
-                        if (txKick != null) {
-                            drainKick(txKick);
-                            txCounters.add(QueueCounters.KICKS, 1);
-                        }
-                    } else if (token == TOKEN_RX_KICK) {
-                        if (rxKick != null) {
-                            drainKick(rxKick);
-                            rxCounters.add(QueueCounters.KICKS, 1);
-                        }
-                    } else if (token == TOKEN_PORT) {
-                        portReadable = true;
-                    }
-                }
-                Command<?> c;
-                while ((c = commands.poll()) != null) {
-                    c.run(this);
-                }
-                if (!running) {
-                    break;
-                }
-                more = false;
-                // Decided once per round, before the bursts: each burst leaves kicks off when polling and enables
-                // them otherwise, and the next round sleeps only if this one enabled them.
-                poll = busyPoll || (pollNanos > 0 && System.nanoTime() - lastWork < pollNanos);
-                workDone = false;
-                if (tx != null && !txBroken) {
-                    more |= txBurst(poll);
-                }
-                if (port.readFd() == Port.POLL) {
-                    portReadable = true;
-                }
-                if (rx != null && !rxBroken && rxEnabled && portReadable) {
-                    more |= rxBurst(poll);
-                }
-                if (workDone && pollNanos > 0) {
-                    lastWork = System.nanoTime();
-                    more = true; // the window starts (or goes on): the next round polls, kicks off
-                }
-                if (poll && !more) {
-                    // a polling worker that found little to do lets others run now and then: on a machine with
-                    // fewer cores than busy threads, spinning without yielding starved the other side
-                    // (within a poll window every empty round yields: several such workers often share a CPU)
-                    if (!busyPoll || (rounds & 255) == 0) {
-                        Thread.yield();
-                    } else {
-                        Thread.onSpinWait();
-                    }
-                }
-            }
-        } catch (RuntimeException | Error e) {
-            LOG.log(Level.ERROR, "{0} qp{1}: worker failed: {2}", name, pair, e.toString());
-            throw e;
-        } finally {
-            // Answer anything still queued so no control thread waits forever.
-            Command<?> c;
-            while ((c = commands.poll()) != null) {
-                c.run(this);
-            }
+    }
+
+    /** One round: a TX burst, then an RX burst (each at most a budget of frames, so neither starves the other). */
+    @Override
+    public int work(boolean poll) {
+        workDone = false;
+        boolean more = false;
+        if (tx != null && !txBroken) {
+            more |= txBurst(poll);
         }
+        if (port.readFd() == Port.POLL) {
+            portReadable = true;
+        }
+        if (rx != null && !rxBroken && rxEnabled && portReadable) {
+            more |= rxBurst(poll);
+        }
+        return (more ? MORE : 0) | (workDone ? MOVED : 0);
     }
 
     /** Clears a kick eventfd (never waits, whatever the frontend did to its flags). */
@@ -838,11 +694,11 @@ final class QueuePairWorker implements Runnable {
         LOG.log(Level.WARNING, "{0} qp{1} {2}: ring broken, stopped: {3}", name, pair, isRx ? "RX" : "TX", e.getMessage());
         if (isRx) {
             rxCounters.add(QueueCounters.ERRORS, 1);
-            epoll.remove(rxKick.fd());
+            loop.unregister(rxKick.fd());
             rxBroken = true;
         } else {
             txCounters.add(QueueCounters.ERRORS, 1);
-            epoll.remove(txKick.fd());
+            loop.unregister(txKick.fd());
             txBroken = true;
         }
         if (err != null) {
@@ -855,23 +711,9 @@ final class QueuePairWorker implements Runnable {
      * use its descriptors (closing them would let their numbers reach another VM's files) and its port.
      */
     boolean close() {
-        if (thread != null && thread.isAlive()) {
-            try {
-                call(QueuePairWorker::shutdown);
-                thread.join(5000);
-            } catch (WorkerStuckException e) {
-                LOG.log(Level.ERROR, "{0}: does not stop, its resources stay: {1}", workerName(), e.getMessage());
-                return false;
-            } catch (InterruptedException e) {
-                Thread.currentThread().interrupt();
-            }
-            if (thread.isAlive()) {
-                LOG.log(Level.ERROR, "{0}: did not end within 5 s, its resources stay", workerName());
-                return false;
-            }
+        if (!loop.close()) {
+            return false;
         }
-        epoll.close();
-        wakeup.close();
         port.close();
         return true;
     }

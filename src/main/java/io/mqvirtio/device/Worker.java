@@ -1,0 +1,262 @@
+package io.mqvirtio.device;
+
+import io.mqvirtio.linux.Affinity;
+import io.mqvirtio.linux.Epoll;
+import io.mqvirtio.linux.EventFd;
+import java.lang.System.Logger;
+import java.lang.System.Logger.Level;
+import java.util.concurrent.CompletableFuture;
+import java.util.concurrent.ConcurrentLinkedQueue;
+import java.util.concurrent.ExecutionException;
+import java.util.concurrent.TimeUnit;
+import java.util.concurrent.TimeoutException;
+import java.util.concurrent.atomic.AtomicInteger;
+import java.util.function.Function;
+
+/**
+ * One device thread (the role of a vhost thread), device-neutral: an epoll loop over the descriptors its
+ * {@link WorkerHandler} registered and a command eventfd, a command channel from control threads, and an idle policy
+ * (Agrona's agent-under-an-idle-strategy shape). Each round: wait (or not) on epoll, hand ready descriptors to the
+ * handler, run queued commands, then one {@link WorkerHandler#work} round.
+ *
+ * <p>Idle policy ({@link Idle}): sleep on epoll as soon as a round found nothing (kicks wake it); or, after a round
+ * that moved something, keep polling for a window before sleeping again (vhost-net's busyloop_timeout); or poll all
+ * the time. The poll-or-sleep decision is taken once per round, before the work, and the worker sleeps only after a
+ * round whose work re-enabled notifications and found nothing, so nothing is lost between polling and sleeping.
+ * While polling, epoll is looked at every 16th round only (a syscall per round was a quarter of a net worker's time);
+ * commands are noticed at once through their queue. An empty polling round yields (several polling workers often
+ * share a CPU; spinning without yielding starved the other side on a machine with fewer cores than busy threads).
+ *
+ * <p>Commands ({@link #call}) run on the worker thread between rounds, and the caller waits for them, a bounded time:
+ * a command whose caller timed out is withdrawn and never runs (it may refer to memory its caller then released).
+ */
+public final class Worker<H extends WorkerHandler> implements Runnable {
+    private static final Logger LOG = System.getLogger(Worker.class.getName());
+    private static final long TOKEN_COMMAND = 0;
+
+    /**
+     * How a worker waits: {@code busyPoll}, it never sleeps; otherwise, after a round that moved something, it keeps
+     * polling for {@code pollNanos} (0: it sleeps as soon as a round finds nothing).
+     */
+    public record Idle(boolean busyPoll, long pollNanos) {
+        public Idle {
+            if (pollNanos < 0) {
+                throw new IllegalArgumentException("poll window " + pollNanos);
+            }
+            if (busyPoll) {
+                pollNanos = 0;
+            }
+        }
+    }
+
+    private final String name;
+    private final H handler;
+    private final Idle idle;
+    private final int cpu;
+    private final long commandTimeoutNanos;
+    private final Epoll epoll = Epoll.create(8);
+    private final EventFd wakeup = EventFd.create();
+    private final ConcurrentLinkedQueue<Command<H, ?>> commands = new ConcurrentLinkedQueue<>();
+    private volatile boolean running = true;
+    private long lastWork;   // System.nanoTime() after the last round that moved something (with a poll window only)
+    private Thread thread;
+
+    /**
+     * @param cpu                 the CPU to pin the thread to, or -1
+     * @param commandTimeoutNanos how long a control thread waits for a command's answer
+     */
+    public Worker(String name, H handler, Idle idle, int cpu, long commandTimeoutNanos) {
+        this.name = name;
+        this.handler = handler;
+        this.idle = idle;
+        this.cpu = cpu;
+        this.commandTimeoutNanos = commandTimeoutNanos;
+        epoll.add(wakeup.fd(), Epoll.EPOLLIN, TOKEN_COMMAND);
+    }
+
+    public String name() {
+        return name;
+    }
+
+    /** Watches {@code fd} for {@code events}; {@link WorkerHandler#ready} gets {@code token} (1 or more). */
+    public void register(int fd, int events, long token) {
+        if (token == TOKEN_COMMAND) {
+            throw new IllegalArgumentException("token 0 is the worker's own");
+        }
+        epoll.add(fd, events, token);
+    }
+
+    public void unregister(int fd) {
+        epoll.remove(fd);
+    }
+
+    public void start() {
+        thread = Thread.ofPlatform().name(name).daemon(true).start(this);
+    }
+
+    public long threadId() {
+        return thread.threadId();
+    }
+
+    /** A command for the worker thread; it runs at most once, and never after its caller gave up on it. */
+    private static final class Command<H, T> {
+        static final int QUEUED = 0, RUNNING = 1, DONE = 2, CANCELLED = 3;
+        final AtomicInteger state = new AtomicInteger(QUEUED);
+        final CompletableFuture<T> result = new CompletableFuture<>();
+        final Function<H, T> body;
+
+        Command(Function<H, T> body) {
+            this.body = body;
+        }
+
+        void run(H h) {
+            if (!state.compareAndSet(QUEUED, RUNNING)) {
+                return; // its caller timed out: what it refers to may be gone
+            }
+            try {
+                result.complete(body.apply(h));
+            } catch (Throwable t) {
+                result.completeExceptionally(t);
+            } finally {
+                state.set(DONE);
+            }
+        }
+    }
+
+    /**
+     * Runs {@code command} on the worker thread between rounds and returns its result. A worker that does not answer
+     * within the command timeout is a {@link WorkerStuckException}: the command is then withdrawn (if it had not
+     * started, it never will), and the worker may still be using whatever its handler holds.
+     */
+    public <T> T call(Function<H, T> command) {
+        if (Thread.currentThread() == thread) {
+            return command.apply(handler);
+        }
+        Command<H, T> c = new Command<>(command);
+        if (!thread.isAlive()) {
+            throw new WorkerStuckException(name + " is not running", false);
+        }
+        commands.add(c);
+        wakeup.signal();
+        try {
+            long deadline = System.nanoTime() + commandTimeoutNanos;
+            while (true) {
+                try {
+                    return c.result.get(Math.min(100, Math.max(1, commandTimeoutNanos / 1_000_000)), TimeUnit.MILLISECONDS);
+                } catch (TimeoutException e) {
+                    if (!thread.isAlive() && c.state.compareAndSet(Command.QUEUED, Command.CANCELLED)) {
+                        throw new WorkerStuckException(name + " died", false);
+                    }
+                    if (System.nanoTime() - deadline > 0) {
+                        boolean neverRan = c.state.compareAndSet(Command.QUEUED, Command.CANCELLED);
+                        String where = neverRan ? "did not take a command" : "did not finish a command";
+                        throw new WorkerStuckException(name + " " + where + " within "
+                                + TimeUnit.NANOSECONDS.toMillis(commandTimeoutNanos) + " ms" + stuckAt(), thread.isAlive());
+                    }
+                }
+            }
+        } catch (ExecutionException e) {
+            throw e.getCause() instanceof RuntimeException r ? r : new IllegalStateException(e.getCause());
+        } catch (InterruptedException e) {
+            Thread.currentThread().interrupt();
+            c.state.compareAndSet(Command.QUEUED, Command.CANCELLED);
+            throw new WorkerStuckException("interrupted waiting for " + name, thread.isAlive());
+        }
+    }
+
+    /** Where the worker thread is, for the log: the top frames of its stack. */
+    private String stuckAt() {
+        StackTraceElement[] st = thread.getStackTrace();
+        StringBuilder b = new StringBuilder();
+        for (int i = 0; i < Math.min(4, st.length); i++) {
+            b.append(i == 0 ? " (at " : " < ").append(st[i].getClassName().replaceAll(".*\\.", "")).append('.')
+                    .append(st[i].getMethodName());
+        }
+        return st.length == 0 ? "" : b.append(')').toString();
+    }
+
+    @Override
+    public void run() {
+        if (cpu >= 0) {
+            try {
+                Affinity.pin(cpu);
+            } catch (RuntimeException e) {
+                LOG.log(Level.WARNING, "{0}: cannot pin to CPU {1}: {2}", name, cpu, e.getMessage());
+            }
+        }
+        boolean more = true;
+        boolean poll = idle.busyPoll(); // whether the previous round polled: it left notifications off, so no sleeping
+        long rounds = 0;
+        try {
+            while (running) {
+                int n = poll && (++rounds & 15) != 0 && commands.isEmpty() ? 0 : epoll.await(more || poll ? 0 : -1);
+                for (int i = 0; i < n; i++) {
+                    long token = epoll.data(i);
+                    if (token == TOKEN_COMMAND) {
+                        wakeup.drain();
+                    } else {
+                        handler.ready(token);
+                    }
+                }
+                Command<H, ?> c;
+                while ((c = commands.poll()) != null) {
+                    c.run(handler);
+                }
+                if (!running) {
+                    break;
+                }
+                poll = idle.busyPoll() || (idle.pollNanos() > 0 && System.nanoTime() - lastWork < idle.pollNanos());
+                int w = handler.work(poll);
+                more = (w & WorkerHandler.MORE) != 0;
+                if ((w & WorkerHandler.MOVED) != 0 && idle.pollNanos() > 0) {
+                    lastWork = System.nanoTime();
+                    more = true; // the window starts (or goes on): the next round polls
+                }
+                if (poll && !more) {
+                    if (!idle.busyPoll() || (rounds & 255) == 0) {
+                        Thread.yield();
+                    } else {
+                        Thread.onSpinWait();
+                    }
+                }
+            }
+        } catch (RuntimeException | Error e) {
+            LOG.log(Level.ERROR, "{0}: worker failed: {1}", name, e.toString());
+            throw e;
+        } finally {
+            // Answer anything still queued so no control thread waits for nothing (withdrawn ones do not run).
+            Command<H, ?> c;
+            while ((c = commands.poll()) != null) {
+                c.run(handler);
+            }
+        }
+    }
+
+    /**
+     * Stops the thread and closes its epoll and eventfd. False, with nothing closed, if the thread does not stop: it
+     * may still use them (a closed descriptor's number would soon name another file).
+     */
+    public boolean close() {
+        if (thread != null && thread.isAlive()) {
+            try {
+                call(h -> {
+                    running = false;
+                    return null;
+                });
+                thread.join(5000);
+            } catch (WorkerStuckException e) {
+                LOG.log(Level.ERROR, "{0}: does not stop, its resources stay: {1}", name, e.getMessage());
+                return false;
+            } catch (InterruptedException e) {
+                Thread.currentThread().interrupt();
+            }
+            if (thread.isAlive()) {
+                LOG.log(Level.ERROR, "{0}: did not end within 5 s, its resources stay", name);
+                return false;
+            }
+        }
+        epoll.close();
+        wakeup.close();
+        return true;
+    }
+}
