@@ -35,6 +35,8 @@ final class EvilDriver implements AutoCloseable {
     final long dataOff;
     final long memSize;
     final List<Ring> rings = new ArrayList<>();
+    /** The features the backend took (packed rings: the packed helpers of {@link Ring} apply). */
+    long negotiated;
     private long bump;
 
     /** One ring's placement and its eventfds; {@code availIdx} is the index this tool publishes next. */
@@ -50,7 +52,7 @@ final class EvilDriver implements AutoCloseable {
         int lastUsed;
 
         Ring(int index, long off) {
-            SplitRing.Layout l = SplitRing.Layout.contiguous(size);
+            io.mqvirtio.virtio.Rings.Layout l = io.mqvirtio.virtio.Rings.layout(size, negotiated);
             this.index = index;
             this.descOff = off + l.descOffset();
             this.availOff = off + l.availOffset();
@@ -79,6 +81,26 @@ final class EvilDriver implements AutoCloseable {
 
         void kick() {
             kick.signal();
+        }
+
+        // ---- packed rings (VIRTIO 1.3, 2.8): descriptor i as a driver whose wrap counter is 1 writes it ----
+
+        /** Packed descriptor {@code i}: id, flags (AVAIL set, USED clear, unless {@code flags} sets either). */
+        void packed(int i, long gpa, int len, int id, int flags) {
+            long b = descOff + 16L * i;
+            mem.set(U64, b, gpa);
+            mem.set(U32, b + 8, len);
+            mem.set(U16, b + 12, (short) id);
+            int wrap = (flags & (io.mqvirtio.virtio.PackedRing.F_AVAIL | io.mqvirtio.virtio.PackedRing.F_USED)) != 0
+                    ? 0 : io.mqvirtio.virtio.PackedRing.F_AVAIL;
+            mem.set(U16, b + 14, (short) (flags | wrap));
+        }
+
+        /** Whether packed descriptor {@code i} is marked used for wrap counter 1. */
+        boolean packedUsed(int i) {
+            int f = Short.toUnsignedInt(mem.get(U16, descOff + 16L * i + 14));
+            int both = io.mqvirtio.virtio.PackedRing.F_AVAIL | io.mqvirtio.virtio.PackedRing.F_USED;
+            return (f & both) == both;
         }
 
         int usedIdx() {
@@ -115,14 +137,16 @@ final class EvilDriver implements AutoCloseable {
         fe.setProtocolFeatures(pf);
         fe.useReplyAck(true);
         fe.setOwner();
-        fe.setFeatures((offered & features) | (1L << Protocol.F_PROTOCOL_FEATURES));
+        this.negotiated = offered & features;
+        fe.setFeatures(negotiated | (1L << Protocol.F_PROTOCOL_FEATURES));
         fe.setMemTable(List.of(new Frontend.Region(base, memSize, base, 0, memfd)));
-        long ringBytes = SplitRing.Layout.contiguous(size).totalBytes();
+        long ringBytes = io.mqvirtio.virtio.Rings.layout(size, negotiated).totalBytes();
         for (int r = 0; r < 2 * pairs; r++) {
             Ring ring = new Ring(r, r * ringBytes);
             rings.add(ring);
             fe.setVringNum(r, size);
-            fe.setVringBase(r, 0);
+            fe.setVringBase(r, io.mqvirtio.virtio.Rings.packed(negotiated)
+                    ? io.mqvirtio.virtio.RingBase.PACKED_START.encode(true) : 0);
             fe.setVringAddr(r, base + ring.descOff, base + ring.usedOff, base + ring.availOff);
             fe.setVringCall(r, ring.call);
             fe.setVringErr(r, ring.err);
