@@ -6,7 +6,9 @@ import java.awt.Font;
 import java.awt.geom.Ellipse2D;
 import java.io.IOException;
 import java.nio.file.Path;
+import java.util.LinkedHashSet;
 import java.util.List;
+import java.util.Set;
 import java.util.TreeSet;
 import org.jfree.chart.ChartUtils;
 import org.jfree.chart.JFreeChart;
@@ -21,8 +23,9 @@ import org.jfree.data.xy.XYSeries;
 import org.jfree.data.xy.XYSeriesCollection;
 
 /**
- * The benchmark's PNG: throughput (Mpps) against queue pairs, one panel per frame size stacked on a shared
- * queue-pairs axis, one line per scenario (the same colour in every panel; the reference drawn dashed).
+ * The benchmark's PNG: throughput (Mpps) against queue pairs, one panel per frame size and ring mode stacked on a
+ * shared queue-pairs axis (a panel holds only points of one mode, as a ratio compares them), one line per scenario
+ * (the same colour in every panel; the reference drawn dashed).
  */
 public final class BenchPlot {
     private static final Color[] COLORS = {
@@ -42,37 +45,39 @@ public final class BenchPlot {
         plot.setGap(12);
         TreeSet<Integer> sizes = new TreeSet<>();
         TreeSet<Scenario> scenarios = new TreeSet<>();
+        Set<RingMode> rings = new LinkedHashSet<>(); // in the grid's order
         for (Measurement m : results) {
             sizes.add(m.frameSize());
+            rings.add(m.ringUsed());
             if (m.ok()) {
                 scenarios.add(m.scenario());
             }
         }
+        int panels = 0;
         for (int size : sizes) {
-            XYSeriesCollection data = new XYSeriesCollection();
-            XYLineAndShapeRenderer r = new XYLineAndShapeRenderer(true, true);
-            int k = 0;
-            for (Scenario s : scenarios) {
-                XYSeries series = new XYSeries(s.title() + ", " + size + " B", true, false);
-                for (Measurement m : results) {
-                    if (m.scenario() == s && m.frameSize() == size && m.ok()) {
-                        series.add(m.pairs(), m.mpps());
+            for (RingMode ring : rings) {
+                XYSeriesCollection data = new XYSeriesCollection();
+                XYLineAndShapeRenderer r = new XYLineAndShapeRenderer(true, true);
+                int k = 0;
+                for (Scenario s : scenarios) {
+                    XYSeries series = new XYSeries(s.title() + ", " + size + " B, " + ring.label(), true, false);
+                    for (Measurement m : results) {
+                        if (m.scenario() == s && m.frameSize() == size && m.ringUsed().equals(ring) && m.ok()) {
+                            series.add(m.pairs(), m.mpps());
+                        }
                     }
+                    if (series.isEmpty()) {
+                        continue;
+                    }
+                    data.addSeries(series);
+                    style(r, k++, s);
                 }
-                if (series.isEmpty()) {
-                    continue;
+                if (k == 0 && !scenarios.isEmpty()) {
+                    continue; // nothing ran in this mode at this size, something did elsewhere
                 }
-                data.addSeries(series);
-                style(r, k++, s);
+                plot.add(panel(data, r, size + " B, " + ring.label() + ": Mpps"), 1);
+                panels++;
             }
-            NumberAxis mpps = new NumberAxis(size + " B frames: Mpps");
-            mpps.setAutoRangeIncludesZero(true);
-            mpps.setLabelFont(new Font(Font.SANS_SERIF, Font.BOLD, 13));
-            XYPlot sub = new XYPlot(data, null, mpps, r);
-            sub.setBackgroundPaint(Color.WHITE);
-            sub.setDomainGridlinePaint(new Color(0xdddddd));
-            sub.setRangeGridlinePaint(new Color(0xcccccc));
-            plot.add(sub, 1);
         }
         LegendItemCollection legend = new LegendItemCollection();
         for (Scenario s : scenarios) {
@@ -87,8 +92,19 @@ public final class BenchPlot {
         if (subtitle != null && !subtitle.isEmpty()) {
             chart.addSubtitle(new TextTitle(subtitle, new Font(Font.SANS_SERIF, Font.PLAIN, 11)));
         }
-        int height = 120 + 260 * Math.max(1, sizes.size());
+        int height = 120 + 260 * Math.max(1, panels);
         ChartUtils.saveChartAsPNG(png.toFile(), chart, 900, height);
+    }
+
+    private static XYPlot panel(XYSeriesCollection data, XYLineAndShapeRenderer r, String label) {
+        NumberAxis mpps = new NumberAxis(label);
+        mpps.setAutoRangeIncludesZero(true);
+        mpps.setLabelFont(new Font(Font.SANS_SERIF, Font.BOLD, 13));
+        XYPlot sub = new XYPlot(data, null, mpps, r);
+        sub.setBackgroundPaint(Color.WHITE);
+        sub.setDomainGridlinePaint(new Color(0xdddddd));
+        sub.setRangeGridlinePaint(new Color(0xcccccc));
+        return sub;
     }
 
     private static Color color(Scenario s) {

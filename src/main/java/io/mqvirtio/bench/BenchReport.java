@@ -8,17 +8,21 @@ import java.util.Locale;
 public final class BenchReport {
     private BenchReport() {}
 
-    /** The reference point (scenario 3) measured at the same frame size and queue pairs, or null. */
+    /**
+     * The reference point (scenario 3) measured at the same frame size and queue pairs with the same ring mode
+     * ({@link Measurement#ringUsed}: a split ring compared with a split ring, IN_ORDER with IN_ORDER), or null.
+     */
     public static Measurement reference(Measurement m, List<Measurement> all) {
         for (Measurement r : all) {
-            if (r.scenario() == Scenario.REFERENCE && r.frameSize() == m.frameSize() && r.pairs() == m.pairs() && r.ok()) {
+            if (r.scenario() == Scenario.REFERENCE && r.frameSize() == m.frameSize() && r.pairs() == m.pairs() && r.ok()
+                    && r.ringUsed().equals(m.ringUsed())) {
                 return r;
             }
         }
         return null;
     }
 
-    /** This point's packet rate over the reference's at the same size and pairs; NaN without one. */
+    /** This point's packet rate over the reference's at the same size, pairs and ring mode; NaN without one. */
     public static double ratio(Measurement m, List<Measurement> all) {
         Measurement r = reference(m, all);
         if (r == null || !m.ok() || !(r.mpps() > 0)) {
@@ -54,11 +58,25 @@ public final class BenchReport {
     }
 
     public static final String TABLE_HEADER = String.format(Locale.ROOT,
-            "%-14s %6s %5s %8s %8s %8s %9s %9s %6s %7s %7s %6s", "scenario", "frame", "pairs", "Mpps", "Gbit/s", "sent",
-            "TX ns/pk", "RX ns/pk", "cores", "vs (3)", "med (3)", "rt ns");
+            "%-14s %6s %5s %-15s %8s %8s %8s %9s %9s %6s %7s %7s %6s", "scenario", "frame", "pairs", "ring", "Mpps",
+            "Gbit/s", "sent", "TX ns/pk", "RX ns/pk", "cores", "vs (3)", "med (3)", "rt ns");
+
+    /** What {@link #ringText} marks a ring mode with when it is what was asked for, not what was seen negotiated. */
+    public static final String ASKED_MARK = "*";
+
+    /** Printed under a table that has a ring mode marked {@link #ASKED_MARK}. */
+    public static final String ASKED_LEGEND = ASKED_MARK + " ring: what was asked for; no negotiation was seen "
+            + "(the point did not run, or testpmd's log did not say)";
+
+    /** The ring mode of a point as the table shows it: what was negotiated, else what was asked for, marked. */
+    public static String ringText(Measurement m) {
+        RingMode n = m.negotiated();
+        return n != null ? n.label() : m.ring().label() + ASKED_MARK;
+    }
 
     public static String tableRow(Measurement m, List<Measurement> all) {
-        String head = String.format(Locale.ROOT, "%-14s %6d %5d", m.scenario().title(), m.frameSize(), m.pairs());
+        String head = String.format(Locale.ROOT, "%-14s %6d %5d %-15s", m.scenario().title(), m.frameSize(), m.pairs(),
+                ringText(m));
         if (!m.ok()) {
             return head + "  " + m.status().name().toLowerCase(Locale.ROOT) + ": " + firstLine(m.note());
         }
@@ -80,7 +98,7 @@ public final class BenchReport {
 
     public static String csv(List<Measurement> all) {
         StringBuilder b = new StringBuilder();
-        b.append("scenario,label,frame_bytes,pairs,status,mpps,gbps,packets,seconds,sender_mpps,sender_packets,"
+        b.append("scenario,label,frame_bytes,pairs,ring_asked,ring_negotiated,features,status,mpps,gbps,packets,seconds,sender_mpps,sender_packets,"
                 + "sender_seconds,tx_cpu_ns_per_packet,rx_cpu_ns_per_packet,cores,ratio_to_reference,"
                 + "median_round_ratio_to_reference,cpu_round_trip_ns,threads,note\n");
         for (Measurement m : all) {
@@ -92,7 +110,10 @@ public final class BenchReport {
                 threads.append(t.side()).append(':').append(t.name()).append('=').append(fmt(t.nsPerPacket(), "%.1f"));
             }
             b.append(m.scenario().id()).append(',').append(m.scenario().label()).append(',').append(m.frameSize())
-                    .append(',').append(m.pairs()).append(',').append(m.status().name().toLowerCase(Locale.ROOT))
+                    .append(',').append(m.pairs()).append(',').append(m.ring().label())
+                    .append(',').append(m.negotiated() == null ? "" : m.negotiated().label())
+                    .append(',').append(featuresText(m))
+                    .append(',').append(m.status().name().toLowerCase(Locale.ROOT))
                     .append(',').append(fmt(m.mpps(), "%.4f")).append(',').append(fmt(m.gbps(), "%.4f"))
                     .append(',').append(m.packets()).append(',').append(fmt(m.seconds(), "%.4f"))
                     .append(',').append(fmt(m.senderMpps(), "%.4f")).append(',').append(m.senderPackets())
@@ -106,6 +127,11 @@ public final class BenchReport {
                     .append('\n');
         }
         return b.toString();
+    }
+
+    /** The negotiated feature bits as hex ("0x130000000"), or "" when not known. */
+    public static String featuresText(Measurement m) {
+        return m.features() == Measurement.UNKNOWN ? "" : "0x" + Long.toHexString(m.features());
     }
 
     static String fmt(double v, String f) {

@@ -6,7 +6,9 @@ import io.mqvirtio.net.NetDevice;
 import io.mqvirtio.net.NetDriver;
 import io.mqvirtio.net.PacketBackend;
 import io.mqvirtio.net.QueueCounters;
+import io.mqvirtio.vhostuser.Protocol;
 import io.mqvirtio.vhostuser.VhostUserServer;
+import io.mqvirtio.virtio.VirtioFeatures;
 import java.io.IOException;
 import java.io.UncheckedIOException;
 import java.nio.file.Files;
@@ -20,9 +22,11 @@ import java.util.concurrent.ThreadLocalRandom;
 import java.util.stream.Stream;
 
 /**
- * {@code mqvirtio bench}: runs each scenario at each number of queue pairs and frame size, one after the other,
- * and returns one {@link Measurement} per point. A scenario's processes and devices are set up once per number
- * of queue pairs and reused for every frame size (testpmd's txonly changes its frame length between points).
+ * {@code mqvirtio bench}: runs each scenario at each number of queue pairs, ring mode and frame size, one after the
+ * other, and returns one {@link Measurement} per point. A scenario's processes and devices are set up once per
+ * number of queue pairs and ring mode and reused for every frame size (testpmd's txonly changes its frame length
+ * between points). A ring mode is asked of both sides: our driver's features, virtio-user's devargs; our backend and
+ * DPDK's vhost offer both layouts and IN_ORDER and take what their frontend asks.
  *
  * <p>Each point: the sender starts, runs for the warm-up, then both sides' counters and threads' CPU times are
  * read at the start and at the end of the measured interval; the receiver's count over its own interval gives the
@@ -43,8 +47,9 @@ public final class BenchRunner {
      *                   set up afresh in each round); the point is its best round, and each round gives a ratio to
      *                   the reference measured minutes apart at most
      * @param logDir   where testpmd's output goes
+     * @param rings    the ring modes to measure every scenario in
      */
-    public record Options(List<Scenario> scenarios, List<Integer> sizes, List<Integer> pairs, double warmup,
+    public record Options(List<Scenario> scenarios, List<Integer> sizes, List<Integer> pairs, List<RingMode> rings, double warmup,
                           double seconds, int repeat, int rounds, boolean busyPoll, int pollMicros, int[] txCpus,
                           int[] rxCpus, boolean copySink, Path logDir) {}
 
@@ -86,7 +91,7 @@ public final class BenchRunner {
     }
 
     private List<Measurement> runAll() throws IOException, InterruptedException {
-        int points = o.scenarios().size() * o.sizes().size() * o.pairs().size();
+        int points = o.scenarios().size() * o.sizes().size() * o.pairs().size() * o.rings().size();
         int total = points * o.rounds();
         for (Scenario s : o.scenarios()) {
             String why = unavailable(s);
@@ -101,37 +106,10 @@ public final class BenchRunner {
         try {
             for (int round = 1; round <= o.rounds(); round++) {
                 for (int pairs : o.pairs()) {
-                    for (Scenario s : o.scenarios()) {
-                        String why = unavailable(s);
-                        // how far apart the two sides' CPUs are right now (nothing else of ours runs yet)
-                        double roundTrip = why != null || o.txCpus().length == 0 || o.rxCpus().length == 0 ? Double.NaN
-                                : CpuRoundTrip.measure(o.txCpus()[0], o.rxCpus()[0], 20_000, 5);
-                        Session session = null;
-                        try {
-                            for (int size : o.sizes()) {
-                                Measurement m;
-                                if (why != null) {
-                                    m = Measurement.skipped(s, size, pairs, why);
-                                } else {
-                                    try {
-                                        if (session == null) {
-                                            session = open(s, pairs);
-                                        }
-                                        m = session.measure(size);
-                                    } catch (InterruptedException e) {
-                                        throw e;
-                                    } catch (Exception | Error e) {
-                                        m = Measurement.failed(s, size, pairs, message(e));
-                                        closeQuietly(session);
-                                        session = null; // set up afresh for the next point
-                                    }
-                                }
-                                m = m.withRoundTrip(roundTrip);
-                                byPoint.computeIfAbsent(s.id() + "/" + size + "/" + pairs, k -> new ArrayList<>()).add(m);
-                                listener.measured(++done, total, round, m);
-                            }
-                        } finally {
-                            closeQuietly(session);
+                    // a point's reference (the same ring mode) runs beside it, minutes apart at most
+                    for (RingMode ring : o.rings()) {
+                        for (Scenario s : o.scenarios()) {
+                            done = runScenario(s, pairs, ring, round, done, total, byPoint);
                         }
                     }
                 }
@@ -144,6 +122,44 @@ public final class BenchRunner {
             out.add(Measurement.acrossRounds(rounds));
         }
         return out;
+    }
+
+    /** One scenario at one number of pairs in one ring mode, every frame size; returns the points done so far. */
+    private int runScenario(Scenario s, int pairs, RingMode ring, int round, int done, int total,
+                            Map<String, List<Measurement>> byPoint) throws InterruptedException {
+        String why = unavailable(s);
+        // how far apart the two sides' CPUs are right now (nothing else of ours runs yet)
+        double roundTrip = why != null || o.txCpus().length == 0 || o.rxCpus().length == 0 ? Double.NaN
+                : CpuRoundTrip.measure(o.txCpus()[0], o.rxCpus()[0], 20_000, 5);
+        Session session = null;
+        try {
+            for (int size : o.sizes()) {
+                Measurement m;
+                if (why != null) {
+                    m = Measurement.skipped(s, size, pairs, ring, why);
+                } else {
+                    try {
+                        if (session == null) {
+                            session = open(s, pairs, ring);
+                        }
+                        m = session.measure(size);
+                    } catch (InterruptedException e) {
+                        throw e;
+                    } catch (Exception | Error e) {
+                        m = Measurement.failed(s, size, pairs, ring, message(e));
+                        closeQuietly(session);
+                        session = null; // set up afresh for the next point
+                    }
+                }
+                m = m.withRoundTrip(roundTrip);
+                byPoint.computeIfAbsent(s.id() + "/" + size + "/" + pairs + "/" + ring.label(), k -> new ArrayList<>())
+                        .add(m);
+                listener.measured(++done, total, round, m);
+            }
+        } finally {
+            closeQuietly(session);
+        }
+        return done;
     }
 
     private static String message(Throwable e) {
@@ -161,19 +177,40 @@ public final class BenchRunner {
         }
     }
 
-    private Session open(Scenario s, int pairs) throws Exception {
+    private Session open(Scenario s, int pairs, RingMode ring) throws Exception {
         Path sock = sockets.resolve("s" + s.id() + "-" + pairs + "-" + Long.toHexString(System.nanoTime() & 0xffffff) + ".sock");
         return switch (s) {
-            case OURS_TO_OURS -> new DriverToBackend(s, pairs, sock, null);
-            case OURS_TO_TAP -> new DriverToBackend(s, pairs, sock, BenchNetns.create());
-            case DPDK_TO_OURS -> new DpdkToBackend(pairs, sock);
-            case DPDK_TO_DPDK -> new DpdkToDpdk(pairs, sock);
-            case OURS_TO_DPDK -> new DriverToDpdk(pairs, sock);
+            case OURS_TO_OURS -> new DriverToBackend(s, pairs, ring, sock, null);
+            case OURS_TO_TAP -> new DriverToBackend(s, pairs, ring, sock, BenchNetns.create());
+            case DPDK_TO_OURS -> new DpdkToBackend(pairs, ring, sock);
+            case DPDK_TO_DPDK -> new DpdkToDpdk(pairs, ring, sock);
+            case OURS_TO_DPDK -> new DriverToDpdk(pairs, ring, sock);
         };
     }
 
-    private Path log(Scenario s, int pairs, String role) {
-        return o.logDir().resolve("testpmd-s" + s.id() + "-" + pairs + "pairs-" + role + ".log");
+    private Path log(Scenario s, int pairs, RingMode ring, String role) {
+        return o.logDir().resolve("testpmd-s" + s.id() + "-" + pairs + "pairs-" + ring.label().replace('+', '-') + "-"
+                + role + ".log");
+    }
+
+    /** Our driver's options for a ring mode: the packed layout and IN_ORDER refused where the mode has none. */
+    private static NetDriver.Options driverOptions(int pairs, RingMode ring) {
+        return NetDriver.Options.pairs(pairs).withFeatures(ring.driverFeatures());
+    }
+
+    /**
+     * The virtio features of a SET_FEATURES as a backend saw it, without bit 30 (VHOST_USER_F_PROTOCOL_FEATURES:
+     * vhost-user's, not the device's; our driver's {@link NetDriver#features()} leaves it out too), so that what both
+     * ends of a connection report, and every row, compare; {@link Measurement#UNKNOWN} stays as it is.
+     */
+    private static long virtio(long features) {
+        return features == Measurement.UNKNOWN ? features : features & ~VirtioFeatures.bit(Protocol.F_PROTOCOL_FEATURES);
+    }
+
+    /** What our device saw negotiated by its frontend, or {@link Measurement#UNKNOWN} before any. */
+    private static long deviceFeatures(NetDevice dev) {
+        long f = dev.lastNegotiatedFeatures();
+        return f == 0 ? Measurement.UNKNOWN : virtio(f);
     }
 
     private void sleep(double seconds) throws InterruptedException {
@@ -309,6 +346,7 @@ public final class BenchRunner {
     private final class DriverToBackend extends Session {
         private final Scenario scenario;
         private final int pairs;
+        private final RingMode ring;
         private final BenchNetns ns;
         private final String tap;
         private final NetDevice dev;
@@ -318,9 +356,10 @@ public final class BenchRunner {
 
         private record Sample(TrafficRun.Snapshot driver, DeviceSample device, long tapRx) {}
 
-        DriverToBackend(Scenario scenario, int pairs, Path sock, BenchNetns ns) throws Exception {
+        DriverToBackend(Scenario scenario, int pairs, RingMode ring, Path sock, BenchNetns ns) throws Exception {
             this.scenario = scenario;
             this.pairs = pairs;
+            this.ring = ring;
             this.ns = ns;
             NetDevice d = null;
             VhostUserServer srv = null;
@@ -343,7 +382,7 @@ public final class BenchRunner {
                 }
                 d = device(pairs, backend);
                 srv = VhostUserServer.listen(sock, d);
-                nic = NetDriver.connect(sock, NetDriver.Options.pairs(pairs));
+                nic = NetDriver.connect(sock, driverOptions(pairs, ring));
             } catch (Exception | Error e) {
                 if (srv != null) {
                     srv.close();
@@ -382,10 +421,16 @@ public final class BenchRunner {
                 note = "tap " + tap + " in netns " + ns.name() + " counted rx_packets +" + (b.tapRx() - a.tapRx())
                         + (o.busyPoll() ? ", busy-poll" : ", notifications");
             }
+            // both ends' view of one negotiation: they must agree (else that is worth a word in the note)
+            long features = nic.features();
+            if (deviceFeatures(dev) != features) {
+                note += "; our backend saw features 0x" + Long.toHexString(deviceFeatures(dev)) + ", the driver 0x"
+                        + Long.toHexString(features);
+            }
             List<Measurement.ThreadCpu> threads = new ArrayList<>();
             driverThreads(r, threads);
             DeviceSample.threads(a.device(), b.device(), threads);
-            return new Measurement(scenario, size, pairs, DeviceSample.packets(a.device(), b.device()),
+            return new Measurement(scenario, size, pairs, ring, features, DeviceSample.packets(a.device(), b.device()),
                     (b.device().nanos() - a.device().nanos()) / 1e9, r.txPackets(), r.seconds(), threads,
                     Measurement.Status.OK, note + deviceErrors(dev));
         }
@@ -419,10 +464,12 @@ public final class BenchRunner {
         }
     }
 
-    private static String virtioUser(Path sock, int pairs) {
-        return "net_virtio_user0,path=" + sock + ",queues=" + pairs + (pairs > 1 ? ",cq=1" : "");
+    /** DPDK's virtio-user, asked for the ring mode's layout and IN_ORDER. */
+    private static String virtioUser(Path sock, int pairs, RingMode ring) {
+        return "net_virtio_user0,path=" + sock + ",queues=" + pairs + (pairs > 1 ? ",cq=1" : "") + ring.virtioUserDevargs();
     }
 
+    /** DPDK's vhost PMD: it offers both layouts and IN_ORDER, and takes what its frontend asks. */
     private static String vhost(Path sock, int pairs) {
         return "net_vhost0,iface=" + sock + ",queues=" + pairs;
     }
@@ -437,20 +484,22 @@ public final class BenchRunner {
     /** Scenario 2: testpmd's virtio-user (txonly) into our backend. */
     private final class DpdkToBackend extends Session {
         private final int pairs;
+        private final RingMode ring;
         private final NetDevice dev;
         private final VhostUserServer server;
         private final Testpmd tx;
 
         private record Sample(DeviceSample device, PmdSample pmd) {}
 
-        DpdkToBackend(int pairs, Path sock) throws Exception {
+        DpdkToBackend(int pairs, RingMode ring, Path sock) throws Exception {
             this.pairs = pairs;
+            this.ring = ring;
             NetDevice d = device(pairs, sink(pairs));
             VhostUserServer srv = null;
             try {
                 srv = VhostUserServer.listen(sock, d);
-                tx = Testpmd.start(testpmd, virtioUser(sock, pairs), pairs, "txonly", 0, o.txCpus(),
-                        log(Scenario.DPDK_TO_OURS, pairs, "virtio-user"), 60);
+                tx = Testpmd.start(testpmd, virtioUser(sock, pairs, ring), pairs, "txonly", 0, o.txCpus(),
+                        log(Scenario.DPDK_TO_OURS, pairs, ring, "virtio-user"), 60);
             } catch (Exception | Error e) {
                 if (srv != null) {
                     srv.close();
@@ -481,7 +530,8 @@ public final class BenchRunner {
             List<Measurement.ThreadCpu> threads = new ArrayList<>();
             PmdSample.threads(Measurement.TX, a.pmd(), b.pmd(), sent, threads);
             DeviceSample.threads(a.device(), b.device(), threads);
-            return new Measurement(Scenario.DPDK_TO_OURS, size, pairs, DeviceSample.packets(a.device(), b.device()),
+            return new Measurement(Scenario.DPDK_TO_OURS, size, pairs, ring, deviceFeatures(dev),
+                    DeviceSample.packets(a.device(), b.device()),
                     (b.device().nanos() - a.device().nanos()) / 1e9, sent, PmdSample.seconds(a.pmd(), b.pmd()), threads,
                     Measurement.Status.OK, sinkNote() + deviceErrors(dev) + "; testpmd log " + tx.log());
         }
@@ -503,19 +553,21 @@ public final class BenchRunner {
     /** Scenario 3, the reference: testpmd virtio-user (txonly) into testpmd vhost (rxonly). */
     private final class DpdkToDpdk extends Session {
         private final int pairs;
+        private final RingMode ring;
         private final Testpmd rx;
         private final Testpmd tx;
 
         private record Sample(PmdSample rx, PmdSample tx) {}
 
-        DpdkToDpdk(int pairs, Path sock) throws Exception {
+        DpdkToDpdk(int pairs, RingMode ring, Path sock) throws Exception {
             this.pairs = pairs;
+            this.ring = ring;
             rx = Testpmd.start(testpmd, vhost(sock, pairs), pairs, "rxonly", 0, o.rxCpus(),
-                    log(Scenario.DPDK_TO_DPDK, pairs, "vhost"), 60);
+                    log(Scenario.DPDK_TO_DPDK, pairs, ring, "vhost"), 60);
             try {
                 rx.command("start");
-                tx = Testpmd.start(testpmd, virtioUser(sock, pairs), pairs, "txonly", 0, o.txCpus(),
-                        log(Scenario.DPDK_TO_DPDK, pairs, "virtio-user"), 60);
+                tx = Testpmd.start(testpmd, virtioUser(sock, pairs, ring), pairs, "txonly", 0, o.txCpus(),
+                        log(Scenario.DPDK_TO_DPDK, pairs, ring, "virtio-user"), 60);
             } catch (Exception | Error e) {
                 rx.close();
                 throw e;
@@ -542,9 +594,11 @@ public final class BenchRunner {
             List<Measurement.ThreadCpu> threads = new ArrayList<>();
             PmdSample.threads(Measurement.TX, a.tx(), b.tx(), sent, threads);
             PmdSample.threads(Measurement.RX, a.rx(), b.rx(), packets, threads);
-            return new Measurement(Scenario.DPDK_TO_DPDK, size, pairs, packets, PmdSample.seconds(a.rx(), b.rx()), sent,
-                    PmdSample.seconds(a.tx(), b.tx()), threads, Measurement.Status.OK,
-                    "testpmd logs " + tx.log() + ", " + rx.log());
+            // the vhost side's log says what its frontend set; without that line the row says what was asked for
+            long features = rx.negotiatedFeatures();
+            return new Measurement(Scenario.DPDK_TO_DPDK, size, pairs, ring, features < 0 ? Measurement.UNKNOWN : virtio(features),
+                    packets, PmdSample.seconds(a.rx(), b.rx()), sent, PmdSample.seconds(a.tx(), b.tx()), threads,
+                    Measurement.Status.OK, "testpmd logs " + tx.log() + ", " + rx.log());
         }
 
         @Override
@@ -560,19 +614,21 @@ public final class BenchRunner {
     /** Scenario 4: our driver into testpmd's vhost (rxonly). */
     private final class DriverToDpdk extends Session {
         private final int pairs;
+        private final RingMode ring;
         private final Testpmd rx;
         private final NetDriver nic;
         private TrafficRun.Running traffic;
 
         private record Sample(TrafficRun.Snapshot driver, PmdSample pmd) {}
 
-        DriverToDpdk(int pairs, Path sock) throws Exception {
+        DriverToDpdk(int pairs, RingMode ring, Path sock) throws Exception {
             this.pairs = pairs;
+            this.ring = ring;
             rx = Testpmd.start(testpmd, vhost(sock, pairs), pairs, "rxonly", 0, o.rxCpus(),
-                    log(Scenario.OURS_TO_DPDK, pairs, "vhost"), 60);
+                    log(Scenario.OURS_TO_DPDK, pairs, ring, "vhost"), 60);
             try {
                 rx.command("start");
-                nic = NetDriver.connect(sock, NetDriver.Options.pairs(pairs));
+                nic = NetDriver.connect(sock, driverOptions(pairs, ring));
             } catch (Exception | Error e) {
                 rx.close();
                 throw e;
@@ -599,8 +655,14 @@ public final class BenchRunner {
             List<Measurement.ThreadCpu> threads = new ArrayList<>();
             driverThreads(r, threads);
             PmdSample.threads(Measurement.RX, a.pmd(), b.pmd(), packets, threads);
-            return new Measurement(Scenario.OURS_TO_DPDK, size, pairs, packets, PmdSample.seconds(a.pmd(), b.pmd()),
-                    r.txPackets(), r.seconds(), threads, Measurement.Status.OK, "testpmd log " + rx.log());
+            String note = "testpmd log " + rx.log();
+            long theirs = rx.negotiatedFeatures(); // DPDK's vhost logs what we set: both ends must agree
+            if (theirs >= 0 && virtio(theirs) != nic.features()) {
+                note += "; testpmd's vhost saw features 0x" + Long.toHexString(virtio(theirs)) + ", the driver 0x"
+                        + Long.toHexString(nic.features());
+            }
+            return new Measurement(Scenario.OURS_TO_DPDK, size, pairs, ring, nic.features(), packets,
+                    PmdSample.seconds(a.pmd(), b.pmd()), r.txPackets(), r.seconds(), threads, Measurement.Status.OK, note);
         }
 
         @Override

@@ -3,8 +3,11 @@ package io.mqvirtio.bench;
 import java.util.List;
 
 /**
- * One point of a benchmark: a scenario at one frame size and number of queue pairs.
+ * One point of a benchmark: a scenario at one frame size, number of queue pairs and ring mode.
  *
+ * @param ring           the layout and IN_ORDER choice asked of both sides (the point's place in the grid)
+ * @param features       the virtio features the scenario's connection negotiated, as its live objects (or testpmd's
+ *                       vhost log) said; {@link #UNKNOWN} when the point did not run or nothing said
  * @param packets        frames the receiver counted over its measured interval
  * @param seconds        that interval, on the receiver's own sampling clock
  * @param senderPackets  frames the sender reported sent over its own interval (what the receiver missed or the
@@ -20,21 +23,39 @@ import java.util.List;
  *                       just before this point's scenario was set up, NaN when not measured
  * @param roundRoundTripNs with several rounds: that round trip in each round, in order
  */
-public record Measurement(Scenario scenario, int frameSize, int pairs, long packets, double seconds, long senderPackets,
-                          double senderSeconds, List<ThreadCpu> threads, Status status, String note,
-                          List<Double> intervalMpps, List<Double> roundMpps, double roundTripNs,
-                          List<Double> roundRoundTripNs) {
+public record Measurement(Scenario scenario, int frameSize, int pairs, RingMode ring, long features, long packets,
+                          double seconds, long senderPackets, double senderSeconds, List<ThreadCpu> threads,
+                          Status status, String note, List<Double> intervalMpps, List<Double> roundMpps,
+                          double roundTripNs, List<Double> roundRoundTripNs) {
 
-    public Measurement(Scenario scenario, int frameSize, int pairs, long packets, double seconds, long senderPackets,
-                       double senderSeconds, List<ThreadCpu> threads, Status status, String note) {
-        this(scenario, frameSize, pairs, packets, seconds, senderPackets, senderSeconds, threads, status, note, List.of(),
-                List.of(), Double.NaN, List.of());
+    /** {@link #features} when no negotiation was seen. */
+    public static final long UNKNOWN = -1;
+
+    public Measurement(Scenario scenario, int frameSize, int pairs, RingMode ring, long features, long packets,
+                       double seconds, long senderPackets, double senderSeconds, List<ThreadCpu> threads, Status status,
+                       String note) {
+        this(scenario, frameSize, pairs, ring, features, packets, seconds, senderPackets, senderSeconds, threads, status,
+                note, List.of(), List.of(), Double.NaN, List.of());
     }
 
     /** This point with the CPUs' round trip measured before it. */
     public Measurement withRoundTrip(double ns) {
-        return new Measurement(scenario, frameSize, pairs, packets, seconds, senderPackets, senderSeconds, threads,
-                status, note, intervalMpps, roundMpps, ns, roundRoundTripNs);
+        return new Measurement(scenario, frameSize, pairs, ring, features, packets, seconds, senderPackets, senderSeconds,
+                threads, status, note, intervalMpps, roundMpps, ns, roundRoundTripNs);
+    }
+
+    /** What the connection negotiated, or null when that is not known. */
+    public RingMode negotiated() {
+        return features == UNKNOWN ? null : RingMode.of(features);
+    }
+
+    /**
+     * The ring mode this point's figures belong to: what was negotiated, or, when that is not known, what was asked
+     * for. Points are compared only with points of the same one.
+     */
+    public RingMode ringUsed() {
+        RingMode n = negotiated();
+        return n == null ? ring : n;
     }
 
     /**
@@ -52,8 +73,9 @@ public record Measurement(Scenario scenario, int frameSize, int pairs, long pack
             return rounds.get(rounds.size() - 1);
         }
         List<Double> rates = rounds.stream().map(Measurement::mpps).toList();
-        return new Measurement(best.scenario, best.frameSize, best.pairs, best.packets, best.seconds, best.senderPackets,
-                best.senderSeconds, best.threads, best.status, best.noteWithRates("rounds", rates), best.intervalMpps,
+        return new Measurement(best.scenario, best.frameSize, best.pairs, best.ring, best.features, best.packets,
+                best.seconds, best.senderPackets, best.senderSeconds, best.threads, best.status,
+                best.noteWithRates("rounds", rates), best.intervalMpps,
                 rates, best.roundTripNs, rounds.stream().map(Measurement::roundTripNs).toList());
     }
 
@@ -69,8 +91,9 @@ public record Measurement(Scenario scenario, int frameSize, int pairs, long pack
             return best;
         }
         List<Double> rates = intervals.stream().map(Measurement::mpps).toList();
-        return new Measurement(best.scenario, best.frameSize, best.pairs, best.packets, best.seconds, best.senderPackets,
-                best.senderSeconds, best.threads, best.status, best.noteWithRates("intervals", rates), rates, List.of(),
+        return new Measurement(best.scenario, best.frameSize, best.pairs, best.ring, best.features, best.packets,
+                best.seconds, best.senderPackets, best.senderSeconds, best.threads, best.status,
+                best.noteWithRates("intervals", rates), rates, List.of(),
                 best.roundTripNs, List.of());
     }
 
@@ -99,12 +122,12 @@ public record Measurement(Scenario scenario, int frameSize, int pairs, long pack
         }
     }
 
-    public static Measurement skipped(Scenario s, int frameSize, int pairs, String why) {
-        return new Measurement(s, frameSize, pairs, 0, 0, 0, 0, List.of(), Status.SKIPPED, why);
+    public static Measurement skipped(Scenario s, int frameSize, int pairs, RingMode ring, String why) {
+        return new Measurement(s, frameSize, pairs, ring, UNKNOWN, 0, 0, 0, 0, List.of(), Status.SKIPPED, why);
     }
 
-    public static Measurement failed(Scenario s, int frameSize, int pairs, String why) {
-        return new Measurement(s, frameSize, pairs, 0, 0, 0, 0, List.of(), Status.FAILED, why);
+    public static Measurement failed(Scenario s, int frameSize, int pairs, RingMode ring, String why) {
+        return new Measurement(s, frameSize, pairs, ring, UNKNOWN, 0, 0, 0, 0, List.of(), Status.FAILED, why);
     }
 
     public boolean ok() {

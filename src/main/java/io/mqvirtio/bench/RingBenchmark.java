@@ -5,9 +5,10 @@ import io.mqvirtio.linux.Mmap;
 import io.mqvirtio.memory.GuestMemory;
 import io.mqvirtio.memory.MemoryRegion;
 import io.mqvirtio.virtio.DescriptorChain;
-import io.mqvirtio.virtio.SplitDeviceRing;
-import io.mqvirtio.virtio.SplitDriverRing;
-import io.mqvirtio.virtio.SplitRing;
+import io.mqvirtio.virtio.DeviceRing;
+import io.mqvirtio.virtio.DriverRing;
+import io.mqvirtio.virtio.RingBase;
+import io.mqvirtio.virtio.Rings;
 import io.mqvirtio.virtio.VirtioFeatures;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
@@ -18,13 +19,16 @@ import java.util.List;
 import java.util.concurrent.atomic.AtomicBoolean;
 
 /**
- * One split ring, a driver thread and a device thread, each with its own mapping of one memfd (as two processes
- * would have): the driver writes a frame into a buffer and makes it available, the device pops the chain, copies
- * the frame out (what a TX path does) and returns it; the driver reaps and reuses the buffer. Both sides busy-poll;
- * notifications are decided (EVENT_IDX) but not delivered, so this measures the ring itself.
+ * One ring (split or packed, with or without IN_ORDER: a {@link RingMode}), a driver thread and a device thread,
+ * each with its own mapping of one memfd (as two processes would have): the driver writes a frame into a buffer and
+ * makes it available, the device pops the chain, copies the frame out (what a TX path does) and completes it with
+ * length 0 (with IN_ORDER, a batch is then one used entry); the driver reaps and reuses the buffer. Both sides
+ * busy-poll; notifications are decided (EVENT_IDX) but not delivered, so this measures the ring itself. The rings are
+ * opened as the data path opens them ({@link Rings}).
  */
 public final class RingBenchmark {
-    public record Result(int frameSize, int ringSize, long packets, double seconds, long driverCpuNs, long deviceCpuNs) {
+    public record Result(int frameSize, int ringSize, RingMode mode, long packets, double seconds, long driverCpuNs,
+                         long deviceCpuNs) {
         public double mpps() {
             return packets / seconds / 1e6;
         }
@@ -52,9 +56,12 @@ public final class RingBenchmark {
 
     private RingBenchmark() {}
 
-    public static Result run(int frameSize, int ringSize, double warmupSeconds, double seconds) throws InterruptedException {
-        long features = VirtioFeatures.bit(VirtioFeatures.F_EVENT_IDX) | VirtioFeatures.bit(VirtioFeatures.F_VERSION_1);
-        SplitRing.Layout layout = SplitRing.Layout.contiguous(ringSize);
+    public static Result run(int frameSize, int ringSize, RingMode mode, double warmupSeconds, double seconds)
+            throws InterruptedException {
+        long features = VirtioFeatures.bit(VirtioFeatures.F_EVENT_IDX) | VirtioFeatures.bit(VirtioFeatures.F_VERSION_1)
+                | (mode.packed() ? VirtioFeatures.bit(VirtioFeatures.F_RING_PACKED) : 0)
+                | (mode.inOrder() ? VirtioFeatures.bit(VirtioFeatures.F_IN_ORDER) : 0);
+        Rings.Layout layout = Rings.layout(ringSize, features);
         long bufBase = layout.totalBytes();
         long size = bufBase + (long) ringSize * BUF;
         long gpaBase = 0x1_0000_0000L;
@@ -63,13 +70,11 @@ public final class RingBenchmark {
              Mmap devMap = Mmap.shared(fd, 0, size)) {
             MemorySegment dm = drvMap.segment();
             GuestMemory guest = GuestMemory.of(List.of(new MemoryRegion(gpaBase, size, dm.address(), 0, devMap.segment())));
-            SplitDriverRing drv = new SplitDriverRing(ringSize, dm.asSlice(layout.descOffset(), SplitRing.descTableBytes(ringSize)),
-                    dm.asSlice(layout.availOffset(), SplitRing.availBytes(ringSize)),
-                    dm.asSlice(layout.usedOffset(), SplitRing.usedBytes(ringSize)), features);
-            SplitDeviceRing dev = new SplitDeviceRing(guest, ringSize,
-                    guest.uva(dm.address() + layout.descOffset(), SplitRing.descTableBytes(ringSize)),
-                    guest.uva(dm.address() + layout.availOffset(), SplitRing.availBytes(ringSize)),
-                    guest.uva(dm.address() + layout.usedOffset(), SplitRing.usedBytes(ringSize)), features, 0, 0);
+            DriverRing drv = Rings.driver(ringSize, features, dm.asSlice(0, layout.totalBytes()));
+            // the device translates the driver's addresses into its own mapping, as a vhost-user backend does
+            DeviceRing dev = Rings.device(guest, ringSize, dm.address() + layout.descOffset(),
+                    dm.address() + layout.availOffset(), dm.address() + layout.usedOffset(), features,
+                    mode.packed() ? RingBase.PACKED_START : RingBase.split(0, 0));
 
             AtomicBoolean stop = new AtomicBoolean();
             java.util.concurrent.atomic.AtomicLong count = new java.util.concurrent.atomic.AtomicLong();
@@ -84,7 +89,7 @@ public final class RingBenchmark {
                         int n = 0;
                         while (n < BATCH && dev.pop(chain)) {
                             chain.readFrom(HDR, sink.asSlice(0, chain.readableBytes() - HDR));
-                            dev.push(chain.head(), 0);
+                            dev.complete(chain, 0);
                             n++;
                         }
                         if (n > 0) {
@@ -145,7 +150,7 @@ public final class RingBenchmark {
             stop.set(true);
             driver.join();
             device.join();
-            return new Result(frameSize, ringSize, p1 - p0, (t1 - t0) / 1e9, drv1 - drv0, dev1 - dev0);
+            return new Result(frameSize, ringSize, mode, p1 - p0, (t1 - t0) / 1e9, drv1 - drv0, dev1 - dev0);
         }
     }
 

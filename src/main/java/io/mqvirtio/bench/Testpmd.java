@@ -39,6 +39,8 @@ final class Testpmd implements AutoCloseable {
     private static final AtomicInteger SEQ = new AtomicInteger();
     private static final Set<Process> LIVE = ConcurrentHashMap.newKeySet();
     private static final Pattern COUNTS = Pattern.compile("(RX|TX)-packets:\\s*(\\d+)\\s+\\S+:\\s*(\\d+)\\s+\\S+-bytes:\\s*(\\d+)");
+    /** What DPDK's vhost library logs (VHOST_CONFIG, INFO) when its frontend sets the features. */
+    private static final Pattern NEGOTIATED = Pattern.compile("negotiated Virtio features: 0x([0-9a-fA-F]+)");
 
     static {
         Runtime.getRuntime().addShutdownHook(new Thread(() -> LIVE.forEach(p -> p.destroyForcibly()), "testpmd-reaper"));
@@ -53,6 +55,7 @@ final class Testpmd implements AutoCloseable {
     private final AtomicInteger prompts = new AtomicInteger();
     private final Deque<String> tail = new ArrayDeque<>();
     private final int forwardingCores;
+    private volatile long negotiatedFeatures = -1;
 
     /**
      * dpdk-testpmd: the system property {@code mqvirtio.testpmd} or $MQV_TESTPMD, else on PATH, else /usr/bin; null if
@@ -153,6 +156,14 @@ final class Testpmd implements AutoCloseable {
         return process.isAlive();
     }
 
+    /**
+     * The virtio features a vhost port's frontend last set, as its log said ("negotiated Virtio features: 0x…");
+     * -1 before that, and always for a virtio-user port (it does not say).
+     */
+    long negotiatedFeatures() {
+        return negotiatedFeatures;
+    }
+
     private void readOutput() {
         try (Reader in = new InputStreamReader(process.getInputStream(), StandardCharsets.UTF_8);
              BufferedWriter out = Files.newBufferedWriter(log, StandardCharsets.UTF_8, java.nio.file.StandardOpenOption.APPEND)) {
@@ -181,6 +192,12 @@ final class Testpmd implements AutoCloseable {
                         tail.addLast(l);
                         if (tail.size() > 40) {
                             tail.removeFirst();
+                        }
+                    }
+                    if (l.contains("negotiated Virtio features")) {
+                        Matcher f = NEGOTIATED.matcher(l);
+                        if (f.find()) {
+                            negotiatedFeatures = Long.parseUnsignedLong(f.group(1), 16);
                         }
                     }
                     if (l.contains("NIC statistics for port")) {

@@ -5,6 +5,7 @@ import io.mqvirtio.bench.BenchReport;
 import io.mqvirtio.bench.BenchRunner;
 import io.mqvirtio.bench.Measurement;
 import io.mqvirtio.bench.RingBenchmark;
+import io.mqvirtio.bench.RingMode;
 import io.mqvirtio.bench.Scenario;
 import io.mqvirtio.linux.Affinity;
 import java.io.IOException;
@@ -23,7 +24,7 @@ import java.util.Set;
 
 /**
  * {@code mqvirtio bench}: the scenario benchmark (our driver and backend against DPDK's testpmd, the kernel's TAP),
- * printed as a table and written as CSV, JSON and a PNG plot; {@code mqvirtio bench ring}: the split-ring benchmark.
+ * printed as a table and written as CSV, JSON and a PNG plot; {@code mqvirtio bench ring}: the ring benchmark.
  */
 public final class Bench {
     static final String USAGE = """
@@ -35,6 +36,14 @@ public final class Bench {
                                    our backend -> a multiqueue TAP in a namespace of its own; root); default all
                   --sizes LIST     frame sizes in bytes (default 64,512,1500)
                   --pairs LIST     queue pairs (default 1,2,4)
+                  --layout L       the virtqueue layout both sides of every scenario are asked for: split, packed
+                                   or both (default both): our driver's features, virtio-user's packed_vq=0|1; our
+                                   backend and testpmd's vhost offer both and take what their frontend asks
+                  --in-order O     VIRTIO_F_IN_ORDER, asked of both sides likewise: on, off or both (default on:
+                                   virtio-user's in_order=1|0, our driver's features). Every scenario runs in each
+                                   layout and IN_ORDER choice; each row says what its connection negotiated ("ring":
+                                   split, split+inorder, packed, packed+inorder), and its reference (3) is the one
+                                   that negotiated the same
                   --seconds S      measured time per point (default 5)
                   --warmup S       traffic before each point's first measured interval (default 2)
                   --repeat N       measured intervals per point, back to back; the best is reported, all are in
@@ -52,15 +61,17 @@ public final class Bench {
                   --sink drop|copy our backend's sink drops frames untouched, or copies each out of guest memory
                                    as DPDK's vhost does into an mbuf (default drop)
                   --out DIR        where bench.csv, bench.json, bench.png and testpmd logs go (default bench-results)
-              bench ring           the split-ring benchmark
+              bench ring           the ring benchmark: a driver thread and a device thread on one ring
                   --sizes LIST     frame sizes in bytes (default 64,1500)
                   --ring N         ring size, a power of two (default 256)
+                  --layout L       split, packed or both (default both)
+                  --in-order O     on, off or both (default on)
                   --seconds S      measured time per size (default 5)
                   --warmup S       warm-up per size (default 2)
             """;
 
     static final Set<String> VALUED = Set.of("scenarios", "sizes", "pairs", "seconds", "warmup", "repeat", "rounds", "cpus",
-            "sink", "out", "poll-us");
+            "sink", "out", "poll-us", "layout", "in-order");
     static final Set<String> FLAGS = Set.of("busy-poll");
 
     private Bench() {}
@@ -75,8 +86,8 @@ public final class Bench {
 
     static int run(String[] argv, PrintStream out, PrintStream err) throws IOException, InterruptedException {
         if (argv.length > 0 && argv[0].equals("ring")) {
-            return ring(new Args(Arrays.copyOfRange(argv, 1, argv.length), Set.of("sizes", "ring", "seconds", "warmup"),
-                    Set.of()), out);
+            return ring(new Args(Arrays.copyOfRange(argv, 1, argv.length), Set.of("sizes", "ring", "seconds", "warmup",
+                    "layout", "in-order"), Set.of()), out);
         }
         Args a = new Args(argv, VALUED, FLAGS);
         if (!a.positional().isEmpty()) {
@@ -90,6 +101,7 @@ public final class Bench {
         }
         List<Integer> sizes = a.integers("sizes", "64,512,1500", 60, 1518);
         List<Integer> pairs = a.integers("pairs", "1,2,4", 1, 16);
+        List<RingMode> rings = ringModes(a);
         double seconds = a.decimal("seconds", 5, 0.05, 3600);
         double warmup = a.decimal("warmup", 2, 0, 3600);
         int repeat = a.integer("repeat", 1, 1, 1000);
@@ -110,22 +122,23 @@ public final class Bench {
         Logging.quiet();
         String started = OffsetDateTime.now().format(DateTimeFormatter.ISO_OFFSET_DATE_TIME);
         String loadBefore = loadAverage();
-        out.printf("mqvirtio bench: scenarios %s, frames %s B, pairs %s, %s%.1f s per point after %.1f s warm-up, %s, "
-                        + "%s sink, CPUs %s%n", titles(scenarios), join(sizes), join(pairs),
+        out.printf("mqvirtio bench: scenarios %s, frames %s B, pairs %s, rings %s, %s%.1f s per point after %.1f s "
+                        + "warm-up, %s, %s sink, CPUs %s%n", titles(scenarios), join(sizes), join(pairs), labels(rings),
                 repeat > 1 ? "best of " + repeat + " x " : "", seconds, warmup,
                 busyPoll ? "busy-polling workers"
                         : pollMicros > 0 ? "workers polling " + pollMicros + " µs before sleeping" : "workers woken by kicks", sink, cpuText(cpus));
-        out.printf("%d points%s; load average %s; results in %s%n", scenarios.size() * sizes.size() * pairs.size(),
+        out.printf("%d points%s; load average %s; results in %s%n",
+                scenarios.size() * sizes.size() * pairs.size() * rings.size(),
                 rounds > 1 ? " x " + rounds + " rounds" : "", loadBefore, outDir);
         out.flush();
-        BenchRunner.Options o = new BenchRunner.Options(scenarios, sizes, pairs, warmup, seconds, repeat, rounds, busyPoll,
+        BenchRunner.Options o = new BenchRunner.Options(scenarios, sizes, pairs, rings, warmup, seconds, repeat, rounds, busyPoll,
                 pollMicros, cpus[0], cpus[1], sink.equals("copy"), logs);
         List<Measurement> results = BenchRunner.run(o, new BenchRunner.Listener() {
             @Override
             public void measured(int done, int total, int round, Measurement m) {
-                String what = String.format(Locale.ROOT, "[%d/%d]%s %s %d B %d pair%s: ", done, total,
+                String what = String.format(Locale.ROOT, "[%d/%d]%s %s %d B %d pair%s %s: ", done, total,
                         rounds > 1 ? " round " + round : "", m.scenario().title(), m.frameSize(), m.pairs(),
-                        m.pairs() == 1 ? "" : "s");
+                        m.pairs() == 1 ? "" : "s", BenchReport.ringText(m));
                 if (m.ok()) {
                     err.printf(Locale.ROOT, "%s%.3f Mpps, %.2f Gbit/s, CPU ns/packet TX %.1f RX %.1f%s%n", what,
                             m.mpps(), m.gbps(), m.cpuNsPerPacket(Measurement.TX), m.cpuNsPerPacket(Measurement.RX),
@@ -150,12 +163,15 @@ public final class Bench {
         for (Measurement m : results) {
             out.println(BenchReport.tableRow(m, results));
         }
+        if (results.stream().anyMatch(m -> m.negotiated() == null)) {
+            out.println(BenchReport.ASKED_LEGEND);
+        }
         out.println();
         out.println("CPU ns per packet of each busy thread (sending side | receiving side):");
         for (Measurement m : results) {
             if (m.ok()) {
-                out.printf(Locale.ROOT, "  %-14s %5d B %2d pairs: %s%n", m.scenario().title(), m.frameSize(), m.pairs(),
-                        BenchReport.threadLine(m));
+                out.printf(Locale.ROOT, "  %-14s %5d B %2d pairs %-15s: %s%n", m.scenario().title(), m.frameSize(),
+                        m.pairs(), BenchReport.ringText(m), BenchReport.threadLine(m));
             }
         }
 
@@ -169,6 +185,9 @@ public final class Bench {
         opts.put("scenarios", scenarios.stream().map(Scenario::id).toList());
         opts.put("sizes", sizes);
         opts.put("pairs", pairs);
+        opts.put("layout", a.string("layout", "both"));
+        opts.put("in_order", a.string("in-order", "on"));
+        opts.put("rings", rings.stream().map(RingMode::label).toList());
         opts.put("seconds", seconds);
         opts.put("warmup", warmup);
         opts.put("repeat", repeat);
@@ -207,6 +226,10 @@ public final class Bench {
         r.put("label", m.scenario().label());
         r.put("frame_bytes", m.frameSize());
         r.put("pairs", m.pairs());
+        r.put("ring_asked", m.ring().label());
+        // null where no negotiation was seen (the point did not run, or testpmd's log did not say)
+        r.put("ring_negotiated", m.negotiated() == null ? null : m.negotiated().label());
+        r.put("features", m.negotiated() == null ? null : BenchReport.featuresText(m));
         r.put("status", m.status().name().toLowerCase(Locale.ROOT));
         r.put("note", m.note());
         r.put("mpps", m.mpps());
@@ -283,6 +306,32 @@ public final class Bench {
         return "TX " + join(Arrays.stream(cpus[0]).boxed().toList()) + " / RX " + join(Arrays.stream(cpus[1]).boxed().toList());
     }
 
+    /**
+     * The grid's ring modes from --layout and --in-order: split, packed or both; on, off or both. Defaults: both
+     * layouts, the one everyone compares, with IN_ORDER on, what DPDK's virtio-user and our driver ask by default.
+     */
+    static List<RingMode> ringModes(Args a) {
+        String layout = a.string("layout", "both");
+        List<Boolean> packed = switch (layout) {
+            case "split" -> List.of(false);
+            case "packed" -> List.of(true);
+            case "both" -> List.of(false, true);
+            default -> throw new Args.UsageException("--layout must be split, packed or both, got '" + layout + "'");
+        };
+        String inOrder = a.string("in-order", "on");
+        List<Boolean> order = switch (inOrder) {
+            case "on" -> List.of(true);
+            case "off" -> List.of(false);
+            case "both" -> List.of(false, true);
+            default -> throw new Args.UsageException("--in-order must be on, off or both, got '" + inOrder + "'");
+        };
+        return RingMode.grid(packed, order);
+    }
+
+    private static String labels(List<RingMode> rings) {
+        return String.join(",", rings.stream().map(RingMode::label).toList());
+    }
+
     private static String titles(List<Scenario> s) {
         return String.join(", ", s.stream().map(Scenario::title).toList());
     }
@@ -303,17 +352,20 @@ public final class Bench {
     private static int ring(Args a, PrintStream out) throws InterruptedException {
         List<Integer> sizes = a.integers("sizes", "64,1500", 14, 65535);
         int ring = a.integer("ring", 256, 1, 32768);
-        if (Integer.bitCount(ring) != 1) {
+        if (Integer.bitCount(ring) != 1) { // what a split ring needs; a packed one of the same size compares
             throw new Args.UsageException("--ring must be a power of two, got " + ring);
         }
+        List<RingMode> modes = ringModes(a);
         double warmup = a.decimal("warmup", 2, 0, 3600);
         double secs = a.decimal("seconds", 5, 0.1, 3600);
-        out.printf("%8s %6s %10s %9s %10s %14s %14s%n", "frame B", "ring", "Mpps", "Gbit/s", "ns/pkt", "drv CPU ns/pkt",
-                "dev CPU ns/pkt");
-        for (int size : sizes) {
-            RingBenchmark.Result r = RingBenchmark.run(size, ring, warmup, secs);
-            out.printf("%8d %6d %10.2f %9.2f %10.1f %14.1f %14.1f%n", size, ring, r.mpps(), r.gbps(), r.nsPerPacket(),
-                    r.driverCpuNsPerPacket(), r.deviceCpuNsPerPacket());
+        out.printf("%8s %6s %-15s %10s %9s %10s %14s %14s%n", "frame B", "ring", "layout", "Mpps", "Gbit/s", "ns/pkt",
+                "drv CPU ns/pkt", "dev CPU ns/pkt");
+        for (RingMode mode : modes) {
+            for (int size : sizes) {
+                RingBenchmark.Result r = RingBenchmark.run(size, ring, mode, warmup, secs);
+                out.printf(Locale.ROOT, "%8d %6d %-15s %10.2f %9.2f %10.1f %14.1f %14.1f%n", size, ring, mode.label(),
+                        r.mpps(), r.gbps(), r.nsPerPacket(), r.driverCpuNsPerPacket(), r.deviceCpuNsPerPacket());
+            }
         }
         return 0;
     }

@@ -240,8 +240,12 @@ public final class SplitDriverRing implements DriverRing {
     public int usedPending() {
         int idx = getU16Acquire(used, USED_IDX);
         int entries = (idx - lastUsed) & 0xffff;
-        int entriesInFlight = (availIdx - lastUsed) & 0xffff;
-        if (entries > entriesInFlight || (!inOrder && entries > chainsInFlight - batchLeft)) {
+        // Every used entry returns at least one chain in flight. Without IN_ORDER there is one entry per chain, so
+        // the used index also stays within the avail index; with it one entry may return a batch, the used index
+        // then runs slower than the avail index, and after 65536 chains more their 16-bit distance means nothing.
+        boolean ahead = inOrder ? entries > chainsInFlight - batchLeft
+                : entries > ((availIdx - lastUsed) & 0xffff) || entries > chainsInFlight;
+        if (ahead) {
             fail("used index " + idx + " runs ahead of the " + chainsInFlight + " chains in flight");
         }
         usedShadow = idx;

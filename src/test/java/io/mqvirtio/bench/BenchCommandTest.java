@@ -122,12 +122,24 @@ class BenchCommandTest {
         Out o = bench("--scenarios", "1", "--pairs", "1,2", "--sizes", "64,1500", "--seconds", "0.2", "--warmup", "0.3",
                 "--repeat", "2", "--out", out.toString());
         assertThat(o.rc()).as(o.out() + o.err()).isZero();
-        // progress: one line per point as it completes
-        assertThat(o.err()).contains("[1/4] 1 ours->ours 64 B 1 pair:").contains("[4/4] 1 ours->ours 1500 B 2 pairs:");
-        assertThat(o.out()).contains("scenario").contains("vs (3)").containsPattern("1 ours->ours\\s+1500\\s+2\\s+[0-9.]+");
-        List<Map<String, String>> rows = checkOutputs(out, 4);
+        // by default both layouts with IN_ORDER: each point twice; progress: one line per point as it completes
+        assertThat(o.out()).contains("rings split+inorder,packed+inorder").contains("8 points");
+        assertThat(o.err()).contains("[1/8] 1 ours->ours 64 B 1 pair split+inorder:")
+                .contains("[3/8] 1 ours->ours 64 B 1 pair packed+inorder:")
+                .contains("[8/8] 1 ours->ours 1500 B 2 pairs packed+inorder:");
+        assertThat(o.out()).contains("scenario").contains("ring").contains("vs (3)")
+                .containsPattern("1 ours->ours\\s+1500\\s+2 packed\\+inorder\\s+[0-9.]+")
+                .doesNotContain(BenchReport.ASKED_LEGEND);
+        List<Map<String, String>> rows = checkOutputs(out, 8);
+        assertThat(rows).extracting(r -> r.get("ring_asked")).containsExactly("split+inorder", "split+inorder",
+                "packed+inorder", "packed+inorder", "split+inorder", "split+inorder", "packed+inorder", "packed+inorder");
         for (Map<String, String> r : rows) {
             assertThat(r.get("status")).as("%s", r).isEqualTo("ok");
+            // what the connection negotiated (the driver's and the backend's view agree: no word about it)
+            assertThat(r.get("ring_negotiated")).as("%s", r).isEqualTo(r.get("ring_asked"));
+            assertThat(r.get("note")).doesNotContain("our backend saw features");
+            long features = Long.parseLong(r.get("features").substring(2), 16);
+            assertThat(RingMode.of(features).label()).isEqualTo(r.get("ring_asked"));
             assertThat(r.get("ratio_to_reference")).as("no reference measured").isEmpty();
             // the backend's count is sampled over the same interval as the driver's: they agree (within what a
             // ring holds and the scheduling of a loaded 2-core machine allows), and warm-up traffic is not in it
@@ -160,10 +172,51 @@ class BenchCommandTest {
         assertThat(o.err()).contains("scenario 2 dpdk->ours skipped: DPDK is missing")
                 .contains("scenario 3 dpdk->dpdk skipped: DPDK is missing")
                 .contains("scenario 4 ours->dpdk skipped: DPDK is missing");
-        assertThat(o.out()).containsPattern("2 dpdk->ours\\s+64\\s+1\\s+skipped: DPDK is missing");
-        List<Map<String, String>> rows = checkOutputs(out, 4);
-        assertThat(rows.get(0).get("status")).isEqualTo("ok");
-        assertThat(rows.subList(1, 4)).allSatisfy(r -> assertThat(r.get("status")).isEqualTo("skipped"));
+        // a point that did not run says what it was to be asked for, marked
+        assertThat(o.out()).containsPattern("2 dpdk->ours\\s+64\\s+1 packed\\+inorder\\*\\s+skipped: DPDK is missing")
+                .contains(BenchReport.ASKED_LEGEND);
+        List<Map<String, String>> rows = checkOutputs(out, 8);
+        for (int ring = 0; ring < 2; ring++) {
+            List<Map<String, String>> ofRing = rows.subList(4 * ring, 4 * ring + 4);
+            assertThat(ofRing.get(0).get("status")).isEqualTo("ok");
+            assertThat(ofRing.get(0).get("ring_negotiated")).isEqualTo(ring == 0 ? "split+inorder" : "packed+inorder");
+            assertThat(ofRing.subList(1, 4)).allSatisfy(r -> {
+                assertThat(r.get("status")).isEqualTo("skipped");
+                assertThat(r.get("ring_negotiated")).isEmpty();
+                assertThat(r.get("features")).isEmpty();
+            });
+        }
+    }
+
+    /** --layout and --in-order choose the grid's rings; every row says what it negotiated, the JSON too. */
+    @Test
+    @Timeout(120)
+    void layoutAndInOrderChooseWhatBothSidesNegotiate() throws Exception {
+        Path out = dir.resolve("out");
+        Out o = bench("--scenarios", "1", "--pairs", "1", "--sizes", "64", "--seconds", "0.2", "--warmup", "0.1",
+                "--layout", "split", "--in-order", "both", "--out", out.toString());
+        assertThat(o.rc()).as(o.out() + o.err()).isZero();
+        assertThat(o.out()).contains("rings split,split+inorder").contains("2 points");
+        List<Map<String, String>> rows = checkOutputs(out, 2);
+        assertThat(rows).extracting(r -> r.get("ring_negotiated")).containsExactly("split", "split+inorder");
+        for (Map<String, String> r : rows) {
+            long f = Long.parseLong(r.get("features").substring(2), 16);
+            assertThat(io.mqvirtio.virtio.VirtioFeatures.has(f, io.mqvirtio.virtio.VirtioFeatures.F_RING_PACKED)).isFalse();
+            assertThat(io.mqvirtio.virtio.VirtioFeatures.has(f, io.mqvirtio.virtio.VirtioFeatures.F_IN_ORDER))
+                    .isEqualTo(r.get("ring_asked").endsWith("+inorder"));
+        }
+        String json = Files.readString(out.resolve("bench.json"));
+        assertThat(json).contains("\"layout\":\"split\"").contains("\"in_order\":\"both\"")
+                .contains("\"rings\":[\"split\",\"split+inorder\"]")
+                .contains("\"ring_asked\":\"split\",\"ring_negotiated\":\"split\",\"features\":\"0x");
+
+        Path packed = dir.resolve("packed");
+        o = bench("--scenarios", "1", "--pairs", "1", "--sizes", "64", "--seconds", "0.2", "--warmup", "0.1",
+                "--layout", "packed", "--in-order", "off", "--out", packed.toString());
+        assertThat(o.rc()).as(o.out() + o.err()).isZero();
+        rows = checkOutputs(packed, 1);
+        assertThat(rows.get(0).get("ring_negotiated")).isEqualTo("packed");
+        assertThat(o.out()).containsPattern("1 ours->ours\\s+64\\s+1 packed\\s+[0-9.]+");
     }
 
     @Test
@@ -182,6 +235,13 @@ class BenchCommandTest {
         assertBad("--rounds must be in 1..1000, got 0", "--rounds", "0");
         assertBad("--poll-us must be in 0..1000000, got -1", "--poll-us", "-1");
         assertBad("--poll-us needs a number, got 'x'", "--poll-us", "x");
+        assertBad("--layout must be split, packed or both, got 'ring'", "--layout", "ring");
+        assertBad("--layout must be split, packed or both, got 'split,packed'", "--layout", "split,packed");
+        assertBad("--layout needs a value", "--layout");
+        assertBad("--in-order must be on, off or both, got 'yes'", "--in-order", "yes");
+        assertBad("--in-order must be on, off or both, got ''", "--in-order", "");
+        assertBad("--layout must be split, packed or both, got 'Packed'", "ring", "--layout", "Packed");
+        assertBad("--in-order must be on, off or both, got '1'", "ring", "--in-order", "1");
     }
 
     private static void assertBad(String message, String... argv) {

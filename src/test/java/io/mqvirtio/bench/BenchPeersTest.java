@@ -27,11 +27,12 @@ class BenchPeersTest {
         Peers.require("dpdk-testpmd", "DPDK testpmd");
         Path out = dir.resolve("out");
         BenchCommandTest.Out o = bench("--scenarios", "2,3,4", "--pairs", "2", "--sizes", "64", "--seconds", "0.5",
-                "--warmup", "0.5", "--rounds", "2", "--out", out.toString());
+                "--warmup", "0.5", "--rounds", "2", "--layout", "split", "--out", out.toString());
         assertThat(o.rc()).as(o.out() + o.err()).isZero();
         // the whole grid twice, round after round
-        assertThat(o.err()).contains("[1/6] round 1 2 dpdk->ours 64 B 2 pairs:")
-                .contains("[4/6] round 2 2 dpdk->ours 64 B 2 pairs:").contains("[6/6] round 2 4 ours->dpdk 64 B 2 pairs:");
+        assertThat(o.err()).contains("[1/6] round 1 2 dpdk->ours 64 B 2 pairs split+inorder:")
+                .contains("[4/6] round 2 2 dpdk->ours 64 B 2 pairs split+inorder:")
+                .contains("[6/6] round 2 4 ours->dpdk 64 B 2 pairs split+inorder:");
         assertThat(o.out()).contains("med (3)");
         List<Map<String, String>> rows = checkOutputs(out, 3);
         for (Map<String, String> r : rows) {
@@ -52,9 +53,42 @@ class BenchPeersTest {
         assertThat(json).contains("\"rounds\":2").containsPattern("\"round_mpps\":\\[[0-9.]+,[0-9.]+\\]");
         assertThat(rows.get(0).get("threads")).contains("rx:backend-qp0=");
         assertThat(rows.get(2).get("threads")).contains("tx:driver-qp0=");
-        assertThat(out.resolve("logs/testpmd-s3-2pairs-vhost.log")).exists();
+        assertThat(out.resolve("logs/testpmd-s3-2pairs-split-inorder-vhost.log")).exists();
         assertThat(ProcessHandle.allProcesses().filter(p -> p.info().commandLine().orElse("").contains("mqvbench-"
                 + ProcessHandle.current().pid() + "-"))).as("testpmd processes left running").isEmpty();
+    }
+
+    /**
+     * Every layout and IN_ORDER choice, asked of DPDK's virtio-user (devargs) and of our driver (features): each row
+     * says what its connection negotiated (our backend's and our driver's view; for the reference, what DPDK's vhost
+     * logged), and is compared with the reference that negotiated the same.
+     */
+    @Test
+    @Timeout(300)
+    void everyRingModeIsNegotiatedOnEveryScenario() throws Exception {
+        Peers.require("dpdk-testpmd", "DPDK testpmd");
+        Path out = dir.resolve("out");
+        BenchCommandTest.Out o = bench("--scenarios", "2,3,4", "--pairs", "1", "--sizes", "64", "--seconds", "0.3",
+                "--warmup", "0.3", "--layout", "both", "--in-order", "both", "--out", out.toString());
+        assertThat(o.rc()).as(o.out() + o.err()).isZero();
+        List<Map<String, String>> rows = checkOutputs(out, 12);
+        assertThat(rows).extracting(r -> r.get("ring_asked")).containsExactly("split", "split", "split",
+                "split+inorder", "split+inorder", "split+inorder", "packed", "packed", "packed",
+                "packed+inorder", "packed+inorder", "packed+inorder");
+        for (Map<String, String> r : rows) {
+            assertThat(r.get("status")).as("%s%n%s", r, o.err()).isEqualTo("ok");
+            assertThat(r.get("ring_negotiated")).as("what %s negotiated", r).isEqualTo(r.get("ring_asked"));
+            assertThat(r.get("note")).as("both ends agree").doesNotContain("saw features");
+            assertThat(num(r, "ratio_to_reference")).as("ratio of %s", r).isPositive();
+            if (r.get("scenario").equals("3")) {
+                assertThat(num(r, "ratio_to_reference")).isEqualTo(1.0);
+            }
+        }
+        assertThat(o.out()).doesNotContain(BenchReport.ASKED_LEGEND);
+        assertThat(out.resolve("logs/testpmd-s2-1pairs-packed-inorder-virtio-user.log")).content()
+                .contains("packed_vq=1,in_order=1");
+        assertThat(out.resolve("logs/testpmd-s3-1pairs-split-virtio-user.log")).content()
+                .contains("packed_vq=0,in_order=0");
     }
 
     @Test
@@ -63,11 +97,12 @@ class BenchPeersTest {
         Peers.requireRoot("a TAP device in a network namespace");
         Path out = dir.resolve("out");
         BenchCommandTest.Out o = bench("--scenarios", "5", "--pairs", "2", "--sizes", "64", "--seconds", "0.3",
-                "--warmup", "0.2", "--out", out.toString());
+                "--warmup", "0.2", "--layout", "packed", "--out", out.toString());
         assertThat(o.rc()).as(o.out() + o.err()).isZero();
         List<Map<String, String>> rows = checkOutputs(out, 1);
         Map<String, String> r = rows.get(0);
         assertThat(r.get("status")).as("%s", r).isEqualTo("ok");
+        assertThat(r.get("ring_negotiated")).isEqualTo("packed+inorder");
         assertThat(r.get("note")).contains("counted rx_packets +");
         long tapCount = Long.parseLong(r.get("note").replaceAll(".*rx_packets \\+(\\d+).*", "$1"));
         assertThat(tapCount).as("the kernel counted the frames").isPositive();

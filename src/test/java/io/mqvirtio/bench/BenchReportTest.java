@@ -2,15 +2,31 @@ package io.mqvirtio.bench;
 
 import static org.assertj.core.api.Assertions.assertThat;
 
+import io.mqvirtio.virtio.VirtioFeatures;
 import java.util.List;
 import org.junit.jupiter.api.Test;
 
 class BenchReportTest {
-    static Measurement point(Scenario s, int size, int pairs, long packets) {
-        return new Measurement(s, size, pairs, packets, 1.0, packets, 1.0,
+    static final RingMode SPLIT_IN_ORDER = new RingMode(false, true);
+    static final RingMode PACKED_IN_ORDER = new RingMode(true, true);
+
+    /** Features a connection of this mode negotiates (with VERSION_1 and EVENT_IDX). */
+    static long features(RingMode m) {
+        return VirtioFeatures.bit(VirtioFeatures.F_VERSION_1) | VirtioFeatures.bit(VirtioFeatures.F_EVENT_IDX)
+                | (m.packed() ? VirtioFeatures.bit(VirtioFeatures.F_RING_PACKED) : 0)
+                | (m.inOrder() ? VirtioFeatures.bit(VirtioFeatures.F_IN_ORDER) : 0);
+    }
+
+    /** A point asked for {@code asked} that negotiated {@code features}. */
+    static Measurement point(Scenario s, int size, int pairs, RingMode asked, long features, long packets) {
+        return new Measurement(s, size, pairs, asked, features, packets, 1.0, packets, 1.0,
                 List.of(new Measurement.ThreadCpu(Measurement.TX, "tx0", packets * 100, packets),
                         new Measurement.ThreadCpu(Measurement.RX, "rx0", packets * 50, packets)),
                 Measurement.Status.OK, "a note, with a comma");
+    }
+
+    static Measurement point(Scenario s, int size, int pairs, long packets) {
+        return point(s, size, pairs, SPLIT_IN_ORDER, features(SPLIT_IN_ORDER), packets);
     }
 
     @Test
@@ -25,14 +41,44 @@ class BenchReportTest {
         assertThat(BenchReport.ratio(ours1500, all)).isEqualTo(0.5);
         assertThat(BenchReport.ratio(ref64, all)).isEqualTo(1.0);
         assertThat(BenchReport.ratio(ours2, all)).as("no reference at 2 pairs").isNaN();
-        assertThat(BenchReport.ratio(ours64, List.of(ours64, Measurement.failed(Scenario.DPDK_TO_DPDK, 64, 1, "x")))).isNaN();
+        assertThat(BenchReport.ratio(ours64, List.of(ours64, Measurement.failed(Scenario.DPDK_TO_DPDK, 64, 1,
+                SPLIT_IN_ORDER, "x")))).isNaN();
+    }
+
+    @Test
+    void ratiosAreToTheReferenceThatNegotiatedTheSameRing() {
+        RingMode split = new RingMode(false, false);
+        Measurement refSplit = point(Scenario.DPDK_TO_DPDK, 64, 1, split, features(split), 4_000_000);
+        Measurement refSplitInOrder = point(Scenario.DPDK_TO_DPDK, 64, 1, SPLIT_IN_ORDER, features(SPLIT_IN_ORDER),
+                5_000_000);
+        Measurement refPacked = point(Scenario.DPDK_TO_DPDK, 64, 1, PACKED_IN_ORDER, features(PACKED_IN_ORDER), 8_000_000);
+        Measurement oursPacked = point(Scenario.DPDK_TO_OURS, 64, 1, PACKED_IN_ORDER, features(PACKED_IN_ORDER), 2_000_000);
+        Measurement oursSplit = point(Scenario.DPDK_TO_OURS, 64, 1, split, features(split), 2_000_000);
+        List<Measurement> all = List.of(refSplit, refSplitInOrder, refPacked, oursPacked, oursSplit);
+        assertThat(BenchReport.ratio(oursPacked, all)).as("packed+inorder against packed+inorder").isEqualTo(0.25);
+        assertThat(BenchReport.ratio(oursSplit, all)).as("split against split").isEqualTo(0.5);
+        assertThat(BenchReport.ratio(refSplitInOrder, all)).isEqualTo(1.0);
+        // asked for IN_ORDER, negotiated without it: compared with what it negotiated
+        Measurement refused = point(Scenario.OURS_TO_DPDK, 64, 1, SPLIT_IN_ORDER, features(split), 1_000_000);
+        assertThat(BenchReport.ratio(refused, List.of(refSplit, refSplitInOrder, refused))).isEqualTo(0.25);
+        assertThat(BenchReport.ringText(refused)).isEqualTo("split");
+        // no reference of that ring: no ratio
+        assertThat(BenchReport.ratio(oursPacked, List.of(refSplit, refSplitInOrder, oursPacked))).isNaN();
+        // a reference whose negotiation was not seen counts as what it was asked for, and says so
+        Measurement refAsked = point(Scenario.DPDK_TO_DPDK, 64, 1, PACKED_IN_ORDER, Measurement.UNKNOWN, 4_000_000);
+        assertThat(BenchReport.ratio(oursPacked, List.of(refAsked, oursPacked))).isEqualTo(0.5);
+        assertThat(BenchReport.ringText(refAsked)).isEqualTo("packed+inorder" + BenchReport.ASKED_MARK);
+        assertThat(BenchReport.tableRow(refAsked, List.of(refAsked))).contains(" packed+inorder* ");
+        assertThat(BenchReport.tableRow(oursPacked, all)).containsPattern("2 dpdk->ours\\s+64\\s+1 packed\\+inorder\\s+2\\.000");
+        assertThat(BenchReport.TABLE_HEADER).containsPattern("pairs ring\\s+Mpps");
     }
 
     /** One point measured in rounds at these rates (Mpps; NaN: the round failed). */
     static Measurement rounds(Scenario s, double... mpps) {
         List<Measurement> r = new java.util.ArrayList<>();
         for (double x : mpps) {
-            r.add(Double.isNaN(x) ? Measurement.failed(s, 64, 1, "testpmd died") : point(s, 64, 1, (long) (x * 1e6)));
+            r.add(Double.isNaN(x) ? Measurement.failed(s, 64, 1, SPLIT_IN_ORDER, "testpmd died")
+                    : point(s, 64, 1, (long) (x * 1e6)));
         }
         return Measurement.acrossRounds(r);
     }
@@ -84,12 +130,16 @@ class BenchReportTest {
         assertThat(m.cpuNsPerPacket(Measurement.TX)).isEqualTo(100.0);
         assertThat(m.cpuNsPerPacket(Measurement.RX)).isEqualTo(50.0);
         assertThat(m.cores()).isEqualTo(0.3);
-        String csv = BenchReport.csv(List.of(m, Measurement.skipped(Scenario.DPDK_TO_OURS, 64, 1, "DPDK is missing")));
+        String csv = BenchReport.csv(List.of(m, Measurement.skipped(Scenario.DPDK_TO_OURS, 64, 1, PACKED_IN_ORDER,
+                "DPDK is missing")));
         String[] lines = csv.split("\n");
         assertThat(lines).hasSize(3);
-        assertThat(lines[1]).startsWith("1,ours->ours,1500,1,ok,2.0000,24.0000,2000000,")
+        assertThat(lines[0]).startsWith("scenario,label,frame_bytes,pairs,ring_asked,ring_negotiated,features,status,");
+        // VERSION_1 (32), EVENT_IDX (29), IN_ORDER (35)
+        assertThat(lines[1]).startsWith("1,ours->ours,1500,1,split+inorder,split+inorder,0x920000000,ok,2.0000,24.0000,2000000,")
                 .contains("tx:tx0=100.0;rx:rx0=50.0").endsWith(",\"a note, with a comma\"");
-        assertThat(lines[2]).startsWith("2,dpdk->ours,64,1,skipped,,,0,").endsWith("DPDK is missing");
-        assertThat(BenchReport.tableRow(m, List.of(m))).containsPattern("1 ours->ours\\s+1500\\s+1\\s+2\\.000\\s+24\\.000");
+        assertThat(lines[2]).startsWith("2,dpdk->ours,64,1,packed+inorder,,,skipped,,,0,").endsWith("DPDK is missing");
+        assertThat(BenchReport.tableRow(m, List.of(m)))
+                .containsPattern("1 ours->ours\\s+1500\\s+1 split\\+inorder\\s+2\\.000\\s+24\\.000");
     }
 }

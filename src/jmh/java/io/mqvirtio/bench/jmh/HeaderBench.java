@@ -48,7 +48,7 @@ public class HeaderBench {
     @Setup(Level.Trial)
     public void setup() {
         arena = Arena.ofShared();
-        r = new Rings(arena, 256, true);
+        r = new Rings(arena, 256, false, false, true); // split: the header is the same on both layouts
         bufs = r.mem.asSlice(r.bufBase);
         for (int i = 0; i < 256; i++) {
             bufs.set(LE16, (long) i * Rings.BUF + VirtioNet.HDR_NUM_BUFFERS, (short) 1);

@@ -2,9 +2,6 @@ package io.mqvirtio.bench.jmh;
 
 import io.mqvirtio.virtio.DescriptorChain;
 import java.lang.foreign.Arena;
-import java.lang.foreign.ValueLayout;
-import java.lang.invoke.VarHandle;
-import java.nio.ByteOrder;
 import java.util.concurrent.TimeUnit;
 import org.openjdk.jmh.annotations.Benchmark;
 import org.openjdk.jmh.annotations.BenchmarkMode;
@@ -22,10 +19,12 @@ import org.openjdk.jmh.annotations.TearDown;
 import org.openjdk.jmh.annotations.Warmup;
 
 /**
- * The split ring's operations, one thread, per chain (a burst of 32 per invocation, as the data path works):
- * the device's pop (descriptor walk, validation, address translation) and push/publish/notify decision, the
- * driver's add/publish/kick decision and reap, and a whole round trip (about the sum of the three). One or two descriptors per chain (a
- * one-buffer TX frame; header and frame in two buffers).
+ * A ring's operations, split or packed, with or without IN_ORDER, one thread, per chain (a burst of 32 per
+ * invocation, as the data path works), through the {@code DriverRing} and {@code DeviceRing} the data path uses:
+ * the device's pop (descriptor walk, validation, address translation); the device's whole part (pop, complete,
+ * publish, notification decision); the driver's add/publish/kick decision and reap; and a whole round trip. One or
+ * two descriptors per chain (a one-buffer TX frame; header and frame in two buffers). Completions have length 0, as
+ * TX's do: with IN_ORDER a burst of them is one used entry.
  */
 @BenchmarkMode(Mode.AverageTime)
 @OutputTimeUnit(TimeUnit.NANOSECONDS)
@@ -35,6 +34,14 @@ import org.openjdk.jmh.annotations.Warmup;
 @State(Scope.Thread)
 public class RingBench {
     static final int BURST = 32;
+
+    /** The virtqueue layout: split (VIRTIO 1.3, 2.7) or packed (2.8, VIRTIO_F_RING_PACKED). */
+    @Param({"split", "packed"})
+    String layout;
+
+    /** VIRTIO_F_IN_ORDER negotiated. */
+    @Param({"false", "true"})
+    boolean inOrder;
 
     @Param({"1", "2"})
     int descriptors;
@@ -47,17 +54,21 @@ public class RingBench {
     private final DescriptorChain chain = new DescriptorChain(16);
     private long[] addr;
     private int[] len;
-    private final int[] heads = new int[BURST];
-    private int usedIdx;
-    private static final ValueLayout.OfInt U32 = ValueLayout.JAVA_INT_UNALIGNED.withOrder(ByteOrder.LITTLE_ENDIAN);
-    private static final VarHandle U16_VH = ValueLayout.JAVA_SHORT.withOrder(ByteOrder.LITTLE_ENDIAN).varHandle();
+    private final int[] ids = new int[BURST];
+    private boolean primed;
 
     @Setup(Level.Trial)
     public void setup() {
+        if (!layout.equals("split") && !layout.equals("packed")) {
+            throw new IllegalArgumentException("layout must be split or packed, got " + layout);
+        }
         arena = Arena.ofShared();
-        r = new Rings(arena, 256, eventIdx);
+        r = new Rings(arena, 256, layout.equals("packed"), inOrder, eventIdx);
         addr = new long[descriptors];
         len = new int[descriptors];
+        for (int d = 0; d < descriptors; d++) {
+            len[d] = d == 0 && descriptors > 1 ? 12 : 76;
+        }
     }
 
     @TearDown(Level.Trial)
@@ -65,66 +76,88 @@ public class RingBench {
         arena.close();
     }
 
-    private void addBurst(int base) {
+    /**
+     * After each iteration: neither side found the other (or a stand-in) breaking the ring's rules, and every chain
+     * added was reaped (devicePop's one burst stays in flight): a figure is only worth something if the ring worked.
+     */
+    @TearDown(Level.Iteration)
+    public void check() {
+        if (r.driver.isBroken() || r.device.isBroken()) {
+            throw new IllegalStateException("ring broken: driver " + r.driver.brokenReason() + ", device "
+                    + r.device.brokenReason());
+        }
+        int inFlight = r.driver.inFlight();
+        if (inFlight != 0 && inFlight != BURST) {
+            throw new IllegalStateException(inFlight + " chains in flight after an iteration");
+        }
+    }
+
+    /** Pops the next chain, which must be there (a benchmark that popped nothing would measure nothing). */
+    private void pop() {
+        if (!r.device.pop(chain)) {
+            throw new IllegalStateException("no chain available");
+        }
+    }
+
+    private void addBurst() {
         for (int i = 0; i < BURST; i++) {
             for (int d = 0; d < descriptors; d++) {
-                addr[d] = r.buffer(base + i) + d * 1024L;
-                len[d] = d == 0 && descriptors > 1 ? 12 : 76;
+                addr[d] = r.buffer(i) + d * 1024L;
             }
-            r.driver.add(addr, len, descriptors, 0);
+            ids[i] = r.driver.add(addr, len, descriptors, 0);
         }
         r.driver.publish();
     }
 
-    /** Device: pop 32 chains (walk, validate, translate), then give them back (unpop) for the next invocation. */
+    /** Device: pop 32 chains (walk, validate, translate), then give them back for the next invocation. */
     @Benchmark
     @OperationsPerInvocation(BURST)
     public int devicePop() {
-        if (r.device.lastAvailIndex() == r.driver.availIndex()) {
-            addBurst(0); // once: a burst stays available, popped and given back again and again
+        if (!primed) {
+            addBurst(); // once: a burst stays available, popped and given back again and again
+            primed = true;
         }
-        int heads = 0;
+        int ids = 0;
         for (int i = 0; i < BURST; i++) {
-            r.device.pop(chain);
-            heads += chain.head();
+            pop();
+            ids += chain.id();
         }
         r.device.giveBack(BURST);
-        return heads;
-    }
-
-    /** Device: push 32 used entries, publish the used index once, decide on a notification. */
-    @Benchmark
-    @OperationsPerInvocation(BURST)
-    public boolean devicePushPublish() {
-        for (int i = 0; i < BURST; i++) {
-            r.device.push(i, 64);
-        }
-        r.device.publish();
-        return r.device.needsNotification();
+        return ids;
     }
 
     /**
-     * Driver: add 32 chains, publish, decide on a kick; then (standing in for the device: two plain stores per entry)
-     * the used entries are written; the driver reaps 32.
+     * Device: pop 32 chains, complete each, publish once, decide on a notification; then (standing in for the
+     * driver: the stores of each chain's descriptors, and of the split ring's avail slots) 32 are made available
+     * again. Minus {@link #devicePop}, about what completing and publishing cost.
+     */
+    @Benchmark
+    @OperationsPerInvocation(BURST)
+    public boolean deviceComplete() {
+        if (!primed) {
+            r.offer(BURST, descriptors, len);
+            primed = true;
+        }
+        for (int i = 0; i < BURST; i++) {
+            pop();
+            r.device.complete(chain, 0);
+        }
+        r.device.publish();
+        boolean notify = r.device.needsNotification();
+        r.offer(BURST, descriptors, len);
+        return notify;
+    }
+
+    /**
+     * Driver: add 32 chains, publish, decide on a kick; then (standing in for the device: the stores of one used
+     * entry per chain) they are used; the driver reaps 32.
      */
     @Benchmark
     @OperationsPerInvocation(BURST)
     public int driverAddReap() {
-        for (int i = 0; i < BURST; i++) {
-            for (int d = 0; d < descriptors; d++) {
-                addr[d] = r.buffer(i) + d * 1024L;
-                len[d] = d == 0 && descriptors > 1 ? 12 : 76;
-            }
-            heads[i] = r.driver.add(addr, len, descriptors, 0);
-        }
-        r.driver.publish();
+        addBurst();
         r.driver.needsKick();
-        for (int i = 0; i < BURST; i++) {
-            long e = r.usedOffset + 4 + 8L * (usedIdx++ & (r.size - 1));
-            r.mem.set(U32, e, heads[i]);
-            r.mem.set(U32, e + 4, 0);
-        }
-        U16_VH.setRelease(r.mem, r.usedOffset + 2, (short) usedIdx);
+        r.useAll(ids, BURST, descriptors);
         int h;
         int sum = 0;
         while ((h = r.driver.reap()) >= 0) {
@@ -133,14 +166,14 @@ public class RingBench {
         return sum;
     }
 
-    /** The whole round: the driver adds and publishes 32, the device pops, pushes and publishes them, the driver reaps. */
+    /** The whole round: the driver adds and publishes 32, the device pops, completes and publishes them, the driver reaps. */
     @Benchmark
     @OperationsPerInvocation(BURST)
     public int roundTrip() {
-        addBurst(0);
+        addBurst();
         r.driver.needsKick();
         while (r.device.pop(chain)) {
-            r.device.push(chain.head(), 0);
+            r.device.complete(chain, 0);
         }
         r.device.publish();
         r.device.needsNotification();
