@@ -54,6 +54,8 @@ class MainTest {
     void ringBenchmarkRuns() {
         Out o = run("bench", "ring", "--sizes", "64", "--seconds", "0.2", "--warmup", "0.1");
         assertThat(o.rc()).isZero();
-        assertThat(o.out()).containsPattern("\\n\\s+64\\s+256\\s+[0-9.]+");
+        // one row per ring layout the bench runs by default (split and packed, IN_ORDER on)
+        assertThat(o.out()).containsPattern("\\n\\s+64\\s+256\\s+split\\+inorder\\s+[0-9.]+");
+        assertThat(o.out()).containsPattern("\\n\\s+64\\s+256\\s+packed\\+inorder\\s+[0-9.]+");
     }
 }
