@@ -8,6 +8,7 @@ import io.mqvirtio.net.PacketBackend;
 import io.mqvirtio.net.QueueCounters;
 import io.mqvirtio.vhostuser.Protocol;
 import io.mqvirtio.vhostuser.VhostUserServer;
+import io.mqvirtio.virtio.Experiment;
 import io.mqvirtio.virtio.VirtioFeatures;
 import java.io.IOException;
 import java.io.UncheckedIOException;
@@ -17,6 +18,7 @@ import java.util.ArrayList;
 import java.util.Comparator;
 import java.util.LinkedHashMap;
 import java.util.List;
+import java.util.Locale;
 import java.util.Map;
 import java.util.concurrent.ThreadLocalRandom;
 import java.util.stream.Stream;
@@ -48,10 +50,20 @@ public final class BenchRunner {
      *                   the reference measured minutes apart at most
      * @param logDir   where testpmd's output goes
      * @param rings    the ring modes to measure every scenario in
+     * @param ab       null, or the experiment turned on and off in windows of {@code abWindow} seconds while each
+     *                 point's traffic runs (paired windows: see {@link PairedWindows})
      */
     public record Options(List<Scenario> scenarios, List<Integer> sizes, List<Integer> pairs, List<RingMode> rings, double warmup,
                           double seconds, int repeat, int rounds, boolean busyPoll, int pollMicros, int[] txCpus,
-                          int[] rxCpus, boolean copySink, Path logDir) {}
+                          int[] rxCpus, boolean copySink, Path logDir, Experiment ab, double abWindow) {
+
+        public Options(List<Scenario> scenarios, List<Integer> sizes, List<Integer> pairs, List<RingMode> rings,
+                       double warmup, double seconds, int repeat, int rounds, boolean busyPoll, int pollMicros,
+                       int[] txCpus, int[] rxCpus, boolean copySink, Path logDir) {
+            this(scenarios, sizes, pairs, rings, warmup, seconds, repeat, rounds, busyPoll, pollMicros, txCpus, rxCpus,
+                    copySink, logDir, null, 0);
+        }
+    }
 
     /** Told of each point of each round as it completes, and of anything worth a line. */
     public interface Listener {
@@ -303,6 +315,9 @@ public final class BenchRunner {
             begin(size);
             try {
                 sleep(o.warmup());
+                if (o.ab() != null) {
+                    return pairedWindows(size);
+                }
                 Object a = sample();
                 List<Measurement> intervals = new ArrayList<>();
                 for (int i = 0; i < o.repeat(); i++) {
@@ -314,6 +329,43 @@ public final class BenchRunner {
                 return Measurement.best(intervals);
             } finally {
                 end();
+            }
+        }
+
+        /**
+         * The measured time cut into windows with the experiment off and on in turn (off-on, on-off, ...: each pair
+         * of neighbours in both orders, so that a drift favours neither); each pair's on/off rate ratio goes to
+         * {@link PairedWindows}, told as a note; the point is the whole time.
+         */
+        private Measurement pairedWindows(int size) throws Exception {
+            Experiment e = o.ab();
+            int pairsOfWindows = Math.max(1, (int) Math.round(o.seconds() * o.repeat() / o.abWindow() / 2));
+            PairedWindows w = new PairedWindows();
+            try {
+                Object first = sample();
+                Object a = first;
+                Measurement last = null;
+                for (int k = 0; k < pairsOfWindows; k++) {
+                    double[] mpps = new double[2]; // off, on
+                    for (int half = 0; half < 2; half++) {
+                        boolean on = (k % 2 == 0) == (half == 1);
+                        e.set(on);
+                        sleep(o.abWindow());
+                        Object b = sample();
+                        last = between(size, a, b);
+                        mpps[on ? 1 : 0] = last.mpps();
+                        a = b;
+                    }
+                    w.add(mpps[0], mpps[1]);
+                }
+                Measurement whole = between(size, first, a);
+                listener.note(String.format(Locale.ROOT, "%s %d B %d pair%s %s: %s %s", whole.scenario().title(), size,
+                        whole.pairs(), whole.pairs() == 1 ? "" : "s", whole.ringUsed().label(),
+                        e.name().toLowerCase(Locale.ROOT).replace('_', '-'), w));
+                return whole.withNote(whole.note() + "; " + e.name().toLowerCase(Locale.ROOT).replace('_', '-')
+                        + " " + w);
+            } finally {
+                e.reset();
             }
         }
 

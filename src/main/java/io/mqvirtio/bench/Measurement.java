@@ -38,6 +38,12 @@ public record Measurement(Scenario scenario, int frameSize, int pairs, RingMode 
                 note, List.of(), List.of(), Double.NaN, List.of());
     }
 
+    /** This point with another note. */
+    public Measurement withNote(String text) {
+        return new Measurement(scenario, frameSize, pairs, ring, features, packets, seconds, senderPackets, senderSeconds,
+                threads, status, text, intervalMpps, roundMpps, roundTripNs, roundRoundTripNs);
+    }
+
     /** This point with the CPUs' round trip measured before it. */
     public Measurement withRoundTrip(double ns) {
         return new Measurement(scenario, frameSize, pairs, ring, features, packets, seconds, senderPackets, senderSeconds,

@@ -8,6 +8,7 @@ import io.mqvirtio.bench.RingBenchmark;
 import io.mqvirtio.bench.RingMode;
 import io.mqvirtio.bench.Scenario;
 import io.mqvirtio.linux.Affinity;
+import io.mqvirtio.virtio.Experiment;
 import java.io.IOException;
 import java.io.PrintStream;
 import java.nio.file.Files;
@@ -61,6 +62,10 @@ public final class Bench {
                   --sink drop|copy our backend's sink drops frames untouched, or copies each out of guest memory
                                    as DPDK's vhost does into an mbuf (default drop)
                   --out DIR        where bench.csv, bench.json, bench.png and testpmd logs go (default bench-results)
+                  --ab NAME        paired windows: turn the data path's experiment NAME off and on in turn, in
+                                   windows of --ab-window S (default 0.5), over each point's --seconds x --repeat;
+                                   each point tells the median on/off ratio of neighbouring windows (names: see
+                                   docs/performance.md, "Paired windows")
               bench ring           the ring benchmark: a driver thread and a device thread on one ring
                   --sizes LIST     frame sizes in bytes (default 64,1500)
                   --ring N         ring size, a power of two (default 256)
@@ -71,7 +76,7 @@ public final class Bench {
             """;
 
     static final Set<String> VALUED = Set.of("scenarios", "sizes", "pairs", "seconds", "warmup", "repeat", "rounds", "cpus",
-            "sink", "out", "poll-us", "layout", "in-order");
+            "sink", "out", "poll-us", "layout", "in-order", "ab", "ab-window");
     static final Set<String> FLAGS = Set.of("busy-poll");
 
     private Bench() {}
@@ -112,6 +117,16 @@ public final class Bench {
         if (!sink.equals("drop") && !sink.equals("copy")) {
             throw new Args.UsageException("--sink must be drop or copy, got '" + sink + "'");
         }
+        Experiment ab = null;
+        String abName = a.string("ab", null);
+        if (abName != null) {
+            try {
+                ab = Experiment.named(abName);
+            } catch (IllegalArgumentException e) {
+                throw new Args.UsageException("--ab: " + e.getMessage());
+            }
+        }
+        double abWindow = a.decimal("ab-window", 0.5, 0.05, 60);
         int online = Affinity.onlineCpus();
         int[][] cpus = parseCpus(a.string("cpus", online >= 2 ? "0:1" : "none"), online);
         Path outDir = Path.of(a.string("out", "bench-results"));
@@ -132,7 +147,7 @@ public final class Bench {
                 rounds > 1 ? " x " + rounds + " rounds" : "", loadBefore, outDir);
         out.flush();
         BenchRunner.Options o = new BenchRunner.Options(scenarios, sizes, pairs, rings, warmup, seconds, repeat, rounds, busyPoll,
-                pollMicros, cpus[0], cpus[1], sink.equals("copy"), logs);
+                pollMicros, cpus[0], cpus[1], sink.equals("copy"), logs, ab, abWindow);
         List<Measurement> results = BenchRunner.run(o, new BenchRunner.Listener() {
             @Override
             public void measured(int done, int total, int round, Measurement m) {

