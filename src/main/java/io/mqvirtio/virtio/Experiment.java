@@ -18,7 +18,15 @@ public enum Experiment {
      * On the split ring it cost 5 % at 64 B (0.950, quartiles 0.827-0.973, CPUs 153 ns apart) and nothing at 1500 B;
      * kept as an experiment to measure again when the CPUs are far apart, where a split ring's serial misses cost most.
      */
-    SPLIT_READ_AHEAD_SHORT(false);
+    SPLIT_READ_AHEAD_SHORT(false),
+
+    /**
+     * A TX burst reads ahead without first asking the ring how many chains wait ({@code available()}: on a packed
+     * ring, a pass over up to 64 descriptors' flags before read-ahead makes its own). Paired windows, copying sink:
+     * split 64 B 1.040 (0.990-1.069) but 1500 B 0.960 (0.895-0.998); packed 64 B 1.060 (0.985-1.086), 1500 B 1.011:
+     * within noise where it gains, a loss at 1500 B split, so off.
+     */
+    READ_AHEAD_UNASKED(false);
 
     private volatile boolean on;
     private final boolean byDefault;

@@ -17,13 +17,13 @@ import org.junit.jupiter.api.Test;
 /**
  * Runs the coverage-guided fuzz targets with Jazzer (libFuzzer inside the JVM), each in a child JVM of its own (the
  * Jazzer agent instruments classes as they load, and one process fuzzes one target). By default this is the short
- * run every build does: a fixed seed, {@value #CI_SECONDS} seconds per target, both targets at once. A finding
+ * run every build does: a fixed seed, {@value #CI_SECONDS} seconds per target, all targets at once. A finding
  * (an oracle failure, an unexpected exception, a JVM crash, a timeout) fails the test with Jazzer's report; the
  * crashing input and a Java reproducer are left in {@code target/fuzz/<target>/}.
  *
  * <p>System properties (docs/fuzzing.md has the long run's command):
  * <ul>
- *   <li>{@code fuzz.targets}: comma-separated subset of {@code ring,session} (default both)</li>
+ *   <li>{@code fuzz.targets}: comma-separated subset of {@code ring,packed,session} (default all)</li>
  *   <li>{@code fuzz.seconds}: time limit per target, 0 for none (default {@value #CI_SECONDS})</li>
  *   <li>{@code fuzz.runs}: number of inputs per target, 0 for no limit (default 0)</li>
  *   <li>{@code fuzz.seed}: libFuzzer's seed (default 1)</li>
@@ -38,13 +38,13 @@ class FuzzTest {
     record Target(String name, Class<?> fuzzer, int maxLen) {}
 
     static final List<Target> TARGETS = List.of(new Target("ring", RingFuzzer.class, 4096),
-            new Target("session", SessionFuzzer.class, 256));
+            new Target("packed", PackedRingFuzzer.class, 4096), new Target("session", SessionFuzzer.class, 256));
 
     record Result(Target target, int exitCode, long runs, long seconds, String cov, Path log) {}
 
     @Test
     void fuzzTargetsFindNothing() throws Exception {
-        List<String> wanted = Arrays.asList(System.getProperty("fuzz.targets", "ring,session").split(","));
+        List<String> wanted = Arrays.asList(System.getProperty("fuzz.targets", "ring,packed,session").split(","));
         long seconds = Long.getLong("fuzz.seconds", CI_SECONDS);
         long runs = Long.getLong("fuzz.runs", 0);
         long seed = Long.getLong("fuzz.seed", 1);

@@ -288,6 +288,15 @@ public final class RingFuzzer {
         if (c.head() != head || head < 0 || head >= size) {
             throw new FuzzFinding("chain head " + c.head() + ", avail ring named " + head);
         }
+        checkBuffers(c, expected, capacity, scratch);
+    }
+
+    /**
+     * The safety oracle for any ring layout: every buffer of {@code c} inside one region of guest memory, its segment
+     * that region's slice, readable before writable, the sums right, and buffer by buffer what the reference walk
+     * put in {@code expected} (gpa, len, writable).
+     */
+    static void checkBuffers(DescriptorChain c, List<long[]> expected, int capacity, MemorySegment scratch) {
         int n = c.count();
         if (n < 1 || n > capacity || n > c.capacity()) {
             throw new FuzzFinding(n + " buffers in a chain of capacity " + capacity);
@@ -350,7 +359,7 @@ public final class RingFuzzer {
     }
 
     /** The region whose mapping (in the device's view) holds [addr, addr+len), or null. */
-    private static MemoryRegion regionOfHost(long addr, long len) {
+    static MemoryRegion regionOfHost(long addr, long len) {
         for (MemoryRegion r : guest.regions()) {
             long start = r.segment().address();
             long end = start + r.segment().byteSize();
@@ -451,7 +460,7 @@ public final class RingFuzzer {
         return -1;
     }
 
-    private static String describe(List<long[]> l) {
+    static String describe(List<long[]> l) {
         StringBuilder b = new StringBuilder("[");
         for (long[] e : l) {
             b.append(" 0x").append(Long.toHexString(e[0])).append('+').append(e[1]).append(e[2] != 0 ? "w" : "r");
@@ -507,7 +516,7 @@ public final class RingFuzzer {
         });
     }
 
-    private static long addr(FuzzedDataProvider d) {
+    static long addr(FuzzedDataProvider d) {
         return switch (d.consumeInt(0, 9)) {
             case 0 -> d.consumeLong();
             case 1 -> A_GPA + DATA_OFF + d.consumeInt(0, (int) (A_SIZE - DATA_OFF) + 64);
@@ -522,7 +531,7 @@ public final class RingFuzzer {
         };
     }
 
-    private static int len(FuzzedDataProvider d) {
+    static int len(FuzzedDataProvider d) {
         return switch (d.consumeInt(0, 5)) {
             case 0 -> d.consumeInt();
             case 1 -> d.consumeInt(0, 2048);
