@@ -26,7 +26,15 @@ public enum Experiment {
      * split 64 B 1.040 (0.990-1.069) but 1500 B 0.960 (0.895-0.998); packed 64 B 1.060 (0.985-1.086), 1500 B 1.011:
      * within noise where it gains, a loss at 1500 B split, so off.
      */
-    READ_AHEAD_UNASKED(false);
+    READ_AHEAD_UNASKED(false),
+
+    /**
+     * The packed ring's read-ahead first loads one byte of each descriptor line of the burst (a tight loop whose loads
+     * depend on nothing, so a whole burst's lines are in flight at once), then reads the descriptors and touches the
+     * frames. Without it, each line's load waits in a loop whose body (flags check, region lookup, frame touch) fills
+     * the CPU's instruction window after a few descriptors.
+     */
+    PACKED_READ_AHEAD_LINES(false);
 
     private volatile boolean on;
     private final boolean byDefault;

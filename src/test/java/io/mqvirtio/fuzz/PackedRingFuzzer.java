@@ -433,12 +433,18 @@ public final class PackedRingFuzzer {
         return n;
     }
 
-    /** The model's completion: IN_ORDER runs of zero-length completions share one used descriptor (the last id). */
+    /**
+     * The model's completion: IN_ORDER runs of zero-length completions share one used descriptor (the last id); a
+     * completion beyond the ring's size with none published publishes the ones kept first.
+     */
     private static void complete(Pop p, int len) {
         refInFlight[p.id()] = false;
         if (inOrder && len == 0 && !shadow.isEmpty() && shadow.get(shadow.size() - 1)[1] == 0) {
             shadow.get(shadow.size() - 1)[0] = p.id();
         } else {
+            if (shadow.size() == size) {
+                checkPublished(); // a completion more than the ring holds publishes those kept first
+            }
             shadow.add(new int[] {p.id(), len, refUsed, refUsedWrap ? 1 : 0});
         }
         refUsed += p.slots();
@@ -454,6 +460,10 @@ public final class PackedRingFuzzer {
      */
     private static void publish(DeviceRing q) {
         q.publish();
+        checkPublished();
+    }
+
+    private static void checkPublished() {
         int n = shadow.size();
         if (n == 0) {
             return;

@@ -137,6 +137,35 @@ class PackedHostileRingTest {
         assertThat(c.id()).isEqualTo(5);
     }
 
+    /**
+     * A driver that offers buffers again before their used descriptors are published (ids are free once completed)
+     * gets more completions kept than the ring has entries: they are published early, not an out-of-bounds store
+     * (found by the packed fuzz target: ArrayIndexOutOfBoundsException in complete).
+     */
+    @Test
+    void moreCompletionsThanTheRingHoldsBeforeAPublish() {
+        Rings.Layout l = Rings.layout(1, ALL);
+        long base = mem.alloc(l.totalBytes(), 4096);
+        DeviceRing q = Rings.device(mem.guest, 1, mem.uva(base + l.descOffset()), mem.uva(base + l.availOffset()),
+                mem.uva(base + l.usedOffset()), ALL, RingBase.PACKED_START);
+        long desc = base + l.descOffset();
+        DescriptorChain c = new DescriptorChain(4);
+        boolean wrap = true;
+        for (int lap = 0; lap < 5; lap++) {
+            d.set(U64, desc, buf(0));
+            d.set(U32, desc + 8, 64);
+            d.set(U16, desc + 12, (short) 0);
+            d.set(U16, desc + 14, (short) (wrap ? F_AVAIL : F_USED)); // available for this lap, nothing published
+            assertThat(q.pop(c)).isTrue();
+            q.complete(c, 10 + lap);
+            wrap = !wrap;
+        }
+        q.publish();
+        assertThat(q.isBroken()).isFalse();
+        assertThat(d.get(U32, desc + 8)).isEqualTo(14); // the last completion is what the slot shows
+        assertThat(d.get(U16, desc + 14) & (F_AVAIL | F_USED)).isEqualTo(F_AVAIL | F_USED); // used, wrap 1 (fifth lap)
+    }
+
     @Test
     void indirectDescriptorsThatBreakTheRules() {
         long table = dataOff + 60 * 1024;
