@@ -3,7 +3,6 @@ package io.mqvirtio.net;
 import io.mqvirtio.linux.Epoll;
 import io.mqvirtio.linux.EventFd;
 import io.mqvirtio.virtio.DriverRing;
-import io.mqvirtio.virtio.Experiment;
 import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
 import java.lang.invoke.MethodHandles;
@@ -51,11 +50,9 @@ public final class NetQueuePair {
     private final boolean guestCsum;    // F_GUEST_CSUM: frames may reach us with a partial checksum
     private final int[] rxSlotOfHead;
     private final int[] txSlotOfHead;
-    private final int[] txFreeSlots; // a circle: txFree slots from txFreeFirst on
+    private final int[] txFreeSlots;
     private final MemorySegment[] txFrames; // slot i's frame area, behind its header: what sendInPlace hands out
     private int txFree;
-    private int txFreeFirst;
-    private boolean txLastTakenFirst;
     private final long[] addr = new long[1];
     private final int[] len = new int[1];
     private Epoll waiter;
@@ -230,9 +227,7 @@ public final class NetQueuePair {
     private void reapTx() {
         int head;
         while ((head = tx.reap()) >= 0) {
-            int at = txFreeFirst + txFree;
-            txFreeSlots[at >= txFreeSlots.length ? at - txFreeSlots.length : at] = txSlotOfHead[head];
-            txFree++;
+            txFreeSlots[txFree++] = txSlotOfHead[head];
         }
     }
 
@@ -268,7 +263,7 @@ public final class NetQueuePair {
             if (flen > maxFrame() || flen < 14) {
                 throw new IllegalArgumentException("frame of " + flen + " bytes: must be 14.." + maxFrame());
             }
-            int slot = takeTxSlot();
+            int slot = txFreeSlots[--txFree];
             long base = zeroHeader(slot);
             if (pendingCsumStart >= 0) {
                 txBufs.set(ValueLayout.JAVA_BYTE, base + VirtioNet.HDR_FLAGS, (byte) VirtioNet.HDR_F_NEEDS_CSUM);
@@ -284,39 +279,11 @@ public final class NetQueuePair {
         return n;
     }
 
-    /**
-     * A free TX slot: the last one freed (its buffer is warm in this CPU's cache), or with
-     * {@link Experiment#KEEP_UNCHANGED} the first one freed, so that under IN_ORDER slot k always goes with the ring's
-     * descriptor k and a lap rewrites nothing of the descriptor table.
-     */
-    private int takeTxSlot() {
-        txLastTakenFirst = Experiment.KEEP_UNCHANGED.on();
-        txFree--;
-        if (txLastTakenFirst) {
-            int slot = txFreeSlots[txFreeFirst];
-            txFreeFirst = txFreeFirst + 1 == txFreeSlots.length ? 0 : txFreeFirst + 1;
-            return slot;
-        }
-        int at = txFreeFirst + txFree;
-        return txFreeSlots[at >= txFreeSlots.length ? at - txFreeSlots.length : at];
-    }
-
-    /** Gives back the slot {@link #takeTxSlot} returned last (it is still where it was in the circle). */
-    private void untakeTxSlot() {
-        if (txLastTakenFirst) {
-            txFreeFirst = txFreeFirst == 0 ? txFreeSlots.length - 1 : txFreeFirst - 1;
-        }
-        txFree++;
-    }
-
     /** Writes a zero virtio_net_hdr_v1 (no offload asked) at the start of TX slot {@code slot}; returns its offset. */
     private long zeroHeader(int slot) {
         long base = (long) slot * bufSize;
-        if (!Experiment.KEEP_UNCHANGED.on() || txBufs.get(ValueLayout.JAVA_LONG_UNALIGNED, base) != 0
-                || txBufs.get(ValueLayout.JAVA_INT_UNALIGNED, base + 8) != 0) {
-            txBufs.set(ValueLayout.JAVA_LONG_UNALIGNED, base, 0L);
-            txBufs.set(ValueLayout.JAVA_INT_UNALIGNED, base + 8, 0);
-        }
+        txBufs.set(ValueLayout.JAVA_LONG_UNALIGNED, base, 0L);
+        txBufs.set(ValueLayout.JAVA_INT_UNALIGNED, base + 8, 0);
         return base;
     }
 
@@ -374,7 +341,7 @@ public final class NetQueuePair {
         long bytes = 0;
         try {
             while (n < count && txFree > 0) {
-                int slot = takeTxSlot();
+                int slot = txFreeSlots[--txFree];
                 int flen;
                 try {
                     flen = writer.write(txFrames[slot], n);
@@ -382,7 +349,7 @@ public final class NetQueuePair {
                         throw new IllegalArgumentException("frame of " + flen + " bytes: must be 14.." + maxFrame());
                     }
                 } catch (RuntimeException | Error e) {
-                    untakeTxSlot(); // the slot goes back unused
+                    txFree++; // the slot goes back unused
                     throw e;
                 }
                 queueTx(slot, zeroHeader(slot), flen);

@@ -8,7 +8,6 @@ import io.mqvirtio.linux.EventFd;
 import io.mqvirtio.linux.IoVec;
 import io.mqvirtio.virtio.DescriptorChain;
 import io.mqvirtio.virtio.DeviceRing;
-import io.mqvirtio.virtio.Experiment;
 import io.mqvirtio.virtio.VirtioFeatures;
 import io.mqvirtio.virtio.VirtqueueException;
 import java.lang.System.Logger;
@@ -402,7 +401,7 @@ final class QueuePairWorker implements WorkerHandler {
         long malformed = 0;
         boolean blocked = false;
         try {
-            if (readsFrames && (Experiment.READ_AHEAD_UNASKED.on() || q.available() > 1)) {
+            if (readsFrames && q.available() > 1) {
                 q.readAhead(READ_AHEAD);
             }
             while (done < BUDGET && q.pop(txChain)) {

@@ -213,17 +213,6 @@ public final class PackedDeviceRing implements DeviceRing {
     public void readAhead(int max) {
         long sum = 0;
         int n = Math.min(max, size);
-        if (Experiment.PACKED_READ_AHEAD_LINES.on()) {
-            long ringBytes = (long) size * DESC_SIZE;
-            long b = (long) nextAvail * DESC_SIZE;
-            for (int i = 0; i < n; i += 4) { // four descriptors a line
-                sum += desc.get(ValueLayout.JAVA_BYTE, b);
-                b += 4 * DESC_SIZE;
-                if (b >= ringBytes) {
-                    b -= ringBytes;
-                }
-            }
-        }
         int pos = nextAvail;
         boolean wrap = availWrap;
         for (int i = 0; i < n; i++) {

@@ -345,13 +345,8 @@ public final class SplitDeviceRing implements DeviceRing {
             throw new IllegalArgumentException("head " + head + " out of range for queue size " + size);
         }
         long e = USED_RING + (long) USED_ELEM_SIZE * (usedIdx & mask);
-        if (Experiment.KEEP_UNCHANGED.on()) {
-            keepU32(used, e, head);
-            keepU32(used, e + 4, len);
-        } else {
-            used.set(U32, e, head);
-            used.set(U32, e + 4, len);
-        }
+        used.set(U32, e, head);
+        used.set(U32, e + 4, len);
         usedIdx = (usedIdx + 1) & 0xffff;
     }
 

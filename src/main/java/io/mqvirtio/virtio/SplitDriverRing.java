@@ -150,21 +150,12 @@ public final class SplitDriverRing implements DriverRing {
         }
         int head = freeHead;
         int idx = head;
-        boolean keep = Experiment.KEEP_UNCHANGED.on();
         for (int i = 0; i < n; i++) {
             long base = (long) idx * DESC_SIZE;
-            int flags = (i >= out ? DESC_F_WRITE : 0) | (i + 1 < n ? DESC_F_NEXT : 0);
-            if (keep) {
-                keepU64(desc, base + DESC_ADDR, addr[i]);
-                keepU32(desc, base + DESC_LEN, len[i]);
-                keepU16(desc, base + DESC_FLAGS, flags);
-                keepU16(desc, base + DESC_NEXT, next[idx]);
-            } else {
-                desc.set(U64, base + DESC_ADDR, addr[i]);
-                desc.set(U32, base + DESC_LEN, len[i]);
-                setU16(desc, base + DESC_FLAGS, flags);
-                setU16(desc, base + DESC_NEXT, next[idx]);
-            }
+            desc.set(U64, base + DESC_ADDR, addr[i]);
+            desc.set(U32, base + DESC_LEN, len[i]);
+            setU16(desc, base + DESC_FLAGS, (i >= out ? DESC_F_WRITE : 0) | (i + 1 < n ? DESC_F_NEXT : 0));
+            setU16(desc, base + DESC_NEXT, next[idx]);
             idx = next[idx];
         }
         freeHead = idx;
@@ -214,11 +205,7 @@ public final class SplitDriverRing implements DriverRing {
     }
 
     private void exposeHead(int head) {
-        if (Experiment.KEEP_UNCHANGED.on()) {
-            keepU16(avail, AVAIL_RING + 2L * (availIdx & mask), head);
-        } else {
-            setU16(avail, AVAIL_RING + 2L * (availIdx & mask), head);
-        }
+        setU16(avail, AVAIL_RING + 2L * (availIdx & mask), head);
         availIdx = (availIdx + 1) & 0xffff;
         chainsInFlight++;
         if (inOrder) {

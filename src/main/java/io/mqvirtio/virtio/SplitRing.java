@@ -99,28 +99,6 @@ public final class SplitRing {
         s.set(U16, off, (short) v);
     }
 
-    /**
-     * Stores {@code v} unless the field holds it already ({@link Experiment#KEEP_UNCHANGED}): a line that neither side
-     * writes stays in both CPUs' caches. What the other side wrote there meanwhile is overwritten as usual.
-     */
-    static void keepU16(MemorySegment s, long off, int v) {
-        if (s.get(U16, off) != (short) v) {
-            s.set(U16, off, (short) v);
-        }
-    }
-
-    static void keepU32(MemorySegment s, long off, int v) {
-        if (s.get(U32, off) != v) {
-            s.set(U32, off, v);
-        }
-    }
-
-    static void keepU64(MemorySegment s, long off, long v) {
-        if (s.get(U64, off) != v) {
-            s.set(U64, off, v);
-        }
-    }
-
     /** Checks a ring part's alignment and size; the spec's alignment makes the index accesses atomic. */
     static void checkPart(String name, MemorySegment part, long bytes, int align) {
         if (part.byteSize() < bytes) {
