@@ -236,30 +236,13 @@ public final class PackedRingFuzzer {
             refError = reference(start, startWrap);
         }
         DescriptorChain chain = freeChains.isEmpty() ? new DescriptorChain(capacity) : freeChains.pop();
-        boolean got;
-        try {
-            got = q.pop(chain);
-        } catch (VirtqueueException e) {
-            if (refError == null) {
-                throw new FuzzFinding("pop threw " + e.getMessage() + " but the model accepts "
-                        + (refNone ? "nothing to pop" : "the chain at " + start + " as " + describe(expected)), e);
-            }
-            checkBroken(q, chain);
-            return false;
-        }
-        if (refError != null) {
-            throw new FuzzFinding("pop returned " + got + " (" + chain + ") but the model says: " + refError);
-        }
-        if (!got) {
-            freeChains.push(chain);
-            if (!refNone) {
-                throw new FuzzFinding("pop returned nothing; the model pops the chain at " + start);
+        int got = popAgainst(q, chain, refError, refNone, expected, "the chain at " + start + " (flags 0x"
+                + Integer.toHexString(flagsAt(start)) + ", wrap " + startWrap + ")");
+        if (got <= 0) {
+            if (got == 0) {
+                freeChains.push(chain);
             }
             return false;
-        }
-        if (refNone) {
-            throw new FuzzFinding("pop returned " + chain + " but the model has nothing to pop at " + start
-                    + " (flags 0x" + Integer.toHexString(flagsAt(start)) + ", wrap " + startWrap + ")");
         }
         if (chain.head() != start || chain.id() != refId || chain.slots() != refSlots
                 || chain.isIndirect() != refIndirect) {
@@ -326,7 +309,7 @@ public final class PackedRingFuzzer {
                     long a = drv.get(LE64, file + e);
                     long l = Integer.toUnsignedLong(drv.get(LE32, file + e + 8));
                     boolean w = (drv.get(LE16, file + e + 14) & F_WRITE) != 0;
-                    String why = buffer(a, l, w, writableSeen, total);
+                    String why = buffer(expected, capacity, a, l, w, writableSeen, total);
                     if (why != null) {
                         return why + " (indirect)";
                     }
@@ -337,7 +320,7 @@ public final class PackedRingFuzzer {
                 break;
             }
             boolean w = (flags & F_WRITE) != 0;
-            String why = buffer(addr, len, w, writableSeen, total);
+            String why = buffer(expected, capacity, addr, len, w, writableSeen, total);
             if (why != null) {
                 return why;
             }
@@ -359,23 +342,6 @@ public final class PackedRingFuzzer {
         }
         refId = id;
         refSlots = n;
-        return null;
-    }
-
-    private static String buffer(long addr, long len, boolean w, boolean writableSeen, long total) {
-        if (!w && writableSeen) {
-            return "readable after writable";
-        }
-        if (total + len > 0xffff_ffffL) {
-            return "too long";
-        }
-        if (fileOffset(addr, len) < 0) {
-            return "buffer outside memory";
-        }
-        if (expected.size() == capacity) {
-            return "too many buffers";
-        }
-        expected.add(new long[] {addr, len, w ? 1 : 0});
         return null;
     }
 
@@ -524,37 +490,6 @@ public final class PackedRingFuzzer {
             throw new FuzzFinding("after " + after + " the ring's base is " + b + "; the model has avail " + refPos
                     + " wrap " + refWrap + ", used " + refUsed + " wrap " + refUsedWrap);
         }
-    }
-
-    /** A ring that threw is broken: it refuses every later pop, count and completion, and asks for no work. */
-    private static void checkBroken(DeviceRing q, DescriptorChain chain) {
-        if (!q.isBroken() || q.brokenReason() == null) {
-            throw new FuzzFinding("the ring threw but is not broken");
-        }
-        try {
-            q.pop(chain);
-            throw new FuzzFinding("a broken ring popped again");
-        } catch (VirtqueueException expected) {
-            // refused
-        }
-        try {
-            q.available();
-            throw new FuzzFinding("a broken ring counted available chains");
-        } catch (VirtqueueException expected) {
-            // refused
-        }
-        if (!pops.isEmpty()) {
-            try {
-                q.complete(pops.get(0).chain(), 0);
-                throw new FuzzFinding("a broken ring accepted a completion");
-            } catch (VirtqueueException expected) {
-                // refused
-            }
-        }
-        if (q.enableKicks() || q.enableKicksForMore()) {
-            throw new FuzzFinding("a broken ring asks to be processed");
-        }
-        q.readAhead(size); // a hint: harmless on a broken ring too
     }
 
     // ---- decoding the input into ring contents ----------------------------------------------------------------------

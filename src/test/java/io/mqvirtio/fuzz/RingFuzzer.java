@@ -8,6 +8,7 @@ import io.mqvirtio.linux.Mmap;
 import io.mqvirtio.memory.GuestMemory;
 import io.mqvirtio.memory.MemoryRegion;
 import io.mqvirtio.virtio.DescriptorChain;
+import io.mqvirtio.virtio.DeviceRing;
 import io.mqvirtio.virtio.SplitDeviceRing;
 import io.mqvirtio.virtio.SplitRing;
 import io.mqvirtio.virtio.VirtioFeatures;
@@ -172,31 +173,15 @@ public final class RingFuzzer {
                         refLast = (refLast + 1) & 0xffff;
                         refError = reference(refHead);
                     }
-                    boolean got;
-                    try {
-                        got = q.pop(chain);
-                    } catch (VirtqueueException e) {
-                        if (refError == null) {
-                            throw new FuzzFinding("pop threw " + e.getMessage() + " but the reference accepts "
-                                    + (refNone ? "nothing to pop" : "head " + refHead + " as " + describe(expected)), e);
-                        }
-                        checkBroken(q, chain);
+                    int got = popAgainst(q, chain, refError, refNone, expected, "head " + refHead);
+                    if (got < 0) {
                         return;
                     }
-                    if (refError != null) {
-                        throw new FuzzFinding("pop returned " + got + " (" + chain + ") but the reference says: " + refError);
-                    }
-                    if (!got) {
-                        if (!refNone) {
-                            throw new FuzzFinding("pop returned nothing; the reference pops head " + refHead);
-                        }
+                    if (got == 0) {
                         if (!more) {
                             break;
                         }
                         continue;
-                    }
-                    if (refNone) {
-                        throw new FuzzFinding("pop returned " + chain + " but the reference has nothing to pop");
                     }
                     checkChain(chain, refHead, scratch);
                     if (q.lastAvailIndex() != refLast) {
@@ -255,32 +240,65 @@ public final class RingFuzzer {
         }
     }
 
-    /** A queue that threw is broken: it refuses every later pop, push and count, with the same exception type. */
-    private static void checkBroken(SplitDeviceRing q, DescriptorChain chain) {
+    /**
+     * Pops once and holds the outcome against the model's: {@code refError}, why the ring must refuse (or null);
+     * {@code refNone}, nothing to pop; else the chain the model walked (into {@code walked}), named {@code what}.
+     * Returns 1 for a chain (to be checked by the caller), 0 for nothing, -1 for a refusal (the ring then checked
+     * broken).
+     */
+    static int popAgainst(DeviceRing q, DescriptorChain chain, String refError, boolean refNone, List<long[]> walked,
+                          String what) {
+        boolean got;
+        try {
+            got = q.pop(chain);
+        } catch (VirtqueueException e) {
+            if (refError == null) {
+                throw new FuzzFinding("pop threw " + e.getMessage() + " but the model accepts "
+                        + (refNone ? "nothing to pop" : what + " as " + describe(walked)), e);
+            }
+            checkBroken(q, chain);
+            return -1;
+        }
+        if (refError != null) {
+            throw new FuzzFinding("pop returned " + got + " (" + chain + ") but the model says: " + refError);
+        }
+        if (got == refNone) {
+            throw new FuzzFinding(got ? "pop returned " + chain + " but the model has nothing to pop (" + what + ")"
+                    : "pop returned nothing; the model pops " + what);
+        }
+        return got ? 1 : 0;
+    }
+
+    /**
+     * A ring that threw is broken, whatever its layout: it refuses every later pop, count and completion with the same
+     * exception type, asks for no work, and read-ahead (a hint) is harmless on it.
+     */
+    static void checkBroken(DeviceRing q, DescriptorChain chain) {
         if (!q.isBroken() || q.brokenReason() == null) {
-            throw new FuzzFinding("the queue threw but is not broken");
+            throw new FuzzFinding("the ring threw but is not broken");
         }
         try {
             q.pop(chain);
-            throw new FuzzFinding("a broken queue popped again");
+            throw new FuzzFinding("a broken ring popped again");
         } catch (VirtqueueException expected) {
             // refused
         }
         try {
             q.available();
-            throw new FuzzFinding("a broken queue counted available chains");
+            throw new FuzzFinding("a broken ring counted available chains");
         } catch (VirtqueueException expected) {
             // refused
         }
         try {
-            q.push(0, 0);
-            throw new FuzzFinding("a broken queue accepted a push");
+            q.complete(chain, 0);
+            throw new FuzzFinding("a broken ring accepted a completion");
         } catch (VirtqueueException expected) {
             // refused
         }
-        if (q.enableKicks()) {
-            throw new FuzzFinding("a broken queue asks to be processed");
+        if (q.enableKicks() || q.enableKicksForMore()) {
+            throw new FuzzFinding("a broken ring asks to be processed");
         }
+        q.readAhead(q.size());
     }
 
     /** The safety oracle: every buffer inside one region of guest memory, the sums and order as the spec says. */
@@ -417,21 +435,12 @@ public final class RingFuzzer {
                 continue;
             }
             boolean w = (flags & DESC_F_WRITE) != 0;
-            if (!w && writableSeen) {
-                return "readable after writable";
+            String why = buffer(expected, capacity, addr, len, w, writableSeen, total);
+            if (why != null) {
+                return why;
             }
             writableSeen |= w;
             total += len;
-            if (total > 0xffff_ffffL) {
-                return "too long";
-            }
-            if (fileOffset(addr, len) < 0) {
-                return "buffer outside memory";
-            }
-            if (expected.size() == capacity) {
-                return "too many buffers";
-            }
-            expected.add(new long[] {addr, len, w ? 1 : 0});
             if ((flags & DESC_F_NEXT) == 0) {
                 return null;
             }
@@ -440,6 +449,29 @@ public final class RingFuzzer {
             }
             idx = next;
         }
+    }
+
+    /**
+     * The reference's rules for one more buffer of a chain (either layout): readable before writable, at most 2^32-1
+     * bytes in all, inside one region, no more than {@code capacity}; adds it to {@code walked} and returns null, or
+     * returns why the chain must be refused.
+     */
+    static String buffer(List<long[]> walked, int capacity, long addr, long len, boolean w, boolean writableSeen,
+                         long total) {
+        if (!w && writableSeen) {
+            return "readable after writable";
+        }
+        if (total + len > 0xffff_ffffL) {
+            return "too long";
+        }
+        if (fileOffset(addr, len) < 0) {
+            return "buffer outside memory";
+        }
+        if (walked.size() == capacity) {
+            return "too many buffers";
+        }
+        walked.add(new long[] {addr, len, w ? 1 : 0});
+        return null;
     }
 
     /** Where [gpa, gpa+len) lies in the memfd, or -1 if it is not wholly inside one region. */
