@@ -212,10 +212,9 @@ public final class PackedDeviceRing implements DeviceRing {
     @Override
     public void readAhead(int max) {
         long sum = 0;
-        int n = Math.min(max, size);
         int pos = nextAvail;
         boolean wrap = availWrap;
-        for (int i = 0; i < n; i++) {
+        for (int i = 0; i < Math.min(max, size); i++) {
             long b = (long) pos * DESC_SIZE;
             if (!isAvail(Short.toUnsignedInt(desc.get(U16, b + DESC_FLAGS)), wrap)) {
                 break;

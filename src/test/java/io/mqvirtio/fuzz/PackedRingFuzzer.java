@@ -15,7 +15,10 @@ import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
 import java.util.ArrayDeque;
 import java.util.ArrayList;
+import java.util.Arrays;
+import java.util.HashMap;
 import java.util.List;
+import java.util.Map;
 
 /**
  * Fuzz target (c): the device side of a packed virtqueue ({@code PackedDeviceRing}, opened through {@link Rings}
@@ -49,8 +52,6 @@ public final class PackedRingFuzzer {
     static boolean eventIdx;
     static boolean inOrder;
     static int lastSize = PackedRing.MAX_SIZE;
-    static long dirtyIndA;
-    static long dirtyIndC;
     static final List<long[]> expected = new ArrayList<>();
 
     // the model's ring state
@@ -114,20 +115,7 @@ public final class PackedRingFuzzer {
         lastSize = size;
         writeHistory(d, basePos, baseWrap);
         writeRun(d, basePos, baseWrap);
-        int indA = d.consumeInt(0, 1100);
-        writeTable(d, A_FILE + IND_OFF, indA);
-        long indABytes = 16L * indA;
-        if (dirtyIndA > indABytes) {
-            drv.asSlice(A_FILE + IND_OFF + indABytes, dirtyIndA - indABytes).fill((byte) 0);
-        }
-        dirtyIndA = indABytes;
-        int indC = d.consumeInt(0, 64);
-        writeTable(d, IND_C_FILE, indC);
-        long indCBytes = 16L * indC;
-        if (dirtyIndC > indCBytes) {
-            drv.asSlice(IND_C_FILE + indCBytes, dirtyIndC - indCBytes).fill((byte) 0);
-        }
-        dirtyIndC = indCBytes;
+        writeIndirectAreas(d, (off, count) -> writeTable(d, off, count));
         drv.set(LE16, A_FILE + DRIVER_EVENT_OFF + EVENT_OFF_WRAP, d.consumeShort());
         drv.set(LE16, A_FILE + DRIVER_EVENT_OFF + EVENT_FLAGS, (short) (d.consumeBoolean() ? d.consumeInt(0, 3) : d.consumeShort()));
 
@@ -137,7 +125,7 @@ public final class PackedRingFuzzer {
         DeviceRing q = Rings.device(guest, size, uva + A_FILE + DESC_OFF, uva + A_FILE + DRIVER_EVENT_OFF,
                 uva + A_FILE + DEVICE_EVENT_OFF, features, base);
         resume(basePos, baseWrap);
-        java.util.Arrays.fill(refInFlight, 0, size, false);
+        Arrays.fill(refInFlight, 0, size, false);
         pops.clear();
         history.clear();
         shadow.clear();
@@ -434,7 +422,7 @@ public final class PackedRingFuzzer {
         if (n == 0) {
             return;
         }
-        java.util.Map<Integer, long[]> want = new java.util.HashMap<>(); // pos -> id, len, flags
+        Map<Integer, long[]> want = new HashMap<>(); // pos -> id, len, flags
         for (int[] e : shadow) {
             long[] w = want.computeIfAbsent(e[2], k -> new long[] {-1, -1, -1});
             w[0] = e[0];

@@ -122,20 +122,7 @@ public final class RingFuzzer {
         drv.asSlice(A_FILE + USED_OFF, usedBytes(lastSize)).fill((byte) 0);
         lastSize = size;
         writeTable(d, drv, A_FILE + DESC_OFF, Math.min(size, TEMPLATE_MAX), size);
-        int indA = d.consumeInt(0, 1100);
-        writeTable(d, drv, A_FILE + IND_OFF, indA, 4096);
-        long indABytes = 16L * indA;
-        if (dirtyIndA > indABytes) {
-            drv.asSlice(A_FILE + IND_OFF + indABytes, dirtyIndA - indABytes).fill((byte) 0);
-        }
-        dirtyIndA = indABytes;
-        int indC = d.consumeInt(0, 64);
-        writeTable(d, drv, IND_C_FILE, indC, 4096);
-        long indCBytes = 16L * indC;
-        if (dirtyIndC > indCBytes) {
-            drv.asSlice(IND_C_FILE + indCBytes, dirtyIndC - indCBytes).fill((byte) 0);
-        }
-        dirtyIndC = indCBytes;
+        writeIndirectAreas(d, (off, count) -> writeTable(d, drv, off, count, 4096));
         int availIdx = writeAvail(d, lastAvail);
 
         MemorySegment desc = guest.gpa(A_GPA + DESC_OFF, descTableBytes(size));
@@ -580,6 +567,32 @@ public final class RingFuzzer {
 
     private static int head(FuzzedDataProvider d) {
         return d.consumeInt(0, 3) == 0 ? d.consumeShort() & 0xffff : d.consumeInt(0, size);
+    }
+
+    /** Writes {@code count} indirect descriptors at file offset {@code off}, in a ring layout's format. */
+    interface TableWriter {
+        void write(long off, int count);
+    }
+
+    /**
+     * The two indirect areas (A's, and the 16-byte-aligned guest address at the start of C) with up to 1100 and 64
+     * descriptors, whatever of the last input's tables lay beyond them zeroed.
+     */
+    static void writeIndirectAreas(FuzzedDataProvider d, TableWriter w) {
+        int indA = d.consumeInt(0, 1100);
+        w.write(A_FILE + IND_OFF, indA);
+        long indABytes = 16L * indA;
+        if (dirtyIndA > indABytes) {
+            drv.asSlice(A_FILE + IND_OFF + indABytes, dirtyIndA - indABytes).fill((byte) 0);
+        }
+        dirtyIndA = indABytes;
+        int indC = d.consumeInt(0, 64);
+        w.write(IND_C_FILE, indC);
+        long indCBytes = 16L * indC;
+        if (dirtyIndC > indCBytes) {
+            drv.asSlice(IND_C_FILE + indCBytes, dirtyIndC - indCBytes).fill((byte) 0);
+        }
+        dirtyIndC = indCBytes;
     }
 
     /** Writes the avail ring; returns the avail index written. */
