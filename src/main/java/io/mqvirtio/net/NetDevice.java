@@ -7,6 +7,7 @@ import io.mqvirtio.vhostuser.Protocol;
 import io.mqvirtio.vhostuser.VhostUserDevice;
 import io.mqvirtio.vhostuser.VhostUserException;
 import io.mqvirtio.virtio.DeviceRing;
+import io.mqvirtio.virtio.RingLog;
 import io.mqvirtio.virtio.VirtioFeatures;
 import java.lang.System.Logger;
 import java.lang.System.Logger.Level;
@@ -214,6 +215,12 @@ public final class NetDevice implements VhostUserDevice, AutoCloseable {
     public DeviceRing stopRing(int index) {
         boolean rx = VirtioNet.isRx(index);
         return call(worker(index), w -> w.stopRing(rx));
+    }
+
+    @Override
+    public void setLog(int index, RingLog log) {
+        boolean rx = VirtioNet.isRx(index);
+        call(worker(index), w -> w.setLog(rx, log));
     }
 
     @Override

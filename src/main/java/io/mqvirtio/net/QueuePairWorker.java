@@ -8,6 +8,7 @@ import io.mqvirtio.linux.EventFd;
 import io.mqvirtio.linux.IoVec;
 import io.mqvirtio.virtio.DescriptorChain;
 import io.mqvirtio.virtio.DeviceRing;
+import io.mqvirtio.virtio.RingLog;
 import io.mqvirtio.virtio.VirtioFeatures;
 import io.mqvirtio.virtio.VirtqueueException;
 import java.lang.System.Logger;
@@ -83,6 +84,7 @@ final class QueuePairWorker implements WorkerHandler {
     private boolean txBroken;
     private boolean txEnabled;
     private boolean portActive;
+    private boolean logging; // the RX ring logs what the worker writes into guest memory
     private boolean portReadable;
     private boolean mrgRxbuf;
     private int rxFrameNeed = VirtioNet.HDR_SIZE + 1518;  // the largest frame the negotiated features allow
@@ -184,6 +186,7 @@ final class QueuePairWorker implements WorkerHandler {
     Void startRing(boolean isRx, DeviceRing q, EventFd kick, EventFd call, boolean enabled) {
         if (isRx) {
             rx = q;
+            logging = q.isLogging();
             rxKick = kick;
             rxCall = call;
             rxEnabled = enabled;
@@ -233,6 +236,21 @@ final class QueuePairWorker implements WorkerHandler {
         }
         updatePortActive();
         return q;
+    }
+
+    /**
+     * Logs ring {@code isRx}'s writes into guest memory from now on (null: stop), its pending dirty bits flushed into
+     * the log it had. When this returns, the ring no longer touches the previous log.
+     */
+    Void setLog(boolean isRx, RingLog log) {
+        DeviceRing q = isRx ? rx : tx;
+        if (q != null) {
+            q.setLog(log);
+        }
+        if (isRx) {
+            logging = log != null;
+        }
+        return null;
     }
 
     Void enable(boolean isRx, boolean on) {
@@ -653,12 +671,25 @@ final class QueuePairWorker implements WorkerHandler {
         while (used < k && (left > 0 || used == 0)) {
             long take = Math.min(left, rxChains[used].writableBytes());
             q.complete(rxChains[used], (int) take);
+            if (logging) {
+                markWritten(q, rxChains[used], take);
+            }
             left -= take;
             used++;
         }
         q.giveBack(k - used);
         numBuffers.set(LE16, 0, (short) used);
-        rxChains[0].writeTo(VirtioNet.HDR_NUM_BUFFERS, numBuffers);
+        rxChains[0].writeTo(VirtioNet.HDR_NUM_BUFFERS, numBuffers); // inside what chain 0's mark covers
+    }
+
+    /** While migrating: the first {@code bytes} of the chain's writable buffers were written (marked dirty). */
+    private static void markWritten(DeviceRing q, DescriptorChain c, long bytes) {
+        long left = bytes;
+        for (int i = c.readableCount(); i < c.count() && left > 0; i++) {
+            long n = Math.min(left, Integer.toUnsignedLong(c.length(i)));
+            q.markWritten(c.guestAddress(i), n);
+            left -= n;
+        }
     }
 
     /**

@@ -4,12 +4,15 @@ import static io.mqvirtio.vhostuser.Protocol.*;
 
 import io.mqvirtio.linux.EventFd;
 import io.mqvirtio.linux.Fd;
+import io.mqvirtio.memory.DirtyLog;
 import io.mqvirtio.memory.GuestMemory;
 import io.mqvirtio.memory.GuestMemoryException;
 import io.mqvirtio.memory.MappedMemory;
 import io.mqvirtio.memory.MemoryBudget;
+import io.mqvirtio.memory.MemoryRegion;
 import io.mqvirtio.virtio.DeviceRing;
 import io.mqvirtio.virtio.RingBase;
+import io.mqvirtio.virtio.RingLog;
 import io.mqvirtio.virtio.Rings;
 import io.mqvirtio.virtio.SplitRing;
 import io.mqvirtio.virtio.VirtioFeatures;
@@ -43,7 +46,7 @@ public final class BackendSession implements Runnable {
 
     /** Protocol features this session implements itself, on top of the device's. */
     static final long SESSION_PROTOCOL_FEATURES =
-            (1L << PF_REPLY_ACK) | (1L << PF_CONFIGURE_MEM_SLOTS) | (1L << PF_STATUS);
+            (1L << PF_REPLY_ACK) | (1L << PF_CONFIGURE_MEM_SLOTS) | (1L << PF_STATUS) | (1L << PF_LOG_SHMFD);
 
     private final String name;
     private final Channel channel;
@@ -81,7 +84,15 @@ public final class BackendSession implements Runnable {
         boolean started;
         /** Was running when the memory table changed and is not inside the new one: restarts when memory covers it. */
         boolean parked;
+        /** SET_VRING_ADDR's VHOST_VRING_F_LOG, and its log_guest_addr: where writes to the used area are logged. */
+        boolean logUsed;
+        long logGuestAddr;
     }
+
+    /** The frontend's dirty log (SET_LOG_BASE), or null; rings log into it while LOG_ALL is negotiated. */
+    private DirtyLog dirtyLog;
+    /** Page marks written into logs this session has replaced (for the metrics). */
+    private long pagesMarkedBefore;
 
     public BackendSession(String name, Channel channel, VhostUserDevice device) {
         this(name, channel, device, new WarningLimit(name), MemoryBudget.processDefault());
@@ -339,13 +350,37 @@ public final class BackendSession implements Runnable {
                 yield null;
             }
             case SET_VRING_ADDR -> {
-                Ring ring = stoppedRing(m);
-                if ((m.u32(4) & VRING_F_LOG) != 0) {
-                    throw new VhostUserException("SET_VRING_ADDR: used-ring logging was asked for but LOG_ALL is not offered");
+                int index = ringIndex(Integer.toUnsignedLong(m.u32(0)));
+                Ring ring = rings[index];
+                int flags = m.u32(4);
+                if ((flags & ~VRING_F_LOG) != 0) {
+                    throw new VhostUserException("SET_VRING_ADDR: unknown flags 0x" + Integer.toHexString(flags));
+                }
+                boolean logUsed = (flags & VRING_F_LOG) != 0;
+                if (ring.started) {
+                    // QEMU turns used-ring logging on and off this way while the ring runs (migration): only the
+                    // log flag and address may change then.
+                    if (ring.descUva != m.u64(8) || ring.usedUva != m.u64(16) || ring.availUva != m.u64(24)) {
+                        throw new VhostUserException("SET_VRING_ADDR on ring " + index + " while it runs changes its addresses");
+                    }
+                    boolean wasLogUsed = ring.logUsed;
+                    long wasAddr = ring.logGuestAddr;
+                    ring.logUsed = logUsed;
+                    ring.logGuestAddr = m.u64(32);
+                    try {
+                        device.setLog(index, ringLog(index));
+                    } catch (VhostUserException e) {
+                        ring.logUsed = wasLogUsed;
+                        ring.logGuestAddr = wasAddr;
+                        throw e;
+                    }
+                    yield null;
                 }
                 ring.descUva = m.u64(8);
                 ring.usedUva = m.u64(16);
                 ring.availUva = m.u64(24);
+                ring.logUsed = logUsed;
+                ring.logGuestAddr = m.u64(32);
                 ring.addrSet = true;
                 yield null;
             }
@@ -449,6 +484,17 @@ public final class BackendSession implements Runnable {
                 }
                 yield null;
             }
+            case SET_LOG_BASE -> {
+                requireProtocolFeature(PF_LOG_SHMFD, r);
+                setLogBase(m);
+                yield new byte[0]; // QEMU waits for a reply and reads no payload (vhost-user.rst, "Communication")
+            }
+            case SET_LOG_FD -> {
+                // Optional: an eventfd for telling the frontend that the log changed. QEMU reads the log when it
+                // syncs and never needs the signal; the descriptor is not kept.
+                closeQuietly(m.takeFd(0));
+                yield null;
+            }
             case SEND_RARP -> {
                 requireProtocolFeature(PF_RARP, r);
                 device.sendRarp(Arrays.copyOf(m.payload(), 6));
@@ -483,7 +529,115 @@ public final class BackendSession implements Runnable {
     }
 
     private long offeredFeatures() {
-        return device.features() | (1L << F_PROTOCOL_FEATURES);
+        return device.features() | (1L << F_PROTOCOL_FEATURES) | (1L << F_LOG_ALL);
+    }
+
+    /** Whether rings log their writes now: LOG_ALL negotiated and a log given. */
+    private boolean logging() {
+        return dirtyLog != null && (ackedFeatures & (1L << F_LOG_ALL)) != 0;
+    }
+
+    /**
+     * What ring {@code index} logs into while migrating, or null when not logging. A split ring's used ring is
+     * logged at the frontend's log address when it asked for that (VHOST_VRING_F_LOG); a packed ring writes used
+     * descriptors into its descriptor ring and its device event area, logged where the memory table puts them.
+     *
+     * @throws VhostUserException if the used area's log address lies beyond the log
+     */
+    private RingLog ringLog(int index) {
+        if (!logging()) {
+            return null;
+        }
+        Ring ring = rings[index];
+        GuestMemory g = memory.memory();
+        if (packed()) {
+            long desc = gpaOrNone(g, ring.descUva);
+            long event = ring.logUsed ? ring.logGuestAddr : gpaOrNone(g, ring.usedUva);
+            checkInLog(index, event, 4);
+            return new RingLog(dirtyLog, desc, event);
+        }
+        if (!ring.logUsed) {
+            return new RingLog(dirtyLog, RingLog.NONE, RingLog.NONE);
+        }
+        checkInLog(index, ring.logGuestAddr, SplitRing.usedBytes(ring.num == 0 ? 1 : ring.num));
+        return new RingLog(dirtyLog, ring.logGuestAddr, RingLog.NONE);
+    }
+
+    private static long gpaOrNone(GuestMemory g, long uva) {
+        try {
+            return g.uvaToGpa(uva);
+        } catch (GuestMemoryException e) {
+            return RingLog.NONE; // not in memory: the ring cannot start either
+        }
+    }
+
+    /** vhost-user.rst: the bit of the used ring's last byte must fall within the log. */
+    private void checkInLog(int index, long gpa, long len) {
+        if (gpa == RingLog.NONE) {
+            return;
+        }
+        long end = gpa + len;
+        if (Long.compareUnsigned(end, gpa) < 0 || Long.compareUnsigned(end, dirtyLog.coveredBytes()) > 0) {
+            throw new VhostUserException("ring " + index + "'s used area at 0x" + Long.toHexString(gpa)
+                    + " is logged beyond the log, which covers 0x" + Long.toHexString(dirtyLog.coveredBytes()) + " bytes");
+        }
+    }
+
+    /** Gives every running ring its log (or none) as things stand now. */
+    private void updateRingLogs() {
+        for (int i = 0; i < rings.length; i++) {
+            if (rings[i].started) {
+                device.setLog(i, ringLog(i));
+            }
+        }
+    }
+
+    /**
+     * SET_LOG_BASE: maps the frontend's log and hands it to the running rings; a log it replaces is unmapped only
+     * once every worker has flushed into it and let go of it (each setLog is a command the worker has run).
+     */
+    private void setLogBase(Message m) {
+        long size = m.u64(0);
+        long offset = m.u64(8);
+        DirtyLog next;
+        try (Fd fd = m.takeFd(0)) {
+            next = DirtyLog.map(fd, size, offset);
+        }
+        long need = 0;
+        for (MemoryRegion r : memory.memory().regions()) {
+            need = Math.max(need, r.guestPhysAddr() + r.size());
+        }
+        if (Long.compareUnsigned(next.coveredBytes(), need) < 0) {
+            next.close();
+            throw new VhostUserException("SET_LOG_BASE: a log of " + size + " bytes covers 0x"
+                    + Long.toHexString(next.coveredBytes()) + " bytes of guest memory, which reaches 0x" + Long.toHexString(need));
+        }
+        DirtyLog old = dirtyLog;
+        dirtyLog = next;
+        try {
+            updateRingLogs();
+        } catch (VhostUserException e) {
+            dirtyLog = old;
+            updateRingLogs(); // back to the log they had (its ranges were checked when it came)
+            next.close();
+            throw e;
+        }
+        if (old != null) {
+            pagesMarkedBefore += old.pagesMarked();
+            old.close();
+        }
+        LOG.log(Level.INFO, "{0}: dirty log of {1} bytes (covers 0x{2} bytes of guest memory){3}", name, size,
+                Long.toHexString(next.coveredBytes()), logging() ? ", logging" : "");
+    }
+
+    /** Whether the rings log their writes, and the page marks written into logs so far (for the metrics). */
+    public boolean isLogging() {
+        return logging();
+    }
+
+    public long pagesLogged() {
+        DirtyLog l = dirtyLog;
+        return pagesMarkedBefore + (l == null ? 0 : l.pagesMarked());
     }
 
     private long offeredProtocolFeatures() {
@@ -518,10 +672,23 @@ public final class BackendSession implements Runnable {
         if (extra != 0) {
             throw new VhostUserException("SET_FEATURES: bits " + VirtioFeatures.list(extra) + " were not offered");
         }
+        long logAll = 1L << F_LOG_ALL;
+        boolean running = false;
         for (Ring ring : rings) {
-            if (ring.started && f != ackedFeatures) {
-                throw new VhostUserException("SET_FEATURES: features cannot change while rings run");
-            }
+            running |= ring.started;
+        }
+        if (running && (f & ~logAll) != (ackedFeatures & ~logAll)) {
+            throw new VhostUserException("SET_FEATURES: features other than LOG_ALL cannot change while rings run");
+        }
+        if ((f & logAll) != 0 && dirtyLog == null) {
+            throw new VhostUserException("SET_FEATURES: LOG_ALL without a log (SET_LOG_BASE comes first)");
+        }
+        if (featuresSet && (f ^ ackedFeatures) == logAll) {
+            // Migration starts or ends: the rings go on, logging or not (a ring is never stopped for this).
+            ackedFeatures = f;
+            LOG.log(Level.INFO, "{0}: dirty logging {1}", name, (f & logAll) != 0 ? "on" : "off");
+            updateRingLogs();
+            return;
         }
         if (!featuresSet || f != ackedFeatures) {
             LOG.log(Level.INFO, "{0}: features {1}", name, VirtioFeatures.list(f));
@@ -538,7 +705,7 @@ public final class BackendSession implements Runnable {
                 }
             }
         }
-        device.setFeatures(f & ~(1L << F_PROTOCOL_FEATURES));
+        device.setFeatures(f & ~(1L << F_PROTOCOL_FEATURES) & ~logAll);
     }
 
     private int ringIndex(long index) {
@@ -713,6 +880,7 @@ public final class BackendSession implements Runnable {
             LOG.log(Level.WARNING, "{0}: ring {1}: base {2} differs from where the ring stands ({3}); resuming there",
                     name, index, describe(ring.baseNum), describe(Integer.toUnsignedLong(q.base().encode(packed()))));
         }
+        q.setLog(ringLog(index));
         device.startRing(index, q, ring.kick, ring.call, ring.enabled);
         ring.started = true;
         if (ring.err != null) {
@@ -734,6 +902,7 @@ public final class BackendSession implements Runnable {
             throw new IllegalStateException("ring " + index + " did not stop: " + e.getMessage(), e);
         }
         rings[index].started = false;
+        q.setLog(null); // what the worker marked and did not flush goes into the log before anyone reads it
         rings[index].baseNum = Integer.toUnsignedLong(q.base().encode(packed()));
     }
 
@@ -774,6 +943,8 @@ public final class BackendSession implements Runnable {
             long bytes = memory.mappedBytes();
             memory.close();
             budget.release(bytes);
+            closeQuietly(dirtyLog);
+            dirtyLog = null;
         } else {
             // A worker may still read this memory and use these descriptors: unmapping would crash the process, and a
             // closed descriptor's number would soon name another VM's file. Keep both (a leak we log, once per session).

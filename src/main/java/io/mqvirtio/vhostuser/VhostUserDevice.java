@@ -2,6 +2,7 @@ package io.mqvirtio.vhostuser;
 
 import io.mqvirtio.linux.EventFd;
 import io.mqvirtio.virtio.DeviceRing;
+import io.mqvirtio.virtio.RingLog;
 
 /**
  * A device as a vhost-user backend session drives it (the net device is the first). The session owns the
@@ -33,6 +34,12 @@ public interface VhostUserDevice {
 
     /** Ring {@code index} stops; returns the queue the worker gave back (its indexes are final). */
     DeviceRing stopRing(int index);
+
+    /**
+     * A started ring logs its writes into guest memory in {@code log} from now on (null: stops logging); when this
+     * returns, the ring has flushed what it marked into its previous log and no longer touches it.
+     */
+    void setLog(int index, RingLog log);
 
     /** SET_VRING_ENABLE on a started ring. */
     void enableRing(int index, boolean enabled);

@@ -55,6 +55,25 @@ public interface DeviceRing {
      */
     boolean enableKicksForMore();
 
+    /**
+     * Logs every write of the ring into guest memory in {@code log} from now on, and flushes what was pending into the
+     * previous log (null: stop logging). The dirty bits of a burst become visible with its {@link #publish()}, after
+     * the writes they stand for.
+     */
+    void setLog(RingLog log);
+
+    /**
+     * Marks guest-physical bytes {@code gpa..gpa+len-1} written through a chain of this ring (a frame received into
+     * its buffers), while logging: the bits go out with the next {@link #publish()}. Nothing without a log.
+     */
+    void markWritten(long gpa, long len);
+
+    /** Whether the ring logs its writes ({@link #setLog}). */
+    boolean isLogging();
+
+    /** Page marks that fell beyond the log (a frontend whose log does not cover its memory). */
+    long pagesOutsideLog();
+
     /** Where the ring stands: what GET_VRING_BASE reports, and where a new ring resumes. */
     RingBase base();
 

@@ -2,6 +2,7 @@ package io.mqvirtio.virtio;
 
 import static io.mqvirtio.virtio.PackedRing.*;
 
+import io.mqvirtio.memory.DirtyLogCache;
 import io.mqvirtio.memory.GuestMemory;
 import io.mqvirtio.memory.GuestMemoryException;
 import io.mqvirtio.memory.MemoryRegion;
@@ -74,6 +75,9 @@ public final class PackedDeviceRing implements DeviceRing {
     @SuppressWarnings("unused")
     private long readAheadSink;
     private String broken;
+    private final DirtyLogCache dirty = new DirtyLogCache();
+    private long descGpa = RingLog.NONE;  // where the descriptor ring's writes are logged, while logging
+    private long eventGpa = RingLog.NONE; // where the device event area's are
 
     /**
      * @param desc        the descriptor ring (16 × size bytes)
@@ -428,6 +432,7 @@ public final class PackedDeviceRing implements DeviceRing {
     public void publish() {
         int n = shadowCount;
         if (n == 0) {
+            dirty.flush();
             return;
         }
         for (int i = 0; i < n; i++) {
@@ -440,6 +445,12 @@ public final class PackedDeviceRing implements DeviceRing {
             desc.set(U16, flagsOff(shadowPos[i]), (short) flags(i));
         }
         setU16Release(desc, flagsOff(shadowPos[0]), flags(0)); // the batch's first entry last
+        if (dirty.isLogging() && descGpa != RingLog.NONE) {
+            for (int i = 0; i < n; i++) {
+                dirty.mark(descGpa + (long) shadowPos[i] * DESC_SIZE, DESC_SIZE);
+            }
+        }
+        dirty.flush();
         shadowCount = 0;
         publishedUsed = nextUsed;
         publishedWrap = usedWrap;
@@ -480,6 +491,37 @@ public final class PackedDeviceRing implements DeviceRing {
     @Override
     public void disableKicks() {
         PackedRing.setU16Release(deviceEvent, EVENT_FLAGS, EVENT_DISABLE);
+        logEvent();
+    }
+
+    @Override
+    public void setLog(RingLog log) {
+        dirty.setLog(log == null ? null : log.log());
+        descGpa = log == null ? RingLog.NONE : log.usedGpa();
+        eventGpa = log == null ? RingLog.NONE : log.eventGpa();
+    }
+
+    @Override
+    public void markWritten(long gpa, long len) {
+        dirty.mark(gpa, len);
+    }
+
+    @Override
+    public boolean isLogging() {
+        return dirty.isLogging();
+    }
+
+    @Override
+    public long pagesOutsideLog() {
+        return dirty.pagesOutside();
+    }
+
+    /** The device event area was written (outside a burst): logged and flushed at once. */
+    private void logEvent() {
+        if (dirty.isLogging() && eventGpa != RingLog.NONE) {
+            dirty.mark(eventGpa, EVENT_BYTES);
+            dirty.flush();
+        }
     }
 
     @Override
@@ -499,6 +541,7 @@ public final class PackedDeviceRing implements DeviceRing {
         } else {
             PackedRing.setU16Release(deviceEvent, EVENT_FLAGS, EVENT_ENABLE);
         }
+        logEvent();
         VarHandle.fullFence();
         return !isBroken() && isAvail(getU16Acquire(desc, flagsOff(pos)), wrap);
     }

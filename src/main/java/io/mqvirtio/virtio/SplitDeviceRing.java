@@ -2,6 +2,7 @@ package io.mqvirtio.virtio;
 
 import static io.mqvirtio.virtio.SplitRing.*;
 
+import io.mqvirtio.memory.DirtyLogCache;
 import io.mqvirtio.memory.GuestMemory;
 import io.mqvirtio.memory.GuestMemoryException;
 import io.mqvirtio.memory.MemoryRegion;
@@ -58,6 +59,8 @@ public final class SplitDeviceRing implements DeviceRing {
     private int signalledUsed;  // used index at the last notification decision
     private boolean signalledValid;
     private String broken;
+    private final DirtyLogCache dirty = new DirtyLogCache();
+    private long usedGpa = RingLog.NONE; // where the used ring's writes are logged, while logging
 
     /**
      * @param memory      the guest memory the descriptors' addresses refer to
@@ -348,6 +351,9 @@ public final class SplitDeviceRing implements DeviceRing {
         used.set(U32, e, head);
         used.set(U32, e + 4, len);
         usedIdx = (usedIdx + 1) & 0xffff;
+        if (dirty.isLogging()) {
+            logUsed(e, USED_ELEM_SIZE);
+        }
     }
 
     /** Makes every pushed entry visible to the driver (one release store for the batch). */
@@ -356,6 +362,47 @@ public final class SplitDeviceRing implements DeviceRing {
         if (publishedUsed != usedIdx) {
             setU16Release(used, USED_IDX, usedIdx);
             publishedUsed = usedIdx;
+            if (dirty.isLogging()) {
+                logUsed(USED_IDX, 2);
+            }
+        }
+        dirty.flush();
+    }
+
+    @Override
+    public void setLog(RingLog log) {
+        dirty.setLog(log == null ? null : log.log());
+        usedGpa = log == null ? RingLog.NONE : log.usedGpa();
+    }
+
+    @Override
+    public void markWritten(long gpa, long len) {
+        dirty.mark(gpa, len);
+    }
+
+    @Override
+    public boolean isLogging() {
+        return dirty.isLogging();
+    }
+
+    @Override
+    public long pagesOutsideLog() {
+        return dirty.pagesOutside();
+    }
+
+    /** A write to the used ring at {@code off}, logged at the frontend's log address for it (if it gave one). */
+    private void logUsed(long off, long len) {
+        if (usedGpa != RingLog.NONE) {
+            dirty.mark(usedGpa + off, len);
+        }
+    }
+
+    /** A write to the used ring outside a burst (its flags, avail_event): logged and flushed at once. */
+    private void setUsedU16(long off, int v) {
+        setU16(used, off, v);
+        if (dirty.isLogging()) {
+            logUsed(off, 2);
+            dirty.flush();
         }
     }
 
@@ -385,7 +432,7 @@ public final class SplitDeviceRing implements DeviceRing {
     @Override
     public void disableKicks() {
         if (!eventIdx) {
-            setU16(used, USED_FLAGS, USED_F_NO_NOTIFY);
+            setUsedU16(USED_FLAGS, USED_F_NO_NOTIFY);
         }
         // With EVENT_IDX, avail_event stays where it was: the driver kicks only when it passes it.
     }
@@ -397,9 +444,9 @@ public final class SplitDeviceRing implements DeviceRing {
     @Override
     public boolean enableKicks() {
         if (eventIdx) {
-            setU16(used, availEventOff, lastAvail);
+            setUsedU16(availEventOff, lastAvail);
         } else {
-            setU16(used, USED_FLAGS, 0);
+            setUsedU16(USED_FLAGS, 0);
         }
         VarHandle.fullFence();
         return !isBroken() && getU16Acquire(avail, AVAIL_IDX) != lastAvail;
@@ -415,9 +462,9 @@ public final class SplitDeviceRing implements DeviceRing {
     public boolean enableKicksForMore() {
         int seen = availShadow;
         if (eventIdx) {
-            setU16(used, availEventOff, seen); // the driver kicks when it makes chain `seen` available
+            setUsedU16(availEventOff, seen); // the driver kicks when it makes chain `seen` available
         } else {
-            setU16(used, USED_FLAGS, 0);
+            setUsedU16(USED_FLAGS, 0);
         }
         VarHandle.fullFence();
         return !isBroken() && getU16Acquire(avail, AVAIL_IDX) != seen;

@@ -142,6 +142,13 @@ final class CheckingDevice implements VhostUserDevice {
     }
 
     @Override
+    public synchronized void setLog(int index, io.mqvirtio.virtio.RingLog log) {
+        touch();
+        checkRunning(index, "setLog");
+        queues[index].setLog(log);
+    }
+
+    @Override
     public synchronized void enableRing(int index, boolean enabled) {
         touch();
         checkRunning(index, "enableRing");

@@ -86,6 +86,13 @@ class HostileFrontendTest {
             return fds;
         }
 
+        /** A memory file of {@code size} bytes (a frontend's log). */
+        int memfd(long size) {
+            io.mqvirtio.linux.MemFd m = io.mqvirtio.linux.MemFd.create("hostile-log", size);
+            owned.add(m);
+            return m.fd();
+        }
+
         int socketFd() {
             UnixSocket.Pair p = UnixSocket.pair();
             owned.add(p);
@@ -128,6 +135,13 @@ class HostileFrontendTest {
     }
 
     static final long SIZE = GuestRam.SIZE;
+    static final long LOG_PF = BASIC_PF | (1L << Protocol.PF_LOG_SHMFD);
+    /** A log that covers the test's guest memory (guest-physical 0 to its end). */
+    static final long LOG_BYTES = (GuestRam.GPA_BASE + GuestRam.SIZE) / 4096 / 8;
+
+    static byte[] logBase(long size, long offset) {
+        return java.nio.ByteBuffer.allocate(16).order(java.nio.ByteOrder.LITTLE_ENDIAN).putLong(size).putLong(offset).array();
+    }
     static final int NOFD = (int) Protocol.VRING_NOFD;
 
     /** Sends {@code r} with NEED_REPLY; returns its id. */
@@ -366,12 +380,16 @@ class HostileFrontendTest {
                         c -> ackd(c, Request.SET_VRING_KICK, u64(1L << 9), c.eventfd()), "unknown bits in 0x200"),
                 acked("SET_VRING_ENABLE 2", Setup.MEMORY,
                         c -> ackd(c, Request.SET_VRING_ENABLE, state(0, 2)), "2 is neither 0 nor 1"),
-                acked("SET_VRING_ADDR asking for logging", Setup.MEMORY, c -> ackd(c, Request.SET_VRING_ADDR,
-                        vringAddr(0, Protocol.VRING_F_LOG, c.uva(0), c.uva(8192), c.uva(4096), 0)), "logging"),
+                acked("SET_VRING_ADDR with unknown flags", Setup.MEMORY, c -> ackd(c, Request.SET_VRING_ADDR,
+                        vringAddr(0, 2, c.uva(0), c.uva(8192), c.uva(4096), 0)), "unknown flags 0x2"),
                 acked("SET_VRING_NUM while the ring runs", Setup.RING,
                         c -> ackd(c, Request.SET_VRING_NUM, state(0, 128)), "on ring 0 while it runs"),
-                acked("SET_VRING_ADDR while the ring runs", Setup.RING,
-                        c -> ackd(c, Request.SET_VRING_ADDR, c.ram.vringAddr(c.ram.ring(0, RING))), "on ring 0 while it runs"),
+                acked("SET_VRING_ADDR moving a running ring", Setup.RING,
+                        c -> {
+                            GuestRam.RingAt elsewhere = c.ram.ring(1, RING);
+                            return ackd(c, Request.SET_VRING_ADDR, vringAddr(0, 0, c.uva(elsewhere.descOff()),
+                                    c.uva(elsewhere.usedOff()), c.uva(elsewhere.availOff()), 0));
+                        }, "while it runs changes its addresses"),
                 acked("SET_FEATURES changing while rings run", Setup.RING, c -> ackd(c, Request.SET_FEATURES,
                         u64(BackendHarness.FEATURES | io.mqvirtio.virtio.VirtioFeatures.bit(io.mqvirtio.net.VirtioNet.F_MQ))),
                         "cannot change while rings run"),
@@ -395,10 +413,53 @@ class HostileFrontendTest {
                         Outcome.ACK_FAILURE, "outside 68..65535"),
                 withPf("SET_STATUS 0x100", ALL_PF, Setup.NEGOTIATED, c -> ackd(c, Request.SET_STATUS, u64(0x100)),
                         Outcome.ACK_FAILURE, "is not a status byte"),
-                closed("SET_LOG_BASE (not offered) with its fd", Setup.MEMORY, c -> {
-                    c.fe.send(Request.SET_LOG_BASE, new byte[16], c.eventfd());
+                closed("SET_LOG_BASE without LOG_SHMFD", Setup.MEMORY, c -> {
+                    c.fe.send(Request.SET_LOG_BASE, logBase(4096, 0), c.memfd(4096));
                     return 0;
-                }, "SET_LOG_BASE is not supported"),
+                }, "needs protocol feature 1"),
+                // ---- the dirty log (SET_LOG_BASE has a reply of its own: a refusal closes the connection) ----
+                withPf("SET_LOG_BASE with an eventfd as the log", LOG_PF, Setup.MEMORY, c -> {
+                    c.fe.send(Request.SET_LOG_BASE, logBase(4096, 0), c.eventfd());
+                    return 0;
+                }, Outcome.CLOSED, "of a file of 0x0 bytes"),
+                withPf("SET_LOG_BASE past the end of its file", LOG_PF, Setup.MEMORY, c -> {
+                    c.fe.send(Request.SET_LOG_BASE, logBase(LOG_BYTES, 4096), c.memfd(LOG_BYTES));
+                    return 0;
+                }, Outcome.CLOSED, "reaches byte"),
+                withPf("SET_LOG_BASE with an offset that overflows", LOG_PF, Setup.MEMORY, c -> {
+                    c.fe.send(Request.SET_LOG_BASE, logBase(LOG_BYTES, Long.MAX_VALUE - 7), c.memfd(LOG_BYTES));
+                    return 0;
+                }, Outcome.CLOSED, "overflows"),
+                withPf("SET_LOG_BASE of 0 bytes", LOG_PF, Setup.MEMORY, c -> {
+                    c.fe.send(Request.SET_LOG_BASE, logBase(0, 0), c.memfd(4096));
+                    return 0;
+                }, Outcome.CLOSED, "dirty log of 0 bytes"),
+                withPf("SET_LOG_BASE of 2^64-1 bytes", LOG_PF, Setup.MEMORY, c -> {
+                    c.fe.send(Request.SET_LOG_BASE, logBase(-1, 0), c.memfd(4096));
+                    return 0;
+                }, Outcome.CLOSED, "dirty log of 18446744073709551615 bytes"),
+                withPf("SET_LOG_BASE not in 64-bit words", LOG_PF, Setup.MEMORY, c -> {
+                    c.fe.send(Request.SET_LOG_BASE, logBase(LOG_BYTES - 4, 0), c.memfd(LOG_BYTES));
+                    return 0;
+                }, Outcome.CLOSED, "multiples of 8"),
+                withPf("SET_LOG_BASE too small for guest memory", LOG_PF, Setup.MEMORY, c -> {
+                    c.fe.send(Request.SET_LOG_BASE, logBase(LOG_BYTES / 2, 0), c.memfd(LOG_BYTES));
+                    return 0;
+                }, Outcome.CLOSED, "which reaches 0x40400000"),
+                withPf("SET_LOG_BASE without a descriptor", LOG_PF, Setup.MEMORY, c -> {
+                    c.fe.send(Request.SET_LOG_BASE, logBase(LOG_BYTES, 0));
+                    return 0;
+                }, Outcome.CLOSED, "file descriptor"),
+                withPf("LOG_ALL without a log", LOG_PF, Setup.RING, c -> ackd(c, Request.SET_FEATURES,
+                        u64(BackendHarness.FEATURES | (1L << Protocol.F_LOG_ALL))), Outcome.ACK_FAILURE, "LOG_ALL without a log"),
+                withPf("used ring logged beyond the log", LOG_PF, Setup.RING, c -> {
+                    c.fe.send(Request.SET_LOG_BASE, logBase(LOG_BYTES, 0), c.memfd(LOG_BYTES));
+                    c.fe.expectReplyTo(Request.SET_LOG_BASE.id);
+                    c.fe.ok(Request.SET_FEATURES, u64(BackendHarness.FEATURES | (1L << Protocol.F_LOG_ALL)));
+                    GuestRam.RingAt r = c.ram.ring(0, RING);
+                    return ackd(c, Request.SET_VRING_ADDR, vringAddr(0, Protocol.VRING_F_LOG, c.uva(r.descOff()),
+                            c.uva(r.usedOff()), c.uva(r.availOff()), -4096));
+                }, Outcome.ACK_FAILURE, "is logged beyond the log"),
                 acked("SET_VRING_ENDIAN", Setup.MEMORY,
                         c -> ackd(c, Request.SET_VRING_ENDIAN, state(0, 1)), "only little-endian"),
                 acked("SET_BACKEND_REQ_FD (not offered)", Setup.MEMORY,

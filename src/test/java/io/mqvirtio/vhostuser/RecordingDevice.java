@@ -116,6 +116,16 @@ final class RecordingDevice implements VhostUserDevice {
     }
 
     @Override
+    public synchronized void setLog(int index, io.mqvirtio.virtio.RingLog log) {
+        DeviceRing q = queues[index];
+        if (q == null) {
+            throw new IllegalStateException("ring " + index + " given a log but not running");
+        }
+        q.setLog(log);
+        calls.add((log == null ? "unlog " : "log ") + index);
+    }
+
+    @Override
     public synchronized void enableRing(int index, boolean on) {
         enabled[index] = on;
         calls.add((on ? "enable " : "disable ") + index);
