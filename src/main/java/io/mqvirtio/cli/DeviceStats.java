@@ -13,10 +13,10 @@ import java.util.Map;
  * TX, pair 1 RX, ...
  */
 record DeviceStats(String name, String socket, String backend, int pairs, boolean connected, List<Queue> queues,
-        String dead) {
+        String dead, boolean logging, long dirtyPages) {
 
     DeviceStats(String name, String socket, String backend, int pairs, boolean connected, List<Queue> queues) {
-        this(name, socket, backend, pairs, connected, queues, null);
+        this(name, socket, backend, pairs, connected, queues, null, false, 0);
     }
 
     /** One virtqueue: {@code direction} "rx" (host to guest, ring 2·pair) or "tx" (guest to host, ring 2·pair+1). */
@@ -51,7 +51,7 @@ record DeviceStats(String name, String socket, String backend, int pairs, boolea
                     s.notifications()));
         }
         return new DeviceStats(device.config().name(), socket, backend, device.pairs(), connected, List.copyOf(q),
-                device.deadReason());
+                device.deadReason(), device.isLogging(), device.dirtyPages());
     }
 
     Map<String, Object> toJson() {
@@ -64,6 +64,8 @@ record DeviceStats(String name, String socket, String backend, int pairs, boolea
         if (dead != null) {
             m.put("dead", dead); // why the device serves no more (a worker that does not answer)
         }
+        m.put("logging", logging); // rings log their writes for a live migration
+        m.put("dirty_pages", dirtyPages);
         List<Object> l = new ArrayList<>();
         for (Queue q : queues) {
             Map<String, Object> e = new LinkedHashMap<>();
@@ -88,7 +90,8 @@ record DeviceStats(String name, String socket, String backend, int pairs, boolea
                     number(qm, "drops"), number(qm, "errors"), number(qm, "kicks"), number(qm, "notifications")));
         }
         return new DeviceStats(string(m, "name"), string(m, "socket"), string(m, "backend"), (int) number(m, "pairs"),
-                Boolean.TRUE.equals(m.get("connected")), List.copyOf(q), m.get("dead") == null ? null : string(m, "dead"));
+                Boolean.TRUE.equals(m.get("connected")), List.copyOf(q), m.get("dead") == null ? null : string(m, "dead"),
+                Boolean.TRUE.equals(m.get("logging")), m.get("dirty_pages") == null ? 0 : number(m, "dirty_pages"));
     }
 
     static Map<?, ?> map(Object o, String what) {

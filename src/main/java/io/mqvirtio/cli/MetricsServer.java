@@ -200,6 +200,18 @@ public final class MetricsServer implements AutoCloseable {
             b.append("mqvirtio_device_dead{device=\"").append(escape(d.name())).append("\"} ")
                     .append(d.dead() != null ? 1 : 0).append('\n');
         }
+        b.append("# HELP mqvirtio_device_logging Whether the device's rings log their writes (a live migration runs).\n");
+        b.append("# TYPE mqvirtio_device_logging gauge\n");
+        for (DeviceStats d : devices) {
+            b.append("mqvirtio_device_logging{device=\"").append(escape(d.name())).append("\"} ")
+                    .append(d.logging() ? 1 : 0).append('\n');
+        }
+        b.append("# HELP mqvirtio_device_dirty_pages_total Guest pages the device marked dirty in migration logs.\n");
+        b.append("# TYPE mqvirtio_device_dirty_pages_total counter\n");
+        for (DeviceStats d : devices) {
+            b.append("mqvirtio_device_dirty_pages_total{device=\"").append(escape(d.name())).append("\"} ")
+                    .append(d.dirtyPages()).append('\n');
+        }
         return b.toString();
     }
 

@@ -7,7 +7,6 @@ import io.mqvirtio.linux.Mmap;
 import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
 import java.lang.invoke.VarHandle;
-import java.util.concurrent.atomic.AtomicLong;
 
 /**
  * The frontend's dirty-page log for live migration (vhost-user.rst, "Migration"): a bitmap in a file the frontend
@@ -29,7 +28,6 @@ public final class DirtyLog implements AutoCloseable {
     private final Mmap mapping;
     private final MemorySegment bits;
     private final long words;
-    private final AtomicLong pagesMarked = new AtomicLong();
 
     private DirtyLog(Mmap mapping, MemorySegment bits) {
         this.mapping = mapping;
@@ -84,11 +82,6 @@ public final class DirtyLog implements AutoCloseable {
         return bits.byteSize();
     }
 
-    /** Page marks written into the log so far (a page marked twice counts twice). */
-    public long pagesMarked() {
-        return pagesMarked.get();
-    }
-
     /**
      * ORs {@code mask} into word {@code word} of the bitmap, atomically. Returns false, writing nothing, for a word
      * beyond the log.
@@ -98,7 +91,6 @@ public final class DirtyLog implements AutoCloseable {
             return false;
         }
         WORD.getAndBitwiseOr(bits, word * 8, mask);
-        pagesMarked.addAndGet(Long.bitCount(mask));
         return true;
     }
 

@@ -17,6 +17,7 @@ public final class DirtyLogCache {
     private int n;
     private DirtyLog log;
     private long outside;
+    private long logged;
 
     /** Logs into {@code next} from now on (null: stop logging); what was pending goes to the previous log first. */
     public void setLog(DirtyLog next) {
@@ -75,11 +76,18 @@ public final class DirtyLogCache {
         VarHandle.releaseFence();
         DirtyLog l = log;
         for (int i = 0; i < n; i++) {
-            if (!l.or(word[i], mask[i])) {
+            if (l.or(word[i], mask[i])) {
+                logged += Long.bitCount(mask[i]);
+            } else {
                 outside += Long.bitCount(mask[i]);
             }
         }
         n = 0;
+    }
+
+    /** Page marks written into logs so far (a page marked in two flushes counts twice). */
+    public long pagesLogged() {
+        return logged;
     }
 
     /** Pages marked that lay beyond the log (and so could not be logged): a frontend whose log is too small. */

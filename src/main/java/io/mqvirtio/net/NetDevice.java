@@ -75,6 +75,8 @@ public final class NetDevice implements VhostUserDevice, AutoCloseable {
     private final Config config;
     private final PacketBackend backend;
     private final QueuePairWorker[] workers;
+    /** Per ring: 1 while it logs into a dirty log (written by the session's thread, read by the metrics). */
+    private final java.util.concurrent.atomic.AtomicIntegerArray ringLogged;
     private volatile long features;
     private volatile long lastFeatures;
     private volatile int mtu;
@@ -95,6 +97,7 @@ public final class NetDevice implements VhostUserDevice, AutoCloseable {
         this.backend = backend;
         this.mtu = config.mtu();
         this.workers = new QueuePairWorker[config.pairs()];
+        this.ringLogged = new java.util.concurrent.atomic.AtomicIntegerArray(2 * config.pairs());
         List<Port> opened = new ArrayList<>();
         try {
             for (int i = 0; i < workers.length; i++) {
@@ -209,18 +212,41 @@ public final class NetDevice implements VhostUserDevice, AutoCloseable {
     public void startRing(int index, DeviceRing queue, EventFd kick, EventFd call, boolean enabled) {
         boolean rx = VirtioNet.isRx(index);
         call(worker(index), w -> w.startRing(rx, queue, kick, call, enabled));
+        ringLogged.set(index, queue.isLogging() ? 1 : 0);
     }
 
     @Override
     public DeviceRing stopRing(int index) {
         boolean rx = VirtioNet.isRx(index);
-        return call(worker(index), w -> w.stopRing(rx));
+        DeviceRing q = call(worker(index), w -> w.stopRing(rx));
+        ringLogged.set(index, 0);
+        return q;
     }
 
     @Override
     public void setLog(int index, RingLog log) {
         boolean rx = VirtioNet.isRx(index);
         call(worker(index), w -> w.setLog(rx, log));
+        ringLogged.set(index, log != null ? 1 : 0);
+    }
+
+    /** Whether a ring logs its writes for a migration now (the metrics' mqvirtio_device_logging). */
+    public boolean isLogging() {
+        for (int i = 0; i < ringLogged.length(); i++) {
+            if (ringLogged.get(i) != 0) {
+                return true;
+            }
+        }
+        return false;
+    }
+
+    /** Page marks the device's rings wrote into dirty logs, over the device's life. */
+    public long dirtyPages() {
+        long n = 0;
+        for (QueuePairWorker w : workers) {
+            n += w.rxCounters.get(QueueCounters.DIRTY_PAGES) + w.txCounters.get(QueueCounters.DIRTY_PAGES);
+        }
+        return n;
     }
 
     @Override

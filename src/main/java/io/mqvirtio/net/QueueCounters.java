@@ -8,7 +8,9 @@ import java.util.concurrent.atomic.AtomicLongArray;
  */
 public final class QueueCounters {
     public static final int PACKETS = 0, BYTES = 1, DROPS = 2, ERRORS = 3, KICKS = 4, NOTIFICATIONS = 5;
-    private static final int N = 6;
+    /** Page marks the queue's ring wrote into the frontend's dirty log (live migration). */
+    public static final int DIRTY_PAGES = 6;
+    private static final int N = 7;
     // Padded to its own cache lines so two workers' counters never share one.
     private final AtomicLongArray v = new AtomicLongArray(N + 16);
 

@@ -85,6 +85,8 @@ final class QueuePairWorker implements WorkerHandler {
     private boolean txEnabled;
     private boolean portActive;
     private boolean logging; // the RX ring logs what the worker writes into guest memory
+    private long rxLoggedSeen; // the rings' page marks already counted
+    private long txLoggedSeen;
     private boolean portReadable;
     private boolean mrgRxbuf;
     private int rxFrameNeed = VirtioNet.HDR_SIZE + 1518;  // the largest frame the negotiated features allow
@@ -187,6 +189,7 @@ final class QueuePairWorker implements WorkerHandler {
         if (isRx) {
             rx = q;
             logging = q.isLogging();
+            rxLoggedSeen = q.pagesLogged();
             rxKick = kick;
             rxCall = call;
             rxEnabled = enabled;
@@ -194,6 +197,7 @@ final class QueuePairWorker implements WorkerHandler {
             portReadable = true; // frames may have queued while no ring ran
         } else {
             tx = q;
+            txLoggedSeen = q.pagesLogged();
             txKick = kick;
             txCall = call;
             txEnabled = enabled;
@@ -458,6 +462,9 @@ final class QueuePairWorker implements WorkerHandler {
             }
             if (done > 0) {
                 q.publish();
+                if (q.isLogging()) {
+                    txLoggedSeen = countLogged(q, txCounters, txLoggedSeen);
+                }
                 // No call fd yet: keep the decision for later (see setCall), or a notification would be lost for good.
                 if (txCall != null && q.needsNotification()) {
                     signalCall(false);
@@ -598,6 +605,9 @@ final class QueuePairWorker implements WorkerHandler {
             }
             if (done > 0) {
                 q.publish();
+                if (logging) {
+                    rxLoggedSeen = countLogged(q, rxCounters, rxLoggedSeen);
+                }
                 if (rxCall != null && q.needsNotification()) {
                     signalCall(true);
                 }
@@ -680,6 +690,15 @@ final class QueuePairWorker implements WorkerHandler {
         q.giveBack(k - used);
         numBuffers.set(LE16, 0, (short) used);
         rxChains[0].writeTo(VirtioNet.HDR_NUM_BUFFERS, numBuffers); // inside what chain 0's mark covers
+    }
+
+    /** Adds the page marks ring {@code q} logged since {@code seen} to its counters; returns the new total. */
+    private static long countLogged(DeviceRing q, QueueCounters c, long seen) {
+        long now = q.pagesLogged();
+        if (now != seen) {
+            c.add(QueueCounters.DIRTY_PAGES, now - seen);
+        }
+        return now;
     }
 
     /** While migrating: the first {@code bytes} of the chain's writable buffers were written (marked dirty). */

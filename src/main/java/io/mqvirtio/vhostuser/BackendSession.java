@@ -91,8 +91,7 @@ public final class BackendSession implements Runnable {
 
     /** The frontend's dirty log (SET_LOG_BASE), or null; rings log into it while LOG_ALL is negotiated. */
     private DirtyLog dirtyLog;
-    /** Page marks written into logs this session has replaced (for the metrics). */
-    private long pagesMarkedBefore;
+
 
     public BackendSession(String name, Channel channel, VhostUserDevice device) {
         this(name, channel, device, new WarningLimit(name), MemoryBudget.processDefault());
@@ -623,21 +622,10 @@ public final class BackendSession implements Runnable {
             throw e;
         }
         if (old != null) {
-            pagesMarkedBefore += old.pagesMarked();
             old.close();
         }
         LOG.log(Level.INFO, "{0}: dirty log of {1} bytes (covers 0x{2} bytes of guest memory){3}", name, size,
                 Long.toHexString(next.coveredBytes()), logging() ? ", logging" : "");
-    }
-
-    /** Whether the rings log their writes, and the page marks written into logs so far (for the metrics). */
-    public boolean isLogging() {
-        return logging();
-    }
-
-    public long pagesLogged() {
-        DirtyLog l = dirtyLog;
-        return pagesMarkedBefore + (l == null ? 0 : l.pagesMarked());
     }
 
     private long offeredProtocolFeatures() {

@@ -71,6 +71,9 @@ public interface DeviceRing {
     /** Whether the ring logs its writes ({@link #setLog}). */
     boolean isLogging();
 
+    /** Page marks this ring has written into logs over its life. */
+    long pagesLogged();
+
     /** Page marks that fell beyond the log (a frontend whose log does not cover its memory). */
     long pagesOutsideLog();
 

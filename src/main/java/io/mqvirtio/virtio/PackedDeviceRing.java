@@ -512,6 +512,11 @@ public final class PackedDeviceRing implements DeviceRing {
     }
 
     @Override
+    public long pagesLogged() {
+        return dirty.pagesLogged();
+    }
+
+    @Override
     public long pagesOutsideLog() {
         return dirty.pagesOutside();
     }

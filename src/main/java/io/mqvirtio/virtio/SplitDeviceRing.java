@@ -386,6 +386,11 @@ public final class SplitDeviceRing implements DeviceRing {
     }
 
     @Override
+    public long pagesLogged() {
+        return dirty.pagesLogged();
+    }
+
+    @Override
     public long pagesOutsideLog() {
         return dirty.pagesOutside();
     }

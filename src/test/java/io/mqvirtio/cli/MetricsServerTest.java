@@ -90,10 +90,12 @@ class MetricsServerTest {
                     }
                 }
             }
-            assertThat(samples).isEqualTo(6 * 2 * PAIRS + 4);
+            assertThat(samples).isEqualTo(6 * 2 * PAIRS + 6);
             assertThat(prom.body()).contains("mqvirtio_device_queue_pairs{device=\"vm\\\"0\\\\x\"} 3\n")
                     .contains("mqvirtio_frontend_connected{device=\"vm\\\"0\\\\x\"} 0\n")
                     .contains("mqvirtio_device_dead{device=\"vm\\\"0\\\\x\"} 0\n")
+                    .contains("mqvirtio_device_logging{device=\"vm\\\"0\\\\x\"} 0\n")
+                    .contains("mqvirtio_device_dirty_pages_total{device=\"vm\\\"0\\\\x\"} 0\n")
                     .contains("socket=\"/run/vm0.sock\",backend=\"loopback\"} 1\n");
 
             connected.set(true);

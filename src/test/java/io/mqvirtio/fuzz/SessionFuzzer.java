@@ -68,7 +68,7 @@ public final class SessionFuzzer {
     static final long FEATURES = VirtioFeatures.bit(VirtioFeatures.F_VERSION_1)
             | VirtioFeatures.bit(Protocol.F_PROTOCOL_FEATURES);
     static final long SESSION_PF = (1L << Protocol.PF_REPLY_ACK) | (1L << Protocol.PF_CONFIGURE_MEM_SLOTS)
-            | (1L << Protocol.PF_STATUS);
+            | (1L << Protocol.PF_STATUS) | (1L << Protocol.PF_LOG_SHMFD);
     static final Request[] REQUESTS = Request.values();
 
     static CheckingDevice device;
@@ -653,7 +653,7 @@ public final class SessionFuzzer {
     }
 
     static long offeredFeatures() {
-        return device.features() | VirtioFeatures.bit(Protocol.F_PROTOCOL_FEATURES);
+        return device.features() | VirtioFeatures.bit(Protocol.F_PROTOCOL_FEATURES) | (1L << Protocol.F_LOG_ALL);
     }
 
     static long offeredProtocolFeatures() {

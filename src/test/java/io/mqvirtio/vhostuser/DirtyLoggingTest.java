@@ -104,8 +104,17 @@ class DirtyLoggingTest {
                 assertThat(dirty(bits, e + SplitRing.usedBytes(RING) - 1)).as("ring %d's used ring end", r.index()).isTrue();
             }
 
+            // what the metrics say: the device logs, and counted the pages it marked
+            assertThat(dev.isLogging()).isTrue();
+            long deadline = System.nanoTime() + 2_000_000_000L;
+            while (dev.dirtyPages() < frames && System.nanoTime() < deadline) {
+                Thread.sleep(1);
+            }
+            assertThat(dev.dirtyPages()).as("page marks counted").isGreaterThanOrEqualTo(frames);
+
             // logging off: the rings go on, and nothing more is marked
             fe.ok(Request.SET_FEATURES, u64(FEATURES));
+            assertThat(dev.isLogging()).isFalse();
             bits.fill((byte) 0);
             send(ram, tx, k1, txBase, frames, (byte) 0x50);
             for (int f = 0; f < frames; f++) {
