@@ -5,7 +5,9 @@
 # Guest environment: MQV_PEER (serves http://PEER:5002/down), MQV_MD5 (what every download must hash to),
 #   MQV_SECONDS (how long to keep going, default 60).
 # Prints MQV-RESULT phase=traffic when the stream starts (the host may migrate from then on).
-# Results: downloads, bad_downloads, failed_downloads, pings_sent, pings_received, ping_max_gap (in pings of 0.2 s).
+# Results: downloads, bad_downloads, failed_downloads, pings_sent, pings_received, ping_max_gap (in pings of 0.2 s);
+#   then, wherever the VM is by then (the last destination): set1, ping_after_set1, setback, ping_after_setback
+#   (ethtool -L to one queue pair and back to MQV_PAIRS, a ping after each).
 IP=/sbin/ip-full
 peer="${MQV_PEER:?MQV_PEER is needed}"
 want="${MQV_MD5:?MQV_MD5 is needed}"
@@ -37,5 +39,13 @@ mqv-result pings_sent "${sent:-0}"
 mqv-result pings_received "${recv:-0}"
 gap="$(awk -F'seq=' '/seq=/ { split($2, a, " "); s = a[1] + 0; if (have && s - last > max) max = s - last; last = s; have = 1 } END { print max + 0 }' /tmp/ping)"
 mqv-result ping_max_gap "$gap"
+pairs="${MQV_PAIRS:-1}"
+rc=0
+if [ "$pairs" -gt 1 ]; then
+  /usr/sbin/ethtool -L eth0 combined 1; mqv-result set1 $?
+  ping -c 3 -i 0.2 -W 3 "$peer" >/dev/null 2>&1; mqv-result ping_after_set1 $?
+  /usr/sbin/ethtool -L eth0 combined "$pairs"; mqv-result setback $?
+  ping -c 3 -i 0.2 -W 3 "$peer" >/dev/null 2>&1; mqv-result ping_after_setback $?
+fi
 [ "$n" -gt 0 ] && [ "$bad" = 0 ] || exit 1
 exit 0

@@ -23,7 +23,7 @@ import java.util.regex.Pattern;
 import org.junit.jupiter.api.Tag;
 import org.junit.jupiter.api.Timeout;
 import org.junit.jupiter.params.ParameterizedTest;
-import org.junit.jupiter.params.provider.ValueSource;
+import org.junit.jupiter.params.provider.CsvSource;
 import org.junit.jupiter.api.io.TempDir;
 
 /**
@@ -48,12 +48,17 @@ class QemuMigrationTest {
     @TempDir
     Path dir;
 
-    @ParameterizedTest(name = "device options \"{0}\"")
-    @ValueSource(strings = {"", "packed=on"})
-    @Timeout(400)
-    void guestMovesBetweenTwoBackendsWithoutLosingAByte(String devOpts) throws Exception {
+    /**
+     * @param layout "split" or "packed" ({@code packed=on})
+     * @param moves  migrations in all, alternating between the two devices (there and back is two)
+     */
+    @ParameterizedTest(name = "{0} ring, {1} moves")
+    @CsvSource({"split,6", "packed,2"})
+    @Timeout(480)
+    void guestMovesBetweenTwoBackendsWithoutLosingAByte(String layout, int moves) throws Exception {
         Peers.requireRoot("TAP devices and a bridge in a network namespace");
         Peers.require("qemu-system-x86_64", "QEMU");
+        String devOpts = layout.equals("packed") ? "packed=on" : "";
         Path repo = Path.of("").toAbsolutePath();
         Path runGuest = repo.resolve("scripts/guest/run-guest.sh");
         Path script = repo.resolve("scripts/guest/tests/migrate.sh");
@@ -64,10 +69,8 @@ class QemuMigrationTest {
         String tapA = "mqma" + id, tapB = "mqmb" + id, bridge = "mqbr" + id;
         byte[] down = new byte[DOWN_BYTES];
         new Random(7).nextBytes(down);
-        int port;
-        try (ServerSocket s = new ServerSocket(0)) {
-            port = s.getLocalPort();
-        }
+        // the guest streams for as long as the moves take (about 10 s each), plus the cancelled and failed ones
+        int seconds = 25 + 10 * moves;
 
         try (TestNetns ns = TestNetns.create()) {
             TapBackend backendA = ns.inside(() -> TapBackend.open(tapA, PAIRS));
@@ -87,62 +90,75 @@ class QemuMigrationTest {
                 }
             });
             http.start();
-            Path sockA = dir.resolve("a.sock"), sockB = dir.resolve("b.sock");
-            Path qmpA = dir.resolve("a.qmp"), qmpB = dir.resolve("b.qmp");
-            Path logA = dir.resolve("a.log"), logB = dir.resolve("b.log");
+            Path[] socks = {dir.resolve("a.sock"), dir.resolve("b.sock")};
             List<Process> qemus = new ArrayList<>();
+            java.util.concurrent.atomic.AtomicBoolean blasting = new java.util.concurrent.atomic.AtomicBoolean(true);
             try (NetDevice devA = new NetDevice(NetDevice.Config.of("mig-a", PAIRS), backendA);
-                 VhostUserServer serverA = VhostUserServer.listen(sockA, devA);
+                 VhostUserServer serverA = VhostUserServer.listen(socks[0], devA);
                  NetDevice devB = new NetDevice(NetDevice.Config.of("mig-b", PAIRS), backendB);
-                 VhostUserServer serverB = VhostUserServer.listen(sockB, devB)) {
-                Path pidA = dir.resolve("a.pid"), pidB = dir.resolve("b.pid");
-                Process src = guest(runGuest, repo, script, sockA, qmpA, logA, pidA, devOpts, guest, host, down, List.of());
-                qemus.add(src);
-                // -S: the destination stays paused once the guest has arrived, until the memories are compared
-                Process dst = guest(runGuest, repo, script, sockB, qmpB, logB, pidB, devOpts, guest, host, down,
-                        List.of("-S", "-incoming", "tcp:127.0.0.1:" + port));
-                qemus.add(dst);
-                java.util.concurrent.atomic.AtomicBoolean blasting = new java.util.concurrent.atomic.AtomicBoolean(true);
-                try (Qmp a = Qmp.connect(qmpA, src, 60_000); Qmp b = Qmp.connect(qmpB, dst, 60_000);
-                     java.net.DatagramSocket udp = ns.inside(() -> new java.net.DatagramSocket(new InetSocketAddress(host, 0)))) {
-                    // the guest is streaming: move it
-                    awaitLine(logA, "MQV-RESULT phase=traffic", src, 240);
-                    // UDP towards the guest besides its TCP stream, so that the backend writes RX buffers right up to
-                    // the moment the rings stop (what only the dirty log can tell the destination about)
-                    Thread blaster = Thread.ofPlatform().daemon().name("udp-blast").start(() -> {
-                        byte[] payload = new byte[1200];
-                        try {
-                            java.net.InetAddress to = java.net.InetAddress.getByName(guest);
-                            for (int i = 0; blasting.get(); i++) {
-                                udp.send(new java.net.DatagramPacket(payload, payload.length, to, 9000 + (i & 7)));
-                                if ((i & 63) == 0) {
-                                    Thread.sleep(1);
-                                }
+                 VhostUserServer serverB = VhostUserServer.listen(socks[1], devB);
+                 java.net.DatagramSocket udp = ns.inside(() -> new java.net.DatagramSocket(new InetSocketAddress(host, 0)))) {
+                NetDevice[] devs = {devA, devB};
+                Vm cur = Vm.start(this, runGuest, repo, script, socks[0], "vm0", devOpts, guest, host, down, seconds, null);
+                qemus.add(cur.process);
+                awaitLine(cur.log, "MQV-RESULT phase=traffic", cur.process, 240);
+                // UDP towards the guest besides its TCP stream, so that the backend writes RX buffers right up to
+                // the moment the rings stop (what only the dirty log can tell the destination about)
+                Thread.ofPlatform().daemon().name("udp-blast").start(() -> {
+                    byte[] payload = new byte[1200];
+                    try {
+                        java.net.InetAddress to = java.net.InetAddress.getByName(guest);
+                        for (int i = 0; blasting.get(); i++) {
+                            udp.send(new java.net.DatagramPacket(payload, payload.length, to, 9000 + (i & 7)));
+                            if ((i & 63) == 0) {
+                                Thread.sleep(1);
                             }
-                        } catch (Exception stopped) {
-                            // socket closed
                         }
-                    });
-                    Thread.sleep(3000);
-                    assertThat(a.execute("{\"execute\":\"migrate\",\"arguments\":{\"uri\":\"tcp:127.0.0.1:" + port + "\"}}",
-                            10_000)).as("migrate").contains("\"return\"");
-                    String status = "";
-                    long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(120);
-                    while (System.nanoTime() < deadline) {
-                        status = a.execute("{\"execute\":\"query-migrate\"}", 10_000);
-                        if (status.contains("\"status\": \"completed\"") || status.contains("\"status\": \"failed\"")
-                                || status.contains("\"status\":\"completed\"") || status.contains("\"status\":\"failed\"")) {
-                            break;
-                        }
-                        Thread.sleep(200);
+                    } catch (Exception stopped) {
+                        // socket closed
                     }
-                    assertThat(status).as("migration status").containsPattern("\"status\": ?\"completed\"");
-                    System.out.println("QemuMigrationTest[" + devOpts + "]: downtime " + field(status, "downtime")
-                            + " ms, total " + field(status, "total-time") + " ms; source logged "
-                            + devA.counters().stream().mapToLong(c -> c.packets()).sum() + " packets");
+                });
+                Thread.sleep(2000);
+
+                // A destination that is not there: the migration fails and the VM runs on at the source.
+                cur.qmp.execute("{\"execute\":\"migrate\",\"arguments\":{\"uri\":\"tcp:127.0.0.1:" + freePort() + "\"}}", 10_000);
+                assertThat(awaitMigration(cur.qmp, 30)).as("migration to nobody").containsPattern("\"status\": ?\"failed\"");
+                assertThat(cur.qmp.execute("{\"execute\":\"query-status\"}", 10_000)).containsPattern("\"status\": ?\"running\"");
+                assertThat(devA.isLogging()).as("logging ends with the failed migration").isFalse();
+
+                // A migration cancelled half-way: the VM runs on at the source, its device still serving it.
+                Vm cancelled = Vm.start(this, runGuest, repo, script, socks[1], "cancelled", devOpts, guest, host, down,
+                        seconds, freePort());
+                qemus.add(cancelled.process);
+                // a bandwidth limit keeps the migration running long enough to be cancelled
+                cur.qmp.execute("{\"execute\":\"migrate-set-parameters\",\"arguments\":{\"max-bandwidth\":8388608}}", 10_000);
+                cur.qmp.execute("{\"execute\":\"migrate\",\"arguments\":{\"uri\":\"tcp:127.0.0.1:" + cancelled.port + "\"}}", 10_000);
+                Thread.sleep(1500);
+                assertThat(devA.isLogging()).as("the source device logs while the migration runs").isTrue();
+                cur.qmp.execute("{\"execute\":\"migrate_cancel\"}", 10_000);
+                assertThat(awaitMigration(cur.qmp, 30)).as("cancelled migration").containsPattern("\"status\": ?\"cancelled\"");
+                assertThat(cur.qmp.execute("{\"execute\":\"query-status\"}", 10_000)).containsPattern("\"status\": ?\"running\"");
+                cur.qmp.execute("{\"execute\":\"migrate-set-parameters\",\"arguments\":{\"max-bandwidth\":0}}", 10_000);
+                cancelled.close();
+                Peers.stop(cancelled.process, 5000);
+                long before = devA.counters().get(0).packets();
+                Thread.sleep(1000);
+                assertThat(devA.counters().get(0).packets()).as("the source still delivers after the cancel").isGreaterThan(before);
+
+                List<String> report = new ArrayList<>();
+                for (int move = 1; move <= moves; move++) {
+                    int to = move % 2;
+                    Vm dst = Vm.start(this, runGuest, repo, script, socks[to], "vm" + move, devOpts, guest, host, down,
+                            seconds, freePort());
+                    qemus.add(dst.process);
+                    assertThat(cur.qmp.execute("{\"execute\":\"migrate\",\"arguments\":{\"uri\":\"tcp:127.0.0.1:"
+                            + dst.port + "\"}}", 10_000)).as("migrate").contains("\"return\"");
+                    String status = awaitMigration(cur.qmp, 120);
+                    assertThat(status).as("migration %d", move).containsPattern("\"status\": ?\"completed\"");
                     String dstStatus = "";
+                    long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(30);
                     while (System.nanoTime() < deadline) {
-                        dstStatus = b.execute("{\"execute\":\"query-status\"}", 10_000);
+                        dstStatus = dst.qmp.execute("{\"execute\":\"query-status\"}", 10_000);
                         if (dstStatus.matches(".*\"status\": ?\"paused\".*")) {
                             break;
                         }
@@ -150,33 +166,80 @@ class QemuMigrationTest {
                     }
                     assertThat(dstStatus).as("the destination has the guest, paused").containsPattern("\"status\": ?\"paused\"");
                     // Both stopped: the source at the switch-over, the destination before its first instruction. Every
-                    // page of guest memory must be the same on both sides; a page the source backend wrote without
-                    // marking it dirty was not sent again and differs here (TCP would hide it in the stream).
-                    List<Long> differ = differingPages(guestMemory(pidA), guestMemory(pidB));
-                    assertThat(differ).as("guest pages that differ between source and destination (first GPAs)").isEmpty();
-                    blasting.set(false);
-                    assertThat(b.execute("{\"execute\":\"cont\"}", 10_000)).contains("\"return\"");
-                    a.execute("{\"execute\":\"quit\"}", 10_000);
+                    // page of guest memory must be the same on both sides.
+                    List<Long> differ = differingPages(guestMemory(cur.pid), guestMemory(dst.pid));
+                    assertThat(differ).as("guest pages that differ between source and destination after move %d", move).isEmpty();
+                    assertThat(dst.qmp.execute("{\"execute\":\"cont\"}", 10_000)).contains("\"return\"");
+                    report.add("move " + move + ": downtime " + field(status, "downtime") + " ms, total "
+                            + field(status, "total-time") + " ms");
+                    cur.qmp.execute("{\"execute\":\"quit\"}", 10_000);
+                    assertThat(cur.process.waitFor(30, TimeUnit.SECONDS)).as("the source QEMU quits").isTrue();
+                    cur.close();
+                    cur = dst;
+                    assertThat(devs[1 - to].isLogging()).as("the old source logs no more").isFalse();
                 }
-                assertThat(dst.waitFor(240, TimeUnit.SECONDS)).as("the guest finished on the destination").isTrue();
-                String console = Files.readString(logB);
+                blasting.set(false);
+                assertThat(cur.process.waitFor(seconds + 120, TimeUnit.SECONDS)).as("the guest finished").isTrue();
+                String console = Files.readString(cur.log);
                 Map<String, String> r = QemuGuestTest.results(console);
-                String context = "\n--- destination console (tail) ---\n" + Peers.tail(logB, 40)
-                        + "\n--- source console (tail) ---\n" + Peers.tail(logA, 20);
+                String context = "\n--- last console (tail) ---\n" + Peers.tail(cur.log, 40);
+                System.out.println("QemuMigrationTest[" + layout + "]: " + report + "; guest " + r);
                 assertThat(console).as(context).contains("MQV-DONE rc=0");
                 assertThat(Integer.parseInt(r.getOrDefault("downloads", "0"))).as(context).isPositive();
-                assertThat(r).as(context).containsEntry("bad_downloads", "0");
-                System.out.println("QemuMigrationTest[" + devOpts + "]: " + r);
-                assertThat(devB.counters().get(0).packets() + devB.counters().get(2).packets()
-                        + devB.counters().get(4).packets() + devB.counters().get(6).packets())
-                        .as("the destination's RX queues carried the stream").isPositive();
+                assertThat(r).as(context).containsEntry("bad_downloads", "0").containsEntry("set1", "0")
+                        .containsEntry("ping_after_set1", "0").containsEntry("setback", "0")
+                        .containsEntry("ping_after_setback", "0");
+                cur.close();
             } finally {
+                blasting.set(false);
                 for (Process p : qemus) {
                     Peers.stop(p, 5000);
                 }
                 http.stop(0);
             }
         }
+    }
+
+    /** One QEMU with the test guest: its process, QMP monitor, console log and pid file. */
+    private record Vm(Process process, Qmp qmp, Path log, Path pid, Integer port) implements AutoCloseable {
+        static Vm start(QemuMigrationTest t, Path runGuest, Path repo, Path script, Path sock, String name, String devOpts,
+                        String guest, String host, byte[] down, int seconds, Integer incomingPort) throws Exception {
+            Path qmp = t.dir.resolve(name + ".qmp"), log = t.dir.resolve(name + ".log"), pid = t.dir.resolve(name + ".pid");
+            // -S: a destination stays paused once the guest has arrived, until the memories are compared
+            List<String> extra = incomingPort == null ? List.of() : List.of("-S", "-incoming", "tcp:127.0.0.1:" + incomingPort);
+            Process p = t.guest(runGuest, repo, script, sock, qmp, log, pid, devOpts, guest, host, down, seconds, extra);
+            try {
+                return new Vm(p, Qmp.connect(qmp, p, 60_000), log, pid, incomingPort);
+            } catch (Exception e) {
+                Peers.stop(p, 5000);
+                throw e;
+            }
+        }
+
+        @Override
+        public void close() throws java.io.IOException {
+            qmp.close();
+        }
+    }
+
+    private static int freePort() throws java.io.IOException {
+        try (ServerSocket s = new ServerSocket(0)) {
+            return s.getLocalPort();
+        }
+    }
+
+    /** Polls query-migrate until the migration completed, failed or was cancelled; returns the last answer. */
+    private static String awaitMigration(Qmp q, int seconds) throws Exception {
+        String status = "";
+        long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(seconds);
+        while (System.nanoTime() < deadline) {
+            status = q.execute("{\"execute\":\"query-migrate\"}", 10_000);
+            if (status.matches(".*\"status\": ?\"(completed|failed|cancelled)\".*")) {
+                return status;
+            }
+            Thread.sleep(200);
+        }
+        return status;
     }
 
     /** QEMU's guest RAM: the memory-backend-memfd it shares with the backend, found among its descriptors. */
@@ -219,11 +282,11 @@ class QemuMigrationTest {
     }
 
     private Process guest(Path runGuest, Path repo, Path script, Path sock, Path qmp, Path log, Path pid, String devOpts,
-                          String guest, String host, byte[] down, List<String> extra) throws Exception {
+                          String guest, String host, byte[] down, int seconds, List<String> extra) throws Exception {
         List<String> cmd = new ArrayList<>(List.of(runGuest.toString(), "--vhost-user", sock.toString(),
                 "--queues", String.valueOf(PAIRS), "--smp", "4", "--script", script.toString(), "--log", log.toString(),
-                "--timeout", "360", "--qmp", qmp.toString(), "--pidfile", pid.toString(), "--arg", "ip=" + guest + "/24", "--arg", "peer=" + host,
-                "--arg", "md5=" + QemuGuestTest.md5(down), "--arg", "seconds=50",
+                "--timeout", "420", "--qmp", qmp.toString(), "--pidfile", pid.toString(), "--arg", "ip=" + guest + "/24", "--arg", "peer=" + host,
+                "--arg", "md5=" + QemuGuestTest.md5(down), "--arg", "seconds=" + seconds, "--arg", "pairs=" + PAIRS,
                 "--dev-opts", devOpts == null ? "" : devOpts));
         if (!extra.isEmpty()) {
             cmd.add("--");
