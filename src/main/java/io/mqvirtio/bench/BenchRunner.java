@@ -349,7 +349,11 @@ public final class BenchRunner {
                     double[] mpps = new double[2]; // off, on
                     for (int half = 0; half < 2; half++) {
                         boolean on = (k % 2 == 0) == (half == 1);
-                        e.set(on);
+                        if (e == Experiment.DIRTY_LOG) {
+                            dirtyLog(on);
+                        } else {
+                            e.set(on);
+                        }
                         sleep(o.abWindow());
                         Object b = sample();
                         last = between(size, a, b);
@@ -366,7 +370,15 @@ public final class BenchRunner {
                         + " " + w);
             } finally {
                 e.reset();
+                if (e == Experiment.DIRTY_LOG) {
+                    dirtyLog(false);
+                }
             }
+        }
+
+        /** Has the backend under test log its writes (through our driver, as QEMU asks it when migrating). */
+        void dirtyLog(boolean on) throws Exception {
+            throw new UnsupportedOperationException("--ab dirty-log needs our driver as the frontend (scenarios 1 and 4)");
         }
 
         @Override
@@ -407,6 +419,11 @@ public final class BenchRunner {
         private TrafficRun.Running traffic;
 
         private record Sample(TrafficRun.Snapshot driver, DeviceSample device, long tapRx) {}
+
+        @Override
+        void dirtyLog(boolean on) {
+            nic.setDirtyLog(on);
+        }
 
         DriverToBackend(Scenario scenario, int pairs, RingMode ring, Path sock, BenchNetns ns) throws Exception {
             this.scenario = scenario;
@@ -672,6 +689,11 @@ public final class BenchRunner {
         private TrafficRun.Running traffic;
 
         private record Sample(TrafficRun.Snapshot driver, PmdSample pmd) {}
+
+        @Override
+        void dirtyLog(boolean on) {
+            nic.setDirtyLog(on);
+        }
 
         DriverToDpdk(int pairs, RingMode ring, Path sock) throws Exception {
             this.pairs = pairs;

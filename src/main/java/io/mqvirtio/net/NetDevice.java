@@ -40,7 +40,10 @@ public final class NetDevice implements VhostUserDevice, AutoCloseable {
             | VirtioFeatures.bit(VirtioNet.F_MQ)
             | VirtioFeatures.bit(VirtioNet.F_MRG_RXBUF)
             | VirtioFeatures.bit(VirtioFeatures.F_RING_PACKED)
-            | VirtioFeatures.bit(VirtioFeatures.F_IN_ORDER);
+            | VirtioFeatures.bit(VirtioFeatures.F_IN_ORDER)
+            // After a migration the guest announces itself (QEMU asks it through the config space); QEMU sends us
+            // SEND_RARP only for a guest that did not take this.
+            | VirtioFeatures.bit(VirtioNet.F_GUEST_ANNOUNCE);
 
     /**
      * What a net device needs to know beyond its backend.

@@ -53,7 +53,8 @@ public final class NetDriver implements AutoCloseable {
     public static final long WANTED_SPLIT = WANTED & ~VirtioFeatures.bit(VirtioFeatures.F_RING_PACKED);
     /** {@link #WANTED} without IN_ORDER. */
     public static final long WANTED_ANY_ORDER = WANTED & ~VirtioFeatures.bit(VirtioFeatures.F_IN_ORDER);
-    static final long WANTED_PROTOCOL = (1L << Protocol.PF_MQ) | (1L << Protocol.PF_REPLY_ACK) | (1L << Protocol.PF_STATUS);
+    static final long WANTED_PROTOCOL = (1L << Protocol.PF_MQ) | (1L << Protocol.PF_REPLY_ACK) | (1L << Protocol.PF_STATUS)
+            | (1L << Protocol.PF_LOG_SHMFD);
     /** Device status bits (VIRTIO 1.3, 2.1), set in this order as the driver initialises (3.1.1). */
     static final int ACKNOWLEDGE = 1, DRIVER = 2, DRIVER_OK = 4, FEATURES_OK = 8;
 
@@ -106,6 +107,13 @@ public final class NetDriver implements AutoCloseable {
     private int activePairs;
     private boolean promiscuous = true;
     private boolean closed;
+    /** What SET_FEATURES said at connect, and what the backend offered. */
+    private long featuresSent;
+    private long offeredFeatures;
+    /** Per ring index: its descriptor, used and available addresses (guest-physical = our virtual ones). */
+    private final List<long[]> ringAddrs = new ArrayList<>();
+    /** The dirty log the backend writes into while {@link #setDirtyLog} is on, or null. */
+    private MemFd dirtyLog;
 
     private NetDriver(Frontend frontend, MemFd memfd, Mmap map, Arena arena, int timeoutMs, long features,
                       long protocolFeatures, int maxPairs) {
@@ -185,6 +193,8 @@ public final class NetDriver implements AutoCloseable {
             long base = mem.address();
             fe.setMemTable(List.of(new Frontend.Region(base, size, base, 0, memfd)));
             d = new NetDriver(fe, memfd, map, arena, o.timeoutMs(), negotiated, pf, o.pairs());
+            d.featuresSent = negotiated | (offered & (1L << Protocol.F_PROTOCOL_FEATURES));
+            d.offeredFeatures = offered;
             boolean mrg = VirtioFeatures.has(negotiated, VirtioNet.F_MRG_RXBUF);
             for (int p = 0; p < o.pairs(); p++) {
                 long off = perPair * p;
@@ -215,6 +225,8 @@ public final class NetDriver implements AutoCloseable {
                     fe.setVringBase(index, Rings.packed(negotiated) ? RingBase.PACKED_START.encode(true) : 0);
                     fe.setVringAddr(index, ringAddr + layout.descOffset(), ringAddr + layout.usedOffset(),
                             ringAddr + layout.availOffset());
+                    d.ringAddrs.add(new long[] {ringAddr + layout.descOffset(), ringAddr + layout.usedOffset(),
+                            ringAddr + layout.availOffset()});
                     fe.setVringCall(index, call[r]);
                     fe.setVringKick(index, kick[r]);
                 }
@@ -299,6 +311,49 @@ public final class NetDriver implements AutoCloseable {
             }
         }
         activePairs = n;
+    }
+
+    /**
+     * Has the backend log every page it writes, as QEMU has it while it migrates a VM (vhost-user.rst, "Migration"):
+     * a log (a sparse memfd covering the driver's addresses, which are its guest-physical ones), LOG_ALL, and each
+     * ring's used-ring logging; off undoes the last two. For measuring what logging costs a backend while traffic
+     * runs (the bench's {@code --ab dirty-log}): the driver itself cannot be migrated.
+     *
+     * @throws UnsupportedOperationException if the backend offers no dirty logging (LOG_ALL and LOG_SHMFD)
+     */
+    public synchronized void setDirtyLog(boolean on) {
+        checkOpen();
+        if ((protocolFeatures & (1L << Protocol.PF_LOG_SHMFD)) == 0 || (offeredFeatures & (1L << Protocol.F_LOG_ALL)) == 0) {
+            throw new UnsupportedOperationException("the backend offers no dirty logging (LOG_ALL with LOG_SHMFD)");
+        }
+        if (on == (dirtyLog != null)) {
+            return;
+        }
+        if (on) {
+            long end = map.segment().address() + map.size();
+            long bytes = (Long.divideUnsigned(end, 4096) / 64 + 1) * 8;
+            MemFd log = MemFd.create("mqvirtio-dirty-log", bytes);
+            try {
+                frontend.setLogBase(log, bytes, 0);
+                frontend.setFeatures(featuresSent | (1L << Protocol.F_LOG_ALL));
+                for (int i = 0; i < ringAddrs.size(); i++) {
+                    long[] a = ringAddrs.get(i);
+                    frontend.setVringAddr(i, Protocol.VRING_F_LOG, a[0], a[1], a[2], a[1]);
+                }
+            } catch (RuntimeException e) {
+                log.close();
+                throw e;
+            }
+            dirtyLog = log;
+        } else {
+            frontend.setFeatures(featuresSent);
+            for (int i = 0; i < ringAddrs.size(); i++) {
+                long[] a = ringAddrs.get(i);
+                frontend.setVringAddr(i, 0, a[0], a[1], a[2], 0);
+            }
+            dirtyLog.close(); // the backend keeps its own mapping until a new log or the end of the session
+            dirtyLog = null;
+        }
     }
 
     /**
@@ -395,6 +450,10 @@ public final class NetDriver implements AutoCloseable {
     private void release(boolean[] busy) {
         frontend.close();
         memfd.close(); // the mapping keeps the memory; the backend has its own descriptor
+        if (dirtyLog != null) {
+            dirtyLog.close();
+            dirtyLog = null;
+        }
         for (int p = 0; p < pairFds.size(); p++) {
             if (p < busy.length && busy[p]) {
                 continue;

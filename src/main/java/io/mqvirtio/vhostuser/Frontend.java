@@ -104,6 +104,24 @@ public final class Frontend implements AutoCloseable {
         send(Request.SET_VRING_ADDR, b.array());
     }
 
+    /** SET_VRING_ADDR with flags (VHOST_VRING_F_LOG) and the used ring's log address. */
+    public void setVringAddr(int index, int flags, long desc, long used, long avail, long log) {
+        ByteBuffer b = ByteBuffer.allocate(40).order(ByteOrder.LITTLE_ENDIAN);
+        b.putInt(index).putInt(flags).putLong(desc).putLong(used).putLong(avail).putLong(log);
+        send(Request.SET_VRING_ADDR, b.array());
+    }
+
+    /**
+     * SET_LOG_BASE (protocol feature LOG_SHMFD): the backend logs the pages it writes into {@code size} bytes of
+     * {@code fd} from {@code offset}. Waits for the backend's reply, which has no payload.
+     */
+    public void setLogBase(Fd fd, long size, long offset) {
+        ByteBuffer b = ByteBuffer.allocate(16).order(ByteOrder.LITTLE_ENDIAN);
+        b.putLong(size).putLong(offset);
+        channel.send(Request.SET_LOG_BASE.id, 0, b.array(), fd.fd());
+        await(Request.SET_LOG_BASE).close();
+    }
+
     public void setVringKick(int index, Fd fd) {
         send(Request.SET_VRING_KICK, Message.u64Payload(index), fd.fd());
     }

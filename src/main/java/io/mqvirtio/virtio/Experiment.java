@@ -18,7 +18,14 @@ public enum Experiment {
      * On the split ring it cost 5 % at 64 B (0.950, quartiles 0.827-0.973, CPUs 153 ns apart) and nothing at 1500 B;
      * kept as an experiment to measure again when the CPUs are far apart, where a split ring's serial misses cost most.
      */
-    SPLIT_READ_AHEAD_SHORT(false);
+    SPLIT_READ_AHEAD_SHORT(false),
+
+    /**
+     * Not a code path: while on, the bench's driver has the backend under test log every page it writes, as QEMU
+     * has it while migrating a VM (NetDriver.setDirtyLog): what dirty logging costs per packet, against our backend
+     * (scenario 1) or DPDK's vhost (scenario 4). Scenarios whose frontend is not our driver refuse it.
+     */
+    DIRTY_LOG(false);
 
     private volatile boolean on;
     private final boolean byDefault;

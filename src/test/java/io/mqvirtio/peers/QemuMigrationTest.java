@@ -189,6 +189,8 @@ class QemuMigrationTest {
                 assertThat(r).as(context).containsEntry("bad_downloads", "0").containsEntry("set1", "0")
                         .containsEntry("ping_after_set1", "0").containsEntry("setback", "0")
                         .containsEntry("ping_after_setback", "0");
+                assertThat(io.mqvirtio.virtio.VirtioFeatures.has(devs[moves % 2].lastNegotiatedFeatures(),
+                        io.mqvirtio.net.VirtioNet.F_GUEST_ANNOUNCE)).as("GUEST_ANNOUNCE negotiated: the guest announces itself").isTrue();
                 cur.close();
             } finally {
                 blasting.set(false);
