@@ -167,6 +167,16 @@ class QemuMigrationTest {
                     assertThat(dstStatus).as("the destination has the guest, paused").containsPattern("\"status\": ?\"paused\"");
                     // Both stopped: the source at the switch-over, the destination before its first instruction. Every
                     // page of guest memory must be the same on both sides.
+                    if (move == 1) {
+                        // the comparison itself: one byte changed in the source's memory is one page that differs
+                        Path srcMem = guestMemory(cur.pid);
+                        long at = (512L << 20) + 12345;
+                        byte was = poke(srcMem, at, null);
+                        poke(srcMem, at, (byte) ~was);
+                        assertThat(differingPages(srcMem, guestMemory(dst.pid))).as("a page changed on purpose")
+                                .containsExactly(at & -4096L);
+                        poke(srcMem, at, was);
+                    }
                     List<Long> differ = differingPages(guestMemory(cur.pid), guestMemory(dst.pid));
                     assertThat(differ).as("guest pages that differ between source and destination after move %d", move).isEmpty();
                     assertThat(dst.qmp.execute("{\"execute\":\"cont\"}", 10_000)).contains("\"return\"");
@@ -260,6 +270,19 @@ class QemuMigrationTest {
             }
         }
         throw new AssertionError("QEMU " + pid + " has no guest memory memfd");
+    }
+
+    /** Reads the byte at {@code at} of a memory file and, if {@code value} is given, writes it there; returns the old. */
+    private static byte poke(Path mem, long at, Byte value) throws Exception {
+        try (var c = java.nio.channels.FileChannel.open(mem, java.nio.file.StandardOpenOption.READ,
+                java.nio.file.StandardOpenOption.WRITE)) {
+            java.nio.ByteBuffer b = java.nio.ByteBuffer.allocate(1);
+            c.read(b, at);
+            if (value != null) {
+                c.write(java.nio.ByteBuffer.wrap(new byte[] {value}), at);
+            }
+            return b.get(0);
+        }
     }
 
     /** Guest-physical addresses (at most 10) of 4 KiB pages whose bytes differ between the two memory files. */

@@ -51,6 +51,8 @@ class DirtyLoggingTest {
              GuestRam ram = new GuestRam();
              MemFd logFd = MemFd.create("dirty-log", logBytes);
              Mmap log = Mmap.shared(logFd, 0, logBytes);
+             MemFd logFd2 = MemFd.create("dirty-log-2", logBytes);
+             Mmap log2 = Mmap.shared(logFd2, 0, logBytes);
              EventFd k0 = EventFd.create(); EventFd c0 = EventFd.create();
              EventFd k1 = EventFd.create(); EventFd c1 = EventFd.create()) {
             assertThat(fe.get(Request.GET_FEATURES) & LOG_ALL).as("LOG_ALL offered").isNotZero();
@@ -83,6 +85,7 @@ class DirtyLoggingTest {
             k0.signal();
             long txBase = pageAligned(ram.alloc(6 * PAGE));
             int frames = 5;
+            int sent = frames;
             send(ram, tx, k1, txBase, frames, (byte) 0x40);
             for (int f = 0; f < frames; f++) {
                 reap(rx);
@@ -104,6 +107,25 @@ class DirtyLoggingTest {
                 assertThat(dirty(bits, e + SplitRing.usedBytes(RING) - 1)).as("ring %d's used ring end", r.index()).isTrue();
             }
 
+            // a new log under traffic (QEMU resizes its log this way): later writes go there, the old one is unmapped
+            {
+                assertThat(mappedCount("memfd:dirty-log ")).as("the first log, mapped by the test and the backend").isEqualTo(2);
+                fe.send(Request.SET_LOG_BASE, logPayload(logBytes, 0), logFd2.fd());
+                fe.expectReplyTo(Request.SET_LOG_BASE.id);
+                assertThat(mappedCount("memfd:dirty-log ")).as("the first log, unmapped by the backend").isEqualTo(1);
+                bits.fill((byte) 0);
+                send(ram, tx, k1, txBase, frames, (byte) 0x60);
+                for (int f = 0; f < frames; f++) {
+                    reap(rx);
+                    reap(tx);
+                }
+                for (int b = frames; b < 2 * frames; b++) {
+                    assertThat(dirty(log2.segment(), ram.gpa(rxBase + b * PAGE))).as("RX buffer %d in the new log", b).isTrue();
+                    assertThat(dirty(bits, ram.gpa(rxBase + b * PAGE))).as("RX buffer %d in the old log", b).isFalse();
+                }
+            }
+            sent += frames;
+
             // what the metrics say: the device logs, and counted the pages it marked
             assertThat(dev.isLogging()).isTrue();
             long deadline = System.nanoTime() + 2_000_000_000L;
@@ -115,6 +137,7 @@ class DirtyLoggingTest {
             // logging off: the rings go on, and nothing more is marked
             fe.ok(Request.SET_FEATURES, u64(FEATURES));
             assertThat(dev.isLogging()).isFalse();
+            bits = log2.segment(); // where the backend would write now
             bits.fill((byte) 0);
             send(ram, tx, k1, txBase, frames, (byte) 0x50);
             for (int f = 0; f < frames; f++) {
@@ -124,8 +147,16 @@ class DirtyLoggingTest {
             for (long i = 0; i < logBytes; i++) {
                 assertThat(bits.get(ValueLayout.JAVA_BYTE, i)).as("log byte %d after logging stopped", i).isZero();
             }
+            sent += frames;
             fe.send(Request.GET_VRING_BASE, state(1, 0));
-            assertThat(fe.expectReplyTo(Request.GET_VRING_BASE.id).u32(4)).as("TX base").isEqualTo(2 * frames);
+            assertThat(fe.expectReplyTo(Request.GET_VRING_BASE.id).u32(4)).as("TX base").isEqualTo(sent);
+        }
+    }
+
+    /** Mappings of this process whose name contains {@code name} (the backend runs in it). */
+    static long mappedCount(String name) throws java.io.IOException {
+        try (var lines = java.nio.file.Files.lines(Path.of("/proc/self/maps"))) {
+            return lines.filter(l -> l.contains(name)).count();
         }
     }
 
