@@ -28,7 +28,8 @@ import org.junit.jupiter.api.io.TempDir;
 
 /**
  * Live migration with the real thing: a Linux guest (4 vCPUs, 4 queue pairs) in QEMU 10, served by one of our net
- * devices, moves to a second QEMU served by another (each device with its own socket and its own multiqueue TAP,
+ * devices (in this JVM, or a {@code mqvirtio serve} process with both VMs as {@code --vm}s), moves to a second QEMU
+ * served by another (each device with its own socket and its own multiqueue TAP,
  * both TAPs on one bridge in a network namespace this test creates, where the host side serves a bulk stream). The
  * destination waits with {@code -incoming}; the test drives {@code migrate} over QMP while the guest downloads 2 MB
  * again and again and checks each by MD5, pings, and is blasted with UDP; the destination starts paused ({@code -S})
@@ -54,10 +55,22 @@ class QemuMigrationTest {
      * @param layout "split" or "packed" ({@code packed=on})
      * @param moves  migrations in all, alternating between the two devices (there and back is two)
      */
-    @ParameterizedTest(name = "{0} ring, {1} moves")
-    @CsvSource({"split,6", "packed,2"})
+    /**
+     * What the test reads of the two devices: whether one logs, its RX frames, the features its frontend negotiated
+     * (-1: not known).
+     */
+    interface Devices {
+        boolean logging(int which) throws Exception;
+
+        long rxPackets(int which) throws Exception;
+
+        long features(int which) throws Exception;
+    }
+
+    @ParameterizedTest(name = "{0} ring, {1} moves, {2}")
+    @CsvSource({"split,6,in-process", "packed,2,in-process", "split,2,one serve with two --vm"})
     @Timeout(480)
-    void guestMovesBetweenTwoBackendsWithoutLosingAByte(String layout, int moves) throws Exception {
+    void guestMovesBetweenTwoBackendsWithoutLosingAByte(String layout, int moves, String backends) throws Exception {
         Peers.requireRoot("TAP devices and a bridge in a network namespace");
         Peers.require("qemu-system-x86_64", "QEMU");
         String devOpts = layout.equals("packed") ? "packed=on" : "";
@@ -74,9 +87,67 @@ class QemuMigrationTest {
         // the guest streams for as long as the moves take (about 10 s each), plus the cancelled and failed ones
         int seconds = 25 + 10 * moves;
 
-        try (TestNetns ns = TestNetns.create()) {
-            TapBackend backendA = ns.inside(() -> TapBackend.open(tapA, PAIRS));
-            TapBackend backendB = ns.inside(() -> TapBackend.open(tapB, PAIRS));
+        Path[] socks = {dir.resolve("a.sock"), dir.resolve("b.sock")};
+        // the devices (their TAP queues) close before the namespace
+        try (TestNetns ns = TestNetns.create(); Closers closers = new Closers()) {
+            Devices d;
+            if (backends.equals("in-process")) {
+                TapBackend backendA = ns.inside(() -> TapBackend.open(tapA, PAIRS));
+                TapBackend backendB = ns.inside(() -> TapBackend.open(tapB, PAIRS));
+                NetDevice devA = new NetDevice(NetDevice.Config.of("mig-a", PAIRS), backendA);
+                closers.add(devA);
+                closers.add(VhostUserServer.listen(socks[0], devA));
+                NetDevice devB = new NetDevice(NetDevice.Config.of("mig-b", PAIRS), backendB);
+                closers.add(devB);
+                closers.add(VhostUserServer.listen(socks[1], devB));
+                NetDevice[] devs = {devA, devB};
+                d = new Devices() {
+                    public boolean logging(int which) {
+                        return devs[which].isLogging();
+                    }
+
+                    public long rxPackets(int which) {
+                        return devs[which].counters().get(0).packets();
+                    }
+
+                    public long features(int which) {
+                        return devs[which].lastNegotiatedFeatures();
+                    }
+                };
+            } else {
+                // the daemon as operators run it: one serve, both VMs as --vm, inside the namespace with its TAPs
+                ns.ip("link", "set", "lo", "up");
+                List<String> cmd = new ArrayList<>(List.of("ip", "netns", "exec", ns.name()));
+                cmd.addAll(io.mqvirtio.cli.Launcher.command("serve",
+                        "--vm", "socket-path=" + socks[0] + ",queues=" + PAIRS + ",tap=" + tapA + ",name=a",
+                        "--vm", "socket-path=" + socks[1] + ",queues=" + PAIRS + ",tap=" + tapB + ",name=b",
+                        "--metrics", "127.0.0.1:0"));
+                io.mqvirtio.cli.Launcher.Run serve = io.mqvirtio.cli.Launcher.start(dir, "serve", cmd);
+                closers.add(serve);
+                int metrics = Integer.parseInt(serve.awaitErr("metrics on http://127\\.0\\.0\\.1:(\\d+)/metrics", 30_000));
+                serve.awaitErr("listening on .*b\\.sock", 30_000);
+                serve.awaitErr("listening on .*a\\.sock", 30_000);
+                String[] names = {"a", "b"};
+                d = new Devices() {
+                    String scrape() throws Exception {
+                        return ns.inside(() -> io.mqvirtio.cli.Launcher.get("127.0.0.1", metrics, "/metrics")).body();
+                    }
+
+                    public boolean logging(int which) throws Exception {
+                        return scrape().contains("mqvirtio_device_logging{device=\"" + names[which] + "\"} 1");
+                    }
+
+                    public long rxPackets(int which) throws Exception {
+                        Matcher m = Pattern.compile("mqvirtio_queue_packets_total\\{device=\"" + names[which]
+                                + "\",queue=\"0\",direction=\"rx\"\\} (\\d+)").matcher(scrape());
+                        return m.find() ? Long.parseLong(m.group(1)) : -1;
+                    }
+
+                    public long features(int which) {
+                        return -1;
+                    }
+                };
+            }
             ns.ip("link", "add", bridge, "type", "bridge");
             for (String t : new String[] {tapA, tapB}) {
                 ns.ip("link", "set", t, "master", bridge);
@@ -92,15 +163,9 @@ class QemuMigrationTest {
                 }
             });
             http.start();
-            Path[] socks = {dir.resolve("a.sock"), dir.resolve("b.sock")};
             List<Process> qemus = new ArrayList<>();
             java.util.concurrent.atomic.AtomicBoolean blasting = new java.util.concurrent.atomic.AtomicBoolean(true);
-            try (NetDevice devA = new NetDevice(NetDevice.Config.of("mig-a", PAIRS), backendA);
-                 VhostUserServer serverA = VhostUserServer.listen(socks[0], devA);
-                 NetDevice devB = new NetDevice(NetDevice.Config.of("mig-b", PAIRS), backendB);
-                 VhostUserServer serverB = VhostUserServer.listen(socks[1], devB);
-                 java.net.DatagramSocket udp = ns.inside(() -> new java.net.DatagramSocket(new InetSocketAddress(host, 0)))) {
-                NetDevice[] devs = {devA, devB};
+            try (java.net.DatagramSocket udp = ns.inside(() -> new java.net.DatagramSocket(new InetSocketAddress(host, 0)))) {
                 Vm cur = Vm.start(this, runGuest, repo, script, socks[0], "vm0", devOpts, guest, host, down, seconds, null);
                 qemus.add(cur.process);
                 awaitLine(cur.log, "MQV-RESULT phase=traffic", cur.process, 240);
@@ -127,7 +192,7 @@ class QemuMigrationTest {
                 cur.qmp.execute("{\"execute\":\"migrate\",\"arguments\":{\"uri\":\"tcp:127.0.0.1:" + freePort() + "\"}}", 10_000);
                 assertThat(awaitMigration(cur.qmp, 30)).as("migration to nobody").containsPattern("\"status\": ?\"failed\"");
                 assertThat(cur.qmp.execute("{\"execute\":\"query-status\"}", 10_000)).containsPattern("\"status\": ?\"running\"");
-                assertThat(devA.isLogging()).as("logging ends with the failed migration").isFalse();
+                assertThat(d.logging(0)).as("logging ends with the failed migration").isFalse();
 
                 // A migration cancelled half-way: the VM runs on at the source, its device still serving it.
                 Vm cancelled = Vm.start(this, runGuest, repo, script, socks[1], "cancelled", devOpts, guest, host, down,
@@ -137,16 +202,16 @@ class QemuMigrationTest {
                 cur.qmp.execute("{\"execute\":\"migrate-set-parameters\",\"arguments\":{\"max-bandwidth\":8388608}}", 10_000);
                 cur.qmp.execute("{\"execute\":\"migrate\",\"arguments\":{\"uri\":\"tcp:127.0.0.1:" + cancelled.port + "\"}}", 10_000);
                 Thread.sleep(1500);
-                assertThat(devA.isLogging()).as("the source device logs while the migration runs").isTrue();
+                assertThat(d.logging(0)).as("the source device logs while the migration runs").isTrue();
                 cur.qmp.execute("{\"execute\":\"migrate_cancel\"}", 10_000);
                 assertThat(awaitMigration(cur.qmp, 30)).as("cancelled migration").containsPattern("\"status\": ?\"cancelled\"");
                 assertThat(cur.qmp.execute("{\"execute\":\"query-status\"}", 10_000)).containsPattern("\"status\": ?\"running\"");
                 cur.qmp.execute("{\"execute\":\"migrate-set-parameters\",\"arguments\":{\"max-bandwidth\":0}}", 10_000);
                 cancelled.close();
                 Peers.stop(cancelled.process, 5000);
-                long before = devA.counters().get(0).packets();
+                long before = d.rxPackets(0);
                 Thread.sleep(1000);
-                assertThat(devA.counters().get(0).packets()).as("the source still delivers after the cancel").isGreaterThan(before);
+                assertThat(d.rxPackets(0)).as("the source still delivers after the cancel").isGreaterThan(before);
 
                 List<String> report = new ArrayList<>();
                 for (int move = 1; move <= moves; move++) {
@@ -189,21 +254,23 @@ class QemuMigrationTest {
                     assertThat(cur.process.waitFor(30, TimeUnit.SECONDS)).as("the source QEMU quits").isTrue();
                     cur.close();
                     cur = dst;
-                    assertThat(devs[1 - to].isLogging()).as("the old source logs no more").isFalse();
+                    assertThat(d.logging(1 - to)).as("the old source logs no more").isFalse();
                 }
                 blasting.set(false);
                 assertThat(cur.process.waitFor(seconds + 120, TimeUnit.SECONDS)).as("the guest finished").isTrue();
                 String console = Files.readString(cur.log);
                 Map<String, String> r = QemuGuestTest.results(console);
                 String context = "\n--- last console (tail) ---\n" + Peers.tail(cur.log, 40);
-                System.out.println("QemuMigrationTest[" + layout + "]: " + report + "; guest " + r);
+                System.out.println("QemuMigrationTest[" + layout + ", " + backends + "]: " + report + "; guest " + r);
                 assertThat(console).as(context).contains("MQV-DONE rc=0");
                 assertThat(Integer.parseInt(r.getOrDefault("downloads", "0"))).as(context).isPositive();
                 assertThat(r).as(context).containsEntry("bad_downloads", "0").containsEntry("set1", "0")
                         .containsEntry("ping_after_set1", "0").containsEntry("setback", "0")
                         .containsEntry("ping_after_setback", "0");
-                assertThat(io.mqvirtio.virtio.VirtioFeatures.has(devs[moves % 2].lastNegotiatedFeatures(),
-                        io.mqvirtio.net.VirtioNet.F_GUEST_ANNOUNCE)).as("GUEST_ANNOUNCE negotiated: the guest announces itself").isTrue();
+                if (d.features(moves % 2) != -1) {
+                    assertThat(io.mqvirtio.virtio.VirtioFeatures.has(d.features(moves % 2),
+                            io.mqvirtio.net.VirtioNet.F_GUEST_ANNOUNCE)).as("GUEST_ANNOUNCE negotiated: the guest announces itself").isTrue();
+                }
                 cur.close();
             } finally {
                 blasting.set(false);
@@ -211,6 +278,16 @@ class QemuMigrationTest {
                     Peers.stop(p, 5000);
                 }
                 http.stop(0);
+            }
+        }
+    }
+
+    /** What a test opened, closed last to first. */
+    private static final class Closers extends ArrayList<AutoCloseable> implements AutoCloseable {
+        @Override
+        public void close() throws Exception {
+            for (int i = size() - 1; i >= 0; i--) {
+                get(i).close();
             }
         }
     }
