@@ -14,6 +14,7 @@ import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
 import java.util.function.BooleanSupplier;
+import java.util.function.ToLongFunction;
 
 /**
  * The metrics endpoint of {@code mqvirtio serve --metrics ADDR:PORT}: per-queue counters of the served devices,
@@ -182,37 +183,27 @@ public final class MetricsServer implements AutoCloseable {
             b.append("mqvirtio_device_info{device=\"").append(escape(d.name())).append("\",socket=\"")
                     .append(escape(d.socket())).append("\",backend=\"").append(escape(d.backend())).append("\"} 1\n");
         }
-        b.append("# HELP mqvirtio_device_queue_pairs Queue pairs the device offers.\n");
-        b.append("# TYPE mqvirtio_device_queue_pairs gauge\n");
+        deviceFamily(b, devices, "mqvirtio_device_queue_pairs", "gauge", "Queue pairs the device offers.", DeviceStats::pairs);
+        deviceFamily(b, devices, "mqvirtio_frontend_connected", "gauge",
+                "Whether a vhost-user frontend (QEMU, DPDK) is connected.", d -> d.connected() ? 1 : 0);
+        deviceFamily(b, devices, "mqvirtio_device_dead", "gauge",
+                "Whether the device serves no more (a worker stopped answering: restart).", d -> d.dead() != null ? 1 : 0);
+        deviceFamily(b, devices, "mqvirtio_device_logging", "gauge",
+                "Whether the device's rings log their writes (a live migration runs).", d -> d.logging() ? 1 : 0);
+        deviceFamily(b, devices, "mqvirtio_device_dirty_pages_total", "counter",
+                "Guest pages the device marked dirty in migration logs.", DeviceStats::dirtyPages);
+        return b.toString();
+    }
+
+    /** One family with one sample per device, labelled by the device's name. */
+    private static void deviceFamily(StringBuilder b, List<DeviceStats> devices, String name, String type, String help,
+                                     ToLongFunction<DeviceStats> value) {
+        b.append("# HELP ").append(name).append(' ').append(help).append('\n');
+        b.append("# TYPE ").append(name).append(' ').append(type).append('\n');
         for (DeviceStats d : devices) {
-            b.append("mqvirtio_device_queue_pairs{device=\"").append(escape(d.name())).append("\"} ").append(d.pairs())
+            b.append(name).append("{device=\"").append(escape(d.name())).append("\"} ").append(value.applyAsLong(d))
                     .append('\n');
         }
-        b.append("# HELP mqvirtio_frontend_connected Whether a vhost-user frontend (QEMU, DPDK) is connected.\n");
-        b.append("# TYPE mqvirtio_frontend_connected gauge\n");
-        for (DeviceStats d : devices) {
-            b.append("mqvirtio_frontend_connected{device=\"").append(escape(d.name())).append("\"} ")
-                    .append(d.connected() ? 1 : 0).append('\n');
-        }
-        b.append("# HELP mqvirtio_device_dead Whether the device serves no more (a worker stopped answering: restart).\n");
-        b.append("# TYPE mqvirtio_device_dead gauge\n");
-        for (DeviceStats d : devices) {
-            b.append("mqvirtio_device_dead{device=\"").append(escape(d.name())).append("\"} ")
-                    .append(d.dead() != null ? 1 : 0).append('\n');
-        }
-        b.append("# HELP mqvirtio_device_logging Whether the device's rings log their writes (a live migration runs).\n");
-        b.append("# TYPE mqvirtio_device_logging gauge\n");
-        for (DeviceStats d : devices) {
-            b.append("mqvirtio_device_logging{device=\"").append(escape(d.name())).append("\"} ")
-                    .append(d.logging() ? 1 : 0).append('\n');
-        }
-        b.append("# HELP mqvirtio_device_dirty_pages_total Guest pages the device marked dirty in migration logs.\n");
-        b.append("# TYPE mqvirtio_device_dirty_pages_total counter\n");
-        for (DeviceStats d : devices) {
-            b.append("mqvirtio_device_dirty_pages_total{device=\"").append(escape(d.name())).append("\"} ")
-                    .append(d.dirtyPages()).append('\n');
-        }
-        return b.toString();
     }
 
     /** A label value as the text format wants it: backslash, double quote and newline escaped. */

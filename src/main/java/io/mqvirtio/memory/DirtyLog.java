@@ -78,10 +78,6 @@ public final class DirtyLog implements AutoCloseable {
         return words * 64 * PAGE;
     }
 
-    public long sizeBytes() {
-        return bits.byteSize();
-    }
-
     /**
      * ORs {@code mask} into word {@code word} of the bitmap, atomically. Returns false, writing nothing, for a word
      * beyond the log.
@@ -92,12 +88,6 @@ public final class DirtyLog implements AutoCloseable {
         }
         WORD.getAndBitwiseOr(bits, word * 8, mask);
         return true;
-    }
-
-    /** Whether page {@code page}'s bit is set (for tests and the frontend's side). */
-    public boolean isDirty(long page) {
-        long w = page >>> 6;
-        return w < words && ((long) WORD.getVolatile(bits, w * 8) & (1L << (page & 63))) != 0;
     }
 
     @Override

@@ -16,17 +16,12 @@ public final class DirtyLogCache {
     private final long[] mask = new long[ENTRIES];
     private int n;
     private DirtyLog log;
-    private long outside;
     private long logged;
 
     /** Logs into {@code next} from now on (null: stop logging); what was pending goes to the previous log first. */
     public void setLog(DirtyLog next) {
         flush();
         log = next;
-    }
-
-    public DirtyLog log() {
-        return log;
     }
 
     public boolean isLogging() {
@@ -43,11 +38,8 @@ public final class DirtyLogCache {
         if (Long.compareUnsigned(gpa + len - 1, gpa) < 0) {
             last = Long.divideUnsigned(-1L, DirtyLog.PAGE); // wraps: up to the top of the address space
         }
-        for (long p = first; Long.compareUnsigned(p, last) <= 0; p++) {
+        for (long p = first; p <= last; p++) { // page numbers have 52 bits: no overflow
             markPage(p);
-            if (p == -1L) {
-                break;
-            }
         }
     }
 
@@ -78,8 +70,6 @@ public final class DirtyLogCache {
         for (int i = 0; i < n; i++) {
             if (l.or(word[i], mask[i])) {
                 logged += Long.bitCount(mask[i]);
-            } else {
-                outside += Long.bitCount(mask[i]);
             }
         }
         n = 0;
@@ -88,10 +78,5 @@ public final class DirtyLogCache {
     /** Page marks written into logs so far (a page marked in two flushes counts twice). */
     public long pagesLogged() {
         return logged;
-    }
-
-    /** Pages marked that lay beyond the log (and so could not be logged): a frontend whose log is too small. */
-    public long pagesOutside() {
-        return outside;
     }
 }

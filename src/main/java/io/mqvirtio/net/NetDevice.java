@@ -15,6 +15,7 @@ import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
 import java.util.ArrayList;
 import java.util.List;
+import java.util.concurrent.atomic.AtomicIntegerArray;
 import java.util.function.Function;
 
 /**
@@ -79,7 +80,7 @@ public final class NetDevice implements VhostUserDevice, AutoCloseable {
     private final PacketBackend backend;
     private final QueuePairWorker[] workers;
     /** Per ring: 1 while it logs into a dirty log (written by the session's thread, read by the metrics). */
-    private final java.util.concurrent.atomic.AtomicIntegerArray ringLogged;
+    private final AtomicIntegerArray ringLogged;
     private volatile long features;
     private volatile long lastFeatures;
     private volatile int mtu;
@@ -100,7 +101,7 @@ public final class NetDevice implements VhostUserDevice, AutoCloseable {
         this.backend = backend;
         this.mtu = config.mtu();
         this.workers = new QueuePairWorker[config.pairs()];
-        this.ringLogged = new java.util.concurrent.atomic.AtomicIntegerArray(2 * config.pairs());
+        this.ringLogged = new AtomicIntegerArray(2 * config.pairs());
         List<Port> opened = new ArrayList<>();
         try {
             for (int i = 0; i < workers.length; i++) {

@@ -223,10 +223,9 @@ public final class NetDriver implements AutoCloseable {
                     fe.setVringNum(index, o.ringSize());
                     // a fresh ring: index 0, and for packed rings both wrap counters 1 (VIRTIO 1.3, 2.8.1)
                     fe.setVringBase(index, Rings.packed(negotiated) ? RingBase.PACKED_START.encode(true) : 0);
-                    fe.setVringAddr(index, ringAddr + layout.descOffset(), ringAddr + layout.usedOffset(),
-                            ringAddr + layout.availOffset());
-                    d.ringAddrs.add(new long[] {ringAddr + layout.descOffset(), ringAddr + layout.usedOffset(),
-                            ringAddr + layout.availOffset()});
+                    long[] a = {ringAddr + layout.descOffset(), ringAddr + layout.usedOffset(), ringAddr + layout.availOffset()};
+                    d.ringAddrs.add(a);
+                    fe.setVringAddr(index, a[0], a[1], a[2]);
                     fe.setVringCall(index, call[r]);
                     fe.setVringKick(index, kick[r]);
                 }

@@ -84,7 +84,6 @@ final class QueuePairWorker implements WorkerHandler {
     private boolean txBroken;
     private boolean txEnabled;
     private boolean portActive;
-    private boolean logging; // the RX ring logs what the worker writes into guest memory
     private long rxLoggedSeen; // the rings' page marks already counted
     private long txLoggedSeen;
     private boolean portReadable;
@@ -188,7 +187,6 @@ final class QueuePairWorker implements WorkerHandler {
     Void startRing(boolean isRx, DeviceRing q, EventFd kick, EventFd call, boolean enabled) {
         if (isRx) {
             rx = q;
-            logging = q.isLogging();
             rxLoggedSeen = q.pagesLogged();
             rxKick = kick;
             rxCall = call;
@@ -250,9 +248,6 @@ final class QueuePairWorker implements WorkerHandler {
         DeviceRing q = isRx ? rx : tx;
         if (q != null) {
             q.setLog(log);
-        }
-        if (isRx) {
-            logging = log != null;
         }
         return null;
     }
@@ -605,7 +600,7 @@ final class QueuePairWorker implements WorkerHandler {
             }
             if (done > 0) {
                 q.publish();
-                if (logging) {
+                if (q.isLogging()) {
                     rxLoggedSeen = countLogged(q, rxCounters, rxLoggedSeen);
                 }
                 if (rxCall != null && q.needsNotification()) {
@@ -681,7 +676,7 @@ final class QueuePairWorker implements WorkerHandler {
         while (used < k && (left > 0 || used == 0)) {
             long take = Math.min(left, rxChains[used].writableBytes());
             q.complete(rxChains[used], (int) take);
-            if (logging) {
+            if (q.isLogging()) {
                 markWritten(q, rxChains[used], take);
             }
             left -= take;

@@ -92,7 +92,6 @@ public final class BackendSession implements Runnable {
     /** The frontend's dirty log (SET_LOG_BASE), or null; rings log into it while LOG_ALL is negotiated. */
     private DirtyLog dirtyLog;
 
-
     public BackendSession(String name, Channel channel, VhostUserDevice device) {
         this(name, channel, device, new WarningLimit(name), MemoryBudget.processDefault());
     }

@@ -99,9 +99,7 @@ public final class Frontend implements AutoCloseable {
     }
 
     public void setVringAddr(int index, long desc, long used, long avail) {
-        ByteBuffer b = ByteBuffer.allocate(40).order(ByteOrder.LITTLE_ENDIAN);
-        b.putInt(index).putInt(0).putLong(desc).putLong(used).putLong(avail).putLong(0);
-        send(Request.SET_VRING_ADDR, b.array());
+        setVringAddr(index, 0, desc, used, avail, 0);
     }
 
     /** SET_VRING_ADDR with flags (VHOST_VRING_F_LOG) and the used ring's log address. */

@@ -74,9 +74,6 @@ public interface DeviceRing {
     /** Page marks this ring has written into logs over its life. */
     long pagesLogged();
 
-    /** Page marks that fell beyond the log (a frontend whose log does not cover its memory). */
-    long pagesOutsideLog();
-
     /** Where the ring stands: what GET_VRING_BASE reports, and where a new ring resumes. */
     RingBase base();
 

@@ -516,11 +516,6 @@ public final class PackedDeviceRing implements DeviceRing {
         return dirty.pagesLogged();
     }
 
-    @Override
-    public long pagesOutsideLog() {
-        return dirty.pagesOutside();
-    }
-
     /** The device event area was written (outside a burst): logged and flushed at once. */
     private void logEvent() {
         if (dirty.isLogging() && eventGpa != RingLog.NONE) {

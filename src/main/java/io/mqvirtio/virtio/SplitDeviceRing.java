@@ -390,11 +390,6 @@ public final class SplitDeviceRing implements DeviceRing {
         return dirty.pagesLogged();
     }
 
-    @Override
-    public long pagesOutsideLog() {
-        return dirty.pagesOutside();
-    }
-
     /** A write to the used ring at {@code off}, logged at the frontend's log address for it (if it gave one). */
     private void logUsed(long off, long len) {
         if (usedGpa != RingLog.NONE) {
