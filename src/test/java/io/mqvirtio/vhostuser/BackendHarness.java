@@ -41,6 +41,17 @@ final class BackendHarness {
         fe.ok(Request.SET_VRING_KICK, u64(i), kick.fd());
     }
 
+    /** Reaps one used entry, waiting up to 5 s for it. */
+    static int reap(io.mqvirtio.virtio.DriverRing q) throws InterruptedException {
+        long deadline = System.nanoTime() + 5_000_000_000L;
+        int head;
+        while ((head = q.reap()) < 0) {
+            assertThat(System.nanoTime()).as("used entry within 5 s").isLessThan(deadline);
+            Thread.sleep(1);
+        }
+        return head;
+    }
+
     /** Waits until the server has no session (the last one has been torn down). */
     static void awaitNoSession(VhostUserServer server) throws InterruptedException {
         long deadline = System.nanoTime() + 5_000_000_000L;

@@ -1,5 +1,6 @@
 package io.mqvirtio.vhostuser;
 
+import static io.mqvirtio.vhostuser.BackendHarness.reap;
 import static io.mqvirtio.vhostuser.RawPeer.state;
 import static io.mqvirtio.vhostuser.RawPeer.u64;
 import static org.assertj.core.api.Assertions.assertThat;
@@ -31,7 +32,7 @@ import org.junit.jupiter.api.io.TempDir;
  */
 @Timeout(30)
 class DirtyLoggingTest {
-    static final int RING = 64;
+    static final int RING = BackendHarness.RING;
     static final long PAGE = DirtyLog.PAGE;
     static final long FEATURES = BackendHarness.FEATURES;
     static final long LOG_ALL = 1L << Protocol.F_LOG_ALL;
@@ -59,14 +60,14 @@ class DirtyLoggingTest {
             BackendHarness.negotiate(fe, PF);
             fe.ok(Request.SET_MEM_TABLE, ram.memTable(), ram.fd());
             GuestRam.RingAt rxAt = ram.ring(0, RING), txAt = ram.ring(1, RING);
-            setupRing(fe, ram, rxAt, k0, c0);
-            setupRing(fe, ram, txAt, k1, c1);
+            BackendHarness.setupRing(fe, ram, 0, k0, c0);
+            BackendHarness.setupRing(fe, ram, 1, k1, c1);
             fe.ok(Request.SET_VRING_ENABLE, state(0, 1));
             fe.ok(Request.SET_VRING_ENABLE, state(1, 1));
             SplitDriverRing rx = ram.driver(rxAt, FEATURES), tx = ram.driver(txAt, FEATURES);
 
             // QEMU's order: the log, then LOG_ALL, then each running ring's used-ring logging
-            fe.send(Request.SET_LOG_BASE, logPayload(logBytes, 0), logFd.fd());
+            fe.send(Request.SET_LOG_BASE, RawPeer.logBase(logBytes, 0), logFd.fd());
             RawPeer.Reply reply = fe.expectReplyTo(Request.SET_LOG_BASE.id);
             assertThat(reply.payload()).as("SET_LOG_BASE's reply").isEmpty();
             fe.ok(Request.SET_FEATURES, u64(FEATURES | LOG_ALL));
@@ -110,7 +111,7 @@ class DirtyLoggingTest {
             // a new log under traffic (QEMU resizes its log this way): later writes go there, the old one is unmapped
             {
                 assertThat(mappedCount("memfd:dirty-log ")).as("the first log, mapped by the test and the backend").isEqualTo(2);
-                fe.send(Request.SET_LOG_BASE, logPayload(logBytes, 0), logFd2.fd());
+                fe.send(Request.SET_LOG_BASE, RawPeer.logBase(logBytes, 0), logFd2.fd());
                 fe.expectReplyTo(Request.SET_LOG_BASE.id);
                 assertThat(mappedCount("memfd:dirty-log ")).as("the first log, unmapped by the backend").isEqualTo(1);
                 bits.fill((byte) 0);
@@ -160,18 +161,6 @@ class DirtyLoggingTest {
         }
     }
 
-    static void setupRing(RawPeer fe, GuestRam ram, GuestRam.RingAt r, EventFd kick, EventFd call) {
-        fe.ok(Request.SET_VRING_NUM, state(r.index(), RING));
-        fe.ok(Request.SET_VRING_BASE, state(r.index(), 0));
-        fe.ok(Request.SET_VRING_ADDR, ram.vringAddr(r));
-        fe.ok(Request.SET_VRING_CALL, u64(r.index()), call.fd());
-        fe.ok(Request.SET_VRING_KICK, u64(r.index()), kick.fd());
-    }
-
-    static byte[] logPayload(long size, long offset) {
-        return ByteBuffer.allocate(16).order(ByteOrder.LITTLE_ENDIAN).putLong(size).putLong(offset).array();
-    }
-
     static long pageAligned(long off) {
         return (off + PAGE - 1) & -PAGE;
     }
@@ -191,16 +180,5 @@ class DirtyLoggingTest {
         }
         tx.publish();
         kick.signal();
-    }
-
-    /** Reaps one used entry; RX buffers go back to the ring at once. */
-    static int reap(SplitDriverRing q) throws InterruptedException {
-        long deadline = System.nanoTime() + 5_000_000_000L;
-        int head;
-        while ((head = q.reap()) < 0) {
-            assertThat(System.nanoTime()).as("used entry within 5 s").isLessThan(deadline);
-            Thread.sleep(1);
-        }
-        return head;
     }
 }

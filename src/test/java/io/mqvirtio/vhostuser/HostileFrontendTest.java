@@ -138,10 +138,6 @@ class HostileFrontendTest {
     static final long LOG_PF = BASIC_PF | (1L << Protocol.PF_LOG_SHMFD);
     /** A log that covers the test's guest memory (guest-physical 0 to its end). */
     static final long LOG_BYTES = (GuestRam.GPA_BASE + GuestRam.SIZE) / 4096 / 8;
-
-    static byte[] logBase(long size, long offset) {
-        return java.nio.ByteBuffer.allocate(16).order(java.nio.ByteOrder.LITTLE_ENDIAN).putLong(size).putLong(offset).array();
-    }
     static final int NOFD = (int) Protocol.VRING_NOFD;
 
     /** Sends {@code r} with NEED_REPLY; returns its id. */
@@ -414,46 +410,46 @@ class HostileFrontendTest {
                 withPf("SET_STATUS 0x100", ALL_PF, Setup.NEGOTIATED, c -> ackd(c, Request.SET_STATUS, u64(0x100)),
                         Outcome.ACK_FAILURE, "is not a status byte"),
                 closed("SET_LOG_BASE without LOG_SHMFD", Setup.MEMORY, c -> {
-                    c.fe.send(Request.SET_LOG_BASE, logBase(4096, 0), c.memfd(4096));
+                    c.fe.send(Request.SET_LOG_BASE, RawPeer.logBase(4096, 0), c.memfd(4096));
                     return 0;
                 }, "needs protocol feature 1"),
                 // ---- the dirty log (SET_LOG_BASE has a reply of its own: a refusal closes the connection) ----
                 withPf("SET_LOG_BASE with an eventfd as the log", LOG_PF, Setup.MEMORY, c -> {
-                    c.fe.send(Request.SET_LOG_BASE, logBase(4096, 0), c.eventfd());
+                    c.fe.send(Request.SET_LOG_BASE, RawPeer.logBase(4096, 0), c.eventfd());
                     return 0;
                 }, Outcome.CLOSED, "of a file of 0x0 bytes"),
                 withPf("SET_LOG_BASE past the end of its file", LOG_PF, Setup.MEMORY, c -> {
-                    c.fe.send(Request.SET_LOG_BASE, logBase(LOG_BYTES, 4096), c.memfd(LOG_BYTES));
+                    c.fe.send(Request.SET_LOG_BASE, RawPeer.logBase(LOG_BYTES, 4096), c.memfd(LOG_BYTES));
                     return 0;
                 }, Outcome.CLOSED, "reaches byte"),
                 withPf("SET_LOG_BASE with an offset that overflows", LOG_PF, Setup.MEMORY, c -> {
-                    c.fe.send(Request.SET_LOG_BASE, logBase(LOG_BYTES, Long.MAX_VALUE - 7), c.memfd(LOG_BYTES));
+                    c.fe.send(Request.SET_LOG_BASE, RawPeer.logBase(LOG_BYTES, Long.MAX_VALUE - 7), c.memfd(LOG_BYTES));
                     return 0;
                 }, Outcome.CLOSED, "overflows"),
                 withPf("SET_LOG_BASE of 0 bytes", LOG_PF, Setup.MEMORY, c -> {
-                    c.fe.send(Request.SET_LOG_BASE, logBase(0, 0), c.memfd(4096));
+                    c.fe.send(Request.SET_LOG_BASE, RawPeer.logBase(0, 0), c.memfd(4096));
                     return 0;
                 }, Outcome.CLOSED, "dirty log of 0 bytes"),
                 withPf("SET_LOG_BASE of 2^64-1 bytes", LOG_PF, Setup.MEMORY, c -> {
-                    c.fe.send(Request.SET_LOG_BASE, logBase(-1, 0), c.memfd(4096));
+                    c.fe.send(Request.SET_LOG_BASE, RawPeer.logBase(-1, 0), c.memfd(4096));
                     return 0;
                 }, Outcome.CLOSED, "dirty log of 18446744073709551615 bytes"),
                 withPf("SET_LOG_BASE not in 64-bit words", LOG_PF, Setup.MEMORY, c -> {
-                    c.fe.send(Request.SET_LOG_BASE, logBase(LOG_BYTES - 4, 0), c.memfd(LOG_BYTES));
+                    c.fe.send(Request.SET_LOG_BASE, RawPeer.logBase(LOG_BYTES - 4, 0), c.memfd(LOG_BYTES));
                     return 0;
                 }, Outcome.CLOSED, "multiples of 8"),
                 withPf("SET_LOG_BASE too small for guest memory", LOG_PF, Setup.MEMORY, c -> {
-                    c.fe.send(Request.SET_LOG_BASE, logBase(LOG_BYTES / 2, 0), c.memfd(LOG_BYTES));
+                    c.fe.send(Request.SET_LOG_BASE, RawPeer.logBase(LOG_BYTES / 2, 0), c.memfd(LOG_BYTES));
                     return 0;
                 }, Outcome.CLOSED, "which reaches 0x40400000"),
                 withPf("SET_LOG_BASE without a descriptor", LOG_PF, Setup.MEMORY, c -> {
-                    c.fe.send(Request.SET_LOG_BASE, logBase(LOG_BYTES, 0));
+                    c.fe.send(Request.SET_LOG_BASE, RawPeer.logBase(LOG_BYTES, 0));
                     return 0;
                 }, Outcome.CLOSED, "file descriptor"),
                 withPf("LOG_ALL without a log", LOG_PF, Setup.RING, c -> ackd(c, Request.SET_FEATURES,
                         u64(BackendHarness.FEATURES | (1L << Protocol.F_LOG_ALL))), Outcome.ACK_FAILURE, "LOG_ALL without a log"),
                 withPf("used ring logged beyond the log", LOG_PF, Setup.RING, c -> {
-                    c.fe.send(Request.SET_LOG_BASE, logBase(LOG_BYTES, 0), c.memfd(LOG_BYTES));
+                    c.fe.send(Request.SET_LOG_BASE, RawPeer.logBase(LOG_BYTES, 0), c.memfd(LOG_BYTES));
                     c.fe.expectReplyTo(Request.SET_LOG_BASE.id);
                     c.fe.ok(Request.SET_FEATURES, u64(BackendHarness.FEATURES | (1L << Protocol.F_LOG_ALL)));
                     GuestRam.RingAt r = c.ram.ring(0, RING);

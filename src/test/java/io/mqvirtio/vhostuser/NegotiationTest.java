@@ -1,5 +1,6 @@
 package io.mqvirtio.vhostuser;
 
+import static io.mqvirtio.vhostuser.BackendHarness.reap;
 import static io.mqvirtio.vhostuser.RawPeer.state;
 import static io.mqvirtio.vhostuser.RawPeer.u64;
 import static org.assertj.core.api.Assertions.assertThat;
@@ -158,16 +159,6 @@ class NegotiationTest {
         RawPeer.Reply r = fe.expectReplyTo(Request.GET_VRING_BASE.id);
         assertThat(r.payload()).hasSize(8);
         return r;
-    }
-
-    private static int reap(SplitDriverRing q) throws InterruptedException {
-        long deadline = System.nanoTime() + 5_000_000_000L;
-        int head;
-        while ((head = q.reap()) < 0) {
-            assertThat(System.nanoTime()).as("used entry within 5 s").isLessThan(deadline);
-            Thread.sleep(1);
-        }
-        return head;
     }
 
     private static boolean awaitSignal(EventFd e) throws InterruptedException {

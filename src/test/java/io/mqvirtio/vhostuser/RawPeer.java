@@ -244,6 +244,11 @@ public final class RawPeer implements AutoCloseable {
         return ByteBuffer.allocate(8).order(ByteOrder.LITTLE_ENDIAN).putLong(v).array();
     }
 
+    /** SET_LOG_BASE's payload: the log's size and its offset in the fd. */
+    public static byte[] logBase(long size, long offset) {
+        return ByteBuffer.allocate(16).order(ByteOrder.LITTLE_ENDIAN).putLong(size).putLong(offset).array();
+    }
+
     public static byte[] state(int index, int num) {
         return ByteBuffer.allocate(8).order(ByteOrder.LITTLE_ENDIAN).putInt(index).putInt(num).array();
     }
