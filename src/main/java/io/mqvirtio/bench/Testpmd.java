@@ -31,10 +31,14 @@ import java.util.stream.Stream;
  * {@code /proc/PID/task/TID/schedstat}. No hugepages ({@code --no-huge -m 512}, its memory is then shareable with
  * a vhost-user peer), no PCI. Its forwarding lcores sit on the CPUs given, one each; the main lcore (it only reads
  * commands) on the first of them; EAL's control threads go where DPDK puts them (the CPUs no lcore uses).
+ *
+ * <p>The one way the project starts testpmd: the bench, and every real-peer test (through the peer lab), so that a
+ * quirk found once (the mbuf pool that must fit {@code -m 512}, stdout that needs line buffering, the runtime
+ * directory left behind) is handled once.
  */
-final class Testpmd implements AutoCloseable {
+public final class Testpmd implements AutoCloseable {
     /** Port 0's counters as testpmd printed them, and when we read them. */
-    record PortStats(long rxPackets, long rxBytes, long txPackets, long txBytes, long nanoTime) {}
+    public record PortStats(long rxPackets, long rxBytes, long txPackets, long txBytes, long nanoTime) {}
 
     private static final AtomicInteger SEQ = new AtomicInteger();
     private static final Set<Process> LIVE = ConcurrentHashMap.newKeySet();
@@ -61,7 +65,7 @@ final class Testpmd implements AutoCloseable {
      * dpdk-testpmd: the system property {@code mqvirtio.testpmd} or $MQV_TESTPMD, else on PATH, else /usr/bin; null if
      * there is none.
      */
-    static Path find() {
+    public static Path find() {
         String env = System.getProperty("mqvirtio.testpmd", System.getenv("MQV_TESTPMD"));
         if (env != null && !env.isBlank()) {
             Path p = Path.of(env);
@@ -93,6 +97,15 @@ final class Testpmd implements AutoCloseable {
      */
     static Testpmd start(Path bin, String vdev, int queues, String forward, int txpkts, int[] cpus, Path log,
                          double startTimeoutSeconds) throws IOException, InterruptedException {
+        return start(bin, vdev, queues, forward, txpkts, cpus, log, startTimeoutSeconds, List.of());
+    }
+
+    /**
+     * As {@link #start(Path, String, int, String, int, int[], Path, double)}, with more of testpmd's own options
+     * after the others (e.g. {@code --port-topology=loop}, {@code --no-flush-rx}).
+     */
+    public static Testpmd start(Path bin, String vdev, int queues, String forward, int txpkts, int[] cpus, Path log,
+                                double startTimeoutSeconds, List<String> more) throws IOException, InterruptedException {
         String prefix = "mqvbench-" + ProcessHandle.current().pid() + "-" + SEQ.incrementAndGet();
         int cores = cpus.length == 0 ? 1 : Math.max(1, Math.min(cpus.length, queues));
         StringBuilder lcores = new StringBuilder();
@@ -117,6 +130,7 @@ final class Testpmd implements AutoCloseable {
         if (txpkts > 0) {
             cmd.add("--txpkts=" + txpkts);
         }
+        cmd.addAll(more);
         Files.createDirectories(log.toAbsolutePath().getParent());
         Files.writeString(log, String.join(" ", cmd) + "\n");
         Process p = new ProcessBuilder(cmd).redirectErrorStream(true).start();
@@ -140,19 +154,19 @@ final class Testpmd implements AutoCloseable {
         this.reader = Thread.ofPlatform().name("testpmd-out-" + process.pid()).daemon().start(this::readOutput);
     }
 
-    long pid() {
+    public long pid() {
         return process.pid();
     }
 
-    Path log() {
+    public Path log() {
         return log;
     }
 
-    int forwardingCores() {
+    public int forwardingCores() {
         return forwardingCores;
     }
 
-    boolean isAlive() {
+    public boolean isAlive() {
         return process.isAlive();
     }
 
@@ -160,7 +174,7 @@ final class Testpmd implements AutoCloseable {
      * The virtio features a vhost port's frontend last set, as its log said ("negotiated Virtio features: 0x…");
      * -1 before that, and always for a virtio-user port (it does not say).
      */
-    long negotiatedFeatures() {
+    public long negotiatedFeatures() {
         return negotiatedFeatures;
     }
 
@@ -228,7 +242,7 @@ final class Testpmd implements AutoCloseable {
     }
 
     /** The last few lines testpmd printed (vhost's message trace left out), for error messages. */
-    String tail() {
+    public String tail() {
         List<String> l = new ArrayList<>();
         synchronized (tail) {
             for (String t : tail) {
@@ -256,7 +270,7 @@ final class Testpmd implements AutoCloseable {
     }
 
     /** Types one command. */
-    void command(String c) throws IOException {
+    public void command(String c) throws IOException {
         if (!process.isAlive()) {
             throw new IOException("dpdk-testpmd has exited (status " + process.exitValue() + ", log " + log + "):\n" + tail());
         }
@@ -265,7 +279,7 @@ final class Testpmd implements AutoCloseable {
     }
 
     /** Port 0's counters now ({@code show port stats all}). */
-    PortStats portStats() throws IOException, InterruptedException {
+    public PortStats portStats() throws IOException, InterruptedException {
         stats.clear();
         command("show port stats all");
         PortStats s = stats.poll(10, TimeUnit.SECONDS);
@@ -279,7 +293,7 @@ final class Testpmd implements AutoCloseable {
      * CPU time (ns, user + system) of each of its threads so far, from {@code /proc/PID/task/TID/schedstat}: the
      * forwarding lcores by name ({@code rte-worker-N}), all others together as {@code other}.
      */
-    Map<String, Long> threadCpu() {
+    public Map<String, Long> threadCpu() {
         Map<String, Long> m = new LinkedHashMap<>();
         long other = 0;
         Path tasks = Path.of("/proc", String.valueOf(process.pid()), "task");

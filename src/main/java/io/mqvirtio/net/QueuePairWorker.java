@@ -212,8 +212,7 @@ final class QueuePairWorker implements WorkerHandler {
         if (isRx) {
             q = rx;
             if (pendingLen > 0) {
-                pendingLen = 0; // a frame parked for this ring's buffers: the ring's next life may not take it
-                rxCounters.add(QueueCounters.DROPS, 1);
+                landParkedFrame(q);
             }
             if (rxKick != null && !rxBroken) {
                 loop.unregister(rxKick.fd());
@@ -703,6 +702,39 @@ final class QueuePairWorker implements WorkerHandler {
             long n = Math.min(left, Integer.toUnsignedLong(c.length(i)));
             q.markWritten(c.guestAddress(i), n);
             left -= n;
+        }
+    }
+
+    /**
+     * The ring stops with a frame parked for its buffers (at a migration's switch-over, or a reset): the driver may
+     * have posted them since the worker last looked (their kick not yet read), so the frame is delivered now if it
+     * fits, published before GET_VRING_BASE reads where the ring stopped (and so moves with the guest); otherwise, or
+     * on a ring that cannot take it, it is dropped and counted: the ring's next life may not take it.
+     */
+    private void landParkedFrame(DeviceRing q) {
+        long len = pendingLen;
+        boolean landed = false;
+        if (q != null && !rxBroken && rxEnabled) {
+            try {
+                if (deliverPending(q) > 0) {
+                    q.publish();
+                    landed = true;
+                    rxCounters.add(QueueCounters.PACKETS, 1);
+                    rxCounters.add(QueueCounters.BYTES, len - VirtioNet.HDR_SIZE);
+                    if (q.isLogging()) {
+                        rxLoggedSeen = countLogged(q, rxCounters, rxLoggedSeen);
+                    }
+                    if (rxCall != null && q.needsNotification()) {
+                        signalCall(true);
+                    }
+                }
+            } catch (RuntimeException | InternalError e) { // a ring the driver broke: the frame is dropped
+                LOG.log(Level.WARNING, "{0} qp{1} RX: parked frame not delivered at stop: {2}", name, pair, e.getMessage());
+            }
+        }
+        pendingLen = 0;
+        if (!landed) {
+            rxCounters.add(QueueCounters.DROPS, 1);
         }
     }
 

@@ -601,10 +601,7 @@ public final class BackendSession implements Runnable {
         try (Fd fd = m.takeFd(0)) {
             next = DirtyLog.map(fd, size, offset);
         }
-        long need = 0;
-        for (MemoryRegion r : memory.memory().regions()) {
-            need = Math.max(need, r.guestPhysAddr() + r.size());
-        }
+        long need = memoryEnd(memory.memory());
         if (Long.compareUnsigned(next.coveredBytes(), need) < 0) {
             next.close();
             throw new VhostUserException("SET_LOG_BASE: a log of " + size + " bytes covers 0x"
@@ -625,6 +622,27 @@ public final class BackendSession implements Runnable {
         }
         LOG.log(Level.INFO, "{0}: dirty log of {1} bytes (covers 0x{2} bytes of guest memory){3}", name, size,
                 Long.toHexString(next.coveredBytes()), logging() ? ", logging" : "");
+    }
+
+    /** Where guest memory ends: the highest guest-physical address (exclusive) of its regions. */
+    private static long memoryEnd(io.mqvirtio.memory.GuestMemory m) {
+        long end = 0;
+        for (MemoryRegion r : m.regions()) {
+            end = Math.max(end, r.guestPhysAddr() + r.size());
+        }
+        return end;
+    }
+
+    /**
+     * While logging, memory must not reach beyond the log: a write there could not be marked, and the destination
+     * would miss it (QEMU grows its log before it grows the memory table).
+     */
+    private void requireLogCovers(io.mqvirtio.memory.GuestMemory m, String what) {
+        long end = memoryEnd(m);
+        if (dirtyLog != null && Long.compareUnsigned(dirtyLog.coveredBytes(), end) < 0) {
+            throw new VhostUserException(what + ": guest memory reaching 0x" + Long.toHexString(end)
+                    + " while logging into a log that covers 0x" + Long.toHexString(dirtyLog.coveredBytes()) + " bytes");
+        }
     }
 
     private long offeredProtocolFeatures() {
@@ -669,6 +687,9 @@ public final class BackendSession implements Runnable {
         }
         if ((f & logAll) != 0 && dirtyLog == null) {
             throw new VhostUserException("SET_FEATURES: LOG_ALL without a log (SET_LOG_BASE comes first)");
+        }
+        if ((f & logAll) != 0) {
+            requireLogCovers(memory.memory(), "SET_FEATURES: LOG_ALL");
         }
         if (featuresSet && (f ^ ackedFeatures) == logAll) {
             // Migration starts or ends: the rings go on, logging or not (a ring is never stopped for this).
@@ -795,6 +816,9 @@ public final class BackendSession implements Runnable {
                                long retiredBytes) {
         List<Integer> restart = new ArrayList<>();
         try {
+            if (logging()) {
+                requireLogCovers(next.memory(), whole ? "SET_MEM_TABLE" : "ADD_MEM_REG");
+            }
             for (int i = 0; i < rings.length; i++) {
                 if (rings[i].started) {
                     stop(i); // a ring that does not stop ends the session (and then nothing is unmapped)

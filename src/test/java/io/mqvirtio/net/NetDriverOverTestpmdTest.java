@@ -1,10 +1,10 @@
 package io.mqvirtio.net;
 
+import io.mqvirtio.bench.Testpmd;
+import io.mqvirtio.peers.PeerLab;
 import io.mqvirtio.peers.Peers;
-import java.io.OutputStream;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
-import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.concurrent.TimeUnit;
 import org.junit.jupiter.api.Tag;
@@ -24,29 +24,16 @@ import org.junit.jupiter.api.io.TempDir;
 class NetDriverOverTestpmdTest extends NetDriverContract {
     @TempDir
     Path dir;
-    private Process testpmd;
-    private OutputStream stdin;
-    private String prefix;
+    private PeerLab lab;
+    private Testpmd testpmd;
 
     @Override
     Path startBackend(int pairs) throws Exception {
-        Path bin = Peers.require("dpdk-testpmd", "DPDK testpmd");
         Path sock = dir.resolve("vhost.sock");
-        Path log = dir.resolve("testpmd.log");
-        testpmd = new ProcessBuilder(bin.toString(), "-l", "0-1", "--no-huge", "-m", "512", "--no-pci",
-                "--file-prefix", prefix = "mqvd" + ProcessHandle.current().pid() + "x" + System.nanoTime() % 100000,
-                "--vdev", "net_vhost0,iface=" + sock + ",queues=" + pairs, "--",
-                "--forward-mode=io", "--port-topology=loop", "--rxq=" + pairs, "--txq=" + pairs, "--nb-cores=1",
-                "--total-num-mbufs=16384", "--no-flush-rx", "--auto-start")
-                .redirectErrorStream(true).redirectOutput(log.toFile()).start();
-        stdin = testpmd.getOutputStream(); // held open: testpmd runs until it reads a line
-        long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(30);
-        while (!Files.exists(sock)) {
-            if (!testpmd.isAlive() || System.nanoTime() > deadline) {
-                throw new AssertionError("testpmd did not create its vhost socket:\n" + Peers.tail(log, 30));
-            }
-            Thread.sleep(50);
-        }
+        lab = PeerLab.open(dir);
+        testpmd = lab.testpmd("testpmd", "net_vhost0,iface=" + sock + ",queues=" + pairs, pairs, "io", 0,
+                "--port-topology=loop", "--no-flush-rx");
+        testpmd.command("start");
         return sock;
     }
 
@@ -89,16 +76,10 @@ class NetDriverOverTestpmdTest extends NetDriverContract {
 
     @Override
     void stopBackend() throws Exception {
-        if (testpmd != null) {
-            try {
-                stdin.write('\n');
-                stdin.flush();
-                testpmd.waitFor(10, TimeUnit.SECONDS);
-            } catch (java.io.IOException ignored) {
-                // already gone
-            }
-            Peers.stop(testpmd, 3000);
-            Peers.removeDpdkRuntime(prefix);
+        if (lab != null) {
+            PeerLab l = lab;
+            lab = null;
+            l.close();
         }
     }
 }

@@ -3,18 +3,16 @@ package io.mqvirtio.net;
 import static io.mqvirtio.virtio.SplitRing.*;
 import static org.assertj.core.api.Assertions.assertThat;
 
-import io.mqvirtio.linux.TestNetns;
+import io.mqvirtio.cli.Launcher;
+import io.mqvirtio.peers.Guest;
+import io.mqvirtio.peers.PeerLab;
 import io.mqvirtio.peers.Peers;
-import io.mqvirtio.peers.QemuGuestTest;
 import io.mqvirtio.vhostuser.VhostUserException;
 import io.mqvirtio.virtio.VirtioFeatures;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
-import java.nio.file.Files;
 import java.nio.file.Path;
-import java.util.List;
 import java.util.Map;
-import java.util.concurrent.ThreadLocalRandom;
 import java.util.concurrent.TimeUnit;
 import java.util.concurrent.atomic.AtomicBoolean;
 import java.util.concurrent.atomic.AtomicLong;
@@ -37,76 +35,46 @@ class ServeIsolationTest {
     @Test
     @Timeout(300)
     void oneVmMisbehavesTheOtherLosesNothing() throws Exception {
-        Peers.requireRoot("a TAP device in a network namespace");
-        Peers.require("qemu-system-x86_64", "QEMU");
-        Path repo = Path.of("").toAbsolutePath();
         Path good = dir.resolve("good.sock");
         Path bad = dir.resolve("bad.sock");
-        Path log = dir.resolve("console.log");
-        int net = ThreadLocalRandom.current().nextInt(10, 250);
-        String host = "10.79." + net + ".1";
-        String tap = "mqvi" + Integer.toHexString(ThreadLocalRandom.current().nextInt(0x10000));
-        try (TestNetns ns = TestNetns.create()) {
-            ns.ip("tuntap", "add", "dev", tap, "mode", "tap", "multi_queue");
-            ns.ip("addr", "add", host + "/24", "dev", tap);
-            ns.ip("link", "set", tap, "up");
-            String java = Path.of(System.getProperty("java.home"), "bin", "java").toString();
-            Process serve = new ProcessBuilder("ip", "netns", "exec", ns.name(), java, "--enable-native-access=ALL-UNNAMED",
-                    "-cp", System.getProperty("java.class.path"), "io.mqvirtio.cli.Main", "serve",
-                    "--vm", "socket-path=" + good + ",queues=2,tap=" + tap + ",name=good",
-                    "--vm", "socket-path=" + bad + ",queues=2,loopback,name=bad")
-                    .redirectErrorStream(true).redirectOutput(dir.resolve("serve.log").toFile()).start();
-            Process qemu = null;
+        try (PeerLab lab = PeerLab.open(dir)) {
+            String tap = lab.persistentTap("mqvi");
+            Launcher.Run serve = lab.serve("serve", "--vm", "socket-path=" + good + ",queues=2,tap=" + tap + ",name=good",
+                    "--vm", "socket-path=" + bad + ",queues=2,loopback,name=bad");
+            serve.awaitErr("listening on .*good\\.sock", 30_000);
+            serve.awaitErr("listening on .*bad\\.sock", 30_000);
             AtomicBoolean stop = new AtomicBoolean();
             AtomicLong attacks = new AtomicLong();
             AtomicLong floodFrames = new AtomicLong();
             Thread hostile = null;
+            Guest g;
             try {
-                long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(30);
-                while (!(Files.exists(good) && Files.exists(bad))) {
-                    assertThat(serve.isAlive()).as("serve running:%n%s", Peers.tail(dir.resolve("serve.log"), 20)).isTrue();
-                    assertThat(System.nanoTime()).as("sockets").isLessThan(deadline);
-                    Thread.sleep(100);
-                }
-                qemu = new ProcessBuilder(repo.resolve("scripts/guest/run-guest.sh").toString(), "--vhost-user",
-                        good.toString(), "--queues", "2", "--smp", "2", "--script",
-                        repo.resolve("scripts/guest/tests/ping.sh").toString(), "--log", log.toString(), "--timeout", "200",
-                        "--arg", "ip=10.79." + net + ".2/24", "--arg", "peer=" + host, "--arg", "count=60",
-                        "--arg", "timeout=150")
-                        .redirectErrorStream(true).redirectOutput(dir.resolve("run-guest.out").toFile())
-                        .directory(repo.toFile()).start();
-                Peers.waitForLine(log, "MQV-READY", 90);
+                g = lab.guest("vm").vhostUser(good).queues(2).smp(2).script("ping.sh").timeout(200)
+                        .arg("ip", lab.guestCidr()).arg("peer", lab.host()).arg("count", 60).arg("timeout", 150).start();
+                g.awaitLine("MQV-READY", 90);
                 hostile = Thread.ofPlatform().name("bad-vm").start(() -> misbehave(bad, stop, attacks, floodFrames));
-                assertThat(qemu.waitFor(200, TimeUnit.SECONDS)).as("guest finished").isTrue();
+                assertThat(g.awaitExit(200)).as("guest finished%s", g.context()).isTrue();
             } finally {
                 stop.set(true);
                 if (hostile != null) {
                     hostile.join(30_000);
                 }
-                Peers.stop(qemu, 5000);
             }
-            try {
-                String console = Files.readString(log);
-                Map<String, String> r = QemuGuestTest.results(console);
-                String context = "\n--- guest ---\n" + Peers.tail(log, 30) + "\n--- serve ---\n"
-                        + Peers.tail(dir.resolve("serve.log"), 30);
-                assertThat(attacks.get()).as("attacks made on the other VM's device").isGreaterThan(3);
-                assertThat(floodFrames.get()).as("frames flooded into the other VM's device").isPositive();
-                assertThat(r.get("sent")).as(context).isNotNull();
-                assertThat(r.get("received")).as("pings answered, none lost%s", context).isEqualTo(r.get("sent"));
-                assertThat(Integer.parseInt(r.get("sent"))).isEqualTo(120);
-                // the daemon still serves the misbehaving VM's socket, with a well-behaved driver (once the bad VM's
-                // last session has ended: while one runs, a second frontend is turned away)
-                try (NetDriver nic = connectWhenFree(bad); Arena a = Arena.ofConfined()) {
-                    HostileDriverTest.assertEchoes(nic.pair(1), a);
-                }
-                assertThat(serve.isAlive()).isTrue();
-            } finally {
-                Peers.stop(serve, 5000);
+            Map<String, String> r = g.results();
+            String context = g.context() + "\n--- serve ---\n" + Peers.tail(serve.err(), 30);
+            assertThat(attacks.get()).as("attacks made on the other VM's device").isGreaterThan(3);
+            assertThat(floodFrames.get()).as("frames flooded into the other VM's device").isPositive();
+            assertThat(r.get("sent")).as(context).isNotNull();
+            assertThat(r.get("received")).as("pings answered, none lost%s", context).isEqualTo(r.get("sent"));
+            assertThat(Integer.parseInt(r.get("sent"))).isEqualTo(120);
+            // the daemon still serves the misbehaving VM's socket, with a well-behaved driver (once the bad VM's
+            // last session has ended: while one runs, a second frontend is turned away)
+            try (NetDriver nic = connectWhenFree(bad); Arena a = Arena.ofConfined()) {
+                HostileDriverTest.assertEchoes(nic.pair(1), a);
             }
+            assertThat(serve.process().isAlive()).isTrue();
         }
     }
-
 
     private static NetDriver connectWhenFree(Path sock) throws InterruptedException {
         long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(20);

@@ -6,6 +6,7 @@ import static org.assertj.core.api.Assertions.assertThat;
 import io.mqvirtio.backend.LoopbackBackend;
 import io.mqvirtio.vhostuser.VhostUserServer;
 import io.mqvirtio.virtio.VirtioFeatures;
+import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
 import java.nio.file.Path;
 import org.junit.jupiter.api.AfterEach;
@@ -16,7 +17,9 @@ import org.junit.jupiter.api.io.TempDir;
 
 /**
  * Nothing of one session reaches the next frontend on the same socket: frames the last guest sent that are still
- * queued in the backend (the loopback's FIFO, a parked RX frame) are dropped when the device resets.
+ * queued in the backend (the loopback's FIFO, a parked RX frame) are dropped when the device resets. A frame parked
+ * when its ring stops lands first if the driver posted the buffers it waited for (their kick not yet read): at a
+ * migration's switch-over that frame moves with the guest instead of being lost.
  */
 @Timeout(60)
 class SessionResetTest {
@@ -73,6 +76,42 @@ class SessionResetTest {
             int[] u = rx.nextUsed();
             assertThat(u[1]).isEqualTo(12 + 200);
             assertThat(next.mem.asSlice(bufs[u[0]] + 12, 200).toArray(ValueLayout.JAVA_BYTE)).isEqualTo(mine);
+        }
+    }
+
+    @Test
+    void aParkedFrameLandsWhenTheRingStopsIfTheBuffersItWaitedForArePosted() throws Exception {
+        try (EvilDriver d = new EvilDriver(server.path(), 1, 64, FEATURES, 1 << 20)) {
+            byte[] f = HostileDriverTest.frame(100, 5);
+            HostileDriverTest.sendValid(d, 0, f, 0);
+            HostileDriverTest.await(() -> d.tx(0).usedIdx() == 1, "the frame sent");
+            EvilDriver.Ring rx = d.rx(0);
+            long small = d.alloc(64);
+            rx.desc(0, d.gpa(small), 64, DESC_F_WRITE, 0);
+            rx.offer(0);
+            rx.kick();
+            Thread.sleep(200);
+            assertThat(rx.usedIdx()).as("parked: one 64-byte buffer is too small").isZero();
+            long big = d.alloc(2048);
+            rx.desc(1, d.gpa(big), 2048, DESC_F_WRITE, 0);
+            rx.offer(1); // no kick: the worker does not know yet
+            Thread.sleep(200);
+            assertThat(rx.usedIdx()).as("nothing without a kick").isZero();
+
+            assertThat(d.fe.getVringBase(0)).as("where the RX ring stopped: both buffers taken").isEqualTo(2);
+            assertThat(rx.usedIdx()).as("the frame landed in both buffers, published before the reply").isEqualTo(2);
+            int[] first = rx.nextUsed();
+            int[] second = rx.nextUsed();
+            assertThat(first).containsExactly(0, 64);
+            assertThat(second).containsExactly(1, 12 + 100 - 64);
+            assertThat(d.mem.get(EvilDriver.U16, small + VirtioNet.HDR_NUM_BUFFERS)).as("num_buffers").isEqualTo((short) 2);
+            byte[] got = new byte[100];
+            MemorySegment.copy(d.mem, ValueLayout.JAVA_BYTE, small + 12, got, 0, 52);
+            MemorySegment.copy(d.mem, ValueLayout.JAVA_BYTE, big, got, 52, 48);
+            assertThat(got).isEqualTo(f);
+            QueueCounters.Snapshot c = dev.counters().get(0);
+            assertThat(c.packets()).isEqualTo(1);
+            assertThat(c.drops()).isZero();
         }
     }
 }

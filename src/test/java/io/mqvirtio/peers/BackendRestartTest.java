@@ -2,7 +2,7 @@ package io.mqvirtio.peers;
 
 import static org.assertj.core.api.Assertions.assertThat;
 
-import io.mqvirtio.linux.TestNetns;
+import io.mqvirtio.cli.Launcher;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.time.LocalTime;
@@ -47,80 +47,60 @@ class BackendRestartTest {
                 Files.delete(p);
             }
         }
-        Peers.requireRoot("a TAP device in a network namespace");
-        Peers.require("qemu-system-x86_64", "QEMU");
-        Path repo = Path.of("").toAbsolutePath();
         Path sock = tmp.resolve("vm.sock");
-        Path log = dir.resolve("console.log");
-        int net = ThreadLocalRandom.current().nextInt(10, 250);
-        String host = "10.78." + net + ".1";
-        String doneAddr = "10.78." + net + ".3";
-        String tap = "mqvr" + Integer.toHexString(ThreadLocalRandom.current().nextInt(0x10000));
         List<LocalTime> killed = new ArrayList<>();
         List<LocalTime> spawned = new ArrayList<>();
-        try (TestNetns ns = TestNetns.create()) {
+        try (PeerLab lab = PeerLab.open(dir)) {
             // persistent: it outlives every backend process, and keeps the host side's address
-            ns.ip("tuntap", "add", "dev", tap, "mode", "tap", "multi_queue");
-            ns.ip("addr", "add", host + "/24", "dev", tap);
-            ns.ip("link", "set", tap, "up");
-            List<Process> backends = new ArrayList<>();
+            String tap = lab.persistentTap("mqvr");
+            String doneAddr = lab.address(3);
+            List<Launcher.Run> backends = new ArrayList<>();
             if (backendListens) {
-                backends.add(backend(ns.name(), sock, tap, false, dir.resolve("backend-0.log")));
+                backends.add(backend(lab, 0, sock, tap, false));
             }
-            Process qemu = new ProcessBuilder(repo.resolve("scripts/guest/run-guest.sh").toString(), "--vhost-user",
-                    sock.toString(), backendListens ? "--reconnect" : "--server", "--queues", String.valueOf(PAIRS), "--smp", "2",
-                    "--script", repo.resolve("scripts/guest/tests/restart.sh").toString(), "--log", log.toString(),
-                    "--timeout", "330", "--dev-opts", packed ? "packed=on" : "", "--arg", "ip=10.78." + net + ".2/24", "--arg", "peer=" + host,
-                    "--arg", "done=" + doneAddr, "--arg", "max=240", "--arg", "timeout=300")
-                    .redirectErrorStream(true).redirectOutput(dir.resolve("run-guest.out").toFile())
-                    .directory(repo.toFile()).start();
-            try {
-                long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(60);
-                while (!Files.exists(sock)) {
-                    assertThat(System.nanoTime()).as("QEMU's socket").isLessThan(deadline);
-                    Thread.sleep(100);
-                }
-                // QEMU waits for its first backend before it runs the guest
-                if (!backendListens) {
-                    backends.add(backend(ns.name(), sock, tap, true, dir.resolve("backend-0.log")));
-                }
-                Peers.waitForLine(log, "MQV-READY", 90);
-                for (int i = 1; i <= RESTARTS; i++) {
-                    // kill each backend only once it serves every ring, and after the guest had time to use it
-                    Peers.waitForLine(dir.resolve("backend-" + (i - 1) + ".log"), "ring " + (2 * PAIRS - 1) + " started", 60);
-                    Thread.sleep(1000 + ThreadLocalRandom.current().nextInt(1500));
-                    Process b = backends.get(backends.size() - 1);
-                    b.destroyForcibly().waitFor(10, TimeUnit.SECONDS); // SIGKILL: no goodbye to QEMU
-                    killed.add(LocalTime.now());
-                    Thread.sleep(300);
-                    spawned.add(LocalTime.now());
-                    backends.add(backend(ns.name(), sock, tap, !backendListens, dir.resolve("backend-" + i + ".log")));
-                }
-                Peers.waitForLine(dir.resolve("backend-" + RESTARTS + ".log"), "ring " + (2 * PAIRS - 1) + " started", 60);
-                ns.ip("addr", "add", doneAddr + "/24", "dev", tap); // tells the guest the restarts are over
-                assertThat(qemu.waitFor(300, TimeUnit.SECONDS)).as("guest finished").isTrue();
-            } finally {
-                Peers.stop(qemu, 5000);
-                for (Process b : backends) {
-                    Peers.stop(b, 3000);
-                }
+            Guest.Options o = lab.guest("vm").vhostUser(sock).queues(PAIRS).smp(2).script("restart.sh").timeout(330)
+                    .devOpts(packed ? "packed=on" : "").arg("ip", lab.guestCidr()).arg("peer", lab.host())
+                    .arg("done", doneAddr).arg("max", 240).arg("timeout", 300);
+            Guest g = (backendListens ? o.reconnect() : o.server()).start();
+            long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(60);
+            while (!Files.exists(sock)) {
+                assertThat(System.nanoTime()).as("QEMU's socket").isLessThan(deadline);
+                Thread.sleep(100);
             }
-            String console = Files.readString(log);
-            Map<String, String> r = QemuGuestTest.results(console);
-            String context = "\n--- guest ---\n" + Peers.tail(log, 40) + "\n--- last backend (logs in " + dir + ") ---\n"
-                    + Peers.tail(dir.resolve("backend-" + RESTARTS + ".log"), 30);
+            // QEMU waits for its first backend before it runs the guest
+            if (!backendListens) {
+                backends.add(backend(lab, 0, sock, tap, true));
+            }
+            g.awaitLine("MQV-READY", 90);
+            for (int i = 1; i <= RESTARTS; i++) {
+                // kill each backend only once it serves every ring, and after the guest had time to use it
+                Peers.waitForLine(backends.get(i - 1).err(), "ring " + (2 * PAIRS - 1) + " started", 60);
+                Thread.sleep(1000 + ThreadLocalRandom.current().nextInt(1500));
+                Process b = backends.get(backends.size() - 1).process();
+                b.destroyForcibly().waitFor(10, TimeUnit.SECONDS); // SIGKILL: no goodbye to QEMU
+                killed.add(LocalTime.now());
+                Thread.sleep(300);
+                spawned.add(LocalTime.now());
+                backends.add(backend(lab, i, sock, tap, !backendListens));
+            }
+            Peers.waitForLine(backends.get(RESTARTS).err(), "ring " + (2 * PAIRS - 1) + " started", 60);
+            lab.ip("addr", "add", doneAddr + "/24", "dev", tap); // tells the guest the restarts are over
+            assertThat(g.awaitExit(300)).as("guest finished%s", g.context()).isTrue();
+
+            String console = g.consoleText();
+            Map<String, String> r = g.results();
+            String context = g.context() + "\n--- last backend (logs in " + dir + ") ---\n"
+                    + Peers.tail(backends.get(RESTARTS).err(), 30);
             assertThat(r).as(context).containsEntry("eth0", "present").containsEntry("reached_done", "1")
                     .containsEntry("after_ok", "1");
-            long sent = Long.parseLong(r.getOrDefault("during_sent", "0"));
             long received = Long.parseLong(r.getOrDefault("during_received", "0"));
             assertThat(received).as("pings answered while the backend was restarted %d times%s", RESTARTS, context)
                     .isPositive();
-            String breakdown = breakdown(mode, killed, spawned, backendListens) + "longest ping gap (guest, 0.1 s pings): "
-                    + r.get("longest_gap_ms") + " ms\n";
+            String breakdown = breakdown(mode, backends, killed, spawned, backendListens)
+                    + "longest ping gap (guest, 0.1 s pings): " + r.get("longest_gap_ms") + " ms\n";
             Files.writeString(dir.resolve("restart-breakdown.txt"), breakdown);
             System.out.print(breakdown);
             assertThat(console).contains("MQV-DONE rc=0");
-
         }
     }
 
@@ -129,11 +109,12 @@ class BackendRestartTest {
      * or connected to QEMU), waiting for QEMU (until a frontend is connected: QEMU's reconnect interval when the
      * backend listens), and the vhost-user negotiation (until the last ring started).
      */
-    private String breakdown(String mode, List<LocalTime> killed, List<LocalTime> spawned, boolean listens) throws Exception {
+    private static String breakdown(String mode, List<Launcher.Run> backends, List<LocalTime> killed,
+                                    List<LocalTime> spawned, boolean listens) throws Exception {
         StringBuilder b = new StringBuilder("backend restarts (" + mode + "), ms: kill-to-spawn, JVM and set-up, waiting "
                 + "for QEMU, negotiation, kill-to-last-ring\n");
         for (int i = 1; i <= killed.size(); i++) {
-            List<String> lines = Files.readAllLines(dir.resolve("backend-" + i + ".log"));
+            List<String> lines = Files.readAllLines(backends.get(i).err());
             LocalTime up = at(lines, listens ? "listening on" : "connected to");
             LocalTime connected = at(lines, "front end connected");
             LocalTime ready = at(lines, "ring " + (2 * PAIRS - 1) + " started");
@@ -156,16 +137,13 @@ class BackendRestartTest {
         return a == null || b == null ? -1 : java.time.Duration.between(a, b).toMillis();
     }
 
-    /** Starts {@code mqvirtio serve} as its own process inside the namespace, from the test classpath. */
-    private static Process backend(String ns, Path sock, String tap, boolean client, Path out) throws Exception {
-        String java = Path.of(System.getProperty("java.home"), "bin", "java").toString();
-        List<String> cmd = new ArrayList<>(List.of("ip", "netns", "exec", ns, java, "--enable-native-access=ALL-UNNAMED",
-                "-cp", System.getProperty("java.class.path"), "io.mqvirtio.cli.Main", "serve",
-                "--socket-path", sock.toString(), "--queues", String.valueOf(PAIRS), "--tap", tap));
+    /** Starts {@code mqvirtio serve} as its own process inside the lab's namespace ({@code backend-N.err}). */
+    private static Launcher.Run backend(PeerLab lab, int n, Path sock, String tap, boolean client) throws Exception {
+        List<String> args = new ArrayList<>(List.of("--socket-path", sock.toString(), "--queues", String.valueOf(PAIRS),
+                "--tap", tap));
         if (client) {
-            cmd.add("--client");
+            args.add("--client");
         }
-        return new ProcessBuilder(cmd).redirectErrorStream(true).redirectOutput(out.toFile()).start();
+        return lab.serve("backend-" + n, args.toArray(String[]::new));
     }
-
 }

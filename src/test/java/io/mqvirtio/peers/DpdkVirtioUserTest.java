@@ -5,7 +5,7 @@ import static org.assertj.core.api.Assertions.assertThat;
 import io.mqvirtio.net.NetDevice;
 import io.mqvirtio.net.QueueCounters;
 import io.mqvirtio.vhostuser.VhostUserServer;
-import java.io.OutputStream;
+import io.mqvirtio.bench.Testpmd;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.List;
@@ -33,65 +33,54 @@ class DpdkVirtioUserTest {
     @ValueSource(strings = {"", "packed_vq=1,in_order=0", "packed_vq=0,in_order=1", "packed_vq=1,in_order=1"})
     @Timeout(120)
     void testpmdTransmitsOnEveryQueue(String devargs) throws Exception {
-        Path testpmd = Peers.require("dpdk-testpmd", "DPDK testpmd");
         Path sock = dir.resolve("vu.sock");
-        Path log = dir.resolve("testpmd.log");
         CheckingBackend sink = new CheckingBackend(PAIRS, FRAME);
-        String prefix = "mqv" + ProcessHandle.current().pid();
-        try (NetDevice dev = new NetDevice(NetDevice.Config.of("dpdk-test", PAIRS), sink);
-             VhostUserServer server = VhostUserServer.listen(sock, dev)) {
-            ProcessBuilder pb = new ProcessBuilder(testpmd.toString(), "-l", "0-1", "--no-huge", "-m", "512", "--no-pci",
-                    "--file-prefix", prefix, "--vdev",
-                    "net_virtio_user0,path=" + sock + ",queues=" + PAIRS + ",cq=1" + (devargs.isEmpty() ? "" : "," + devargs), "--",
-                    "--forward-mode=txonly", "--txpkts=" + FRAME, "--txq=" + PAIRS, "--rxq=" + PAIRS, "--nb-cores=1",
-                    "--total-num-mbufs=16384", "--auto-start")
-                    .redirectErrorStream(true).redirectOutput(log.toFile());
-            Process p = pb.start();
-            OutputStream stdin = p.getOutputStream(); // held open: testpmd runs until it reads a line
-            try {
-                long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(60);
-                while (System.nanoTime() < deadline && !allQueuesAbove(sink, 10_000)) {
-                    assertThat(p.isAlive()).as("testpmd exited early:%n%s", Peers.tail(log, 30)).isTrue();
-                    Thread.sleep(200);
-                }
-                stdin.write('\n');
-                stdin.flush();
-                p.waitFor(20, TimeUnit.SECONDS);
-            } finally {
-                Peers.stop(p, 3000);
-                Peers.removeDpdkRuntime(prefix);
+        NetDevice dev;
+        Path log;
+        try (PeerLab lab = PeerLab.open(dir)) {
+            dev = lab.own(new NetDevice(NetDevice.Config.of("dpdk-test", PAIRS), sink));
+            lab.own(VhostUserServer.listen(sock, dev));
+            Testpmd tp = lab.testpmd("testpmd", "net_virtio_user0,path=" + sock + ",queues=" + PAIRS + ",cq=1"
+                    + (devargs.isEmpty() ? "" : "," + devargs), PAIRS, "txonly", FRAME);
+            log = tp.log();
+            tp.command("start");
+            long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(60);
+            while (System.nanoTime() < deadline && !allQueuesAbove(sink, 10_000)) {
+                assertThat(tp.isAlive()).as("testpmd exited early:%n%s", Peers.tail(log, 30)).isTrue();
+                Thread.sleep(200);
             }
-            String out = Files.readString(log);
-            boolean packed = io.mqvirtio.virtio.VirtioFeatures.has(dev.lastNegotiatedFeatures(),
-                    io.mqvirtio.virtio.VirtioFeatures.F_RING_PACKED);
-            assertThat(packed).as("packed ring negotiated with %s", devargs).isEqualTo(devargs.contains("packed_vq=1"));
-            boolean inOrder = io.mqvirtio.virtio.VirtioFeatures.has(dev.lastNegotiatedFeatures(),
-                    io.mqvirtio.virtio.VirtioFeatures.F_IN_ORDER);
-            assertThat(inOrder).as("IN_ORDER negotiated with %s (DPDK's default is in_order=1)", devargs)
-                    .isEqualTo(!devargs.contains("in_order=0"));
-            for (int q = 0; q < PAIRS; q++) {
-                assertThat(sink.good.get(q)).as("good frames on queue %d%n%s", q, Peers.tail(log, 30)).isGreaterThan(10_000);
-                assertThat(sink.bad.get(q)).as("malformed frames on queue %d", q).isZero();
-            }
-            List<QueueCounters.Snapshot> c = dev.counters();
-            for (int q = 0; q < PAIRS; q++) {
-                QueueCounters.Snapshot tx = c.get(2 * q + 1);
-                assertThat(tx.packets()).isGreaterThanOrEqualTo(sink.good.get(q));
-                assertThat(tx.bytes()).isEqualTo(tx.packets() * FRAME);
-                assertThat(tx.errors()).isZero();
-            }
-            // testpmd's own count of frames it put on the rings: we took nearly all of them, and never more
-            java.util.regex.Matcher m = java.util.regex.Pattern.compile("Accumulated forward statistics[\\s\\S]*?TX-packets: (\\d+)")
-                    .matcher(out);
-            assertThat(m.find()).as("testpmd's totals in%n%s", Peers.tail(log, 30)).isTrue();
-            long theirs = Long.parseLong(m.group(1));
-            long ours = 0;
-            for (int q = 0; q < PAIRS; q++) {
-                ours += c.get(2 * q + 1).packets();
-            }
-            assertThat(ours).isLessThanOrEqualTo(theirs).isGreaterThanOrEqualTo(theirs - PAIRS * 256L);
-            assertThat(out).doesNotContain("Error");
+            tp.close(); // stop (its totals) and quit, before the device's counters are read
         }
+        String out = Files.readString(log);
+        boolean packed = io.mqvirtio.virtio.VirtioFeatures.has(dev.lastNegotiatedFeatures(),
+                io.mqvirtio.virtio.VirtioFeatures.F_RING_PACKED);
+        assertThat(packed).as("packed ring negotiated with %s", devargs).isEqualTo(devargs.contains("packed_vq=1"));
+        boolean inOrder = io.mqvirtio.virtio.VirtioFeatures.has(dev.lastNegotiatedFeatures(),
+                io.mqvirtio.virtio.VirtioFeatures.F_IN_ORDER);
+        assertThat(inOrder).as("IN_ORDER negotiated with %s (DPDK's default is in_order=1)", devargs)
+                .isEqualTo(!devargs.contains("in_order=0"));
+        for (int q = 0; q < PAIRS; q++) {
+            assertThat(sink.good.get(q)).as("good frames on queue %d%n%s", q, Peers.tail(log, 30)).isGreaterThan(10_000);
+            assertThat(sink.bad.get(q)).as("malformed frames on queue %d", q).isZero();
+        }
+        List<QueueCounters.Snapshot> c = dev.counters();
+        for (int q = 0; q < PAIRS; q++) {
+            QueueCounters.Snapshot tx = c.get(2 * q + 1);
+            assertThat(tx.packets()).isGreaterThanOrEqualTo(sink.good.get(q));
+            assertThat(tx.bytes()).isEqualTo(tx.packets() * FRAME);
+            assertThat(tx.errors()).isZero();
+        }
+        // testpmd's own count of frames it put on the rings: we took nearly all of them, and never more
+        java.util.regex.Matcher m = java.util.regex.Pattern.compile("Accumulated forward statistics[\\s\\S]*?TX-packets: (\\d+)")
+                .matcher(out);
+        assertThat(m.find()).as("testpmd's totals in%n%s", Peers.tail(log, 30)).isTrue();
+        long theirs = Long.parseLong(m.group(1));
+        long ours = 0;
+        for (int q = 0; q < PAIRS; q++) {
+            ours += c.get(2 * q + 1).packets();
+        }
+        assertThat(ours).isLessThanOrEqualTo(theirs).isGreaterThanOrEqualTo(theirs - PAIRS * 256L);
+        assertThat(out).doesNotContain("Error");
     }
 
     private static boolean allQueuesAbove(CheckingBackend s, long n) {

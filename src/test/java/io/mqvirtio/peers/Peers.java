@@ -81,21 +81,6 @@ public final class Peers {
         }
     }
 
-    /** Deletes DPDK's runtime directory for {@code --file-prefix prefix} (testpmd leaves it behind). */
-    public static void removeDpdkRuntime(String prefix) {
-        Path d = Path.of("/var/run/dpdk", prefix);
-        if (!Files.isDirectory(d)) {
-            return;
-        }
-        try (var walk = Files.walk(d)) {
-            for (Path p : walk.sorted(java.util.Comparator.reverseOrder()).toList()) {
-                Files.deleteIfExists(p);
-            }
-        } catch (IOException e) {
-            // best effort: a leftover directory is untidy, not wrong
-        }
-    }
-
     /** Waits until {@code log} contains {@code marker}; fails with the log's tail after {@code seconds}. */
     public static void waitForLine(Path log, String marker, int seconds) throws IOException, InterruptedException {
         long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(seconds);

@@ -5,18 +5,14 @@ import static org.assertj.core.api.Assertions.assertThat;
 import io.mqvirtio.backend.TapBackend;
 import io.mqvirtio.cli.Launcher;
 import io.mqvirtio.cli.MetricsServer;
-import io.mqvirtio.linux.TestNetns;
 import io.mqvirtio.net.NetDevice;
 import io.mqvirtio.net.QueueCounters;
 import io.mqvirtio.vhostuser.VhostUserServer;
 import java.net.InetSocketAddress;
-import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.HashMap;
-import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
-import java.util.concurrent.ThreadLocalRandom;
 import java.util.concurrent.TimeUnit;
 import java.util.regex.Matcher;
 import java.util.regex.Pattern;
@@ -45,89 +41,63 @@ class QemuClientModeTest {
     @Test
     @Timeout(300)
     void guestUsesEveryPairThroughABackendThatConnects() throws Exception {
-        Peers.requireRoot("a TAP device in a network namespace");
-        Peers.require("qemu-system-x86_64", "QEMU");
-        Path repo = Path.of("").toAbsolutePath();
         Path sock = dir.resolve("qemu.sock");
-        Path log = dir.resolve("console.log");
-        Path out = dir.resolve("run-guest.out");
-        int net = ThreadLocalRandom.current().nextInt(10, 250);
-        String host = "10.79." + net + ".1";
-        String guest = "10.79." + net + ".2";
-        String tap = "mqvc" + Integer.toHexString(ThreadLocalRandom.current().nextInt(0x10000));
-
-        try (TestNetns ns = TestNetns.create()) {
-            ns.ip("link", "set", "lo", "up");
-            TapBackend backend = ns.inside(() -> TapBackend.open(tap, PAIRS));
+        try (PeerLab lab = PeerLab.open(dir)) {
+            TapBackend backend = lab.tap("mqvc", PAIRS);
             assertThat(backend.createdDevice()).isTrue();
-            ns.ip("addr", "add", host + "/24", "dev", tap);
-            ns.ip("link", "set", tap, "up");
+            NetDevice dev = lab.own(new NetDevice(NetDevice.Config.of("qemu-client", PAIRS), backend));
+            VhostUserServer server = lab.own(VhostUserServer.connect(sock, dev));
+            MetricsServer metrics = lab.own(lab.inside(() -> MetricsServer.start(new InetSocketAddress("127.0.0.1", 0),
+                    List.of(new MetricsServer.Source(dev, sock.toString(), backend.describe(), server::hasSession)))));
+            int port = metrics.address().getPort();
+            Guest g = lab.guest("vm").vhostUser(sock).server().queues(PAIRS).smp(VCPUS).script("multiqueue.sh")
+                    .timeout(200).arg("pairs", PAIRS).arg("ip", lab.guestCidr()).arg("peer", lab.host())
+                    .arg("timeout", 150).start();
 
-            try (NetDevice dev = new NetDevice(NetDevice.Config.of("qemu-client", PAIRS), backend);
-                 VhostUserServer server = VhostUserServer.connect(sock, dev);
-                 MetricsServer metrics = ns.inside(() -> MetricsServer.start(new InetSocketAddress("127.0.0.1", 0),
-                         List.of(new MetricsServer.Source(dev, sock.toString(), backend.describe(), server::hasSession))))) {
-                int port = metrics.address().getPort();
-                Process qemu = new ProcessBuilder(repo.resolve("scripts/guest/run-guest.sh").toString(), "--vhost-user",
-                        sock.toString(), "--server", "--queues", String.valueOf(PAIRS), "--smp", String.valueOf(VCPUS),
-                        "--script", repo.resolve("scripts/guest/tests/multiqueue.sh").toString(), "--log", log.toString(),
-                        "--timeout", "200", "--arg", "pairs=" + PAIRS, "--arg", "ip=" + guest + "/24", "--arg",
-                        "peer=" + host, "--arg", "timeout=150")
-                        .redirectErrorStream(true).redirectOutput(out.toFile()).directory(repo.toFile()).start();
-
-                // While the guest runs: the endpoint, read as a scraper would, sees the frontend and the traffic.
-                boolean sawConnected = false;
-                long maxTx = 0;
-                try {
-                    long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(230);
-                    while (!qemu.waitFor(500, TimeUnit.MILLISECONDS)) {
-                        assertThat(System.nanoTime()).as("guest finished").isLessThan(deadline);
-                        Launcher.Http h = ns.inside(() -> Launcher.get("127.0.0.1", port, "/metrics"));
-                        assertThat(h.status()).isEqualTo(200);
-                        sawConnected |= h.body().contains("mqvirtio_frontend_connected{device=\"qemu-client\"} 1");
-                        maxTx = Math.max(maxTx, sum(parse(h.body()), "packets", "tx"));
-                    }
-                } finally {
-                    Peers.stop(qemu, 5000);
-                }
-                String context = "\n--- guest console (tail) ---\n" + Peers.tail(log, 60) + "\n--- run-guest ---\n"
-                        + Peers.tail(out, 10);
-                assertThat(qemu.exitValue()).as(context).isZero();
-                String console = Files.readString(log);
-                Map<String, String> r = results(console);
-                assertThat(console).as(context).contains("MQV-DONE rc=0");
-                assertThat(r).as(context).containsEntry("max_combined", String.valueOf(PAIRS))
-                        .containsEntry("combined", String.valueOf(PAIRS)).containsEntry("set1", "0")
-                        .containsEntry("combined_after_set1", "1").containsEntry("setback", "0")
-                        .containsEntry("combined_after_setback", String.valueOf(PAIRS));
-                for (int cpu = 0; cpu < VCPUS; cpu++) {
-                    assertThat(r).as(context).containsEntry("ping_cpu" + cpu, "0");
-                }
-                assertThat(sawConnected).as("the endpoint showed the frontend connected while the guest ran").isTrue();
-                assertThat(maxTx).as("TX traffic visible while the guest ran").isPositive();
-
-                // QEMU has gone: the counters stand still, and both formats report exactly them.
-                List<QueueCounters.Snapshot> c = dev.counters();
-                for (int q = 0; q < PAIRS; q++) {
-                    assertThat(c.get(2 * q + 1).packets()).as("TX queue %d packets; %s%s", q, c, context).isPositive();
-                    assertThat(c.get(2 * q).errors() + c.get(2 * q + 1).errors()).as("errors on pair %d", q).isZero();
-                }
-                assertThat(c.get(0).packets() + c.get(2).packets()).as("RX packets").isPositive();
-                Map<String, Long> prom = parse(ns.inside(() -> Launcher.get("127.0.0.1", port, "/metrics")).body());
-                assertThat(prom).hasSize(6 * 2 * PAIRS);
-                for (int i = 0; i < c.size(); i++) {
-                    String k = (i % 2 == 0 ? "rx" : "tx") + (i / 2);
-                    QueueCounters.Snapshot s = c.get(i);
-                    assertThat(prom).containsEntry("packets/" + k, s.packets()).containsEntry("bytes/" + k, s.bytes())
-                            .containsEntry("drops/" + k, s.drops()).containsEntry("errors/" + k, s.errors())
-                            .containsEntry("kicks/" + k, s.kicks()).containsEntry("notifications/" + k, s.notifications());
-                }
-                String json = ns.inside(() -> Launcher.get("127.0.0.1", port, "/stats")).body();
-                assertThat(json).contains("\"name\":\"qemu-client\"").contains("\"pairs\":" + PAIRS)
-                        .contains("\"pair\":1,\"direction\":\"tx\",\"packets\":" + c.get(3).packets() + ",");
-            } finally {
-                backend.close(); // closed with the device already, unless that failed to start
+            // While the guest runs: the endpoint, read as a scraper would, sees the frontend and the traffic.
+            boolean sawConnected = false;
+            long maxTx = 0;
+            long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(230);
+            while (!g.awaitExit(1)) {
+                assertThat(System.nanoTime()).as("guest finished%s", g.context()).isLessThan(deadline);
+                Launcher.Http h = lab.inside(() -> Launcher.get("127.0.0.1", port, "/metrics"));
+                assertThat(h.status()).isEqualTo(200);
+                sawConnected |= h.body().contains("mqvirtio_frontend_connected{device=\"qemu-client\"} 1");
+                maxTx = Math.max(maxTx, sum(parse(h.body()), "packets", "tx"));
             }
+            String context = g.context();
+            assertThat(g.process().exitValue()).as(context).isZero();
+            Map<String, String> r = g.results();
+            assertThat(g.consoleText()).as(context).contains("MQV-DONE rc=0");
+            assertThat(r).as(context).containsEntry("max_combined", String.valueOf(PAIRS))
+                    .containsEntry("combined", String.valueOf(PAIRS)).containsEntry("set1", "0")
+                    .containsEntry("combined_after_set1", "1").containsEntry("setback", "0")
+                    .containsEntry("combined_after_setback", String.valueOf(PAIRS));
+            for (int cpu = 0; cpu < VCPUS; cpu++) {
+                assertThat(r).as(context).containsEntry("ping_cpu" + cpu, "0");
+            }
+            assertThat(sawConnected).as("the endpoint showed the frontend connected while the guest ran").isTrue();
+            assertThat(maxTx).as("TX traffic visible while the guest ran").isPositive();
+
+            // QEMU has gone: the counters stand still, and both formats report exactly them.
+            List<QueueCounters.Snapshot> c = dev.counters();
+            for (int q = 0; q < PAIRS; q++) {
+                assertThat(c.get(2 * q + 1).packets()).as("TX queue %d packets; %s%s", q, c, context).isPositive();
+                assertThat(c.get(2 * q).errors() + c.get(2 * q + 1).errors()).as("errors on pair %d", q).isZero();
+            }
+            assertThat(c.get(0).packets() + c.get(2).packets()).as("RX packets").isPositive();
+            Map<String, Long> prom = parse(lab.inside(() -> Launcher.get("127.0.0.1", port, "/metrics")).body());
+            assertThat(prom).hasSize(6 * 2 * PAIRS);
+            for (int i = 0; i < c.size(); i++) {
+                String k = (i % 2 == 0 ? "rx" : "tx") + (i / 2);
+                QueueCounters.Snapshot s = c.get(i);
+                assertThat(prom).containsEntry("packets/" + k, s.packets()).containsEntry("bytes/" + k, s.bytes())
+                        .containsEntry("drops/" + k, s.drops()).containsEntry("errors/" + k, s.errors())
+                        .containsEntry("kicks/" + k, s.kicks()).containsEntry("notifications/" + k, s.notifications());
+            }
+            String json = lab.inside(() -> Launcher.get("127.0.0.1", port, "/stats")).body();
+            assertThat(json).contains("\"name\":\"qemu-client\"").contains("\"pairs\":" + PAIRS)
+                    .contains("\"pair\":1,\"direction\":\"tx\",\"packets\":" + c.get(3).packets() + ",");
         }
     }
 
@@ -149,14 +119,5 @@ class QemuClientModeTest {
             }
         }
         return t;
-    }
-
-    static Map<String, String> results(String console) {
-        Map<String, String> r = new LinkedHashMap<>();
-        Matcher m = Pattern.compile("MQV-RESULT (\\S+)=(\\S*)").matcher(console);
-        while (m.find()) {
-            r.put(m.group(1), m.group(2));
-        }
-        return r;
     }
 }

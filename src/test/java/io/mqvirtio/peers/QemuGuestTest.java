@@ -3,7 +3,6 @@ package io.mqvirtio.peers;
 import static org.assertj.core.api.Assertions.assertThat;
 
 import io.mqvirtio.backend.TapBackend;
-import io.mqvirtio.linux.TestNetns;
 import io.mqvirtio.net.NetDevice;
 import io.mqvirtio.net.QueueCounters;
 import io.mqvirtio.vhostuser.VhostUserServer;
@@ -14,19 +13,14 @@ import java.net.InetAddress;
 import java.net.InetSocketAddress;
 import java.net.ServerSocket;
 import java.net.Socket;
-import java.nio.file.Files;
 import java.nio.file.Path;
 import java.security.MessageDigest;
 import java.util.HexFormat;
-import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
 import java.util.Random;
 import java.util.concurrent.CompletableFuture;
-import java.util.concurrent.ThreadLocalRandom;
 import java.util.concurrent.TimeUnit;
-import java.util.regex.Matcher;
-import java.util.regex.Pattern;
 import org.junit.jupiter.api.Tag;
 import org.junit.jupiter.api.Timeout;
 import org.junit.jupiter.api.io.TempDir;
@@ -56,27 +50,14 @@ public class QemuGuestTest {
     @CsvSource(value = {"0,", "200,", "0,packed=on"}, emptyValue = "")
     @Timeout(420)
     void linuxGuestUsesFourQueuePairs(int pollMicros, String devOpts) throws Exception {
-        Peers.requireRoot("a TAP device in a network namespace");
-        Peers.require("qemu-system-x86_64", "QEMU");
-        Path repo = Path.of("").toAbsolutePath();
-        Path runGuest = repo.resolve("scripts/guest/run-guest.sh");
-        Path script = repo.resolve("scripts/guest/tests/vhost-user-net.sh");
         Path sock = dir.resolve("vm.sock");
-        Path log = dir.resolve("console.log");
-        int net = ThreadLocalRandom.current().nextInt(10, 250);
-        String host = "10.77." + net + ".1";
-        String guest = "10.77." + net + ".2";
-        String tap = "mqvq" + Integer.toHexString(ThreadLocalRandom.current().nextInt(0x10000));
-
-        try (TestNetns ns = TestNetns.create()) {
-            TapBackend backend = ns.inside(() -> TapBackend.open(tap, PAIRS));
-            ns.ip("addr", "add", host + "/24", "dev", tap);
-            ns.ip("link", "set", tap, "up");
-
+        try (PeerLab lab = PeerLab.open(dir)) {
+            TapBackend backend = lab.tap("mqvq", PAIRS);
+            String host = lab.host();
             byte[] down = new byte[BULK_KB * 1024];
             new Random(42).nextBytes(down);
-            ServerSocket upload = ns.inside(() -> new ServerSocket(5001, 4, InetAddress.getByName(host)));
-            HttpServer http = ns.inside(() -> HttpServer.create(new InetSocketAddress(host, 5002), 4));
+            ServerSocket upload = lab.own(lab.inside(() -> new ServerSocket(5001, 4, InetAddress.getByName(host))));
+            HttpServer http = lab.inside(() -> HttpServer.create(new InetSocketAddress(host, 5002), 4));
             http.createContext("/down", ex -> {
                 ex.sendResponseHeaders(200, down.length);
                 try (OutputStream o = ex.getResponseBody()) {
@@ -84,54 +65,40 @@ public class QemuGuestTest {
                 }
             });
             http.start();
+            lab.own(() -> http.stop(0));
             CompletableFuture<String> uploaded = CompletableFuture.supplyAsync(() -> receive(upload, BULK_KB * 1024));
 
-            try (NetDevice dev = new NetDevice(
-                    new NetDevice.Config("qemu-test", PAIRS, 1500, false, new int[0], pollMicros), backend);
-                 VhostUserServer server = VhostUserServer.listen(sock, dev)) {
-                Process qemu = new ProcessBuilder(runGuest.toString(), "--vhost-user", sock.toString(),
-                        "--queues", String.valueOf(PAIRS), "--smp", "4", "--script", script.toString(),
-                        "--log", log.toString(), "--timeout", "300",
-                        "--arg", "pairs=" + PAIRS, "--arg", "ip=" + guest + "/24", "--arg", "peer=" + host,
-                        "--arg", "bulkkb=" + BULK_KB, "--arg", "timeout=240", "--dev-opts", devOpts == null ? "" : devOpts)
-                        .redirectErrorStream(true).redirectOutput(dir.resolve("run-guest.out").toFile())
-                        .directory(repo.toFile()).start();
-                try {
-                    assertThat(qemu.waitFor(330, TimeUnit.SECONDS)).as("guest finished").isTrue();
-                } finally {
-                    Peers.stop(qemu, 5000);
-                }
-                assertThat(log).as("console log; run-guest said:%n%s", Peers.tail(dir.resolve("run-guest.out"), 30)).exists();
-                String console = Files.readString(log);
-                Map<String, String> r = results(console);
-                String context = "\n--- guest console (tail) ---\n" + Peers.tail(log, 60) + "\n--- run-guest ---\n"
-                        + Peers.tail(dir.resolve("run-guest.out"), 10);
+            NetDevice dev = lab.own(new NetDevice(
+                    new NetDevice.Config("qemu-test", PAIRS, 1500, false, new int[0], pollMicros), backend));
+            lab.own(VhostUserServer.listen(sock, dev));
+            Guest g = lab.guest("vm").vhostUser(sock).queues(PAIRS).smp(4).devOpts(devOpts).script("vhost-user-net.sh")
+                    .timeout(300).arg("pairs", PAIRS).arg("ip", lab.guestCidr()).arg("peer", host).arg("bulkkb", BULK_KB)
+                    .arg("timeout", 240).start();
+            assertThat(g.awaitExit(330)).as("guest finished%s", g.context()).isTrue();
+            Map<String, String> r = g.results();
+            String context = g.context();
 
-                assertThat(console).as(context).contains("MQV-DONE rc=0");
-                assertThat(r).as(context).containsEntry("max_combined", "4").containsEntry("combined", "4")
-                        .containsEntry("set1", "0").containsEntry("combined_after_set1", "1")
-                        .containsEntry("setback", "0").containsEntry("combined_after_setback", "4");
-                for (int cpu = 0; cpu < 4; cpu++) {
-                    assertThat(r).as(context).containsEntry("ping_cpu" + cpu, "0");
-                }
-                assertThat(r).as(context).containsEntry("up_rc", "0").containsEntry("down_rc", "0")
-                        .containsEntry("down_bytes", String.valueOf(down.length))
-                        .containsEntry("down_md5", md5(down));
-                assertThat(uploaded.get(30, TimeUnit.SECONDS)).as(context).isEqualTo(r.get("up_md5"));
+            assertThat(g.consoleText()).as(context).contains("MQV-DONE rc=0");
+            assertThat(r).as(context).containsEntry("max_combined", "4").containsEntry("combined", "4")
+                    .containsEntry("set1", "0").containsEntry("combined_after_set1", "1")
+                    .containsEntry("setback", "0").containsEntry("combined_after_setback", "4");
+            for (int cpu = 0; cpu < 4; cpu++) {
+                assertThat(r).as(context).containsEntry("ping_cpu" + cpu, "0");
+            }
+            assertThat(r).as(context).containsEntry("up_rc", "0").containsEntry("down_rc", "0")
+                    .containsEntry("down_bytes", String.valueOf(down.length))
+                    .containsEntry("down_md5", md5(down));
+            assertThat(uploaded.get(30, TimeUnit.SECONDS)).as(context).isEqualTo(r.get("up_md5"));
 
-                boolean packed = io.mqvirtio.virtio.VirtioFeatures.has(dev.lastNegotiatedFeatures(),
-                        io.mqvirtio.virtio.VirtioFeatures.F_RING_PACKED);
-                assertThat(packed).as("packed ring negotiated with \"%s\"", devOpts).isEqualTo(devOpts != null
-                        && devOpts.contains("packed=on"));
-                List<QueueCounters.Snapshot> c = dev.counters();
-                for (int q = 0; q < PAIRS; q++) {
-                    assertThat(c.get(2 * q).packets()).as("RX queue %d packets; counters %s%s", q, c, context).isPositive();
-                    assertThat(c.get(2 * q + 1).packets()).as("TX queue %d packets; counters %s%s", q, c, context).isPositive();
-                    assertThat(c.get(2 * q).errors() + c.get(2 * q + 1).errors()).as("errors on pair %d", q).isZero();
-                }
-            } finally {
-                http.stop(0);
-                upload.close();
+            boolean packed = io.mqvirtio.virtio.VirtioFeatures.has(dev.lastNegotiatedFeatures(),
+                    io.mqvirtio.virtio.VirtioFeatures.F_RING_PACKED);
+            assertThat(packed).as("packed ring negotiated with \"%s\"", devOpts).isEqualTo(devOpts != null
+                    && devOpts.contains("packed=on"));
+            List<QueueCounters.Snapshot> c = dev.counters();
+            for (int q = 0; q < PAIRS; q++) {
+                assertThat(c.get(2 * q).packets()).as("RX queue %d packets; counters %s%s", q, c, context).isPositive();
+                assertThat(c.get(2 * q + 1).packets()).as("TX queue %d packets; counters %s%s", q, c, context).isPositive();
+                assertThat(c.get(2 * q).errors() + c.get(2 * q + 1).errors()).as("errors on pair %d", q).isZero();
             }
         }
     }
@@ -153,14 +120,5 @@ public class QemuGuestTest {
         } catch (Exception e) {
             throw new IllegalStateException(e);
         }
-    }
-
-    public static Map<String, String> results(String console) {
-        Map<String, String> r = new LinkedHashMap<>();
-        Matcher m = Pattern.compile("MQV-RESULT (\\S+)=(\\S*)").matcher(console);
-        while (m.find()) {
-            r.put(m.group(1), m.group(2));
-        }
-        return r;
     }
 }

@@ -20,7 +20,7 @@ import java.util.concurrent.TimeUnit;
  * is a "return" or an "error" (asynchronous events in between are skipped). Every wait is bounded: a reader
  * thread queues the lines.
  */
-final class Qmp implements AutoCloseable {
+public final class Qmp implements AutoCloseable {
     private static final String CLOSED = "\u0000closed";
     private final SocketChannel channel;
     private final BlockingQueue<String> lines = new LinkedBlockingQueue<>();
@@ -41,7 +41,7 @@ final class Qmp implements AutoCloseable {
     }
 
     /** Connects once QEMU created the socket (within {@code timeoutMs}) and leaves capabilities negotiation. */
-    static Qmp connect(Path sock, Process qemu, long timeoutMs) throws Exception {
+    public static Qmp connect(Path sock, Process qemu, long timeoutMs) throws Exception {
         long deadline = System.nanoTime() + TimeUnit.MILLISECONDS.toNanos(timeoutMs);
         while (true) {
             if (Files.exists(sock)) {
@@ -64,7 +64,7 @@ final class Qmp implements AutoCloseable {
     }
 
     /** Sends one command; returns its answer line ("return" or "error"). */
-    String execute(String json, long timeoutMs) throws IOException {
+    public String execute(String json, long timeoutMs) throws IOException {
         channel.write(ByteBuffer.wrap((json + "\n").getBytes(StandardCharsets.UTF_8)));
         long deadline = System.nanoTime() + TimeUnit.MILLISECONDS.toNanos(timeoutMs);
         while (true) {
@@ -94,7 +94,11 @@ final class Qmp implements AutoCloseable {
     }
 
     @Override
-    public void close() throws IOException {
-        channel.close();
+    public void close() {
+        try {
+            channel.close();
+        } catch (IOException ignored) {
+            // closing a closed monitor
+        }
     }
 }

@@ -3,8 +3,7 @@ package io.mqvirtio.peers;
 import static org.assertj.core.api.Assertions.assertThat;
 
 import io.mqvirtio.cli.Launcher;
-import io.mqvirtio.linux.TestNetns;
-import java.io.OutputStream;
+import io.mqvirtio.bench.Testpmd;
 import java.nio.file.Path;
 import java.util.ArrayList;
 import java.util.HashMap;
@@ -37,94 +36,59 @@ class ServeUnderTrafficTest {
     @Test
     @Timeout(180)
     void countersReadFromOutsideWhileTestpmdSendsThenSigterm() throws Exception {
-        Path testpmd = Peers.require("dpdk-testpmd", "DPDK testpmd");
         Path sock = dir.resolve("traffic.sock");
-        Path tpLog = dir.resolve("testpmd.log");
-        String prefix = "mqvserve" + ProcessHandle.current().pid();
-        try (TestNetns ns = TestNetns.create()) {
-            ns.ip("link", "set", "lo", "up");
-            List<String> serve = new ArrayList<>(List.of("ip", "netns", "exec", ns.name()));
-            serve.addAll(Launcher.command("serve", "--socket-path", sock.toString(), "--queues", String.valueOf(PAIRS),
-                    "--loopback", "--name", "traffic", "--metrics", "127.0.0.1:0"));
-            try (Launcher.Run r = Launcher.start(dir, "serve", serve)) {
-                int port = Integer.parseInt(r.awaitErr("metrics on http://127\\.0\\.0\\.1:(\\d+)/metrics", 30_000));
-                r.awaitErr("listening on ", 30_000);
+        try (PeerLab lab = PeerLab.open(dir)) {
+            Launcher.Run r = lab.serve("serve", "--socket-path", sock.toString(), "--queues", String.valueOf(PAIRS),
+                    "--loopback", "--name", "traffic", "--metrics", "127.0.0.1:0");
+            int port = Integer.parseInt(r.awaitErr("metrics on http://127\\.0\\.0\\.1:(\\d+)/metrics", 30_000));
+            r.awaitErr("listening on ", 30_000);
+            Testpmd tp = lab.testpmd("testpmd", "net_virtio_user0,path=" + sock + ",queues=" + PAIRS + ",cq=1", PAIRS,
+                    "txonly", 128);
+            tp.command("start");
 
-                Process p = new ProcessBuilder(testpmd.toString(), "-l", "0-1", "--no-huge", "-m", "512", "--no-pci",
-                        "--file-prefix", prefix, "--vdev",
-                        "net_virtio_user0,path=" + sock + ",queues=" + PAIRS + ",cq=1", "--", "--forward-mode=txonly",
-                        "--txpkts=128", "--txq=" + PAIRS, "--rxq=" + PAIRS, "--nb-cores=1", "--total-num-mbufs=16384",
-                        "--auto-start").redirectErrorStream(true).redirectOutput(tpLog.toFile()).start();
-                OutputStream stdin = p.getOutputStream(); // held open: testpmd runs until it reads a line
-                try {
-                    // the scraper's view, while frames flow: every TX queue counts
-                    Map<Integer, Long> tx = Map.of();
-                    long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(60);
-                    while (!allAbove(tx, 10_000)) {
-                        assertThat(p.isAlive()).as("testpmd exited early:%n%s", Peers.tail(tpLog, 30)).isTrue();
-                        assertThat(System.nanoTime()).as("TX counters %s; serve:%n%s", tx, r.stderr()).isLessThan(deadline);
-                        Thread.sleep(200);
-                        Launcher.Http h = ns.inside(() -> Launcher.get("127.0.0.1", port, "/metrics"));
-                        assertThat(h.status()).isEqualTo(200);
-                        tx = tx(h.body());
-                    }
-                    String prom = ns.inside(() -> Launcher.get("127.0.0.1", port, "/metrics")).body();
-                    assertThat(prom).contains("mqvirtio_frontend_connected{device=\"traffic\"} 1")
-                            .contains("mqvirtio_device_queue_pairs{device=\"traffic\"} 4");
-                    Map<Integer, Long> later = tx(prom);
-                    for (int q = 0; q < PAIRS; q++) {
-                        assertThat(later.get(q)).as("counters only grow").isGreaterThanOrEqualTo(tx.get(q));
-                    }
-
-                    // mqvirtio stats --watch in a third process: rates on every TX queue
-                    List<String> stats = new ArrayList<>(List.of("ip", "netns", "exec", ns.name()));
-                    stats.addAll(Launcher.command("stats", "--from", "127.0.0.1:" + port, "--watch", "0.5", "--count",
-                            "2"));
-                    try (Launcher.Run s = Launcher.start(dir, "stats", stats)) {
-                        assertThat(s.exit(30_000)).as(s.stderr()).isZero();
-                        String table = s.stdout();
-                        assertThat(table).contains("traffic: socket " + sock + ", loopback, 4 queue pairs, frontend connected");
-                        Matcher m = Pattern.compile("(?m)^tx(\\d)\\s+(\\d+)\\s+([0-9.]+)\\s").matcher(
-                                table.substring(table.lastIndexOf("pps")));
-                        int rows = 0;
-                        while (m.find()) {
-                            rows++;
-                            assertThat(Long.parseLong(m.group(2))).as("pps of tx%s in%n%s", m.group(1), table).isPositive();
-                            assertThat(Double.parseDouble(m.group(3))).as("Mbit/s of tx%s", m.group(1)).isPositive();
-                        }
-                        assertThat(rows).as(table).isEqualTo(PAIRS);
-                    }
-
-                    // SIGTERM with the frontend connected and frames in flight
-                    r.process().destroy();
-                    assertThat(r.exit(15_000)).as(r.stderr()).isZero();
-                    assertThat(r.stderr()).contains("SIGTERM: stopping").contains("traffic: stopped (SIGTERM)")
-                            .doesNotContain("\tat ");
-                    assertThat(sock).doesNotExist();
-                } finally {
-                    try {
-                        stdin.write('\n');
-                        stdin.flush();
-                    } catch (java.io.IOException ignored) {
-                        // testpmd already gone
-                    }
-                    p.waitFor(10, TimeUnit.SECONDS);
-                    Peers.stop(p, 3000);
-                    removeRuntimeDir(prefix);
-                }
+            // the scraper's view, while frames flow: every TX queue counts
+            Map<Integer, Long> tx = Map.of();
+            long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(60);
+            while (!allAbove(tx, 10_000)) {
+                assertThat(tp.isAlive()).as("testpmd exited early:%n%s", Peers.tail(tp.log(), 30)).isTrue();
+                assertThat(System.nanoTime()).as("TX counters %s; serve:%n%s", tx, r.stderr()).isLessThan(deadline);
+                Thread.sleep(200);
+                Launcher.Http h = lab.inside(() -> Launcher.get("127.0.0.1", port, "/metrics"));
+                assertThat(h.status()).isEqualTo(200);
+                tx = tx(h.body());
             }
-        }
-    }
-
-    /** testpmd leaves its EAL runtime directory (/var/run/dpdk/PREFIX) behind. */
-    static void removeRuntimeDir(String prefix) throws java.io.IOException {
-        Path d = Path.of("/var/run/dpdk", prefix);
-        if (java.nio.file.Files.isDirectory(d)) {
-            try (var s = java.nio.file.Files.walk(d)) {
-                for (Path f : s.sorted(java.util.Comparator.reverseOrder()).toList()) {
-                    java.nio.file.Files.deleteIfExists(f);
-                }
+            String prom = lab.inside(() -> Launcher.get("127.0.0.1", port, "/metrics")).body();
+            assertThat(prom).contains("mqvirtio_frontend_connected{device=\"traffic\"} 1")
+                    .contains("mqvirtio_device_queue_pairs{device=\"traffic\"} 4");
+            Map<Integer, Long> later = tx(prom);
+            for (int q = 0; q < PAIRS; q++) {
+                assertThat(later.get(q)).as("counters only grow").isGreaterThanOrEqualTo(tx.get(q));
             }
+
+            // mqvirtio stats --watch in a third process: rates on every TX queue
+            List<String> stats = new ArrayList<>(List.of("ip", "netns", "exec", lab.netns().name()));
+            stats.addAll(Launcher.command("stats", "--from", "127.0.0.1:" + port, "--watch", "0.5", "--count", "2"));
+            try (Launcher.Run s = Launcher.start(dir, "stats", stats)) {
+                assertThat(s.exit(30_000)).as(s.stderr()).isZero();
+                String table = s.stdout();
+                assertThat(table).contains("traffic: socket " + sock + ", loopback, 4 queue pairs, frontend connected");
+                Matcher m = Pattern.compile("(?m)^tx(\\d)\\s+(\\d+)\\s+([0-9.]+)\\s").matcher(
+                        table.substring(table.lastIndexOf("pps")));
+                int rows = 0;
+                while (m.find()) {
+                    rows++;
+                    assertThat(Long.parseLong(m.group(2))).as("pps of tx%s in%n%s", m.group(1), table).isPositive();
+                    assertThat(Double.parseDouble(m.group(3))).as("Mbit/s of tx%s", m.group(1)).isPositive();
+                }
+                assertThat(rows).as(table).isEqualTo(PAIRS);
+            }
+
+            // SIGTERM with the frontend connected and frames in flight
+            r.process().destroy();
+            assertThat(r.exit(15_000)).as(r.stderr()).isZero();
+            assertThat(r.stderr()).contains("SIGTERM: stopping").contains("traffic: stopped (SIGTERM)")
+                    .doesNotContain("\tat ");
+            assertThat(sock).doesNotExist();
         }
     }
 

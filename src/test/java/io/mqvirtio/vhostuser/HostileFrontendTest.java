@@ -456,6 +456,19 @@ class HostileFrontendTest {
                     return ackd(c, Request.SET_VRING_ADDR, vringAddr(0, Protocol.VRING_F_LOG, c.uva(r.descOff()),
                             c.uva(r.usedOff()), c.uva(r.availOff()), -4096));
                 }, Outcome.ACK_FAILURE, "is logged beyond the log"),
+                withPf("a memory table beyond the log while logging", LOG_PF, Setup.MEMORY, c -> {
+                    c.fe.send(Request.SET_LOG_BASE, RawPeer.logBase(LOG_BYTES, 0), c.memfd(LOG_BYTES));
+                    c.fe.expectReplyTo(Request.SET_LOG_BASE.id);
+                    c.fe.ok(Request.SET_FEATURES, u64(BackendHarness.FEATURES | (1L << Protocol.F_LOG_ALL)));
+                    return ackd(c, Request.SET_MEM_TABLE, memTable(new RawPeer.Region(1L << 31, 4096, c.uva(0), 0)),
+                            c.ram.fd());
+                }, Outcome.ACK_FAILURE, "SET_MEM_TABLE: guest memory reaching 0x80001000 while logging"),
+                withPf("LOG_ALL with a log that memory has outgrown", LOG_PF, Setup.MEMORY, c -> {
+                    c.fe.send(Request.SET_LOG_BASE, RawPeer.logBase(LOG_BYTES, 0), c.memfd(LOG_BYTES));
+                    c.fe.expectReplyTo(Request.SET_LOG_BASE.id);
+                    c.fe.ok(Request.SET_MEM_TABLE, memTable(new RawPeer.Region(1L << 31, 4096, c.uva(0), 0)), c.ram.fd());
+                    return ackd(c, Request.SET_FEATURES, u64(BackendHarness.FEATURES | (1L << Protocol.F_LOG_ALL)));
+                }, Outcome.ACK_FAILURE, "SET_FEATURES: LOG_ALL: guest memory reaching 0x80001000"),
                 acked("SET_VRING_ENDIAN", Setup.MEMORY,
                         c -> ackd(c, Request.SET_VRING_ENDIAN, state(0, 1)), "only little-endian"),
                 acked("SET_BACKEND_REQ_FD (not offered)", Setup.MEMORY,
