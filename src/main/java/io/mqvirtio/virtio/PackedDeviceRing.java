@@ -72,8 +72,7 @@ public final class PackedDeviceRing implements DeviceRing {
     private int shadowCount;
     private long usedTotal;
 
-    @SuppressWarnings("unused")
-    private long readAheadSink;
+    private final ReadAhead ahead = new ReadAhead();
     private String broken;
     private final DirtyLogCache dirty = new DirtyLogCache();
     private long descGpa = RingLog.NONE;  // where the descriptor ring's writes are logged, while logging
@@ -209,38 +208,32 @@ public final class PackedDeviceRing implements DeviceRing {
     }
 
     /**
-     * Touches the first line (two from 65 bytes on) of every available buffer, whatever its length: the loads are
-     * independent, so the lines the driver's CPU wrote arrive together rather than one per pop (64-byte frames
-     * copied out: 1.54x, paired windows; 1500-byte frames: unchanged). A hint: nothing read here is trusted.
+     * Touches the first two lines of every available buffer: a hint, nothing read here is trusted or consumed. Two
+     * short loops, the descriptors' addresses first, then a byte of each frame's two lines ({@link ReadAhead}), so
+     * that the misses of a whole burst (lines the driver's CPU wrote) are in flight together. One loop doing both
+     * spent about 130 instructions a frame and kept two or three frames' misses in flight; measured against it with
+     * paired windows (DPDK virtio-user into our copying sink): 1.04-1.12x at 64 B, 1.04-1.23x at 1500 B.
      */
     @Override
     public void readAhead(int max) {
-        long sum = 0;
+        long[] at = ahead.addresses();
+        int n = Math.min(Math.min(max, size), at.length);
+        MemorySegment d = desc;
         int pos = nextAvail;
         boolean wrap = availWrap;
-        for (int i = 0; i < Math.min(max, size); i++) {
+        int k = 0;
+        while (k < n) {
             long b = (long) pos * DESC_SIZE;
-            if (!isAvail(Short.toUnsignedInt(desc.get(U16, b + DESC_FLAGS)), wrap)) {
+            if (!isAvail(Short.toUnsignedInt(d.get(U16, b + DESC_FLAGS)), wrap)) {
                 break;
             }
-            long addr = desc.get(U64, b + DESC_ADDR);
-            long len = Integer.toUnsignedLong(desc.get(U32, b + DESC_LEN));
-            if (len != 0) {
-                MemoryRegion r = memory.regionOfGpa(addr, Math.min(len, 128));
-                if (r != null) {
-                    long off = addr - r.guestPhysAddr();
-                    sum += r.segment().get(ValueLayout.JAVA_BYTE, off);
-                    if (len > 64) {
-                        sum += r.segment().get(ValueLayout.JAVA_BYTE, off + 64);
-                    }
-                }
-            }
+            at[k++] = d.get(U64, b + DESC_ADDR);
             if (++pos == size) {
                 pos = 0;
                 wrap = !wrap;
             }
         }
-        readAheadSink = sum;
+        ahead.touch(memory, k);
     }
 
     @Override
@@ -298,11 +291,8 @@ public final class PackedDeviceRing implements DeviceRing {
                 throw broken("descriptor chain at " + start + " is longer than the ring (" + size + ")");
             }
         }
-        if (id >= size) {
-            throw broken("chain at " + start + " has buffer id " + id + ", the ring has " + size + " entries");
-        }
-        if (inFlight[id]) {
-            throw broken("chain at " + start + " has buffer id " + id + ", which is already in flight");
+        if (id >= size || inFlight[id]) {
+            throw badId(start, id);
         }
         inFlight[id] = true;
         chain.identify(id, n);
@@ -322,13 +312,24 @@ public final class PackedDeviceRing implements DeviceRing {
         return true;
     }
 
-    private void addBuffer(DescriptorChain chain, int start, long addr, int len, boolean writable) {
-        long ulen = Integer.toUnsignedLong(len);
-        MemoryRegion region = memory.regionOfGpa(addr, ulen);
-        if (region == null) {
+    private MemoryRegion regionFor(int start, long addr, long ulen) {
+        MemoryRegion r = memory.regionOfGpa(addr, ulen);
+        if (r == null) {
             throw broken("a descriptor of the chain at " + start + " points outside guest memory: 0x"
                     + Long.toHexString(addr) + "+" + ulen);
         }
+        return r;
+    }
+
+    private VirtqueueException badId(int start, int id) {
+        if (id >= size) {
+            return broken("chain at " + start + " has buffer id " + id + ", the ring has " + size + " entries");
+        }
+        return broken("chain at " + start + " has buffer id " + id + ", which is already in flight");
+    }
+
+    private void addBuffer(DescriptorChain chain, int start, long addr, int len, boolean writable) {
+        MemoryRegion region = regionFor(start, addr, Integer.toUnsignedLong(len));
         if (!chain.add(addr, region.segment(), addr - region.guestPhysAddr(), len, writable)) {
             throw broken("descriptor chain at " + start + " has more than " + chain.capacity() + " buffers");
         }

@@ -195,6 +195,48 @@ class PackedHostileRingTest {
         }, ALL, "readable descriptor after a writable one");
     }
 
+    /**
+     * The read-ahead reads descriptors nobody checked yet: addresses at guest memory's last byte, past its end, at
+     * 2^64-1 and below its start must be skipped (no access outside, no exception, the ring still whole); the pop
+     * then judges each descriptor as always.
+     */
+    @Test
+    void readAheadOverHostileAddressesTouchesNothingOutsideAndBreaksNothing() {
+        long size = mem.driver().byteSize();
+        long[] addresses = {buf(0), mem.gpa(size - 1), mem.gpa(size - 64), mem.gpa(size) , -1L, 0x10, buf(1)};
+        for (int i = 0; i < addresses.length; i++) {
+            desc(i, addresses[i], 64, i, 0);
+        }
+        DeviceRing q = device(ALL);
+        DescriptorChain c = new DescriptorChain(64);
+        q.readAhead(64);
+        q.readAhead(1);
+        assertThat(q.isBroken()).isFalse();
+        assertThat(q.pop(c)).isTrue(); // buf(0)
+        q.readAhead(64);
+        assertThatThrownBy(() -> q.pop(c)).isInstanceOf(VirtqueueException.class).hasMessageContaining("outside guest memory");
+        assertThat(q.isBroken()).isTrue();
+    }
+
+    /** The frame half on its own: a burst's addresses in a region smaller than two lines, or in none, touch nothing. */
+    @Test
+    void readAheadInARegionSmallerThanTwoLines() {
+        try (java.lang.foreign.Arena a = java.lang.foreign.Arena.ofConfined()) {
+            MemorySegment tiny = a.allocate(64, 64);
+            io.mqvirtio.memory.GuestMemory g = io.mqvirtio.memory.GuestMemory.of(java.util.List.of(
+                    new io.mqvirtio.memory.MemoryRegion(0x1000, 64, 0x7000_0000L, 0, tiny)));
+            ReadAhead ra = new ReadAhead();
+            long[] at = ra.addresses();
+            at[0] = 0x1000;
+            at[1] = 0x1030;
+            at[2] = 0x2000;
+            ra.touch(g, 3);
+            at[0] = 0x2000; // the first address in no region: the burst is skipped
+            ra.touch(g, 3);
+            ra.touch(io.mqvirtio.memory.GuestMemory.EMPTY, 3);
+        }
+    }
+
     /** Three buffers of 2 GiB each, all inside guest memory (a sparse 4 GiB memfd): the total breaks the ring. */
     @Test
     void aChainAbove4GiBBreaksTheRing() {
