@@ -872,6 +872,15 @@ public final class BackendSession implements Runnable {
     }
 
     /**
+     * A packed base whose used half is zero, where the ring resumes with its used position at the avail one: what
+     * DPDK's virtio-user sends at every start (only the avail half), not a sign of frames in flight.
+     */
+    private static boolean onlyAvailHalf(RingBase asked, RingBase at) {
+        return asked.used() == 0 && !asked.usedWrap() && at.avail() == asked.avail()
+                && at.availWrap() == asked.availWrap() && at.used() == at.avail() && at.usedWrap() == at.availWrap();
+    }
+
+    /**
      * Starts ring {@code index} on the current memory. Its addresses are checked here: a ring outside the shared
      * memory, or misaligned, is a {@link GuestMemoryException} or {@link VirtqueueException} and does not start.
      */
@@ -884,7 +893,8 @@ public final class BackendSession implements Runnable {
         int num = ring.num;
         RingBase asked = RingBase.decode(ring.baseNum, packed(), num);
         DeviceRing q = Rings.device(g, num, ring.descUva, ring.availUva, ring.usedUva, ackedFeatures, asked);
-        boolean differs = packed() ? !q.base().equals(asked) : q.base().avail() != asked.avail();
+        boolean differs = packed() ? !q.base().equals(asked) && !onlyAvailHalf(asked, q.base())
+                : q.base().avail() != asked.avail();
         if (differs) {
             // Chains between the used index and the frontend's avail index were in flight with a backend that went
             // away: the ring takes them again from the used index (TX may resend a few frames; no RX buffer is lost).
