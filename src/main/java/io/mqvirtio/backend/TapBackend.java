@@ -162,6 +162,11 @@ public final class TapBackend implements PacketBackend {
         return name;
     }
 
+    /** Queue {@code pair}'s descriptor (to wait on it: poll(2)); it stays the backend's. */
+    public Tap queueFd(int pair) {
+        return queues.get(pair);
+    }
+
     @Override
     public int maxPairs() {
         return queues.size();

@@ -30,6 +30,7 @@ import org.jfree.data.xy.XYSeriesCollection;
 public final class BenchPlot {
     private static final Color[] COLORS = {
         new Color(0x1f77b4), new Color(0xff7f0e), new Color(0x222222), new Color(0x2ca02c), new Color(0xd62728),
+        new Color(0x9467bd), new Color(0x8c564b), new Color(0x555555),
     };
 
     private BenchPlot() {}
@@ -81,7 +82,7 @@ public final class BenchPlot {
         }
         LegendItemCollection legend = new LegendItemCollection();
         for (Scenario s : scenarios) {
-            LegendItem item = new LegendItem(s.title() + (s == Scenario.REFERENCE ? " (reference)" : ""), null, null, null,
+            LegendItem item = new LegendItem(s.title() + (s.isReference() ? " (reference)" : ""), null, null, null,
                     new Ellipse2D.Double(-4, -4, 8, 8), color(s), stroke(s), color(s));
             legend.add(item);
         }
@@ -112,7 +113,7 @@ public final class BenchPlot {
     }
 
     private static BasicStroke stroke(Scenario s) {
-        if (s == Scenario.REFERENCE) {
+        if (s.isReference()) {
             return new BasicStroke(2.5f, BasicStroke.CAP_BUTT, BasicStroke.JOIN_ROUND, 1f, new float[] {8f, 5f}, 0f);
         }
         return new BasicStroke(2f);

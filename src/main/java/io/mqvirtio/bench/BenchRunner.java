@@ -2,16 +2,27 @@ package io.mqvirtio.bench;
 
 import io.mqvirtio.backend.SinkBackend;
 import io.mqvirtio.backend.TapBackend;
+import io.mqvirtio.linux.Affinity;
+import io.mqvirtio.linux.ErrnoException;
+import io.mqvirtio.linux.Fd;
+import io.mqvirtio.linux.IoVec;
+import io.mqvirtio.linux.PacketSocket;
 import io.mqvirtio.net.NetDevice;
 import io.mqvirtio.net.NetDriver;
 import io.mqvirtio.net.PacketBackend;
+import io.mqvirtio.net.Port;
 import io.mqvirtio.net.QueueCounters;
+import io.mqvirtio.net.VirtioNet;
 import io.mqvirtio.vhostuser.Protocol;
 import io.mqvirtio.vhostuser.VhostUserServer;
 import io.mqvirtio.virtio.Experiment;
 import io.mqvirtio.virtio.VirtioFeatures;
 import java.io.IOException;
 import java.io.UncheckedIOException;
+import java.lang.foreign.Arena;
+import java.lang.foreign.MemorySegment;
+import java.lang.management.ManagementFactory;
+import java.lang.management.ThreadMXBean;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.ArrayList;
@@ -21,6 +32,7 @@ import java.util.List;
 import java.util.Locale;
 import java.util.Map;
 import java.util.concurrent.ThreadLocalRandom;
+import java.util.concurrent.atomic.AtomicLongArray;
 import java.util.stream.Stream;
 
 /**
@@ -197,6 +209,9 @@ public final class BenchRunner {
             case DPDK_TO_OURS -> new DpdkToBackend(pairs, ring, sock);
             case DPDK_TO_DPDK -> new DpdkToDpdk(pairs, ring, sock);
             case OURS_TO_DPDK -> new DriverToDpdk(pairs, ring, sock);
+            case TAP_TO_OURS -> new TapToBackend(pairs, ring, sock);
+            case WRITEV_TO_TAP -> new SyscallLoop(Scenario.WRITEV_TO_TAP, pairs, ring);
+            case TAP_TO_READV -> new SyscallLoop(Scenario.TAP_TO_READV, pairs, ring);
         };
     }
 
@@ -231,13 +246,17 @@ public final class BenchRunner {
 
     // ---- samples ----
 
-    /** Our device's per-pair TX-ring packet counts and worker CPU times at one instant. */
+    /** Our device's per-pair TX-ring (or RX-ring) packet counts and worker CPU times at one instant. */
     private record DeviceSample(long nanos, long[] packets, long[] cpu) {
         static DeviceSample of(NetDevice d) {
+            return of(d, false);
+        }
+
+        static DeviceSample of(NetDevice d, boolean rxRings) {
             List<QueueCounters.Snapshot> c = d.counters();
             long[] p = new long[d.pairs()];
             for (int i = 0; i < p.length; i++) {
-                p[i] = c.get(2 * i + 1).packets();
+                p[i] = c.get(2 * i + (rxRings ? 0 : 1)).packets();
             }
             long[] cpu = d.workerCpuNanos();
             return new DeviceSample(System.nanoTime(), p, cpu);
@@ -529,6 +548,351 @@ public final class BenchRunner {
                         }
                     }
                 }
+            }
+        }
+    }
+
+    /**
+     * A multiqueue TAP device in a namespace of the bench's own, up, with a MAC that is not the bench frames'
+     * destination (so that the kernel counts and drops what is written into it); closed with the namespace.
+     */
+    private record TapInNetns(BenchNetns ns, String name, TapBackend backend) implements AutoCloseable {
+        static TapInNetns open(int pairs) throws Exception {
+            BenchNetns ns = BenchNetns.create();
+            TapBackend backend = null;
+            try {
+                String name = "mqvb" + Integer.toHexString(ThreadLocalRandom.current().nextInt(0x10000, 0xfffff));
+                backend = ns.inside(() -> TapBackend.open(name, pairs));
+                ns.ip("link", "set", name, "address", "02:00:00:00:00:fe");
+                ns.ip("link", "set", name, "up");
+                return new TapInNetns(ns, name, backend);
+            } catch (Exception | Error e) {
+                if (backend != null) {
+                    backend.close();
+                }
+                ns.close();
+                throw e;
+            }
+        }
+
+        /** {@code n} packet sockets on the device, opened in its namespace, for {@link TapInjector}. */
+        List<PacketSocket> sockets(int n) throws Exception {
+            List<PacketSocket> l = new ArrayList<>();
+            try {
+                for (int i = 0; i < n; i++) {
+                    l.add(ns.inside(() -> PacketSocket.open(name)));
+                }
+            } catch (Exception | Error e) {
+                l.forEach(PacketSocket::close);
+                throw e;
+            }
+            return l;
+        }
+
+        @Override
+        public void close() throws Exception {
+            try {
+                backend.close();
+            } finally {
+                ns.close();
+            }
+        }
+    }
+
+    /** Host-side sender threads for a TAP: as many as queue pairs, two at most (this is a 2-CPU machine's bench). */
+    private static int injectors(int pairs) {
+        return Math.min(pairs, 2);
+    }
+
+    /**
+     * Scenario 6: frames sent on the host side of a multiqueue TAP ({@link TapInjector}, on the sending CPUs), our
+     * backend's RX path (workers on the receiving CPUs, woken by the TAP fds unless busy-polling) into our driver,
+     * whose threads count and check every frame. The driver's threads share the receiving CPUs with the workers:
+     * beside a sender that never sleeps (the kernel takes every frame, dropping what a full queue cannot hold), a
+     * polling receiver that yields when its ring is empty got 2 % of a CPU and let through 6 % of the frames.
+     */
+    private final class TapToBackend extends Session {
+        private final int pairs;
+        private final RingMode ring;
+        private final TapInNetns tap;
+        private final NetDevice dev;
+        private final VhostUserServer server;
+        private final NetDriver nic;
+        private TrafficRun.Running traffic;
+        private TapInjector injector;
+
+        private record Sample(TrafficRun.Snapshot driver, DeviceSample device, long sent, long[] injectCpu) {}
+
+        TapToBackend(int pairs, RingMode ring, Path sock) throws Exception {
+            this.pairs = pairs;
+            this.ring = ring;
+            TapInNetns t = TapInNetns.open(pairs);
+            NetDevice d = null;
+            VhostUserServer srv = null;
+            try {
+                d = device(pairs, t.backend());
+                srv = VhostUserServer.listen(sock, d);
+                nic = NetDriver.connect(sock, driverOptions(pairs, ring));
+            } catch (Exception | Error e) {
+                if (srv != null) {
+                    srv.close();
+                }
+                if (d != null) {
+                    d.close();
+                }
+                t.close();
+                throw e;
+            }
+            tap = t;
+            dev = d;
+            server = srv;
+        }
+
+        @Override
+        void begin(int size) throws Exception {
+            traffic = TrafficRun.start(nic, pairs, TrafficRun.Mode.RX_ONLY, size, o.rxCpus());
+            injector = new TapInjector(tap.sockets(injectors(pairs)), size, o.txCpus());
+        }
+
+        @Override
+        Object sample() {
+            return new Sample(traffic.sample(), DeviceSample.of(dev, true), injector.sent(), injector.cpu());
+        }
+
+        @Override
+        Measurement between(int size, Object x, Object y) {
+            Sample a = (Sample) x;
+            Sample b = (Sample) y;
+            TrafficRun.Result r = TrafficRun.between(a.driver(), b.driver());
+            long sent = b.sent() - a.sent();
+            List<Measurement.ThreadCpu> threads = new ArrayList<>();
+            for (int i = 0; i < a.injectCpu().length; i++) {
+                threads.add(new Measurement.ThreadCpu(Measurement.TX, "inject-" + i, b.injectCpu()[i] - a.injectCpu()[i],
+                        sent));
+            }
+            DeviceSample.threads(a.device(), b.device(), threads);
+            for (TrafficRun.PairResult p : r.pairs()) {
+                threads.add(new Measurement.ThreadCpu(Measurement.RX, "driver-qp" + p.pair(), p.cpuNanos(), p.rxPackets()));
+            }
+            StringBuilder note = new StringBuilder("tap " + tap.name() + " in netns " + tap.ns().name() + ", "
+                    + injector.threads() + " sender thread(s), " + (o.busyPoll() ? "busy-poll" : "notifications")
+                    + "; per queue Mpps");
+            for (TrafficRun.PairResult p : r.pairs()) {
+                note.append(String.format(Locale.ROOT, " %.3f", p.rxPackets() / r.seconds() / 1e6));
+            }
+            if (r.badFrames() > 0) {
+                note.append("; ").append(r.badFrames()).append(" frames of another length than sent");
+            }
+            return new Measurement(Scenario.TAP_TO_OURS, size, pairs, ring, nic.features(), r.rxPackets(), r.seconds(),
+                    sent, (b.device().nanos() - a.device().nanos()) / 1e9, threads,
+                    r.badFrames() > 0 ? Measurement.Status.FAILED : Measurement.Status.OK, note + deviceErrors(dev));
+        }
+
+        @Override
+        void end() throws InterruptedException {
+            if (injector != null) {
+                injector.close();
+                injector = null;
+            }
+            if (traffic != null) {
+                traffic.close();
+                traffic = null;
+            }
+        }
+
+        @Override
+        public void close() throws Exception {
+            try {
+                end();
+                nic.close();
+            } finally {
+                try {
+                    server.close();
+                } finally {
+                    try {
+                        dev.close();
+                    } finally {
+                        tap.close();
+                    }
+                }
+            }
+        }
+    }
+
+    /**
+     * Scenarios 7 and 8, the TAP path's syscall-bound references: one thread per TAP queue (on the receiving CPUs,
+     * where our workers run in 5 and 6) doing nothing but one {@code writev} of a 12-byte virtio-net header and a
+     * frame per frame (7; the kernel counts and drops them) or one {@code readv} into a header and a 2 KiB buffer per
+     * frame (8; frames from {@link TapInjector} on the sending CPUs; an empty queue waits in poll(2)), through the
+     * same FFM layer and TAP setup as our backend.
+     */
+    private final class SyscallLoop extends Session {
+        private final Scenario scenario;
+        private final int pairs;
+        private final RingMode ring;
+        private final TapInNetns tap;
+        private final List<Port> ports = new ArrayList<>();
+        private final AtomicLongArray counts;
+        private final List<Thread> threads = new ArrayList<>();
+        private final ThreadMXBean mx = ManagementFactory.getThreadMXBean();
+        private volatile boolean stop;
+        private TapInjector injector;
+
+        private record Sample(long nanos, long[] counts, long[] cpu, long kernelRx, long sent, long[] injectCpu) {}
+
+        SyscallLoop(Scenario scenario, int pairs, RingMode ring) throws Exception {
+            this.scenario = scenario;
+            this.pairs = pairs;
+            this.ring = ring;
+            this.counts = new AtomicLongArray(pairs * 8);
+            tap = TapInNetns.open(pairs);
+            try {
+                for (int i = 0; i < pairs; i++) {
+                    Port p = tap.backend().open(i);
+                    p.setActive(true);
+                    ports.add(p);
+                }
+            } catch (Exception | Error e) {
+                tap.close();
+                throw e;
+            }
+        }
+
+        @Override
+        void begin(int size) throws Exception {
+            stop = false;
+            int[] cpus = o.rxCpus();
+            for (int i = 0; i < pairs; i++) {
+                int q = i;
+                int cpu = cpus.length == 0 ? -1 : cpus[i % cpus.length];
+                threads.add(Thread.ofPlatform().name("syscall-q" + i).daemon().start(() -> {
+                    if (cpu >= 0) {
+                        Affinity.pin(cpu);
+                    }
+                    if (scenario == Scenario.WRITEV_TO_TAP) {
+                        writeLoop(q, size);
+                    } else {
+                        readLoop(q);
+                    }
+                }));
+            }
+            if (scenario == Scenario.TAP_TO_READV) {
+                injector = new TapInjector(tap.sockets(injectors(pairs)), size, o.txCpus());
+            }
+        }
+
+        private void writeLoop(int q, int size) {
+            try (Arena a = Arena.ofConfined()) {
+                MemorySegment hdr = a.allocate(VirtioNet.HDR_SIZE, 8); // zero: no offload asked
+                MemorySegment frame = TrafficRun.udpFrame(a, q, size);
+                IoVec iov = new IoVec(2);
+                iov.add(hdr);
+                iov.add(frame);
+                Port port = ports.get(q);
+                long n = 0;
+                while (!stop) {
+                    long r;
+                    try {
+                        r = port.send(iov);
+                    } catch (ErrnoException e) {
+                        r = 0; // refused (as our worker counts it): not a frame sent
+                    }
+                    if (r > 0) {
+                        counts.setRelease(q * 8, ++n);
+                    } else if (r == -1) {
+                        Thread.onSpinWait();
+                    }
+                }
+            }
+        }
+
+        private void readLoop(int q) {
+            try (Arena a = Arena.ofConfined()) {
+                IoVec iov = new IoVec(2);
+                iov.add(a.allocate(VirtioNet.HDR_SIZE, 8));
+                iov.add(a.allocate(2048, 64));
+                Port port = ports.get(q);
+                long n = 0;
+                while (!stop) {
+                    long r = port.receive(iov);
+                    if (r > 0) {
+                        counts.setRelease(q * 8, ++n);
+                    } else if (r == -1) {
+                        tap.backend().queueFd(q).poll(Fd.POLLIN, 100);
+                    }
+                }
+            }
+        }
+
+        @Override
+        Object sample() throws Exception {
+            long[] c = new long[pairs];
+            for (int i = 0; i < pairs; i++) {
+                c[i] = counts.getAcquire(i * 8);
+            }
+            long[] cpu = threads.stream().mapToLong(t -> mx.getThreadCpuTime(t.threadId())).toArray();
+            long kernelRx = scenario == Scenario.WRITEV_TO_TAP ? tap.ns().rxPackets(tap.name()) : -1;
+            return new Sample(System.nanoTime(), c, cpu, kernelRx, injector == null ? 0 : injector.sent(),
+                    injector == null ? new long[0] : injector.cpu());
+        }
+
+        @Override
+        Measurement between(int size, Object x, Object y) {
+            Sample a = (Sample) x;
+            Sample b = (Sample) y;
+            long done = 0;
+            List<Measurement.ThreadCpu> cpu = new ArrayList<>();
+            for (int i = 0; i < pairs; i++) {
+                long n = b.counts()[i] - a.counts()[i];
+                done += n;
+                cpu.add(new Measurement.ThreadCpu(Measurement.RX, "syscall-q" + i, b.cpu()[i] - a.cpu()[i], n));
+            }
+            double seconds = (b.nanos() - a.nanos()) / 1e9;
+            String note;
+            long received;
+            long sent;
+            if (scenario == Scenario.WRITEV_TO_TAP) {
+                received = b.kernelRx() - a.kernelRx(); // what the kernel counted of the writes
+                sent = done;
+                note = "tap " + tap.name() + " in netns " + tap.ns().name() + " counted rx_packets +" + received
+                        + "; one writev per frame";
+            } else {
+                received = done;
+                sent = b.sent() - a.sent();
+                for (int i = 0; i < a.injectCpu().length; i++) {
+                    cpu.add(new Measurement.ThreadCpu(Measurement.TX, "inject-" + i,
+                            b.injectCpu()[i] - a.injectCpu()[i], sent));
+                }
+                StringBuilder per = new StringBuilder();
+                for (int i = 0; i < pairs; i++) {
+                    per.append(String.format(Locale.ROOT, " %.3f", (b.counts()[i] - a.counts()[i]) / seconds / 1e6));
+                }
+                note = "tap " + tap.name() + " in netns " + tap.ns().name() + ", " + a.injectCpu().length
+                        + " sender thread(s); one readv per frame; per queue Mpps" + per;
+            }
+            return new Measurement(scenario, size, pairs, ring, Measurement.UNKNOWN, received, seconds, sent, seconds,
+                    cpu, Measurement.Status.OK, note);
+        }
+
+        @Override
+        void end() throws InterruptedException {
+            stop = true;
+            for (Thread t : threads) {
+                t.join(5000);
+            }
+            threads.clear();
+            if (injector != null) {
+                injector.close();
+                injector = null;
+            }
+        }
+
+        @Override
+        public void close() throws Exception {
+            try {
+                end();
+            } finally {
+                tap.close();
             }
         }
     }

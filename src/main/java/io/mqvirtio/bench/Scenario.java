@@ -9,9 +9,12 @@ public enum Scenario {
     DPDK_TO_OURS(2, "dpdk->ours", "DPDK virtio-user (testpmd txonly) -> our backend (sink)", true, false),
     DPDK_TO_DPDK(3, "dpdk->dpdk", "DPDK virtio-user (testpmd txonly) -> DPDK vhost (testpmd rxonly): the reference", true, false),
     OURS_TO_DPDK(4, "ours->dpdk", "our driver -> DPDK vhost (testpmd rxonly)", true, false),
-    OURS_TO_TAP(5, "ours->tap", "our driver -> our backend -> multiqueue TAP in a namespace (the kernel drops)", false, true);
+    OURS_TO_TAP(5, "ours->tap", "our driver -> our backend -> multiqueue TAP in a namespace (the kernel drops)", false, true),
+    TAP_TO_OURS(6, "tap->ours", "host sender (packet sockets, sendmmsg) -> multiqueue TAP -> our backend -> our driver", false, true),
+    WRITEV_TO_TAP(7, "writev->tap", "syscall-bound reference of 5: one writev per frame on each TAP queue fd, nothing else", false, true),
+    TAP_TO_READV(8, "tap->readv", "syscall-bound reference of 6: host sender as in 6, one readv per frame from each TAP queue fd", false, true);
 
-    /** The scenario every other is compared with, at the same frame size and queue pairs. */
+    /** The scenario the virtio ones are compared with, at the same frame size and queue pairs. */
     public static final Scenario REFERENCE = DPDK_TO_DPDK;
 
     private final int id;
@@ -54,6 +57,24 @@ public enum Scenario {
         return needsRoot;
     }
 
+    /**
+     * What this scenario's rate is compared with (its "vs ref" columns): the TAP scenarios with the syscall-bound
+     * loop of the same direction (how close the data path comes to the kernel's own cost), the rest with DPDK to
+     * DPDK (scenario 3); a reference with itself.
+     */
+    public Scenario reference() {
+        return switch (this) {
+            case OURS_TO_TAP, WRITEV_TO_TAP -> WRITEV_TO_TAP;
+            case TAP_TO_OURS, TAP_TO_READV -> TAP_TO_READV;
+            default -> REFERENCE;
+        };
+    }
+
+    /** Whether this scenario is a reference of others. */
+    public boolean isReference() {
+        return reference() == this;
+    }
+
     public static Scenario byId(int id) {
         for (Scenario s : values()) {
             if (s.id == id) {
@@ -78,8 +99,9 @@ public enum Scenario {
                 }
             }
             if (found == null) {
-                throw new IllegalArgumentException("unknown scenario '" + t + "': use 1..5 or all (1 ours->ours, "
-                        + "2 dpdk->ours, 3 dpdk->dpdk, 4 ours->dpdk, 5 ours->tap)");
+                throw new IllegalArgumentException("unknown scenario '" + t + "': use 1..8 or all (1 ours->ours, "
+                        + "2 dpdk->ours, 3 dpdk->dpdk, 4 ours->dpdk, 5 ours->tap, 6 tap->ours, 7 writev->tap, "
+                        + "8 tap->readv)");
             }
             if (!out.contains(found)) {
                 out.add(found);

@@ -20,11 +20,16 @@ import java.util.concurrent.atomic.AtomicLongArray;
  * CPU time during the measured interval (thread CPU time holds on a loaded machine, wall time does not).
  */
 public final class TrafficRun {
-    public enum Mode { TX_ONLY, ECHO }
+    /**
+     * TX_ONLY: each pair's thread sends; ECHO: it sends and receives; RX_ONLY: it only receives, and checks that
+     * each of the bench's frames arrived as long as it was sent (the count of those that did not is
+     * {@link Result#badFrames}; frames the host sent on its own are counted as received, not checked).
+     */
+    public enum Mode { TX_ONLY, ECHO, RX_ONLY }
 
     public record PairResult(int pair, long txPackets, long txBytes, long rxPackets, long rxBytes, long cpuNanos) {}
 
-    public record Result(double seconds, int frameSize, List<PairResult> pairs) {
+    public record Result(double seconds, int frameSize, List<PairResult> pairs, long badFrames) {
         public long txPackets() {
             return pairs.stream().mapToLong(PairResult::txPackets).sum();
         }
@@ -50,7 +55,7 @@ public final class TrafficRun {
 
     private static final int BURST = 32;
     private static final int HEADERS = 14 + 20 + 8; // Ethernet, IPv4, UDP
-    private static final int TX = 0, TXB = 1, RX = 2, RXB = 3;
+    private static final int TX = 0, TXB = 1, RX = 2, RXB = 3, BAD = 4;
 
     private TrafficRun() {}
 
@@ -90,7 +95,11 @@ public final class TrafficRun {
             r.add(new PairResult(p, c1[TX] - c0[TX], c1[TXB] - c0[TXB], c1[RX] - c0[RX], c1[RXB] - c0[RXB],
                     b.cpu()[p] - a.cpu()[p]));
         }
-        return new Result((b.nanos() - a.nanos()) / 1e9, a.frameSize(), r);
+        long bad = 0;
+        for (int p = 0; p < a.counts().length; p++) {
+            bad += b.counts()[p][BAD] - a.counts()[p][BAD];
+        }
+        return new Result((b.nanos() - a.nanos()) / 1e9, a.frameSize(), r, bad);
     }
 
     /** Senders that run until closed; {@link #sample()} reads their counters whenever asked. */
@@ -139,9 +148,9 @@ public final class TrafficRun {
     }
 
     private static long[][] snapshot(AtomicLongArray[] c) {
-        long[][] s = new long[c.length][4];
+        long[][] s = new long[c.length][5];
         for (int p = 0; p < c.length; p++) {
-            for (int i = 0; i < 4; i++) {
+            for (int i = 0; i < 5; i++) {
                 s[p][i] = c[p].getAcquire(i);
             }
         }
@@ -163,7 +172,26 @@ public final class TrafficRun {
                 bufs[i] = a.allocate(2048);
             }
             int[] lens = new int[BURST];
-            long tx = 0, txb = 0, rx = 0, rxb = 0;
+            long tx = 0, txb = 0, rx = 0, rxb = 0, bad = 0;
+            if (mode == Mode.RX_ONLY) {
+                while (!stop.get()) {
+                    int r = q.receive(bufs, lens, BURST);
+                    rx += r;
+                    for (int i = 0; i < r; i++) {
+                        rxb += lens[i];
+                        if (lens[i] != Math.max(frameSize, 60) && isBenchUdp(bufs[i], lens[i])) {
+                            bad++; // one of the bench's frames, not as long as it was sent
+                        }
+                    }
+                    out.setRelease(RX, rx);
+                    out.setRelease(RXB, rxb);
+                    out.setRelease(BAD, bad);
+                    if (r == 0) {
+                        Thread.yield(); // another pair's receiver, or the host's sender, may share this CPU
+                    }
+                }
+                return;
+            }
             while (!stop.get()) {
                 int n = q.sendInPlace(BURST, writer);
                 tx += n;
@@ -186,6 +214,16 @@ public final class TrafficRun {
                 }
             }
         }
+    }
+
+    /**
+     * Whether a received frame is one of the bench's UDP frames (IPv4, UDP to port 9), not something the host's
+     * kernel sent on its own (IPv6 neighbour discovery when a TAP comes up, for one).
+     */
+    static boolean isBenchUdp(MemorySegment f, int len) {
+        return len >= HEADERS && f.get(ValueLayout.JAVA_BYTE, 12) == 0x08 && f.get(ValueLayout.JAVA_BYTE, 13) == 0
+                && f.get(ValueLayout.JAVA_BYTE, 23) == 17 && f.get(ValueLayout.JAVA_BYTE, 36) == 0
+                && f.get(ValueLayout.JAVA_BYTE, 37) == 9;
     }
 
     /** A UDP/IPv4 frame of {@code len} bytes (at least 60) from a per-pair source port. */

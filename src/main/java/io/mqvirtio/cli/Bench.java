@@ -30,11 +30,15 @@ import java.util.Set;
 public final class Bench {
     static final String USAGE = """
               bench                our driver, our backend and DPDK testpmd against each other: packets per second,
-                                   Gbit/s, CPU time per packet of every busy thread, ratio to the reference (3)
+                                   Gbit/s, CPU time per packet of every busy thread, ratio to the reference
+                                   ("vs ref": 3 for 1, 2 and 4; 7 for 5; 8 for 6)
                   --scenarios LIST 1 ours->ours (our driver -> our backend's sink), 2 dpdk->ours (testpmd virtio-user
                                    txonly -> our backend), 3 dpdk->dpdk (virtio-user -> testpmd vhost rxonly: the
                                    reference), 4 ours->dpdk (our driver -> testpmd vhost), 5 ours->tap (our driver ->
-                                   our backend -> a multiqueue TAP in a namespace of its own; root); default all
+                                   our backend -> a multiqueue TAP in a namespace of its own; root), 6 tap->ours
+                                   (packet sockets on the host side of the TAP -> our backend -> our driver; root),
+                                   7 writev->tap and 8 tap->readv (the syscall-bound loops 5 and 6 are compared with:
+                                   one writev / readv per frame on each TAP queue fd; root); default all
                   --sizes LIST     frame sizes in bytes (default 64,512,1500)
                   --pairs LIST     queue pairs (default 1,2,4)
                   --layout L       the virtqueue layout both sides of every scenario are asked for: split, packed
@@ -50,7 +54,7 @@ public final class Bench {
                   --repeat N       measured intervals per point, back to back; the best is reported, all are in
                                    the JSON (default 1; on a shared machine, 3 to 5 find its quieter moments)
                   --rounds N       measure the whole grid N times, round after round, each point set up afresh;
-                                   a point is its best round, and "med (3)" is the median over the rounds of
+                                   a point is its best round, and "med ref" is the median over the rounds of
                                    its ratio to the reference of the same round (default 1; on a machine whose
                                    speed drifts, 5 or more)
                   --busy-poll      our backend's workers poll their rings (default: they sleep until kicked)

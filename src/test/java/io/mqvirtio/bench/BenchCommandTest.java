@@ -108,10 +108,15 @@ class BenchCommandTest {
             assertThat(num(r, "gbps")).as("Gbit/s of %s", r)
                     .isCloseTo(num(r, "mpps") * num(r, "frame_bytes") * 8 / 1000, org.assertj.core.data.Percentage.withPercentage(1));
             assertThat(num(r, "seconds")).isPositive();
-            assertThat(num(r, "tx_cpu_ns_per_packet")).as("sender CPU per packet of %s", r).isPositive();
+            // 7's writev loop stands where 5's worker does (the receiving side); nothing else of ours sends there
+            boolean sends = !r.get("scenario").equals("7");
+            if (sends) {
+                assertThat(num(r, "tx_cpu_ns_per_packet")).as("sender CPU per packet of %s", r).isPositive();
+                assertThat(r.get("threads")).contains("tx:");
+            }
             assertThat(num(r, "rx_cpu_ns_per_packet")).as("receiver CPU per packet of %s", r).isPositive();
             assertThat(num(r, "cores")).as("cores of %s", r).isPositive().isLessThan(Runtime.getRuntime().availableProcessors() + 1.0);
-            assertThat(r.get("threads")).contains("tx:").contains("rx:");
+            assertThat(r.get("threads")).contains("rx:");
         }
         return rows;
     }
@@ -128,7 +133,7 @@ class BenchCommandTest {
         assertThat(o.err()).contains("[1/8] 1 ours->ours 64 B 1 pair split+inorder:")
                 .contains("[3/8] 1 ours->ours 64 B 1 pair packed+inorder:")
                 .contains("[8/8] 1 ours->ours 1500 B 2 pairs packed+inorder:");
-        assertThat(o.out()).contains("scenario").contains("ring").contains("vs (3)")
+        assertThat(o.out()).contains("scenario").contains("ring").contains("vs ref")
                 .containsPattern("1 ours->ours\\s+1500\\s+2 packed\\+inorder\\s+[0-9.]+")
                 .doesNotContain(BenchReport.ASKED_LEGEND);
         List<Map<String, String>> rows = checkOutputs(out, 8);
@@ -222,7 +227,7 @@ class BenchCommandTest {
 
     @Test
     void argumentErrorsAreClear() {
-        assertBad("unknown scenario '7'", "--scenarios", "1,7");
+        assertBad("unknown scenario '9'", "--scenarios", "1,9");
         assertBad("--sizes: each value must be in 60..1518, got 20", "--sizes", "20");
         assertBad("--pairs needs comma-separated numbers, got 'x'", "--pairs", "x");
         assertBad("--cpus needs TX:RX CPU lists", "--cpus", "0");

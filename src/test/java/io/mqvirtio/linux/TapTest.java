@@ -3,6 +3,7 @@ package io.mqvirtio.linux;
 import static io.mqvirtio.linux.Frames.ip;
 import static io.mqvirtio.linux.Frames.mac;
 import static org.assertj.core.api.Assertions.assertThat;
+import static org.assertj.core.api.Assertions.assertThatThrownBy;
 import static org.junit.jupiter.api.Assumptions.assumeTrue;
 
 import java.lang.foreign.Arena;
@@ -166,6 +167,40 @@ class TapTest {
             queues[0].attach();
             assertThat(sendFlows(sock, 22000)).containsExactlyInAnyOrder(0, keep);
         }
+    }
+
+    /**
+     * A host-side sender's frames (a packet socket bound to the device, 32 frames in one sendmmsg, each its own flow)
+     * come out of the queues whole, spread by the kernel's queue selection; a name that is no interface, and
+     * batches out of bounds, are clear errors.
+     */
+    @Test
+    void framesSentThroughAPacketSocketComeOutOfTheQueuesWhole() throws Exception {
+        try (Arena a = Arena.ofConfined(); PacketSocket sock = ns.inside(() -> PacketSocket.open(dev))) {
+            PacketSocket.Batch batch = new PacketSocket.Batch(a, 32);
+            List<byte[]> sent = new ArrayList<>();
+            for (int i = 0; i < 32; i++) {
+                byte[] f = Frames.udp(PEER_MAC, mac(1), PEER_IP, OUR_IP, 30000 + i, 9, new byte[] {(byte) i, 7, 7});
+                MemorySegment m = a.allocate(f.length);
+                MemorySegment.copy(f, 0, m, ValueLayout.JAVA_BYTE, 0, f.length);
+                batch.set(i, m);
+                sent.add(f);
+            }
+            assertThat(sock.send(batch, 32)).isEqualTo(32);
+            Set<Integer> queuesUsed = new HashSet<>();
+            for (int i = 0; i < 32; i++) {
+                Got g = next(f -> Frames.isUdp(f) && Frames.udpDstPort(f) == 9);
+                int flow = Frames.udpSrcPort(g.frame()) - 30000;
+                assertThat(g.frame()).as("flow %d whole", flow).isEqualTo(sent.get(flow));
+                queuesUsed.add(g.queue());
+            }
+            assertThat(queuesUsed).as("flows spread over several queues").hasSizeGreaterThan(1);
+            assertThatThrownBy(() -> sock.send(batch, 33)).isInstanceOf(IllegalArgumentException.class);
+            assertThatThrownBy(() -> sock.send(batch, 0)).isInstanceOf(IllegalArgumentException.class);
+            assertThatThrownBy(() -> new PacketSocket.Batch(a, 0)).isInstanceOf(IllegalArgumentException.class);
+        }
+        assertThatThrownBy(() -> ns.inside(() -> PacketSocket.open("mqvnone0"))).isInstanceOf(ErrnoException.class)
+                .hasMessageContaining("if_nametoindex(mqvnone0)");
     }
 
     /** Sends one datagram to each of 32 ports from {@code basePort}; returns the queues they came out of. */
