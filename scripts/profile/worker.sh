@@ -21,6 +21,7 @@ mkdir -p "$hsdis"
 ln -sf /usr/lib/x86_64-linux-gnu/libhsdis.so.0 "$hsdis/hsdis-amd64.so"
 print="-XX:CompileCommand=print,io.mqvirtio.net.QueuePairWorker::* -XX:CompileCommand=print,io.mqvirtio.virtio.*::*"
 print="$print -XX:CompileCommand=print,io.mqvirtio.bench.*::* -XX:CompileCommand=print,io.mqvirtio.linux.IoVec::*"
+print="$print -XX:CompileCommand=print,io.mqvirtio.backend.*::* -XX:CompileCommand=print,io.mqvirtio.device.*::*"
 LD_LIBRARY_PATH="$hsdis" MQVIRTIO_NO_AOT=1 \
   MQVIRTIO_JAVA_OPTS="-XX:+UnlockDiagnosticVMOptions -XX:+DumpPerfMapAtExit -XX:CompileCommand=quiet $print" \
   timeout 600 "$root/bin/mqvirtio" bench "$@" --out "$out/bench" >"$out/bench.log" 2>&1 &
