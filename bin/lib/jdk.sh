@@ -1,4 +1,4 @@
-# Sourced by the project's scripts: finds a JDK 25+ and exports JAVA_HOME and PATH for it.
+# Sourced by the project's scripts and ./mvnw (POSIX sh): finds a JDK 25+ and exports JAVA_HOME and PATH for it.
 # Order: $JAVA_HOME if it is 25 or newer, then the newest JDK 25+ under /usr/lib/jvm.
 
 jdk_major() {  # prints the feature version of the JDK at $1, or nothing
@@ -26,8 +26,7 @@ find_jdk25() {
 }
 
 if ! JAVA_HOME=$(find_jdk25); then
-  echo "mqvirtio needs JDK 25 or newer and found none (JAVA_HOME=${JAVA_HOME:-unset}, nothing under /usr/lib/jvm)." >&2
-  echo "Install one, e.g. Temurin 25 (temurin-25-jdk), or point JAVA_HOME at it." >&2
+  echo "mqvirtio needs JDK 25 or newer and found none (JAVA_HOME=${JAVA_HOME:-unset}, none under /usr/lib/jvm): install one (e.g. temurin-25-jdk) or point JAVA_HOME at it" >&2
   exit 1
 fi
 export JAVA_HOME
