@@ -18,6 +18,10 @@ public final class Main {
             """ + Bench.USAGE + """
               serve                a vhost-user-net backend (QEMU or DPDK virtio-user connect to it)
                   --socket-path P  the vhost-user socket (listened on; with --client, connected to)
+                  --fd N           listen on descriptor N, a listening AF_UNIX socket a supervisor passed (instead
+                                   of --socket-path; fd=N in a --vm). With neither, the sockets systemd passes
+                                   (socket activation: LISTEN_FDS) are the VMs', in order; serve tells systemd
+                                   when it is ready and when it stops (NOTIFY_SOCKET, Type=notify)
                   --queues N       queue pairs (default 1); QEMU's queues= must not exceed it
                   --tap NAME       multiqueue TAP device as the host side: an existing one is used and kept;
                                    one that does not exist is created, and removed when serve exits

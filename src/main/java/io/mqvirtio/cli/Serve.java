@@ -28,24 +28,46 @@ import java.util.concurrent.atomic.AtomicReference;
 final class Serve {
     private static final Logger LOG = System.getLogger(Serve.class.getName());
 
-    static final Set<String> VALUED = Set.of("socket-path", "queues", "tap", "mtu", "cpus", "stats-interval", "name",
+    static final Set<String> VALUED = Set.of("socket-path", "fd", "queues", "tap", "mtu", "cpus", "stats-interval", "name",
             "metrics", "vm", "socket-group", "poll-us", "max-memory", "max-total-memory");
     static final Set<String> FLAGS = Set.of("loopback", "client", "busy-poll", "print-capabilities", "debug");
     /** The options that describe one VM's device: on the command line directly, or inside each --vm. */
-    private static final Set<String> VM_OPTIONS = Set.of("socket-path", "queues", "tap", "mtu", "cpus", "name",
+    private static final Set<String> VM_OPTIONS = Set.of("socket-path", "fd", "queues", "tap", "mtu", "cpus", "name",
             "loopback", "client");
+    /** {@link Vm#fd()}: the VM listens on its socket path (or connects to it). */
+    static final int NO_FD = -1;
+    /** {@link Vm#fd()}: neither a path nor a descriptor was given; systemd's next passed socket is the VM's. */
+    static final int FROM_SYSTEMD = -2;
+    /** What a VM waiting for systemd's socket is called until it has it. */
+    private static final String SYSTEMD_NAME = "systemd";
 
     private Serve() {}
 
-    /** One VM's device: its socket, its queue pairs and its backend. */
-    record Vm(Path socket, int queues, int mtu, String tap, boolean loopback, boolean client, boolean busyPoll,
+    /**
+     * One VM's device: its socket (a path; or, with {@code fd >= 0}, an inherited listening socket, and then
+     * {@code socket} only names it, "fd:N" or systemd's name for it), its queue pairs and its backend.
+     */
+    record Vm(Path socket, int fd, int queues, int mtu, String tap, boolean loopback, boolean client, boolean busyPoll,
             int[] cpus, String name, int pollMicros, long maxMemory) {
 
         /** From the command line's own options (one VM) or from a --vm spec turned into arguments. */
         static Vm parse(Args a, boolean busyPollDefault, int pollDefault, long maxMemoryDefault) {
             String socket = a.string("socket-path", null);
-            if (socket == null || socket.isEmpty()) {
-                throw new Args.UsageException("serve needs --socket-path PATH (or --vm socket-path=PATH,...)");
+            int fd = a.string("fd", null) == null ? NO_FD : a.integer("fd", 0, 0, Integer.MAX_VALUE);
+            if (socket != null && socket.isEmpty()) {
+                throw new Args.UsageException("--socket-path needs a path");
+            }
+            if (socket != null && fd != NO_FD) {
+                throw new Args.UsageException("--fd and --socket-path are incompatible (the socket is one or the other)");
+            }
+            if (fd != NO_FD && a.flag("client")) {
+                throw new Args.UsageException("--fd is a listening socket: it does not go with --client");
+            }
+            if (socket == null && fd == NO_FD) {
+                fd = FROM_SYSTEMD;
+                if (a.flag("client")) {
+                    throw new Args.UsageException("--client needs --socket-path PATH (the frontend's socket)");
+                }
             }
             int queues = a.integer("queues", 1, 1, Math.min(VirtioNet.MAX_PAIRS, TapBackend.MAX_QUEUES));
             int mtu = a.integer("mtu", 1500, 68, 65535);
@@ -62,13 +84,20 @@ final class Serve {
             }
             int[] cpus = a.string("cpus", null) == null ? new int[0]
                     : a.integers("cpus", "", 0, 4095).stream().mapToInt(Integer::intValue).toArray();
-            Path path = Path.of(socket);
+            Path path = Path.of(socket != null ? socket : fd >= 0 ? "fd:" + fd : SYSTEMD_NAME);
             String name = a.string("name", path.getFileName() == null ? socket : path.getFileName().toString());
             int poll = a.integer("poll-us", pollDefault, 0, 1_000_000);
             long maxMemory = a.string("max-memory", null) == null ? maxMemoryDefault
                     : size("max-memory", a.string("max-memory", null));
-            return new Vm(path, queues, mtu, tap, loopback, a.flag("client"), busyPollDefault || a.flag("busy-poll"),
+            return new Vm(path, fd, queues, mtu, tap, loopback, a.flag("client"), busyPollDefault || a.flag("busy-poll"),
                     cpus, name, poll, maxMemory);
+        }
+
+        /** This VM on a socket systemd passed (named after it, unless the VM was given a name of its own). */
+        Vm onPassed(Systemd.Passed p) {
+            String n = name.equals(SYSTEMD_NAME) ? p.name() : name;
+            return new Vm(Path.of(p.name()), p.fd(), queues, mtu, tap, loopback, client, busyPoll, cpus, n, pollMicros,
+                    maxMemory);
         }
 
         /**
@@ -85,7 +114,7 @@ final class Serve {
                 String key = eq < 0 ? part : part.substring(0, eq);
                 if (!VM_OPTIONS.contains(key) && !key.equals("busy-poll") && !key.equals("poll-us")
                         && !key.equals("max-memory")) {
-                    throw new Args.UsageException("--vm: unknown key '" + key + "' (keys: socket-path, queues, tap, loopback, "
+                    throw new Args.UsageException("--vm: unknown key '" + key + "' (keys: socket-path, fd, queues, tap, loopback, "
                             + "mtu, cpus, name, client, busy-poll, poll-us, max-memory)");
                 }
                 argv.add("--" + (eq < 0 ? key : key + "=" + part.substring(eq + 1).replace(':', ',')));
@@ -151,11 +180,24 @@ final class Serve {
                     vms.add(Vm.parseSpec(spec, a.flag("busy-poll"), a.integer("poll-us", 0, 0, 1_000_000), maxMemory));
                 }
             }
+            List<Systemd.Passed> passed = new ArrayList<>(Systemd.listenFds(System.getenv(), ProcessHandle.current().pid()));
+            int wanted = (int) vms.stream().filter(v -> v.fd() == FROM_SYSTEMD).count();
+            if (wanted > 0 && passed.size() < wanted) {
+                throw new Args.UsageException(passed.isEmpty()
+                        ? "serve needs --socket-path PATH or --fd N (or --vm socket-path=PATH,...), or sockets from systemd (LISTEN_FDS)"
+                        : wanted + " VMs without a socket, but systemd passed " + passed.size() + " (LISTEN_FDS)");
+            }
+            for (int i = 0; i < vms.size(); i++) {
+                Vm v = vms.get(i);
+                if (v.fd() == FROM_SYSTEMD) {
+                    vms.set(i, v.onPassed(passed.removeFirst()));
+                }
+            }
             Set<Path> sockets = new HashSet<>();
             Set<String> taps = new HashSet<>();
             Set<String> names = new HashSet<>();
             for (Vm v : vms) {
-                if (!sockets.add(v.socket().toAbsolutePath().normalize())) {
+                if (!sockets.add(v.fd() >= 0 ? Path.of("fd:" + v.fd()) : v.socket().toAbsolutePath().normalize())) {
                     throw new Args.UsageException("socket " + v.socket() + " is given to two VMs");
                 }
                 if (v.tap() != null && !taps.add(v.tap())) {
@@ -198,6 +240,8 @@ final class Serve {
             err.println("mqvirtio: serve: " + message(e));
             return 1;
         }
+        Systemd.notify("READY=1\nSTATUS=serving " + o.vms().size() + " VM" + (o.vms().size() == 1 ? "" : "s")
+                + "\nMAINPID=" + ProcessHandle.current().pid());
         long every = o.statsEvery() > 0 ? (long) (o.statsEvery() * 1000) : TimeUnit.HOURS.toMillis(1);
         while (!r.stopRequested.await(every, TimeUnit.MILLISECONDS)) {
             if (o.statsEvery() > 0) {
@@ -205,6 +249,7 @@ final class Serve {
             }
         }
         LOG.log(Level.INFO, "SIG{0}: stopping", r.signal.get());
+        Systemd.notify("STOPPING=1");
         r.stop("SIG" + r.signal.get());
         return 0;
     }
@@ -285,15 +330,21 @@ final class Serve {
             }
             VhostUserServer s;
             try {
-                s = vm.client() ? VhostUserServer.connect(vm.socket(), device, new VhostUserServer.Options(null, memory))
-                        : VhostUserServer.listen(vm.socket(), device, new VhostUserServer.Options(group, memory));
+                if (vm.fd() >= 0) {
+                    s = VhostUserServer.adopt(io.mqvirtio.linux.UnixSocket.adoptListening(vm.fd()), vm.socket().toString(),
+                            device, new VhostUserServer.Options(null, memory));
+                } else {
+                    s = vm.client() ? VhostUserServer.connect(vm.socket(), device, new VhostUserServer.Options(null, memory))
+                            : VhostUserServer.listen(vm.socket(), device, new VhostUserServer.Options(group, memory));
+                }
             } catch (RuntimeException e) {
                 device.close();
                 String m = message(e);
                 throw m.contains(vm.socket().toString()) ? e : new IllegalStateException(vm.socket() + ": " + m, e);
             }
             synchronized (this) {
-                started.add(new Started(device, s, vm.socket().toAbsolutePath().toString(), backend.describe()));
+                started.add(new Started(device, s, vm.fd() >= 0 ? vm.socket().toString()
+                        : vm.socket().toAbsolutePath().toString(), backend.describe()));
                 if (stopped) {
                     s.close();
                     device.close();

@@ -46,7 +46,7 @@ public final class UnixSocket extends Fd {
 
     // <sys/socket.h>, <bits/socket.h>, socket(7), unix(7)
     private static final int AF_UNIX = 1, SOCK_STREAM = 1, SOCK_CLOEXEC = 0x80000, SOL_SOCKET = 1,
-            SO_PEERCRED = 17, SCM_RIGHTS = 1, SHUT_RDWR = 2;
+            SO_PEERCRED = 17, SCM_RIGHTS = 1, SHUT_RDWR = 2, SO_TYPE = 3, SO_ACCEPTCONN = 30, SO_DOMAIN = 39;
     private static final int MSG_CTRUNC = 0x8, MSG_NOSIGNAL = 0x4000, MSG_CMSG_CLOEXEC = 0x40000000;
 
     /** sockaddr_un (unix(7)): sa_family_t sun_family (u16), then char sun_path[108]. */
@@ -91,6 +91,55 @@ public final class UnixSocket extends Fd {
     /** Wraps a socket received from elsewhere. */
     public static UnixSocket adopt(int fd) {
         return new UnixSocket(fd);
+    }
+
+    /**
+     * Takes an inherited listening socket: descriptor {@code fd} as a supervisor passes it (vhost-user's {@code --fd},
+     * systemd's socket activation). It must be an AF_UNIX stream socket that listens; anything else (not open, not a
+     * socket, another family or type, not listening) is an {@link IllegalArgumentException} saying which, and the
+     * descriptor is left as it was. Adopted, it is close-on-exec.
+     */
+    public static UnixSocket adoptListening(int fd) {
+        if (fd < 0) {
+            throw new IllegalArgumentException("fd " + fd + " is not a descriptor");
+        }
+        int domain;
+        int type;
+        int listening;
+        try {
+            domain = socketOption(fd, SO_DOMAIN);
+            type = socketOption(fd, SO_TYPE);
+            listening = socketOption(fd, SO_ACCEPTCONN);
+        } catch (ErrnoException e) {
+            throw new IllegalArgumentException(switch (e.errno()) {
+                case ErrnoException.EBADF -> "fd " + fd + " is not open";
+                case ErrnoException.ENOTSOCK -> "fd " + fd + " is not a socket";
+                default -> "fd " + fd + ": " + e.getMessage();
+            }, e);
+        }
+        if (domain != AF_UNIX || type != SOCK_STREAM) {
+            throw new IllegalArgumentException("fd " + fd + " is not an AF_UNIX stream socket (family " + domain
+                    + ", type " + type + ")");
+        }
+        if (listening != 1) {
+            throw new IllegalArgumentException("fd " + fd + " is a socket that does not listen");
+        }
+        UnixSocket s = new UnixSocket(fd);
+        s.fcntl(F_SETFD, FD_CLOEXEC, "fcntl(F_SETFD)");
+        return s;
+    }
+
+    private static int socketOption(int fd, int option) {
+        try (Arena a = Arena.ofConfined()) {
+            MemorySegment v = a.allocate(C_INT);
+            MemorySegment len = a.allocate(C_INT);
+            len.set(C_INT, 0, 4);
+            Native.check((int) GETSOCKOPT.invokeExact(Native.errnoState(), fd, SOL_SOCKET, option, v, len),
+                    "getsockopt");
+            return v.get(C_INT, 0);
+        } catch (Throwable t) {
+            throw Native.rethrow(t);
+        }
     }
 
     /**

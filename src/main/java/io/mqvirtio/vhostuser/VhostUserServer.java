@@ -48,6 +48,11 @@ public final class VhostUserServer implements AutoCloseable {
     }
 
     private final Path path;
+    /**
+     * The listening socket is a supervisor's (shared with it): never shut down (that would end it for the supervisor
+     * too), so the accept loop waits in poll with a timeout and sees {@link #closed} within it.
+     */
+    private boolean inherited;
     private final VhostUserDevice device;
     private final boolean client;
     private final Options options;
@@ -106,6 +111,21 @@ public final class VhostUserServer implements AutoCloseable {
         }
         s.thread = Thread.ofPlatform().name("vhost-user-accept " + path.getFileName()).daemon(true).start(s::acceptLoop);
         LOG.log(Level.INFO, "listening on {0}", path);
+        return s;
+    }
+
+    /**
+     * Serves on a listening socket a supervisor handed us (vhost-user's {@code --fd}, systemd's socket activation),
+     * named {@code name} in logs and metrics. The socket file, if there is one, is the supervisor's: {@link #close()}
+     * stops accepting and closes our descriptor, and never removes it.
+     */
+    public static VhostUserServer adopt(UnixSocket listening, String name, VhostUserDevice device, Options options) {
+        VhostUserServer s = new VhostUserServer(Path.of(name), device, false, options);
+        s.listener = listening;
+        s.inherited = true;
+        s.socketInode = null; // nothing of ours to remove on close
+        s.thread = Thread.ofPlatform().name("vhost-user-accept " + name).daemon(true).start(s::acceptLoop);
+        LOG.log(Level.INFO, "listening on {0} (inherited)", name);
         return s;
     }
 
@@ -244,6 +264,9 @@ public final class VhostUserServer implements AutoCloseable {
         while (!closed) {
             UnixSocket conn;
             try {
+                if (inherited && listener.poll(Fd.POLLIN, 250) == 0) {
+                    continue;
+                }
                 conn = listener.accept();
                 failures = 0;
             } catch (ErrnoException e) {
@@ -397,7 +420,7 @@ public final class VhostUserServer implements AutoCloseable {
         if (s != null) {
             s.close();
         }
-        if (listener != null) {
+        if (listener != null && !inherited) {
             try {
                 listener.shutdown(); // wakes the accept loop
             } catch (RuntimeException ignored) {

@@ -1,0 +1,91 @@
+package io.mqvirtio.cli;
+
+import static org.assertj.core.api.Assertions.assertThat;
+
+import io.mqvirtio.linux.SdNotify;
+import io.mqvirtio.net.NetDriver;
+import io.mqvirtio.peers.Peers;
+import java.nio.file.Path;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.regex.Pattern;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.Timeout;
+import org.junit.jupiter.api.io.TempDir;
+
+/**
+ * serve started the way a supervisor starts a vhost-user backend: with a listening socket it inherits (systemd's
+ * socket activation, played by systemd's own {@code systemd-socket-activate}; and vhost-user.rst's {@code --fd N}),
+ * telling readiness and stopping over {@code NOTIFY_SOCKET}. The inherited socket serves one frontend after another,
+ * and stays the supervisor's (serve never removes its file). Descriptors that are no listening socket are one-line
+ * errors.
+ */
+class ServeActivationTest {
+    static final long START_MS = 30_000;
+
+    @TempDir
+    Path dir;
+
+    @Test
+    @Timeout(120)
+    void socketActivatedServeTellsSystemdItIsReadyAndServesOnTheInheritedSocket() throws Exception {
+        Peers.require("systemd-socket-activate", "systemd's socket activation tool");
+        for (boolean explicitFd : List.of(false, true)) {
+            Path sock = dir.resolve(explicitFd ? "fd.sock" : "activated.sock");
+            Path notify = dir.resolve(explicitFd ? "fd.notify" : "activated.notify");
+            try (SdNotify.Listener systemd = SdNotify.Listener.bind(notify.toString())) {
+                List<String> cmd = new ArrayList<>(List.of("systemd-socket-activate", "-l", sock.toString(),
+                        "-E", "NOTIFY_SOCKET=" + notify));
+                cmd.addAll(Launcher.command("serve", "--loopback", "--queues", "2", "--name", "vm-sa"));
+                if (explicitFd) {
+                    cmd.addAll(List.of("--fd", "3"));
+                }
+                try (Launcher.Run r = Launcher.start(dir, explicitFd ? "fd" : "activated", cmd)) {
+                    r.awaitErr("Listening on " + Pattern.quote(sock.toString()), START_MS);
+                    // systemd-socket-activate starts serve when the first frontend connects, as systemd does
+                    for (int session = 0; session < 2; session++) {
+                        try (NetDriver nic = NetDriver.connect(sock, NetDriver.Options.pairs(2))) {
+                            assertThat(nic.maxPairs()).isEqualTo(2);
+                        }
+                    }
+                    String ready = systemd.receive((int) START_MS);
+                    assertThat(ready).as("readiness, stderr:%n%s", r.stderr()).isNotNull().contains("READY=1")
+                            .contains("STATUS=serving 1 VM").containsPattern("MAINPID=[0-9]+");
+                    r.awaitErr("listening on (fd:3|" + Pattern.quote(sock.toString()) + ") \\(inherited\\)", START_MS);
+                    r.process().destroy(); // SIGTERM
+                    assertThat(r.exit(15_000)).as(r.stderr()).isZero();
+                    assertThat(systemd.receive(5000)).isEqualTo("STOPPING=1");
+                    assertThat(sock).as("the socket file is the supervisor's").exists();
+                    assertThat(r.stderr()).contains("vm-sa: stopped (SIGTERM)").doesNotContain("\tat ");
+                }
+            }
+        }
+    }
+
+    @Test
+    @Timeout(120)
+    void descriptorsThatAreNoListeningSocketAreOneLineErrors() throws Exception {
+        record Case(int rc, String message, String... args) {}
+        List<Case> cases = List.of(
+                new Case(1, "fd 0 is not a socket", "serve", "--fd", "0", "--loopback"),
+                new Case(1, "fd 97 is not open", "serve", "--fd", "97", "--loopback"),
+                new Case(2, "--fd and --socket-path are incompatible", "serve", "--fd", "3", "--socket-path",
+                        dir.resolve("x.sock").toString(), "--loopback"),
+                new Case(2, "does not go with --client", "serve", "--fd", "3", "--client", "--loopback"),
+                new Case(2, "--fd must be in", "serve", "--fd", "-4", "--loopback"),
+                new Case(2, "is given to two VMs", "serve", "--vm", "fd=3,loopback,name=a", "--vm", "fd=3,loopback,name=b"));
+        for (Case c : cases) {
+            try (Launcher.Run r = Launcher.runToEnd(dir, "bad", 30_000, c.args())) {
+                assertThat(r.exit(30_000)).as("exit for %s: %s", c.message(), r.stderr()).isEqualTo(c.rc());
+                assertThat(r.stderr()).as("stderr for %s", c.message()).contains(c.message()).doesNotContain("\tat ");
+            }
+        }
+        // sockets systemd passed to another process (LISTEN_PID not ours) are not taken
+        List<String> cmd = new ArrayList<>(List.of("env", "LISTEN_PID=1", "LISTEN_FDS=1"));
+        cmd.addAll(Launcher.command("serve", "--loopback"));
+        try (Launcher.Run r = Launcher.start(dir, "other-pid", cmd)) {
+            assertThat(r.exit(30_000)).isEqualTo(2);
+            assertThat(r.stderr()).contains("or sockets from systemd (LISTEN_FDS)");
+        }
+    }
+}
