@@ -204,8 +204,8 @@ public final class BenchRunner {
     private Session open(Scenario s, int pairs, RingMode ring) throws Exception {
         Path sock = sockets.resolve("s" + s.id() + "-" + pairs + "-" + Long.toHexString(System.nanoTime() & 0xffffff) + ".sock");
         return switch (s) {
-            case OURS_TO_OURS -> new DriverToBackend(s, pairs, ring, sock, null);
-            case OURS_TO_TAP -> new DriverToBackend(s, pairs, ring, sock, BenchNetns.create());
+            case OURS_TO_OURS -> new DriverToBackend(s, pairs, ring, sock, false);
+            case OURS_TO_TAP -> new DriverToBackend(s, pairs, ring, sock, true);
             case DPDK_TO_OURS -> new DpdkToBackend(pairs, ring, sock);
             case DPDK_TO_DPDK -> new DpdkToDpdk(pairs, ring, sock);
             case OURS_TO_DPDK -> new DriverToDpdk(pairs, ring, sock);
@@ -430,8 +430,7 @@ public final class BenchRunner {
         private final Scenario scenario;
         private final int pairs;
         private final RingMode ring;
-        private final BenchNetns ns;
-        private final String tap;
+        private final TapInNetns tap; // scenario 5's, null for the sink
         private final NetDevice dev;
         private final VhostUserServer server;
         private final NetDriver nic;
@@ -444,31 +443,16 @@ public final class BenchRunner {
             nic.setDirtyLog(on);
         }
 
-        DriverToBackend(Scenario scenario, int pairs, RingMode ring, Path sock, BenchNetns ns) throws Exception {
+        DriverToBackend(Scenario scenario, int pairs, RingMode ring, Path sock, boolean toTap) throws Exception {
             this.scenario = scenario;
             this.pairs = pairs;
             this.ring = ring;
-            this.ns = ns;
+            // a TAP's MAC is not the frames' destination (02:00:00:00:00:01): the kernel counts and drops them
+            TapInNetns t = toTap ? TapInNetns.open(pairs) : null;
             NetDevice d = null;
             VhostUserServer srv = null;
             try {
-                PacketBackend backend;
-                if (ns != null) {
-                    tap = "mqvb" + Integer.toHexString(ThreadLocalRandom.current().nextInt(0x10000, 0xfffff));
-                    backend = ns.inside(() -> TapBackend.open(tap, pairs));
-                    try {
-                        // not the frames' destination MAC (02:00:00:00:00:01): the kernel counts and drops them
-                        ns.ip("link", "set", tap, "address", "02:00:00:00:00:fe");
-                        ns.ip("link", "set", tap, "up");
-                    } catch (Exception e) {
-                        backend.close();
-                        throw e;
-                    }
-                } else {
-                    tap = null;
-                    backend = sink(pairs);
-                }
-                d = device(pairs, backend);
+                d = device(pairs, t != null ? t.backend() : sink(pairs));
                 srv = VhostUserServer.listen(sock, d);
                 nic = NetDriver.connect(sock, driverOptions(pairs, ring));
             } catch (Exception | Error e) {
@@ -478,11 +462,12 @@ public final class BenchRunner {
                 if (d != null) {
                     d.close();
                 }
-                if (ns != null) {
-                    ns.close();
+                if (t != null) {
+                    t.close();
                 }
                 throw e;
             }
+            tap = t;
             dev = d;
             server = srv;
         }
@@ -496,7 +481,7 @@ public final class BenchRunner {
         Object sample() throws Exception {
             TrafficRun.Snapshot t = traffic.sample();
             DeviceSample d = DeviceSample.of(dev);
-            return new Sample(t, d, ns == null ? -1 : ns.rxPackets(tap));
+            return new Sample(t, d, tap == null ? -1 : tap.ns().rxPackets(tap.name()));
         }
 
         @Override
@@ -505,8 +490,8 @@ public final class BenchRunner {
             Sample b = (Sample) y;
             TrafficRun.Result r = TrafficRun.between(a.driver(), b.driver());
             String note = sinkNote();
-            if (ns != null) {
-                note = "tap " + tap + " in netns " + ns.name() + " counted rx_packets +" + (b.tapRx() - a.tapRx())
+            if (tap != null) {
+                note = "tap " + tap.name() + " in netns " + tap.ns().name() + " counted rx_packets +" + (b.tapRx() - a.tapRx())
                         + (o.busyPoll() ? ", busy-poll" : ", notifications");
             }
             // both ends' view of one negotiation: they must agree (else that is worth a word in the note)
@@ -543,8 +528,8 @@ public final class BenchRunner {
                     try {
                         dev.close();
                     } finally {
-                        if (ns != null) {
-                            ns.close();
+                        if (tap != null) {
+                            tap.close();
                         }
                     }
                 }
