@@ -21,68 +21,13 @@ import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Locale;
 import java.util.Map;
-import java.util.Set;
+import picocli.CommandLine.Option;
 
 /**
  * {@code mqvirtio bench}: the scenario benchmark (our driver and backend against DPDK's testpmd, the kernel's TAP),
  * printed as a table and written as CSV, JSON and a PNG plot; {@code mqvirtio bench ring}: the ring benchmark.
  */
 public final class Bench {
-    static final String USAGE = """
-              bench                our driver, our backend and DPDK testpmd against each other: packets per second,
-                                   Gbit/s, CPU time per packet of every busy thread, ratio to the reference
-                                   ("vs ref": 3 for 1, 2 and 4; 7 for 5; 8 for 6)
-                  --scenarios LIST 1 ours->ours (our driver -> our backend's sink), 2 dpdk->ours (testpmd virtio-user
-                                   txonly -> our backend), 3 dpdk->dpdk (virtio-user -> testpmd vhost rxonly: the
-                                   reference), 4 ours->dpdk (our driver -> testpmd vhost), 5 ours->tap (our driver ->
-                                   our backend -> a multiqueue TAP in a namespace of its own; root), 6 tap->ours
-                                   (packet sockets on the host side of the TAP -> our backend -> our driver; root),
-                                   7 writev->tap and 8 tap->readv (the syscall-bound loops 5 and 6 are compared with:
-                                   one writev / readv per frame on each TAP queue fd; root); default all
-                  --sizes LIST     frame sizes in bytes (default 64,512,1500)
-                  --pairs LIST     queue pairs (default 1,2,4)
-                  --layout L       the virtqueue layout both sides of every scenario are asked for: split, packed
-                                   or both (default both): our driver's features, virtio-user's packed_vq=0|1; our
-                                   backend and testpmd's vhost offer both and take what their frontend asks
-                  --in-order O     VIRTIO_F_IN_ORDER, asked of both sides likewise: on, off or both (default on:
-                                   virtio-user's in_order=1|0, our driver's features). Every scenario runs in each
-                                   layout and IN_ORDER choice; each row says what its connection negotiated ("ring":
-                                   split, split+inorder, packed, packed+inorder), and its reference (3) is the one
-                                   that negotiated the same
-                  --seconds S      measured time per point (default 5)
-                  --warmup S       traffic before each point's first measured interval (default 2)
-                  --repeat N       measured intervals per point, back to back; the best is reported, all are in
-                                   the JSON (default 1; on a shared machine, 3 to 5 find its quieter moments)
-                  --rounds N       measure the whole grid N times, round after round, each point set up afresh;
-                                   a point is its best round, and "med ref" is the median over the rounds of
-                                   its ratio to the reference of the same round (default 1; on a machine whose
-                                   speed drifts, 5 or more)
-                  --busy-poll      our backend's workers poll their rings (default: they sleep until kicked)
-                  --poll-us N      without --busy-poll: our workers poll N µs more after frames moved before
-                                   they sleep (serve --poll-us); default 0
-                  --cpus TX:RX     CPU lists for the sending and the receiving side's busy threads, e.g. 0:1 or
-                                   0,1:2,3 (thread i of a side on entry i mod length; testpmd gets one forwarding
-                                   lcore per entry); none: no pinning (default 0:1 with two CPUs or more)
-                  --sink drop|copy our backend's sink drops frames untouched, or copies each out of guest memory
-                                   as DPDK's vhost does into an mbuf (default drop)
-                  --out DIR        where bench.csv, bench.json, bench.png and testpmd logs go (default bench-results)
-                  --ab NAME        paired windows: turn the data path's experiment NAME off and on in turn, in
-                                   windows of --ab-window S (default 0.5), over each point's --seconds x --repeat;
-                                   each point tells the median on/off ratio of neighbouring windows (names: see
-                                   docs/performance.md, "Paired windows")
-              bench ring           the ring benchmark: a driver thread and a device thread on one ring
-                  --sizes LIST     frame sizes in bytes (default 64,1500)
-                  --ring N         ring size, a power of two (default 256)
-                  --layout L       split, packed or both (default both)
-                  --in-order O     on, off or both (default on)
-                  --seconds S      measured time per size (default 5)
-                  --warmup S       warm-up per size (default 2)
-            """;
-
-    static final Set<String> VALUED = Set.of("scenarios", "sizes", "pairs", "seconds", "warmup", "repeat", "rounds", "cpus",
-            "sink", "out", "poll-us", "layout", "in-order", "ab", "ab-window");
-    static final Set<String> FLAGS = Set.of("busy-poll");
-
     private Bench() {}
 
     /** {@code mqvirtio bench ARGS…} with Main's error handling: exit status 0, 1 (failure) or 2 (usage). */
@@ -93,47 +38,162 @@ public final class Bench {
         return Main.run(all, out, err);
     }
 
-    static int run(String[] argv, PrintStream out, PrintStream err) throws IOException, InterruptedException {
-        if (argv.length > 0 && argv[0].equals("ring")) {
-            return ring(new Args(Arrays.copyOfRange(argv, 1, argv.length), Set.of("sizes", "ring", "seconds", "warmup",
-                    "layout", "in-order"), Set.of()), out);
+    @picocli.CommandLine.Command(name = "bench", mixinStandardHelpOptions = true, versionProvider = Main.Version.class,
+            subcommands = RingCommand.class, sortOptions = false,
+            description = {"Our driver, our backend and DPDK testpmd against each other: packets per second, Gbit/s, CPU "
+                    + "time per packet of every busy thread, ratio to the reference (\"vs ref\": 3 for 1, 2 and 4; 7 for 5; "
+                    + "8 for 6). Writes bench.csv, bench.json and bench.png."})
+    static final class Command extends Streams implements java.util.concurrent.Callable<Integer> {
+        @Option(names = "--scenarios", paramLabel = "LIST", defaultValue = "all", description = {
+            "1 ours->ours (our driver -> our backend's sink), 2 dpdk->ours (testpmd virtio-user txonly -> our backend), "
+                    + "3 dpdk->dpdk (virtio-user -> testpmd vhost rxonly: the reference), 4 ours->dpdk (our driver -> "
+                    + "testpmd vhost), 5 ours->tap (our driver -> our backend -> a multiqueue TAP in a namespace of its "
+                    + "own; root), 6 tap->ours (packet sockets on the host side of the TAP -> our backend -> our driver; "
+                    + "root), 7 writev->tap and 8 tap->readv (the syscall-bound loops 5 and 6 are compared with: one "
+                    + "writev / readv per frame on each TAP queue fd; root); default ${DEFAULT-VALUE}"})
+        String scenarios;
+
+        @Option(names = "--sizes", paramLabel = "LIST", split = ",", hideParamSyntax = true, defaultValue = "64,512,1500",
+                description = "frame sizes in bytes (default ${DEFAULT-VALUE})")
+        List<Integer> sizes;
+
+        @Option(names = "--pairs", paramLabel = "LIST", split = ",", hideParamSyntax = true, defaultValue = "1,2,4",
+                description = "queue pairs (default ${DEFAULT-VALUE})")
+        List<Integer> pairs;
+
+        @Option(names = "--layout", paramLabel = "L", defaultValue = "both", description = "the virtqueue layout both "
+                + "sides of every scenario are asked for: split, packed or both (default ${DEFAULT-VALUE}): our driver's "
+                + "features, virtio-user's packed_vq=0|1; our backend and testpmd's vhost offer both and take what their "
+                + "frontend asks")
+        String layout;
+
+        @Option(names = "--in-order", paramLabel = "O", defaultValue = "on", description = "VIRTIO_F_IN_ORDER, asked of "
+                + "both sides likewise: on, off or both (default ${DEFAULT-VALUE}: virtio-user's in_order=1|0, our "
+                + "driver's features). Every scenario runs in each layout and IN_ORDER choice; each row says what its "
+                + "connection negotiated (\"ring\": split, split+inorder, packed, packed+inorder), and its reference (3) "
+                + "is the one that negotiated the same")
+        String inOrder;
+
+        @Option(names = "--seconds", paramLabel = "S", defaultValue = "5",
+                description = "measured time per point (default ${DEFAULT-VALUE})")
+        double seconds;
+
+        @Option(names = "--warmup", paramLabel = "S", defaultValue = "2",
+                description = "traffic before each point's first measured interval (default ${DEFAULT-VALUE})")
+        double warmup;
+
+        @Option(names = "--repeat", paramLabel = "N", defaultValue = "1", description = "measured intervals per point, "
+                + "back to back; the best is reported, all are in the JSON (default ${DEFAULT-VALUE}; on a shared "
+                + "machine, 3 to 5 find its quieter moments)")
+        int repeat;
+
+        @Option(names = "--rounds", paramLabel = "N", defaultValue = "1", description = "measure the whole grid N times, "
+                + "round after round, each point set up afresh; a point is its best round, and \"med ref\" is the median "
+                + "over the rounds of its ratio to the reference of the same round (default ${DEFAULT-VALUE}; on a "
+                + "machine whose speed drifts, 5 or more)")
+        int rounds;
+
+        @Option(names = "--busy-poll", description = "our backend's workers poll their rings (default: they sleep until "
+                + "kicked)")
+        boolean busyPoll;
+
+        @Option(names = "--poll-us", paramLabel = "N", defaultValue = "0", description = "without --busy-poll: our "
+                + "workers poll N µs more after frames moved before they sleep (serve --poll-us); default ${DEFAULT-VALUE}")
+        int pollMicros;
+
+        @Option(names = "--cpus", paramLabel = "TX:RX", description = "CPU lists for the sending and the receiving "
+                + "side's busy threads, e.g. 0:1 or 0,1:2,3 (thread i of a side on entry i mod length; testpmd gets one "
+                + "forwarding lcore per entry); none: no pinning (default 0:1 with two CPUs or more)")
+        String cpuText;
+
+        @Option(names = "--sink", paramLabel = "drop|copy", defaultValue = "drop", description = "our backend's sink "
+                + "drops frames untouched, or copies each out of guest memory as DPDK's vhost does into an mbuf "
+                + "(default ${DEFAULT-VALUE})")
+        String sink;
+
+        @Option(names = "--out", paramLabel = "DIR", defaultValue = "bench-results", description = "where bench.csv, "
+                + "bench.json, bench.png and testpmd logs go (default ${DEFAULT-VALUE})")
+        Path outDir;
+
+        @Option(names = "--ab", paramLabel = "NAME", description = "paired windows: turn the data path's experiment NAME "
+                + "off and on in turn, in windows of --ab-window S, over each point's --seconds x --repeat; each point "
+                + "tells the median on/off ratio of neighbouring windows (names: see docs/performance.md, \"Paired "
+                + "windows\")")
+        String abName;
+
+        @Option(names = "--ab-window", paramLabel = "S", defaultValue = "0.5",
+                description = "the windows of --ab (default ${DEFAULT-VALUE})")
+        double abWindow;
+
+        @Override
+        public Integer call() throws IOException, InterruptedException {
+            return run(this, out, err);
         }
-        Args a = new Args(argv, VALUED, FLAGS);
-        if (!a.positional().isEmpty()) {
-            throw new Args.UsageException("bench takes options only, or 'ring': unexpected '" + a.positional().get(0) + "'");
+    }
+
+    @picocli.CommandLine.Command(name = "ring", mixinStandardHelpOptions = true, versionProvider = Main.Version.class,
+            description = "The ring benchmark: a driver thread and a device thread on one ring, in one process.")
+    static final class RingCommand extends Streams implements java.util.concurrent.Callable<Integer> {
+        @Option(names = "--sizes", paramLabel = "LIST", split = ",", hideParamSyntax = true, defaultValue = "64,1500",
+                description = "frame sizes in bytes (default ${DEFAULT-VALUE})")
+        List<Integer> sizes;
+
+        @Option(names = "--ring", paramLabel = "N", defaultValue = "256",
+                description = "ring size, a power of two (default ${DEFAULT-VALUE})")
+        int ring;
+
+        @Option(names = "--layout", paramLabel = "L", defaultValue = "both",
+                description = "split, packed or both (default ${DEFAULT-VALUE})")
+        String layout;
+
+        @Option(names = "--in-order", paramLabel = "O", defaultValue = "on",
+                description = "on, off or both (default ${DEFAULT-VALUE})")
+        String inOrder;
+
+        @Option(names = "--seconds", paramLabel = "S", defaultValue = "5",
+                description = "measured time per size (default ${DEFAULT-VALUE})")
+        double seconds;
+
+        @Option(names = "--warmup", paramLabel = "S", defaultValue = "2",
+                description = "warm-up per size (default ${DEFAULT-VALUE})")
+        double warmup;
+
+        @Override
+        public Integer call() throws InterruptedException {
+            return ring(this, out);
         }
+    }
+
+    static int run(Command a, PrintStream out, PrintStream err) throws IOException, InterruptedException {
         List<Scenario> scenarios;
         try {
-            scenarios = Scenario.parseList(a.string("scenarios", "all"));
+            scenarios = Scenario.parseList(a.scenarios);
         } catch (IllegalArgumentException e) {
-            throw new Args.UsageException("--scenarios: " + e.getMessage());
+            throw new UsageException("--scenarios: " + e.getMessage());
         }
-        List<Integer> sizes = a.integers("sizes", "64,512,1500", 60, 1518);
-        List<Integer> pairs = a.integers("pairs", "1,2,4", 1, 16);
-        List<RingMode> rings = ringModes(a);
-        double seconds = a.decimal("seconds", 5, 0.05, 3600);
-        double warmup = a.decimal("warmup", 2, 0, 3600);
-        int repeat = a.integer("repeat", 1, 1, 1000);
-        int rounds = a.integer("rounds", 1, 1, 1000);
-        boolean busyPoll = a.flag("busy-poll");
-        int pollMicros = a.integer("poll-us", 0, 0, 1_000_000);
-        String sink = a.string("sink", "drop");
-        if (!sink.equals("drop") && !sink.equals("copy")) {
-            throw new Args.UsageException("--sink must be drop or copy, got '" + sink + "'");
-        }
+        List<Integer> sizes = Check.each("--sizes", a.sizes, 60, 1518);
+        List<Integer> pairs = Check.each("--pairs", a.pairs, 1, 16);
+        List<RingMode> rings = ringModes(a.layout, a.inOrder);
+        double seconds = Check.range("--seconds", a.seconds, 0.05, 3600);
+        double warmup = Check.range("--warmup", a.warmup, 0, 3600);
+        int repeat = Check.range("--repeat", a.repeat, 1, 1000);
+        int rounds = Check.range("--rounds", a.rounds, 1, 1000);
+        boolean busyPoll = a.busyPoll;
+        int pollMicros = Check.range("--poll-us", a.pollMicros, 0, 1_000_000);
+        String sink = Check.oneOf("--sink", a.sink, "drop", "copy");
         Experiment ab = null;
-        String abName = a.string("ab", null);
-        if (abName != null) {
+        if (a.abName != null) {
             try {
-                ab = Experiment.named(abName);
+                ab = Experiment.named(a.abName);
             } catch (IllegalArgumentException e) {
-                throw new Args.UsageException("--ab: " + e.getMessage());
+                throw new UsageException("--ab: " + e.getMessage());
             }
         }
-        double abWindow = a.decimal("ab-window", 0.5, 0.05, 60);
+        double abWindow = Check.range("--ab-window", a.abWindow, 0.05, 60);
         int online = Affinity.onlineCpus();
-        int[][] cpus = parseCpus(a.string("cpus", online >= 2 ? "0:1" : "none"), online);
-        Path outDir = Path.of(a.string("out", "bench-results"));
+        int[][] cpus = parseCpus(a.cpuText != null ? a.cpuText : online >= 2 ? "0:1" : "none", online);
+
+        Path outDir = a.outDir;
         Files.createDirectories(outDir);
         Path logs = outDir.resolve("logs");
         Files.createDirectories(logs);
@@ -204,8 +264,8 @@ public final class Bench {
         opts.put("scenarios", scenarios.stream().map(Scenario::id).toList());
         opts.put("sizes", sizes);
         opts.put("pairs", pairs);
-        opts.put("layout", a.string("layout", "both"));
-        opts.put("in_order", a.string("in-order", "on"));
+        opts.put("layout", a.layout);
+        opts.put("in_order", a.inOrder);
         opts.put("rings", rings.stream().map(RingMode::label).toList());
         opts.put("seconds", seconds);
         opts.put("warmup", warmup);
@@ -288,7 +348,7 @@ public final class Bench {
         }
         String[] sides = text.split(":", -1);
         if (sides.length != 2) {
-            throw new Args.UsageException("--cpus needs TX:RX CPU lists such as 0:1 or 0,1:2,3, or none; got '" + text + "'");
+            throw new UsageException("--cpus needs TX:RX CPU lists such as 0:1 or 0,1:2,3, or none; got '" + text + "'");
         }
         int[][] r = new int[2][];
         for (int s = 0; s < 2; s++) {
@@ -301,17 +361,17 @@ public final class Bench {
                     int hi = dash < 0 ? lo : Integer.parseInt(p.substring(dash + 1));
                     for (int c = lo; c <= hi; c++) {
                         if (c < 0 || c >= online) {
-                            throw new Args.UsageException("--cpus: CPU " + c + " is not online here (0.." + (online - 1) + ")");
+                            throw new UsageException("--cpus: CPU " + c + " is not online here (0.." + (online - 1) + ")");
                         }
                         l.add(c);
                     }
                 } catch (NumberFormatException e) {
-                    throw new Args.UsageException("--cpus needs TX:RX CPU lists such as 0:1 or 0,1:2,3, or none; got '"
+                    throw new UsageException("--cpus needs TX:RX CPU lists such as 0:1 or 0,1:2,3, or none; got '"
                             + text + "'");
                 }
             }
             if (l.isEmpty()) {
-                throw new Args.UsageException("--cpus: the " + (s == 0 ? "TX" : "RX") + " side has no CPU");
+                throw new UsageException("--cpus: the " + (s == 0 ? "TX" : "RX") + " side has no CPU");
             }
             r[s] = l.stream().mapToInt(Integer::intValue).toArray();
         }
@@ -329,20 +389,16 @@ public final class Bench {
      * The grid's ring modes from --layout and --in-order: split, packed or both; on, off or both. Defaults: both
      * layouts, the one everyone compares, with IN_ORDER on, what DPDK's virtio-user and our driver ask by default.
      */
-    static List<RingMode> ringModes(Args a) {
-        String layout = a.string("layout", "both");
-        List<Boolean> packed = switch (layout) {
+    static List<RingMode> ringModes(String layout, String inOrder) {
+        List<Boolean> packed = switch (Check.oneOf("--layout", layout, "split", "packed", "both")) {
             case "split" -> List.of(false);
             case "packed" -> List.of(true);
-            case "both" -> List.of(false, true);
-            default -> throw new Args.UsageException("--layout must be split, packed or both, got '" + layout + "'");
+            default -> List.of(false, true);
         };
-        String inOrder = a.string("in-order", "on");
-        List<Boolean> order = switch (inOrder) {
+        List<Boolean> order = switch (Check.oneOf("--in-order", inOrder, "on", "off", "both")) {
             case "on" -> List.of(true);
             case "off" -> List.of(false);
-            case "both" -> List.of(false, true);
-            default -> throw new Args.UsageException("--in-order must be on, off or both, got '" + inOrder + "'");
+            default -> List.of(false, true);
         };
         return RingMode.grid(packed, order);
     }
@@ -368,15 +424,15 @@ public final class Bench {
         }
     }
 
-    private static int ring(Args a, PrintStream out) throws InterruptedException {
-        List<Integer> sizes = a.integers("sizes", "64,1500", 14, 65535);
-        int ring = a.integer("ring", 256, 1, 32768);
+    private static int ring(RingCommand a, PrintStream out) throws InterruptedException {
+        List<Integer> sizes = Check.each("--sizes", a.sizes, 14, 65535);
+        int ring = Check.range("--ring", a.ring, 1, 32768);
         if (Integer.bitCount(ring) != 1) { // what a split ring needs; a packed one of the same size compares
-            throw new Args.UsageException("--ring must be a power of two, got " + ring);
+            throw new UsageException("--ring must be a power of two, got " + ring);
         }
-        List<RingMode> modes = ringModes(a);
-        double warmup = a.decimal("warmup", 2, 0, 3600);
-        double secs = a.decimal("seconds", 5, 0.1, 3600);
+        List<RingMode> modes = ringModes(a.layout, a.inOrder);
+        double warmup = Check.range("--warmup", a.warmup, 0, 3600);
+        double secs = Check.range("--seconds", a.seconds, 0.1, 3600);
         out.printf("%8s %6s %-15s %10s %9s %10s %14s %14s%n", "frame B", "ring", "layout", "Mpps", "Gbit/s", "ns/pkt",
                 "drv CPU ns/pkt", "dev CPU ns/pkt");
         for (RingMode mode : modes) {

@@ -62,7 +62,7 @@ public final class MetricsServer implements AutoCloseable {
     static InetSocketAddress loopback(String option, String spec) {
         InetSocketAddress a = address(option, spec);
         if (!a.getAddress().isLoopbackAddress()) {
-            throw new Args.UsageException("--" + option + ": " + a.getAddress().getHostAddress()
+            throw new UsageException("--" + option + ": " + a.getAddress().getHostAddress()
                     + " is not a loopback address; the metrics endpoint has no authentication and serves only on "
                     + "loopback (127.0.0.0/8, ::1, localhost)");
         }
@@ -76,14 +76,14 @@ public final class MetricsServer implements AutoCloseable {
         if (spec.startsWith("[")) {
             int close = spec.indexOf(']');
             if (close < 0 || close + 1 >= spec.length() || spec.charAt(close + 1) != ':') {
-                throw new Args.UsageException("--" + option + " needs ADDR:PORT ([IPv6]:PORT), got '" + spec + "'");
+                throw new UsageException("--" + option + " needs ADDR:PORT ([IPv6]:PORT), got '" + spec + "'");
             }
             host = spec.substring(1, close);
             port = spec.substring(close + 2);
         } else {
             int colon = spec.lastIndexOf(':');
             if (colon <= 0 || spec.indexOf(':') != colon) {
-                throw new Args.UsageException("--" + option + " needs ADDR:PORT (IPv6 in brackets: [::1]:9100), got '"
+                throw new UsageException("--" + option + " needs ADDR:PORT (IPv6 in brackets: [::1]:9100), got '"
                         + spec + "'");
             }
             host = spec.substring(0, colon);
@@ -93,15 +93,15 @@ public final class MetricsServer implements AutoCloseable {
         try {
             p = Integer.parseInt(port);
         } catch (NumberFormatException e) {
-            throw new Args.UsageException("--" + option + ": the port must be a number, got '" + port + "'");
+            throw new UsageException("--" + option + ": the port must be a number, got '" + port + "'");
         }
         if (p < 0 || p > 65535) {
-            throw new Args.UsageException("--" + option + ": the port must be in 0..65535, got " + p);
+            throw new UsageException("--" + option + ": the port must be in 0..65535, got " + p);
         }
         try {
             return new InetSocketAddress(InetAddress.getByName(host), p);
         } catch (UnknownHostException e) {
-            throw new Args.UsageException("--" + option + ": unknown host '" + host + "'");
+            throw new UsageException("--" + option + ": unknown host '" + host + "'");
         }
     }
 

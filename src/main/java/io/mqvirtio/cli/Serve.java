@@ -16,6 +16,7 @@ import java.util.ArrayList;
 import java.util.HashSet;
 import java.util.List;
 import java.util.Set;
+import picocli.CommandLine.Option;
 import java.util.concurrent.CountDownLatch;
 import java.util.concurrent.TimeUnit;
 import java.util.concurrent.atomic.AtomicReference;
@@ -28,12 +29,9 @@ import java.util.concurrent.atomic.AtomicReference;
 final class Serve {
     private static final Logger LOG = System.getLogger(Serve.class.getName());
 
-    static final Set<String> VALUED = Set.of("socket-path", "fd", "queues", "tap", "mtu", "cpus", "stats-interval", "name",
-            "metrics", "vm", "socket-group", "poll-us", "max-memory", "max-total-memory");
-    static final Set<String> FLAGS = Set.of("loopback", "client", "busy-poll", "print-capabilities", "debug");
     /** The options that describe one VM's device: on the command line directly, or inside each --vm. */
-    private static final Set<String> VM_OPTIONS = Set.of("socket-path", "fd", "queues", "tap", "mtu", "cpus", "name",
-            "loopback", "client");
+    private static final List<String> VM_OPTIONS = List.of("--socket-path", "--fd", "--queues", "--tap", "--mtu", "--cpus",
+            "--name", "--loopback", "--client");
     /** {@link Vm#fd()}: the VM listens on its socket path (or connects to it). */
     static final int NO_FD = -1;
     /** {@link Vm#fd()}: neither a path nor a descriptor was given; systemd's next passed socket is the VM's. */
@@ -51,46 +49,46 @@ final class Serve {
             int[] cpus, String name, int pollMicros, long maxMemory) {
 
         /** From the command line's own options (one VM) or from a --vm spec turned into arguments. */
-        static Vm parse(Args a, boolean busyPollDefault, int pollDefault, long maxMemoryDefault) {
-            String socket = a.string("socket-path", null);
-            int fd = a.string("fd", null) == null ? NO_FD : a.integer("fd", 0, 0, Integer.MAX_VALUE);
+        static Vm from(VmOptions a, boolean busyPollDefault, int pollDefault, long maxMemoryDefault) {
+            String socket = a.socketPath;
+            int fd = a.fd == null ? NO_FD : Check.range("--fd", a.fd, 0, Integer.MAX_VALUE);
             if (socket != null && socket.isEmpty()) {
-                throw new Args.UsageException("--socket-path needs a path");
+                throw new UsageException("--socket-path needs a path");
             }
             if (socket != null && fd != NO_FD) {
-                throw new Args.UsageException("--fd and --socket-path are incompatible (the socket is one or the other)");
+                throw new UsageException("--fd and --socket-path are incompatible (the socket is one or the other)");
             }
-            if (fd != NO_FD && a.flag("client")) {
-                throw new Args.UsageException("--fd is a listening socket: it does not go with --client");
+            if (fd != NO_FD && a.client) {
+                throw new UsageException("--fd is a listening socket: it does not go with --client");
             }
             if (socket == null && fd == NO_FD) {
                 fd = FROM_SYSTEMD;
-                if (a.flag("client")) {
-                    throw new Args.UsageException("--client needs --socket-path PATH (the frontend's socket)");
+                if (a.client) {
+                    throw new UsageException("--client needs --socket-path PATH (the frontend's socket)");
                 }
             }
-            int queues = a.integer("queues", 1, 1, Math.min(VirtioNet.MAX_PAIRS, TapBackend.MAX_QUEUES));
-            int mtu = a.integer("mtu", 1500, 68, 65535);
-            String tap = a.string("tap", null);
-            boolean loopback = a.flag("loopback");
+            int queues = a.queues == null ? 1 : Check.range("--queues", a.queues, 1, Math.min(VirtioNet.MAX_PAIRS,
+                    TapBackend.MAX_QUEUES));
+            int mtu = a.mtu == null ? 1500 : Check.range("--mtu", a.mtu, 68, 65535);
+            String tap = a.tap;
+            boolean loopback = a.loopback;
             if ((tap == null) == !loopback) {
-                throw new Args.UsageException("serve needs exactly one backend: --tap NAME or --loopback");
+                throw new UsageException("serve needs exactly one backend: --tap NAME or --loopback");
             }
             if (tap != null) {
                 String bad = TapBackend.invalidNameReason(tap);
                 if (bad != null) {
-                    throw new Args.UsageException("--tap: " + bad);
+                    throw new UsageException("--tap: " + bad);
                 }
             }
-            int[] cpus = a.string("cpus", null) == null ? new int[0]
-                    : a.integers("cpus", "", 0, 4095).stream().mapToInt(Integer::intValue).toArray();
+            int[] cpus = a.cpus == null ? new int[0]
+                    : Check.each("--cpus", a.cpus, 0, 4095).stream().mapToInt(Integer::intValue).toArray();
             Path path = Path.of(socket != null ? socket : fd >= 0 ? "fd:" + fd : SYSTEMD_NAME);
-            String name = a.string("name", path.getFileName() == null ? socket : path.getFileName().toString());
-            int poll = a.integer("poll-us", pollDefault, 0, 1_000_000);
-            long maxMemory = a.string("max-memory", null) == null ? maxMemoryDefault
-                    : size("max-memory", a.string("max-memory", null));
-            return new Vm(path, fd, queues, mtu, tap, loopback, a.flag("client"), busyPollDefault || a.flag("busy-poll"),
-                    cpus, name, poll, maxMemory);
+            String name = a.name != null ? a.name : path.getFileName() == null ? socket : path.getFileName().toString();
+            int poll = a.pollMicros == null ? pollDefault : Check.range("--poll-us", a.pollMicros, 0, 1_000_000);
+            long maxMemory = a.maxMemory == null ? maxMemoryDefault : size("max-memory", a.maxMemory);
+            return new Vm(path, fd, queues, mtu, tap, loopback, a.client, busyPollDefault || a.busyPoll, cpus, name, poll,
+                    maxMemory);
         }
 
         /** This VM on a socket systemd passed (named after it, unless the VM was given a name of its own). */
@@ -112,19 +110,86 @@ final class Serve {
                 }
                 int eq = part.indexOf('=');
                 String key = eq < 0 ? part : part.substring(0, eq);
-                if (!VM_OPTIONS.contains(key) && !key.equals("busy-poll") && !key.equals("poll-us")
-                        && !key.equals("max-memory")) {
-                    throw new Args.UsageException("--vm: unknown key '" + key + "' (keys: socket-path, fd, queues, tap, loopback, "
-                            + "mtu, cpus, name, client, busy-poll, poll-us, max-memory)");
+                if (key.startsWith("-")) {
+                    throw new UsageException("--vm " + spec + ": keys are written without dashes: '" + key + "'");
                 }
                 argv.add("--" + (eq < 0 ? key : key + "=" + part.substring(eq + 1).replace(':', ',')));
             }
+            VmSpec parsed = new VmSpec();
+            picocli.CommandLine cl = new picocli.CommandLine(parsed);
+            cl.setOverwrittenOptionsAllowed(true);
             try {
-                return parse(new Args(argv.toArray(new String[0]), VALUED, FLAGS), busyPoll, pollDefault, maxMemoryDefault);
-            } catch (Args.UsageException e) {
-                throw new Args.UsageException("--vm " + spec + ": " + e.getMessage());
+                cl.parseArgs(argv.toArray(new String[0]));
+                return from(parsed.options, busyPoll, pollDefault, maxMemoryDefault);
+            } catch (picocli.CommandLine.UnmatchedArgumentException e) {
+                throw new UsageException("--vm " + spec + ": unknown key '" + e.getUnmatched().get(0).replaceFirst("^--", "")
+                        .replaceFirst("=.*", "") + "' (keys: socket-path, fd, queues, tap, loopback, mtu, cpus, name, "
+                        + "client, busy-poll, poll-us, max-memory)");
+            } catch (picocli.CommandLine.ParameterException | UsageException e) {
+                throw new UsageException("--vm " + spec + ": " + e.getMessage());
             }
         }
+    }
+
+    /**
+     * The options of one VM's device, as {@code serve}'s own (one VM) and as the keys of each {@code --vm} spec
+     * (parsed by the same definitions: {@link VmSpec}). Unset is null: the defaults depend on where they were given.
+     */
+    static final class VmOptions {
+        @Option(names = "--socket-path", paramLabel = "P", order = 1,
+                description = "the vhost-user socket (listened on; with --client, connected to)")
+        String socketPath;
+
+        @Option(names = "--fd", paramLabel = "N", order = 2, description = "listen on descriptor N, a listening AF_UNIX "
+                + "socket a supervisor passed (instead of --socket-path; fd=N in a --vm). With neither, the sockets "
+                + "systemd passes (socket activation: LISTEN_FDS) are the VMs', in order; serve tells systemd when it "
+                + "is ready and when it stops (NOTIFY_SOCKET, Type=notify)")
+        Integer fd;
+
+        @Option(names = "--queues", paramLabel = "N", order = 3,
+                description = "queue pairs (default 1); QEMU's queues= must not exceed it")
+        Integer queues;
+
+        @Option(names = "--tap", paramLabel = "NAME", order = 4, description = "multiqueue TAP device as the host side: "
+                + "an existing one is used and kept; one that does not exist is created, and removed when serve exits")
+        String tap;
+
+        @Option(names = "--loopback", order = 5, description = "frames a queue pair sends come back on its RX")
+        boolean loopback;
+
+        @Option(names = "--mtu", paramLabel = "N", order = 6, description = "MTU offered to the guest (default 1500)")
+        Integer mtu;
+
+        @Option(names = "--client", order = 7,
+                description = "connect to a frontend that listens (QEMU server=on) and reconnect")
+        boolean client;
+
+        @Option(names = "--busy-poll", order = 8, description = "workers poll their rings instead of sleeping on kicks")
+        boolean busyPoll;
+
+        @Option(names = "--poll-us", paramLabel = "N", order = 9, description = "without --busy-poll: after frames "
+                + "moved, a worker polls N microseconds more before it sleeps on kicks again (fewer kicks and wake-ups "
+                + "for steady traffic; vhost-net's busyloop_timeout); default 0")
+        Integer pollMicros;
+
+        @Option(names = "--cpus", paramLabel = "LIST", split = ",", hideParamSyntax = true, order = 10,
+                description = "pin queue pair i's worker to LIST[i mod length] (cpus=0:1 inside a --vm)")
+        List<Integer> cpus;
+
+        @Option(names = "--name", paramLabel = "NAME", order = 11,
+                description = "the device's name in logs and metrics (default: the socket's file name)")
+        String name;
+
+        @Option(names = "--max-memory", paramLabel = "SIZE", order = 12, description = "the most guest memory one VM "
+                + "may share with serve (512M, 16G, 1T; also max-memory= in a --vm); default: the host's memory")
+        String maxMemory;
+    }
+
+    /** One {@code --vm} spec's keys, parsed as options by {@link VmOptions}' definitions. */
+    @picocli.CommandLine.Command(name = "--vm")
+    static final class VmSpec {
+        @picocli.CommandLine.Mixin
+        VmOptions options = new VmOptions();
     }
 
     /**
@@ -134,7 +199,7 @@ final class Serve {
     static long size(String option, String v) {
         java.util.regex.Matcher m = java.util.regex.Pattern.compile("(?i)(\\d+)\\s*([kmgtp]?)(i?b)?").matcher(v.trim());
         if (!m.matches()) {
-            throw new Args.UsageException("--" + option + ": '" + v + "' is not a size (e.g. 512M, 16G, 1T)");
+            throw new UsageException("--" + option + ": '" + v + "' is not a size (e.g. 512M, 16G, 1T)");
         }
         int shift = switch (m.group(2).toLowerCase(java.util.Locale.ROOT)) {
             case "k" -> 10;
@@ -151,7 +216,7 @@ final class Serve {
             }
             return n << shift;
         } catch (NumberFormatException e) {
-            throw new Args.UsageException("--" + option + ": '" + v + "' is not a size between 1 byte and 8 EiB");
+            throw new UsageException("--" + option + ": '" + v + "' is not a size between 1 byte and 8 EiB");
         }
     }
 
@@ -159,31 +224,29 @@ final class Serve {
     record Options(List<Vm> vms, double statsEvery, InetSocketAddress metrics, boolean debug, String socketGroup,
             long maxTotalMemory) {
 
-        static Options parse(Args a) {
-            if (!a.positional().isEmpty()) {
-                throw new Args.UsageException("serve takes no positional arguments, got " + a.positional());
-            }
+        static Options parse(Command a) {
             List<Vm> vms = new ArrayList<>();
             io.mqvirtio.memory.MemoryBudget defaults = io.mqvirtio.memory.MemoryBudget.defaults();
-            long maxMemory = a.string("max-memory", null) == null ? defaults.perVm() : size("max-memory", a.string("max-memory", null));
-            long maxTotal = a.string("max-total-memory", null) == null ? Math.max(defaults.total(), maxMemory)
-                    : size("max-total-memory", a.string("max-total-memory", null));
-            if (a.strings("vm").isEmpty()) {
-                vms.add(Vm.parse(a, false, 0, maxMemory));
+            long maxMemory = a.vm.maxMemory == null ? defaults.perVm() : size("max-memory", a.vm.maxMemory);
+            long maxTotal = a.maxTotalMemory == null ? Math.max(defaults.total(), maxMemory)
+                    : size("max-total-memory", a.maxTotalMemory);
+            if (a.vms.isEmpty()) {
+                vms.add(Vm.from(a.vm, false, 0, maxMemory));
             } else {
                 for (String o : VM_OPTIONS) {
-                    if (a.flag(o)) {
-                        throw new Args.UsageException("--" + o + " belongs inside --vm when --vm is used");
+                    if (a.spec.commandLine().getParseResult().hasMatchedOption(o)) {
+                        throw new UsageException(o + " belongs inside --vm when --vm is used");
                     }
                 }
-                for (String spec : a.strings("vm")) {
-                    vms.add(Vm.parseSpec(spec, a.flag("busy-poll"), a.integer("poll-us", 0, 0, 1_000_000), maxMemory));
+                int poll = a.vm.pollMicros == null ? 0 : Check.range("--poll-us", a.vm.pollMicros, 0, 1_000_000);
+                for (String spec : a.vms) {
+                    vms.add(Vm.parseSpec(spec, a.vm.busyPoll, poll, maxMemory));
                 }
             }
             List<Systemd.Passed> passed = new ArrayList<>(Systemd.listenFds(System.getenv(), ProcessHandle.current().pid()));
             int wanted = (int) vms.stream().filter(v -> v.fd() == FROM_SYSTEMD).count();
             if (wanted > 0 && passed.size() < wanted) {
-                throw new Args.UsageException(passed.isEmpty()
+                throw new UsageException(passed.isEmpty()
                         ? "serve needs --socket-path PATH or --fd N (or --vm socket-path=PATH,...), or sockets from systemd (LISTEN_FDS)"
                         : wanted + " VMs without a socket, but systemd passed " + passed.size() + " (LISTEN_FDS)");
             }
@@ -198,28 +261,79 @@ final class Serve {
             Set<String> names = new HashSet<>();
             for (Vm v : vms) {
                 if (!sockets.add(v.fd() >= 0 ? Path.of("fd:" + v.fd()) : v.socket().toAbsolutePath().normalize())) {
-                    throw new Args.UsageException("socket " + v.socket() + " is given to two VMs");
+                    throw new UsageException("socket " + v.socket() + " is given to two VMs");
                 }
                 if (v.tap() != null && !taps.add(v.tap())) {
-                    throw new Args.UsageException("TAP device " + v.tap() + " is given to two VMs");
+                    throw new UsageException("TAP device " + v.tap() + " is given to two VMs");
                 }
                 if (!names.add(v.name())) {
-                    throw new Args.UsageException("two VMs are named " + v.name() + " (set name=...)");
+                    throw new UsageException("two VMs are named " + v.name() + " (set name=...)");
                 }
             }
-            double statsEvery = a.decimal("stats-interval", 0, 0, 86400);
-            InetSocketAddress metrics = a.string("metrics", null) == null ? null
-                    : MetricsServer.loopback("metrics", a.string("metrics", null));
-            String group = a.string("socket-group", null);
+            double statsEvery = Check.range("--stats-interval", a.statsEvery, 0, 86400);
+            InetSocketAddress metrics = a.metrics == null ? null : MetricsServer.loopback("metrics", a.metrics);
+            String group = a.socketGroup;
             if (group != null && group.isBlank()) {
-                throw new Args.UsageException("--socket-group needs a group name");
+                throw new UsageException("--socket-group needs a group name");
             }
-            return new Options(List.copyOf(vms), statsEvery, metrics, a.flag("debug"), group, maxTotal);
+            return new Options(List.copyOf(vms), statsEvery, metrics, a.debug, group, maxTotal);
         }
     }
 
-    static int run(Args a, PrintStream out, PrintStream err) throws InterruptedException {
-        if (a.flag("print-capabilities")) {
+    @picocli.CommandLine.Command(name = "serve", mixinStandardHelpOptions = true, versionProvider = Main.Version.class,
+            sortOptions = false,
+            description = {"A vhost-user-net backend: QEMU or DPDK's virtio-user connect to it. One device per VM, each "
+                    + "with its own socket, workers and backend. SIGTERM or SIGINT stops it cleanly (socket files "
+                    + "removed, TAP queues closed, a TAP device it created gone) with exit status 0."},
+            footerHeading = "%nExamples:%n",
+            footer = {"  mqvirtio serve --socket-path /run/vm1.sock --queues 4 --tap mqv1",
+                "  mqvirtio serve --vm socket-path=/run/vm1.sock,queues=4,tap=mqv1 --vm socket-path=/run/vm2.sock,loopback "
+                        + "--metrics 127.0.0.1:9100"})
+    static final class Command extends Streams implements java.util.concurrent.Callable<Integer> {
+        @picocli.CommandLine.Spec
+        picocli.CommandLine.Model.CommandSpec spec;
+
+        @picocli.CommandLine.Mixin
+        VmOptions vm = new VmOptions();
+
+        @Option(names = "--vm", paramLabel = "SPEC", order = 20, description = "one VM's device, repeatable (several "
+                + "VMs in one serve, each with its own socket, workers and backend): the options above as key=value, "
+                + "comma-separated, e.g. --vm socket-path=/run/vm1.sock,queues=4,tap=mqv1 "
+                + "--vm socket-path=/run/vm2.sock,loopback (cpus=0:1 inside a spec)")
+        List<String> vms = new ArrayList<>();
+
+        @Option(names = "--max-total-memory", paramLabel = "SIZE", order = 21, description = "the most all VMs of this "
+                + "serve may share together; default: four times the host's memory")
+        String maxTotalMemory;
+
+        @Option(names = "--socket-group", paramLabel = "G", order = 22, description = "listened sockets belong to group "
+                + "G and its members may connect (0660); without it only the owner may (0600)")
+        String socketGroup;
+
+        @Option(names = "--stats-interval", paramLabel = "S", order = 23, defaultValue = "0",
+                description = "print per-queue counters every S seconds")
+        double statsEvery;
+
+        @Option(names = "--metrics", paramLabel = "ADDR:PORT", order = 24, description = "serve per-queue counters over "
+                + "HTTP on a loopback address (127.0.0.1:9100, [::1]:9100; port 0 picks one, logged): /metrics in "
+                + "Prometheus text format, /stats in JSON")
+        String metrics;
+
+        @Option(names = "--print-capabilities", order = 25,
+                description = "print the backend's capabilities as JSON (vhost-user.rst) and exit")
+        boolean printCapabilities;
+
+        @Option(names = "--debug", order = 26, description = "log every vhost-user message")
+        boolean debug;
+
+        @Override
+        public Integer call() throws InterruptedException {
+            return run(this, out, err);
+        }
+    }
+
+    static int run(Command a, PrintStream out, PrintStream err) throws InterruptedException {
+        if (a.printCapabilities) {
             out.println("{\n  \"type\": \"net\"\n}");
             return 0;
         }

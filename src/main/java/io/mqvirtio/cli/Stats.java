@@ -14,16 +14,13 @@ import java.util.ArrayList;
 import java.util.HashMap;
 import java.util.List;
 import java.util.Map;
-import java.util.Set;
+import picocli.CommandLine.Option;
 
 /**
  * {@code mqvirtio stats --from ADDR:PORT [--watch S [--count N]]}: reads a running {@code serve}'s {@code /stats}
  * and prints the per-queue table; with {@code --watch}, every S seconds the rates since the previous sample.
  */
 final class Stats {
-    static final Set<String> VALUED = Set.of("from", "watch", "count");
-    static final Set<String> FLAGS = Set.of();
-
     private static final DateTimeFormatter CLOCK = DateTimeFormatter.ofPattern("HH:mm:ss");
 
     private Stats() {}
@@ -40,19 +37,33 @@ final class Stats {
         }
     }
 
-    static int run(Args a, PrintStream out, PrintStream err) throws InterruptedException {
-        String from = a.string("from", null);
-        if (from == null) {
-            throw new Args.UsageException("stats needs --from ADDR:PORT (the address given to serve --metrics)");
+    @picocli.CommandLine.Command(name = "stats", mixinStandardHelpOptions = true, versionProvider = Main.Version.class,
+            sortOptions = false,
+            description = "Print a running serve's per-queue counters (read from its --metrics endpoint's /stats).")
+    static final class Command extends Streams implements java.util.concurrent.Callable<Integer> {
+        @Option(names = "--from", paramLabel = "ADDR:PORT", required = true,
+                description = "the address given to serve --metrics")
+        String from;
+
+        @Option(names = "--watch", paramLabel = "S",
+                description = "every S seconds, print per-queue rates (packets/s, Mbit/s, drops/s, ...)")
+        Double watch;
+
+        @Option(names = "--count", paramLabel = "N", description = "with --watch: stop after N samples")
+        Integer count;
+
+        @Override
+        public Integer call() throws InterruptedException {
+            return run(this, out, err);
         }
-        if (!a.positional().isEmpty()) {
-            throw new Args.UsageException("stats takes no positional arguments, got " + a.positional());
-        }
-        InetSocketAddress at = MetricsServer.address("from", from);
-        double watch = a.decimal("watch", 0, 0.1, 86400);
-        int count = a.integer("count", 0, 1, Integer.MAX_VALUE);
-        if (a.flag("count") && watch == 0) {
-            throw new Args.UsageException("--count needs --watch S");
+    }
+
+    static int run(Command a, PrintStream out, PrintStream err) throws InterruptedException {
+        InetSocketAddress at = MetricsServer.address("from", a.from);
+        double watch = a.watch == null ? 0 : Check.range("--watch", a.watch, 0.1, 86400);
+        int count = a.count == null ? 0 : Check.range("--count", a.count, 1, Integer.MAX_VALUE);
+        if (a.count != null && watch == 0) {
+            throw new UsageException("--count needs --watch S");
         }
         URI uri = URI.create("http://" + MetricsServer.hostPort(at) + "/stats");
         HttpClient client = HttpClient.newBuilder().connectTimeout(Duration.ofSeconds(5)).build();

@@ -35,13 +35,13 @@ final class Systemd {
             p = Long.parseLong(forPid.trim());
             n = Integer.parseInt(count.trim());
         } catch (NumberFormatException e) {
-            throw new Args.UsageException("LISTEN_PID/LISTEN_FDS are not numbers: " + forPid + "/" + count);
+            throw new UsageException("LISTEN_PID/LISTEN_FDS are not numbers: " + forPid + "/" + count);
         }
         if (p != pid) {
             return List.of(); // meant for the process that started us
         }
         if (n < 0 || n > 1024) {
-            throw new Args.UsageException("LISTEN_FDS=" + n + " is not 0..1024");
+            throw new UsageException("LISTEN_FDS=" + n + " is not 0..1024");
         }
         String[] names = env.getOrDefault("LISTEN_FDNAMES", "").split(":", -1);
         List<Passed> l = new ArrayList<>();

@@ -23,10 +23,14 @@ import java.util.spi.ToolProvider;
  * <p>The jar is packed once per test JVM from the classes this build just compiled, with the manifest the pom gives
  * {@code target/mqvirtio.jar} (Main-Class, Enable-Native-Access). {@code target/mqvirtio.jar} itself is not used:
  * under {@code mvn verify} it is packaged only after the tests, so it may be missing or stale, and a concurrent
- * build may rewrite it while a test runs.
+ * build may rewrite it while a test runs. The runtime libraries go beside it in {@code lib/}, named in its Class-Path
+ * as {@code target/lib} is in the real one's.
  */
 public final class Launcher {
     private static Path jar;
+    /** One class of each runtime dependency in the pom (the jar's Class-Path). */
+    private static final List<Class<?>> RUNTIME_LIBRARIES = List.of(picocli.CommandLine.class,
+            org.jfree.chart.JFreeChart.class);
 
     private Launcher() {}
 
@@ -43,8 +47,24 @@ public final class Launcher {
         }
         Path dir = Files.createTempDirectory("mqvirtio-launcher");
         dir.toFile().deleteOnExit(); // registered first: deleted last, once empty
+        Path lib = Files.createDirectory(dir.resolve("lib"));
+        lib.toFile().deleteOnExit();
+        List<String> classPath = new ArrayList<>();
+        for (Class<?> c : RUNTIME_LIBRARIES) {
+            Path from;
+            try {
+                from = Path.of(c.getProtectionDomain().getCodeSource().getLocation().toURI());
+            } catch (java.net.URISyntaxException e) {
+                throw new IOException(e);
+            }
+            Path to = lib.resolve(from.getFileName());
+            Files.copy(from, to);
+            to.toFile().deleteOnExit();
+            classPath.add("lib/" + from.getFileName());
+        }
         Path manifest = dir.resolve("MANIFEST.MF");
-        Files.writeString(manifest, "Main-Class: io.mqvirtio.cli.Main\nEnable-Native-Access: ALL-UNNAMED\n");
+        Files.writeString(manifest, "Main-Class: io.mqvirtio.cli.Main\nEnable-Native-Access: ALL-UNNAMED\nClass-Path: "
+                + String.join(" ", classPath) + "\n");
         Path out = dir.resolve("mqvirtio.jar");
         ToolProvider tool = ToolProvider.findFirst("jar").orElseThrow(() -> new IOException("no jar tool in this JDK"));
         var log = new java.io.ByteArrayOutputStream();

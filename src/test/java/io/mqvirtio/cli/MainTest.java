@@ -5,6 +5,7 @@ import static org.assertj.core.api.Assertions.assertThat;
 import java.io.ByteArrayOutputStream;
 import java.io.PrintStream;
 import java.nio.charset.StandardCharsets;
+import java.util.List;
 import org.junit.jupiter.api.Test;
 
 class MainTest {
@@ -19,17 +20,68 @@ class MainTest {
 
     @Test
     void helpAndUnknownCommands() {
-        assertThat(run("help").out()).contains("usage: mqvirtio");
+        Out help = run("help");
+        assertThat(help.rc()).isZero();
+        assertThat(help.out()).contains("Usage: mqvirtio").contains("serve").contains("bench").contains("stats");
+        Out none = run();
+        assertThat(none.rc()).as("nothing asked").isEqualTo(2);
+        assertThat(none.err()).contains("Usage: mqvirtio");
         Out bad = run("frobnicate");
         assertThat(bad.rc()).isEqualTo(2);
-        assertThat(bad.err()).contains("unknown command 'frobnicate'");
+        assertThat(bad.err()).startsWith("mqvirtio: unknown command 'frobnicate'\n")
+                .contains("run 'mqvirtio help' for usage");
+    }
+
+    /** Every command and subcommand answers --help (its own options, status 0) and --version. */
+    @Test
+    void everyCommandAnswersHelpAndVersion() {
+        String version = run("--version").out();
+        assertThat(version).matches("(?s)mqvirtio \\d+\\.\\d+\\.\\d+\\S*\nJava 25.*");
+        record Cmd(List<String> words, String option) {}
+        List<Cmd> cmds = List.of(new Cmd(List.of("serve"), "--socket-path=P"), new Cmd(List.of("bench"), "--scenarios=LIST"),
+                new Cmd(List.of("bench", "ring"), "--ring=N"), new Cmd(List.of("stats"), "--from=ADDR:PORT"),
+                new Cmd(List.of("demo"), "--pairs=N"));
+        for (Cmd c : cmds) {
+            List<String> argv = new java.util.ArrayList<>(c.words());
+            argv.add("--help");
+            Out h = run(argv.toArray(new String[0]));
+            assertThat(h.rc()).as(String.join(" ", argv)).isZero();
+            assertThat(h.out()).startsWith("Usage: mqvirtio " + String.join(" ", c.words())).contains(c.option());
+            assertThat(h.out().lines()).allSatisfy(l -> assertThat(l.length()).isLessThanOrEqualTo(Main.WIDTH));
+            argv.set(argv.size() - 1, "--version");
+            assertThat(run(argv.toArray(new String[0])).out()).isEqualTo(version);
+        }
+        assertThat(run("help", "serve").out()).isEqualTo(run("serve", "--help").out());
+        assertThat(run("serve", "--help").out()).contains("--vm=SPEC").contains("--print-capabilities");
+    }
+
+    /** The generated completion script loads into bash and completes commands and a command's options. */
+    @Test
+    void completionScriptCompletesCommandsAndOptions() throws Exception {
+        Out script = run("generate-completion");
+        assertThat(script.rc()).isZero();
+        java.nio.file.Path f = java.nio.file.Files.createTempFile("mqvirtio-completion", ".bash");
+        try {
+            java.nio.file.Files.writeString(f, script.out());
+            String complete = "source " + f + "; complete() { :; }; "
+                    + "COMP_WORDS=(mqvirtio se); COMP_CWORD=1; _complete_mqvirtio; echo \"commands: ${COMPREPLY[*]}\"; "
+                    + "COMP_WORDS=(mqvirtio serve --que); COMP_CWORD=2; _complete_mqvirtio; echo \"options: ${COMPREPLY[*]}\"";
+            Process p = new ProcessBuilder("bash", "-c", complete).redirectErrorStream(true).start();
+            String out = new String(p.getInputStream().readAllBytes(), StandardCharsets.UTF_8);
+            assertThat(p.waitFor(30, java.util.concurrent.TimeUnit.SECONDS)).isTrue();
+            assertThat(out).contains("commands: serve").contains("options: --queues");
+        } finally {
+            java.nio.file.Files.deleteIfExists(f);
+        }
     }
 
     @Test
     void malformedOptionsAreClearErrors() {
         assertThat(run("bench", "ring", "--ring", "100").err()).contains("--ring must be a power of two");
-        assertThat(run("bench", "ring", "--sizes", "64,abc").err()).contains("--sizes needs comma-separated numbers");
-        assertThat(run("bench", "ring", "--seconds").err()).contains("--seconds needs a value");
+        assertThat(run("bench", "ring", "--sizes", "64,abc").err())
+                .contains("Invalid value for option '--sizes' (LIST): 'abc' is not an int");
+        assertThat(run("bench", "ring", "--seconds").err()).contains("Missing required parameter for option '--seconds' (S)")
+                .contains("run 'mqvirtio bench ring --help' for usage");
         assertThat(run("demo", "--bogus", "1").err()).contains("unknown option --bogus");
         assertThat(run("bench", "ring", "--sizes", "70000").rc()).isEqualTo(2);
     }
