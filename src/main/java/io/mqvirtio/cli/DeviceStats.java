@@ -109,10 +109,11 @@ record DeviceStats(String name, String socket, String backend, int pairs, boolea
     }
 
     static long number(Map<?, ?> m, String key) {
-        if (m.get(key) instanceof Long n) {
-            return n;
+        Object v = m.get(key);
+        if (v instanceof Long || v instanceof Integer || v instanceof Short || v instanceof Byte) {
+            return ((Number) v).longValue();
         }
-        throw new IllegalArgumentException("expected a whole number for '" + key + "', got " + m.get(key));
+        throw new IllegalArgumentException("expected a whole number for '" + key + "', got " + v);
     }
 
     static String string(Map<?, ?> m, String key) {

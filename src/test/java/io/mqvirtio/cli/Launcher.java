@@ -30,7 +30,8 @@ public final class Launcher {
     private static Path jar;
     /** One class of each runtime dependency in the pom (the jar's Class-Path). */
     private static final List<Class<?>> RUNTIME_LIBRARIES = List.of(picocli.CommandLine.class,
-            org.jfree.chart.JFreeChart.class);
+            org.jfree.chart.JFreeChart.class, com.fasterxml.jackson.jr.ob.JSON.class,
+            com.fasterxml.jackson.core.JsonFactory.class);
 
     private Launcher() {}
 
