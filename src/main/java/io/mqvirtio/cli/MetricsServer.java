@@ -1,7 +1,7 @@
 package io.mqvirtio.cli;
 
-import io.mqvirtio.cli.LoopbackHttpServer.Request;
-import io.mqvirtio.cli.LoopbackHttpServer.Response;
+import io.mqvirtio.cli.BoundedHttpServer.Request;
+import io.mqvirtio.cli.BoundedHttpServer.Response;
 import io.mqvirtio.net.NetDevice;
 import java.io.IOException;
 import java.lang.System.Logger;
@@ -14,14 +14,25 @@ import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
 import java.util.function.BooleanSupplier;
-import java.util.function.ToLongFunction;
+import io.prometheus.metrics.config.PrometheusProperties;
+import io.prometheus.metrics.exporter.common.PrometheusHttpExchange;
+import io.prometheus.metrics.exporter.common.PrometheusHttpRequest;
+import io.prometheus.metrics.exporter.common.PrometheusHttpResponse;
+import io.prometheus.metrics.exporter.common.PrometheusScrapeHandler;
+import io.prometheus.metrics.instrumentation.jvm.JvmMetrics;
+import io.prometheus.metrics.model.registry.PrometheusRegistry;
 
 /**
  * The metrics endpoint of {@code mqvirtio serve --metrics ADDR:PORT}: per-queue counters of the served devices,
- * readable from outside the process while it runs. {@code GET /metrics} answers in Prometheus' text format (0.0.4),
- * {@code GET /stats} in JSON (what {@code mqvirtio stats} reads). It binds to loopback addresses only: the counters
- * say what a VM does, and the endpoint has no authentication. It answers only requests whose Host names loopback
- * (against DNS rebinding) and bounds each connection in time and size ({@link LoopbackHttpServer} says how and why).
+ * readable from outside the process while it runs. {@code GET /metrics} is the Prometheus Java client's scrape
+ * handler over a registry of our series ({@link DeviceCollector}: one consistent snapshot of every device per scrape)
+ * and the JVM's own (memory, GC, threads, ...): the format is negotiated as the client library does it (text format
+ * 0.0.4 by default, OpenMetrics or protobuf when the scraper asks), with its {@code name[]} filters and gzip.
+ * {@code GET /stats} answers in JSON (what {@code mqvirtio stats} reads). It binds to loopback addresses unless told
+ * otherwise ({@code --metrics-remote}): the counters say what a VM does, and the endpoint has no authentication. On
+ * loopback it answers only requests whose Host names loopback (against DNS rebinding); every connection is bounded
+ * in time and size ({@link BoundedHttpServer} says how and why the JDK's HTTP server, under the client's own HTTP
+ * exporter, is not used).
  */
 public final class MetricsServer implements AutoCloseable {
     private static final Logger LOG = System.getLogger(MetricsServer.class.getName());
@@ -35,7 +46,7 @@ public final class MetricsServer implements AutoCloseable {
         }
     }
 
-    private static final Map<String, String> HELP = new LinkedHashMap<>();
+    static final Map<String, String> HELP = new LinkedHashMap<>();
 
     static {
         HELP.put("packets", "Frames the virtqueue moved (rx: host to guest, tx: guest to host).");
@@ -48,11 +59,16 @@ public final class MetricsServer implements AutoCloseable {
 
     private final List<Source> sources;
     private final long started = System.nanoTime();
-    private final LoopbackHttpServer http;
+    private final PrometheusScrapeHandler scrape;
+    private final BoundedHttpServer http;
 
     private MetricsServer(InetSocketAddress at, List<Source> sources) throws IOException {
         this.sources = List.copyOf(sources);
-        this.http = LoopbackHttpServer.start(at, this::handle); // serves from other threads, started after the above
+        PrometheusRegistry registry = new PrometheusRegistry();
+        registry.register(new DeviceCollector(this::snapshots));
+        JvmMetrics.builder().register(registry);
+        this.scrape = new PrometheusScrapeHandler(PrometheusProperties.get(), registry);
+        this.http = BoundedHttpServer.start(at, this::handle); // serves from other threads, started after the above
     }
 
     /**
@@ -105,14 +121,24 @@ public final class MetricsServer implements AutoCloseable {
         }
     }
 
-    /** Serves {@code sources} on {@code at} (a loopback address, see {@link #loopback}). */
-    public static MetricsServer start(InetSocketAddress at, List<Source> sources) throws IOException {
-        if (!at.getAddress().isLoopbackAddress()) {
+    /**
+     * Serves {@code sources} on {@code at}: a loopback address (see {@link #loopback}), or with {@code remote} any
+     * address the operator chose.
+     */
+    public static MetricsServer start(InetSocketAddress at, List<Source> sources, boolean remote) throws IOException {
+        if (!remote && !at.getAddress().isLoopbackAddress()) {
             throw new IllegalArgumentException("the metrics endpoint serves only on loopback, not " + at);
         }
         MetricsServer m = new MetricsServer(at, sources);
-        LOG.log(Level.INFO, "metrics on http://{0}/metrics (Prometheus) and /stats (JSON)", hostPort(m.address()));
+        LOG.log(remote && !at.getAddress().isLoopbackAddress() ? Level.WARNING : Level.INFO,
+                "metrics on http://{0}/metrics (Prometheus) and /stats (JSON){1}", hostPort(m.address()),
+                at.getAddress().isLoopbackAddress() ? "" : ", reachable from other hosts, without authentication");
         return m;
+    }
+
+    /** Serves {@code sources} on a loopback address. */
+    public static MetricsServer start(InetSocketAddress at, List<Source> sources) throws IOException {
+        return start(at, sources, false);
     }
 
     /** The bound address (with the port the kernel chose for port 0). */
@@ -130,7 +156,7 @@ public final class MetricsServer implements AutoCloseable {
             return new Response(405, "text/plain; charset=utf-8", "only GET and HEAD\n", Map.of("Allow", "GET, HEAD"));
         }
         return switch (q.path()) {
-            case "/metrics" -> Response.of(200, PROMETHEUS_TYPE, prometheus(snapshots()));
+            case "/metrics" -> scrape(q);
             case "/stats" -> Response.of(200, "application/json", json(snapshots(), uptimeMillis()) + "\n");
             case "/" -> Response.text(200, "mqvirtio metrics: /metrics (Prometheus text format), /stats (JSON)\n");
             default -> Response.text(404, "not found: " + q.path() + "\n");
@@ -162,53 +188,88 @@ public final class MetricsServer implements AutoCloseable {
         return Json.write(m);
     }
 
-    /** Prometheus text format 0.0.4: one family per counter, one series per device, queue and direction. */
-    static String prometheus(List<DeviceStats> devices) {
-        StringBuilder b = new StringBuilder(4096);
-        for (Map.Entry<String, String> f : HELP.entrySet()) {
-            String name = "mqvirtio_queue_" + f.getKey() + "_total";
-            b.append("# HELP ").append(name).append(' ').append(f.getValue()).append('\n');
-            b.append("# TYPE ").append(name).append(" counter\n");
-            for (DeviceStats d : devices) {
-                for (DeviceStats.Queue q : d.queues()) {
-                    b.append(name).append("{device=\"").append(escape(d.name())).append("\",queue=\"").append(q.pair())
-                            .append("\",direction=\"").append(q.direction()).append("\"} ").append(q.get(f.getKey()))
-                            .append('\n');
+    /** /metrics: the client library's scrape handler, answering through {@link ScrapeExchange}. */
+    private Response scrape(Request q) {
+        ScrapeExchange x = new ScrapeExchange(q);
+        try {
+            scrape.handleRequest(x);
+        } catch (IOException e) {
+            throw new java.io.UncheckedIOException(e); // the server answers 500
+        }
+        return x.response();
+    }
+
+    /** One scrape as the client library's handler sees it: our request in, its status, fields and body out. */
+    private static final class ScrapeExchange implements PrometheusHttpExchange {
+        private final Request q;
+        private final Map<String, String> fields = new LinkedHashMap<>();
+        private final java.io.ByteArrayOutputStream body = new java.io.ByteArrayOutputStream();
+        private int status = 500;
+
+        ScrapeExchange(Request q) {
+            this.q = q;
+        }
+
+        @Override
+        public PrometheusHttpRequest getRequest() {
+            return new PrometheusHttpRequest() {
+                @Override
+                public String getQueryString() {
+                    return q.query();
                 }
-            }
-        }
-        b.append("# HELP mqvirtio_device_info The served device: its vhost-user socket and its backend.\n");
-        b.append("# TYPE mqvirtio_device_info gauge\n");
-        for (DeviceStats d : devices) {
-            b.append("mqvirtio_device_info{device=\"").append(escape(d.name())).append("\",socket=\"")
-                    .append(escape(d.socket())).append("\",backend=\"").append(escape(d.backend())).append("\"} 1\n");
-        }
-        deviceFamily(b, devices, "mqvirtio_device_queue_pairs", "gauge", "Queue pairs the device offers.", DeviceStats::pairs);
-        deviceFamily(b, devices, "mqvirtio_frontend_connected", "gauge",
-                "Whether a vhost-user frontend (QEMU, DPDK) is connected.", d -> d.connected() ? 1 : 0);
-        deviceFamily(b, devices, "mqvirtio_device_dead", "gauge",
-                "Whether the device serves no more (a worker stopped answering: restart).", d -> d.dead() != null ? 1 : 0);
-        deviceFamily(b, devices, "mqvirtio_device_logging", "gauge",
-                "Whether the device's rings log their writes (a live migration runs).", d -> d.logging() ? 1 : 0);
-        deviceFamily(b, devices, "mqvirtio_device_dirty_pages_total", "counter",
-                "Guest pages the device marked dirty in migration logs.", DeviceStats::dirtyPages);
-        return b.toString();
-    }
 
-    /** One family with one sample per device, labelled by the device's name. */
-    private static void deviceFamily(StringBuilder b, List<DeviceStats> devices, String name, String type, String help,
-                                     ToLongFunction<DeviceStats> value) {
-        b.append("# HELP ").append(name).append(' ').append(help).append('\n');
-        b.append("# TYPE ").append(name).append(' ').append(type).append('\n');
-        for (DeviceStats d : devices) {
-            b.append(name).append("{device=\"").append(escape(d.name())).append("\"} ").append(value.applyAsLong(d))
-                    .append('\n');
-        }
-    }
+                @Override
+                public java.util.Enumeration<String> getHeaders(String name) {
+                    return java.util.Collections.enumeration(q.header(name));
+                }
 
-    /** A label value as the text format wants it: backslash, double quote and newline escaped. */
-    static String escape(String v) {
-        return v.replace("\\", "\\\\").replace("\"", "\\\"").replace("\n", "\\n");
+                @Override
+                public String getMethod() {
+                    return q.method();
+                }
+
+                @Override
+                public String getRequestPath() {
+                    return q.path();
+                }
+            };
+        }
+
+        @Override
+        public PrometheusHttpResponse getResponse() {
+            return new PrometheusHttpResponse() {
+                @Override
+                public void setHeader(String name, String value) {
+                    fields.put(name, value);
+                }
+
+                @Override
+                public java.io.OutputStream sendHeadersAndGetBody(int statusCode, int contentLength) {
+                    status = statusCode;
+                    return body;
+                }
+            };
+        }
+
+        @Override
+        public void handleException(IOException e) throws IOException {
+            throw e;
+        }
+
+        @Override
+        public void handleException(RuntimeException e) {
+            throw e;
+        }
+
+        @Override
+        public void close() {}
+
+        Response response() {
+            String type = fields.remove("Content-Type");
+            fields.remove("Content-Length"); // the server counts the body itself
+            return new Response(status, type == null ? "text/plain; charset=utf-8" : type, body.toByteArray(),
+                    Map.copyOf(fields));
+        }
     }
 
     @Override

@@ -221,7 +221,8 @@ final class Serve {
     }
 
     /** The command line, checked before anything is opened. */
-    record Options(List<Vm> vms, double statsEvery, InetSocketAddress metrics, boolean debug, String socketGroup,
+    record Options(List<Vm> vms, double statsEvery, InetSocketAddress metrics, boolean metricsRemote, boolean debug,
+            String socketGroup,
             long maxTotalMemory) {
 
         static Options parse(Command a) {
@@ -271,12 +272,16 @@ final class Serve {
                 }
             }
             double statsEvery = Check.range("--stats-interval", a.statsEvery, 0, 86400);
-            InetSocketAddress metrics = a.metrics == null ? null : MetricsServer.loopback("metrics", a.metrics);
+            if (a.metricsRemote && a.metrics == null) {
+                throw new UsageException("--metrics-remote needs --metrics ADDR:PORT");
+            }
+            InetSocketAddress metrics = a.metrics == null ? null : a.metricsRemote
+                    ? MetricsServer.address("metrics", a.metrics) : MetricsServer.loopback("metrics", a.metrics);
             String group = a.socketGroup;
             if (group != null && group.isBlank()) {
                 throw new UsageException("--socket-group needs a group name");
             }
-            return new Options(List.copyOf(vms), statsEvery, metrics, a.debug, group, maxTotal);
+            return new Options(List.copyOf(vms), statsEvery, metrics, a.metricsRemote, a.debug, group, maxTotal);
         }
     }
 
@@ -314,10 +319,16 @@ final class Serve {
                 description = "print per-queue counters every S seconds")
         double statsEvery;
 
-        @Option(names = "--metrics", paramLabel = "ADDR:PORT", order = 24, description = "serve per-queue counters over "
-                + "HTTP on a loopback address (127.0.0.1:9100, [::1]:9100; port 0 picks one, logged): /metrics in "
-                + "Prometheus text format, /stats in JSON")
+        @Option(names = "--metrics", paramLabel = "ADDR:PORT", order = 24, description = "serve per-queue counters and the "
+                + "JVM's metrics over HTTP on a loopback address (127.0.0.1:9100, [::1]:9100; port 0 picks one, "
+                + "logged): /metrics for Prometheus (text format; OpenMetrics or protobuf when the scraper asks), "
+                + "/stats in JSON")
         String metrics;
+
+        @Option(names = "--metrics-remote", order = 24, description = "let --metrics bind an address other hosts reach "
+                + "(0.0.0.0:9100, a LAN address). The endpoint has no authentication and tells what each VM does: "
+                + "firewall it")
+        boolean metricsRemote;
 
         @Option(names = "--print-capabilities", order = 25,
                 description = "print the backend's capabilities as JSON (vhost-user.rst) and exit")
@@ -418,7 +429,7 @@ final class Serve {
                 }
                 MetricsServer m;
                 try {
-                    m = MetricsServer.start(o.metrics(), sources);
+                    m = MetricsServer.start(o.metrics(), sources, o.metricsRemote());
                 } catch (IOException e) {
                     throw new IOException("metrics endpoint on " + MetricsServer.hostPort(o.metrics()) + ": "
                             + message(e), e);

@@ -28,10 +28,6 @@ import java.util.spi.ToolProvider;
  */
 public final class Launcher {
     private static Path jar;
-    /** One class of each runtime dependency in the pom (the jar's Class-Path). */
-    private static final List<Class<?>> RUNTIME_LIBRARIES = List.of(picocli.CommandLine.class,
-            org.jfree.chart.JFreeChart.class, com.fasterxml.jackson.jr.ob.JSON.class,
-            com.fasterxml.jackson.core.JsonFactory.class);
 
     private Launcher() {}
 
@@ -51,21 +47,28 @@ public final class Launcher {
         Path lib = Files.createDirectory(dir.resolve("lib"));
         lib.toFile().deleteOnExit();
         List<String> classPath = new ArrayList<>();
-        for (Class<?> c : RUNTIME_LIBRARIES) {
-            Path from;
-            try {
-                from = Path.of(c.getProtectionDomain().getCodeSource().getLocation().toURI());
-            } catch (java.net.URISyntaxException e) {
-                throw new IOException(e);
+        // the pom's runtime dependencies, as the build listed them before the tests (dependency:build-classpath)
+        Path listed = classes.resolveSibling("runtime-classpath.txt");
+        for (String entry : Files.readString(listed).trim().split(java.io.File.pathSeparator)) {
+            if (entry.isBlank()) {
+                continue;
             }
+            Path from = Path.of(entry);
             Path to = lib.resolve(from.getFileName());
             Files.copy(from, to);
             to.toFile().deleteOnExit();
             classPath.add("lib/" + from.getFileName());
         }
         Path manifest = dir.resolve("MANIFEST.MF");
-        Files.writeString(manifest, "Main-Class: io.mqvirtio.cli.Main\nEnable-Native-Access: ALL-UNNAMED\nClass-Path: "
-                + String.join(" ", classPath) + "\n");
+        java.util.jar.Manifest mf = new java.util.jar.Manifest();
+        java.util.jar.Attributes main = mf.getMainAttributes();
+        main.put(java.util.jar.Attributes.Name.MANIFEST_VERSION, "1.0");
+        main.put(java.util.jar.Attributes.Name.MAIN_CLASS, "io.mqvirtio.cli.Main");
+        main.putValue("Enable-Native-Access", "ALL-UNNAMED");
+        main.put(java.util.jar.Attributes.Name.CLASS_PATH, String.join(" ", classPath));
+        try (OutputStream mo = Files.newOutputStream(manifest)) {
+            mf.write(mo); // wraps lines at 72 bytes, as the format wants
+        }
         Path out = dir.resolve("mqvirtio.jar");
         ToolProvider tool = ToolProvider.findFirst("jar").orElseThrow(() -> new IOException("no jar tool in this JDK"));
         var log = new java.io.ByteArrayOutputStream();
@@ -174,11 +177,16 @@ public final class Launcher {
      * namespace, it reaches that namespace's loopback).
      */
     public static Http get(String host, int port, String path) throws IOException {
+        return get(host, port, path, "");
+    }
+
+    /** The same, with more header fields ({@code "Accept: ...\r\n"}). */
+    public static Http get(String host, int port, String path, String fields) throws IOException {
         try (Socket s = new Socket(InetAddress.getByName(host), port)) {
             s.setSoTimeout(5000);
             OutputStream o = s.getOutputStream();
-            o.write(("GET " + path + " HTTP/1.1\r\nHost: " + host + "\r\nConnection: close\r\n\r\n")
-                    .getBytes(StandardCharsets.US_ASCII));
+            o.write(("GET " + path + " HTTP/1.1\r\nHost: " + (host.contains(":") ? "[" + host + "]" : host) + "\r\n" + fields
+                    + "Connection: close\r\n\r\n").getBytes(StandardCharsets.US_ASCII));
             o.flush();
             InputStream in = s.getInputStream();
             String all = new String(in.readAllBytes(), StandardCharsets.UTF_8);

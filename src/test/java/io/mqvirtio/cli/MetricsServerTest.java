@@ -38,7 +38,7 @@ import org.junit.jupiter.api.Timeout;
 class MetricsServerTest {
     static final int PAIRS = 3;
     /** A Prometheus sample line: name, labels, value. */
-    static final Pattern SAMPLE = Pattern.compile("([a-z_]+)\\{((?:[a-z_]+=\"(?:[^\"\\\\]|\\\\.)*\",?)*)\\} (-?[0-9]+)");
+    static final Pattern SAMPLE = Pattern.compile("([a-z_]+)\\{((?:[a-z_]+=\"(?:[^\"\\\\]|\\\\.)*\",?)*)\\} (-?[0-9]+(?:\\.[0-9]+)?(?:E[0-9]+)?)");
 
     record Out(int rc, String out, String err) {}
 
@@ -71,8 +71,8 @@ class MetricsServerTest {
                     families.add(declared);
                     continue;
                 }
-                if (line.startsWith("# HELP ")) {
-                    continue;
+                if (line.startsWith("# HELP ") || !line.startsWith("mqvirtio_")) {
+                    continue; // the JVM's own families: checked below
                 }
                 Matcher s = SAMPLE.matcher(line);
                 assertThat(s.matches()).as("a valid sample line: %s", line).isTrue();
@@ -85,18 +85,21 @@ class MetricsServerTest {
                 assertThat(families).contains(family);
                 for (int q = 0; q < PAIRS; q++) {
                     for (String dir : List.of("rx", "tx")) {
-                        assertThat(prom.body()).contains(family + "{device=\"vm\\\"0\\\\x\",queue=\"" + q + "\",direction=\""
-                                + dir + "\"} 0\n");
+                        assertThat(prom.body()).contains(family + "{device=\"vm\\\"0\\\\x\",direction=\"" + dir
+                                + "\",queue=\"" + q + "\"} 0.0\n");
                     }
                 }
             }
             assertThat(samples).isEqualTo(6 * 2 * PAIRS + 6);
-            assertThat(prom.body()).contains("mqvirtio_device_queue_pairs{device=\"vm\\\"0\\\\x\"} 3\n")
-                    .contains("mqvirtio_frontend_connected{device=\"vm\\\"0\\\\x\"} 0\n")
-                    .contains("mqvirtio_device_dead{device=\"vm\\\"0\\\\x\"} 0\n")
-                    .contains("mqvirtio_device_logging{device=\"vm\\\"0\\\\x\"} 0\n")
-                    .contains("mqvirtio_device_dirty_pages_total{device=\"vm\\\"0\\\\x\"} 0\n")
-                    .contains("socket=\"/run/vm0.sock\",backend=\"loopback\"} 1\n");
+            assertThat(prom.body()).contains("mqvirtio_device_queue_pairs{device=\"vm\\\"0\\\\x\"} 3.0\n")
+                    .contains("mqvirtio_frontend_connected{device=\"vm\\\"0\\\\x\"} 0.0\n")
+                    .contains("mqvirtio_device_dead{device=\"vm\\\"0\\\\x\"} 0.0\n")
+                    .contains("mqvirtio_device_logging{device=\"vm\\\"0\\\\x\"} 0.0\n")
+                    .contains("mqvirtio_device_dirty_pages_total{device=\"vm\\\"0\\\\x\"} 0.0\n")
+                    .contains("mqvirtio_device_info{backend=\"loopback\",device=\"vm\\\"0\\\\x\",socket=\"/run/vm0.sock\"} 1\n");
+            // the JVM's own, from the client library's JVM instrumentation
+            assertThat(families).contains("jvm_memory_used_bytes", "jvm_threads_current", "jvm_gc_collection_seconds",
+                    "process_cpu_seconds_total");
 
             connected.set(true);
             Launcher.Http stats = Launcher.get("127.0.0.1", port, "/stats");
@@ -228,6 +231,67 @@ class MetricsServerTest {
         Stats.printRates(new Stats.Sample(3000, List.of(b)), new Stats.Sample(500, List.of(a)),
                 new PrintStream(r, true, StandardCharsets.UTF_8));
         assertThat(r.toString(StandardCharsets.UTF_8)).contains("counters restarted").containsPattern("(?m)^tx0\\s+100\\s+10000");
+    }
+
+    /** What the client library's scrape handler gives a scraper that asks: OpenMetrics, some families, gzip. */
+    @Test
+    void scrapersGetTheFormatAndFamiliesTheyAskFor() throws Exception {
+        try (Endpoint e = Endpoint.start()) {
+            int port = e.server().address().getPort();
+            Launcher.Http om = Launcher.get("127.0.0.1", port, "/metrics",
+                    "Accept: application/openmetrics-text; version=1.0.0; charset=utf-8\r\n");
+            assertThat(om.status()).isEqualTo(200);
+            assertThat(om.contentType()).startsWith("application/openmetrics-text; version=1.0.0");
+            assertThat(om.body()).endsWith("# EOF\n").contains("# TYPE mqvirtio_queue_packets counter\n")
+                    .contains("mqvirtio_queue_packets_total{device=\"vm0\",direction=\"rx\",queue=\"0\"} 0.0\n")
+                    .contains("# TYPE mqvirtio_device info\n");
+
+            Launcher.Http some = Launcher.get("127.0.0.1", port,
+                    "/metrics?name[]=mqvirtio_frontend_connected&name[]=mqvirtio_queue_drops_total");
+            assertThat(some.status()).isEqualTo(200);
+            assertThat(some.body().lines().filter(l -> !l.startsWith("#")).toList()).containsExactlyInAnyOrder(
+                    "mqvirtio_frontend_connected{device=\"vm0\"} 0.0",
+                    "mqvirtio_queue_drops_total{device=\"vm0\",direction=\"rx\",queue=\"0\"} 0.0",
+                    "mqvirtio_queue_drops_total{device=\"vm0\",direction=\"tx\",queue=\"0\"} 0.0");
+
+            // gzip when asked (curl --compressed, Prometheus itself)
+            try (java.net.Socket s = new java.net.Socket("127.0.0.1", port)) {
+                s.setSoTimeout(5000);
+                s.getOutputStream().write(("GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept-Encoding: gzip\r\n"
+                        + "Connection: close\r\n\r\n").getBytes(StandardCharsets.US_ASCII));
+                byte[] all = s.getInputStream().readAllBytes();
+                String head = new String(all, StandardCharsets.ISO_8859_1);
+                int end = head.indexOf("\r\n\r\n") + 4;
+                assertThat(head.substring(0, end)).containsIgnoringCase("Content-Encoding: gzip");
+                String body = new String(new java.util.zip.GZIPInputStream(new java.io.ByteArrayInputStream(all, end,
+                        all.length - end)).readAllBytes(), StandardCharsets.UTF_8);
+                assertThat(body).contains("mqvirtio_queue_packets_total{device=\"vm0\"");
+            }
+        }
+    }
+
+    /** Bound elsewhere only when told so; then a scraper's own name for the host is served. */
+    @Test
+    void aRemoteBindIsExplicitAndServesAnyHost() throws Exception {
+        Out refused = main("serve", "--socket-path", "/tmp/never.sock", "--loopback", "--metrics", "0.0.0.0:0");
+        assertThat(refused.rc()).isEqualTo(2);
+        assertThat(refused.err()).contains("is not a loopback address");
+        Out alone = main("serve", "--socket-path", "/tmp/never.sock", "--loopback", "--metrics-remote");
+        assertThat(alone.rc()).isEqualTo(2);
+        assertThat(alone.err()).contains("--metrics-remote needs --metrics ADDR:PORT");
+
+        NetDevice dev = new NetDevice(NetDevice.Config.of("vm0", 1), new LoopbackBackend(1, 1500));
+        try (dev; MetricsServer m = MetricsServer.start(new InetSocketAddress("0.0.0.0", 0),
+                List.of(new MetricsServer.Source(dev, "/run/vm0.sock", "loopback", () -> false)), true)) {
+            int port = m.address().getPort();
+            try (java.net.Socket s = new java.net.Socket("127.0.0.1", port)) {
+                s.setSoTimeout(5000);
+                s.getOutputStream().write(("GET /metrics HTTP/1.1\r\nHost: metrics.example:" + port
+                        + "\r\nConnection: close\r\n\r\n").getBytes(StandardCharsets.US_ASCII));
+                String all = new String(s.getInputStream().readAllBytes(), StandardCharsets.UTF_8);
+                assertThat(all).startsWith("HTTP/1.1 200 ").contains("mqvirtio_frontend_connected{device=\"vm0\"} 0.0");
+            }
+        }
     }
 
     @Test
@@ -527,7 +591,7 @@ class MetricsServerTest {
                     .isEqualTo(400);
             Raw old = raw(e, "GET /metrics HTTP/1.0\r\n\r\n");
             assertThat(old.status()).isEqualTo(200);
-            assertThat(old.body()).contains("mqvirtio_device_queue_pairs{device=\"vm0\"} 1\n");
+            assertThat(old.body()).contains("mqvirtio_device_queue_pairs{device=\"vm0\"} 1.0\n");
             assertThat(raw(e, "GET /metrics HTTP/1.0\r\nHost: evil.example.com\r\n\r\n").status()).isEqualTo(421);
         }
     }

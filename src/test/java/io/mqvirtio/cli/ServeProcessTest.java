@@ -207,9 +207,9 @@ class ServeProcessTest {
                 int port = Integer.parseInt(r.awaitErr("metrics on http://127\\.0\\.0\\.1:(\\d+)/metrics", START_MS));
                 Launcher.Http prom = ns.inside(() -> Launcher.get("127.0.0.1", port, "/metrics"));
                 assertThat(prom.status()).isEqualTo(200);
-                assertThat(prom.body()).contains("mqvirtio_queue_packets_total{device=\"vm7\",queue=\"1\",direction=\"tx\"} 0")
-                        .contains("mqvirtio_frontend_connected{device=\"vm7\"} 0")
-                        .contains("socket=\"" + sock + "\",backend=\"loopback\"} 1");
+                assertThat(prom.body()).contains("mqvirtio_queue_packets_total{device=\"vm7\",direction=\"tx\",queue=\"1\"} 0.0")
+                        .contains("mqvirtio_frontend_connected{device=\"vm7\"} 0.0")
+                        .contains("backend=\"loopback\",device=\"vm7\",socket=\"" + sock + "\"} 1");
                 Launcher.Http json = ns.inside(() -> Launcher.get("127.0.0.1", port, "/stats"));
                 DeviceStats d = Stats.Sample.parse(json.body()).devices().getFirst();
                 assertThat(d.name()).isEqualTo("vm7");

@@ -33,7 +33,7 @@ class QemuClientModeTest {
     static final int PAIRS = 2;
     static final int VCPUS = 2;
     static final Pattern SAMPLE = Pattern.compile(
-            "(?m)^mqvirtio_queue_(\\w+)_total\\{device=\"qemu-client\",queue=\"(\\d+)\",direction=\"(rx|tx)\"\\} (\\d+)$");
+            "(?m)^mqvirtio_queue_(\\w+)_total\\{device=\"qemu-client\",direction=\"(rx|tx)\",queue=\"(\\d+)\"\\} ([0-9.E]+)$");
 
     @TempDir
     Path dir;
@@ -62,7 +62,7 @@ class QemuClientModeTest {
                 assertThat(System.nanoTime()).as("guest finished%s", g.context()).isLessThan(deadline);
                 Launcher.Http h = lab.inside(() -> Launcher.get("127.0.0.1", port, "/metrics"));
                 assertThat(h.status()).isEqualTo(200);
-                sawConnected |= h.body().contains("mqvirtio_frontend_connected{device=\"qemu-client\"} 1");
+                sawConnected |= h.body().contains("mqvirtio_frontend_connected{device=\"qemu-client\"} 1.0");
                 maxTx = Math.max(maxTx, sum(parse(h.body()), "packets", "tx"));
             }
             String context = g.context();
@@ -106,7 +106,7 @@ class QemuClientModeTest {
         Map<String, Long> m = new HashMap<>();
         Matcher s = SAMPLE.matcher(prometheus);
         while (s.find()) {
-            m.put(s.group(1) + "/" + s.group(3) + s.group(2), Long.parseLong(s.group(4)));
+            m.put(s.group(1) + "/" + s.group(2) + s.group(3), (long) Double.parseDouble(s.group(4)));
         }
         return m;
     }

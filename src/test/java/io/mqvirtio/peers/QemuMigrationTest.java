@@ -275,13 +275,13 @@ class QemuMigrationTest {
             }
 
             public boolean logging(int which) throws Exception {
-                return scrape(which).contains("mqvirtio_device_logging{device=\"" + names[which] + "\"} 1");
+                return scrape(which).contains("mqvirtio_device_logging{device=\"" + names[which] + "\"} 1.0");
             }
 
             public long rxPackets(int which) throws Exception {
                 Matcher m = Pattern.compile("mqvirtio_queue_packets_total\\{device=\"" + names[which]
-                        + "\",queue=\"0\",direction=\"rx\"\\} (\\d+)").matcher(scrape(which));
-                return m.find() ? Long.parseLong(m.group(1)) : -1;
+                        + "\",direction=\"rx\",queue=\"0\"\\} ([0-9.E]+)").matcher(scrape(which));
+                return m.find() ? (long) Double.parseDouble(m.group(1)) : -1;
             }
 
             public long features(int which) {

@@ -28,7 +28,7 @@ import org.junit.jupiter.api.io.TempDir;
 class ServeUnderTrafficTest {
     static final int PAIRS = 4;
     static final Pattern TX = Pattern.compile(
-            "(?m)^mqvirtio_queue_packets_total\\{device=\"traffic\",queue=\"(\\d+)\",direction=\"tx\"\\} (\\d+)$");
+            "(?m)^mqvirtio_queue_packets_total\\{device=\"traffic\",direction=\"tx\",queue=\"(\\d+)\"\\} ([0-9.E]+)$");
 
     @TempDir
     Path dir;
@@ -58,8 +58,8 @@ class ServeUnderTrafficTest {
                 tx = tx(h.body());
             }
             String prom = lab.inside(() -> Launcher.get("127.0.0.1", port, "/metrics")).body();
-            assertThat(prom).contains("mqvirtio_frontend_connected{device=\"traffic\"} 1")
-                    .contains("mqvirtio_device_queue_pairs{device=\"traffic\"} 4");
+            assertThat(prom).contains("mqvirtio_frontend_connected{device=\"traffic\"} 1.0")
+                    .contains("mqvirtio_device_queue_pairs{device=\"traffic\"} 4.0");
             Map<Integer, Long> later = tx(prom);
             for (int q = 0; q < PAIRS; q++) {
                 assertThat(later.get(q)).as("counters only grow").isGreaterThanOrEqualTo(tx.get(q));
@@ -96,7 +96,7 @@ class ServeUnderTrafficTest {
         Map<Integer, Long> m = new HashMap<>();
         Matcher s = TX.matcher(prometheus);
         while (s.find()) {
-            m.put(Integer.parseInt(s.group(1)), Long.parseLong(s.group(2)));
+            m.put(Integer.parseInt(s.group(1)), (long) Double.parseDouble(s.group(2)));
         }
         return m;
     }

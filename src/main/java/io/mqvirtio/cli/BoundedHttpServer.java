@@ -35,7 +35,8 @@ import java.util.regex.Pattern;
 
 /**
  * The HTTP/1.1 server under the metrics endpoint: one request per connection, GET-sized requests only, every
- * connection bounded in time and memory, and only requests that name a loopback host served.
+ * connection bounded in time and memory, and (bound to loopback, the default) only requests that name a loopback
+ * host served.
  *
  * <p>Why not {@code com.sun.net.httpserver}: it reads each request head with a blocking read on a thread of its
  * executor, with no deadline by default, so a few clients that send half a head and stall hold every thread and
@@ -53,10 +54,12 @@ import java.util.regex.Pattern;
  * literals (which include the address the server is bound to, always a loopback one) are served, with any port or
  * none: neither can be re-pointed by someone else's DNS, browsers resolve {@code localhost} to loopback themselves
  * (RFC 6761 section 6.3), and a port other than ours is what a forwarded port (ssh -L) shows. Anything else gets 421
- * Misdirected Request (RFC 9110 section 15.5.20) and nothing from the handler.
+ * Misdirected Request (RFC 9110 section 15.5.20) and nothing from the handler. A server bound elsewhere (the
+ * operator's explicit choice: {@code serve --metrics-remote}) is reached under names we cannot know, so it skips
+ * the Host check and keeps every other bound.
  */
-final class LoopbackHttpServer implements AutoCloseable {
-    private static final Logger LOG = System.getLogger(LoopbackHttpServer.class.getName());
+final class BoundedHttpServer implements AutoCloseable {
+    private static final Logger LOG = System.getLogger(BoundedHttpServer.class.getName());
 
     /**
      * The whole request head must arrive within this time of the accept: total, not per read, since a client that
@@ -91,11 +94,26 @@ final class LoopbackHttpServer implements AutoCloseable {
     static final long LINGER_MILLIS = 1000;
     static final int LINGER_BYTES = 64 * 1024;
 
-    /** What the handler gets: the method and the decoded path (no query). */
-    record Request(String method, String path) {}
+    /**
+     * What the handler gets: the method, the decoded path, the raw query (null if none) and the header fields (names
+     * in lower case, values in order; all of them fit in {@link #MAX_HEAD_BYTES}).
+     */
+    record Request(String method, String path, String query, Map<String, List<String>> headers) {
+        Request(String method, String path) {
+            this(method, path, null, Map.of());
+        }
 
-    /** What the handler returns; {@code headers} are extra fields (e.g. Allow). */
-    record Response(int status, String type, String body, Map<String, String> headers) {
+        List<String> header(String name) {
+            return headers.getOrDefault(name.toLowerCase(Locale.ROOT), List.of());
+        }
+    }
+
+    /** What the handler returns; {@code headers} are extra fields (e.g. Allow, Content-Encoding). */
+    record Response(int status, String type, byte[] body, Map<String, String> headers) {
+        Response(int status, String type, String body, Map<String, String> headers) {
+            this(status, type, body.getBytes(StandardCharsets.UTF_8), headers);
+        }
+
         static Response of(int status, String type, String body) {
             return new Response(status, type, body, Map.of());
         }
@@ -129,6 +147,7 @@ final class LoopbackHttpServer implements AutoCloseable {
             Locale.ROOT);
 
     private final ServerSocket socket;
+    private final boolean loopbackOnly;
     private final Function<Request, Response> handler;
     private final Semaphore slots = new Semaphore(MAX_CONNECTIONS);
     private final Set<Socket> open = ConcurrentHashMap.newKeySet();
@@ -137,8 +156,9 @@ final class LoopbackHttpServer implements AutoCloseable {
     private final AtomicBoolean warnedHost = new AtomicBoolean();
     private volatile boolean closed;
 
-    private LoopbackHttpServer(ServerSocket socket, Function<Request, Response> handler) {
+    private BoundedHttpServer(ServerSocket socket, Function<Request, Response> handler) {
         this.socket = socket;
+        this.loopbackOnly = socket.getInetAddress().isLoopbackAddress();
         this.handler = handler;
         ScheduledThreadPoolExecutor r = new ScheduledThreadPoolExecutor(1,
                 t -> Thread.ofPlatform().name("mqvirtio-metrics-reaper").daemon(true).unstarted(t));
@@ -147,8 +167,11 @@ final class LoopbackHttpServer implements AutoCloseable {
         this.acceptor = Thread.ofPlatform().name("mqvirtio-metrics").daemon(true).unstarted(this::acceptLoop);
     }
 
-    /** Binds {@code at} and serves {@code handler} until {@link #close}. */
-    static LoopbackHttpServer start(InetSocketAddress at, Function<Request, Response> handler) throws IOException {
+    /**
+     * Binds {@code at} and serves {@code handler} until {@link #close}; on a loopback address, only to requests that
+     * name a loopback host.
+     */
+    static BoundedHttpServer start(InetSocketAddress at, Function<Request, Response> handler) throws IOException {
         ServerSocket s = new ServerSocket();
         try {
             s.bind(at, 16);
@@ -156,7 +179,7 @@ final class LoopbackHttpServer implements AutoCloseable {
             s.close();
             throw e;
         }
-        LoopbackHttpServer h = new LoopbackHttpServer(s, handler);
+        BoundedHttpServer h = new BoundedHttpServer(s, handler);
         h.acceptor.start();
         return h;
     }
@@ -232,7 +255,7 @@ final class LoopbackHttpServer implements AutoCloseable {
                     return; // closed before a whole head: nobody to answer
                 }
                 head = text.replaceFirst("^[\r\n]+", "").startsWith("HEAD "); // no body, even refused
-                r = answer(parse(text));
+                r = answer(parse(text, loopbackOnly));
             } catch (Refusal e) {
                 // the first refused Host at WARNING, so that a client set up with another name shows up in the log;
                 // the rest at DEBUG, so that a rebinding page cannot flood it
@@ -312,8 +335,8 @@ final class LoopbackHttpServer implements AutoCloseable {
         }
     }
 
-    /** The request line and the Host; other fields are not needed, and a body is never read as a request. */
-    private static Request parse(String head) throws Refusal {
+    /** The request line, the Host (checked) and the other fields; a body is never read as a request. */
+    private static Request parse(String head, boolean loopbackOnly) throws Refusal {
         List<String> lines = new ArrayList<>();
         for (String l : head.split("\n", -1)) {
             String line = l.endsWith("\r") ? l.substring(0, l.length() - 1) : l;
@@ -337,6 +360,7 @@ final class LoopbackHttpServer implements AutoCloseable {
         }
         boolean http10 = start[2].equals("HTTP/1.0");
         List<String> hosts = new ArrayList<>(1);
+        Map<String, List<String>> fields = new LinkedHashMap<>();
         for (String line : lines.subList(1, lines.size())) {
             if (line.isEmpty()) {
                 break;
@@ -347,9 +371,11 @@ final class LoopbackHttpServer implements AutoCloseable {
                     || line.substring(0, colon).indexOf(' ') >= 0 || line.substring(0, colon).indexOf('\t') >= 0) {
                 throw new Refusal(400, "bad header field");
             }
+            String value = trimOws(line.substring(colon + 1));
             if (line.substring(0, colon).equalsIgnoreCase("host")) {
-                hosts.add(trimOws(line.substring(colon + 1)));
+                hosts.add(value);
             }
+            fields.computeIfAbsent(line.substring(0, colon).toLowerCase(Locale.ROOT), k -> new ArrayList<>()).add(value);
         }
         URI target;
         try {
@@ -382,11 +408,11 @@ final class LoopbackHttpServer implements AutoCloseable {
         if (host != null && host.isEmpty()) {
             throw new Refusal(400, "empty Host");
         }
-        if (host != null && !loopbackHost(host)) {
+        if (loopbackOnly && host != null && !loopbackHost(host)) {
             throw new Refusal(421, "misdirected request: this endpoint answers only to a loopback Host",
                     " (Host: " + printable(host) + ")");
         }
-        return new Request(start[0], path);
+        return new Request(start[0], path, target.getRawQuery(), fields);
     }
 
     /**
@@ -455,7 +481,7 @@ final class LoopbackHttpServer implements AutoCloseable {
     }
 
     static byte[] render(Response r, boolean head) {
-        byte[] body = r.body().getBytes(StandardCharsets.UTF_8);
+        byte[] body = r.body();
         Map<String, String> h = new LinkedHashMap<>();
         h.put("Date", DATE.format(ZonedDateTime.now(ZoneOffset.UTC)));
         h.put("Content-Type", r.type());
