@@ -46,7 +46,7 @@ final class Serve {
      * {@code socket} only names it, "fd:N" or systemd's name for it), its queue pairs and its backend.
      */
     record Vm(Path socket, int fd, int queues, int mtu, String tap, boolean loopback, boolean client, boolean busyPoll,
-            int[] cpus, String name, int pollMicros, long maxMemory) {
+            int[] cpus, String name, int pollMicros, long maxMemory, Path capture) {
 
         /** From the command line's own options (one VM) or from a --vm spec turned into arguments. */
         static Vm from(VmOptions a, boolean busyPollDefault, int pollDefault, long maxMemoryDefault) {
@@ -87,15 +87,19 @@ final class Serve {
             String name = a.name != null ? a.name : path.getFileName() == null ? socket : path.getFileName().toString();
             int poll = a.pollMicros == null ? pollDefault : Check.range("--poll-us", a.pollMicros, 0, 1_000_000);
             long maxMemory = a.maxMemory == null ? maxMemoryDefault : size("max-memory", a.maxMemory);
+            Path capture = a.capture == null ? null : Path.of(a.capture);
+            if (a.capture != null && a.capture.isBlank()) {
+                throw new UsageException("--capture needs a directory");
+            }
             return new Vm(path, fd, queues, mtu, tap, loopback, a.client, busyPollDefault || a.busyPoll, cpus, name, poll,
-                    maxMemory);
+                    maxMemory, capture);
         }
 
         /** This VM on a socket systemd passed (named after it, unless the VM was given a name of its own). */
         Vm onPassed(Systemd.Passed p) {
             String n = name.equals(SYSTEMD_NAME) ? p.name() : name;
             return new Vm(Path.of(p.name()), p.fd(), queues, mtu, tap, loopback, client, busyPoll, cpus, n, pollMicros,
-                    maxMemory);
+                    maxMemory, capture);
         }
 
         /**
@@ -124,7 +128,7 @@ final class Serve {
             } catch (picocli.CommandLine.UnmatchedArgumentException e) {
                 throw new UsageException("--vm " + spec + ": unknown key '" + e.getUnmatched().get(0).replaceFirst("^--", "")
                         .replaceFirst("=.*", "") + "' (keys: socket-path, fd, queues, tap, loopback, mtu, cpus, name, "
-                        + "client, busy-poll, poll-us, max-memory)");
+                        + "client, busy-poll, poll-us, max-memory, capture)");
             } catch (picocli.CommandLine.ParameterException | UsageException e) {
                 throw new UsageException("--vm " + spec + ": " + e.getMessage());
             }
@@ -183,6 +187,11 @@ final class Serve {
         @Option(names = "--max-memory", paramLabel = "SIZE", order = 12, description = "the most guest memory one VM "
                 + "may share with serve (512M, 16G, 1T; also max-memory= in a --vm); default: the host's memory")
         String maxMemory;
+
+        @Option(names = "--capture", paramLabel = "DIR", order = 13, description = "write the frames each queue pair "
+                + "moves, both directions, to DIR/NAME-qpN.pcapng (Wireshark, tshark; created 0600; the directory is "
+                + "made 0700 if missing); capture=DIR in a --vm")
+        String capture;
     }
 
     /** One {@code --vm} spec's keys, parsed as options by {@link VmOptions}' definitions. */
@@ -222,7 +231,7 @@ final class Serve {
 
     /** The command line, checked before anything is opened. */
     record Options(List<Vm> vms, double statsEvery, InetSocketAddress metrics, boolean metricsRemote, boolean debug,
-            String socketGroup,
+            int captureSnaplen, long captureMaxBytes, String socketGroup,
             long maxTotalMemory) {
 
         static Options parse(Command a) {
@@ -281,7 +290,10 @@ final class Serve {
             if (group != null && group.isBlank()) {
                 throw new UsageException("--socket-group needs a group name");
             }
-            return new Options(List.copyOf(vms), statsEvery, metrics, a.metricsRemote, a.debug, group, maxTotal);
+            int snaplen = Check.range("--capture-snaplen", a.captureSnaplen, 64, io.mqvirtio.capture.QueueCapture.DEFAULT_SNAPLEN);
+            long captureMax = size("capture-max-size", a.captureMaxSize);
+            return new Options(List.copyOf(vms), statsEvery, metrics, a.metricsRemote, a.debug, snaplen, captureMax, group,
+                    maxTotal);
         }
     }
 
@@ -329,6 +341,14 @@ final class Serve {
                 + "(0.0.0.0:9100, a LAN address). The endpoint has no authentication and tells what each VM does: "
                 + "firewall it")
         boolean metricsRemote;
+
+        @Option(names = "--capture-snaplen", paramLabel = "N", order = 24, defaultValue = "262144",
+                description = "with --capture: the first N bytes of each frame (default ${DEFAULT-VALUE}: all of it)")
+        int captureSnaplen;
+
+        @Option(names = "--capture-max-size", paramLabel = "SIZE", order = 24, defaultValue = "1G", description = "with "
+                + "--capture: each file grows to SIZE at most, then later frames are left out (default ${DEFAULT-VALUE})")
+        String captureMaxSize;
 
         @Option(names = "--print-capabilities", order = 25,
                 description = "print the backend's capabilities as JSON (vhost-user.rst) and exit")
@@ -418,7 +438,7 @@ final class Serve {
             io.mqvirtio.memory.MemoryBudget budget = new io.mqvirtio.memory.MemoryBudget(
                     o.vms().stream().mapToLong(Vm::maxMemory).max().orElse(1), o.maxTotalMemory());
             for (Vm vm : o.vms()) {
-                startVm(vm, o.socketGroup(), budget.withPerVm(vm.maxMemory()));
+                startVm(vm, o, budget.withPerVm(vm.maxMemory()));
             }
             if (o.metrics() != null) {
                 List<MetricsServer.Source> sources = new ArrayList<>();
@@ -443,7 +463,8 @@ final class Serve {
             }
         }
 
-        private void startVm(Vm vm, String group, io.mqvirtio.memory.MemoryBudget memory) throws IOException {
+        private void startVm(Vm vm, Options o, io.mqvirtio.memory.MemoryBudget memory) throws IOException {
+            String group = o.socketGroup();
             PacketBackend backend = vm.loopback() ? new LoopbackBackend(vm.queues(), vm.mtu()) : TapBackend.open(vm.tap(), vm.queues());
             NetDevice device;
             try {
@@ -452,6 +473,14 @@ final class Serve {
             } catch (RuntimeException e) {
                 backend.close();
                 throw e;
+            }
+            if (vm.capture() != null) {
+                try {
+                    startCapture(device, vm, o);
+                } catch (IOException | RuntimeException e) {
+                    device.close();
+                    throw new IOException("--capture " + vm.capture() + ": " + message(e), e);
+                }
             }
             VhostUserServer s;
             try {
@@ -479,6 +508,17 @@ final class Serve {
             if (vm.client()) {
                 LOG.log(Level.INFO, "connecting to {0} (and again after each session)", vm.socket());
             }
+        }
+
+        private static void startCapture(NetDevice device, Vm vm, Options o) throws IOException {
+            Path dir = vm.capture();
+            if (!java.nio.file.Files.isDirectory(dir)) {
+                java.nio.file.Files.createDirectories(dir, java.nio.file.attribute.PosixFilePermissions.asFileAttribute(
+                        java.nio.file.attribute.PosixFilePermissions.fromString("rwx------")));
+            }
+            var captures = device.startCapture(dir, o.captureSnaplen(), o.captureMaxBytes());
+            LOG.log(Level.INFO, "{0}: capturing {1} queue pair{2} to {3}", vm.name(), captures.size(),
+                    captures.size() == 1 ? "" : "s", dir.resolve(vm.name() + "-qp*.pcapng"));
         }
 
         synchronized List<DeviceStats> snapshot() {

@@ -331,12 +331,48 @@ public final class NetDevice implements VhostUserDevice, AutoCloseable {
         return l;
     }
 
+    /**
+     * Captures the frames every queue pair moves, both directions, into {@code dir/NAME-qpN.pcapng} (created 0600, a
+     * file there truncated, never a link followed), each frame's first {@code snaplen} bytes, each file up to
+     * {@code maxBytesPerFile}; until {@link #close}. Returns the captures.
+     */
+    public synchronized List<io.mqvirtio.capture.QueueCapture> startCapture(java.nio.file.Path dir, int snaplen,
+                                                                            long maxBytesPerFile) throws java.io.IOException {
+        List<io.mqvirtio.capture.QueueCapture> started = new ArrayList<>();
+        try {
+            for (int i = 0; i < workers.length; i++) {
+                started.add(new io.mqvirtio.capture.QueueCapture(dir.resolve(config.name() + "-qp" + i + ".pcapng"),
+                        config.name() + "-qp" + i, "mqvirtio device " + config.name() + ", queue pair " + i
+                        + " (outbound: the guest sent it; inbound: the guest received it)", snaplen, maxBytesPerFile));
+            }
+        } catch (java.io.IOException | RuntimeException e) {
+            started.forEach(io.mqvirtio.capture.QueueCapture::close);
+            throw e;
+        }
+        for (int i = 0; i < workers.length; i++) {
+            io.mqvirtio.capture.QueueCapture old = workers[i].capture(started.get(i));
+            if (old != null) {
+                old.close();
+            }
+        }
+        captures = List.copyOf(started);
+        return captures;
+    }
+
+    private List<io.mqvirtio.capture.QueueCapture> captures = List.of();
+
     /** Stops the workers and closes the backend; what a worker that does not stop still uses stays open. */
     @Override
     public void close() {
         boolean all = true;
         for (QueuePairWorker w : workers) {
             all &= w.close();
+        }
+        synchronized (this) {
+            for (io.mqvirtio.capture.QueueCapture c : captures) {
+                c.close(); // after the workers: nothing is offered any more
+            }
+            captures = List.of();
         }
         if (all) {
             backend.close();

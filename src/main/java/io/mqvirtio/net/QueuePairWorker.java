@@ -97,6 +97,8 @@ final class QueuePairWorker implements WorkerHandler {
     private final DescriptorChain[] rxChains = new DescriptorChain[MAX_RX_CHAINS];
     private final IoVec iov = new IoVec(IoVec.IOV_MAX);
     private final MemorySegment numBuffers = Arena.ofAuto().allocate(2);
+    /** The pair's capture ({@code serve --capture}), or null: read once per burst. */
+    private volatile io.mqvirtio.capture.QueueCapture capture;
 
     // ---- port errors: counted always, logged in part ----
     private long portErrorLoggedAt;
@@ -124,6 +126,13 @@ final class QueuePairWorker implements WorkerHandler {
 
     long threadId() {
         return loop.threadId();
+    }
+
+    /** Starts copying the frames this pair moves into {@code c} (null: stops); the caller closes the old one. */
+    io.mqvirtio.capture.QueueCapture capture(io.mqvirtio.capture.QueueCapture c) {
+        io.mqvirtio.capture.QueueCapture old = capture;
+        capture = c;
+        return old;
     }
 
     void start() {
@@ -416,6 +425,7 @@ final class QueuePairWorker implements WorkerHandler {
         long dropped = 0;
         long malformed = 0;
         boolean blocked = false;
+        io.mqvirtio.capture.QueueCapture cap = capture;
         try {
             if (readsFrames && q.available() > 1) {
                 q.readAhead(READ_AHEAD);
@@ -433,6 +443,9 @@ final class QueuePairWorker implements WorkerHandler {
                     iov.clear();
                     for (int i = 0; i < c.readableCount(); i++) {
                         iov.addRaw(c.hostAddress(i), Integer.toUnsignedLong(c.length(i)));
+                    }
+                    if (cap != null) {
+                        cap.sent(c, VirtioNet.HDR_SIZE);
                     }
                     long n;
                     try {
@@ -670,6 +683,10 @@ final class QueuePairWorker implements WorkerHandler {
 
     /** The frame of {@code len} bytes is in chains 0..k-1: push those it fills, set num_buffers, give back the rest. */
     private void completeFrame(DeviceRing q, int k, long len) {
+        io.mqvirtio.capture.QueueCapture cap = capture;
+        if (cap != null) {
+            cap.received(rxChains, k, len, VirtioNet.HDR_SIZE);
+        }
         long left = len;
         int used = 0;
         while (used < k && (left > 0 || used == 0)) {

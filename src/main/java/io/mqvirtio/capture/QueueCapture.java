@@ -1,0 +1,232 @@
+package io.mqvirtio.capture;
+
+import io.mqvirtio.virtio.DescriptorChain;
+import java.io.IOException;
+import java.lang.System.Logger;
+import java.lang.System.Logger.Level;
+import java.lang.foreign.MemorySegment;
+import java.nio.ByteBuffer;
+import java.nio.ByteOrder;
+import java.nio.channels.FileChannel;
+import java.nio.file.LinkOption;
+import java.nio.file.Path;
+import java.nio.file.StandardOpenOption;
+import java.nio.file.attribute.PosixFilePermissions;
+import java.util.Set;
+import java.util.concurrent.ArrayBlockingQueue;
+import java.util.concurrent.TimeUnit;
+import java.util.concurrent.atomic.AtomicLong;
+
+/**
+ * One queue pair's capture: the frames its worker moves, in a pcapng file ({@link Pcapng}), both directions in one
+ * file told apart by each packet's direction flag (outbound: the guest sent it, virtio TX; inbound: the guest received
+ * it, virtio RX). The virtio-net header is not part of the frame.
+ *
+ * <p>The worker only copies a frame's first {@code snaplen} bytes into an array and offers it to a bounded queue
+ * ({@link #QUEUE} frames); a thread of the capture's own writes the file. A full queue (a disk slower than the
+ * traffic) drops frames from the capture, never from the data path, and counts them; a file that reached
+ * {@code maxBytes} stops growing (a guest cannot fill the host's disk). The file is created 0600, never through a
+ * symbolic link: a capture holds a VM's traffic.
+ */
+public final class QueueCapture implements AutoCloseable {
+    private static final Logger LOG = System.getLogger(QueueCapture.class.getName());
+    /** Frames waiting for the writer; more are dropped from the capture (and counted). */
+    static final int QUEUE = 4096;
+    /** What {@code --capture-snaplen} defaults to (tcpdump's): every frame whole. */
+    public static final int DEFAULT_SNAPLEN = Pcapng.MAX_SNAPLEN;
+
+    private record Frame(long timestampNanos, int direction, int original, byte[] data) {}
+
+    private static final Frame END = new Frame(0, 0, 0, new byte[0]);
+
+    private final Path file;
+    private final int snaplen;
+    private final long maxBytes;
+    private final FileChannel out;
+    private final ArrayBlockingQueue<Frame> queue = new ArrayBlockingQueue<>(QUEUE);
+    private final Thread writer;
+    private final long wallAtStart;
+    private final long nanoAtStart;
+    private final AtomicLong captured = new AtomicLong();
+    private final AtomicLong dropped = new AtomicLong();
+    private volatile boolean full;   // the file reached maxBytes: the worker stops copying
+    private volatile boolean closed;
+    private long written;            // writer thread only
+
+    /**
+     * Creates (or truncates) {@code file} and writes its header; {@code name} names the interface in it (Wireshark
+     * shows it), {@code description} says what it is.
+     */
+    public QueueCapture(Path file, String name, String description, int snaplen, long maxBytes) throws IOException {
+        if (snaplen < 64 || snaplen > Pcapng.MAX_SNAPLEN) {
+            throw new IllegalArgumentException("snap length " + snaplen + " is not in 64.." + Pcapng.MAX_SNAPLEN);
+        }
+        this.file = file;
+        this.snaplen = snaplen;
+        this.maxBytes = maxBytes;
+        this.out = FileChannel.open(file, Set.of(StandardOpenOption.CREATE, StandardOpenOption.WRITE,
+                StandardOpenOption.TRUNCATE_EXISTING, LinkOption.NOFOLLOW_LINKS),
+                PosixFilePermissions.asFileAttribute(PosixFilePermissions.fromString("rw-------")));
+        try {
+            written = write(ByteBuffer.wrap(Pcapng.sectionHeader("mqvirtio")));
+            written += write(ByteBuffer.wrap(Pcapng.interfaceDescription(name, description, snaplen)));
+        } catch (IOException | RuntimeException e) {
+            out.close();
+            throw e;
+        }
+        this.wallAtStart = System.currentTimeMillis() * 1_000_000L;
+        this.nanoAtStart = System.nanoTime();
+        this.writer = Thread.ofVirtual().name("capture-" + name).start(this::drain);
+    }
+
+    public Path file() {
+        return file;
+    }
+
+    /** Frames in the file so far. */
+    public long captured() {
+        return captured.get();
+    }
+
+    /** Frames left out: the writer fell behind, or the file was full. */
+    public long dropped() {
+        return dropped.get();
+    }
+
+    /** Worker: a frame the guest sent, in {@code c}'s readable buffers after the {@code header} bytes. */
+    public void sent(DescriptorChain c, int header) {
+        long len = c.readableBytes() - header;
+        if (len <= 0 || !room()) {
+            return;
+        }
+        byte[] data = new byte[(int) Math.min(len, snaplen)];
+        c.readFrom(header, MemorySegment.ofArray(data));
+        offer(Pcapng.OUTBOUND, (int) Math.min(len, Integer.MAX_VALUE), data);
+    }
+
+    /**
+     * Worker: a frame of {@code len} bytes (header included) written to the guest in the writable buffers of
+     * {@code chains[0..k-1]}, in order, from {@code header} on.
+     */
+    public void received(DescriptorChain[] chains, int k, long len, int header) {
+        long frame = len - header;
+        if (frame <= 0 || !room()) {
+            return;
+        }
+        byte[] data = new byte[(int) Math.min(frame, snaplen)];
+        long at = 0;
+        long skip = header;
+        for (int i = 0; i < k && at < data.length; i++) {
+            long inChain = chains[i].writableBytes();
+            if (skip >= inChain) {
+                skip -= inChain;
+                continue;
+            }
+            long n = Math.min(inChain - skip, data.length - at);
+            chains[i].readWritten(skip, MemorySegment.ofArray(data).asSlice(at, n));
+            at += n;
+            skip = 0;
+        }
+        offer(Pcapng.INBOUND, (int) Math.min(frame, Integer.MAX_VALUE), data);
+    }
+
+    private boolean room() {
+        if (full || closed) {
+            dropped.incrementAndGet();
+            return false;
+        }
+        return true;
+    }
+
+    private void offer(int direction, int original, byte[] data) {
+        long ts = wallAtStart + (System.nanoTime() - nanoAtStart);
+        if (!queue.offer(new Frame(ts, direction, original, data))) {
+            dropped.incrementAndGet();
+        }
+    }
+
+    private void drain() {
+        ByteBuffer buf = ByteBuffer.allocate(1 << 20).order(ByteOrder.LITTLE_ENDIAN);
+        try {
+            while (true) {
+                Frame f = queue.poll();
+                if (f == null) {
+                    flush(buf); // idle: what is captured is in the file (a live tshark -r sees it)
+                    f = queue.poll(200, TimeUnit.MILLISECONDS);
+                    if (f == null) {
+                        continue;
+                    }
+                }
+                if (f == END) {
+                    break;
+                }
+                int size = Pcapng.packetBlockSize(f.data().length);
+                if (written + buf.position() + size > maxBytes) {
+                    if (!full) {
+                        full = true;
+                        LOG.log(Level.WARNING, "capture {0}: {1} bytes reached (the limit): later frames are not "
+                                + "captured", file, maxBytes);
+                    }
+                    dropped.incrementAndGet();
+                    continue;
+                }
+                if (buf.remaining() < size) {
+                    flush(buf);
+                }
+                Pcapng.enhancedPacket(buf, f.timestampNanos(), f.data(), f.data().length, f.original(), f.direction());
+                captured.incrementAndGet();
+            }
+            flush(buf);
+        } catch (IOException e) {
+            full = true;
+            LOG.log(Level.WARNING, "capture {0}: cannot write, capture stopped: {1}", file, e.toString());
+        } catch (InterruptedException e) {
+            // close() gave up waiting
+        }
+    }
+
+    private void flush(ByteBuffer buf) throws IOException {
+        if (buf.position() == 0) {
+            return;
+        }
+        buf.flip();
+        written += write(buf);
+        buf.clear();
+    }
+
+    private long write(ByteBuffer b) throws IOException {
+        long n = 0;
+        while (b.hasRemaining()) {
+            n += out.write(b);
+        }
+        return n;
+    }
+
+    /** Writes what is queued, closes the file (waits at most 5 s for the writer). */
+    @Override
+    public void close() {
+        if (closed) {
+            return;
+        }
+        closed = true;
+        try {
+            if (!queue.offer(END, 1, TimeUnit.SECONDS)) {
+                writer.interrupt(); // a writer that stopped (a write failed) leaves the queue full
+            }
+            writer.join(5000);
+            if (writer.isAlive()) {
+                writer.interrupt();
+            }
+        } catch (InterruptedException e) {
+            Thread.currentThread().interrupt();
+            writer.interrupt();
+        }
+        LOG.log(dropped.get() > 0 ? Level.WARNING : Level.INFO, "capture {0}: {1} frames{2}", file, captured.get(),
+                dropped.get() > 0 ? ", " + dropped.get() + " left out (the writer fell behind, or the file was full)" : "");
+        try {
+            out.close();
+        } catch (IOException e) {
+            LOG.log(Level.WARNING, "capture {0}: closing: {1}", file, e.toString());
+        }
+    }
+}

@@ -1,0 +1,162 @@
+package io.mqvirtio.capture;
+
+import static org.assertj.core.api.Assertions.assertThat;
+import static org.assertj.core.api.Assertions.assertThatThrownBy;
+
+import io.mqvirtio.backend.LoopbackBackend;
+import io.mqvirtio.net.NetDevice;
+import io.mqvirtio.net.NetDriver;
+import io.mqvirtio.net.NetQueuePair;
+import io.mqvirtio.vhostuser.VhostUserServer;
+import java.lang.foreign.Arena;
+import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
+import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.nio.file.attribute.PosixFilePermissions;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.concurrent.TimeUnit;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.Timeout;
+import org.junit.jupiter.api.io.TempDir;
+
+/**
+ * {@code serve --capture}: the frames each queue pair moves, read back by tshark (Wireshark's reader, not ours) with
+ * their lengths, bytes and directions; and the capture's own bounds (file size, links, permissions).
+ */
+public class CaptureTest {
+    @TempDir
+    Path dir;
+
+    /** An Ethernet frame of {@code len} bytes: broadcast, source 02:00:00:00:PAIR:SEQ, ethertype 0x88b5, a pattern. */
+    public static MemorySegment frame(Arena a, int pair, int seq, int len) {
+        MemorySegment f = a.allocate(len);
+        for (int i = 0; i < 6; i++) {
+            f.set(ValueLayout.JAVA_BYTE, i, (byte) 0xff);
+        }
+        byte[] src = {2, 0, 0, 0, (byte) pair, (byte) seq};
+        for (int i = 0; i < 6; i++) {
+            f.set(ValueLayout.JAVA_BYTE, 6 + i, src[i]);
+        }
+        f.set(ValueLayout.JAVA_BYTE, 12, (byte) 0x88);
+        f.set(ValueLayout.JAVA_BYTE, 13, (byte) 0xb5);
+        for (int i = 14; i < len; i++) {
+            f.set(ValueLayout.JAVA_BYTE, i, (byte) (seq + i));
+        }
+        return f;
+    }
+
+    private static List<String> tshark(Path file, String... fields) throws Exception {
+        List<String> cmd = new ArrayList<>(List.of("tshark", "-r", file.toString(), "-T", "fields", "-E", "separator=,"));
+        for (String f : fields) {
+            cmd.add("-e");
+            cmd.add(f);
+        }
+        // stderr: tshark's remarks (running as root), not data
+        Process p = new ProcessBuilder(cmd).redirectError(ProcessBuilder.Redirect.DISCARD).start();
+        String out = new String(p.getInputStream().readAllBytes(), StandardCharsets.UTF_8);
+        assertThat(p.waitFor(60, TimeUnit.SECONDS)).isTrue();
+        assertThat(p.exitValue()).as(out).isZero();
+        return out.lines().filter(l -> !l.isBlank()).toList();
+    }
+
+    @Test
+    @Timeout(120)
+    void tsharkReadsEveryFrameOfEveryQueueWithItsDirection() throws Exception {
+        int pairs = 2;
+        int[] sizes = {60, 64, 200, 1514};
+        try (NetDevice device = new NetDevice(NetDevice.Config.of("vm0", pairs), new LoopbackBackend(pairs, 1500));
+             VhostUserServer server = VhostUserServer.listen(dir.resolve("vm0.sock"), device)) {
+            List<QueueCapture> caps = device.startCapture(dir, QueueCapture.DEFAULT_SNAPLEN, 1 << 30);
+            assertThat(caps).hasSize(pairs);
+            NetDriver nic = NetDriver.connect(server.path(), NetDriver.Options.pairs(pairs));
+            try (nic; Arena a = Arena.ofConfined()) {
+                for (int p = 0; p < pairs; p++) {
+                    NetQueuePair q = nic.pair(p);
+                    for (int s = 0; s < sizes.length; s++) {
+                        assertThat(q.send(frame(a, p, s, sizes[s]))).isEqualTo(1);
+                    }
+                    MemorySegment[] bufs = {a.allocate(2048), a.allocate(2048), a.allocate(2048), a.allocate(2048)};
+                    int[] lens = new int[bufs.length];
+                    int got = 0;
+                    long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(20);
+                    while (got < sizes.length && System.nanoTime() < deadline) {
+                        q.awaitReceive(100);
+                        got += q.receive(bufs, lens, bufs.length);
+                    }
+                    assertThat(got).as("frames looped back on pair %d", p).isEqualTo(sizes.length);
+                }
+            }
+        } // the device closes its captures after its workers
+        for (int p = 0; p < pairs; p++) {
+            Path f = dir.resolve("vm0-qp" + p + ".pcapng");
+            assertThat(Files.getPosixFilePermissions(f)).isEqualTo(PosixFilePermissions.fromString("rw-------"));
+            // frame.len, the source MAC, the direction flag (1 in: to the guest, 2 out: from it), the last byte
+            List<String> rows = tshark(f, "frame.len", "eth.src", "frame.packet_flags_direction", "frame.interface_name");
+            assertThat(rows).as("pair %d: each frame out (sent) and back in (received)", p).hasSize(2 * sizes.length);
+            List<String> out = rows.stream().filter(r -> r.split(",")[2].equals("0x00000002")).toList();
+            List<String> in = rows.stream().filter(r -> r.split(",")[2].equals("0x00000001")).toList();
+            for (List<String> dirRows : List.of(out, in)) {
+                assertThat(dirRows).hasSize(sizes.length);
+                for (int s = 0; s < sizes.length; s++) {
+                    assertThat(dirRows.get(s)).isEqualTo(sizes[s] + ",02:00:00:00:0" + p + ":0" + s + ","
+                            + (dirRows == out ? "0x00000002" : "0x00000001") + ",vm0-qp" + p);
+                }
+            }
+            // every byte as sent: the data after the header, as tshark dumps it
+            List<String> data = tshark(f, "data.data");
+            for (int s = 0; s < sizes.length; s++) {
+                StringBuilder hex = new StringBuilder();
+                for (int i = 14; i < sizes[s]; i++) {
+                    hex.append(String.format("%02x", (byte) (s + i)));
+                }
+                assertThat(data).contains(hex.toString());
+            }
+        }
+    }
+
+    @Test
+    @Timeout(60)
+    void aFileStopsAtItsLimitAndTheRestIsCountedAsLeftOut() throws Exception {
+        long limit = 16 * 1024;
+        try (NetDevice device = new NetDevice(NetDevice.Config.of("vm1", 1), new LoopbackBackend(1, 1500));
+             VhostUserServer server = VhostUserServer.listen(dir.resolve("vm1.sock"), device)) {
+            QueueCapture cap = device.startCapture(dir, 128, limit).getFirst();
+            NetDriver nic = NetDriver.connect(server.path(), NetDriver.Options.pairs(1));
+            try (nic; Arena a = Arena.ofConfined()) {
+                NetQueuePair q = nic.pair(0);
+                MemorySegment f = frame(a, 0, 1, 1000);
+                MemorySegment[] bufs = {a.allocate(2048), a.allocate(2048)};
+                int[] lens = new int[2];
+                for (int i = 0; i < 400; i++) {
+                    q.send(f);
+                    q.awaitReceive(50);
+                    q.receive(bufs, lens, 2);
+                }
+            }
+            long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(10);
+            while (cap.dropped() == 0 && System.nanoTime() < deadline) {
+                Thread.sleep(20);
+            }
+            assertThat(cap.dropped()).as("frames left out once the file was full").isPositive();
+        }
+        Path f = dir.resolve("vm1-qp0.pcapng");
+        assertThat(Files.size(f)).isLessThanOrEqualTo(limit);
+        List<String> rows = tshark(f, "frame.len", "frame.cap_len");
+        assertThat(rows).isNotEmpty().allSatisfy(r -> assertThat(r).isEqualTo("1000,128")); // snap length 128
+    }
+
+    @Test
+    void aLinkWhereTheFileGoesIsNotFollowed() throws Exception {
+        Path victim = Files.writeString(dir.resolve("victim"), "keep me");
+        Files.createSymbolicLink(dir.resolve("vm2-qp0.pcapng"), victim);
+        try (NetDevice device = new NetDevice(NetDevice.Config.of("vm2", 1), new LoopbackBackend(1, 1500))) {
+            assertThatThrownBy(() -> device.startCapture(dir, 256, 1 << 20)).isInstanceOf(java.io.IOException.class);
+        }
+        assertThat(Files.readString(victim)).isEqualTo("keep me");
+        assertThatThrownBy(() -> new QueueCapture(dir.resolve("x.pcapng"), "x", "x", 10, 1 << 20))
+                .isInstanceOf(IllegalArgumentException.class).hasMessageContaining("snap length");
+    }
+}
