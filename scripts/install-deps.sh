@@ -22,7 +22,7 @@ set -euo pipefail
 log() { echo "install-deps: $*" >&2; }
 here="$(cd "$(dirname "$0")" && pwd)"
 
-BASE_PKGS=(linux-image-cloud-amd64 busybox-static cpio ethtool iproute2 dpdk dpdk-dev fontconfig fonts-dejavu-core systemd fakeroot tshark)
+BASE_PKGS=(linux-image-cloud-amd64 busybox-static cpio ethtool iproute2 dpdk dpdk-dev fontconfig fonts-dejavu-core systemd fakeroot tshark libvirt-daemon-system libvirt-clients libxml2-utils)
 QEMU_PKGS=(qemu-system-x86 qemu-system-common qemu-system-data seabios)
 STATE_DIR=/var/lib/mqvirtio
 BPO_FAILED="$STATE_DIR/backports-failed"
