@@ -3,6 +3,7 @@ package io.mqvirtio.cli;
 import java.io.IOException;
 import java.io.PrintStream;
 import java.net.InetSocketAddress;
+import java.nio.file.Path;
 import java.net.URI;
 import java.net.http.HttpClient;
 import java.net.http.HttpRequest;
@@ -52,6 +53,15 @@ final class Stats {
         @Option(names = "--count", paramLabel = "N", description = "with --watch: stop after N samples")
         Integer count;
 
+        @Option(names = "--live", description = "with --watch: one screen redrawn each interval, a line per queue pair "
+                + "(the default when standard output is a terminal; else a table per interval, for logs)")
+        boolean live;
+
+        @Option(names = "--plot", paramLabel = "FILE.png", description = "draw packets/s of every queue over the last "
+                + "minute into FILE.png: with --watch, redrawn after each sample; alone, after a minute of samples "
+                + "every second")
+        Path plot;
+
         @Override
         public Integer call() throws InterruptedException {
             return run(this, out, err);
@@ -62,31 +72,84 @@ final class Stats {
         InetSocketAddress at = MetricsServer.address("from", a.from);
         double watch = a.watch == null ? 0 : Check.range("--watch", a.watch, 0.1, 86400);
         int count = a.count == null ? 0 : Check.range("--count", a.count, 1, Integer.MAX_VALUE);
-        if (a.count != null && watch == 0) {
+        if (a.count != null && watch == 0 && a.plot == null) {
             throw new UsageException("--count needs --watch S");
         }
+        if (a.live && watch == 0) {
+            throw new UsageException("--live needs --watch S");
+        }
+        boolean plotOnly = a.plot != null && watch == 0;
+        if (plotOnly) {
+            watch = 1;
+            count = count == 0 ? (int) StatsPlot.WINDOW_SECONDS : count;
+        }
+        boolean terminal = out == System.out && System.console() != null && System.console().isTerminal();
+        boolean live = !plotOnly && (a.live || terminal);
+        int[] size = live ? terminalSize() : new int[] {80, 24};
         URI uri = URI.create("http://" + MetricsServer.hostPort(at) + "/stats");
         HttpClient client = HttpClient.newBuilder().connectTimeout(Duration.ofSeconds(5)).build();
         try (client) {
             Sample prev = fetch(client, uri);
-            printTotals(prev, out);
+            List<Sample> window = new ArrayList<>(List.of(prev));
+            if (plotOnly) {
+                err.printf("mqvirtio: stats: sampling every second for %d s, then drawing %s%n", count, a.plot);
+            } else if (!live) {
+                printTotals(prev, out);
+            }
             if (watch == 0) {
                 return 0;
             }
             for (int n = 0; count == 0 || n < count; n++) {
                 Thread.sleep((long) (watch * 1000));
                 Sample now = fetch(client, uri);
-                printRates(prev, now, out);
+                if (live) {
+                    out.print((terminal ? StatsView.CLEAR : "") + StatsView.frame(prev, now, MetricsServer.hostPort(at),
+                            size[0], size[1]));
+                    out.flush();
+                } else if (!plotOnly) {
+                    printRates(prev, now, out);
+                }
+                window.add(now);
+                StatsPlot.trim(window);
+                if (a.plot != null && (!plotOnly || n == count - 1)) {
+                    StatsPlot.write(window, LocalTime.now().format(CLOCK), a.plot);
+                }
                 prev = now;
+            }
+            if (a.plot != null) {
+                err.println("mqvirtio: stats: wrote " + a.plot);
             }
             return 0;
         } catch (IOException e) {
-            err.println("mqvirtio: stats: cannot read " + uri + ": " + (e.getMessage() == null ? e.toString() : e.getMessage()));
+            err.println("mqvirtio: stats: cannot read " + uri + " or write the plot: "
+                    + (e.getMessage() == null ? e.toString() : e.getMessage()));
             return 1;
         } catch (IllegalArgumentException e) {
             err.println("mqvirtio: stats: " + uri + " did not answer as mqvirtio serve does: " + e.getMessage());
             return 1;
         }
+    }
+
+    /** The terminal's columns and rows: $COLUMNS/$LINES, else stty's answer, else 80 x 24. */
+    static int[] terminalSize() {
+        try {
+            return new int[] {Integer.parseInt(System.getenv("COLUMNS")), Integer.parseInt(System.getenv("LINES"))};
+        } catch (RuntimeException e) {
+            // not exported (bash keeps them to itself): ask the terminal
+        }
+        try {
+            Process p = new ProcessBuilder("stty", "size").redirectInput(new java.io.File("/dev/tty"))
+                    .redirectError(ProcessBuilder.Redirect.DISCARD).start();
+            String[] rc = new String(p.getInputStream().readAllBytes()).trim().split("\\s+");
+            if (p.waitFor(2, java.util.concurrent.TimeUnit.SECONDS) && rc.length == 2) {
+                return new int[] {Integer.parseInt(rc[1]), Integer.parseInt(rc[0])};
+            }
+        } catch (IOException | RuntimeException e) {
+            // no terminal to ask
+        } catch (InterruptedException e) {
+            Thread.currentThread().interrupt();
+        }
+        return new int[] {80, 24};
     }
 
     static Sample fetch(HttpClient client, URI uri) throws IOException, InterruptedException {

@@ -36,6 +36,9 @@ import org.junit.jupiter.api.Timeout;
  */
 @Timeout(60)
 class MetricsServerTest {
+    @org.junit.jupiter.api.io.TempDir
+    java.nio.file.Path dir;
+
     static final int PAIRS = 3;
     /** A Prometheus sample line: name, labels, value. */
     static final Pattern SAMPLE = Pattern.compile("([a-z_]+)\\{((?:[a-z_]+=\"(?:[^\"\\\\]|\\\\.)*\",?)*)\\} (-?[0-9]+(?:\\.[0-9]+)?(?:E[0-9]+)?)");
@@ -231,6 +234,52 @@ class MetricsServerTest {
         Stats.printRates(new Stats.Sample(3000, List.of(b)), new Stats.Sample(500, List.of(a)),
                 new PrintStream(r, true, StandardCharsets.UTF_8));
         assertThat(r.toString(StandardCharsets.UTF_8)).contains("counters restarted").containsPattern("(?m)^tx0\\s+100\\s+10000");
+    }
+
+    /** The live view: a line per pair with both directions, within the terminal's width and height. */
+    @Test
+    void liveViewFitsTheTerminal() {
+        List<DeviceStats.Queue> before = new ArrayList<>();
+        List<DeviceStats.Queue> after = new ArrayList<>();
+        for (int p = 0; p < 40; p++) {
+            before.add(new DeviceStats.Queue(p, "rx", 0, 0, 0, 0, 0, 0));
+            before.add(new DeviceStats.Queue(p, "tx", 0, 0, 0, 0, 0, 0));
+            // pair p: rx 1000*p packets of 125 bytes over 1 s, tx 2000*p; pair 39 the busiest
+            after.add(new DeviceStats.Queue(p, "rx", 1000L * p, 125_000L * p, p, 0, 0, 10));
+            after.add(new DeviceStats.Queue(p, "tx", 2000L * p, 250_000L * p, 0, 1, 20, 0));
+        }
+        DeviceStats a = new DeviceStats("vm0", "s", "tap mqv0", 40, true, before);
+        DeviceStats b = new DeviceStats("vm0", "s", "tap mqv0", 40, true, after);
+        String screen = StatsView.frame(new Stats.Sample(1000, List.of(a)), new Stats.Sample(2000, List.of(b)),
+                "127.0.0.1:9100", 80, 24);
+        List<String> lines = screen.lines().toList();
+        assertThat(lines).hasSizeLessThanOrEqualTo(24).allSatisfy(l -> assertThat(l.length()).isLessThanOrEqualTo(80));
+        assertThat(screen).contains("vm0  tap mqv0, 40 pairs, frontend connected").contains("kick/s");
+        // the busiest pairs are shown, the rest summed in one line, then all of them
+        assertThat(screen).containsPattern("(?m)^39\\s+39000\\s+39\\.0\\s+78000\\s+78\\.0\\s+39\\s+1\\s+20\\s+10$");
+        assertThat(screen).containsPattern("(?m)^\\+\\d+\\s");
+        assertThat(screen).containsPattern("(?m)^all\\s+780000\\s+780\\.0\\s+1560000\\s+1560\\.0\\s+780\\s+40\\s+800\\s+400$");
+        String narrow = StatsView.frame(new Stats.Sample(1000, List.of(a)), new Stats.Sample(2000, List.of(b)), "x", 60, 100);
+        assertThat(narrow.lines().toList()).hasSize(1 + 1 + 1 + 40 + 1).allSatisfy(l -> assertThat(l.length())
+                .isLessThanOrEqualTo(60));
+        assertThat(narrow).doesNotContain("kick/s");
+    }
+
+    @Test
+    @Timeout(60)
+    void watchLiveAndPlotAgainstARunningEndpoint() throws Exception {
+        try (Endpoint e = Endpoint.start()) {
+            java.nio.file.Path png = dir.resolve("queues.png");
+            Out o = main("stats", "--from", "127.0.0.1:" + e.server().address().getPort(), "--watch", "0.2", "--count", "3",
+                    "--live", "--plot", png.toString());
+            assertThat(o.rc()).as(o.err()).isZero();
+            assertThat(o.out().split("qp\\s+rx pps", -1)).as(o.out()).hasSize(4); // three screens
+            assertThat(o.err()).contains("wrote " + png);
+            byte[] head = java.nio.file.Files.readAllBytes(png);
+            assertThat(java.util.Arrays.copyOf(head, 8)).isEqualTo(new byte[] {(byte) 0x89, 'P', 'N', 'G', 13, 10, 26, 10});
+            java.awt.image.BufferedImage img = javax.imageio.ImageIO.read(png.toFile());
+            assertThat(img.getWidth()).isEqualTo(1000);
+        }
     }
 
     /** What the client library's scrape handler gives a scraper that asks: OpenMetrics, some families, gzip. */
