@@ -38,6 +38,9 @@ final class Libvirt implements AutoCloseable {
         if (!"root".equals(System.getProperty("user.name"))) {
             return "libvirtd's system mode needs root";
         }
+        if (Files.exists(Path.of("/run/libvirt/libvirt-sock"))) {
+            return "a libvirtd of the machine's own runs (/run/libvirt/libvirt-sock): a second one would share its state";
+        }
         return null;
     }
 
