@@ -1,0 +1,114 @@
+package io.mqvirtio.linux;
+
+import static org.assertj.core.api.Assertions.assertThat;
+import static org.assertj.core.api.Assertions.assertThatThrownBy;
+import static org.junit.jupiter.api.Assumptions.assumeTrue;
+
+import java.io.IOException;
+import java.lang.foreign.Arena;
+import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
+import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.Arrays;
+import java.util.concurrent.ThreadLocalRandom;
+import java.util.stream.Stream;
+import org.junit.jupiter.api.BeforeEach;
+import org.junit.jupiter.api.Test;
+
+/** io_uring through the FFM layer: completions, errors as results, a full ring, and writes to a TAP queue inline. */
+class IoUringTest {
+    @BeforeEach
+    void available() {
+        String why = IoUring.unavailable();
+        assumeTrue(why == null, "io_uring: " + why);
+    }
+
+    @Test
+    void nopsCompleteWithTheirUserData() {
+        try (IoUring r = IoUring.create(8)) {
+            assertThat(r.capacity()).isEqualTo(8);
+            for (int i = 1; i <= 8; i++) {
+                assertThat(r.prepare(IoUring.OP_NOP, -1, 0, 0, 0, i)).isTrue();
+            }
+            assertThat(r.prepare(IoUring.OP_NOP, -1, 0, 0, 0, 9)).as("a full ring takes no more").isFalse();
+            assertThat(r.submit(8)).isEqualTo(8);
+            long[] data = new long[16];
+            int[] res = new int[16];
+            assertThat(r.reap(data, res, 16)).isEqualTo(8);
+            assertThat(Arrays.copyOf(data, 8)).containsExactlyInAnyOrder(1, 2, 3, 4, 5, 6, 7, 8);
+            assertThat(Arrays.copyOf(res, 8)).containsOnly(0);
+            assertThat(r.free()).isEqualTo(8);
+            assertThat(r.reap(data, res, 16)).isZero();
+        }
+    }
+
+    @Test
+    void writesLandAndFailuresComeBackAsResults() {
+        try (IoUring r = IoUring.create(4); MemFd f = MemFd.create("uring", 4096); Arena a = Arena.ofConfined()) {
+            MemorySegment buf = a.allocateFrom("hello, ring", StandardCharsets.US_ASCII);
+            r.prepare(IoUring.OP_WRITE, f.fd(), buf.address(), 11, 100, 1);
+            r.prepare(IoUring.OP_WRITE, 1 << 20, buf.address(), 11, 0, 2); // no such descriptor
+            assertThat(r.submit(2)).isEqualTo(2);
+            long[] data = new long[2];
+            int[] res = new int[2];
+            assertThat(r.reap(data, res, 2)).isEqualTo(2);
+            int wrote = data[0] == 1 ? 0 : 1;
+            assertThat(res[wrote]).isEqualTo(11);
+            assertThat(res[1 - wrote]).as("-EBADF").isEqualTo(-ErrnoException.EBADF);
+            try (Mmap m = Mmap.shared(f, 0, 4096)) {
+                assertThat(m.segment().asSlice(100, 11).toArray(ValueLayout.JAVA_BYTE))
+                        .isEqualTo("hello, ring".getBytes(StandardCharsets.US_ASCII));
+            }
+        }
+        assertThatThrownBy(() -> IoUring.create(0)).isInstanceOf(IllegalArgumentException.class);
+        assertThatThrownBy(() -> IoUring.create(5000)).isInstanceOf(IllegalArgumentException.class);
+    }
+
+    @Test
+    void framesWrittenToATapQueueGoInlineWithoutKernelWorkerThreads() throws Exception {
+        assumeTrue(Files.exists(Path.of("/dev/net/tun")) && TestNetns.isRoot(), "needs /dev/net/tun and root");
+        try (TestNetns ns = TestNetns.create(); IoUring r = IoUring.create(64); Arena a = Arena.ofConfined()) {
+            ns.exec("sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1");
+            String dev = "mqvu" + Integer.toHexString(ThreadLocalRandom.current().nextInt(1 << 20));
+            Tap q = ns.inside(() -> Tap.openQueue(dev, true));
+            try (q) {
+                q.setVnetHdrSize(12);
+                q.setNonBlocking(true);
+                ns.ip("link", "set", "dev", dev, "up");
+                long before = kernelWorkers();
+                // 64 frames (a zero virtio-net header and a 60-byte frame each) in one submission
+                MemorySegment frame = a.allocate(72, 8);
+                frame.asSlice(12, 6).fill((byte) 0xff);
+                frame.set(ValueLayout.JAVA_BYTE, 12 + 6, (byte) 2);
+                frame.set(ValueLayout.JAVA_BYTE, 12 + 12, (byte) 0x88);
+                frame.set(ValueLayout.JAVA_BYTE, 12 + 13, (byte) 0xb5);
+                for (int i = 0; i < 64; i++) {
+                    assertThat(r.prepare(IoUring.OP_WRITE, q.fd(), frame.address(), 72, -1, i)).isTrue();
+                }
+                assertThat(r.submit(64)).isEqualTo(64);
+                long[] data = new long[64];
+                int[] res = new int[64];
+                assertThat(r.reap(data, res, 64)).as("all complete by the time submit returns").isEqualTo(64);
+                assertThat(res).containsOnly(72);
+                assertThat(Long.parseLong(ns.exec("cat", "/sys/class/net/" + dev + "/statistics/rx_packets").trim()))
+                        .as("frames the kernel got from the TAP").isGreaterThanOrEqualTo(64);
+                assertThat(kernelWorkers()).as("io_uring worker threads (iou-wrk) in this process").isEqualTo(before);
+            }
+        }
+    }
+
+    /** Threads of this process named iou-wrk-*: io_uring's punts to its worker pool. */
+    private static long kernelWorkers() throws IOException {
+        try (Stream<Path> tasks = Files.list(Path.of("/proc/self/task"))) {
+            return tasks.filter(t -> {
+                try {
+                    return Files.readString(t.resolve("comm")).startsWith("iou-wrk");
+                } catch (IOException e) {
+                    return false;
+                }
+            }).count();
+        }
+    }
+}
