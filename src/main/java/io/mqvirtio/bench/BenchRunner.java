@@ -5,6 +5,7 @@ import io.mqvirtio.backend.TapBackend;
 import io.mqvirtio.linux.Affinity;
 import io.mqvirtio.linux.ErrnoException;
 import io.mqvirtio.linux.Fd;
+import io.mqvirtio.linux.IoUring;
 import io.mqvirtio.linux.IoVec;
 import io.mqvirtio.linux.PacketSocket;
 import io.mqvirtio.net.NetDevice;
@@ -21,6 +22,7 @@ import java.io.IOException;
 import java.io.UncheckedIOException;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
 import java.lang.management.ManagementFactory;
 import java.lang.management.ThreadMXBean;
 import java.nio.file.Files;
@@ -212,6 +214,7 @@ public final class BenchRunner {
             case TAP_TO_OURS -> new TapToBackend(pairs, ring, sock);
             case WRITEV_TO_TAP -> new SyscallLoop(Scenario.WRITEV_TO_TAP, pairs, ring);
             case TAP_TO_READV -> new SyscallLoop(Scenario.TAP_TO_READV, pairs, ring);
+            case URING_TO_TAP -> new SyscallLoop(Scenario.URING_TO_TAP, pairs, ring);
         };
     }
 
@@ -712,6 +715,9 @@ public final class BenchRunner {
      * frame (8; frames from {@link TapInjector} on the sending CPUs; an empty queue waits in poll(2)), through the
      * same FFM layer and TAP setup as our backend.
      */
+    /** Writes per io_uring_enter in scenario 9: the TX worker's burst of 32. */
+    static final int URING_BURST = 32;
+
     private final class SyscallLoop extends Session {
         private final Scenario scenario;
         private final int pairs;
@@ -727,6 +733,9 @@ public final class BenchRunner {
         private record Sample(long nanos, long[] counts, long[] cpu, long kernelRx, long sent, long[] injectCpu) {}
 
         SyscallLoop(Scenario scenario, int pairs, RingMode ring) throws Exception {
+            if (scenario == Scenario.URING_TO_TAP && IoUring.unavailable() != null) {
+                throw new IllegalStateException("io_uring cannot be used here: " + IoUring.unavailable());
+            }
             this.scenario = scenario;
             this.pairs = pairs;
             this.ring = ring;
@@ -757,6 +766,8 @@ public final class BenchRunner {
                     }
                     if (scenario == Scenario.WRITEV_TO_TAP) {
                         writeLoop(q, size);
+                    } else if (scenario == Scenario.URING_TO_TAP) {
+                        uringWriteLoop(q, size);
                     } else {
                         readLoop(q);
                     }
@@ -792,6 +803,49 @@ public final class BenchRunner {
             }
         }
 
+        /**
+         * Scenario 9: the frames of 7 (the same header and frame, the same two-entry iovec), {@link #URING_BURST} of
+         * them per {@code io_uring_enter}, which returns with all of them done (a TAP write completes inline).
+         */
+        private void uringWriteLoop(int q, int size) {
+            try (Arena a = Arena.ofConfined(); IoUring r = IoUring.create(URING_BURST)) {
+                MemorySegment hdr = a.allocate(VirtioNet.HDR_SIZE, 8);
+                MemorySegment frame = TrafficRun.udpFrame(a, q, size);
+                MemorySegment iov = a.allocate(32, 8); // struct iovec[2]
+                iov.set(ValueLayout.JAVA_LONG, 0, hdr.address());
+                iov.set(ValueLayout.JAVA_LONG, 8, hdr.byteSize());
+                iov.set(ValueLayout.JAVA_LONG, 16, frame.address());
+                iov.set(ValueLayout.JAVA_LONG, 24, frame.byteSize());
+                int fd = tap.backend().queueFd(q).fd();
+                long[] data = new long[URING_BURST];
+                int[] res = new int[URING_BURST];
+                long n = 0;
+                while (!stop) {
+                    int k = 0;
+                    while (k < URING_BURST && r.prepare(IoUring.OP_WRITEV, fd, iov.address(), 2, -1, k)) {
+                        k++;
+                    }
+                    r.submit(k);
+                    int done = 0;
+                    while (done < k) {
+                        int got = r.reap(data, res, URING_BURST);
+                        for (int i = 0; i < got; i++) {
+                            if (res[i] > 0) {
+                                n++;
+                            } else if (res[i] == -ErrnoException.EAGAIN) {
+                                Thread.onSpinWait();
+                            }
+                        }
+                        done += got;
+                        if (got == 0) {
+                            r.submit(k - done); // wait for the rest (not reached for a TAP: writes complete inline)
+                        }
+                    }
+                    counts.setRelease(q * 8, n);
+                }
+            }
+        }
+
         private void readLoop(int q) {
             try (Arena a = Arena.ofConfined()) {
                 IoVec iov = new IoVec(2);
@@ -817,7 +871,7 @@ public final class BenchRunner {
                 c[i] = counts.getAcquire(i * 8);
             }
             long[] cpu = threads.stream().mapToLong(t -> mx.getThreadCpuTime(t.threadId())).toArray();
-            long kernelRx = scenario == Scenario.WRITEV_TO_TAP ? tap.ns().rxPackets(tap.name()) : -1;
+            long kernelRx = scenario != Scenario.TAP_TO_READV ? tap.ns().rxPackets(tap.name()) : -1;
             return new Sample(System.nanoTime(), c, cpu, kernelRx, injector == null ? 0 : injector.sent(),
                     injector == null ? new long[0] : injector.cpu());
         }
@@ -837,11 +891,12 @@ public final class BenchRunner {
             String note;
             long received;
             long sent;
-            if (scenario == Scenario.WRITEV_TO_TAP) {
+            if (scenario == Scenario.WRITEV_TO_TAP || scenario == Scenario.URING_TO_TAP) {
                 received = b.kernelRx() - a.kernelRx(); // what the kernel counted of the writes
                 sent = done;
                 note = "tap " + tap.name() + " in netns " + tap.ns().name() + " counted rx_packets +" + received
-                        + "; one writev per frame";
+                        + (scenario == Scenario.WRITEV_TO_TAP ? "; one writev per frame"
+                                : "; " + URING_BURST + " IORING_OP_WRITEV per io_uring_enter");
             } else {
                 received = done;
                 sent = b.sent() - a.sent();

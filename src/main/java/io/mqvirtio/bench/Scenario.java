@@ -12,7 +12,8 @@ public enum Scenario {
     OURS_TO_TAP(5, "ours->tap", "our driver -> our backend -> multiqueue TAP in a namespace (the kernel drops)", false, true),
     TAP_TO_OURS(6, "tap->ours", "host sender (packet sockets, sendmmsg) -> multiqueue TAP -> our backend -> our driver", false, true),
     WRITEV_TO_TAP(7, "writev->tap", "syscall-bound reference of 5: one writev per frame on each TAP queue fd, nothing else", false, true),
-    TAP_TO_READV(8, "tap->readv", "syscall-bound reference of 6: host sender as in 6, one readv per frame from each TAP queue fd", false, true);
+    TAP_TO_READV(8, "tap->readv", "syscall-bound reference of 6: host sender as in 6, one readv per frame from each TAP queue fd", false, true),
+    URING_TO_TAP(9, "uring->tap", "batched writes past the syscall bound: 32 IORING_OP_WRITEV per io_uring_enter on each TAP queue fd, against 7", false, true);
 
     /** The scenario the virtio ones are compared with, at the same frame size and queue pairs. */
     public static final Scenario REFERENCE = DPDK_TO_DPDK;
@@ -64,7 +65,7 @@ public enum Scenario {
      */
     public Scenario reference() {
         return switch (this) {
-            case OURS_TO_TAP, WRITEV_TO_TAP -> WRITEV_TO_TAP;
+            case OURS_TO_TAP, WRITEV_TO_TAP, URING_TO_TAP -> WRITEV_TO_TAP;
             case TAP_TO_OURS, TAP_TO_READV -> TAP_TO_READV;
             default -> REFERENCE;
         };
@@ -99,9 +100,9 @@ public enum Scenario {
                 }
             }
             if (found == null) {
-                throw new IllegalArgumentException("unknown scenario '" + t + "': use 1..8 or all (1 ours->ours, "
+                throw new IllegalArgumentException("unknown scenario '" + t + "': use 1..9 or all (1 ours->ours, "
                         + "2 dpdk->ours, 3 dpdk->dpdk, 4 ours->dpdk, 5 ours->tap, 6 tap->ours, 7 writev->tap, "
-                        + "8 tap->readv)");
+                        + "8 tap->readv, 9 uring->tap)");
             }
             if (!out.contains(found)) {
                 out.add(found);

@@ -41,7 +41,7 @@ public final class Bench {
     @picocli.CommandLine.Command(name = "bench", mixinStandardHelpOptions = true, versionProvider = Main.Version.class,
             subcommands = RingCommand.class, sortOptions = false,
             description = {"Our driver, our backend and DPDK testpmd against each other: packets per second, Gbit/s, CPU "
-                    + "time per packet of every busy thread, ratio to the reference (\"vs ref\": 3 for 1, 2 and 4; 7 for 5; "
+                    + "time per packet of every busy thread, ratio to the reference (\"vs ref\": 3 for 1, 2 and 4; 7 for 5 and 9; "
                     + "8 for 6). Writes bench.csv, bench.json and bench.png."})
     static final class Command extends Streams implements java.util.concurrent.Callable<Integer> {
         @Option(names = "--scenarios", paramLabel = "LIST", defaultValue = "all", description = {
@@ -50,7 +50,8 @@ public final class Bench {
                     + "testpmd vhost), 5 ours->tap (our driver -> our backend -> a multiqueue TAP in a namespace of its "
                     + "own; root), 6 tap->ours (packet sockets on the host side of the TAP -> our backend -> our driver; "
                     + "root), 7 writev->tap and 8 tap->readv (the syscall-bound loops 5 and 6 are compared with: one "
-                    + "writev / readv per frame on each TAP queue fd; root); default ${DEFAULT-VALUE}"})
+                    + "writev / readv per frame on each TAP queue fd; root), 9 uring->tap (7's writes, 32 per io_uring_enter: "
+                    + "what batching the system calls buys; root); default ${DEFAULT-VALUE}"})
         String scenarios;
 
         @Option(names = "--sizes", paramLabel = "LIST", split = ",", hideParamSyntax = true, defaultValue = "64,512,1500",
