@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Bulk TCP between the test guest (Linux 6.1 under QEMU/TCG) and the host, through a multiqueue TAP in a network
+# namespace of its own, with the guest's NIC served by mqvirtio (vhost-user) or by QEMU's own userspace virtio-net
+# (-netdev tap,vhost=off): one stream and one per vCPU, each way, with the guest's offloads (TSO/GSO/GRO) on and off.
+# Prints Mbit/s per case and the per-queue packet counts the guest saw (each vCPU's flow on its own queue pair).
+#   scripts/bench/guest-tcp.sh [--pairs N] [--mb MB] [--backends "ours qemu"] [--offloads "on off"] [--out DIR]
+# Root; the kernel's vhost-net is not used (this machine has none: the QEMU case is vhost=off). Under TCG the guest's
+# CPU is the bottleneck: compare cases with each other, within one run.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/../.." && pwd)"
+pairs=4; mb=32; backends="ours qemu"; offloads="on off"; out="$root/target/guest-tcp"
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --pairs) pairs="$2"; shift 2 ;;
+    --mb) mb="$2"; shift 2 ;;
+    --backends) backends="$2"; shift 2 ;;
+    --offloads) offloads="$2"; shift 2 ;;
+    --out) out="$2"; shift 2 ;;
+    *) echo "unknown option: $1" >&2; exit 2 ;;
+  esac
+done
+[ "$(id -u)" = 0 ] || { echo "guest-tcp.sh needs root (a TAP in a network namespace)" >&2; exit 1; }
+mkdir -p "$out"
+ns="mqvgt$$"; tap="mqvgt$$"; host=10.231.0.1; guest=10.231.0.2
+pids=()
+cleanup() {
+  for p in "${pids[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
+  for p in "${pids[@]:-}"; do [ -n "$p" ] && wait "$p" 2>/dev/null || true; done
+  pids=()
+  ip netns del "$ns" 2>/dev/null || true
+}
+trap cleanup EXIT
+printf '%-6s %-9s %10s %10s %12s %12s  %s\n' backend offloads "up 1" "up $pairs" "down 1" "down $pairs" \
+  "guest packets per queue (tx/rx)"
+for backend in $backends; do
+  for off in $offloads; do
+    cleanup
+    ip netns add "$ns"
+    ip -n "$ns" link set lo up
+    ip netns exec "$ns" /usr/bin/python3 "$root/scripts/bench/tcp-peer.py" 0.0.0.0 "$pairs" "$mb" \
+      >"$out/peer.log" 2>&1 &
+    pids+=($!)
+    case "$backend" in
+      ours)
+        sock="$out/vm.sock"; rm -f "$sock"
+        ip netns exec "$ns" "$root/bin/mqvirtio" serve --socket-path "$sock" --queues "$pairs" --tap "$tap" \
+          >"$out/serve-$off.log" 2>&1 &
+        pids+=($!)
+        for _ in $(seq 300); do [ -S "$sock" ] && break; sleep 0.1; done
+        [ -S "$sock" ] || { echo "serve did not start: $(tail -3 "$out/serve-$off.log")" >&2; exit 1; }
+        net=(--vhost-user "$sock")
+        ;;
+      qemu)
+        ip -n "$ns" tuntap add dev "$tap" mode tap multi_queue
+        net=(--tap "$tap" --netns "$ns")
+        ;;
+      *) echo "unknown backend: $backend" >&2; exit 2 ;;
+    esac
+    ip -n "$ns" addr add "$host/24" dev "$tap"
+    ip -n "$ns" link set "$tap" up
+    log="$out/$backend-$off.console.log"
+    "$root/scripts/guest/run-guest.sh" "${net[@]}" --queues "$pairs" --smp "$pairs" --mem 1024 --timeout 900 \
+      --script "$root/scripts/guest/tests/tcp-bench.sh" --log "$log" \
+      --arg ip="$guest/24" --arg peer="$host" --arg mb="$mb" --arg offloads="$off" >"$out/run-$backend-$off.log" 2>&1 \
+      || echo "($backend, offloads $off: the guest failed, see $log)" >&2
+    r() { sed -n "s/.*MQV-RESULT $1=\([^ ]*\).*/\1/p" "$log" | tail -1 | tr -d '\r'; }
+    per=""
+    for q in $(seq 0 $((pairs - 1))); do per="$per $(r "tx_queue_${q}_packets")/$(r "rx_queue_${q}_packets")"; done
+    printf '%-6s %-9s %10s %10s %12s %12s  %s\n' "$backend" "$off($(r offloads))" "$(r up1_mbps)" "$(r upN_mbps)" \
+      "$(r down1_mbps)" "$(r downN_mbps)" "$per"
+  done
+done
+echo "(Mbit/s of payload; up: guest to host; consoles and logs in $out)"
