@@ -4,6 +4,7 @@
 # (-netdev tap,vhost=off): one stream and one per vCPU, each way, with the guest's offloads (TSO/GSO/GRO) on and off.
 # Prints Mbit/s per case and the per-queue packet counts the guest saw (each vCPU's flow on its own queue pair).
 #   scripts/bench/guest-tcp.sh [--pairs N] [--mb MB] [--backends "ours qemu"] [--offloads "on off"] [--out DIR]
+# MQVIRTIO_CMD: the mqvirtio command to run serve with (default bin/mqvirtio; the tests give their own jar).
 # Root; the kernel's vhost-net is not used (this machine has none: the QEMU case is vhost=off). Under TCG the guest's
 # CPU is the bottleneck: compare cases with each other, within one run.
 set -euo pipefail
@@ -21,6 +22,7 @@ while [ $# -gt 0 ]; do
 done
 [ "$(id -u)" = 0 ] || { echo "guest-tcp.sh needs root (a TAP in a network namespace)" >&2; exit 1; }
 mkdir -p "$out"
+read -r -a mqvirtio <<<"${MQVIRTIO_CMD:-$root/bin/mqvirtio}"
 ns="mqvgt$$"; tap="mqvgt$$"; host=10.231.0.1; guest=10.231.0.2
 pids=()
 cleanup() {
@@ -43,7 +45,7 @@ for backend in $backends; do
     case "$backend" in
       ours)
         sock="$out/vm.sock"; rm -f "$sock"
-        ip netns exec "$ns" "$root/bin/mqvirtio" serve --socket-path "$sock" --queues "$pairs" --tap "$tap" \
+        ip netns exec "$ns" "${mqvirtio[@]}" serve --socket-path "$sock" --queues "$pairs" --tap "$tap" \
           >"$out/serve-$off.log" 2>&1 &
         pids+=($!)
         for _ in $(seq 300); do [ -S "$sock" ] && break; sleep 0.1; done

@@ -1,0 +1,50 @@
+package io.mqvirtio.peers;
+
+import static org.assertj.core.api.Assertions.assertThat;
+
+import java.nio.charset.StandardCharsets;
+import java.nio.file.Path;
+import java.util.concurrent.TimeUnit;
+import java.util.regex.Matcher;
+import java.util.regex.Pattern;
+import org.junit.jupiter.api.Tag;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.Timeout;
+import org.junit.jupiter.api.io.TempDir;
+
+/**
+ * {@code scripts/bench/guest-tcp.sh}, the guest's bulk TCP benchmark (docs/performance.md), still runs: the real guest
+ * moves data both ways through mqvirtio serve and a TAP, and the script prints its rates and per-queue packets and
+ * leaves no namespace behind. Its figures are not checked: speed is the benchmark's to report.
+ */
+@Tag("peer")
+class GuestTcpBenchTest {
+    @TempDir
+    Path dir;
+
+    @Test
+    @Timeout(400)
+    void theGuestBenchmarkRunsAndReportsEachDirection() throws Exception {
+        Peers.requireRoot("a TAP in a network namespace");
+        Peers.require("qemu-system-x86_64", "QEMU");
+        ProcessBuilder pb = new ProcessBuilder("scripts/bench/guest-tcp.sh", "--pairs", "2", "--mb", "2", "--backends",
+                "ours", "--offloads", "on", "--out", dir.toString()).redirectErrorStream(true);
+        // serve from the jar of the classes under test, not bin/mqvirtio (which would build one in the middle of this build)
+        pb.environment().put("MQVIRTIO_CMD", String.join(" ", io.mqvirtio.cli.Launcher.command()));
+        Process p = pb.start();
+        String out = new String(p.getInputStream().readAllBytes(), StandardCharsets.UTF_8);
+        assertThat(p.waitFor(360, TimeUnit.SECONDS)).as(out).isTrue();
+        assertThat(p.exitValue()).as(out).isZero();
+        Matcher m = Pattern.compile("(?m)^ours\\s+on\\(on\\)\\s+(\\d+)\\s+(\\d+)\\s+(\\d+)\\s+(\\d+)\\s+(\\d+)/(\\d+) (\\d+)/(\\d+)$")
+                .matcher(out);
+        assertThat(m.find()).as("a row of rates and per-queue packets in%n%s%n%s", out,
+                Peers.tail(dir.resolve("ours-on.console.log"), 30)).isTrue();
+        for (int g = 1; g <= 8; g++) {
+            assertThat(Long.parseLong(m.group(g))).as("field %d of %s", g, m.group()).isPositive();
+        }
+        Process ns = new ProcessBuilder("ip", "netns", "list").redirectErrorStream(true).start();
+        String list = new String(ns.getInputStream().readAllBytes(), StandardCharsets.UTF_8);
+        ns.waitFor(10, TimeUnit.SECONDS);
+        assertThat(list).as("namespaces left").doesNotContain("mqvgt");
+    }
+}
