@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # Bulk TCP between the test guest (Linux 6.1 under QEMU/TCG) and the host, through a multiqueue TAP in a network
 # namespace of its own, with the guest's NIC served by mqvirtio (vhost-user) or by QEMU's own userspace virtio-net
-# (-netdev tap,vhost=off): one stream and one per vCPU, each way, with the guest's offloads (TSO/GSO/GRO) on and off.
+# (-netdev tap,vhost=off), or QEMU with the kernel's vhost-net (vhost=on, backend qemu-vhost, where /dev/vhost-net
+# exists): one stream and one per vCPU, each way, with the guest's offloads (TSO/GSO/GRO) on and off.
 # Prints Mbit/s per case and the per-queue packet counts the guest saw (each vCPU's flow on its own queue pair).
-#   scripts/bench/guest-tcp.sh [--pairs N] [--mb MB] [--backends "ours qemu"] [--offloads "on off"] [--out DIR]
+#   scripts/bench/guest-tcp.sh [--pairs N] [--mb MB] [--backends "ours qemu qemu-vhost"] [--offloads "on off"] [--out DIR]
 # MQVIRTIO_CMD: the mqvirtio command to run serve with (default bin/mqvirtio; the tests give their own jar).
-# Root; the kernel's vhost-net is not used (this machine has none: the QEMU case is vhost=off). Under TCG the guest's
+# Root. Without /dev/vhost-net, qemu-vhost is skipped with a line saying so (the default backends are "ours qemu",
+# plus qemu-vhost where the device exists). Under TCG the guest's
 # CPU is the bottleneck: compare cases with each other, within one run.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
-pairs=4; mb=32; backends="ours qemu"; offloads="on off"; out="$root/target/guest-tcp"
+pairs=4; mb=32; backends="ours qemu$( [ -c /dev/vhost-net ] && echo " qemu-vhost" || true)"; offloads="on off"; out="$root/target/guest-tcp"
 while [ $# -gt 0 ]; do
   case "$1" in
     --pairs) pairs="$2"; shift 2 ;;
@@ -32,9 +34,13 @@ cleanup() {
   ip netns del "$ns" 2>/dev/null || true
 }
 trap cleanup EXIT
-printf '%-6s %-9s %10s %10s %12s %12s  %s\n' backend offloads "up 1" "up $pairs" "down 1" "down $pairs" \
+printf '%-10s %-9s %10s %10s %12s %12s  %s\n' backend offloads "up 1" "up $pairs" "down 1" "down $pairs" \
   "guest packets per queue (tx/rx)"
 for backend in $backends; do
+  if [ "$backend" = qemu-vhost ] && [ ! -c /dev/vhost-net ]; then
+    echo "qemu-vhost: skipped, this kernel has no /dev/vhost-net (QEMU's vhost=on needs the vhost_net module)"
+    continue
+  fi
   for off in $offloads; do
     cleanup
     ip netns add "$ns"
@@ -52,9 +58,10 @@ for backend in $backends; do
         [ -S "$sock" ] || { echo "serve did not start: $(tail -3 "$out/serve-$off.log")" >&2; exit 1; }
         net=(--vhost-user "$sock")
         ;;
-      qemu)
+      qemu|qemu-vhost)
         ip -n "$ns" tuntap add dev "$tap" mode tap multi_queue
         net=(--tap "$tap" --netns "$ns")
+        [ "$backend" = qemu-vhost ] && net+=(--vhost-net)
         ;;
       *) echo "unknown backend: $backend" >&2; exit 2 ;;
     esac
@@ -68,7 +75,7 @@ for backend in $backends; do
     r() { sed -n "s/.*MQV-RESULT $1=\([^ ]*\).*/\1/p" "$log" | tail -1 | tr -d '\r'; }
     per=""
     for q in $(seq 0 $((pairs - 1))); do per="$per $(r "tx_queue_${q}_packets")/$(r "rx_queue_${q}_packets")"; done
-    printf '%-6s %-9s %10s %10s %12s %12s  %s\n' "$backend" "$off($(r offloads))" "$(r up1_mbps)" "$(r upN_mbps)" \
+    printf '%-10s %-9s %10s %10s %12s %12s  %s\n' "$backend" "$off($(r offloads))" "$(r up1_mbps)" "$(r upN_mbps)" \
       "$(r down1_mbps)" "$(r downN_mbps)" "$per"
   done
 done

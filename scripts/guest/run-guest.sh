@@ -25,6 +25,7 @@
 #   --reconnect          MQV_VHOST_RECONNECT=1  client chardev reconnects after a backend restart
 #   --sock-wait SECONDS  MQV_SOCK_WAIT   client mode: wait this long for SOCK to appear (default 30)
 #   --tap IFNAME         MQV_TAP         an existing (multiqueue) TAP; vhost=off
+#   --vhost-net          MQV_VHOST_NET=1 with --tap: vhost=on (the kernel's vhost-net; needs /dev/vhost-net)
 #   --netns NAME         MQV_NETNS       run QEMU inside this network namespace (for a TAP that lives there)
 #   --queues N           MQV_QUEUES      queue pairs (default 1); mq=on, vectors=2N+2
 #   --mac MAC            MQV_MAC         default 52:54:00:12:34:56
@@ -56,7 +57,7 @@ kernel="${MQV_KERNEL:-}"; initrd="${MQV_INITRD:-}"; script="${MQV_GUEST_SCRIPT:-
 logfile="${MQV_LOG:-}"; tee="${MQV_TEE:-}"; timeout_s="${MQV_TIMEOUT:-180}"
 smp="${MQV_SMP:-4}"; mem="${MQV_MEM:-1024}"; net="${MQV_NET:-}"
 sock="${MQV_VHOST_SOCK:-}"; server="${MQV_VHOST_SERVER:-}"; reconnect="${MQV_VHOST_RECONNECT:-}"
-sock_wait="${MQV_SOCK_WAIT:-30}"; tap="${MQV_TAP:-}"; netns="${MQV_NETNS:-}"
+sock_wait="${MQV_SOCK_WAIT:-30}"; tap="${MQV_TAP:-}"; netns="${MQV_NETNS:-}"; vhost_net="${MQV_VHOST_NET:-}"
 queues="${MQV_QUEUES:-1}"; mac="${MQV_MAC:-52:54:00:12:34:56}"; dev_opts="${MQV_DEV_OPTS:-}"
 append="${MQV_APPEND:-}"; msi="${MQV_MSI:-auto}"; check="${MQV_CHECK:-}"
 qmp="${MQV_QMP:-}"; pidfile="${MQV_PIDFILE:-}"; cpus="${MQV_QEMU_CPUS:-}"
@@ -79,6 +80,7 @@ while [ $# -gt 0 ]; do
     --reconnect) reconnect=1; shift ;;
     --sock-wait) sock_wait="$2"; shift 2 ;;
     --tap) tap="$2"; shift 2 ;;
+    --vhost-net) vhost_net=1; shift ;;
     --netns) netns="$2"; shift 2 ;;
     --queues) queues="$2"; shift 2 ;;
     --mac) mac="$2"; shift 2 ;;
@@ -164,7 +166,12 @@ case "$net" in
     netargs=(-chardev "$chardev" -netdev "vhost-user,id=n0,chardev=c0,queues=$queues" -device "$dev") ;;
   tap)
     [ -n "$tap" ] || die "--net tap needs --tap IFNAME"
-    netargs=(-netdev "tap,id=n0,ifname=$tap,script=no,downscript=no,vhost=off,queues=$queues" -device "$dev") ;;
+    vhost=off
+    if [ -n "$vhost_net" ]; then
+      [ -c /dev/vhost-net ] || die "--vhost-net: this kernel has no /dev/vhost-net (modprobe vhost_net)"
+      vhost=on
+    fi
+    netargs=(-netdev "tap,id=n0,ifname=$tap,script=no,downscript=no,vhost=$vhost,queues=$queues" -device "$dev") ;;
   user)
     # restrict=on: no traffic leaves the guest's private slirp network.
     netargs=(-netdev "user,id=n0,restrict=on" -device "$dev") ;;
