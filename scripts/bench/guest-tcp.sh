@@ -52,7 +52,7 @@ for backend in $backends; do
       ours)
         sock="$out/vm.sock"; rm -f "$sock"
         ip netns exec "$ns" "${mqvirtio[@]}" serve --socket-path "$sock" --queues "$pairs" --tap "$tap" \
-          >"$out/serve-$off.log" 2>&1 &
+          --name vm --metrics 127.0.0.1:9464 >"$out/serve-$off.log" 2>&1 &
         pids+=($!)
         for _ in $(seq 300); do [ -S "$sock" ] && break; sleep 0.1; done
         [ -S "$sock" ] || { echo "serve did not start: $(tail -3 "$out/serve-$off.log")" >&2; exit 1; }
@@ -75,6 +75,17 @@ for backend in $backends; do
     r() { sed -n "s/.*MQV-RESULT $1=\([^ ]*\).*/\1/p" "$log" | tail -1 | tr -d '\r'; }
     per=""
     for q in $(seq 0 $((pairs - 1))); do per="$per $(r "tx_queue_${q}_packets")/$(r "rx_queue_${q}_packets")"; done
+    if [ "$backend" = ours ]; then
+      # the device's own count of each queue (guest TX queue q is the device's TX queue q, and RX likewise)
+      prom="$(ip netns exec "$ns" /usr/bin/python3 -c 'import urllib.request as u; print(u.urlopen("http://127.0.0.1:9464/metrics", timeout=5).read().decode())' 2>/dev/null || true)"
+      dev=""
+      for q in $(seq 0 $((pairs - 1))); do
+        t=$(sed -n "s/^mqvirtio_queue_packets_total{device=\"vm\",direction=\"tx\",queue=\"$q\"} \([0-9.E]*\)/\1/p" <<<"$prom")
+        x=$(sed -n "s/^mqvirtio_queue_packets_total{device=\"vm\",direction=\"rx\",queue=\"$q\"} \([0-9.E]*\)/\1/p" <<<"$prom")
+        dev="$dev $(printf '%.0f/%.0f' "${t:-0}" "${x:-0}")"
+      done
+      per="$per  (device:$dev)"
+    fi
     printf '%-10s %-9s %10s %10s %12s %12s  %s\n' "$backend" "$off($(r offloads))" "$(r up1_mbps)" "$(r upN_mbps)" \
       "$(r down1_mbps)" "$(r downN_mbps)" "$per"
   done

@@ -38,13 +38,15 @@ class GuestTcpBenchTest {
         // QEMU with the kernel's vhost-net: measured where /dev/vhost-net exists, said to be skipped where not
         assertThat(out).contains(java.nio.file.Files.exists(Path.of("/dev/vhost-net")) ? "qemu-vhost"
                 : "qemu-vhost: skipped, this kernel has no /dev/vhost-net");
-        Matcher m = Pattern.compile("(?m)^ours\\s+on\\(on\\)\\s+(\\d+)\\s+(\\d+)\\s+(\\d+)\\s+(\\d+)\\s+(\\d+)/(\\d+) (\\d+)/(\\d+)$")
-                .matcher(out);
+        Matcher m = Pattern.compile("(?m)^ours\\s+on\\(on\\)\\s+(\\d+)\\s+(\\d+)\\s+(\\d+)\\s+(\\d+)\\s+(\\d+)/(\\d+) (\\d+)/(\\d+)"
+                + "  \\(device: (\\d+/\\d+ \\d+/\\d+)\\)$").matcher(out);
         assertThat(m.find()).as("a row of rates and per-queue packets in%n%s%n%s", out,
                 Peers.tail(dir.resolve("ours-on.console.log"), 30)).isTrue();
         for (int g = 1; g <= 8; g++) {
             assertThat(Long.parseLong(m.group(g))).as("field %d of %s", g, m.group()).isPositive();
         }
+        // each guest queue is the device's queue of the same number: their counts agree, packet for packet
+        assertThat(m.group(9)).isEqualTo(m.group(5) + "/" + m.group(6) + " " + m.group(7) + "/" + m.group(8));
         Process ns = new ProcessBuilder("ip", "netns", "list").redirectErrorStream(true).start();
         String list = new String(ns.getInputStream().readAllBytes(), StandardCharsets.UTF_8);
         ns.waitFor(10, TimeUnit.SECONDS);
