@@ -8,6 +8,7 @@ import java.lang.foreign.MemorySegment;
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
 import java.nio.channels.FileChannel;
+import java.nio.file.Files;
 import java.nio.file.LinkOption;
 import java.nio.file.Path;
 import java.nio.file.StandardOpenOption;
@@ -25,8 +26,8 @@ import java.util.concurrent.atomic.AtomicLong;
  * <p>The worker only copies a frame's first {@code snaplen} bytes into an array and offers it to a bounded queue
  * ({@link #QUEUE} frames); a thread of the capture's own writes the file. A full queue (a disk slower than the
  * traffic) drops frames from the capture, never from the data path, and counts them; a file that reached
- * {@code maxBytes} stops growing (a guest cannot fill the host's disk). The file is created 0600, never through a
- * symbolic link: a capture holds a VM's traffic.
+ * {@code maxBytes} stops growing (a guest cannot fill the host's disk). The file is made new, 0600 (what had its name
+ * is removed first; a link is never followed, a FIFO never opened): a capture holds a VM's traffic.
  */
 public final class QueueCapture implements AutoCloseable {
     private static final Logger LOG = System.getLogger(QueueCapture.class.getName());
@@ -64,9 +65,11 @@ public final class QueueCapture implements AutoCloseable {
         this.file = file;
         this.snaplen = snaplen;
         this.maxBytes = maxBytes;
-        this.out = FileChannel.open(file, Set.of(StandardOpenOption.CREATE, StandardOpenOption.WRITE,
-                StandardOpenOption.TRUNCATE_EXISTING, LinkOption.NOFOLLOW_LINKS),
-                PosixFilePermissions.asFileAttribute(PosixFilePermissions.fromString("rw-------")));
+        // A new file, made here: whatever had the name goes first (a link, a FIFO that would block the open, an old
+        // capture), and O_EXCL fails rather than open something put back in between.
+        Files.deleteIfExists(file);
+        this.out = FileChannel.open(file, Set.of(StandardOpenOption.CREATE_NEW, StandardOpenOption.WRITE,
+                LinkOption.NOFOLLOW_LINKS), PosixFilePermissions.asFileAttribute(PosixFilePermissions.fromString("rw-------")));
         try {
             written = write(ByteBuffer.wrap(Pcapng.sectionHeader("mqvirtio")));
             written += write(ByteBuffer.wrap(Pcapng.interfaceDescription(name, description, snaplen)));

@@ -333,7 +333,7 @@ public final class NetDevice implements VhostUserDevice, AutoCloseable {
 
     /**
      * Captures the frames every queue pair moves, both directions, into {@code dir/NAME-qpN.pcapng} (created 0600, a
-     * file there truncated, never a link followed), each frame's first {@code snaplen} bytes, each file up to
+     * link never followed, a FIFO never opened), each frame's first {@code snaplen} bytes, each file up to
      * {@code maxBytesPerFile}; until {@link #close}. Returns the captures.
      */
     public synchronized List<io.mqvirtio.capture.QueueCapture> startCapture(java.nio.file.Path dir, int snaplen,

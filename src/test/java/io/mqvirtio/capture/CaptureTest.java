@@ -149,13 +149,22 @@ public class CaptureTest {
     }
 
     @Test
-    void aLinkWhereTheFileGoesIsNotFollowed() throws Exception {
+    @Timeout(30)
+    void whatHadTheFilesNameIsReplacedNotWrittenThrough() throws Exception {
         Path victim = Files.writeString(dir.resolve("victim"), "keep me");
         Files.createSymbolicLink(dir.resolve("vm2-qp0.pcapng"), victim);
-        try (NetDevice device = new NetDevice(NetDevice.Config.of("vm2", 1), new LoopbackBackend(1, 1500))) {
-            assertThatThrownBy(() -> device.startCapture(dir, 256, 1 << 20)).isInstanceOf(java.io.IOException.class);
+        // a FIFO: opening it for writing would wait for a reader forever
+        Process mkfifo = new ProcessBuilder("mkfifo", dir.resolve("vm2-qp1.pcapng").toString()).start();
+        assertThat(mkfifo.waitFor()).isZero();
+        try (NetDevice device = new NetDevice(NetDevice.Config.of("vm2", 2), new LoopbackBackend(2, 1500))) {
+            assertThat(device.startCapture(dir, 256, 1 << 20)).hasSize(2);
         }
         assertThat(Files.readString(victim)).isEqualTo("keep me");
+        for (String f : List.of("vm2-qp0.pcapng", "vm2-qp1.pcapng")) {
+            assertThat(dir.resolve(f)).isRegularFile().isNotEqualTo(victim);
+            assertThat(Files.isSymbolicLink(dir.resolve(f))).isFalse();
+            assertThat(Files.size(dir.resolve(f))).as("a pcapng header").isPositive();
+        }
         assertThatThrownBy(() -> new QueueCapture(dir.resolve("x.pcapng"), "x", "x", 10, 1 << 20))
                 .isInstanceOf(IllegalArgumentException.class).hasMessageContaining("snap length");
     }
