@@ -332,8 +332,8 @@ public final class NetDevice implements VhostUserDevice, AutoCloseable {
     }
 
     /**
-     * Captures the frames every queue pair moves, both directions, into {@code dir/NAME-qpN.pcapng} (created 0600, a
-     * link never followed, a FIFO never opened), each frame's first {@code snaplen} bytes, each file up to
+     * Captures the frames every queue pair moves, both directions, into {@code dir/NAME-qpN.pcapng} (made new and 0600:
+     * what had the name is removed, a link never followed, a FIFO never opened), each frame's first {@code snaplen} bytes, each file up to
      * {@code maxBytesPerFile}; until {@link #close}. Returns the captures.
      */
     public synchronized List<io.mqvirtio.capture.QueueCapture> startCapture(java.nio.file.Path dir, int snaplen,
