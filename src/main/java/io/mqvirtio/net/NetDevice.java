@@ -332,9 +332,9 @@ public final class NetDevice implements VhostUserDevice, AutoCloseable {
     }
 
     /**
-     * Captures the frames every queue pair moves, both directions, into {@code dir/NAME-qpN.pcapng} (made new and 0600:
-     * what had the name is removed, a link never followed, a FIFO never opened), each frame's first {@code snaplen} bytes, each file up to
-     * {@code maxBytesPerFile}; until {@link #close}. Returns the captures.
+     * Captures the frames every queue pair moves, both directions, into {@code dir/NAME-qpN.pcapng} (made new and
+     * 0600: what had the name is removed, a link never followed, a FIFO never opened), each frame's first
+     * {@code snaplen} bytes, each file up to {@code maxBytesPerFile}; until {@link #close}. Returns the captures.
      */
     public synchronized List<io.mqvirtio.capture.QueueCapture> startCapture(java.nio.file.Path dir, int snaplen,
                                                                             long maxBytesPerFile) throws java.io.IOException {
