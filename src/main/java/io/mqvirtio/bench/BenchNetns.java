@@ -52,9 +52,30 @@ final class BenchNetns implements AutoCloseable {
         return null;
     }
 
+    /**
+     * Namespaces made and not yet deleted: a bench stopped by a signal (Ctrl-C, a timeout's TERM) runs no close, so a
+     * shutdown hook deletes what is left here (and the TAP devices in them go with them).
+     */
+    private static final java.util.Set<String> LIVE = java.util.concurrent.ConcurrentHashMap.newKeySet();
+
+    static {
+        Runtime.getRuntime().addShutdownHook(Thread.ofPlatform().name("bench-netns-reaper").unstarted(() -> {
+            for (String n : LIVE) {
+                try {
+                    run(List.of(ipCommand(), "netns", "del", n));
+                } catch (IOException | RuntimeException e) {
+                    // exiting anyway: the name is in the log of the run that made it
+                } catch (InterruptedException e) {
+                    return;
+                }
+            }
+        }));
+    }
+
     static BenchNetns create() throws Exception {
         String name = "mqvbench-" + Long.toHexString(ThreadLocalRandom.current().nextLong() >>> 24);
         run(List.of(ipCommand(), "netns", "add", name));
+        LIVE.add(name);
         BenchNetns ns = new BenchNetns(name);
         try {
             ns.inside(() -> {
@@ -125,5 +146,6 @@ final class BenchNetns implements AutoCloseable {
         thread.shutdownNow();
         thread.awaitTermination(10, TimeUnit.SECONDS);
         run(List.of(ipCommand(), "netns", "del", name));
+        LIVE.remove(name);
     }
 }

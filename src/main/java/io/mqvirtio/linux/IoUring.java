@@ -28,10 +28,19 @@ public final class IoUring implements AutoCloseable {
             FunctionDescriptor.of(C_LONG, C_POINTER, C_LONG, C_INT, C_POINTER), 1);
     private static final MethodHandle ENTER = Native.downcallVariadic("syscall",
             FunctionDescriptor.of(C_LONG, C_POINTER, C_LONG, C_INT, C_INT, C_INT, C_INT, C_POINTER, C_LONG), 1);
+    private static final long SYS_IO_URING_REGISTER = 427;
+    private static final MethodHandle REGISTER = Native.downcallVariadic("syscall",
+            FunctionDescriptor.of(C_LONG, C_POINTER, C_LONG, C_INT, C_INT, C_POINTER, C_INT), 1);
+    private static final int REGISTER_BUFFERS = 0;
+    private static final int REGISTER_FILES = 2;
+    /** IOSQE_FIXED_FILE: the entry's fd is an index into the registered files. */
+    public static final byte SQE_FIXED_FILE = 1;
 
     public static final byte OP_NOP = 0;
     public static final byte OP_READV = 1;
     public static final byte OP_WRITEV = 2;
+    public static final byte OP_READ_FIXED = 4;
+    public static final byte OP_WRITE_FIXED = 5;
     public static final byte OP_READ = 22;
     public static final byte OP_WRITE = 23;
     private static final int ENTER_GETEVENTS = 1;
@@ -166,13 +175,24 @@ public final class IoUring implements AutoCloseable {
      * {@code userData} comes back with its completion. False when the ring is full (submit first).
      */
     public boolean prepare(byte op, int target, long addr, int len, long offset, long userData) {
+        return prepare(op, (byte) 0, target, addr, len, offset, 0, userData);
+    }
+
+    /**
+     * The same with entry flags ({@link #SQE_FIXED_FILE}: {@code target} indexes the registered files) and, for the
+     * fixed-buffer operations, the index of a registered buffer that [addr, addr+len) lies in.
+     */
+    public boolean prepare(byte op, byte flags, int target, long addr, int len, long offset, int bufIndex,
+                           long userData) {
         if (free() <= 0) {
             return false;
         }
         MemorySegment e = sqes.segment().asSlice((long) (tail & sqMask) * SQE_SIZE, SQE_SIZE);
         e.fill((byte) 0);
         e.set(ValueLayout.JAVA_BYTE, 0, op);
+        e.set(ValueLayout.JAVA_BYTE, 1, flags);
         e.set(ValueLayout.JAVA_INT, 4, target);
+        e.set(ValueLayout.JAVA_SHORT, 40, (short) bufIndex);
         e.set(ValueLayout.JAVA_LONG, 8, offset);
         e.set(ValueLayout.JAVA_LONG, 16, addr);
         e.set(ValueLayout.JAVA_INT, 24, len);
@@ -220,6 +240,34 @@ public final class IoUring implements AutoCloseable {
         }
         INT.setRelease(cqHead, 0L, head + n);
         return n;
+    }
+
+    /** Registers {@code fds} (io_uring_register IORING_REGISTER_FILES): entries then name them by index. */
+    public void registerFiles(int... fds) {
+        MemorySegment a = Arena.ofAuto().allocate(4L * fds.length, 4);
+        for (int i = 0; i < fds.length; i++) {
+            a.setAtIndex(ValueLayout.JAVA_INT, i, fds[i]);
+        }
+        register(REGISTER_FILES, a, fds.length, "IORING_REGISTER_FILES");
+    }
+
+    /** Registers {@code buffers} (IORING_REGISTER_BUFFERS): the kernel pins them; fixed operations name them. */
+    public void registerBuffers(MemorySegment... buffers) {
+        MemorySegment iov = Arena.ofAuto().allocate(16L * buffers.length, 8);
+        for (int i = 0; i < buffers.length; i++) {
+            iov.set(ValueLayout.JAVA_LONG, 16L * i, buffers[i].address());
+            iov.set(ValueLayout.JAVA_LONG, 16L * i + 8, buffers[i].byteSize());
+        }
+        register(REGISTER_BUFFERS, iov, buffers.length, "IORING_REGISTER_BUFFERS");
+    }
+
+    private void register(int opcode, MemorySegment arg, int n, String what) {
+        try {
+            Native.check((long) REGISTER.invokeExact(Native.errnoState(), SYS_IO_URING_REGISTER, fd.fd(), opcode, arg, n),
+                    "io_uring_register " + what);
+        } catch (Throwable t) {
+            throw Native.rethrow(t);
+        }
     }
 
     @Override

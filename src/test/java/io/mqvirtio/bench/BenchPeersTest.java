@@ -127,7 +127,7 @@ class BenchPeersTest {
         assertThat(num(rows.get(3), "ratio_to_reference")).isEqualTo(1.0);
         assertThat(rows.get(3).get("note")).contains("one readv per frame");
         // 9: io_uring's batched writes, compared with 7's writev loop; the kernel counted them too
-        assertThat(rows.get(4).get("note")).contains("32 IORING_OP_WRITEV per io_uring_enter");
+        assertThat(rows.get(4).get("note")).contains("32 IORING_OP_WRITE_FIXED per io_uring_enter");
         assertThat(Long.parseLong(rows.get(4).get("note").replaceAll(".*rx_packets \\+(\\d+).*", "$1"))).isPositive();
         Process p = new ProcessBuilder("ip", "netns", "list").redirectErrorStream(true).start();
         String list = new String(p.getInputStream().readAllBytes());

@@ -67,6 +67,30 @@ class IoUringTest {
     }
 
     @Test
+    void fixedFilesAndBuffers() {
+        try (IoUring r = IoUring.create(4); MemFd f = MemFd.create("fixed", 4096); Arena a = Arena.ofConfined()) {
+            MemorySegment buf = a.allocate(4096, 4096);
+            buf.asSlice(0, 8).copyFrom(MemorySegment.ofArray("registrd".getBytes(StandardCharsets.US_ASCII)));
+            r.registerFiles(f.fd());
+            r.registerBuffers(buf);
+            // file index 0, buffer 0; and a write outside the registered buffer, which the kernel refuses (-EFAULT)
+            r.prepare(IoUring.OP_WRITE_FIXED, IoUring.SQE_FIXED_FILE, 0, buf.address(), 8, 16, 0, 1);
+            r.prepare(IoUring.OP_WRITE_FIXED, IoUring.SQE_FIXED_FILE, 0, buf.address() + 4096, 8, 0, 0, 2);
+            assertThat(r.submit(2)).isEqualTo(2);
+            long[] data = new long[2];
+            int[] res = new int[2];
+            assertThat(r.reap(data, res, 2)).isEqualTo(2);
+            int ok = data[0] == 1 ? 0 : 1;
+            assertThat(res[ok]).isEqualTo(8);
+            assertThat(res[1 - ok]).as("outside the registered buffer").isEqualTo(-14);
+            try (Mmap m = Mmap.shared(f, 0, 4096)) {
+                assertThat(m.segment().asSlice(16, 8).toArray(ValueLayout.JAVA_BYTE))
+                        .isEqualTo("registrd".getBytes(StandardCharsets.US_ASCII));
+            }
+        }
+    }
+
+    @Test
     void framesWrittenToATapQueueGoInlineWithoutKernelWorkerThreads() throws Exception {
         assumeTrue(Files.exists(Path.of("/dev/net/tun")) && TestNetns.isRoot(), "needs /dev/net/tun and root");
         try (TestNetns ns = TestNetns.create(); IoUring r = IoUring.create(64); Arena a = Arena.ofConfined()) {
