@@ -45,8 +45,14 @@ class GuestTcpBenchTest {
         for (int g = 1; g <= 8; g++) {
             assertThat(Long.parseLong(m.group(g))).as("field %d of %s", g, m.group()).isPositive();
         }
-        // each guest queue is the device's queue of the same number: their counts agree, packet for packet
-        assertThat(m.group(9)).isEqualTo(m.group(5) + "/" + m.group(6) + " " + m.group(7) + "/" + m.group(8));
+        // each guest queue is the device's queue of the same number: their counts agree, but for what the guest sent
+        // or got after it read its own (its last ACKs and FINs, a few packets at most)
+        String[] dev = m.group(9).split("[/ ]");
+        for (int q = 0; q < 4; q++) {
+            long guest = Long.parseLong(m.group(5 + q));
+            assertThat(Long.parseLong(dev[q])).as("device count %d of %s against the guest's", q, m.group())
+                    .isBetween(guest, guest + 8);
+        }
         Process ns = new ProcessBuilder("ip", "netns", "list").redirectErrorStream(true).start();
         String list = new String(ns.getInputStream().readAllBytes(), StandardCharsets.UTF_8);
         ns.waitFor(10, TimeUnit.SECONDS);

@@ -84,8 +84,9 @@ class LibvirtTest {
             Matcher m = TX.matcher(prom);
             int queues = 0;
             while (m.find()) {
+                // each vCPU's pings leave on its own queue (most of them: an ARP or a retry may take another)
                 assertThat(Double.parseDouble(m.group(2))).as("frames the guest sent on TX queue %s", m.group(1))
-                        .isGreaterThanOrEqualTo(10);
+                        .isGreaterThanOrEqualTo(5);
                 queues++;
             }
             assertThat(queues).isEqualTo(2);
