@@ -655,10 +655,7 @@ public final class BenchRunner {
             TrafficRun.Result r = TrafficRun.between(a.driver(), b.driver());
             long sent = b.sent() - a.sent();
             List<Measurement.ThreadCpu> threads = new ArrayList<>();
-            for (int i = 0; i < a.injectCpu().length; i++) {
-                threads.add(new Measurement.ThreadCpu(Measurement.TX, "inject-" + i, b.injectCpu()[i] - a.injectCpu()[i],
-                        sent));
-            }
+            threads.addAll(TapInjector.threadCpu(a.injectCpu(), b.injectCpu(), sent));
             DeviceSample.threads(a.device(), b.device(), threads);
             for (TrafficRun.PairResult p : r.pairs()) {
                 threads.add(new Measurement.ThreadCpu(Measurement.RX, "driver-qp" + p.pair(), p.cpuNanos(), p.rxPackets()));
@@ -898,10 +895,7 @@ public final class BenchRunner {
             } else {
                 received = done;
                 sent = b.sent() - a.sent();
-                for (int i = 0; i < a.injectCpu().length; i++) {
-                    cpu.add(new Measurement.ThreadCpu(Measurement.TX, "inject-" + i,
-                            b.injectCpu()[i] - a.injectCpu()[i], sent));
-                }
+                cpu.addAll(TapInjector.threadCpu(a.injectCpu(), b.injectCpu(), sent));
                 StringBuilder per = new StringBuilder();
                 for (int i = 0; i < pairs; i++) {
                     per.append(String.format(Locale.ROOT, " %.3f", (b.counts()[i] - a.counts()[i]) / seconds / 1e6));

@@ -4,10 +4,8 @@ import io.mqvirtio.linux.Affinity;
 import io.mqvirtio.linux.PacketSocket;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
-import java.lang.foreign.ValueLayout;
 import java.lang.management.ManagementFactory;
 import java.lang.management.ThreadMXBean;
-import java.nio.ByteOrder;
 import java.util.ArrayList;
 import java.util.List;
 import java.util.concurrent.atomic.AtomicBoolean;
@@ -71,24 +69,16 @@ final class TapInjector implements AutoCloseable {
 
     /** A UDP/IPv4 frame of {@code len} bytes (at least 60) of flow {@code flow}, towards the guest's MAC. */
     static MemorySegment frame(Arena a, int len, int flow) {
-        MemorySegment f = a.allocate(Math.max(len, 60), 64);
-        var be16 = ValueLayout.JAVA_SHORT_UNALIGNED.withOrder(ByteOrder.BIG_ENDIAN);
-        var be32 = ValueLayout.JAVA_INT_UNALIGNED.withOrder(ByteOrder.BIG_ENDIAN);
-        f.set(ValueLayout.JAVA_BYTE, 0, (byte) 0x02);
-        f.set(ValueLayout.JAVA_BYTE, 5, (byte) 0x01);
-        f.set(ValueLayout.JAVA_BYTE, 6, (byte) 0x02);
-        f.set(ValueLayout.JAVA_BYTE, 11, (byte) 0xfe);
-        f.set(be16, 12, (short) 0x0800);
-        f.set(ValueLayout.JAVA_BYTE, 14, (byte) 0x45);
-        f.set(be16, 16, (short) (f.byteSize() - 14));
-        f.set(ValueLayout.JAVA_BYTE, 22, (byte) 64);
-        f.set(ValueLayout.JAVA_BYTE, 23, (byte) 17);
-        f.set(be32, 26, 0xc0a80001);
-        f.set(be32, 30, 0xc0a80002);
-        f.set(be16, 34, (short) (20000 + flow));
-        f.set(be16, 36, (short) 9);
-        f.set(be16, 38, (short) (f.byteSize() - 34));
-        return f;
+        return TrafficRun.udpFrame(a, len, 0xfe, 0xc0a80001, 0xc0a80002, 20000 + flow);
+    }
+
+    /** The senders' rows of a measurement: thread i's CPU between two {@link #cpu} samples, for {@code sent} frames. */
+    static List<Measurement.ThreadCpu> threadCpu(long[] before, long[] after, long sent) {
+        List<Measurement.ThreadCpu> rows = new ArrayList<>();
+        for (int i = 0; i < before.length; i++) {
+            rows.add(new Measurement.ThreadCpu(Measurement.TX, "inject-" + i, after[i] - before[i], sent));
+        }
+        return rows;
     }
 
     /** Frames the kernel took from all threads so far. */

@@ -228,21 +228,29 @@ public final class TrafficRun {
 
     /** A UDP/IPv4 frame of {@code len} bytes (at least 60) from a per-pair source port. */
     static MemorySegment udpFrame(Arena a, int pair, int len) {
-        MemorySegment f = a.allocate(Math.max(len, 60));
+        return udpFrame(a, len, 0x10 + pair, 0xc0a80002 + pair, 0xc0a80001, 1024 + pair);
+    }
+
+    /**
+     * The bench's UDP/IPv4 frame of {@code len} bytes (at least 60): to 02:00:00:00:00:01 from 02:00:00:00:00:SRC,
+     * IPv4 {@code srcIp} to {@code dstIp}, UDP from {@code srcPort} to the discard port (9); checksums left zero.
+     */
+    static MemorySegment udpFrame(Arena a, int len, int srcMacLast, int srcIp, int dstIp, int srcPort) {
+        MemorySegment f = a.allocate(Math.max(len, 60), 64);
         var be16 = ValueLayout.JAVA_SHORT_UNALIGNED.withOrder(ByteOrder.BIG_ENDIAN);
         var be32 = ValueLayout.JAVA_INT_UNALIGNED.withOrder(ByteOrder.BIG_ENDIAN);
         f.set(ValueLayout.JAVA_BYTE, 0, (byte) 0x02);
         f.set(ValueLayout.JAVA_BYTE, 5, (byte) 0x01);
         f.set(ValueLayout.JAVA_BYTE, 6, (byte) 0x02);
-        f.set(ValueLayout.JAVA_BYTE, 11, (byte) (0x10 + pair));
+        f.set(ValueLayout.JAVA_BYTE, 11, (byte) srcMacLast);
         f.set(be16, 12, (short) 0x0800);
         f.set(ValueLayout.JAVA_BYTE, 14, (byte) 0x45);
         f.set(be16, 16, (short) (f.byteSize() - 14));
         f.set(ValueLayout.JAVA_BYTE, 22, (byte) 64);
         f.set(ValueLayout.JAVA_BYTE, 23, (byte) 17);
-        f.set(be32, 26, 0xc0a80002 + pair);
-        f.set(be32, 30, 0xc0a80001);
-        f.set(be16, 34, (short) (1024 + pair));
+        f.set(be32, 26, srcIp);
+        f.set(be32, 30, dstIp);
+        f.set(be16, 34, (short) srcPort);
         f.set(be16, 36, (short) 9);
         f.set(be16, 38, (short) (f.byteSize() - 34));
         return f;
