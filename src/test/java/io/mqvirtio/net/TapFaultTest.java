@@ -27,11 +27,21 @@ class TapFaultTest {
 
     private int next; // next TX descriptor of the evil driver
 
+    private NetDevice dev;
+
     private void send(EvilDriver d, int len) throws InterruptedException {
         int want = (d.tx(0).usedIdx() + 1) & 0xffff;
+        long counted = handled();
         byte[] f = len >= 14 ? HostileDriverTest.frame(len, next) : new byte[len];
         HostileDriverTest.sendValid(d, 0, f, next++ % 64);
         HostileDriverTest.await(() -> d.tx(0).usedIdx() == want, "the frame to be used");
+        // the worker counts a burst just after it publishes it: wait for the count too
+        HostileDriverTest.await(() -> handled() == counted + 1, "the frame to be counted");
+    }
+
+    private long handled() {
+        QueueCounters.Snapshot c = dev.counters().get(1);
+        return c.packets() + c.errors() + c.drops();
     }
 
     @Test
@@ -43,6 +53,7 @@ class TapFaultTest {
             try (NetDevice dev = new NetDevice(NetDevice.Config.of("tapfault", 1), backend);
                  VhostUserServer server = VhostUserServer.listen(dir.resolve("t.sock"), dev);
                  EvilDriver d = new EvilDriver(server.path(), 1, 64, FEATURES, 1 << 20)) {
+                this.dev = dev;
                 QueueCounters.Snapshot c;
                 send(d, 100);
                 c = dev.counters().get(1);
