@@ -49,7 +49,8 @@ final class Serve {
             int[] cpus, String name, int pollMicros, long maxMemory, Path capture) {
 
         /** From the command line's own options (one VM) or from a --vm spec turned into arguments. */
-        static Vm from(VmOptions a, boolean busyPollDefault, int pollDefault, long maxMemoryDefault) {
+        static Vm from(VmOptions a, boolean busyPollDefault, int pollDefault, long maxMemoryDefault,
+                       String captureDefault) {
             String socket = a.socketPath;
             int fd = a.fd == null ? NO_FD : Check.range("--fd", a.fd, 0, Integer.MAX_VALUE);
             if (socket != null && socket.isEmpty()) {
@@ -87,8 +88,9 @@ final class Serve {
             String name = a.name != null ? a.name : path.getFileName() == null ? socket : path.getFileName().toString();
             int poll = a.pollMicros == null ? pollDefault : Check.range("--poll-us", a.pollMicros, 0, 1_000_000);
             long maxMemory = a.maxMemory == null ? maxMemoryDefault : size("max-memory", a.maxMemory);
-            Path capture = a.capture == null ? null : Path.of(a.capture);
-            if (a.capture != null && a.capture.isBlank()) {
+            String dir = a.capture != null ? a.capture : captureDefault;
+            Path capture = dir == null ? null : Path.of(dir);
+            if (dir != null && dir.isBlank()) {
                 throw new UsageException("--capture needs a directory");
             }
             return new Vm(path, fd, queues, mtu, tap, loopback, a.client, busyPollDefault || a.busyPoll, cpus, name, poll,
@@ -106,7 +108,7 @@ final class Serve {
          * A --vm spec, {@code socket-path=P,queues=N,tap=T} or {@code ...,loopback,client}: the same keys as the
          * single-VM options, separated by commas (cpus are separated by colons inside it: cpus=0:1).
          */
-        static Vm parseSpec(String spec, boolean busyPoll, int pollDefault, long maxMemoryDefault) {
+        static Vm parseSpec(String spec, boolean busyPoll, int pollDefault, long maxMemoryDefault, String captureDefault) {
             List<String> argv = new ArrayList<>();
             for (String part : spec.split(",")) {
                 if (part.isBlank()) {
@@ -124,11 +126,11 @@ final class Serve {
             cl.setOverwrittenOptionsAllowed(true);
             try {
                 cl.parseArgs(argv.toArray(new String[0]));
-                return from(parsed.options, busyPoll, pollDefault, maxMemoryDefault);
+                return from(parsed.options, busyPoll, pollDefault, maxMemoryDefault, captureDefault);
             } catch (picocli.CommandLine.UnmatchedArgumentException e) {
+                List<String> keys = cl.getCommandSpec().options().stream().map(o -> o.longestName().substring(2)).toList();
                 throw new UsageException("--vm " + spec + ": unknown key '" + e.getUnmatched().get(0).replaceFirst("^--", "")
-                        .replaceFirst("=.*", "") + "' (keys: socket-path, fd, queues, tap, loopback, mtu, cpus, name, "
-                        + "client, busy-poll, poll-us, max-memory, capture)");
+                        .replaceFirst("=.*", "") + "' (keys: " + String.join(", ", keys) + ")");
             } catch (picocli.CommandLine.ParameterException | UsageException e) {
                 throw new UsageException("--vm " + spec + ": " + e.getMessage());
             }
@@ -190,7 +192,7 @@ final class Serve {
 
         @Option(names = "--capture", paramLabel = "DIR", order = 13, description = "write the frames each queue pair "
                 + "moves, both directions, to DIR/NAME-qpN.pcapng (Wireshark, tshark; created 0600; the directory is "
-                + "made 0700 if missing); capture=DIR in a --vm")
+                + "made 0700 if missing); capture=DIR in a --vm, or beside --vm for every VM")
         String capture;
     }
 
@@ -241,7 +243,7 @@ final class Serve {
             long maxTotal = a.maxTotalMemory == null ? Math.max(defaults.total(), maxMemory)
                     : size("max-total-memory", a.maxTotalMemory);
             if (a.vms.isEmpty()) {
-                vms.add(Vm.from(a.vm, false, 0, maxMemory));
+                vms.add(Vm.from(a.vm, false, 0, maxMemory, null));
             } else {
                 for (String o : VM_OPTIONS) {
                     if (a.spec.commandLine().getParseResult().hasMatchedOption(o)) {
@@ -250,7 +252,8 @@ final class Serve {
                 }
                 int poll = a.vm.pollMicros == null ? 0 : Check.range("--poll-us", a.vm.pollMicros, 0, 1_000_000);
                 for (String spec : a.vms) {
-                    vms.add(Vm.parseSpec(spec, a.vm.busyPoll, poll, maxMemory));
+                    // busy-poll, poll-us, max-memory and capture given beside the specs are every VM's defaults
+                    vms.add(Vm.parseSpec(spec, a.vm.busyPoll, poll, maxMemory, a.vm.capture));
                 }
             }
             List<Systemd.Passed> passed = new ArrayList<>(Systemd.listenFds(System.getenv(), ProcessHandle.current().pid()));

@@ -62,4 +62,21 @@ class ServeCaptureTest {
             assertThat(rows.lines().toList()).hasSize(20).allSatisfy(l -> assertThat(l).isEqualTo("300,100," + mac));
         }
     }
+
+    /** {@code --capture} beside {@code --vm}s is every VM's: each writes its own files there, named after it. */
+    @Test
+    @Timeout(60)
+    void captureBesideVmSpecsIsEveryVms() throws Exception {
+        Path out = dir.resolve("all");
+        try (Launcher.Run r = Launcher.start(dir, "serve2", Launcher.command("serve", "--vm",
+                "socket-path=" + dir.resolve("a.sock") + ",loopback,name=a", "--vm",
+                "socket-path=" + dir.resolve("b.sock") + ",loopback,queues=2,name=b", "--capture", out.toString()))) {
+            r.awaitErr("listening on .*b\\.sock", 30_000);
+            assertThat(r.stderr()).contains("a: capturing 1 queue pair to").contains("b: capturing 2 queue pairs to");
+            r.process().destroy();
+            assertThat(r.exit(15_000)).as(r.stderr()).isZero();
+        }
+        assertThat(out.resolve("a-qp0.pcapng")).isRegularFile();
+        assertThat(out.resolve("b-qp1.pcapng")).isRegularFile();
+    }
 }
