@@ -99,10 +99,6 @@ final class BoundedHttpServer implements AutoCloseable {
      * in lower case, values in order; all of them fit in {@link #MAX_HEAD_BYTES}).
      */
     record Request(String method, String path, String query, Map<String, List<String>> headers) {
-        Request(String method, String path) {
-            this(method, path, null, Map.of());
-        }
-
         List<String> header(String name) {
             return headers.getOrDefault(name.toLowerCase(Locale.ROOT), List.of());
         }

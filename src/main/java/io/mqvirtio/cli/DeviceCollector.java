@@ -20,11 +20,23 @@ import java.util.function.ToLongFunction;
  * frontend connected, dead, logging (a migration runs) and {@code mqvirtio_device_dirty_pages_total}.
  */
 final class DeviceCollector implements MultiCollector {
+    /** The per-queue counters (mqvirtio_queue_NAME_total) and what each says. */
+    private static final Map<String, String> HELP = new java.util.LinkedHashMap<>();
+
+    static {
+        HELP.put("packets", "Frames the virtqueue moved (rx: host to guest, tx: guest to host).");
+        HELP.put("bytes", "Bytes the virtqueue moved, virtio-net header included.");
+        HELP.put("drops", "Frames dropped on the virtqueue (no guest buffers, disabled ring, backend full).");
+        HELP.put("errors", "Malformed chains and failed backend reads or writes on the virtqueue.");
+        HELP.put("kicks", "Notifications from the driver (kick eventfd wake-ups) on the virtqueue.");
+        HELP.put("notifications", "Interrupts signalled to the driver (call eventfd writes) for the virtqueue.");
+    }
+
     private static final List<String> NAMES;
 
     static {
         List<String> n = new java.util.ArrayList<>();
-        MetricsServer.HELP.keySet().forEach(k -> n.add("mqvirtio_queue_" + k));
+        HELP.keySet().forEach(k -> n.add("mqvirtio_queue_" + k));
         n.addAll(List.of("mqvirtio_device", "mqvirtio_device_queue_pairs", "mqvirtio_frontend_connected",
                 "mqvirtio_device_dead", "mqvirtio_device_logging", "mqvirtio_device_dirty_pages"));
         NAMES = List.copyOf(n);
@@ -40,7 +52,7 @@ final class DeviceCollector implements MultiCollector {
     public MetricSnapshots collect() {
         List<DeviceStats> all = devices.get();
         MetricSnapshots.Builder out = MetricSnapshots.builder();
-        for (Map.Entry<String, String> f : MetricsServer.HELP.entrySet()) {
+        for (Map.Entry<String, String> f : HELP.entrySet()) {
             CounterSnapshot.Builder c = CounterSnapshot.builder().name("mqvirtio_queue_" + f.getKey()).help(f.getValue());
             for (DeviceStats d : all) {
                 for (DeviceStats.Queue q : d.queues()) {

@@ -37,8 +37,6 @@ import io.prometheus.metrics.model.registry.PrometheusRegistry;
 public final class MetricsServer implements AutoCloseable {
     private static final Logger LOG = System.getLogger(MetricsServer.class.getName());
 
-    static final String PROMETHEUS_TYPE = "text/plain; version=0.0.4; charset=utf-8";
-
     /** One served device as the endpoint sees it. */
     public record Source(NetDevice device, String socket, String backend, BooleanSupplier connected) {
         DeviceStats snapshot() {
@@ -46,16 +44,6 @@ public final class MetricsServer implements AutoCloseable {
         }
     }
 
-    static final Map<String, String> HELP = new LinkedHashMap<>();
-
-    static {
-        HELP.put("packets", "Frames the virtqueue moved (rx: host to guest, tx: guest to host).");
-        HELP.put("bytes", "Bytes the virtqueue moved, virtio-net header included.");
-        HELP.put("drops", "Frames dropped on the virtqueue (no guest buffers, disabled ring, backend full).");
-        HELP.put("errors", "Malformed chains and failed backend reads or writes on the virtqueue.");
-        HELP.put("kicks", "Notifications from the driver (kick eventfd wake-ups) on the virtqueue.");
-        HELP.put("notifications", "Interrupts signalled to the driver (call eventfd writes) for the virtqueue.");
-    }
 
     private final List<Source> sources;
     private final long started = System.nanoTime();
