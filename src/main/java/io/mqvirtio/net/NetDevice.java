@@ -1,5 +1,6 @@
 package io.mqvirtio.net;
 
+import io.mqvirtio.capture.QueueCapture;
 import io.mqvirtio.device.WorkerStuckException;
 
 import io.mqvirtio.linux.EventFd;
@@ -336,21 +337,21 @@ public final class NetDevice implements VhostUserDevice, AutoCloseable {
      * 0600: what had the name is removed, a link never followed, a FIFO never opened), each frame's first
      * {@code snaplen} bytes, each file up to {@code maxBytesPerFile}; until {@link #close}. Returns the captures.
      */
-    public synchronized List<io.mqvirtio.capture.QueueCapture> startCapture(java.nio.file.Path dir, int snaplen,
-                                                                            long maxBytesPerFile) throws java.io.IOException {
-        List<io.mqvirtio.capture.QueueCapture> started = new ArrayList<>();
+    public synchronized List<QueueCapture> startCapture(java.nio.file.Path dir, int snaplen, long maxBytesPerFile)
+            throws java.io.IOException {
+        List<QueueCapture> started = new ArrayList<>();
         try {
             for (int i = 0; i < workers.length; i++) {
-                started.add(new io.mqvirtio.capture.QueueCapture(dir.resolve(config.name() + "-qp" + i + ".pcapng"),
+                started.add(new QueueCapture(dir.resolve(config.name() + "-qp" + i + ".pcapng"),
                         config.name() + "-qp" + i, "mqvirtio device " + config.name() + ", queue pair " + i
                         + " (outbound: the guest sent it; inbound: the guest received it)", snaplen, maxBytesPerFile));
             }
         } catch (java.io.IOException | RuntimeException e) {
-            started.forEach(io.mqvirtio.capture.QueueCapture::close);
+            started.forEach(QueueCapture::close);
             throw e;
         }
         for (int i = 0; i < workers.length; i++) {
-            io.mqvirtio.capture.QueueCapture old = workers[i].capture(started.get(i));
+            QueueCapture old = workers[i].capture(started.get(i));
             if (old != null) {
                 old.close();
             }
@@ -359,7 +360,7 @@ public final class NetDevice implements VhostUserDevice, AutoCloseable {
         return captures;
     }
 
-    private List<io.mqvirtio.capture.QueueCapture> captures = List.of();
+    private List<QueueCapture> captures = List.of();
 
     /** Stops the workers and closes the backend; what a worker that does not stop still uses stays open. */
     @Override
@@ -369,7 +370,7 @@ public final class NetDevice implements VhostUserDevice, AutoCloseable {
             all &= w.close();
         }
         synchronized (this) {
-            for (io.mqvirtio.capture.QueueCapture c : captures) {
+            for (QueueCapture c : captures) {
                 c.close(); // after the workers: nothing is offered any more
             }
             captures = List.of();

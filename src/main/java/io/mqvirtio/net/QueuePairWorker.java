@@ -1,5 +1,6 @@
 package io.mqvirtio.net;
 
+import io.mqvirtio.capture.QueueCapture;
 import io.mqvirtio.device.Worker;
 import io.mqvirtio.device.WorkerHandler;
 import io.mqvirtio.linux.Epoll;
@@ -97,8 +98,8 @@ final class QueuePairWorker implements WorkerHandler {
     private final DescriptorChain[] rxChains = new DescriptorChain[MAX_RX_CHAINS];
     private final IoVec iov = new IoVec(IoVec.IOV_MAX);
     private final MemorySegment numBuffers = Arena.ofAuto().allocate(2);
-    /** The pair's capture ({@code serve --capture}), or null: read once per burst. */
-    private volatile io.mqvirtio.capture.QueueCapture capture;
+    /** The pair's capture ({@code serve --capture}), or null: read once per TX burst and per RX frame. */
+    private volatile QueueCapture capture;
 
     // ---- port errors: counted always, logged in part ----
     private long portErrorLoggedAt;
@@ -129,8 +130,8 @@ final class QueuePairWorker implements WorkerHandler {
     }
 
     /** Starts copying the frames this pair moves into {@code c} (null: stops); the caller closes the old one. */
-    io.mqvirtio.capture.QueueCapture capture(io.mqvirtio.capture.QueueCapture c) {
-        io.mqvirtio.capture.QueueCapture old = capture;
+    QueueCapture capture(QueueCapture c) {
+        QueueCapture old = capture;
         capture = c;
         return old;
     }
@@ -425,7 +426,7 @@ final class QueuePairWorker implements WorkerHandler {
         long dropped = 0;
         long malformed = 0;
         boolean blocked = false;
-        io.mqvirtio.capture.QueueCapture cap = capture;
+        QueueCapture cap = capture;
         try {
             if (readsFrames && q.available() > 1) {
                 q.readAhead(READ_AHEAD);
@@ -683,7 +684,7 @@ final class QueuePairWorker implements WorkerHandler {
 
     /** The frame of {@code len} bytes is in chains 0..k-1: push those it fills, set num_buffers, give back the rest. */
     private void completeFrame(DeviceRing q, int k, long len) {
-        io.mqvirtio.capture.QueueCapture cap = capture;
+        QueueCapture cap = capture;
         if (cap != null) {
             cap.received(rxChains, k, len, VirtioNet.HDR_SIZE);
         }
