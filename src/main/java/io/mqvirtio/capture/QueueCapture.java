@@ -117,6 +117,7 @@ public final class QueueCapture implements AutoCloseable {
             return;
         }
         byte[] data = new byte[(int) Math.min(frame, snaplen)];
+        MemorySegment to = MemorySegment.ofArray(data);
         long at = 0;
         long skip = header;
         for (int i = 0; i < k && at < data.length; i++) {
@@ -126,7 +127,7 @@ public final class QueueCapture implements AutoCloseable {
                 continue;
             }
             long n = Math.min(inChain - skip, data.length - at);
-            chains[i].readWritten(skip, MemorySegment.ofArray(data).asSlice(at, n));
+            chains[i].readWritten(skip, to.asSlice(at, n));
             at += n;
             skip = 0;
         }
