@@ -6,6 +6,7 @@ import io.mqvirtio.linux.Tap;
 import io.mqvirtio.net.PacketBackend;
 import io.mqvirtio.net.Port;
 import io.mqvirtio.net.VirtioNet;
+import io.mqvirtio.virtio.Experiment;
 import io.mqvirtio.virtio.VirtioFeatures;
 import java.io.IOException;
 import java.lang.System.Logger;
@@ -36,9 +37,21 @@ public final class TapBackend implements PacketBackend {
 
     private static final int E2BIG = 7; // <asm-generic/errno-base.h>: too many queues on the device
 
+    /** How frames go from the guest into the TAP. */
+    public enum TxMethod {
+        /** io_uring where the probe at start says a TAP write completes inline, writev otherwise (the default). */
+        AUTO,
+        /** io_uring, or the backend does not open. */
+        IO_URING,
+        /** One writev(2) per frame. */
+        WRITEV
+    }
+
     private final String name;
     private final boolean created;
     private final List<Tap> queues = new ArrayList<>();
+    /** One per queue while TX goes through io_uring; empty with writev. */
+    private final List<TapUringWriter> writers = new ArrayList<>();
 
     private TapBackend(String name, boolean created) {
         this.name = name;
@@ -80,6 +93,14 @@ public final class TapBackend implements PacketBackend {
      * @throws IllegalStateException when the kernel refuses, with what that usually means
      */
     public static TapBackend open(String ifName, int pairs) {
+        return open(ifName, pairs, TxMethod.AUTO);
+    }
+
+    /**
+     * The same, with TX by {@code tx}: {@link TxMethod#AUTO} probes io_uring on the first queue (a one-byte write the
+     * TAP refuses must complete inside io_uring_enter) and falls back to writev, saying why in the log.
+     */
+    public static TapBackend open(String ifName, int pairs, TxMethod tx) {
         String bad = invalidNameReason(ifName);
         if (bad != null) {
             throw new IllegalArgumentException(bad);
@@ -102,14 +123,25 @@ public final class TapBackend implements PacketBackend {
                 q.setNonBlocking(true);
                 q.detach(); // attached when the guest enables the pair
             }
+            String why = tx == TxMethod.WRITEV ? "writev asked for" : TapUringWriter.probe(b.queues.get(0));
+            if (why != null && tx == TxMethod.IO_URING) {
+                throw new IllegalStateException("tap " + actual + ": TX through io_uring asked for, but " + why);
+            }
+            if (why == null) {
+                for (Tap q : b.queues) {
+                    b.writers.add(new TapUringWriter(q));
+                }
+            }
+            LOG.log(Level.INFO, "tap {0}: {1} queues opened on {2} device{3}; TX {4}, RX by readv", actual, pairs,
+                    existed ? "an existing" : "a new", existed ? "" : " (it goes away when mqvirtio exits)",
+                    why == null ? "through io_uring (" + TapUringWriter.SLOTS + " frames per io_uring_enter, registered "
+                            + "file and buffer)" : "by writev (" + why + ")");
         } catch (RuntimeException e) {
             if (b != null) {
                 b.close();
             }
             throw e;
         }
-        LOG.log(Level.INFO, "tap {0}: {1} queues opened on {2} device{3}", actual, pairs, existed ? "an existing" : "a new",
-                existed ? "" : " (it goes away when mqvirtio exits)");
         return b;
     }
 
@@ -201,8 +233,50 @@ public final class TapBackend implements PacketBackend {
     @Override
     public Port open(int pair) {
         Tap q = queues.get(pair);
+        TapUringWriter uring = writers.isEmpty() ? null : writers.get(pair);
         return new Port() {
             private boolean attached;
+            private boolean fallbackLogged;
+
+            @Override
+            public int batch() {
+                return uring != null && uring.failure() == null && !Experiment.TAP_WRITEV.on() ? TapUringWriter.SLOTS : 0;
+            }
+
+            @Override
+            public boolean queue(IoVec frame) {
+                if (uring == null) {
+                    return false;
+                }
+                boolean taken = uring.queue(frame);
+                if (!taken) {
+                    checkFallback();
+                }
+                return taken;
+            }
+
+            @Override
+            public int flush(long[] results) {
+                if (uring == null) {
+                    return 0;
+                }
+                int n = uring.flush(results);
+                checkFallback();
+                return n;
+            }
+
+            private void checkFallback() {
+                if (uring.failure() != null && !fallbackLogged) {
+                    fallbackLogged = true;
+                    LOG.log(Level.WARNING, "tap {0}: queue {1}: {2}; its TX goes by writev from now on", name, pair,
+                            uring.failure());
+                }
+            }
+
+            @Override
+            public String ioMethod(boolean isRx) {
+                return isRx ? "readv" : batch() > 0 ? "io_uring" : "writev";
+            }
 
             @Override
             public int readFd() {
@@ -247,7 +321,13 @@ public final class TapBackend implements PacketBackend {
 
     @Override
     public String describe() {
-        return "tap " + name + " (" + queues.size() + " queues" + (created ? ", created by mqvirtio" : "") + ")";
+        return "tap " + name + " (" + queues.size() + " queues" + (created ? ", created by mqvirtio" : "")
+                + (writers.isEmpty() ? "" : ", TX through io_uring") + ")";
+    }
+
+    /** Whether TX goes through io_uring (the probe at open passed and it was not refused); a queue may still fall back. */
+    public boolean txThroughIoUring() {
+        return !writers.isEmpty();
     }
 
     @Override
@@ -255,6 +335,8 @@ public final class TapBackend implements PacketBackend {
         if (queues.isEmpty()) {
             return;
         }
+        writers.forEach(TapUringWriter::close); // first: a ring holds a reference to its queue's file
+        writers.clear();
         queues.forEach(Tap::close);
         queues.clear();
         LOG.log(Level.INFO, "tap {0}: queues closed{1}", name,

@@ -495,7 +495,7 @@ public final class BenchRunner {
             String note = sinkNote();
             if (tap != null) {
                 note = "tap " + tap.name() + " in netns " + tap.ns().name() + " counted rx_packets +" + (b.tapRx() - a.tapRx())
-                        + (o.busyPoll() ? ", busy-poll" : ", notifications");
+                        + (o.busyPoll() ? ", busy-poll" : ", notifications") + ", TX by " + dev.ioMethods().get(1);
             }
             // both ends' view of one negotiation: they must agree (else that is worth a word in the note)
             long features = nic.features();

@@ -16,7 +16,8 @@ import java.util.function.ToLongFunction;
 /**
  * Our series, for the Prometheus client's registry: every family from one snapshot of the served devices per scrape,
  * so that the families of one scrape agree with each other. Per queue: {@code mqvirtio_queue_<counter>_total}
- * labelled device, queue and direction; per device: {@code mqvirtio_device_info} (socket, backend), queue pairs,
+ * labelled device, queue and direction, and {@code mqvirtio_queue_io_info} (its method: readv, writev, io_uring);
+ * per device: {@code mqvirtio_device_info} (socket, backend), queue pairs,
  * frontend connected, dead, logging (a migration runs) and {@code mqvirtio_device_dirty_pages_total}.
  */
 final class DeviceCollector implements MultiCollector {
@@ -37,7 +38,7 @@ final class DeviceCollector implements MultiCollector {
     static {
         List<String> n = new java.util.ArrayList<>();
         HELP.keySet().forEach(k -> n.add("mqvirtio_queue_" + k));
-        n.addAll(List.of("mqvirtio_device", "mqvirtio_device_queue_pairs", "mqvirtio_frontend_connected",
+        n.addAll(List.of("mqvirtio_queue_io", "mqvirtio_device", "mqvirtio_device_queue_pairs", "mqvirtio_frontend_connected",
                 "mqvirtio_device_dead", "mqvirtio_device_logging", "mqvirtio_device_dirty_pages"));
         NAMES = List.copyOf(n);
     }
@@ -64,6 +65,17 @@ final class DeviceCollector implements MultiCollector {
             }
             out.metricSnapshot(c.build());
         }
+        InfoSnapshot.Builder io = InfoSnapshot.builder().name("mqvirtio_queue_io")
+                .help("How the virtqueue's frames move to or from the host: readv, writev or io_uring.");
+        for (DeviceStats d : all) {
+            for (DeviceStats.Queue q : d.queues()) {
+                if (!q.method().isEmpty()) {
+                    io.dataPoint(InfoSnapshot.InfoDataPointSnapshot.builder().labels(Labels.of("device", d.name(),
+                            "queue", Integer.toString(q.pair()), "direction", q.direction(), "method", q.method())).build());
+                }
+            }
+        }
+        out.metricSnapshot(io.build());
         InfoSnapshot.Builder info = InfoSnapshot.builder().name("mqvirtio_device")
                 .help("The served device: its vhost-user socket and its backend.");
         for (DeviceStats d : all) {

@@ -19,9 +19,17 @@ record DeviceStats(String name, String socket, String backend, int pairs, boolea
         this(name, socket, backend, pairs, connected, queues, null, false, 0);
     }
 
-    /** One virtqueue: {@code direction} "rx" (host to guest, ring 2·pair) or "tx" (guest to host, ring 2·pair+1). */
+    /**
+     * One virtqueue: {@code direction} "rx" (host to guest, ring 2·pair) or "tx" (guest to host, ring 2·pair+1);
+     * {@code method}: how its frames move to or from the host ("readv", "writev", "io_uring"; "" for none).
+     */
     record Queue(int pair, String direction, long packets, long bytes, long drops, long errors, long kicks,
-            long notifications) {
+            long notifications, String method) {
+        Queue(int pair, String direction, long packets, long bytes, long drops, long errors, long kicks,
+              long notifications) {
+            this(pair, direction, packets, bytes, drops, errors, kicks, notifications, "");
+        }
+
         String label() {
             return direction + pair;
         }
@@ -44,11 +52,12 @@ record DeviceStats(String name, String socket, String backend, int pairs, boolea
     /** A snapshot of {@code device} now (each counter read once). */
     static DeviceStats of(NetDevice device, String socket, String backend, boolean connected) {
         List<QueueCounters.Snapshot> c = device.counters();
+        List<String> methods = device.ioMethods();
         List<Queue> q = new ArrayList<>(c.size());
         for (int i = 0; i < c.size(); i++) {
             QueueCounters.Snapshot s = c.get(i);
             q.add(new Queue(i / 2, i % 2 == 0 ? "rx" : "tx", s.packets(), s.bytes(), s.drops(), s.errors(), s.kicks(),
-                    s.notifications()));
+                    s.notifications(), methods.get(i)));
         }
         return new DeviceStats(device.config().name(), socket, backend, device.pairs(), connected, List.copyOf(q),
                 device.deadReason(), device.isLogging(), device.dirtyPages());
@@ -74,6 +83,9 @@ record DeviceStats(String name, String socket, String backend, int pairs, boolea
             for (String f : Queue.FIELDS) {
                 e.put(f, q.get(f));
             }
+            if (!q.method().isEmpty()) {
+                e.put("method", q.method());
+            }
             l.add(e);
         }
         m.put("queues", l);
@@ -87,7 +99,8 @@ record DeviceStats(String name, String socket, String backend, int pairs, boolea
         for (Object e : list(m.get("queues"), "queues")) {
             Map<?, ?> qm = map(e, "queue");
             q.add(new Queue((int) number(qm, "pair"), string(qm, "direction"), number(qm, "packets"), number(qm, "bytes"),
-                    number(qm, "drops"), number(qm, "errors"), number(qm, "kicks"), number(qm, "notifications")));
+                    number(qm, "drops"), number(qm, "errors"), number(qm, "kicks"), number(qm, "notifications"),
+                    string(qm, "method")));
         }
         return new DeviceStats(string(m, "name"), string(m, "socket"), string(m, "backend"), (int) number(m, "pairs"),
                 Boolean.TRUE.equals(m.get("connected")), List.copyOf(q), m.get("dead") == null ? null : string(m, "dead"),

@@ -31,7 +31,7 @@ final class Serve {
 
     /** The options that describe one VM's device: on the command line directly, or inside each --vm. */
     private static final List<String> VM_OPTIONS = List.of("--socket-path", "--fd", "--queues", "--tap", "--mtu", "--cpus",
-            "--name", "--loopback", "--client");
+            "--name", "--loopback", "--client", "--tap-tx");
     /** {@link Vm#fd()}: the VM listens on its socket path (or connects to it). */
     static final int NO_FD = -1;
     /** {@link Vm#fd()}: neither a path nor a descriptor was given; systemd's next passed socket is the VM's. */
@@ -46,7 +46,7 @@ final class Serve {
      * {@code socket} only names it, "fd:N" or systemd's name for it), its queue pairs and its backend.
      */
     record Vm(Path socket, int fd, int queues, int mtu, String tap, boolean loopback, boolean client, boolean busyPoll,
-            int[] cpus, String name, int pollMicros, long maxMemory, Path capture) {
+            int[] cpus, String name, int pollMicros, long maxMemory, Path capture, TapBackend.TxMethod tapTx) {
 
         /** From the command line's own options (one VM) or from a --vm spec turned into arguments. */
         static Vm from(VmOptions a, boolean busyPollDefault, int pollDefault, long maxMemoryDefault,
@@ -93,15 +93,31 @@ final class Serve {
             if (dir != null && dir.isBlank()) {
                 throw new UsageException("--capture needs a directory");
             }
+            TapBackend.TxMethod tapTx = tapTx(a.tapTx);
+            if (a.tapTx != null && tap == null) {
+                throw new UsageException("--tap-tx goes with --tap");
+            }
             return new Vm(path, fd, queues, mtu, tap, loopback, a.client, busyPollDefault || a.busyPoll, cpus, name, poll,
-                    maxMemory, capture);
+                    maxMemory, capture, tapTx);
+        }
+
+        static TapBackend.TxMethod tapTx(String s) {
+            if (s == null) {
+                return TapBackend.TxMethod.AUTO;
+            }
+            return switch (s.toLowerCase(java.util.Locale.ROOT)) {
+                case "auto" -> TapBackend.TxMethod.AUTO;
+                case "io_uring", "io-uring", "uring" -> TapBackend.TxMethod.IO_URING;
+                case "writev" -> TapBackend.TxMethod.WRITEV;
+                default -> throw new UsageException("--tap-tx is auto, io_uring or writev, not '" + s + "'");
+            };
         }
 
         /** This VM on a socket systemd passed (named after it, unless the VM was given a name of its own). */
         Vm onPassed(Systemd.Passed p) {
             String n = name.equals(SYSTEMD_NAME) ? p.name() : name;
             return new Vm(Path.of(p.name()), p.fd(), queues, mtu, tap, loopback, client, busyPoll, cpus, n, pollMicros,
-                    maxMemory, capture);
+                    maxMemory, capture, tapTx);
         }
 
         /**
@@ -194,6 +210,12 @@ final class Serve {
                 + "moves, both directions, to DIR/NAME-qpN.pcapng (Wireshark, tshark; created 0600; the directory is "
                 + "made 0700 if missing); capture=DIR in a --vm, or beside --vm for every VM")
         String capture;
+
+        @Option(names = "--tap-tx", paramLabel = "HOW", order = 14, description = "how frames go into the TAP: "
+                + "io_uring (a burst's frames, copied into a registered buffer, in one io_uring_enter), writev (one "
+                + "system call per frame), or auto (the default: io_uring if a TAP write through it completes inline "
+                + "here, else writev; the log says which, and the metrics per queue: mqvirtio_queue_io_info)")
+        String tapTx;
     }
 
     /** One {@code --vm} spec's keys, parsed as options by {@link VmOptions}' definitions. */
@@ -468,7 +490,7 @@ final class Serve {
 
         private void startVm(Vm vm, Options o, io.mqvirtio.memory.MemoryBudget memory) throws IOException {
             String group = o.socketGroup();
-            PacketBackend backend = vm.loopback() ? new LoopbackBackend(vm.queues(), vm.mtu()) : TapBackend.open(vm.tap(), vm.queues());
+            PacketBackend backend = vm.loopback() ? new LoopbackBackend(vm.queues(), vm.mtu()) : TapBackend.open(vm.tap(), vm.queues(), vm.tapTx());
             NetDevice device;
             try {
                 device = new NetDevice(new NetDevice.Config(vm.name(), vm.queues(), vm.mtu(), vm.busyPoll(), vm.cpus(),

@@ -333,6 +333,20 @@ public final class NetDevice implements VhostUserDevice, AutoCloseable {
     }
 
     /**
+     * How each queue's frames move to or from the host, in the order of {@link #counters()} (pair 0 RX, pair 0 TX,
+     * ...): e.g. "readv", "writev", "io_uring"; "" for a backend without system calls. A TX queue whose io_uring
+     * failed says "writev" from then on.
+     */
+    public List<String> ioMethods() {
+        List<String> l = new ArrayList<>();
+        for (QueuePairWorker w : workers) {
+            l.add(w.ioMethod(true));
+            l.add(w.ioMethod(false));
+        }
+        return l;
+    }
+
+    /**
      * Captures the frames every queue pair moves, both directions, into {@code dir/NAME-qpN.pcapng} (made new and
      * 0600: what had the name is removed, a link never followed, a FIFO never opened), each frame's first
      * {@code snaplen} bytes, each file up to {@code maxBytesPerFile}; until {@link #close}. Returns the captures.

@@ -18,6 +18,35 @@ public interface Port extends AutoCloseable {
     /** Sends one frame (header then frame) gathered from {@code frame}: bytes taken, or -1 if it would block. */
     long send(IoVec frame);
 
+    /**
+     * Frames this port can hold for one {@link #flush} ({@link #queue}), or 0 when it sends each frame at once (the
+     * default). Asked once per TX burst.
+     */
+    default int batch() {
+        return 0;
+    }
+
+    /**
+     * Takes a copy of one frame (header then frame) to send with the next {@link #flush}; false when it is not taken
+     * (larger than a batch slot, the batch full, batching off): then the worker flushes and uses {@link #send}.
+     */
+    default boolean queue(IoVec frame) {
+        return false;
+    }
+
+    /**
+     * Sends the frames {@link #queue} took, in order, in one go: {@code results[i]} is frame i's (bytes taken, or
+     * -errno); returns how many there were.
+     */
+    default int flush(long[] results) {
+        return 0;
+    }
+
+    /** How this port moves frames to ({@code isRx}: from) the host, for logs and metrics: "writev", "io_uring", or "". */
+    default String ioMethod(boolean isRx) {
+        return "";
+    }
+
     /** Receives one frame (header then frame) into {@code into}: its length, or -1 if none is waiting. */
     long receive(IoVec into);
 

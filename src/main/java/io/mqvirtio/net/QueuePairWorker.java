@@ -97,6 +97,13 @@ final class QueuePairWorker implements WorkerHandler {
     private final DescriptorChain txChain = new DescriptorChain(IoVec.IOV_MAX);
     private final DescriptorChain[] rxChains = new DescriptorChain[MAX_RX_CHAINS];
     private final IoVec iov = new IoVec(IoVec.IOV_MAX);
+    // a TX burst's frames queued in a batching port, and the burst's counts
+    private final long[] txQueuedBytes = new long[BUDGET];
+    private final long[] txResults = new long[BUDGET];
+    private int txQueued;
+    private long txSent;
+    private long txBytes;
+    private long txDropped;
     private final MemorySegment numBuffers = Arena.ofAuto().allocate(2);
     /** The pair's capture ({@code serve --capture}), or null: read once per TX burst and per RX frame. */
     private volatile QueueCapture capture;
@@ -127,6 +134,11 @@ final class QueuePairWorker implements WorkerHandler {
 
     long threadId() {
         return loop.threadId();
+    }
+
+    /** How the port moves this pair's frames ({@link Port#ioMethod}); any thread. */
+    String ioMethod(boolean isRx) {
+        return port.ioMethod(isRx);
     }
 
     /** Starts copying the frames this pair moves into {@code c} (null: stops); the caller closes the old one. */
@@ -421,12 +433,13 @@ final class QueuePairWorker implements WorkerHandler {
     private boolean txBurst(boolean poll) {
         DeviceRing q = tx;
         int done = 0;
-        long sent = 0;
-        long bytes = 0;
-        long dropped = 0;
+        txSent = 0;
+        txBytes = 0;
+        txDropped = 0;
         long malformed = 0;
         boolean blocked = false;
         QueueCapture cap = capture;
+        int batch = Math.min(port.batch(), BUDGET);
         try {
             if (readsFrames && q.available() > 1) {
                 q.readAhead(READ_AHEAD);
@@ -437,7 +450,7 @@ final class QueuePairWorker implements WorkerHandler {
                 }
                 DescriptorChain c = txChain;
                 if (!txEnabled || !portActive) {
-                    dropped++; // a started but disabled ring is consumed, not sent
+                    txDropped++; // a started but disabled ring is consumed, not sent
                 } else if (c.readableBytes() < VirtioNet.HDR_SIZE) {
                     malformed++; // no room for even the header
                 } else {
@@ -448,26 +461,36 @@ final class QueuePairWorker implements WorkerHandler {
                     if (cap != null) {
                         cap.sent(c, VirtioNet.HDR_SIZE);
                     }
-                    long n;
-                    try {
-                        n = port.send(iov);
-                    } catch (ErrnoException e) {
-                        n = 0; // the host refused this frame (link down, runt, bad header): dropped, counted
-                        portError(false, e);
-                    }
-                    if (n == -1) {
-                        q.giveBack(1);
-                        blocked = true;
-                        break;
-                    }
-                    if (n > 0) {
-                        sent++;
-                        bytes += c.readableBytes() - VirtioNet.HDR_SIZE;
+                    long payload = c.readableBytes() - VirtioNet.HDR_SIZE;
+                    if (batch > 0 && port.queue(iov)) {
+                        txQueuedBytes[txQueued++] = payload; // copied: the chain completes now, the write comes later
+                        if (txQueued == batch) {
+                            flushTx();
+                        }
+                    } else {
+                        flushTx(); // what is queued goes first
+                        long n;
+                        try {
+                            n = port.send(iov);
+                        } catch (ErrnoException e) {
+                            n = 0; // the host refused this frame (link down, runt, bad header): dropped, counted
+                            portError(false, e);
+                        }
+                        if (n == -1) {
+                            q.giveBack(1);
+                            blocked = true;
+                            break;
+                        }
+                        if (n > 0) {
+                            txSent++;
+                            txBytes += payload;
+                        }
                     }
                 }
                 q.complete(c, 0);
                 done++;
             }
+            flushTx();
             if (done > 0) {
                 q.publish();
                 if (q.isLogging()) {
@@ -498,15 +521,51 @@ final class QueuePairWorker implements WorkerHandler {
             broken(false, txErr, new VirtqueueException("fault while processing the ring: " + e, e));
             return false;
         } finally {
+            flushTx(); // frames taken before a ring broke still go out: nothing of a burst stays in the port
             // counted once per burst: one release store per counter, not per frame
-            txCounters.add(QueueCounters.PACKETS, sent);
-            txCounters.add(QueueCounters.BYTES, bytes);
-            if (dropped != 0) {
-                txCounters.add(QueueCounters.DROPS, dropped);
+            txCounters.add(QueueCounters.PACKETS, txSent);
+            txCounters.add(QueueCounters.BYTES, txBytes);
+            if (txDropped != 0) {
+                txCounters.add(QueueCounters.DROPS, txDropped);
             }
             if (malformed != 0) {
                 txCounters.add(QueueCounters.ERRORS, malformed);
             }
+        }
+    }
+
+    /**
+     * Sends what the port queued this burst ({@link Port#queue}) and counts the results as {@link Port#send}'s
+     * would be: a frame the host refused (link down, runt, bad header) is a port error; one it had no room for
+     * (EAGAIN, a send buffer the host limited) is dropped, since the frames after it may have gone out already.
+     */
+    private void flushTx() {
+        int n = txQueued;
+        if (n == 0) {
+            return;
+        }
+        txQueued = 0;
+        int got;
+        try {
+            got = port.flush(txResults);
+        } catch (RuntimeException e) {
+            txDropped += n; // a port whose flush itself fails: the batch is lost, counted, the ring goes on
+            portError(false, e);
+            return;
+        }
+        for (int i = 0; i < Math.min(n, got); i++) {
+            long r = txResults[i];
+            if (r > 0) {
+                txSent++;
+                txBytes += txQueuedBytes[i];
+            } else if (r == -ErrnoException.EAGAIN) {
+                txDropped++;
+            } else if (r < 0) {
+                portError(false, new ErrnoException("TAP write", (int) -r));
+            }
+        }
+        if (got < n) {
+            txDropped += n - got;
         }
     }
 

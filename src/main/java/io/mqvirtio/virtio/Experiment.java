@@ -25,7 +25,13 @@ public enum Experiment {
      * has it while migrating a VM (NetDriver.setDirtyLog): what dirty logging costs per packet, against our backend
      * (scenario 1) or DPDK's vhost (scenario 4). Scenarios whose frontend is not our driver refuse it.
      */
-    DIRTY_LOG(false);
+    DIRTY_LOG(false),
+
+    /**
+     * A TAP backend whose TX goes through io_uring (TapBackend.TxMethod) writes with one writev(2) per frame while
+     * this is on, read by the port once per TX burst: io_uring against writev with paired windows (scenario 5).
+     */
+    TAP_WRITEV(false);
 
     private volatile boolean on;
     private final boolean byDefault;

@@ -92,6 +92,10 @@ class ServeProcessTest {
                         "--loopback", "--poll-us", "2000000"),
                 new Case(2, "--vm socket-path=" + sock + ",loopback,poll-us=x: Invalid value for option '--poll-us': 'x' is not an int", "serve",
                         "--vm", "socket-path=" + sock + ",loopback,poll-us=x"),
+                new Case(2, "--tap-tx is auto, io_uring or writev, not 'sendmmsg'", "serve", "--socket-path",
+                        sock.toString(), "--tap", "mqv0", "--tap-tx", "sendmmsg"),
+                new Case(2, "--tap-tx goes with --tap", "serve", "--socket-path", sock.toString(), "--loopback",
+                        "--tap-tx", "writev"),
                 new Case(1, "exists and is not a socket", "serve", "--socket-path", file.toString(), "--loopback"),
                 new Case(1, "x.sock: the directory " + dir.resolve("no/such/dir") + " does not exist", "serve", "--socket-path",
                         dir.resolve("no/such/dir/x.sock").toString(), "--loopback"));
@@ -236,6 +240,44 @@ class ServeProcessTest {
                 assertThat(r.exit(15_000)).isZero();
             }
             assertThat(sock).doesNotExist();
+        }
+    }
+
+    /**
+     * How TX goes into the TAP, per VM ({@code tap-tx=} in a --vm spec): the log says it at start, and
+     * {@code mqvirtio_queue_io_info} and /stats say it per queue.
+     */
+    @Test
+    @Timeout(120)
+    void tapTxMethodIsInTheLogAndTheMetrics() throws Exception {
+        org.junit.jupiter.api.Assumptions.assumeTrue(io.mqvirtio.linux.IoUring.unavailable() == null, "no io_uring");
+        try (TestNetns ns = TestNetns.create()) {
+            ns.ip("link", "set", "lo", "up");
+            String a = tapName();
+            String b = tapName();
+            List<String> cmd = new ArrayList<>(List.of("ip", "netns", "exec", ns.name()));
+            cmd.addAll(Launcher.command("serve", "--metrics", "127.0.0.1:0",
+                    "--vm", "socket-path=" + dir.resolve("a.sock") + ",tap=" + a + ",queues=2,name=ua",
+                    "--vm", "socket-path=" + dir.resolve("b.sock") + ",tap=" + b + ",tap-tx=writev,name=wb"));
+            try (Launcher.Run r = Launcher.start(dir, "taptx", cmd)) {
+                int port = Integer.parseInt(r.awaitErr("metrics on http://127\\.0\\.0\\.1:(\\d+)/metrics", START_MS));
+                assertThat(r.stderr()).contains("tap " + a + ": 2 queues opened on a new device "
+                        + "(it goes away when mqvirtio exits); TX through io_uring")
+                        .contains("tap " + b + ": 1 queues opened on a new device (it goes away when mqvirtio exits); "
+                                + "TX by writev (writev asked for)");
+                Launcher.Http prom = ns.inside(() -> Launcher.get("127.0.0.1", port, "/metrics"));
+                assertThat(prom.body())
+                        .contains("mqvirtio_queue_io_info{device=\"ua\",direction=\"tx\",method=\"io_uring\",queue=\"1\"} 1")
+                        .contains("mqvirtio_queue_io_info{device=\"ua\",direction=\"rx\",method=\"readv\",queue=\"0\"} 1")
+                        .contains("mqvirtio_queue_io_info{device=\"wb\",direction=\"tx\",method=\"writev\",queue=\"0\"} 1");
+                Launcher.Http json = ns.inside(() -> Launcher.get("127.0.0.1", port, "/stats"));
+                List<DeviceStats> d = Stats.Sample.parse(json.body()).devices();
+                assertThat(d.get(0).queues()).extracting(DeviceStats.Queue::method)
+                        .containsExactly("readv", "io_uring", "readv", "io_uring");
+                assertThat(d.get(1).backend()).doesNotContain("io_uring");
+                r.process().destroy();
+                assertThat(r.exit(15_000)).as(r.stderr()).isZero();
+            }
         }
     }
 

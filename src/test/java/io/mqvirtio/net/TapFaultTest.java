@@ -8,15 +8,17 @@ import io.mqvirtio.vhostuser.VhostUserServer;
 import io.mqvirtio.virtio.VirtioFeatures;
 import java.nio.file.Path;
 import java.util.concurrent.ThreadLocalRandom;
-import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.Timeout;
 import org.junit.jupiter.api.io.TempDir;
+import org.junit.jupiter.params.ParameterizedTest;
+import org.junit.jupiter.params.provider.EnumSource;
 
 /**
  * Host-side faults on the TAP, with the kernel's real TAP in a namespace of the test's own: a link that goes down
  * (writev answers EIO), a runt frame (EINVAL), the device deleted under the running device (EBADFD). Each costs the
  * frame it hit, counted as an error of that queue; the guest's ring goes on, and frames flow again once the link
- * is back. They used to break the TX ring for good.
+ * is back. They used to break the TX ring for good. With TX by writev and through io_uring alike (there the TAP's
+ * refusal comes back as the write's result, and io_uring stays in use).
  */
 @Timeout(60)
 class TapFaultTest {
@@ -44,11 +46,16 @@ class TapFaultTest {
         return c.packets() + c.errors() + c.drops();
     }
 
-    @Test
-    void linkDownRuntFrameAndDeletedTapCostOneFrameEach() throws Exception {
+    @ParameterizedTest
+    @EnumSource(value = TapBackend.TxMethod.class, names = {"WRITEV", "IO_URING"})
+    void linkDownRuntFrameAndDeletedTapCostOneFrameEach(TapBackend.TxMethod how) throws Exception {
+        String method = how == TapBackend.TxMethod.WRITEV ? "writev" : "io_uring";
+        if (how == TapBackend.TxMethod.IO_URING) {
+            org.junit.jupiter.api.Assumptions.assumeTrue(io.mqvirtio.linux.IoUring.unavailable() == null, "no io_uring");
+        }
         String tap = "mqvf" + Integer.toHexString(ThreadLocalRandom.current().nextInt(0x10000));
         try (TestNetns ns = TestNetns.create()) {
-            TapBackend backend = ns.inside(() -> TapBackend.open(tap, 1));
+            TapBackend backend = ns.inside(() -> TapBackend.open(tap, 1, how));
             ns.ip("link", "set", tap, "up");
             try (NetDevice dev = new NetDevice(NetDevice.Config.of("tapfault", 1), backend);
                  VhostUserServer server = VhostUserServer.listen(dir.resolve("t.sock"), dev);
@@ -82,6 +89,7 @@ class TapFaultTest {
                 assertThat(c.errors()).as("frames into a deleted TAP").isEqualTo(7);
                 assertThat(d.tx(0).err.drain()).as("the error eventfd: no ring broke").isZero();
                 assertThat(d.fe.getVringBase(1)).isEqualTo(next);
+                assertThat(dev.ioMethods()).containsExactly("readv", method);
             }
         }
     }

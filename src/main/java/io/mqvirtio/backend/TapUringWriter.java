@@ -1,0 +1,185 @@
+package io.mqvirtio.backend;
+
+import io.mqvirtio.linux.ErrnoException;
+import io.mqvirtio.linux.IoUring;
+import io.mqvirtio.linux.IoVec;
+import io.mqvirtio.linux.Tap;
+import java.lang.foreign.Arena;
+import java.lang.foreign.MemorySegment;
+import java.util.Arrays;
+
+/**
+ * One TAP queue's TX writes batched through io_uring: each frame (header and frame) is copied into a slot of one
+ * registered buffer when the worker takes it from the guest, and a burst's frames go to the kernel as
+ * {@code IORING_OP_WRITE_FIXED} entries on the registered queue fd, with one {@code io_uring_enter} for all of them.
+ * A TAP write completes inline, in the submitting thread: no io_uring worker thread is involved ({@link #probe}
+ * checks that before a backend uses it).
+ *
+ * <p>The copy into the slot is what makes the registered buffer possible without registering (and pinning) all of
+ * a guest's memory, whose map the frontend may change at any time; it also frees the guest's buffer at once, so the
+ * chain is completed as it is now. Frames larger than a slot are not taken: the worker sends them with {@code
+ * writev} after flushing what is queued, so their order holds.
+ *
+ * <p>Owned by the queue pair's worker thread: the ring is made by the first {@link #queue} (io_uring's
+ * SINGLE_ISSUER ties it to the thread that made it) and closed by the backend after the workers stopped. Anything
+ * unexpected from io_uring (a failed setup or registration, e.g. RLIMIT_MEMLOCK; a failed enter; a completion that
+ * is not ours) turns it off for good: {@link #failure()} says why, and the port writes with writev from then on.
+ */
+final class TapUringWriter implements AutoCloseable {
+    /** Frames per submission: the worker's read-ahead batch. */
+    static final int SLOTS = 32;
+    /** A slot: header and an MTU-sized frame (12 + 1514, with room for a VLAN tag and more). */
+    static final int SLOT_BYTES = 2048;
+
+    private final Tap queue;
+    private IoUring ring;
+    private MemorySegment slots;
+    private final int[] lens = new int[SLOTS];
+    private int count;
+    private final long[] data = new long[SLOTS];
+    private final int[] res = new int[SLOTS];
+    private final boolean[] seen = new boolean[SLOTS];
+    private volatile String failure;
+
+    TapUringWriter(Tap queue) {
+        this.queue = queue;
+    }
+
+    /**
+     * Why TAP writes through io_uring cannot be used here, or null: io_uring is there and a write to {@code queue}
+     * completes inside {@code io_uring_enter} (the kernel did not hand it to a worker thread). The probe writes one
+     * byte, less than the virtio-net header, so the TAP refuses it (EINVAL, or EBADFD on a detached queue) and
+     * nothing reaches the host.
+     */
+    static String probe(Tap queue) {
+        String why = IoUring.unavailable();
+        if (why != null) {
+            return why;
+        }
+        try (IoUring r = IoUring.create(2); Arena a = Arena.ofConfined()) {
+            MemorySegment b = a.allocate(4096, 4096);
+            r.registerFiles(queue.fd());
+            r.registerBuffers(b);
+            r.prepare(IoUring.OP_WRITE_FIXED, IoUring.SQE_FIXED_FILE, 0, b.address(), 1, -1, 0, 7);
+            r.submit(0);
+            long[] d = new long[2];
+            int[] s = new int[2];
+            if (r.reap(d, s, 2) != 1) {
+                return "a TAP write did not complete inside io_uring_enter (the kernel would use worker threads)";
+            }
+            if (d[0] != 7 || s[0] >= 0) {
+                return "a TAP write of one byte through io_uring answered " + s[0] + " (expected a refusal)";
+            }
+            return null;
+        } catch (RuntimeException e) {
+            return e.getMessage();
+        }
+    }
+
+    /** Why this writer is off (then the port writes with writev), or null while it is in use. */
+    String failure() {
+        return failure;
+    }
+
+    /** Frames held for the next {@link #flush}. */
+    int queued() {
+        return count;
+    }
+
+    /**
+     * Copies {@code frame} (header then frame) into the next slot; false when it is not taken: larger than a slot,
+     * the slots full (flush first), or the writer off.
+     */
+    boolean queue(IoVec frame) {
+        long total = frame.totalBytes();
+        if (total > SLOT_BYTES || count == SLOTS || failure != null || (ring == null && !open())) {
+            return false;
+        }
+        frame.copyTo(slots, (long) count * SLOT_BYTES, total);
+        lens[count++] = (int) total;
+        return true;
+    }
+
+    private boolean open() {
+        IoUring r = null;
+        try {
+            r = IoUring.create(SLOTS);
+            MemorySegment s = Arena.ofAuto().allocate((long) SLOTS * SLOT_BYTES, 4096);
+            r.registerFiles(queue.fd());
+            r.registerBuffers(s);
+            ring = r;
+            slots = s;
+            return true;
+        } catch (RuntimeException e) {
+            if (r != null) {
+                r.close();
+            }
+            failure = "io_uring set-up failed: " + e.getMessage();
+            return false;
+        }
+    }
+
+    /**
+     * Writes the queued frames, one submission for all; {@code results[i]} is frame i's (bytes written, or -errno:
+     * EIO for a TAP that is down, EINVAL for a bad header, EBADFD for a detached queue, EAGAIN for a full send
+     * buffer). Returns how many frames there were. If io_uring itself fails, every frame of the batch gets -EIO and
+     * the writer turns itself off.
+     */
+    int flush(long[] results) {
+        int n = count;
+        count = 0;
+        if (n == 0) {
+            return 0;
+        }
+        Arrays.fill(seen, 0, n, false);
+        try {
+            long base = slots.address();
+            for (int i = 0; i < n; i++) {
+                if (!ring.prepare(IoUring.OP_WRITE_FIXED, IoUring.SQE_FIXED_FILE, 0, base + (long) i * SLOT_BYTES,
+                        lens[i], -1, 0, i)) {
+                    throw new IllegalStateException("io_uring submission ring full with " + i + " of " + n + " entries");
+                }
+            }
+            int taken = ring.submit(n);
+            if (taken != n) {
+                throw new IllegalStateException("io_uring_enter took " + taken + " of " + n + " writes");
+            }
+            int got = 0;
+            int waits = 0;
+            while (got < n) {
+                int k = ring.reap(data, res, n - got);
+                for (int j = 0; j < k; j++) {
+                    long d = data[j];
+                    if (d < 0 || d >= n || seen[(int) d]) {
+                        throw new IllegalStateException("io_uring completed an entry that is not in flight: " + d);
+                    }
+                    seen[(int) d] = true;
+                    results[(int) d] = res[j];
+                }
+                got += k;
+                if (got < n) {
+                    if (++waits > n) {
+                        throw new IllegalStateException("io_uring completions missing: " + got + " of " + n);
+                    }
+                    ring.submit(n - got); // wait for the rest (a TAP write completes inline: not reached)
+                }
+            }
+        } catch (RuntimeException e) {
+            failure = "io_uring failed: " + e.getMessage();
+            for (int i = 0; i < n; i++) {
+                if (!seen[i]) {
+                    results[i] = -ErrnoException.EIO; // not known to be written: counted as failed
+                }
+            }
+        }
+        return n;
+    }
+
+    @Override
+    public void close() {
+        if (ring != null) {
+            ring.close(); // drops the ring's reference to the queue's file: a TAP we made can go with its last fd
+            ring = null;
+        }
+    }
+}
