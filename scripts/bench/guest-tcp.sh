@@ -3,7 +3,8 @@
 # namespace of its own, with the guest's NIC served by mqvirtio (vhost-user) or by QEMU's own userspace virtio-net
 # (-netdev tap,vhost=off), or QEMU with the kernel's vhost-net (vhost=on, backend qemu-vhost, where /dev/vhost-net
 # exists): one stream and one per vCPU, each way, with the guest's offloads (TSO/GSO/GRO) on and off.
-# Prints Mbit/s per case and the per-queue packet counts the guest saw (each vCPU's flow on its own queue pair).
+# Prints Mbit/s per case and the per-queue packet counts the guest saw (each vCPU's flow on its own queue pair), and,
+# for mqvirtio, which pair carried each TCP flow each way (from serve --capture, read by tshark).
 #   scripts/bench/guest-tcp.sh [--pairs N] [--mb MB] [--backends "ours qemu qemu-vhost"] [--offloads "on off"] [--out DIR]
 # MQVIRTIO_CMD: the mqvirtio command to run serve with (default bin/mqvirtio; the tests give their own jar).
 # Root. Without /dev/vhost-net, qemu-vhost is skipped with a line saying so (the default backends are "ours qemu",
@@ -51,9 +52,11 @@ for backend in $backends; do
     case "$backend" in
       ours)
         sock="$out/vm.sock"; rm -f "$sock"
+        cap="$out/capture-$off"; rm -rf "$cap"
         ip netns exec "$ns" "${mqvirtio[@]}" serve --socket-path "$sock" --queues "$pairs" --tap "$tap" \
-          --name vm --metrics 127.0.0.1:9464 >"$out/serve-$off.log" 2>&1 &
-        pids+=($!)
+          --name vm --metrics 127.0.0.1:9464 --capture "$cap" --capture-snaplen 96 >"$out/serve-$off.log" 2>&1 &
+        serve_pid=$!
+        pids+=($serve_pid)
         for _ in $(seq 300); do [ -S "$sock" ] && break; sleep 0.1; done
         [ -S "$sock" ] || { echo "serve did not start: $(tail -3 "$out/serve-$off.log")" >&2; exit 1; }
         net=(--vhost-user "$sock")
@@ -85,9 +88,33 @@ for backend in $backends; do
         dev="$dev $(printf '%.0f/%.0f' "${t:-0}" "${x:-0}")"
       done
       per="$per  (device:$dev)"
+      # Which pair carried each TCP flow, both ways, from the device's own capture (the headers of every frame each
+      # pair moved, read back by tshark after serve closed the files). The guest runs the flow to host port 5001+i
+      # (and from 5101+i) on vCPU i, so it belongs on pair i both ways: its share there is printed per flow, as
+      # host:guest port=pair(share of its guest-TX frames)/pair(share of its RX frames). The rest is the TAP's
+      # doing: it steers a flow's first replies (the SYN-ACK) before it has learned the flow's queue from the guest.
+      kill "$serve_pid" 2>/dev/null || true
+      wait "$serve_pid" 2>/dev/null || true
+      flows_line="$(for f in "$cap"/vm-qp*.pcapng; do
+          q="${f##*-qp}"; q="${q%.pcapng}"
+          tshark -r "$f" -Y tcp -T fields -e frame.packet_flags_direction -e tcp.srcport -e tcp.dstport 2>/dev/null \
+            | awk -v q="$q" '{ d = ($1 ~ /2$/) ? "tx" : "rx"; h = ($2 >= 5001 && $2 <= 5199) ? $2 : $3
+                               g = (h == $2) ? $3 : $2; print h ":" g, d, q }'
+        done | awk '
+          { f = $1; seen[f] = 1; n[f, $2, $3]++; all[f, $2]++; if ($3 > maxq) maxq = $3 }
+          END { ok = "yes"; off = 0; total = 0
+                for (f in seen) { split(f, p, ":"); want = (p[1] >= 5101) ? p[1] - 5101 : p[1] - 5001
+                  line = line " " f "="
+                  for (d = 0; d < 2; d++) { dir = d ? "rx" : "tx"; best = -1; bn = 0
+                    for (q = 0; q <= maxq; q++) if (n[f, dir, q] > bn) { bn = n[f, dir, q]; best = q }
+                    line = line (d ? "/" : "") (best < 0 ? "-" : best "(" int(100 * bn / all[f, dir]) "%)")
+                    if (best != want) ok = "no"
+                    off += all[f, dir] - n[f, dir, want]; total += all[f, dir] } }
+                printf "flows (host:guest port=pair tx/rx):%s\n  each flow mostly on its vCPU'"'"'s pair both ways: %s; frames off it: %d of %d\n", line, ok, off, total }')"
     fi
     printf '%-10s %-9s %10s %10s %12s %12s  %s\n' "$backend" "$off($(r offloads))" "$(r up1_mbps)" "$(r upN_mbps)" \
       "$(r down1_mbps)" "$(r downN_mbps)" "$per"
+    if [ "$backend" = ours ]; then echo "  $flows_line"; fi
   done
 done
 echo "(Mbit/s of payload; up: guest to host; consoles and logs in $out)"

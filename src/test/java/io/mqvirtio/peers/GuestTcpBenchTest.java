@@ -15,7 +15,8 @@ import org.junit.jupiter.api.io.TempDir;
 /**
  * {@code scripts/bench/guest-tcp.sh}, the guest's bulk TCP benchmark (docs/performance.md), still runs: the real guest
  * moves data both ways through mqvirtio serve and a TAP, and the script prints its rates and per-queue packets and
- * leaves no namespace behind. Its figures are not checked: speed is the benchmark's to report.
+ * leaves no namespace behind. Its figures are not checked: speed is the benchmark's to report. What is checked is
+ * multiqueue end to end: each vCPU's flow is carried by that vCPU's pair, both ways, by the device's own capture.
  */
 @Tag("peer")
 class GuestTcpBenchTest {
@@ -53,6 +54,14 @@ class GuestTcpBenchTest {
             assertThat(Long.parseLong(dev[q])).as("device count %d of %s against the guest's", q, m.group())
                     .isBetween(guest, guest + 8);
         }
+        // every flow, guest TX and RX, mostly on the pair of the vCPU it ran on (the TAP steers a flow's first reply
+        // before it learns the flow's queue, so a few frames may go elsewhere), and the 2-stream flows on both pairs
+        Matcher f = Pattern.compile("each flow mostly on its vCPU's pair both ways: (\\w+); frames off it: (\\d+) of (\\d+)")
+                .matcher(out);
+        assertThat(f.find()).as(out).isTrue();
+        assertThat(f.group(1)).as(out).isEqualTo("yes");
+        assertThat(Long.parseLong(f.group(3))).as(out).isPositive();
+        assertThat(out).containsPattern(" 5002:\\d+=1\\(\\d+%\\)/1\\(\\d+%\\)").containsPattern(" 5102:\\d+=1\\(\\d+%\\)/1\\(");
         Process ns = new ProcessBuilder("ip", "netns", "list").redirectErrorStream(true).start();
         String list = new String(ns.getInputStream().readAllBytes(), StandardCharsets.UTF_8);
         ns.waitFor(10, TimeUnit.SECONDS);
