@@ -13,7 +13,8 @@ public enum Scenario {
     TAP_TO_OURS(6, "tap->ours", "host sender (packet sockets, sendmmsg) -> multiqueue TAP -> our backend -> our driver", false, true),
     WRITEV_TO_TAP(7, "writev->tap", "syscall-bound reference of 5: one writev per frame on each TAP queue fd, nothing else", false, true),
     TAP_TO_READV(8, "tap->readv", "syscall-bound reference of 6: host sender as in 6, one readv per frame from each TAP queue fd", false, true),
-    URING_TO_TAP(9, "uring->tap", "batched writes past the syscall bound: 32 IORING_OP_WRITE_FIXED (registered file and buffer) per io_uring_enter on each TAP queue fd, against 7", false, true);
+    URING_TO_TAP(9, "uring->tap", "batched writes past the syscall bound: 32 IORING_OP_WRITE_FIXED (registered file and buffer) per io_uring_enter on each TAP queue fd, against 7", false, true),
+    TAP_TO_URING(10, "tap->uring", "batched reads: host sender as in 6, up to 32 IORING_OP_READ_FIXED with RWF_NOWAIT (registered file and buffer) per io_uring_enter on each TAP queue fd, as many as the queue held last time, against 8", false, true);
 
     /** The scenario the virtio ones are compared with, at the same frame size and queue pairs. */
     public static final Scenario REFERENCE = DPDK_TO_DPDK;
@@ -66,7 +67,7 @@ public enum Scenario {
     public Scenario reference() {
         return switch (this) {
             case OURS_TO_TAP, WRITEV_TO_TAP, URING_TO_TAP -> WRITEV_TO_TAP;
-            case TAP_TO_OURS, TAP_TO_READV -> TAP_TO_READV;
+            case TAP_TO_OURS, TAP_TO_READV, TAP_TO_URING -> TAP_TO_READV;
             default -> REFERENCE;
         };
     }

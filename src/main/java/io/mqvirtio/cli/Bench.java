@@ -51,7 +51,8 @@ public final class Bench {
                     + "own; root), 6 tap->ours (packet sockets on the host side of the TAP -> our backend -> our driver; "
                     + "root), 7 writev->tap and 8 tap->readv (the syscall-bound loops 5 and 6 are compared with: one "
                     + "writev / readv per frame on each TAP queue fd; root), 9 uring->tap (7's writes, 32 per io_uring_enter: "
-                    + "what batching the system calls buys; root); default ${DEFAULT-VALUE}"})
+                    + "what batching the system calls buys; root), 10 tap->uring (8's reads, up to 32 per io_uring_enter; "
+                    + "root); default ${DEFAULT-VALUE}"})
         String scenarios;
 
         @Option(names = "--sizes", paramLabel = "LIST", split = ",", hideParamSyntax = true, defaultValue = "64,512,1500",

@@ -184,6 +184,15 @@ public final class IoUring implements AutoCloseable {
      */
     public boolean prepare(byte op, byte flags, int target, long addr, int len, long offset, int bufIndex,
                            long userData) {
+        return prepare(op, flags, target, addr, len, offset, bufIndex, 0, userData);
+    }
+
+    /** RWF_NOWAIT for {@code rwFlags}: a read that would wait completes with -EAGAIN instead of waiting armed. */
+    public static final int RWF_NOWAIT = 8;
+
+    /** The same with the read/write flags of the entry ({@link #RWF_NOWAIT}). */
+    public boolean prepare(byte op, byte flags, int target, long addr, int len, long offset, int bufIndex, int rwFlags,
+                           long userData) {
         if (free() <= 0) {
             return false;
         }
@@ -196,6 +205,7 @@ public final class IoUring implements AutoCloseable {
         e.set(ValueLayout.JAVA_LONG, 8, offset);
         e.set(ValueLayout.JAVA_LONG, 16, addr);
         e.set(ValueLayout.JAVA_INT, 24, len);
+        e.set(ValueLayout.JAVA_INT, 28, rwFlags);
         e.set(ValueLayout.JAVA_LONG, 32, userData);
         tail++;
         return true;

@@ -227,7 +227,7 @@ class BenchCommandTest {
 
     @Test
     void argumentErrorsAreClear() {
-        assertBad("unknown scenario '10'", "--scenarios", "1,10");
+        assertBad("unknown scenario '11'", "--scenarios", "1,11");
         assertBad("--sizes: each value must be in 60..1518, got 20", "--sizes", "20");
         assertBad("Invalid value for option '--pairs' (LIST): 'x' is not an int", "--pairs", "x");
         assertBad("--cpus needs TX:RX CPU lists", "--cpus", "0");

@@ -94,7 +94,7 @@ class BenchPeersTest {
     /**
      * The TAP path both ways beside its syscall-bound references: our driver through our backend into the TAP (5)
      * against one writev per frame (7), frames sent on the TAP's host side through our backend into our driver (6)
-     * against one readv per frame (8). The kernel counted what was written, our driver received the host's frames
+     * against one readv per frame (8), and io_uring's batched forms of both loops (9, 10). The kernel counted what was written, our driver received the host's frames
      * whole on both queues, each point is compared with the loop of its direction, and no namespace is left.
      */
     @Test
@@ -102,10 +102,10 @@ class BenchPeersTest {
     void tapScenariosRunBesideTheirSyscallLoopsAndDeleteTheirNamespaces() throws Exception {
         Peers.requireRoot("a TAP device in a network namespace");
         Path out = dir.resolve("out");
-        BenchCommandTest.Out o = bench("--scenarios", "5,6,7,8,9", "--pairs", "2", "--sizes", "64", "--seconds", "0.4",
+        BenchCommandTest.Out o = bench("--scenarios", "5,6,7,8,9,10", "--pairs", "2", "--sizes", "64", "--seconds", "0.4",
                 "--warmup", "0.2", "--layout", "packed", "--out", out.toString());
         assertThat(o.rc()).as(o.out() + o.err()).isZero();
-        List<Map<String, String>> rows = checkOutputs(out, 5);
+        List<Map<String, String>> rows = checkOutputs(out, 6);
         for (Map<String, String> r : rows) {
             assertThat(r.get("status")).as("%s%n%s", r, o.err()).isEqualTo("ok");
             assertThat(num(r, "mpps")).as("rate of %s", r).isPositive();
@@ -129,6 +129,11 @@ class BenchPeersTest {
         // 9: io_uring's batched writes, compared with 7's writev loop; the kernel counted them too
         assertThat(rows.get(4).get("note")).contains("32 IORING_OP_WRITE_FIXED per io_uring_enter");
         assertThat(Long.parseLong(rows.get(4).get("note").replaceAll(".*rx_packets \\+(\\d+).*", "$1"))).isPositive();
+        // 10: io_uring's batched reads of the host's frames, compared with 8's readv loop, on both queues
+        assertThat(rows.get(5).get("note")).contains("IORING_OP_READ_FIXED (RWF_NOWAIT) per io_uring_enter");
+        String perQueue10 = rows.get(5).get("note").replaceAll(".*per queue Mpps ([0-9. ]+).*", "$1").trim();
+        assertThat(perQueue10.split(" ")).as("frames on both queues: %s", rows.get(5).get("note"))
+                .hasSize(2).allSatisfy(q -> assertThat(Double.parseDouble(q)).isPositive());
         Process p = new ProcessBuilder("ip", "netns", "list").redirectErrorStream(true).start();
         String list = new String(p.getInputStream().readAllBytes());
         p.waitFor(10, TimeUnit.SECONDS);
