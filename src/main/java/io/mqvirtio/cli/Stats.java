@@ -195,8 +195,8 @@ final class Stats {
         prev.devices().forEach(d -> before.put(d.name(), d));
         StringBuilder b = new StringBuilder();
         for (DeviceStats d : now.devices()) {
-            DeviceStats p = before.get(d.name());
-            if (p == null || secs <= 0 || p.queues().size() != d.queues().size() || restarted(p, d)) {
+            double[][] rates = queueRates(before.get(d.name()), d, secs);
+            if (rates == null) {
                 out.print(b);
                 b.setLength(0);
                 out.println(LocalTime.now().format(CLOCK) + " " + d.name() + ": counters restarted; totals:");
@@ -207,16 +207,12 @@ final class Stats {
                     d.connected() ? "connected" : "not connected"));
             b.append(String.format("%-6s %12s %10s %10s %10s %10s %10s%n", "queue", "pps", "Mbit/s", "drops/s", "errors/s",
                     "kicks/s", "notifies/s"));
-            double[] sum = new double[6];
+            double[] sum = new double[RATES];
             for (int i = 0; i < d.queues().size(); i++) {
-                long[] v = values(d.queues().get(i));
-                long[] w = values(p.queues().get(i));
-                double[] r = new double[6];
-                for (int k = 0; k < 6; k++) {
-                    r[k] = (v[k] - w[k]) / secs;
-                    sum[k] += r[k];
+                for (int k = 0; k < RATES; k++) {
+                    sum[k] += rates[i][k];
                 }
-                b.append(row(d.queues().get(i).label(), r));
+                b.append(row(d.queues().get(i).label(), rates[i]));
             }
             b.append(row("total", sum));
         }
@@ -229,17 +225,31 @@ final class Stats {
                 r[4], r[5]);
     }
 
-    private static boolean restarted(DeviceStats p, DeviceStats d) {
-        for (int i = 0; i < d.queues().size(); i++) {
-            long[] v = values(d.queues().get(i));
-            long[] w = values(p.queues().get(i));
-            for (int k = 0; k < 6; k++) {
+    /** Columns of {@link #queueRates}: packets, bytes, drops, errors, kicks, notifications per second. */
+    static final int RATES = 6;
+
+    /**
+     * Each queue's per-second rates from {@code prev} to {@code now} (one device's two samples, {@code seconds} apart),
+     * {@link #RATES} columns in the order of {@link #values}; null when there is no earlier sample, no time between
+     * them, another set of queues, or a counter that went back (a restarted serve). The one place the CLI's views
+     * (the table, the live screen, the plot) get rates from.
+     */
+    static double[][] queueRates(DeviceStats prev, DeviceStats now, double seconds) {
+        if (prev == null || seconds <= 0 || prev.queues().size() != now.queues().size()) {
+            return null;
+        }
+        double[][] r = new double[now.queues().size()][RATES];
+        for (int i = 0; i < r.length; i++) {
+            long[] v = values(now.queues().get(i));
+            long[] w = values(prev.queues().get(i));
+            for (int k = 0; k < RATES; k++) {
                 if (v[k] < w[k]) {
-                    return true;
+                    return null;
                 }
+                r[i][k] = (v[k] - w[k]) / seconds;
             }
         }
-        return false;
+        return r;
     }
 
     private static long[] values(DeviceStats.Queue q) {

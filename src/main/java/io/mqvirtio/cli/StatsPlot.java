@@ -39,24 +39,20 @@ final class StatsPlot {
             Map<String, DeviceStats> before = new LinkedHashMap<>();
             a.devices().forEach(d -> before.put(d.name(), d));
             for (DeviceStats d : b.devices()) {
-                DeviceStats p = before.get(d.name());
-                if (p == null || secs <= 0 || p.queues().size() != d.queues().size()) {
-                    continue;
+                double[][] rates = Stats.queueRates(before.get(d.name()), d, secs);
+                if (rates == null) {
+                    continue; // no earlier sample of it, or its counters restarted
                 }
                 byDevice.computeIfAbsent(d.name(), k -> new XYSeriesCollection());
                 Map<String, XYSeries> mine = series.computeIfAbsent(d.name(), k -> new LinkedHashMap<>());
                 for (int i = 0; i < d.queues().size(); i++) {
-                    long n = d.queues().get(i).packets() - p.queues().get(i).packets();
-                    if (n < 0) {
-                        continue; // counters restarted
-                    }
                     String label = d.queues().get(i).label();
                     XYSeries xy = mine.computeIfAbsent(label, k -> {
                         XYSeries fresh = new XYSeries(k, true, false);
                         byDevice.get(d.name()).addSeries(fresh);
                         return fresh;
                     });
-                    xy.add(x, n / secs);
+                    xy.add(x, rates[i][0]);
                 }
             }
         }

@@ -40,26 +40,19 @@ final class StatsView {
 
     /** The rates of each pair of {@code now} against {@code prev} (same device), or null if its counters restarted. */
     static List<PairRates> rates(DeviceStats prev, DeviceStats now, double seconds) {
-        if (prev == null || seconds <= 0 || prev.queues().size() != now.queues().size()) {
+        double[][] q = Stats.queueRates(prev, now, seconds);
+        if (q == null) {
             return null;
         }
         Map<Integer, double[]> byPair = new java.util.TreeMap<>();
-        for (int i = 0; i < now.queues().size(); i++) {
-            DeviceStats.Queue q = now.queues().get(i);
-            DeviceStats.Queue p = prev.queues().get(i);
-            long[] d = {q.packets() - p.packets(), q.bytes() - p.bytes(), q.drops() - p.drops(), q.errors() - p.errors(),
-                q.kicks() - p.kicks(), q.notifications() - p.notifications()};
-            for (long x : d) {
-                if (x < 0) {
-                    return null; // a restarted serve
-                }
-            }
-            double[] r = byPair.computeIfAbsent(q.pair(), k -> new double[8]);
-            int at = q.direction().equals("rx") ? 0 : 2;
-            r[at] += d[0] / seconds;
-            r[at + 1] += d[1] / seconds;
-            for (int k = 2; k < 6; k++) {
-                r[2 + k] += d[k] / seconds;
+        for (int i = 0; i < q.length; i++) {
+            DeviceStats.Queue queue = now.queues().get(i);
+            double[] r = byPair.computeIfAbsent(queue.pair(), k -> new double[8]);
+            int at = queue.direction().equals("rx") ? 0 : 2;
+            r[at] += q[i][0];
+            r[at + 1] += q[i][1];
+            for (int k = 2; k < Stats.RATES; k++) {
+                r[2 + k] += q[i][k];
             }
         }
         List<PairRates> out = new ArrayList<>();

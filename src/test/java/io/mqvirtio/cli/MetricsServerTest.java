@@ -236,6 +236,29 @@ class MetricsServerTest {
         assertThat(r.toString(StandardCharsets.UTF_8)).contains("counters restarted").containsPattern("(?m)^tx0\\s+100\\s+10000");
     }
 
+    /** One source of rates for the table, the live view and the plot: a counter that went back means no rates. */
+    @Test
+    void queueRatesAreEachQueuesAndNoneAfterARestart() {
+        DeviceStats a = new DeviceStats("d", "s", "b", 1, true, List.of(new DeviceStats.Queue(0, "rx", 10, 1000, 0, 0, 4, 2),
+                new DeviceStats.Queue(0, "tx", 100, 10_000, 1, 0, 50, 20)));
+        DeviceStats b = new DeviceStats("d", "s", "b", 1, true, List.of(new DeviceStats.Queue(0, "rx", 30, 5000, 0, 2, 8, 2),
+                new DeviceStats.Queue(0, "tx", 2100, 260_000, 3, 0, 250, 220)));
+        double[][] r = Stats.queueRates(a, b, 2);
+        assertThat(r[0]).containsExactly(10, 2000, 0, 1, 2, 0);
+        assertThat(r[1]).containsExactly(1000, 125_000, 1, 0, 100, 100);
+        assertThat(StatsView.rates(a, b, 2)).singleElement().satisfies(p -> {
+            assertThat(p.rxPps()).isEqualTo(10);
+            assertThat(p.txPps()).isEqualTo(1000);
+            assertThat(p.kicks()).isEqualTo(102);
+        });
+        DeviceStats restarted = new DeviceStats("d", "s", "b", 1, true, List.of(new DeviceStats.Queue(0, "rx", 30, 5000, 0, 2, 8, 2),
+                new DeviceStats.Queue(0, "tx", 2100, 260_000, 3, 0, 1, 220))); // kicks went back
+        assertThat(Stats.queueRates(b, restarted, 1)).isNull();
+        assertThat(StatsView.rates(b, restarted, 1)).isNull();
+        assertThat(Stats.queueRates(null, b, 1)).isNull();
+        assertThat(Stats.queueRates(a, b, 0)).isNull();
+    }
+
     /** The live view: a line per pair with both directions, within the terminal's width and height. */
     @Test
     void liveViewFitsTheTerminal() {
