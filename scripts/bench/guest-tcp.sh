@@ -90,27 +90,36 @@ for backend in $backends; do
       per="$per  (device:$dev)"
       # Which pair carried each TCP flow, both ways, from the device's own capture (the headers of every frame each
       # pair moved, read back by tshark after serve closed the files). The guest runs the flow to host port 5001+i
-      # (and from 5101+i) on vCPU i, so it belongs on pair i both ways: its share there is printed per flow, as
-      # host:guest port=pair(share of its guest-TX frames)/pair(share of its RX frames). The rest is the TAP's
-      # doing: it steers a flow's first replies (the SYN-ACK) before it has learned the flow's queue from the guest.
+      # (and from 5101+i) on vCPU i, so it belongs on pair i both ways, and it settles there: printed per flow as
+      # host:guest port=pair(share of its guest-TX frames there)/pair(share of its RX frames). Frames elsewhere are
+      # the TAP's doing: it steers a flow's first replies (the SYN-ACK) before it has learned the flow's queue from
+      # the guest, and a download follows the guest's ACKs from the CPU that took that interrupt for a while.
       kill "$serve_pid" 2>/dev/null || true
       wait "$serve_pid" 2>/dev/null || true
-      flows_line="$(for f in "$cap"/vm-qp*.pcapng; do
-          q="${f##*-qp}"; q="${q%.pcapng}"
-          tshark -r "$f" -Y tcp -T fields -e frame.packet_flags_direction -e tcp.srcport -e tcp.dstport 2>/dev/null \
-            | awk -v q="$q" '{ d = ($1 ~ /2$/) ? "tx" : "rx"; h = ($2 >= 5001 && $2 <= 5199) ? $2 : $3
-                               g = (h == $2) ? $3 : $2; print h ":" g, d, q }'
-        done | awk '
-          { f = $1; seen[f] = 1; n[f, $2, $3]++; all[f, $2]++; if ($3 > maxq) maxq = $3 }
+      frames="$out/flows-$off.txt"
+      for f in "$cap"/vm-qp*.pcapng; do
+        q="${f##*-qp}"; q="${q%.pcapng}"
+        tshark -r "$f" -Y tcp -T fields -e frame.time_epoch -e frame.packet_flags_direction -e tcp.srcport \
+          -e tcp.dstport 2>/dev/null \
+          | awk -v q="$q" '{ d = ($2 ~ /2$/) ? "tx" : "rx"; h = ($3 >= 5001 && $3 <= 5199) ? $3 : $4
+                             g = (h == $3) ? $4 : $3; print $1, h ":" g, d, q }'
+      done | sort -n >"$frames"
+      # a flow's pair each way is where its second half went (by time): where it settled once the TAP learned it
+      flows_line="$(awk '
+          NR == FNR { all[$2, $3]++; next }
+          { f = $2; k = f SUBSEP $3; seen[f] = 1; at[k]++; if ($4 > maxq) maxq = $4
+            if (at[k] > all[k] / 2) late[k, $4]++; n[k, $4]++ }
           END { ok = "yes"; off = 0; total = 0
                 for (f in seen) { split(f, p, ":"); want = (p[1] >= 5101) ? p[1] - 5101 : p[1] - 5001
                   line = line " " f "="
-                  for (d = 0; d < 2; d++) { dir = d ? "rx" : "tx"; best = -1; bn = 0
-                    for (q = 0; q <= maxq; q++) if (n[f, dir, q] > bn) { bn = n[f, dir, q]; best = q }
-                    line = line (d ? "/" : "") (best < 0 ? "-" : best "(" int(100 * bn / all[f, dir]) "%)")
+                  for (d = 0; d < 2; d++) { dir = d ? "rx" : "tx"; k = f SUBSEP dir; best = -1; bn = 0
+                    for (q = 0; q <= maxq; q++) if (late[k, q] > bn) { bn = late[k, q]; best = q }
+                    line = line (d ? "/" : "") (best < 0 ? "-" : best "(" int(100 * n[k, best] / all[k]) "%)")
                     if (best != want) ok = "no"
-                    off += all[f, dir] - n[f, dir, want]; total += all[f, dir] } }
-                printf "flows (host:guest port=pair tx/rx):%s\n  each flow mostly on its vCPU'"'"'s pair both ways: %s; frames off it: %d of %d\n", line, ok, off, total }')"
+                    off += all[k] - n[k, want]; total += all[k] } }
+                printf "flows (host:guest port=pair tx/rx, share of all its frames):%s\n", line
+                printf "  each flow settles on its vCPU'"'"'s pair both ways: %s; frames off it: %d of %d\n", ok, off, total }' \
+          "$frames" "$frames")"
     fi
     printf '%-10s %-9s %10s %10s %12s %12s  %s\n' "$backend" "$off($(r offloads))" "$(r up1_mbps)" "$(r upN_mbps)" \
       "$(r down1_mbps)" "$(r downN_mbps)" "$per"

@@ -54,9 +54,9 @@ class GuestTcpBenchTest {
             assertThat(Long.parseLong(dev[q])).as("device count %d of %s against the guest's", q, m.group())
                     .isBetween(guest, guest + 8);
         }
-        // every flow, guest TX and RX, mostly on the pair of the vCPU it ran on (the TAP steers a flow's first reply
-        // before it learns the flow's queue, so a few frames may go elsewhere), and the 2-stream flows on both pairs
-        Matcher f = Pattern.compile("each flow mostly on its vCPU's pair both ways: (\\w+); frames off it: (\\d+) of (\\d+)")
+        // every flow, guest TX and RX, settles on the pair of the vCPU it ran on (the TAP steers a flow's first
+        // reply before it learns the flow's queue, so its first frames may go elsewhere), the 2-stream flows on both
+        Matcher f = Pattern.compile("each flow settles on its vCPU's pair both ways: (\\w+); frames off it: (\\d+) of (\\d+)")
                 .matcher(out);
         assertThat(f.find()).as(out).isTrue();
         assertThat(f.group(1)).as(out).isEqualTo("yes");
