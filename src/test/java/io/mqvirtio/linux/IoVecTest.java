@@ -48,6 +48,45 @@ class IoVecTest {
         }
     }
 
+    /**
+     * copyTo moves exactly the entries' bytes for every length (short copies take their own path below 256 bytes:
+     * a 32-byte multiple through MemorySegment.copy, the rest by 8-byte moves, the last one overlapping), never a
+     * byte before or past the destination range, at any alignment of source and destination.
+     */
+    @Test
+    void copyToIsExactForEveryLengthAndAlignment() {
+        try (Arena a = Arena.ofConfined()) {
+            MemorySegment src = a.allocate(1024, 64);
+            for (int i = 0; i < 1024; i++) {
+                src.set(ValueLayout.JAVA_BYTE, i, (byte) (i * 7 + 3));
+            }
+            MemorySegment dst = a.allocate(1024, 64);
+            for (int len = 0; len <= 300; len++) {
+                for (int off : new int[] {0, 1, 5, 12, 63}) {
+                    dst.fill((byte) 0x5a);
+                    IoVec v = new IoVec(2);
+                    int first = len / 3;
+                    v.add(src, off, first);
+                    v.add(src, off + first + 40, len - first);
+                    assertThat(v.copyTo(dst, off + 3, 1000)).isEqualTo(len);
+                    for (int i = 0; i < 1024; i++) {
+                        int rel = i - (off + 3);
+                        byte want = rel < 0 || rel >= len ? (byte) 0x5a
+                                : src.get(ValueLayout.JAVA_BYTE, rel < first ? off + rel : off + 40 + rel);
+                        assertThat(dst.get(ValueLayout.JAVA_BYTE, i)).as("len %d off %d byte %d", len, off, i).isEqualTo(want);
+                    }
+                }
+            }
+            // a limit below the entries' total stops the copy exactly there
+            IoVec v = new IoVec(1);
+            v.add(src, 0, 200);
+            dst.fill((byte) 0);
+            assertThat(v.copyTo(dst, 0, 77)).isEqualTo(77);
+            assertThat(dst.get(ValueLayout.JAVA_BYTE, 76)).isEqualTo(src.get(ValueLayout.JAVA_BYTE, 76));
+            assertThat(dst.get(ValueLayout.JAVA_BYTE, 77)).isZero();
+        }
+    }
+
     @Test
     void rawAddressesGoThroughLikeSegments() {
         try (Arena a = Arena.ofConfined(); UnixSocket.Pair p = UnixSocket.pair()) {
