@@ -35,6 +35,8 @@ public final class IoUring implements AutoCloseable {
     private static final int REGISTER_FILES = 2;
     /** IOSQE_FIXED_FILE: the entry's fd is an index into the registered files. */
     public static final byte SQE_FIXED_FILE = 1;
+    /** RWF_NOWAIT, an entry's read/write flag: a read that would wait completes with -EAGAIN instead of waiting armed. */
+    public static final int RWF_NOWAIT = 8;
 
     public static final byte OP_NOP = 0;
     public static final byte OP_READV = 1;
@@ -186,9 +188,6 @@ public final class IoUring implements AutoCloseable {
                            long userData) {
         return prepare(op, flags, target, addr, len, offset, bufIndex, 0, userData);
     }
-
-    /** RWF_NOWAIT for {@code rwFlags}: a read that would wait completes with -EAGAIN instead of waiting armed. */
-    public static final int RWF_NOWAIT = 8;
 
     /** The same with the read/write flags of the entry ({@link #RWF_NOWAIT}). */
     public boolean prepare(byte op, byte flags, int target, long addr, int len, long offset, int bufIndex, int rwFlags,
