@@ -94,13 +94,9 @@ class IoUringTest {
     void framesWrittenToATapQueueGoInlineWithoutKernelWorkerThreads() throws Exception {
         assumeTrue(Files.exists(Path.of("/dev/net/tun")) && TestNetns.isRoot(), "needs /dev/net/tun and root");
         try (TestNetns ns = TestNetns.create(); IoUring r = IoUring.create(64); Arena a = Arena.ofConfined()) {
-            ns.exec("sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1");
-            String dev = "mqvu" + Integer.toHexString(ThreadLocalRandom.current().nextInt(1 << 20));
-            Tap q = ns.inside(() -> Tap.openQueue(dev, true));
+            Tap q = tapUp(ns);
+            String dev = q.interfaceName();
             try (q) {
-                q.setVnetHdrSize(12);
-                q.setNonBlocking(true);
-                ns.ip("link", "set", "dev", dev, "up");
                 long before = kernelWorkers();
                 // 64 frames (a zero virtio-net header and a 60-byte frame each) in one submission
                 MemorySegment frame = a.allocate(72, 8);
@@ -132,13 +128,9 @@ class IoUringTest {
     void noWaitReadsFromATapTakeWhatWaitsAndNeverWaitThemselves() throws Exception {
         assumeTrue(Files.exists(Path.of("/dev/net/tun")) && TestNetns.isRoot(), "needs /dev/net/tun and root");
         try (TestNetns ns = TestNetns.create(); IoUring r = IoUring.create(8); Arena a = Arena.ofConfined()) {
-            ns.exec("sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1");
-            String dev = "mqvu" + Integer.toHexString(ThreadLocalRandom.current().nextInt(1 << 20));
-            Tap q = ns.inside(() -> Tap.openQueue(dev, true));
+            Tap q = tapUp(ns);
+            String dev = q.interfaceName();
             try (q) {
-                q.setVnetHdrSize(12);
-                q.setNonBlocking(true);
-                ns.ip("link", "set", "dev", dev, "up");
                 MemorySegment slots = a.allocate(8 * 2048, 4096);
                 r.registerFiles(q.fd());
                 r.registerBuffers(slots);
@@ -189,6 +181,25 @@ class IoUringTest {
             if (r.reap(data, res, 8) == 1 && res[0] < 0) {
                 return;
             }
+        }
+    }
+
+    /**
+     * A new TAP in {@code ns} (IPv6 off there, so that the kernel sends nothing of its own), one queue with the
+     * virtio-net header, non-blocking, the link up.
+     */
+    private static Tap tapUp(TestNetns ns) throws Exception {
+        ns.exec("sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1");
+        String dev = "mqvu" + Integer.toHexString(ThreadLocalRandom.current().nextInt(1 << 20));
+        Tap q = ns.inside(() -> Tap.openQueue(dev, true));
+        try {
+            q.setVnetHdrSize(12);
+            q.setNonBlocking(true);
+            ns.ip("link", "set", "dev", dev, "up");
+            return q;
+        } catch (Exception | Error e) {
+            q.close();
+            throw e;
         }
     }
 
