@@ -212,10 +212,7 @@ public final class BenchRunner {
             case DPDK_TO_DPDK -> new DpdkToDpdk(pairs, ring, sock);
             case OURS_TO_DPDK -> new DriverToDpdk(pairs, ring, sock);
             case TAP_TO_OURS -> new TapToBackend(pairs, ring, sock);
-            case WRITEV_TO_TAP -> new SyscallLoop(Scenario.WRITEV_TO_TAP, pairs, ring);
-            case TAP_TO_READV -> new SyscallLoop(Scenario.TAP_TO_READV, pairs, ring);
-            case URING_TO_TAP -> new SyscallLoop(Scenario.URING_TO_TAP, pairs, ring);
-            case TAP_TO_URING -> new SyscallLoop(Scenario.TAP_TO_URING, pairs, ring);
+            case WRITEV_TO_TAP, TAP_TO_READV, URING_TO_TAP, TAP_TO_URING -> new SyscallLoop(s, pairs, ring);
         };
     }
 
@@ -727,14 +724,18 @@ public final class BenchRunner {
         private final ThreadMXBean mx = ManagementFactory.getThreadMXBean();
         private volatile boolean stop;
         private TapInjector injector;
+        /** Whether the loop writes into the TAP (7, 9: the kernel counts) or reads the injector's frames (8, 10). */
+        private final boolean writes;
 
         private record Sample(long nanos, long[] counts, long[] cpu, long kernelRx, long sent, long[] injectCpu) {}
 
         SyscallLoop(Scenario scenario, int pairs, RingMode ring) throws Exception {
-            if ((scenario == Scenario.URING_TO_TAP || scenario == Scenario.TAP_TO_URING) && IoUring.unavailable() != null) {
+            boolean uring = scenario == Scenario.URING_TO_TAP || scenario == Scenario.TAP_TO_URING;
+            if (uring && IoUring.unavailable() != null) {
                 throw new IllegalStateException("io_uring cannot be used here: " + IoUring.unavailable());
             }
             this.scenario = scenario;
+            this.writes = scenario.reference() == Scenario.WRITEV_TO_TAP;
             this.pairs = pairs;
             this.ring = ring;
             this.counts = new AtomicLongArray(pairs * 8);
@@ -773,7 +774,7 @@ public final class BenchRunner {
                     }
                 }));
             }
-            if (scenario == Scenario.TAP_TO_READV || scenario == Scenario.TAP_TO_URING) {
+            if (!writes) {
                 injector = new TapInjector(tap.sockets(injectors(pairs)), size, o.txCpus());
             }
         }
@@ -918,7 +919,7 @@ public final class BenchRunner {
                 c[i] = counts.getAcquire(i * 8);
             }
             long[] cpu = threads.stream().mapToLong(t -> mx.getThreadCpuTime(t.threadId())).toArray();
-            long kernelRx = scenario == Scenario.WRITEV_TO_TAP || scenario == Scenario.URING_TO_TAP ? tap.ns().rxPackets(tap.name()) : -1;
+            long kernelRx = writes ? tap.ns().rxPackets(tap.name()) : -1;
             return new Sample(System.nanoTime(), c, cpu, kernelRx, injector == null ? 0 : injector.sent(),
                     injector == null ? new long[0] : injector.cpu());
         }
@@ -938,7 +939,7 @@ public final class BenchRunner {
             String note;
             long received;
             long sent;
-            if (scenario == Scenario.WRITEV_TO_TAP || scenario == Scenario.URING_TO_TAP) {
+            if (writes) {
                 received = b.kernelRx() - a.kernelRx(); // what the kernel counted of the writes
                 sent = done;
                 note = "tap " + tap.name() + " in netns " + tap.ns().name() + " counted rx_packets +" + received
@@ -953,8 +954,9 @@ public final class BenchRunner {
                     per.append(String.format(Locale.ROOT, " %.3f", (b.counts()[i] - a.counts()[i]) / seconds / 1e6));
                 }
                 note = "tap " + tap.name() + " in netns " + tap.ns().name() + ", " + a.injectCpu().length
-                        + " sender thread(s); " + (scenario == Scenario.TAP_TO_URING
-                        ? "up to " + URING_BURST + " IORING_OP_READ_FIXED (RWF_NOWAIT) per io_uring_enter" : "one readv per frame") + "; per queue Mpps" + per;
+                        + " sender thread(s); " + (scenario == Scenario.TAP_TO_URING ? "up to " + URING_BURST
+                        + " IORING_OP_READ_FIXED (RWF_NOWAIT) per io_uring_enter" : "one readv per frame")
+                        + "; per queue Mpps" + per;
             }
             return new Measurement(scenario, size, pairs, ring, Measurement.UNKNOWN, received, seconds, sent, seconds,
                     cpu, Measurement.Status.OK, note);
