@@ -1,5 +1,6 @@
 package io.mqvirtio.capture;
 
+import io.mqvirtio.linux.IoVec;
 import io.mqvirtio.virtio.DescriptorChain;
 import java.io.IOException;
 import java.lang.System.Logger;
@@ -96,14 +97,14 @@ public final class QueueCapture implements AutoCloseable {
         return dropped.get();
     }
 
-    /** Worker: a frame the guest sent, in {@code c}'s readable buffers after the {@code header} bytes. */
-    public void sent(DescriptorChain c, int header) {
-        long len = c.readableBytes() - header;
+    /** Worker: a frame the guest sent, gathered in {@code frame} (guest buffers) after the {@code header} bytes. */
+    public void sent(IoVec frame, int header) {
+        long len = frame.totalBytes() - header;
         if (len <= 0 || !room()) {
             return;
         }
         byte[] data = new byte[(int) Math.min(len, snaplen)];
-        c.readFrom(header, MemorySegment.ofArray(data));
+        frame.copyTo(header, MemorySegment.ofArray(data), 0, data.length);
         offer(Pcapng.OUTBOUND, (int) Math.min(len, Integer.MAX_VALUE), data);
     }
 

@@ -108,6 +108,27 @@ public final class IoVec {
     }
 
     /**
+     * Like {@link #copyTo(MemorySegment, long, long)}, from {@code skip} bytes into the entries' bytes taken as one
+     * range (a frame without its virtio-net header).
+     */
+    public long copyTo(long skip, MemorySegment dst, long dstOffset, long max) {
+        long at = 0;
+        long left = skip;
+        for (int i = 0; i < count && at < max; i++) {
+            long l = length(i);
+            if (left >= l) {
+                left -= l;
+                continue;
+            }
+            long n = Math.min(l - left, max - at);
+            MemorySegment.copy(ALL, address(i) + left, dst, dstOffset + at, n);
+            left = 0;
+            at += n;
+        }
+        return at;
+    }
+
+    /**
      * Scatters {@code n} bytes of {@code src} from {@code srcOffset} into the entries, in order, never past them
      * (instead of readv); returns the count copied.
      */

@@ -7,8 +7,10 @@ import io.mqvirtio.linux.Epoll;
 import io.mqvirtio.linux.ErrnoException;
 import io.mqvirtio.linux.EventFd;
 import io.mqvirtio.linux.IoVec;
+import io.mqvirtio.virtio.ChainBurst;
 import io.mqvirtio.virtio.DescriptorChain;
 import io.mqvirtio.virtio.DeviceRing;
+import io.mqvirtio.virtio.Experiment;
 import io.mqvirtio.virtio.RingLog;
 import io.mqvirtio.virtio.VirtioFeatures;
 import io.mqvirtio.virtio.VirtqueueException;
@@ -95,6 +97,7 @@ final class QueuePairWorker implements WorkerHandler {
     private final MemorySegment overflow = Arena.ofAuto().allocate(VirtioNet.HDR_SIZE + VirtioNet.MAX_GSO_FRAME, 64);
     private long pendingLen;
     private final DescriptorChain txChain = new DescriptorChain(IoVec.IOV_MAX);
+    private final ChainBurst txChains = new ChainBurst();
     private final DescriptorChain[] rxChains = new DescriptorChain[MAX_RX_CHAINS];
     private final IoVec iov = new IoVec(IoVec.IOV_MAX);
     // a TX burst's frames queued in a batching port, and the burst's counts
@@ -104,6 +107,7 @@ final class QueuePairWorker implements WorkerHandler {
     private long txSent;
     private long txBytes;
     private long txDropped;
+    private long txMalformed;
     private final MemorySegment numBuffers = Arena.ofAuto().allocate(2);
     /** The pair's capture ({@code serve --capture}), or null: read once per TX burst and per RX frame. */
     private volatile QueueCapture capture;
@@ -429,63 +433,65 @@ final class QueuePairWorker implements WorkerHandler {
         }
     }
 
-    /** Moves up to a budget of frames from the TX ring to the port; true if more may be waiting. */
+    /**
+     * Moves up to a budget of frames from the TX ring to the port; true if more may be waiting. One-buffer chains (a
+     * frame whose header and frame share one buffer: what Linux and DPDK send) come a burst at a time
+     * ({@link DeviceRing#popBurst}); any other chain is popped on its own.
+     */
     private boolean txBurst(boolean poll) {
         DeviceRing q = tx;
         int done = 0;
         txSent = 0;
         txBytes = 0;
         txDropped = 0;
-        long malformed = 0;
+        txMalformed = 0;
         boolean blocked = false;
         QueueCapture cap = capture;
         int batch = Math.min(port.batch(), BUDGET);
+        boolean bursts = Experiment.TX_BURST.on();
         try {
-            if (readsFrames && q.available() > 1) {
+            if (!bursts && readsFrames && q.available() > 1) {
                 q.readAhead(READ_AHEAD);
             }
-            while (done < BUDGET && q.pop(txChain)) {
-                if (readsFrames && done == READ_AHEAD - 1) {
+            while (done < BUDGET) {
+                int n = bursts ? q.popBurst(txChains, BUDGET - done, false) : 0;
+                if (n > 0) {
+                    if (readsFrames) {
+                        txChains.touch(0);
+                    }
+                    int taken = 0;
+                    while (taken < n) {
+                        iov.clear();
+                        iov.addRaw(txChains.hostAddress(taken), Integer.toUnsignedLong(txChains.length(taken)));
+                        if (!sendFrame(iov, cap, batch)) {
+                            break;
+                        }
+                        taken++;
+                    }
+                    q.completeBurst(txChains, 0, taken, 0);
+                    done += taken;
+                    if (taken < n) {
+                        q.giveBack(n - taken);
+                        blocked = true;
+                        break;
+                    }
+                    continue;
+                }
+                if (!q.pop(txChain)) {
+                    break;
+                }
+                if (!bursts && readsFrames && done == READ_AHEAD - 1) {
                     q.readAhead(READ_AHEAD); // the rest of the budget
                 }
                 DescriptorChain c = txChain;
-                if (!txEnabled || !portActive) {
-                    txDropped++; // a started but disabled ring is consumed, not sent
-                } else if (c.readableBytes() < VirtioNet.HDR_SIZE) {
-                    malformed++; // no room for even the header
-                } else {
-                    iov.clear();
-                    for (int i = 0; i < c.readableCount(); i++) {
-                        iov.addRaw(c.hostAddress(i), Integer.toUnsignedLong(c.length(i)));
-                    }
-                    if (cap != null) {
-                        cap.sent(c, VirtioNet.HDR_SIZE);
-                    }
-                    long payload = c.readableBytes() - VirtioNet.HDR_SIZE;
-                    if (batch > 0 && port.queue(iov)) {
-                        txQueuedBytes[txQueued++] = payload; // copied: the chain completes now, the write comes later
-                        if (txQueued == batch) {
-                            flushTx();
-                        }
-                    } else {
-                        flushTx(); // what is queued goes first
-                        long n;
-                        try {
-                            n = port.send(iov);
-                        } catch (ErrnoException e) {
-                            n = 0; // the host refused this frame (link down, runt, bad header): dropped, counted
-                            portError(false, e);
-                        }
-                        if (n == -1) {
-                            q.giveBack(1);
-                            blocked = true;
-                            break;
-                        }
-                        if (n > 0) {
-                            txSent++;
-                            txBytes += payload;
-                        }
-                    }
+                iov.clear();
+                for (int i = 0; i < c.readableCount(); i++) {
+                    iov.addRaw(c.hostAddress(i), Integer.toUnsignedLong(c.length(i)));
+                }
+                if (!sendFrame(iov, cap, batch)) {
+                    q.giveBack(1);
+                    blocked = true;
+                    break;
                 }
                 q.complete(c, 0);
                 done++;
@@ -528,10 +534,53 @@ final class QueuePairWorker implements WorkerHandler {
             if (txDropped != 0) {
                 txCounters.add(QueueCounters.DROPS, txDropped);
             }
-            if (malformed != 0) {
-                txCounters.add(QueueCounters.ERRORS, malformed);
+            if (txMalformed != 0) {
+                txCounters.add(QueueCounters.ERRORS, txMalformed);
             }
         }
+    }
+
+    /**
+     * One TX frame (header and frame, gathered in {@code frame}) to the port: queued for the burst's flush, or sent
+     * now. False when the port would block: the caller gives the chain back. A frame of a disabled ring or a port
+     * that is not active is consumed and dropped; one without room for the header is an error; both counted.
+     */
+    private boolean sendFrame(IoVec frame, QueueCapture cap, int batch) {
+        if (!txEnabled || !portActive) {
+            txDropped++; // a started but disabled ring is consumed, not sent
+            return true;
+        }
+        if (frame.totalBytes() < VirtioNet.HDR_SIZE) {
+            txMalformed++; // no room for even the header
+            return true;
+        }
+        if (cap != null) {
+            cap.sent(frame, VirtioNet.HDR_SIZE);
+        }
+        long payload = frame.totalBytes() - VirtioNet.HDR_SIZE;
+        if (batch > 0 && port.queue(frame)) {
+            txQueuedBytes[txQueued++] = payload; // copied: the chain completes now, the write comes later
+            if (txQueued == batch) {
+                flushTx();
+            }
+            return true;
+        }
+        flushTx(); // what is queued goes first
+        long n;
+        try {
+            n = port.send(frame);
+        } catch (ErrnoException e) {
+            n = 0; // the host refused this frame (link down, runt, bad header): dropped, counted
+            portError(false, e);
+        }
+        if (n == -1) {
+            return false;
+        }
+        if (n > 0) {
+            txSent++;
+            txBytes += payload;
+        }
+        return true;
     }
 
     /**

@@ -26,6 +26,23 @@ public interface DeviceRing {
     boolean pop(DescriptorChain chain);
 
     /**
+     * Pops up to {@code max} available chains that are each one buffer, readable ({@code writable} false: a TX frame)
+     * or writable (an RX buffer), into {@code burst}; returns how many (also {@link ChainBurst#count()}). Stops before
+     * the first chain that is not available, not of that shape (more than one descriptor, an indirect table, the
+     * other direction) or not valid as {@link #pop} checks it: pop takes that one, with every check of its own (and
+     * breaks the ring if it must), as if this had not looked at it. It throws only where pop would before reading a
+     * chain: a ring broken earlier, a split ring's avail index beyond its size. Popped
+     * chains count for {@link #giveBack} as popped ones; {@link #completeBurst} completes them.
+     */
+    int popBurst(ChainBurst burst, int max, boolean writable);
+
+    /**
+     * Completes chains {@code from..from+n-1} of {@code burst} (popped by {@link #popBurst}) with {@code len} bytes
+     * written into each, as {@link #complete} would one by one, in that order.
+     */
+    void completeBurst(ChainBurst burst, int from, int n, int len);
+
+    /**
      * Gives back the last {@code chains} chains popped and not completed: the next pops return them again (a receive
      * path that took more buffers than the frame needed, a send that would block).
      */

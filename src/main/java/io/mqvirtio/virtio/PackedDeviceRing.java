@@ -6,6 +6,7 @@ import io.mqvirtio.memory.DirtyLogCache;
 import io.mqvirtio.memory.GuestMemory;
 import io.mqvirtio.memory.GuestMemoryException;
 import io.mqvirtio.memory.MemoryRegion;
+import io.mqvirtio.memory.RegionCache;
 import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
 import java.lang.invoke.VarHandle;
@@ -73,6 +74,7 @@ public final class PackedDeviceRing implements DeviceRing {
     private long usedTotal;
 
     private final ReadAhead ahead = new ReadAhead();
+    private final RegionCache regions;
     private String broken;
     private final DirtyLogCache dirty = new DirtyLogCache();
     private long descGpa = RingLog.NONE;  // where the descriptor ring's writes are logged, while logging
@@ -96,6 +98,7 @@ public final class PackedDeviceRing implements DeviceRing {
             throw new VirtqueueException("ring base " + base + " is beyond the ring's " + size + " descriptors");
         }
         this.memory = memory;
+        this.regions = new RegionCache(memory);
         this.size = size;
         this.desc = desc;
         this.driverEvent = driverEvent;
@@ -310,6 +313,90 @@ public final class PackedDeviceRing implements DeviceRing {
             seenWrap = wrap;
         }
         return true;
+    }
+
+    /**
+     * One-buffer chains, read in one short loop: each descriptor's flags with acquire, then its address, length and
+     * id, each once; the buffer's region is the last one's when it fits there ({@link RegionCache}). A chain this
+     * does not take (another shape, or one that breaks a rule: an id out of range or in flight, a buffer outside
+     * guest memory) is left to {@link #pop}, which reads it afresh and breaks the ring with the reason.
+     */
+    @Override
+    public int popBurst(ChainBurst burst, int max, boolean writable) {
+        checkNotBroken();
+        int limit = Math.min(Math.min(max, ChainBurst.MAX), size);
+        int want = writable ? F_WRITE : 0;
+        MemorySegment d = desc;
+        boolean[] busy = inFlight;
+        int pos = nextAvail;
+        boolean wrap = availWrap;
+        int h = pops;
+        long total = availTotal;
+        int k = 0;
+        while (k < limit) {
+            long b = (long) pos * DESC_SIZE;
+            int flags = getU16Acquire(d, b + DESC_FLAGS); // the driver wrote it last, with release
+            if (!isAvail(flags, wrap) || (flags & (F_NEXT | F_INDIRECT | F_WRITE)) != want) {
+                break;
+            }
+            long addr = d.get(U64, b + DESC_ADDR);
+            int len = d.get(U32, b + DESC_LEN);
+            int id = Short.toUnsignedInt(d.get(U16, b + DESC_ID));
+            long host = regions.hostAddress(addr, Integer.toUnsignedLong(len));
+            if (id >= size || busy[id] || host == 0) {
+                break; // pop breaks the ring over it
+            }
+            busy[id] = true;
+            burst.add(k++, addr, host, len, id);
+            popAt[h] = pos | (wrap ? 0x8000 : 0);
+            popTotal[h] = total++;
+            popId[h] = id;
+            h = h + 1 == size ? 0 : h + 1;
+            if (++pos == size) {
+                pos = 0;
+                wrap = !wrap;
+            }
+        }
+        burst.count = k;
+        if (k > 0) {
+            pops = h;
+            nextAvail = pos;
+            availWrap = wrap;
+            availTotal = total;
+            if (total > seenTotal) {
+                seenTotal = total;
+                seenAvail = pos;
+                seenWrap = wrap;
+            }
+        }
+        return k;
+    }
+
+    @Override
+    public void completeBurst(ChainBurst burst, int from, int n, int len) {
+        checkNotBroken();
+        burst.checkRange(from, n);
+        int[] ids = burst.id;
+        for (int i = from; i < from + n; i++) {
+            int id = ids[i];
+            if (id < 0 || id >= size || !inFlight[id]) {
+                throw new IllegalArgumentException("buffer id " + id + " is not in flight");
+            }
+            inFlight[id] = false;
+            if (inOrder && len == 0 && shadowCount > 0 && shadowLen[shadowCount - 1] == 0) {
+                shadowId[shadowCount - 1] = id; // one used descriptor for the run, as complete does
+            } else {
+                if (shadowCount == size) {
+                    publish(); // see complete
+                }
+                int j = shadowCount++;
+                shadowId[j] = id;
+                shadowLen[j] = len;
+                shadowPos[j] = nextUsed;
+                shadowWrap[j] = usedWrap;
+            }
+            advanceUsed(1);
+        }
     }
 
     private MemoryRegion regionFor(int start, long addr, long ulen) {

@@ -6,6 +6,7 @@ import io.mqvirtio.memory.DirtyLogCache;
 import io.mqvirtio.memory.GuestMemory;
 import io.mqvirtio.memory.GuestMemoryException;
 import io.mqvirtio.memory.MemoryRegion;
+import io.mqvirtio.memory.RegionCache;
 import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
 import java.lang.invoke.VarHandle;
@@ -60,6 +61,7 @@ public final class SplitDeviceRing implements DeviceRing {
     private boolean signalledValid;
     private String broken;
     private final DirtyLogCache dirty = new DirtyLogCache();
+    private final RegionCache regions;
     private long usedGpa = RingLog.NONE; // where the used ring's writes are logged, while logging
 
     /**
@@ -81,6 +83,7 @@ public final class SplitDeviceRing implements DeviceRing {
         checkPart("available ring", avail, availBytes(size), 2);
         checkPart("used ring", used, usedBytes(size), 4);
         this.memory = memory;
+        this.regions = new RegionCache(memory);
         this.size = size;
         this.mask = size - 1;
         this.desc = desc;
@@ -257,6 +260,74 @@ public final class SplitDeviceRing implements DeviceRing {
             }
             idx = next;
         }
+    }
+
+    /**
+     * One-buffer chains, read in one short loop: each avail slot, then its head descriptor's flags, address and length,
+     * each once; the buffer's region is the last one's when it fits there ({@link RegionCache}). A chain's id is its
+     * head. A chain this does not take (another shape, or one that breaks a rule: a head out of range, a buffer
+     * outside guest memory) is left to {@link #pop}, which reads it afresh and breaks the ring with the reason.
+     */
+    @Override
+    public int popBurst(ChainBurst burst, int max, boolean writable) {
+        burst.count = 0;
+        int have = (availShadow - lastAvail) & 0xffff;
+        if (have < max) {
+            have = available(); // the avail index once per burst that wants more than was seen
+        } else {
+            checkNotBroken();
+        }
+        int limit = Math.min(Math.min(max, ChainBurst.MAX), have);
+        int want = writable ? DESC_F_WRITE : 0;
+        MemorySegment table = desc;
+        int last = lastAvail;
+        int k = 0;
+        while (k < limit) {
+            int head = getU16(avail, AVAIL_RING + 2L * (last & mask));
+            if (head >= size) {
+                break;
+            }
+            long base = (long) head * DESC_SIZE;
+            int flags = Short.toUnsignedInt(table.get(DESC_U16, base + DESC_FLAGS));
+            if ((flags & (DESC_F_NEXT | DESC_F_INDIRECT | DESC_F_WRITE)) != want) {
+                break;
+            }
+            long addr = table.get(U64, base + DESC_ADDR);
+            int len = table.get(DESC_U32, base + DESC_LEN);
+            long host = regions.hostAddress(addr, Integer.toUnsignedLong(len));
+            if (host == 0) {
+                break;
+            }
+            burst.add(k++, addr, host, len, head);
+            last = (last + 1) & 0xffff;
+        }
+        lastAvail = last;
+        burst.count = k;
+        return k;
+    }
+
+    /** One used entry per chain, as {@link #complete} writes them. */
+    @Override
+    public void completeBurst(ChainBurst burst, int from, int n, int len) {
+        checkNotBroken();
+        burst.checkRange(from, n);
+        int[] ids = burst.id;
+        MemorySegment u = used;
+        int idx = usedIdx;
+        for (int i = from; i < from + n; i++) {
+            int head = ids[i];
+            if (head < 0 || head >= size) {
+                throw new IllegalArgumentException("head " + head + " out of range for queue size " + size);
+            }
+            long e = USED_RING + (long) USED_ELEM_SIZE * (idx & mask);
+            u.set(U32, e, head);
+            u.set(U32, e + 4, len);
+            idx = (idx + 1) & 0xffff;
+            if (dirty.isLogging()) {
+                logUsed(e, USED_ELEM_SIZE);
+            }
+        }
+        usedIdx = idx;
     }
 
     /** Checks an indirect descriptor (VIRTIO 1.3, 2.7.5.3.1) and returns its table. */

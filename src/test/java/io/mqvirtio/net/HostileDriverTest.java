@@ -192,6 +192,70 @@ class HostileDriverTest {
         }
     }
 
+    /**
+     * One TX burst of mixed chains through the burst path and the chain-by-chain one: one-buffer frames, a frame over
+     * two descriptors between them, a one-buffer frame rewritten by the guest after it was offered (its new bytes go
+     * out: the guest owns them until the device reads them), then a one-buffer chain outside guest memory. Every
+     * frame before the bad chain reaches the port once, in ring order; then the ring breaks (one error) and nothing
+     * after it is taken.
+     */
+    @Test
+    @Timeout(60)
+    void aMixedBurstDeliversEveryFrameBeforeABadChainInOrder() throws Exception {
+        try (EvilDriver d = new EvilDriver(victimServer.path(), 1, SIZE, FEATURES, 1 << 20)) {
+            EvilDriver.Ring rx = d.rx(0);
+            long[] rxBuf = new long[8];
+            for (int i = 0; i < rxBuf.length; i++) {
+                rxBuf[i] = d.alloc(2048);
+                rx.desc(i, d.gpa(rxBuf[i]), 2048, DESC_F_WRITE, 0);
+                rx.offer(i);
+            }
+            rx.kick();
+            EvilDriver.Ring tx = d.tx(0);
+            List<byte[]> sent = new ArrayList<>();
+            int desc = 0;
+            for (int i = 0; i < 6; i++) {
+                byte[] f = frame(60 + 40 * i, 50 + i);
+                long off = d.alloc(12 + f.length);
+                d.mem.asSlice(off, 12).fill((byte) 0);
+                MemorySegment.copy(MemorySegment.ofArray(f), 0, d.mem, off + 12, f.length);
+                if (i == 2) { // header and frame in two descriptors
+                    tx.desc(desc, d.gpa(off), 12, DESC_F_NEXT, desc + 1);
+                    tx.desc(desc + 1, d.gpa(off + 12), f.length, 0, 0);
+                    tx.offer(desc);
+                    desc += 2;
+                } else {
+                    tx.desc(desc, d.gpa(off), 12 + f.length, 0, 0);
+                    tx.offer(desc++);
+                }
+                if (i == 4) { // rewritten after it was offered, before the kick
+                    f = frame(f.length, 99);
+                    MemorySegment.copy(MemorySegment.ofArray(f), 0, d.mem, off + 12, f.length);
+                }
+                sent.add(f);
+            }
+            tx.desc(desc, d.gpa(d.memSize - 8), 64, 0, 0); // across the end of guest memory
+            tx.offer(desc++);
+            byte[] after = frame(80, 7);
+            long off = d.alloc(12 + after.length);
+            tx.desc(desc, d.gpa(off), 12 + after.length, 0, 0);
+            tx.offer(desc);
+            tx.kick();
+            await(() -> victim.counters().get(1).errors() > 0, "the TX ring to break");
+            await(() -> rx.usedIdx() == sent.size(), "the frames before the bad chain to come back");
+            for (int i = 0; i < sent.size(); i++) {
+                int[] u = rx.nextUsed();
+                assertThat(u[1]).as("frame %d's length", i).isEqualTo(12 + sent.get(i).length);
+                assertThat(d.mem.asSlice(rxBuf[u[0]] + 12, sent.get(i).length).toArray(ValueLayout.JAVA_BYTE))
+                        .as("frame %d", i).isEqualTo(sent.get(i));
+            }
+            Thread.sleep(100);
+            assertThat(rx.usedIdx()).as("nothing after the bad chain").isEqualTo(sent.size());
+            assertThat(victim.counters().get(1).packets()).isEqualTo(sent.size());
+            assertThat(victim.counters().get(1).errors()).isEqualTo(1);
+        }
+    }
+
     @Test
     @Timeout(60)
     void errorEventfdIsSignalled() throws Exception {

@@ -64,7 +64,7 @@ class RingContractPropertyTest {
         final Scenario sc;
         final Random rnd;
         final Map<Integer, Posted> inFlight = new HashMap<>();
-        final ArrayDeque<DescriptorChain> poppedNotPushed = new ArrayDeque<>();
+        final ArrayDeque<Popped> poppedNotPushed = new ArrayDeque<>();
         final Map<Integer, Integer> pushedLen = new HashMap<>();
         int nextChain;
         int nextDescriptor = -1;
@@ -74,7 +74,10 @@ class RingContractPropertyTest {
         boolean driverWantsInterrupt; // driver enabled interrupts and saw nothing pending
         int unpublishedPushes;
 
-        record Posted(Shape shape, long[] gpa, int[] len, byte[][] data) {}
+        record Posted(Shape shape, long[] gpa, int[] len, byte[][] data, boolean[] indirect) {}
+
+        /** A chain the device popped: on its own ({@code chain}) or as chain {@code index} of a burst. */
+        record Popped(int id, DescriptorChain chain, ChainBurst burst, int index) {}
 
         Run(TwoViewMemory mem, TwoViewMemory.Ring ring, Scenario sc) {
             this.mem = mem;
@@ -132,6 +135,7 @@ class RingContractPropertyTest {
                     }
                     nextDescriptor = (head + (indirect ? 1 : n)) % sc.size;
                 }
+                prepared.indirect[0] = indirect;
                 inFlight.put(head, prepared);
                 prepared = null;
                 nextChain++;
@@ -154,7 +158,7 @@ class RingContractPropertyTest {
                     MemorySegment.copy(MemorySegment.ofArray(data[i]), 0, mem.driver(), off, len[i]);
                 }
             }
-            return new Posted(s, gpa, len, data);
+            return new Posted(s, gpa, len, data, new boolean[1]);
         }
 
         void driverPublish() {
@@ -175,7 +179,11 @@ class RingContractPropertyTest {
             }
             dev.disableKicks();
             deviceWantsKick = false;
+            burstLeft = null; // the driver may have added chains since
             for (int k = rnd.nextInt(5); k >= 0; k--) {
+                if (rnd.nextBoolean() && popBurst()) {
+                    continue;
+                }
                 DescriptorChain chain = new DescriptorChain(64);
                 if (!dev.pop(chain)) {
                     return;
@@ -183,6 +191,10 @@ class RingContractPropertyTest {
                 Posted p = inFlight.get(chain.id());
                 assertThat(p).as("popped id %d was never added", chain.id()).isNotNull();
                 assertThat(poppedNotPushed).noneMatch(c -> c.id() == chain.id());
+                if (burstLeft != null && p.shape.outLens.length + p.shape.inLens.length == 1 && !p.indirect[0]) {
+                    assertThat(p.shape.inLens.length == 1).as("a one-buffer chain the burst just left behind").isNotEqualTo(burstLeft);
+                }
+                burstLeft = null;
                 Shape s = p.shape;
                 assertThat(chain.readableCount()).isEqualTo(s.outLens.length);
                 assertThat(chain.writableCount()).isEqualTo(s.inLens.length);
@@ -199,12 +211,51 @@ class RingContractPropertyTest {
                         assertThat(all[at++]).isEqualTo(b);
                     }
                 }
-                poppedNotPushed.add(chain);
+                poppedNotPushed.add(new Popped(chain.id(), chain, null, 0));
             }
+        }
+
+        /** The direction a burst that stopped short was asked for, until the next pop: that chain is not of it. */
+        Boolean burstLeft;
+
+        /**
+         * Pops a burst of one-buffer chains of a random direction: each must be exactly a one-buffer chain the driver
+         * added, in that direction and not indirect, read through the host address the burst gives. False if the
+         * burst took none (the caller pops one on its own, as the worker does).
+         */
+        boolean popBurst() {
+            ChainBurst b = new ChainBurst();
+            boolean writable = rnd.nextBoolean();
+            int max = 1 + rnd.nextInt(8);
+            int got = dev.popBurst(b, max, writable);
+            assertThat(got).isEqualTo(b.count()).isBetween(0, max);
+            for (int i = 0; i < got; i++) {
+                int id = b.id(i);
+                Posted p = inFlight.get(id);
+                assertThat(p).as("burst popped id %d, never added", id).isNotNull();
+                assertThat(poppedNotPushed).noneMatch(c -> c.id() == id);
+                assertThat(p.indirect[0]).as("an indirect chain in a burst").isFalse();
+                assertThat(p.shape.outLens.length).isEqualTo(writable ? 0 : 1);
+                assertThat(p.shape.inLens.length).isEqualTo(writable ? 1 : 0);
+                assertThat(b.guestAddress(i)).isEqualTo(p.gpa[0]);
+                assertThat(b.length(i)).isEqualTo(p.len[0]);
+                assertThat(b.hostAddress(i)).isEqualTo(mem.guest.hostAddress(p.gpa[0], p.len[0]));
+                if (!writable) {
+                    byte[] got1 = new byte[p.len[0]];
+                    MemorySegment.copy(MemorySegment.NULL.reinterpret(Long.MAX_VALUE), b.hostAddress(i),
+                            MemorySegment.ofArray(got1), 0, got1.length);
+                    assertThat(got1).isEqualTo(p.data[0]);
+                }
+                poppedNotPushed.add(new Popped(id, null, b, i));
+            }
+            // what stopped it is not a one-buffer chain of that direction (pop takes it): checked if pop comes next
+            burstLeft = got < max ? writable : null;
+            return got > 0;
         }
 
         /** Gives back the most recently popped chains not completed: the next pops return them again. */
         void deviceGiveBack() {
+            burstLeft = null;
             int k = Math.min(rnd.nextInt(3) + 1, poppedNotPushed.size());
             for (int i = 0; i < k; i++) {
                 poppedNotPushed.pollLast();
@@ -216,7 +267,7 @@ class RingContractPropertyTest {
 
         void devicePush() {
             for (int k = rnd.nextInt(4); k >= 0 && !poppedNotPushed.isEmpty(); k--) {
-                DescriptorChain chain = poppedNotPushed.poll();
+                Popped chain = poppedNotPushed.poll();
                 int head = chain.id();
                 Posted p = inFlight.get(head);
                 int writable = 0;
@@ -232,7 +283,23 @@ class RingContractPropertyTest {
                     MemorySegment.copy(MemorySegment.ofArray(out), at, mem.guest.gpa(p.gpa[i], c), 0, c);
                     at += c;
                 }
-                dev.complete(chain, n);
+                if (chain.chain() != null) {
+                    dev.complete(chain.chain(), n);
+                } else if (n == 0) {
+                    // a run of the same burst's chains with nothing written, completed with one call
+                    int run = 1;
+                    while (!poppedNotPushed.isEmpty() && poppedNotPushed.peek().burst() == chain.burst()
+                            && poppedNotPushed.peek().index() == chain.index() + run
+                            && inFlight.get(poppedNotPushed.peek().id()).shape.inLens.length == 0 && rnd.nextBoolean()) {
+                        Popped next = poppedNotPushed.poll();
+                        pushedLen.put(next.id(), 0);
+                        unpublishedPushes++;
+                        run++;
+                    }
+                    dev.completeBurst(chain.burst(), chain.index(), run, 0);
+                } else {
+                    dev.completeBurst(chain.burst(), chain.index(), 1, n);
+                }
                 pushedLen.put(head, n);
                 unpublishedPushes++;
             }
