@@ -3,6 +3,7 @@ package io.mqvirtio.net;
 import io.mqvirtio.linux.Epoll;
 import io.mqvirtio.linux.EventFd;
 import io.mqvirtio.virtio.DriverRing;
+import io.mqvirtio.virtio.Experiment;
 import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
 import java.lang.invoke.MethodHandles;
@@ -336,6 +337,9 @@ public final class NetQueuePair {
     }
 
     private int sendWritten(int count, FrameWriter writer) {
+        if (Experiment.DRIVER_BURST.on()) {
+            return sendWrittenBurst(count, writer);
+        }
         reapTx();
         int n = 0;
         long bytes = 0;
@@ -361,6 +365,50 @@ public final class NetQueuePair {
         }
         return n;
     }
+
+    /**
+     * {@link #sendWritten} a burst at a time: up to {@link #BURST} frames written into free slots, then added to the
+     * ring with one {@link DriverRing#addBurst} (a frame the writer got wrong ends the burst; those before it go).
+     */
+    private int sendWrittenBurst(int count, FrameWriter writer) {
+        reapTx();
+        int n = 0;
+        long bytes = 0;
+        try {
+            while (n < count && txFree > 0) {
+                int chunk = Math.min(Math.min(count - n, txFree), BURST);
+                int k = 0;
+                try {
+                    for (; k < chunk; k++) {
+                        int slot = txFreeSlots[txFree - 1 - k];
+                        int flen = writer.write(txFrames[slot], n + k);
+                        if (flen < 14 || flen > maxFrame()) {
+                            throw new IllegalArgumentException("frame of " + flen + " bytes: must be 14.." + maxFrame());
+                        }
+                        burstGpa[k] = txBufsGpa + zeroHeader(slot);
+                        burstLen[k] = VirtioNet.HDR_SIZE + flen;
+                    }
+                } finally {
+                    int added = k == 0 ? 0 : tx.addBurst(burstGpa, burstLen, k, false, burstIds);
+                    for (int i = 0; i < added; i++) {
+                        txSlotOfHead[burstIds[i]] = txFreeSlots[txFree - 1 - i];
+                        bytes += burstLen[i] - VirtioNet.HDR_SIZE;
+                    }
+                    txFree -= added;
+                    n += added;
+                }
+            }
+        } finally {
+            finishSend(n, bytes);
+        }
+        return n;
+    }
+
+    /** The most frames one {@link DriverRing#addBurst} of {@link #sendInPlace} adds. */
+    private static final int BURST = 64;
+    private final long[] burstGpa = new long[BURST];
+    private final int[] burstLen = new int[BURST];
+    private final int[] burstIds = new int[BURST];
 
     /**
      * Sends one frame whose L4 checksum is left for the device to complete (checksum offload, VIRTIO_NET_F_CSUM):

@@ -31,6 +31,14 @@ public interface DriverRing {
      */
     int add(long[] addr, int[] len, int out, int in);
 
+    /**
+     * Adds up to {@code n} chains of one buffer each ({@code addr[i]}, {@code len[i]}), all device-readable or all
+     * device-writable, in order, writing chain i's buffer id into {@code ids[i]}: what {@link #add} does chain by
+     * chain, in one call and one short loop (a burst of TX frames, RX buffers posted again). Returns how many were
+     * added: fewer than {@code n} only when the ring runs out of descriptors. Not visible until {@link #publish()}.
+     */
+    int addBurst(long[] addr, int[] len, int n, boolean writable, int[] ids);
+
     /** As {@link #add}, through one indirect descriptor (one ring slot for the whole chain). */
     int addIndirect(long[] addr, int[] len, int out, int in);
 

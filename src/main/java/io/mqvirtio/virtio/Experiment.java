@@ -38,7 +38,13 @@ public enum Experiment {
      * descriptors, a remembered region, one completion call per burst) instead of one pop per chain with the ring's
      * read-ahead.
      */
-    TX_BURST(true);
+    TX_BURST(true),
+
+    /**
+     * Our driver's zero-copy send (NetQueuePair.sendInPlace) writes a burst of frames, then adds them to the TX ring
+     * with one DriverRing.addBurst, instead of one add per frame.
+     */
+    DRIVER_BURST(true);
 
     private volatile boolean on;
     private final boolean byDefault;

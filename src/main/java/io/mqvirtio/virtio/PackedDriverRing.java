@@ -156,6 +156,44 @@ public final class PackedDriverRing implements DriverRing {
     }
 
     @Override
+    public int addBurst(long[] addr, int[] len, int n, boolean writable, int[] ids) {
+        if (n < 0 || n > addr.length || n > len.length || n > ids.length) {
+            throw new IllegalArgumentException("burst of " + n + " chains");
+        }
+        checkNotBroken();
+        int k = Math.min(n, Math.min(numFree, freeIdCount));
+        MemorySegment d = desc;
+        int w = writable ? F_WRITE : 0;
+        int pos = nextAvail;
+        boolean wrap = availWrap;
+        for (int i = 0; i < k; i++) {
+            int id = freeIds[--freeIdCount];
+            long b = (long) pos * DESC_SIZE;
+            d.set(U64, b + DESC_ADDR, addr[i]);
+            d.set(U32, b + DESC_LEN, len[i]);
+            d.set(U16, b + DESC_ID, (short) id);
+            slotsOf[id] = 1;
+            if (inOrder) {
+                order[orderTail] = id;
+                orderTail = orderTail + 1 == size ? 0 : orderTail + 1;
+            }
+            pendingPos[pendingCount] = pos;
+            pendingFlags[pendingCount++] = availFlags(wrap) | w;
+            ids[i] = id;
+            if (++pos == size) {
+                pos = 0;
+                wrap = !wrap;
+            }
+        }
+        nextAvail = pos;
+        availWrap = wrap;
+        availTotal += k;
+        numFree -= k;
+        inFlight += k;
+        return k;
+    }
+
+    @Override
     public int addIndirect(long[] addr, int[] len, int out, int in) {
         int n = out + in;
         if (indirectMax == 0) {

@@ -171,6 +171,40 @@ public final class SplitDriverRing implements DriverRing {
      *
      * @return the head index, or -1 if no descriptor is free
      */
+    /** One descriptor per chain from the free list; its next field is left as it is (no NEXT flag: unused). */
+    @Override
+    public int addBurst(long[] addr, int[] len, int n, boolean writable, int[] ids) {
+        if (n < 0 || n > addr.length || n > len.length || n > ids.length) {
+            throw new IllegalArgumentException("burst of " + n + " chains");
+        }
+        checkNotBroken();
+        int k = Math.min(n, numFree);
+        MemorySegment d = desc;
+        int flags = writable ? DESC_F_WRITE : 0;
+        int head = freeHead;
+        int ai = availIdx;
+        for (int i = 0; i < k; i++) {
+            long base = (long) head * DESC_SIZE;
+            d.set(U64, base + DESC_ADDR, addr[i]);
+            d.set(U32, base + DESC_LEN, len[i]);
+            setU16(d, base + DESC_FLAGS, flags);
+            chainLength[head] = 1;
+            setU16(avail, AVAIL_RING + 2L * (ai & mask), head);
+            ai = (ai + 1) & 0xffff;
+            if (inOrder) {
+                order[orderTail] = head;
+                orderTail = orderTail + 1 == size ? 0 : orderTail + 1;
+            }
+            ids[i] = head;
+            head = next[head];
+        }
+        freeHead = head;
+        numFree -= k;
+        chainsInFlight += k;
+        availIdx = ai;
+        return k;
+    }
+
     @Override
     public int addIndirect(long[] addr, int[] len, int out, int in) {
         int n = out + in;

@@ -106,7 +106,57 @@ class RingContractPropertyTest {
             assertThat(dev.available()).isZero();
         }
 
+        /** One-buffer chains of one direction, next in the scenario, added with one addBurst. */
+        boolean driverAddBurst() {
+            int n = 0;
+            boolean writable = false;
+            while (nextChain + n < sc.chains.size() && n < 6) {
+                Shape s = sc.chains.get(nextChain + n);
+                if (s.outLens.length + s.inLens.length != 1 || (s.indirect && drv.supportsIndirect())
+                        || (n > 0 && writable != (s.inLens.length == 1))) {
+                    break;
+                }
+                writable = s.inLens.length == 1;
+                n++;
+            }
+            if (n == 0) {
+                return false;
+            }
+            Posted[] posts = new Posted[n];
+            long[] gpa = new long[n + 1];
+            int[] len = new int[n + 1];
+            int[] ids = new int[n + 2];
+            for (int i = 0; i < n; i++) {
+                if (prepared == null) {
+                    prepared = prepare(sc.chains.get(nextChain));
+                }
+                posts[i] = i == 0 ? prepared : prepare(sc.chains.get(nextChain + i));
+                gpa[i] = posts[i].gpa[0];
+                len[i] = posts[i].len[0];
+            }
+            int free = drv.freeDescriptors();
+            int added = drv.addBurst(gpa, len, n, writable, ids);
+            assertThat(added).as("a burst takes what the ring has room for").isEqualTo(Math.min(n, free));
+            for (int i = 0; i < added; i++) {
+                assertThat(inFlight).doesNotContainKey(ids[i]);
+                if (!sc.packed && sc.inOrder) {
+                    if (nextDescriptor >= 0) {
+                        assertThat(ids[i]).as("descriptor taken in ring order").isEqualTo(nextDescriptor);
+                    }
+                    nextDescriptor = (ids[i] + 1) % sc.size;
+                }
+                posts[i].indirect[0] = false;
+                inFlight.put(ids[i], posts[i]);
+                nextChain++;
+            }
+            prepared = added < n ? posts[added] : null; // the first not taken is retried
+            return true;
+        }
+
         void driverAdd() {
+            if (rnd.nextInt(3) == 0 && driverAddBurst()) {
+                return;
+            }
             for (int k = rnd.nextInt(4); k >= 0 && nextChain < sc.chains.size(); k--) {
                 Shape s = sc.chains.get(nextChain);
                 boolean indirect = s.indirect && drv.supportsIndirect() && s.outLens.length + s.inLens.length <= 8;
