@@ -3,7 +3,6 @@ package io.mqvirtio.net;
 import io.mqvirtio.linux.Epoll;
 import io.mqvirtio.linux.EventFd;
 import io.mqvirtio.virtio.DriverRing;
-import io.mqvirtio.virtio.Experiment;
 import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
 import java.lang.invoke.MethodHandles;
@@ -258,26 +257,52 @@ public final class NetQueuePair {
         reapTx();
         int n = 0;
         long bytes = 0;
-        while (n < count && txFree > 0) {
-            MemorySegment f = frames[offset + n];
-            long flen = f.byteSize();
-            if (flen > maxFrame() || flen < 14) {
-                throw new IllegalArgumentException("frame of " + flen + " bytes: must be 14.." + maxFrame());
+        try {
+            while (n < count && txFree > 0) {
+                int chunk = Math.min(Math.min(count - n, txFree), BURST);
+                int k = 0;
+                try {
+                    for (; k < chunk; k++) {
+                        MemorySegment f = frames[offset + n + k];
+                        long flen = f.byteSize();
+                        if (flen > maxFrame() || flen < 14) {
+                            throw new IllegalArgumentException("frame of " + flen + " bytes: must be 14.." + maxFrame());
+                        }
+                        long base = zeroHeader(txFreeSlots[txFree - 1 - k]);
+                        if (pendingCsumStart >= 0) {
+                            txBufs.set(ValueLayout.JAVA_BYTE, base + VirtioNet.HDR_FLAGS, (byte) VirtioNet.HDR_F_NEEDS_CSUM);
+                            txBufs.set(LE16, base + VirtioNet.HDR_CSUM_START, (short) pendingCsumStart);
+                            txBufs.set(LE16, base + VirtioNet.HDR_CSUM_OFFSET, (short) pendingCsumOffset);
+                        }
+                        MemorySegment.copy(f, 0, txBufs, base + VirtioNet.HDR_SIZE, flen);
+                        burstGpa[k] = txBufsGpa + base;
+                        burstLen[k] = (int) (VirtioNet.HDR_SIZE + flen);
+                    }
+                } finally {
+                    int added = addTxBurst(k);
+                    for (int i = 0; i < added; i++) {
+                        bytes += burstLen[i] - VirtioNet.HDR_SIZE;
+                    }
+                    n += added;
+                }
             }
-            int slot = txFreeSlots[--txFree];
-            long base = zeroHeader(slot);
-            if (pendingCsumStart >= 0) {
-                txBufs.set(ValueLayout.JAVA_BYTE, base + VirtioNet.HDR_FLAGS, (byte) VirtioNet.HDR_F_NEEDS_CSUM);
-                txBufs.set(LE16, base + VirtioNet.HDR_CSUM_START, (short) pendingCsumStart);
-                txBufs.set(LE16, base + VirtioNet.HDR_CSUM_OFFSET, (short) pendingCsumOffset);
-            }
-            MemorySegment.copy(f, 0, txBufs, base + VirtioNet.HDR_SIZE, flen);
-            queueTx(slot, base, flen);
-            n++;
-            bytes += flen;
+        } finally {
+            finishSend(n, bytes);
         }
-        finishSend(n, bytes);
         return n;
+    }
+
+    /**
+     * Adds the {@code k} frames written into the top {@code k} free slots ({@link #burstGpa}, {@link #burstLen}) to
+     * the TX ring with one {@link DriverRing#addBurst}, and takes those slots; returns how many it added.
+     */
+    private int addTxBurst(int k) {
+        int added = k == 0 ? 0 : tx.addBurst(burstGpa, burstLen, k, false, burstIds);
+        for (int i = 0; i < added; i++) {
+            txSlotOfHead[burstIds[i]] = txFreeSlots[txFree - 1 - i];
+        }
+        txFree -= added;
+        return added;
     }
 
     /** Writes a zero virtio_net_hdr_v1 (no offload asked) at the start of TX slot {@code slot}; returns its offset. */
@@ -286,13 +311,6 @@ public final class NetQueuePair {
         txBufs.set(ValueLayout.JAVA_LONG_UNALIGNED, base, 0L);
         txBufs.set(ValueLayout.JAVA_INT_UNALIGNED, base + 8, 0);
         return base;
-    }
-
-    /** Adds slot {@code slot}'s header and {@code flen}-byte frame (at {@code base}) to the TX ring, unpublished. */
-    private void queueTx(int slot, long base, long flen) {
-        addr[0] = txBufsGpa + base;
-        len[0] = (int) (VirtioNet.HDR_SIZE + flen);
-        txSlotOfHead[tx.add(addr, len, 1, 0)] = slot;
     }
 
     /** Publishes a burst of {@code n} frames: one release store, at most one kick. */
@@ -336,41 +354,13 @@ public final class NetQueuePair {
         }
     }
 
-    private int sendWritten(int count, FrameWriter writer) {
-        if (Experiment.DRIVER_BURST.on()) {
-            return sendWrittenBurst(count, writer);
-        }
-        reapTx();
-        int n = 0;
-        long bytes = 0;
-        try {
-            while (n < count && txFree > 0) {
-                int slot = txFreeSlots[--txFree];
-                int flen;
-                try {
-                    flen = writer.write(txFrames[slot], n);
-                    if (flen < 14 || flen > maxFrame()) {
-                        throw new IllegalArgumentException("frame of " + flen + " bytes: must be 14.." + maxFrame());
-                    }
-                } catch (RuntimeException | Error e) {
-                    txFree++; // the slot goes back unused
-                    throw e;
-                }
-                queueTx(slot, zeroHeader(slot), flen);
-                n++;
-                bytes += flen;
-            }
-        } finally {
-            finishSend(n, bytes);
-        }
-        return n;
-    }
-
     /**
-     * {@link #sendWritten} a burst at a time: up to {@link #BURST} frames written into free slots, then added to the
-     * ring with one {@link DriverRing#addBurst} (a frame the writer got wrong ends the burst; those before it go).
+     * Up to {@link #BURST} frames at a time written into free slots, then added to the ring with one
+     * {@link DriverRing#addBurst}: a frame the writer got wrong ends the call, and those written before it go.
+     * Measured against one add per frame (paired windows, our driver into DPDK's vhost): 1.31x (split) and 1.33x
+     * (packed) at 64 B, 1.00x / 1.10x at 1500 B.
      */
-    private int sendWrittenBurst(int count, FrameWriter writer) {
+    private int sendWritten(int count, FrameWriter writer) {
         reapTx();
         int n = 0;
         long bytes = 0;
@@ -389,12 +379,10 @@ public final class NetQueuePair {
                         burstLen[k] = VirtioNet.HDR_SIZE + flen;
                     }
                 } finally {
-                    int added = k == 0 ? 0 : tx.addBurst(burstGpa, burstLen, k, false, burstIds);
+                    int added = addTxBurst(k);
                     for (int i = 0; i < added; i++) {
-                        txSlotOfHead[burstIds[i]] = txFreeSlots[txFree - 1 - i];
                         bytes += burstLen[i] - VirtioNet.HDR_SIZE;
                     }
-                    txFree -= added;
                     n += added;
                 }
             }

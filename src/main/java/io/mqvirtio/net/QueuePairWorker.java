@@ -10,7 +10,6 @@ import io.mqvirtio.linux.IoVec;
 import io.mqvirtio.virtio.ChainBurst;
 import io.mqvirtio.virtio.DescriptorChain;
 import io.mqvirtio.virtio.DeviceRing;
-import io.mqvirtio.virtio.Experiment;
 import io.mqvirtio.virtio.RingLog;
 import io.mqvirtio.virtio.VirtioFeatures;
 import io.mqvirtio.virtio.VirtqueueException;
@@ -47,13 +46,12 @@ final class QueuePairWorker implements WorkerHandler {
     private static final long TOKEN_TX_KICK = 1, TOKEN_RX_KICK = 2, TOKEN_PORT = 3;
     static final int BUDGET = 64;
     /**
-     * Chains a TX burst reads ahead (their descriptors, and the first lines of frames of 256 bytes or more) when the
-     * port reads frames. Measured with read-ahead switched on and off every 0.7 s in one run (docs/performance.md):
-     * 1500-byte frames copied out +38 to +41 % (median of paired windows) while the two CPUs were far apart, -5 to
-     * -8 % while they were close; 64-byte frames unchanged; with a port that does not read frames, -3.5 %, so
-     * then nothing is read ahead. A packed ring reads ahead the first line of frames of every length: 64-byte
-     * frames copied out of a packed ring went 1.54x faster with it (paired windows, {@code bench --ab}), while a
-     * split ring lost 5 % (see {@link io.mqvirtio.virtio.Experiment#SPLIT_READ_AHEAD_SHORT}).
+     * Chains of several buffers (anything {@link DeviceRing#popBurst} leaves to {@code pop}) a TX burst reads ahead at
+     * a time (their descriptors and frames' first lines) when the port reads frames. Measured, when every chain went
+     * by pop, with read-ahead switched on and off every 0.7 s in one run (docs/performance.md): 1500-byte frames
+     * copied out +38 to +41 % (median of paired windows) while the two CPUs were far apart, -5 to -8 % while they
+     * were close; 64-byte frames unchanged; with a port that does not read frames, -3.5 %, so then nothing is read
+     * ahead. One-buffer chains come by bursts, whose frames {@link ChainBurst#touch} reads ahead.
      */
     static final int READ_AHEAD = 32;
     private static final int MAX_RX_CHAINS = 64;
@@ -448,13 +446,10 @@ final class QueuePairWorker implements WorkerHandler {
         boolean blocked = false;
         QueueCapture cap = capture;
         int batch = Math.min(port.batch(), BUDGET);
-        boolean bursts = Experiment.TX_BURST.on();
+        int generalPops = 0;
         try {
-            if (!bursts && readsFrames && q.available() > 1) {
-                q.readAhead(READ_AHEAD);
-            }
             while (done < BUDGET) {
-                int n = bursts ? q.popBurst(txChains, BUDGET - done, false) : 0;
+                int n = q.popBurst(txChains, BUDGET - done, false);
                 if (n > 0) {
                     if (readsFrames) {
                         txChains.touch(0);
@@ -477,12 +472,13 @@ final class QueuePairWorker implements WorkerHandler {
                     }
                     continue;
                 }
+                if (readsFrames && generalPops % READ_AHEAD == 0 && q.available() > 1) {
+                    q.readAhead(READ_AHEAD);
+                }
                 if (!q.pop(txChain)) {
                     break;
                 }
-                if (!bursts && readsFrames && done == READ_AHEAD - 1) {
-                    q.readAhead(READ_AHEAD); // the rest of the budget
-                }
+                generalPops++;
                 DescriptorChain c = txChain;
                 iov.clear();
                 for (int i = 0; i < c.readableCount(); i++) {

@@ -31,20 +31,7 @@ public enum Experiment {
      * A TAP backend whose TX goes through io_uring (TapBackend.TxMethod) writes with one writev(2) per frame while
      * this is on, read by the port once per TX burst: io_uring against writev with paired windows (scenario 5).
      */
-    TAP_WRITEV(false),
-
-    /**
-     * The worker's TX takes one-buffer chains a burst at a time (DeviceRing.popBurst: one short loop over the ring's
-     * descriptors, a remembered region, one completion call per burst) instead of one pop per chain with the ring's
-     * read-ahead.
-     */
-    TX_BURST(true),
-
-    /**
-     * Our driver's zero-copy send (NetQueuePair.sendInPlace) writes a burst of frames, then adds them to the TX ring
-     * with one DriverRing.addBurst, instead of one add per frame.
-     */
-    DRIVER_BURST(true);
+    TAP_WRITEV(false);
 
     private volatile boolean on;
     private final boolean byDefault;
