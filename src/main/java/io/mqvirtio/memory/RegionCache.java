@@ -24,15 +24,20 @@ public final class RegionCache {
         // An empty range goes to the table: it may sit on the edge between two regions (the table's first answers),
         // or at 0 just past a region that ends at 2^64, where the unsigned offset alone would take it.
         if (len == 0 || size == 0 || Long.compareUnsigned(off, size) > 0 || Long.compareUnsigned(len, size - off) > 0) {
-            MemoryRegion r = memory.regionOfGpa(addr, len);
-            if (r == null) {
-                return 0;
-            }
-            gpa = r.guestPhysAddr();
-            size = r.size();
-            host = r.segment().address();
-            off = addr - gpa;
+            return lookup(addr, len);
         }
         return host + off;
+    }
+
+    /** The table's answer, remembering its region (kept out of {@link #hostAddress} so that stays small to inline). */
+    private long lookup(long addr, long len) {
+        MemoryRegion r = memory.regionOfGpa(addr, len);
+        if (r == null) {
+            return 0;
+        }
+        gpa = r.guestPhysAddr();
+        size = r.size();
+        host = r.segment().address();
+        return host + (addr - gpa);
     }
 }
