@@ -7,6 +7,7 @@ import io.mqvirtio.linux.MemFd;
 import io.mqvirtio.linux.Mmap;
 import io.mqvirtio.memory.GuestMemory;
 import io.mqvirtio.memory.MemoryRegion;
+import io.mqvirtio.virtio.ChainBurst;
 import io.mqvirtio.virtio.DescriptorChain;
 import io.mqvirtio.virtio.DeviceRing;
 import io.mqvirtio.virtio.SplitDeviceRing;
@@ -103,6 +104,7 @@ public final class RingFuzzer {
     }
 
     public static void fuzzerTestOneInput(FuzzedDataProvider d) {
+        probes = 0; // the burst probes repeat for each input
         size = 1 << d.consumeInt(0, 15);
         long features = (d.consumeBoolean() ? VirtioFeatures.bit(VirtioFeatures.F_INDIRECT_DESC) : 0)
                 | (d.consumeBoolean() ? VirtioFeatures.bit(VirtioFeatures.F_EVENT_IDX) : 0);
@@ -235,6 +237,7 @@ public final class RingFuzzer {
      */
     static int popAgainst(DeviceRing q, DescriptorChain chain, String refError, boolean refNone, List<long[]> walked,
                           String what) {
+        int probe = burstProbe(q, what);
         boolean got;
         try {
             got = q.pop(chain);
@@ -253,7 +256,64 @@ public final class RingFuzzer {
             throw new FuzzFinding(got ? "pop returned " + chain + " but the model has nothing to pop (" + what + ")"
                     : "pop returned nothing; the model pops " + what);
         }
+        checkBurstProbe(chain, got, probe, what);
         return got ? 1 : 0;
+    }
+
+    /** Which direction the burst probe before each pop asks for, in turn: none, readable, writable. */
+    static int probes;
+    private static final ChainBurst BURST = new ChainBurst();
+
+    /**
+     * The burst path, held against pop: before every second and third pop, {@link DeviceRing#popBurst} for one chain
+     * of a direction (readable, then writable); what it takes is given back, and the pop that follows must return
+     * that very chain (one buffer, not indirect, that direction, the same address, length and id). Returns how many
+     * it took, plus 2 when it asked for writable ones (-1: no probe). It must never throw on a ring that works, and
+     * leave nothing changed.
+     */
+    static int burstProbe(DeviceRing q, String what) {
+        int kind = probes++ % 3;
+        if (kind == 0 || q.isBroken()) {
+            return -1;
+        }
+        boolean writable = kind == 2;
+        int took;
+        try {
+            took = q.popBurst(BURST, 1, writable);
+        } catch (VirtqueueException e) {
+            if (q.isBroken()) { // only the avail index of a split ring, checked as pop checks it first
+                return -1;
+            }
+            throw new FuzzFinding("popBurst threw on a ring that is not broken: " + e.getMessage(), e);
+        }
+        if (took != BURST.count() || took > 1) {
+            throw new FuzzFinding("popBurst of 1 took " + took + " (count " + BURST.count() + ")");
+        }
+        if (q.isBroken()) {
+            throw new FuzzFinding("popBurst broke the ring at " + what + ": " + q.brokenReason());
+        }
+        if (took == 1) {
+            q.giveBack(1);
+        }
+        return took + (writable ? 2 : 0);
+    }
+
+    static void checkBurstProbe(DescriptorChain c, boolean popped, int probe, String what) {
+        if (probe < 0) {
+            return;
+        }
+        boolean writable = probe >= 2;
+        boolean took = (probe & 1) == 1;
+        boolean simple = popped && c.count() == 1 && !c.isIndirect() && c.isWritable(0) == writable;
+        if (took != simple) {
+            throw new FuzzFinding("popBurst (" + (writable ? "writable" : "readable") + ") " + (took ? "took" : "left")
+                    + " " + what + ", which pop returned as " + (popped ? c : "nothing"));
+        }
+        if (took && (BURST.guestAddress(0) != c.guestAddress(0) || BURST.length(0) != c.length(0)
+                || BURST.id(0) != c.id() || BURST.hostAddress(0) != c.hostAddress(0))) {
+            throw new FuzzFinding("popBurst took " + what + " as gpa 0x" + Long.toHexString(BURST.guestAddress(0)) + "+"
+                    + BURST.length(0) + " id " + BURST.id(0) + ", pop returned " + c);
+        }
     }
 
     /**
