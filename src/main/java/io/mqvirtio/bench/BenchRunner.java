@@ -49,6 +49,8 @@ import java.util.stream.Stream;
  * packet rate.
  */
 public final class BenchRunner {
+    /** Our backend's worker threads in a point's breakdown ("backend-qp0", ...). */
+    static final String WORKER_PREFIX = "backend-qp";
     /**
      * @param txCpus   CPUs of the sending side's busy threads (driver threads, or testpmd's forwarding lcore); empty:
      *                 not pinned
@@ -273,7 +275,7 @@ public final class BenchRunner {
 
         static void threads(DeviceSample a, DeviceSample b, List<Measurement.ThreadCpu> out) {
             for (int i = 0; i < a.packets.length; i++) {
-                out.add(new Measurement.ThreadCpu(Measurement.RX, "backend-qp" + i, b.cpu[i] - a.cpu[i],
+                out.add(new Measurement.ThreadCpu(Measurement.RX, WORKER_PREFIX + i, b.cpu[i] - a.cpu[i],
                         b.packets[i] - a.packets[i]));
             }
         }
@@ -367,6 +369,7 @@ public final class BenchRunner {
                 Measurement last = null;
                 for (int k = 0; k < pairsOfWindows; k++) {
                     double[] mpps = new double[2]; // off, on
+                    double[] workerNs = new double[2];
                     for (int half = 0; half < 2; half++) {
                         boolean on = (k % 2 == 0) == (half == 1);
                         if (e == Experiment.DIRTY_LOG) {
@@ -378,9 +381,10 @@ public final class BenchRunner {
                         Object b = sample();
                         last = between(size, a, b);
                         mpps[on ? 1 : 0] = last.mpps();
+                        workerNs[on ? 1 : 0] = workerNsPerFrame(last);
                         a = b;
                     }
-                    w.add(mpps[0], mpps[1]);
+                    w.add(mpps[0], mpps[1], workerNs[0], workerNs[1]);
                 }
                 Measurement whole = between(size, first, a);
                 listener.note(String.format(Locale.ROOT, "%s %d B %d pair%s %s: %s %s", whole.scenario().title(), size,
@@ -394,6 +398,19 @@ public final class BenchRunner {
                     dirtyLog(false);
                 }
             }
+        }
+
+        /** Our backend's workers' CPU ns per frame they moved in {@code m}, or NaN when it has none. */
+        private static double workerNsPerFrame(Measurement m) {
+            long cpu = 0;
+            boolean any = false;
+            for (Measurement.ThreadCpu t : m.threads()) {
+                if (t.name().startsWith(WORKER_PREFIX)) {
+                    cpu += t.cpuNanos();
+                    any = true;
+                }
+            }
+            return any && m.packets() > 0 ? (double) cpu / m.packets() : Double.NaN;
         }
 
         /** Has the backend under test log its writes (through our driver, as QEMU asks it when migrating). */

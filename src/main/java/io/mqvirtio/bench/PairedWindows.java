@@ -12,9 +12,25 @@ import java.util.Locale;
  */
 public final class PairedWindows {
     private final List<double[]> pairs = new ArrayList<>(); // off, on
+    /**
+     * Per pair, our backend's workers' CPU ns per frame, off then on (NaN where the scenario has none): what a frame
+     * costs the host, which a rate set by another CPU (a sender's, a driver's) does not show.
+     */
+    private final List<double[]> costs = new ArrayList<>();
 
     public void add(double offMpps, double onMpps) {
+        add(offMpps, onMpps, Double.NaN, Double.NaN);
+    }
+
+    /** A pair of windows with our workers' CPU ns per frame in each. */
+    public void add(double offMpps, double onMpps, double offWorkerNs, double onWorkerNs) {
         pairs.add(new double[] {offMpps, onMpps});
+        costs.add(new double[] {offWorkerNs, onWorkerNs});
+    }
+
+    /** The ratios on/off of the workers' CPU ns per frame where both windows had one, sorted (below 1: cheaper). */
+    public double[] costRatios() {
+        return costs.stream().filter(c -> c[0] > 0 && c[1] > 0).mapToDouble(c -> c[1] / c[0]).sorted().toArray();
     }
 
     public int size() {
@@ -48,9 +64,17 @@ public final class PairedWindows {
     @Override
     public String toString() {
         double[] r = ratios();
-        return String.format(Locale.ROOT, "on/off %.3f (quartiles %.3f-%.3f) over %d pairs of windows; median Mpps "
+        String rates = String.format(Locale.ROOT, "on/off %.3f (quartiles %.3f-%.3f) over %d pairs of windows; median Mpps "
                         + "on %.3f, off %.3f", quantile(r, 0.5), quantile(r, 0.25), quantile(r, 0.75), r.length,
                 medianOf(1), medianOf(0));
+        double[] c = costRatios();
+        if (c.length == 0) {
+            return rates;
+        }
+        return rates + String.format(Locale.ROOT, "; worker CPU per frame on/off %.3f (quartiles %.3f-%.3f), median ns "
+                        + "on %.1f, off %.1f", quantile(c, 0.5), quantile(c, 0.25), quantile(c, 0.75),
+                quantile(costs.stream().mapToDouble(x -> x[1]).filter(x -> x > 0).sorted().toArray(), 0.5),
+                quantile(costs.stream().mapToDouble(x -> x[0]).filter(x -> x > 0).sorted().toArray(), 0.5));
     }
 
     /** For the JSON or a test: every pair's rates, off then on. */
