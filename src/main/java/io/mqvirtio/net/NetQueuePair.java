@@ -254,9 +254,10 @@ public final class NetQueuePair {
     }
 
     private int sendCopies(MemorySegment[] frames, int offset, int count) {
+        checkNotWriting();
         reapTx();
         int n = 0;
-        long bytes = 0;
+        sentBytes = 0;
         try {
             while (n < count && txFree > 0) {
                 int chunk = Math.min(Math.min(count - n, txFree), BURST);
@@ -279,31 +280,32 @@ public final class NetQueuePair {
                         burstLen[k] = (int) (VirtioNet.HDR_SIZE + flen);
                     }
                 } finally {
-                    int added = addTxBurst(k);
-                    for (int i = 0; i < added; i++) {
-                        bytes += burstLen[i] - VirtioNet.HDR_SIZE;
-                    }
-                    n += added;
+                    n += addTxBurst(k);
                 }
             }
         } finally {
-            finishSend(n, bytes);
+            finishSend(n, sentBytes);
         }
         return n;
     }
 
     /**
      * Adds the {@code k} frames written into the top {@code k} free slots ({@link #burstGpa}, {@link #burstLen}) to
-     * the TX ring with one {@link DriverRing#addBurst}, and takes those slots; returns how many it added.
+     * the TX ring with one {@link DriverRing#addBurst}, and takes those slots; returns how many it added, and adds
+     * their frames' bytes to {@link #sentBytes}.
      */
     private int addTxBurst(int k) {
         int added = k == 0 ? 0 : tx.addBurst(burstGpa, burstLen, k, false, burstIds);
         for (int i = 0; i < added; i++) {
             txSlotOfHead[burstIds[i]] = txFreeSlots[txFree - 1 - i];
+            sentBytes += burstLen[i] - VirtioNet.HDR_SIZE;
         }
         txFree -= added;
         return added;
     }
+
+    /** The frame bytes a send added to the ring (without headers), for its counters. */
+    private long sentBytes;
 
     /** Writes a zero virtio_net_hdr_v1 (no offload asked) at the start of TX slot {@code slot}; returns its offset. */
     private long zeroHeader(int slot) {
@@ -334,7 +336,8 @@ public final class NetQueuePair {
          * {@code buffer} is one of the pair's TX buffers in the memory shared with the backend, valid only during
          * the call (once the driver is closed, any access through it throws IllegalStateException); it still holds
          * the last frame sent from it (zeros at first), so a writer that sends frames of one shape may rewrite only
-         * the bytes that change, as DPDK's txonly rewrites only the headers.
+         * the bytes that change, as DPDK's txonly rewrites only the headers. A writer may receive on the pair, but
+         * not send on it (that throws IllegalStateException): the burst it belongs to is being written.
          */
         int write(MemorySegment buffer, int i);
     }
@@ -361,9 +364,11 @@ public final class NetQueuePair {
      * (packed) at 64 B, 1.00x / 1.10x at 1500 B.
      */
     private int sendWritten(int count, FrameWriter writer) {
+        checkNotWriting();
         reapTx();
         int n = 0;
-        long bytes = 0;
+        sentBytes = 0;
+        writing = true;
         try {
             while (n < count && txFree > 0) {
                 int chunk = Math.min(Math.min(count - n, txFree), BURST);
@@ -379,17 +384,27 @@ public final class NetQueuePair {
                         burstLen[k] = VirtioNet.HDR_SIZE + flen;
                     }
                 } finally {
-                    int added = addTxBurst(k);
-                    for (int i = 0; i < added; i++) {
-                        bytes += burstLen[i] - VirtioNet.HDR_SIZE;
-                    }
-                    n += added;
+                    n += addTxBurst(k);
                 }
             }
         } finally {
-            finishSend(n, bytes);
+            writing = false;
+            finishSend(n, sentBytes);
         }
         return n;
+    }
+
+    /**
+     * True while {@link #sendInPlace} runs its writer: the frames written so far sit in slots not yet taken and in
+     * this pair's burst arrays, so the writer may not send on this pair (it may receive).
+     */
+    private boolean writing;
+
+    private void checkNotWriting() {
+        if (writing) {
+            throw new IllegalStateException("a FrameWriter sent on its own pair: it may write its buffer and receive, "
+                    + "not send");
+        }
     }
 
     /** The most frames one {@link DriverRing#addBurst} of {@link #sendInPlace} adds. */

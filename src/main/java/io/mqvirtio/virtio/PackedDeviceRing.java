@@ -409,26 +409,8 @@ public final class PackedDeviceRing implements DeviceRing {
     public void completeBurst(ChainBurst burst, int from, int n, int len) {
         checkNotBroken();
         burst.checkRange(from, n);
-        int[] ids = burst.id;
         for (int i = from; i < from + n; i++) {
-            int id = ids[i];
-            if (id < 0 || id >= size || !inFlight[id]) {
-                throw new IllegalArgumentException("buffer id " + id + " is not in flight");
-            }
-            inFlight[id] = false;
-            if (inOrder && len == 0 && shadowCount > 0 && shadowLen[shadowCount - 1] == 0) {
-                shadowId[shadowCount - 1] = id; // one used descriptor for the run, as complete does
-            } else {
-                if (shadowCount == size) {
-                    publish(); // see complete
-                }
-                int j = shadowCount++;
-                shadowId[j] = id;
-                shadowLen[j] = len;
-                shadowPos[j] = nextUsed;
-                shadowWrap[j] = usedWrap;
-            }
-            advanceUsed(1);
+            completeId(burst.id[i], len, 1);
         }
     }
 
@@ -516,7 +498,11 @@ public final class PackedDeviceRing implements DeviceRing {
     @Override
     public void complete(DescriptorChain chain, int len) {
         checkNotBroken();
-        int id = chain.id();
+        completeId(chain.id(), len, chain.slots());
+    }
+
+    /** Keeps the used entry of the chain with buffer id {@code id}, which took {@code slots} ring entries. */
+    private void completeId(int id, int len, int slots) {
         if (id < 0 || id >= size || !inFlight[id]) {
             throw new IllegalArgumentException("buffer id " + id + " is not in flight");
         }
@@ -524,7 +510,7 @@ public final class PackedDeviceRing implements DeviceRing {
         if (inOrder && len == 0 && shadowCount > 0 && shadowLen[shadowCount - 1] == 0) {
             // IN_ORDER (2.8.18): one used descriptor for the batch, where its first chain began, naming its last
             shadowId[shadowCount - 1] = id;
-            advanceUsed(chain.slots());
+            advanceUsed(slots);
             return;
         }
         if (shadowCount == size) {
@@ -537,7 +523,7 @@ public final class PackedDeviceRing implements DeviceRing {
         shadowLen[i] = len;
         shadowPos[i] = nextUsed;
         shadowWrap[i] = usedWrap;
-        advanceUsed(chain.slots());
+        advanceUsed(slots);
     }
 
     private void advanceUsed(int slots) {

@@ -311,23 +311,9 @@ public final class SplitDeviceRing implements DeviceRing {
     public void completeBurst(ChainBurst burst, int from, int n, int len) {
         checkNotBroken();
         burst.checkRange(from, n);
-        int[] ids = burst.id;
-        MemorySegment u = used;
-        int idx = usedIdx;
         for (int i = from; i < from + n; i++) {
-            int head = ids[i];
-            if (head < 0 || head >= size) {
-                throw new IllegalArgumentException("head " + head + " out of range for queue size " + size);
-            }
-            long e = USED_RING + (long) USED_ELEM_SIZE * (idx & mask);
-            u.set(U32, e, head);
-            u.set(U32, e + 4, len);
-            idx = (idx + 1) & 0xffff;
-            if (dirty.isLogging()) {
-                logUsed(e, USED_ELEM_SIZE);
-            }
+            push(burst.id[i], len);
         }
-        usedIdx = idx;
     }
 
     /** Checks an indirect descriptor (VIRTIO 1.3, 2.7.5.3.1) and returns its table. */

@@ -182,26 +182,18 @@ public final class SplitDriverRing implements DriverRing {
         MemorySegment d = desc;
         int flags = writable ? DESC_F_WRITE : 0;
         int head = freeHead;
-        int ai = availIdx;
         for (int i = 0; i < k; i++) {
             long base = (long) head * DESC_SIZE;
             d.set(U64, base + DESC_ADDR, addr[i]);
             d.set(U32, base + DESC_LEN, len[i]);
             setU16(d, base + DESC_FLAGS, flags);
             chainLength[head] = 1;
-            setU16(avail, AVAIL_RING + 2L * (ai & mask), head);
-            ai = (ai + 1) & 0xffff;
-            if (inOrder) {
-                order[orderTail] = head;
-                orderTail = orderTail + 1 == size ? 0 : orderTail + 1;
-            }
+            exposeHead(head);
             ids[i] = head;
             head = next[head];
         }
         freeHead = head;
         numFree -= k;
-        chainsInFlight += k;
-        availIdx = ai;
         return k;
     }
 

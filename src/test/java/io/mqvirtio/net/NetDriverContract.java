@@ -190,6 +190,13 @@ abstract class NetDriverContract {
                     assertThat(next[0]).as("two frames were written before the failure").isEqualTo(before + 2);
                 } else if (next[0] == 600 && !badOnce) {
                     badOnce = true;
+                    // a writer that sends on its own pair is refused, and nothing of its burst is sent
+                    long before = q.txCounters().packets();
+                    assertThatThrownBy(() -> q.sendInPlace(4, (buf, i) -> {
+                        q.send(sent.get(0));
+                        return 60;
+                    })).isInstanceOf(IllegalStateException.class).hasMessageContaining("own pair");
+                    assertThat(q.txCounters().packets()).isEqualTo(before);
                     assertThatThrownBy(() -> q.sendInPlace(1, (buf, i) -> q.maxFrame() + 1))
                             .isInstanceOf(IllegalArgumentException.class).hasMessageContaining("must be 14..");
                     assertThatThrownBy(() -> q.sendInPlace(1, (buf, i) -> 13)).isInstanceOf(IllegalArgumentException.class);
