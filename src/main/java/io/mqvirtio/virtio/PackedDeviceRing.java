@@ -308,15 +308,20 @@ public final class PackedDeviceRing implements DeviceRing {
         popTotal[h] = availTotal;
         popId[h] = id;
         pops = pops + 1 == size ? 0 : pops + 1; // no division: packed sizes need not be powers of two
+        consumedTo(pos, wrap, availTotal + n);
+        return true;
+    }
+
+    /** The device has read up to position {@code pos} (wrap counter {@code wrap}), {@code total} descriptors in all. */
+    private void consumedTo(int pos, boolean wrap, long total) {
         nextAvail = pos;
         availWrap = wrap;
-        availTotal += n;
-        if (availTotal > seenTotal) {
-            seenTotal = availTotal;
+        availTotal = total;
+        if (total > seenTotal) {
+            seenTotal = total;
             seenAvail = pos;
             seenWrap = wrap;
         }
-        return true;
     }
 
     /**
@@ -394,14 +399,7 @@ public final class PackedDeviceRing implements DeviceRing {
             }
         }
         pops = h;
-        nextAvail = pos;
-        availWrap = wrap;
-        availTotal = total;
-        if (total > seenTotal) {
-            seenTotal = total;
-            seenAvail = pos;
-            seenWrap = wrap;
-        }
+        consumedTo(pos, wrap, total);
         return k;
     }
 
