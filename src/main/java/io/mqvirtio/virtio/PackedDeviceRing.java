@@ -407,9 +407,41 @@ public final class PackedDeviceRing implements DeviceRing {
     public void completeBurst(ChainBurst burst, int from, int n, int len) {
         checkNotBroken();
         burst.checkRange(from, n);
-        for (int i = from; i < from + n; i++) {
-            completeId(burst.id[i], len, 1);
+        if (n == 0) {
+            return;
         }
+        if (!inOrder || len != 0) {
+            for (int i = from; i < from + n; i++) {
+                completeId(burst.id[i], len, 1);
+            }
+            return;
+        }
+        // IN_ORDER, nothing written (TX): what completeId does chain by chain, once for the run. Measured against
+        // completeId per chain, paired windows, ours->ours 64 B: 1.116x the rate, 0.89x the worker's CPU per frame
+        // with the CPUs near; no difference far apart.
+        int[] ids = burst.id;
+        boolean[] busy = inFlight;
+        int id = 0;
+        for (int i = from; i < from + n; i++) {
+            id = ids[i];
+            if (id < 0 || id >= size || !busy[id]) {
+                throw new IllegalArgumentException("buffer id " + id + " is not in flight");
+            }
+            busy[id] = false;
+        }
+        if (shadowCount > 0 && shadowLen[shadowCount - 1] == 0) {
+            shadowId[shadowCount - 1] = id;
+        } else {
+            if (shadowCount == size) {
+                publish(); // see completeId
+            }
+            int j = shadowCount++;
+            shadowId[j] = id;
+            shadowLen[j] = 0;
+            shadowPos[j] = nextUsed;
+            shadowWrap[j] = usedWrap;
+        }
+        advanceUsed(n);
     }
 
     private MemoryRegion regionFor(int start, long addr, long ulen) {
