@@ -256,6 +256,18 @@ public final class TapBackend implements PacketBackend {
             }
 
             @Override
+            public boolean queue(long address, long length, IoVec scratch) {
+                if (uring == null) {
+                    return false;
+                }
+                boolean taken = uring.queue(address, length);
+                if (!taken) {
+                    checkFallback();
+                }
+                return taken;
+            }
+
+            @Override
             public int flush(long[] results) {
                 if (uring == null) {
                     return 0;

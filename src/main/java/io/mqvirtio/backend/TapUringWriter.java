@@ -100,6 +100,16 @@ final class TapUringWriter implements AutoCloseable {
         return true;
     }
 
+    /** {@link #queue} of a frame that lies in one buffer, {@code total} bytes at this process's {@code address}. */
+    boolean queue(long address, long total) {
+        if (total > SLOT_BYTES || count == SLOTS || failure != null || (ring == null && !open())) {
+            return false;
+        }
+        IoVec.copy(address, slots, (long) count * SLOT_BYTES, total);
+        lens[count++] = (int) total;
+        return true;
+    }
+
     private boolean open() {
         IoUring r = null;
         try {

@@ -142,6 +142,14 @@ public final class IoVec {
         return at;
     }
 
+    /**
+     * Copies {@code n} bytes at this process's address {@code address} (a guest buffer the caller checked, as an
+     * entry's) into {@code dst} from {@code dstOffset}: what {@link #copyTo} does for one entry, with no iovec.
+     */
+    public static void copy(long address, MemorySegment dst, long dstOffset, long n) {
+        MemorySegment.copy(ALL, address, dst, dstOffset, n);
+    }
+
     /** Entry {@code i}'s address. */
     public long address(int i) {
         return array.get(C_LONG, ENTRY * checkEntry(i) + BASE);

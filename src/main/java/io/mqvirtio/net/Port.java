@@ -19,6 +19,24 @@ public interface Port extends AutoCloseable {
     long send(IoVec frame);
 
     /**
+     * Sends one frame that lies in one buffer, {@code length} bytes at this process's {@code address} (header then
+     * frame, inside guest memory: checked when its chain was popped): {@link #send} of a one-entry iovec, which is
+     * what this default does, in {@code scratch}. A port that copies frames copies it from there, with no iovec.
+     */
+    default long send(long address, long length, IoVec scratch) {
+        scratch.clear();
+        scratch.addRaw(address, length);
+        return send(scratch);
+    }
+
+    /** {@link #queue} of a frame in one buffer, as {@link #send(long, long, IoVec)} is {@link #send} of one. */
+    default boolean queue(long address, long length, IoVec scratch) {
+        scratch.clear();
+        scratch.addRaw(address, length);
+        return queue(scratch);
+    }
+
+    /**
      * Frames this port can hold for one {@link #flush} ({@link #queue}), or 0 when it sends each frame at once (the
      * default). Asked once per TX burst.
      */
