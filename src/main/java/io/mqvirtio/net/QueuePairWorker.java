@@ -468,6 +468,9 @@ final class QueuePairWorker implements WorkerHandler {
                     }
                     continue;
                 }
+                if (!txChains.stoppedAtOther()) {
+                    break; // nothing more available: no chain for pop either
+                }
                 if (readsFrames && generalPops % READ_AHEAD == 0 && q.available() > 1) {
                     q.readAhead(READ_AHEAD);
                 }

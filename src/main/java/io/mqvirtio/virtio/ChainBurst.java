@@ -28,12 +28,22 @@ public final class ChainBurst {
     final int[] len = new int[MAX];
     final int[] id = new int[MAX];
     int count;
+    boolean stoppedAtOther;
     @SuppressWarnings("unused")
     private long sink; // what touch loaded, kept so that the JIT keeps the loads
 
     /** Chains popped into this burst by the last {@link DeviceRing#popBurst}. */
     public int count() {
         return count;
+    }
+
+    /**
+     * Whether the last {@link DeviceRing#popBurst} stopped before an available chain it does not take (another shape,
+     * or one that breaks a rule): {@code pop} must take that one. False when it stopped because nothing more was
+     * available (as far as it looked) or it had taken what it was asked for.
+     */
+    public boolean stoppedAtOther() {
+        return stoppedAtOther;
     }
 
     /** Chain {@code i}'s buffer in guest-physical addresses. */

@@ -30,8 +30,9 @@ public interface DeviceRing {
      * or writable (an RX buffer), into {@code burst}; returns how many (also {@link ChainBurst#count()}). Stops before
      * the first chain that is not available, not of that shape (more than one descriptor, an indirect table, the
      * other direction) or not valid as {@link #pop} checks it: pop takes that one, with every check of its own (and
-     * breaks the ring if it must), as if this had not looked at it. It throws only where pop would before reading a
-     * chain: a ring broken earlier, a split ring's avail index beyond its size. Popped
+     * breaks the ring if it must), as if this had not looked at it ({@link ChainBurst#stoppedAtOther()} says it did).
+     * It throws only where pop would before reading a chain: a ring broken earlier, a split ring's avail index beyond
+     * its size. Popped
      * chains count for {@link #giveBack} as popped ones; {@link #completeBurst} completes them.
      */
     int popBurst(ChainBurst burst, int max, boolean writable);

@@ -356,10 +356,15 @@ public final class PackedDeviceRing implements DeviceRing {
         int pos = start;
         boolean wrap = startWrap;
         int k = 0;
+        boolean other = false;
         while (k < limit) {
             long a = ring + (long) pos * DESC_SIZE;
             int flags = Short.toUnsignedInt((short) U16_VH.getAcquire(ALL, a + DESC_FLAGS)); // written last, release
-            if (!isAvail(flags, wrap) || (flags & (F_NEXT | F_INDIRECT | F_WRITE)) != want) {
+            if (!isAvail(flags, wrap)) {
+                break;
+            }
+            if ((flags & (F_NEXT | F_INDIRECT | F_WRITE)) != want) {
+                other = true;
                 break;
             }
             long addr = ALL.get(U64, a + DESC_ADDR);
@@ -367,7 +372,8 @@ public final class PackedDeviceRing implements DeviceRing {
             int id = Short.toUnsignedInt(ALL.get(U16, a + DESC_ID));
             long host = rc.hostAddress(addr, Integer.toUnsignedLong(len));
             if (id >= n || busy[id] || host == 0) {
-                break; // pop breaks the ring over it
+                other = true; // pop breaks the ring over it
+                break;
             }
             busy[id] = true;
             gpaOut[k] = addr;
@@ -381,6 +387,7 @@ public final class PackedDeviceRing implements DeviceRing {
             }
         }
         burst.count = k;
+        burst.stoppedAtOther = other;
         if (k == 0) {
             return 0;
         }

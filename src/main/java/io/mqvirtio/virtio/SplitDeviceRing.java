@@ -271,6 +271,7 @@ public final class SplitDeviceRing implements DeviceRing {
     @Override
     public int popBurst(ChainBurst burst, int max, boolean writable) {
         burst.count = 0;
+        burst.stoppedAtOther = false;
         int have = (availShadow - lastAvail) & 0xffff;
         if (have < max) {
             have = available(); // the avail index once per burst that wants more than was seen
@@ -282,20 +283,24 @@ public final class SplitDeviceRing implements DeviceRing {
         MemorySegment table = desc;
         int last = lastAvail;
         int k = 0;
+        boolean other = false;
         while (k < limit) {
             int head = getU16(avail, AVAIL_RING + 2L * (last & mask));
             if (head >= size) {
+                other = true;
                 break;
             }
             long base = (long) head * DESC_SIZE;
             int flags = Short.toUnsignedInt(table.get(DESC_U16, base + DESC_FLAGS));
             if ((flags & (DESC_F_NEXT | DESC_F_INDIRECT | DESC_F_WRITE)) != want) {
+                other = true;
                 break;
             }
             long addr = table.get(U64, base + DESC_ADDR);
             int len = table.get(DESC_U32, base + DESC_LEN);
             long host = regions.hostAddress(addr, Integer.toUnsignedLong(len));
             if (host == 0) {
+                other = true;
                 break;
             }
             burst.add(k++, addr, host, len, head);
@@ -303,6 +308,7 @@ public final class SplitDeviceRing implements DeviceRing {
         }
         lastAvail = last;
         burst.count = k;
+        burst.stoppedAtOther = other;
         return k;
     }
 

@@ -247,6 +247,10 @@ public final class RingFuzzer {
                         + (refNone ? "nothing to pop" : what + " as " + describe(walked)), e);
             }
             checkBroken(q, chain);
+            if (probe >= 0 && (probe & 1) == 0 && !probeLeft) {
+                throw new FuzzFinding("popBurst took nothing and found no chain for pop, but pop broke the ring: "
+                        + e.getMessage());
+            }
             return -1;
         }
         if (refError != null) {
@@ -295,12 +299,20 @@ public final class RingFuzzer {
         if (took == 1) {
             q.giveBack(1);
         }
+        probeLeft = BURST.stoppedAtOther();
         return took + (writable ? 2 : 0);
     }
+
+    /** What the last probe said of where it stopped ({@link ChainBurst#stoppedAtOther()}). */
+    private static boolean probeLeft;
 
     static void checkBurstProbe(DescriptorChain c, boolean popped, int probe, String what) {
         if (probe < 0) {
             return;
+        }
+        if ((probe & 1) == 0 && probeLeft != popped) {
+            throw new FuzzFinding("popBurst took nothing and said it " + (probeLeft ? "stopped at" : "found no")
+                    + " chain for pop, but pop " + (popped ? "returned " + c : "returned nothing") + " (" + what + ")");
         }
         boolean writable = probe >= 2;
         boolean took = (probe & 1) == 1;

@@ -147,7 +147,9 @@ class ChainBurstTest {
         assertThat(b.length(0)).isEqualTo(76);
         assertThat(b.length(1)).isEqualTo(1500);
         assertThatThrownBy(() -> b.length(3)).isInstanceOf(IndexOutOfBoundsException.class);
+        assertThat(b.stoppedAtOther()).as("stopped before the chain of two").isTrue();
         assertThat(q.popBurst(b, 64, false)).isZero(); // the two-descriptor chain is pop's
+        assertThat(b.stoppedAtOther()).as("an available chain left to pop").isTrue();
         DescriptorChain c = new DescriptorChain(16);
         assertThat(q.pop(c)).isTrue();
         assertThat(c.count()).isEqualTo(2);
@@ -159,6 +161,7 @@ class ChainBurstTest {
         assertThat(q.popBurst(b, 1, false)).isEqualTo(1); // max respected
         assertThat(q.popBurst(b, 64, false)).isZero(); // nothing left
         assertThat(b.count()).isZero();
+        assertThat(b.stoppedAtOther()).as("nothing available").isFalse();
         assertThat(q.isBroken()).isFalse();
     }
 
@@ -171,7 +174,9 @@ class ChainBurstTest {
         one(2, mem.gpa(MEM - 32), 64, false); // runs past the end of guest memory
         ChainBurst b = new ChainBurst();
         assertThat(q.popBurst(b, 64, false)).isEqualTo(2);
+        assertThat(b.stoppedAtOther()).isTrue();
         assertThat(q.popBurst(b, 64, false)).isZero();
+        assertThat(b.stoppedAtOther()).isTrue();
         assertThat(q.isBroken()).isFalse();
         expectBrokenByPop(q, "outside guest memory");
     }
