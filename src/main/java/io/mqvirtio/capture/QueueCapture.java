@@ -135,6 +135,17 @@ public final class QueueCapture implements AutoCloseable {
         offer(Pcapng.INBOUND, (int) Math.min(frame, Integer.MAX_VALUE), data);
     }
 
+    /** Worker: a frame of {@code len} bytes (header included) written to the guest in the one buffer {@code frame}. */
+    public void received(IoVec frame, long len, int header) {
+        long n = len - header;
+        if (n <= 0 || !room()) {
+            return;
+        }
+        byte[] data = new byte[(int) Math.min(n, snaplen)];
+        frame.copyTo(header, MemorySegment.ofArray(data), 0, data.length);
+        offer(Pcapng.INBOUND, (int) Math.min(n, Integer.MAX_VALUE), data);
+    }
+
     private boolean room() {
         if (full || closed) {
             dropped.incrementAndGet();

@@ -60,6 +60,7 @@ final class QueuePairWorker implements WorkerHandler {
     /** Port errors logged in full per worker before they are only counted, and how often the count is logged. */
     private static final long PORT_ERROR_LOG_NANOS = TimeUnit.SECONDS.toNanos(10);
     private static final ValueLayout.OfShort LE16 = ValueLayout.JAVA_SHORT_UNALIGNED.withOrder(ByteOrder.LITTLE_ENDIAN);
+    private static final MemorySegment ALL = MemorySegment.NULL.reinterpret(Long.MAX_VALUE);
 
     final int pair;
     private final Port port;
@@ -97,6 +98,10 @@ final class QueuePairWorker implements WorkerHandler {
     private final DescriptorChain txChain = new DescriptorChain(IoVec.IOV_MAX);
     private final ChainBurst txChains = new ChainBurst();
     private final DescriptorChain[] rxChains = new DescriptorChain[MAX_RX_CHAINS];
+    // RX buffers popped as a burst (one-buffer writable chains), used from rb on, rbCount in all
+    private final ChainBurst rxChainBurst = new ChainBurst();
+    private int rb;
+    private int rbCount;
     private final IoVec iov = new IoVec(IoVec.IOV_MAX);
     // a TX burst's frames queued in a batching port, and the burst's counts
     private final long[] txQueuedBytes = new long[BUDGET];
@@ -515,6 +520,7 @@ final class QueuePairWorker implements WorkerHandler {
             }
             return q.enableKicks();
         } catch (VirtqueueException e) {
+            publishBeforeBreak(q, done, false);
             broken(false, txErr, e);
             return false;
         } catch (RuntimeException | InternalError e) {
@@ -631,11 +637,19 @@ final class QueuePairWorker implements WorkerHandler {
      * parked in the spill buffer until it does (nothing is dropped, no chain is held); a frame that could never fit
      * (more than the whole ring, or than one frame may span) is dropped instead of waiting for good.
      *
+     * <p>Buffers that are one chain of one buffer each, each big enough for the largest frame the negotiated features
+     * allow (a driver without GSO that posts MTU-sized buffers: DPDK's, ours), come a burst at a time
+     * ({@link DeviceRing#popBurst}): one {@code readv} straight into each, nothing to spill, one completion; measured
+     * against the chain-by-chain path with paired windows, TAP into our driver: 0.935-0.977x the worker's CPU per
+     * frame. Any other buffer (smaller, several descriptors, mergeable pieces) goes chain by chain as above.
+     *
      * <p>Waiting for buffers means waiting for a kick: chains given back unused do not count as new ones, so a ring
      * whose buffers cannot take the waiting frame costs nothing until the driver adds more.
      */
     private boolean rxBurst(boolean poll) {
         DeviceRing q = rx;
+        rb = 0; // what a burst cut short by a broken ring left is not given back: that ring pops nothing more
+        rbCount = 0;
         int done = 0;
         long packets = 0;
         long bytes = 0;
@@ -660,6 +674,28 @@ final class QueuePairWorker implements WorkerHandler {
                     done++;
                     continue;
                 }
+                // A burst of one-buffer chains, each big enough for the largest frame this ring may get: one
+                // readv into each, no spill, one completion. Anything else goes chain by chain below.
+                if (rb == rbCount) {
+                    rb = 0;
+                    rbCount = q.popBurst(rxChainBurst, BUDGET - done, true);
+                }
+                if (rb < rbCount && Integer.toUnsignedLong(rxChainBurst.length(rb)) >= rxFrameNeed) {
+                    long len = receiveInto(q, rb);
+                    if (len == RX_STOP) {
+                        break;
+                    }
+                    if (len < VirtioNet.HDR_SIZE) {
+                        errors++; // the same buffer takes the next frame
+                        continue;
+                    }
+                    rb++;
+                    packets++;
+                    bytes += len - VirtioNet.HDR_SIZE;
+                    done++;
+                    continue;
+                }
+                giveBackRxBurst(q); // a buffer a frame could outgrow: chain by chain from here
                 iov.clear();
                 int k = gather(q, 0, rxSmallNeed);
                 long cap = gathered;
@@ -722,6 +758,7 @@ final class QueuePairWorker implements WorkerHandler {
                 bytes += len - VirtioNet.HDR_SIZE;
                 done++;
             }
+            giveBackRxBurst(q);
             if (done > 0) {
                 q.publish();
                 if (q.isLogging()) {
@@ -740,6 +777,7 @@ final class QueuePairWorker implements WorkerHandler {
             }
             return done == BUDGET;
         } catch (VirtqueueException e) {
+            publishBeforeBreak(q, done, true);
             broken(true, rxErr, e);
             return false;
         } catch (RuntimeException | InternalError e) {
@@ -755,6 +793,56 @@ final class QueuePairWorker implements WorkerHandler {
                 rxCounters.add(QueueCounters.DROPS, drops);
             }
         }
+    }
+
+    /** {@link #receiveInto}: the port has nothing, or failed (the burst's buffers from here were given back). */
+    private static final long RX_STOP = Long.MIN_VALUE;
+
+    /**
+     * Receives one frame into buffer {@code i} of the RX burst, which can hold the largest frame this ring may get (so
+     * nothing spills), and completes it: its length, a length below the header's (the buffer stays for the next
+     * frame), or {@link #RX_STOP} when the port had nothing or failed.
+     */
+    private long receiveInto(DeviceRing q, int i) {
+        long host = rxChainBurst.hostAddress(i);
+        iov.clear();
+        iov.addRaw(host, Integer.toUnsignedLong(rxChainBurst.length(i)));
+        long len;
+        try {
+            len = port.receive(iov);
+        } catch (ErrnoException e) {
+            giveBackRxBurst(q);
+            portError(true, e);
+            portReadable = false; // the next edge of the port's fd says when to try again
+            return RX_STOP;
+        }
+        if (len < 0) {
+            giveBackRxBurst(q);
+            portReadable = false;
+            return RX_STOP;
+        }
+        if (len < VirtioNet.HDR_SIZE) {
+            return len;
+        }
+        QueueCapture cap = capture;
+        if (cap != null) {
+            cap.received(iov, len, VirtioNet.HDR_SIZE);
+        }
+        q.completeBurst(rxChainBurst, i, 1, (int) len);
+        if (q.isLogging()) {
+            q.markWritten(rxChainBurst.guestAddress(i), len);
+        }
+        ALL.set(LE16, host + VirtioNet.HDR_NUM_BUFFERS, (short) 1); // inside the written header, marked with it
+        return len;
+    }
+
+    /** Gives back the RX burst's buffers not used yet (the last chains popped). */
+    private void giveBackRxBurst(DeviceRing q) {
+        if (rb < rbCount) {
+            q.giveBack(rbCount - rb);
+        }
+        rb = 0;
+        rbCount = 0;
     }
 
     /**
@@ -889,6 +977,25 @@ final class QueuePairWorker implements WorkerHandler {
         completeFrame(q, k, pendingLen);
         pendingLen = 0;
         return 1;
+    }
+
+    /**
+     * The driver broke ring {@code isRx} at a chain after {@code done} frames of this burst were completed: those are
+     * made visible first (their frames went out, or landed in the guest's buffers), as they were before the bursts,
+     * when each frame's chain was popped only once the one before it was done.
+     */
+    private void publishBeforeBreak(DeviceRing q, int done, boolean isRx) {
+        if (done == 0) {
+            return;
+        }
+        try {
+            q.publish();
+            if ((isRx ? rxCall : txCall) != null && q.needsNotification()) {
+                signalCall(isRx);
+            }
+        } catch (RuntimeException | InternalError e) {
+            // the ring is being broken anyway: what could not be published is lost with it
+        }
     }
 
     /**

@@ -196,8 +196,8 @@ class HostileDriverTest {
      * One TX burst of mixed chains through the burst path and the chain-by-chain one: one-buffer frames, a frame over
      * two descriptors between them, a one-buffer frame rewritten by the guest after it was offered (its new bytes go
      * out: the guest owns them until the device reads them), then a one-buffer chain outside guest memory. Every
-     * frame before the bad chain reaches the port once, in ring order; then the ring breaks (one error) and nothing
-     * after it is taken.
+     * frame before the bad chain reaches the port once, in ring order, and its chain is used; then the ring breaks (one
+     * error) and nothing after it is taken.
      */
     @Test
     @Timeout(60)
@@ -251,6 +251,7 @@ class HostileDriverTest {
             }
             Thread.sleep(100);
             assertThat(rx.usedIdx()).as("nothing after the bad chain").isEqualTo(sent.size());
+            assertThat(tx.usedIdx()).as("the chains before the bad one are used, the ring broken after").isEqualTo(sent.size());
             assertThat(victim.counters().get(1).packets()).isEqualTo(sent.size());
             assertThat(victim.counters().get(1).errors()).isEqualTo(1);
         }
@@ -284,6 +285,74 @@ class HostileDriverTest {
             assertEchoes(other.pair(0), a);
             assertThat(victim.counters().get(1).errors()).isZero();
             assertThat(kicks).isPositive();
+        }
+    }
+
+    /**
+     * The receive side's bursts (one-buffer chains big enough for any frame): frames land in them in ring order, each
+     * with num_buffers 1, and nothing past a frame's end is touched (all memory filled with a pattern first). Then a
+     * buffer too small for a full-size frame (chain by chain from there: with MRG_RXBUF the next frame gathers it and
+     * the next chain) and a buffer outside guest memory: the ring breaks there (one error), after the frames before,
+     * and nothing lands in either.
+     */
+    @Test
+    @Timeout(60)
+    void receiveBurstsWriteOnlyTheirFramesAndStopAtABadBuffer() throws Exception {
+        try (EvilDriver d = new EvilDriver(victimServer.path(), 1, SIZE, FEATURES, 1 << 20)) {
+            byte pattern = (byte) 0x5A;
+            d.mem.asSlice(d.dataOff).fill(pattern);
+            EvilDriver.Ring rx = d.rx(0);
+            int[] sizes = {2048, 2048, 1600, 2048, 2048}; // 1600: a little over the largest frame, still a burst's
+            long[] buf = new long[sizes.length + 1];
+            for (int i = 0; i < sizes.length; i++) {
+                buf[i] = d.alloc(sizes[i]);
+                rx.desc(i, d.gpa(buf[i]), sizes[i], DESC_F_WRITE, 0);
+            }
+            // a buffer too small for a full-size frame (chain by chain from here), then one outside memory
+            buf[sizes.length] = d.alloc(700);
+            rx.desc(sizes.length, d.gpa(buf[sizes.length]), 700, DESC_F_WRITE, 0);
+            rx.desc(sizes.length + 1, d.gpa(d.memSize - 8), 2048, DESC_F_WRITE, 0);
+            for (int i = 0; i < sizes.length + 2; i++) {
+                rx.offer(i);
+            }
+            rx.kick();
+            List<byte[]> sent = new ArrayList<>();
+            long[] txOff = new long[sizes.length + 2];
+            for (int i = 0; i < sizes.length + 2; i++) {
+                byte[] f = frame(100 + 111 * i, 20 + i);
+                sent.add(f);
+                txOff[i] = sendValid(d, 0, f, i);
+                int want = i + 1;
+                await(() -> d.tx(0).usedIdx() == want, "TX of frame " + want);
+            }
+            await(() -> victim.counters().get(0).errors() > 0, "the RX ring to break at the bad buffer");
+            await(() -> rx.usedIdx() == sizes.length, "the frames before the bad buffer");
+            Thread.sleep(100);
+            assertThat(rx.usedIdx()).as("nothing after the burst's buffers").isEqualTo(sizes.length);
+            assertThat(victim.counters().get(0).errors()).isEqualTo(1);
+            boolean[] allowed = new boolean[(int) d.memSize];
+            for (int i = 0; i < sizes.length + 2; i++) { // what the driver wrote itself: the TX frames
+                for (long b = txOff[i]; b < txOff[i] + 12 + sent.get(i).length; b++) {
+                    allowed[(int) b] = true;
+                }
+            }
+            for (int i = 0; i < sizes.length; i++) {
+                int[] u = rx.nextUsed();
+                assertThat(u[0]).as("used in ring order").isEqualTo(i);
+                byte[] f = sent.get(i);
+                assertThat(u[1]).as("frame %d's used length", i).isEqualTo(12 + f.length);
+                assertThat(d.mem.get(EvilDriver.U16, buf[i] + 10)).as("num_buffers").isEqualTo((short) 1);
+                assertThat(d.mem.asSlice(buf[i] + 12, f.length).toArray(ValueLayout.JAVA_BYTE)).isEqualTo(f);
+                for (long b = buf[i]; b < buf[i] + 12 + f.length; b++) {
+                    allowed[(int) b] = true;
+                }
+            }
+            byte[] all = d.mem.asSlice(0, d.memSize).toArray(ValueLayout.JAVA_BYTE);
+            for (int b = (int) d.dataOff; b < all.length; b++) {
+                if (!allowed[b]) {
+                    assertThat(all[b]).as("byte %d, outside every frame", b).isEqualTo(pattern);
+                }
+            }
         }
     }
 
