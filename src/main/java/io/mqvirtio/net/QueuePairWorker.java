@@ -981,8 +981,8 @@ final class QueuePairWorker implements WorkerHandler {
 
     /**
      * The driver broke ring {@code isRx} at a chain after {@code done} frames of this burst were completed: those are
-     * made visible first (their frames went out, or landed in the guest's buffers), as they were before the bursts,
-     * when each frame's chain was popped only once the one before it was done.
+     * made visible first, since their frames went out or landed in the guest's buffers (a burst pops chains ahead of
+     * the frames, so a bad chain is met sooner than one frame at a time would meet it).
      */
     private void publishBeforeBreak(DeviceRing q, int done, boolean isRx) {
         if (done == 0) {
