@@ -35,6 +35,7 @@ import java.util.Locale;
 import java.util.Map;
 import java.util.concurrent.ThreadLocalRandom;
 import java.util.concurrent.atomic.AtomicLongArray;
+import java.util.concurrent.locks.LockSupport;
 import java.util.stream.Stream;
 
 /**
@@ -214,7 +215,7 @@ public final class BenchRunner {
             case DPDK_TO_DPDK -> new DpdkToDpdk(pairs, ring, sock);
             case OURS_TO_DPDK -> new DriverToDpdk(pairs, ring, sock);
             case TAP_TO_OURS -> new TapToBackend(pairs, ring, sock);
-            case WRITEV_TO_TAP, TAP_TO_READV, URING_TO_TAP, TAP_TO_URING -> new SyscallLoop(s, pairs, ring);
+            case WRITEV_TO_TAP, TAP_TO_READV, URING_TO_TAP, TAP_TO_URING, TAP_TO_READV_RING -> new SyscallLoop(s, pairs, ring);
         };
     }
 
@@ -729,6 +730,8 @@ public final class BenchRunner {
      */
     /** Writes per io_uring_enter in scenario 9: the TX worker's burst of 32. */
     static final int URING_BURST = 32;
+    /** Scenario 11's buffers per queue and their size, header included: our driver's RX ring as the bench sets it. */
+    static final int RING_SLOTS = 256, RING_SLOT = 2048;
 
     private final class SyscallLoop extends Session {
         private final Scenario scenario;
@@ -741,10 +744,17 @@ public final class BenchRunner {
         private final ThreadMXBean mx = ManagementFactory.getThreadMXBean();
         private volatile boolean stop;
         private TapInjector injector;
-        /** Whether the loop writes into the TAP (7, 9: the kernel counts) or reads the injector's frames (8, 10). */
+        /** Whether the loop writes into the TAP (7, 9: the kernel counts) or reads the injector's frames (8, 10, 11). */
         private final boolean writes;
+        /** Scenario 11: each queue's buffers, their frames' lengths, and (at q * 16, q * 16 + 8) frames read, copied. */
+        private final List<MemorySegment> ringSlots = new ArrayList<>();
+        private final List<int[]> ringLengths = new ArrayList<>();
+        private final AtomicLongArray ringCounts;
+        private final List<Thread> readers = new ArrayList<>();
+        private final Arena ringArena = Arena.ofShared();
 
-        private record Sample(long nanos, long[] counts, long[] cpu, long kernelRx, long sent, long[] injectCpu) {}
+        private record Sample(long nanos, long[] counts, long[] cpu, long kernelRx, long sent, long[] injectCpu,
+                              long[] readerCpu) {}
 
         SyscallLoop(Scenario scenario, int pairs, RingMode ring) throws Exception {
             boolean uring = scenario == Scenario.URING_TO_TAP || scenario == Scenario.TAP_TO_URING;
@@ -756,6 +766,13 @@ public final class BenchRunner {
             this.pairs = pairs;
             this.ring = ring;
             this.counts = new AtomicLongArray(pairs * 8);
+            this.ringCounts = new AtomicLongArray(pairs * 16);
+            if (scenario == Scenario.TAP_TO_READV_RING) {
+                for (int i = 0; i < pairs; i++) {
+                    ringSlots.add(ringArena.allocate((long) RING_SLOTS * RING_SLOT, 4096));
+                    ringLengths.add(new int[RING_SLOTS]);
+                }
+            }
             tap = TapInNetns.open(pairs);
             try {
                 for (int i = 0; i < pairs; i++) {
@@ -786,10 +803,25 @@ public final class BenchRunner {
                         uringWriteLoop(q, size);
                     } else if (scenario == Scenario.TAP_TO_URING) {
                         uringReadLoop(q);
+                    } else if (scenario == Scenario.TAP_TO_READV_RING) {
+                        ringReadLoop(q);
                     } else {
                         readLoop(q);
                     }
                 }));
+            }
+            if (scenario == Scenario.TAP_TO_READV_RING) {
+                int[] tx = o.txCpus();
+                for (int i = 0; i < pairs; i++) {
+                    int q = i;
+                    int cpu = tx.length == 0 ? -1 : tx[i % tx.length];
+                    readers.add(Thread.ofPlatform().name("ring-reader-q" + i).daemon().start(() -> {
+                        if (cpu >= 0) {
+                            Affinity.pin(cpu);
+                        }
+                        ringReader(q);
+                    }));
+                }
             }
             if (!writes) {
                 injector = new TapInjector(tap.sockets(injectors(pairs)), size, o.txCpus());
@@ -911,6 +943,62 @@ public final class BenchRunner {
             }
         }
 
+        /**
+         * Scenario 11: 8's loop, each frame read into the next of {@link #RING_SLOTS} buffers (header and 2 KiB, one
+         * iovec entry: what our worker gives {@code readv} for a posted RX buffer), which {@link #ringReader} on the
+         * CPU of 6's driver copies out before the loop may read into it again. So the kernel writes every frame into
+         * lines another CPU read last, as in 6, where 8 writes into one buffer its own cache keeps: what is left
+         * between 6 and 11 is our data path, not where the bytes go. A full ring (the reader behind) parks the loop
+         * for 10 us; the reader yields when it finds nothing, as our driver's receiving thread does.
+         */
+        private void ringReadLoop(int q) {
+            MemorySegment slots = ringSlots.get(q);
+            AtomicLongArray ring = ringCounts;
+            IoVec iov = new IoVec(1);
+            Port port = ports.get(q);
+            long n = 0;
+            while (!stop) {
+                if (n - ring.getAcquire(q * 16 + 8) == RING_SLOTS) {
+                    LockSupport.parkNanos(10_000);
+                    continue;
+                }
+                int slot = (int) (n % RING_SLOTS);
+                iov.clear();
+                iov.add(slots, (long) slot * RING_SLOT, RING_SLOT);
+                long r = port.receive(iov);
+                if (r > 0) {
+                    ringLengths.get(q)[slot] = (int) r;
+                    ring.setRelease(q * 16, ++n);
+                    counts.setRelease(q * 8, n);
+                } else if (r == -1) {
+                    tap.backend().queueFd(q).poll(Fd.POLLIN, 100);
+                }
+            }
+        }
+
+        /** Scenario 11's reader: copies each frame the loop read out of its slot (as our driver's receive does). */
+        private void ringReader(int q) {
+            try (Arena a = Arena.ofConfined()) {
+                MemorySegment slots = ringSlots.get(q);
+                int[] lengths = ringLengths.get(q);
+                MemorySegment out = a.allocate(RING_SLOT, 64);
+                AtomicLongArray ring = ringCounts;
+                long done = 0;
+                while (!stop) {
+                    long ready = ring.getAcquire(q * 16);
+                    if (done == ready) {
+                        Thread.yield();
+                        continue;
+                    }
+                    for (; done < ready; done++) {
+                        int slot = (int) (done % RING_SLOTS);
+                        MemorySegment.copy(slots, (long) slot * RING_SLOT, out, 0, lengths[slot]);
+                    }
+                    ring.setRelease(q * 16 + 8, done);
+                }
+            }
+        }
+
         private void readLoop(int q) {
             try (Arena a = Arena.ofConfined()) {
                 IoVec iov = new IoVec(2);
@@ -937,8 +1025,9 @@ public final class BenchRunner {
             }
             long[] cpu = threads.stream().mapToLong(t -> mx.getThreadCpuTime(t.threadId())).toArray();
             long kernelRx = writes ? tap.ns().rxPackets(tap.name()) : -1;
+            long[] readerCpu = readers.stream().mapToLong(t -> mx.getThreadCpuTime(t.threadId())).toArray();
             return new Sample(System.nanoTime(), c, cpu, kernelRx, injector == null ? 0 : injector.sent(),
-                    injector == null ? new long[0] : injector.cpu());
+                    injector == null ? new long[0] : injector.cpu(), readerCpu);
         }
 
         @Override
@@ -966,6 +1055,10 @@ public final class BenchRunner {
                 received = done;
                 sent = b.sent() - a.sent();
                 cpu.addAll(TapInjector.threadCpu(a.injectCpu(), b.injectCpu(), sent));
+                for (int i = 0; i < Math.min(a.readerCpu().length, b.readerCpu().length); i++) {
+                    cpu.add(new Measurement.ThreadCpu(Measurement.TX, "ring-reader-q" + i,
+                            b.readerCpu()[i] - a.readerCpu()[i], b.counts()[i] - a.counts()[i]));
+                }
                 StringBuilder per = new StringBuilder();
                 for (int i = 0; i < pairs; i++) {
                     per.append(String.format(Locale.ROOT, " %.3f", (b.counts()[i] - a.counts()[i]) / seconds / 1e6));
@@ -973,6 +1066,8 @@ public final class BenchRunner {
                 note = "tap " + tap.name() + " in netns " + tap.ns().name() + ", " + a.injectCpu().length
                         + " sender thread(s); " + (scenario == Scenario.TAP_TO_URING ? "up to " + URING_BURST
                         + " IORING_OP_READ_FIXED (RWF_NOWAIT) per io_uring_enter" : "one readv per frame")
+                        + (scenario == Scenario.TAP_TO_READV_RING ? " into the next of " + RING_SLOTS
+                                + " buffers, copied out by a reader on the driver's CPU" : "")
                         + "; per queue Mpps" + per;
             }
             return new Measurement(scenario, size, pairs, ring, Measurement.UNKNOWN, received, seconds, sent, seconds,
@@ -986,6 +1081,13 @@ public final class BenchRunner {
                 t.join(5000);
             }
             threads.clear();
+            for (Thread t : readers) {
+                t.join(5000);
+            }
+            readers.clear();
+            for (int i = 0; i < pairs * 16; i++) {
+                ringCounts.set(i, 0); // the next size starts with an empty ring
+            }
             if (injector != null) {
                 injector.close();
                 injector = null;
@@ -998,6 +1100,7 @@ public final class BenchRunner {
                 end();
             } finally {
                 tap.close();
+                ringArena.close();
             }
         }
     }

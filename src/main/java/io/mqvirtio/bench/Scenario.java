@@ -1,7 +1,9 @@
 package io.mqvirtio.bench;
 
 import java.util.ArrayList;
+import java.util.Arrays;
 import java.util.List;
+import java.util.stream.Collectors;
 
 /** The scenarios of {@code mqvirtio bench}: who sends, who receives. Scenario 3 is the reference. */
 public enum Scenario {
@@ -14,7 +16,8 @@ public enum Scenario {
     WRITEV_TO_TAP(7, "writev->tap", "syscall-bound reference of 5: one writev per frame on each TAP queue fd, nothing else", false, true),
     TAP_TO_READV(8, "tap->readv", "syscall-bound reference of 6: host sender as in 6, one readv per frame from each TAP queue fd", false, true),
     URING_TO_TAP(9, "uring->tap", "batched writes past the syscall bound: 32 IORING_OP_WRITE_FIXED (registered file and buffer) per io_uring_enter on each TAP queue fd, against 7", false, true),
-    TAP_TO_URING(10, "tap->uring", "batched reads: host sender as in 6, up to 32 IORING_OP_READ_FIXED with RWF_NOWAIT (registered file and buffer) per io_uring_enter on each TAP queue fd, as many as the queue held last time, against 8", false, true);
+    TAP_TO_URING(10, "tap->uring", "batched reads: host sender as in 6, up to 32 IORING_OP_READ_FIXED with RWF_NOWAIT (registered file and buffer) per io_uring_enter on each TAP queue fd, as many as the queue held last time, against 8", false, true),
+    TAP_TO_READV_RING(11, "tap->readv-ring", "8 with 6's memory traffic: one readv per frame into the next of 256 buffers, which a thread on the driver's CPU copies out before they are read into again, against 8", false, true);
 
     /** The scenario the virtio ones are compared with, at the same frame size and queue pairs. */
     public static final Scenario REFERENCE = DPDK_TO_DPDK;
@@ -67,7 +70,7 @@ public enum Scenario {
     public Scenario reference() {
         return switch (this) {
             case OURS_TO_TAP, WRITEV_TO_TAP, URING_TO_TAP -> WRITEV_TO_TAP;
-            case TAP_TO_OURS, TAP_TO_READV, TAP_TO_URING -> TAP_TO_READV;
+            case TAP_TO_OURS, TAP_TO_READV, TAP_TO_URING, TAP_TO_READV_RING -> TAP_TO_READV;
             default -> REFERENCE;
         };
     }
@@ -101,9 +104,9 @@ public enum Scenario {
                 }
             }
             if (found == null) {
-                throw new IllegalArgumentException("unknown scenario '" + t + "': use 1..9 or all (1 ours->ours, "
-                        + "2 dpdk->ours, 3 dpdk->dpdk, 4 ours->dpdk, 5 ours->tap, 6 tap->ours, 7 writev->tap, "
-                        + "8 tap->readv, 9 uring->tap)");
+                throw new IllegalArgumentException("unknown scenario '" + t + "': use 1.." + values().length
+                        + " or all (" + Arrays.stream(values()).map(Scenario::title).collect(Collectors.joining(", "))
+                        + ")");
             }
             if (!out.contains(found)) {
                 out.add(found);

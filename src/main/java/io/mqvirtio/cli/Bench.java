@@ -52,7 +52,9 @@ public final class Bench {
                     + "root), 7 writev->tap and 8 tap->readv (the syscall-bound loops 5 and 6 are compared with: one "
                     + "writev / readv per frame on each TAP queue fd; root), 9 uring->tap (7's writes, 32 per io_uring_enter: "
                     + "what batching the system calls buys; root), 10 tap->uring (8's reads, up to 32 per io_uring_enter; "
-                    + "root); default ${DEFAULT-VALUE}"})
+                    + "root), 11 tap->readv-ring (8 reading into the next of 256 buffers that a thread on the driver's CPU "
+                    + "copies out, as 6's frames are: the kernel's cost with 6's memory traffic; root); default "
+                    + "${DEFAULT-VALUE}"})
         String scenarios;
 
         @Option(names = "--sizes", paramLabel = "LIST", split = ",", hideParamSyntax = true, defaultValue = "64,512,1500",
