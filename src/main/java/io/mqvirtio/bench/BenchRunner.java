@@ -789,14 +789,9 @@ public final class BenchRunner {
         @Override
         void begin(int size) throws Exception {
             stop = false;
-            int[] cpus = o.rxCpus();
             for (int i = 0; i < pairs; i++) {
                 int q = i;
-                int cpu = cpus.length == 0 ? -1 : cpus[i % cpus.length];
-                threads.add(Thread.ofPlatform().name("syscall-q" + i).daemon().start(() -> {
-                    if (cpu >= 0) {
-                        Affinity.pin(cpu);
-                    }
+                threads.add(pinned("syscall-q" + i, o.rxCpus(), i, () -> {
                     if (scenario == Scenario.WRITEV_TO_TAP) {
                         writeLoop(q, size);
                     } else if (scenario == Scenario.URING_TO_TAP) {
@@ -809,23 +804,24 @@ public final class BenchRunner {
                         readLoop(q);
                     }
                 }));
-            }
-            if (scenario == Scenario.TAP_TO_READV_RING) {
-                int[] tx = o.txCpus();
-                for (int i = 0; i < pairs; i++) {
-                    int q = i;
-                    int cpu = tx.length == 0 ? -1 : tx[i % tx.length];
-                    readers.add(Thread.ofPlatform().name("ring-reader-q" + i).daemon().start(() -> {
-                        if (cpu >= 0) {
-                            Affinity.pin(cpu);
-                        }
-                        ringReader(q);
-                    }));
+                if (scenario == Scenario.TAP_TO_READV_RING) {
+                    readers.add(pinned("ring-reader-q" + i, o.txCpus(), i, () -> ringReader(q)));
                 }
             }
             if (!writes) {
                 injector = new TapInjector(tap.sockets(injectors(pairs)), size, o.txCpus());
             }
+        }
+
+        /** A daemon thread on the {@code i}-th of {@code cpus} (round robin; none given: where the kernel puts it). */
+        private static Thread pinned(String name, int[] cpus, int i, Runnable body) {
+            int cpu = cpus.length == 0 ? -1 : cpus[i % cpus.length];
+            return Thread.ofPlatform().name(name).daemon().start(() -> {
+                if (cpu >= 0) {
+                    Affinity.pin(cpu);
+                }
+                body.run();
+            });
         }
 
         private void writeLoop(int q, int size) {
