@@ -39,14 +39,45 @@ public final class BenchReport {
      * weighs on both); NaN with fewer than two such rounds.
      */
     public static double medianRatio(Measurement m, List<Measurement> all) {
+        return medianOfRounds(m, all, false);
+    }
+
+    /**
+     * Two round trips this far apart or more put two measurements at different speeds of the machine: a shared
+     * machine's CPUs move, and the round trip of the same two CPUs goes from 60-120 ns to 400-1000 ns and back.
+     */
+    public static final double SPEED_STEP = 2.0;
+
+    /**
+     * {@link #medianRatio} over only the rounds in which this point and the reference ran at one speed of the
+     * machine: both with a CPU round trip measured just before them ({@link Measurement#roundRoundTripNs}), the
+     * larger under {@link #SPEED_STEP} times the smaller. What the ratio means when the machine changes speed between
+     * rounds (the issue's measure asks for one speed throughout); NaN with fewer than two such rounds.
+     */
+    public static double sameSpeedMedianRatio(Measurement m, List<Measurement> all) {
+        return medianOfRounds(m, all, true);
+    }
+
+    private static double medianOfRounds(Measurement m, List<Measurement> all, boolean sameSpeed) {
         Measurement r = reference(m, all);
         if (r == null || !m.ok() || m.roundMpps().size() != r.roundMpps().size()) {
+            return Double.NaN;
+        }
+        if (sameSpeed && (m.roundRoundTripNs().size() != m.roundMpps().size()
+                || r.roundRoundTripNs().size() != r.roundMpps().size())) {
             return Double.NaN;
         }
         List<Double> ratios = new ArrayList<>();
         for (int i = 0; i < m.roundMpps().size(); i++) {
             double a = m.roundMpps().get(i);
             double b = r.roundMpps().get(i);
+            if (sameSpeed) {
+                double x = m.roundRoundTripNs().get(i);
+                double y = r.roundRoundTripNs().get(i);
+                if (!(x > 0 && y > 0 && Math.max(x, y) < SPEED_STEP * Math.min(x, y))) { // false for NaN
+                    continue;
+                }
+            }
             if (a >= 0 && b > 0) { // false for NaN
                 ratios.add(a / b);
             }
@@ -60,8 +91,13 @@ public final class BenchReport {
     }
 
     public static final String TABLE_HEADER = String.format(Locale.ROOT,
-            "%-14s %6s %5s %-15s %8s %8s %8s %9s %9s %6s %7s %7s %6s", "scenario", "frame", "pairs", "ring", "Mpps",
-            "Gbit/s", "sent", "TX ns/pk", "RX ns/pk", "cores", "vs ref", "med ref", "rt ns");
+            "%-14s %6s %5s %-15s %8s %8s %8s %9s %9s %6s %7s %7s %8s %6s", "scenario", "frame", "pairs", "ring", "Mpps",
+            "Gbit/s", "sent", "TX ns/pk", "RX ns/pk", "cores", "vs ref", "med ref", "med same", "rt ns");
+
+    /** Printed under a table of several rounds. */
+    public static final String SAME_SPEED_LEGEND = "med ref: median of per-round ratios to the reference; med same: "
+            + "the same over the rounds where both ran at one speed of the machine (CPU round trips under "
+            + SPEED_STEP + "x apart), empty with fewer than two";
 
     /** What {@link #ringText} marks a ring mode with when it is what was asked for, not what was seen negotiated. */
     public static final String ASKED_MARK = "*";
@@ -82,9 +118,10 @@ public final class BenchReport {
         if (!m.ok()) {
             return head + "  " + m.status().name().toLowerCase(Locale.ROOT) + ": " + firstLine(m.note());
         }
-        return head + String.format(Locale.ROOT, " %8.3f %8.3f %8.3f %9.1f %9.1f %6.2f %7s %7s %6s", m.mpps(),
+        return head + String.format(Locale.ROOT, " %8.3f %8.3f %8.3f %9.1f %9.1f %6.2f %7s %7s %8s %6s", m.mpps(),
                 m.gbps(), m.senderMpps(), m.cpuNsPerPacket(Measurement.TX), m.cpuNsPerPacket(Measurement.RX), m.cores(),
-                fmt(ratio(m, all), "%.2f"), fmt(medianRatio(m, all), "%.2f"), fmt(m.roundTripNs(), "%.0f"));
+                fmt(ratio(m, all), "%.2f"), fmt(medianRatio(m, all), "%.2f"), fmt(sameSpeedMedianRatio(m, all), "%.2f"),
+                fmt(m.roundTripNs(), "%.0f"));
     }
 
     /** "driver-qp0 120.1, driver-qp1 119.5 | backend-qp0 80.2": each busy thread's CPU ns per packet it handled. */
@@ -102,7 +139,7 @@ public final class BenchReport {
         StringBuilder b = new StringBuilder();
         b.append("scenario,label,frame_bytes,pairs,ring_asked,ring_negotiated,features,status,mpps,gbps,packets,seconds,sender_mpps,sender_packets,"
                 + "sender_seconds,tx_cpu_ns_per_packet,rx_cpu_ns_per_packet,cores,ratio_to_reference,"
-                + "median_round_ratio_to_reference,cpu_round_trip_ns,threads,note\n");
+                + "median_round_ratio_to_reference,median_round_ratio_same_speed,cpu_round_trip_ns,threads,note\n");
         for (Measurement m : all) {
             StringBuilder threads = new StringBuilder();
             for (Measurement.ThreadCpu t : m.threads()) {
@@ -124,6 +161,7 @@ public final class BenchReport {
                     .append(',').append(fmt(m.cpuNsPerPacket(Measurement.RX), "%.2f"))
                     .append(',').append(fmt(m.cores(), "%.3f")).append(',').append(fmt(ratio(m, all), "%.4f"))
                     .append(',').append(fmt(medianRatio(m, all), "%.4f"))
+                    .append(',').append(fmt(sameSpeedMedianRatio(m, all), "%.4f"))
                     .append(',').append(fmt(m.roundTripNs(), "%.1f"))
                     .append(',').append(quote(threads.toString())).append(',').append(quote(m.note() == null ? "" : m.note()))
                     .append('\n');

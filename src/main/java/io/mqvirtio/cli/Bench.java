@@ -249,6 +249,9 @@ public final class Bench {
         if (results.stream().anyMatch(m -> m.negotiated() == null)) {
             out.println(BenchReport.ASKED_LEGEND);
         }
+        if (rounds > 1) {
+            out.println(BenchReport.SAME_SPEED_LEGEND);
+        }
         out.println();
         out.println("CPU ns per packet of each busy thread (sending side | receiving side):");
         for (Measurement m : results) {
@@ -327,6 +330,7 @@ public final class Bench {
         r.put("cores", m.cores());
         r.put("ratio_to_reference", BenchReport.ratio(m, all));
         r.put("median_round_ratio_to_reference", BenchReport.medianRatio(m, all));
+        r.put("median_round_ratio_same_speed", BenchReport.sameSpeedMedianRatio(m, all));
         r.put("interval_mpps", m.intervalMpps());
         r.put("round_mpps", m.roundMpps());
         r.put("cpu_round_trip_ns", m.roundTripNs());

@@ -1,6 +1,7 @@
 package io.mqvirtio.bench;
 
 import static org.assertj.core.api.Assertions.assertThat;
+import static org.assertj.core.api.Assertions.within;
 
 import io.mqvirtio.virtio.VirtioFeatures;
 import java.util.List;
@@ -109,6 +110,42 @@ class BenchReportTest {
         assertThat(none.status()).isEqualTo(Measurement.Status.FAILED);
         assertThat(BenchReport.medianRatio(none, List.of(ref, none))).isNaN();
         assertThat(BenchReport.tableRow(ours, all)).containsPattern(" 1\\.20 +0\\.9[78] +$");
+    }
+
+    /** Rounds of {@code mpps[i]} Mpps, each measured after a CPU round trip of {@code rt[i]} ns. */
+    static Measurement rounds(Scenario s, double[] mpps, double[] rt) {
+        List<Measurement> r = new java.util.ArrayList<>();
+        for (int i = 0; i < mpps.length; i++) {
+            r.add(point(s, 64, 1, (long) (mpps[i] * 1e6)).withRoundTrip(rt[i]));
+        }
+        return Measurement.acrossRounds(r);
+    }
+
+    @Test
+    void theSameSpeedMedianLeavesOutRoundsWhereTheMachineChangedSpeedBetweenPointAndReference() {
+        // rounds: both fast (1.1), ours slow and the reference fast (0.4), both slow (0.95), ours fast and the
+        // reference slow (2.5), both fast (1.05), a round trip not measured (NaN: left out)
+        Measurement ref = rounds(Scenario.DPDK_TO_DPDK, new double[] {20, 20, 10, 10, 20, 20},
+                new double[] {80, 90, 450, 470, 85, Double.NaN});
+        Measurement ours = rounds(Scenario.DPDK_TO_OURS, new double[] {22, 8, 9.5, 25, 21, 30},
+                new double[] {85, 460, 440, 82, 95, 80});
+        List<Measurement> all = List.of(ref, ours);
+        assertThat(ours.roundRoundTripNs()).hasSize(6);
+        // every round: 1.1, 0.4, 0.95, 2.5, 1.05, 1.5 -> median of 1.05 and 1.1
+        assertThat(BenchReport.medianRatio(ours, all)).isCloseTo(1.075, within(1e-9));
+        // one speed: 1.1, 0.95, 1.05
+        assertThat(BenchReport.sameSpeedMedianRatio(ours, all)).isCloseTo(1.05, within(1e-9));
+        assertThat(BenchReport.tableRow(ours, all)).containsPattern(" 1\\.50 +1\\.0[78] +1\\.05 +80$");
+        assertThat(BenchReport.csv(all).split("\n")[0]).contains(",median_round_ratio_to_reference,median_round_ratio_same_speed,");
+        assertThat(BenchReport.csv(all).split("\n")[2]).contains(",1.0750,1.0500,");
+        // fewer than two rounds at one speed: none
+        Measurement flipped = rounds(Scenario.DPDK_TO_OURS, new double[] {22, 8, 9.5, 25, 21, 30},
+                new double[] {460, 460, 85, 85, 460, 80});
+        assertThat(BenchReport.sameSpeedMedianRatio(flipped, List.of(ref, flipped))).isNaN();
+        // the rounds' round trips unknown (a run without pinned CPUs): none either
+        Measurement plain = rounds(Scenario.DPDK_TO_OURS, 12, 9, 6, 2);
+        assertThat(BenchReport.sameSpeedMedianRatio(plain, List.of(rounds(Scenario.DPDK_TO_DPDK, 10, 5, 8, 4), plain)))
+                .isNaN();
     }
 
     @Test
