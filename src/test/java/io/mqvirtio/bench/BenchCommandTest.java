@@ -227,7 +227,8 @@ class BenchCommandTest {
 
     @Test
     void argumentErrorsAreClear() {
-        assertBad("unknown scenario '11'", "--scenarios", "1,11");
+        int none = Scenario.values().length + 1;
+        assertBad("unknown scenario '" + none + "'", "--scenarios", "1," + none);
         assertBad("--sizes: each value must be in 60..1518, got 20", "--sizes", "20");
         assertBad("Invalid value for option '--pairs' (LIST): 'x' is not an int", "--pairs", "x");
         assertBad("--cpus needs TX:RX CPU lists", "--cpus", "0");
