@@ -22,6 +22,9 @@ public final class IoVec {
             Native.downcall("readv", FunctionDescriptor.of(C_LONG, C_POINTER, C_INT, C_POINTER, C_INT));
     private static final MethodHandle WRITEV =
             Native.downcall("writev", FunctionDescriptor.of(C_LONG, C_POINTER, C_INT, C_POINTER, C_INT));
+    /** read(2) with the buffer as an address (a pointer is passed as a long is on this ABI). */
+    private static final MethodHandle READ_AT =
+            Native.downcall("read", FunctionDescriptor.of(C_LONG, C_POINTER, C_INT, C_LONG, C_LONG));
 
     /** struct iovec (readv(2), <bits/types/struct_iovec.h>): void *iov_base @0, size_t iov_len @8. */
     private static final long ENTRY = 16, BASE = 0, LEN = 8;
@@ -191,6 +194,22 @@ public final class IoVec {
                 n = (long) READV.invokeExact(Native.errnoState(), fd.fd(), v.array, v.count);
             } while (n < 0 && Native.lastErrno() == ErrnoException.EINTR);
             return Fd.again(n, "readv");
+        } catch (Throwable t) {
+            throw Native.rethrow(t);
+        }
+    }
+
+    /**
+     * Reads one packet from a TAP queue into {@code length} bytes at this process's {@code address} (a guest buffer
+     * the caller checked, as an entry's): {@link #readv} of a one-entry iovec, without the kernel importing one.
+     */
+    public static long read(Fd fd, long address, long length) {
+        try {
+            long n;
+            do {
+                n = (long) READ_AT.invokeExact(Native.errnoState(), fd.fd(), address, length);
+            } while (n < 0 && Native.lastErrno() == ErrnoException.EINTR);
+            return Fd.again(n, "read");
         } catch (Throwable t) {
             throw Native.rethrow(t);
         }

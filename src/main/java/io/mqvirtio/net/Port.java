@@ -68,6 +68,17 @@ public interface Port extends AutoCloseable {
     /** Receives one frame (header then frame) into {@code into}: its length, or -1 if none is waiting. */
     long receive(IoVec into);
 
+    /**
+     * Receives one frame into one buffer, {@code length} bytes at this process's {@code address} (inside guest
+     * memory: checked when its chain was popped): {@link #receive} of a one-entry iovec in {@code scratch}, which is
+     * what this default does; a TAP reads straight into it.
+     */
+    default long receive(long address, long length, IoVec scratch) {
+        scratch.clear();
+        scratch.addRaw(address, length);
+        return receive(scratch);
+    }
+
     /** Whether the host should hand this queue frames (a TAP queue is attached or detached). */
     default void setActive(boolean active) {}
 

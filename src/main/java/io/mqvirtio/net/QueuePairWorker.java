@@ -685,6 +685,10 @@ final class QueuePairWorker implements WorkerHandler {
                     if (len == RX_STOP) {
                         break;
                     }
+                    if (len == RX_CUT) {
+                        drops++; // the same buffer takes the next frame
+                        continue;
+                    }
                     if (len < VirtioNet.HDR_SIZE) {
                         errors++; // the same buffer takes the next frame
                         continue;
@@ -703,10 +707,10 @@ final class QueuePairWorker implements WorkerHandler {
                     waitBuffers = true;
                     break;
                 }
-                long spillRoom = Math.min(rxFrameNeed - cap, overflow.byteSize());
-                if (spillRoom > 0) {
-                    iov.add(overflow, 0, spillRoom);
-                }
+                // Room for the largest frame this ring may get and one byte more, so that a larger one shows (a TAP
+                // cuts a frame to what it is given and says only what it wrote).
+                long spillRoom = Math.min(Math.max(rxFrameNeed - cap, 0) + 1, overflow.byteSize());
+                iov.add(overflow, 0, spillRoom);
                 long len;
                 try {
                     len = port.receive(iov);
@@ -724,6 +728,11 @@ final class QueuePairWorker implements WorkerHandler {
                 if (len < VirtioNet.HDR_SIZE) {
                     q.giveBack(k);
                     errors++;
+                    continue;
+                }
+                if (len > rxFrameNeed) {
+                    q.giveBack(k); // larger than the device's MTU allows, and cut: dropped, as a NIC drops it
+                    drops++;
                     continue;
                 }
                 if (len > cap) {
@@ -797,19 +806,30 @@ final class QueuePairWorker implements WorkerHandler {
 
     /** {@link #receiveInto}: the port has nothing, or failed (the burst's buffers from here were given back). */
     private static final long RX_STOP = Long.MIN_VALUE;
+    /** {@link #receiveInto}: the frame was larger than the ring may get, and cut; dropped, the buffer stays. */
+    private static final long RX_CUT = Long.MIN_VALUE + 1;
 
     /**
      * Receives one frame into buffer {@code i} of the RX burst, which can hold the largest frame this ring may get (so
      * nothing spills), and completes it: its length, a length below the header's (the buffer stays for the next
-     * frame), or {@link #RX_STOP} when the port had nothing or failed.
+     * frame), {@link #RX_CUT} for a frame larger than the buffer after all (the buffer stays too), or
+     * {@link #RX_STOP} when the port had nothing or failed.
      */
     private long receiveInto(DeviceRing q, int i) {
         long host = rxChainBurst.hostAddress(i);
-        iov.clear();
-        iov.addRaw(host, Integer.toUnsignedLong(rxChainBurst.length(i)));
+        long room = Integer.toUnsignedLong(rxChainBurst.length(i));
         long len;
         try {
-            len = port.receive(iov);
+            // One byte more than the largest frame this ring may get, so that a larger one shows: a TAP cuts a frame
+            // to what it is given and says only what it wrote (a host whose TAP has a larger MTU than the device).
+            if (room > rxFrameNeed) {
+                len = port.receive(host, rxFrameNeed + 1, iov);
+            } else {
+                iov.clear();
+                iov.addRaw(host, room);
+                iov.add(overflow, 0, 1);
+                len = port.receive(iov);
+            }
         } catch (ErrnoException e) {
             giveBackRxBurst(q);
             portError(true, e);
@@ -824,8 +844,13 @@ final class QueuePairWorker implements WorkerHandler {
         if (len < VirtioNet.HDR_SIZE) {
             return len;
         }
+        if (len > rxFrameNeed) {
+            return RX_CUT; // larger than the device's MTU allows, and cut: dropped, as a NIC drops an oversized frame
+        }
         QueueCapture cap = capture;
         if (cap != null) {
+            iov.clear();
+            iov.addRaw(host, room);
             cap.received(iov, len, VirtioNet.HDR_SIZE);
         }
         q.completeBurst(rxChainBurst, i, 1, (int) len);
@@ -866,7 +891,8 @@ final class QueuePairWorker implements WorkerHandler {
                         + " writable bytes, less than the " + VirtioNet.HDR_SIZE + "-byte virtio-net header");
             }
             for (int i = c.readableCount(); i < c.count(); i++) {
-                if (!iov.addRaw(c.hostAddress(i), Integer.toUnsignedLong(c.length(i)))) {
+                // the last entry is kept for the spill buffer, which shows a frame larger than the ring may get
+                if (iov.count() >= iov.capacity() - 1 || !iov.addRaw(c.hostAddress(i), Integer.toUnsignedLong(c.length(i)))) {
                     iovFull = true;
                     break;
                 }
