@@ -949,6 +949,7 @@ public final class BenchRunner {
          */
         private void ringReadLoop(int q) {
             MemorySegment slots = ringSlots.get(q);
+            int[] lengths = ringLengths.get(q);
             AtomicLongArray ring = ringCounts;
             IoVec iov = new IoVec(1);
             Port port = ports.get(q);
@@ -963,7 +964,7 @@ public final class BenchRunner {
                 iov.add(slots, (long) slot * RING_SLOT, RING_SLOT);
                 long r = port.receive(iov);
                 if (r > 0) {
-                    ringLengths.get(q)[slot] = (int) r;
+                    lengths[slot] = (int) r;
                     ring.setRelease(q * 16, ++n);
                     counts.setRelease(q * 8, n);
                 } else if (r == -1) {

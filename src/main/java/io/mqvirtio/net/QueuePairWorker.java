@@ -639,9 +639,9 @@ final class QueuePairWorker implements WorkerHandler {
      *
      * <p>Buffers that are one chain of one buffer each, each big enough for the largest frame the negotiated features
      * allow (a driver without GSO that posts MTU-sized buffers: DPDK's, ours), come a burst at a time
-     * ({@link DeviceRing#popBurst}): one {@code readv} straight into each, nothing to spill, one completion; measured
-     * against the chain-by-chain path with paired windows, TAP into our driver: 0.935-0.977x the worker's CPU per
-     * frame. Any other buffer (smaller, several descriptors, mergeable pieces) goes chain by chain as above.
+     * ({@link DeviceRing#popBurst}): one read straight into each ({@link Port#receive(long, long, IoVec)}), nothing
+     * to spill, one completion; measured against the chain-by-chain path with paired windows, TAP into our driver:
+     * 0.935-0.977x the worker's CPU per frame. Any other buffer (smaller, several descriptors, mergeable pieces) goes chain by chain as above.
      *
      * <p>Waiting for buffers means waiting for a kick: chains given back unused do not count as new ones, so a ring
      * whose buffers cannot take the waiting frame costs nothing until the driver adds more.
@@ -675,7 +675,7 @@ final class QueuePairWorker implements WorkerHandler {
                     continue;
                 }
                 // A burst of one-buffer chains, each big enough for the largest frame this ring may get: one
-                // readv into each, no spill, one completion. Anything else goes chain by chain below.
+                // read into each, no spill, one completion. Anything else goes chain by chain below.
                 if (rb == rbCount) {
                     rb = 0;
                     rbCount = q.popBurst(rxChainBurst, BUDGET - done, true);
@@ -812,7 +812,7 @@ final class QueuePairWorker implements WorkerHandler {
     /**
      * Receives one frame into buffer {@code i} of the RX burst, which can hold the largest frame this ring may get (so
      * nothing spills), and completes it: its length, a length below the header's (the buffer stays for the next
-     * frame), {@link #RX_CUT} for a frame larger than the buffer after all (the buffer stays too), or
+     * frame), {@link #RX_CUT} for a frame larger than the ring may get (the buffer stays too), or
      * {@link #RX_STOP} when the port had nothing or failed.
      */
     private long receiveInto(DeviceRing q, int i) {

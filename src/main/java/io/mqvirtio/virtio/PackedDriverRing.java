@@ -197,11 +197,7 @@ public final class PackedDriverRing implements DriverRing {
                 wrap = !wrap;
             }
         }
-        int head = Math.min(k, size - first);
-        MemorySegment.copy(st, (long) first * DESC_SIZE, desc, (long) first * DESC_SIZE, (long) head * DESC_SIZE);
-        if (head < k) {
-            MemorySegment.copy(st, 0, desc, 0, (long) (k - head) * DESC_SIZE);
-        }
+        Rings.copyEntries(st, desc, 0, first, k, size, DESC_SIZE);
         nextAvail = pos;
         availWrap = wrap;
         availTotal += k;

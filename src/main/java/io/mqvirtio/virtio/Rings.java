@@ -92,4 +92,19 @@ public final class Rings {
                 area.asSlice(l.availOffset(), SplitRing.availBytes(size)),
                 area.asSlice(l.usedOffset(), SplitRing.usedBytes(size)), features, indirect, indirectGpa, indirectMax);
     }
+
+    /**
+     * Copies ring entries {@code first} to {@code first + n - 1} (modulo {@code size}), {@code entryBytes} each, from
+     * {@code stage} (entry i at {@code i * entryBytes}) into {@code ring} (entry i at {@code ringBase + i *
+     * entryBytes}): one copy, or two where the run passes the ring's end. A driver's staged burst into its ring.
+     */
+    static void copyEntries(MemorySegment stage, MemorySegment ring, long ringBase, int first, int n, int size,
+                            int entryBytes) {
+        int run = Math.min(n, size - first);
+        MemorySegment.copy(stage, (long) first * entryBytes, ring, ringBase + (long) first * entryBytes,
+                (long) run * entryBytes);
+        if (run < n) {
+            MemorySegment.copy(stage, 0, ring, ringBase, (long) (n - run) * entryBytes);
+        }
+    }
 }

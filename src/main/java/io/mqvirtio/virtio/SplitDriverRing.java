@@ -173,13 +173,6 @@ public final class SplitDriverRing implements DriverRing {
     }
 
     /**
-     * Adds a chain through one indirect descriptor (VIRTIO 1.3, 2.7.5.3): the buffers go into this head's slot of
-     * the indirect area and only one ring descriptor is used.
-     *
-     * @return the head index, or -1 if no descriptor is free
-     */
-    /** One descriptor per chain from the free list; its next field is left as it is (no NEXT flag: unused). */
-    /**
      * {@inheritDoc} The descriptors (the address, then the length, flags and a zero next as one long) and the avail
      * entries are written into buffers of this ring's own, then copied into the ring a run at a time: the
      * descriptors in one copy when their heads are one run (as the free list gives them back under IN_ORDER), else
@@ -220,7 +213,7 @@ public final class SplitDriverRing implements DriverRing {
         freeHead = head;
         numFree -= k;
         if (hi - lo + 1 == k) {
-            MemorySegment.copy(sd, (long) lo * DESC_SIZE, desc, (long) lo * DESC_SIZE, (long) k * DESC_SIZE);
+            Rings.copyEntries(sd, desc, 0, lo, k, size, DESC_SIZE); // one run: never past the table's end
         } else {
             for (int i = 0; i < k; i++) {
                 long base = (long) ids[i] * DESC_SIZE;
@@ -228,14 +221,16 @@ public final class SplitDriverRing implements DriverRing {
                 desc.set(U64, base + DESC_LEN, sd.get(U64, base + DESC_LEN));
             }
         }
-        int run = Math.min(k, size - firstSlot);
-        MemorySegment.copy(sa, 2L * firstSlot, avail, AVAIL_RING + 2L * firstSlot, 2L * run);
-        if (run < k) {
-            MemorySegment.copy(sa, 0, avail, AVAIL_RING, 2L * (k - run));
-        }
+        Rings.copyEntries(sa, avail, AVAIL_RING, firstSlot, k, size, 2);
         return k;
     }
 
+    /**
+     * Adds a chain through one indirect descriptor (VIRTIO 1.3, 2.7.5.3): the buffers go into this head's slot of
+     * the indirect area and only one ring descriptor is used.
+     *
+     * @return the head index, or -1 if no descriptor is free
+     */
     @Override
     public int addIndirect(long[] addr, int[] len, int out, int in) {
         int n = out + in;
