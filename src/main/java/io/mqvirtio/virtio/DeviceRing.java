@@ -58,7 +58,11 @@ public interface DeviceRing {
     /** Whether the driver wants a notification for what was published since the last call. */
     boolean needsNotification();
 
-    /** Asks the driver not to kick (while the device polls the ring anyway). */
+    /**
+     * Asks the driver not to kick (while the device polls the ring anyway). Writes the ring only when the last
+     * {@link #enableKicks} (or nothing yet) left kicks on: a polling worker calls this at every burst, and the driver
+     * reads what it writes at every burst of its own.
+     */
     void disableKicks();
 
     /**

@@ -60,6 +60,8 @@ public final class SplitDeviceRing implements DeviceRing {
     private int signalledUsed;  // used index at the last notification decision
     private boolean signalledValid;
     private String broken;
+    /** Whether used->flags says NO_NOTIFY because we wrote it so: written once, not at every burst (see the packed ring's). */
+    private boolean kicksOff;
     private final DirtyLogCache dirty = new DirtyLogCache();
     private final RegionCache regions;
     private long usedGpa = RingLog.NONE; // where the used ring's writes are logged, while logging
@@ -494,8 +496,9 @@ public final class SplitDeviceRing implements DeviceRing {
     /** Asks the driver not to kick (while the device is polling the ring anyway). */
     @Override
     public void disableKicks() {
-        if (!eventIdx) {
+        if (!eventIdx && !kicksOff) {
             setUsedU16(USED_FLAGS, USED_F_NO_NOTIFY);
+            kicksOff = true;
         }
         // With EVENT_IDX, avail_event stays where it was: the driver kicks only when it passes it.
     }
@@ -506,6 +509,7 @@ public final class SplitDeviceRing implements DeviceRing {
      */
     @Override
     public boolean enableKicks() {
+        kicksOff = false;
         if (eventIdx) {
             setUsedU16(availEventOff, lastAvail);
         } else {
@@ -524,6 +528,7 @@ public final class SplitDeviceRing implements DeviceRing {
     @Override
     public boolean enableKicksForMore() {
         int seen = availShadow;
+        kicksOff = false;
         if (eventIdx) {
             setUsedU16(availEventOff, seen); // the driver kicks when it makes chain `seen` available
         } else {
