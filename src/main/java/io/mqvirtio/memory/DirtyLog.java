@@ -15,8 +15,10 @@ import java.lang.invoke.VarHandle;
  * bitmap is bit {@code p % 64} of little-endian word {@code p / 64}: the byte layout the protocol describes).
  *
  * <p>Everything about the file is untrusted: its size and offset are checked against the file before mapping (a
- * mapping past the file's end would fault on access), and no page beyond the log is ever marked. Workers mark pages
- * through their own {@link DirtyLogCache}; the owner closes the log only once no worker holds it.
+ * mapping past the file's end would fault on access), and no page beyond the log is ever marked. The frontend can
+ * still shrink the file afterwards: the first mark that faults (SIGBUS) ends marking into this log for good
+ * ({@link #faulted()}), on whichever thread it happens, and nobody sees the fault. Workers mark pages through their own
+ * {@link DirtyLogCache}; the owner closes the log only once no worker holds it.
  */
 public final class DirtyLog implements AutoCloseable {
     /** Bytes per dirty bit (VHOST_LOG_PAGE). */
@@ -28,6 +30,8 @@ public final class DirtyLog implements AutoCloseable {
     private final Mmap mapping;
     private final MemorySegment bits;
     private final long words;
+    /** An access faulted: the file shrank under us. Nothing is marked any more. */
+    private volatile boolean faulted;
 
     private DirtyLog(Mmap mapping, MemorySegment bits) {
         this.mapping = mapping;
@@ -83,11 +87,25 @@ public final class DirtyLog implements AutoCloseable {
      * beyond the log.
      */
     boolean or(long word, long mask) {
-        if (word < 0 || word >= words) {
+        if (word < 0 || word >= words || faulted) {
             return false;
         }
-        WORD.getAndBitwiseOr(bits, word * 8, mask);
+        try {
+            WORD.getAndBitwiseOr(bits, word * 8, mask);
+        } catch (InternalError e) {
+            // What the JVM makes of SIGBUS on a mapping. Thrown on, it broke the worker's rings, and on the control
+            // thread (a stopping ring flushes its pending marks) it escaped the session's teardown, which then left
+            // rings running and the guest's memory mapped after the frontend had gone. The marks are the frontend's
+            // own loss; the rings and the session go on.
+            faulted = true;
+            return false;
+        }
         return true;
+    }
+
+    /** Whether marking stopped because the frontend shrank the log's file under us. */
+    public boolean faulted() {
+        return faulted;
     }
 
     @Override

@@ -618,10 +618,19 @@ public final class BackendSession implements Runnable {
             throw e;
         }
         if (old != null) {
+            warnIfFaulted(old);
             old.close();
         }
         LOG.log(Level.INFO, "{0}: dirty log of {1} bytes (covers 0x{2} bytes of guest memory){3}", name, size,
                 Long.toHexString(next.coveredBytes()), logging() ? ", logging" : "");
+    }
+
+    /** Reports a log whose file the frontend shrank while we marked it (the marks since were lost). */
+    private void warnIfFaulted(DirtyLog log) {
+        if (log.faulted()) {
+            warn("{0}: the frontend shrank the file of its dirty log under us (SIGBUS): pages written since were not "
+                    + "marked", name);
+        }
     }
 
     /** Where guest memory ends: the highest guest-physical address (exclusive) of its regions. */
@@ -964,6 +973,9 @@ public final class BackendSession implements Runnable {
             long bytes = memory.mappedBytes();
             memory.close();
             budget.release(bytes);
+            if (dirtyLog != null) {
+                warnIfFaulted(dirtyLog);
+            }
             closeQuietly(dirtyLog);
             dirtyLog = null;
         } else {

@@ -8,6 +8,7 @@ import static org.assertj.core.api.Assertions.assertThat;
 
 import io.mqvirtio.backend.LoopbackBackend;
 import io.mqvirtio.linux.EventFd;
+import io.mqvirtio.linux.MemFd;
 import io.mqvirtio.linux.UnixSocket;
 import io.mqvirtio.net.NetDevice;
 import io.mqvirtio.net.VirtioNet;
@@ -34,7 +35,11 @@ class HostileDescriptorTest {
 
     /** Negotiates, maps {@code ram}, and sets up every ring with the given kick and call descriptors. */
     private static List<SplitDriverRing> setUp(RawPeer fe, GuestRam ram, int[] kicks, int[] calls) {
-        BackendHarness.negotiate(fe, BASIC_PF);
+        return setUp(fe, ram, kicks, calls, BASIC_PF);
+    }
+
+    private static List<SplitDriverRing> setUp(RawPeer fe, GuestRam ram, int[] kicks, int[] calls, long protocolFeatures) {
+        BackendHarness.negotiate(fe, protocolFeatures);
         fe.ok(Request.SET_MEM_TABLE, ram.memTable(), ram.fd());
         List<SplitDriverRing> q = new ArrayList<>();
         for (int i = 0; i < 2 * PAIRS; i++) {
@@ -147,6 +152,67 @@ class HostileDescriptorTest {
             } finally {
                 fds.forEach(EventFd::close);
             }
+            assertDeviceServes(sock, server);
+        }
+    }
+
+    /**
+     * The dirty log shrinks while every ring logs into it: the workers' next marks fault (SIGBUS), and so did the
+     * control thread's flush of what a ring still held when it stopped. Found by this test: that InternalError escaped
+     * the session's teardown, which then left the other rings running, the guest's memory and the log mapped and
+     * their budget held, after the frontend was gone (a frontend repeating it exhausts the budget every VM shares).
+     * Now marking into that log stops, the rings go on, and the session reports it.
+     */
+    @Test
+    void aDirtyLogThatShrinksUnderLoggingRingsLeavesNothingBehind() throws Exception {
+        Path sock = dir.resolve("vu.sock");
+        long logBytes = (GuestRam.GPA_BASE + GuestRam.SIZE) / io.mqvirtio.memory.DirtyLog.PAGE / 8;
+        try (NetDevice dev = new NetDevice(NetDevice.Config.of("logshrink", PAIRS), new LoopbackBackend(PAIRS, 1500));
+             VhostUserServer server = VhostUserServer.listen(sock, dev);
+             LogCapture log = new LogCapture()) {
+            List<EventFd> fds = new ArrayList<>();
+            try (GuestRam ram = new GuestRam(); MemFd logFd = MemFd.create("mqv-log", logBytes)) {
+                try (RawPeer fe = RawPeer.connect(sock)) {
+                    int[] kicks = new int[2 * PAIRS], calls = new int[2 * PAIRS];
+                    for (int i = 0; i < 2 * PAIRS; i++) {
+                        EventFd k = EventFd.create(), c = EventFd.create();
+                        fds.add(k);
+                        fds.add(c);
+                        kicks[i] = k.fd();
+                        calls[i] = c.fd();
+                    }
+                    List<SplitDriverRing> q = setUp(fe, ram, kicks, calls, BASIC_PF | (1L << Protocol.PF_LOG_SHMFD));
+                    fe.send(Request.SET_LOG_BASE, RawPeer.logBase(logBytes, 0), logFd.fd());
+                    fe.expectReplyTo(Request.SET_LOG_BASE.id);
+                    fe.ok(Request.SET_FEATURES, u64(BackendHarness.FEATURES | (1L << Protocol.F_LOG_ALL)));
+                    for (int i = 0; i < 2 * PAIRS; i++) {
+                        GuestRam.RingAt r = ram.ring(i, RING);
+                        fe.ok(Request.SET_VRING_ADDR, RawPeer.vringAddr(i, Protocol.VRING_F_LOG, ram.uva(r.descOff()),
+                                ram.uva(r.usedOff()), ram.uva(r.availOff()), ram.gpa(r.usedOff())));
+                    }
+                    logFd.truncate(0);
+                    // every ring writes guest memory, and marks it: RX buffers filled, used entries on both rings
+                    for (int p = 0; p < PAIRS; p++) {
+                        long rx = ram.alloc(2048), tx = ram.alloc(VirtioNet.HDR_SIZE + 60);
+                        q.get(2 * p).add(new long[] {ram.gpa(rx)}, new int[] {2048}, 0, 1);
+                        q.get(2 * p).publish();
+                        q.get(2 * p + 1).add(new long[] {ram.gpa(tx)}, new int[] {VirtioNet.HDR_SIZE + 60}, 1, 0);
+                        q.get(2 * p + 1).publish();
+                        fds.get(2 * (2 * p + 1)).signal();
+                    }
+                    for (int p = 0; p < PAIRS; p++) {
+                        BackendHarness.reap(q.get(2 * p)); // the rings go on: the marks are the frontend's loss
+                        BackendHarness.reap(q.get(2 * p + 1));
+                    }
+                }
+                BackendHarness.awaitNoSession(server);
+                assertThat(Leaks.mappingsOf(GuestRam.NAME)).as("the guest's memory, mapped by the test only").isEqualTo(1);
+                assertThat(Leaks.mappingsOf("mqv-log")).as("the log, unmapped by the backend").isZero();
+            } finally {
+                fds.forEach(EventFd::close);
+            }
+            assertThat(log.lines()).noneSatisfy(l -> assertThat(l).contains("session failed"))
+                    .anySatisfy(l -> assertThat(l).contains("shrank the file of its dirty log"));
             assertDeviceServes(sock, server);
         }
     }
