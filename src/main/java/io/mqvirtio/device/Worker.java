@@ -86,6 +86,15 @@ public final class Worker<H extends WorkerHandler> implements Runnable {
         epoll.add(fd, events, token);
     }
 
+    /**
+     * Watches registered {@code fd} for {@code events} from now on. It also polls {@code fd} at once, as registering
+     * does: an edge-triggered file that is ready now is reported, and one that is not asks its driver for the edge
+     * (a TAP whose send buffer is full is told to wake us when it drains).
+     */
+    public void rearm(int fd, int events, long token) {
+        epoll.modify(fd, events, token);
+    }
+
     public void unregister(int fd) {
         epoll.remove(fd);
     }

@@ -12,7 +12,10 @@ public interface Port extends AutoCloseable {
     /** {@link #readFd()}: this port never receives (a sink). */
     int NEVER = -2;
 
-    /** A descriptor that is readable when frames wait for {@link #receive}, or {@link #POLL}, or {@link #NEVER}. */
+    /**
+     * A descriptor that is readable when frames wait for {@link #receive} and becomes writable again after a
+     * {@link #send} that would block (an edge the worker waits for), or {@link #POLL}, or {@link #NEVER}.
+     */
     int readFd();
 
     /** Sends one frame (header then frame) gathered from {@code frame}: bytes taken, or -1 if it would block. */

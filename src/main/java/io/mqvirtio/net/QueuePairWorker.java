@@ -44,6 +44,13 @@ import java.util.function.Function;
 final class QueuePairWorker implements WorkerHandler {
     private static final Logger LOG = System.getLogger(QueuePairWorker.class.getName());
     private static final long TOKEN_TX_KICK = 1, TOKEN_RX_KICK = 2, TOKEN_PORT = 3;
+    /**
+     * The port's fd, edge-triggered. EPOLLOUT: a send that would block gives its chain back, and the guest, waiting
+     * for its frames to be used, may never kick again; the edge when the TAP's send buffer drains retries it
+     * (vhost-net polls its socket for that). A TAP raises that edge only when asked, by a poll that found it full
+     * ({@link #waitForRoom}), so it costs no wake-ups otherwise.
+     */
+    private static final int PORT_EVENTS = Epoll.EPOLLIN | Epoll.EPOLLOUT | Epoll.EPOLLET;
     static final int BUDGET = 64;
     /**
      * Chains of several buffers (anything {@link DeviceRing#popBurst} leaves to {@code pop}) a TX burst reads ahead at
@@ -135,7 +142,7 @@ final class QueuePairWorker implements WorkerHandler {
         }
         if (port.readFd() >= 0) {
             // Edge-triggered: with no RX buffers we stop reading, and must not be woken again and again meanwhile.
-            loop.register(port.readFd(), Epoll.EPOLLIN | Epoll.EPOLLET, TOKEN_PORT);
+            loop.register(port.readFd(), PORT_EVENTS, TOKEN_PORT);
         }
     }
 
@@ -511,8 +518,12 @@ final class QueuePairWorker implements WorkerHandler {
             if (txBroken) {
                 return false;
             }
-            if (done == BUDGET || blocked) {
-                return !blocked;
+            if (blocked) {
+                waitForRoom();
+                return false;
+            }
+            if (done == BUDGET) {
+                return true;
             }
             if (poll) {
                 q.disableKicks();
@@ -590,6 +601,22 @@ final class QueuePairWorker implements WorkerHandler {
             txBytes += payload;
         }
         return true;
+    }
+
+    /**
+     * A send would block: asks the port's fd for an edge when it has room again (polled now, which a TAP answers by
+     * arming its wake-up, or with EPOLLOUT if it drained meanwhile). Without it, a guest that waits for its frames to
+     * be used kicks no more and the TX ring stalls for good.
+     */
+    private void waitForRoom() {
+        if (port.readFd() < 0) {
+            return; // a port without a descriptor never blocks (the loopback drops instead)
+        }
+        try {
+            loop.rearm(port.readFd(), PORT_EVENTS, TOKEN_PORT);
+        } catch (RuntimeException e) {
+            portError(false, e);
+        }
     }
 
     /**
