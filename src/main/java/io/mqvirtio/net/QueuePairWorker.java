@@ -684,7 +684,10 @@ final class QueuePairWorker implements WorkerHandler {
         long drops = 0;
         boolean waitBuffers = false;
         try {
-            while (done < BUDGET) {
+            // Frames dropped or refused count against the budget as delivered ones do: a host flooding the queue with
+            // frames the guest can never take (a TAP whose MTU it raised) must not hold the worker here, its TX ring
+            // starved and its commands unanswered.
+            while (done + drops + errors < BUDGET) {
                 if (pendingLen > 0) {
                     long len = pendingLen;
                     int r = deliverPending(q);
@@ -705,7 +708,7 @@ final class QueuePairWorker implements WorkerHandler {
                 // read into each, no spill, one completion. Anything else goes chain by chain below.
                 if (rb == rbCount) {
                     rb = 0;
-                    rbCount = q.popBurst(rxChainBurst, BUDGET - done, true);
+                    rbCount = q.popBurst(rxChainBurst, (int) (BUDGET - done - drops - errors), true);
                 }
                 if (rb < rbCount && Integer.toUnsignedLong(rxChainBurst.length(rb)) >= rxFrameNeed) {
                     long len = receiveInto(q, rb);
@@ -811,7 +814,7 @@ final class QueuePairWorker implements WorkerHandler {
             if (waitBuffers) {
                 return !poll && q.enableKicksForMore();
             }
-            return done == BUDGET;
+            return done + drops + errors == BUDGET;
         } catch (VirtqueueException e) {
             publishBeforeBreak(q, done, true);
             broken(true, rxErr, e);
