@@ -435,6 +435,8 @@ final class Serve {
         final CountDownLatch stopRequested = new CountDownLatch(1);
         final AtomicReference<String> signal = new AtomicReference<>();
         private final List<Started> started = new ArrayList<>();
+        /** The TAP devices the VMs use, as the kernel named them (only the thread that starts VMs touches it). */
+        private final Set<String> tapDevices = new HashSet<>();
         private MetricsServer metrics;
         private boolean stopped;
 
@@ -491,6 +493,13 @@ final class Serve {
         private void startVm(Vm vm, Options o, io.mqvirtio.memory.MemoryBudget memory) throws IOException {
             String group = o.socketGroup();
             PacketBackend backend = vm.loopback() ? new LoopbackBackend(vm.queues(), vm.mtu()) : TapBackend.open(vm.tap(), vm.queues(), vm.tapTx());
+            if (backend instanceof TapBackend tap && !tapDevices.add(tap.interfaceName())) {
+                // Options refuse a name given twice, but mqv%d is the kernel's pick, which a later VM's name may be;
+                // a device shared by two VMs would steer one VM's frames to the other.
+                backend.close();
+                throw new IllegalStateException("tap " + tap.interfaceName() + ": the TAP device of another VM (two VMs "
+                        + "on one device would get each other's frames)");
+            }
             NetDevice device;
             try {
                 device = new NetDevice(new NetDevice.Config(vm.name(), vm.queues(), vm.mtu(), vm.busyPoll(), vm.cpus(),

@@ -281,6 +281,32 @@ class ServeProcessTest {
         }
     }
 
+    /**
+     * Two VMs must never share a TAP device (the kernel steers the host's flows over all its queues: one VM would get
+     * the other's frames). Names that differ can still name one device: {@code mqv%d} lets the kernel pick a number,
+     * and a later VM's literal name may be the one it picked. That VM is refused once its device is known.
+     */
+    @Test
+    @Timeout(120)
+    void twoVmsNeverShareATapDevice() throws Exception {
+        try (TestNetns ns = TestNetns.create()) {
+            String prefix = "mqvd" + Integer.toHexString(ThreadLocalRandom.current().nextInt(0x100, 0x1000));
+            String picked = prefix + "0"; // the kernel's choice for prefix%d in a namespace without one
+            List<String> cmd = new ArrayList<>(List.of("ip", "netns", "exec", ns.name()));
+            cmd.addAll(Launcher.command("serve", "--vm", "socket-path=" + dir.resolve("a.sock") + ",tap=" + prefix + "%d",
+                    "--vm", "socket-path=" + dir.resolve("b.sock") + ",tap=" + picked));
+            try (Launcher.Run r = Launcher.start(dir, "serve-shared", cmd)) {
+                int rc = r.exit(30_000);
+                String err = r.stderr();
+                assertThat(rc).as(err).isEqualTo(1);
+                assertThat(err).contains("mqvirtio: serve: tap " + picked + ": the TAP device of another VM")
+                        .doesNotContain("\tat ").doesNotContain("Exception");
+            }
+            assertThat(dir.resolve("a.sock")).doesNotExist();
+            assertThat(eventually(() -> !devices(ns).contains(picked))).as("the TAP it created is gone").isTrue();
+        }
+    }
+
     record Run(Launcher.Run run, Path sock) {}
 
     private Run serveTap(TestNetns ns, String tap, int queues) throws IOException {
