@@ -3,6 +3,7 @@ package io.mqvirtio.backend;
 import io.mqvirtio.linux.IoVec;
 import io.mqvirtio.net.PacketBackend;
 import io.mqvirtio.net.Port;
+import io.mqvirtio.virtio.ChainBurst;
 
 /** Counts and drops every frame (a benchmark's receiver); never delivers any. */
 public final class SinkBackend implements PacketBackend {
@@ -33,6 +34,16 @@ public final class SinkBackend implements PacketBackend {
             @Override
             public long send(IoVec frame) {
                 return frame.totalBytes();
+            }
+
+            @Override
+            public boolean sendsBursts() {
+                return true;
+            }
+
+            @Override
+            public void sendBurst(ChainBurst burst, int from, int n) {
+                burst.checkRange(from, n); // counted by the worker, dropped here
             }
 
             @Override

@@ -4,6 +4,7 @@ import io.mqvirtio.linux.IoVec;
 import io.mqvirtio.net.PacketBackend;
 import io.mqvirtio.net.Port;
 import io.mqvirtio.net.VirtioNet;
+import io.mqvirtio.virtio.ChainBurst;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
 
@@ -48,6 +49,20 @@ final class CopySinkBackend implements PacketBackend {
             public long send(long address, long length, IoVec scratch) {
                 IoVec.copy(address, buf, 0, Math.min(length, buf.byteSize()));
                 return length;
+            }
+
+            @Override
+            public boolean sendsBursts() {
+                return true;
+            }
+
+            @Override
+            public void sendBurst(ChainBurst burst, int from, int n) {
+                burst.checkRange(from, n);
+                long room = buf.byteSize();
+                for (int i = from; i < from + n; i++) {
+                    IoVec.copy(burst.hostAddress(i), buf, 0, Math.min(Integer.toUnsignedLong(burst.length(i)), room));
+                }
             }
 
             @Override

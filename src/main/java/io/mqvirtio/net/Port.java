@@ -1,6 +1,7 @@
 package io.mqvirtio.net;
 
 import io.mqvirtio.linux.IoVec;
+import io.mqvirtio.virtio.ChainBurst;
 
 /**
  * One queue pair's way to the host (a TAP queue, a loopback, a sink): the backend side of a worker. Frames always
@@ -37,6 +38,25 @@ public interface Port extends AutoCloseable {
         scratch.clear();
         scratch.addRaw(address, length);
         return queue(scratch);
+    }
+
+    /**
+     * Whether this port takes a TX burst's frames with one {@link #sendBurst} call: a port in this process that copies
+     * or counts frames and never blocks nor fails (a loopback, a sink). Asked once per TX burst; the default is false.
+     */
+    default boolean sendsBursts() {
+        return false;
+    }
+
+    /**
+     * Takes frames {@code from..from+n-1} of a burst of one-buffer chains (each header then frame, inside guest
+     * memory and at least a header long: the worker checked them), in order, every one: sent, or dropped and counted
+     * by the port (as a full link drops), never given back. Called only when {@link #sendsBursts} is true; the worker
+     * counts them as {@link #send} would have. One call where {@link #send} took a call, its checks and its counts per
+     * frame.
+     */
+    default void sendBurst(ChainBurst burst, int from, int n) {
+        throw new UnsupportedOperationException("this port sends frame by frame");
     }
 
     /**

@@ -458,6 +458,9 @@ final class QueuePairWorker implements WorkerHandler {
         boolean blocked = false;
         QueueCapture cap = capture;
         int batch = Math.min(port.batch(), BUDGET);
+        // A port in this process takes a burst with one call (paired windows, ours->ours 1500 B with the CPUs near:
+        // 1.155x split, 1.104x packed; level at 64 B and with the CPUs far apart, docs/performance.md)
+        boolean bursts = batch == 0 && port.sendsBursts();
         int generalPops = 0;
         try {
             while (done < BUDGET) {
@@ -467,9 +470,18 @@ final class QueuePairWorker implements WorkerHandler {
                         txChains.touch(0);
                     }
                     int taken = 0;
-                    while (taken < n && sendFrame(iov, txChains.hostAddress(taken),
-                            Integer.toUnsignedLong(txChains.length(taken)), cap, batch)) {
-                        taken++;
+                    long bytes;
+                    if (bursts && cap == null && txEnabled && portActive
+                            && (bytes = txChains.bytesBeyond(0, n, VirtioNet.HDR_SIZE)) >= 0) {
+                        port.sendBurst(txChains, 0, n); // takes them all
+                        taken = n;
+                        txSent += n;
+                        txBytes += bytes;
+                    } else {
+                        while (taken < n && sendFrame(iov, txChains.hostAddress(taken),
+                                Integer.toUnsignedLong(txChains.length(taken)), cap, batch)) {
+                            taken++;
+                        }
                     }
                     q.completeBurst(txChains, 0, taken, 0);
                     done += taken;

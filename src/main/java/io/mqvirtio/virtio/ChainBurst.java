@@ -66,8 +66,24 @@ public final class ChainBurst {
         return id[check(i)];
     }
 
+    /**
+     * The bytes of chains {@code from..from+n-1} beyond {@code header} bytes each, or -1 if one of them is shorter
+     * than {@code header}.
+     */
+    public long bytesBeyond(int from, int n, int header) {
+        checkRange(from, n);
+        long sum = 0;
+        boolean shorter = false;
+        for (int i = from; i < from + n; i++) {
+            long l = Integer.toUnsignedLong(len[i]);
+            shorter |= l < header;
+            sum += l - header;
+        }
+        return shorter ? -1 : sum;
+    }
+
     /** Chains {@code from..from+n-1} are in this burst. */
-    void checkRange(int from, int n) {
+    public void checkRange(int from, int n) {
         if (from < 0 || n < 0 || from > count - n) {
             throw new IllegalArgumentException("chains " + from + "+" + n + " of a burst of " + count);
         }

@@ -298,4 +298,19 @@ class ChainBurstTest {
         b.touch(0);
         b.touch(256);
     }
+
+    @org.junit.jupiter.api.Test
+    void bytesBeyondTheHeaderSumsUnsignedLengthsAndSaysWhenOneIsShorter() {
+        ChainBurst b = new ChainBurst();
+        int[] lens = {76, 12, -1, 1512}; // -1: 2^32-1 bytes
+        for (int i = 0; i < lens.length; i++) {
+            b.add(i, 0, 0x1000L * (i + 1), lens[i], i);
+        }
+        b.count = lens.length;
+        assertThat(b.bytesBeyond(0, 4, 12)).isEqualTo(64 + 0 + (0xffff_ffffL - 12) + 1500);
+        assertThat(b.bytesBeyond(3, 1, 12)).isEqualTo(1500);
+        assertThat(b.bytesBeyond(1, 1, 13)).as("shorter than the header").isEqualTo(-1);
+        assertThat(b.bytesBeyond(0, 0, 12)).isZero();
+        assertThatThrownBy(() -> b.bytesBeyond(2, 3, 12)).isInstanceOf(IllegalArgumentException.class);
+    }
 }
