@@ -80,14 +80,43 @@ class HostileDriverTest {
 
     /** Sends one valid frame on {@code pair}'s TX ring: header + frame in one readable buffer. */
     static long sendValid(EvilDriver d, int pair, byte[] f, int descIndex) {
-        long off = d.alloc(12 + f.length);
-        d.mem.asSlice(off, 12).fill((byte) 0);
-        MemorySegment.copy(MemorySegment.ofArray(f), 0, d.mem, off + 12, f.length);
+        long off = writeFrame(d, f);
         EvilDriver.Ring tx = d.tx(pair);
         tx.desc(descIndex, d.gpa(off), 12 + f.length, 0, 0);
         tx.offer(descIndex);
         tx.kick();
         return off;
+    }
+
+    /** Posts {@code n} writable RX buffers of 2048 bytes on pair 0 (descriptors 0..n-1) and kicks: their offsets. */
+    static long[] postRx(EvilDriver d, int n) {
+        EvilDriver.Ring rx = d.rx(0);
+        long[] bufs = new long[n];
+        for (int i = 0; i < n; i++) {
+            bufs[i] = d.alloc(2048);
+            rx.desc(i, d.gpa(bufs[i]), 2048, DESC_F_WRITE, 0);
+            rx.offer(i);
+        }
+        rx.kick();
+        return bufs;
+    }
+
+    /** A zero header and {@code f} after it in fresh guest memory: its offset. */
+    static long writeFrame(EvilDriver d, byte[] f) {
+        long off = d.alloc(12 + f.length);
+        d.mem.asSlice(off, 12).fill((byte) 0);
+        MemorySegment.copy(MemorySegment.ofArray(f), 0, d.mem, off + 12, f.length);
+        return off;
+    }
+
+    /** The next used RX entries of pair 0 are {@code sent}, in order, each whole in the buffer it names. */
+    static void assertReceived(EvilDriver d, long[] rxBuf, List<byte[]> sent) {
+        for (int i = 0; i < sent.size(); i++) {
+            int[] u = d.rx(0).nextUsed();
+            assertThat(u[1]).as("frame %d's length", i).isEqualTo(12 + sent.get(i).length);
+            assertThat(d.mem.asSlice(rxBuf[u[0]] + 12, sent.get(i).length).toArray(ValueLayout.JAVA_BYTE))
+                    .as("frame %d", i).isEqualTo(sent.get(i));
+        }
     }
 
     /** Echo through the pair with real driver code on a real connection: proves a pair or device still works. */
@@ -204,21 +233,13 @@ class HostileDriverTest {
     void aMixedBurstDeliversEveryFrameBeforeABadChainInOrder() throws Exception {
         try (EvilDriver d = new EvilDriver(victimServer.path(), 1, SIZE, FEATURES, 1 << 20)) {
             EvilDriver.Ring rx = d.rx(0);
-            long[] rxBuf = new long[8];
-            for (int i = 0; i < rxBuf.length; i++) {
-                rxBuf[i] = d.alloc(2048);
-                rx.desc(i, d.gpa(rxBuf[i]), 2048, DESC_F_WRITE, 0);
-                rx.offer(i);
-            }
-            rx.kick();
+            long[] rxBuf = postRx(d, 8);
             EvilDriver.Ring tx = d.tx(0);
             List<byte[]> sent = new ArrayList<>();
             int desc = 0;
             for (int i = 0; i < 6; i++) {
                 byte[] f = frame(60 + 40 * i, 50 + i);
-                long off = d.alloc(12 + f.length);
-                d.mem.asSlice(off, 12).fill((byte) 0);
-                MemorySegment.copy(MemorySegment.ofArray(f), 0, d.mem, off + 12, f.length);
+                long off = writeFrame(d, f);
                 if (i == 2) { // header and frame in two descriptors
                     tx.desc(desc, d.gpa(off), 12, DESC_F_NEXT, desc + 1);
                     tx.desc(desc + 1, d.gpa(off + 12), f.length, 0, 0);
@@ -243,12 +264,7 @@ class HostileDriverTest {
             tx.kick();
             await(() -> victim.counters().get(1).errors() > 0, "the TX ring to break");
             await(() -> rx.usedIdx() == sent.size(), "the frames before the bad chain to come back");
-            for (int i = 0; i < sent.size(); i++) {
-                int[] u = rx.nextUsed();
-                assertThat(u[1]).as("frame %d's length", i).isEqualTo(12 + sent.get(i).length);
-                assertThat(d.mem.asSlice(rxBuf[u[0]] + 12, sent.get(i).length).toArray(ValueLayout.JAVA_BYTE))
-                        .as("frame %d", i).isEqualTo(sent.get(i));
-            }
+            assertReceived(d, rxBuf, sent);
             Thread.sleep(100);
             assertThat(rx.usedIdx()).as("nothing after the bad chain").isEqualTo(sent.size());
             assertThat(tx.usedIdx()).as("the chains before the bad one are used, the ring broken after").isEqualTo(sent.size());
@@ -267,13 +283,7 @@ class HostileDriverTest {
     void aRuntInABurstIsCountedAndTheOtherFramesGoOutInOrder() throws Exception {
         try (EvilDriver d = new EvilDriver(victimServer.path(), 1, SIZE, FEATURES, 1 << 20)) {
             EvilDriver.Ring rx = d.rx(0);
-            long[] rxBuf = new long[16];
-            for (int i = 0; i < rxBuf.length; i++) {
-                rxBuf[i] = d.alloc(2048);
-                rx.desc(i, d.gpa(rxBuf[i]), 2048, DESC_F_WRITE, 0);
-                rx.offer(i);
-            }
-            rx.kick();
+            long[] rxBuf = postRx(d, 16);
             EvilDriver.Ring tx = d.tx(0);
             List<byte[]> sent = new ArrayList<>();
             long bytes = 0;
@@ -286,10 +296,7 @@ class HostileDriverTest {
                         continue;
                     }
                     byte[] f = frame(60 + 30 * i + round, 20 * round + i);
-                    long off = d.alloc(12 + f.length);
-                    d.mem.asSlice(off, 12).fill((byte) 0);
-                    MemorySegment.copy(MemorySegment.ofArray(f), 0, d.mem, off + 12, f.length);
-                    tx.desc(desc, d.gpa(off), 12 + f.length, 0, 0);
+                    tx.desc(desc, d.gpa(writeFrame(d, f)), 12 + f.length, 0, 0);
                     tx.offer(desc++);
                     sent.add(f);
                     bytes += f.length;
@@ -298,12 +305,7 @@ class HostileDriverTest {
                 int want = sent.size();
                 await(() -> rx.usedIdx() == want, "the burst's frames to come back");
             }
-            for (int i = 0; i < sent.size(); i++) {
-                int[] u = rx.nextUsed();
-                assertThat(u[1]).as("frame %d's length", i).isEqualTo(12 + sent.get(i).length);
-                assertThat(d.mem.asSlice(rxBuf[u[0]] + 12, sent.get(i).length).toArray(ValueLayout.JAVA_BYTE))
-                        .as("frame %d", i).isEqualTo(sent.get(i));
-            }
+            assertReceived(d, rxBuf, sent);
             await(() -> tx.usedIdx() == 12, "every TX chain used, the runt too");
             QueueCounters.Snapshot c = victim.counters().get(1);
             assertThat(c.packets()).isEqualTo(sent.size());
