@@ -36,6 +36,8 @@ public final class VhostUserServer implements AutoCloseable {
     static final long LOCK_WAIT_MS = 5000;
     /** How long a new frontend waits for the last session to finish tearing down. */
     static final long TEARDOWN_WAIT_MS = 10_000;
+    /** In client mode, a session shorter than this is followed by the reconnect backoff (see clientLoop). */
+    private static final long SHORT_SESSION_NANOS = 1_000_000_000L;
 
     /**
      * How a server serves: {@code socketGroup} (null: the owner only) may connect to a listening socket (mode 0660,
@@ -347,7 +349,6 @@ public final class VhostUserServer implements AutoCloseable {
             UnixSocket conn;
             try {
                 conn = UnixSocket.connect(path, 1000);
-                delay = 100;
             } catch (RuntimeException e) {
                 sleep(delay);
                 delay = Math.min(delay * 2, 1000);
@@ -361,7 +362,18 @@ public final class VhostUserServer implements AutoCloseable {
                 continue;
             }
             LOG.log(Level.INFO, "connected to {0}", path);
+            long began = System.nanoTime();
             runSession(conn, true);
+            if (System.nanoTime() - began < SHORT_SESSION_NANOS && !closed) {
+                // A frontend that ends each session at once (QEMU server=on refusing the device, a misconfigured
+                // peer) gets the backoff of one that does not listen: reconnecting at once made thousands of
+                // sessions a second, each a thread and a dozen log lines. A session that lasted is followed at once
+                // (a frontend restarting under its VM).
+                sleep(delay);
+                delay = Math.min(delay * 2, 1000);
+            } else {
+                delay = 100;
+            }
         }
     }
 

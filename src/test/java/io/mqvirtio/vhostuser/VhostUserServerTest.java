@@ -377,6 +377,33 @@ class VhostUserServerTest {
         }
     }
 
+    /**
+     * A frontend that listens but ends every session at once (QEMU server=on refusing our device, a misconfigured
+     * peer) is reconnected to with the same backoff as one that does not listen: it used to be reconnected to
+     * without a pause, thousands of sessions a second, each a thread and a dozen log lines.
+     */
+    @Test
+    void clientModeBacksOffFromAFrontendThatEndsEverySessionAtOnce() throws Exception {
+        Path sock = dir.resolve("fe.sock");
+        RecordingDevice dev = new RecordingDevice(2);
+        try (UnixSocket listener = UnixSocket.listen(sock, 4); Epoll ep = Epoll.create(1);
+             LogCapture log = new LogCapture().quiet()) {
+            ep.add(listener, Epoll.EPOLLIN, 0);
+            int accepted = 0;
+            try (VhostUserServer server = VhostUserServer.connect(sock, dev)) {
+                long end = System.nanoTime() + 3_000_000_000L;
+                while (System.nanoTime() < end) {
+                    if (ep.await(50) > 0) {
+                        listener.accept().close();
+                        accepted++;
+                    }
+                }
+            }
+            // 100, 200, 400, 800 ms, then 1 s between sessions: a handful in 3 s
+            assertThat(accepted).as("sessions in 3 s").isBetween(2, 10);
+        }
+    }
+
     /** The names in a directory. */
     private record Stream(java.util.stream.Stream<Path> s) implements AutoCloseable {
         Stream(Path dir) throws java.io.IOException {
