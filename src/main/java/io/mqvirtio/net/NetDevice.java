@@ -274,7 +274,8 @@ public final class NetDevice implements VhostUserDevice, AutoCloseable {
 
     @Override
     public void setMtu(int newMtu) {
-        LOG.log(Level.INFO, "{0}: frontend set MTU {1}", config.name(), newMtu);
+        // DEBUG: the session logs it within its socket's allowance (a frontend can send it in a loop)
+        LOG.log(Level.DEBUG, "{0}: frontend set MTU {1}", config.name(), newMtu);
         mtu = newMtu;
         long f = features;
         for (QueuePairWorker w : workers) {
@@ -290,7 +291,7 @@ public final class NetDevice implements VhostUserDevice, AutoCloseable {
         MemorySegment buf = Arena.ofAuto().allocate(VirtioNet.HDR_SIZE + frame.length);
         MemorySegment.copy(MemorySegment.ofArray(frame), 0, buf, VirtioNet.HDR_SIZE, frame.length);
         call(workers[0], w -> w.inject(buf));
-        LOG.log(Level.INFO, "{0}: sent RARP for {1}", config.name(), Frames.macString(mac));
+        LOG.log(Level.DEBUG, "{0}: sent RARP for {1}", config.name(), Frames.macString(mac)); // as setMtu's
     }
 
     /**
@@ -300,7 +301,7 @@ public final class NetDevice implements VhostUserDevice, AutoCloseable {
      */
     @Override
     public void reset() {
-        LOG.log(Level.INFO, "{0}: device reset", config.name());
+        LOG.log(Level.DEBUG, "{0}: device reset", config.name()); // as setMtu's: every session ends with one
         mtu = config.mtu();
         features = 0;
         int m = mtu;

@@ -63,6 +63,8 @@ public final class BackendSession implements Runnable {
     /** The message loop has ended: the session is tearing down (or gone), whatever its frontend does now. */
     private volatile boolean ending;
     private final WarningLimit warnings;
+    /** The allowance for the lines the frontend's ordinary requests log (see {@link WarningLimit#notices}). */
+    private final WarningLimit notices;
     private final MemoryBudget budget;
 
     /** Per-ring protocol state; the running ring itself belongs to a device worker. */
@@ -93,16 +95,19 @@ public final class BackendSession implements Runnable {
     private DirtyLog dirtyLog;
 
     public BackendSession(String name, Channel channel, VhostUserDevice device) {
-        this(name, channel, device, new WarningLimit(name), MemoryBudget.processDefault());
+        this(name, channel, device, new WarningLimit(name), WarningLimit.notices(name, device.maxRings()),
+                MemoryBudget.processDefault());
     }
 
     /**
      * A session whose warnings share {@code warnings} with the other sessions of its socket, and whose guest memory
      * is reserved in {@code budget}.
      */
-    BackendSession(String name, Channel channel, VhostUserDevice device, WarningLimit warnings, MemoryBudget budget) {
+    BackendSession(String name, Channel channel, VhostUserDevice device, WarningLimit warnings, WarningLimit notices,
+                   MemoryBudget budget) {
         this.budget = budget;
         this.warnings = warnings;
+        this.notices = notices;
         this.name = name;
         this.channel = channel;
         this.device = device;
@@ -119,7 +124,7 @@ public final class BackendSession implements Runnable {
     /** Serves messages until the front end disconnects or breaks the protocol; then stops every ring. */
     @Override
     public void run() {
-        LOG.log(Level.INFO, "{0}: front end connected", name);
+        note("{0}: front end connected", name);
         try {
             while (!closing) {
                 Message m;
@@ -132,7 +137,7 @@ public final class BackendSession implements Runnable {
                     return;
                 }
                 if (m == null) {
-                    LOG.log(Level.INFO, "{0}: front end disconnected", name);
+                    note("{0}: front end disconnected", name);
                     return;
                 }
                 try (m) {
@@ -224,6 +229,14 @@ public final class BackendSession implements Runnable {
         warnings.warn(LOG, format, args);
     }
 
+    /**
+     * Logs at INFO what the frontend's request did, within the socket's allowance for such lines: each of them can be
+     * asked for in a loop, and the log is every VM's.
+     */
+    private void note(String format, Object... args) {
+        notices.warn(LOG, format, args);
+    }
+
     /** Payload size and descriptor count must match the request's row exactly. */
     private static void checkShape(Request r, Message m) {
         int size = m.size();
@@ -282,6 +295,7 @@ public final class BackendSession implements Runnable {
                     throw new IllegalStateException("a ring did not stop");
                 }
                 device.reset(); // nothing of what came before (parked frames, the MTU) outlives the reset
+                note("{0}: device reset ({1})", name, r);
                 ackedFeatures = 0;
                 featuresSet = false;
                 yield null;
@@ -294,7 +308,7 @@ public final class BackendSession implements Runnable {
                             + " were not offered");
                 }
                 ackedProtocolFeatures = pf;
-                LOG.log(Level.INFO, "{0}: protocol features {1}", name, VirtioFeatures.list(pf));
+                note("{0}: protocol features {1}", name, VirtioFeatures.list(pf));
                 yield null;
             }
             case GET_QUEUE_NUM -> Message.u64Payload(device.queueNum());
@@ -322,7 +336,7 @@ public final class BackendSession implements Runnable {
                     }
                 }
                 replaceMemory(next, List.of(), false, bytes, 0); // the new table keeps the old mappings
-                LOG.log(Level.INFO, "{0}: memory table {1}", name, memory.memory());
+                note("{0}: memory table {1}", name, memory.memory());
                 yield null;
             }
             case REM_MEM_REG -> {
@@ -334,7 +348,7 @@ public final class BackendSession implements Runnable {
                 // Rings inside the removed region wait (parked) for an ADD_MEM_REG that brings their memory back:
                 // QEMU updates a table with slots by removing regions first and adding the new ones after.
                 replaceMemory(next, removed, false, 0, freed);
-                LOG.log(Level.INFO, "{0}: memory table {1}", name, memory.memory());
+                note("{0}: memory table {1}", name, memory.memory());
                 yield null;
             }
             case SET_VRING_NUM -> {
@@ -395,7 +409,7 @@ public final class BackendSession implements Runnable {
                 Ring ring = rings[index];
                 if (ring.started) {
                     stop(index);
-                    LOG.log(Level.INFO, "{0}: ring {1} stopped at {2}", name, index, describe(ring.baseNum));
+                    note("{0}: ring {1} stopped at {2}", name, index, describe(ring.baseNum));
                 }
                 ring.parked = false;
                 // The ring is stopped: a later start needs a new kick fd, and (with protocol features) a new enable.
@@ -473,7 +487,7 @@ public final class BackendSession implements Runnable {
                 }
                 Ring ring = rings[index];
                 if (ring.enabled != (on == 1)) {
-                    LOG.log(Level.INFO, "{0}: ring {1} {2}", name, index, on == 1 ? "enabled" : "disabled");
+                    note("{0}: ring {1} {2}", name, index, on == 1 ? "enabled" : "disabled");
                 }
                 ring.enabled = on == 1;
                 ring.enableSet = true;
@@ -495,7 +509,9 @@ public final class BackendSession implements Runnable {
             }
             case SEND_RARP -> {
                 requireProtocolFeature(PF_RARP, r);
-                device.sendRarp(Arrays.copyOf(m.payload(), 6));
+                byte[] mac = Arrays.copyOf(m.payload(), 6);
+                device.sendRarp(mac);
+                note("{0}: sent RARP for {1}", name, java.util.HexFormat.ofDelimiter(":").formatHex(mac));
                 yield null;
             }
             case NET_SET_MTU -> {
@@ -505,6 +521,7 @@ public final class BackendSession implements Runnable {
                     throw new VhostUserException("NET_SET_MTU: " + Long.toUnsignedString(mtu) + " is outside 68..65535");
                 }
                 device.setMtu((int) mtu);
+                note("{0}: frontend set MTU {1}", name, String.valueOf(mtu));
                 yield null;
             }
             case SET_STATUS -> {
@@ -621,7 +638,7 @@ public final class BackendSession implements Runnable {
             warnIfFaulted(old);
             old.close();
         }
-        LOG.log(Level.INFO, "{0}: dirty log of {1} bytes (covers 0x{2} bytes of guest memory){3}", name, size,
+        note("{0}: dirty log of {1} bytes (covers 0x{2} bytes of guest memory){3}", name, size,
                 Long.toHexString(next.coveredBytes()), logging() ? ", logging" : "");
     }
 
@@ -703,12 +720,12 @@ public final class BackendSession implements Runnable {
         if (featuresSet && (f ^ ackedFeatures) == logAll) {
             // Migration starts or ends: the rings go on, logging or not (a ring is never stopped for this).
             ackedFeatures = f;
-            LOG.log(Level.INFO, "{0}: dirty logging {1}", name, (f & logAll) != 0 ? "on" : "off");
+            note("{0}: dirty logging {1}", name, (f & logAll) != 0 ? "on" : "off");
             updateRingLogs();
             return;
         }
         if (!featuresSet || f != ackedFeatures) {
-            LOG.log(Level.INFO, "{0}: features {1}", name, VirtioFeatures.list(f));
+            note("{0}: features {1}", name, VirtioFeatures.list(f));
         }
         boolean first = !featuresSet;
         boolean hadProtocol = protocolFeaturesNegotiated();
@@ -805,7 +822,7 @@ public final class BackendSession implements Runnable {
                 budget.release(bytes);
                 throw e;
             }
-            LOG.log(Level.INFO, "{0}: memory table {1}", name, next.memory());
+            note("{0}: memory table {1}", name, next.memory());
             replaceMemory(next, List.of(memory), true, bytes, memory.mappedBytes());
         } catch (ArithmeticException e) {
             throw new GuestMemoryException("the memory table's regions add up to more than 2^63 bytes");
@@ -858,7 +875,7 @@ public final class BackendSession implements Runnable {
             }
         }
         if (!parked.isEmpty()) {
-            LOG.log(Level.INFO, "{0}: waiting for memory to hold {1}", name, parked);
+            note("{0}: waiting for memory to hold {1}", name, parked);
             if (whole) {
                 throw new VhostUserException("the new memory table does not hold running rings (stopped): " + parked);
             }
@@ -907,7 +924,7 @@ public final class BackendSession implements Runnable {
         if (differs) {
             // Chains between the used index and the frontend's avail index were in flight with a backend that went
             // away: the ring takes them again from the used index (TX may resend a few frames; no RX buffer is lost).
-            LOG.log(Level.WARNING, "{0}: ring {1}: base {2} differs from where the ring stands ({3}); resuming there",
+            warn("{0}: ring {1}: base {2} differs from where the ring stands ({3}); resuming there",
                     name, index, describe(ring.baseNum), describe(Integer.toUnsignedLong(q.base().encode(packed()))));
         }
         q.setLog(ringLog(index));
@@ -916,7 +933,7 @@ public final class BackendSession implements Runnable {
         if (ring.err != null) {
             device.setErr(index, ring.err);
         }
-        LOG.log(Level.INFO, "{0}: ring {1} started: size {2}, {3}, {4}", name, index, num,
+        note("{0}: ring {1} started: size {2}, {3}, {4}", name, index, num,
                 describe(Integer.toUnsignedLong(q.base().encode(packed()))), ring.enabled ? "enabled" : "disabled");
     }
 
@@ -986,7 +1003,7 @@ public final class BackendSession implements Runnable {
         }
         memory = MappedMemory.EMPTY;
         channel.close();
-        LOG.log(Level.INFO, "{0}: session closed", name);
+        note("{0}: session closed", name);
     }
 
     private static void closeQuietly(AutoCloseable c) {

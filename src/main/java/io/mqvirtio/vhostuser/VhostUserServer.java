@@ -66,6 +66,7 @@ public final class VhostUserServer implements AutoCloseable {
     private Thread thread;
     private int sessions;
     private final WarningLimit warnings;
+    private final WarningLimit notices;
 
     /** How long {@link #close()} waits for a session to tear down. */
     private static final long CLOSE_WAIT_MS = 5000;
@@ -74,6 +75,7 @@ public final class VhostUserServer implements AutoCloseable {
         this.options = options;
         this.path = path;
         this.warnings = new WarningLimit(String.valueOf(path.getFileName()));
+        this.notices = WarningLimit.notices(String.valueOf(path.getFileName()), device.maxRings());
         this.device = device;
         this.client = client;
     }
@@ -380,7 +382,7 @@ public final class VhostUserServer implements AutoCloseable {
     /** Runs a session on its own thread; in client mode waits for it before reconnecting. */
     private void runSession(UnixSocket conn, boolean wait) {
         String name = path.getFileName() + "#" + (++sessions);
-        BackendSession s = new BackendSession(name, new Channel(conn), device, warnings, options.memory());
+        BackendSession s = new BackendSession(name, new Channel(conn), device, warnings, notices, options.memory());
         session.set(s);
         Thread t = Thread.ofPlatform().name("vhost-user " + name).daemon(true).unstarted(() -> {
             try {

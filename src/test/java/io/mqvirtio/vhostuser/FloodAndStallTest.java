@@ -132,6 +132,52 @@ class FloodAndStallTest {
         BackendHarness.assertServesFully(a, sockA, devA);
     }
 
+    /**
+     * Requests that each log a line at INFO (protocol features, a ring enabled and disabled, an MTU, a RARP; and the
+     * connected, reset and closed lines of each new connection), sent in a loop, fill the log (every VM's, often a
+     * journal with a rate limit per service) no faster than the socket's allowance: it used to take one line each,
+     * 30,000 and more here.
+     */
+    @Test
+    void aFloodOfRequestsThatEachLogALineIsLoggedInPart() throws Exception {
+        Path sock = dir.resolve("n.sock");
+        int pairs = 2;
+        int allowance = WarningLimit.NOTICES + WarningLimit.NOTICES_PER_RING * 2 * pairs;
+        try (LogCapture log = new LogCapture("io.mqvirtio", java.util.logging.Level.INFO).quiet();
+             io.mqvirtio.net.NetDevice dev = new io.mqvirtio.net.NetDevice(io.mqvirtio.net.NetDevice.Config.of("n", pairs),
+                     new io.mqvirtio.backend.LoopbackBackend(pairs, 1500));
+             VhostUserServer server = VhostUserServer.listen(sock, dev)) {
+            final int rounds = 2000, batch = 100;
+            try (RawPeer fe = RawPeer.connect(sock)) {
+                BackendHarness.negotiate(fe, BackendHarness.ALL_PF);
+                ByteArrayOutputStream round = new ByteArrayOutputStream();
+                round.writeBytes(frame(Request.SET_PROTOCOL_FEATURES.id, V1, 8, u64(BackendHarness.ALL_PF)));
+                round.writeBytes(frame(Request.SET_VRING_ENABLE.id, V1, 8, RawPeer.state(0, 1)));
+                round.writeBytes(frame(Request.SET_VRING_ENABLE.id, V1, 8, RawPeer.state(0, 0)));
+                round.writeBytes(frame(Request.NET_SET_MTU.id, V1, 8, u64(1400)));
+                round.writeBytes(frame(Request.SEND_RARP.id, V1, 8, u64(0x0000_5634_1200_5452L)));
+                byte[] burst = repeat(round.toByteArray(), batch);
+                for (int i = 0; i < rounds / batch; i++) {
+                    fe.sendRaw(burst);
+                }
+                fe.get(Request.GET_FEATURES); // a request with a reply: everything before it was handled
+            }
+            for (int i = 0; i < 300; i++) {
+                BackendHarness.awaitNoSession(server);
+                try (RawPeer fe = RawPeer.connect(sock)) {
+                    fe.get(Request.GET_FEATURES);
+                }
+            }
+            BackendHarness.awaitNoSession(server);
+            java.util.List<String> lines = log.lines();
+            assertThat(lines.size()).as("lines logged for %d requests and 300 connections that each logged one or more",
+                    5 * rounds).isBetween(allowance, allowance + 20);
+            assertThat(lines).anyMatch(l -> l.contains("the last notice about this frontend logged for up to 60 s"));
+            assertThat(lines).noneMatch(l -> l.startsWith("WARNING"));
+        }
+        BackendHarness.assertServesFully(a, sockA, devA); // the other socket goes on
+    }
+
     @Test
     void aFloodOfDescriptorsLeavesNoneBehind() throws Exception {
         BackendHarness.assertServesFully(a, sockA, devA); // warm

@@ -9,21 +9,28 @@ import java.util.logging.Logger;
 
 /**
  * Collects what the vhost-user package logs at WARNING and above (System.Logger goes to java.util.logging here),
- * with the message's parameters filled in.
+ * with the message's parameters filled in; or what another logger's tree logs at another level and above.
  */
 final class LogCapture extends Handler implements AutoCloseable {
     private static final String PACKAGE = "io.mqvirtio.vhostuser";
-    private final Logger logger = Logger.getLogger(PACKAGE);
+    private final Logger logger;
+    private final Level min;
     private final List<String> lines = new ArrayList<>();
 
     LogCapture() {
-        setLevel(Level.WARNING);
+        this(PACKAGE, Level.WARNING);
+    }
+
+    LogCapture(String loggerName, Level min) {
+        this.logger = Logger.getLogger(loggerName);
+        this.min = min;
+        setLevel(min);
         logger.addHandler(this);
     }
 
     @Override
     public synchronized void publish(LogRecord r) {
-        if (r.getLevel().intValue() < Level.WARNING.intValue()) {
+        if (r.getLevel().intValue() < min.intValue()) {
             return;
         }
         String m = r.getMessage();
