@@ -305,7 +305,12 @@ final class Serve {
                     throw new UsageException("two VMs are named " + v.name() + " (set name=...)");
                 }
             }
-            double statsEvery = Check.range("--stats-interval", a.statsEvery, 0, 86400);
+            double statsEvery = a.statsEvery;
+            // 0 is off; an interval under a millisecond was a wait of 0 ms, so the main thread printed in a loop (a
+            // spin): the shortest is stats --watch's
+            if (statsEvery != 0 && !(statsEvery >= 0.1 && statsEvery <= 86400)) {
+                throw new UsageException("--stats-interval must be 0 (off) or in 0.1..86400, got " + a.statsEvery);
+            }
             if (a.metricsRemote && a.metrics == null) {
                 throw new UsageException("--metrics-remote needs --metrics ADDR:PORT");
             }

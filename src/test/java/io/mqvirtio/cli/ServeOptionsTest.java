@@ -1,0 +1,34 @@
+package io.mqvirtio.cli;
+
+import static org.assertj.core.api.Assertions.assertThat;
+import static org.assertj.core.api.Assertions.assertThatThrownBy;
+
+import java.io.ByteArrayOutputStream;
+import java.io.PrintStream;
+import org.junit.jupiter.api.Test;
+
+/** serve's options at their limits, parsed in this process (nothing is started). */
+class ServeOptionsTest {
+    private static Serve.Options parse(String... args) {
+        PrintStream sink = new PrintStream(new ByteArrayOutputStream());
+        picocli.CommandLine.ParseResult r = Main.commandLine(sink, sink).parseArgs(args);
+        return Serve.Options.parse((Serve.Command) r.subcommand().commandSpec().userObject());
+    }
+
+    /**
+     * A stats interval so short that it rounds to 0 ms made the main thread print totals in a loop without a pause
+     * (await(0) returns at once): a spin. It is refused, as {@code stats --watch} refuses one under 0.1 s.
+     */
+    @Test
+    void aStatsIntervalIsOffOrAtLeastATenthOfASecond() {
+        for (String s : new String[] {"0.0001", "0.0009", "0.05"}) {
+            assertThatThrownBy(() -> parse("serve", "--socket-path", "/tmp/x.sock", "--loopback", "--stats-interval", s))
+                    .as("--stats-interval %s", s).isInstanceOf(UsageException.class)
+                    .hasMessageContaining("--stats-interval must be 0 (off) or in 0.1..86400");
+        }
+        assertThat(parse("serve", "--socket-path", "/tmp/x.sock", "--loopback", "--stats-interval", "0").statsEvery())
+                .isZero();
+        assertThat(parse("serve", "--socket-path", "/tmp/x.sock", "--loopback", "--stats-interval", "0.1").statsEvery())
+                .isEqualTo(0.1);
+    }
+}
