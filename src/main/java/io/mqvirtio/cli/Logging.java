@@ -1,11 +1,13 @@
 package io.mqvirtio.cli;
 
-import java.util.logging.ConsoleHandler;
 import java.util.logging.Level;
 import java.util.logging.Logger;
 import java.util.logging.SimpleFormatter;
 
-/** One line per log record on stderr: time, level, source, message. */
+/**
+ * One line per log record on stderr: time, level, source, message; written by a thread of its own
+ * ({@link AsyncLogHandler}), so that no thread that logs waits for stderr.
+ */
 final class Logging {
     private Logging() {}
 
@@ -24,10 +26,7 @@ final class Logging {
         for (var h : root.getHandlers()) {
             root.removeHandler(h);
         }
-        ConsoleHandler h = new ConsoleHandler();
-        h.setFormatter(new SimpleFormatter());
-        h.setLevel(level);
-        root.addHandler(h);
+        root.addHandler(new AsyncLogHandler(System.err, new SimpleFormatter(), level));
         root.setLevel(level);
         Logger.getLogger("io.mqvirtio").setLevel(level);
     }
