@@ -920,26 +920,37 @@ final class QueuePairWorker implements WorkerHandler {
      * may span, the iovec, or the whole ring were used up.
      *
      * @throws VirtqueueException for a chain whose writable part cannot hold even the virtio-net header (VIRTIO 1.3,
-     *                            5.1.6.3.1: the driver MUST post buffers at least that large)
+     *                            5.1.6.3.1: the driver MUST post buffers at least that large), or has more buffers
+     *                            than one receive takes
      */
     private int gather(DeviceRing q, int from, long need) {
         int k = from;
         long cap = 0;
         boolean iovFull = false;
         while (cap < need && k < rxChains.length && !iovFull && (mrgRxbuf || k == from) && q.pop(rxChains[k])) {
-            DescriptorChain c = rxChains[k++];
+            DescriptorChain c = rxChains[k];
             if (c.writableBytes() < VirtioNet.HDR_SIZE) {
                 throw new VirtqueueException("RX chain at head " + c.head() + " has " + c.writableBytes()
                         + " writable bytes, less than the " + VirtioNet.HDR_SIZE + "-byte virtio-net header");
             }
-            for (int i = c.readableCount(); i < c.count(); i++) {
-                // the last entry is kept for the spill buffer, which shows a frame larger than the ring may get
-                if (iov.count() >= iov.capacity() - 1 || !iov.addRaw(c.hostAddress(i), Integer.toUnsignedLong(c.length(i)))) {
-                    iovFull = true;
-                    break;
+            // A chain is in the iovec whole or not at all (the last entry is kept for the spill buffer, which shows
+            // a frame larger than the ring may get): of one cut short, the frame's bytes beyond its part in the
+            // iovec would land in the spill buffer while completeFrame counts them in the chain, and the guest got
+            // a frame with its own stale bytes in it.
+            if (iov.count() + c.writableCount() > iov.capacity() - 1) {
+                if (iov.count() == 0) {
+                    throw new VirtqueueException("RX chain at head " + c.head() + " has " + c.writableCount()
+                            + " writable buffers, more than the " + (iov.capacity() - 1) + " one receive takes");
                 }
+                q.giveBack(1);
+                iovFull = true;
+                break;
+            }
+            for (int i = c.readableCount(); i < c.count(); i++) {
+                iov.addRaw(c.hostAddress(i), Integer.toUnsignedLong(c.length(i)));
             }
             cap += c.writableBytes();
+            k++;
         }
         gathered = cap;
         gatherExhausted = cap < need && (k == rxChains.length || iovFull || k >= q.size());
