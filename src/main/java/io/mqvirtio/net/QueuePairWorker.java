@@ -917,7 +917,8 @@ final class QueuePairWorker implements WorkerHandler {
      * MRG_RXBUF), adding their writable buffers to the iovec; sets {@link #gathered} to those bytes and returns the
      * index after the last chain popped. Buffers a driver marked read-only are never written. Sets
      * {@link #gatherExhausted} when it stopped short for a reason more buffers cannot change: the chains one frame
-     * may span, the iovec, or the whole ring were used up.
+     * may span, the iovec, or the whole ring (its entries, which a chain of several descriptors takes several of)
+     * were used up.
      *
      * @throws VirtqueueException for a chain whose writable part cannot hold even the virtio-net header (VIRTIO 1.3,
      *                            5.1.6.3.1: the driver MUST post buffers at least that large), or has more buffers
@@ -953,7 +954,13 @@ final class QueuePairWorker implements WorkerHandler {
             k++;
         }
         gathered = cap;
-        gatherExhausted = cap < need && (k == rxChains.length || iovFull || k >= q.size());
+        // Every ring entry in this frame's chains: the driver has none left to post more with, and the frame must
+        // not wait for good (counting chains, a ring of chains of several descriptors never got there).
+        int slots = 0;
+        for (int i = 0; i < k; i++) {
+            slots += rxChains[i].slots();
+        }
+        gatherExhausted = cap < need && (k == rxChains.length || iovFull || slots >= q.size());
         return k;
     }
 

@@ -225,4 +225,37 @@ class RxSpillTest {
             }
         }
     }
+
+    /**
+     * A GSO frame larger than a full ring of chains of two descriptors holds can never fit: it waited for buffers
+     * for good (the chains, not the ring entries they take, were counted against the ring's size, and never got
+     * there), and the driver, its ring full, had none to post: the RX ring stalled. It is dropped, and the next
+     * frame delivered.
+     */
+    @Test
+    @Timeout(60)
+    void aFrameLargerThanAFullRingOfTwoDescriptorChainsIsDropped() throws Exception {
+        Scripted backend = new Scripted();
+        try (NetDevice dev = new NetDevice(NetDevice.Config.of("full", 1), backend);
+             VhostUserServer server = VhostUserServer.listen(dir.resolve("full.sock"), dev);
+             EvilDriver d = open(server, 8)) {
+            EvilDriver.Ring rx = d.rx(0);
+            long[] buf = new long[8];
+            for (int i = 0; i < 8; i++) {
+                buf[i] = d.alloc(1000);
+                // four chains of two descriptors: the whole ring, 8,000 bytes
+                rx.desc(i, d.gpa(buf[i]), 1000, DESC_F_WRITE | (i % 2 == 0 ? DESC_F_NEXT : 0), i + 1);
+            }
+            for (int i = 0; i < 8; i += 2) {
+                rx.offer(i);
+            }
+            byte[] small = frameWithHeader(300);
+            backend.frames.add(frameWithHeader(20_000));
+            backend.frames.add(small);
+            rx.kick();
+            HostileDriverTest.await(() -> rx.usedIdx() == 1, "the frame after the one that can never fit");
+            assertThat(dev.counters().get(0).drops()).isEqualTo(1);
+            assertThat(rx.nextUsed()).containsExactly(0, small.length);
+        }
+    }
 }
