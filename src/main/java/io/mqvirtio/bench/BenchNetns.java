@@ -74,8 +74,14 @@ final class BenchNetns implements AutoCloseable {
 
     static BenchNetns create() throws Exception {
         String name = "mqvbench-" + Long.toHexString(ThreadLocalRandom.current().nextLong() >>> 24);
-        run(List.of(ipCommand(), "netns", "add", name));
+        // Known to the reaper before it exists: a signal right after `ip netns add` returned left it behind.
         LIVE.add(name);
+        try {
+            run(List.of(ipCommand(), "netns", "add", name));
+        } catch (Exception e) {
+            LIVE.remove(name);
+            throw e;
+        }
         BenchNetns ns = new BenchNetns(name);
         try {
             ns.inside(() -> {

@@ -15,6 +15,7 @@ final class LogCapture extends Handler implements AutoCloseable {
     private static final String PACKAGE = "io.mqvirtio.vhostuser";
     private final Logger logger;
     private final Level min;
+    private final Level loggerLevel;
     private final List<String> lines = new ArrayList<>();
 
     LogCapture() {
@@ -25,6 +26,12 @@ final class LogCapture extends Handler implements AutoCloseable {
         this.logger = Logger.getLogger(loggerName);
         this.min = min;
         setLevel(min);
+        // A command run in this JVM before (Main.run) may have set the tree's level higher (Logging.quiet):
+        // records below it would never reach this handler.
+        this.loggerLevel = logger.getLevel();
+        if (loggerLevel != null && loggerLevel.intValue() > min.intValue()) {
+            logger.setLevel(min);
+        }
         logger.addHandler(this);
     }
 
@@ -62,5 +69,6 @@ final class LogCapture extends Handler implements AutoCloseable {
     public void close() {
         logger.removeHandler(this);
         logger.setUseParentHandlers(true);
+        logger.setLevel(loggerLevel);
     }
 }
