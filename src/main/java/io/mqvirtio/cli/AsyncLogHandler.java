@@ -31,12 +31,13 @@ final class AsyncLogHandler extends Handler {
     private final AtomicLong accepted = new AtomicLong();
     private final AtomicLong leftOut = new AtomicLong();
     private volatile long written;
+    private final Thread writer;
 
     AsyncLogHandler(OutputStream out, Formatter formatter, Level level) {
         this.out = out;
         setFormatter(formatter);
         setLevel(level);
-        Thread.ofPlatform().daemon().name("mqvirtio-log").start(this::drain);
+        this.writer = Thread.ofPlatform().daemon().name("mqvirtio-log").start(this::drain);
     }
 
     @Override
@@ -65,7 +66,7 @@ final class AsyncLogHandler extends Handler {
             try {
                 line = queue.take();
             } catch (InterruptedException e) {
-                return; // nobody interrupts it; a daemon thread ends with the JVM
+                return; // retired (another handler took over); otherwise a daemon thread ends with the JVM
             }
             long n = leftOut.getAndSet(0);
             if (n > 0) {
@@ -110,6 +111,15 @@ final class AsyncLogHandler extends Handler {
     @Override
     public void close() {
         flush();
+    }
+
+    /**
+     * Flushes and ends the writing thread: for a handler another one replaces (a command run again in the same JVM
+     * sets logging up anew). Lines published after this are not written.
+     */
+    void retire() {
+        flush();
+        writer.interrupt();
     }
 
     /** Lines left out and not reported yet. */

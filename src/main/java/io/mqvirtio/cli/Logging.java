@@ -25,6 +25,9 @@ final class Logging {
         Logger root = Logger.getLogger("");
         for (var h : root.getHandlers()) {
             root.removeHandler(h);
+            if (h instanceof AsyncLogHandler a) {
+                a.retire(); // its thread would wait for lines for good
+            }
         }
         root.addHandler(new AsyncLogHandler(System.err, new SimpleFormatter(), level));
         root.setLevel(level);

@@ -93,6 +93,7 @@ class AsyncLogHandlerTest {
         assertThat(written).as("about the queue's worth").isBetween(AsyncLogHandler.QUEUE, AsyncLogHandler.QUEUE + 2);
         assertThat(lines.get(lines.size() - 1)).doesNotEndWith(tail);
         assertThat(h.leftOut()).isZero();
+        h.retire();
     }
 
     @Test
@@ -124,5 +125,27 @@ class AsyncLogHandlerTest {
                 assertThat(mine.get(i)).isEqualTo(p + i); // each thread's lines in its order
             }
         }
+        h.retire();
+    }
+
+    @Test
+    @Timeout(30)
+    void aRetiredHandlerWritesWhatItHadAndItsThreadEnds() throws Exception {
+        GatedStream out = new GatedStream();
+        out.open.countDown();
+        long before = threads();
+        AsyncLogHandler h = new AsyncLogHandler(out, PLAIN, Level.INFO);
+        h.publish(new LogRecord(Level.INFO, "last words"));
+        h.retire();
+        assertThat(out.lines()).containsExactly("last words");
+        long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(10);
+        while (threads() > before && System.nanoTime() < deadline) {
+            Thread.sleep(10);
+        }
+        assertThat(threads()).as("writer threads left").isLessThanOrEqualTo(before);
+    }
+
+    private static long threads() {
+        return Thread.getAllStackTraces().keySet().stream().filter(t -> t.getName().equals("mqvirtio-log")).count();
     }
 }
