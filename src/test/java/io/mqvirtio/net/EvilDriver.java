@@ -24,6 +24,8 @@ final class EvilDriver implements AutoCloseable {
     static final ValueLayout.OfLong U64 = ValueLayout.JAVA_LONG_UNALIGNED.withOrder(ByteOrder.LITTLE_ENDIAN);
     static final ValueLayout.OfInt U32 = ValueLayout.JAVA_INT_UNALIGNED.withOrder(ByteOrder.LITTLE_ENDIAN);
     static final ValueLayout.OfShort U16 = ValueLayout.JAVA_SHORT_UNALIGNED.withOrder(ByteOrder.LITTLE_ENDIAN);
+    /** Packed descriptors' flags, written with release and read with acquire (the ring's order). */
+    private static final java.lang.invoke.VarHandle U16_RELEASE = ValueLayout.JAVA_SHORT.withOrder(ByteOrder.LITTLE_ENDIAN).varHandle();
 
     final int size;
     final int pairs;
@@ -101,6 +103,66 @@ final class EvilDriver implements AutoCloseable {
             int f = Short.toUnsignedInt(mem.get(U16, descOff + 16L * i + 14));
             int both = io.mqvirtio.virtio.PackedRing.F_AVAIL | io.mqvirtio.virtio.PackedRing.F_USED;
             return (f & both) == both;
+        }
+
+        // ---- packed rings on any lap: the driver's avail and used cursors, each with its wrap counter ----
+        private int availPos;
+        private boolean availWrap = true;
+        private int usedPos;
+        private boolean usedWrap = true;
+
+        /**
+         * Descriptor {@code k} of the chain being written at the avail cursor: address, length, id, and (but for the
+         * head, {@code k == 0}, whose flags {@link #publishPacked} writes last) {@code flags} with the wrap bits of its lap.
+         */
+        void packedAt(int k, long gpa, int len, int id, int flags) {
+            int pos = availPos + k;
+            boolean wrap = pos < size ? availWrap : !availWrap;
+            long b = descOff + 16L * (pos % size);
+            mem.set(U64, b, gpa);
+            mem.set(U32, b + 8, len);
+            mem.set(U16, b + 12, (short) id);
+            if (k > 0) {
+                mem.set(U16, b + 14, (short) (flags | wrapBits(wrap)));
+            }
+        }
+
+        /**
+         * Makes the chain of {@code slots} descriptors written at the avail cursor ({@link #packedAt}) available: its
+         * head's flags last, with release, so the device sees it whole (2.8.6); the cursor moves past it.
+         */
+        void publishPacked(int headFlags, int slots) {
+            U16_RELEASE.setRelease(mem, descOff + 16L * availPos + 14, (short) (headFlags | wrapBits(availWrap)));
+            availPos += slots;
+            if (availPos >= size) {
+                availPos -= size;
+                availWrap = !availWrap;
+            }
+        }
+
+        /** The used descriptor at the used cursor as {id, len}, or null if the device has not written it this lap. */
+        int[] packedUsedAtCursor() {
+            long b = descOff + 16L * usedPos;
+            int f = Short.toUnsignedInt((short) U16_RELEASE.getAcquire(mem, b + 14));
+            boolean avail = (f & io.mqvirtio.virtio.PackedRing.F_AVAIL) != 0;
+            boolean used = (f & io.mqvirtio.virtio.PackedRing.F_USED) != 0;
+            if (avail != usedWrap || used != usedWrap) {
+                return null;
+            }
+            return new int[] {Short.toUnsignedInt(mem.get(U16, b + 12)), mem.get(U32, b + 8)};
+        }
+
+        /** Moves the used cursor past a used chain's {@code slots} descriptors. */
+        void skipPackedUsed(int slots) {
+            usedPos += slots;
+            if (usedPos >= size) {
+                usedPos -= size;
+                usedWrap = !usedWrap;
+            }
+        }
+
+        private static int wrapBits(boolean wrap) {
+            return wrap ? io.mqvirtio.virtio.PackedRing.F_AVAIL : io.mqvirtio.virtio.PackedRing.F_USED;
         }
 
         int usedIdx() {

@@ -2,7 +2,6 @@ package io.mqvirtio.net;
 
 import static org.assertj.core.api.Assertions.assertThat;
 
-import io.mqvirtio.linux.IoVec;
 import io.mqvirtio.vhostuser.VhostUserServer;
 import io.mqvirtio.virtio.PackedRing;
 import io.mqvirtio.virtio.SplitRing;
@@ -10,18 +9,15 @@ import io.mqvirtio.virtio.VirtioFeatures;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
-import java.lang.invoke.VarHandle;
 import java.nio.file.Path;
 import java.util.ArrayDeque;
 import java.util.ArrayList;
 import java.util.Comparator;
 import java.util.List;
 import java.util.Random;
-import java.util.concurrent.ConcurrentLinkedQueue;
 import java.util.concurrent.TimeUnit;
 import java.util.concurrent.locks.LockSupport;
 import java.util.function.BooleanSupplier;
-import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.Timeout;
 import org.junit.jupiter.api.io.TempDir;
 import org.junit.jupiter.params.ParameterizedTest;
@@ -52,57 +48,9 @@ class RxPathPropertyTest {
     private static final long MEM = 24L << 20;
     /** Time per combination (-Drx.millis=... for a longer soak; -Drx.base=... for other seeds). */
     private static final long BUDGET_NANOS = TimeUnit.MILLISECONDS.toNanos(Long.getLong("rx.millis", 450));
-    private static final VarHandle U16_RELEASE = ValueLayout.JAVA_SHORT.withOrder(java.nio.ByteOrder.LITTLE_ENDIAN).varHandle();
 
     @TempDir
     Path dir;
-
-    /** A port that hands the worker the frames queued in it, cut to the buffers as a TAP cuts them. */
-    static final class ScriptedPort implements PacketBackend {
-        final ConcurrentLinkedQueue<byte[]> frames = new ConcurrentLinkedQueue<>();
-
-        @Override
-        public int maxPairs() {
-            return 1;
-        }
-
-        @Override
-        public long features() {
-            return VirtioFeatures.bit(VirtioNet.F_GUEST_CSUM) | VirtioFeatures.bit(VirtioNet.F_GUEST_TSO4);
-        }
-
-        @Override
-        public Port open(int pair) {
-            return new Port() {
-                @Override
-                public int readFd() {
-                    return POLL;
-                }
-
-                @Override
-                public long send(IoVec frame) {
-                    return frame.totalBytes();
-                }
-
-                @Override
-                public long receive(IoVec into) {
-                    byte[] f = frames.poll();
-                    return f == null ? -1 : into.copyFrom(MemorySegment.ofArray(f), 0, f.length);
-                }
-
-                @Override
-                public void close() {}
-            };
-        }
-
-        @Override
-        public String describe() {
-            return "scripted";
-        }
-
-        @Override
-        public void close() {}
-    }
 
     /** A buffer of a chain: its offset in the driver's memory, length, and whether the device may write it. */
     record Buf(long off, int len, boolean writable) {}
@@ -140,7 +88,8 @@ class RxPathPropertyTest {
         final Random r;
         final boolean packed, mrg, gso;
         final int size;
-        final ScriptedPort port = new ScriptedPort();
+        // hands the worker the frames queued in it, cut to the buffers as a TAP cuts them
+        final RxSpillTest.Scripted port = new RxSpillTest.Scripted();
         final NetDevice dev;
         final VhostUserServer server;
         final EvilDriver d;
@@ -151,10 +100,6 @@ class RxPathPropertyTest {
         final ArrayDeque<Integer> freeDesc = new ArrayDeque<>();
         final ArrayDeque<Integer> freeIds = new ArrayDeque<>();
         int freeSlots;
-        int availPos;
-        boolean availWrap = true;
-        int usedPos;
-        boolean usedWrap = true;
         final List<Chain> byId;
         // the model
         final ArrayDeque<Chain> posted = new ArrayDeque<>();
@@ -357,57 +302,29 @@ class RxPathPropertyTest {
             if (c.bad == null || !c.bad.equals("id in flight")) {
                 byId.set(id, c);
             }
-            int first = availPos;
-            boolean firstWrap = availWrap;
             int headFlags;
             if (indirect) {
                 long t = alloc(16L * c.bufs.size());
                 writeBufsAsTable(t, c.bufs, false);
                 headFlags = PackedRing.F_INDIRECT;
-                writePacked(availPos, d.gpa(t), 16 * c.bufs.size(), id);
+                rx.packedAt(0, d.gpa(t), 16 * c.bufs.size(), id, headFlags);
                 c.slots = 1;
             } else {
                 c.slots = c.bufs.size();
                 headFlags = 0;
-                int pos = availPos;
-                boolean wrap = availWrap;
                 for (int i = 0; i < c.bufs.size(); i++) {
                     Buf b = c.bufs.get(i);
                     boolean last = i + 1 == c.bufs.size();
-                    writePacked(pos, d.gpa(b.off), b.len, id);
                     int f = (b.writable ? PackedRing.F_WRITE : 0) | (last ? 0 : PackedRing.F_NEXT);
+                    rx.packedAt(i, d.gpa(b.off), b.len, id, f);
                     if (i == 0) {
                         headFlags = f;
-                    } else {
-                        d.mem.set(EvilDriver.U16, rx.descOff + 16L * pos + 14, (short) (f | wrapBits(wrap)));
                     }
-                    if (++pos == size) {
-                        pos = 0;
-                        wrap = !wrap;
-                    }
-                }
-            }
-            for (int i = 0; i < c.slots; i++) {
-                if (++availPos == size) {
-                    availPos = 0;
-                    availWrap = !availWrap;
                 }
             }
             freeSlots -= c.slots;
             record(c);
-            // the head's flags last, with release: the chain becomes available whole (2.8.6)
-            U16_RELEASE.setRelease(d.mem, rx.descOff + 16L * first + 14, (short) (headFlags | wrapBits(firstWrap)));
-        }
-
-        private void writePacked(int pos, long gpa, int len, int id) {
-            long b = rx.descOff + 16L * pos;
-            d.mem.set(EvilDriver.U64, b, gpa);
-            d.mem.set(EvilDriver.U32, b + 8, len);
-            d.mem.set(EvilDriver.U16, b + 12, (short) id);
-        }
-
-        private static int wrapBits(boolean wrap) {
-            return wrap ? PackedRing.F_AVAIL : PackedRing.F_USED;
+            rx.publishPacked(headFlags, c.slots); // the head's flags last: the chain becomes available whole
         }
 
         private void record(Chain c) {
@@ -423,24 +340,13 @@ class RxPathPropertyTest {
             if (!packed) {
                 return rx.nextUsed();
             }
-            long b = rx.descOff + 16L * usedPos;
-            int f = Short.toUnsignedInt((short) U16_RELEASE.getAcquire(d.mem, b + 14));
-            boolean avail = (f & PackedRing.F_AVAIL) != 0;
-            boolean used = (f & PackedRing.F_USED) != 0;
-            if (avail != usedWrap || used != usedWrap) {
+            int[] u = rx.packedUsedAtCursor();
+            if (u == null) {
                 return null;
             }
-            int id = Short.toUnsignedInt(d.mem.get(EvilDriver.U16, b + 12));
-            int len = d.mem.get(EvilDriver.U32, b + 8);
-            Chain c = id < size ? byId.get(id) : null;
-            int slots = c == null ? 1 : c.slots;
-            for (int i = 0; i < slots; i++) {
-                if (++usedPos == size) {
-                    usedPos = 0;
-                    usedWrap = !usedWrap;
-                }
-            }
-            return new int[] {id, len};
+            Chain c = u[0] < size ? byId.get(u[0]) : null;
+            rx.skipPackedUsed(c == null ? 1 : c.slots);
+            return u;
         }
 
         /** The chain is back with the driver: its ring entries are free again. */

@@ -12,7 +12,6 @@ import io.mqvirtio.virtio.SplitRing;
 import io.mqvirtio.virtio.VirtioFeatures;
 import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
-import java.lang.invoke.VarHandle;
 import java.nio.file.Path;
 import java.util.ArrayDeque;
 import java.util.ArrayList;
@@ -58,7 +57,6 @@ class TxPathPropertyTest {
     private static final long MEM = 32L << 20;
     /** Time per combination (-Dtx.millis=... for a longer soak; -Dtx.base=... for other seeds). */
     private static final long BUDGET_NANOS = TimeUnit.MILLISECONDS.toNanos(Long.getLong("tx.millis", 400));
-    private static final VarHandle U16_RELEASE = ValueLayout.JAVA_SHORT.withOrder(java.nio.ByteOrder.LITTLE_ENDIAN).varHandle();
     private static final int SLOT = 2048;
 
     @TempDir
@@ -245,10 +243,6 @@ class TxPathPropertyTest {
         final ArrayDeque<Integer> freeDesc = new ArrayDeque<>();
         final ArrayDeque<Integer> freeIds = new ArrayDeque<>();
         int freeSlots;
-        int availPos;
-        boolean availWrap = true;
-        int usedPos;
-        boolean usedWrap = true;
         // the model
         final ArrayDeque<Chain> inFlight = new ArrayDeque<>();   // posted, not used yet, in ring order
         final List<Chain> toPort = new ArrayList<>();            // every good chain of a header or more, in ring order
@@ -471,8 +465,6 @@ class TxPathPropertyTest {
             }
             c.id = id;
             int ringId = "id out of range".equals(c.bad) ? size + r.nextInt(1000) : id;
-            int first = availPos;
-            boolean firstWrap = availWrap;
             int headFlags;
             int n = c.bufs.size();
             if (indirect) {
@@ -483,49 +475,24 @@ class TxPathPropertyTest {
                 }
                 sync(t, 16L * n);
                 int tlen = "bad indirect table".equals(c.bad) ? 16 * n + 8 : 16 * n;
-                writePacked(availPos, d.gpa(t), tlen, ringId);
                 headFlags = PackedRing.F_INDIRECT;
+                tx.packedAt(0, d.gpa(t), tlen, ringId, headFlags);
                 c.slots = 1;
             } else {
                 c.slots = n;
                 headFlags = 0;
-                int pos = availPos;
-                boolean wrap = availWrap;
                 for (int i = 0; i < n; i++) {
                     Buf b = c.bufs.get(i);
                     boolean last = i + 1 == n;
-                    writePacked(pos, d.gpa(b.off), b.len, ringId);
                     int f = (b.writable ? PackedRing.F_WRITE : 0) | (last ? 0 : PackedRing.F_NEXT);
+                    tx.packedAt(i, d.gpa(b.off), b.len, ringId, f);
                     if (i == 0) {
                         headFlags = f;
-                    } else {
-                        d.mem.set(EvilDriver.U16, tx.descOff + 16L * pos + 14, (short) (f | wrapBits(wrap)));
                     }
-                    if (++pos == size) {
-                        pos = 0;
-                        wrap = !wrap;
-                    }
-                }
-            }
-            for (int i = 0; i < c.slots; i++) {
-                if (++availPos == size) {
-                    availPos = 0;
-                    availWrap = !availWrap;
                 }
             }
             freeSlots -= c.slots;
-            U16_RELEASE.setRelease(d.mem, tx.descOff + 16L * first + 14, (short) (headFlags | wrapBits(firstWrap)));
-        }
-
-        private void writePacked(int pos, long gpa, int len, int id) {
-            long b = tx.descOff + 16L * pos;
-            d.mem.set(EvilDriver.U64, b, gpa);
-            d.mem.set(EvilDriver.U32, b + 8, len);
-            d.mem.set(EvilDriver.U16, b + 12, (short) id);
-        }
-
-        private static int wrapBits(boolean wrap) {
-            return wrap ? PackedRing.F_AVAIL : PackedRing.F_USED;
+            tx.publishPacked(headFlags, c.slots);
         }
 
         /** The next used entry, as {id, len}, or null; packed: the ring position moved past it by {@code slots}. */
@@ -533,23 +500,11 @@ class TxPathPropertyTest {
             if (!packed) {
                 return tx.nextUsed();
             }
-            long b = tx.descOff + 16L * usedPos;
-            int f = Short.toUnsignedInt((short) U16_RELEASE.getAcquire(d.mem, b + 14));
-            boolean avail = (f & PackedRing.F_AVAIL) != 0;
-            boolean used = (f & PackedRing.F_USED) != 0;
-            if (avail != usedWrap || used != usedWrap) {
-                return null;
-            }
-            return new int[] {Short.toUnsignedInt(d.mem.get(EvilDriver.U16, b + 12)), d.mem.get(EvilDriver.U32, b + 8)};
+            return tx.packedUsedAtCursor();
         }
 
         void advanceUsed(int slots) {
-            for (int i = 0; i < slots; i++) {
-                if (++usedPos == size) {
-                    usedPos = 0;
-                    usedWrap = !usedWrap;
-                }
-            }
+            tx.skipPackedUsed(slots);
         }
 
         void release(Chain c) {
