@@ -53,14 +53,12 @@ public final class LoopbackBackend implements PacketBackend {
 
             @Override
             public long send(IoVec frame) {
-                if (tail - head == DEPTH || frame.totalBytes() > slotSize) {
-                    drops[pair]++;
+                long base = slot(frame.totalBytes());
+                if (base < 0) {
                     return frame.totalBytes(); // consumed (and lost), never blocking the guest
                 }
-                long base = (long) (tail % DEPTH) * slotSize;
                 long at = frame.copyTo(slots, base, slotSize);
-                lengths[tail % DEPTH] = (int) at;
-                tail++;
+                filled(at);
                 return at;
             }
 
@@ -74,15 +72,27 @@ public final class LoopbackBackend implements PacketBackend {
                 burst.checkRange(from, n);
                 for (int i = from; i < from + n; i++) {
                     long len = Integer.toUnsignedLong(burst.length(i));
-                    if (tail - head == DEPTH || len > slotSize) {
-                        drops[pair]++; // as send: taken and lost
-                        continue;
+                    long base = slot(len);
+                    if (base >= 0) { // else taken and lost, as by send
+                        IoVec.copy(burst.hostAddress(i), slots, base, len);
+                        filled(len);
                     }
-                    int s = tail % DEPTH;
-                    IoVec.copy(burst.hostAddress(i), slots, (long) s * slotSize, len);
-                    lengths[s] = (int) len;
-                    tail++;
                 }
+            }
+
+            /** Where the next frame of {@code len} bytes goes, or -1 (a drop, counted) if the FIFO is full or it is too large. */
+            private long slot(long len) {
+                if (tail - head == DEPTH || len > slotSize) {
+                    drops[pair]++;
+                    return -1;
+                }
+                return (long) (tail % DEPTH) * slotSize;
+            }
+
+            /** The frame copied into {@link #slot} holds {@code len} bytes: it joins the FIFO. */
+            private void filled(long len) {
+                lengths[tail % DEPTH] = (int) len;
+                tail++;
             }
 
             @Override

@@ -680,7 +680,8 @@ final class QueuePairWorker implements WorkerHandler {
      * allow (a driver without GSO that posts MTU-sized buffers: DPDK's, ours), come a burst at a time
      * ({@link DeviceRing#popBurst}): one read straight into each ({@link Port#receive(long, long, IoVec)}), nothing
      * to spill, one completion; measured against the chain-by-chain path with paired windows, TAP into our driver:
-     * 0.935-0.977x the worker's CPU per frame. Any other buffer (smaller, several descriptors, mergeable pieces) goes chain by chain as above.
+     * 0.935-0.977x the worker's CPU per frame. Any other buffer (smaller, several descriptors, mergeable pieces) goes
+     * chain by chain as above.
      *
      * <p>Waiting for buffers means waiting for a kick: chains given back unused do not count as new ones, so a ring
      * whose buffers cannot take the waiting frame costs nothing until the driver adds more.
@@ -954,14 +955,21 @@ final class QueuePairWorker implements WorkerHandler {
             k++;
         }
         gathered = cap;
-        // Every ring entry in this frame's chains: the driver has none left to post more with, and the frame must
-        // not wait for good (counting chains, a ring of chains of several descriptors never got there).
+        gatherExhausted = cap < need && (k == rxChains.length || iovFull || slotsOf(k) >= q.size());
+        return k;
+    }
+
+    /**
+     * The ring entries the first {@code k} chains of {@link #rxChains} take. When they are every entry of the ring,
+     * the driver has none left to post more with, and a frame must not wait for good (counting chains, a ring of
+     * chains of several descriptors never got there).
+     */
+    private int slotsOf(int k) {
         int slots = 0;
         for (int i = 0; i < k; i++) {
             slots += rxChains[i].slots();
         }
-        gatherExhausted = cap < need && (k == rxChains.length || iovFull || slots >= q.size());
-        return k;
+        return slots;
     }
 
     private long gathered;
