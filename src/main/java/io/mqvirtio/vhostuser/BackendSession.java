@@ -618,11 +618,10 @@ public final class BackendSession implements Runnable {
         try (Fd fd = m.takeFd(0)) {
             next = DirtyLog.map(fd, size, offset);
         }
-        long need = memoryEnd(memory.memory());
-        if (Long.compareUnsigned(next.coveredBytes(), need) < 0) {
+        if (!covers(next, memory.memory())) {
             next.close();
             throw new VhostUserException("SET_LOG_BASE: a log of " + size + " bytes covers 0x"
-                    + Long.toHexString(next.coveredBytes()) + " bytes of guest memory, which reaches 0x" + Long.toHexString(need));
+                    + Long.toHexString(next.coveredBytes()) + " bytes of guest memory, which reaches " + reach(memory.memory()));
         }
         DirtyLog old = dirtyLog;
         dirtyLog = next;
@@ -650,23 +649,41 @@ public final class BackendSession implements Runnable {
         }
     }
 
-    /** Where guest memory ends: the highest guest-physical address (exclusive) of its regions. */
-    private static long memoryEnd(io.mqvirtio.memory.GuestMemory m) {
-        long end = 0;
+    /**
+     * Whether {@code log} has a bit for every page of memory's regions. Guest-physical addresses are unsigned and a
+     * region may end at 2^64: compared by their last bytes, unsigned. (A signed maximum of the regions' ends took a
+     * region above 2^63, or one ending at 2^64, for memory below any log: accepted while logging, the frames that
+     * landed there were never marked, since no bit of the log stands for them.)
+     */
+    private static boolean covers(DirtyLog log, GuestMemory m) {
         for (MemoryRegion r : m.regions()) {
-            end = Math.max(end, r.guestPhysAddr() + r.size());
+            if (Long.compareUnsigned(r.lastGuestPhysAddr(), log.coveredBytes() - 1) > 0) {
+                return false;
+            }
         }
-        return end;
+        return true;
+    }
+
+    /** Where guest memory ends, for messages: the end (exclusive) of its highest region, 2^64 included. */
+    private static String reach(GuestMemory m) {
+        long last = -1;
+        boolean any = false;
+        for (MemoryRegion r : m.regions()) {
+            if (!any || Long.compareUnsigned(r.lastGuestPhysAddr(), last) > 0) {
+                last = r.lastGuestPhysAddr();
+                any = true;
+            }
+        }
+        return !any ? "0x0" : last == -1 ? "0x10000000000000000" : "0x" + Long.toHexString(last + 1);
     }
 
     /**
      * While logging, memory must not reach beyond the log: a write there could not be marked, and the destination
      * would miss it (QEMU grows its log before it grows the memory table).
      */
-    private void requireLogCovers(io.mqvirtio.memory.GuestMemory m, String what) {
-        long end = memoryEnd(m);
-        if (dirtyLog != null && Long.compareUnsigned(dirtyLog.coveredBytes(), end) < 0) {
-            throw new VhostUserException(what + ": guest memory reaching 0x" + Long.toHexString(end)
+    private void requireLogCovers(GuestMemory m, String what) {
+        if (dirtyLog != null && !covers(dirtyLog, m)) {
+            throw new VhostUserException(what + ": guest memory reaching " + reach(m)
                     + " while logging into a log that covers 0x" + Long.toHexString(dirtyLog.coveredBytes()) + " bytes");
         }
     }

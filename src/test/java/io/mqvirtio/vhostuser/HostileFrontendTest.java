@@ -469,6 +469,32 @@ class HostileFrontendTest {
                     c.fe.ok(Request.SET_MEM_TABLE, memTable(new RawPeer.Region(1L << 31, 4096, c.uva(0), 0)), c.ram.fd());
                     return ackd(c, Request.SET_FEATURES, u64(BackendHarness.FEATURES | (1L << Protocol.F_LOG_ALL)));
                 }, Outcome.ACK_FAILURE, "SET_FEATURES: LOG_ALL: guest memory reaching 0x80001000"),
+                // Regions above 2^63 (or ending at 2^64) reach past any log: a signed comparison took them for memory
+                // below it, and a frame landing there was never marked.
+                withPf("a memory table above 2^63 while logging", LOG_PF, Setup.MEMORY, c -> {
+                    c.fe.send(Request.SET_LOG_BASE, RawPeer.logBase(LOG_BYTES, 0), c.memfd(LOG_BYTES));
+                    c.fe.expectReplyTo(Request.SET_LOG_BASE.id);
+                    c.fe.ok(Request.SET_FEATURES, u64(BackendHarness.FEATURES | (1L << Protocol.F_LOG_ALL)));
+                    return ackd(c, Request.SET_MEM_TABLE, memTable(new RawPeer.Region(1L << 63, 4096, c.uva(0), 0)),
+                            c.ram.fd());
+                }, Outcome.ACK_FAILURE, "SET_MEM_TABLE: guest memory reaching 0x8000000000001000 while logging"),
+                withPf("a memory slot ending at 2^64 while logging", LOG_PF, Setup.MEMORY, c -> {
+                    c.fe.send(Request.SET_LOG_BASE, RawPeer.logBase(LOG_BYTES, 0), c.memfd(LOG_BYTES));
+                    c.fe.expectReplyTo(Request.SET_LOG_BASE.id);
+                    c.fe.ok(Request.SET_FEATURES, u64(BackendHarness.FEATURES | (1L << Protocol.F_LOG_ALL)));
+                    return ackd(c, Request.ADD_MEM_REG, memReg(new RawPeer.Region(-4096, 4096, 1L << 46, 0)), c.ram.fd());
+                }, Outcome.ACK_FAILURE, "ADD_MEM_REG: guest memory reaching 0x10000000000000000 while logging"),
+                withPf("LOG_ALL with memory above 2^63", LOG_PF, Setup.MEMORY, c -> {
+                    c.fe.send(Request.SET_LOG_BASE, RawPeer.logBase(LOG_BYTES, 0), c.memfd(LOG_BYTES));
+                    c.fe.expectReplyTo(Request.SET_LOG_BASE.id);
+                    c.fe.ok(Request.SET_MEM_TABLE, memTable(new RawPeer.Region(-1L << 40, 4096, c.uva(0), 0)), c.ram.fd());
+                    return ackd(c, Request.SET_FEATURES, u64(BackendHarness.FEATURES | (1L << Protocol.F_LOG_ALL)));
+                }, Outcome.ACK_FAILURE, "SET_FEATURES: LOG_ALL: guest memory reaching 0xffffff0000001000"),
+                withPf("SET_LOG_BASE for memory above 2^63", LOG_PF, Setup.NEGOTIATED, c -> {
+                    c.fe.ok(Request.SET_MEM_TABLE, memTable(new RawPeer.Region(1L << 63, 4096, c.uva(0), 0)), c.ram.fd());
+                    c.fe.send(Request.SET_LOG_BASE, RawPeer.logBase(LOG_BYTES, 0), c.memfd(LOG_BYTES));
+                    return 0;
+                }, Outcome.CLOSED, "which reaches 0x8000000000001000"),
                 acked("SET_VRING_ENDIAN", Setup.MEMORY,
                         c -> ackd(c, Request.SET_VRING_ENDIAN, state(0, 1)), "only little-endian"),
                 acked("SET_BACKEND_REQ_FD (not offered)", Setup.MEMORY,
