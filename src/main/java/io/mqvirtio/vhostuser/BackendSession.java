@@ -552,15 +552,20 @@ public final class BackendSession implements Runnable {
         return dirtyLog != null && (ackedFeatures & (1L << F_LOG_ALL)) != 0;
     }
 
+    /** What ring {@code index} logs into as things stand now (see {@link #ringLog(int, DirtyLog)}). */
+    private RingLog ringLog(int index) {
+        return ringLog(index, logging() ? dirtyLog : null);
+    }
+
     /**
-     * What ring {@code index} logs into while migrating, or null when not logging. A split ring's used ring is
-     * logged at the frontend's log address when it asked for that (VHOST_VRING_F_LOG); a packed ring writes used
-     * descriptors into its descriptor ring and its device event area, logged where the memory table puts them.
+     * What ring {@code index} logs into while migrating into {@code log}, or null for no log. A split ring's used
+     * ring is logged at the frontend's log address when it asked for that (VHOST_VRING_F_LOG); a packed ring writes
+     * used descriptors into its descriptor ring and its device event area, logged where the memory table puts them.
      *
      * @throws VhostUserException if the used area's log address lies beyond the log
      */
-    private RingLog ringLog(int index) {
-        if (!logging()) {
+    private RingLog ringLog(int index, DirtyLog log) {
+        if (log == null) {
             return null;
         }
         Ring ring = rings[index];
@@ -568,14 +573,14 @@ public final class BackendSession implements Runnable {
         if (packed()) {
             long desc = gpaOrNone(g, ring.descUva);
             long event = ring.logUsed ? ring.logGuestAddr : gpaOrNone(g, ring.usedUva);
-            checkInLog(index, event, 4);
-            return new RingLog(dirtyLog, desc, event);
+            checkInLog(log, index, event, 4);
+            return new RingLog(log, desc, event);
         }
         if (!ring.logUsed) {
-            return new RingLog(dirtyLog, RingLog.NONE, RingLog.NONE);
+            return new RingLog(log, RingLog.NONE, RingLog.NONE);
         }
-        checkInLog(index, ring.logGuestAddr, SplitRing.usedBytes(ring.num == 0 ? 1 : ring.num));
-        return new RingLog(dirtyLog, ring.logGuestAddr, RingLog.NONE);
+        checkInLog(log, index, ring.logGuestAddr, SplitRing.usedBytes(ring.num == 0 ? 1 : ring.num));
+        return new RingLog(log, ring.logGuestAddr, RingLog.NONE);
     }
 
     private static long gpaOrNone(GuestMemory g, long uva) {
@@ -587,22 +592,38 @@ public final class BackendSession implements Runnable {
     }
 
     /** vhost-user.rst: the bit of the used ring's last byte must fall within the log. */
-    private void checkInLog(int index, long gpa, long len) {
+    private static void checkInLog(DirtyLog log, int index, long gpa, long len) {
         if (gpa == RingLog.NONE) {
             return;
         }
         long end = gpa + len;
-        if (Long.compareUnsigned(end, gpa) < 0 || Long.compareUnsigned(end, dirtyLog.coveredBytes()) > 0) {
+        if (Long.compareUnsigned(end, gpa) < 0 || Long.compareUnsigned(end, log.coveredBytes()) > 0) {
             throw new VhostUserException("ring " + index + "'s used area at 0x" + Long.toHexString(gpa)
-                    + " is logged beyond the log, which covers 0x" + Long.toHexString(dirtyLog.coveredBytes()) + " bytes");
+                    + " is logged beyond the log, which covers 0x" + Long.toHexString(log.coveredBytes()) + " bytes");
         }
     }
 
-    /** Gives every running ring its log (or none) as things stand now. */
-    private void updateRingLogs() {
+    /**
+     * What every running ring would log into with {@code log} (null: none), each checked before any is handed over:
+     * a change of log, or of LOG_ALL, that one ring refuses changes nothing. (Handed over ring by ring as they were
+     * checked, a refusal at one ring left the rings before it logging and those after it not, while the session
+     * itself had LOG_ALL on: a LOG_ALL sent again changed nothing, and those rings never logged.)
+     */
+    private RingLog[] ringLogs(DirtyLog log) {
+        RingLog[] logs = new RingLog[rings.length];
         for (int i = 0; i < rings.length; i++) {
             if (rings[i].started) {
-                device.setLog(i, ringLog(i));
+                logs[i] = ringLog(i, log);
+            }
+        }
+        return logs;
+    }
+
+    /** Hands every running ring its log from {@link #ringLogs}. */
+    private void handOver(RingLog[] logs) {
+        for (int i = 0; i < rings.length; i++) {
+            if (rings[i].started) {
+                device.setLog(i, logs[i]);
             }
         }
     }
@@ -623,16 +644,16 @@ public final class BackendSession implements Runnable {
             throw new VhostUserException("SET_LOG_BASE: a log of " + size + " bytes covers 0x"
                     + Long.toHexString(next.coveredBytes()) + " bytes of guest memory, which reaches " + reach(memory.memory()));
         }
-        DirtyLog old = dirtyLog;
-        dirtyLog = next;
+        RingLog[] logs;
         try {
-            updateRingLogs();
+            logs = ringLogs((ackedFeatures & (1L << F_LOG_ALL)) != 0 ? next : null);
         } catch (VhostUserException e) {
-            dirtyLog = old;
-            updateRingLogs(); // back to the log they had (its ranges were checked when it came)
             next.close();
             throw e;
         }
+        DirtyLog old = dirtyLog;
+        dirtyLog = next;
+        handOver(logs);
         if (old != null) {
             warnIfFaulted(old);
             old.close();
@@ -734,11 +755,15 @@ public final class BackendSession implements Runnable {
         if ((f & logAll) != 0) {
             requireLogCovers(memory.memory(), "SET_FEATURES: LOG_ALL");
         }
+        // The running rings' logs for the new features, all checked before anything changes. Handed over whenever
+        // LOG_ALL changes, a first SET_FEATURES included (rings may run before it: LOG_ALL is the one feature it may
+        // then bring, and the path of a first negotiation never handed the running rings the log).
+        RingLog[] logs = ((f ^ ackedFeatures) & logAll) != 0 ? ringLogs((f & logAll) != 0 ? dirtyLog : null) : null;
         if (featuresSet && (f ^ ackedFeatures) == logAll) {
             // Migration starts or ends: the rings go on, logging or not (a ring is never stopped for this).
             ackedFeatures = f;
             note("{0}: dirty logging {1}", name, (f & logAll) != 0 ? "on" : "off");
-            updateRingLogs();
+            handOver(logs);
             return;
         }
         if (!featuresSet || f != ackedFeatures) {
@@ -757,6 +782,9 @@ public final class BackendSession implements Runnable {
             }
         }
         device.setFeatures(f & ~(1L << F_PROTOCOL_FEATURES) & ~logAll);
+        if (logs != null) {
+            handOver(logs);
+        }
     }
 
     private int ringIndex(long index) {
