@@ -76,6 +76,12 @@ public final class BackendSession implements Runnable {
         long usedUva;
         /** SET_VRING_BASE's number as it came; decoded for the ring's layout when the ring starts. */
         long baseNum;
+        /**
+         * Where this ring last stopped in this session (encoded as GET_VRING_BASE answers it), or -1 once its size,
+         * addresses or layout changed: a start from exactly that base resumes there (Rings.device's {@code exact})
+         * rather than at the guess a frontend's base gets.
+         */
+        long stoppedAt = -1;
         EventFd kick;
         EventFd call;
         EventFd err;
@@ -295,6 +301,9 @@ public final class BackendSession implements Runnable {
                     throw new IllegalStateException("a ring did not stop");
                 }
                 device.reset(); // nothing of what came before (parked frames, the MTU) outlives the reset
+                for (Ring ring : rings) {
+                    ring.stoppedAt = -1;
+                }
                 note("{0}: device reset ({1})", name, r);
                 ackedFeatures = 0;
                 featuresSet = false;
@@ -359,6 +368,7 @@ public final class BackendSession implements Runnable {
                             + " is not " + Rings.sizeRule(ackedFeatures));
                 }
                 ring.num = num;
+                ring.stoppedAt = -1;
                 yield null;
             }
             case SET_VRING_ADDR -> {
@@ -391,6 +401,7 @@ public final class BackendSession implements Runnable {
                 ring.descUva = m.u64(8);
                 ring.usedUva = m.u64(16);
                 ring.availUva = m.u64(24);
+                ring.stoppedAt = -1;
                 ring.logUsed = logUsed;
                 ring.logGuestAddr = m.u64(32);
                 ring.addrSet = true;
@@ -771,6 +782,11 @@ public final class BackendSession implements Runnable {
         }
         boolean first = !featuresSet;
         boolean hadProtocol = protocolFeaturesNegotiated();
+        if (f != ackedFeatures) {
+            for (Ring ring : rings) {
+                ring.stoppedAt = -1; // the layout may change: a base of the old one is a frontend's word again
+            }
+        }
         ackedFeatures = f;
         featuresSet = true;
         if (first || hadProtocol != protocolFeaturesNegotiated()) {
@@ -963,7 +979,8 @@ public final class BackendSession implements Runnable {
         GuestMemory g = memory.memory();
         int num = ring.num;
         RingBase asked = RingBase.decode(ring.baseNum, packed(), num);
-        DeviceRing q = Rings.device(g, num, ring.descUva, ring.availUva, ring.usedUva, ackedFeatures, asked);
+        DeviceRing q = Rings.device(g, num, ring.descUva, ring.availUva, ring.usedUva, ackedFeatures, asked,
+                ring.baseNum == ring.stoppedAt);
         boolean differs = packed() ? !q.base().equals(asked) && !onlyAvailHalf(asked, q.base())
                 : q.base().avail() != asked.avail();
         if (differs) {
@@ -996,6 +1013,7 @@ public final class BackendSession implements Runnable {
         rings[index].started = false;
         q.setLog(null); // what the worker marked and did not flush goes into the log before anyone reads it
         rings[index].baseNum = Integer.toUnsignedLong(q.base().encode(packed()));
+        rings[index].stoppedAt = rings[index].baseNum;
     }
 
     /** Stops every running ring; returns false if one did not stop (its worker may still read guest memory). */

@@ -42,10 +42,25 @@ public final class Rings {
      */
     public static DeviceRing device(GuestMemory g, int size, long descUva, long availUva, long usedUva, long features,
                                     RingBase base) {
+        return device(g, size, descUva, availUva, usedUva, features, base, false);
+    }
+
+    /**
+     * As {@link #device(GuestMemory, int, long, long, long, long, RingBase)}; with {@code exact}, {@code base} is
+     * where this process stopped the ring (GET_VRING_BASE's answer, or a restart of its own), and a packed ring
+     * resumes at its used position as it is. Without it a packed base is the frontend's word, which after a backend
+     * died may be laps behind, and the ring's flags decide ({@link PackedDeviceRing#resumeAt}); that reading assumes
+     * one slot per chain, and took a ring stopped right after a chain of several descriptors (its last one keeps the
+     * driver's flags) for one stopped a slot earlier.
+     */
+    public static DeviceRing device(GuestMemory g, int size, long descUva, long availUva, long usedUva, long features,
+                                    RingBase base, boolean exact) {
         if (packed(features)) {
             MemorySegment ring = g.uva(descUva, PackedRing.descRingBytes(size));
+            RingBase at = exact ? new RingBase(base.used(), base.usedWrap(), base.used(), base.usedWrap())
+                    : PackedDeviceRing.resumeAt(ring, size, base);
             return new PackedDeviceRing(g, size, ring, g.uva(availUva, PackedRing.EVENT_BYTES),
-                    g.uva(usedUva, PackedRing.EVENT_BYTES), features, PackedDeviceRing.resumeAt(ring, size, base));
+                    g.uva(usedUva, PackedRing.EVENT_BYTES), features, at);
         }
         MemorySegment desc = g.uva(descUva, SplitRing.descTableBytes(size));
         MemorySegment avail = g.uva(availUva, SplitRing.availBytes(size));

@@ -1,0 +1,64 @@
+package io.mqvirtio.net;
+
+import io.mqvirtio.linux.IoVec;
+import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
+import java.nio.ByteOrder;
+import java.util.concurrent.ConcurrentLinkedQueue;
+
+/**
+ * A backend for tests whose frames carry a sequence number (a little-endian int right after the virtio-net header):
+ * hands the worker the frames queued in {@link #frames} (cut to the buffers, as a TAP cuts them) and records the
+ * sequence number of each frame it sends, in {@link #sent}.
+ */
+final class SequencePort implements PacketBackend {
+    private static final ValueLayout.OfInt LE32 = ValueLayout.JAVA_INT_UNALIGNED.withOrder(ByteOrder.LITTLE_ENDIAN);
+
+    final ConcurrentLinkedQueue<byte[]> frames = new ConcurrentLinkedQueue<>();
+    final ConcurrentLinkedQueue<Integer> sent = new ConcurrentLinkedQueue<>();
+
+    @Override
+    public int maxPairs() {
+        return 1;
+    }
+
+    @Override
+    public long features() {
+        return 0;
+    }
+
+    @Override
+    public Port open(int pair) {
+        return new Port() {
+            @Override
+            public int readFd() {
+                return POLL;
+            }
+
+            @Override
+            public long send(IoVec frame) {
+                byte[] seq = new byte[4];
+                frame.copyTo(VirtioNet.HDR_SIZE, MemorySegment.ofArray(seq), 0, 4);
+                sent.add(MemorySegment.ofArray(seq).get(LE32, 0));
+                return frame.totalBytes();
+            }
+
+            @Override
+            public long receive(IoVec into) {
+                byte[] f = frames.poll();
+                return f == null ? -1 : into.copyFrom(MemorySegment.ofArray(f), 0, f.length);
+            }
+
+            @Override
+            public void close() {}
+        };
+    }
+
+    @Override
+    public String describe() {
+        return "recording";
+    }
+
+    @Override
+    public void close() {}
+}
