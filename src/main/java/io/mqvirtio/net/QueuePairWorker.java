@@ -769,11 +769,13 @@ final class QueuePairWorker implements WorkerHandler {
                     break;
                 }
                 if (len < VirtioNet.HDR_SIZE) {
+                    markReceived(q, k, len);
                     q.giveBack(k);
                     errors++;
                     continue;
                 }
                 if (len > rxFrameNeed) {
+                    markReceived(q, k, cap);
                     q.giveBack(k); // larger than the device's MTU allows, and cut: dropped, as a NIC drops it
                     drops++;
                     continue;
@@ -783,6 +785,7 @@ final class QueuePairWorker implements WorkerHandler {
                     int k2 = mrgRxbuf ? gather(q, k, spill) : k;
                     long extra = mrgRxbuf ? gathered : 0;
                     if (extra < spill) {
+                        markReceived(q, k, cap); // dropped or parked: the chains go back holding its first part
                         if (!mrgRxbuf || gatherExhausted) {
                             q.giveBack(k2); // larger than what this driver can ever give one frame
                             drops++;
@@ -819,6 +822,8 @@ final class QueuePairWorker implements WorkerHandler {
                 if (rxCall != null && q.needsNotification()) {
                     signalCall(true);
                 }
+            } else if (q.isLogging()) {
+                q.publish(); // nothing to publish: the marks of buffers written and given back go out
             }
             workDone |= done > 0;
             if (rxBroken) {
@@ -884,11 +889,12 @@ final class QueuePairWorker implements WorkerHandler {
             portReadable = false;
             return RX_STOP;
         }
-        if (len < VirtioNet.HDR_SIZE) {
-            return len;
-        }
-        if (len > rxFrameNeed) {
-            return RX_CUT; // larger than the device's MTU allows, and cut: dropped, as a NIC drops an oversized frame
+        if (len < VirtioNet.HDR_SIZE || len > rxFrameNeed) {
+            if (q.isLogging()) {
+                q.markWritten(rxChainBurst.guestAddress(i), Math.min(len, room)); // the buffer stays, written
+            }
+            // shorter than the header; or larger than the device's MTU allows, and cut: dropped, as a NIC drops it
+            return len < VirtioNet.HDR_SIZE ? len : RX_CUT;
         }
         QueueCapture cap = capture;
         if (cap != null) {
@@ -1004,6 +1010,24 @@ final class QueuePairWorker implements WorkerHandler {
             c.add(QueueCounters.DIRTY_PAGES, now - seen);
         }
         return now;
+    }
+
+    /**
+     * While migrating: a receive wrote {@code bytes} into the first {@code k} chains of {@link #rxChains}, which go
+     * back to the ring (a frame dropped, refused or parked). Their buffers stay the driver's until a frame is
+     * completed in them, but the bytes are in guest memory: unmarked, the destination's copy of those pages
+     * differed from the source's (a frame completed in them later marks only what it wrote).
+     */
+    private void markReceived(DeviceRing q, int k, long bytes) {
+        if (!q.isLogging()) {
+            return;
+        }
+        long left = bytes;
+        for (int i = 0; i < k && left > 0; i++) {
+            long n = Math.min(left, rxChains[i].writableBytes());
+            markWritten(q, rxChains[i], n);
+            left -= n;
+        }
     }
 
     /** While migrating: the first {@code bytes} of the chain's writable buffers were written (marked dirty). */

@@ -186,6 +186,12 @@ final class EvilDriver implements AutoCloseable {
 
     /** With {@code beforeStart} run on each ring's parts just before its kick fd is sent (which starts it). */
     EvilDriver(Path socket, int pairs, int size, long features, long memSize, java.util.function.Consumer<Ring> beforeStart) {
+        this(socket, pairs, size, features, memSize, 0, beforeStart);
+    }
+
+    /** Also negotiating the protocol features {@code extraPf} (beyond MQ and REPLY_ACK) where offered. */
+    EvilDriver(Path socket, int pairs, int size, long features, long memSize, long extraPf,
+               java.util.function.Consumer<Ring> beforeStart) {
         this.size = size;
         this.pairs = pairs;
         this.memSize = memSize;
@@ -195,7 +201,7 @@ final class EvilDriver implements AutoCloseable {
         this.base = mem.address();
         this.fe = Frontend.connect(socket, 5000);
         long offered = fe.getFeatures();
-        long pf = fe.getProtocolFeatures() & ((1L << Protocol.PF_MQ) | (1L << Protocol.PF_REPLY_ACK));
+        long pf = fe.getProtocolFeatures() & ((1L << Protocol.PF_MQ) | (1L << Protocol.PF_REPLY_ACK) | extraPf);
         fe.setProtocolFeatures(pf);
         fe.useReplyAck(true);
         fe.setOwner();
