@@ -148,10 +148,12 @@ public final class PackedDeviceRing implements DeviceRing {
      * made available again by the driver for the next lap, USED = w too), and [D, size), not consumed in this lap
      * (made available for it, USED = !w, or left from the last lap, USED = !w, or never written: 0). So D is where
      * the USED bit first differs from position 0's, and w is position 0's bit; with no change, D is 0 and w the
-     * opposite of every bit. The frontend's base is taken when the ring agrees with it, and this position otherwise.
-     * Exact when every chain takes one ring slot (a Linux guest with INDIRECT_DESC, which we offer, chains nothing
-     * else): the other descriptors of a used multi-slot chain keep the driver's USED bit. Chains the dead backend
-     * popped and had not published are taken again (TX may resend a few frames).
+     * opposite of every bit. The frontend's base is taken when the ring reads as a clean stop there
+     * ({@link #stopsCleanlyAt}: a migration's destination gets the source's exact base, also after chains of several
+     * slots), and this position otherwise. The guess is exact when every chain takes one ring slot (a Linux guest with
+     * INDIRECT_DESC, which we offer, chains nothing else): the other descriptors of a used multi-slot chain keep the
+     * driver's USED bit. Chains the dead backend popped and had not published are taken again (TX may resend a few
+     * frames).
      */
     static RingBase resumeAt(MemorySegment ring, int size, RingBase base) {
         int pos = base.avail();
@@ -159,13 +161,13 @@ public final class PackedDeviceRing implements DeviceRing {
         if (pos >= size) {
             throw new VirtqueueException("ring base " + base + " is beyond the ring's " + size + " descriptors");
         }
+        int[] flags = new int[size];
         boolean[] usedBit = new boolean[size];
         for (int i = 0; i < size; i++) {
-            usedBit[i] = (ring.get(U16, (long) i * DESC_SIZE + DESC_FLAGS) & F_USED) != 0;
+            flags[i] = Short.toUnsignedInt(ring.get(U16, (long) i * DESC_SIZE + DESC_FLAGS));
+            usedBit[i] = (flags[i] & F_USED) != 0;
         }
-        int before = pos == 0 ? size - 1 : pos - 1;
-        boolean consistent = usedBit[pos] == !wrap && usedBit[before] == (pos == 0 ? !wrap : wrap);
-        if (consistent) {
+        if (stopsCleanlyAt(flags, pos, wrap)) {
             return new RingBase(pos, wrap, pos, wrap);
         }
         int d = 1;
@@ -176,6 +178,53 @@ public final class PackedDeviceRing implements DeviceRing {
             return new RingBase(0, !usedBit[0], 0, !usedBit[0]);
         }
         return new RingBase(d, usedBit[0], d, usedBit[0]);
+    }
+
+    /**
+     * Whether the ring reads as a device would leave it stopped cleanly at {@code pos} (wrap counter {@code wrap}):
+     * read back from there over one whole ring, each slot in the lap the device last consumed it in, it is chains the
+     * device used, each its used descriptor (written at the chain's first slot) followed by the rest of the chain as the
+     * driver wrote it in that lap (NEXT on all but the last), and then, oldest last, descriptors the driver has made
+     * available again for the next lap (as far as it has got; a chain whose first slot is among them but not its last
+     * does not read so, though a driver that made a shorter chain available there leaves it so). A base from a clean stop right after a chain of several
+     * descriptors (a migration's destination gets the source's) is then taken as it is, where the USED bits alone would
+     * put it back to the first chain of several slots in the lap. Chains completed out of order do not read this way;
+     * the guess is used for them. A ring of one-slot chains whose device stopped before one pending chain can read the
+     * same as a clean stop after a chain of two slots: the frontend's base wins there.
+     */
+    private static boolean stopsCleanlyAt(int[] flags, int pos, boolean wrap) {
+        final int between = 0, inChain = 1, pending = 2;
+        int size = flags.length;
+        int state = between;
+        int open = 0; // slots of the chain being read
+        int i = pos;
+        boolean w = wrap; // the lap in which the device last consumed slot i
+        for (int steps = 0; steps < size; steps++) {
+            if (i == 0) {
+                i = size;
+                w = !w;
+            }
+            i--;
+            int f = flags[i];
+            boolean used = (f & (F_AVAIL | F_USED)) == usedFlags(w);
+            boolean driver = isAvail(f, w);
+            boolean next = (f & F_NEXT) != 0;
+            if (isAvail(f, !w) && state != inChain) {
+                state = pending; // made available again for the next lap (not a chain's first slot: see above)
+            } else if (state == pending) {
+                return false;
+            } else if (used) {
+                state = between; // a chain's used descriptor, at its first slot
+                open = 0;
+            } else if (driver && next == (state == inChain)) {
+                state = inChain; // a chain's last descriptor (no NEXT), or one before it (NEXT)
+                open++;
+            } else {
+                return false;
+            }
+        }
+        // a chain still open here began before the slots read, in one a later lap has used since: it must fit the ring
+        return state != inChain || open < size;
     }
 
     @Override

@@ -68,6 +68,57 @@ class PackedStopResumeTest {
         }
     }
 
+    /**
+     * The same stop, resumed by another backend (a migration's destination, or a backend started again): a new device
+     * that has only the frontend's base and the ring to go by. The ring reads as a clean stop at that base (a chain's
+     * used descriptor followed by its second descriptor), so the base is taken; the guess from the USED bits alone
+     * resumed a slot back.
+     */
+    @org.junit.jupiter.api.Test
+    void anotherBackendResumesWhereTheFirstStoppedAfterAChainOfTwoDescriptors() throws Exception {
+        SequencePort first = new SequencePort();
+        SequencePort second = new SequencePort();
+        long features = VirtioFeatures.bit(VirtioFeatures.F_VERSION_1) | VirtioFeatures.bit(VirtioFeatures.F_RING_PACKED);
+        try (NetDevice dev = new NetDevice(NetDevice.Config.of("source", 1), first);
+             io.mqvirtio.vhostuser.VhostUserServer server =
+                     io.mqvirtio.vhostuser.VhostUserServer.listen(dir.resolve("a.sock"), dev);
+             NetDevice dev2 = new NetDevice(NetDevice.Config.of("destination", 1), second);
+             io.mqvirtio.vhostuser.VhostUserServer server2 =
+                     io.mqvirtio.vhostuser.VhostUserServer.listen(dir.resolve("b.sock"), dev2);
+             EvilDriver d = new EvilDriver(server.path(), 1, SIZE, features, 1 << 20)) {
+            EvilDriver.Ring tx = d.tx(0);
+            long buf = d.alloc(4096);
+            for (int seq = 0; seq < 3; seq++) { // 6 slots of 8: the stop is in the first lap, after a chain of two
+                sendInTwo(d, tx, buf, seq);
+                awaitUsed(tx, seq);
+            }
+            int base = d.fe.getVringBase(1);
+            assertThat(base).as("TX stopped after six slots, wrap counters 1").isEqualTo(0x8006_8006);
+            try (Frontend fe = Frontend.connect(server2.path(), 5000)) {
+                fe.setProtocolFeatures(fe.getProtocolFeatures() & (1L << io.mqvirtio.vhostuser.Protocol.PF_REPLY_ACK));
+                fe.useReplyAck(true);
+                fe.setOwner();
+                fe.setFeatures(d.negotiated | (1L << io.mqvirtio.vhostuser.Protocol.F_PROTOCOL_FEATURES));
+                fe.setMemTable(List.of(new Frontend.Region(d.base, d.memSize, d.base, 0, d.memfd)));
+                fe.setVringNum(1, SIZE);
+                fe.setVringBase(1, base);
+                fe.setVringAddr(1, d.base + tx.descOff, d.base + tx.usedOff, d.base + tx.availOff);
+                fe.setVringCall(1, tx.call);
+                fe.setVringErr(1, tx.err);
+                fe.setVringKick(1, tx.kick);
+                fe.setVringEnable(1, true);
+                for (int seq = 3; seq < 8; seq++) { // on into the second lap
+                    sendInTwo(d, tx, buf, seq);
+                    awaitUsed(tx, seq);
+                }
+                assertThat(new ArrayList<>(second.sent)).as("each frame sent once, in order, by the destination")
+                        .containsExactly(3, 4, 5, 6, 7);
+                assertThat(dev2.counters().get(1).drops()).as("TX frames dropped").isZero();
+            }
+            assertThat(new ArrayList<>(first.sent)).as("sent by the source").containsExactly(0, 1, 2);
+        }
+    }
+
     /** A frame whose header and sequence number are in one descriptor and the rest in the next. */
     static void sendInTwo(EvilDriver d, EvilDriver.Ring tx, long buf, int seq) {
         long at = buf + 512L * (seq % 4);

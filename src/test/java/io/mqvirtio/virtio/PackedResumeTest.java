@@ -5,6 +5,7 @@ import static org.assertj.core.api.Assertions.assertThat;
 
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
+import net.jqwik.api.Assume;
 import net.jqwik.api.ForAll;
 import net.jqwik.api.Property;
 import net.jqwik.api.constraints.IntRange;
@@ -12,7 +13,8 @@ import net.jqwik.api.constraints.IntRange;
 /**
  * Where a packed ring resumes after its backend died (QEMU then sends the base of the last clean stop, which may be
  * laps behind): the ring's USED bits say it, for rings whose chains take one slot each. A ring is played forward
- * here as a driver and a device would write its flags, then resumed from a stale base.
+ * here as a driver and a device would write its flags, then resumed from a stale base. And where a clean stop after
+ * chains of several slots leaves it (a migration's destination resumes there).
  */
 class PackedResumeTest {
     /**
@@ -51,6 +53,10 @@ class PackedResumeTest {
                     vw = !vw;
                 }
             }
+            // One pending one-slot chain at the ring's end after a used descriptor reads exactly as a clean stop at
+            // the start after a chain of two slots (a migration's base): the frontend's base wins there by design.
+            Assume.that(!(size >= 2 && ring.get(U16, 16L * (size - 1) + DESC_FLAGS) == (short) availFlags(false)
+                    && ring.get(U16, 16L * (size - 2) + DESC_FLAGS) == (short) usedFlags(false)));
             RingBase r = PackedDeviceRing.resumeAt(ring, size, RingBase.PACKED_START);
             assertThat(r.avail()).as("resume position").isEqualTo(vp);
             assertThat(r.availWrap()).as("resume wrap counter").isEqualTo(vw);
@@ -58,6 +64,41 @@ class PackedResumeTest {
             // a base that agrees with the ring is taken as it is
             assertThat(PackedDeviceRing.resumeAt(ring, size, new RingBase(vp, vw, vp, vw)))
                     .isEqualTo(new RingBase(vp, vw, vp, vw));
+        }
+    }
+
+    /**
+     * A ring stopped cleanly after chains of one to four descriptors, completed in order (the device writes one used
+     * descriptor per chain at its first slot and moves on by the chain's slots; the chains' other descriptors keep the
+     * driver's flags): the base it stopped at, sent to a new backend (a migration's destination), is taken as it is,
+     * where the USED bits alone would put it a slot back.
+     */
+    @Property(tries = 500)
+    void anExactBaseAfterChainsOfSeveralDescriptorsIsTaken(@ForAll @IntRange(min = 1, max = 64) int size,
+                                                           @ForAll @IntRange(min = 0, max = 300) int chains,
+                                                           @ForAll long seed) {
+        java.util.SplittableRandom r = new java.util.SplittableRandom(seed);
+        try (Arena a = Arena.ofConfined()) {
+            MemorySegment ring = a.allocate(16L * size, 16);
+            int pos = 0;
+            boolean w = true;
+            for (int c = 0; c < chains; c++) {
+                int n = 1 + r.nextInt(Math.min(4, size));
+                int p = pos;
+                boolean pw = w;
+                for (int k = 0; k < n; k++) { // the driver posts the chain
+                    ring.set(U16, 16L * p + DESC_FLAGS, (short) (availFlags(pw) | (k == n - 1 ? 0 : F_NEXT)));
+                    if (++p == size) {
+                        p = 0;
+                        pw = !pw;
+                    }
+                }
+                ring.set(U16, 16L * pos + DESC_FLAGS, (short) usedFlags(w)); // the device uses it
+                pos = p;
+                w = pw;
+            }
+            RingBase exact = new RingBase(pos, w, pos, w);
+            assertThat(PackedDeviceRing.resumeAt(ring, size, exact)).isEqualTo(exact);
         }
     }
 }
