@@ -15,6 +15,11 @@ import java.lang.invoke.VarHandle;
  * sees part of a chain (2.8.6). {@link #reap} reads a used descriptor's flags with acquire, then its id (which must
  * be in flight) and length, and skips the id's descriptor count. With IN_ORDER, one used descriptor may stand for
  * a batch: the ids before it, in the order they were made available, are reaped with it.
+ *
+ * <p>Only published chains can come back: the driver looks for used descriptors only while a published chain is in
+ * flight, and an id added but not published yet breaks the ring like one not in flight. The device sees a chain's descriptors
+ * as they are written, before publish: were those accepted, a reap loop that reposts each buffer it reaps would
+ * never end for a device that uses each one at once, since what the loop reposts is in flight at once.
  */
 public final class PackedDriverRing implements DriverRing {
     private final int size;
@@ -43,7 +48,9 @@ public final class PackedDriverRing implements DriverRing {
     private int kickedAvail;
     private final int[] pendingPos;   // first descriptors added and not published yet, and their flags
     private final int[] pendingFlags;
-    private int pendingCount;
+    private int pendingCount;         // also the chains added and not published: the newest in flight
+    private final int[] chainNo;      // by id: chainsAdded when it was added
+    private int chainsAdded;
     /** {@link #addBurst}'s descriptors before they are copied into the ring, at their positions there. */
     private final MemorySegment stage;
 
@@ -91,6 +98,7 @@ public final class PackedDriverRing implements DriverRing {
         this.numFree = size;
         this.pendingPos = new int[size];
         this.pendingFlags = new int[size];
+        this.chainNo = new int[size];
         this.stage = Arena.ofAuto().allocate(descRingBytes(size), 64);
     }
 
@@ -185,6 +193,7 @@ public final class PackedDriverRing implements DriverRing {
             st.set(U64, b + DESC_ADDR, addr[i]);
             st.set(U64, b + DESC_LEN, Integer.toUnsignedLong(len[i]) | (long) id << 32 | (long) availFlags(!wrap) << 48);
             slotsOf[id] = 1;
+            chainNo[id] = chainsAdded++;
             if (inOrder) {
                 order[orderTail] = id;
                 orderTail = orderTail + 1 == size ? 0 : orderTail + 1;
@@ -249,6 +258,7 @@ public final class PackedDriverRing implements DriverRing {
 
     private void taken(int id, int slots, int firstPos, int firstFlags) {
         slotsOf[id] = slots;
+        chainNo[id] = chainsAdded++;
         numFree -= slots;
         inFlight++;
         if (inOrder) {
@@ -296,6 +306,21 @@ public final class PackedDriverRing implements DriverRing {
         return needEvent(offWrap, nextAvail, oldPos, availWrap, size);
     }
 
+    /** Chains in flight that were published: only these can come back. */
+    private int publishedInFlight() {
+        return inFlight - pendingCount;
+    }
+
+    /** Whether the chain in flight with {@code id} was published (the newest pendingCount chains were not). */
+    private boolean published(int id) {
+        return chainsAdded - chainNo[id] > pendingCount;
+    }
+
+    /** Whether a used descriptor's id names a chain published and in flight. */
+    private boolean returnable(int id) {
+        return id < size && slotsOf[id] != 0 && published(id);
+    }
+
     @Override
     public int usedPending() {
         checkNotBroken();
@@ -303,14 +328,15 @@ public final class PackedDriverRing implements DriverRing {
         int covered = batchLeft; // ids in flight accounted for, oldest first
         int pos = nextUsed;
         boolean wrap = usedWrap;
-        while (covered < inFlight) {
+        while (covered < publishedInFlight()) {
             long b = (long) pos * DESC_SIZE;
             if (!isUsed(getU16Acquire(desc, b + DESC_FLAGS), wrap)) {
                 break;
             }
             int id = Short.toUnsignedInt(desc.get(U16, b + DESC_ID));
-            if (id >= size || slotsOf[id] == 0) {
-                fail("used descriptor at " + pos + " names buffer id " + id + ", which is not in flight");
+            if (!returnable(id)) {
+                fail("used descriptor at " + pos + " names buffer id " + id + ", which is not in flight (or not "
+                        + "published yet)");
             }
             int batch = inOrder ? batchSize(id, covered) : 1;
             int skip = inOrder ? slotsUpTo(id, covered) : slotsOf[id];
@@ -331,7 +357,7 @@ public final class PackedDriverRing implements DriverRing {
         if (batchLeft > 0) {
             return reapFromBatch();
         }
-        if (inFlight == 0) {
+        if (publishedInFlight() == 0) {
             return -1;
         }
         long b = (long) nextUsed * DESC_SIZE;
@@ -341,8 +367,9 @@ public final class PackedDriverRing implements DriverRing {
         }
         int id = Short.toUnsignedInt(desc.get(U16, b + DESC_ID));
         int len = desc.get(U32, b + DESC_LEN);
-        if (id >= size || slotsOf[id] == 0) {
-            fail("used descriptor at " + nextUsed + " names buffer id " + id + ", which is not in flight");
+        if (!returnable(id)) {
+            fail("used descriptor at " + nextUsed + " names buffer id " + id + ", which is not in flight (or not "
+                    + "published yet)");
         }
         if (inOrder) {
             // one used descriptor for every buffer up to this id, in the order they were made available
@@ -370,10 +397,10 @@ public final class PackedDriverRing implements DriverRing {
         return id;
     }
 
-    /** How many ids, from the {@code skip}-th oldest in flight on, up to and including {@code id}. */
+    /** How many ids, from the {@code skip}-th oldest in flight on, up to and including {@code id} (published). */
     private int batchSize(int id, int skip) {
         int h = (orderHead + skip) % size;
-        for (int n = 1; n <= inFlight - skip; n++) {
+        for (int n = 1; n <= publishedInFlight() - skip; n++) {
             if (order[h] == id) {
                 return n;
             }
@@ -429,7 +456,8 @@ public final class PackedDriverRing implements DriverRing {
             setU16Release(driverEvent, EVENT_FLAGS, EVENT_ENABLE);
         }
         VarHandle.fullFence();
-        return batchLeft > 0 || (inFlight > 0 && isUsed(getU16Acquire(desc, (long) nextUsed * DESC_SIZE + DESC_FLAGS), usedWrap));
+        return batchLeft > 0 || (publishedInFlight() > 0
+                && isUsed(getU16Acquire(desc, (long) nextUsed * DESC_SIZE + DESC_FLAGS), usedWrap));
     }
 
     private void checkNotBroken() {

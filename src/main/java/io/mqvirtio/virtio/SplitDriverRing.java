@@ -11,8 +11,11 @@ import java.lang.invoke.VarHandle;
  * avail ring, one release store of avail.idx per batch, the kick decision (EVENT_IDX's {@code avail_event} or
  * VIRTQ_USED_F_NO_NOTIFY), and reaping used entries.
  *
- * <p>The device is not trusted either: a used entry naming a descriptor that is not in flight, or a used index
- * that runs ahead of what was made available, throws {@link VirtqueueException} and breaks the queue.
+ * <p>The device is not trusted either: a used entry naming a descriptor that is not in flight, or one added but
+ * not published yet, or a used index that runs ahead of what was made available, throws {@link VirtqueueException}
+ * and breaks the queue. A device sees the avail ring's entries as they are written, before avail.idx publishes
+ * them: returning those would let it keep a reap loop that reposts each buffer it reaps going for ever, since what
+ * the loop reposts becomes "in flight" at once. So only what was published can come back.
  *
  * <p>With IN_ORDER (2.7.9) descriptors are taken in ring order (the free list is first in, first out, and the
  * device gives chains back in the order they were made available), and one used entry may stand for a batch: the
@@ -52,6 +55,8 @@ public final class SplitDriverRing implements DriverRing {
     private int batchLastHead;
     private int batchLen;
     private int availIdx;      // shadow of avail.idx
+    private int publishedIdx;  // avail.idx as last stored: the chains before it were made available
+    private final int[] availAt;   // by head: the avail index its entry was written at
     private int kickedAvail;   // avail.idx at the previous kick decision
     private int lastUsed;      // next used slot to reap
     private int usedShadow;    // used.idx as last read
@@ -80,6 +85,7 @@ public final class SplitDriverRing implements DriverRing {
         this.usedEventOff = usedEventOffset(size);
         this.availEventOff = availEventOffset(size);
         this.chainLength = new int[size];
+        this.availAt = new int[size];
         this.next = new int[size];
         this.indirectArea = indirectArea;
         this.indirectAreaGpa = indirectAreaGpa;
@@ -271,6 +277,7 @@ public final class SplitDriverRing implements DriverRing {
 
     /** The books of a chain whose avail entry was written at {@code availIdx}. */
     private void exposed(int head) {
+        availAt[head] = availIdx;
         availIdx = (availIdx + 1) & 0xffff;
         chainsInFlight++;
         if (inOrder) {
@@ -283,6 +290,17 @@ public final class SplitDriverRing implements DriverRing {
     @Override
     public void publish() {
         setU16Release(avail, AVAIL_IDX, availIdx);
+        publishedIdx = availIdx;
+    }
+
+    /** Chains added and not published yet: the newest in flight. */
+    private int unpublished() {
+        return (availIdx - publishedIdx) & 0xffff;
+    }
+
+    /** Whether the chain in flight at {@code head} was published (its avail entry lies before publishedIdx). */
+    private boolean published(int head) {
+        return ((availAt[head] - publishedIdx) & 0xffff) >= unpublished();
     }
 
     /**
@@ -305,37 +323,43 @@ public final class SplitDriverRing implements DriverRing {
     public int usedPending() {
         int idx = getU16Acquire(used, USED_IDX);
         int entries = (idx - lastUsed) & 0xffff;
-        // Every used entry returns at least one chain in flight. Without IN_ORDER there is one entry per chain, so
-        // the used index also stays within the avail index; with it one entry may return a batch, the used index
-        // then runs slower than the avail index, and after 65536 chains more their 16-bit distance means nothing.
-        boolean ahead = inOrder ? entries > chainsInFlight - batchLeft
-                : entries > ((availIdx - lastUsed) & 0xffff) || entries > chainsInFlight;
+        // Every used entry returns at least one chain published and in flight. Without IN_ORDER there is one entry
+        // per chain, so the used index also stays within the published avail index; with it one entry may return a
+        // batch, the used index then runs slower than the avail index, and after 65536 chains more their 16-bit
+        // distance means nothing.
+        int publishedInFlight = chainsInFlight - unpublished();
+        boolean ahead = inOrder ? entries > publishedInFlight - batchLeft
+                : entries > ((publishedIdx - lastUsed) & 0xffff) || entries > publishedInFlight;
         if (ahead) {
-            fail("used index " + idx + " runs ahead of the " + chainsInFlight + " chains in flight");
+            fail("used index " + idx + " runs ahead of the " + publishedInFlight + " chains in flight that were made "
+                    + "available");
         }
         usedShadow = idx;
         if (!inOrder) {
             return entries;
         }
         int n = batchLeft;
-        for (int e = 0; e < entries && n < chainsInFlight; e++) {
+        for (int e = 0; e < entries && n < publishedInFlight; e++) {
             int id = used.get(U32, USED_RING + (long) USED_ELEM_SIZE * ((lastUsed + e) & mask));
             n += batchSize(id, n);
         }
         return n;
     }
 
-    /** IN_ORDER: how many chains, from the {@code skip}-th oldest in flight on, up to and including {@code head}. */
+    /**
+     * IN_ORDER: how many chains, from the {@code skip}-th oldest in flight on, up to and including {@code head}; the
+     * batch may not reach past the chains published.
+     */
     private int batchSize(int head, int skip) {
         int h = (orderHead + skip) % size;
-        for (int n = 1; n <= chainsInFlight - skip; n++) {
+        for (int n = 1; n <= chainsInFlight - unpublished() - skip; n++) {
             if (order[h] == head) {
                 return n;
             }
             h = h + 1 == size ? 0 : h + 1;
         }
-        fail("used entry names descriptor " + Integer.toUnsignedString(head) + ", which is not among the chains in flight"
-                + " (IN_ORDER)");
+        fail("used entry names descriptor " + Integer.toUnsignedString(head) + ", which is not among the chains made "
+                + "available and in flight (IN_ORDER)");
         return 0;
     }
 
@@ -358,6 +382,10 @@ public final class SplitDriverRing implements DriverRing {
         if (id < 0 || id >= size || chainLength[id] == 0) {
             fail("used ring slot " + (lastUsed & mask) + " returns descriptor " + Integer.toUnsignedString(id)
                     + ", which is not a chain in flight");
+        }
+        if (!published(id)) {
+            fail("used ring slot " + (lastUsed & mask) + " returns descriptor " + id + ", a chain not made available"
+                    + " yet (added, not published)");
         }
         lastUsed = (lastUsed + 1) & 0xffff;
         if (inOrder) {
