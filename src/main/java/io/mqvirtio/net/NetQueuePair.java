@@ -507,7 +507,8 @@ public final class NetQueuePair {
      * a byte is copied: a lie never makes the driver copy bytes the device did not write (a frame stitched from
      * stale buffer contents), read past a buffer, or wait. A frame with a bad length still takes the buffers it
      * claims, as far as they are in the ring, so that they are not taken for frames of their own; a num_buffers
-     * out of range (0, or more than the ring holds) claims nothing but its head.
+     * out of range (0, or more than the ring holds) claims nothing but its head. The count of used buffers is the
+     * device's to take back until they are reaped: a reap that finds none is a lie about the frame too.
      */
     private long takeFrame(int head, MemorySegment dst) {
         int used = rx.reapedLength();
@@ -538,7 +539,14 @@ public final class NetQueuePair {
         postRx(slot);
         int take = Math.min(more, there);
         for (int k = 1; k <= take; k++) {
-            int h = rx.reap(); // never -1: usedPending counted it
+            // -1 although usedPending counted it: the device took a used entry back in between (a packed used
+            // descriptor's flags rewritten, an IN_ORDER entry made to name a smaller batch)
+            int h = rx.reap();
+            if (h < 0) {
+                lie = lie != null ? lie : "num_buffers " + numBuffers + " with " + (k - 1) + " more used buffer"
+                        + (k == 2 ? "" : "s") + " in the ring, " + there + " when counted";
+                break;
+            }
             int l = rx.reapedLength();
             int s = rxSlotOfHead[h];
             if (lie == null) {

@@ -16,6 +16,7 @@ import java.lang.invoke.VarHandle;
 import java.nio.ByteOrder;
 import java.util.ArrayDeque;
 import java.util.concurrent.atomic.AtomicReference;
+import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.Timeout;
 import org.junit.jupiter.params.ParameterizedTest;
 import org.junit.jupiter.params.provider.CsvSource;
@@ -150,6 +151,11 @@ class NetQueuePairHostileRingTest {
             q.enabled = true;
         }
 
+        /** Writes {@code numBuffers} into the header of the buffer the driver posted as {@code id} (slot = id here). */
+        void header(int id, int numBuffers) {
+            rxBufs.set(NetQueuePair.LE16, (long) id * BUF + VirtioNet.HDR_NUM_BUFFERS, (short) numBuffers);
+        }
+
         /** Makes {@code id} used with {@code len} bytes: the used ring's next entry, or the next packed descriptor. */
         void use(int id, int len) {
             if (packed) {
@@ -225,6 +231,67 @@ class NetQueuePairHostileRingTest {
                 assertThat(result.get()).isEqualTo(0);
             }
             assertThat(h.q.rxCounters().errors()).as("frames dropped").isBetween(1L, (long) SIZE);
+        }
+    }
+
+    /**
+     * A packed device can take a used descriptor back (rewrite its flags) between the driver counting the used
+     * buffers that follow a merged frame's head and reaping them: the reap then found nothing, and the receive
+     * path, told by the count that it would not, indexed its slots with -1 (ArrayIndexOutOfBoundsException out of
+     * {@code receive}). Now a buffer missing at the reap is a lie like num_buffers beyond the ring: the frame is
+     * dropped and counted, and the ring goes on.
+     */
+    @Test
+    void aPackedUsedDescriptorTakenBackAfterTheCountDropsTheFrame() throws Exception {
+        try (Harness h = new Harness(true, false, true)) {
+            h.header(0, 2);
+            h.use(0, BUF);
+            h.use(1, 100);
+            long second = h.layout.descOffset() + PackedRing.DESC_SIZE + PackedRing.DESC_FLAGS;
+            h.rx.afterUsedPending = () -> {
+                h.rxArea.set(U16, second, (short) PackedRing.F_AVAIL); // available again, not used
+                h.rx.afterUsedPending = () -> {};
+            };
+            h.pos = 1; // the device uses that descriptor again below
+            assertThat(receive(h)).as("frames").isEqualTo(0);
+            assertThat(h.q.rxCounters().errors()).as("errors").isEqualTo(1);
+            assertThat(h.q.lastRxError()).contains("num_buffers 2");
+            h.header(1, 1);
+            h.use(1, VirtioNet.HDR_SIZE + 60);
+            assertThat(receive(h)).as("the next frame").isEqualTo(1);
+        }
+    }
+
+    /**
+     * With IN_ORDER a split device can rewrite a used entry between the count and the reap so that it returns
+     * fewer buffers (a batch of two named as one): the reap after it found nothing, and the receive path indexed
+     * its slots with -1. Now the frame is dropped and counted.
+     */
+    @Test
+    void anInOrderUsedEntryRewrittenAfterTheCountDropsTheFrame() throws Exception {
+        try (Harness h = new Harness(false, true, true)) {
+            h.header(0, 3);
+            h.use(0, BUF);
+            h.use(2, 100); // buffers 1 and 2 as one batch
+            long entry1 = h.layout.usedOffset() + SplitRing.USED_RING + 8;
+            h.rx.afterUsedPending = () -> {
+                h.rxArea.set(U32, entry1, 1); // now names buffer 1 only
+                h.rxArea.set(U32, entry1 + 4, BUF);
+                h.rx.afterUsedPending = () -> {};
+            };
+            assertThat(receive(h)).as("frames").isEqualTo(0);
+            assertThat(h.q.rxCounters().errors()).as("errors").isEqualTo(1);
+            assertThat(h.q.lastRxError()).contains("num_buffers 3");
+            h.header(2, 1);
+            h.use(2, VirtioNet.HDR_SIZE + 60);
+            assertThat(receive(h)).as("the next frame").isEqualTo(1);
+        }
+    }
+
+    private static int receive(Harness h) {
+        try (Arena a = Arena.ofConfined()) {
+            MemorySegment[] bufs = {a.allocate(4096), a.allocate(4096)};
+            return h.q.receive(bufs, new int[2], 2);
         }
     }
 }
