@@ -630,6 +630,9 @@ public final class NetQueuePair {
             waiter.add(wake, Epoll.EPOLLIN, 1); // ours alone: how close() ends a wait
         }
         waiter.await(0); // takes the edges of calls for frames already in the ring: they must not wake the wait
+        if (!enabled) {
+            return awaitEnabled(timeoutMillis);
+        }
         if (rx.enableInterrupts()) {
             rx.disableInterrupts();
             return true;
@@ -637,6 +640,31 @@ public final class NetQueuePair {
         int n = waiter.await(timeoutMillis);
         rx.disableInterrupts();
         return n > 0 || rx.usedPending() > 0;
+    }
+
+    /**
+     * The wait of a disabled pair, which delivers nothing: frames left in its ring (used just before the backend
+     * stopped it, or by a backend that goes on using a disabled ring) must not end it, or every wait would return at
+     * once and a thread waiting on its pair would spin. It ends at the timeout, at close, or at a call once the pair
+     * is enabled again (then true).
+     */
+    private boolean awaitEnabled(int timeoutMillis) {
+        long deadline = System.nanoTime() + timeoutMillis * 1_000_000L;
+        while (true) {
+            long left = deadline - System.nanoTime();
+            if (left <= 0) {
+                return false;
+            }
+            int n = waiter.await((int) Math.max(1, left / 1_000_000L));
+            for (int i = 0; i < n; i++) {
+                if (waiter.data(i) == 1) {
+                    return false; // closing
+                }
+            }
+            if (n > 0 && enabled) {
+                return true;
+            }
+        }
     }
 
     public QueueCounters.Snapshot rxCounters() {

@@ -430,6 +430,35 @@ class NetDriverHostileBackendTest {
         }
     }
 
+    /**
+     * A disabled pair delivers nothing, so frames left in its RX ring (used just before the backend stopped the
+     * ring, or by a backend that goes on using a disabled ring) must not end its waits: awaitReceive returned true
+     * at once, again and again, while receive returned 0, and a thread waiting on its pair spun. Now it waits out
+     * its timeout (close still ends it), and once the pair is enabled again the frame is there.
+     */
+    @Test
+    @Timeout(30)
+    void aDisabledPairWithFramesInItsRingWaitsOutItsTimeout() throws Exception {
+        try (ScriptedRingBackend be = new ScriptedRingBackend(dir.resolve("disabled.sock"));
+             NetDriver nic = NetDriver.connect(be.path(), new NetDriver.Options(2, 64, BUF, 1000, NetDriver.WANTED))) {
+            NetQueuePair q = nic.pair(1);
+            nic.setQueuePairs(1);
+            ScriptedRingBackend.Ring rx = be.ring(2);
+            put(rx, frame(100, 1), 1, honest(100));
+            rx.publish();
+            int returns = 0;
+            long t0 = System.nanoTime();
+            while (System.nanoTime() - t0 < TimeUnit.MILLISECONDS.toNanos(600)) {
+                assertThat(q.awaitReceive(200)).as("a disabled pair has nothing to receive").isFalse();
+                returns++;
+            }
+            assertThat(returns).as("waits of 200 ms in 600 ms").isLessThanOrEqualTo(4);
+            nic.setQueuePairs(2);
+            assertThat(q.awaitReceive(1000)).isTrue();
+            assertThat(receive(q, 1)).singleElement().isEqualTo(frame(100, 1));
+        }
+    }
+
     /** A wait without end is refused: the backend may never send. Before, awaitReceive(-1) waited forever. */
     @Test
     @Timeout(30)
