@@ -62,8 +62,9 @@ public final class NetDriver implements AutoCloseable {
      * @param pairs      queue pairs to set up (all start enabled)
      * @param ringSize   entries per ring (a power of two)
      * @param bufSize    bytes per buffer, header included (frames up to bufSize - 12)
-     * @param timeoutMs  how long to wait for each backend reply; on close, also how long to wait for the pairs'
-     *                   threads to leave their calls and, in all, for the backend to stop the rings
+     * @param timeoutMs  how long to wait for each backend reply (1 ms or more: every wait is bounded); on close,
+     *                   also how long to wait for the pairs' threads to leave their calls and, in all, for the
+     *                   backend to stop the rings
      * @param features   features to negotiate when offered (a subset of {@link #WANTED} or more)
      */
     public record Options(int pairs, int ringSize, int bufSize, int timeoutMs, long features) {
@@ -76,6 +77,9 @@ public final class NetDriver implements AutoCloseable {
             }
             if (bufSize < 64 || bufSize > 65536) {
                 throw new IllegalArgumentException("buffer size must be 64..65536: " + bufSize);
+            }
+            if (timeoutMs < 1) { // a negative one made each reply's wait endless (Channel: no limit), 0 none at all
+                throw new IllegalArgumentException("timeout must be 1 ms or more: " + timeoutMs);
             }
         }
 

@@ -194,6 +194,19 @@ class NetDriverHostileBackendTest {
         }
     }
 
+    /**
+     * Every wait for the backend is bounded, so the timeout must be one: a negative one reached the control
+     * channel as "no limit", and a backend that never answered held connect for good; 0 gave no time at all.
+     */
+    @Test
+    @Timeout(30)
+    void aTimeoutThatBoundsNothingIsRefused() {
+        for (int t : new int[] {-1, 0}) {
+            assertThatThrownBy(() -> new NetDriver.Options(1, 64, 2048, t, NetDriver.WANTED))
+                    .isInstanceOf(IllegalArgumentException.class).hasMessageContaining("timeout");
+        }
+    }
+
     @Test
     @Timeout(30)
     void noBackendAtAll() {
