@@ -47,37 +47,45 @@ class NetQueuePairHostileRingTest {
             this.ring = ring;
         }
 
-        @Override public int size() {
+        @Override
+        public int size() {
             return ring.size();
         }
 
-        @Override public int freeDescriptors() {
+        @Override
+        public int freeDescriptors() {
             return ring.freeDescriptors();
         }
 
-        @Override public int inFlight() {
+        @Override
+        public int inFlight() {
             return ring.inFlight();
         }
 
-        @Override public boolean isBroken() {
+        @Override
+        public boolean isBroken() {
             return ring.isBroken();
         }
 
-        @Override public String brokenReason() {
+        @Override
+        public String brokenReason() {
             return ring.brokenReason();
         }
 
-        @Override public boolean supportsIndirect() {
+        @Override
+        public boolean supportsIndirect() {
             return ring.supportsIndirect();
         }
 
-        @Override public int add(long[] addr, int[] len, int out, int in) {
+        @Override
+        public int add(long[] addr, int[] len, int out, int in) {
             int id = ring.add(addr, len, out, in);
             added.add(id);
             return id;
         }
 
-        @Override public int addBurst(long[] addr, int[] len, int n, boolean writable, int[] ids) {
+        @Override
+        public int addBurst(long[] addr, int[] len, int n, boolean writable, int[] ids) {
             int k = ring.addBurst(addr, len, n, writable, ids);
             for (int i = 0; i < k; i++) {
                 added.add(ids[i]);
@@ -85,38 +93,46 @@ class NetQueuePairHostileRingTest {
             return k;
         }
 
-        @Override public int addIndirect(long[] addr, int[] len, int out, int in) {
+        @Override
+        public int addIndirect(long[] addr, int[] len, int out, int in) {
             throw new UnsupportedOperationException();
         }
 
-        @Override public void publish() {
+        @Override
+        public void publish() {
             ring.publish();
         }
 
-        @Override public boolean needsKick() {
+        @Override
+        public boolean needsKick() {
             return ring.needsKick();
         }
 
-        @Override public int usedPending() {
+        @Override
+        public int usedPending() {
             int n = ring.usedPending();
             afterUsedPending.run();
             return n;
         }
 
-        @Override public int reap() {
+        @Override
+        public int reap() {
             beforeReap.run();
             return ring.reap();
         }
 
-        @Override public int reapedLength() {
+        @Override
+        public int reapedLength() {
             return ring.reapedLength();
         }
 
-        @Override public void disableInterrupts() {
+        @Override
+        public void disableInterrupts() {
             ring.disableInterrupts();
         }
 
-        @Override public boolean enableInterrupts() {
+        @Override
+        public boolean enableInterrupts() {
             return ring.enableInterrupts();
         }
     }
