@@ -33,21 +33,12 @@ class DeadDeviceTest {
     Path dir;
 
     /** A backend whose one port sends by writing into {@code sink} (blocking). */
-    static final class HangingBackend implements PacketBackend {
+    static final class HangingBackend extends OnePortBackend {
         private final UnixSocket sink;
 
         HangingBackend(UnixSocket sink) {
+            super("hanging");
             this.sink = sink;
-        }
-
-        @Override
-        public int maxPairs() {
-            return 1;
-        }
-
-        @Override
-        public long features() {
-            return 0;
         }
 
         @Override
@@ -73,13 +64,6 @@ class DeadDeviceTest {
             };
         }
 
-        @Override
-        public String describe() {
-            return "hanging";
-        }
-
-        @Override
-        public void close() {}
     }
 
     static long mappingsOf(String memfd) throws IOException {

@@ -26,17 +26,11 @@ class RxDropBudgetTest {
     Path dir;
 
     /** A port whose host always has one more oversized frame while {@link #flooding}. */
-    static final class Flood implements PacketBackend {
+    static final class Flood extends OnePortBackend {
         volatile boolean flooding = true;
 
-        @Override
-        public int maxPairs() {
-            return 1;
-        }
-
-        @Override
-        public long features() {
-            return 0;
+        Flood() {
+            super("flood");
         }
 
         @Override
@@ -63,13 +57,6 @@ class RxDropBudgetTest {
             };
         }
 
-        @Override
-        public String describe() {
-            return "flood";
-        }
-
-        @Override
-        public void close() {}
     }
 
     @ParameterizedTest(name = "buffer={0} mrg={1}")

@@ -29,12 +29,11 @@ class RxSpillTest {
     Path dir;
 
     /** A backend whose port delivers frames the test hands it, and offers GSO towards the guest. */
-    static final class Scripted implements PacketBackend {
+    static final class Scripted extends OnePortBackend {
         final ConcurrentLinkedQueue<byte[]> frames = new ConcurrentLinkedQueue<>();
 
-        @Override
-        public int maxPairs() {
-            return 1;
+        Scripted() {
+            super("scripted");
         }
 
         @Override
@@ -57,11 +56,7 @@ class RxSpillTest {
 
                 @Override
                 public long receive(IoVec into) {
-                    byte[] f = frames.poll();
-                    if (f == null) {
-                        return -1;
-                    }
-                    return into.copyFrom(MemorySegment.ofArray(f), 0, f.length);
+                    return receiveFrom(frames, into);
                 }
 
                 @Override
@@ -69,13 +64,6 @@ class RxSpillTest {
             };
         }
 
-        @Override
-        public String describe() {
-            return "scripted";
-        }
-
-        @Override
-        public void close() {}
     }
 
     static byte[] frameWithHeader(int frameLen) {

@@ -11,20 +11,14 @@ import java.util.concurrent.ConcurrentLinkedQueue;
  * hands the worker the frames queued in {@link #frames} (cut to the buffers, as a TAP cuts them) and records the
  * sequence number of each frame it sends, in {@link #sent}.
  */
-final class SequencePort implements PacketBackend {
+final class SequencePort extends OnePortBackend {
     private static final ValueLayout.OfInt LE32 = ValueLayout.JAVA_INT_UNALIGNED.withOrder(ByteOrder.LITTLE_ENDIAN);
 
     final ConcurrentLinkedQueue<byte[]> frames = new ConcurrentLinkedQueue<>();
     final ConcurrentLinkedQueue<Integer> sent = new ConcurrentLinkedQueue<>();
 
-    @Override
-    public int maxPairs() {
-        return 1;
-    }
-
-    @Override
-    public long features() {
-        return 0;
+    SequencePort() {
+        super("recording");
     }
 
     @Override
@@ -45,20 +39,11 @@ final class SequencePort implements PacketBackend {
 
             @Override
             public long receive(IoVec into) {
-                byte[] f = frames.poll();
-                return f == null ? -1 : into.copyFrom(MemorySegment.ofArray(f), 0, f.length);
+                return receiveFrom(frames, into);
             }
 
             @Override
             public void close() {}
         };
     }
-
-    @Override
-    public String describe() {
-        return "recording";
-    }
-
-    @Override
-    public void close() {}
 }

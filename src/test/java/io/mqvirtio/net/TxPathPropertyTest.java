@@ -70,7 +70,7 @@ class TxPathPropertyTest {
     record Event(byte[] frame, Outcome outcome) {}
 
     /** A port that records every frame it is handed, and what it did with it. */
-    static final class RecordingPort implements PacketBackend {
+    static final class RecordingPort extends OnePortBackend {
         final Mode mode;
         final boolean blocky;
         final boolean readsFrames;
@@ -83,22 +83,13 @@ class TxPathPropertyTest {
         int blockedRun;
 
         RecordingPort(Mode mode, boolean blocky, long seed) {
+            super("recording");
             this.mode = mode;
             this.blocky = blocky;
             this.r = new Random(seed * 31 + 7);
             this.readsFrames = r.nextBoolean();
             this.batch = mode == Mode.BATCH ? 1 + r.nextInt(32) : 0;
             this.fd = blocky ? EventFd.create() : null;
-        }
-
-        @Override
-        public int maxPairs() {
-            return 1;
-        }
-
-        @Override
-        public long features() {
-            return 0;
         }
 
         static byte[] bytes(IoVec v) {
@@ -192,18 +183,12 @@ class TxPathPropertyTest {
 
                 @Override
                 public long receive(IoVec into) {
-                    byte[] f = rxFrames.poll();
-                    return f == null ? -1 : into.copyFrom(MemorySegment.ofArray(f), 0, f.length);
+                    return receiveFrom(rxFrames, into);
                 }
 
                 @Override
                 public void close() {}
             };
-        }
-
-        @Override
-        public String describe() {
-            return "recording";
         }
 
         @Override
