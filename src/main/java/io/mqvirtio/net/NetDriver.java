@@ -295,6 +295,9 @@ public final class NetDriver implements AutoCloseable {
     /**
      * Changes the number of active queue pairs at run time (the control queue's VIRTIO_NET_CTRL_MQ, emulated):
      * pairs below {@code n} are enabled, the rest disabled on both rings. A disabled pair takes and delivers nothing.
+     *
+     * @throws io.mqvirtio.vhostuser.VhostUserException if the backend fails or goes away part way (some rings may
+     *                                                  then have changed and others not: close the driver)
      */
     public synchronized void setQueuePairs(int n) {
         if (n < 1 || n > maxPairs) {
@@ -323,6 +326,8 @@ public final class NetDriver implements AutoCloseable {
      * runs (the bench's {@code --ab dirty-log}): the driver itself cannot be migrated.
      *
      * @throws UnsupportedOperationException if the backend offers no dirty logging (LOG_ALL and LOG_SHMFD)
+     * @throws io.mqvirtio.vhostuser.VhostUserException if the backend fails or goes away part way (LOG_ALL may then
+     *                                                  still be on in the backend: close the driver)
      */
     public synchronized void setDirtyLog(boolean on) {
         checkOpen();

@@ -19,6 +19,12 @@ import java.util.concurrent.locks.LockSupport;
  * <p>Back-pressure: {@link #send} takes what fits in the TX ring and says how many it took; a full ring takes none.
  * A pair the driver disabled ({@link NetDriver#setQueuePairs}) takes nothing and delivers nothing. Once the driver is
  * closed, every operation throws {@code IllegalStateException("driver closed")}.
+ *
+ * <p>The backend is not trusted: a used entry or descriptor that breaks the ring's rules (a buffer not in flight or
+ * not published, a used index that runs ahead, a wrong wrap counter) breaks that ring, and every later send or
+ * receive on the pair throws {@link io.mqvirtio.virtio.VirtqueueException} with the reason (frames a receive had
+ * already copied in that call are lost with it); the other pairs go on. A frame the backend lied about in a way the
+ * ring cannot see (a length or buffer count that does not fit) is dropped and counted instead ({@link #receive}).
  */
 public final class NetQueuePair {
     static final ValueLayout.OfShort LE16 = ValueLayout.JAVA_SHORT_UNALIGNED.withOrder(ByteOrder.LITTLE_ENDIAN);
