@@ -62,7 +62,8 @@ public final class NetDriver implements AutoCloseable {
      * @param pairs      queue pairs to set up (all start enabled)
      * @param ringSize   entries per ring (a power of two)
      * @param bufSize    bytes per buffer, header included (frames up to bufSize - 12)
-     * @param timeoutMs  how long to wait for each backend reply (1 ms or more: every wait is bounded); on close,
+     * @param timeoutMs  how long to wait for each backend reply (1 ms or more: every wait is bounded), and for all
+     *                   the replies of {@link #connect}'s set-up together; on close,
      *                   also how long to wait for the pairs' threads to leave their calls and, in all, for the
      *                   backend to stop the rings
      * @param features   features to negotiate when offered (a subset of {@link #WANTED} or more)
@@ -139,6 +140,7 @@ public final class NetDriver implements AutoCloseable {
      */
     public static NetDriver connect(Path socket, Options o) {
         Frontend fe = Frontend.connect(socket, o.timeoutMs());
+        fe.deadlineIn(o.timeoutMs()); // the set-up's replies in all, not one timeout per request
         MemFd memfd = null;
         Mmap map = null;
         Arena arena = null;
@@ -243,6 +245,7 @@ public final class NetDriver implements AutoCloseable {
             for (NetQueuePair qp : d.pairs) {
                 qp.kickRx();
             }
+            fe.noDeadline();
             LOG.log(Level.INFO, "connected to {0}: {1} queue pairs, features {2}", socket, o.pairs(),
                     VirtioFeatures.list(negotiated));
             return d;

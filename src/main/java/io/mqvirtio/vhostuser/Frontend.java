@@ -24,6 +24,7 @@ public final class Frontend implements AutoCloseable {
     private final Channel channel;
     private final int timeoutMillis;
     private boolean replyAck;
+    private long deadline = Long.MAX_VALUE; // nanoTime by which every reply must have come, or none
 
     private Frontend(UnixSocket socket, int timeoutMillis) {
         this.channel = new Channel(socket, Math.max(1, timeoutMillis)); // a send that finds no room waits as long
@@ -44,6 +45,19 @@ public final class Frontend implements AutoCloseable {
     /** Wraps a connected socket (e.g. one a listening frontend accepted). */
     public static Frontend over(UnixSocket socket, int timeoutMillis) {
         return new Frontend(socket, timeoutMillis);
+    }
+
+    /**
+     * Bounds the waits for replies as a whole, not only each one: every reply from now on must have come within
+     * {@code millis} ms of this call (and each within the timeout), so that a backend that answers each request just
+     * before the timeout cannot stretch a set-up of many requests to many timeouts. {@link #noDeadline} lifts it.
+     */
+    public void deadlineIn(long millis) {
+        deadline = System.nanoTime() + Math.max(0, millis) * 1_000_000L;
+    }
+
+    public void noDeadline() {
+        deadline = Long.MAX_VALUE;
     }
 
     /** From now on every request without a reply asks for an ack (after REPLY_ACK was negotiated). */
@@ -189,11 +203,20 @@ public final class Frontend implements AutoCloseable {
     /** The reply to {@code r}, or an exception: nothing else may arrive on a frontend's channel. */
     private Message await(Request r) {
         Message m;
+        long wait = timeoutMillis;
+        if (deadline != Long.MAX_VALUE) {
+            long left = Math.ceilDiv(deadline - System.nanoTime(), 1_000_000L);
+            if (left <= 0) {
+                throw new VhostUserException(r + ": no reply from the backend within the deadline set for the replies");
+            }
+            wait = Math.min(wait, left);
+        }
         try {
-            m = channel.receive(timeoutMillis); // the whole reply, not only its first byte, within the timeout
+            m = channel.receive(wait); // the whole reply, not only its first byte, within the timeout
         } catch (Channel.Stalled e) {
             throw new VhostUserException(r + ": " + (e.begun ? "the backend stalled in the middle of its reply ("
-                    + e.getMessage() + ")" : "no reply from the backend") + " within " + timeoutMillis + " ms", e);
+                    + e.getMessage() + ")" : "no reply from the backend") + " within " + wait + " ms"
+                    + (wait < timeoutMillis ? " (what was left of the deadline set for the replies)" : ""), e);
         }
         if (m == null) {
             throw new VhostUserException(r + ": the backend closed the connection");
