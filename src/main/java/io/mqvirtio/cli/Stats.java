@@ -8,6 +8,8 @@ import java.net.URI;
 import java.net.http.HttpClient;
 import java.net.http.HttpRequest;
 import java.net.http.HttpResponse;
+import java.net.http.HttpTimeoutException;
+import java.nio.charset.StandardCharsets;
 import java.time.Duration;
 import java.time.LocalTime;
 import java.time.format.DateTimeFormatter;
@@ -15,6 +17,10 @@ import java.util.ArrayList;
 import java.util.HashMap;
 import java.util.List;
 import java.util.Map;
+import java.util.concurrent.CompletableFuture;
+import java.util.concurrent.ExecutionException;
+import java.util.concurrent.TimeUnit;
+import java.util.concurrent.TimeoutException;
 import picocli.CommandLine.Option;
 
 /**
@@ -152,13 +158,39 @@ final class Stats {
         return new int[] {80, 24};
     }
 
+    /** The longest /stats reply read: the longest document {@link Json} parses. */
+    static final int MAX_REPLY_BYTES = Json.MAX_CHARS;
+    /** The time one /stats exchange may take, from the request to the reply's last byte. */
+    static final Duration TIMEOUT = Duration.ofSeconds(5);
+
     static Sample fetch(HttpClient client, URI uri) throws IOException, InterruptedException {
-        HttpRequest req = HttpRequest.newBuilder(uri).timeout(Duration.ofSeconds(5)).GET().build();
-        HttpResponse<String> r = client.send(req, HttpResponse.BodyHandlers.ofString());
+        return fetch(client, uri, TIMEOUT);
+    }
+
+    /**
+     * GET {@code uri}, bounded in time and size whatever answers there: the request's own timeout ends with the
+     * reply's head, so a server that then trickles its body, or never ends it, would hold the client for good; the
+     * whole exchange must end within {@code timeout} (then it is cancelled) and the body within
+     * {@link #MAX_REPLY_BYTES} ({@link BoundedBody}).
+     */
+    static Sample fetch(HttpClient client, URI uri, Duration timeout) throws IOException, InterruptedException {
+        HttpRequest req = HttpRequest.newBuilder(uri).timeout(timeout).GET().build();
+        CompletableFuture<HttpResponse<byte[]>> f = client.sendAsync(req, BoundedBody.handler(MAX_REPLY_BYTES));
+        HttpResponse<byte[]> r;
+        try {
+            r = f.get(timeout.toMillis(), TimeUnit.MILLISECONDS);
+        } catch (TimeoutException e) {
+            throw new HttpTimeoutException("no whole reply within " + timeout.toMillis() + " ms");
+        } catch (ExecutionException e) {
+            Throwable c = e.getCause();
+            throw c instanceof IOException io ? io : new IOException(c.getMessage() == null ? c.toString() : c.getMessage(), c);
+        } finally {
+            f.cancel(true); // ends an exchange still under way (a no-op once it is done)
+        }
         if (r.statusCode() != 200) {
             throw new IOException("HTTP " + r.statusCode());
         }
-        return Sample.parse(r.body());
+        return Sample.parse(new String(r.body(), StandardCharsets.UTF_8));
     }
 
     static String header(DeviceStats d) {
