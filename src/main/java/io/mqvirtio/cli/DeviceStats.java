@@ -92,7 +92,10 @@ record DeviceStats(String name, String socket, String backend, int pairs, boolea
         return m;
     }
 
-    /** The inverse of {@link #toJson}; a missing or mistyped field is an {@link IllegalArgumentException}. */
+    /**
+     * The inverse of {@link #toJson}; a missing or mistyped field is an {@link IllegalArgumentException}, and strings
+     * come back {@link #printable}.
+     */
     static DeviceStats fromJson(Object o) {
         Map<?, ?> m = map(o, "device");
         List<Queue> q = new ArrayList<>();
@@ -129,8 +132,29 @@ record DeviceStats(String name, String socket, String backend, int pairs, boolea
         throw new IllegalArgumentException("expected a whole number for '" + key + "', got " + v);
     }
 
+    /** A string field of a reply, {@link #printable} (a missing one is empty). */
     static String string(Map<?, ?> m, String key) {
         Object v = m.get(key);
-        return v == null ? "" : v.toString();
+        return v == null ? "" : printable(v.toString());
+    }
+
+    /**
+     * {@code s} with each control character (C0, DEL, C1) and Unicode format character (bidirectional overrides,
+     * zero-width ones) replaced by '?'. What {@code mqvirtio stats} parses came from whoever answered at the address
+     * it was given, and its names go to the user's terminal, where an escape sequence in them could clear or rewrite
+     * the screen, retitle the window, or make some terminals answer as if the user had typed.
+     */
+    static String printable(String s) {
+        StringBuilder b = null;
+        for (int i = 0; i < s.length(); i++) {
+            char c = s.charAt(i);
+            if (Character.isISOControl(c) || Character.getType(c) == Character.FORMAT) {
+                if (b == null) {
+                    b = new StringBuilder(s);
+                }
+                b.setCharAt(i, '?');
+            }
+        }
+        return b == null ? s : b.toString();
     }
 }

@@ -103,4 +103,54 @@ class StatsClientTest {
             assertThat(h.ended().await(5, TimeUnit.SECONDS)).as("the client closed the connection").isTrue();
         }
     }
+
+    /**
+     * Names with terminal escapes (as JSON escapes: a valid reply): clear the screen, retitle the window, a C1 CSI,
+     * a bidirectional override. Every view prints them with '?' in place of each control, none of them raw.
+     */
+    @Test
+    void namesInAReplyReachTheTerminalWithoutTheirControls() throws Exception {
+        String name = "vm\u001b]0;owned\u0007\u001b[2J";
+        java.util.concurrent.atomic.AtomicLong uptime = new java.util.concurrent.atomic.AtomicLong();
+        var http = com.sun.net.httpserver.HttpServer.create(new java.net.InetSocketAddress("127.0.0.1", 0), 4);
+        http.createContext("/stats", ex -> {
+            java.util.List<Object> queues = new java.util.ArrayList<>();
+            for (String dir : java.util.List.of("rx", "tx\u001b[A")) {
+                java.util.Map<String, Object> q = new java.util.LinkedHashMap<>();
+                q.put("pair", 0);
+                q.put("direction", dir);
+                for (String f : DeviceStats.Queue.FIELDS) {
+                    q.put(f, uptime.get());
+                }
+                q.put("method", "readv\u009b2J");
+                queues.add(q);
+            }
+            java.util.Map<String, Object> d = new java.util.LinkedHashMap<>();
+            d.put("name", name);
+            d.put("socket", "/run/\u202evm.sock");
+            d.put("backend", "tap\r\n\u001bc");
+            d.put("pairs", 1);
+            d.put("connected", true);
+            d.put("queues", queues);
+            byte[] b = Json.write(java.util.Map.of("uptime_ms", uptime.addAndGet(1000), "devices", java.util.List.of(d)))
+                    .getBytes(StandardCharsets.UTF_8);
+            ex.sendResponseHeaders(200, b.length);
+            ex.getResponseBody().write(b);
+            ex.close();
+        });
+        http.start();
+        try {
+            String from = "127.0.0.1:" + http.getAddress().getPort();
+            for (String[] argv : java.util.List.of(new String[] {"stats", "--from", from},
+                    new String[] {"stats", "--from", from, "--watch", "0.1", "--count", "1"},
+                    new String[] {"stats", "--from", from, "--watch", "0.1", "--count", "1", "--live"})) {
+                MetricsServerTest.Out o = MetricsServerTest.main(argv);
+                assertThat(o.rc()).as(o.err()).isZero();
+                assertThat(o.out()).as(String.join(" ", argv)).contains("vm?]0;owned??[2J")
+                        .doesNotContain("\u001b", "\u0007", "\u009b", "\u202e", "\r");
+            }
+        } finally {
+            http.stop(0);
+        }
+    }
 }
