@@ -16,6 +16,7 @@ import java.nio.file.StandardOpenOption;
 import java.nio.file.attribute.PosixFilePermissions;
 import java.util.Set;
 import java.util.concurrent.ArrayBlockingQueue;
+import java.util.concurrent.ThreadFactory;
 import java.util.concurrent.TimeUnit;
 import java.util.concurrent.atomic.AtomicLong;
 
@@ -25,8 +26,9 @@ import java.util.concurrent.atomic.AtomicLong;
  * it, virtio RX). The virtio-net header is not part of the frame.
  *
  * <p>The worker only copies a frame's first {@code snaplen} bytes into an array and offers it to a bounded queue
- * ({@link #QUEUE} frames); a thread of the capture's own writes the file. A full queue (a disk slower than the
- * traffic) drops frames from the capture, never from the data path, and counts them; a file that reached
+ * ({@link #QUEUE} frames and {@link #QUEUE_BYTES} bytes); a thread of the capture's own writes the file. A full queue
+ * (a disk slower than the traffic, or one that stopped) drops frames from the capture, never from the data path, and
+ * counts them; a file that reached
  * {@code maxBytes} stops growing (a guest cannot fill the host's disk). The file is made new, 0600 (what had its name
  * is removed first; a link is never followed, a FIFO never opened): a capture holds a VM's traffic.
  */
@@ -34,6 +36,13 @@ public final class QueueCapture implements AutoCloseable {
     private static final Logger LOG = System.getLogger(QueueCapture.class.getName());
     /** Frames waiting for the writer; more are dropped from the capture (and counted). */
     static final int QUEUE = 4096;
+    /**
+     * Bytes of frames waiting for the writer; more are dropped from the capture (and counted). The frame count alone
+     * let the queue hold 4096 frames of up to the snap length each: with the guest's 64 KiB TSO frames and a disk
+     * that fell behind or stopped, 256 MiB per queue pair (1 GiB at the largest snap length), enough for a VM with
+     * a few pairs to exhaust the heap of the daemon that serves every VM. 4096 frames of 1500 bytes still fit.
+     */
+    static final long QUEUE_BYTES = 8 << 20;
     /** What {@code --capture-snaplen} defaults to (tcpdump's): every frame whole. */
     public static final int DEFAULT_SNAPLEN = Pcapng.MAX_SNAPLEN;
 
@@ -51,6 +60,7 @@ public final class QueueCapture implements AutoCloseable {
     private final long nanoAtStart;
     private final AtomicLong captured = new AtomicLong();
     private final AtomicLong dropped = new AtomicLong();
+    private final AtomicLong queuedBytes = new AtomicLong(); // added by the worker, taken off by the writer
     private volatile boolean full;   // the file reached maxBytes: the worker stops copying
     private volatile boolean closed;
     private long written;            // writer thread only
@@ -60,6 +70,12 @@ public final class QueueCapture implements AutoCloseable {
      * shows it), {@code description} says what it is.
      */
     public QueueCapture(Path file, String name, String description, int snaplen, long maxBytes) throws IOException {
+        this(file, name, description, snaplen, maxBytes, Thread.ofVirtual().name("capture-" + name).factory());
+    }
+
+    /** As above, with the writer a thread of {@code writers} (a test's, to hold the writer back as a slow disk would). */
+    QueueCapture(Path file, String name, String description, int snaplen, long maxBytes, ThreadFactory writers)
+            throws IOException {
         if (snaplen < 64 || snaplen > Pcapng.MAX_SNAPLEN) {
             throw new IllegalArgumentException("snap length " + snaplen + " is not in 64.." + Pcapng.MAX_SNAPLEN);
         }
@@ -80,7 +96,8 @@ public final class QueueCapture implements AutoCloseable {
         }
         this.wallAtStart = System.currentTimeMillis() * 1_000_000L;
         this.nanoAtStart = System.nanoTime();
-        this.writer = Thread.ofVirtual().name("capture-" + name).start(this::drain);
+        this.writer = writers.newThread(this::drain);
+        writer.start();
     }
 
     public Path file() {
@@ -100,7 +117,7 @@ public final class QueueCapture implements AutoCloseable {
     /** Worker: a frame the guest sent, gathered in {@code frame} (guest buffers) after the {@code header} bytes. */
     public void sent(IoVec frame, int header) {
         long len = frame.totalBytes() - header;
-        if (len <= 0 || !room()) {
+        if (len <= 0 || !room(len)) {
             return;
         }
         byte[] data = new byte[(int) Math.min(len, snaplen)];
@@ -114,7 +131,7 @@ public final class QueueCapture implements AutoCloseable {
      */
     public void received(DescriptorChain[] chains, int k, long len, int header) {
         long frame = len - header;
-        if (frame <= 0 || !room()) {
+        if (frame <= 0 || !room(frame)) {
             return;
         }
         byte[] data = new byte[(int) Math.min(frame, snaplen)];
@@ -138,7 +155,7 @@ public final class QueueCapture implements AutoCloseable {
     /** Worker: a frame of {@code len} bytes (header included) written to the guest in the one buffer {@code frame}. */
     public void received(IoVec frame, long len, int header) {
         long n = len - header;
-        if (n <= 0 || !room()) {
+        if (n <= 0 || !room(n)) {
             return;
         }
         byte[] data = new byte[(int) Math.min(n, snaplen)];
@@ -146,8 +163,12 @@ public final class QueueCapture implements AutoCloseable {
         offer(Pcapng.INBOUND, (int) Math.min(n, Integer.MAX_VALUE), data);
     }
 
-    private boolean room() {
-        if (full || closed) {
+    /**
+     * Whether a frame of {@code len} bytes may be copied: the file has room and the queue has room for its first
+     * snap length bytes (checked before the copy, so that a frame left out costs no array).
+     */
+    private boolean room(long len) {
+        if (full || closed || queuedBytes.get() + Math.min(len, snaplen) > QUEUE_BYTES) {
             dropped.incrementAndGet();
             return false;
         }
@@ -156,7 +177,9 @@ public final class QueueCapture implements AutoCloseable {
 
     private void offer(int direction, int original, byte[] data) {
         long ts = wallAtStart + (System.nanoTime() - nanoAtStart);
+        queuedBytes.addAndGet(data.length);
         if (!queue.offer(new Frame(ts, direction, original, data))) {
+            queuedBytes.addAndGet(-data.length);
             dropped.incrementAndGet();
         }
     }
@@ -176,6 +199,7 @@ public final class QueueCapture implements AutoCloseable {
                 if (f == END) {
                     break;
                 }
+                queuedBytes.addAndGet(-f.data().length);
                 int size = Pcapng.packetBlockSize(f.data().length);
                 if (written + buf.position() + size > maxBytes) {
                     if (!full) {
@@ -195,6 +219,13 @@ public final class QueueCapture implements AutoCloseable {
             flush(buf);
         } catch (IOException e) {
             full = true;
+            // what is queued will never be written: let it go now, not when the capture is closed
+            for (Frame f; (f = queue.poll()) != null; ) {
+                if (f != END) {
+                    queuedBytes.addAndGet(-f.data().length);
+                    dropped.incrementAndGet();
+                }
+            }
             LOG.log(Level.WARNING, "capture {0}: cannot write, capture stopped: {1}", file, e.toString());
         } catch (InterruptedException e) {
             // close() gave up waiting

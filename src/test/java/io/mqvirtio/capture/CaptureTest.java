@@ -168,4 +168,42 @@ public class CaptureTest {
         assertThatThrownBy(() -> new QueueCapture(dir.resolve("x.pcapng"), "x", "x", 10, 1 << 20))
                 .isInstanceOf(IllegalArgumentException.class).hasMessageContaining("snap length");
     }
+
+    /**
+     * A writer held back (a disk that fell behind, or stopped) while the guest sends 64 KiB frames: the queue holds
+     * at most {@link QueueCapture#QUEUE_BYTES} of them, not {@link QueueCapture#QUEUE} frames of any size (which was
+     * 256 MiB of these); the rest are left out and counted, and what was queued is in the file once the writer goes
+     * on.
+     */
+    @Test
+    @Timeout(30)
+    void aWriterThatFellBehindHoldsBoundedBytesNotFrames() throws Exception {
+        java.util.concurrent.CountDownLatch disk = new java.util.concurrent.CountDownLatch(1);
+        java.util.concurrent.ThreadFactory slow = r -> Thread.ofVirtual().unstarted(() -> {
+            try {
+                disk.await();
+            } catch (InterruptedException e) {
+                return;
+            }
+            r.run();
+        });
+        int size = 65_536;
+        int frames = 1000; // 64 MiB
+        Path file = dir.resolve("big.pcapng");
+        QueueCapture cap = new QueueCapture(file, "big", "big", Pcapng.MAX_SNAPLEN, 1L << 30, slow);
+        try (Arena a = Arena.ofConfined()) {
+            io.mqvirtio.linux.IoVec v = new io.mqvirtio.linux.IoVec(1);
+            v.add(a.allocate(12 + size));
+            for (int i = 0; i < frames; i++) {
+                cap.sent(v, 12);
+            }
+        }
+        long queued = frames - cap.dropped();
+        assertThat(queued * size).as("bytes queued").isLessThanOrEqualTo(QueueCapture.QUEUE_BYTES);
+        assertThat(queued).isEqualTo(QueueCapture.QUEUE_BYTES / size);
+        disk.countDown();
+        cap.close();
+        assertThat(cap.captured()).isEqualTo(queued);
+        assertThat(Files.size(file)).isGreaterThan(queued * size);
+    }
 }
