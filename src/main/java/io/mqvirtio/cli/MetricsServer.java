@@ -144,7 +144,9 @@ public final class MetricsServer implements AutoCloseable {
             return new Response(405, "text/plain; charset=utf-8", "only GET and HEAD\n", Map.of("Allow", "GET, HEAD"));
         }
         return switch (q.path()) {
-            case "/metrics" -> scrape(q);
+            // HEAD as GET, whose body the server leaves out: the client library's handler answers a HEAD with no
+            // body and Content-Length 0, which RFC 9110 section 8.6 forbids (it must be what GET would send)
+            case "/metrics" -> scrape(q.method().equals("HEAD") ? new Request("GET", q.path(), q.query(), q.headers()) : q);
             case "/stats" -> Response.of(200, "application/json", json(snapshots(), uptimeMillis()) + "\n");
             case "/" -> Response.text(200, "mqvirtio metrics: /metrics (Prometheus text format), /stats (JSON)\n");
             default -> Response.text(404, "not found: " + q.path() + "\n");

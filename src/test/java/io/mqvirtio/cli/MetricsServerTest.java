@@ -148,6 +148,16 @@ class MetricsServerTest {
                         java.net.http.HttpResponse.BodyHandlers.ofString());
                 assertThat(head.statusCode()).isEqualTo(200);
                 assertThat(head.body()).isEmpty();
+                // a HEAD's Content-Length is the GET's (RFC 9110 section 8.6); a filter keeps the body the same
+                var one = java.net.URI.create(uri + "?name[]=mqvirtio_device_queue_pairs");
+                var getOne = client.send(java.net.http.HttpRequest.newBuilder(one).GET().build(),
+                        java.net.http.HttpResponse.BodyHandlers.ofString());
+                var headOne = client.send(java.net.http.HttpRequest.newBuilder(one).HEAD().build(),
+                        java.net.http.HttpResponse.BodyHandlers.ofString());
+                assertThat(getOne.body()).contains("mqvirtio_device_queue_pairs{device=\"d\"} 1");
+                assertThat(headOne.headers().firstValue("Content-Length"))
+                        .contains(Integer.toString(getOne.body().getBytes(StandardCharsets.UTF_8).length));
+                assertThat(headOne.headers().firstValue("Content-Type")).isEqualTo(getOne.headers().firstValue("Content-Type"));
                 var post = client.send(java.net.http.HttpRequest.newBuilder(uri)
                         .POST(java.net.http.HttpRequest.BodyPublishers.ofString("x")).build(),
                         java.net.http.HttpResponse.BodyHandlers.ofString());
