@@ -36,6 +36,8 @@ final class Serve {
     static final int NO_FD = -1;
     /** {@link Vm#fd()}: neither a path nor a descriptor was given; systemd's next passed socket is the VM's. */
     static final int FROM_SYSTEMD = -2;
+    /** The longest path connect(2) takes for an AF_UNIX socket: sun_path's 108 bytes, less the terminating NUL. */
+    static final int MAX_SOCKET_PATH = 107;
     /** What a VM waiting for systemd's socket is called until it has it. */
     private static final String SYSTEMD_NAME = "systemd";
 
@@ -55,6 +57,13 @@ final class Serve {
             int fd = a.fd == null ? NO_FD : Check.range("--fd", a.fd, 0, Integer.MAX_VALUE);
             if (socket != null && socket.isEmpty()) {
                 throw new UsageException("--socket-path needs a path");
+            }
+            int bytes = socket == null ? 0 : socket.getBytes(java.nio.charset.StandardCharsets.UTF_8).length;
+            if (bytes > MAX_SOCKET_PATH) {
+                // serve binds under a short private name and links the path in, so listening "worked"; but nobody
+                // can connect(2) by it (QEMU says its path is too long), and --client retried it silently for good
+                throw new UsageException("--socket-path " + socket + " is " + bytes + " bytes; an AF_UNIX socket is "
+                        + "reached by a path of at most " + MAX_SOCKET_PATH + " (sun_path): choose a shorter one");
             }
             if (socket != null && fd != NO_FD) {
                 throw new UsageException("--fd and --socket-path are incompatible (the socket is one or the other)");

@@ -31,4 +31,23 @@ class ServeOptionsTest {
         assertThat(parse("serve", "--socket-path", "/tmp/x.sock", "--loopback", "--stats-interval", "0.1").statsEvery())
                 .isEqualTo(0.1);
     }
+
+    /**
+     * A socket path longer than sun_path: serve listened on it (bound under a short private name, then linked there)
+     * and said so, but no frontend can connect by it, and {@code --client} retried it in silence for good. Refused
+     * up front, both ways and inside a --vm; 107 bytes is still a path.
+     */
+    @Test
+    void aSocketPathNoFrontendCouldConnectByIsRefused() {
+        String longest = "/tmp/" + "p".repeat(Serve.MAX_SOCKET_PATH - 5);
+        assertThat(parse("serve", "--socket-path", longest, "--loopback").vms().getFirst().socket().toString())
+                .isEqualTo(longest);
+        String tooLong = longest + "x";
+        for (String[] argv : java.util.List.of(new String[] {"serve", "--socket-path", tooLong, "--loopback"},
+                new String[] {"serve", "--socket-path", tooLong, "--loopback", "--client"},
+                new String[] {"serve", "--vm", "socket-path=" + tooLong + ",loopback"})) {
+            assertThatThrownBy(() -> parse(argv)).as(String.join(" ", argv)).isInstanceOf(UsageException.class)
+                    .hasMessageContaining("is 108 bytes").hasMessageContaining("at most 107");
+        }
+    }
 }
