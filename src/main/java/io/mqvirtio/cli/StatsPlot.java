@@ -4,6 +4,8 @@ import java.awt.Color;
 import java.io.IOException;
 import java.nio.file.Files;
 import java.nio.file.Path;
+import java.nio.file.StandardCopyOption;
+import java.nio.file.attribute.PosixFilePermissions;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
@@ -26,7 +28,12 @@ final class StatsPlot {
 
     private StatsPlot() {}
 
-    /** Writes the PNG (through a temporary file beside it, so that a viewer never sees half of one). */
+    /**
+     * Writes the PNG through a temporary file beside it, so that a viewer never sees half of one. That file is made
+     * new under a name nobody can guess (O_EXCL): it was {@code FILE.png.tmp}, opened to write through whatever had
+     * that name, so in a directory others can write (a shared plots directory) a link planted there made the user's
+     * stats command overwrite any file the user may write.
+     */
     static void write(List<Stats.Sample> samples, String title, Path png) throws IOException {
         Map<String, XYSeriesCollection> byDevice = new LinkedHashMap<>();
         Map<String, Map<String, XYSeries>> series = new LinkedHashMap<>();
@@ -78,9 +85,15 @@ final class StatsPlot {
         ((NumberAxis) plot.getDomainAxis()).setRange(-WINDOW_SECONDS, 0);
         JFreeChart chart = new JFreeChart("mqvirtio: packets per second of every queue, last minute", null, plot, true);
         chart.setBackgroundPaint(Color.WHITE);
-        Path tmp = png.resolveSibling(png.getFileName() + ".tmp");
-        ChartUtils.saveChartAsPNG(tmp.toFile(), chart, 1000, 220 + 260 * Math.max(1, byDevice.size()));
-        Files.move(tmp, png, java.nio.file.StandardCopyOption.REPLACE_EXISTING, java.nio.file.StandardCopyOption.ATOMIC_MOVE);
+        Path tmp = Files.createTempFile(png.toAbsolutePath().getParent(), "." + png.getFileName() + ".", ".tmp",
+                PosixFilePermissions.asFileAttribute(PosixFilePermissions.fromString("rw-r--r--")));
+        try {
+            ChartUtils.saveChartAsPNG(tmp.toFile(), chart, 1000, 220 + 260 * Math.max(1, byDevice.size()));
+            Files.move(tmp, png, StandardCopyOption.REPLACE_EXISTING, StandardCopyOption.ATOMIC_MOVE);
+        } catch (IOException | RuntimeException e) {
+            Files.deleteIfExists(tmp);
+            throw e;
+        }
     }
 
     /** The samples of the last {@link #WINDOW_SECONDS} (and the one before, for the first rate). */

@@ -153,4 +153,31 @@ class StatsClientTest {
             http.stop(0);
         }
     }
+
+    /**
+     * {@code --plot} in a directory someone else may write: a link planted at the name of the old temporary file
+     * ({@code FILE.png.tmp}) made the plot overwrite the link's target. The target is left alone, the plot is written,
+     * and no temporary file stays behind.
+     */
+    @Test
+    void thePlotIsWrittenThroughAFileOfItsOwnNotThroughAPlantedLink(@org.junit.jupiter.api.io.TempDir java.nio.file.Path dir)
+            throws Exception {
+        java.nio.file.Path victim = java.nio.file.Files.writeString(dir.resolve("victim"), "keep me");
+        java.nio.file.Path png = dir.resolve("queues.png");
+        java.nio.file.Files.createSymbolicLink(dir.resolve("queues.png.tmp"), victim);
+        java.util.List<Stats.Sample> samples = new java.util.ArrayList<>();
+        for (int s = 0; s < 3; s++) {
+            samples.add(new Stats.Sample(1000L * s, java.util.List.of(new DeviceStats("vm0", "/run/vm0.sock", "loopback", 1,
+                    true, java.util.List.of(new DeviceStats.Queue(0, "rx", 100L * s, 0, 0, 0, 0, 0),
+                            new DeviceStats.Queue(0, "tx", 50L * s, 0, 0, 0, 0, 0))))));
+        }
+        StatsPlot.write(samples, "now", png);
+        assertThat(new String(java.nio.file.Files.readAllBytes(victim), StandardCharsets.ISO_8859_1)).as("the victim")
+                .isEqualTo("keep me");
+        assertThat(javax.imageio.ImageIO.read(png.toFile()).getWidth()).isEqualTo(1000);
+        try (var left = java.nio.file.Files.list(dir)) {
+            assertThat(left.map(p -> p.getFileName().toString()).sorted().toList())
+                    .containsExactly("queues.png", "queues.png.tmp", "victim");
+        }
+    }
 }
