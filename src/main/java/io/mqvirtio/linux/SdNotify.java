@@ -20,6 +20,11 @@ import java.nio.charset.StandardCharsets;
 public final class SdNotify {
     private static final int AF_UNIX = 1, SOCK_DGRAM = 2, SOCK_CLOEXEC = 0x80000, MSG_NOSIGNAL = 0x4000;
     private static final int SUN_PATH_SIZE = 108;
+    /**
+     * The longest a notification waits for the receiver: systemd reads its socket at once, even when busy well
+     * within this, and a receiver that has not read for this long is not going to.
+     */
+    static final long SEND_TIMEOUT_MS = 5000;
 
     private static final MethodHandle SOCKET =
             Native.downcall("socket", FunctionDescriptor.of(C_INT, C_POINTER, C_INT, C_INT, C_INT));
@@ -49,11 +54,23 @@ public final class SdNotify {
 
     /** Sends {@code state} as one datagram to the notification socket {@code target} (a path or {@code @abstract}). */
     public static void send(String target, String state) {
+        send(target, state, SEND_TIMEOUT_MS);
+    }
+
+    /**
+     * As {@link #send(String, String)}, waiting at most {@code timeoutMillis} for room in the receiver's queue. A
+     * datagram to a socket whose queue is full (net.unix.max_dgram_qlen, 10 or 512) waits until the receiver reads;
+     * one that never does (NOTIFY_SOCKET left over from another service, pointing at a socket nobody reads) held
+     * serve's main thread in sendto for good: before READY, so it never served its stop signal, or at STOPPING, so
+     * SIGTERM never finished. Past the bound the send fails with EAGAIN (a warning, as any failure to notify).
+     */
+    static void send(String target, String state, long timeoutMillis) {
         try (Arena a = Arena.ofConfined()) {
             MemorySegment addr = address(a, target);
             int fd = Native.check((int) SOCKET.invokeExact(Native.errnoState(), AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0),
                     "socket(AF_UNIX, SOCK_DGRAM)");
             try (Fd s = new Fd(fd)) {
+                UnixSocket.setSendTimeout(s.fd(), timeoutMillis);
                 byte[] b = state.getBytes(StandardCharsets.UTF_8);
                 MemorySegment msg = a.allocate(Math.max(1, b.length));
                 MemorySegment.copy(b, 0, msg, ValueLayout.JAVA_BYTE, 0, b.length);

@@ -412,11 +412,16 @@ public final class UnixSocket extends Fd {
      * fails with EAGAIN, so a peer that stops reading cannot hold the sender for good.
      */
     public void setSendTimeout(long millis) {
+        setSendTimeout(fd(), millis);
+    }
+
+    /** SO_SNDTIMEO on any socket descriptor {@code fd} (a datagram one too: {@link SdNotify}). */
+    static void setSendTimeout(int fd, long millis) {
         try (Arena a = Arena.ofConfined()) {
             MemorySegment tv = a.allocate(16, 8); // struct timeval {time_t tv_sec; suseconds_t tv_usec;}
             tv.set(C_LONG, 0, millis / 1000);
             tv.set(C_LONG, 8, (millis % 1000) * 1000);
-            Native.check((int) SETSOCKOPT.invokeExact(Native.errnoState(), fd(), SOL_SOCKET, SO_SNDTIMEO, tv, 16),
+            Native.check((int) SETSOCKOPT.invokeExact(Native.errnoState(), fd, SOL_SOCKET, SO_SNDTIMEO, tv, 16),
                     "setsockopt(SO_SNDTIMEO)");
         } catch (Throwable t) {
             throw Native.rethrow(t);
