@@ -43,6 +43,8 @@ public final class UnixSocket extends Fd {
     private static final MethodHandle SETSOCKOPT = Native.downcall("setsockopt",
             FunctionDescriptor.of(C_INT, C_POINTER, C_INT, C_INT, C_INT, C_POINTER, C_INT));
     private static final int SO_SNDTIMEO = 21;
+    private static final MethodHandle FCHMOD =
+            Native.downcall("fchmod", FunctionDescriptor.of(C_INT, C_POINTER, C_INT, C_INT));
 
     // <sys/socket.h>, <bits/socket.h>, socket(7), unix(7)
     private static final int AF_UNIX = 1, SOCK_STREAM = 1, SOCK_CLOEXEC = 0x80000, SOL_SOCKET = 1,
@@ -147,9 +149,23 @@ public final class UnixSocket extends Fd {
      * removes it, since it may be a live server's socket (deciding that is a separate question).
      */
     public static UnixSocket listen(Path path, int backlog) {
+        return listen(path, backlog, -1);
+    }
+
+    /**
+     * A listening socket bound to {@code path} whose file has at most the permission bits {@code mode} (less the
+     * umask) from the moment bind(2) makes it: Linux gives the file the mode of the socket's own inode, which
+     * fchmod(2) on the unbound socket sets. A chmod after bind leaves a window in which the file has the umask's mode
+     * (0777 under umask 0): whoever may connect then has a connection in the backlog that is accepted later.
+     * {@code mode} -1: as the umask has it.
+     */
+    public static UnixSocket listen(Path path, int backlog, int mode) {
         UnixSocket s = open();
         try (Arena a = Arena.ofConfined()) {
             MemorySegment addr = sockaddr(a, path);
+            if (mode >= 0) {
+                Native.check((int) FCHMOD.invokeExact(Native.errnoState(), s.fd(), mode), "fchmod");
+            }
             Native.check((int) BIND.invokeExact(Native.errnoState(), s.fd(), addr, (int) addr.byteSize()), "bind");
             Native.check((int) LISTEN.invokeExact(Native.errnoState(), s.fd(), backlog), "listen");
             return s;

@@ -167,8 +167,9 @@ public final class VhostUserServer implements AutoCloseable {
         Path tmp = dir.resolve("s");
         try {
             if (tmp.toString().getBytes(java.nio.charset.StandardCharsets.UTF_8).length > 107) {
-                // No room for the private name: bind in place and restrict at once (umask decides the mode meanwhile).
-                UnixSocket l = UnixSocket.listen(path, BACKLOG);
+                // No room for the private name: bind in place, the socket's mode set before the bind (so the file
+                // is never wider than 0600/0660, whatever the umask), then its group and exact mode.
+                UnixSocket l = UnixSocket.listen(path, BACKLOG, group == null ? 0600 : 0660);
                 try {
                     restrict(path, group);
                     return l;
@@ -178,7 +179,7 @@ public final class VhostUserServer implements AutoCloseable {
                     throw new VhostUserException("cannot restrict permissions of " + path + ": " + e.getMessage(), e);
                 }
             }
-            UnixSocket l = UnixSocket.listen(tmp, BACKLOG);
+            UnixSocket l = UnixSocket.listen(tmp, BACKLOG, group == null ? 0600 : 0660);
             try {
                 restrict(tmp, group);
                 Files.createLink(abs, tmp);

@@ -186,6 +186,23 @@ class UnixSocketTest {
         }
     }
 
+    /**
+     * With a mode, the socket file has it (less the umask) from bind on, before any chmod: what a connect can find
+     * in the window before serve restricts it. Without, the umask's (0777 less it).
+     */
+    @Test
+    void aModeGivenToListenIsTheFilesFromTheBindOn() throws Exception {
+        try (UnixSocket l = UnixSocket.listen(path, 1, 0600)) {
+            assertThat(Files.getPosixFilePermissions(path))
+                    .isEqualTo(java.nio.file.attribute.PosixFilePermissions.fromString("rw-------"));
+        }
+        Files.delete(path);
+        try (UnixSocket l = UnixSocket.listen(path, 1)) {
+            assertThat(Files.getPosixFilePermissions(path)).contains(java.nio.file.attribute.PosixFilePermission.OWNER_READ,
+                    java.nio.file.attribute.PosixFilePermission.OWNER_WRITE, java.nio.file.attribute.PosixFilePermission.OWNER_EXECUTE);
+        }
+    }
+
     @Test
     void listenNeverRemovesAnExistingFile() throws Exception {
         Files.writeString(path, "not a socket");
