@@ -217,7 +217,8 @@ final class Serve {
 
         @Option(names = "--capture", paramLabel = "DIR", order = 13, description = "write the frames each queue pair "
                 + "moves, both directions, to DIR/NAME-qpN.pcapng (Wireshark, tshark; created 0600; the directory is "
-                + "made 0700 if missing); capture=DIR in a --vm, or beside --vm for every VM")
+                + "made 0700 if missing, and refused if another user may change it); capture=DIR in a --vm, or beside "
+                + "--vm for every VM")
         String capture;
 
         @Option(names = "--tap-tx", paramLabel = "HOW", order = 14, description = "how frames go into the TAP: "
@@ -564,9 +565,36 @@ final class Serve {
                 java.nio.file.Files.createDirectories(dir, java.nio.file.attribute.PosixFilePermissions.asFileAttribute(
                         java.nio.file.attribute.PosixFilePermissions.fromString("rwx------")));
             }
+            String unsafe = unsafeCaptureDirectory(dir);
+            if (unsafe != null) {
+                throw new IOException(unsafe);
+            }
             var captures = device.startCapture(dir, o.captureSnaplen(), o.captureMaxBytes());
             LOG.log(Level.INFO, "{0}: capturing {1} queue pair{2} to {3}", vm.name(), captures.size(),
                     captures.size() == 1 ? "" : "s", dir.resolve(vm.name() + "-qp*.pcapng"));
+        }
+
+        /**
+         * Why the capture directory {@code dir} (links followed: the directory the files go into) is not one to
+         * write a VM's traffic into, or null. Its owner, if another user than ours or root, may rename, remove or
+         * replace each capture, and so may everyone when any user may write it without the sticky bit (the files are
+         * 0600 and made with O_EXCL, so nobody reads them or has them written through a link; what is refused is a
+         * capture someone else can swap for another).
+         */
+        static String unsafeCaptureDirectory(Path dir) throws IOException {
+            java.util.Map<String, Object> a = java.nio.file.Files.readAttributes(dir, "unix:uid,mode");
+            int owner = (Integer) a.get("uid");
+            int mode = (Integer) a.get("mode");
+            int me = (Integer) java.nio.file.Files.getAttribute(Path.of("/proc/self"), "unix:uid");
+            if (owner != me && owner != 0) {
+                return dir + " belongs to user " + owner + ", who could replace or remove the captures; use a "
+                        + "directory of mqvirtio's user (" + me + ") or root";
+            }
+            if ((mode & 0002) != 0 && (mode & 01000) == 0) {
+                return dir + " may be written by any user (mode " + Integer.toOctalString(mode & 07777) + "), who "
+                        + "could replace or remove the captures; use a directory only mqvirtio's user can write";
+            }
+            return null;
         }
 
         synchronized List<DeviceStats> snapshot() {

@@ -79,4 +79,39 @@ class ServeCaptureTest {
         assertThat(out.resolve("a-qp0.pcapng")).isRegularFile();
         assertThat(out.resolve("b-qp1.pcapng")).isRegularFile();
     }
+
+    /**
+     * A capture directory that another user may change (world-writable without the sticky bit, or someone else's)
+     * is refused, with why: they could swap or remove the captures. Ours, a group one, or a sticky one (as /tmp) is
+     * used; serve refuses before it listens.
+     */
+    @Test
+    @Timeout(30)
+    void aCaptureDirectoryOthersMayChangeIsRefused() throws Exception {
+        Path open = Files.createDirectory(dir.resolve("open"));
+        Files.setPosixFilePermissions(open, PosixFilePermissions.fromString("rwxrwxrwx"));
+        assertThat(Serve.Running.unsafeCaptureDirectory(open)).contains("may be written by any user (mode 777)");
+        Files.setAttribute(open, "unix:mode", 01777);
+        assertThat(Serve.Running.unsafeCaptureDirectory(open)).isNull();
+        Files.setPosixFilePermissions(open, PosixFilePermissions.fromString("rwxrwx---"));
+        assertThat(Serve.Running.unsafeCaptureDirectory(open)).isNull();
+        Path link = Files.createSymbolicLink(dir.resolve("link"), open); // the directory behind the link counts
+        Files.setPosixFilePermissions(open, PosixFilePermissions.fromString("rwxrwxrwx"));
+        assertThat(Serve.Running.unsafeCaptureDirectory(link)).contains("may be written by any user");
+        if ((Integer) Files.getAttribute(Path.of("/proc/self"), "unix:uid") == 0) {
+            Path theirs = Files.createDirectory(dir.resolve("theirs"));
+            Files.setAttribute(theirs, "unix:uid", 65534);
+            assertThat(Serve.Running.unsafeCaptureDirectory(theirs)).contains("belongs to user 65534");
+        }
+        Launcher.Run r = Launcher.start(dir, "unsafe", Launcher.command("serve", "--socket-path",
+                dir.resolve("r.sock").toString(), "--loopback", "--capture", open.toString()));
+        try (r) {
+            assertThat(r.exit(15_000)).as(r.stderr()).isEqualTo(1);
+        }
+        assertThat(r.stderr()).contains("--capture " + open).contains("may be written by any user");
+        assertThat(dir.resolve("r.sock")).doesNotExist();
+        try (var files = Files.list(open)) {
+            assertThat(files.toList()).isEmpty();
+        }
+    }
 }
