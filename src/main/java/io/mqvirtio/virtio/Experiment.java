@@ -31,16 +31,7 @@ public enum Experiment {
      * A TAP backend whose TX goes through io_uring (TapBackend.TxMethod) writes with one writev(2) per frame while
      * this is on, read by the port once per TX burst: io_uring against writev with paired windows (scenario 5).
      */
-    TAP_WRITEV(false),
-
-    /**
-     * The packed device ring's burst reads a descriptor's len, id and flags with one 64-bit acquire load, not the
-     * flags with a 16-bit one and then len and id with two more.
-     */
-    PACKED_WIDE_LOAD(false),
-
-    /** The split device ring's burst reads a descriptor's len and flags with one 64-bit load, not two. */
-    SPLIT_WIDE_LOAD(false);
+    TAP_WRITEV(false);
 
     private volatile boolean on;
     private final boolean byDefault;

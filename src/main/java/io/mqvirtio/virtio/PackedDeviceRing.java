@@ -414,22 +414,9 @@ public final class PackedDeviceRing implements DeviceRing {
         boolean wrap = startWrap;
         int k = 0;
         boolean other = false;
-        boolean wide = Experiment.PACKED_WIDE_LOAD.on();
         while (k < limit) {
             long a = ring + (long) pos * DESC_SIZE;
-            int flags;
-            int len;
-            int id;
-            if (wide) {
-                long w = (long) U64_VH.getAcquire(ALL, a + DESC_LEN); // len | id << 32 | flags << 48
-                flags = (int) (w >>> 48);
-                len = (int) w;
-                id = (int) (w >>> 32) & 0xffff;
-            } else {
-                flags = Short.toUnsignedInt((short) U16_VH.getAcquire(ALL, a + DESC_FLAGS)); // written last, release
-                len = 0;
-                id = 0;
-            }
+            int flags = Short.toUnsignedInt((short) U16_VH.getAcquire(ALL, a + DESC_FLAGS)); // written last, release
             if (!isAvail(flags, wrap)) {
                 break;
             }
@@ -438,10 +425,8 @@ public final class PackedDeviceRing implements DeviceRing {
                 break;
             }
             long addr = ALL.get(U64, a + DESC_ADDR);
-            if (!wide) {
-                len = ALL.get(U32, a + DESC_LEN);
-                id = Short.toUnsignedInt(ALL.get(U16, a + DESC_ID));
-            }
+            int len = ALL.get(U32, a + DESC_LEN);
+            int id = Short.toUnsignedInt(ALL.get(U16, a + DESC_ID));
             long host = rc.hostAddress(addr, Integer.toUnsignedLong(len));
             if (id >= n || busy[id] || host == 0) {
                 other = true; // pop breaks the ring over it

@@ -34,11 +34,6 @@ public final class PackedRing {
     static final ValueLayout.OfLong U64 = ValueLayout.JAVA_LONG_UNALIGNED.withOrder(ByteOrder.LITTLE_ENDIAN);
     /** Acquire/release access to the flags of a descriptor and the event structures (aligned 16-bit fields). */
     static final VarHandle U16_VH = ValueLayout.JAVA_SHORT.withOrder(ByteOrder.LITTLE_ENDIAN).varHandle();
-    /**
-     * Acquire access to a descriptor's second half, len | id | flags, in one aligned 64-bit load (the descriptor is
-     * 16-byte aligned): one load that sees the flags the driver wrote last sees the len and id it wrote before them.
-     */
-    static final VarHandle U64_VH = ValueLayout.JAVA_LONG.withOrder(ByteOrder.LITTLE_ENDIAN).varHandle();
 
     private PackedRing() {}
 

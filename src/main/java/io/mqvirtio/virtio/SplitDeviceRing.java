@@ -286,7 +286,6 @@ public final class SplitDeviceRing implements DeviceRing {
         int last = lastAvail;
         int k = 0;
         boolean other = false;
-        boolean wide = Experiment.SPLIT_WIDE_LOAD.on();
         while (k < limit) {
             int head = getU16(avail, AVAIL_RING + 2L * (last & mask));
             if (head >= size) {
@@ -294,24 +293,13 @@ public final class SplitDeviceRing implements DeviceRing {
                 break;
             }
             long base = (long) head * DESC_SIZE;
-            int flags;
-            int len;
-            if (wide) {
-                long w = table.get(U64, base + DESC_LEN); // len | flags << 32 | next << 48
-                len = (int) w;
-                flags = (int) (w >>> 32) & 0xffff;
-            } else {
-                flags = Short.toUnsignedInt(table.get(DESC_U16, base + DESC_FLAGS));
-                len = 0;
-            }
+            int flags = Short.toUnsignedInt(table.get(DESC_U16, base + DESC_FLAGS));
             if ((flags & (DESC_F_NEXT | DESC_F_INDIRECT | DESC_F_WRITE)) != want) {
                 other = true;
                 break;
             }
             long addr = table.get(U64, base + DESC_ADDR);
-            if (!wide) {
-                len = table.get(DESC_U32, base + DESC_LEN);
-            }
+            int len = table.get(DESC_U32, base + DESC_LEN);
             long host = regions.hostAddress(addr, Integer.toUnsignedLong(len));
             if (host == 0) {
                 other = true;

@@ -30,23 +30,6 @@ class BurstDifferentialTest {
 
     @Test
     void burstAgreesWithPop() {
-        allSeeds();
-    }
-
-    /** The same held against pop with the bursts' descriptors read by wide loads (experiments). */
-    @Test
-    void wideLoadBurstAgreesWithPop() {
-        Experiment.PACKED_WIDE_LOAD.set(true);
-        Experiment.SPLIT_WIDE_LOAD.set(true);
-        try {
-            allSeeds();
-        } finally {
-            Experiment.PACKED_WIDE_LOAD.reset();
-            Experiment.SPLIT_WIDE_LOAD.reset();
-        }
-    }
-
-    void allSeeds() {
         try (TwoViewMemory mem = new TwoViewMemory(MEM)) {
             MemorySegment dev = mem.deviceMap.segment();
             long uva = mem.driver().address();
