@@ -50,6 +50,23 @@ final class Serve {
     record Vm(Path socket, int fd, int queues, int mtu, String tap, boolean loopback, boolean client, boolean busyPoll,
             int[] cpus, String name, int pollMicros, long maxMemory, Path capture, TapBackend.TxMethod tapTx) {
 
+        /**
+         * The name goes into capture file names (DIR/NAME-qpN.pcapng), log lines and metrics labels: one that names
+         * another directory ('/', "..") or hides in a terminal (control characters) is refused, from --name and from
+         * systemd's FileDescriptorName= alike.
+         */
+        Vm {
+            String why = name == null || name.isEmpty() ? "is empty"
+                    : name.length() > 128 ? "is longer than 128 characters"
+                    : name.equals(".") || name.equals("..") || name.indexOf('/') >= 0 ? "would name a directory in file names"
+                    : name.chars().anyMatch(c -> c < 0x20 || c == 0x7f || (c >= 0x80 && c < 0xa0))
+                            ? "has control characters" : null;
+            if (why != null) {
+                throw new UsageException("the device name " + Json.write(String.valueOf(name)) + " " + why
+                        + " (set one with --name)");
+            }
+        }
+
         /** From the command line's own options (one VM) or from a --vm spec turned into arguments. */
         static Vm from(VmOptions a, boolean busyPollDefault, int pollDefault, long maxMemoryDefault,
                        String captureDefault) {

@@ -50,4 +50,25 @@ class ServeOptionsTest {
                     .hasMessageContaining("is 108 bytes").hasMessageContaining("at most 107");
         }
     }
+
+    /**
+     * A device name goes into the capture files' names (DIR/NAME-qpN.pcapng): one with a '/' or "..", from --name or
+     * a --vm's name=, wrote them outside the capture directory; control characters reached logs and terminals.
+     */
+    @Test
+    void aDeviceNameThatNamesADirectoryOrHidesInATerminalIsRefused() {
+        assertThat(parse("serve", "--socket-path", "/tmp/x.sock", "--loopback", "--name", "vm-1.a@b").vms().getFirst()
+                .name()).isEqualTo("vm-1.a@b");
+        assertThat(parse("serve", "--socket-path", "/tmp/vm7.sock", "--loopback").vms().getFirst().name())
+                .isEqualTo("vm7.sock");
+        for (String[] argv : java.util.List.of(new String[] {"serve", "--socket-path", "/tmp/x.sock", "--loopback",
+                        "--name", "../../etc/cron.d/x"},
+                new String[] {"serve", "--socket-path", "/tmp/x.sock", "--loopback", "--name", ".."},
+                new String[] {"serve", "--vm", "socket-path=/tmp/x.sock,loopback,name=a/b"},
+                new String[] {"serve", "--socket-path", "/tmp/x.sock", "--loopback", "--name", "vm\u001b[2J"},
+                new String[] {"serve", "--socket-path", "/tmp/x.sock", "--loopback", "--name", ""})) {
+            assertThatThrownBy(() -> parse(argv)).as(String.join(" ", argv)).isInstanceOf(UsageException.class)
+                    .hasMessageContaining("the device name");
+        }
+    }
 }
