@@ -483,6 +483,7 @@ final class BoundedHttpServer implements AutoCloseable {
         h.put("Content-Type", r.type());
         h.put("Content-Length", Integer.toString(body.length)); // for HEAD too: what GET would send (RFC 9110 9.3.2)
         h.put("Cache-Control", "no-store");
+        h.put("X-Content-Type-Options", "nosniff"); // a 404 echoes the path a client asked for: text, never HTML
         h.put("Connection", "close"); // one request per connection keeps its whole life under the bounds above
         h.putAll(r.headers());
         StringBuilder b = new StringBuilder(256).append("HTTP/1.1 ").append(r.status()).append(' ')

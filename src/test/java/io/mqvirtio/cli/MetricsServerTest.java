@@ -121,6 +121,9 @@ class MetricsServerTest {
             assertThat(d).isEqualTo(DeviceStats.of(dev, "/run/vm0.sock", "loopback", true));
 
             assertThat(Launcher.get("127.0.0.1", port, "/nope").status()).isEqualTo(404);
+            // the 404 echoes the path asked for: a browser must not read it as HTML
+            assertThat(new String(BoundedHttpServer.render(BoundedHttpServer.Response.text(404, "not found: /<b>\n"),
+                    true), java.nio.charset.StandardCharsets.ISO_8859_1)).contains("X-Content-Type-Options: nosniff\r\n");
             assertThat(Launcher.get("127.0.0.1", port, "/").body()).contains("/metrics").contains("/stats");
 
             // mqvirtio stats against it: the table, then rates
