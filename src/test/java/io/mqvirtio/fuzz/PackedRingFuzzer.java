@@ -335,14 +335,12 @@ public final class PackedRingFuzzer {
     }
 
     /**
-     * Where the ring resumes, by the rule of design.md: the frontend's base when the USED bits at it and before it
-     * agree with it; else the first position whose USED bit differs from position 0's, with position 0's bit as the
-     * wrap counter (0 and the opposite of every bit when all agree). The used position is the avail one.
+     * Where the ring resumes, by the rule of design.md: the frontend's base when the ring reads as a clean stop there
+     * ({@link #readsAsCleanStop}); else the first position whose USED bit differs from position 0's, with position 0's
+     * bit as the wrap counter (0 and the opposite of every bit when all agree). The used position is the avail one.
      */
     private static void resume(int base, boolean wrap) {
-        boolean atBase = used(base);
-        boolean before = used(base == 0 ? size - 1 : base - 1);
-        if (atBase != wrap && before == (base == 0 ? !wrap : wrap)) {
+        if (readsAsCleanStop(base, wrap)) {
             refPos = base;
             refWrap = wrap;
         } else {
@@ -360,6 +358,53 @@ public final class PackedRingFuzzer {
         seenTotal = 0;
         refUsed = refPos;
         refUsedWrap = refWrap;
+    }
+
+    /**
+     * A clean stop at {@code base}, as a pattern: the slots read back from it over one ring, each in the lap the
+     * device last consumed it in, classed U (a used descriptor of that lap), T / M (a descriptor the driver made
+     * available in that lap, without / with NEXT), P (one made available for the next lap) or X, must be chains, U
+     * alone or T M* U (a chain's rest read back to its used descriptor), then either the rest of one chain that began
+     * before the slots read (shorter than the ring) or P*.
+     */
+    static boolean readsAsCleanStop(int base, boolean wrap) {
+        StringBuilder s = new StringBuilder(size);
+        int p = base;
+        boolean w = wrap;
+        for (int k = 0; k < size; k++) {
+            if (p == 0) {
+                p = size;
+                w = !w;
+            }
+            p--;
+            int f = flagsAt(p);
+            s.append((f & (F_AVAIL | F_USED)) == (w ? F_AVAIL | F_USED : 0) ? 'U'
+                    : isAvail(f, w) ? ((f & F_NEXT) != 0 ? 'M' : 'T')
+                    : isAvail(f, !w) ? 'P' : 'X');
+        }
+        // read as the pattern (U|TM*U)*(TM*|P*), in pieces (a regex's recursion overflows on long rings)
+        String read = s.toString();
+        int end = read.length();
+        while (end > 0 && read.charAt(end - 1) == 'P') {
+            end--;
+        }
+        String body = read.substring(0, end);
+        int lastUsed = body.lastIndexOf('U');
+        String open = body.substring(lastUsed + 1);
+        if (!open.isEmpty() && (end < read.length() || !chainRest(open) || open.length() >= size)) {
+            return false;
+        }
+        for (String piece : body.substring(0, lastUsed + 1).split("U", -1)) {
+            if (!piece.isEmpty() && !chainRest(piece)) {
+                return false;
+            }
+        }
+        return true;
+    }
+
+    /** T M*: a chain's last descriptor, then those before it, read back. */
+    private static boolean chainRest(String x) {
+        return x.charAt(0) == 'T' && x.chars().skip(1).allMatch(c -> c == 'M');
     }
 
     private static boolean used(int pos) {
