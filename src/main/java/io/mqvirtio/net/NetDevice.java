@@ -104,13 +104,16 @@ public final class NetDevice implements VhostUserDevice, AutoCloseable {
         this.workers = new QueuePairWorker[config.pairs()];
         this.ringLogged = new AtomicIntegerArray(2 * config.pairs());
         List<Port> opened = new ArrayList<>();
+        // One allowance for what all of this device's workers log about its rings: this VM's frontend may break them
+        // in a loop, and the log is every VM's.
+        io.mqvirtio.vhostuser.WarningLimit warnings = new io.mqvirtio.vhostuser.WarningLimit(config.name());
         try {
             for (int i = 0; i < workers.length; i++) {
                 Port p = backend.open(i);
                 opened.add(p);
                 int cpu = config.cpus().length == 0 ? -1 : config.cpus()[i % config.cpus().length];
                 workers[i] = new QueuePairWorker(config.name(), i, p, config.busyPoll(), config.pollMicros() * 1000L, cpu,
-                        commandTimeoutNanos);
+                        commandTimeoutNanos, warnings);
             }
         } catch (RuntimeException e) {
             opened.forEach(Port::close);

@@ -7,6 +7,7 @@ import io.mqvirtio.linux.Epoll;
 import io.mqvirtio.linux.ErrnoException;
 import io.mqvirtio.linux.EventFd;
 import io.mqvirtio.linux.IoVec;
+import io.mqvirtio.vhostuser.WarningLimit;
 import io.mqvirtio.virtio.ChainBurst;
 import io.mqvirtio.virtio.DescriptorChain;
 import io.mqvirtio.virtio.DeviceRing;
@@ -78,6 +79,12 @@ final class QueuePairWorker implements WorkerHandler {
     final QueueCounters rxCounters = new QueueCounters();
     final QueueCounters txCounters = new QueueCounters();
     private final String name;
+    /**
+     * The device's allowance for what its workers log about the rings (shared by its pairs, one per VM): a frontend
+     * can break a ring, restart it (a new kick fd) and have it broken again in a loop, a line each time, into the log
+     * every VM shares.
+     */
+    private final WarningLimit warnings;
 
     // ---- state below is owned by the worker thread ----
     private DeviceRing rx;
@@ -128,11 +135,13 @@ final class QueuePairWorker implements WorkerHandler {
     private boolean portErrorLogged;
 
     QueuePairWorker(String name, int pair, Port port, boolean busyPoll, long pollNanos, int cpu) {
-        this(name, pair, port, busyPoll, pollNanos, cpu, COMMAND_TIMEOUT_NANOS);
+        this(name, pair, port, busyPoll, pollNanos, cpu, COMMAND_TIMEOUT_NANOS, new WarningLimit(name));
     }
 
-    QueuePairWorker(String name, int pair, Port port, boolean busyPoll, long pollNanos, int cpu, long commandTimeoutNanos) {
+    QueuePairWorker(String name, int pair, Port port, boolean busyPoll, long pollNanos, int cpu, long commandTimeoutNanos,
+                    WarningLimit warnings) {
         this.name = name;
+        this.warnings = warnings;
         this.pair = pair;
         this.port = port;
         this.readsFrames = port.readsFrames();
@@ -1064,7 +1073,7 @@ final class QueuePairWorker implements WorkerHandler {
                     }
                 }
             } catch (RuntimeException | InternalError e) { // a ring the driver broke: the frame is dropped
-                LOG.log(Level.WARNING, "{0} qp{1} RX: parked frame not delivered at stop: {2}", name, pair, e.getMessage());
+                warnings.warn(LOG, "{0} qp{1} RX: parked frame not delivered at stop: {2}", name, pair, e.getMessage());
             }
         }
         pendingLen = 0;
@@ -1124,7 +1133,7 @@ final class QueuePairWorker implements WorkerHandler {
         if (isRx ? rxBroken : txBroken) {
             return;
         }
-        LOG.log(Level.WARNING, "{0} qp{1} {2}: ring broken, stopped: {3}", name, pair, isRx ? "RX" : "TX", e.getMessage());
+        warnings.warn(LOG, "{0} qp{1} {2}: ring broken, stopped: {3}", name, pair, isRx ? "RX" : "TX", e.getMessage());
         if (isRx) {
             rxCounters.add(QueueCounters.ERRORS, 1);
             loop.unregister(rxKick.fd());

@@ -14,8 +14,11 @@ import java.util.function.LongSupplier;
  * <p>The same bound, at INFO and with its own allowance ({@link #notices}), holds the lines a frontend's ordinary
  * requests log (connected, features, memory table, ring started, enabled, stopped, MTU, RARP, reset, closed): each of
  * those requests can be sent in a loop, or the connection remade in one, and the log is every VM's.
+ *
+ * <p>A device has one of its own for what its workers log about the rings (a ring broken, a parked frame lost):
+ * a frontend can break a ring, restart it and break it again in a loop, one line each time.
  */
-final class WarningLimit {
+public final class WarningLimit {
     /** Warnings logged in full per window; the rest are counted. */
     static final int BURST = 100;
     static final long WINDOW_NANOS = 60_000_000_000L;
@@ -37,7 +40,8 @@ final class WarningLimit {
     private long inWindow;   // warnings in this window, logged or not
     private long total;
 
-    WarningLimit(String source) {
+    /** {@link #BURST} warnings a minute about what the frontend (or its guest) of {@code source} did. */
+    public WarningLimit(String source) {
         this(source, BURST, WINDOW_NANOS, System::nanoTime);
     }
 
@@ -65,7 +69,7 @@ final class WarningLimit {
     }
 
     /** Logs {@code format} with {@code args} (at WARNING, or INFO for notices) if the allowance has room; counts it otherwise. */
-    synchronized void warn(Logger log, String format, Object... args) {
+    public synchronized void warn(Logger log, String format, Object... args) {
         long now = clock.getAsLong();
         total++;
         if (now - windowStart >= windowNanos) {
@@ -86,7 +90,8 @@ final class WarningLimit {
         }
     }
 
-    synchronized long total() {
+    /** Warnings asked for so far, logged or not. */
+    public synchronized long total() {
         return total;
     }
 

@@ -4,6 +4,7 @@ import static io.mqvirtio.vhostuser.BackendHarness.BASIC_PF;
 import static io.mqvirtio.vhostuser.RawPeer.NEED_REPLY;
 import static io.mqvirtio.vhostuser.RawPeer.V1;
 import static io.mqvirtio.vhostuser.RawPeer.frame;
+import static io.mqvirtio.vhostuser.RawPeer.state;
 import static io.mqvirtio.vhostuser.RawPeer.u64;
 import static org.assertj.core.api.Assertions.assertThat;
 
@@ -174,6 +175,46 @@ class FloodAndStallTest {
                     5 * rounds).isBetween(allowance, allowance + 20);
             assertThat(lines).anyMatch(l -> l.contains("the last notice about this frontend logged for up to 60 s"));
             assertThat(lines).noneMatch(l -> l.startsWith("WARNING"));
+        }
+        BackendHarness.assertServesFully(a, sockA, devA); // the other socket goes on
+    }
+
+    /**
+     * A ring whose avail index its frontend keeps out of reach, restarted in a loop (a new kick fd starts it again):
+     * each start broke it once more, and each break was a WARNING from the worker outside any allowance, one line per
+     * request, in the log every VM shares (a journal's rate limit per service then drops the other VMs' lines too).
+     * The device's own allowance now holds them: every break is counted, a window's first ones are logged.
+     */
+    @Test
+    void aRingBrokenAgainAndAgainIsLoggedInPart() throws Exception {
+        Path sock = dir.resolve("r.sock");
+        final int restarts = 3 * WarningLimit.BURST;
+        try (LogCapture log = new LogCapture("io.mqvirtio", java.util.logging.Level.WARNING).quiet();
+             io.mqvirtio.net.NetDevice dev = new io.mqvirtio.net.NetDevice(io.mqvirtio.net.NetDevice.Config.of("r", 1),
+                     new io.mqvirtio.backend.LoopbackBackend(1, 1500));
+             VhostUserServer server = VhostUserServer.listen(sock, dev);
+             RawPeer fe = RawPeer.connect(sock); GuestRam ram = new GuestRam();
+             EventFd kick = EventFd.create(); EventFd call = EventFd.create()) {
+            BackendHarness.negotiate(fe, BASIC_PF);
+            fe.ok(Request.SET_MEM_TABLE, ram.memTable(), ram.fd());
+            GuestRam.RingAt tx = ram.ring(1, BackendHarness.RING);
+            // an avail index 1000 ahead of the used one: more than the ring holds, so the ring breaks when read
+            ram.seg().set(java.lang.foreign.ValueLayout.JAVA_SHORT, tx.availOff() + io.mqvirtio.virtio.SplitRing.AVAIL_IDX,
+                    (short) 1000);
+            BackendHarness.setupRing(fe, ram, 1, kick, call);
+            fe.ok(Request.SET_VRING_ENABLE, state(1, 1));
+            awaitTrue(() -> dev.counters().get(1).errors() == 1, 5000);
+            for (int i = 0; i < restarts; i++) {
+                fe.ok(Request.SET_VRING_KICK, u64(1), kick.fd()); // stops the ring and starts it again
+                kick.signal();
+                long broken = i + 2;
+                awaitTrue(() -> dev.counters().get(1).errors() == broken, 5000);
+            }
+            assertThat(fe.get(Request.GET_QUEUE_NUM)).isEqualTo(1);
+            awaitTrue(() -> dev.counters().get(1).errors() == restarts + 1, 5000);
+            assertThat(log.lines().stream().filter(l -> l.contains("ring broken")).count())
+                    .as("lines logged for %d breaks of one ring", restarts + 1)
+                    .isLessThanOrEqualTo(WarningLimit.BURST);
         }
         BackendHarness.assertServesFully(a, sockA, devA); // the other socket goes on
     }
@@ -352,7 +393,7 @@ class FloodAndStallTest {
         long deadline = System.nanoTime() + ms * 1_000_000L;
         while (!c.getAsBoolean()) {
             assertThat(System.nanoTime()).as("condition within %d ms", ms).isLessThan(deadline);
-            Thread.sleep(20);
+            Thread.sleep(1);
         }
     }
 
