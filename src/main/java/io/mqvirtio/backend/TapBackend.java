@@ -325,7 +325,10 @@ public final class TapBackend implements PacketBackend {
                     q.detach();
                 }
                 attached = active;
-                LOG.log(Level.INFO, "tap {0}: queue {1} {2}", name, pair, active ? "attached" : "detached");
+                // DEBUG: a frontend disables and enables its rings as often as it likes, each time detaching and
+                // attaching this queue; the session notes each of those requests within its socket's allowance, and
+                // the log is every VM's
+                LOG.log(Level.DEBUG, "tap {0}: queue {1} {2}", name, pair, active ? "attached" : "detached");
             }
 
             @Override

@@ -93,4 +93,35 @@ class TapFaultTest {
             }
         }
     }
+
+    /**
+     * A frontend that disables and enables its rings in a loop detaches and attaches the pair's TAP queue each time.
+     * Each of those was an INFO line of the TAP backend's own, outside the socket's allowance for a frontend's
+     * ordinary lines (whose "ring enabled" and "disabled" notes say the same): one line per request, into the log
+     * every VM shares. Now the session's notes are all that reaches INFO, within the allowance.
+     */
+    @org.junit.jupiter.api.Test
+    void aQueueDetachedAndAttachedInALoopLogsWithinTheAllowance() throws Exception {
+        String tap = "mqvf" + Integer.toHexString(ThreadLocalRandom.current().nextInt(0x10000));
+        int rounds = 100; // each detach waits for an RCU grace period in the kernel: some ms
+        int allowance = 1000 + 8 * 2; // WarningLimit.NOTICES + NOTICES_PER_RING per ring of one pair
+        try (TestNetns ns = TestNetns.create()) {
+            TapBackend backend = ns.inside(() -> TapBackend.open(tap, 1, TapBackend.TxMethod.WRITEV));
+            try (io.mqvirtio.vhostuser.LogCapture log = new io.mqvirtio.vhostuser.LogCapture("io.mqvirtio",
+                         java.util.logging.Level.INFO).quiet();
+                 NetDevice dev = new NetDevice(NetDevice.Config.of("toggle", 1), backend);
+                 VhostUserServer server = VhostUserServer.listen(dir.resolve("e.sock"), dev);
+                 EvilDriver d = new EvilDriver(server.path(), 1, 64, FEATURES, 1 << 20)) {
+                for (int i = 0; i < rounds; i++) {
+                    for (boolean on : new boolean[] {false, true}) {
+                        d.fe.setVringEnable(0, on);
+                        d.fe.setVringEnable(1, on); // both off detaches the queue, either on attaches it
+                    }
+                }
+                // the session's note of each request (within its allowance), the set-up's lines, nothing more
+                assertThat(log.lines().size()).as("lines logged for %d requests that detach or attach the queue",
+                        4 * rounds).isLessThanOrEqualTo(Math.min(4 * rounds, allowance) + 20);
+            }
+        }
+    }
 }

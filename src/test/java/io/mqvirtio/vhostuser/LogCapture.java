@@ -11,18 +11,18 @@ import java.util.logging.Logger;
  * Collects what the vhost-user package logs at WARNING and above (System.Logger goes to java.util.logging here),
  * with the message's parameters filled in; or what another logger's tree logs at another level and above.
  */
-final class LogCapture extends Handler implements AutoCloseable {
+public final class LogCapture extends Handler implements AutoCloseable {
     private static final String PACKAGE = "io.mqvirtio.vhostuser";
     private final Logger logger;
     private final Level min;
     private final Level loggerLevel;
     private final List<String> lines = new ArrayList<>();
 
-    LogCapture() {
+    public LogCapture() {
         this(PACKAGE, Level.WARNING);
     }
 
-    LogCapture(String loggerName, Level min) {
+    public LogCapture(String loggerName, Level min) {
         this.logger = Logger.getLogger(loggerName);
         this.min = min;
         setLevel(min);
@@ -49,16 +49,16 @@ final class LogCapture extends Handler implements AutoCloseable {
     }
 
     /** Keeps the package's records off the console while this capture is open (for tests that log thousands). */
-    LogCapture quiet() {
+    public LogCapture quiet() {
         logger.setUseParentHandlers(false);
         return this;
     }
 
-    synchronized List<String> lines() {
+    public synchronized List<String> lines() {
         return List.copyOf(lines);
     }
 
-    synchronized void clear() {
+    public synchronized void clear() {
         lines.clear();
     }
 
