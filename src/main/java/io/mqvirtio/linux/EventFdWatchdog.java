@@ -31,6 +31,7 @@ final class EventFdWatchdog {
         volatile boolean released;  // the watchdog drained a counter this thread was stuck on
         EventFd seen;               // the watchdog's own notes (its thread only)
         int seenSeq;
+        long releases;              // writes of this thread released so far (the watchdog's thread only)
 
         Slot(Thread t) {
             owner = new WeakReference<>(t);
@@ -80,8 +81,12 @@ final class EventFdWatchdog {
                 if (e.isFull()) {
                     s.released = true;
                     e.drain();
-                    LOG.log(Level.WARNING, "{0}: released a write to an eventfd that its peer filled to the limit with "
-                            + "O_NONBLOCK cleared", s.name);
+                    // A thread's first release is a WARNING, later ones DEBUG: a frontend can fill its eventfd again
+                    // after each release, ten times a second, and the log is every VM's (the writer learns of each
+                    // release from signal(), and a worker then breaks the ring, within its device's allowance)
+                    LOG.log(++s.releases == 1 ? Level.WARNING : Level.DEBUG, "{0}: released a write to an eventfd that "
+                            + "its peer filled to the limit with O_NONBLOCK cleared{1}", s.name, s.releases == 1
+                            ? " (further releases on this thread are logged at DEBUG)" : " (" + s.releases + " so far)");
                 }
             } catch (RuntimeException closed) {
                 // closed meanwhile: that write is over
