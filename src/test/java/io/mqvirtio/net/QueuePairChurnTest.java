@@ -1,0 +1,101 @@
+package io.mqvirtio.net;
+
+import static org.assertj.core.api.Assertions.assertThat;
+
+import io.mqvirtio.backend.TapBackend;
+import io.mqvirtio.linux.TestNetns;
+import io.mqvirtio.vhostuser.VhostUserServer;
+import io.mqvirtio.virtio.VirtioFeatures;
+import java.nio.file.Path;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.concurrent.ThreadLocalRandom;
+import java.util.logging.Handler;
+import java.util.logging.Level;
+import java.util.logging.LogRecord;
+import java.util.logging.Logger;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.Timeout;
+import org.junit.jupiter.api.io.TempDir;
+
+/**
+ * A guest that changes its queue pairs in a loop ({@code ethtool -L}; QEMU turns each change into SET_VRING_ENABLE on
+ * both rings of every pair it touches), against a real TAP: every change of a pair attaches or detaches its queue.
+ */
+@Timeout(30)
+class QueuePairChurnTest {
+    static final long FEATURES = VirtioFeatures.bit(VirtioFeatures.F_VERSION_1) | VirtioFeatures.bit(VirtioNet.F_MQ);
+
+    @TempDir
+    Path dir;
+
+    /**
+     * Each attach and detach used to log a line at INFO of its own, outside the frontend's allowance for such lines
+     * (which the session's "ring N enabled" lines keep to): 2 lines per change, 400 here, as many as the guest liked.
+     * The kernel's queues follow the last change.
+     */
+    @Test
+    void aGuestTogglingAPairFloodsNoLog() throws Exception {
+        String tap = "mqvc" + Integer.toHexString(ThreadLocalRandom.current().nextInt(0x10000));
+        try (TestNetns ns = TestNetns.create(); Captured log = new Captured("io.mqvirtio.backend")) {
+            TapBackend backend = ns.inside(() -> TapBackend.open(tap, 2, TapBackend.TxMethod.WRITEV));
+            ns.ip("link", "set", tap, "up");
+            try (NetDevice dev = new NetDevice(NetDevice.Config.of("churn", 2), backend);
+                 VhostUserServer server = VhostUserServer.listen(dir.resolve("c.sock"), dev);
+                 EvilDriver d = new EvilDriver(server.path(), 2, 64, FEATURES, 1 << 20)) {
+                assertThat(attachedQueues(ns, tap)).isEqualTo(2);
+                int before = log.lines().size();
+                for (int i = 0; i < 200; i++) {
+                    d.fe.setVringEnable(2, false);
+                    d.fe.setVringEnable(3, false); // pair 1 off: its queue detached
+                    d.fe.setVringEnable(2, true); // on again: attached
+                    d.fe.setVringEnable(3, true);
+                }
+                assertThat(log.lines().subList(before, log.lines().size())).as("lines logged for 400 changes of a pair")
+                        .isEmpty();
+                assertThat(attachedQueues(ns, tap)).isEqualTo(2);
+                d.fe.setVringEnable(2, false);
+                d.fe.setVringEnable(3, false);
+                assertThat(attachedQueues(ns, tap)).as("pair 1 disabled: its queue detached").isEqualTo(1);
+            }
+        }
+    }
+
+    /** The queues the kernel steers to (each attached queue is an rx-N in sysfs). */
+    static int attachedQueues(TestNetns ns, String tap) throws Exception {
+        return (int) ns.exec("ls", "/sys/class/net/" + tap + "/queues").lines().filter(l -> l.startsWith("rx-")).count();
+    }
+
+    /** What a logger's tree logs at INFO and above, kept off the console while open. */
+    static final class Captured extends Handler implements AutoCloseable {
+        private final Logger logger;
+        private final List<String> lines = new ArrayList<>();
+
+        Captured(String name) {
+            logger = Logger.getLogger(name);
+            logger.setUseParentHandlers(false);
+            logger.addHandler(this);
+        }
+
+        @Override
+        public synchronized void publish(LogRecord r) {
+            if (r.getLevel().intValue() >= Level.INFO.intValue()) {
+                Object[] p = r.getParameters();
+                lines.add(p == null ? r.getMessage() : java.text.MessageFormat.format(r.getMessage(), p));
+            }
+        }
+
+        synchronized List<String> lines() {
+            return List.copyOf(lines);
+        }
+
+        @Override
+        public void flush() {}
+
+        @Override
+        public void close() {
+            logger.removeHandler(this);
+            logger.setUseParentHandlers(true);
+        }
+    }
+}
