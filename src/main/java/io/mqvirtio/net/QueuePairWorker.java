@@ -380,12 +380,25 @@ final class QueuePairWorker implements WorkerHandler {
             portReadable = true;
             try {
                 port.setActive(active);
+                // only an attach that worked says the TAP is back: a detach of a queue that never attached does nothing
+                portStateFailing &= !active;
             } catch (RuntimeException e) {
-                // e.g. a TAP deleted under us: the rings stay as they are; frames to it are dropped and counted
-                portError(!active, e);
+                // e.g. a TAP deleted under us (TUNSETQUEUE answers EINVAL for good): the rings stay as they are;
+                // frames to it are dropped and counted. Counted and logged once until a change succeeds again, not
+                // once per change: a guest toggling its pairs would count a frame error for each, and the log said
+                // "frame dropped" with a hint about runt frames.
+                if (!portStateFailing) {
+                    portStateFailing = true;
+                    (active ? txCounters : rxCounters).add(QueueCounters.ERRORS, 1);
+                    LOG.log(Level.WARNING, "{0}: cannot {1} the port''s queue (is the TAP device gone?); the rings go on: {2}",
+                            workerName(), active ? "attach" : "detach", e.getMessage());
+                }
             }
         }
     }
+
+    /** The port refused a change of {@link #updatePortActive} and has attached nothing since (counted and logged once). */
+    private boolean portStateFailing;
 
     /**
      * The port failed (a TAP that is down answers EIO, a runt frame or a bad header EINVAL, a deleted TAP EBADFD):

@@ -61,6 +61,39 @@ class QueuePairChurnTest {
         }
     }
 
+    /**
+     * The TAP deleted while a pair is disabled: attaching its queue fails for good (EINVAL). A guest toggling the
+     * pair then had each attempt counted as a TX frame error and logged as "port error, frame dropped" with a hint
+     * about runt frames; now it is one error and one line saying what failed, and the pair's rings go on.
+     */
+    @Test
+    void aDeletedTapCostsOneErrorNotOnePerToggle() throws Exception {
+        String tap = "mqvc" + Integer.toHexString(ThreadLocalRandom.current().nextInt(0x10000));
+        try (TestNetns ns = TestNetns.create(); Captured log = new Captured("io.mqvirtio.net")) {
+            TapBackend backend = ns.inside(() -> TapBackend.open(tap, 2, TapBackend.TxMethod.WRITEV));
+            try (NetDevice dev = new NetDevice(NetDevice.Config.of("gone", 2), backend);
+                 VhostUserServer server = VhostUserServer.listen(dir.resolve("g.sock"), dev);
+                 EvilDriver d = new EvilDriver(server.path(), 2, 64, FEATURES, 1 << 20)) {
+                d.fe.setVringEnable(2, false);
+                d.fe.setVringEnable(3, false);
+                ns.ip("link", "del", tap);
+                int before = log.lines().size();
+                for (int i = 0; i < 50; i++) {
+                    d.fe.setVringEnable(2, true);
+                    d.fe.setVringEnable(3, true);
+                    d.fe.setVringEnable(2, false);
+                    d.fe.setVringEnable(3, false);
+                }
+                long errors = dev.counters().get(2).errors() + dev.counters().get(3).errors();
+                assertThat(errors).as("errors counted for 50 enables of a pair whose TAP is gone").isEqualTo(1);
+                List<String> lines = log.lines().subList(before, log.lines().size());
+                assertThat(lines).hasSize(1);
+                assertThat(lines.get(0)).contains("cannot attach").doesNotContain("frame dropped");
+                assertThat(d.rx(1).err.drain() + d.tx(1).err.drain()).as("no ring broke").isZero();
+            }
+        }
+    }
+
     /** The queues the kernel steers to (each attached queue is an rx-N in sysfs). */
     static int attachedQueues(TestNetns ns, String tap) throws Exception {
         return (int) ns.exec("ls", "/sys/class/net/" + tap + "/queues").lines().filter(l -> l.startsWith("rx-")).count();
