@@ -48,7 +48,8 @@ final class Serve {
      * {@code socket} only names it, "fd:N" or systemd's name for it), its queue pairs and its backend.
      */
     record Vm(Path socket, int fd, int queues, int mtu, String tap, boolean loopback, boolean client, boolean busyPoll,
-            int[] cpus, String name, int pollMicros, long maxMemory, Path capture, TapBackend.TxMethod tapTx) {
+            int[] cpus, String name, int pollMicros, long maxMemory, Path capture, TapBackend.TxMethod tapTx,
+            String socketGroup) {
 
         /**
          * The name goes into capture file names (DIR/NAME-qpN.pcapng), log lines and metrics labels: one that names
@@ -69,7 +70,7 @@ final class Serve {
 
         /** From the command line's own options (one VM) or from a --vm spec turned into arguments. */
         static Vm from(VmOptions a, boolean busyPollDefault, int pollDefault, long maxMemoryDefault,
-                       String captureDefault) {
+                       String captureDefault, String groupDefault) {
             String socket = a.socketPath;
             int fd = a.fd == null ? NO_FD : Check.range("--fd", a.fd, 0, Integer.MAX_VALUE);
             if (socket != null && socket.isEmpty()) {
@@ -120,11 +121,15 @@ final class Serve {
                 throw new UsageException("--capture needs a directory");
             }
             TapBackend.TxMethod tapTx = tapTx(a.tapTx);
+            String group = a.socketGroup != null ? a.socketGroup : groupDefault;
+            if (group != null && group.isBlank()) {
+                throw new UsageException("--socket-group needs a group name");
+            }
             if (a.tapTx != null && tap == null) {
                 throw new UsageException("--tap-tx goes with --tap");
             }
             return new Vm(path, fd, queues, mtu, tap, loopback, a.client, busyPollDefault || a.busyPoll, cpus, name, poll,
-                    maxMemory, capture, tapTx);
+                    maxMemory, capture, tapTx, group);
         }
 
         static TapBackend.TxMethod tapTx(String s) {
@@ -143,14 +148,15 @@ final class Serve {
         Vm onPassed(Systemd.Passed p) {
             String n = name.equals(SYSTEMD_NAME) ? p.name() : name;
             return new Vm(Path.of(p.name()), p.fd(), queues, mtu, tap, loopback, client, busyPoll, cpus, n, pollMicros,
-                    maxMemory, capture, tapTx);
+                    maxMemory, capture, tapTx, socketGroup);
         }
 
         /**
          * A --vm spec, {@code socket-path=P,queues=N,tap=T} or {@code ...,loopback,client}: the same keys as the
          * single-VM options, separated by commas (cpus are separated by colons inside it: cpus=0:1).
          */
-        static Vm parseSpec(String spec, boolean busyPoll, int pollDefault, long maxMemoryDefault, String captureDefault) {
+        static Vm parseSpec(String spec, boolean busyPoll, int pollDefault, long maxMemoryDefault, String captureDefault,
+                            String groupDefault) {
             List<String> argv = new ArrayList<>();
             for (String part : spec.split(",")) {
                 if (part.isBlank()) {
@@ -168,7 +174,7 @@ final class Serve {
             cl.setOverwrittenOptionsAllowed(true);
             try {
                 cl.parseArgs(argv.toArray(new String[0]));
-                return from(parsed.options, busyPoll, pollDefault, maxMemoryDefault, captureDefault);
+                return from(parsed.options, busyPoll, pollDefault, maxMemoryDefault, captureDefault, groupDefault);
             } catch (picocli.CommandLine.UnmatchedArgumentException e) {
                 List<String> keys = cl.getCommandSpec().options().stream().map(o -> o.longestName().substring(2)).toList();
                 throw new UsageException("--vm " + spec + ": unknown key '" + e.getUnmatched().get(0).replaceFirst("^--", "")
@@ -243,6 +249,12 @@ final class Serve {
                 + "system call per frame), or auto (the default: io_uring if a TAP write through it completes inline "
                 + "here, else writev; the log says which, and the metrics per queue: mqvirtio_queue_io_info)")
         String tapTx;
+
+        @Option(names = "--socket-group", paramLabel = "G", order = 15, description = "the listened socket belongs to "
+                + "group G and its members may connect (0660); without it only the owner may (0600). socket-group=G in a "
+                + "--vm gives that VM's socket its own group (its QEMU's user's, say), so that another VM's QEMU cannot "
+                + "take it; beside --vm, every VM's default")
+        String socketGroup;
     }
 
     /** One {@code --vm} spec's keys, parsed as options by {@link VmOptions}' definitions. */
@@ -282,8 +294,7 @@ final class Serve {
 
     /** The command line, checked before anything is opened. */
     record Options(List<Vm> vms, double statsEvery, InetSocketAddress metrics, boolean metricsRemote, boolean debug,
-            int captureSnaplen, long captureMaxBytes, String socketGroup,
-            long maxTotalMemory) {
+            int captureSnaplen, long captureMaxBytes, long maxTotalMemory) {
 
         static Options parse(Command a) {
             List<Vm> vms = new ArrayList<>();
@@ -292,7 +303,7 @@ final class Serve {
             long maxTotal = a.maxTotalMemory == null ? Math.max(defaults.total(), maxMemory)
                     : size("max-total-memory", a.maxTotalMemory);
             if (a.vms.isEmpty()) {
-                vms.add(Vm.from(a.vm, false, 0, maxMemory, null));
+                vms.add(Vm.from(a.vm, false, 0, maxMemory, null, null));
             } else {
                 for (String o : VM_OPTIONS) {
                     if (a.spec.commandLine().getParseResult().hasMatchedOption(o)) {
@@ -301,8 +312,9 @@ final class Serve {
                 }
                 int poll = a.vm.pollMicros == null ? 0 : Check.range("--poll-us", a.vm.pollMicros, 0, 1_000_000);
                 for (String spec : a.vms) {
-                    // busy-poll, poll-us, max-memory and capture given beside the specs are every VM's defaults
-                    vms.add(Vm.parseSpec(spec, a.vm.busyPoll, poll, maxMemory, a.vm.capture));
+                    // busy-poll, poll-us, max-memory, capture and socket-group given beside the specs are every VM's
+                    // defaults
+                    vms.add(Vm.parseSpec(spec, a.vm.busyPoll, poll, maxMemory, a.vm.capture, a.vm.socketGroup));
                 }
             }
             List<Systemd.Passed> passed = new ArrayList<>(Systemd.listenFds(System.getenv(), ProcessHandle.current().pid()));
@@ -343,13 +355,9 @@ final class Serve {
             }
             InetSocketAddress metrics = a.metrics == null ? null : a.metricsRemote
                     ? MetricsServer.address("metrics", a.metrics) : MetricsServer.loopback("metrics", a.metrics);
-            String group = a.socketGroup;
-            if (group != null && group.isBlank()) {
-                throw new UsageException("--socket-group needs a group name");
-            }
             int snaplen = Check.range("--capture-snaplen", a.captureSnaplen, 64, io.mqvirtio.capture.QueueCapture.DEFAULT_SNAPLEN);
             long captureMax = size("capture-max-size", a.captureMaxSize);
-            return new Options(List.copyOf(vms), statsEvery, metrics, a.metricsRemote, a.debug, snaplen, captureMax, group,
+            return new Options(List.copyOf(vms), statsEvery, metrics, a.metricsRemote, a.debug, snaplen, captureMax,
                     maxTotal);
         }
     }
@@ -379,10 +387,6 @@ final class Serve {
         @Option(names = "--max-total-memory", paramLabel = "SIZE", order = 21, description = "the most all VMs of this "
                 + "serve may share together; default: four times the host's memory")
         String maxTotalMemory;
-
-        @Option(names = "--socket-group", paramLabel = "G", order = 22, description = "listened sockets belong to group "
-                + "G and its members may connect (0660); without it only the owner may (0600)")
-        String socketGroup;
 
         @Option(names = "--stats-interval", paramLabel = "S", order = 23, defaultValue = "0",
                 description = "print per-queue counters every S seconds")
@@ -485,12 +489,11 @@ final class Serve {
         }
 
         void start(Options o) throws IOException {
-            if (o.socketGroup() != null) {
+            for (String g : o.vms().stream().map(Vm::socketGroup).filter(java.util.Objects::nonNull).distinct().toList()) {
                 try {
-                    java.nio.file.FileSystems.getDefault().getUserPrincipalLookupService()
-                            .lookupPrincipalByGroupName(o.socketGroup());
+                    java.nio.file.FileSystems.getDefault().getUserPrincipalLookupService().lookupPrincipalByGroupName(g);
                 } catch (IOException e) {
-                    throw new IOException("--socket-group: no group named " + o.socketGroup(), e);
+                    throw new IOException("--socket-group: no group named " + g, e);
                 }
             }
             // One budget for the whole process: the VMs' limits differ, their total is shared.
@@ -523,7 +526,7 @@ final class Serve {
         }
 
         private void startVm(Vm vm, Options o, io.mqvirtio.memory.MemoryBudget memory) throws IOException {
-            String group = o.socketGroup();
+            String group = vm.socketGroup();
             PacketBackend backend = vm.loopback() ? new LoopbackBackend(vm.queues(), vm.mtu()) : TapBackend.open(vm.tap(), vm.queues(), vm.tapTx());
             if (backend instanceof TapBackend tap && !tapDevices.add(tap.interfaceName())) {
                 // Options refuse a name given twice, but mqv%d is the kernel's pick, which a later VM's name may be;

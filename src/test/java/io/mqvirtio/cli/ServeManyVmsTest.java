@@ -26,15 +26,18 @@ class ServeManyVmsTest {
         Path a = dir.resolve("a.sock");
         Path b = dir.resolve("b.sock");
         String group = Files.readAttributes(dir, PosixFileAttributes.class).group().getName();
+        Path c = dir.resolve("c.sock");
+        // a and b share the group given beside the specs; c has one of its own (root's group here: only the owner)
         List<String> cmd = Launcher.command("serve", "--vm", "socket-path=" + a + ",queues=2,loopback,name=vm-a,poll-us=200",
-                "--vm", "socket-path=" + b + ",queues=1,loopback,name=vm-b", "--socket-group", group);
+                "--vm", "socket-path=" + b + ",queues=1,loopback,name=vm-b", "--socket-group", group,
+                "--vm", "socket-path=" + c + ",queues=1,loopback,name=vm-c,socket-group=root");
         try (Launcher.Run r = Launcher.start(dir, "serve-two", cmd)) {
-            r.awaitErr("listening on " + java.util.regex.Pattern.quote(b.toString()), START_MS);
+            r.awaitErr("listening on " + java.util.regex.Pattern.quote(c.toString()), START_MS);
             r.awaitErr(java.util.regex.Pattern.quote(b.toString()) + ": group .* may connect", START_MS);
-            for (Path s : List.of(a, b)) {
+            for (Path s : List.of(a, b, c)) {
                 PosixFileAttributes at = Files.readAttributes(s, PosixFileAttributes.class, LinkOption.NOFOLLOW_LINKS);
                 assertThat(PosixFilePermissions.toString(at.permissions())).isEqualTo("rw-rw----");
-                assertThat(at.group().getName()).isEqualTo(group);
+                assertThat(at.group().getName()).as("the group of %s", s).isEqualTo(s.equals(c) ? "root" : group);
             }
             try (NetDriver x = NetDriver.connect(a, NetDriver.Options.pairs(2));
                  NetDriver y = NetDriver.connect(b, NetDriver.Options.pairs(1))) {
@@ -45,6 +48,7 @@ class ServeManyVmsTest {
             assertThat(r.exit(15_000)).isZero();
             assertThat(a).doesNotExist();
             assertThat(b).doesNotExist();
+            assertThat(c).doesNotExist();
             assertThat(r.stderr()).contains("vm-a: stopped (SIGTERM)").contains("vm-b: stopped (SIGTERM)");
         }
     }

@@ -71,4 +71,21 @@ class ServeOptionsTest {
                     .hasMessageContaining("the device name");
         }
     }
+
+    /**
+     * Each VM's socket may have a group of its own (its QEMU's user's), so that another VM's QEMU, in another group,
+     * cannot connect to it and take the VM's traffic while it is free (before, one --socket-group was every VM's);
+     * --socket-group beside the --vm specs is the default, and a blank one is refused.
+     */
+    @Test
+    void eachVmsSocketMayHaveAGroupOfItsOwn() {
+        Serve.Options o = parse("serve", "--vm", "socket-path=/tmp/a.sock,loopback,socket-group=qemu-a",
+                "--vm", "socket-path=/tmp/b.sock,loopback", "--socket-group", "kvm");
+        assertThat(o.vms()).extracting(Serve.Vm::socketGroup).containsExactly("qemu-a", "kvm");
+        assertThat(parse("serve", "--socket-path", "/tmp/x.sock", "--loopback").vms().getFirst().socketGroup()).isNull();
+        assertThat(parse("serve", "--socket-path", "/tmp/x.sock", "--loopback", "--socket-group", "kvm").vms().getFirst()
+                .socketGroup()).isEqualTo("kvm");
+        assertThatThrownBy(() -> parse("serve", "--vm", "socket-path=/tmp/a.sock,loopback,socket-group= "))
+                .isInstanceOf(UsageException.class).hasMessageContaining("--socket-group needs a group name");
+    }
 }
