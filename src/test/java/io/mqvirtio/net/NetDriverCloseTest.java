@@ -5,6 +5,7 @@ import static org.assertj.core.api.Assertions.assertThatThrownBy;
 
 import io.mqvirtio.backend.LoopbackBackend;
 import io.mqvirtio.linux.EventFd;
+import io.mqvirtio.vhostuser.LogCapture;
 import io.mqvirtio.vhostuser.VhostUserServer;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
@@ -16,9 +17,6 @@ import java.util.List;
 import java.util.concurrent.CountDownLatch;
 import java.util.concurrent.TimeUnit;
 import java.util.concurrent.atomic.AtomicReference;
-import java.util.logging.Handler;
-import java.util.logging.LogRecord;
-import java.util.logging.Logger;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.Timeout;
 import org.junit.jupiter.api.io.TempDir;
@@ -188,7 +186,7 @@ class NetDriverCloseTest {
     @Timeout(30)
     void closeWaitsBoundedForAPairStuckInItsCall() throws Exception {
         try (ScriptedRingBackend be = new ScriptedRingBackend(dir.resolve("stuck.sock"));
-             Logged log = new Logged()) {
+             LogCapture log = new LogCapture(NetDriver.class.getName(), java.util.logging.Level.WARNING)) {
             NetDriver nic = NetDriver.connect(be.path(), options(1));
             try {
                 NetQueuePair q = nic.pair(0);
@@ -238,7 +236,7 @@ class NetDriverCloseTest {
     @Timeout(30)
     void memoryHeldByANativeCallStaysMapped() throws Exception {
         try (ScriptedRingBackend be = new ScriptedRingBackend(dir.resolve("native.sock"));
-             EventFd blocking = EventFd.create(); Logged log = new Logged()) {
+             EventFd blocking = EventFd.create(); LogCapture log = new LogCapture(NetDriver.class.getName(), java.util.logging.Level.WARNING)) {
             blocking.setNonBlocking(false);
             NetDriver nic = NetDriver.connect(be.path(), options(1));
             try {
@@ -279,36 +277,6 @@ class NetDriverCloseTest {
             l.await(20, TimeUnit.SECONDS);
         } catch (InterruptedException e) {
             Thread.currentThread().interrupt();
-        }
-    }
-
-    /** What NetDriver logs at WARNING, while open. */
-    static final class Logged extends Handler implements AutoCloseable {
-        private final Logger logger = Logger.getLogger(NetDriver.class.getName());
-        private final List<String> lines = new ArrayList<>();
-
-        Logged() {
-            logger.addHandler(this);
-        }
-
-        @Override
-        public synchronized void publish(LogRecord r) {
-            if (r.getLevel().intValue() >= java.util.logging.Level.WARNING.intValue()) {
-                Object[] p = r.getParameters();
-                lines.add(p == null ? r.getMessage() : java.text.MessageFormat.format(r.getMessage(), p));
-            }
-        }
-
-        synchronized List<String> lines() {
-            return List.copyOf(lines);
-        }
-
-        @Override
-        public void flush() {}
-
-        @Override
-        public void close() {
-            logger.removeHandler(this);
         }
     }
 }

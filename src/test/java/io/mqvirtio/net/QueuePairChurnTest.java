@@ -4,16 +4,13 @@ import static org.assertj.core.api.Assertions.assertThat;
 
 import io.mqvirtio.backend.TapBackend;
 import io.mqvirtio.linux.TestNetns;
+import io.mqvirtio.vhostuser.LogCapture;
 import io.mqvirtio.vhostuser.VhostUserServer;
 import io.mqvirtio.virtio.VirtioFeatures;
 import java.nio.file.Path;
-import java.util.ArrayList;
 import java.util.List;
 import java.util.concurrent.ThreadLocalRandom;
-import java.util.logging.Handler;
 import java.util.logging.Level;
-import java.util.logging.LogRecord;
-import java.util.logging.Logger;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.Timeout;
 import org.junit.jupiter.api.io.TempDir;
@@ -37,7 +34,7 @@ class QueuePairChurnTest {
     @Test
     void aGuestTogglingAPairFloodsNoLog() throws Exception {
         String tap = "mqvc" + Integer.toHexString(ThreadLocalRandom.current().nextInt(0x10000));
-        try (TestNetns ns = TestNetns.create(); Captured log = new Captured("io.mqvirtio.backend")) {
+        try (TestNetns ns = TestNetns.create(); LogCapture log = new LogCapture("io.mqvirtio.backend", Level.INFO).quiet()) {
             TapBackend backend = ns.inside(() -> TapBackend.open(tap, 2, TapBackend.TxMethod.WRITEV));
             ns.ip("link", "set", tap, "up");
             try (NetDevice dev = new NetDevice(NetDevice.Config.of("churn", 2), backend);
@@ -69,7 +66,7 @@ class QueuePairChurnTest {
     @Test
     void aDeletedTapCostsOneErrorNotOnePerToggle() throws Exception {
         String tap = "mqvc" + Integer.toHexString(ThreadLocalRandom.current().nextInt(0x10000));
-        try (TestNetns ns = TestNetns.create(); Captured log = new Captured("io.mqvirtio.net")) {
+        try (TestNetns ns = TestNetns.create(); LogCapture log = new LogCapture("io.mqvirtio.net", Level.INFO).quiet()) {
             TapBackend backend = ns.inside(() -> TapBackend.open(tap, 2, TapBackend.TxMethod.WRITEV));
             try (NetDevice dev = new NetDevice(NetDevice.Config.of("gone", 2), backend);
                  VhostUserServer server = VhostUserServer.listen(dir.resolve("g.sock"), dev);
@@ -97,38 +94,5 @@ class QueuePairChurnTest {
     /** The queues the kernel steers to (each attached queue is an rx-N in sysfs). */
     static int attachedQueues(TestNetns ns, String tap) throws Exception {
         return (int) ns.exec("ls", "/sys/class/net/" + tap + "/queues").lines().filter(l -> l.startsWith("rx-")).count();
-    }
-
-    /** What a logger's tree logs at INFO and above, kept off the console while open. */
-    static final class Captured extends Handler implements AutoCloseable {
-        private final Logger logger;
-        private final List<String> lines = new ArrayList<>();
-
-        Captured(String name) {
-            logger = Logger.getLogger(name);
-            logger.setUseParentHandlers(false);
-            logger.addHandler(this);
-        }
-
-        @Override
-        public synchronized void publish(LogRecord r) {
-            if (r.getLevel().intValue() >= Level.INFO.intValue()) {
-                Object[] p = r.getParameters();
-                lines.add(p == null ? r.getMessage() : java.text.MessageFormat.format(r.getMessage(), p));
-            }
-        }
-
-        synchronized List<String> lines() {
-            return List.copyOf(lines);
-        }
-
-        @Override
-        public void flush() {}
-
-        @Override
-        public void close() {
-            logger.removeHandler(this);
-            logger.setUseParentHandlers(true);
-        }
     }
 }
