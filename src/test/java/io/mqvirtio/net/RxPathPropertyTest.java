@@ -611,6 +611,7 @@ class RxPathPropertyTest {
          * RX ring (error eventfd, one error counted) once it reaches that chain; the TX ring goes on.
          */
         void finishBroken() throws Exception {
+            long settled = rxCounters().errors(); // the runts queued from here on the device may never read (see below)
             model();
             // frames that fill every chain before the bad one, so that the device reaches it
             for (Chain c : posted) {
@@ -632,7 +633,10 @@ class RxPathPropertyTest {
             } else {
                 await(() -> (signalled[0] += rx.err.drain()) > 0, "the RX ring to break at a bad chain ("
                         + posted.stream().filter(c -> c.bad != null).findFirst().map(c -> c.bad).orElse("?") + "); " + where);
-                assertThat(rxCounters().errors()).as("the break counted; " + where).isGreaterThan(errors);
+                // The break is counted; a runt queued above is counted only if the device read it before it met the
+                // bad chain, which a burst of chains popped ahead may meet first (the runt then stays in the port)
+                assertThat(rxCounters().errors()).as("the break counted; " + where).isGreaterThan(settled)
+                        .isLessThanOrEqualTo(errors + 1);
             }
             List<int[]> used = new ArrayList<>();
             int[] u;
