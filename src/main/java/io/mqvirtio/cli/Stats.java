@@ -171,11 +171,14 @@ final class Stats {
      * GET {@code uri}, bounded in time and size whatever answers there: the request's own timeout ends with the
      * reply's head, so a server that then trickles its body, or never ends it, would hold the client for good; the
      * whole exchange must end within {@code timeout} (then it is cancelled) and the body within
-     * {@link #MAX_REPLY_BYTES} ({@link BoundedBody}).
+     * {@link #MAX_REPLY_BYTES} (the JDK's {@code BodyHandlers.limiting}: an IOException, "body exceeds capacity", as
+     * soon as it is longer, and the exchange cancelled; {@code ofString} kept every byte until the server closed, and
+     * an endless body took the client's heap: its HTTP selector thread died of OutOfMemoryError within 3 s with 256 MiB).
      */
     static Sample fetch(HttpClient client, URI uri, Duration timeout) throws IOException, InterruptedException {
         HttpRequest req = HttpRequest.newBuilder(uri).timeout(timeout).GET().build();
-        CompletableFuture<HttpResponse<byte[]>> f = client.sendAsync(req, BoundedBody.handler(MAX_REPLY_BYTES));
+        CompletableFuture<HttpResponse<byte[]>> f = client.sendAsync(req,
+                HttpResponse.BodyHandlers.limiting(HttpResponse.BodyHandlers.ofByteArray(), MAX_REPLY_BYTES));
         HttpResponse<byte[]> r;
         try {
             r = f.get(timeout.toMillis(), TimeUnit.MILLISECONDS);

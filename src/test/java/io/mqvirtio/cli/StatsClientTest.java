@@ -78,7 +78,7 @@ class StatsClientTest {
             MetricsServerTest.Out out = assertTimeoutPreemptively(Duration.ofSeconds(8),
                     () -> MetricsServerTest.main("stats", "--from", h.from()));
             assertThat(out.rc()).isEqualTo(1);
-            assertThat(out.err()).contains("longer than " + Stats.MAX_REPLY_BYTES + " bytes");
+            assertThat(out.err()).contains("body exceeds capacity: " + Stats.MAX_REPLY_BYTES);
         }
     }
 
