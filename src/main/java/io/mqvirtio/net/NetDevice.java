@@ -7,6 +7,7 @@ import io.mqvirtio.linux.EventFd;
 import io.mqvirtio.vhostuser.Protocol;
 import io.mqvirtio.vhostuser.VhostUserDevice;
 import io.mqvirtio.vhostuser.VhostUserException;
+import io.mqvirtio.vhostuser.WarningLimit;
 import io.mqvirtio.virtio.DeviceRing;
 import io.mqvirtio.virtio.RingLog;
 import io.mqvirtio.virtio.VirtioFeatures;
@@ -106,7 +107,7 @@ public final class NetDevice implements VhostUserDevice, AutoCloseable {
         List<Port> opened = new ArrayList<>();
         // One allowance for what all of this device's workers log about its rings: this VM's frontend may break them
         // in a loop, and the log is every VM's.
-        io.mqvirtio.vhostuser.WarningLimit warnings = new io.mqvirtio.vhostuser.WarningLimit(config.name());
+        WarningLimit warnings = new WarningLimit(config.name());
         try {
             for (int i = 0; i < workers.length; i++) {
                 Port p = backend.open(i);

@@ -63,9 +63,8 @@ public final class NetDriver implements AutoCloseable {
      * @param ringSize   entries per ring (a power of two)
      * @param bufSize    bytes per buffer, header included (frames up to bufSize - 12)
      * @param timeoutMs  how long to wait for each backend reply (1 ms or more: every wait is bounded), and for all
-     *                   the replies of {@link #connect}'s set-up together; on close,
-     *                   also how long to wait for the pairs' threads to leave their calls and, in all, for the
-     *                   backend to stop the rings
+     *                   the replies of {@link #connect}'s set-up together; on close, also how long to wait for the
+     *                   pairs' threads to leave their calls and, in all, for the backend to stop the rings
      * @param features   features to negotiate when offered (a subset of {@link #WANTED} or more)
      */
     public record Options(int pairs, int ringSize, int bufSize, int timeoutMs, long features) {

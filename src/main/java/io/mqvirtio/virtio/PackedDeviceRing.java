@@ -162,22 +162,21 @@ public final class PackedDeviceRing implements DeviceRing {
             throw new VirtqueueException("ring base " + base + " is beyond the ring's " + size + " descriptors");
         }
         int[] flags = new int[size];
-        boolean[] usedBit = new boolean[size];
         for (int i = 0; i < size; i++) {
             flags[i] = Short.toUnsignedInt(ring.get(U16, (long) i * DESC_SIZE + DESC_FLAGS));
-            usedBit[i] = (flags[i] & F_USED) != 0;
         }
         if (stopsCleanlyAt(flags, pos, wrap)) {
             return new RingBase(pos, wrap, pos, wrap);
         }
+        boolean first = (flags[0] & F_USED) != 0;
         int d = 1;
-        while (d < size && usedBit[d] == usedBit[0]) {
+        while (d < size && ((flags[d] & F_USED) != 0) == first) {
             d++;
         }
         if (d == size) {
-            return new RingBase(0, !usedBit[0], 0, !usedBit[0]);
+            return new RingBase(0, !first, 0, !first);
         }
-        return new RingBase(d, usedBit[0], d, usedBit[0]);
+        return new RingBase(d, first, d, first);
     }
 
     /**
@@ -186,11 +185,12 @@ public final class PackedDeviceRing implements DeviceRing {
      * device used, each its used descriptor (written at the chain's first slot) followed by the rest of the chain as the
      * driver wrote it in that lap (NEXT on all but the last), and then, oldest last, descriptors the driver has made
      * available again for the next lap (as far as it has got; a chain whose first slot is among them but not its last
-     * does not read so, though a driver that made a shorter chain available there leaves it so). A base from a clean stop right after a chain of several
-     * descriptors (a migration's destination gets the source's) is then taken as it is, where the USED bits alone would
-     * put it back to the first chain of several slots in the lap. Chains completed out of order do not read this way;
-     * the guess is used for them. A ring of one-slot chains whose device stopped before one pending chain can read the
-     * same as a clean stop after a chain of two slots: the frontend's base wins there.
+     * does not read so, though a driver that made a shorter chain available there leaves it so). A base from a clean
+     * stop right after a chain of several descriptors (a migration's destination gets the source's) is then taken as
+     * it is, where the USED bits alone would put it back to the first chain of several slots in the lap. Chains
+     * completed out of order do not read this way; the guess is used for them. A ring of one-slot chains whose device
+     * stopped before one pending chain can read the same as a clean stop after a chain of two slots: the frontend's
+     * base wins there.
      */
     private static boolean stopsCleanlyAt(int[] flags, int pos, boolean wrap) {
         final int between = 0, inChain = 1, pending = 2;

@@ -49,9 +49,9 @@ public final class Rings {
      * As {@link #device(GuestMemory, int, long, long, long, long, RingBase)}; with {@code exact}, {@code base} is
      * where this process stopped the ring (GET_VRING_BASE's answer, or a restart of its own), and a packed ring
      * resumes at its used position as it is. Without it a packed base is the frontend's word, which after a backend
-     * died may be laps behind, and the ring's flags decide ({@link PackedDeviceRing#resumeAt}); that reading assumes
-     * one slot per chain, and took a ring stopped right after a chain of several descriptors (its last one keeps the
-     * driver's flags) for one stopped a slot earlier.
+     * died may be laps behind, and the ring's flags decide ({@link PackedDeviceRing#resumeAt}); they cannot tell
+     * every exact base from a stale one (chains completed out of order, a ring of one-slot chains stopped before a
+     * single pending one), which this process, knowing where it stopped, need not guess.
      */
     public static DeviceRing device(GuestMemory g, int size, long descUva, long availUva, long usedUva, long features,
                                     RingBase base, boolean exact) {
