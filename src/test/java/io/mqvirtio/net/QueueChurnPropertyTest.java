@@ -62,7 +62,7 @@ class QueueChurnPropertyTest {
 
                 @Override
                 public long send(IoVec frame) {
-                    sent.add(seq(frame));
+                    sent.add(SequencePort.seq(frame));
                     return frame.totalBytes();
                 }
 
@@ -76,7 +76,7 @@ class QueueChurnPropertyTest {
                     if (!batching || queued.size() == 8) {
                         return false;
                     }
-                    queued.add(seq(frame));
+                    queued.add(SequencePort.seq(frame));
                     return true;
                 }
 
@@ -107,12 +107,6 @@ class QueueChurnPropertyTest {
                 @Override
                 public void close() {}
             };
-        }
-
-        private static int seq(IoVec frame) {
-            byte[] b = new byte[4];
-            frame.copyTo(VirtioNet.HDR_SIZE, MemorySegment.ofArray(b), 0, 4);
-            return MemorySegment.ofArray(b).get(LE32, 0);
         }
     }
 

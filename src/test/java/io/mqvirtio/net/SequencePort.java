@@ -31,9 +31,7 @@ final class SequencePort extends OnePortBackend {
 
             @Override
             public long send(IoVec frame) {
-                byte[] seq = new byte[4];
-                frame.copyTo(VirtioNet.HDR_SIZE, MemorySegment.ofArray(seq), 0, 4);
-                sent.add(MemorySegment.ofArray(seq).get(LE32, 0));
+                sent.add(seq(frame));
                 return frame.totalBytes();
             }
 
@@ -45,5 +43,12 @@ final class SequencePort extends OnePortBackend {
             @Override
             public void close() {}
         };
+    }
+
+    /** The sequence number of {@code frame}: the little-endian int right after its virtio-net header. */
+    static int seq(IoVec frame) {
+        byte[] b = new byte[4];
+        frame.copyTo(VirtioNet.HDR_SIZE, MemorySegment.ofArray(b), 0, 4);
+        return MemorySegment.ofArray(b).get(LE32, 0);
     }
 }

@@ -694,18 +694,11 @@ class TxPathPropertyTest {
         }
 
         void checkSleeps() throws InterruptedException {
-            answersCommands();
-            long before = dev.workerCpuNanos()[0];
-            Thread.sleep(60);
-            long ms = (dev.workerCpuNanos()[0] - before) / 1_000_000;
-            assertThat(ms).as("worker CPU over 60 ms with nothing to send, ms; " + where).isLessThan(30);
+            WorkerChecks.sleeps(dev, 1, "with nothing to send", where);
         }
 
         void answersCommands() {
-            long t = System.nanoTime();
-            dev.setLog(1, null);
-            assertThat((System.nanoTime() - t) / 1_000_000).as("ms for the worker to answer a command; " + where)
-                    .isLessThan(1000);
+            WorkerChecks.answersCommand(dev, 1, where);
         }
 
         /** A bad chain was posted: the model's prefix before it goes out, then the TX ring breaks; RX goes on. */

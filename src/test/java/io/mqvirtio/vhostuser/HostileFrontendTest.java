@@ -93,6 +93,18 @@ class HostileFrontendTest {
             return m.fd();
         }
 
+        /** A log of LOG_BYTES given to the backend (SET_LOG_BASE), its reply read. */
+        void logBase() {
+            fe.send(Request.SET_LOG_BASE, RawPeer.logBase(LOG_BYTES, 0), memfd(LOG_BYTES));
+            fe.expectReplyTo(Request.SET_LOG_BASE.id);
+        }
+
+        /** {@link #logBase}, then LOG_ALL: the backend logging, as while QEMU migrates. */
+        void logging() {
+            logBase();
+            fe.ok(Request.SET_FEATURES, u64(BackendHarness.FEATURES | (1L << Protocol.F_LOG_ALL)));
+        }
+
         int socketFd() {
             UnixSocket.Pair p = UnixSocket.pair();
             owned.add(p);
@@ -449,44 +461,34 @@ class HostileFrontendTest {
                 withPf("LOG_ALL without a log", LOG_PF, Setup.RING, c -> ackd(c, Request.SET_FEATURES,
                         u64(BackendHarness.FEATURES | (1L << Protocol.F_LOG_ALL))), Outcome.ACK_FAILURE, "LOG_ALL without a log"),
                 withPf("used ring logged beyond the log", LOG_PF, Setup.RING, c -> {
-                    c.fe.send(Request.SET_LOG_BASE, RawPeer.logBase(LOG_BYTES, 0), c.memfd(LOG_BYTES));
-                    c.fe.expectReplyTo(Request.SET_LOG_BASE.id);
-                    c.fe.ok(Request.SET_FEATURES, u64(BackendHarness.FEATURES | (1L << Protocol.F_LOG_ALL)));
+                    c.logging();
                     GuestRam.RingAt r = c.ram.ring(0, RING);
                     return ackd(c, Request.SET_VRING_ADDR, vringAddr(0, Protocol.VRING_F_LOG, c.uva(r.descOff()),
                             c.uva(r.usedOff()), c.uva(r.availOff()), -4096));
                 }, Outcome.ACK_FAILURE, "is logged beyond the log"),
                 withPf("a memory table beyond the log while logging", LOG_PF, Setup.MEMORY, c -> {
-                    c.fe.send(Request.SET_LOG_BASE, RawPeer.logBase(LOG_BYTES, 0), c.memfd(LOG_BYTES));
-                    c.fe.expectReplyTo(Request.SET_LOG_BASE.id);
-                    c.fe.ok(Request.SET_FEATURES, u64(BackendHarness.FEATURES | (1L << Protocol.F_LOG_ALL)));
+                    c.logging();
                     return ackd(c, Request.SET_MEM_TABLE, memTable(new RawPeer.Region(1L << 31, 4096, c.uva(0), 0)),
                             c.ram.fd());
                 }, Outcome.ACK_FAILURE, "SET_MEM_TABLE: guest memory reaching 0x80001000 while logging"),
                 withPf("LOG_ALL with a log that memory has outgrown", LOG_PF, Setup.MEMORY, c -> {
-                    c.fe.send(Request.SET_LOG_BASE, RawPeer.logBase(LOG_BYTES, 0), c.memfd(LOG_BYTES));
-                    c.fe.expectReplyTo(Request.SET_LOG_BASE.id);
+                    c.logBase();
                     c.fe.ok(Request.SET_MEM_TABLE, memTable(new RawPeer.Region(1L << 31, 4096, c.uva(0), 0)), c.ram.fd());
                     return ackd(c, Request.SET_FEATURES, u64(BackendHarness.FEATURES | (1L << Protocol.F_LOG_ALL)));
                 }, Outcome.ACK_FAILURE, "SET_FEATURES: LOG_ALL: guest memory reaching 0x80001000"),
                 // Regions above 2^63 (or ending at 2^64) reach past any log: a signed comparison took them for memory
                 // below it, and a frame landing there was never marked.
                 withPf("a memory table above 2^63 while logging", LOG_PF, Setup.MEMORY, c -> {
-                    c.fe.send(Request.SET_LOG_BASE, RawPeer.logBase(LOG_BYTES, 0), c.memfd(LOG_BYTES));
-                    c.fe.expectReplyTo(Request.SET_LOG_BASE.id);
-                    c.fe.ok(Request.SET_FEATURES, u64(BackendHarness.FEATURES | (1L << Protocol.F_LOG_ALL)));
+                    c.logging();
                     return ackd(c, Request.SET_MEM_TABLE, memTable(new RawPeer.Region(1L << 63, 4096, c.uva(0), 0)),
                             c.ram.fd());
                 }, Outcome.ACK_FAILURE, "SET_MEM_TABLE: guest memory reaching 0x8000000000001000 while logging"),
                 withPf("a memory slot ending at 2^64 while logging", LOG_PF, Setup.MEMORY, c -> {
-                    c.fe.send(Request.SET_LOG_BASE, RawPeer.logBase(LOG_BYTES, 0), c.memfd(LOG_BYTES));
-                    c.fe.expectReplyTo(Request.SET_LOG_BASE.id);
-                    c.fe.ok(Request.SET_FEATURES, u64(BackendHarness.FEATURES | (1L << Protocol.F_LOG_ALL)));
+                    c.logging();
                     return ackd(c, Request.ADD_MEM_REG, memReg(new RawPeer.Region(-4096, 4096, 1L << 46, 0)), c.ram.fd());
                 }, Outcome.ACK_FAILURE, "ADD_MEM_REG: guest memory reaching 0x10000000000000000 while logging"),
                 withPf("LOG_ALL with memory above 2^63", LOG_PF, Setup.MEMORY, c -> {
-                    c.fe.send(Request.SET_LOG_BASE, RawPeer.logBase(LOG_BYTES, 0), c.memfd(LOG_BYTES));
-                    c.fe.expectReplyTo(Request.SET_LOG_BASE.id);
+                    c.logBase();
                     c.fe.ok(Request.SET_MEM_TABLE, memTable(new RawPeer.Region(-1L << 40, 4096, c.uva(0), 0)), c.ram.fd());
                     return ackd(c, Request.SET_FEATURES, u64(BackendHarness.FEATURES | (1L << Protocol.F_LOG_ALL)));
                 }, Outcome.ACK_FAILURE, "SET_FEATURES: LOG_ALL: guest memory reaching 0xffffff0000001000"),
