@@ -75,7 +75,7 @@ final class BoundedHttpServer implements AutoCloseable {
     static final int MAX_HEAD_BYTES = 8 * 1024;
     /**
      * Connections served at once; further ones wait in the kernel's accept backlog until one ends. Each holds at most
-     * a head buffer and a virtual thread for at most {@link #CONNECTION_MILLIS}, so a flood of silent connections
+     * a head buffer and a thread for at most {@link #CONNECTION_MILLIS}, so a flood of silent connections
      * costs bounded memory and delays a real client by at most {@link #HEAD_MILLIS}.
      */
     static final int MAX_CONNECTIONS = 32;
@@ -185,6 +185,7 @@ final class BoundedHttpServer implements AutoCloseable {
     }
 
     private void acceptLoop() {
+        int failures = 0;
         while (!closed) {
             Socket c;
             try {
@@ -194,13 +195,21 @@ final class BoundedHttpServer implements AutoCloseable {
             }
             try {
                 c = socket.accept();
+                if (failures > 10) {
+                    LOG.log(Level.INFO, "metrics endpoint: accepting again after {0} failures", failures);
+                }
+                failures = 0;
             } catch (IOException e) {
                 slots.release();
                 if (closed) {
                     return;
                 }
-                // e.g. out of file descriptors: the endpoint lives on, and a pause keeps this from spinning
-                LOG.log(Level.WARNING, "metrics endpoint: accept failed: {0}", e.toString());
+                // e.g. out of file descriptors: the endpoint lives on, and a pause keeps this from spinning; the
+                // first ten lines of a run of failures, then one in a thousand (as the vhost-user sockets log theirs)
+                if (++failures <= 10 || failures % 1000 == 0) {
+                    LOG.log(Level.WARNING, "metrics endpoint: accept failed ({0} in a row): {1}", failures,
+                            e.toString());
+                }
                 try {
                     Thread.sleep(100);
                 } catch (InterruptedException stop) {
@@ -220,13 +229,22 @@ final class BoundedHttpServer implements AutoCloseable {
                 drop(c, null);
                 return;
             }
-            Thread.ofVirtual().name("mqvirtio-metrics-conn").start(() -> {
-                try {
-                    serve(c);
-                } finally {
-                    drop(c, deadline);
-                }
-            });
+            // A platform thread, not a virtual one: a virtual thread's first blocking socket read sets up the JDK's
+            // poller (an epoll fd), and if the process is out of descriptors at that moment the poller's class fails
+            // to initialize, for good: no virtual thread could read a socket again, and the endpoint was dead until
+            // serve restarted. At most MAX_CONNECTIONS of these live at once.
+            try {
+                Thread.ofPlatform().name("mqvirtio-metrics-conn").daemon(true).start(() -> {
+                    try {
+                        serve(c);
+                    } finally {
+                        drop(c, deadline);
+                    }
+                });
+            } catch (OutOfMemoryError e) { // no thread to be had (a thread limit): this client is not served
+                LOG.log(Level.WARNING, "metrics endpoint: no thread for a connection: {0}", e.toString());
+                drop(c, deadline);
+            }
         }
     }
 

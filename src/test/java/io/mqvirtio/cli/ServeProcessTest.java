@@ -244,6 +244,65 @@ class ServeProcessTest {
     }
 
     /**
+     * The metrics port's accept failing (the daemon out of file descriptors: its soft limit lowered here, with
+     * prlimit, to 3, and a client left waiting in the backlog) is logged in a bounded number of lines: the first ten
+     * of the run of failures, then one in a thousand. It used to log every failure, ten lines a second for as long as
+     * it lasted. Once descriptors are free again the waiting client is served and the log says how many failures
+     * there were. Served on a platform thread: a connection's virtual thread, out of descriptors, used to break the
+     * JDK's poller for good (an ExceptionInInitializerError), and with it every later connection.
+     */
+    @Test
+    @Timeout(120)
+    void metricsAcceptFailuresAreLoggedWithinBounds() throws Exception {
+        Path sock = dir.resolve("nofile.sock");
+        try (Launcher.Run r = Launcher.start(dir, "nofile", Launcher.command("serve", "--socket-path", sock.toString(),
+                "--loopback", "--metrics", "127.0.0.1:0"))) {
+            int port = Integer.parseInt(r.awaitErr("metrics on http://127\\.0\\.0\\.1:(\\d+)/metrics", START_MS));
+            long pid = r.process().pid();
+            String soft = Files.readAllLines(Path.of("/proc/" + pid + "/limits")).stream()
+                    .filter(l -> l.startsWith("Max open files")).findFirst().orElseThrow().split("\\s+")[3];
+            Thread.sleep(500); // the acceptor is in accept()
+            prlimit(pid, "3:"); // the soft limit: no descriptor above standard error
+            // The accept already waiting holds a descriptor it took before the limit: it takes this client, whose
+            // connection is served without a descriptor to spare (a virtual thread's poller could not be set up).
+            try (java.net.Socket first = new java.net.Socket("127.0.0.1", port)) {
+                first.setSoTimeout(3_000);
+                first.getOutputStream().write(GET_METRICS);
+                first.getInputStream().readAllBytes();
+            } catch (IOException e) {
+                // what it got does not matter (metrics that need a descriptor may fail), only what comes after
+            }
+            r.awaitErr("accept failed \\(10 in a row\\)", 10_000);
+            try (java.net.Socket waiting = new java.net.Socket("127.0.0.1", port)) {
+                Thread.sleep(2_000); // twenty more failures: none of them logged
+                prlimit(pid, soft + ":");
+                waiting.setSoTimeout(10_000);
+                waiting.getOutputStream().write(GET_METRICS);
+                String reply = new String(waiting.getInputStream().readAllBytes(),
+                        java.nio.charset.StandardCharsets.US_ASCII);
+                assertThat(reply).as(r.stderr()).startsWith("HTTP/1.1 200");
+            }
+            r.awaitErr("metrics endpoint: accepting again after \\d+ failures", 10_000);
+            assertThat(r.stderr().lines().filter(l -> l.contains("metrics endpoint: accept failed")).count())
+                    .as(r.stderr()).isEqualTo(10);
+            assertThat(Launcher.get("127.0.0.1", port, "/metrics").status()).isEqualTo(200);
+            assertThat(r.stderr()).doesNotContain("\tat ");
+            r.process().destroy();
+            assertThat(r.exit(15_000)).as(r.stderr()).isZero();
+        }
+    }
+
+    private static final byte[] GET_METRICS = "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+            .getBytes(java.nio.charset.StandardCharsets.US_ASCII);
+
+    private static void prlimit(long pid, String nofile) throws Exception {
+        Process p = new ProcessBuilder("prlimit", "--pid", String.valueOf(pid), "--nofile=" + nofile)
+                .redirectErrorStream(true).start();
+        assertThat(p.waitFor(10, TimeUnit.SECONDS)).isTrue();
+        assertThat(p.exitValue()).as(new String(p.getInputStream().readAllBytes())).isZero();
+    }
+
+    /**
      * How TX goes into the TAP, per VM ({@code tap-tx=} in a --vm spec): the log says it at start, and
      * {@code mqvirtio_queue_io_info} and /stats say it per queue.
      */
