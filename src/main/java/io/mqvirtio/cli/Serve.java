@@ -293,8 +293,12 @@ final class Serve {
     }
 
     /** The command line, checked before anything is opened. */
+    /**
+     * What serve was told to do. {@code unusedPassed}: sockets systemd passed that no VM takes (more than the VMs
+     * without a socket, or all of them where every VM has its own); serve closes them at start.
+     */
     record Options(List<Vm> vms, double statsEvery, InetSocketAddress metrics, boolean metricsRemote, boolean debug,
-            int captureSnaplen, long captureMaxBytes, long maxTotalMemory) {
+            int captureSnaplen, long captureMaxBytes, long maxTotalMemory, List<Systemd.Passed> unusedPassed) {
 
         static Options parse(Command a) {
             List<Vm> vms = new ArrayList<>();
@@ -330,6 +334,8 @@ final class Serve {
                     vms.set(i, v.onPassed(passed.removeFirst()));
                 }
             }
+            // a passed socket that a VM names itself (--fd 3, fd=3 in a --vm) is that VM's, not unused
+            passed.removeIf(p -> vms.stream().anyMatch(v -> v.fd() == p.fd()));
             Set<Path> sockets = new HashSet<>();
             Set<String> taps = new HashSet<>();
             Set<String> names = new HashSet<>();
@@ -358,7 +364,7 @@ final class Serve {
             int snaplen = Check.range("--capture-snaplen", a.captureSnaplen, 64, io.mqvirtio.capture.QueueCapture.DEFAULT_SNAPLEN);
             long captureMax = size("capture-max-size", a.captureMaxSize);
             return new Options(List.copyOf(vms), statsEvery, metrics, a.metricsRemote, a.debug, snaplen, captureMax,
-                    maxTotal);
+                    maxTotal, List.copyOf(passed));
         }
     }
 
@@ -431,6 +437,13 @@ final class Serve {
         }
         Options o = Options.parse(a);
         Logging.setup(o.debug());
+        for (Systemd.Passed p : o.unusedPassed()) {
+            // Left open, it would go on listening with nobody to accept: a frontend pointed at it would wait forever
+            // instead of being refused. Closed, systemd's own copy is what remains (it watches it again after serve
+            // exits), or, under a supervisor that keeps none, the socket goes.
+            LOG.log(Level.WARNING, "systemd passed a socket that no VM uses: {0} (fd {1}); closed", p.name(), p.fd());
+            new io.mqvirtio.linux.Fd(p.fd()).close();
+        }
 
         Running r = new Running();
         // SIGTERM/SIGINT only set the latch below, even during start-up; the hook covers the other ways out

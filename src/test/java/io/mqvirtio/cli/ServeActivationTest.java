@@ -1,8 +1,11 @@
 package io.mqvirtio.cli;
 
 import static org.assertj.core.api.Assertions.assertThat;
+import static org.assertj.core.api.Assertions.assertThatThrownBy;
 
+import io.mqvirtio.linux.ErrnoException;
 import io.mqvirtio.linux.SdNotify;
+import io.mqvirtio.linux.UnixSocket;
 import io.mqvirtio.net.NetDriver;
 import io.mqvirtio.peers.Peers;
 import java.nio.file.Path;
@@ -59,6 +62,51 @@ class ServeActivationTest {
                     assertThat(r.stderr()).contains("vm-sa: stopped (SIGTERM)").doesNotContain("\tat ");
                 }
             }
+        }
+    }
+
+    /**
+     * A socket systemd passed that no VM takes (two passed, one VM without a socket of its own) is closed at start,
+     * with a warning: left open, it listened with nobody to accept, and a frontend pointed at it waited forever. A
+     * socket a VM names with --fd is that VM's, never closed as unused.
+     */
+    @Test
+    @Timeout(120)
+    void passedSocketsNoVmUsesAreClosed() throws Exception {
+        Peers.require("systemd-socket-activate", "systemd's socket activation tool");
+        Path used = dir.resolve("used.sock");
+        Path spare = dir.resolve("spare.sock");
+        List<String> cmd = new ArrayList<>(List.of("systemd-socket-activate", "-l", used.toString(), "-l",
+                spare.toString()));
+        cmd.addAll(Launcher.command("serve", "--loopback", "--name", "vm-one"));
+        try (Launcher.Run r = Launcher.start(dir, "spare", cmd)) {
+            r.awaitErr("Listening on " + Pattern.quote(spare.toString()), START_MS);
+            try (NetDriver nic = NetDriver.connect(used, NetDriver.Options.pairs(1))) { // starts serve
+                assertThat(nic.maxPairs()).isEqualTo(1);
+            }
+            r.awaitErr("systemd passed a socket that no VM uses: fd:4 \\(fd 4\\); closed", START_MS);
+            assertThatThrownBy(() -> UnixSocket.connect(spare).close()).isInstanceOf(ErrnoException.class)
+                    .hasMessageContaining("Connection refused");
+            try (NetDriver nic = NetDriver.connect(used, NetDriver.Options.pairs(1))) {
+                assertThat(nic.maxPairs()).isEqualTo(1);
+            }
+            r.process().destroy();
+            assertThat(r.exit(15_000)).as(r.stderr()).isZero();
+        }
+        // --fd 3 with the one socket systemd passed: the VM's, not unused
+        Path own = dir.resolve("own.sock");
+        cmd = new ArrayList<>(List.of("systemd-socket-activate", "-l", own.toString()));
+        cmd.addAll(Launcher.command("serve", "--loopback", "--fd", "3"));
+        try (Launcher.Run r = Launcher.start(dir, "own", cmd)) {
+            r.awaitErr("Listening on " + Pattern.quote(own.toString()), START_MS);
+            for (int session = 0; session < 2; session++) {
+                try (NetDriver nic = NetDriver.connect(own, NetDriver.Options.pairs(1))) {
+                    assertThat(nic.maxPairs()).isEqualTo(1);
+                }
+            }
+            r.process().destroy();
+            assertThat(r.exit(15_000)).as(r.stderr()).isZero();
+            assertThat(r.stderr()).doesNotContain("no VM uses");
         }
     }
 
