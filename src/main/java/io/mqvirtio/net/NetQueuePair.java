@@ -611,8 +611,9 @@ public final class NetQueuePair {
 
     /**
      * Waits up to {@code timeoutMillis} (0 or more: the backend may never send, so no wait is endless) for a frame
-     * to arrive (the backend's call eventfd), instead of polling; returns true if one may be waiting. Closing the
-     * driver ends the wait.
+     * to arrive (the backend's call eventfd), instead of polling; returns true if the ring has a used entry to
+     * receive (receive may still drop it, if the backend lied in it), false at the timeout. A call the backend
+     * signals with nothing used does not end the wait. Closing the driver ends it (false).
      */
     public boolean awaitReceive(int timeoutMillis) {
         if (timeoutMillis < 0) {
@@ -636,16 +637,38 @@ public final class NetQueuePair {
             waiter.add(wake, Epoll.EPOLLIN, 1); // ours alone: how close() ends a wait
         }
         waiter.await(0); // takes the edges of calls for frames already in the ring: they must not wake the wait
-        if (!enabled) {
-            return awaitEnabled(timeoutMillis);
-        }
-        if (rx.enableInterrupts()) {
+        long deadline = System.nanoTime() + timeoutMillis * 1_000_000L;
+        while (true) {
+            long left = deadline - System.nanoTime();
+            if (!enabled) {
+                return awaitEnabled((int) Math.max(0, left / 1_000_000L));
+            }
+            if (rx.enableInterrupts()) {
+                rx.disableInterrupts();
+                return true;
+            }
+            if (left <= 0) {
+                rx.disableInterrupts();
+                return false;
+            }
+            // rounded up: a wait of 0 ms would return at once, and a loop of those until the deadline would spin
+            int n = waiter.await((int) Math.max(1, (left + 999_999) / 1_000_000L));
             rx.disableInterrupts();
-            return true;
+            if (rx.usedPending() > 0) {
+                return true;
+            }
+            for (int i = 0; i < n; i++) {
+                if (waiter.data(i) == 1) {
+                    return false; // closing
+                }
+            }
+            if (n == 0) {
+                return false; // the timeout
+            }
+            // a call with nothing used (a backend that signals in a loop, or a call for a frame taken since): it
+            // does not end the wait, or a thread waiting on its pair would return, find nothing and wait again
+            // once per call, as fast as the backend signals
         }
-        int n = waiter.await(timeoutMillis);
-        rx.disableInterrupts();
-        return n > 0 || rx.usedPending() > 0;
     }
 
     /**

@@ -23,6 +23,7 @@ import java.util.ArrayList;
 import java.util.Arrays;
 import java.util.List;
 import java.util.concurrent.TimeUnit;
+import java.util.concurrent.locks.LockSupport;
 import java.util.concurrent.atomic.AtomicReference;
 import java.util.function.BiFunction;
 import java.util.stream.Stream;
@@ -460,6 +461,46 @@ class NetDriverHostileBackendTest {
                 assertThat(q.awaitReceive(5000)).as("round %d: a frame", i).isTrue();
                 assertThat(System.nanoTime() - t0).isLessThan(TimeUnit.SECONDS.toNanos(2));
                 assertThat(receive(q, 1)).singleElement().isEqualTo(frame(100, i));
+            }
+        }
+    }
+
+    /**
+     * A backend that signals the RX call in a loop with nothing used does not end a wait: awaitReceive returned true
+     * at each call, and a thread waiting on its pair returned, found nothing and waited again as fast as the
+     * backend signalled. Now the wait runs to its timeout, and a frame the backend then uses still ends it at once.
+     */
+    @Test
+    @Timeout(30)
+    void callsWithNothingUsedDoNotEndAWait() throws Exception {
+        try (ScriptedRingBackend be = new ScriptedRingBackend(dir.resolve("spurious.sock"));
+             NetDriver nic = NetDriver.connect(be.path(), mergeable())) {
+            NetQueuePair q = nic.pair(0);
+            ScriptedRingBackend.Ring rx = be.ring(0);
+            java.util.concurrent.atomic.AtomicBoolean stop = new java.util.concurrent.atomic.AtomicBoolean();
+            Thread caller = Thread.ofPlatform().daemon().start(() -> {
+                while (!stop.get()) {
+                    rx.call.signal();
+                    LockSupport.parkNanos(200_000);
+                }
+            });
+            try {
+                int returns = 0;
+                long t0 = System.nanoTime();
+                while (System.nanoTime() - t0 < TimeUnit.MILLISECONDS.toNanos(600)) {
+                    assertThat(q.awaitReceive(200)).as("nothing used").isFalse();
+                    returns++;
+                }
+                assertThat(returns).as("waits of 200 ms in 600 ms").isLessThanOrEqualTo(4);
+                put(rx, frame(100, 7), 1, honest(100));
+                rx.publish();
+                t0 = System.nanoTime();
+                assertThat(q.awaitReceive(5000)).isTrue();
+                assertThat(System.nanoTime() - t0).isLessThan(TimeUnit.SECONDS.toNanos(2));
+                assertThat(receive(q, 1)).singleElement().isEqualTo(frame(100, 7));
+            } finally {
+                stop.set(true);
+                caller.join(2000);
             }
         }
     }
