@@ -275,10 +275,13 @@ public final class SplitDeviceRing implements DeviceRing {
         burst.count = 0;
         burst.stoppedAtOther = false;
         int have = (availShadow - lastAvail) & 0xffff;
-        if (have < max) {
-            have = available(); // the avail index once per burst that wants more than was seen
+        if (have == 0) {
+            have = available(); // as pop: nothing seen is left, so a bad index breaks the ring here
         } else {
             checkNotBroken();
+            if (have < max) {
+                have = more(have); // the avail index once per burst that wants more than was seen
+            }
         }
         int limit = Math.min(Math.min(max, ChainBurst.MAX), have);
         int want = writable ? DESC_F_WRITE : 0;
@@ -312,6 +315,24 @@ public final class SplitDeviceRing implements DeviceRing {
         burst.count = k;
         burst.stoppedAtOther = other;
         return k;
+    }
+
+    /**
+     * The avail index read again by a burst that wants more than the {@code have} chains seen and not popped: the new
+     * count if the index moved on by at most the queue size from where the device stands, else {@code have}. Those
+     * chains come first, as pop takes them (it reads the index only once they are gone, and breaks the ring then if
+     * the index jumped, or moved back before the device's position); an index that moved back among them is not
+     * believed either, as pop does not look. Before, the burst broke the ring over an index that jumped while chains
+     * read before it were waiting: their frames were never sent, where pop sent them and then broke the ring.
+     */
+    private int more(int have) {
+        int idx = getU16Acquire(avail, AVAIL_IDX);
+        int n = (idx - lastAvail) & 0xffff;
+        if (n <= have || n > size) {
+            return have;
+        }
+        availShadow = idx;
+        return n;
     }
 
     /** One used entry per chain, as {@link #complete} writes them. */
