@@ -4,6 +4,7 @@ import static io.mqvirtio.fuzz.RingFuzzer.*;
 import static io.mqvirtio.virtio.PackedRing.*;
 
 import com.code_intelligence.jazzer.api.FuzzedDataProvider;
+import io.mqvirtio.virtio.ChainBurst;
 import io.mqvirtio.virtio.DescriptorChain;
 import io.mqvirtio.virtio.DeviceRing;
 import io.mqvirtio.virtio.PackedRing;
@@ -64,8 +65,11 @@ public final class PackedRingFuzzer {
     static int refUsed;
     static boolean refUsedWrap;
     static boolean[] refInFlight = new boolean[PackedRing.MAX_SIZE];
-    /** A pop of the model: where it started (with the totals before it), its id and slots; and its chain. */
-    record Pop(int pos, boolean wrap, long total, int id, int slots, DescriptorChain chain) {}
+    /**
+     * A pop of the model: where it started (with the totals before it), its id and slots; and its chain, or the burst
+     * and index it was popped as ({@link #burst}).
+     */
+    record Pop(int pos, boolean wrap, long total, int id, int slots, DescriptorChain chain, ChainBurst burst, int index) {}
     static final List<Pop> pops = new ArrayList<>();          // popped and not completed, in pop order
     static final List<Pop> history = new ArrayList<>();       // every pop not given back, in pop order
     static final List<int[]> shadow = new ArrayList<>();      // completions not published: id, len, pos, wrap
@@ -136,7 +140,7 @@ public final class PackedRingFuzzer {
             MemorySegment scratch = scratchArena.allocate(256);
             for (int op = 0; op < MAX_OPS; op++) {
                 boolean more = d.remainingBytes() > 0;
-                int kind = more ? d.consumeInt(0, 15) : 0;
+                int kind = more ? d.consumeInt(0, 16) : 0;
                 if (kind <= 8) {
                     if (!pop(q, scratch) && !more) {
                         break;
@@ -159,7 +163,9 @@ public final class PackedRingFuzzer {
                         refPos = p.pos();
                         refWrap = p.wrap();
                         refTotal = p.total();
-                        freeChains.push(p.chain());
+                        if (p.chain() != null) {
+                            freeChains.push(p.chain());
+                        }
                     }
                 } else if (kind == 10) {
                     int n = d.consumeInt(1, 8);
@@ -167,9 +173,7 @@ public final class PackedRingFuzzer {
                         // in order when IN_ORDER was negotiated (the device's promise), any order otherwise
                         Pop p = pops.remove(inOrder ? 0 : d.consumeInt(0, pops.size() - 1));
                         int len = d.consumeBoolean() ? 0 : d.consumeInt();
-                        q.complete(p.chain(), len);
-                        complete(p, len);
-                        freeChains.push(p.chain());
+                        completeOne(q, p, len);
                     }
                     if (d.consumeBoolean()) {
                         publish(q);
@@ -188,6 +192,8 @@ public final class PackedRingFuzzer {
                     drv.set(LE16, A_FILE + DRIVER_EVENT_OFF + EVENT_FLAGS, (short) d.consumeInt(0, 3));
                 } else if (kind == 14) {
                     kicks(q, d.consumeInt(0, 2));
+                } else if (kind == 16) {
+                    burst(q, d);
                 } else {
                     int got;
                     try {
@@ -240,12 +246,20 @@ public final class PackedRingFuzzer {
                     + refId + ", slots " + refSlots + ", indirect " + refIndirect);
         }
         checkBuffers(chain, expected, capacity, scratch);
-        Pop popped = new Pop(start, startWrap, refTotal, refId, refSlots, chain);
-        pops.add(popped);
-        history.add(popped);
-        refInFlight[refId] = true;
-        refTotal += refSlots;
-        refPos = start + refSlots;
+        Pop popped = new Pop(start, startWrap, refTotal, refId, refSlots, chain, null, -1);
+        consumed(popped);
+        return true;
+    }
+
+    /** The model pops {@code p} (its id, its slots), and so reads on. */
+    private static void consumed(Pop p) {
+        int start = p.pos();
+        boolean startWrap = p.wrap();
+        pops.add(p);
+        history.add(p);
+        refInFlight[p.id()] = true;
+        refTotal += p.slots();
+        refPos = start + p.slots();
         refWrap = startWrap;
         if (refPos >= size) {
             refPos -= size;
@@ -256,7 +270,123 @@ public final class PackedRingFuzzer {
             seenPos = refPos;
             seenWrap = refWrap;
         }
-        return true;
+    }
+
+    /** Completes the outstanding pop {@code p} with {@code len} on the ring (as it was popped) and in the model. */
+    private static void completeOne(DeviceRing q, Pop p, int len) {
+        if (p.chain() != null) {
+            q.complete(p.chain(), len);
+            freeChains.push(p.chain());
+        } else {
+            q.completeBurst(p.burst(), p.index(), 1, len);
+        }
+        complete(p, len);
+    }
+
+    /**
+     * A burst ({@link DeviceRing#popBurst}, any size, either direction) held against the model: every chain it takes
+     * must be the chain the model's walk takes there, one buffer of that direction, not indirect (address, length, id,
+     * and the host address of the region the harness finds), each popped as the model pops it (ids in flight after
+     * it, the position); where it stops before its limit, the model's next chain must be one pop takes with another
+     * shape or refuses ({@link ChainBurst#stoppedAtOther()}), or nothing available. Then a prefix of the burst is
+     * completed with {@link DeviceRing#completeBurst} in runs (IN_ORDER: after the chains popped before it; a run's
+     * length zero or not, a publish between runs or not), and the rest given back or left outstanding for later
+     * completions one by one (which mix {@code complete} and {@code completeBurst} in one IN_ORDER batch).
+     */
+    private static void burst(DeviceRing q, FuzzedDataProvider d) {
+        int max = d.consumeInt(1, 70);
+        boolean writable = d.consumeBoolean();
+        int limit = Math.min(Math.min(max, ChainBurst.MAX), size);
+        ChainBurst b = new ChainBurst();
+        int k;
+        try {
+            k = q.popBurst(b, max, writable);
+        } catch (VirtqueueException e) {
+            throw new FuzzFinding("popBurst threw on a ring that is not broken: " + e.getMessage(), e);
+        }
+        if (k != b.count() || k > limit || k < 0) {
+            throw new FuzzFinding("popBurst of " + max + " took " + k + " (count " + b.count() + ", limit " + limit + ")");
+        }
+        if (q.isBroken()) {
+            throw new FuzzFinding("popBurst broke the ring: " + q.brokenReason());
+        }
+        if (b.stoppedAtOther() && k == limit) {
+            throw new FuzzFinding("popBurst took its limit " + limit + " and says it stopped before another chain");
+        }
+        Pop[] taken = new Pop[k];
+        for (int i = 0; i < k; i++) {
+            int start = refPos;
+            boolean wrap = refWrap;
+            String what = "chain " + i + " of a burst (" + (writable ? "writable" : "readable") + "), at " + start
+                    + " wrap " + wrap;
+            if (!isAvail(flagsAt(start), wrap)) {
+                throw new FuzzFinding("popBurst took " + what + ", which the model has not available");
+            }
+            String refError = reference(start, wrap);
+            if (refError != null) {
+                throw new FuzzFinding("popBurst took " + what + " but the model says: " + refError);
+            }
+            if (refIndirect || refSlots != 1 || expected.size() != 1 || (expected.get(0)[2] != 0) != writable) {
+                throw new FuzzFinding("popBurst took " + what + ", which the model walks as " + describe(expected)
+                        + (refIndirect ? " (indirect)" : "") + " in " + refSlots + " slots");
+            }
+            long[] e = expected.get(0);
+            long file = fileOffset(e[0], e[1]);
+            if (b.guestAddress(i) != e[0] || Integer.toUnsignedLong(b.length(i)) != e[1] || b.id(i) != refId
+                    || b.hostAddress(i) != dev.address() + file) {
+                throw new FuzzFinding("popBurst took " + what + " as 0x" + Long.toHexString(b.guestAddress(i)) + "+"
+                        + Integer.toUnsignedLong(b.length(i)) + " id " + b.id(i) + " at host 0x"
+                        + Long.toHexString(b.hostAddress(i)) + "; the model has " + describe(expected) + " id " + refId
+                        + " at host 0x" + Long.toHexString(dev.address() + file));
+            }
+            taken[i] = new Pop(start, wrap, refTotal, refId, 1, null, b, i);
+            consumed(taken[i]);
+        }
+        if (k < limit) {
+            boolean next = isAvail(flagsAt(refPos), refWrap);
+            String refError = next ? reference(refPos, refWrap) : null;
+            boolean sameShape = next && refError == null && !refIndirect && refSlots == 1 && expected.size() == 1
+                    && (expected.get(0)[2] != 0) == writable;
+            if (b.stoppedAtOther() != next || sameShape) {
+                throw new FuzzFinding("popBurst took " + k + " of " + limit + " and stopped " + (b.stoppedAtOther()
+                        ? "before another chain" : "finding nothing") + " at " + refPos + " wrap " + refWrap
+                        + "; the model has " + (!next ? "nothing available" : refError != null ? "a refusal: " + refError
+                        : describe(expected) + (refIndirect ? " (indirect)" : "") + " in " + refSlots + " slots"));
+            }
+        }
+        int complete = d.consumeInt(0, k);
+        if (complete > 0 && inOrder) {
+            while (pops.get(0) != taken[0]) { // in pop order: those popped before the burst first
+                completeOne(q, pops.remove(0), d.consumeBoolean() ? 0 : d.consumeInt());
+            }
+        }
+        for (int done = 0; done < complete; ) {
+            int n = d.consumeInt(1, complete - done);
+            int len = d.consumeBoolean() ? 0 : d.consumeInt();
+            q.completeBurst(b, done, n, len);
+            for (int i = done; i < done + n; i++) {
+                pops.remove(taken[i]);
+                complete(taken[i], len);
+            }
+            done += n;
+            if (d.consumeBoolean()) {
+                publish(q);
+            }
+        }
+        if (complete < k && d.consumeBoolean()) {
+            q.giveBack(k - complete); // the burst's last chains: the last popped, none completed
+            for (int i = k - 1; i >= complete; i--) {
+                Pop p = history.remove(history.size() - 1);
+                if (p != taken[i]) {
+                    throw new IllegalStateException("the harness's history does not end with the burst");
+                }
+                pops.remove(p);
+                refInFlight[p.id()] = false;
+                refPos = p.pos();
+                refWrap = p.wrap();
+                refTotal = p.total();
+            }
+        }
     }
 
     /**
