@@ -131,10 +131,20 @@ public final class SplitDeviceRing implements DeviceRing {
         return broken;
     }
 
-    /** Number of chains the driver has made available that the device has not popped yet (validated). */
+    /**
+     * Number of chains the driver has made available that the device has not popped yet (validated). While chains the
+     * device read the index for are left, an index that jumped, or moved back among them, is not believed: they come
+     * first, as {@link #pop} takes them, and the read after them (with none left) breaks the ring. So neither a burst
+     * nor the worker's read-ahead breaks a ring earlier than chain-by-chain pops do; before, either threw those
+     * chains away (TX frames never sent).
+     */
     @Override
     public int available() {
         checkNotBroken();
+        int have = (availShadow - lastAvail) & 0xffff;
+        if (have != 0) {
+            return more(have);
+        }
         int idx = getU16Acquire(avail, AVAIL_IDX);
         int n = (idx - lastAvail) & 0xffff;
         if (n > size) {
@@ -275,13 +285,10 @@ public final class SplitDeviceRing implements DeviceRing {
         burst.count = 0;
         burst.stoppedAtOther = false;
         int have = (availShadow - lastAvail) & 0xffff;
-        if (have == 0) {
-            have = available(); // as pop: nothing seen is left, so a bad index breaks the ring here
+        if (have < max) {
+            have = available(); // the avail index once per burst that wants more than was seen
         } else {
             checkNotBroken();
-            if (have < max) {
-                have = more(have); // the avail index once per burst that wants more than was seen
-            }
         }
         int limit = Math.min(Math.min(max, ChainBurst.MAX), have);
         int want = writable ? DESC_F_WRITE : 0;
@@ -318,12 +325,8 @@ public final class SplitDeviceRing implements DeviceRing {
     }
 
     /**
-     * The avail index read again by a burst that wants more than the {@code have} chains seen and not popped: the new
-     * count if the index moved on by at most the queue size from where the device stands, else {@code have}. Those
-     * chains come first, as pop takes them (it reads the index only once they are gone, and breaks the ring then if
-     * the index jumped, or moved back before the device's position); an index that moved back among them is not
-     * believed either, as pop does not look. Before, the burst broke the ring over an index that jumped while chains
-     * read before it were waiting: their frames were never sent, where pop sent them and then broke the ring.
+     * The avail index read again while {@code have} chains seen are not popped yet ({@link #available}): the new
+     * count if the index moved on by at most the queue size from where the device stands, else {@code have}.
      */
     private int more(int have) {
         int idx = getU16Acquire(avail, AVAIL_IDX);
