@@ -475,7 +475,7 @@ class RxPathPropertyTest {
                     used.add(u);
                 }
                 QueueCounters.Snapshot s = rxCounters();
-                return used.size() >= wantUsed && s.packets() >= packets && s.drops() >= drops && s.errors() >= errors;
+                return used.size() >= wantUsed && s.packets() >= packets && s.bytes() >= bytes && s.drops() >= drops && s.errors() >= errors;
             }, "the device to deliver " + wantUsed + " used entries, " + packets + " packets, " + drops + " drops, "
                     + errors + " errors (now " + rxCounters() + ", " + used.size() + " used entries, "
                     + waiting.size() + " frames waiting, " + posted.size() + " chains posted, ring full " + ringFull()

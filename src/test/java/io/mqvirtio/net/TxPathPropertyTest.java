@@ -585,7 +585,7 @@ class TxPathPropertyTest {
         void checkCounters(long extraErrors) {
             await(() -> {
                 QueueCounters.Snapshot s = txCounters();
-                return s.packets() >= packets && s.errors() >= errors + extraErrors && s.drops() >= drops;
+                return s.packets() >= packets && s.bytes() >= bytes && s.errors() >= errors + extraErrors && s.drops() >= drops;
             }, () -> "TX counters " + txCounters() + "; " + where);
             QueueCounters.Snapshot s = txCounters();
             assertThat(new long[] {s.packets(), s.bytes(), s.errors(), s.drops()}).as("TX packets, bytes, errors, drops; " + where)
