@@ -52,6 +52,15 @@ final class QueuePairWorker implements WorkerHandler {
      * ({@link #waitForRoom}), so it costs no wake-ups otherwise.
      */
     private static final int PORT_EVENTS = Epoll.EPOLLIN | Epoll.EPOLLOUT | Epoll.EPOLLET;
+    /**
+     * A kick fd, edge-triggered: a wake-up per write of the frontend's, however its counter reads afterwards. A
+     * frontend may hand us an eventfd in semaphore mode (EFD_SEMAPHORE, fixed when it was made): each read takes one
+     * from its counter, so one write of 2^40 kept it readable for good, and level-triggered the worker woke, drained
+     * one and ran an empty round at 100 % of a core. The session refuses such a kick where the kernel names the mode
+     * (in /proc's fdinfo, as recent kernels do); this bounds it everywhere else. No kick is lost: a write after a wake-up
+     * raises the next edge, and registering a kick that is readable already reports it once.
+     */
+    private static final int KICK_EVENTS = Epoll.EPOLLIN | Epoll.EPOLLET;
     static final int BUDGET = 64;
     /**
      * Chains of several buffers (anything {@link DeviceRing#popBurst} leaves to {@code pop}) a TX burst reads ahead at
@@ -236,7 +245,7 @@ final class QueuePairWorker implements WorkerHandler {
             rxKick = kick;
             rxCall = call;
             rxEnabled = enabled;
-            loop.register(kick.fd(), Epoll.EPOLLIN, TOKEN_RX_KICK);
+            loop.register(kick.fd(), KICK_EVENTS, TOKEN_RX_KICK);
             portReadable = true; // frames may have queued while no ring ran
         } else {
             tx = q;
@@ -244,7 +253,7 @@ final class QueuePairWorker implements WorkerHandler {
             txKick = kick;
             txCall = call;
             txEnabled = enabled;
-            loop.register(kick.fd(), Epoll.EPOLLIN, TOKEN_TX_KICK);
+            loop.register(kick.fd(), KICK_EVENTS, TOKEN_TX_KICK);
         }
         // A backend that died may have published used entries without signalling them: have the driver look.
         signalCall(isRx);

@@ -839,12 +839,35 @@ public final class BackendSession implements Runnable {
             if (kind != null && !kind.equals("anon_inode:[eventfd]")) {
                 throw new VhostUserException(m.name() + ": the " + what + " descriptor is " + kind + ", not an eventfd");
             }
+            if (what.equals("kick") && isSemaphore(e.fd())) {
+                // Each read takes one from its counter: one write of a large count keeps it readable for as many
+                // reads (the workers watch kicks edge-triggered, so it costs a wake-up per write, never a spin).
+                throw new VhostUserException(m.name() + ": the kick eventfd is in semaphore mode (EFD_SEMAPHORE): "
+                        + "a read must empty it");
+            }
             e.setNonBlocking(true);
             return e;
         } catch (RuntimeException ex) {
             e.close();
             throw ex;
         }
+    }
+
+    /**
+     * Whether eventfd {@code fd} is in semaphore mode, as its fdinfo says ("eventfd-semaphore: 1"); false where the
+     * kernel does not say.
+     */
+    private static boolean isSemaphore(int fd) {
+        try {
+            for (String line : java.nio.file.Files.readAllLines(java.nio.file.Path.of("/proc/self/fdinfo/" + fd))) {
+                if (line.startsWith("eventfd-semaphore:")) {
+                    return line.substring("eventfd-semaphore:".length()).trim().equals("1");
+                }
+            }
+        } catch (java.io.IOException | RuntimeException e) {
+            // no /proc: the workers' edge-triggered watch bounds it
+        }
+        return false;
     }
 
     /** What an open descriptor is, as /proc names it ("socket:[123]", "anon_inode:[eventfd]"); null if unknown. */

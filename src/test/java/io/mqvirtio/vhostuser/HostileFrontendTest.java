@@ -86,6 +86,13 @@ class HostileFrontendTest {
             return fds;
         }
 
+        /** An eventfd in semaphore mode (each read takes one), its counter at 2^40. */
+        int semaphoreEventfd() {
+            EventFd e = io.mqvirtio.linux.SemaphoreEventFd.create(1L << 40);
+            owned.add(e);
+            return e.fd();
+        }
+
         /** A memory file of {@code size} bytes (a frontend's log). */
         int memfd(long size) {
             io.mqvirtio.linux.MemFd m = io.mqvirtio.linux.MemFd.create("hostile-log", size);
@@ -382,6 +389,12 @@ class HostileFrontendTest {
                 }, "not 16-byte aligned"),
                 acked("SET_VRING_BASE 0x10000", Setup.MEMORY,
                         c -> ackd(c, Request.SET_VRING_BASE, state(0, 0x10000)), "65536 does not fit"),
+                // each read of it takes one: readable after every read, it held a level-triggered worker spinning
+                acked("kick eventfd in semaphore mode", Setup.MEMORY, c -> {
+                    c.fe.ok(Request.SET_VRING_NUM, state(2, RING));
+                    c.fe.ok(Request.SET_VRING_ADDR, c.ram.vringAddr(r2));
+                    return ackd(c, Request.SET_VRING_KICK, u64(2), c.semaphoreEventfd());
+                }, "the kick eventfd is in semaphore mode"),
                 acked("SET_VRING_KICK with NOFD", Setup.MEMORY,
                         c -> ackd(c, Request.SET_VRING_KICK, u64(NOFD)), "without a kick fd"),
                 acked("SET_VRING_KICK with unknown bits", Setup.MEMORY,
