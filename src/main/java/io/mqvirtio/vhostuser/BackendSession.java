@@ -303,7 +303,16 @@ public final class BackendSession implements Runnable {
                 device.reset(); // nothing of what came before (parked frames, the MTU) outlives the reset
                 for (Ring ring : rings) {
                     ring.stoppedAt = -1;
+                    // Stopped and disabled, as a ring starts out (vhost-user.rst: the reset disables every ring): a
+                    // later start needs a new kick fd, and with protocol features a new enable. (An enable from
+                    // before the reset outlived it: the next SET_FEATURES kept it, and a ring restarted without
+                    // SET_VRING_ENABLE took RX frames and sent TX ones.)
+                    ring.enabled = false;
+                    ring.enableSet = false;
+                    closeQuietly(ring.kick);
+                    ring.kick = null;
                 }
+                status = 0;
                 note("{0}: device reset ({1})", name, r);
                 ackedFeatures = 0;
                 featuresSet = false;
