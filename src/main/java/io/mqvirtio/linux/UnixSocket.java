@@ -68,8 +68,17 @@ public final class UnixSocket extends Fd {
      */
     private static final long CMSG_HDR = 16, CMSG_LEVEL = 8, CMSG_TYPE = 12;
 
-    /** What one {@link #recv} got: {@code bytes} read (0 at end of stream, -1 if it would block) and the fds. */
-    public record Received(long bytes, int[] fds) {}
+    /**
+     * What one {@link #recv} got: {@code bytes} read (0 at end of stream, -1 if it would block) and the fds.
+     * {@code fdsDropped}: the peer sent descriptors with these bytes that this process could not take (it had no
+     * descriptor free, EMFILE or ENFILE: the kernel drops them and says MSG_CTRUNC); {@code fds} is then empty, the
+     * ones that did arrive closed, and the bytes are there as sent.
+     */
+    public record Received(long bytes, int[] fds, boolean fdsDropped) {
+        public Received(long bytes, int[] fds) {
+            this(bytes, fds, false);
+        }
+    }
 
     /** The peer's identity at connect time (SO_PEERCRED, socket(7)). */
     public record Credentials(int pid, int uid, int gid) {}
@@ -339,8 +348,11 @@ public final class UnixSocket extends Fd {
     /**
      * One {@code recvmsg} into {@code buf}, accepting up to {@code maxFds} descriptors (close-on-exec, owned by the
      * caller). Bytes 0 means end of stream; -1 means non-blocking and nothing ready. If the peer sent more
-     * descriptors than {@code maxFds} (MSG_CTRUNC), the ones that arrived are closed and this throws EMSGSIZE:
-     * a peer that does so is broken, and a half-received set of descriptors is of no use.
+     * descriptors than {@code maxFds} (MSG_CTRUNC with the room for them full), the ones that arrived are closed and
+     * this throws EMSGSIZE: a peer that does so is broken, and a half-received set of descriptors is of no use. If
+     * the kernel dropped descriptors with room left for them (MSG_CTRUNC: it could not install them, this process
+     * being out of descriptors), the ones that arrived are closed too, and the bytes are returned with {@link
+     * Received#fdsDropped}: the stream is intact, and the caller says what the message lost.
      */
     public Received recv(MemorySegment buf, int maxFds) {
         if (maxFds < 0) {
@@ -368,17 +380,23 @@ public final class UnixSocket extends Fd {
             int[] fds = maxFds == 0 ? new int[0] : parseRights(control, msg.get(C_LONG, MSG_CONTROLLEN));
             // The control buffer is rounded up to 8 bytes, so it may hold one descriptor more than asked for (found
             // by fuzzing: 8 arrived where 7 were allowed): more than maxFds is refused as a truncation is.
-            if ((msg.get(C_INT, MSG_FLAGS) & MSG_CTRUNC) != 0 || fds.length > maxFds) {
+            boolean truncated = (msg.get(C_INT, MSG_FLAGS) & MSG_CTRUNC) != 0;
+            if (truncated || fds.length > maxFds) {
                 for (int fd : fds) {
                     new Fd(fd).close();
                 }
-                throw new ErrnoException("recvmsg: peer sent more than " + maxFds + " fds (MSG_CTRUNC)",
-                        ErrnoException.EMSGSIZE);
+                if (!truncated || fds.length >= maxFds) {
+                    throw new ErrnoException("recvmsg: peer sent more than " + maxFds + " fds (MSG_CTRUNC)",
+                            ErrnoException.EMSGSIZE);
+                }
+                // Room was left, yet the kernel cut the list: it could not install a descriptor (scm_detach_fds stops
+                // at the first that fails, EMFILE: this process is at its limit) and dropped it and the rest.
+                fds = new int[0];
             }
             if (dst != buf) {
                 MemorySegment.copy(dst, 0, buf, 0, n);
             }
-            return new Received(n, fds);
+            return new Received(n, fds, truncated);
         } catch (Throwable t) {
             throw Native.rethrow(t);
         }

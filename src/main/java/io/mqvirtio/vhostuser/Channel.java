@@ -20,6 +20,8 @@ import java.util.Arrays;
  * send that finds no room in the peer's queue for that long fails (SO_SNDTIMEO). Descriptors are counted as they
  * arrive, not once the message is complete: a message dribbled in byte by byte with descriptors on each byte holds
  * at most {@link #MAX_FDS} of them; the kernel discards any beyond (MSG_CTRUNC) and the connection is closed.
+ * Descriptors the kernel dropped because this process had none free (also MSG_CTRUNC) fail the message they came
+ * with, once it has been read to its end, with an error that names it and says so.
  */
 public final class Channel implements AutoCloseable {
     private static final ValueLayout.OfInt LE32 = ValueLayout.JAVA_INT_UNALIGNED.withOrder(ByteOrder.LITTLE_ENDIAN);
@@ -66,6 +68,7 @@ public final class Channel implements AutoCloseable {
         long deadline = timeoutMillis < 0 ? Long.MAX_VALUE : start + timeoutMillis * 1_000_000L;
         int[] fds = new int[0];
         String what = "a message";
+        boolean fdsDropped = false;
         try {
             long got = 0;
             while (got < Protocol.HEADER_SIZE) {
@@ -76,6 +79,7 @@ public final class Channel implements AutoCloseable {
                         + Protocol.HEADER_SIZE + " bytes came)");
                 UnixSocket.Received r = read(header.asSlice(got), MAX_FDS - fds.length);
                 fds = append(fds, r.fds());
+                fdsDropped |= r.fdsDropped();
                 if (r.bytes() == 0) {
                     if (got == 0 && fds.length == 0) {
                         return null;
@@ -106,11 +110,18 @@ public final class Channel implements AutoCloseable {
                 await(deadline, "the payload of message " + id + " (" + got + " of " + size + " bytes came)");
                 UnixSocket.Received r = read(body.asSlice(got, size - got), MAX_FDS - fds.length);
                 fds = append(fds, r.fds());
+                fdsDropped |= r.fdsDropped();
                 if (r.bytes() == 0) {
                     throw new VhostUserException("connection closed after " + got + " of " + size + " payload bytes of message "
                             + id);
                 }
                 got += r.bytes();
+            }
+            if (fdsDropped) {
+                // Read to its end first, so the error names the message (its descriptors ride on its first byte)
+                throw new VhostUserException(what + " came with file descriptors that could not be received: this "
+                        + "process has no descriptor free (EMFILE: its limit, RLIMIT_NOFILE, or the system's is "
+                        + "reached), and the kernel dropped them");
             }
             byte[] payload = body.asSlice(0, size).toArray(ValueLayout.JAVA_BYTE);
             Message m = new Message(request, flags, payload, fds);

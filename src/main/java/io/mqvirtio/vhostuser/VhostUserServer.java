@@ -273,6 +273,10 @@ public final class VhostUserServer implements AutoCloseable {
                     continue;
                 }
                 conn = listener.accept();
+                if (failures > 10) {
+                    // the lines stopped at ten (then one in a thousand): say that it is over, and how long it lasted
+                    LOG.log(Level.INFO, "{0}: accepting again after {1} failures", path, failures);
+                }
                 failures = 0;
             } catch (ErrnoException e) {
                 if (closed) {
@@ -348,15 +352,25 @@ public final class VhostUserServer implements AutoCloseable {
 
     private void clientLoop() {
         long delay = 100;
+        int failures = 0;
         while (!closed) {
             UnixSocket conn;
             try {
                 conn = UnixSocket.connect(path, 1000);
             } catch (RuntimeException e) {
+                // A frontend that is not there (yet), or not accepting, is what this loop waits out in silence; any
+                // other failure is ours to tell (out of file descriptors: socket(2) fails with EMFILE), within the
+                // bounds the accept loop's lines have
+                boolean absent = e instanceof ErrnoException x && (x.errno() == ErrnoException.ENOENT
+                        || x.errno() == ErrnoException.ECONNREFUSED || x.errno() == ErrnoException.EAGAIN);
+                if (!absent && (++failures <= 10 || failures % 1000 == 0)) {
+                    LOG.log(Level.ERROR, "{0}: cannot connect ({1} in a row): {2}", path, failures, e.getMessage());
+                }
                 sleep(delay);
                 delay = Math.min(delay * 2, 1000);
                 continue;
             }
+            failures = 0;
             String dead = device.deadReason();
             if (dead != null) {
                 conn.close();

@@ -1,0 +1,173 @@
+package io.mqvirtio.vhostuser;
+
+import static io.mqvirtio.vhostuser.BackendHarness.BASIC_PF;
+import static io.mqvirtio.vhostuser.BackendHarness.negotiate;
+import static io.mqvirtio.vhostuser.BackendHarness.setupRing;
+import static io.mqvirtio.vhostuser.RawPeer.state;
+import static io.mqvirtio.vhostuser.RawPeer.u64;
+import static org.assertj.core.api.Assertions.assertThat;
+
+import io.mqvirtio.cli.Launcher;
+import io.mqvirtio.linux.EventFd;
+import io.mqvirtio.linux.Fd;
+import io.mqvirtio.linux.UnixSocket;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.concurrent.TimeUnit;
+import java.util.regex.Pattern;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.Timeout;
+import org.junit.jupiter.api.io.TempDir;
+
+/**
+ * A running {@code mqvirtio serve} out of file descriptors (its soft RLIMIT_NOFILE lowered with prlimit to 3, so
+ * that no new descriptor can be had), with raw vhost-user frontends: what needs a descriptor fails with one clear line
+ * and breaks only the session that needed it, other VMs go on, nothing leaks, and all works again once the limit is
+ * back. A thread blocked in accept(2) already holds the number it will return, so the first connection after the limit
+ * is accepted.
+ */
+@Timeout(90)
+class OutOfDescriptorsTest {
+    static final long START_MS = 30_000;
+
+    @TempDir
+    Path dir;
+
+    /**
+     * Descriptors a frontend passes (SCM_RIGHTS) that the kernel drops on receipt, having nowhere to put them
+     * (MSG_CTRUNC): the message that carried them (SET_VRING_CALL's eventfd, SET_MEM_TABLE's memfd) ends its session
+     * with a line that names it and says why (before: "a message carries more than 8 fds", which blamed the frontend
+     * for descriptors it never sent). The other VM's session, rings running, is untouched. The vhost-user socket's
+     * accept fails meanwhile, in at most ten lines, and says when it accepts again (before: no such line); the
+     * frontend that waited in the backlog is then fully served, and the process holds the descriptors it held before.
+     */
+    @Test
+    void descriptorsDroppedOnReceiptEndOnlyThatSessionWithAClearError() throws Exception {
+        Path a = dir.resolve("a.sock");
+        Path b = dir.resolve("b.sock");
+        try (Launcher.Run r = Launcher.start(dir, "serve", Launcher.command("serve", "--vm",
+                "socket-path=" + a + ",loopback,name=a", "--vm", "socket-path=" + b + ",loopback,name=b"));
+             RawPeer pb = awaitConnect(r, b);
+             GuestRam ramB = new GuestRam();
+             EventFd kick = EventFd.create(); EventFd call = EventFd.create()) {
+            long pid = r.process().pid();
+            String soft = softLimit(pid);
+            negotiate(pb, BASIC_PF);
+            pb.ok(Request.SET_MEM_TABLE, ramB.memTable(), ramB.fd());
+            setupRing(pb, ramB, 0, kick, call);
+            pb.ok(Request.SET_VRING_ENABLE, state(0, 1));
+            r.awaitErr("b\\.sock#1: ring 0 enabled", 5_000);
+            String before = openFds(pid);
+
+            try (RawPeer pa = RawPeer.connect(a); GuestRam ramA = new GuestRam(); EventFd c0 = EventFd.create()) {
+                negotiate(pa, BASIC_PF);
+                pa.ok(Request.SET_MEM_TABLE, ramA.memTable(), ramA.fd());
+                r.awaitErr("a\\.sock#1: memory table", 5_000);
+                Thread.sleep(300); // a's acceptor is back in accept(2), holding its next number
+                prlimit(pid, "3:");
+                pa.sendAcked(Request.SET_VRING_CALL, u64(0), c0.fd());
+                pa.expectClosed();
+            }
+            r.awaitErr("a\\.sock#1: closing connection: message SET_VRING_CALL \\(13\\) came with file descriptors that could "
+                    + "not be received: this process has no descriptor free \\(EMFILE", 5_000);
+            // The other VM's session goes on
+            assertThat(pb.get(Request.GET_QUEUE_NUM)).isEqualTo(1);
+
+            // The connection accept(2) held a number for: served until a message brings a descriptor (a memfd)
+            try (RawPeer pa = awaitConnect(r, a); GuestRam ramA = new GuestRam()) {
+                negotiate(pa, BASIC_PF);
+                pa.sendAcked(Request.SET_MEM_TABLE, ramA.memTable(), ramA.fd());
+                pa.expectClosed();
+            }
+            r.awaitErr("a\\.sock#2: closing connection: message SET_MEM_TABLE \\(5\\) came with file descriptors that could "
+                    + "not be received", 5_000);
+            r.awaitErr("a.sock: accept failed \\(10 in a row\\): accept4: Too many open files", 10_000);
+            try (RawPeer waiting = RawPeer.connect(a); GuestRam ramA = new GuestRam();
+                 EventFd k0 = EventFd.create(); EventFd c0 = EventFd.create()) {
+                Thread.sleep(1_500); // fifteen more failures, none of them logged
+                prlimit(pid, soft + ":");
+                negotiate(waiting, BASIC_PF);
+                waiting.ok(Request.SET_MEM_TABLE, ramA.memTable(), ramA.fd());
+                setupRing(waiting, ramA, 0, k0, c0);
+                waiting.ok(Request.SET_VRING_ENABLE, state(0, 1));
+                r.awaitErr("a\\.sock#3: ring 0 enabled", 5_000);
+                r.awaitErr("a.sock: accepting again after \\d+ failures", 5_000);
+            }
+            r.awaitErr("a\\.sock#3: session closed", 5_000);
+            assertThat(r.stderr().lines().filter(l -> l.contains("a.sock: accept failed")).count()).as(r.stderr())
+                    .isEqualTo(10);
+            assertThat(openFds(pid)).as("descriptors of serve after the sessions of a ended").isEqualTo(before);
+            // b's ring ran all along: it stops where it stood
+            pb.send(Request.GET_VRING_BASE, state(0, 0));
+            assertThat(pb.expectReplyTo(Request.GET_VRING_BASE.id).u32(0)).isZero();
+            assertThat(r.stderr()).doesNotContain("\tat ").doesNotContain("more than 8 fds");
+            r.process().destroy();
+            assertThat(r.exit(15_000)).as(r.stderr()).isZero();
+        }
+    }
+
+    /**
+     * {@code serve --client} out of descriptors: its socket(2) fails with EMFILE, and it says so (before: it retried
+     * in silence, as it does for a frontend that is not listening yet), in a bounded number of lines; once the limit
+     * is back it connects and serves the frontend.
+     */
+    @Test
+    void clientModeSaysWhyItCannotConnectAndConnectsOnceDescriptorsAreFree() throws Exception {
+        Path c = dir.resolve("c.sock");
+        try (Launcher.Run r = Launcher.start(dir, "client", Launcher.command("serve", "--socket-path", c.toString(),
+                "--loopback", "--client"))) {
+            r.awaitErr("connecting to .*c\\.sock", START_MS);
+            long pid = r.process().pid();
+            String soft = softLimit(pid);
+            prlimit(pid, "3:");
+            try (UnixSocket listening = UnixSocket.listen(c, 4)) {
+                r.awaitErr("c.sock: cannot connect \\(2 in a row\\): socket: Too many open files", 10_000);
+                assertThat(listening.poll(Fd.POLLIN, 0)).as("nothing connected").isZero();
+                prlimit(pid, soft + ":");
+                assertThat(listening.poll(Fd.POLLIN, 5_000)).as("serve connects").isNotZero();
+                try (RawPeer fe = RawPeer.over(listening.accept()); GuestRam ram = new GuestRam()) {
+                    negotiate(fe, BASIC_PF);
+                    fe.ok(Request.SET_MEM_TABLE, ram.memTable(), ram.fd());
+                }
+            }
+            r.awaitErr("c\\.sock#1: session closed", 5_000);
+            assertThat(r.stderr()).doesNotContain("\tat ");
+            r.process().destroy();
+            assertThat(r.exit(15_000)).as(r.stderr()).isZero();
+        }
+    }
+
+    /** A frontend connected to {@code sock} once serve listens there. */
+    static RawPeer awaitConnect(Launcher.Run r, Path sock) throws Exception {
+        r.awaitErr("listening on " + Pattern.quote(sock.toString()), START_MS);
+        return RawPeer.connect(sock);
+    }
+
+    static String softLimit(long pid) throws Exception {
+        return Files.readAllLines(Path.of("/proc/" + pid + "/limits")).stream()
+                .filter(l -> l.startsWith("Max open files")).findFirst().orElseThrow().split("\\s+")[3];
+    }
+
+    /** What serve holds open: each descriptor's number and what it is, as /proc names it. */
+    static String openFds(long pid) throws Exception {
+        StringBuilder b = new StringBuilder();
+        try (var s = Files.list(Path.of("/proc/" + pid + "/fd"))) {
+            for (Path p : s.sorted(java.util.Comparator.comparingInt(x -> Integer.parseInt(x.getFileName().toString())))
+                    .toList()) {
+                try {
+                    b.append(p.getFileName()).append(" -> ").append(Files.readSymbolicLink(p)).append('\n');
+                } catch (java.io.IOException gone) {
+                    // closed while we looked
+                }
+            }
+        }
+        return b.toString();
+    }
+
+    static void prlimit(long pid, String nofile) throws Exception {
+        Process p = new ProcessBuilder("prlimit", "--pid", String.valueOf(pid), "--nofile=" + nofile)
+                .redirectErrorStream(true).start();
+        assertThat(p.waitFor(10, TimeUnit.SECONDS)).isTrue();
+        assertThat(p.exitValue()).as(new String(p.getInputStream().readAllBytes())).isZero();
+    }
+}
