@@ -237,10 +237,14 @@ public final class TapBackend implements PacketBackend {
         return new Port() {
             private boolean attached;
             private boolean fallbackLogged;
+            /** The writer's wait for a descriptor has been logged (and not its end yet). */
+            private boolean waitLogged;
+            /** Waits for a descriptor that ended: the first is logged at WARNING and INFO, later ones at DEBUG. */
+            private int waits;
 
             @Override
             public int batch() {
-                return uring != null && uring.failure() == null && !Experiment.TAP_WRITEV.on() ? TapUringWriter.SLOTS : 0;
+                return uring != null && uring.usable() && !Experiment.TAP_WRITEV.on() ? TapUringWriter.SLOTS : 0;
             }
 
             @Override
@@ -283,11 +287,25 @@ public final class TapBackend implements PacketBackend {
                     LOG.log(Level.WARNING, "tap {0}: queue {1}: {2}; its TX goes by writev from now on", name, pair,
                             uring.failure());
                 }
+                // Out of descriptors, and back: a line each way, per queue; after the first time, DEBUG (the limit
+                // may come and go, and the log is every VM's)
+                String waiting = uring.waiting();
+                if (waiting != null && !waitLogged) {
+                    waitLogged = true;
+                    LOG.log(waits == 0 ? Level.WARNING : Level.DEBUG, "tap {0}: queue {1}: {2}; its TX goes by writev "
+                            + "until a descriptor is free (tried again each second)", name, pair, waiting);
+                } else if (waiting == null && waitLogged && uring.failure() == null) {
+                    waitLogged = false;
+                    LOG.log(waits++ == 0 ? Level.INFO : Level.DEBUG, "tap {0}: queue {1}: TX through io_uring again",
+                            name, pair);
+                }
             }
 
             @Override
             public String ioMethod(boolean isRx) {
-                return isRx ? "readv" : batch() > 0 ? "io_uring" : "writev";
+                // any thread (the metrics'): what the worker does now
+                return isRx ? "readv" : uring != null && uring.failure() == null && uring.waiting() == null
+                        && !Experiment.TAP_WRITEV.on() ? "io_uring" : "writev";
             }
 
             @Override

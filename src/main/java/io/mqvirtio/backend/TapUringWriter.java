@@ -24,6 +24,8 @@ import java.util.Arrays;
  * SINGLE_ISSUER ties it to the thread that made it) and closed by the backend after the workers stopped. Anything
  * unexpected from io_uring (a failed setup or registration, e.g. RLIMIT_MEMLOCK; a failed enter; a completion that
  * is not ours) turns it off for good: {@link #failure()} says why, and the port writes with writev from then on.
+ * A set-up that fails for want of a file descriptor (EMFILE, ENFILE: the process or the system at its limit, a state
+ * that passes) is tried again each {@link #RETRY_NANOS} instead, writev meanwhile: {@link #waiting()} says why.
  */
 final class TapUringWriter implements AutoCloseable {
     /** Frames per submission: the worker's read-ahead batch. */
@@ -31,6 +33,8 @@ final class TapUringWriter implements AutoCloseable {
     /** A slot: header and an MTU-sized frame (12 + 1514, with room for a VLAN tag and more). */
     static final int SLOT_BYTES = 2048;
     private static final int EBADFD = 77; // <asm-generic/errno.h>: a TAP queue whose device is gone
+    /** How long after a set-up that found no file descriptor free the next one is tried. */
+    static final long RETRY_NANOS = 1_000_000_000L;
 
     private final Tap queue;
     private IoUring ring;
@@ -41,6 +45,9 @@ final class TapUringWriter implements AutoCloseable {
     private final int[] res = new int[SLOTS];
     private final boolean[] seen = new boolean[SLOTS];
     private volatile String failure;
+    /** Why the last set-up failed for want of a descriptor (tried again at {@link #retryAt}), or null. */
+    private volatile String waiting;
+    private long retryAt; // worker thread only
 
     TapUringWriter(Tap queue) {
         this.queue = queue;
@@ -84,6 +91,19 @@ final class TapUringWriter implements AutoCloseable {
         return failure;
     }
 
+    /**
+     * Why this writer waits to be set up (its last try found no file descriptor free; the port writes with writev
+     * meanwhile), or null: set up, or not tried yet. Any thread.
+     */
+    String waiting() {
+        return waiting;
+    }
+
+    /** Whether {@link #queue} may take frames now: not off, and not waiting for its next try at a set-up. */
+    boolean usable() {
+        return failure == null && (waiting == null || System.nanoTime() - retryAt >= 0);
+    }
+
     /** Frames held for the next {@link #flush}. */
     int queued() {
         return count;
@@ -114,18 +134,29 @@ final class TapUringWriter implements AutoCloseable {
     }
 
     private boolean open() {
+        if (waiting != null && System.nanoTime() - retryAt < 0) {
+            return false;
+        }
         IoUring r = null;
         try {
             r = IoUring.create(SLOTS);
-            MemorySegment s = Arena.ofAuto().allocate((long) SLOTS * SLOT_BYTES, 4096);
+            MemorySegment s = slots != null ? slots : Arena.ofAuto().allocate((long) SLOTS * SLOT_BYTES, 4096);
+            slots = s;
             r.registerFiles(queue.fd());
             r.registerBuffers(s);
             ring = r;
-            slots = s;
+            waiting = null;
             return true;
         } catch (RuntimeException e) {
             if (r != null) {
                 r.close();
+            }
+            if (e instanceof ErrnoException x && (x.errno() == ErrnoException.EMFILE || x.errno() == ErrnoException.ENFILE)) {
+                // io_uring_setup needs a descriptor, and none is free now: a state that passes (another VM's session
+                // ending, the limit raised), unlike a kernel or a limit that refuses io_uring
+                retryAt = System.nanoTime() + RETRY_NANOS;
+                waiting = "io_uring set-up failed: " + e.getMessage();
+                return false;
             }
             failure = "io_uring set-up failed: " + e.getMessage();
             return false;

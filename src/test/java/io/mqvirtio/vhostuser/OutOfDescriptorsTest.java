@@ -6,13 +6,21 @@ import static io.mqvirtio.vhostuser.BackendHarness.setupRing;
 import static io.mqvirtio.vhostuser.RawPeer.state;
 import static io.mqvirtio.vhostuser.RawPeer.u64;
 import static org.assertj.core.api.Assertions.assertThat;
+import static org.junit.jupiter.api.Assumptions.assumeTrue;
 
 import io.mqvirtio.cli.Launcher;
 import io.mqvirtio.linux.EventFd;
 import io.mqvirtio.linux.Fd;
+import io.mqvirtio.linux.IoUring;
+import io.mqvirtio.linux.TestNetns;
 import io.mqvirtio.linux.UnixSocket;
+import io.mqvirtio.net.NetDriver;
+import java.lang.foreign.Arena;
 import java.nio.file.Files;
 import java.nio.file.Path;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.concurrent.ThreadLocalRandom;
 import java.util.concurrent.TimeUnit;
 import java.util.regex.Pattern;
 import org.junit.jupiter.api.Test;
@@ -135,6 +143,75 @@ class OutOfDescriptorsTest {
             r.process().destroy();
             assertThat(r.exit(15_000)).as(r.stderr()).isZero();
         }
+    }
+
+    /**
+     * A TAP queue's io_uring is set up when its first TX frame comes; out of descriptors, io_uring_setup fails with
+     * EMFILE. The frames go by writev meanwhile (the TAP gets every one), the line says so, and once descriptors are
+     * free the queue is back on io_uring, in the log and in {@code mqvirtio_queue_io_info}. Before, that failure
+     * turned io_uring off for the queue until serve restarted, as a kernel that refuses io_uring does.
+     */
+    @Test
+    void tapTxGoesByWritevWhileIoUringCannotBeSetUpAndBackOnceDescriptorsAreFree() throws Exception {
+        assumeTrue(Files.exists(Path.of("/dev/net/tun")) && TestNetns.isRoot(), "needs root and /dev/net/tun");
+        assumeTrue(IoUring.unavailable() == null, "io_uring: " + IoUring.unavailable());
+        Path sock = dir.resolve("t.sock");
+        String tap = "mqvf" + Integer.toHexString(ThreadLocalRandom.current().nextInt(0x10000, 0x100000));
+        try (TestNetns ns = TestNetns.create()) {
+            ns.ip("link", "set", "lo", "up");
+            List<String> cmd = new ArrayList<>(List.of("ip", "netns", "exec", ns.name()));
+            cmd.addAll(Launcher.command("serve", "--socket-path", sock.toString(), "--tap", tap, "--queues", "2",
+                    "--metrics", "127.0.0.1:0"));
+            try (Launcher.Run r = Launcher.start(dir, "tap", cmd)) {
+                int port = Integer.parseInt(r.awaitErr("metrics on http://127\\.0\\.0\\.1:(\\d+)/metrics", START_MS));
+                assertThat(r.stderr()).contains("TX through io_uring");
+                ns.ip("link", "set", tap, "up");
+                long pid = r.process().pid(); // ip netns exec execs serve: the same process
+                String soft = softLimit(pid);
+                try (NetDriver nic = NetDriver.connect(sock, NetDriver.Options.pairs(2)); Arena a = Arena.ofConfined()) {
+                    long base = tapReceived(ns, tap);
+                    prlimit(pid, "3:");
+                    int sent = 0;
+                    for (; sent < 5; sent++) {
+                        nic.pair(0).send(io.mqvirtio.capture.CaptureTest.frame(a, 0, sent, 300));
+                    }
+                    r.awaitErr("tap " + tap + ": queue 0: io_uring set-up failed: io_uring_setup: Too many open files "
+                            + "\\(errno 24\\); its TX goes by writev until a descriptor is free", 10_000);
+                    awaitTapReceived(ns, tap, base + sent);
+                    prlimit(pid, soft + ":");
+                    long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(10);
+                    while (!r.stderr().contains("tap " + tap + ": queue 0: TX through io_uring again")) {
+                        assertThat(System.nanoTime()).as(r.stderr()).isLessThan(deadline);
+                        nic.pair(0).send(io.mqvirtio.capture.CaptureTest.frame(a, 0, sent++, 300));
+                        Thread.sleep(100);
+                    }
+                    for (int i = 0; i < 5; i++) {
+                        nic.pair(0).send(io.mqvirtio.capture.CaptureTest.frame(a, 0, sent++, 300));
+                    }
+                    awaitTapReceived(ns, tap, base + sent);
+                }
+                Launcher.Http prom = ns.inside(() -> Launcher.get("127.0.0.1", port, "/metrics"));
+                assertThat(prom.body()).contains("mqvirtio_queue_io_info{device=\"t.sock\",direction=\"tx\","
+                        + "method=\"io_uring\",queue=\"0\"} 1");
+                assertThat(r.stderr()).doesNotContain("\tat ").doesNotContain("from now on");
+                r.process().destroy();
+                assertThat(r.exit(15_000)).as(r.stderr()).isZero();
+            }
+        }
+    }
+
+    /** Frames the TAP took from serve (its interface's rx_packets). */
+    static long tapReceived(TestNetns ns, String tap) throws Exception {
+        return Long.parseLong(ns.exec("cat", "/sys/class/net/" + tap + "/statistics/rx_packets").trim());
+    }
+
+    static void awaitTapReceived(TestNetns ns, String tap, long n) throws Exception {
+        long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(10);
+        while (tapReceived(ns, tap) < n) {
+            assertThat(System.nanoTime()).as("frames into the TAP within 10 s").isLessThan(deadline);
+            Thread.sleep(50);
+        }
+        assertThat(tapReceived(ns, tap)).isEqualTo(n);
     }
 
     /** A frontend connected to {@code sock} once serve listens there. */
