@@ -35,6 +35,13 @@ public final class SdNotify {
     private static final MethodHandle RECV =
             Native.downcall("recv", FunctionDescriptor.of(C_LONG, C_POINTER, C_INT, C_POINTER, C_LONG, C_INT));
 
+    /**
+     * The socket notifications go out through, made by the first and kept for the process's life: STOPPING comes
+     * when the process may be out of file descriptors (socket(2) failed with EMFILE, and systemd was never told),
+     * and a datagram socket that is neither bound nor connected can send to any receiver.
+     */
+    private static Fd socket;
+
     private SdNotify() {}
 
     /**
@@ -64,23 +71,23 @@ public final class SdNotify {
      * serve's main thread in sendto for good: before READY, so it never served its stop signal, or at STOPPING, so
      * SIGTERM never finished. Past the bound the send fails with EAGAIN (a warning, as any failure to notify).
      */
-    static void send(String target, String state, long timeoutMillis) {
+    static synchronized void send(String target, String state, long timeoutMillis) {
         try (Arena a = Arena.ofConfined()) {
             MemorySegment addr = address(a, target);
-            int fd = Native.check((int) SOCKET.invokeExact(Native.errnoState(), AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0),
-                    "socket(AF_UNIX, SOCK_DGRAM)");
-            try (Fd s = new Fd(fd)) {
-                UnixSocket.setSendTimeout(s.fd(), timeoutMillis);
-                byte[] b = state.getBytes(StandardCharsets.UTF_8);
-                MemorySegment msg = a.allocate(Math.max(1, b.length));
-                MemorySegment.copy(b, 0, msg, ValueLayout.JAVA_BYTE, 0, b.length);
-                long r;
-                do {
-                    r = (long) SENDTO.invokeExact(Native.errnoState(), s.fd(), msg, (long) b.length, MSG_NOSIGNAL,
-                            addr, (int) addr.byteSize());
-                } while (r < 0 && Native.lastErrno() == ErrnoException.EINTR);
-                Native.check(r, "sendto(NOTIFY_SOCKET " + target + ")");
+            if (socket == null) {
+                socket = new Fd(Native.check((int) SOCKET.invokeExact(Native.errnoState(), AF_UNIX,
+                        SOCK_DGRAM | SOCK_CLOEXEC, 0), "socket(AF_UNIX, SOCK_DGRAM)"));
             }
+            UnixSocket.setSendTimeout(socket.fd(), timeoutMillis);
+            byte[] b = state.getBytes(StandardCharsets.UTF_8);
+            MemorySegment msg = a.allocate(Math.max(1, b.length));
+            MemorySegment.copy(b, 0, msg, ValueLayout.JAVA_BYTE, 0, b.length);
+            long r;
+            do {
+                r = (long) SENDTO.invokeExact(Native.errnoState(), socket.fd(), msg, (long) b.length, MSG_NOSIGNAL,
+                        addr, (int) addr.byteSize());
+            } while (r < 0 && Native.lastErrno() == ErrnoException.EINTR);
+            Native.check(r, "sendto(NOTIFY_SOCKET " + target + ")");
         } catch (Throwable t) {
             throw Native.rethrow(t);
         }

@@ -200,6 +200,31 @@ class OutOfDescriptorsTest {
         }
     }
 
+    /**
+     * SIGTERM while serve is out of descriptors: it stops as always (exit status 0, its socket removed) and still
+     * tells systemd STOPPING=1, through the socket it told READY=1 by (before: socket(2) for the notification failed
+     * with EMFILE, a warning, and systemd was never told).
+     */
+    @Test
+    void stopsAndTellsSystemdWhenOutOfDescriptors() throws Exception {
+        Path sock = dir.resolve("n.sock");
+        Path notify = dir.resolve("n.notify");
+        try (io.mqvirtio.linux.SdNotify.Listener systemd = io.mqvirtio.linux.SdNotify.Listener.bind(notify.toString())) {
+            List<String> cmd = new ArrayList<>(List.of("env", "NOTIFY_SOCKET=" + notify));
+            cmd.addAll(Launcher.command("serve", "--socket-path", sock.toString(), "--loopback"));
+            try (Launcher.Run r = Launcher.start(dir, "notify", cmd)) {
+                assertThat(systemd.receive((int) START_MS)).as(r.stderr()).contains("READY=1");
+                prlimit(r.process().pid(), "3:"); // env execs serve: the same process
+                r.process().destroy();
+                assertThat(r.exit(15_000)).as(r.stderr()).isZero();
+                assertThat(systemd.receive(5_000)).as(r.stderr()).isEqualTo("STOPPING=1");
+                assertThat(r.stderr()).doesNotContain("cannot notify systemd").doesNotContain("\tat ")
+                        .contains("n.sock: stopped (SIGTERM)");
+                assertThat(sock).doesNotExist();
+            }
+        }
+    }
+
     /** Frames the TAP took from serve (its interface's rx_packets). */
     static long tapReceived(TestNetns ns, String tap) throws Exception {
         return Long.parseLong(ns.exec("cat", "/sys/class/net/" + tap + "/statistics/rx_packets").trim());
