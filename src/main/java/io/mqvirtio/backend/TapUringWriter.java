@@ -151,7 +151,8 @@ final class TapUringWriter implements AutoCloseable {
             if (r != null) {
                 r.close();
             }
-            if (e instanceof ErrnoException x && (x.errno() == ErrnoException.EMFILE || x.errno() == ErrnoException.ENFILE)) {
+            if (e instanceof ErrnoException x
+                    && (x.errno() == ErrnoException.EMFILE || x.errno() == ErrnoException.ENFILE)) {
                 // io_uring_setup needs a descriptor, and none is free now: a state that passes (another VM's session
                 // ending, the limit raised), unlike a kernel or a limit that refuses io_uring
                 retryAt = System.nanoTime() + RETRY_NANOS;

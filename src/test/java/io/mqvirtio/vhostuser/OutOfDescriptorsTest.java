@@ -149,7 +149,8 @@ class OutOfDescriptorsTest {
      * A TAP queue's io_uring is set up when its first TX frame comes; out of descriptors, io_uring_setup fails with
      * EMFILE. The frames go by writev meanwhile (the TAP gets every one), the line says so, and once descriptors are
      * free the queue is back on io_uring, in the log and in {@code mqvirtio_queue_io_info}. Before, that failure
-     * turned io_uring off for the queue until serve restarted, as a kernel that refuses io_uring does.
+     * turned io_uring off for the queue until serve restarted, as a kernel that refuses io_uring does. A pair the
+     * frontend disables and enables meanwhile has its TAP queue detached and attached again, and sends.
      */
     @Test
     void tapTxGoesByWritevWhileIoUringCannotBeSetUpAndBackOnceDescriptorsAreFree() throws Exception {
@@ -177,6 +178,14 @@ class OutOfDescriptorsTest {
                     }
                     r.awaitErr("tap " + tap + ": queue 0: io_uring set-up failed: io_uring_setup: Too many open files "
                             + "\\(errno 24\\); its TX goes by writev until a descriptor is free", 10_000);
+                    awaitTapReceived(ns, tap, base + sent);
+                    // A pair disabled and enabled again (ethtool -L) detaches and attaches its TAP queue (TUNSETQUEUE
+                    // on the queue's open descriptor): no new descriptor, so it works, and so does its TX
+                    nic.setQueuePairs(1);
+                    nic.setQueuePairs(2);
+                    for (int i = 0; i < 3; i++) {
+                        nic.pair(1).send(io.mqvirtio.capture.CaptureTest.frame(a, 1, sent++, 300));
+                    }
                     awaitTapReceived(ns, tap, base + sent);
                     prlimit(pid, soft + ":");
                     long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(10);
