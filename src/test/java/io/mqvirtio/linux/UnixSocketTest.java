@@ -168,6 +168,69 @@ class UnixSocketTest {
         }
     }
 
+    /**
+     * Descriptors the kernel cannot install on receipt (this process at its limit: scm_detach_fds stops at the first
+     * that fails and sets MSG_CTRUNC) are reported as dropped, with the bytes they came with; the ones that did arrive
+     * are closed. Before, this was the EMSGSIZE of a peer that sent too many. The soft RLIMIT_NOFILE is lowered for
+     * the two reads only: first to leave room for exactly one of the message's two descriptors, then for none.
+     */
+    @Test
+    void descriptorsTheKernelCannotInstallAreReportedAsDroppedAndNoneIsLeft() throws Throwable {
+        try (UnixSocket.Pair p = UnixSocket.pair(); EventFd a = EventFd.create(); EventFd b = EventFd.create()) {
+            p.first().send(bytes("1"), a.fd(), b.fd());
+            p.first().send(bytes("2"), a.fd(), b.fd());
+            int free;
+            try (Fd probe = p.second().dup()) {
+                free = probe.fd(); // the lowest free number: the only one below a limit of free + 1
+            }
+            MemorySegment buf = arena.allocate(1);
+            long[] limit = noFileLimit();
+            UnixSocket.Received one;
+            UnixSocket.Received none;
+            try {
+                setNoFileLimit(free + 1, limit[1]);
+                one = p.second().recv(buf, 8); // the first descriptor installed at `free`, the second dropped
+                setNoFileLimit(free, limit[1]);
+                none = p.second().recv(buf, 8);
+            } finally {
+                setNoFileLimit(limit[0], limit[1]);
+            }
+            for (UnixSocket.Received r : new UnixSocket.Received[] {one, none}) {
+                assertThat(r.bytes()).isEqualTo(1);
+                assertThat(r.fds()).isEmpty();
+                assertThat(r.fdsDropped()).isTrue();
+            }
+            assertThat(buf.get(ValueLayout.JAVA_BYTE, 0)).isEqualTo((byte) '2');
+            try (Fd probe = p.second().dup()) {
+                assertThat(probe.fd()).as("the descriptor that arrived was closed").isEqualTo(free);
+            }
+        }
+    }
+
+    private static final int RLIMIT_NOFILE = 7;
+
+    /** {soft, hard} RLIMIT_NOFILE of this process (getrlimit(2)). */
+    private static long[] noFileLimit() throws Throwable {
+        try (Arena a = Arena.ofConfined()) {
+            MemorySegment rl = a.allocate(16, 8);
+            Native.check((int) Native.downcall("getrlimit", java.lang.foreign.FunctionDescriptor.of(Native.C_INT,
+                    Native.C_POINTER, Native.C_INT, Native.C_POINTER)).invokeExact(Native.errnoState(), RLIMIT_NOFILE,
+                    rl), "getrlimit");
+            return new long[] {rl.get(ValueLayout.JAVA_LONG, 0), rl.get(ValueLayout.JAVA_LONG, 8)};
+        }
+    }
+
+    private static void setNoFileLimit(long soft, long hard) throws Throwable {
+        try (Arena a = Arena.ofConfined()) {
+            MemorySegment rl = a.allocate(16, 8);
+            rl.set(ValueLayout.JAVA_LONG, 0, soft);
+            rl.set(ValueLayout.JAVA_LONG, 8, hard);
+            Native.check((int) Native.downcall("setrlimit", java.lang.foreign.FunctionDescriptor.of(Native.C_INT,
+                    Native.C_POINTER, Native.C_INT, Native.C_POINTER)).invokeExact(Native.errnoState(), RLIMIT_NOFILE,
+                    rl), "setrlimit");
+        }
+    }
+
     private static long openFds() throws Exception {
         try (var s = Files.list(Path.of("/proc/self/fd"))) {
             return s.count();
