@@ -281,6 +281,13 @@ public final class TapBackend implements PacketBackend {
                 return n;
             }
 
+            @Override
+            public void discard() {
+                if (uring != null) {
+                    uring.discard();
+                }
+            }
+
             private void checkFallback() {
                 if (uring.failure() != null && !fallbackLogged) {
                     fallbackLogged = true;

@@ -4,6 +4,7 @@ import io.mqvirtio.linux.ErrnoException;
 import io.mqvirtio.linux.IoUring;
 import io.mqvirtio.linux.IoVec;
 import io.mqvirtio.linux.Tap;
+import io.mqvirtio.virtio.Experiment;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
 import java.util.Arrays;
@@ -19,6 +20,9 @@ import java.util.Arrays;
  * a guest's memory, whose map the frontend may change at any time; it also frees the guest's buffer at once, so the
  * chain is completed as it is now. Frames larger than a slot are not taken: the worker sends them with {@code
  * writev} after flushing what is queued, so their order holds.
+ *
+ * <p>A burst's writes are linked, so that none overtakes another: the frames from the first the TAP has no room for
+ * on stay in their slots, in order, for the next {@link #flush} (see there).
  *
  * <p>Owned by the queue pair's worker thread: the ring is made by the first {@link #queue} (io_uring's
  * SINGLE_ISSUER ties it to the thread that made it) and closed by the backend after the workers stopped. Anything
@@ -41,7 +45,11 @@ final class TapUringWriter implements AutoCloseable {
     private MemorySegment slots;
     private final int[] lens = new int[SLOTS];
     private int count;
+    /** Frames held from a flush that found the TAP full: slots first..count-1 (none while first == count). */
+    private int first;
     private final long[] data = new long[SLOTS];
+    private final int[] cqRes = new int[SLOTS];
+    /** Each slot's last write's result, and whether its completion came. */
     private final int[] res = new int[SLOTS];
     private final boolean[] seen = new boolean[SLOTS];
     private volatile String failure;
@@ -104,9 +112,9 @@ final class TapUringWriter implements AutoCloseable {
         return failure == null && (waiting == null || System.nanoTime() - retryAt >= 0);
     }
 
-    /** Frames held for the next {@link #flush}. */
+    /** Frames held for the next {@link #flush}: queued since the last, and those it kept. */
     int queued() {
-        return count;
+        return count - first;
     }
 
     /**
@@ -133,13 +141,29 @@ final class TapUringWriter implements AutoCloseable {
         return true;
     }
 
+    /**
+     * The writer's ring, with DEFER_TASKRUN where the kernel has it (6.1): a linked write's start after the one before
+     * it runs from the ring's own list in {@code io_uring_enter}'s wait, not as the thread's task work (the links cost
+     * the worker about a third of its CPU per frame without it, a tenth with it; docs/performance.md).
+     */
+    private static IoUring createRing() {
+        try {
+            return IoUring.create(SLOTS, true);
+        } catch (ErrnoException e) {
+            if (e.errno() != ErrnoException.EINVAL) {
+                throw e;
+            }
+            return IoUring.create(SLOTS, false); // a kernel before 6.1
+        }
+    }
+
     private boolean open() {
         if (waiting != null && System.nanoTime() - retryAt < 0) {
             return false;
         }
         IoUring r = null;
         try {
-            r = IoUring.create(SLOTS);
+            r = createRing();
             MemorySegment s = slots != null ? slots : Arena.ofAuto().allocate((long) SLOTS * SLOT_BYTES, 4096);
             slots = s;
             r.registerFiles(queue.fd());
@@ -165,62 +189,116 @@ final class TapUringWriter implements AutoCloseable {
     }
 
     /**
-     * Writes the queued frames, one submission for all; {@code results[i]} is frame i's (bytes written, or -errno:
-     * EIO for a TAP that is down, EINVAL for a bad header, EBADFD for a detached queue, EAGAIN for a full send
-     * buffer). Returns how many frames there were. If io_uring itself fails, every frame of the batch gets -EIO and
-     * the writer turns itself off.
+     * Writes the queued frames in order, one submission for all, and says what became of them: {@code results[i]} is
+     * the i-th frame's (bytes written, or -errno: EIO for a TAP that is down, EINVAL for a bad header, EBADFD for a
+     * detached queue). Returns how many frames have their result; the rest, from the first the TAP had no room for
+     * (EAGAIN: a send buffer the host limited), stay queued, in order, first in line for the next flush, which the
+     * caller makes when the TAP has room again (its EPOLLOUT edge). If io_uring itself fails, every frame without a
+     * result gets -EIO and the writer turns itself off.
+     *
+     * <p>The writes are linked (IOSQE_IO_LINK): each starts only after the one before it completed, and the first that
+     * fails cancels the rest (-ECANCELED, nothing written; a short write fails a link too, but a TAP write is whole or
+     * refused). Unlinked, a write after one the TAP had no room for could find room (the host frees it as it takes
+     * frames) and go out ahead of it, so such frames could only be dropped. After a refusal other than EAGAIN (that
+     * frame is dropped, the caller counts it) the cancelled rest is submitted again: a batch takes at most one enter
+     * per refused frame, plus one (a TAP that refuses everything, its link down, costs what writev would, a system
+     * call a frame). What the links cost: docs/performance.md ({@code --ab tap-uring-unlinked}).
      */
     int flush(long[] results) {
-        int n = count;
-        count = 0;
+        int n = count - first;
         if (n == 0) {
             return 0;
         }
-        Arrays.fill(seen, 0, n, false);
+        boolean linked = !Experiment.TAP_URING_UNLINKED.on();
+        int settled = 0;
         try {
-            long base = slots.address();
-            for (int i = 0; i < n; i++) {
-                // RWF_NOWAIT: a TAP with no room answers EAGAIN. Without it io_uring polls the TAP and retries when it
-                // has room, and the completion loop below would wait for that in io_uring_enter, for as long as the
-                // host holds what fills the TAP's send buffer (a command unanswered for 10 s: the device is dead).
-                if (!ring.prepare(IoUring.OP_WRITE_FIXED, IoUring.SQE_FIXED_FILE, 0, base + (long) i * SLOT_BYTES,
-                        lens[i], -1, 0, IoUring.RWF_NOWAIT, i)) {
-                    throw new IllegalStateException("io_uring submission ring full with " + i + " of " + n + " entries");
-                }
-            }
-            int taken = ring.submit(n);
-            if (taken != n) {
-                throw new IllegalStateException("io_uring_enter took " + taken + " of " + n + " writes");
-            }
-            int got = 0;
-            int waits = 0;
-            while (got < n) {
-                int k = ring.reap(data, res, n - got);
-                for (int j = 0; j < k; j++) {
-                    long d = data[j];
-                    if (d < 0 || d >= n || seen[(int) d]) {
-                        throw new IllegalStateException("io_uring completed an entry that is not in flight: " + d);
+            while (first < count) {
+                int from = first;
+                submit(from, count, linked);
+                for (int j = from; j < count; j++) {
+                    int r = res[j];
+                    if (linked && r == -ErrnoException.ECANCELED) {
+                        break; // a write before it failed: submitted again
                     }
-                    seen[(int) d] = true;
-                    results[(int) d] = res[j];
-                }
-                got += k;
-                if (got < n) {
-                    if (++waits > n) {
-                        throw new IllegalStateException("io_uring completions missing: " + got + " of " + n);
+                    if (linked && r == -ErrnoException.EAGAIN) {
+                        return settled; // held: j and what follows it (cancelled) go with the next flush
                     }
-                    ring.submit(n - got); // wait for the rest (a TAP write completes inline: not reached)
+                    results[settled++] = r; // unlinked (measuring only): an EAGAIN is a drop, as it was
+                    first = j + 1;
+                }
+                if (first == from) {
+                    throw new IllegalStateException("io_uring cancelled the first write of a link: " + res[from]);
                 }
             }
+            first = 0;
+            count = 0;
+            return n;
         } catch (RuntimeException e) {
             failure = "io_uring failed: " + e.getMessage();
-            for (int i = 0; i < n; i++) {
-                if (!seen[i]) {
-                    results[i] = -ErrnoException.EIO; // not known to be written: counted as failed
-                }
+            for (int j = first; j < count; j++) {
+                // a write seen to complete counts as it did; one not known to be written is counted as failed
+                results[settled++] = seen[j] && res[j] != -ErrnoException.ECANCELED ? res[j] : -ErrnoException.EIO;
+            }
+            first = 0;
+            count = 0;
+            return n;
+        }
+    }
+
+    /** Discards the frames a {@link #flush} kept (the TAP had no room for them); returns how many there were. */
+    int discard() {
+        int n = count - first;
+        first = 0;
+        count = 0;
+        return n;
+    }
+
+    /**
+     * Submits slots {@code from..to-1} with one {@code io_uring_enter} and reaps their completions into {@link #res},
+     * indexed by slot.
+     */
+    private void submit(int from, int to, boolean linked) {
+        int n = to - from;
+        Arrays.fill(seen, from, to, false);
+        long base = slots.address();
+        for (int i = from; i < to; i++) {
+            // RWF_NOWAIT: a TAP with no room answers EAGAIN. Without it io_uring polls the TAP and retries when it has
+            // room, and the completion loop below would wait for that in io_uring_enter, for as long as the host holds
+            // what fills the TAP's send buffer (a command unanswered for 10 s: the device is dead).
+            byte flags = linked && i < to - 1 ? (byte) (IoUring.SQE_FIXED_FILE | IoUring.SQE_IO_LINK)
+                    : IoUring.SQE_FIXED_FILE;
+            if (!ring.prepare(IoUring.OP_WRITE_FIXED, flags, 0, base + (long) i * SLOT_BYTES, lens[i], -1, 0,
+                    IoUring.RWF_NOWAIT, i)) {
+                throw new IllegalStateException("io_uring submission ring full with " + (i - from) + " of " + n
+                        + " entries");
             }
         }
-        return n;
+        int taken = ring.submit(n);
+        if (taken != n) {
+            throw new IllegalStateException("io_uring_enter took " + taken + " of " + n + " writes");
+        }
+        int got = 0;
+        int waits = 0;
+        while (got < n) {
+            int k = ring.reap(data, cqRes, n - got);
+            for (int j = 0; j < k; j++) {
+                long d = data[j];
+                if (d < from || d >= to || seen[(int) d]) {
+                    throw new IllegalStateException("io_uring completed an entry that is not in flight: " + d);
+                }
+                seen[(int) d] = true;
+                res[(int) d] = cqRes[j];
+            }
+            got += k;
+            if (got < n) {
+                if (++waits > n) {
+                    throw new IllegalStateException("io_uring completions missing: " + got + " of " + n);
+                }
+                // wait for the rest: a linked write starts in task work this thread runs before io_uring_enter
+                // returns, and completes inline there (not reached)
+                ring.submit(n - got);
+            }
+        }
     }
 
     @Override

@@ -204,7 +204,7 @@ public final class Worker<H extends WorkerHandler> implements Runnable {
                     if (token == TOKEN_COMMAND) {
                         wakeup.drain();
                     } else {
-                        handler.ready(token);
+                        handler.ready(token, epoll.events(i));
                     }
                 }
                 Command<H, ?> c;

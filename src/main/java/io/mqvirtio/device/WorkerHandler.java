@@ -12,8 +12,11 @@ public interface WorkerHandler {
     /** {@link #work}'s answer: this round moved something (a poll window starts or goes on). */
     int MOVED = 2;
 
-    /** A descriptor registered with {@code token} ({@link Worker#register}) is ready. */
-    void ready(long token);
+    /**
+     * A descriptor registered with {@code token} ({@link Worker#register}) is ready: {@code events} are the epoll
+     * bits it reported (EPOLLIN, EPOLLOUT, ...).
+     */
+    void ready(long token, int events);
 
     /**
      * One round of work. {@code poll}: this round polls (the worker will look again soon without being woken), so

@@ -35,6 +35,11 @@ public final class IoUring implements AutoCloseable {
     private static final int REGISTER_FILES = 2;
     /** IOSQE_FIXED_FILE: the entry's fd is an index into the registered files. */
     public static final byte SQE_FIXED_FILE = 1;
+    /**
+     * IOSQE_IO_LINK: the next entry starts only after this one completed in full; if this one fails (a negative
+     * result, or for a read or write fewer bytes than asked), the rest of the link completes with -ECANCELED unstarted.
+     */
+    public static final byte SQE_IO_LINK = 4;
     /** RWF_NOWAIT, an entry's read/write flag: a read that would wait completes with -EAGAIN instead of waiting armed. */
     public static final int RWF_NOWAIT = 8;
 
@@ -49,6 +54,7 @@ public final class IoUring implements AutoCloseable {
     private static final int FEAT_SINGLE_MMAP = 1;
     /** IORING_SETUP_COOP_TASKRUN | IORING_SETUP_SINGLE_ISSUER: one thread submits; no IPI to run task work. */
     private static final int SETUP_FLAGS = (1 << 8) | (1 << 12);
+    private static final int SETUP_DEFER_TASKRUN = 1 << 13;
     private static final long OFF_SQ_RING = 0;
     private static final long OFF_CQ_RING = 0x8000000L;
     private static final long OFF_SQES = 0x10000000L;
@@ -104,11 +110,20 @@ public final class IoUring implements AutoCloseable {
 
     /** A ring of at least {@code entries} submission slots (a power of two up to 4096). */
     public static IoUring create(int entries) {
+        return create(entries, false);
+    }
+
+    /**
+     * The same; {@code deferTaskrun}: IORING_SETUP_DEFER_TASKRUN (Linux 6.1), the work io_uring does in this thread's
+     * context (a linked entry's start after the one before it completed) runs only in {@link #submit} with a wait,
+     * from a list of the ring's own, instead of as the thread's task work.
+     */
+    public static IoUring create(int entries, boolean deferTaskrun) {
         if (entries < 1 || entries > 4096) {
             throw new IllegalArgumentException("io_uring entries must be in 1..4096, got " + entries);
         }
         MemorySegment params = Arena.ofAuto().allocate(120, 8);
-        params.set(ValueLayout.JAVA_INT, 8, SETUP_FLAGS);
+        params.set(ValueLayout.JAVA_INT, 8, SETUP_FLAGS | (deferTaskrun ? SETUP_DEFER_TASKRUN : 0));
         int ringFd;
         try {
             ringFd = (int) Native.check((long) SETUP.invokeExact(Native.errnoState(), SYS_IO_URING_SETUP, entries, params),

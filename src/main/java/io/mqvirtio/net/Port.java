@@ -77,11 +77,17 @@ public interface Port extends AutoCloseable {
 
     /**
      * Sends the frames {@link #queue} took, in order, in one go: {@code results[i]} is frame i's (bytes taken, or
-     * -errno); returns how many there were.
+     * -errno); returns how many have their result. A port that had no room for a frame (a TAP whose send buffer is
+     * full) keeps it and every frame after it, in order, and returns fewer than it held: the worker then takes
+     * nothing more, waits for the port's fd to become writable (an edge of {@link #readFd()}) and flushes again,
+     * those frames first ({@code results[0]} is then the first of them).
      */
     default int flush(long[] results) {
         return 0;
     }
+
+    /** Drops the frames a {@link #flush} kept for want of room (the worker counts them as dropped). */
+    default void discard() {}
 
     /** How this port moves frames to ({@code isRx}: from) the host, for logs and metrics: "writev", "io_uring", or "". */
     default String ioMethod(boolean isRx) {

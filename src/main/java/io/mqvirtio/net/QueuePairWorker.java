@@ -46,9 +46,10 @@ final class QueuePairWorker implements WorkerHandler {
     private static final Logger LOG = System.getLogger(QueuePairWorker.class.getName());
     private static final long TOKEN_TX_KICK = 1, TOKEN_RX_KICK = 2, TOKEN_PORT = 3;
     /**
-     * The port's fd, edge-triggered. EPOLLOUT: a send that would block gives its chain back, and the guest, waiting
-     * for its frames to be used, may never kick again; the edge when the TAP's send buffer drains retries it
-     * (vhost-net polls its socket for that). A TAP raises that edge only when asked, by a poll that found it full
+     * The port's fd, edge-triggered. EPOLLOUT: a send that would block gives its chain back (a batching port keeps the
+     * frames of a flush it had no room for), and the guest, waiting for its frames to be used, may never kick again;
+     * the edge when the TAP's send buffer drains retries it (vhost-net polls its socket for that), and until then TX
+     * takes nothing. A TAP raises that edge only when asked, by a poll or a write that found it full
      * ({@link #waitForRoom}), so it costs no wake-ups otherwise.
      */
     private static final int PORT_EVENTS = Epoll.EPOLLIN | Epoll.EPOLLOUT | Epoll.EPOLLET;
@@ -130,6 +131,14 @@ final class QueuePairWorker implements WorkerHandler {
     private final long[] txQueuedBytes = new long[BUDGET];
     private final long[] txResults = new long[BUDGET];
     private int txQueued;
+    /**
+     * The port had no room (a send that would block, or a flush that kept frames): TX takes nothing from the ring
+     * until the port's fd reports EPOLLOUT (or an error). Not on any other event: a TAP with frames to read reports
+     * EPOLLIN at each re-arm, and a guest that posts no RX buffers leaves them there.
+     */
+    private boolean txBlocked;
+    /** The frames {@link #txQueued} counts are ones the port kept from a flush that found no room: they go first. */
+    private boolean txHeld;
     private long txSent;
     private long txBytes;
     private long txDropped;
@@ -373,6 +382,7 @@ final class QueuePairWorker implements WorkerHandler {
      */
     Void reset() {
         pendingLen = 0;
+        discardHeldTx();
         try {
             port.reset();
         } catch (RuntimeException e) {
@@ -387,6 +397,9 @@ final class QueuePairWorker implements WorkerHandler {
         if (active != portActive) {
             portActive = active;
             portReadable = true;
+            if (!active) {
+                discardHeldTx(); // as any frame for a port that is not active (a detached TAP queue refuses them)
+            }
             try {
                 port.setActive(active);
                 // only an attach that worked says the TAP is back: a detach of a queue that never attached does nothing
@@ -432,7 +445,7 @@ final class QueuePairWorker implements WorkerHandler {
     // ---- the work (on the worker thread) ----
 
     @Override
-    public void ready(long token) {
+    public void ready(long token, int events) {
         if (token == TOKEN_TX_KICK) {
             if (txKick != null) {
                 drainKick(txKick);
@@ -445,6 +458,9 @@ final class QueuePairWorker implements WorkerHandler {
             }
         } else if (token == TOKEN_PORT) {
             portReadable = true;
+            if ((events & (Epoll.EPOLLOUT | Epoll.EPOLLERR | Epoll.EPOLLHUP)) != 0) {
+                txBlocked = false; // room again (or an error, which the next write reports)
+            }
         }
     }
 
@@ -455,6 +471,8 @@ final class QueuePairWorker implements WorkerHandler {
         boolean more = false;
         if (tx != null && !txBroken) {
             more |= txBurst(poll);
+        } else if (txHeld && !txBlocked) {
+            flushHeldTx();
         }
         if (port.readFd() == Port.POLL) {
             portReadable = true;
@@ -494,7 +512,14 @@ final class QueuePairWorker implements WorkerHandler {
         boolean bursts = batch == 0 && port.sendsBursts();
         int generalPops = 0;
         try {
-            while (done < BUDGET) {
+            if (txBlocked) {
+                return false; // no room in the port since the last try: wait for its EPOLLOUT edge, take nothing
+            }
+            if (txHeld) {
+                flushTx(); // what the port kept goes out first, in order
+                blocked = txHeld;
+            }
+            while (!blocked && done < BUDGET) {
                 int n = q.popBurst(txChains, BUDGET - done, false);
                 if (n > 0) {
                     if (readsFrames) {
@@ -521,6 +546,10 @@ final class QueuePairWorker implements WorkerHandler {
                         blocked = true;
                         break;
                     }
+                    if (txHeld) {
+                        blocked = true; // a flush found no room: the port keeps its frames, nothing more is taken
+                        break;
+                    }
                     continue;
                 }
                 if (!txChains.stoppedAtOther()) {
@@ -545,8 +574,14 @@ final class QueuePairWorker implements WorkerHandler {
                 }
                 q.complete(c, 0);
                 done++;
+                if (txHeld) {
+                    blocked = true;
+                    break;
+                }
             }
-            flushTx();
+            if (!txHeld) {
+                flushTx();
+            }
             if (done > 0) {
                 q.publish();
                 if (q.isLogging()) {
@@ -561,7 +596,7 @@ final class QueuePairWorker implements WorkerHandler {
             if (txBroken) {
                 return false;
             }
-            if (blocked) {
+            if (blocked || txHeld) {
                 waitForRoom();
                 return false;
             }
@@ -582,17 +617,42 @@ final class QueuePairWorker implements WorkerHandler {
             broken(false, txErr, new VirtqueueException("fault while processing the ring: " + e, e));
             return false;
         } finally {
-            flushTx(); // frames taken before a ring broke still go out: nothing of a burst stays in the port
-            // counted once per burst: one release store per counter, not per frame
-            txCounters.add(QueueCounters.PACKETS, txSent);
-            txCounters.add(QueueCounters.BYTES, txBytes);
-            if (txDropped != 0) {
-                txCounters.add(QueueCounters.DROPS, txDropped);
+            if (!txHeld) {
+                flushTx(); // frames taken before a ring broke still go out (or are kept by the port, in order)
             }
-            if (txMalformed != 0) {
-                txCounters.add(QueueCounters.ERRORS, txMalformed);
+            if (txHeld && !txBlocked) {
+                waitForRoom(); // kept by that last flush: the edge brings them out (flushHeldTx, if the ring broke)
             }
+            countTx();
         }
+    }
+
+    /** Adds a burst's counts: once per burst, one release store per counter, not per frame. */
+    private void countTx() {
+        txCounters.add(QueueCounters.PACKETS, txSent);
+        txCounters.add(QueueCounters.BYTES, txBytes);
+        if (txDropped != 0) {
+            txCounters.add(QueueCounters.DROPS, txDropped);
+        }
+        if (txMalformed != 0) {
+            txCounters.add(QueueCounters.ERRORS, txMalformed);
+        }
+    }
+
+    /**
+     * Frames the port kept from a flush go out when it has room even if their ring broke or stopped meanwhile: their
+     * chains were used, so they are the host's to send, as a burst's frames before a bad chain are.
+     */
+    private void flushHeldTx() {
+        txSent = 0;
+        txBytes = 0;
+        txDropped = 0;
+        txMalformed = 0;
+        flushTx();
+        if (txHeld) {
+            waitForRoom();
+        }
+        countTx();
     }
 
     /**
@@ -604,6 +664,9 @@ final class QueuePairWorker implements WorkerHandler {
      * one without room for the header is an error; both counted.
      */
     private boolean sendFrame(IoVec frame, long address, long length, QueueCapture cap, int batch) {
+        if (txHeld) {
+            return false; // the port keeps frames it had no room for: this one waits behind them
+        }
         if (!txEnabled || !portActive) {
             txDropped++; // a started but disabled ring is consumed, not sent
             return true;
@@ -629,6 +692,9 @@ final class QueuePairWorker implements WorkerHandler {
             return true;
         }
         flushTx(); // what is queued goes first
+        if (txHeld) {
+            return false;
+        }
         long n;
         try {
             n = address != 0 ? port.send(address, length, frame) : port.send(frame);
@@ -655,17 +721,21 @@ final class QueuePairWorker implements WorkerHandler {
         if (port.readFd() < 0) {
             return; // a port without a descriptor never blocks (the loopback drops instead)
         }
+        txBlocked = true;
         try {
             loop.rearm(port.readFd(), PORT_EVENTS, TOKEN_PORT);
         } catch (RuntimeException e) {
+            txBlocked = false; // no edge to wait for: the next round tries again
             portError(false, e);
         }
     }
 
     /**
-     * Sends what the port queued this burst ({@link Port#queue}) and counts the results as {@link Port#send}'s
-     * would be: a frame the host refused (link down, runt, bad header) is a port error; one it had no room for
-     * (EAGAIN, a send buffer the host limited) is dropped, since the frames after it may have gone out already.
+     * Sends what the port queued ({@link Port#queue}) and counts the results as {@link Port#send}'s would be: a frame
+     * the host refused (link down, runt, bad header) is a port error. Frames the port had no room for (a TAP's send
+     * buffer the host limited) it keeps, in order, as a send that would block gives its chain back: they are
+     * {@link #txHeld}, first out when the port has room again, and counted then. (Their chains were completed when
+     * the port copied them.) A port that reports EAGAIN as a result instead dropped that frame.
      */
     private void flushTx() {
         int n = txQueued;
@@ -673,15 +743,18 @@ final class QueuePairWorker implements WorkerHandler {
             return;
         }
         txQueued = 0;
+        txHeld = false;
         int got;
         try {
             got = port.flush(txResults);
         } catch (RuntimeException e) {
+            port.discard();
             txDropped += n; // a port whose flush itself fails: the batch is lost, counted, the ring goes on
             portError(false, e);
             return;
         }
-        for (int i = 0; i < Math.min(n, got); i++) {
+        got = Math.max(0, Math.min(n, got));
+        for (int i = 0; i < got; i++) {
             long r = txResults[i];
             if (r > 0) {
                 txSent++;
@@ -693,8 +766,26 @@ final class QueuePairWorker implements WorkerHandler {
             }
         }
         if (got < n) {
-            txDropped += n - got;
+            System.arraycopy(txQueuedBytes, got, txQueuedBytes, 0, n - got);
+            txQueued = n - got;
+            txHeld = true;
         }
+    }
+
+    /** Drops the frames the port kept from a flush (counted as dropped): the device was reset, or its port inactive. */
+    private void discardHeldTx() {
+        txBlocked = false;
+        if (!txHeld) {
+            return;
+        }
+        try {
+            port.discard();
+        } catch (RuntimeException e) {
+            portError(false, e);
+        }
+        txCounters.add(QueueCounters.DROPS, txQueued);
+        txQueued = 0;
+        txHeld = false;
     }
 
     /**

@@ -31,7 +31,15 @@ public enum Experiment {
      * A TAP backend whose TX goes through io_uring (TapBackend.TxMethod) writes with one writev(2) per frame while
      * this is on, read by the port once per TX burst: io_uring against writev with paired windows (scenario 5).
      */
-    TAP_WRITEV(false);
+    TAP_WRITEV(false),
+
+    /**
+     * The TAP's io_uring writer submits a batch's writes unlinked while this is on, as it did before it held the
+     * frames a full TAP had no room for (each write stood alone, and a full TAP's EAGAIN dropped its frame): what
+     * linking them (IOSQE_IO_LINK) costs, with paired windows (scenario 5). Unlinked, a write after one the TAP had
+     * no room for may go out ahead of it, so this mode drops instead of holding.
+     */
+    TAP_URING_UNLINKED(false);
 
     private volatile boolean on;
     private final boolean byDefault;

@@ -6,9 +6,11 @@ import static org.junit.jupiter.api.Assumptions.assumeTrue;
 
 import io.mqvirtio.linux.ErrnoException;
 import io.mqvirtio.linux.Fd;
+import io.mqvirtio.linux.HostTap;
 import io.mqvirtio.linux.IoUring;
 import io.mqvirtio.linux.IoVec;
 import io.mqvirtio.linux.PacketSocket;
+import io.mqvirtio.linux.Tap;
 import io.mqvirtio.linux.TestNetns;
 import io.mqvirtio.net.Port;
 import io.mqvirtio.net.VirtioNet;
@@ -57,6 +59,7 @@ class TapUringWriterTest {
     @AfterEach
     void tearDown() throws Exception {
         Experiment.TAP_WRITEV.reset();
+        Experiment.TAP_URING_UNLINKED.reset();
         if (backend != null) {
             backend.close();
         }
@@ -151,18 +154,32 @@ class TapUringWriterTest {
         }
     }
 
+    /**
+     * Each refused frame costs itself only; the frames after it arrive, in order. The writes are linked (so that one
+     * the TAP has no room for holds those after it): a refusal cancels the writes after it, which go again.
+     */
     @Test
     void refusalsComeBackPerFrameAndIoUringStays() throws Exception {
         Port p = open(TapBackend.TxMethod.IO_URING);
         long[] r = new long[TapUringWriter.SLOTS];
         IoVec good = frame(1, 100);
-        assertThat(p.queue(good)).isTrue();
-        assertThat(p.queue(frame(2, 8))).isTrue(); // shorter than an Ethernet header
-        assertThat(p.queue(good)).isTrue();
-        assertThat(p.flush(r)).isEqualTo(3);
-        assertThat(r[0]).isEqualTo(good.totalBytes());
-        assertThat(r[1]).as("runt: EINVAL").isEqualTo(-ErrnoException.EINVAL);
-        assertThat(r[2]).isEqualTo(good.totalBytes());
+        try (PacketSocket s = ns.inside(() -> PacketSocket.open(dev))) {
+            int[] seqs = {1, -1, 3, 4, -1, -1, 7, 8};
+            for (int seq : seqs) {
+                assertThat(p.queue(seq < 0 ? frame(0, 8) : frame(seq, 100 + seq))).isTrue(); // 8: shorter than an Ethernet header
+            }
+            assertThat(p.flush(r)).isEqualTo(seqs.length);
+            for (int i = 0; i < seqs.length; i++) {
+                assertThat(r[i]).as("frame %d", i).isEqualTo(seqs[i] < 0 ? -ErrnoException.EINVAL
+                        : VirtioNet.HDR_SIZE + 100 + seqs[i]);
+            }
+            List<byte[]> got = received(s, 5);
+            assertThat(got.stream().map(f -> MemorySegment.ofArray(f).get(BE32, 14)).toList())
+                    .as("the frames after each refused one went out, in order").containsExactly(1, 3, 4, 7, 8);
+            assertThat(p.queue(frame(9, 8))).isTrue();
+            assertThat(p.flush(r)).as("a batch of one refused frame").isEqualTo(1);
+            assertThat(r[0]).isEqualTo(-ErrnoException.EINVAL);
+        }
 
         ns.ip("link", "set", "dev", dev, "down");
         assertThat(p.queue(good)).isTrue();
@@ -175,6 +192,78 @@ class TapUringWriterTest {
         assertThat(r[0]).as("deleted TAP: refused").isNegative();
         assertThat(p.batch()).as("the TAP's refusals are not io_uring's failures").isEqualTo(TapUringWriter.SLOTS);
         assertThat(p.ioMethod(false)).isEqualTo("io_uring");
+    }
+
+    /**
+     * A TAP whose send buffer the host limited, and the host holding what was sent (bridged to a TAP behind a token
+     * bucket that lets nothing more through): a flush returns the frames that went out, and keeps the first the TAP
+     * had no room for and all after it; flushes while there is no room settle nothing and keep them all; when the
+     * host lets go, the next flush writes them, in order. Unlinked, the writes after the first EAGAIN found room now
+     * and then (the bridge frees what it drops or passes on while the batch is written) and overtook it.
+     */
+    @Test
+    void framesTheTapHasNoRoomForAreKeptInOrderUntilItHas() throws Exception {
+        Port p = open(TapBackend.TxMethod.IO_URING);
+        String slow = "mqvs" + dev.substring(4);
+        try (Tap slowQueue = ns.inside(() -> Tap.openQueue(slow, false))) {
+            ns.ip("link", "add", "br0", "type", "bridge");
+            ns.ip("link", "set", dev, "master", "br0");
+            ns.ip("link", "set", slow, "master", "br0");
+            ns.exec("tc", "qdisc", "add", "dev", slow, "root", "tbf", "rate", "8bit", "burst", "1600", "limit", "1000000");
+            for (String d : new String[] {"br0", dev, slow}) {
+                ns.ip("link", "set", d, "up");
+            }
+            long[] r = new long[TapUringWriter.SLOTS];
+            assertThat(p.queue(unicast(100))).isTrue();
+            assertThat(p.flush(r)).isEqualTo(1);
+            assertThat(arrived(slowQueue)).as("the bridge forwards (the bucket lets the first through)").containsExactly(100);
+            HostTap.setSendBuffer(backend.queueFd(0), 8192);
+            int n = TapUringWriter.SLOTS;
+            for (int i = 0; i < n; i++) {
+                assertThat(p.queue(unicast(i))).isTrue();
+            }
+            int out = p.flush(r);
+            assertThat(out).as("frames that found room").isBetween(1, n - 1);
+            for (int i = 0; i < out; i++) {
+                assertThat(r[i]).as("frame %d", i).isEqualTo(VirtioNet.HDR_SIZE + 1000);
+            }
+            assertThat(p.flush(r)).as("still no room: nothing settled, nothing lost").isZero();
+            ns.exec("tc", "qdisc", "del", "dev", slow, "root"); // what the host held goes, and with it the charge
+            assertThat(backend.queueFd(0).poll(Fd.POLLOUT, 5000) & Fd.POLLOUT).as("room again").isNotZero();
+            assertThat(p.flush(r)).as("the kept frames, all of them").isEqualTo(n - out);
+            for (int i = 0; i < n - out; i++) {
+                assertThat(r[i]).as("kept frame %d", out + i).isEqualTo(VirtioNet.HDR_SIZE + 1000);
+            }
+            List<Integer> got = arrived(slowQueue);
+            assertThat(got).as("what reached the host: in order (the bucket dropped those it held)").isSorted()
+                    .doesNotHaveDuplicates().contains(out, n - 1);
+            assertThat(p.batch()).isEqualTo(TapUringWriter.SLOTS);
+        }
+    }
+
+    /** The sequence numbers of our frames that came out of {@code q}, until none came for 0.5 s. */
+    private static List<Integer> arrived(Tap q) {
+        List<Integer> got = new ArrayList<>();
+        try (Arena a = Arena.ofConfined()) {
+            MemorySegment buf = a.allocate(2048);
+            while (q.poll(Fd.POLLIN, 500) != 0) {
+                long len = IoVec.read(q, buf.address(), buf.byteSize());
+                if (len == 1000 && Short.toUnsignedInt(buf.get(BE16, 12)) == ETHERTYPE) {
+                    got.add(buf.get(BE32, 14));
+                }
+            }
+        }
+        return got;
+    }
+
+    /** Header and 1000 bytes to an unknown unicast MAC (a bridge floods it), sequence number {@code seq}. */
+    private IoVec unicast(int seq) {
+        IoVec v = frame(seq, 1000);
+        MemorySegment f = MemorySegment.ofAddress(v.address(1)).reinterpret(1000);
+        f.asSlice(0, 6).fill((byte) 0);
+        f.set(ValueLayout.JAVA_BYTE, 0, (byte) 0x02);
+        f.set(ValueLayout.JAVA_BYTE, 5, (byte) 0x99);
+        return v;
     }
 
     @Test

@@ -11,19 +11,30 @@ import io.mqvirtio.linux.Tap;
 import io.mqvirtio.linux.TestNetns;
 import io.mqvirtio.vhostuser.VhostUserServer;
 import io.mqvirtio.virtio.VirtioFeatures;
+import io.mqvirtio.linux.Fd;
+import io.mqvirtio.linux.IoVec;
+import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
 import java.nio.file.Path;
+import java.util.ArrayList;
+import java.util.Arrays;
+import java.util.List;
 import java.util.concurrent.ThreadLocalRandom;
+import java.util.stream.IntStream;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.Timeout;
 import org.junit.jupiter.api.io.TempDir;
+import org.junit.jupiter.params.ParameterizedTest;
+import org.junit.jupiter.params.provider.EnumSource;
 
 /**
  * A host that limits the TAP's send buffer (TUNSETSNDBUF through a queue of its own, as QEMU's {@code sndbuf=} does)
  * while the frames the guest sent are still held on the host (here: bridged to a second TAP behind a slow token
- * bucket): writev answers EAGAIN, and the worker gives the chain back to retry. It must retry when the TAP has room
- * again, with no kick from the guest: a guest that queued its frames and waits for them to be used kicks no more.
- * The worker once waited for a kick only, and the TX ring stalled for good.
+ * bucket): writev answers EAGAIN, and the worker gives the chain back to retry; io_uring answers EAGAIN too, and the
+ * writer keeps that frame and those after it in its slots. Either must retry when the TAP has room again, with no
+ * kick from the guest: a guest that queued its frames and waits for them to be used kicks no more. The worker once
+ * waited for a kick only, and the TX ring stalled for good.
  */
 @Timeout(60)
 class TapTxBlockedTest {
@@ -32,15 +43,24 @@ class TapTxBlockedTest {
     @TempDir
     Path dir;
 
-    @Test
-    void framesHeldBackByAFullSendBufferGoOutWhenItDrains() throws Exception {
+    /**
+     * The guest's frames all reach the host, in order, none dropped, with one kick from the guest, by writev (the
+     * chain given back and taken again) and through io_uring (the frames the TAP had no room for kept in the writer's
+     * slots, their chains already used, and written again in order). Through io_uring those frames used to be dropped
+     * and counted: the frames after them in the batch could have gone out already. Now the batch's writes are linked,
+     * so the first that finds no room cancels the rest.
+     */
+    @ParameterizedTest
+    @EnumSource(value = TapBackend.TxMethod.class, names = {"WRITEV", "IO_URING"})
+    void framesHeldBackByAFullSendBufferGoOutWhenItDrains(TapBackend.TxMethod how) throws Exception {
         assumeTrue(TestNetns.isRoot(), "needs root");
+        assumeTrue(how != TapBackend.TxMethod.IO_URING || IoUring.unavailable() == null, "no io_uring");
         String id = Integer.toHexString(ThreadLocalRandom.current().nextInt(0x10000));
         String tap = "mqvb" + id;
         String slow = "mqvs" + id;
         try (TestNetns ns = TestNetns.create()) {
             ns.exec("sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1");
-            TapBackend backend = ns.inside(() -> TapBackend.open(tap, 1, TapBackend.TxMethod.WRITEV));
+            TapBackend backend = ns.inside(() -> TapBackend.open(tap, 1, how));
             try (Tap slowQueue = ns.inside(() -> Tap.openQueue(slow, false));
                  Tap hostQueue = ns.inside(() -> Tap.openQueue(tap, true))) {
                 bridgeToSlowTap(ns, tap, slow, "100kbit"); // a frame through every 80 ms
@@ -56,10 +76,15 @@ class TapTxBlockedTest {
                     offer(d, 1, frames);
                     tx.kick(); // once: the guest now waits for its frames to be used
                     await(() -> tx.usedIdx() == 1 + frames, "every frame used without another kick");
+                    await(() -> dev.counters().get(1).packets() + dev.counters().get(1).drops() == 1 + frames,
+                            "every frame counted");
                     QueueCounters.Snapshot c = dev.counters().get(1);
                     assertThat(c.packets()).as("all sent, none dropped").isEqualTo(1 + frames);
                     assertThat(c.drops() + c.errors()).isZero();
                     assertThat(tx.err.drain()).as("no ring broke").isZero();
+                    assertThat(arrivals(slowQueue, 1 + frames)).as("what reached the host, in order")
+                            .isEqualTo(IntStream.rangeClosed(0, frames).boxed().toList());
+                    assertThat(dev.ioMethods()).contains(how == TapBackend.TxMethod.WRITEV ? "writev" : "io_uring");
                 }
             } finally {
                 backend.close();
@@ -69,13 +94,15 @@ class TapTxBlockedTest {
 
     /**
      * The same through io_uring, with the host holding the frames for good (a bucket that lets 1 byte a second
-     * through). A TAP write that finds no room completes with EAGAIN only if it says RWF_NOWAIT: without, io_uring
-     * armed a poll and retried it when the TAP had room, and the worker waited in io_uring_enter for that completion,
-     * unable to take a command (the device was declared dead after 10 s). Frames the TAP has no room for are dropped
-     * and counted (frames after them in the batch may have gone out already), and the worker stays free.
+     * through) until it lets them go. A TAP write that finds no room completes with EAGAIN only if it says RWF_NOWAIT:
+     * without, io_uring armed a poll and retried it when the TAP had room, and the worker waited in io_uring_enter for
+     * that completion, unable to take a command (the device was declared dead after 10 s). Now the frames the TAP has
+     * no room for wait in the writer's 32 slots, the worker takes no more from the guest and does not spin (it
+     * sleeps until the TAP's EPOLLOUT edge, whatever the guest kicks), and answers commands; when the host lets go,
+     * every frame goes out in order, none dropped.
      */
     @Test
-    void uringWritesTheTapHasNoRoomForAreDroppedAndTheWorkerNeverWaits() throws Exception {
+    void uringHoldsWhatTheTapHasNoRoomForWithoutWaitingOrSpinning() throws Exception {
         assumeTrue(TestNetns.isRoot() && IoUring.unavailable() == null, "needs root and io_uring");
         String id = Integer.toHexString(ThreadLocalRandom.current().nextInt(0x10000));
         String tap = "mqvb" + id;
@@ -89,33 +116,144 @@ class TapTxBlockedTest {
                 try (NetDevice dev = new NetDevice(NetDevice.Config.of("uringblocked", 1), backend);
                      VhostUserServer server = VhostUserServer.listen(dir.resolve("u.sock"), dev);
                      EvilDriver d = new EvilDriver(server.path(), 1, 64, FEATURES, 1 << 20)) {
-                    try {
-                        EvilDriver.Ring tx = d.tx(0);
-                        HostileDriverTest.sendValid(d, 0, frame(0), 0);
-                        await(() -> dev.counters().get(1).packets() == 1, "the first frame sent (our queue attached)");
-                        HostTap.setSendBuffer(hostQueue, 8192);
+                    EvilDriver.Ring tx = d.tx(0);
+                    HostileDriverTest.sendValid(d, 0, frame(0), 0);
+                    await(() -> dev.counters().get(1).packets() == 1, "the first frame sent (our queue attached)");
+                    HostTap.setSendBuffer(hostQueue, 8192);
 
-                        int frames = 24;
-                        offer(d, 1, frames);
-                        tx.kick();
-                        await(() -> tx.usedIdx() == 1 + frames, "every frame used");
-                        await(() -> {
-                            QueueCounters.Snapshot c = dev.counters().get(1);
-                            return c.packets() + c.drops() == 1 + frames;
-                        }, "every frame counted");
-                        assertThat(dev.counters().get(1).drops()).as("frames the TAP had no room for").isPositive();
-                        dev.setMtu(1400); // a command: the worker takes it
-                        assertThat(dev.deadReason()).isNull();
-                        assertThat(dev.ioMethods()).containsExactly("readv", "io_uring");
-                        assertThat(tx.err.drain()).as("no ring broke").isZero();
-                    } finally {
-                        ns.exec("tc", "qdisc", "del", "dev", slow, "root"); // what the host held goes
+                    int frames = 60;
+                    offer(d, 1, frames);
+                    tx.kick();
+                    Thread.sleep(300);
+                    int used = tx.usedIdx();
+                    assertThat(used).as("the worker stopped taking frames").isLessThan(1 + frames);
+                    long cpu = dev.workerCpuNanos()[0];
+                    for (int i = 0; i < 20; i++) {
+                        tx.kick(); // a guest that kicks on: nothing more is taken, nothing tried
+                        Thread.sleep(50);
                     }
+                    assertThat((dev.workerCpuNanos()[0] - cpu) / 1_000_000).as("worker CPU over 1 s, ms").isLessThan(100);
+                    assertThat(tx.usedIdx()).as("nothing more taken while the TAP has no room").isEqualTo(used);
+                    dev.setMtu(1400); // a command: the worker takes it
+                    assertThat(dev.deadReason()).isNull();
+                    QueueCounters.Snapshot c = dev.counters().get(1);
+                    assertThat(c.drops() + c.errors()).as("nothing dropped").isZero();
+
+                    ns.exec("tc", "qdisc", "del", "dev", slow, "root"); // what the host held goes
+                    await(() -> tx.usedIdx() == 1 + frames, "every frame used");
+                    await(() -> dev.counters().get(1).packets() == 1 + frames, "every frame sent");
+                    c = dev.counters().get(1);
+                    assertThat(c.drops() + c.errors()).as("nothing dropped").isZero();
+                    List<Integer> got = arrivals(slowQueue, 1 + frames);
+                    assertThat(got).as("in order (the host dropped those it held)").isSorted().doesNotHaveDuplicates();
+                    assertThat(got).as("the frames after those the host held all arrived").endsWith(frames);
+                    assertThat(dev.ioMethods()).containsExactly("readv", "io_uring");
+                    assertThat(tx.err.drain()).as("no ring broke").isZero();
                 }
             } finally {
                 backend.close();
             }
         }
+    }
+
+    /**
+     * TX blocked on a full TAP while frames for the guest wait on the same queue and the guest posts no RX buffers
+     * (it need not). Re-arming the queue's fd for the EPOLLOUT edge reports EPOLLIN at once, which stays true: the
+     * worker took any event of the fd as room again, popped the chain, wrote, was refused (EAGAIN), gave it back,
+     * re-armed, and so on, a core at 100 % for as long as the host held the TAP full. Now only EPOLLOUT (or an error)
+     * lets TX try again.
+     */
+    @ParameterizedTest
+    @EnumSource(value = TapBackend.TxMethod.class, names = {"WRITEV", "IO_URING"})
+    void aBlockedTxBesideFramesWaitingForRxBuffersDoesNotSpin(TapBackend.TxMethod how) throws Exception {
+        assumeTrue(TestNetns.isRoot(), "needs root");
+        assumeTrue(how != TapBackend.TxMethod.IO_URING || IoUring.unavailable() == null, "no io_uring");
+        String id = Integer.toHexString(ThreadLocalRandom.current().nextInt(0x10000));
+        String tap = "mqvb" + id;
+        String slow = "mqvs" + id;
+        try (TestNetns ns = TestNetns.create()) {
+            ns.exec("sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1");
+            TapBackend backend = ns.inside(() -> TapBackend.open(tap, 1, how));
+            try (Tap slowQueue = ns.inside(() -> Tap.openQueue(slow, false));
+                 Tap hostQueue = ns.inside(() -> Tap.openQueue(tap, true))) {
+                bridgeToSlowTap(ns, tap, slow, "8bit");
+                try (NetDevice dev = new NetDevice(NetDevice.Config.of("txspin", 1), backend);
+                     VhostUserServer server = VhostUserServer.listen(dir.resolve("s.sock"), dev);
+                     EvilDriver d = new EvilDriver(server.path(), 1, 64, FEATURES, 1 << 20)) {
+                    try {
+                        EvilDriver.Ring tx = d.tx(0);
+                        HostileDriverTest.sendValid(d, 0, frame(0), 0);
+                        await(() -> dev.counters().get(1).packets() == 1, "the first frame sent (our queue attached)");
+                        HostTap.setSendBuffer(hostQueue, 8192);
+                        hostQueue.detach(); // frames from the host now all go to our queue
+                        IoVec v = new IoVec(1);
+                        try (Arena a = Arena.ofConfined()) {
+                            MemorySegment b = a.allocate(100);
+                            b.asSlice(0, 6).fill((byte) 0xff); // broadcast: the bridge floods it to our TAP
+                            b.set(ValueLayout.JAVA_BYTE, 6, (byte) 0x02);
+                            b.set(ValueLayout.JAVA_BYTE, 12, (byte) 0x88);
+                            b.set(ValueLayout.JAVA_BYTE, 13, (byte) 0xb5);
+                            for (int i = 0; i < 4; i++) {
+                                v.clear();
+                                v.add(b);
+                                IoVec.writev(slowQueue, v);
+                            }
+                        }
+                        offer(d, 1, 40);
+                        tx.kick();
+                        await(() -> tx.usedIdx() > 1, "TX going");
+                        Thread.sleep(300); // the send buffer full, TX blocked
+                        long cpu = dev.workerCpuNanos()[0];
+                        Thread.sleep(1000);
+                        assertThat((dev.workerCpuNanos()[0] - cpu) / 1_000_000).as("worker CPU over 1 s, ms")
+                                .isLessThan(100);
+                        assertThat(tx.usedIdx()).as("TX blocked").isLessThan(41);
+                        QueueCounters.Snapshot c = dev.counters().get(1);
+                        assertThat(c.drops() + c.errors()).isZero();
+                        dev.setMtu(1400);
+                        assertThat(dev.deadReason()).isNull();
+                    } finally {
+                        ns.exec("tc", "qdisc", "del", "dev", slow, "root");
+                    }
+                    await(() -> d.tx(0).usedIdx() == 41, "every frame used once the host lets go");
+                    await(() -> dev.counters().get(1).packets() == 41, "every frame sent");
+                }
+            } finally {
+                backend.close();
+            }
+        }
+    }
+
+    /**
+     * The sequence numbers of our frames that reached {@code q} (the slow TAP's queue: what the bridge flooded to it),
+     * each checked byte for byte, until {@code n} came or none came for 3 s.
+     */
+    private static List<Integer> arrivals(Tap q, int n) {
+        List<Integer> got = new ArrayList<>();
+        try (Arena a = Arena.ofConfined()) {
+            MemorySegment buf = a.allocate(4096);
+            long deadline = System.nanoTime() + 3_000_000_000L;
+            while (got.size() < n && System.nanoTime() < deadline) {
+                if (q.poll(Fd.POLLIN, 100) == 0) {
+                    continue;
+                }
+                long len = IoVec.read(q, buf.address(), buf.byteSize());
+                if (len != 1000 || buf.get(ValueLayout.JAVA_BYTE, 12) != (byte) 0x88 || buf.get(ValueLayout.JAVA_BYTE, 13) != (byte) 0xb5) {
+                    continue;
+                }
+                deadline = System.nanoTime() + 3_000_000_000L;
+                byte[] f = buf.asSlice(0, len).toArray(ValueLayout.JAVA_BYTE);
+                int seq = -1;
+                for (int k = 0; k < 256 && seq < 0; k++) {
+                    if (Arrays.equals(f, frame(k))) {
+                        seq = k;
+                    }
+                }
+                assertThat(seq).as("a frame of ours, whole").isNotNegative();
+                got.add(seq);
+            }
+        }
+        return got;
     }
 
     /**
