@@ -357,6 +357,11 @@ public final class TapBackend implements PacketBackend {
             }
 
             @Override
+            public boolean hostWritesHeaders() {
+                return true;
+            }
+
+            @Override
             public void setFeatures(long features) {
                 q.setOffload(offloads(features));
             }

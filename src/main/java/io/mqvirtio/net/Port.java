@@ -119,6 +119,16 @@ public interface Port extends AutoCloseable {
         return true;
     }
 
+    /**
+     * Whether the virtio-net headers of received frames come from outside this process: a TAP writes them from its
+     * offloads, which are its device's, so any holder of one of its queues can turn on one the guest did not
+     * negotiate (TUNSETOFFLOAD). The worker then drops and counts a frame whose header the guest may not get. A port
+     * of this process (a loopback) hands back the headers its guest wrote. The default is false.
+     */
+    default boolean hostWritesHeaders() {
+        return false;
+    }
+
     /** The negotiated virtio-net features, for the offloads the host may use towards the guest. */
     default void setFeatures(long features) {}
 

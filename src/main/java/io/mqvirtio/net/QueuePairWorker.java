@@ -83,6 +83,8 @@ final class QueuePairWorker implements WorkerHandler {
     final int pair;
     private final Port port;
     private final boolean readsFrames;
+    /** {@link Port#hostWritesHeaders}: RX headers are checked against the negotiated features. */
+    private final boolean checkRxHeaders;
     /** The thread, its epoll, its commands and its idle policy: device-neutral. */
     private final Worker<QueuePairWorker> loop;
     private boolean workDone;   // a burst of this round moved frames
@@ -115,6 +117,14 @@ final class QueuePairWorker implements WorkerHandler {
     private boolean portReadable;
     private boolean mrgRxbuf;
     private int rxFrameNeed = VirtioNet.HDR_SIZE + 1518;  // the largest frame the negotiated features allow
+    /**
+     * What an RX frame's virtio-net header may say, by the negotiated GUEST_* features (VIRTIO 1.3 5.1.6.4.1: flags
+     * zero without GUEST_CSUM, gso_type NONE unless its feature was negotiated): the flags allowed, and one bit per
+     * gso_type allowed (the ECN bit apart).
+     */
+    private int rxFlagsAllowed;
+    private int rxGsoAllowed = 1 << VirtioNet.GSO_NONE;
+    private boolean rxEcnAllowed;
     private int rxSmallNeed = VirtioNet.HDR_SIZE + 1518;  // an MTU-sized frame: what a receive gathers chains for
     /** Spill space for frames larger than an MTU, and the parking place of a frame waiting for RX buffers. */
     private final MemorySegment overflow = Arena.ofAuto().allocate(VirtioNet.HDR_SIZE + VirtioNet.MAX_GSO_FRAME, 64);
@@ -163,6 +173,7 @@ final class QueuePairWorker implements WorkerHandler {
         this.pair = pair;
         this.port = port;
         this.readsFrames = port.readsFrames();
+        this.checkRxHeaders = port.hostWritesHeaders();
         this.loop = new Worker<>(name + "-qp" + pair, this, new Worker.Idle(busyPoll, pollNanos), cpu, commandTimeoutNanos);
         for (int i = 0; i < rxChains.length; i++) {
             rxChains[i] = new DescriptorChain(IoVec.IOV_MAX);
@@ -358,6 +369,13 @@ final class QueuePairWorker implements WorkerHandler {
                 || VirtioFeatures.has(features, VirtioNet.F_GUEST_UFO);
         rxFrameNeed = VirtioNet.HDR_SIZE + (gso ? VirtioNet.MAX_GSO_FRAME : mtu + 14 + 4);
         rxSmallNeed = Math.min(rxFrameNeed, VirtioNet.HDR_SIZE + mtu + 14 + 4);
+        rxFlagsAllowed = VirtioFeatures.has(features, VirtioNet.F_GUEST_CSUM)
+                ? VirtioNet.HDR_F_NEEDS_CSUM | VirtioNet.HDR_F_DATA_VALID : 0;
+        rxGsoAllowed = 1 << VirtioNet.GSO_NONE
+                | (VirtioFeatures.has(features, VirtioNet.F_GUEST_TSO4) ? 1 << VirtioNet.GSO_TCPV4 : 0)
+                | (VirtioFeatures.has(features, VirtioNet.F_GUEST_UFO) ? 1 << VirtioNet.GSO_UDP : 0)
+                | (VirtioFeatures.has(features, VirtioNet.F_GUEST_TSO6) ? 1 << VirtioNet.GSO_TCPV6 : 0);
+        rxEcnAllowed = VirtioFeatures.has(features, VirtioNet.F_GUEST_ECN);
         try {
             port.setFeatures(features);
         } catch (RuntimeException e) {
@@ -429,6 +447,11 @@ final class QueuePairWorker implements WorkerHandler {
      */
     private void portError(boolean isRx, RuntimeException e) {
         (isRx ? rxCounters : txCounters).add(QueueCounters.ERRORS, 1);
+        logPortError(isRx, e);
+    }
+
+    /** {@link #portError}'s line, for an error the caller counts. */
+    private void logPortError(boolean isRx, RuntimeException e) {
         long now = System.nanoTime();
         if (!portErrorLogged || now - portErrorLoggedAt >= PORT_ERROR_LOG_NANOS) {
             LOG.log(Level.WARNING, "{0} {1}: port error, frame dropped{2}: {3}{4}", workerName(), isRx ? "RX" : "TX",
@@ -854,6 +877,10 @@ final class QueuePairWorker implements WorkerHandler {
                         drops++; // the same buffer takes the next frame
                         continue;
                     }
+                    if (len == RX_REFUSED) {
+                        errors++; // the same buffer takes the next frame
+                        continue;
+                    }
                     if (len < VirtioNet.HDR_SIZE) {
                         errors++; // the same buffer takes the next frame
                         continue;
@@ -892,6 +919,14 @@ final class QueuePairWorker implements WorkerHandler {
                 }
                 if (len < VirtioNet.HDR_SIZE) {
                     markReceived(q, k, len);
+                    q.giveBack(k);
+                    errors++;
+                    continue;
+                }
+                // the header lies in the first chain's buffers (gather takes none with less room than a header)
+                if (checkRxHeaders
+                        && !rxHeaderAllowed(iovAddress(VirtioNet.HDR_FLAGS), iovAddress(VirtioNet.HDR_GSO_TYPE))) {
+                    markReceived(q, k, Math.min(len, cap));
                     q.giveBack(k);
                     errors++;
                     continue;
@@ -978,6 +1013,50 @@ final class QueuePairWorker implements WorkerHandler {
     private static final long RX_STOP = Long.MIN_VALUE;
     /** {@link #receiveInto}: the frame was larger than the ring may get, and cut; dropped, the buffer stays. */
     private static final long RX_CUT = Long.MIN_VALUE + 1;
+    /** {@link #receiveInto}: a frame whose header the guest may not get ({@link #rxHeaderAllowed}), counted. */
+    private static final long RX_REFUSED = Long.MIN_VALUE + 2;
+
+    /**
+     * Whether the guest may get a frame whose header's flags and gso_type lie at these addresses (in guest memory,
+     * just read into), checked for a port whose host writes them ({@link Port#hostWritesHeaders}): a TAP writes them
+     * from the frame (a partial checksum: NEEDS_CSUM; a GSO frame: its type) as far as the TAP's offloads allow, and
+     * those are the device's, not the queue's: any holder of one of its queues (the host) can turn them on with
+     * TUNSETOFFLOAD, after ours. A guest without GUEST_CSUM would take NEEDS_CSUM's partial checksum for a bad one
+     * (VIRTIO 1.3 5.1.6.4.1: the device sets flags to zero), one without GUEST_TSO4 a GSO frame for one frame: such a
+     * frame is dropped (the caller counts an error, against the round's budget), logged in part. DATA_VALID (a
+     * checksum the host checked) a TAP sets whatever its offloads, for any frame the kernel took as checked (bridged
+     * from a NIC or a veth): without GUEST_CSUM it is cleared and the frame goes on (its checksum is right; the guest
+     * checks it itself).
+     */
+    private boolean rxHeaderAllowed(long flagsAt, long gsoAt) {
+        int flags = ALL.get(ValueLayout.JAVA_BYTE, flagsAt) & 0xff;
+        int gsoType = ALL.get(ValueLayout.JAVA_BYTE, gsoAt) & 0xff;
+        if ((flags & ~rxFlagsAllowed) == 0 && gsoType == VirtioNet.GSO_NONE) {
+            return true; // the usual case
+        }
+        int type = gsoType & ~VirtioNet.GSO_ECN;
+        if ((flags & ~(rxFlagsAllowed | VirtioNet.HDR_F_DATA_VALID)) == 0 && type < 32
+                && (rxGsoAllowed >>> type & 1) != 0 && ((gsoType & VirtioNet.GSO_ECN) == 0 || rxEcnAllowed)) {
+            if ((flags & ~rxFlagsAllowed) != 0) {
+                ALL.set(ValueLayout.JAVA_BYTE, flagsAt, (byte) (flags & rxFlagsAllowed)); // DATA_VALID, cleared
+            }
+            return true;
+        }
+        logPortError(true, new IllegalStateException(String.format("the host handed a frame whose virtio-net header "
+                + "the guest did not negotiate (flags 0x%x, gso_type 0x%x; is another holder of the TAP setting "
+                + "TUNSETOFFLOAD?)", flags, gsoType)));
+        return false;
+    }
+
+    /** Where byte {@code at} of what the last receive into {@link #iov} wrote lies (in its first entries). */
+    private long iovAddress(int at) {
+        long k = at;
+        int i = 0;
+        while (k >= iov.length(i)) {
+            k -= iov.length(i++);
+        }
+        return iov.address(i) + k;
+    }
 
     /**
      * Receives one frame into buffer {@code i} of the RX burst, which can hold the largest frame this ring may get (so
@@ -1017,6 +1096,12 @@ final class QueuePairWorker implements WorkerHandler {
             }
             // shorter than the header; or larger than the device's MTU allows, and cut: dropped, as a NIC drops it
             return len < VirtioNet.HDR_SIZE ? len : RX_CUT;
+        }
+        if (checkRxHeaders && !rxHeaderAllowed(host + VirtioNet.HDR_FLAGS, host + VirtioNet.HDR_GSO_TYPE)) {
+            if (q.isLogging()) {
+                q.markWritten(rxChainBurst.guestAddress(i), len); // the buffer stays, written
+            }
+            return RX_REFUSED;
         }
         QueueCapture cap = capture;
         if (cap != null) {

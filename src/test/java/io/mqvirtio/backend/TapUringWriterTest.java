@@ -166,7 +166,8 @@ class TapUringWriterTest {
         try (PacketSocket s = ns.inside(() -> PacketSocket.open(dev))) {
             int[] seqs = {1, -1, 3, 4, -1, -1, 7, 8};
             for (int seq : seqs) {
-                assertThat(p.queue(seq < 0 ? frame(0, 8) : frame(seq, 100 + seq))).isTrue(); // 8: shorter than an Ethernet header
+                // 8 bytes: shorter than an Ethernet header
+                assertThat(p.queue(seq < 0 ? frame(0, 8) : frame(seq, 100 + seq))).isTrue();
             }
             assertThat(p.flush(r)).isEqualTo(seqs.length);
             for (int i = 0; i < seqs.length; i++) {

@@ -238,7 +238,8 @@ class TapTxBlockedTest {
                     continue;
                 }
                 long len = IoVec.read(q, buf.address(), buf.byteSize());
-                if (len != 1000 || buf.get(ValueLayout.JAVA_BYTE, 12) != (byte) 0x88 || buf.get(ValueLayout.JAVA_BYTE, 13) != (byte) 0xb5) {
+                if (len != 1000 || buf.get(ValueLayout.JAVA_BYTE, 12) != (byte) 0x88
+                        || buf.get(ValueLayout.JAVA_BYTE, 13) != (byte) 0xb5) {
                     continue;
                 }
                 deadline = System.nanoTime() + 3_000_000_000L;
