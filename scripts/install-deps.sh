@@ -4,6 +4,7 @@
 #   bench:  fontconfig fonts-dejavu-core (the PNG plot's text)
 #   DPDK:   dpdk dpdk-dev (dpdk-testpmd)
 #   serve:  systemd (systemd-socket-activate, systemd-analyze: socket activation and the contrib units)
+#   capture: fuse3 python3-fusepy (faultyfs.py: a capture disk whose writes hang, crawl or fail on command)
 #   QEMU:   qemu-system-x86 >= 8 from bookworm-backports (QEMU 10), with qemu-system-common,
 #           qemu-system-data and seabios from the same suite. QEMU 7.2 (Debian 12's own) is the fallback:
 #           it crashes with vhost-user + MSI-X under TCG, so scripts/guest/run-guest.sh then boots the
@@ -22,7 +23,7 @@ set -euo pipefail
 log() { echo "install-deps: $*" >&2; }
 here="$(cd "$(dirname "$0")" && pwd)"
 
-BASE_PKGS=(linux-image-cloud-amd64 busybox-static cpio ethtool iproute2 dpdk dpdk-dev fontconfig fonts-dejavu-core systemd fakeroot tshark libvirt-daemon-system libvirt-clients libxml2-utils)
+BASE_PKGS=(linux-image-cloud-amd64 busybox-static cpio ethtool iproute2 dpdk dpdk-dev fontconfig fonts-dejavu-core systemd fakeroot tshark libvirt-daemon-system libvirt-clients libxml2-utils fuse3 python3-fusepy)
 QEMU_PKGS=(qemu-system-x86 qemu-system-common qemu-system-data seabios)
 STATE_DIR=/var/lib/mqvirtio
 BPO_FAILED="$STATE_DIR/backports-failed"

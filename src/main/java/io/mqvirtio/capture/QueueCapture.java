@@ -31,6 +31,14 @@ import java.util.concurrent.atomic.AtomicLong;
  * counts them; a file that reached
  * {@code maxBytes} stops growing (a guest cannot fill the host's disk). The file is made new, 0600 (what had its name
  * is removed first; a link is never followed, a FIFO never opened): a capture holds a VM's traffic.
+ *
+ * <p>The writer is a platform thread, and the only thread that writes or closes the file: a write or a close(2) on a
+ * file system that stopped answering (a dead NFS server, a hung FUSE daemon) blocks until it answers, and a
+ * {@code FileChannel} closed or interrupted from another thread waits for the threads in its writes. Closing asks
+ * the writer to finish and waits for it until a deadline ({@link #closeAll}: every capture of the process under one);
+ * a writer that has not finished by then is left behind, its frames counted as left out, and closes the file when
+ * its write returns. Whatever is lost is logged once per capture: the first frame the queue had no room for, a write
+ * that failed, and the totals when it closes.
  */
 public final class QueueCapture implements AutoCloseable {
     private static final Logger LOG = System.getLogger(QueueCapture.class.getName());
@@ -43,6 +51,11 @@ public final class QueueCapture implements AutoCloseable {
      * a few pairs to exhaust the heap of the daemon that serves every VM. 4096 frames of 1500 bytes still fit.
      */
     static final long QUEUE_BYTES = 8 << 20;
+    /**
+     * How long closing waits, for all the captures closed together, for their writers to put what is queued in the
+     * files and close them (serve's stop waits this long at most for every capture of every VM).
+     */
+    public static final java.time.Duration CLOSE_WAIT = java.time.Duration.ofSeconds(5);
     /** What {@code --capture-snaplen} defaults to (tcpdump's): every frame whole. */
     public static final int DEFAULT_SNAPLEN = Pcapng.MAX_SNAPLEN;
 
@@ -61,8 +74,12 @@ public final class QueueCapture implements AutoCloseable {
     private final AtomicLong captured = new AtomicLong();
     private final AtomicLong dropped = new AtomicLong();
     private final AtomicLong queuedBytes = new AtomicLong(); // added by the worker, taken off by the writer
-    private volatile boolean full;   // the file reached maxBytes: the worker stops copying
-    private volatile boolean closed;
+    private volatile boolean full;   // the file reached maxBytes, or a write failed: the worker stops copying
+    private volatile boolean closed; // no more frames: the writer writes what is queued, closes the file and ends
+    private final java.util.concurrent.atomic.AtomicBoolean behind = new java.util.concurrent.atomic.AtomicBoolean();
+    private boolean abandoned;       // (this) closing gave up on the writer: what it has not written is left out
+    private int unflushed;           // (this) frames the writer holds, in its buffer or about to be, not in the file
+    private boolean logged;          // (this) the capture's closing line is out
     private long written;            // writer thread only
 
     /**
@@ -70,7 +87,11 @@ public final class QueueCapture implements AutoCloseable {
      * shows it), {@code description} says what it is.
      */
     public QueueCapture(Path file, String name, String description, int snaplen, long maxBytes) throws IOException {
-        this(file, name, description, snaplen, maxBytes, Thread.ofVirtual().name("capture-" + name).factory());
+        // A platform thread, not a virtual one: a virtual thread in a file write holds its carrier for as long as the
+        // write takes (the JDK adds a carrier meanwhile, up to 256): writers stuck on a dead disk would take every
+        // carrier, and every virtual thread of the process would stop. A daemon: one stuck in a write never holds
+        // the process's exit.
+        this(file, name, description, snaplen, maxBytes, Thread.ofPlatform().daemon().name("capture-" + name).factory());
     }
 
     /** As above, with the writer a thread of {@code writers} (a test's, to hold the writer back as a slow disk would). */
@@ -168,8 +189,12 @@ public final class QueueCapture implements AutoCloseable {
      * snap length bytes (checked before the copy, so that a frame left out costs no array).
      */
     private boolean room(long len) {
-        if (full || closed || queuedBytes.get() + Math.min(len, snaplen) > QUEUE_BYTES) {
+        if (full || closed) {
             dropped.incrementAndGet();
+            return false;
+        }
+        if (queuedBytes.get() + Math.min(len, snaplen) > QUEUE_BYTES) {
+            fellBehind();
             return false;
         }
         return true;
@@ -180,24 +205,37 @@ public final class QueueCapture implements AutoCloseable {
         queuedBytes.addAndGet(data.length);
         if (!queue.offer(new Frame(ts, direction, original, data))) {
             queuedBytes.addAndGet(-data.length);
-            dropped.incrementAndGet();
+            fellBehind();
+        }
+    }
+
+    /** A frame the queue has no room for: counted; the first one of the capture is also a line (then only counted). */
+    private void fellBehind() {
+        dropped.incrementAndGet();
+        if (!behind.get() && behind.compareAndSet(false, true)) {
+            LOG.log(Level.WARNING, "capture {0}: its disk does not keep up (slow, or not answering): frames are left "
+                    + "out of the capture from now on, counted (the total when it closes); the traffic is not "
+                    + "affected", file);
         }
     }
 
     private void drain() {
         ByteBuffer buf = ByteBuffer.allocate(1 << 20).order(ByteOrder.LITTLE_ENDIAN);
         try {
-            while (true) {
+            while (!isAbandoned()) {
                 Frame f = queue.poll();
                 if (f == null) {
-                    flush(buf); // idle: what is captured is in the file (a live tshark -r sees it)
+                    flush(buf, 0); // idle: what is captured is in the file (a live tshark -r sees it)
+                    if (closed) {
+                        break; // nothing more comes (the worker no longer offers; END woke us up)
+                    }
                     f = queue.poll(200, TimeUnit.MILLISECONDS);
                     if (f == null) {
                         continue;
                     }
                 }
                 if (f == END) {
-                    break;
+                    continue; // closed: the queue empties, then the loop ends
                 }
                 queuedBytes.addAndGet(-f.data().length);
                 int size = Pcapng.packetBlockSize(f.data().length);
@@ -210,35 +248,65 @@ public final class QueueCapture implements AutoCloseable {
                     dropped.incrementAndGet();
                     continue;
                 }
+                synchronized (this) {
+                    unflushed++; // f: in the file once its buffer is written, left out if that never happens
+                }
                 if (buf.remaining() < size) {
-                    flush(buf);
+                    flush(buf, 1); // all but f, which is not in the buffer yet
                 }
                 Pcapng.enhancedPacket(buf, f.timestampNanos(), f.data(), f.data().length, f.original(), f.direction());
-                captured.incrementAndGet();
             }
-            flush(buf);
         } catch (IOException e) {
             full = true;
-            // what is queued will never be written: let it go now, not when the capture is closed
-            for (Frame f; (f = queue.poll()) != null; ) {
-                if (f != END) {
-                    queuedBytes.addAndGet(-f.data().length);
-                    dropped.incrementAndGet();
-                }
-            }
-            LOG.log(Level.WARNING, "capture {0}: cannot write, capture stopped: {1}", file, e.toString());
+            LOG.log(Level.WARNING, "capture {0}: cannot write, capture stopped (later frames are left out, counted): "
+                    + "{1}", file, e.toString());
         } catch (InterruptedException e) {
-            // close() gave up waiting
+            // not expected: closing asks through the queue, never by interrupting (see close)
+            full = true;
+        } finally {
+            full = true;
+            synchronized (this) {
+                dropped.addAndGet(unflushed); // not in the file: a write failed, or closing gave up on us
+                unflushed = 0;
+            }
+            // what is queued will never be written: let it go now, not when the capture is closed
+            leaveOutQueued();
+            try {
+                out.close(); // here, not in close(): close(2) on a file system that does not answer blocks too
+            } catch (IOException e) {
+                LOG.log(Level.WARNING, "capture {0}: closing: {1}", file, e.toString());
+            }
         }
     }
 
-    private void flush(ByteBuffer buf) throws IOException {
+    private synchronized boolean isAbandoned() {
+        return abandoned;
+    }
+
+    /** Counts what is queued as left out and lets it go. */
+    private void leaveOutQueued() {
+        for (Frame f; (f = queue.poll()) != null; ) {
+            if (f != END) {
+                queuedBytes.addAndGet(-f.data().length);
+                dropped.incrementAndGet();
+            }
+        }
+    }
+
+    /** Writes the buffer: the frames counted as not yet in the file are, but for the last {@code notInIt}. */
+    private void flush(ByteBuffer buf, int notInIt) throws IOException {
         if (buf.position() == 0) {
             return;
         }
         buf.flip();
-        written += write(buf);
+        written += write(buf); // may block for as long as the file system takes
         buf.clear();
+        synchronized (this) {
+            if (!abandoned) { // abandoned: closing counted these as left out already
+                captured.addAndGet(unflushed - notInIt);
+                unflushed = notInIt;
+            }
+        }
     }
 
     private long write(ByteBuffer b) throws IOException {
@@ -249,31 +317,70 @@ public final class QueueCapture implements AutoCloseable {
         return n;
     }
 
-    /** Writes what is queued, closes the file (waits at most 5 s for the writer). */
-    @Override
-    public void close() {
+    /**
+     * Stops taking frames and asks the writer to write what is queued and close the file; returns at once (see
+     * {@link #awaitClosed}).
+     */
+    public void finish() {
         if (closed) {
             return;
         }
         closed = true;
+        // wakes a writer waiting for frames; a full queue has a writer busy with it, which sees it closed once empty
+        queue.offer(END);
+    }
+
+    /**
+     * Waits until {@code deadline} ({@link System#nanoTime}) at most for the writer to finish (after {@link #finish});
+     * a writer that has not finished by then is left behind: what it has not written is counted as left out, and it
+     * closes the file when its write returns. Logs the capture's line (once). Whether the writer finished in time.
+     */
+    public boolean awaitClosed(long deadline) {
+        finish();
+        boolean done;
         try {
-            if (!queue.offer(END, 1, TimeUnit.SECONDS)) {
-                writer.interrupt(); // a writer that stopped (a write failed) leaves the queue full
-            }
-            writer.join(5000);
-            if (writer.isAlive()) {
-                writer.interrupt();
-            }
+            done = writer.join(java.time.Duration.ofNanos(Math.max(0, deadline - System.nanoTime())));
         } catch (InterruptedException e) {
             Thread.currentThread().interrupt();
-            writer.interrupt();
+            done = !writer.isAlive();
         }
-        LOG.log(dropped.get() > 0 ? Level.WARNING : Level.INFO, "capture {0}: {1} frames{2}", file, captured.get(),
-                dropped.get() > 0 ? ", " + dropped.get() + " left out (the writer fell behind, or the file was full)" : "");
-        try {
-            out.close();
-        } catch (IOException e) {
-            LOG.log(Level.WARNING, "capture {0}: closing: {1}", file, e.toString());
+        long leftBehind = 0;
+        synchronized (this) {
+            if (!done && !abandoned) {
+                abandoned = true;
+                leftBehind = unflushed;
+                dropped.addAndGet(unflushed);
+                unflushed = 0;
+            }
+            if (logged) {
+                return done;
+            }
+            logged = true;
         }
+        // a writer that failed, or was left behind, writes nothing more; and a frame the worker offered as the writer
+        // stopped on a failure came after the writer let its queue go
+        leaveOutQueued();
+        long d = dropped.get();
+        LOG.log(d > 0 || !done ? Level.WARNING : Level.INFO, "capture {0}: {1} frames{2}{3}", file, captured.get(),
+                d > 0 ? ", " + d + " left out (the disk fell behind or failed, or the file was full)" : "",
+                done ? "" : "; its file system did not answer within the wait for closing (" + leftBehind
+                        + " frames being written are among those left out): the file closes when it answers");
+        return done;
+    }
+
+    /**
+     * Closes {@code captures} together: each is asked to finish at once, then all are waited for until one deadline,
+     * {@code wait} from now (the whole wait is bounded, not each capture's).
+     */
+    public static void closeAll(java.util.Collection<QueueCapture> captures, java.time.Duration wait) {
+        long deadline = System.nanoTime() + wait.toNanos();
+        captures.forEach(QueueCapture::finish);
+        captures.forEach(c -> c.awaitClosed(deadline));
+    }
+
+    /** Writes what is queued and closes the file; waits {@link #CLOSE_WAIT} at most (see {@link #awaitClosed}). */
+    @Override
+    public void close() {
+        closeAll(java.util.List.of(this), CLOSE_WAIT);
     }
 }

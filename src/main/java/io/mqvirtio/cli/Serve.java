@@ -592,20 +592,51 @@ final class Serve {
             }
         }
 
+        /**
+         * Starts {@code vm}'s capture: the directory made or checked, a file per queue pair made. On a thread of its
+         * own, waited for {@link #CAPTURE_START_WAIT} at most: each step is a call into the file system, which a dead
+         * NFS server (or a hung FUSE daemon) never answers; serve's start fails then, with why. The thread left
+         * behind is a daemon, and if the file system answers later, the device it would have captured is closed by
+         * then and the files it made are closed again ({@link NetDevice#startCapture}).
+         */
         private static void startCapture(NetDevice device, Vm vm, Options o) throws IOException {
             Path dir = vm.capture();
-            if (!java.nio.file.Files.isDirectory(dir)) {
-                java.nio.file.Files.createDirectories(dir, java.nio.file.attribute.PosixFilePermissions.asFileAttribute(
-                        java.nio.file.attribute.PosixFilePermissions.fromString("rwx------")));
+            var task = new java.util.concurrent.FutureTask<List<io.mqvirtio.capture.QueueCapture>>(() -> {
+                if (!java.nio.file.Files.isDirectory(dir)) {
+                    java.nio.file.Files.createDirectories(dir, java.nio.file.attribute.PosixFilePermissions
+                            .asFileAttribute(java.nio.file.attribute.PosixFilePermissions.fromString("rwx------")));
+                }
+                String unsafe = unsafeCaptureDirectory(dir);
+                if (unsafe != null) {
+                    throw new IOException(unsafe);
+                }
+                return device.startCapture(dir, o.captureSnaplen(), o.captureMaxBytes());
+            });
+            Thread.ofPlatform().daemon().name("capture-start-" + vm.name()).start(task);
+            List<io.mqvirtio.capture.QueueCapture> captures;
+            try {
+                captures = task.get(CAPTURE_START_WAIT.toMillis(), TimeUnit.MILLISECONDS);
+            } catch (java.util.concurrent.TimeoutException e) {
+                throw new IOException("its file system did not answer within " + CAPTURE_START_WAIT.toSeconds()
+                        + " s (a file system that hangs: a dead NFS server?)");
+            } catch (InterruptedException e) {
+                Thread.currentThread().interrupt();
+                throw new IOException("interrupted while the capture started", e);
+            } catch (java.util.concurrent.ExecutionException e) {
+                if (e.getCause() instanceof IOException io) {
+                    throw io;
+                }
+                if (e.getCause() instanceof RuntimeException r) {
+                    throw r;
+                }
+                throw new IOException(e.getCause());
             }
-            String unsafe = unsafeCaptureDirectory(dir);
-            if (unsafe != null) {
-                throw new IOException(unsafe);
-            }
-            var captures = device.startCapture(dir, o.captureSnaplen(), o.captureMaxBytes());
             LOG.log(Level.INFO, "{0}: capturing {1} queue pair{2} to {3}", vm.name(), captures.size(),
                     captures.size() == 1 ? "" : "s", dir.resolve(vm.name() + "-qp*.pcapng"));
         }
+
+        /** How long a VM's capture may take to start (its directory and files made) before serve's start fails. */
+        static final java.time.Duration CAPTURE_START_WAIT = java.time.Duration.ofSeconds(5);
 
         /**
          * Why the capture directory {@code dir} (links followed: the directory the files go into) is not one to
@@ -647,12 +678,17 @@ final class Serve {
             if (metrics != null) {
                 metrics.close();
             }
+            List<io.mqvirtio.capture.QueueCapture> captures = new ArrayList<>();
             for (int i = started.size() - 1; i >= 0; i--) {
                 Started s = started.get(i);
                 s.server().close(); // ends the session and removes the socket file we listened on
-                s.device().close(); // stops the workers, then closes the backend (TAP queues)
+                // stops the workers, then closes the backend (TAP queues); its captures finish meanwhile
+                captures.addAll(s.device().closeLeavingCaptures());
                 LOG.log(Level.INFO, "{0}: stopped ({1})", s.device().config().name(), why);
             }
+            // Every VM's captures together, under one deadline: a disk that hangs costs the stop 5 s, not 5 s a
+            // queue pair (before: 1 s + 5 s each in turn, minutes for many, past systemd's TimeoutStopSec).
+            io.mqvirtio.capture.QueueCapture.closeAll(captures, io.mqvirtio.capture.QueueCapture.CLOSE_WAIT);
             flushLogs();
         }
 

@@ -355,8 +355,11 @@ public final class NetDevice implements VhostUserDevice, AutoCloseable {
      * Captures the frames every queue pair moves, both directions, into {@code dir/NAME-qpN.pcapng} (made new and
      * 0600: what had the name is removed, a link never followed, a FIFO never opened), each frame's first
      * {@code snaplen} bytes, each file up to {@code maxBytesPerFile}; until {@link #close}. Returns the captures.
+     * The files are made without the device's lock held: a file system that does not answer holds up this call
+     * (its caller bounds its wait, as serve does), never {@link #close}; a device closed meanwhile gets no capture
+     * (IllegalStateException, the files closed).
      */
-    public synchronized List<QueueCapture> startCapture(java.nio.file.Path dir, int snaplen, long maxBytesPerFile)
+    public List<QueueCapture> startCapture(java.nio.file.Path dir, int snaplen, long maxBytesPerFile)
             throws java.io.IOException {
         List<QueueCapture> started = new ArrayList<>();
         try {
@@ -366,38 +369,63 @@ public final class NetDevice implements VhostUserDevice, AutoCloseable {
                         + " (outbound: the guest sent it; inbound: the guest received it)", snaplen, maxBytesPerFile));
             }
         } catch (java.io.IOException | RuntimeException e) {
-            started.forEach(QueueCapture::close);
+            QueueCapture.closeAll(started, QueueCapture.CLOSE_WAIT);
             throw e;
         }
-        for (int i = 0; i < workers.length; i++) {
-            QueueCapture old = workers[i].capture(started.get(i));
-            if (old != null) {
-                old.close();
+        List<QueueCapture> old = new ArrayList<>();
+        synchronized (this) {
+            if (closed) {
+                old = started;
+            } else {
+                for (int i = 0; i < workers.length; i++) {
+                    QueueCapture before = workers[i].capture(started.get(i));
+                    if (before != null) {
+                        old.add(before);
+                    }
+                }
+                captures = List.copyOf(started);
             }
         }
-        captures = List.copyOf(started);
-        return captures;
+        QueueCapture.closeAll(old, QueueCapture.CLOSE_WAIT);
+        if (old == started) {
+            throw new IllegalStateException(config.name() + ": closed while its capture started");
+        }
+        return started;
     }
 
     private List<QueueCapture> captures = List.of();
+    private boolean closed; // (this) close has begun: no capture starts
 
-    /** Stops the workers and closes the backend; what a worker that does not stop still uses stays open. */
+    /**
+     * Stops the workers and closes the backend; what a worker that does not stop still uses stays open. The captures
+     * are closed together, {@link QueueCapture#CLOSE_WAIT} at most for all of them.
+     */
     @Override
     public void close() {
+        QueueCapture.closeAll(closeLeavingCaptures(), QueueCapture.CLOSE_WAIT);
+    }
+
+    /**
+     * Closes the device as {@link #close} does, but only asks its captures to finish ({@link QueueCapture#finish}) and
+     * returns them: serve waits for every VM's under one deadline ({@link QueueCapture#closeAll}).
+     */
+    public List<QueueCapture> closeLeavingCaptures() {
         boolean all = true;
         for (QueuePairWorker w : workers) {
             all &= w.close();
         }
+        List<QueueCapture> finishing;
         synchronized (this) {
-            for (QueueCapture c : captures) {
-                c.close(); // after the workers: nothing is offered any more
-            }
+            closed = true;
+            finishing = captures;
             captures = List.of();
         }
+        finishing.forEach(QueueCapture::finish); // after the workers: nothing is offered any more
         if (all) {
             backend.close();
         } else {
             declareDead("a worker did not stop when the device closed");
         }
+        return finishing;
     }
 }

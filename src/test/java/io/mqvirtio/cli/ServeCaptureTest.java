@@ -114,4 +114,119 @@ class ServeCaptureTest {
             assertThat(files.toList()).isEmpty();
         }
     }
+
+    /** Whether the process whose /proc/PID/stat is {@code stat} has exited (its leader a zombie, or gone). */
+    private static boolean exited(Path stat) {
+        try {
+            String st = Files.readString(stat);
+            return st.substring(st.lastIndexOf(')') + 2).startsWith("Z");
+        } catch (java.io.IOException e) {
+            return true;
+        }
+    }
+
+    /** Sends {@code n} frames on each of {@code pairs} pairs of the VM at {@code sock} and takes each back. */
+    private static void loop(Path sock, int pairs, int n) throws Exception {
+        try (NetDriver nic = NetDriver.connect(sock, NetDriver.Options.pairs(pairs)); Arena a = Arena.ofConfined()) {
+            for (int p = 0; p < pairs; p++) {
+                NetQueuePair q = nic.pair(p);
+                MemorySegment f = io.mqvirtio.capture.CaptureTest.frame(a, p, 7, 1500);
+                MemorySegment[] bufs = {a.allocate(2048), a.allocate(2048)};
+                int[] lens = new int[2];
+                int sent = 0;
+                int got = 0;
+                long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(20);
+                while (got < n && System.nanoTime() < deadline) {
+                    while (sent < n && sent - got < 32 && q.send(f) == 1) {
+                        sent++;
+                    }
+                    q.awaitReceive(10);
+                    got += q.receive(bufs, lens, 2);
+                }
+                assertThat(got).isEqualTo(n);
+            }
+        }
+    }
+
+    /**
+     * SIGTERM while the capture disk has stopped answering (its server frozen, as a dead NFS server: writes and
+     * close(2) wait killably, for good), two VMs of four queue pairs each, every pair's writer stuck in a write: serve
+     * waits for all the captures together, 5 s at most ({@code QueueCapture.CLOSE_WAIT}), says of each what was
+     * lost, and exits 0 well within systemd's stop timeout. Before, each capture's close interrupted its writer, and
+     * a FileChannel interrupted waits for the threads in its writes: serve never exited (and with a disk merely slow,
+     * 1 s + 5 s a pair in turn).
+     */
+    @Test
+    @Timeout(value = 120, threadMode = Timeout.ThreadMode.SEPARATE_THREAD)
+    void stopIsBoundedWhenTheCaptureDiskHangs() throws Exception {
+        Path fsDir = Files.createTempDirectory("serve-capture-disk");
+        try (io.mqvirtio.capture.FaultyFs fs = io.mqvirtio.capture.FaultyFs.mount(fsDir)) {
+            Path out = Files.createDirectory(fs.mount().resolve("caps"));
+            try (Launcher.Run r = Launcher.start(dir, "hang", Launcher.command("serve", "--vm",
+                    "socket-path=" + dir.resolve("a.sock") + ",loopback,queues=4,name=a", "--vm",
+                    "socket-path=" + dir.resolve("b.sock") + ",loopback,queues=4,name=b", "--capture",
+                    out.toString()))) {
+                r.awaitErr("listening on .*b\\.sock", 30_000);
+                loop(dir.resolve("a.sock"), 4, 50);
+                loop(dir.resolve("b.sock"), 4, 50);
+                Thread.sleep(1000); // the writers idle (each flushed), no request in the daemon's hands
+                fs.freeze();
+                loop(dir.resolve("a.sock"), 4, 50); // each writer now waits in a write that never returns
+                loop(dir.resolve("b.sock"), 4, 50);
+                Thread.sleep(500);
+                r.process().destroy();
+                // serve exits within 10 s; but a FUSE file open in a process keeps it from ending (the kernel flushes
+                // it at exit, and waits for the daemon) until the daemon answers: the JVM's main thread has ended
+                // (a zombie leader), the writers' threads wait in the kernel
+                Path stat = Path.of("/proc/" + r.process().pid() + "/stat");
+                long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(10);
+                while (r.process().isAlive() && !exited(stat) && System.nanoTime() < deadline) {
+                    Thread.sleep(50);
+                }
+                assertThat(!r.process().isAlive() || exited(stat)).as("serve exited within 10 s of SIGTERM:\n%s",
+                        r.stderr()).isTrue();
+                fs.thaw();
+                assertThat(r.exit(10_000)).as(r.stderr()).isZero();
+                for (String vm : new String[] {"a", "b"}) {
+                    for (int p = 0; p < 4; p++) {
+                        String name = vm + "-qp" + p + ".pcapng: ";
+                        assertThat(r.stderr().lines().filter(l -> l.contains(name)
+                                && l.contains("did not answer within the wait for closing")).count()).as(r.stderr())
+                                .isEqualTo(1);
+                    }
+                }
+            }
+        } finally {
+            try (var files = Files.walk(fsDir)) {
+                files.sorted(java.util.Comparator.reverseOrder()).forEach(p -> p.toFile().delete());
+            }
+        }
+    }
+
+    /**
+     * Start with the capture disk not answering (its server frozen: every call into it, the directory's stat
+     * included, never returns): serve's
+     * start fails within 5 s of the capture's start with why, and exits 1, rather than never listening and never
+     * answering SIGTERM (the start held the main thread, and a stop waits for the start).
+     */
+    @Test
+    @Timeout(value = 120, threadMode = Timeout.ThreadMode.SEPARATE_THREAD)
+    void startOnACaptureDiskThatHangsFailsWithinBounds() throws Exception {
+        Path fsDir = Files.createTempDirectory("serve-capture-disk");
+        try (io.mqvirtio.capture.FaultyFs fs = io.mqvirtio.capture.FaultyFs.mount(fsDir)) {
+            Path out = fs.mount().resolve("caps");
+            fs.freeze();
+            Launcher.Run r = Launcher.start(dir, "hangall", Launcher.command("serve", "--socket-path",
+                    dir.resolve("h.sock").toString(), "--loopback", "--queues", "2", "--capture", out.toString()));
+            try (r) {
+                assertThat(r.exit(30_000)).as(r.stderr()).isEqualTo(1);
+            }
+            assertThat(r.stderr()).contains("--capture " + out).contains("did not answer within 5 s");
+            assertThat(dir.resolve("h.sock")).doesNotExist();
+        } finally {
+            try (var files = Files.walk(fsDir)) {
+                files.sorted(java.util.Comparator.reverseOrder()).forEach(p -> p.toFile().delete());
+            }
+        }
+    }
 }

@@ -32,6 +32,13 @@ public final class Peers {
         return found;
     }
 
+    /** {@code file} (a library a peer needs, e.g. a Python module Debian installs), or a failed/skipped test. */
+    public static void requireFile(Path file, String what) {
+        if (!Files.exists(file)) {
+            missing(what + " (" + file + ") is not installed: run scripts/install-deps.sh as root");
+        }
+    }
+
     public static void requireRoot(String why) {
         if (!isRoot()) {
             missing(why + " needs root");
