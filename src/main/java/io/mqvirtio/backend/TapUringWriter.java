@@ -21,8 +21,8 @@ import java.util.Arrays;
  * chain is completed as it is now. Frames larger than a slot are not taken: the worker sends them with {@code
  * writev} after flushing what is queued, so their order holds.
  *
- * <p>A burst's writes are linked, so that none overtakes another: the frames from the first the TAP has no room for
- * on stay in their slots, in order, for the next {@link #flush} (see there).
+ * <p>Where the TAP's send buffer is limited, a burst's writes are linked, so that none overtakes another: the frames
+ * from the first the TAP has no room for on stay in their slots, in order, for the next {@link #flush} (see there).
  *
  * <p>Owned by the queue pair's worker thread: the ring is made by the first {@link #queue} (io_uring's
  * SINGLE_ISSUER ties it to the thread that made it) and closed by the backend after the workers stopped. Anything
@@ -56,6 +56,11 @@ final class TapUringWriter implements AutoCloseable {
     /** Why the last set-up failed for want of a descriptor (tried again at {@link #retryAt}), or null. */
     private volatile String waiting;
     private long retryAt; // worker thread only
+    /**
+     * Whether a batch's writes are linked (worker thread only): from the set-up on where the TAP's send buffer is
+     * limited (only then can a write find no room), and for good once a write found none. See {@link #flush}.
+     */
+    private boolean linked;
 
     TapUringWriter(Tap queue) {
         this.queue = queue;
@@ -169,6 +174,7 @@ final class TapUringWriter implements AutoCloseable {
             r.registerFiles(queue.fd());
             r.registerBuffers(s);
             ring = r;
+            linked |= sendBufferLimited();
             waiting = null;
             return true;
         } catch (RuntimeException e) {
@@ -189,6 +195,18 @@ final class TapUringWriter implements AutoCloseable {
     }
 
     /**
+     * Whether a write to this queue can find no room: its send buffer is not the TAP's own (Integer.MAX_VALUE), or
+     * cannot be read (then as if limited). Read once, at the set-up (the ioctl takes the kernel's rtnl lock).
+     */
+    private boolean sendBufferLimited() {
+        try {
+            return queue.sendBuffer() != Integer.MAX_VALUE;
+        } catch (RuntimeException e) {
+            return true;
+        }
+    }
+
+    /**
      * Writes the queued frames in order, one submission for all, and says what became of them: {@code results[i]} is
      * the i-th frame's (bytes written, or -errno: EIO for a TAP that is down, EINVAL for a bad header, EBADFD for a
      * detached queue). Returns how many frames have their result; the rest, from the first the TAP had no room for
@@ -196,20 +214,23 @@ final class TapUringWriter implements AutoCloseable {
      * caller makes when the TAP has room again (its EPOLLOUT edge). If io_uring itself fails, every frame without a
      * result gets -EIO and the writer turns itself off.
      *
-     * <p>The writes are linked (IOSQE_IO_LINK): each starts only after the one before it completed, and the first that
-     * fails cancels the rest (-ECANCELED, nothing written; a short write fails a link too, but a TAP write is whole or
-     * refused). Unlinked, a write after one the TAP had no room for could find room (the host frees it as it takes
-     * frames) and go out ahead of it, so such frames could only be dropped. After a refusal other than EAGAIN (that
-     * frame is dropped, the caller counts it) the cancelled rest is submitted again: a batch takes at most one enter
-     * per refused frame, plus one (a TAP that refuses everything, its link down, costs what writev would, a system
-     * call a frame). What the links cost: docs/performance.md ({@code --ab tap-uring-unlinked}).
+     * <p>Where a write can find no room (the TAP's send buffer limited), the writes are linked (IOSQE_IO_LINK): each
+     * starts only after the one before it completed, and the first that fails cancels the rest (-ECANCELED, nothing
+     * written; a short write fails a link too, but a TAP write is whole or refused). Unlinked, a write after one the
+     * TAP had no room for could find room (the host frees it as it takes frames) and go out ahead of it. After a
+     * refusal other than EAGAIN (that frame is dropped, the caller counts it) the cancelled rest is submitted again: a
+     * batch takes at most one enter per refused frame, plus one. Links cost the worker about a tenth of its CPU per
+     * frame (docs/performance.md, {@code --ab tap-uring-linked}), so a TAP whose send buffer is its own (unlimited:
+     * a write never finds it full) is written unlinked; if a host limits it later, the first write that finds no room
+     * is answered EAGAIN (a drop, as the frames after it in that batch may be out already) and from then on the
+     * queue's writes are linked and held.
      */
     int flush(long[] results) {
         int n = count - first;
         if (n == 0) {
             return 0;
         }
-        boolean linked = !Experiment.TAP_URING_UNLINKED.on();
+        boolean linked = this.linked || Experiment.TAP_URING_LINKED.on();
         int settled = 0;
         try {
             while (first < count) {
@@ -223,7 +244,10 @@ final class TapUringWriter implements AutoCloseable {
                     if (linked && r == -ErrnoException.EAGAIN) {
                         return settled; // held: j and what follows it (cancelled) go with the next flush
                     }
-                    results[settled++] = r; // unlinked (measuring only): an EAGAIN is a drop, as it was
+                    if (r == -ErrnoException.EAGAIN) {
+                        this.linked = true; // a host limited the send buffer after the set-up: held from now on
+                    }
+                    results[settled++] = r; // unlinked, an EAGAIN is a drop (what followed may be out already)
                     first = j + 1;
                 }
                 if (first == from) {

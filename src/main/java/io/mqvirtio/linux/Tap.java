@@ -32,7 +32,8 @@ public final class Tap extends Fd {
      * 0x80045400 | nr (direction << 30 | size 4 << 16 | 'T' << 8 | nr).
      */
     static final long TUNSETIFF = 0x400454caL, TUNSETPERSIST = 0x400454cbL, TUNSETOFFLOAD = 0x400454d0L,
-            TUNGETVNETHDRSZ = 0x800454d7L, TUNSETVNETHDRSZ = 0x400454d8L, TUNSETQUEUE = 0x400454d9L;
+            TUNGETVNETHDRSZ = 0x800454d7L, TUNSETVNETHDRSZ = 0x400454d8L, TUNSETQUEUE = 0x400454d9L,
+            TUNGETSNDBUF = 0x800454d3L;
 
     /** ifr_flags bits for TUNSETIFF / TUNSETQUEUE, <linux/if_tun.h>. */
     public static final int IFF_TAP = 0x0002, IFF_NO_PI = 0x1000, IFF_VNET_HDR = 0x4000, IFF_MULTI_QUEUE = 0x0100,
@@ -128,6 +129,22 @@ public final class Tap extends Fd {
             MemorySegment v = a.allocateFrom(ValueLayout.JAVA_INT, size);
             Native.check((int) IOCTL_PTR.invokeExact(Native.errnoState(), fd(), TUNSETVNETHDRSZ, v),
                     "ioctl(TUNSETVNETHDRSZ)");
+        } catch (Throwable t) {
+            throw Native.rethrow(t);
+        }
+    }
+
+    /**
+     * The queue's send buffer (TUNGETSNDBUF): Integer.MAX_VALUE, the TAP's own, unless a host limited it
+     * (TUNSETSNDBUF, QEMU's {@code sndbuf=}); only with a limit does a write find no room (EAGAIN). Takes the kernel's
+     * rtnl lock, as every TAP ioctl does: not for a fast path. EBADFD on a detached queue.
+     */
+    public int sendBuffer() {
+        try (Arena a = Arena.ofConfined()) {
+            MemorySegment v = a.allocate(ValueLayout.JAVA_INT);
+            Native.check((int) IOCTL_PTR.invokeExact(Native.errnoState(), fd(), TUNGETSNDBUF, v),
+                    "ioctl(TUNGETSNDBUF)");
+            return v.get(ValueLayout.JAVA_INT, 0);
         } catch (Throwable t) {
             throw Native.rethrow(t);
         }

@@ -34,12 +34,11 @@ public enum Experiment {
     TAP_WRITEV(false),
 
     /**
-     * The TAP's io_uring writer submits a batch's writes unlinked while this is on, as it did before it held the
-     * frames a full TAP had no room for (each write stood alone, and a full TAP's EAGAIN dropped its frame): what
-     * linking them (IOSQE_IO_LINK) costs, with paired windows (scenario 5). Unlinked, a write after one the TAP had
-     * no room for may go out ahead of it, so this mode drops instead of holding.
+     * The TAP's io_uring writer links every batch's writes (IOSQE_IO_LINK) while this is on, as it does from the start
+     * on a TAP whose send buffer a host limited, or once a write found no room: what the links cost, with paired
+     * windows (scenario 5).
      */
-    TAP_URING_UNLINKED(false);
+    TAP_URING_LINKED(false);
 
     private volatile boolean on;
     private final boolean byDefault;

@@ -59,7 +59,7 @@ class TapUringWriterTest {
     @AfterEach
     void tearDown() throws Exception {
         Experiment.TAP_WRITEV.reset();
-        Experiment.TAP_URING_UNLINKED.reset();
+        Experiment.TAP_URING_LINKED.reset();
         if (backend != null) {
             backend.close();
         }
@@ -205,41 +205,103 @@ class TapUringWriterTest {
     @Test
     void framesTheTapHasNoRoomForAreKeptInOrderUntilItHas() throws Exception {
         Port p = open(TapBackend.TxMethod.IO_URING);
-        String slow = "mqvs" + dev.substring(4);
-        try (Tap slowQueue = ns.inside(() -> Tap.openQueue(slow, false))) {
-            ns.ip("link", "add", "br0", "type", "bridge");
-            ns.ip("link", "set", dev, "master", "br0");
-            ns.ip("link", "set", slow, "master", "br0");
-            ns.exec("tc", "qdisc", "add", "dev", slow, "root", "tbf", "rate", "8bit", "burst", "1600", "limit", "1000000");
-            for (String d : new String[] {"br0", dev, slow}) {
-                ns.ip("link", "set", d, "up");
-            }
+        try (Tap slowQueue = slowBridge()) {
+            // limited before the writer's set-up (its first frame): linked from the start
+            HostTap.setSendBuffer(backend.queueFd(0), 8192);
             long[] r = new long[TapUringWriter.SLOTS];
             assertThat(p.queue(unicast(100))).isTrue();
             assertThat(p.flush(r)).isEqualTo(1);
             assertThat(arrived(slowQueue)).as("the bridge forwards (the bucket lets the first through)").containsExactly(100);
+            int n = TapUringWriter.SLOTS;
+            int out = fillAndFlush(p, r, n);
+            assertThat(out).as("frames that found room").isBetween(1, n - 1);
+            assertKeptUntilRoom(p, r, slowQueue, n, out);
+        }
+    }
+
+    /**
+     * A host that limits the send buffer after the writer's set-up: the writes were unlinked (a TAP with its own,
+     * unlimited, send buffer never answers EAGAIN, and links cost the worker a tenth of its CPU per frame), so the
+     * first batch that meets a full TAP settles every frame, those without room as EAGAIN (the worker drops them:
+     * the frames after them may be out already), and nothing reaches the host out of order. From then on the
+     * queue's writes are linked: the next batch is kept from the first frame without room, in order, until there is.
+     */
+    @Test
+    void aSendBufferLimitedLaterCostsOneBatchThenFramesAreKept() throws Exception {
+        Port p = open(TapBackend.TxMethod.IO_URING);
+        try (Tap slowQueue = slowBridge()) {
+            long[] r = new long[TapUringWriter.SLOTS];
+            assertThat(p.queue(unicast(100))).isTrue();
+            assertThat(p.flush(r)).isEqualTo(1);
+            assertThat(arrived(slowQueue)).containsExactly(100);
             HostTap.setSendBuffer(backend.queueFd(0), 8192);
             int n = TapUringWriter.SLOTS;
+            assertThat(fillAndFlush(p, r, n)).as("unlinked: every frame has its result").isEqualTo(n);
+            long eagain = java.util.Arrays.stream(r, 0, n).filter(x -> x == -ErrnoException.EAGAIN).count();
+            assertThat(eagain).as("frames that found no room").isPositive();
             for (int i = 0; i < n; i++) {
-                assertThat(p.queue(unicast(i))).isTrue();
+                assertThat(r[i]).as("frame %d", i).isIn((long) VirtioNet.HDR_SIZE + 1000, (long) -ErrnoException.EAGAIN);
             }
-            int out = p.flush(r);
-            assertThat(out).as("frames that found room").isBetween(1, n - 1);
-            for (int i = 0; i < out; i++) {
-                assertThat(r[i]).as("frame %d", i).isEqualTo(VirtioNet.HDR_SIZE + 1000);
+            int out = 0;
+            for (int i = 0; i < n; i++) {
+                assertThat(p.queue(unicast(n + i))).isTrue();
             }
-            assertThat(p.flush(r)).as("still no room: nothing settled, nothing lost").isZero();
-            ns.exec("tc", "qdisc", "del", "dev", slow, "root"); // what the host held goes, and with it the charge
+            out = p.flush(r);
+            assertThat(out).as("linked now: kept from the first without room (none had any)").isLessThan(n);
+            ns.exec("tc", "qdisc", "del", "dev", slow(), "root");
             assertThat(backend.queueFd(0).poll(Fd.POLLOUT, 5000) & Fd.POLLOUT).as("room again").isNotZero();
             assertThat(p.flush(r)).as("the kept frames, all of them").isEqualTo(n - out);
-            for (int i = 0; i < n - out; i++) {
-                assertThat(r[i]).as("kept frame %d", out + i).isEqualTo(VirtioNet.HDR_SIZE + 1000);
-            }
             List<Integer> got = arrived(slowQueue);
-            assertThat(got).as("what reached the host: in order (the bucket dropped those it held)").isSorted()
-                    .doesNotHaveDuplicates().contains(out, n - 1);
-            assertThat(p.batch()).isEqualTo(TapUringWriter.SLOTS);
+            assertThat(got).as("what reached the host: in order").isSorted().doesNotHaveDuplicates()
+                    .contains(2 * n - 1);
         }
+    }
+
+    private String slow() {
+        return "mqvs" + dev.substring(4);
+    }
+
+    /**
+     * A second TAP bridged to ours behind a bucket that lets almost nothing through: what our TAP sends piles up in
+     * its queue, charged to our send buffer. Returns the slow TAP's queue (the host's side, to read what arrived).
+     */
+    private Tap slowBridge() throws Exception {
+        String slow = slow();
+        Tap slowQueue = ns.inside(() -> Tap.openQueue(slow, false));
+        ns.ip("link", "add", "br0", "type", "bridge");
+        ns.ip("link", "set", dev, "master", "br0");
+        ns.ip("link", "set", slow, "master", "br0");
+        ns.exec("tc", "qdisc", "add", "dev", slow, "root", "tbf", "rate", "8bit", "burst", "1600", "limit", "1000000");
+        for (String d : new String[] {"br0", dev, slow}) {
+            ns.ip("link", "set", d, "up");
+        }
+        return slowQueue;
+    }
+
+    /** Queues {@code n} frames, sequence numbers 0.. , and flushes them. */
+    private int fillAndFlush(Port p, long[] r, int n) throws Exception {
+        for (int i = 0; i < n; i++) {
+            assertThat(p.queue(unicast(i))).isTrue();
+        }
+        return p.flush(r);
+    }
+
+    /** The frames a flush settled went out; no room: nothing settled; room again: the kept ones, in order. */
+    private void assertKeptUntilRoom(Port p, long[] r, Tap slowQueue, int n, int out) throws Exception {
+        for (int i = 0; i < out; i++) {
+            assertThat(r[i]).as("frame %d", i).isEqualTo(VirtioNet.HDR_SIZE + 1000);
+        }
+        assertThat(p.flush(r)).as("still no room: nothing settled, nothing lost").isZero();
+        ns.exec("tc", "qdisc", "del", "dev", slow(), "root"); // what the host held goes, and with it the charge
+        assertThat(backend.queueFd(0).poll(Fd.POLLOUT, 5000) & Fd.POLLOUT).as("room again").isNotZero();
+        assertThat(p.flush(r)).as("the kept frames, all of them").isEqualTo(n - out);
+        for (int i = 0; i < n - out; i++) {
+            assertThat(r[i]).as("kept frame %d", out + i).isEqualTo(VirtioNet.HDR_SIZE + 1000);
+        }
+        List<Integer> got = arrived(slowQueue);
+        assertThat(got).as("what reached the host: in order (the bucket dropped those it held)").isSorted()
+                .doesNotHaveDuplicates().contains(out, n - 1);
+        assertThat(p.batch()).isEqualTo(TapUringWriter.SLOTS);
     }
 
     /** The sequence numbers of our frames that came out of {@code q}, until none came for 0.5 s. */

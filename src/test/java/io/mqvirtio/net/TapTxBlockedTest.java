@@ -68,9 +68,11 @@ class TapTxBlockedTest {
                      VhostUserServer server = VhostUserServer.listen(dir.resolve("b.sock"), dev);
                      EvilDriver d = new EvilDriver(server.path(), 1, 64, FEATURES, 1 << 20)) {
                     EvilDriver.Ring tx = d.tx(0);
+                    // before our first frame: the queue's io_uring writer, set up by that frame, sees the limit and
+                    // links its writes from the start (set later, the first batch without room would drop)
+                    HostTap.setSendBuffer(hostQueue, 8192); // every queue, ours when it is attached
                     HostileDriverTest.sendValid(d, 0, frame(0), 0);
                     await(() -> dev.counters().get(1).packets() == 1, "the first frame sent (our queue attached)");
-                    HostTap.setSendBuffer(hostQueue, 8192); // the attached queues, ours among them
 
                     int frames = 24;
                     offer(d, 1, frames);
@@ -117,9 +119,9 @@ class TapTxBlockedTest {
                      VhostUserServer server = VhostUserServer.listen(dir.resolve("u.sock"), dev);
                      EvilDriver d = new EvilDriver(server.path(), 1, 64, FEATURES, 1 << 20)) {
                     EvilDriver.Ring tx = d.tx(0);
+                    HostTap.setSendBuffer(hostQueue, 8192); // before the writer's set-up: linked from the start
                     HostileDriverTest.sendValid(d, 0, frame(0), 0);
                     await(() -> dev.counters().get(1).packets() == 1, "the first frame sent (our queue attached)");
-                    HostTap.setSendBuffer(hostQueue, 8192);
 
                     int frames = 60;
                     offer(d, 1, frames);
@@ -182,9 +184,9 @@ class TapTxBlockedTest {
                      EvilDriver d = new EvilDriver(server.path(), 1, 64, FEATURES, 1 << 20)) {
                     try {
                         EvilDriver.Ring tx = d.tx(0);
+                        HostTap.setSendBuffer(hostQueue, 8192); // before the writer's set-up: linked from the start
                         HostileDriverTest.sendValid(d, 0, frame(0), 0);
                         await(() -> dev.counters().get(1).packets() == 1, "the first frame sent (our queue attached)");
-                        HostTap.setSendBuffer(hostQueue, 8192);
                         hostQueue.detach(); // frames from the host now all go to our queue
                         IoVec v = new IoVec(1);
                         try (Arena a = Arena.ofConfined()) {
