@@ -31,9 +31,9 @@ public final class Tap extends Fd {
      * Request numbers from <linux/if_tun.h>: _IOW('T', nr, int) = 0x40045400 | nr, _IOR('T', nr, int) =
      * 0x80045400 | nr (direction << 30 | size 4 << 16 | 'T' << 8 | nr).
      */
-    static final long TUNSETIFF = 0x400454caL, TUNSETPERSIST = 0x400454cbL, TUNSETOFFLOAD = 0x400454d0L,
-            TUNGETVNETHDRSZ = 0x800454d7L, TUNSETVNETHDRSZ = 0x400454d8L, TUNSETQUEUE = 0x400454d9L,
-            TUNGETSNDBUF = 0x800454d3L;
+    static final long TUNSETIFF = 0x400454caL, TUNGETIFF = 0x800454d2L, TUNSETPERSIST = 0x400454cbL,
+            TUNSETOFFLOAD = 0x400454d0L, TUNGETSNDBUF = 0x800454d3L, TUNGETVNETHDRSZ = 0x800454d7L,
+            TUNSETVNETHDRSZ = 0x400454d8L, TUNSETQUEUE = 0x400454d9L;
 
     /** ifr_flags bits for TUNSETIFF / TUNSETQUEUE, <linux/if_tun.h>. */
     public static final int IFF_TAP = 0x0002, IFF_NO_PI = 0x1000, IFF_VNET_HDR = 0x4000, IFF_MULTI_QUEUE = 0x0100,
@@ -45,6 +45,8 @@ public final class Tap extends Fd {
 
     /** struct ifreq (netdevice(7), <net/if.h>): char ifr_name[IFNAMSIZ], then a union (short ifr_flags), 40 bytes. */
     private static final int IFREQ_SIZE = 40, IFNAMSIZ = 16, IFR_FLAGS = 16;
+
+    private static final int POLLERR = 0x8;
 
     private static final String CLONE_DEVICE = "/dev/net/tun";
 
@@ -81,6 +83,29 @@ public final class Tap extends Fd {
             new Fd(fd).close();
             throw Native.rethrow(t);
         }
+    }
+
+    /**
+     * The device's flags (TUNGETIFF: IFF_TAP, IFF_NO_PI, IFF_VNET_HDR, IFF_MULTI_QUEUE, ...). They are the device's,
+     * set by whichever queue joined it first: a queue that joins a device another process holds gets its flags, not
+     * the ones it asked for.
+     */
+    public int flags() {
+        try (Arena a = Arena.ofConfined()) {
+            MemorySegment ifr = a.allocate(IFREQ_SIZE, 8);
+            Native.check((int) IOCTL_PTR.invokeExact(Native.errnoState(), fd(), TUNGETIFF, ifr), "ioctl(TUNGETIFF)");
+            return Short.toUnsignedInt(ifr.get(ValueLayout.JAVA_SHORT, IFR_FLAGS));
+        } catch (Throwable t) {
+            throw Native.rethrow(t);
+        }
+    }
+
+    /**
+     * Whether the device this queue joined is gone (deleted: every call on the queue answers EBADFD). A poll, which
+     * takes no lock of the kernel's network configuration (an ioctl takes the rtnl lock every device shares).
+     */
+    public boolean deviceGone() {
+        return (poll(0, 0) & POLLERR) != 0;
     }
 
     /** The device's name, as the kernel chose it. */

@@ -129,6 +129,24 @@ public interface Port extends AutoCloseable {
         return false;
     }
 
+    /**
+     * How often the worker calls {@link #upkeep} (nanoseconds), or 0 (the default): never. Asked once, when the worker
+     * is made.
+     */
+    default long upkeepNanos() {
+        return 0;
+    }
+
+    /**
+     * Looks after what the host may change under the port (a TAP deleted and created again under its name, its
+     * header size set by another holder), on the worker's thread, between rounds, every {@link #upkeepNanos}, never
+     * while frames are held from a {@link #flush}. True when {@link #readFd} now names another descriptor (the old one
+     * is closed): the worker then watches the new one. Throws nothing.
+     */
+    default boolean upkeep() {
+        return false;
+    }
+
     /** The negotiated virtio-net features, for the offloads the host may use towards the guest. */
     default void setFeatures(long features) {}
 

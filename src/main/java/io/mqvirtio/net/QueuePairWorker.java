@@ -7,6 +7,7 @@ import io.mqvirtio.linux.Epoll;
 import io.mqvirtio.linux.ErrnoException;
 import io.mqvirtio.linux.EventFd;
 import io.mqvirtio.linux.IoVec;
+import io.mqvirtio.linux.TimerFd;
 import io.mqvirtio.vhostuser.WarningLimit;
 import io.mqvirtio.virtio.ChainBurst;
 import io.mqvirtio.virtio.DescriptorChain;
@@ -44,7 +45,13 @@ import java.util.function.Function;
  */
 final class QueuePairWorker implements WorkerHandler {
     private static final Logger LOG = System.getLogger(QueuePairWorker.class.getName());
-    private static final long TOKEN_TX_KICK = 1, TOKEN_RX_KICK = 2, TOKEN_PORT = 3;
+    private static final long TOKEN_TX_KICK = 1, TOKEN_RX_KICK = 2, TOKEN_PORT = 3, TOKEN_UPKEEP = 4;
+    /**
+     * A port change the port refused ({@link Port#setActive}: a TUNSETQUEUE that failed) is tried again after this,
+     * doubling up to {@link #PORT_RETRY_MAX_NANOS} while it fails: each try takes the kernel's rtnl lock, which the
+     * whole host's network configuration shares.
+     */
+    static final long PORT_RETRY_NANOS = TimeUnit.SECONDS.toNanos(1), PORT_RETRY_MAX_NANOS = TimeUnit.SECONDS.toNanos(32);
     /**
      * The port's fd, edge-triggered. EPOLLOUT: a send that would block gives its chain back (a batching port keeps the
      * frames of a flush it had no room for), and the guest, waiting for its frames to be used, may never kick again;
@@ -157,6 +164,9 @@ final class QueuePairWorker implements WorkerHandler {
     /** The pair's capture ({@code serve --capture}), or null: read once per TX burst and per RX frame. */
     private volatile QueueCapture capture;
 
+    /** Fires every {@link Port#upkeepNanos} for a port that asks for upkeep (a TAP's), else null. */
+    private final TimerFd upkeepTimer;
+
     // ---- port errors: counted always, logged in part ----
     private long portErrorLoggedAt;
     private long portErrorsUnlogged;
@@ -181,6 +191,12 @@ final class QueuePairWorker implements WorkerHandler {
         if (port.readFd() >= 0) {
             // Edge-triggered: with no RX buffers we stop reading, and must not be woken again and again meanwhile.
             loop.register(port.readFd(), PORT_EVENTS, TOKEN_PORT);
+        }
+        long every = port.upkeepNanos();
+        upkeepTimer = every > 0 ? TimerFd.periodic(every) : null;
+        if (upkeepTimer != null) {
+            // its own descriptor in the worker's epoll: nothing is added to a round, an idle worker wakes once a period
+            loop.register(upkeepTimer.fd(), Epoll.EPOLLIN, TOKEN_UPKEEP);
         }
     }
 
@@ -421,14 +437,19 @@ final class QueuePairWorker implements WorkerHandler {
             try {
                 port.setActive(active);
                 // only an attach that worked says the TAP is back: a detach of a queue that never attached does nothing
-                portStateFailing &= !active;
+                if (portStateFailing && active) {
+                    portBack();
+                }
             } catch (RuntimeException e) {
                 // e.g. a TAP deleted under us (TUNSETQUEUE answers EINVAL for good): the rings stay as they are;
                 // frames to it are dropped and counted. Counted and logged once until a change succeeds again, not
                 // once per change: a guest toggling its pairs would count a frame error for each, and the log said
                 // "frame dropped" with a hint about runt frames.
+                portRetryIn = PORT_RETRY_NANOS;
+                portRetryAt = System.nanoTime() + portRetryIn;
                 if (!portStateFailing) {
                     portStateFailing = true;
+                    portRetries = 0;
                     (active ? txCounters : rxCounters).add(QueueCounters.ERRORS, 1);
                     LOG.log(Level.WARNING, "{0}: cannot {1} the port''s queue (is the TAP device gone?); the rings go on: {2}",
                             workerName(), active ? "attach" : "detach", e.getMessage());
@@ -439,6 +460,57 @@ final class QueuePairWorker implements WorkerHandler {
 
     /** The port refused a change of {@link #updatePortActive} and has attached nothing since (counted and logged once). */
     private boolean portStateFailing;
+    /** The change the port refused is tried again at this time, then after twice the wait, while it fails. */
+    private long portRetryAt;
+    private long portRetryIn;
+    private long portRetries;
+
+    /** The port's change works again after a failure: said once (the failure was counted and logged once). */
+    private void portBack() {
+        portStateFailing = false;
+        LOG.log(Level.INFO, "{0}: the port''s queue {1} again{2}", workerName(), portActive ? "attached" : "detached",
+                portRetries == 0 ? "" : " (after " + portRetries + " retries)");
+    }
+
+    /**
+     * The upkeep timer fired: the port looks after what the host changed (a TAP created again: a new descriptor to
+     * watch), and a port change that failed is tried again when its wait is over.
+     */
+    private void upkeep() {
+        upkeepTimer.drain();
+        if (txHeld) {
+            return; // frames held for the port's descriptor: they go (or fail) first, at its next edge
+        }
+        int before = port.readFd();
+        try {
+            if (port.upkeep()) {
+                try {
+                    loop.unregister(before); // usually gone with its file already
+                } catch (RuntimeException e) {
+                    // closed: its entry went with it
+                }
+                loop.register(port.readFd(), PORT_EVENTS, TOKEN_PORT); // reports what is ready now, as at start
+                portReadable = true;
+                txBlocked = false;
+            }
+        } catch (RuntimeException e) {
+            logPortError(true, e); // not counted: no frame was lost to it; the next upkeep tries again
+        }
+        if (portStateFailing && System.nanoTime() - portRetryAt >= 0) {
+            portRetries++;
+            try {
+                port.setActive(portActive);
+                if (portActive) {
+                    portBack();
+                } else {
+                    portStateFailing = false; // detached: nothing to say (the line said it could not be)
+                }
+            } catch (RuntimeException e) {
+                portRetryIn = Math.min(PORT_RETRY_MAX_NANOS, portRetryIn * 2);
+                portRetryAt = System.nanoTime() + portRetryIn;
+            }
+        }
+    }
 
     /**
      * The port failed (a TAP that is down answers EIO, a runt frame or a bad header EINVAL, a deleted TAP EBADFD):
@@ -484,6 +556,8 @@ final class QueuePairWorker implements WorkerHandler {
             if ((events & (Epoll.EPOLLOUT | Epoll.EPOLLERR | Epoll.EPOLLHUP)) != 0) {
                 txBlocked = false; // room again (or an error, which the next write reports)
             }
+        } else if (token == TOKEN_UPKEEP) {
+            upkeep();
         }
     }
 
@@ -1353,6 +1427,9 @@ final class QueuePairWorker implements WorkerHandler {
     boolean close() {
         if (!loop.close()) {
             return false;
+        }
+        if (upkeepTimer != null) {
+            upkeepTimer.close();
         }
         port.close();
         return true;

@@ -1,0 +1,139 @@
+package io.mqvirtio.net;
+
+import static org.assertj.core.api.Assertions.assertThat;
+
+import io.mqvirtio.backend.TapBackend;
+import io.mqvirtio.linux.ErrnoException;
+import io.mqvirtio.linux.IoVec;
+import io.mqvirtio.linux.TestNetns;
+import io.mqvirtio.vhostuser.LogCapture;
+import io.mqvirtio.vhostuser.VhostUserServer;
+import io.mqvirtio.virtio.ChainBurst;
+import io.mqvirtio.virtio.VirtioFeatures;
+import java.nio.file.Path;
+import java.util.List;
+import java.util.concurrent.ThreadLocalRandom;
+import java.util.concurrent.TimeUnit;
+import java.util.concurrent.atomic.AtomicInteger;
+import java.util.logging.Level;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.Timeout;
+import org.junit.jupiter.api.io.TempDir;
+
+/**
+ * A TUNSETQUEUE that fails for a passing reason (ENOMEM, EBUSY: the kernel's, which a test cannot make it answer on
+ * demand, so the port of a real TAP refuses the first attaches of pair 1 with ENOMEM and then does the real one) used
+ * to leave the pair's queue detached until the guest changed its pairs again: the kernel steered no flow to a pair the
+ * guest uses. Now the worker tries it again after 1 s, then 2, 4, ... up to 32 s while it fails (each try takes the
+ * rtnl lock), counted as one error and logged as one line each way.
+ */
+@Timeout(30)
+class TapAttachRetryTest {
+    static final long FEATURES = VirtioFeatures.bit(VirtioFeatures.F_VERSION_1) | VirtioFeatures.bit(VirtioNet.F_MQ);
+
+    @TempDir
+    Path dir;
+
+    @Test
+    void anAttachThatFailedForAPassingReasonIsRetriedAtABoundedRate() throws Exception {
+        String tap = "mqva" + Integer.toHexString(ThreadLocalRandom.current().nextInt(0x10000));
+        try (TestNetns ns = TestNetns.create(); LogCapture log = new LogCapture("io.mqvirtio.net", Level.INFO).quiet()) {
+            TapBackend tapBackend = ns.inside(() -> TapBackend.open(tap, 2, TapBackend.TxMethod.WRITEV));
+            AtomicInteger refusals = new AtomicInteger();
+            AtomicInteger tries = new AtomicInteger();
+            PacketBackend backend = new PacketBackend() {
+                @Override
+                public int maxPairs() {
+                    return tapBackend.maxPairs();
+                }
+
+                @Override
+                public long features() {
+                    return tapBackend.features();
+                }
+
+                @Override
+                public Port open(int pair) {
+                    Port real = tapBackend.open(pair);
+                    return pair == 0 ? real : new RefusingPort(real, refusals, tries);
+                }
+
+                @Override
+                public String describe() {
+                    return tapBackend.describe();
+                }
+
+                @Override
+                public void close() {
+                    tapBackend.close();
+                }
+            };
+            try (NetDevice dev = new NetDevice(NetDevice.Config.of("retry", 2), backend);
+                 VhostUserServer server = VhostUserServer.listen(dir.resolve("a.sock"), dev);
+                 EvilDriver d = new EvilDriver(server.path(), 2, 64, FEATURES, 1 << 20)) {
+                assertThat(QueuePairChurnTest.attachedQueues(ns, tap)).isEqualTo(2);
+                d.fe.setVringEnable(2, false);
+                d.fe.setVringEnable(3, false);
+                assertThat(QueuePairChurnTest.attachedQueues(ns, tap)).isEqualTo(1);
+                int before = log.lines().size();
+                tries.set(0);
+                refusals.set(2); // the next two attaches: ENOMEM
+                d.fe.setVringEnable(2, true);
+                d.fe.setVringEnable(3, true);
+                assertThat(QueuePairChurnTest.attachedQueues(ns, tap)).as("refused: still detached").isEqualTo(1);
+                long start = System.nanoTime();
+                long deadline = start + TimeUnit.SECONDS.toNanos(8);
+                while (QueuePairChurnTest.attachedQueues(ns, tap) != 2 && System.nanoTime() < deadline) {
+                    Thread.sleep(100);
+                }
+                assertThat(QueuePairChurnTest.attachedQueues(ns, tap)).as("attached by a retry").isEqualTo(2);
+                assertThat(System.nanoTime() - start).as("after 1 s, then 2 s more: not at once")
+                        .isGreaterThan(TimeUnit.MILLISECONDS.toNanos(2500));
+                assertThat(tries.get()).as("the first attempt and two retries").isEqualTo(3);
+                long errors = dev.counters().get(2).errors() + dev.counters().get(3).errors();
+                assertThat(errors).as("one error for the episode").isEqualTo(1);
+                List<String> lines = log.lines().subList(before, log.lines().size());
+                assertThat(lines).hasSize(2);
+                assertThat(lines.get(0)).contains("cannot attach");
+                assertThat(lines.get(1)).contains("attached again").contains("after 2 retries");
+                Thread.sleep(1500);
+                assertThat(tries.get()).as("no more tries once attached").isEqualTo(3);
+            }
+        }
+    }
+
+    /** A real TAP queue's port whose next attaches fail with ENOMEM while {@code refusals} is above 0. */
+    private record RefusingPort(Port real, AtomicInteger refusals, AtomicInteger tries) implements Port {
+        @Override
+        public void setActive(boolean active) {
+            if (active) {
+                tries.incrementAndGet();
+                if (refusals.getAndUpdate(n -> Math.max(0, n - 1)) > 0) {
+                    throw new ErrnoException("ioctl(TUNSETQUEUE, IFF_ATTACH_QUEUE)", ErrnoException.ENOMEM);
+                }
+            }
+            real.setActive(active);
+        }
+
+        @Override public int readFd() { return real.readFd(); }
+        @Override public long send(IoVec frame) { return real.send(frame); }
+        @Override public long send(long address, long length, IoVec scratch) { return real.send(address, length, scratch); }
+        @Override public boolean queue(long address, long length, IoVec scratch) { return real.queue(address, length, scratch); }
+        @Override public boolean sendsBursts() { return real.sendsBursts(); }
+        @Override public void sendBurst(ChainBurst burst, int from, int n) { real.sendBurst(burst, from, n); }
+        @Override public int batch() { return real.batch(); }
+        @Override public boolean queue(IoVec frame) { return real.queue(frame); }
+        @Override public int flush(long[] results) { return real.flush(results); }
+        @Override public void discard() { real.discard(); }
+        @Override public String ioMethod(boolean isRx) { return real.ioMethod(isRx); }
+        @Override public long receive(IoVec into) { return real.receive(into); }
+        @Override public long receive(long address, long length, IoVec scratch) { return real.receive(address, length, scratch); }
+        @Override public boolean readsFrames() { return real.readsFrames(); }
+        @Override public boolean hostWritesHeaders() { return real.hostWritesHeaders(); }
+        @Override public long upkeepNanos() { return real.upkeepNanos(); }
+        @Override public boolean upkeep() { return real.upkeep(); }
+        @Override public void setFeatures(long features) { real.setFeatures(features); }
+        @Override public void reset() { real.reset(); }
+        @Override public void close() { real.close(); }
+    }
+}
