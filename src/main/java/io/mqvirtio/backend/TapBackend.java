@@ -16,6 +16,9 @@ import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.ArrayList;
 import java.util.List;
+import java.util.concurrent.Executors;
+import java.util.concurrent.ScheduledExecutorService;
+import java.util.concurrent.ScheduledFuture;
 import java.util.concurrent.TimeUnit;
 import java.util.concurrent.atomic.AtomicLong;
 import java.util.function.Supplier;
@@ -36,8 +39,9 @@ import java.util.function.Supplier;
  * and attached as the guest's pairs are. A device of that name that is not a multiqueue TAP, or one another process
  * holds without virtio-net headers, is refused with one line and tried again every {@link #REFUSED_RETRY_NANOS}.
  * We never create the device again ourselves: a device deleted on purpose stays deleted. The virtio-net header size
- * is the device's, and any holder of one of its queues can change it (TUNSETVNETHDRSZ): pair 0 reads it each second
- * and sets it back, with our offloads, logging the first time.
+ * is the device's, and any holder of one of its queues can change it (TUNSETVNETHDRSZ): a thread of the process's
+ * reads it each second (not a worker: the ioctl takes the rtnl lock), and pair 0's worker sets it back, with our
+ * offloads, logging the first time.
  */
 public final class TapBackend implements PacketBackend {
     private static final Logger LOG = System.getLogger(TapBackend.class.getName());
@@ -77,6 +81,15 @@ public final class TapBackend implements PacketBackend {
     /** The offloads set last (TUNSETOFFLOAD flags; the device's, so the same for every pair), or -1. */
     private volatile int offloads = -1;
     private final AtomicLong headerResets = new AtomicLong();
+    /**
+     * One thread of the process's for every TAP's header-size probe (once a second, pair 0's queue): TUNGETVNETHDRSZ
+     * takes the kernel's rtnl lock, which the host's network configuration holds as long as it likes, and a worker
+     * waiting for it each second would stall its pair's traffic with it. The probe only reads; pair 0's worker sets
+     * the size back when the probe saw it changed (an attacker's case, not every second's).
+     */
+    private static final ScheduledExecutorService HEADER_PROBES = Executors.newSingleThreadScheduledExecutor(
+            r -> Thread.ofPlatform().name("mqvirtio-tap-probe").daemon(true).unstarted(r));
+    private ScheduledFuture<?> headerProbe;
     private final AtomicLong reopened = new AtomicLong();
     /** Queues whose device is gone and not reopened yet; a reopen logged since; the last refusal logged (this). */
     private int goneQueues;
@@ -325,6 +338,10 @@ public final class TapBackend implements PacketBackend {
         TapPort p = new TapPort(pair, q, uring);
         synchronized (this) {
             ports.add(p);
+            if (pair == 0 && headerProbe == null) {
+                headerProbe = HEADER_PROBES.scheduleWithFixedDelay(p::probeHeaderSize, UPKEEP_NANOS, UPKEEP_NANOS,
+                        TimeUnit.NANOSECONDS);
+            }
         }
         return p;
     }
@@ -332,8 +349,13 @@ public final class TapBackend implements PacketBackend {
     /** Pair {@code pair}'s port: its worker's only. */
     private final class TapPort implements Port {
         private final int pair;
-        /** The queue, and its io_uring writer (null with writev): replaced when the device is created again. */
-        private Tap q;
+        /**
+         * The queue, and its io_uring writer (null with writev): replaced when the device is created again. Read by
+         * the header-size probe's thread too.
+         */
+        private volatile Tap q;
+        /** The probe found the device's header size changed: pair 0's worker sets it back at its next upkeep. */
+        private volatile boolean headerChanged;
         private volatile TapUringWriter uring;
         private boolean attached;
         /** Not reopened yet since its device was last seen gone (guarded by the backend). */
@@ -507,7 +529,8 @@ public final class TapBackend implements PacketBackend {
             long now = System.nanoTime();
             if (!gone) {
                 if (!q.deviceGone()) {
-                    if (pair == 0) {
+                    if (headerChanged) {
+                        headerChanged = false;
                         checkHeaderSize();
                     }
                     return false;
@@ -530,6 +553,7 @@ public final class TapBackend implements PacketBackend {
          * offloads the guest did not negotiate are dropped by the worker's RX header check meanwhile).
          */
         private void checkHeaderSize() {
+            // read again here, on the queue this worker holds: the probe may have read a descriptor closed meanwhile
             int size;
             try {
                 size = q.vnetHdrSize();
@@ -553,6 +577,20 @@ public final class TapBackend implements PacketBackend {
                     + "another holder of one of its queues set it (TUNSETVNETHDRSZ), and frames both ways were misread "
                     + "meanwhile; set back, with our offloads ({3} time{4} so far; checked each second)", name, size,
                     VirtioNet.HDR_SIZE, n, n == 1 ? "" : "s");
+        }
+
+        /**
+         * The probe, on {@link #HEADER_PROBES}' thread: reads the header size (a read only, harmless even on a
+         * descriptor closed and reused meanwhile: the worker reads it again before it sets anything).
+         */
+        void probeHeaderSize() {
+            try {
+                if (q.vnetHdrSize() != VirtioNet.HDR_SIZE) {
+                    headerChanged = true;
+                }
+            } catch (RuntimeException e) {
+                // gone, or closed: the worker's upkeep sees to it
+            }
         }
 
         /** Opens this queue again on a device of our name, if there is one; true when {@link #readFd} changed. */
@@ -668,6 +706,9 @@ public final class TapBackend implements PacketBackend {
 
     @Override
     public synchronized void close() {
+        if (headerProbe != null) {
+            headerProbe.cancel(false);
+        }
         netns.close();
         if (queues.isEmpty()) {
             return;
