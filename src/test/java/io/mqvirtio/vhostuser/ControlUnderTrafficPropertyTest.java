@@ -19,6 +19,9 @@ import io.mqvirtio.net.Port;
 import io.mqvirtio.net.QueueCounters;
 import io.mqvirtio.net.VirtioNet;
 import io.mqvirtio.virtio.ChainBurst;
+import io.mqvirtio.virtio.PackedRing;
+import io.mqvirtio.virtio.RingBase;
+import io.mqvirtio.virtio.Rings;
 import io.mqvirtio.virtio.VirtioFeatures;
 import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
@@ -26,7 +29,6 @@ import java.lang.invoke.VarHandle;
 import java.nio.ByteOrder;
 import java.nio.file.Path;
 import java.util.ArrayDeque;
-import java.util.ArrayList;
 import java.util.Arrays;
 import java.util.HashMap;
 import java.util.HashSet;
@@ -47,37 +49,41 @@ import org.junit.jupiter.api.io.TempDir;
 
 /**
  * Random control requests, valid and invalid, in any order, against a real {@link NetDevice} (two pairs, the loopback
- * backend) while a guest thread of the test's own keeps TX and RX flowing on split rings it writes by hand in the
- * memory it shares: GET/SET_VRING_BASE, SET_VRING_NUM/ADDR on running and stopped rings, SET_VRING_KICK/CALL/ERR
- * with the ring's own eventfd, another ring's (so two rings share one), one closed right after it was sent, a memfd,
- * none; SET_VRING_ENABLE on, off and 2; SET_MEM_TABLE the same, with a second region, moved, shrunk under the data or
- * under two rings; ADD/REM_MEM_REG of that region and of the main one; SET_FEATURES with EVENT_IDX, MRG_RXBUF,
- * PACKED, IN_ORDER, LOG_ALL changed or VERSION_1 dropped; SET_LOG_BASE good and bad; RESET_OWNER/RESET_DEVICE;
- * SET/GET_STATUS; GET/SET_CONFIG; ring indexes beyond the device; reconnects; and a full restore (QEMU's set-up
- * again) now and then.
+ * backend) while a guest thread of the test's own keeps TX and RX flowing on rings it writes by hand in the memory it
+ * shares (split for even seeds, packed for odd ones): GET/SET_VRING_BASE, SET_VRING_NUM/ADDR on running and stopped
+ * rings, SET_VRING_KICK/CALL/ERR with the ring's own eventfd, another ring's (so two rings share one), one closed right
+ * after it was sent, a memfd, none; SET_VRING_ENABLE on, off and 2; SET_MEM_TABLE the same, with a second region,
+ * moved, shrunk under the data or under two rings; ADD/REM_MEM_REG of that region and of the main one; SET_FEATURES
+ * with EVENT_IDX, MRG_RXBUF, PACKED, IN_ORDER, LOG_ALL changed or VERSION_1 dropped; SET_LOG_BASE good and bad;
+ * RESET_OWNER/RESET_DEVICE; SET/GET_STATUS; GET/SET_CONFIG; ring indexes beyond the device; reconnects; and a full
+ * restore (QEMU's set-up again) now and then.
  *
  * <p>What holds always, checked after every request: the device is not dead; every request with NEED_REPLY is
  * answered within {@link #REPLY_MS} (an ack, or its own reply), and the connection is closed only where the protocol
  * says so (a refused request with a reply of its own: SET_LOG_BASE with a bad log, GET_CONFIG, GET_VRING_BASE of a
  * ring the device lacks); GET_VRING_BASE names its ring, GET_STATUS says what the last SET_STATUS set (0 after a
  * reset), the GET requests say what they said at first; a restore to QEMU's set-up is acked request by request
- * whatever came before. Every so often, and at the end, the guest stops: each pair's worker answers a command and
- * then spends under 30 ms of CPU in 100 ms with nothing asked. Nothing is ever read or written outside guest memory
- * (the JVM would crash).
+ * whatever came before. Now and then the guest holds still: each pair's worker answers a command and then spends
+ * under 30 ms of CPU in 100 ms with nothing asked. Nothing is ever read or written outside guest memory (the JVM
+ * would crash).
  *
  * <p>What holds while the frontend has told the truth (its memory table, features and ring layouts are the guest's
- * own since the last restore; split rings resume from the used index, so a wrong SET_VRING_BASE, a stop, a reset, a
- * parked ring or a new kick fd keep it true, while a moved or shrunk table, another ring size or address, PACKED,
- * IN_ORDER or no VERSION_1 end it until the next restore): each used entry names a chain the guest offered and that
- * is in flight (used at most once per offer); an RX frame is, byte for byte but for num_buffers, a frame the port
- * handed the device (each handed frame delivered at most once), and one the guest sent since the restore comes back
- * whole on its own pair, once; a TX frame reached the port at most once. At the end, on a fresh session: 32 frames
- * per pair go round the loop, each exactly once, and the counters moved by exactly what the guest saw; over the
- * device's life TX packets equal the frames the port was handed and RX packets are at most the frames it handed
- * out; after the session, the process holds the descriptors and memfd mappings it held before it.
+ * own since the last restore; a split ring resumes at its used index, so a wrong SET_VRING_BASE, a stop, a reset, a
+ * parked ring or a new kick fd keep it true; a packed ring resumes at its base, so only the one GET_VRING_BASE gave
+ * does; a moved or shrunk table, another ring size or address, PACKED or IN_ORDER switched or no VERSION_1 end it
+ * until the next restore): each used entry names a chain the guest offered and that is in flight (used at most once
+ * per offer); an RX frame is, byte for byte but for num_buffers, a frame the port handed the device (each handed
+ * frame delivered at most once), and one the guest sent since the restore comes back whole on its own pair, once; a
+ * TX frame reached the port at most once; no ring breaks (the queues' error counters stay). Every 100 steps and at
+ * the end, after a reset or a stop of every ring and QEMU's set-up: 32 frames per pair go round the loop, each exactly
+ * once, and the counters move by exactly what the guest saw. Over the device's life TX packets equal the frames the
+ * port was handed and RX packets are at most the frames it handed out; after the session, the process holds the
+ * descriptors and memfd mappings it held before it.
  *
  * <p>Seeded: a failure names its seed ({@code -Dcontrol.seed=...} replays that one); {@code -Dcontrol.millis} sets
- * how long the test runs new seeds (default 3000 ms), {@code -Dcontrol.steps} the requests per seed (default 300).
+ * how long the test runs new seeds (default 3000 ms; two seeds at least), {@code -Dcontrol.steps} the random steps per
+ * seed (default 300).
+ * docs/fuzzing.md has the details.
  */
 @Timeout(300)
 class ControlUnderTrafficPropertyTest {
@@ -87,7 +93,7 @@ class ControlUnderTrafficPropertyTest {
     /** The largest frame the loopback holds: header, Ethernet header, VLAN tag, MTU. */
     private static final int MAX_FRAME = VirtioNet.HDR_SIZE + 14 + 4 + MTU;
     /** How long a request may wait for its answer. */
-    private static final long REPLY_MS = 3000;
+    private static final long REPLY_MS = 5000;
     private static final long PF = (1L << Protocol.PF_REPLY_ACK) | (1L << Protocol.PF_MQ)
             | (1L << Protocol.PF_CONFIGURE_MEM_SLOTS) | (1L << Protocol.PF_STATUS) | (1L << Protocol.PF_LOG_SHMFD);
     /** The log covers guest-physical addresses up to 2 GiB: the main region, moved or not, and the extra one. */
@@ -179,8 +185,8 @@ class ControlUnderTrafficPropertyTest {
                 public void sendBurst(ChainBurst burst, int from, int n) {
                     for (int i = from; i < from + n; i++) {
                         long len = Integer.toUnsignedLong(burst.length(i));
-                        sent(len >= VirtioNet.HDR_SIZE + 8
-                                ? MemorySegment.ofAddress(burst.hostAddress(i)).reinterpret(len).get(LE64, VirtioNet.HDR_SIZE) : 0);
+                        MemorySegment f = MemorySegment.ofAddress(burst.hostAddress(i)).reinterpret(len);
+                        sent(len >= VirtioNet.HDR_SIZE + 8 ? f.get(LE64, VirtioNet.HDR_SIZE) : 0);
                     }
                     p.sendBurst(burst, from, n);
                 }
@@ -216,6 +222,7 @@ class ControlUnderTrafficPropertyTest {
         final Random r;
         final Random gr; // the guest thread's
         final long canon; // the features the guest's driver uses
+        final boolean packed; // its rings' layout
         final RecordingLoopback port = new RecordingLoopback();
         final NetDevice dev = new NetDevice(NetDevice.Config.of("ctl", PAIRS), port);
         final VhostUserServer server;
@@ -237,6 +244,8 @@ class ControlUnderTrafficPropertyTest {
         int status;
         final int[] stoppedAt = new int[RINGS];
         final boolean[] stopped = new boolean[RINGS];
+        /** GET_VRING_BASE said where ring i stopped, and nothing has started it since (a packed ring needs it). */
+        final boolean[] baseKnown = new boolean[RINGS];
         // the guest's side
         long nextTag;
         final Map<Long, Integer> epochTags = new HashMap<>(); // TX frames offered since the last restore: tag -> length
@@ -249,9 +258,12 @@ class ControlUnderTrafficPropertyTest {
 
         Run(long seed) {
             this.seed = seed;
-            this.r = new Random(seed);
-            this.gr = new Random(~seed);
+            // consecutive seeds give java.util.Random's first values alike: mixed first
+            this.r = new Random(new java.util.SplittableRandom(seed).nextLong());
+            this.gr = new Random(new java.util.SplittableRandom(~seed).nextLong());
+            this.packed = (seed & 1) != 0; // so that the default run's first two seeds have one of each
             this.canon = VERSION_1 | (1L << Protocol.F_PROTOCOL_FEATURES) | VirtioFeatures.bit(VirtioNet.F_MQ)
+                    | (packed ? PACKED : 0)
                     | (r.nextBoolean() ? VirtioFeatures.bit(VirtioFeatures.F_EVENT_IDX) : 0)
                     | (r.nextBoolean() ? VirtioFeatures.bit(VirtioNet.F_MRG_RXBUF) : 0);
             this.server = VhostUserServer.listen(dir.resolve("ctl-" + seed + ".sock"), dev);
@@ -262,8 +274,8 @@ class ControlUnderTrafficPropertyTest {
 
         String where() {
             synchronized (lastSteps) {
-                return "seed " + seed + " (-Dcontrol.seed=" + seed + "), features 0x" + Long.toHexString(canon) + ", step "
-                        + step + ", trusted=" + trusted + ", last steps " + lastSteps;
+                return "seed " + seed + " (-Dcontrol.seed=" + seed + "), features 0x" + Long.toHexString(canon)
+                        + ", step " + step + ", trusted=" + trusted + ", last steps " + lastSteps;
             }
         }
 
@@ -295,12 +307,21 @@ class ControlUnderTrafficPropertyTest {
             final boolean[] inFlight = new boolean[N];
             final ArrayDeque<Integer> free = new ArrayDeque<>();
             final EventFd kick = EventFd.create(), call = EventFd.create(), err = EventFd.create();
-            int availIdx, lastUsed;
+            int availIdx, lastUsed;          // split: the driver's avail index, the next used entry to read
+            int availPos, usedPos;           // packed: the driver's positions ...
+            boolean availWrap, usedWrap;     // ... and their wrap counters
 
             GRing(int index) {
                 this.index = index;
                 this.rx = VirtioNet.isRx(index);
-                this.at = ram.ring(index, N);
+                if (packed) {
+                    Rings.Layout l = Rings.layout(N, PACKED);
+                    long base = index * GuestRam.RING_SPAN;
+                    this.at = new GuestRam.RingAt(index, N, base + l.descOffset(), base + l.availOffset(),
+                            base + l.usedOffset());
+                } else {
+                    this.at = ram.ring(index, N);
+                }
                 for (int i = 0; i < N; i++) {
                     buf[i] = ram.alloc(BUF);
                 }
@@ -316,10 +337,29 @@ class ControlUnderTrafficPropertyTest {
                 }
                 availIdx = 0;
                 lastUsed = 0;
+                availPos = 0;
+                usedPos = 0;
+                availWrap = true;
+                usedWrap = true;
             }
 
             void offer(int id) {
                 MemorySegment m = ram.seg();
+                inFlight[id] = true;
+                if (packed) {
+                    // one descriptor per chain, its id the buffer's; the flags last, with release (VIRTIO 1.3, 2.8.6)
+                    long d = at.descOff() + 16L * availPos;
+                    m.set(LE64, d, ram.gpa(buf[id]));
+                    m.set(LE32, d + 8, len[id]);
+                    m.set(LE16, d + 12, (short) id);
+                    INDEX.setRelease(m, d + 14, (short) ((rx ? PackedRing.F_WRITE : 0)
+                            | (availWrap ? PackedRing.F_AVAIL : PackedRing.F_USED)));
+                    if (++availPos == N) {
+                        availPos = 0;
+                        availWrap = !availWrap;
+                    }
+                    return;
+                }
                 long d = at.descOff() + 16L * id;
                 m.set(LE64, d, ram.gpa(buf[id]));
                 m.set(LE32, d + 8, len[id]);
@@ -328,7 +368,30 @@ class ControlUnderTrafficPropertyTest {
                 m.set(LE16, at.availOff() + AVAIL_RING + 2L * (availIdx % N), (short) id);
                 availIdx = (availIdx + 1) & 0xffff;
                 INDEX.setRelease(m, at.availOff() + AVAIL_IDX, (short) availIdx);
-                inFlight[id] = true;
+            }
+
+            /** The next used entry as (id << 32 | length), the cursor moved past it; -1 if there is none. */
+            long nextUsed() {
+                MemorySegment m = ram.seg();
+                if (packed) {
+                    long d = at.descOff() + 16L * usedPos;
+                    int f = Short.toUnsignedInt((short) INDEX.getAcquire(m, d + 14));
+                    if (((f & PackedRing.F_AVAIL) != 0) != usedWrap || ((f & PackedRing.F_USED) != 0) != usedWrap) {
+                        return -1;
+                    }
+                    if (++usedPos == N) {
+                        usedPos = 0;
+                        usedWrap = !usedWrap;
+                    }
+                    long id = Short.toUnsignedInt(m.get(LE16, d + 12));
+                    return (id << 32) | Integer.toUnsignedLong(m.get(LE32, d + 8));
+                }
+                if (usedIdx() == lastUsed) {
+                    return -1;
+                }
+                long e = at.usedOff() + USED_RING + 8L * (lastUsed % N);
+                lastUsed = (lastUsed + 1) & 0xffff;
+                return ((long) m.get(LE32, e) << 32) | Integer.toUnsignedLong(m.get(LE32, e + 4));
             }
 
             int usedIdx() {
@@ -357,52 +420,51 @@ class ControlUnderTrafficPropertyTest {
 
         /** Takes what the device used on {@code g}; while the frontend told the truth, checks each entry. */
         void reap(GRing g) {
-            int used = g.usedIdx();
-            int n = (used - g.lastUsed) & 0xffff;
-            if (!trusted) {
-                // Anything may stand in this used ring (the device read a layout the guest did not write): take back the
-                // chains it names, to keep traffic going, and nothing else.
-                if (n > N) {
+            if (!packed) {
+                int used = g.usedIdx();
+                int n = (used - g.lastUsed) & 0xffff;
+                if (!trusted && n > N) {
+                    // anything may stand in this used ring (the device read a layout the guest did not write)
                     g.lastUsed = used;
                     return;
                 }
-                for (int k = 0; k < n; k++) {
-                    int id = ram.seg().get(LE32, g.at.usedOff() + USED_RING + 8L * (g.lastUsed % N));
-                    g.lastUsed = (g.lastUsed + 1) & 0xffff;
+                check(!trusted || n <= g.inFlightCount(), () -> "ring " + g.index + ": " + n + " used entries "
+                        + "published, more than the " + g.inFlightCount() + " chains in flight");
+            }
+            for (int k = 0; k < 2 * N; k++) {
+                long u = g.nextUsed();
+                if (u < 0) {
+                    return;
+                }
+                int id = (int) (u >>> 32);
+                int len = (int) u;
+                if (!trusted) {
+                    // take back the chains it names, to keep traffic going, and nothing else
                     if (id >= 0 && id < N && g.inFlight[id]) {
                         g.inFlight[id] = false;
                         g.free.add(id);
                     }
+                    continue;
                 }
-                return;
-            }
-            check(n <= g.inFlightCount(), () -> "ring " + g.index + ": " + n + " used entries published, more than the "
-                    + g.inFlightCount() + " chains in flight");
-            for (int k = 0; k < n; k++) {
-                long e = g.at.usedOff() + USED_RING + 8L * (g.lastUsed % N);
-                int id = ram.seg().get(LE32, e);
-                int len = ram.seg().get(LE32, e + 4);
-                int at = g.lastUsed;
-                check(id >= 0 && id < N && g.inFlight[id], () -> "ring " + g.index + ": used entry " + at + " names chain "
-                        + id + ", which is not in flight (used twice, or never offered)");
+                check(id >= 0 && id < N && g.inFlight[id], () -> "ring " + g.index + ": a used entry names chain " + id
+                        + ", which is not in flight (used twice, or never offered)");
                 if (g.rx) {
                     checkRx(g, id, len);
+                    rxSeen++;
                 } else {
                     int sent = port.sentTags.getOrDefault(g.tag[id], 0);
-                    check(sent <= 1, () -> "ring " + g.index + ": the port sent the frame of chain " + id + " " + sent + " times");
+                    check(sent <= 1, () -> "ring " + g.index + ": the port sent the frame of chain " + id + " " + sent
+                            + " times");
                 }
                 g.inFlight[id] = false;
                 g.free.add(id);
-                g.lastUsed = (g.lastUsed + 1) & 0xffff;
                 checkedUsed++;
-                if (g.rx) {
-                    rxSeen++;
-                }
             }
         }
 
         private void checkRx(GRing g, int id, int len) {
-            check(len >= VirtioNet.HDR_SIZE && len <= BUF, () -> "ring " + g.index + ": used length " + len + " of RX chain " + id);
+            check(len >= VirtioNet.HDR_SIZE && len <= BUF, () -> "ring " + g.index + ": used length " + len
+                    + " of RX chain " + id);
             byte[] b = new byte[len];
             MemorySegment.copy(ram.seg(), ValueLayout.JAVA_BYTE, g.buf[id], b, 0, len);
             boolean[] found = {false};
@@ -410,8 +472,8 @@ class ControlUnderTrafficPropertyTest {
                 found[0] = true;
                 return v == 1 ? null : v - 1;
             });
-            check(found[0], () -> "ring " + g.index + ": RX chain " + id + " holds " + len + " bytes that are no frame the "
-                    + "port handed out (or one delivered twice)");
+            check(found[0], () -> "ring " + g.index + ": RX chain " + id + " holds " + len + " bytes that are no "
+                    + "frame the port handed out (or one delivered twice)");
             if (len < VirtioNet.HDR_SIZE + 8) {
                 return;
             }
@@ -426,19 +488,20 @@ class ControlUnderTrafficPropertyTest {
                     + " bytes, sent as " + sentLen);
             for (int k = VirtioNet.HDR_SIZE + 8; k < len; k++) {
                 if (b[k] != pattern(tag, k)) {
-                    throw new AssertionError("ring " + g.index + ": looped frame " + Long.toHexString(tag) + " differs at byte "
-                            + k + "; " + where());
+                    throw new AssertionError("ring " + g.index + ": looped frame " + Long.toHexString(tag)
+                            + " differs at byte " + k + "; " + where());
                 }
             }
-            check(delivered.add(tag), () -> "ring " + g.index + ": frame " + Long.toHexString(tag) + " delivered a second time");
+            check(delivered.add(tag), () -> "ring " + g.index + ": frame " + Long.toHexString(tag)
+                    + " delivered a second time");
         }
 
         /** One round of the guest: reap every ring, post every free RX buffer and a few TX frames, kick every ring. */
         void round() {
             if (trusted) {
                 long e = errors();
-                check(e == errorsAtTrust, () -> "a ring broke (queue errors " + errorsAtTrust + " -> " + e + ") while the "
-                        + "frontend told the truth");
+                check(e == errorsAtTrust, () -> "a ring broke (queue errors " + errorsAtTrust + " -> " + e
+                        + ") while the frontend told the truth");
             }
             for (GRing g : rings) {
                 reap(g);
@@ -613,7 +676,7 @@ class ControlUnderTrafficPropertyTest {
             for (GRing g : rings) {
                 int i = g.index;
                 ok(Request.SET_VRING_NUM, state(i, N));
-                ok(Request.SET_VRING_BASE, state(i, 0));
+                ok(Request.SET_VRING_BASE, state(i, packed ? RingBase.PACKED_START.encode(true) : 0));
                 ok(Request.SET_VRING_ADDR, ram.vringAddr(g.at));
                 ok(Request.SET_VRING_CALL, u64(i), g.call.fd());
                 ok(Request.SET_VRING_ERR, u64(i), g.err.fd());
@@ -623,6 +686,7 @@ class ControlUnderTrafficPropertyTest {
             trusted = true;
             featuresOk = true;
             Arrays.fill(stopped, false);
+            Arrays.fill(baseKnown, false);
             errorsAtTrust = errors(); // every ring was stopped since the last lie: its breaks are counted by now
         }
 
@@ -637,16 +701,19 @@ class ControlUnderTrafficPropertyTest {
 
         // ---- the random requests ----
 
-        /** A kick, call or error descriptor for ring {@code i}: payload bits, the fd to send (or -1), one to close after. */
+        /** A kick, call or error descriptor for ring {@code i}: payload bits, the fd to send (or -1), one to close. */
         record FdChoice(long bits, int fd, EventFd closeAfter, String what) {}
+
+        int fdOf(GRing g, int kind) {
+            return kind == 0 ? g.kick.fd() : kind == 1 ? g.call.fd() : g.err.fd();
+        }
 
         FdChoice fdFor(int i, int kind) {
             GRing own = rings[i];
             GRing other = rings[(i + 1 + r.nextInt(RINGS - 1)) % RINGS];
             return switch (r.nextInt(7)) {
-                case 0, 1, 2 -> new FdChoice(i, kind == 0 ? own.kick.fd() : kind == 1 ? own.call.fd() : own.err.fd(), null, "own");
-                case 3 -> new FdChoice(i, kind == 0 ? other.kick.fd() : kind == 1 ? other.call.fd() : other.err.fd(), null,
-                        "ring " + other.index + "'s");
+                case 0, 1, 2 -> new FdChoice(i, fdOf(own, kind), null, "own");
+                case 3 -> new FdChoice(i, fdOf(other, kind), null, "ring " + other.index + "'s");
                 case 4 -> {
                     EventFd e = EventFd.create();
                     yield new FdChoice(i, e.fd(), e, "closed after sending");
@@ -677,8 +744,9 @@ class ControlUnderTrafficPropertyTest {
                 assertThat(rep.u32(0)).as("GET_VRING_BASE's ring; %s", where()).isEqualTo(i);
                 stoppedAt[i] = rep.u32(4);
                 stopped[i] = true;
+                baseKnown[i] = true;
             } else if (a < 18) {
-                // QEMU's restart of a stopped ring (one this test stopped, if any), with the base it was given or another
+                // QEMU's restart of a stopped ring (one this test stopped, if any), at the base it was given or another
                 for (int k = 0; k < RINGS; k++) {
                     if (stopped[(i + k) % RINGS]) {
                         restart((i + k) % RINGS);
@@ -694,7 +762,13 @@ class ControlUnderTrafficPropertyTest {
                     default -> 0x10000 + r.nextInt(1000);
                 };
                 note("SET_VRING_BASE " + i + " " + base);
-                ack(Request.SET_VRING_BASE, state(i, base));
+                if (packed && !(baseKnown[i] && base == stoppedAt[i])) {
+                    // a packed ring resumes where its base says (and its flags agree): another base is a lie
+                    risky(false, () -> ack(Request.SET_VRING_BASE, state(i, base)));
+                } else {
+                    // a split ring resumes at its used index whatever the base
+                    ack(Request.SET_VRING_BASE, state(i, base));
+                }
             } else if (a < 28) {
                 int[] sizes = {N, N, 32, 128, 256, 0, 3, 65536};
                 int num = sizes[r.nextInt(sizes.length)];
@@ -709,10 +783,11 @@ class ControlUnderTrafficPropertyTest {
             } else if (a < 40) {
                 FdChoice c = fdFor(i, 0);
                 note("SET_VRING_KICK " + i + " " + c.what());
-                if (featuresOk) {
-                    sendFd(Request.SET_VRING_KICK, c);
-                } else {
-                    risky(false, () -> sendFd(Request.SET_VRING_KICK, c));
+                long k = featuresOk ? sendFd(Request.SET_VRING_KICK, c)
+                        : risky(false, () -> sendFd(Request.SET_VRING_KICK, c));
+                if (k == 0) {
+                    baseKnown[i] = false; // it runs
+                    stopped[i] = false;
                 }
             } else if (a < 46) {
                 int kind = 1 + r.nextInt(2);
@@ -742,6 +817,7 @@ class ControlUnderTrafficPropertyTest {
                 featuresOk = false;
                 status = 0;
                 Arrays.fill(stopped, true);
+                Arrays.fill(baseKnown, false); // each stopped where it stood: GET_VRING_BASE says where
                 if (r.nextBoolean()) {
                     ok(Request.SET_FEATURES, u64(canon)); // as QEMU goes on after a reset
                     featuresOk = true;
@@ -754,7 +830,8 @@ class ControlUnderTrafficPropertyTest {
                     replyOrClose(Request.GET_CONFIG, config());
                 } else {
                     note("SET_CONFIG");
-                    assertThat(ack(Request.SET_CONFIG, config())).as("SET_CONFIG, not offered; %s", where()).isNotZero();
+                    assertThat(ack(Request.SET_CONFIG, config())).as("SET_CONFIG, not offered; %s", where())
+                            .isNotZero();
                 }
             } else if (a < 88) {
                 gets();
@@ -784,18 +861,28 @@ class ControlUnderTrafficPropertyTest {
         }
 
         void restart(int i) {
+            if (packed && !baseKnown[i]) {
+                fe.send(Request.GET_VRING_BASE, state(i, 0)); // as QEMU does before it restarts a ring
+                stoppedAt[i] = answer(Request.GET_VRING_BASE).u32(4);
+                baseKnown[i] = true;
+            }
             int base = switch (r.nextInt(4)) {
                 case 0 -> r.nextInt(0x10000);
-                case 1 -> (stoppedAt[i] + r.nextInt(2 * N) - N) & 0xffff; // where the ring stood a little before or after
+                case 1 -> (stoppedAt[i] + r.nextInt(2 * N) - N) & 0xffff; // a little before or after where it stood
                 default -> stoppedAt[i];
             };
             note("restart " + i + " at " + base + " (stopped at " + stoppedAt[i] + ")");
-            ack(Request.SET_VRING_BASE, state(i, base));
+            if (packed && base != stoppedAt[i]) {
+                risky(false, () -> ack(Request.SET_VRING_BASE, state(i, base)));
+            } else {
+                ack(Request.SET_VRING_BASE, state(i, base));
+            }
             GRing g = rings[i];
             long k = featuresOk ? ack(Request.SET_VRING_KICK, u64(i), g.kick.fd())
                     : risky(false, () -> ack(Request.SET_VRING_KICK, u64(i), g.kick.fd()));
             if (k == 0) {
                 stopped[i] = false;
+                baseKnown[i] = false;
                 ok(Request.SET_VRING_ENABLE, state(i, 1));
             }
         }
@@ -824,6 +911,7 @@ class ControlUnderTrafficPropertyTest {
         }
 
         void memTable() {
+            Arrays.fill(baseKnown, false); // rings that ran or were parked restart
             RawPeer.Region main = ram.region();
             RawPeer.Region ex = new RawPeer.Region(EXTRA_GPA, EXTRA_BYTES, EXTRA_UVA, 0);
             int c = r.nextInt(5);
@@ -850,6 +938,7 @@ class ControlUnderTrafficPropertyTest {
         }
 
         void memRegion() {
+            Arrays.fill(baseKnown, false);
             RawPeer.Region main = ram.region();
             RawPeer.Region ex = new RawPeer.Region(EXTRA_GPA, EXTRA_BYTES, EXTRA_UVA, 0);
             int c = r.nextInt(6);
@@ -875,13 +964,14 @@ class ControlUnderTrafficPropertyTest {
                 case 0 -> canon | (logGiven && r.nextBoolean() ? LOG_ALL : 0);
                 case 1 -> canon ^ VirtioFeatures.bit(VirtioFeatures.F_EVENT_IDX);
                 case 2 -> canon ^ VirtioFeatures.bit(VirtioNet.F_MRG_RXBUF);
-                case 3 -> canon | PACKED;
+                case 3 -> canon ^ PACKED;
                 case 4 -> canon | IN_ORDER;
                 case 5 -> canon & ~VERSION_1;
                 default -> canon | (1L << 63);
             };
             note("SET_FEATURES 0x" + Long.toHexString(f));
-            boolean fits = (f & (PACKED | IN_ORDER)) == 0 && (f & VERSION_1) != 0 && (f & ~offered) == 0;
+            boolean fits = (f & PACKED) == (canon & PACKED) && (f & IN_ORDER) == 0 && (f & VERSION_1) != 0
+                    && (f & ~offered) == 0;
             if (fits) {
                 if (ack(Request.SET_FEATURES, u64(f)) == 0) {
                     featuresOk = true;
@@ -894,7 +984,7 @@ class ControlUnderTrafficPropertyTest {
                         assertThat(a).as("SET_FEATURES with a bit not offered; %s", where()).isNotZero();
                     }
                     if (a == 0) {
-                        featuresOk = false; // no ring runs now (else refused); one that starts under them ends the truth
+                        featuresOk = false; // no ring runs now (else refused); one that starts then ends the truth
                     }
                 } finally {
                     lock.unlock();
@@ -950,7 +1040,8 @@ class ControlUnderTrafficPropertyTest {
             fe.send(Request.GET_FEATURES, new byte[0]);
             assertThat(answer(Request.GET_FEATURES).u64()).as("GET_FEATURES; %s", where()).isEqualTo(offered);
             fe.send(Request.GET_PROTOCOL_FEATURES, new byte[0]);
-            assertThat(answer(Request.GET_PROTOCOL_FEATURES).u64()).as("GET_PROTOCOL_FEATURES; %s", where()).isEqualTo(offeredPf);
+            assertThat(answer(Request.GET_PROTOCOL_FEATURES).u64()).as("GET_PROTOCOL_FEATURES; %s", where())
+                    .isEqualTo(offeredPf);
             fe.send(Request.GET_QUEUE_NUM, new byte[0]);
             assertThat(answer(Request.GET_QUEUE_NUM).u64()).as("GET_QUEUE_NUM; %s", where()).isEqualTo(PAIRS);
             fe.send(Request.GET_MAX_MEM_SLOTS, new byte[0]);
@@ -983,8 +1074,18 @@ class ControlUnderTrafficPropertyTest {
                 Thread.sleep(100);
                 long[] after = dev.workerCpuNanos();
                 for (int p = 0; p < PAIRS; p++) {
-                    assertThat((after[p] - before[p]) / 1_000_000).as("pair %d's worker CPU in 100 ms with nothing asked "
-                            + "(%s), ms; %s", p, when, where()).isLessThan(30);
+                    long ms = (after[p] - before[p]) / 1_000_000;
+                    if (ms >= 30) {
+                        // A spin goes on; a worker still busy with what came before does not: 300 ms more must show it.
+                        // (Seen once in soaks, not reproduced: see docs/fuzzing.md.)
+                        long b = dev.workerCpuNanos()[p];
+                        Thread.sleep(300);
+                        long more = (dev.workerCpuNanos()[p] - b) / 1_000_000;
+                        System.out.printf("control: pair %d's worker spent %d ms of CPU in the first 100 ms with "
+                                + "nothing asked (%s), then %d ms in 300 ms; %s%n", p, ms, when, more, where());
+                        assertThat(more).as("pair %d's worker CPU in 300 ms with nothing asked, after %d ms in the "
+                                + "first 100 ms (%s), ms; %s", p, ms, when, where()).isLessThan(90);
+                    }
                 }
                 alive();
             } finally {
@@ -1031,15 +1132,16 @@ class ControlUnderTrafficPropertyTest {
                 long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(10);
                 while (delivered.size() < PAIRS * frames || rings[1].inFlightCount() + rings[3].inFlightCount() > 0) {
                     check(System.nanoTime() < deadline, () -> "frames round the loop " + when + ": " + delivered.size()
-                            + " of " + PAIRS * frames + " back within 10 s, TX chains in flight " + rings[1].inFlightCount()
-                            + ", " + rings[3].inFlightCount());
+                            + " of " + PAIRS * frames + " back within 10 s, TX chains in flight "
+                            + rings[1].inFlightCount() + ", " + rings[3].inFlightCount());
                     for (GRing g : rings) {
                         reap(g);
                     }
                     Thread.sleep(1);
                 }
                 assertThat(delivered).as("every frame back once %s; %s", when, where()).isEqualTo(epochTags.keySet());
-                assertThat(rxSeen - rxBefore).as("RX frames %s (one from before?); %s", when, where()).isEqualTo(PAIRS * frames);
+                assertThat(rxSeen - rxBefore).as("RX frames %s (one from before?); %s", when, where())
+                        .isEqualTo(PAIRS * frames);
                 // the counters are added when a burst ends, after its used entries are published
                 List<QueueCounters.Snapshot> c1 = dev.counters();
                 while (!settled(c0, c1, frames) && System.nanoTime() < deadline) {
@@ -1048,7 +1150,8 @@ class ControlUnderTrafficPropertyTest {
                 }
                 for (int q = 0; q < RINGS; q++) {
                     QueueCounters.Snapshot a = c0.get(q), b = c1.get(q);
-                    assertThat(b.packets() - a.packets()).as("queue %d's packets %s; %s", q, when, where()).isEqualTo(frames);
+                    assertThat(b.packets() - a.packets()).as("queue %d's packets %s; %s", q, when, where())
+                            .isEqualTo(frames);
                     assertThat(b.drops() - a.drops()).as("queue %d's drops %s; %s", q, when, where()).isZero();
                     assertThat(b.errors() - a.errors()).as("queue %d's errors %s; %s", q, when, where()).isZero();
                 }
@@ -1093,7 +1196,7 @@ class ControlUnderTrafficPropertyTest {
             return true;
         }
 
-        /** The end: the loop check, then the session ends, and nothing of it stays; the counters over the device's life. */
+        /** The end: the loop check, the session ends and nothing of it stays; the counters over the device's life. */
         void finish(Leaks baseline) throws InterruptedException {
             stopGuest();
             loopCheck("at the end", true);
@@ -1108,7 +1211,8 @@ class ControlUnderTrafficPropertyTest {
                     tx += dev.counters().get(q).packets();
                 }
             }
-            assertThat(tx).as("TX packets counted against frames the port was handed; %s", where()).isEqualTo(port.sends.get());
+            assertThat(tx).as("TX packets counted against frames the port was handed; %s", where())
+                    .isEqualTo(port.sends.get());
             assertThat(rx).as("RX packets counted against frames the port handed out; %s", where())
                     .isLessThanOrEqualTo(port.handedOut.get());
             Leaks after = Leaks.settleTo(baseline, 5000);
@@ -1179,15 +1283,16 @@ class ControlUnderTrafficPropertyTest {
         String only = System.getProperty("control.seed");
         long base = 0xc0_7701_0000L;
         long deadline = System.nanoTime() + BUDGET_NANOS;
-        for (int i = 0; i == 0 || (only == null && System.nanoTime() < deadline); i++) {
+        // at least one split and one packed seed, then more until the budget is spent
+        for (int i = 0; i == 0 || (only == null && (i < 2 || System.nanoTime() < deadline)); i++) {
             long seed = only != null ? Long.parseLong(only) : base + i;
             long t = System.nanoTime();
             try (Run run = new Run(seed)) {
                 run.run();
-                System.out.printf("control seed %d: %d ms, %d requests answered (slowest %d ms), %d untrusting, %d restores, "
-                        + "%d connections, %d used entries checked%n", seed, (System.nanoTime() - t) / 1_000_000,
-                        run.requests, run.maxReplyNanos / 1_000_000, run.untrusts, run.restores, run.reconnects,
-                        run.checkedUsed);
+                System.out.printf("control seed %d (%s): %d ms, %d requests answered (slowest %d ms), %d untrusting, "
+                        + "%d restores, %d connections, %d used entries checked%n", seed,
+                        run.packed ? "packed" : "split", (System.nanoTime() - t) / 1_000_000, run.requests,
+                        run.maxReplyNanos / 1_000_000, run.untrusts, run.restores, run.reconnects, run.checkedUsed);
             } catch (AssertionError | RuntimeException e) {
                 throw new AssertionError("seed " + seed + " (-Dcontrol.seed=" + seed + "): " + e.getMessage(), e);
             }
