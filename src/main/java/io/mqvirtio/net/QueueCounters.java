@@ -19,6 +19,18 @@ public final class QueueCounters {
         v.setRelease(i, v.getPlain(i) + delta);
     }
 
+    /** A burst's counts: packets and bytes always, drops and errors only when there were any (no store for 0). */
+    void addBurst(long packets, long bytes, long drops, long errors) {
+        add(PACKETS, packets);
+        add(BYTES, bytes);
+        if (drops != 0) {
+            add(DROPS, drops);
+        }
+        if (errors != 0) {
+            add(ERRORS, errors);
+        }
+    }
+
     public long get(int field) {
         return v.getAcquire(field + 8);
     }

@@ -726,14 +726,7 @@ final class QueuePairWorker implements WorkerHandler {
 
     /** Adds a burst's counts: once per burst, one release store per counter, not per frame. */
     private void countTx() {
-        txCounters.add(QueueCounters.PACKETS, txSent);
-        txCounters.add(QueueCounters.BYTES, txBytes);
-        if (txDropped != 0) {
-            txCounters.add(QueueCounters.DROPS, txDropped);
-        }
-        if (txMalformed != 0) {
-            txCounters.add(QueueCounters.ERRORS, txMalformed);
-        }
+        txCounters.addBurst(txSent, txBytes, txDropped, txMalformed);
     }
 
     /**
@@ -1072,14 +1065,7 @@ final class QueuePairWorker implements WorkerHandler {
             broken(true, rxErr, new VirtqueueException("fault while processing the ring: " + e, e));
             return false;
         } finally {
-            rxCounters.add(QueueCounters.PACKETS, packets);
-            rxCounters.add(QueueCounters.BYTES, bytes);
-            if (errors != 0) {
-                rxCounters.add(QueueCounters.ERRORS, errors);
-            }
-            if (drops != 0) {
-                rxCounters.add(QueueCounters.DROPS, drops);
-            }
+            rxCounters.addBurst(packets, bytes, drops, errors);
         }
     }
 
