@@ -18,7 +18,8 @@ import java.util.function.ToLongFunction;
  * so that the families of one scrape agree with each other. Per queue: {@code mqvirtio_queue_<counter>_total}
  * labelled device, queue and direction, and {@code mqvirtio_queue_io_info} (its method: readv, writev, io_uring);
  * per device: {@code mqvirtio_device_info} (socket, backend), queue pairs,
- * frontend connected, dead, logging (a migration runs) and {@code mqvirtio_device_dirty_pages_total}.
+ * frontend connected, dead, logging (a migration runs) and {@code mqvirtio_device_dirty_pages_total}; per queue pair
+ * captured ({@code serve --capture}), {@code mqvirtio_capture_frames_total} labelled result written or dropped.
  */
 final class DeviceCollector implements MultiCollector {
     /** The per-queue counters (mqvirtio_queue_NAME_total) and what each says. */
@@ -39,7 +40,7 @@ final class DeviceCollector implements MultiCollector {
         List<String> n = new java.util.ArrayList<>();
         HELP.keySet().forEach(k -> n.add("mqvirtio_queue_" + k));
         n.addAll(List.of("mqvirtio_queue_io", "mqvirtio_device", "mqvirtio_device_queue_pairs", "mqvirtio_frontend_connected",
-                "mqvirtio_device_dead", "mqvirtio_device_logging", "mqvirtio_device_dirty_pages"));
+                "mqvirtio_device_dead", "mqvirtio_device_logging", "mqvirtio_device_dirty_pages", "mqvirtio_capture_frames"));
         NAMES = List.copyOf(n);
     }
 
@@ -97,6 +98,21 @@ final class DeviceCollector implements MultiCollector {
                     .value(d.dirtyPages()).build());
         }
         out.metricSnapshot(dirty.build());
+        CounterSnapshot.Builder cap = CounterSnapshot.builder().name("mqvirtio_capture_frames")
+                .help("Frames of a queue pair's capture (serve --capture): written to its file, or dropped (its writer "
+                        + "fell behind, its disk hung or failed, or the file reached its size).");
+        for (DeviceStats d : all) {
+            for (DeviceStats.Capture c : d.captures()) {
+                String pair = Integer.toString(c.pair());
+                cap.dataPoint(CounterDataPointSnapshot.builder()
+                        .labels(Labels.of("device", d.name(), "queue", pair, "result", "written")).value(c.frames())
+                        .build());
+                cap.dataPoint(CounterDataPointSnapshot.builder()
+                        .labels(Labels.of("device", d.name(), "queue", pair, "result", "dropped")).value(c.dropped())
+                        .build());
+            }
+        }
+        out.metricSnapshot(cap.build());
         return out.build();
     }
 

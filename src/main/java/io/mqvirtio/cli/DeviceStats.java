@@ -13,11 +13,17 @@ import java.util.Map;
  * TX, pair 1 RX, ...
  */
 record DeviceStats(String name, String socket, String backend, int pairs, boolean connected, List<Queue> queues,
-        String dead, boolean logging, long dirtyPages) {
+        String dead, boolean logging, long dirtyPages, List<Capture> captures) {
 
     DeviceStats(String name, String socket, String backend, int pairs, boolean connected, List<Queue> queues) {
-        this(name, socket, backend, pairs, connected, queues, null, false, 0);
+        this(name, socket, backend, pairs, connected, queues, null, false, 0, List.of());
     }
+
+    /**
+     * A queue pair's capture ({@code serve --capture}): frames written to its file, and frames left out (its writer
+     * fell behind the guest, its disk hung or failed, or the file reached its size).
+     */
+    record Capture(int pair, long frames, long dropped) {}
 
     /**
      * One virtqueue: {@code direction} "rx" (host to guest, ring 2·pair) or "tx" (guest to host, ring 2·pair+1);
@@ -59,8 +65,13 @@ record DeviceStats(String name, String socket, String backend, int pairs, boolea
             q.add(new Queue(i / 2, i % 2 == 0 ? "rx" : "tx", s.packets(), s.bytes(), s.drops(), s.errors(), s.kicks(),
                     s.notifications(), methods.get(i)));
         }
+        List<Capture> captures = new ArrayList<>();
+        List<io.mqvirtio.capture.QueueCapture> running = device.captures();
+        for (int i = 0; i < running.size(); i++) {
+            captures.add(new Capture(i, running.get(i).captured(), running.get(i).dropped()));
+        }
         return new DeviceStats(device.config().name(), socket, backend, device.pairs(), connected, List.copyOf(q),
-                device.deadReason(), device.isLogging(), device.dirtyPages());
+                device.deadReason(), device.isLogging(), device.dirtyPages(), List.copyOf(captures));
     }
 
     Map<String, Object> toJson() {
@@ -89,6 +100,17 @@ record DeviceStats(String name, String socket, String backend, int pairs, boolea
             l.add(e);
         }
         m.put("queues", l);
+        if (!captures.isEmpty()) {
+            List<Object> c = new ArrayList<>();
+            for (Capture k : captures) {
+                Map<String, Object> e = new LinkedHashMap<>();
+                e.put("pair", k.pair());
+                e.put("frames", k.frames());
+                e.put("dropped", k.dropped());
+                c.add(e);
+            }
+            m.put("captures", c);
+        }
         return m;
     }
 
@@ -105,9 +127,17 @@ record DeviceStats(String name, String socket, String backend, int pairs, boolea
                     number(qm, "drops"), number(qm, "errors"), number(qm, "kicks"), number(qm, "notifications"),
                     string(qm, "method")));
         }
+        List<Capture> c = new ArrayList<>();
+        if (m.get("captures") != null) { // none while nothing is captured, and none from a serve before them
+            for (Object e : list(m.get("captures"), "captures")) {
+                Map<?, ?> cm = map(e, "capture");
+                c.add(new Capture((int) number(cm, "pair"), number(cm, "frames"), number(cm, "dropped")));
+            }
+        }
         return new DeviceStats(string(m, "name"), string(m, "socket"), string(m, "backend"), (int) number(m, "pairs"),
                 Boolean.TRUE.equals(m.get("connected")), List.copyOf(q), m.get("dead") == null ? null : string(m, "dead"),
-                Boolean.TRUE.equals(m.get("logging")), m.get("dirty_pages") == null ? 0 : number(m, "dirty_pages"));
+                Boolean.TRUE.equals(m.get("logging")), m.get("dirty_pages") == null ? 0 : number(m, "dirty_pages"),
+                List.copyOf(c));
     }
 
     static Map<?, ?> map(Object o, String what) {

@@ -394,6 +394,11 @@ public final class NetDevice implements VhostUserDevice, AutoCloseable {
     }
 
     private List<QueueCapture> captures = List.of();
+
+    /** The captures running ({@link #startCapture}), pair 0's first; empty when none. */
+    public synchronized List<QueueCapture> captures() {
+        return captures;
+    }
     private boolean closed; // (this) close has begun: no capture starts
 
     /**

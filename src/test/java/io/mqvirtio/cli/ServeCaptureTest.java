@@ -26,7 +26,9 @@ class ServeCaptureTest {
         Path sock = dir.resolve("cap.sock");
         Path out = dir.resolve("captures"); // made by serve, 0700
         try (Launcher.Run r = Launcher.start(dir, "serve", Launcher.command("serve", "--socket-path", sock.toString(),
-                "--loopback", "--queues", "2", "--capture", out.toString(), "--capture-snaplen", "100"))) {
+                "--loopback", "--queues", "2", "--capture", out.toString(), "--capture-snaplen", "100", "--metrics",
+                "127.0.0.1:0"))) {
+            int port = Integer.parseInt(r.awaitErr("metrics on http://127\\.0\\.0\\.1:(\\d+)/metrics", 30_000));
             r.awaitErr("listening on", 30_000);
             assertThat(r.stderr()).contains("cap.sock: capturing 2 queue pairs to " + out.resolve("cap.sock-qp*.pcapng"));
             try (NetDriver nic = NetDriver.connect(sock, NetDriver.Options.pairs(2)); Arena a = Arena.ofConfined()) {
@@ -47,6 +49,19 @@ class ServeCaptureTest {
                     assertThat(got).isEqualTo(10);
                 }
             }
+            // each pair's capture in the metrics and /stats: 20 frames written (10 each way), none dropped
+            String written = "mqvirtio_capture_frames_total{device=\"cap.sock\",queue=\"%d\",result=\"%s\"} %s";
+            long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(10);
+            String body = Launcher.get("127.0.0.1", port, "/metrics").body();
+            while (!body.contains(written.formatted(1, "written", "20.0")) && System.nanoTime() < deadline) {
+                Thread.sleep(100); // the writers count a frame once it is in the file
+                body = Launcher.get("127.0.0.1", port, "/metrics").body();
+            }
+            for (int p = 0; p < 2; p++) {
+                assertThat(body).contains(written.formatted(p, "written", "20.0"), written.formatted(p, "dropped", "0.0"));
+            }
+            DeviceStats d = Stats.Sample.parse(Launcher.get("127.0.0.1", port, "/stats").body()).devices().getFirst();
+            assertThat(d.captures()).containsExactly(new DeviceStats.Capture(0, 20, 0), new DeviceStats.Capture(1, 20, 0));
             r.process().destroy(); // SIGTERM: the files are complete once serve has exited
             assertThat(r.exit(15_000)).as(r.stderr()).isZero();
             assertThat(r.stderr()).contains("cap.sock-qp0.pcapng: 20 frames").contains("cap.sock-qp1.pcapng: 20 frames");
