@@ -218,6 +218,9 @@ final class Stats {
             }
             b.append(String.format("%-6s %14d %16d %10d %10d %12d %12d%n", "total", sum[0], sum[1], sum[2], sum[3], sum[4],
                     sum[5]));
+            for (DeviceStats.Capture c : d.captures()) {
+                b.append(String.format("capture qp%d: %d frames written, %d dropped%n", c.pair(), c.frames(), c.dropped()));
+            }
         }
         out.print(b);
         out.flush();

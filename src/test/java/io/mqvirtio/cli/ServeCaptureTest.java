@@ -62,6 +62,11 @@ class ServeCaptureTest {
             }
             DeviceStats d = Stats.Sample.parse(Launcher.get("127.0.0.1", port, "/stats").body()).devices().getFirst();
             assertThat(d.captures()).containsExactly(new DeviceStats.Capture(0, 20, 0), new DeviceStats.Capture(1, 20, 0));
+            try (Launcher.Run s = Launcher.runToEnd(dir, "stats", 30_000, "stats", "--from", "127.0.0.1:" + port)) {
+                assertThat(s.exit(1000)).as(s.stderr()).isZero();
+                assertThat(s.stdout()).contains("capture qp0: 20 frames written, 0 dropped\n")
+                        .contains("capture qp1: 20 frames written, 0 dropped\n");
+            }
             r.process().destroy(); // SIGTERM: the files are complete once serve has exited
             assertThat(r.exit(15_000)).as(r.stderr()).isZero();
             assertThat(r.stderr()).contains("cap.sock-qp0.pcapng: 20 frames").contains("cap.sock-qp1.pcapng: 20 frames");
