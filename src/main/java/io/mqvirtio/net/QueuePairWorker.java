@@ -474,10 +474,15 @@ final class QueuePairWorker implements WorkerHandler {
 
     /**
      * The upkeep timer fired: the port looks after what the host changed (a TAP created again: a new descriptor to
-     * watch), and a port change that failed is tried again when its wait is over.
+     * watch), and a port change that failed is tried again when its wait is over. A TX blocked on a port with no room
+     * tries again too (one write, or one submission of what the port kept): its EPOLLOUT edge may never come. A host
+     * may set a TAP's send buffer to 1 to 3 bytes (TUNSETSNDBUF takes any size above 0): a write fits whenever nothing
+     * of ours is in flight, but poll never finds the TAP writable (less than half the buffer in use, a count that
+     * starts at 1), so the edge never comes, and the guest, waiting for its frames to be used, kicks no more.
      */
     private void upkeep() {
         upkeepTimer.drain();
+        txBlocked = false; // the round after this tries TX again; still no room: it waits for the edge (or this) again
         if (txHeld) {
             return; // frames held for the port's descriptor: they go (or fail) first, at its next edge
         }

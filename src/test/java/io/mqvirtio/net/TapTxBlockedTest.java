@@ -227,6 +227,55 @@ class TapTxBlockedTest {
     }
 
     /**
+     * A host that sets the TAP's send buffer below 4 bytes (TUNSETSNDBUF takes any size above 0): a write goes through
+     * whenever nothing of ours is in flight, but poll never reports the TAP writable (sock_writeable: less than half
+     * the buffer in use, and the count starts at 1), so its EPOLLOUT edge never comes. The worker waited for that edge
+     * only, and the guest's TX stalled for good after the first write that found a frame of ours still held by the
+     * host (the guest, waiting for its frames to be used, kicks no more). Now a blocked TX is tried again at each
+     * upkeep (once a second): every frame goes out, in order, none dropped.
+     */
+    @ParameterizedTest
+    @EnumSource(value = TapBackend.TxMethod.class, names = {"WRITEV", "IO_URING"})
+    void aSendBufferTooSmallEverToPollWritableStillLetsEveryFrameOut(TapBackend.TxMethod how) throws Exception {
+        assumeTrue(TestNetns.isRoot(), "needs root");
+        assumeTrue(how != TapBackend.TxMethod.IO_URING || IoUring.unavailable() == null, "no io_uring");
+        String id = Integer.toHexString(ThreadLocalRandom.current().nextInt(0x10000));
+        String tap = "mqvb" + id;
+        String slow = "mqvs" + id;
+        try (TestNetns ns = TestNetns.create()) {
+            ns.exec("sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1");
+            TapBackend backend = ns.inside(() -> TapBackend.open(tap, 1, how));
+            try (Tap slowQueue = ns.inside(() -> Tap.openQueue(slow, false));
+                 Tap hostQueue = ns.inside(() -> Tap.openQueue(tap, true))) {
+                bridgeToSlowTap(ns, tap, slow, "100kbit"); // a frame through every 80 ms
+                try (NetDevice dev = new NetDevice(NetDevice.Config.of("tinysndbuf", 1), backend);
+                     VhostUserServer server = VhostUserServer.listen(dir.resolve("t.sock"), dev);
+                     EvilDriver d = new EvilDriver(server.path(), 1, 64, FEATURES, 1 << 20)) {
+                    EvilDriver.Ring tx = d.tx(0);
+                    HostTap.setSendBuffer(hostQueue, 2); // never writable to poll; a write fits while none is held
+                    HostileDriverTest.sendValid(d, 0, frame(0), 0);
+                    await(() -> dev.counters().get(1).packets() == 1, "the first frame sent (our queue attached)");
+
+                    int frames = 6;
+                    offer(d, 1, frames);
+                    tx.kick(); // once: the guest now waits for its frames to be used
+                    await(() -> tx.usedIdx() == 1 + frames, "every frame used without another kick");
+                    await(() -> dev.counters().get(1).packets() + dev.counters().get(1).drops() == 1 + frames,
+                            "every frame counted");
+                    QueueCounters.Snapshot c = dev.counters().get(1);
+                    assertThat(c.packets()).as("all sent, none dropped").isEqualTo(1 + frames);
+                    assertThat(c.drops() + c.errors()).isZero();
+                    assertThat(tx.err.drain()).as("no ring broke").isZero();
+                    assertThat(arrivals(slowQueue, 1 + frames)).as("what reached the host, in order")
+                            .isEqualTo(IntStream.rangeClosed(0, frames).boxed().toList());
+                }
+            } finally {
+                backend.close();
+            }
+        }
+    }
+
+    /**
      * The sequence numbers of our frames that reached {@code q} (the slow TAP's queue: what the bridge flooded to it),
      * each checked byte for byte, until {@code n} came or none came for 3 s.
      */
