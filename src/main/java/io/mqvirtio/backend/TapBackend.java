@@ -38,7 +38,10 @@ import java.util.function.Supplier;
  * joined again: the queue is reopened by name in the network namespace the backend was opened in, set up as at start
  * and attached as the guest's pairs are. A device of that name that is not a multiqueue TAP, or one another process
  * holds without virtio-net headers, is refused with one line and tried again every {@link #REFUSED_RETRY_NANOS}.
- * We never create the device again ourselves: a device deleted on purpose stays deleted. The virtio-net header size
+ * We never create the device again ourselves: a device deleted on purpose stays deleted. Nor do we join again a device
+ * whose name the kernel picked ({@code mqv%d}: the first number free): the next device anyone asks for by that
+ * pattern (another serve's VM, a QEMU) gets the freed name, and joining it would put our guest's frames on another's
+ * network and spread its traffic over our queues; such a device stays gone. The virtio-net header size
  * is the device's, and any holder of one of its queues can change it (TUNSETVNETHDRSZ): a thread of the process's
  * reads it each second (not a worker: the ioctl takes the rtnl lock), and pair 0's worker sets it back, with our
  * offloads, logging the first time.
@@ -71,6 +74,8 @@ public final class TapBackend implements PacketBackend {
 
     private final String name;
     private final boolean created;
+    /** The name is the operator's, not the kernel's pick from a pattern: a device created again under it is joined. */
+    private final boolean named;
     /** The queues, by pair (a queue reopened on a device created again replaces its entry: guarded by this). */
     private final List<Tap> queues = new ArrayList<>();
     /** One per queue while TX goes through io_uring; empty with writev (guarded by this, as {@link #queues}). */
@@ -97,9 +102,10 @@ public final class TapBackend implements PacketBackend {
     private boolean reopenLogged;
     private String refusalLogged;
 
-    private TapBackend(String name, boolean created, NetNs netns, String netnsId) {
+    private TapBackend(String name, boolean created, boolean named, NetNs netns, String netnsId) {
         this.name = name;
         this.created = created;
+        this.named = named;
         this.netns = netns;
         this.netnsId = netnsId;
     }
@@ -165,7 +171,7 @@ public final class TapBackend implements PacketBackend {
                 Tap q = openQueue(actual, i, existed);
                 if (b == null) {
                     actual = q.interfaceName(); // "mqv%d" becomes the kernel's choice; later queues join that device
-                    b = new TapBackend(actual, !existed, ns, nsId);
+                    b = new TapBackend(actual, !existed, !ifName.contains("%"), ns, nsId);
                     ns = null; // the backend's now
                 }
                 b.queues.add(q);
@@ -539,8 +545,8 @@ public final class TapBackend implements PacketBackend {
                 reopenAt = now;
                 deviceGone();
             }
-            if (now - reopenAt < 0) {
-                return false;
+            if (!named || now - reopenAt < 0) {
+                return false; // a name the kernel picked is anyone's next: never joined again
             }
             reopenAt = now + UPKEEP_NANOS;
             return reopen(now);
@@ -648,9 +654,19 @@ public final class TapBackend implements PacketBackend {
 
     /**
      * A queue found its device gone: one line for the device, until every port has been reopened since (the others
-     * notice within their next upkeep, some perhaps only after the first reopened on a device created at once).
+     * notice within their next upkeep, some perhaps only after the first reopened on a device created at once); for a
+     * name the kernel picked, one line for good (it is not joined again).
      */
     private synchronized void deviceGone() {
+        if (!named) {
+            if (goneQueues == 0) {
+                goneQueues = -1; // said once: nothing is reopened
+                LOG.log(Level.WARNING, "tap {0} is gone (deleted); its name was the kernel''s pick, the first free "
+                        + "of a pattern, which the next device asked for that way takes (another VM''s): it is not "
+                        + "joined again, and this VM''s frames are dropped and counted until serve restarts", name);
+            }
+            return;
+        }
         if (goneQueues == 0) {
             goneQueues = ports.size();
             ports.forEach(p -> p.owed = true);
