@@ -571,10 +571,7 @@ public final class TapBackend implements PacketBackend {
             }
             try {
                 q.setVnetHdrSize(VirtioNet.HDR_SIZE);
-                int o = offloads;
-                if (o >= 0) {
-                    q.setOffload(o);
-                }
+                restoreOffloads(q);
             } catch (RuntimeException e) {
                 return; // gone meanwhile: the next upkeep reopens, and sets both on the new device
             }
@@ -609,10 +606,7 @@ public final class TapBackend implements PacketBackend {
                 }
                 try {
                     setUp(fresh, name);
-                    int o = offloads;
-                    if (o >= 0) {
-                        fresh.setOffload(o);
-                    }
+                    restoreOffloads(fresh);
                     if (!wanted) {
                         fresh.detach(); // a new queue starts attached
                     }
@@ -673,6 +667,14 @@ public final class TapBackend implements PacketBackend {
             LOG.log(Level.WARNING, "tap {0} is gone (deleted); its frames are dropped and counted until a TAP of that "
                     + "name exists again in its network namespace, which each queue then joins (looked for each "
                     + "second)", name);
+        }
+    }
+
+    /** Sets on {@code q} the offloads set last (the guest's features), if any were: they are the device's. */
+    private void restoreOffloads(Tap q) {
+        int o = offloads;
+        if (o >= 0) {
+            q.setOffload(o);
         }
     }
 

@@ -269,12 +269,10 @@ final class TapUringWriter implements AutoCloseable {
         }
     }
 
-    /** Discards the frames a {@link #flush} kept (the TAP had no room for them); returns how many there were. */
-    int discard() {
-        int n = count - first;
+    /** Discards the frames a {@link #flush} kept (the TAP had no room for them); the caller counts them. */
+    void discard() {
         first = 0;
         count = 0;
-        return n;
     }
 
     /**

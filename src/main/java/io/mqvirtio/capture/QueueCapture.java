@@ -319,7 +319,7 @@ public final class QueueCapture implements AutoCloseable {
 
     /**
      * Stops taking frames and asks the writer to write what is queued and close the file; returns at once (see
-     * {@link #awaitClosed}).
+     * {@link #closeAll}).
      */
     public void finish() {
         if (closed) {
@@ -331,12 +331,12 @@ public final class QueueCapture implements AutoCloseable {
     }
 
     /**
-     * Waits until {@code deadline} ({@link System#nanoTime}) at most for the writer to finish (after {@link #finish});
-     * a writer that has not finished by then is left behind: what it has not written is counted as left out, and it
-     * closes the file when its write returns. Logs the capture's line (once). Whether the writer finished in time.
+     * Waits until {@code deadline} ({@link System#nanoTime}) at most for the writer to finish ({@link #closeAll} has
+     * asked it to); a writer that has not finished by then is left behind: what it has not written is counted as left
+     * out, and it closes the file when its write returns. Logs the capture's line (once). Whether the writer finished
+     * in time.
      */
-    public boolean awaitClosed(long deadline) {
-        finish();
+    private boolean awaitClosed(long deadline) {
         boolean done;
         try {
             done = writer.join(java.time.Duration.ofNanos(Math.max(0, deadline - System.nanoTime())));
@@ -378,7 +378,7 @@ public final class QueueCapture implements AutoCloseable {
         captures.forEach(c -> c.awaitClosed(deadline));
     }
 
-    /** Writes what is queued and closes the file; waits {@link #CLOSE_WAIT} at most (see {@link #awaitClosed}). */
+    /** Writes what is queued and closes the file; waits {@link #CLOSE_WAIT} at most (see {@link #closeAll}). */
     @Override
     public void close() {
         closeAll(java.util.List.of(this), CLOSE_WAIT);

@@ -185,7 +185,7 @@ final class BoundedHttpServer implements AutoCloseable {
     }
 
     private void acceptLoop() {
-        int failures = 0;
+        io.mqvirtio.vhostuser.FailureRun failures = new io.mqvirtio.vhostuser.FailureRun();
         while (!closed) {
             Socket c;
             try {
@@ -195,19 +195,19 @@ final class BoundedHttpServer implements AutoCloseable {
             }
             try {
                 c = socket.accept();
-                if (failures > 10) {
-                    LOG.log(Level.INFO, "metrics endpoint: accepting again after {0} failures", failures);
+                int run = failures.succeeded();
+                if (run > 0) {
+                    LOG.log(Level.INFO, "metrics endpoint: accepting again after {0} failures", run);
                 }
-                failures = 0;
             } catch (IOException e) {
                 slots.release();
                 if (closed) {
                     return;
                 }
                 // e.g. out of file descriptors: the endpoint lives on, and a pause keeps this from spinning; the
-                // first ten lines of a run of failures, then one in a thousand (as the vhost-user sockets log theirs)
-                if (++failures <= 10 || failures % 1000 == 0) {
-                    LOG.log(Level.WARNING, "metrics endpoint: accept failed ({0} in a row): {1}", failures,
+                // lines as the vhost-user sockets log theirs
+                if (failures.failed()) {
+                    LOG.log(Level.WARNING, "metrics endpoint: accept failed ({0} in a row): {1}", failures.count(),
                             e.toString());
                 }
                 try {

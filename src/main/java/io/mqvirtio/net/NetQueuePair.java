@@ -639,31 +639,24 @@ public final class NetQueuePair {
         waiter.await(0); // takes the edges of calls for frames already in the ring: they must not wake the wait
         long deadline = System.nanoTime() + timeoutMillis * 1_000_000L;
         while (true) {
-            long left = deadline - System.nanoTime();
             if (!enabled) {
-                return awaitEnabled((int) Math.max(0, left / 1_000_000L));
+                return awaitEnabled(deadline);
             }
             if (rx.enableInterrupts()) {
                 rx.disableInterrupts();
                 return true;
             }
-            if (left <= 0) {
+            if (deadline - System.nanoTime() <= 0) {
                 rx.disableInterrupts();
                 return false;
             }
-            // rounded up: a wait of 0 ms would return at once, and a loop of those until the deadline would spin
-            int n = waiter.await((int) Math.max(1, (left + 999_999) / 1_000_000L));
+            int n = awaitUntil(deadline);
             rx.disableInterrupts();
             if (rx.usedPending() > 0) {
                 return true;
             }
-            for (int i = 0; i < n; i++) {
-                if (waiter.data(i) == 1) {
-                    return false; // closing
-                }
-            }
-            if (n == 0) {
-                return false; // the timeout
+            if (closing(n) || n == 0) {
+                return false; // closing, or the timeout
             }
             // a call with nothing used (a backend that signals in a loop, or a call for a frame taken since): it
             // does not end the wait, or a thread waiting on its pair would return, find nothing and wait again
@@ -674,26 +667,39 @@ public final class NetQueuePair {
     /**
      * The wait of a disabled pair, which delivers nothing: frames left in its ring (used just before the backend
      * stopped it, or by a backend that goes on using a disabled ring) must not end it, or every wait would return at
-     * once and a thread waiting on its pair would spin. It ends at the timeout, at close, or at a call once the pair
-     * is enabled again (then true).
+     * once and a thread waiting on its pair would spin. It ends at {@code deadline}, at close, or at a call once the
+     * pair is enabled again (then true).
      */
-    private boolean awaitEnabled(int timeoutMillis) {
-        long deadline = System.nanoTime() + timeoutMillis * 1_000_000L;
-        while (true) {
-            long left = deadline - System.nanoTime();
-            if (left <= 0) {
+    private boolean awaitEnabled(long deadline) {
+        while (deadline - System.nanoTime() > 0) {
+            int n = awaitUntil(deadline);
+            if (closing(n)) {
                 return false;
-            }
-            int n = waiter.await((int) Math.max(1, left / 1_000_000L));
-            for (int i = 0; i < n; i++) {
-                if (waiter.data(i) == 1) {
-                    return false; // closing
-                }
             }
             if (n > 0 && enabled) {
                 return true;
             }
         }
+        return false;
+    }
+
+    /**
+     * One epoll wait, until {@code deadline} (System.nanoTime) at most, rounded up to a whole millisecond (a wait of
+     * 0 ms returns at once, and a loop of those until the deadline would spin); how many events came.
+     */
+    private int awaitUntil(long deadline) {
+        long left = deadline - System.nanoTime();
+        return waiter.await((int) Math.max(1, (left + 999_999) / 1_000_000L));
+    }
+
+    /** Whether the {@code n} events of the last wait include close's wake-up. */
+    private boolean closing(int n) {
+        for (int i = 0; i < n; i++) {
+            if (waiter.data(i) == 1) {
+                return true;
+            }
+        }
+        return false;
     }
 
     public QueueCounters.Snapshot rxCounters() {

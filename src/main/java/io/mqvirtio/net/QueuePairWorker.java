@@ -496,7 +496,6 @@ final class QueuePairWorker implements WorkerHandler {
                 }
                 loop.register(port.readFd(), PORT_EVENTS, TOKEN_PORT); // reports what is ready now, as at start
                 portReadable = true;
-                txBlocked = false;
             }
         } catch (RuntimeException e) {
             logPortError(true, e); // not counted: no frame was lost to it; the next upkeep tries again
@@ -949,11 +948,7 @@ final class QueuePairWorker implements WorkerHandler {
                         drops++; // the same buffer takes the next frame
                         continue;
                     }
-                    if (len == RX_REFUSED) {
-                        errors++; // the same buffer takes the next frame
-                        continue;
-                    }
-                    if (len < VirtioNet.HDR_SIZE) {
+                    if (len == RX_REFUSED || len < VirtioNet.HDR_SIZE) {
                         errors++; // the same buffer takes the next frame
                         continue;
                     }

@@ -95,6 +95,17 @@ public final class BackendSession implements Runnable {
         /** SET_VRING_ADDR's VHOST_VRING_F_LOG, and its log_guest_addr: where writes to the used area are logged. */
         boolean logUsed;
         long logGuestAddr;
+
+        /**
+         * The ring stopped for good (GET_VRING_BASE, a reset): a later start needs a new kick fd, and (with protocol
+         * features) a new enable; {@code enabled} is what it is until then.
+         */
+        void dropKick(boolean enabled) {
+            this.enabled = enabled;
+            enableSet = false;
+            closeQuietly(kick);
+            kick = null;
+        }
     }
 
     /** The frontend's dirty log (SET_LOG_BASE), or null; rings log into it while LOG_ALL is negotiated. */
@@ -303,14 +314,10 @@ public final class BackendSession implements Runnable {
                 device.reset(); // nothing of what came before (parked frames, the MTU) outlives the reset
                 for (Ring ring : rings) {
                     ring.stoppedAt = -1;
-                    // Stopped and disabled, as a ring starts out (vhost-user.rst: the reset disables every ring): a
-                    // later start needs a new kick fd, and with protocol features a new enable. (An enable from
-                    // before the reset outlived it: the next SET_FEATURES kept it, and a ring restarted without
-                    // SET_VRING_ENABLE took RX frames and sent TX ones.)
-                    ring.enabled = false;
-                    ring.enableSet = false;
-                    closeQuietly(ring.kick);
-                    ring.kick = null;
+                    // Stopped and disabled, as a ring starts out (vhost-user.rst: the reset disables every ring). (An
+                    // enable from before the reset outlived it: the next SET_FEATURES kept it, and a ring restarted
+                    // without SET_VRING_ENABLE took RX frames and sent TX ones.)
+                    ring.dropKick(false);
                 }
                 status = 0;
                 note("{0}: device reset ({1})", name, r);
@@ -432,11 +439,7 @@ public final class BackendSession implements Runnable {
                     note("{0}: ring {1} stopped at {2}", name, index, describe(ring.baseNum));
                 }
                 ring.parked = false;
-                // The ring is stopped: a later start needs a new kick fd, and (with protocol features) a new enable.
-                ring.enabled = !protocolFeaturesNegotiated();
-                ring.enableSet = false;
-                closeQuietly(ring.kick);
-                ring.kick = null;
+                ring.dropKick(!protocolFeaturesNegotiated());
                 yield Message.vringState(index, (int) ring.baseNum);
             }
             case SET_VRING_KICK -> {

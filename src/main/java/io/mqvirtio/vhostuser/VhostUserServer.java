@@ -265,7 +265,7 @@ public final class VhostUserServer implements AutoCloseable {
     }
 
     private void acceptLoop() {
-        int failures = 0;
+        FailureRun failures = new FailureRun();
         while (!closed) {
             UnixSocket conn;
             try {
@@ -273,18 +273,19 @@ public final class VhostUserServer implements AutoCloseable {
                     continue;
                 }
                 conn = listener.accept();
-                if (failures > 10) {
+                int run = failures.succeeded();
+                if (run > 0) {
                     // the lines stopped at ten (then one in a thousand): say that it is over, and how long it lasted
-                    LOG.log(Level.INFO, "{0}: accepting again after {1} failures", path, failures);
+                    LOG.log(Level.INFO, "{0}: accepting again after {1} failures", path, run);
                 }
-                failures = 0;
             } catch (ErrnoException e) {
                 if (closed) {
                     return;
                 }
                 // EMFILE, ENFILE, ENOMEM, ECONNABORTED...: pass; the listener itself is fine. Keep serving.
-                if (++failures <= 10 || failures % 1000 == 0) {
-                    LOG.log(Level.ERROR, "{0}: accept failed ({1} in a row): {2}", path, failures, e.getMessage());
+                if (failures.failed()) {
+                    LOG.log(Level.ERROR, "{0}: accept failed ({1} in a row): {2}", path, failures.count(),
+                            e.getMessage());
                 }
                 sleep(100);
                 continue;
@@ -352,7 +353,7 @@ public final class VhostUserServer implements AutoCloseable {
 
     private void clientLoop() {
         long delay = 100;
-        int failures = 0;
+        FailureRun failures = new FailureRun();
         while (!closed) {
             UnixSocket conn;
             try {
@@ -363,14 +364,15 @@ public final class VhostUserServer implements AutoCloseable {
                 // bounds the accept loop's lines have
                 boolean absent = e instanceof ErrnoException x && (x.errno() == ErrnoException.ENOENT
                         || x.errno() == ErrnoException.ECONNREFUSED || x.errno() == ErrnoException.EAGAIN);
-                if (!absent && (++failures <= 10 || failures % 1000 == 0)) {
-                    LOG.log(Level.ERROR, "{0}: cannot connect ({1} in a row): {2}", path, failures, e.getMessage());
+                if (!absent && failures.failed()) {
+                    LOG.log(Level.ERROR, "{0}: cannot connect ({1} in a row): {2}", path, failures.count(),
+                            e.getMessage());
                 }
                 sleep(delay);
                 delay = Math.min(delay * 2, 1000);
                 continue;
             }
-            failures = 0;
+            failures.succeeded();
             String dead = device.deadReason();
             if (dead != null) {
                 conn.close();
