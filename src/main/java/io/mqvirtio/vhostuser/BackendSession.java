@@ -465,7 +465,14 @@ public final class BackendSession implements Runnable {
                 closeQuietly(ring.kick);
                 ring.kick = kick;
                 ring.parked = false;
-                start(index);
+                try {
+                    start(index);
+                } catch (GuestMemoryException e) {
+                    // The memory table does not hold the ring (yet): it waits, kick and all, for one that does, as a
+                    // ring waits that a new table left out while it ran (DPDK takes its rings again at each table).
+                    ring.parked = true;
+                    throw e;
+                }
                 yield null;
             }
             case SET_VRING_CALL -> {

@@ -91,4 +91,30 @@ class SessionOrderTest {
             assertThat(dev.running()).as("rings running without a new kick").isZero();
         }
     }
+
+    /**
+     * A ring whose addresses the memory table does not hold yet, kicked: the SET_VRING_KICK fails, and the ring waits
+     * for a table that holds it, as a ring does that a new table left out while it ran. Before, a later SET_MEM_TABLE
+     * that held it left it stopped for good, kick fd and all (DPDK's vhost takes the rings again at each new table).
+     */
+    @Test
+    void aRingKickedBeforeTheMemoryHoldsItStartsWithTheTableThatDoes() throws Exception {
+        try (RawPeer fe = RawPeer.connect(server.path()); GuestRam ram = new GuestRam();
+             EventFd k0 = EventFd.create(); EventFd c0 = EventFd.create()) {
+            BackendHarness.negotiate(fe, ALL_PF);
+            long skip = GuestRam.RING_SPAN; // ring 0 lives in the first slot
+            fe.ok(Request.SET_MEM_TABLE, RawPeer.memTable(new RawPeer.Region(ram.gpa(skip), GuestRam.SIZE - skip,
+                    ram.uva(skip), skip)), ram.fd());
+            GuestRam.RingAt r = ram.ring(0, BackendHarness.RING);
+            fe.ok(Request.SET_VRING_NUM, state(0, BackendHarness.RING));
+            fe.ok(Request.SET_VRING_BASE, state(0, 0));
+            fe.ok(Request.SET_VRING_ADDR, ram.vringAddr(r));
+            fe.ok(Request.SET_VRING_CALL, u64(0), c0.fd());
+            assertThat(fe.ack(Request.SET_VRING_KICK, u64(0), k0.fd())).as("a kick for a ring outside memory").isNotZero();
+            assertThat(dev.running()).isZero();
+
+            fe.ok(Request.SET_MEM_TABLE, ram.memTable(), ram.fd());
+            assertThat(dev.running()).as("rings running once the memory holds them").isEqualTo(1);
+        }
+    }
 }
