@@ -127,4 +127,16 @@ public final class EventFd extends Fd {
             throw Native.rethrow(t);
         }
     }
+
+    /**
+     * Closes the descriptor, never while the watchdog uses its number (see {@link EventFdWatchdog}): a number closed
+     * under the watchdog's poll and read could be the kernel's for another file by then (another VM's socket or
+     * eventfd), whose bytes the read would take.
+     */
+    @Override
+    public void close() {
+        synchronized (this) {
+            super.close();
+        }
+    }
 }

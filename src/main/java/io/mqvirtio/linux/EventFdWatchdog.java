@@ -77,22 +77,30 @@ final class EventFdWatchdog {
         EventFd e = s.writing;
         int seq = s.seq;
         if (e != null && e == s.seen && seq == s.seenSeq) {
-            try {
-                if (e.isFull()) {
-                    s.released = true;
-                    e.drain();
-                    // A thread's first release is a WARNING, later ones DEBUG: a frontend can fill its eventfd again
-                    // after each release, ten times a second, and the log is every VM's (the writer learns of each
-                    // release from signal(), and a worker then breaks the ring, within its device's allowance)
-                    LOG.log(++s.releases == 1 ? Level.WARNING : Level.DEBUG, "{0}: released a write to an eventfd that "
-                            + "its peer filled to the limit with O_NONBLOCK cleared{1}", s.name, s.releases == 1
-                            ? " (further releases on this thread are logged at DEBUG)" : " (" + s.releases + " so far)");
-                }
-            } catch (RuntimeException closed) {
-                // closed meanwhile: that write is over
+            // Under the eventfd's lock, so that its owner cannot close it and the kernel give its number to another
+            // file between our look and our read (the write we look at may end, and its ring be torn down, meanwhile).
+            synchronized (e) {
+                release(s, e);
             }
         }
         s.seen = e;
         s.seenSeq = seq;
+    }
+
+    private static void release(Slot s, EventFd e) {
+        try {
+            if (e.isOpen() && e.isFull()) {
+                s.released = true;
+                e.drain();
+                // A thread's first release is a WARNING, later ones DEBUG: a frontend can fill its eventfd again
+                // after each release, ten times a second, and the log is every VM's (the writer learns of each
+                // release from signal(), and a worker then breaks the ring, within its device's allowance)
+                LOG.log(++s.releases == 1 ? Level.WARNING : Level.DEBUG, "{0}: released a write to an eventfd that "
+                        + "its peer filled to the limit with O_NONBLOCK cleared{1}", s.name, s.releases == 1
+                        ? " (further releases on this thread are logged at DEBUG)" : " (" + s.releases + " so far)");
+            }
+        } catch (RuntimeException closed) {
+            // closed meanwhile: that write is over
+        }
     }
 }
