@@ -53,44 +53,21 @@ class TapTxBlockedTest {
     @ParameterizedTest
     @EnumSource(value = TapBackend.TxMethod.class, names = {"WRITEV", "IO_URING"})
     void framesHeldBackByAFullSendBufferGoOutWhenItDrains(TapBackend.TxMethod how) throws Exception {
-        assumeTrue(TestNetns.isRoot(), "needs root");
-        assumeTrue(how != TapBackend.TxMethod.IO_URING || IoUring.unavailable() == null, "no io_uring");
-        String id = Integer.toHexString(ThreadLocalRandom.current().nextInt(0x10000));
-        String tap = "mqvb" + id;
-        String slow = "mqvs" + id;
-        try (TestNetns ns = TestNetns.create()) {
-            ns.exec("sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1");
-            TapBackend backend = ns.inside(() -> TapBackend.open(tap, 1, how));
-            try (Tap slowQueue = ns.inside(() -> Tap.openQueue(slow, false));
-                 Tap hostQueue = ns.inside(() -> Tap.openQueue(tap, true))) {
-                bridgeToSlowTap(ns, tap, slow, "100kbit"); // a frame through every 80 ms
-                try (NetDevice dev = new NetDevice(NetDevice.Config.of("tapblocked", 1), backend);
-                     VhostUserServer server = VhostUserServer.listen(dir.resolve("b.sock"), dev);
-                     EvilDriver d = new EvilDriver(server.path(), 1, 64, FEATURES, 1 << 20)) {
-                    EvilDriver.Ring tx = d.tx(0);
-                    // before our first frame: the queue's io_uring writer, set up by that frame, sees the limit and
-                    // links its writes from the start (set later, the first batch without room would drop)
-                    HostTap.setSendBuffer(hostQueue, 8192); // every queue, ours when it is attached
-                    HostileDriverTest.sendValid(d, 0, frame(0), 0);
-                    await(() -> dev.counters().get(1).packets() == 1, "the first frame sent (our queue attached)");
-
-                    int frames = 24;
-                    offer(d, 1, frames);
-                    tx.kick(); // once: the guest now waits for its frames to be used
-                    await(() -> tx.usedIdx() == 1 + frames, "every frame used without another kick");
-                    await(() -> dev.counters().get(1).packets() + dev.counters().get(1).drops() == 1 + frames,
-                            "every frame counted");
-                    QueueCounters.Snapshot c = dev.counters().get(1);
-                    assertThat(c.packets()).as("all sent, none dropped").isEqualTo(1 + frames);
-                    assertThat(c.drops() + c.errors()).isZero();
-                    assertThat(tx.err.drain()).as("no ring broke").isZero();
-                    assertThat(arrivals(slowQueue, 1 + frames)).as("what reached the host, in order")
-                            .isEqualTo(IntStream.rangeClosed(0, frames).boxed().toList());
-                    assertThat(dev.ioMethods()).contains(how == TapBackend.TxMethod.WRITEV ? "writev" : "io_uring");
-                }
-            } finally {
-                backend.close();
-            }
+        // the limit set before our first frame: the queue's io_uring writer, set up by that frame, sees it and links
+        // its writes from the start (set later, the first batch without room would drop)
+        try (SlowHost h = new SlowHost(how, "100kbit", 8192)) { // a frame through every 80 ms
+            int frames = 24;
+            offer(h.d, 1, frames);
+            h.tx.kick(); // once: the guest now waits for its frames to be used
+            await(() -> h.tx.usedIdx() == 1 + frames, "every frame used without another kick");
+            await(() -> h.counters().packets() + h.counters().drops() == 1 + frames, "every frame counted");
+            QueueCounters.Snapshot c = h.counters();
+            assertThat(c.packets()).as("all sent, none dropped").isEqualTo(1 + frames);
+            assertThat(c.drops() + c.errors()).isZero();
+            assertThat(h.tx.err.drain()).as("no ring broke").isZero();
+            assertThat(arrivals(h.slowQueue, 1 + frames)).as("what reached the host, in order")
+                    .isEqualTo(IntStream.rangeClosed(0, frames).boxed().toList());
+            assertThat(h.dev.ioMethods()).contains(how == TapBackend.TxMethod.WRITEV ? "writev" : "io_uring");
         }
     }
 
@@ -105,56 +82,33 @@ class TapTxBlockedTest {
      */
     @Test
     void uringHoldsWhatTheTapHasNoRoomForWithoutWaitingOrSpinning() throws Exception {
-        assumeTrue(TestNetns.isRoot() && IoUring.unavailable() == null, "needs root and io_uring");
-        String id = Integer.toHexString(ThreadLocalRandom.current().nextInt(0x10000));
-        String tap = "mqvb" + id;
-        String slow = "mqvs" + id;
-        try (TestNetns ns = TestNetns.create()) {
-            ns.exec("sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1");
-            TapBackend backend = ns.inside(() -> TapBackend.open(tap, 1, TapBackend.TxMethod.IO_URING));
-            try (Tap slowQueue = ns.inside(() -> Tap.openQueue(slow, false));
-                 Tap hostQueue = ns.inside(() -> Tap.openQueue(tap, true))) {
-                bridgeToSlowTap(ns, tap, slow, "8bit");
-                try (NetDevice dev = new NetDevice(NetDevice.Config.of("uringblocked", 1), backend);
-                     VhostUserServer server = VhostUserServer.listen(dir.resolve("u.sock"), dev);
-                     EvilDriver d = new EvilDriver(server.path(), 1, 64, FEATURES, 1 << 20)) {
-                    EvilDriver.Ring tx = d.tx(0);
-                    HostTap.setSendBuffer(hostQueue, 8192); // before the writer's set-up: linked from the start
-                    HostileDriverTest.sendValid(d, 0, frame(0), 0);
-                    await(() -> dev.counters().get(1).packets() == 1, "the first frame sent (our queue attached)");
-
-                    int frames = 60;
-                    offer(d, 1, frames);
-                    tx.kick();
-                    Thread.sleep(300);
-                    int used = tx.usedIdx();
-                    assertThat(used).as("the worker stopped taking frames").isLessThan(1 + frames);
-                    long cpu = dev.workerCpuNanos()[0];
-                    for (int i = 0; i < 20; i++) {
-                        tx.kick(); // a guest that kicks on: nothing more is taken, nothing tried
-                        Thread.sleep(50);
-                    }
-                    assertThat((dev.workerCpuNanos()[0] - cpu) / 1_000_000).as("worker CPU over 1 s, ms").isLessThan(100);
-                    assertThat(tx.usedIdx()).as("nothing more taken while the TAP has no room").isEqualTo(used);
-                    dev.setMtu(1400); // a command: the worker takes it
-                    assertThat(dev.deadReason()).isNull();
-                    QueueCounters.Snapshot c = dev.counters().get(1);
-                    assertThat(c.drops() + c.errors()).as("nothing dropped").isZero();
-
-                    ns.exec("tc", "qdisc", "del", "dev", slow, "root"); // what the host held goes
-                    await(() -> tx.usedIdx() == 1 + frames, "every frame used");
-                    await(() -> dev.counters().get(1).packets() == 1 + frames, "every frame sent");
-                    c = dev.counters().get(1);
-                    assertThat(c.drops() + c.errors()).as("nothing dropped").isZero();
-                    List<Integer> got = arrivals(slowQueue, 1 + frames);
-                    assertThat(got).as("in order (the host dropped those it held)").isSorted().doesNotHaveDuplicates();
-                    assertThat(got).as("the frames after those the host held all arrived").endsWith(frames);
-                    assertThat(dev.ioMethods()).containsExactly("readv", "io_uring");
-                    assertThat(tx.err.drain()).as("no ring broke").isZero();
-                }
-            } finally {
-                backend.close();
+        try (SlowHost h = new SlowHost(TapBackend.TxMethod.IO_URING, "8bit", 8192)) {
+            int frames = 60;
+            offer(h.d, 1, frames);
+            h.tx.kick();
+            Thread.sleep(300);
+            int used = h.tx.usedIdx();
+            assertThat(used).as("the worker stopped taking frames").isLessThan(1 + frames);
+            long cpu = h.dev.workerCpuNanos()[0];
+            for (int i = 0; i < 20; i++) {
+                h.tx.kick(); // a guest that kicks on: nothing more is taken, nothing tried
+                Thread.sleep(50);
             }
+            assertThat((h.dev.workerCpuNanos()[0] - cpu) / 1_000_000).as("worker CPU over 1 s, ms").isLessThan(100);
+            assertThat(h.tx.usedIdx()).as("nothing more taken while the TAP has no room").isEqualTo(used);
+            h.dev.setMtu(1400); // a command: the worker takes it
+            assertThat(h.dev.deadReason()).isNull();
+            assertThat(h.counters().drops() + h.counters().errors()).as("nothing dropped").isZero();
+
+            h.letGo(); // what the host held goes
+            await(() -> h.tx.usedIdx() == 1 + frames, "every frame used");
+            await(() -> h.counters().packets() == 1 + frames, "every frame sent");
+            assertThat(h.counters().drops() + h.counters().errors()).as("nothing dropped").isZero();
+            List<Integer> got = arrivals(h.slowQueue, 1 + frames);
+            assertThat(got).as("in order (the host dropped those it held)").isSorted().doesNotHaveDuplicates();
+            assertThat(got).as("the frames after those the host held all arrived").endsWith(frames);
+            assertThat(h.dev.ioMethods()).containsExactly("readv", "io_uring");
+            assertThat(h.tx.err.drain()).as("no ring broke").isZero();
         }
     }
 
@@ -168,61 +122,38 @@ class TapTxBlockedTest {
     @ParameterizedTest
     @EnumSource(value = TapBackend.TxMethod.class, names = {"WRITEV", "IO_URING"})
     void aBlockedTxBesideFramesWaitingForRxBuffersDoesNotSpin(TapBackend.TxMethod how) throws Exception {
-        assumeTrue(TestNetns.isRoot(), "needs root");
-        assumeTrue(how != TapBackend.TxMethod.IO_URING || IoUring.unavailable() == null, "no io_uring");
-        String id = Integer.toHexString(ThreadLocalRandom.current().nextInt(0x10000));
-        String tap = "mqvb" + id;
-        String slow = "mqvs" + id;
-        try (TestNetns ns = TestNetns.create()) {
-            ns.exec("sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1");
-            TapBackend backend = ns.inside(() -> TapBackend.open(tap, 1, how));
-            try (Tap slowQueue = ns.inside(() -> Tap.openQueue(slow, false));
-                 Tap hostQueue = ns.inside(() -> Tap.openQueue(tap, true))) {
-                bridgeToSlowTap(ns, tap, slow, "8bit");
-                try (NetDevice dev = new NetDevice(NetDevice.Config.of("txspin", 1), backend);
-                     VhostUserServer server = VhostUserServer.listen(dir.resolve("s.sock"), dev);
-                     EvilDriver d = new EvilDriver(server.path(), 1, 64, FEATURES, 1 << 20)) {
-                    try {
-                        EvilDriver.Ring tx = d.tx(0);
-                        HostTap.setSendBuffer(hostQueue, 8192); // before the writer's set-up: linked from the start
-                        HostileDriverTest.sendValid(d, 0, frame(0), 0);
-                        await(() -> dev.counters().get(1).packets() == 1, "the first frame sent (our queue attached)");
-                        hostQueue.detach(); // frames from the host now all go to our queue
-                        IoVec v = new IoVec(1);
-                        try (Arena a = Arena.ofConfined()) {
-                            MemorySegment b = a.allocate(100);
-                            b.asSlice(0, 6).fill((byte) 0xff); // broadcast: the bridge floods it to our TAP
-                            b.set(ValueLayout.JAVA_BYTE, 6, (byte) 0x02);
-                            b.set(ValueLayout.JAVA_BYTE, 12, (byte) 0x88);
-                            b.set(ValueLayout.JAVA_BYTE, 13, (byte) 0xb5);
-                            for (int i = 0; i < 4; i++) {
-                                v.clear();
-                                v.add(b);
-                                IoVec.writev(slowQueue, v);
-                            }
-                        }
-                        offer(d, 1, 40);
-                        tx.kick();
-                        await(() -> tx.usedIdx() > 1, "TX going");
-                        Thread.sleep(300); // the send buffer full, TX blocked
-                        long cpu = dev.workerCpuNanos()[0];
-                        Thread.sleep(1000);
-                        assertThat((dev.workerCpuNanos()[0] - cpu) / 1_000_000).as("worker CPU over 1 s, ms")
-                                .isLessThan(100);
-                        assertThat(tx.usedIdx()).as("TX blocked").isLessThan(41);
-                        QueueCounters.Snapshot c = dev.counters().get(1);
-                        assertThat(c.drops() + c.errors()).isZero();
-                        dev.setMtu(1400);
-                        assertThat(dev.deadReason()).isNull();
-                    } finally {
-                        ns.exec("tc", "qdisc", "del", "dev", slow, "root");
+        try (SlowHost h = new SlowHost(how, "8bit", 8192)) {
+            try {
+                h.hostQueue.detach(); // frames from the host now all go to our queue
+                IoVec v = new IoVec(1);
+                try (Arena a = Arena.ofConfined()) {
+                    MemorySegment b = a.allocate(100);
+                    b.asSlice(0, 6).fill((byte) 0xff); // broadcast: the bridge floods it to our TAP
+                    b.set(ValueLayout.JAVA_BYTE, 6, (byte) 0x02);
+                    b.set(ValueLayout.JAVA_BYTE, 12, (byte) 0x88);
+                    b.set(ValueLayout.JAVA_BYTE, 13, (byte) 0xb5);
+                    for (int i = 0; i < 4; i++) {
+                        v.clear();
+                        v.add(b);
+                        IoVec.writev(h.slowQueue, v);
                     }
-                    await(() -> d.tx(0).usedIdx() == 41, "every frame used once the host lets go");
-                    await(() -> dev.counters().get(1).packets() == 41, "every frame sent");
                 }
+                offer(h.d, 1, 40);
+                h.tx.kick();
+                await(() -> h.tx.usedIdx() > 1, "TX going");
+                Thread.sleep(300); // the send buffer full, TX blocked
+                long cpu = h.dev.workerCpuNanos()[0];
+                Thread.sleep(1000);
+                assertThat((h.dev.workerCpuNanos()[0] - cpu) / 1_000_000).as("worker CPU over 1 s, ms").isLessThan(100);
+                assertThat(h.tx.usedIdx()).as("TX blocked").isLessThan(41);
+                assertThat(h.counters().drops() + h.counters().errors()).isZero();
+                h.dev.setMtu(1400);
+                assertThat(h.dev.deadReason()).isNull();
             } finally {
-                backend.close();
+                h.letGo();
             }
+            await(() -> h.tx.usedIdx() == 41, "every frame used once the host lets go");
+            await(() -> h.counters().packets() == 41, "every frame sent");
         }
     }
 
@@ -237,40 +168,97 @@ class TapTxBlockedTest {
     @ParameterizedTest
     @EnumSource(value = TapBackend.TxMethod.class, names = {"WRITEV", "IO_URING"})
     void aSendBufferTooSmallEverToPollWritableStillLetsEveryFrameOut(TapBackend.TxMethod how) throws Exception {
-        assumeTrue(TestNetns.isRoot(), "needs root");
-        assumeTrue(how != TapBackend.TxMethod.IO_URING || IoUring.unavailable() == null, "no io_uring");
-        String id = Integer.toHexString(ThreadLocalRandom.current().nextInt(0x10000));
-        String tap = "mqvb" + id;
-        String slow = "mqvs" + id;
-        try (TestNetns ns = TestNetns.create()) {
-            ns.exec("sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1");
-            TapBackend backend = ns.inside(() -> TapBackend.open(tap, 1, how));
-            try (Tap slowQueue = ns.inside(() -> Tap.openQueue(slow, false));
-                 Tap hostQueue = ns.inside(() -> Tap.openQueue(tap, true))) {
-                bridgeToSlowTap(ns, tap, slow, "100kbit"); // a frame through every 80 ms
-                try (NetDevice dev = new NetDevice(NetDevice.Config.of("tinysndbuf", 1), backend);
-                     VhostUserServer server = VhostUserServer.listen(dir.resolve("t.sock"), dev);
-                     EvilDriver d = new EvilDriver(server.path(), 1, 64, FEATURES, 1 << 20)) {
-                    EvilDriver.Ring tx = d.tx(0);
-                    HostTap.setSendBuffer(hostQueue, 2); // never writable to poll; a write fits while none is held
-                    HostileDriverTest.sendValid(d, 0, frame(0), 0);
-                    await(() -> dev.counters().get(1).packets() == 1, "the first frame sent (our queue attached)");
+        // never writable to poll; a write fits while none of ours is held
+        try (SlowHost h = new SlowHost(how, "100kbit", 2)) { // a frame through every 80 ms
+            int frames = 6;
+            offer(h.d, 1, frames);
+            h.tx.kick(); // once: the guest now waits for its frames to be used
+            await(() -> h.tx.usedIdx() == 1 + frames, "every frame used without another kick");
+            await(() -> h.counters().packets() + h.counters().drops() == 1 + frames, "every frame counted");
+            QueueCounters.Snapshot c = h.counters();
+            assertThat(c.packets()).as("all sent, none dropped").isEqualTo(1 + frames);
+            assertThat(c.drops() + c.errors()).isZero();
+            assertThat(h.tx.err.drain()).as("no ring broke").isZero();
+            assertThat(arrivals(h.slowQueue, 1 + frames)).as("what reached the host, in order")
+                    .isEqualTo(IntStream.rangeClosed(0, frames).boxed().toList());
+        }
+    }
 
-                    int frames = 6;
-                    offer(d, 1, frames);
-                    tx.kick(); // once: the guest now waits for its frames to be used
-                    await(() -> tx.usedIdx() == 1 + frames, "every frame used without another kick");
-                    await(() -> dev.counters().get(1).packets() + dev.counters().get(1).drops() == 1 + frames,
-                            "every frame counted");
-                    QueueCounters.Snapshot c = dev.counters().get(1);
-                    assertThat(c.packets()).as("all sent, none dropped").isEqualTo(1 + frames);
-                    assertThat(c.drops() + c.errors()).isZero();
-                    assertThat(tx.err.drain()).as("no ring broke").isZero();
-                    assertThat(arrivals(slowQueue, 1 + frames)).as("what reached the host, in order")
-                            .isEqualTo(IntStream.rangeClosed(0, frames).boxed().toList());
+    /**
+     * A guest on a TAP whose frames the host holds: in a namespace of the test's, our backend's one-queue TAP bridged
+     * to a second TAP behind a token bucket of {@code rate} ({@link #bridgeToSlowTap}), the send buffer of every queue
+     * of ours limited to {@code sndbuf} bytes (TUNSETSNDBUF through a queue of the host's, before the worker's first
+     * frame), a device and an {@link EvilDriver} on it, and that first frame (frame 0) sent and counted: our queue is
+     * attached. Skips the test without root, or for io_uring where the kernel has none.
+     */
+    private final class SlowHost implements AutoCloseable {
+        final Tap slowQueue;
+        final Tap hostQueue;
+        final NetDevice dev;
+        final EvilDriver d;
+        final EvilDriver.Ring tx;
+        private final TestNetns ns;
+        private final String slow;
+        private final List<AutoCloseable> open = new ArrayList<>(); // closed last first
+
+        SlowHost(TapBackend.TxMethod how, String rate, int sndbuf) throws Exception {
+            assumeTrue(TestNetns.isRoot(), "needs root");
+            assumeTrue(how != TapBackend.TxMethod.IO_URING || IoUring.unavailable() == null, "no io_uring");
+            String id = Integer.toHexString(ThreadLocalRandom.current().nextInt(0x10000));
+            String tap = "mqvb" + id;
+            slow = "mqvs" + id;
+            ns = TestNetns.create();
+            open.add(ns);
+            try {
+                ns.exec("sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1");
+                TapBackend backend = ns.inside(() -> TapBackend.open(tap, 1, how));
+                open.add(backend);
+                slowQueue = ns.inside(() -> Tap.openQueue(slow, false));
+                open.add(slowQueue);
+                hostQueue = ns.inside(() -> Tap.openQueue(tap, true));
+                open.add(hostQueue);
+                bridgeToSlowTap(ns, tap, slow, rate);
+                dev = new NetDevice(NetDevice.Config.of("tapblocked", 1), backend);
+                open.add(dev);
+                VhostUserServer server = VhostUserServer.listen(dir.resolve("b.sock"), dev);
+                open.add(server);
+                d = new EvilDriver(server.path(), 1, 64, FEATURES, 1 << 20);
+                open.add(d);
+                tx = d.tx(0);
+                HostTap.setSendBuffer(hostQueue, sndbuf); // every queue, ours when it is attached
+                HostileDriverTest.sendValid(d, 0, frame(0), 0);
+                await(() -> counters().packets() == 1, "the first frame sent (our queue attached)");
+            } catch (Exception | Error e) {
+                close();
+                throw e;
+            }
+        }
+
+        /** Our pair's TX counters. */
+        QueueCounters.Snapshot counters() {
+            return dev.counters().get(1);
+        }
+
+        /** The host lets go of what it holds: the token bucket goes. */
+        void letGo() throws Exception {
+            ns.exec("tc", "qdisc", "del", "dev", slow, "root");
+        }
+
+        @Override
+        public void close() throws Exception {
+            Exception first = null;
+            for (int i = open.size() - 1; i >= 0; i--) {
+                try {
+                    open.get(i).close();
+                } catch (Exception e) {
+                    if (first == null) {
+                        first = e;
+                    }
                 }
-            } finally {
-                backend.close();
+            }
+            open.clear();
+            if (first != null) {
+                throw first;
             }
         }
     }
