@@ -452,6 +452,10 @@ final class Serve {
         if (!Signals.onTermination(r::requestStop)) {
             LOG.log(Level.WARNING, "cannot handle SIGTERM/SIGINT (sun.misc.Signal unavailable): they exit with 128+signal");
         }
+        if (!Signals.onHangup(sig -> LOG.log(Level.INFO, "SIGHUP: serve has nothing to reload and goes on serving "
+                + "(SIGTERM stops it)"))) {
+            LOG.log(Level.WARNING, "cannot handle SIGHUP (sun.misc.Signal unavailable): it stops serve, status 129");
+        }
         try {
             r.start(o);
         } catch (RuntimeException | IOException e) {

@@ -25,6 +25,20 @@ final class Signals {
      * @return whether both handlers are installed
      */
     static boolean onTermination(Consumer<String> handler) {
+        return on(TERMINATION, handler);
+    }
+
+    /**
+     * Calls {@code handler} with "HUP" at each SIGHUP, instead of the JVM's default (shutdown hooks, status 129): a
+     * terminal that hangs up, or a {@code kill -HUP} meant to make a daemon reload, would take every VM's network down.
+     *
+     * @return whether the handler is installed
+     */
+    static boolean onHangup(Consumer<String> handler) {
+        return on(List.of("HUP"), handler);
+    }
+
+    private static boolean on(List<String> names, Consumer<String> handler) {
         try {
             Class<?> signal = Class.forName("sun.misc.Signal");
             Class<?> handlerType = Class.forName("sun.misc.SignalHandler");
@@ -42,7 +56,7 @@ final class Signals {
             };
             Object h = Proxy.newProxyInstance(Signals.class.getClassLoader(), new Class<?>[] {handlerType}, ih);
             boolean all = true;
-            for (String name : TERMINATION) {
+            for (String name : names) {
                 try {
                     handle.invoke(null, signal.getConstructor(String.class).newInstance(name), h);
                 } catch (ReflectiveOperationException e) {

@@ -59,6 +59,33 @@ class ServeProcessTest {
         }
     }
 
+    /**
+     * SIGHUP (a terminal that hangs up, a {@code kill -HUP} meant to make a daemon reload) is logged and serve goes on
+     * serving; SIGTERM then stops it as always. Before, the JVM's default ended serve with status 129, and every VM's
+     * network with it.
+     */
+    @Test
+    @Timeout(120)
+    void sighupLeavesServeServing() throws Exception {
+        Path sock = dir.resolve("hup.sock");
+        try (Launcher.Run r = Launcher.start(dir, "serve-HUP",
+                Launcher.command("serve", "--socket-path", sock.toString(), "--queues", "1", "--loopback"))) {
+            r.awaitErr("listening on " + java.util.regex.Pattern.quote(sock.toString()), START_MS);
+            kill("HUP", r.process().pid());
+            r.awaitErr("SIGHUP: serve has nothing to reload", 10_000);
+            Thread.sleep(500);
+            assertThat(r.process().isAlive()).as("serve after SIGHUP; stderr:%n%s", r.stderr()).isTrue();
+            assertThat(sock).exists();
+            try (io.mqvirtio.net.NetDriver d = io.mqvirtio.net.NetDriver.connect(sock,
+                    io.mqvirtio.net.NetDriver.Options.pairs(1))) {
+                assertThat(d.maxPairs()).as("a frontend served after SIGHUP").isEqualTo(1);
+            }
+            r.process().destroy(); // SIGTERM
+            assertThat(r.exit(15_000)).as("exit status after SIGTERM; stderr:%n%s", r.stderr()).isZero();
+            assertThat(sock).doesNotExist();
+        }
+    }
+
     @Test
     @Timeout(120)
     void badCommandLinesAreOneLineErrors() throws Exception {
