@@ -159,7 +159,10 @@ public class Fd implements AutoCloseable {
     /** Reads into {@code buf}; returns the count, 0 at end of file, -1 if non-blocking and nothing is ready. */
     public final long read(MemorySegment buf) {
         try {
-            long n = (long) READ.invokeExact(Native.errnoState(), fd(), buf, buf.byteSize());
+            long n;
+            do {
+                n = (long) READ.invokeExact(Native.errnoState(), fd(), buf, buf.byteSize());
+            } while (n < 0 && Native.lastErrno() == ErrnoException.EINTR); // a signal the process handles
             return again(n, "read");
         } catch (Throwable t) {
             throw Native.rethrow(t);
@@ -169,7 +172,10 @@ public class Fd implements AutoCloseable {
     /** Writes from {@code buf}; returns the count, -1 if non-blocking and the write would block. */
     public final long write(MemorySegment buf) {
         try {
-            long n = (long) WRITE.invokeExact(Native.errnoState(), fd(), buf, buf.byteSize());
+            long n;
+            do {
+                n = (long) WRITE.invokeExact(Native.errnoState(), fd(), buf, buf.byteSize());
+            } while (n < 0 && Native.lastErrno() == ErrnoException.EINTR); // a signal the process handles
             return again(n, "write");
         } catch (Throwable t) {
             throw Native.rethrow(t);

@@ -237,8 +237,14 @@ public final class IoUring implements AutoCloseable {
             return 0;
         }
         try {
-            long r = (long) ENTER.invokeExact(Native.errnoState(), SYS_IO_URING_ENTER, fd.fd(), n, waitFor,
-                    waitFor > 0 ? ENTER_GETEVENTS : 0, MemorySegment.NULL, 0L);
+            long r;
+            do {
+                // A signal (serve handles SIGHUP and SIGTERM, on whichever thread the kernel picks) ends a wait with
+                // EINTR only where nothing was submitted by that call (the kernel answers the count it took
+                // otherwise), so trying again submits nothing twice.
+                r = (long) ENTER.invokeExact(Native.errnoState(), SYS_IO_URING_ENTER, fd.fd(), n, waitFor,
+                        waitFor > 0 ? ENTER_GETEVENTS : 0, MemorySegment.NULL, 0L);
+            } while (r < 0 && Native.lastErrno() == ErrnoException.EINTR && waitFor > 0);
             return (int) Native.check(r, "io_uring_enter");
         } catch (Throwable t) {
             throw Native.rethrow(t);
