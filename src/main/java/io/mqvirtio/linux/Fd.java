@@ -9,6 +9,7 @@ import java.lang.foreign.Arena;
 import java.lang.foreign.FunctionDescriptor;
 import java.lang.foreign.MemorySegment;
 import java.lang.invoke.MethodHandle;
+import java.util.concurrent.TimeUnit;
 import java.util.concurrent.atomic.AtomicInteger;
 
 /**
@@ -80,7 +81,8 @@ public class Fd implements AutoCloseable {
     public static Fd lockDirectory(String dir, long timeoutMillis) {
         Fd d = new Fd(open(dir, O_RDONLY | O_DIRECTORY));
         try {
-            long deadline = System.nanoTime() + timeoutMillis * 1_000_000L;
+            // saturating: timeoutMillis * 10^6 overflows from about 292 years on (Long.MAX_VALUE: -10^6, already past)
+            long deadline = System.nanoTime() + TimeUnit.MILLISECONDS.toNanos(Math.max(0, timeoutMillis));
             long pause = 1;
             while (true) {
                 int r = (int) FLOCK.invokeExact(Native.errnoState(), d.fd(), LOCK_EX | LOCK_NB);

@@ -12,6 +12,7 @@ import java.lang.invoke.MethodHandle;
 import java.nio.charset.StandardCharsets;
 import java.nio.file.Path;
 import java.util.Arrays;
+import java.util.concurrent.TimeUnit;
 
 /**
  * An AF_UNIX stream socket with descriptor passing (SCM_RIGHTS): the vhost-user control channel. Blocking unless
@@ -214,7 +215,8 @@ public final class UnixSocket extends Fd {
         try (Arena a = Arena.ofConfined()) {
             s.setNonBlocking(true);
             MemorySegment addr = sockaddr(a, path);
-            long deadline = System.nanoTime() + timeoutMillis * 1_000_000L;
+            // saturating: timeoutMillis * 10^6 overflows from about 292 years on (Long.MAX_VALUE: -10^6, already past)
+            long deadline = System.nanoTime() + TimeUnit.MILLISECONDS.toNanos(Math.max(0, timeoutMillis));
             long pause = 1;
             while (true) {
                 int r = (int) CONNECT.invokeExact(Native.errnoState(), s.fd(), addr, (int) addr.byteSize());

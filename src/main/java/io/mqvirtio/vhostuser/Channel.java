@@ -8,6 +8,7 @@ import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
 import java.nio.ByteOrder;
 import java.util.Arrays;
+import java.util.concurrent.TimeUnit;
 
 /**
  * A vhost-user connection's message framing over a UNIX stream socket: the one place that reads and writes
@@ -65,7 +66,8 @@ public final class Channel implements AutoCloseable {
      */
     public Message receive(long timeoutMillis) {
         long start = System.nanoTime();
-        long deadline = timeoutMillis < 0 ? Long.MAX_VALUE : start + timeoutMillis * 1_000_000L;
+        // saturating: timeoutMillis * 10^6 overflows from about 292 years on (Long.MAX_VALUE: -10^6, a deadline passed)
+        long deadline = timeoutMillis < 0 ? Long.MAX_VALUE : start + TimeUnit.MILLISECONDS.toNanos(timeoutMillis);
         int[] fds = new int[0];
         String what = "a message";
         boolean fdsDropped = false;

@@ -9,6 +9,7 @@ import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
 import java.nio.file.Path;
 import java.util.List;
+import java.util.concurrent.TimeUnit;
 
 /**
  * The frontend side of a vhost-user connection: what QEMU or DPDK's virtio-user does, for our userspace driver.
@@ -53,7 +54,8 @@ public final class Frontend implements AutoCloseable {
      * before the timeout cannot stretch a set-up of many requests to many timeouts. {@link #noDeadline} lifts it.
      */
     public void deadlineIn(long millis) {
-        deadline = System.nanoTime() + Math.max(0, millis) * 1_000_000L;
+        // saturating: millis * 10^6 overflows from about 292 years on (Long.MAX_VALUE: -10^6, a deadline passed)
+        deadline = System.nanoTime() + TimeUnit.MILLISECONDS.toNanos(Math.max(0, millis));
     }
 
     public void noDeadline() {

@@ -79,6 +79,56 @@ class UnixSocketTest {
         }
     }
 
+    /**
+     * The longest wait a caller can ask for (Long.MAX_VALUE ms, "no limit" to many a Java caller) waits for the
+     * listener to accept, and for a directory's lock to be let go: the milliseconds were multiplied into nanoseconds,
+     * which overflowed (to -10^6 for Long.MAX_VALUE, and for anything above about 292 years) into a deadline already
+     * past, so the first EAGAIN failed the call at once.
+     */
+    @Test
+    void theLongestTimeoutsWaitForTheListenerAndTheLock() throws Exception {
+        java.util.List<UnixSocket> queued = new java.util.ArrayList<>();
+        try (UnixSocket l = UnixSocket.listen(path, 0)) {
+            while (true) { // fill the backlog
+                try {
+                    queued.add(UnixSocket.connect(path, 50));
+                } catch (ErrnoException e) {
+                    break;
+                }
+                assertThat(queued.size()).isLessThan(100);
+            }
+            Thread accepter = Thread.ofPlatform().daemon().start(() -> {
+                sleep(300);
+                l.accept().close();
+            });
+            try (UnixSocket c = UnixSocket.connect(path, Long.MAX_VALUE)) {
+                assertThat(c.isNonBlocking()).isFalse();
+            }
+            accepter.join(5000);
+        } finally {
+            queued.forEach(UnixSocket::close);
+        }
+        Fd held = Fd.lockDirectory(dir.toString(), 0);
+        Thread releaser = Thread.ofPlatform().daemon().start(() -> {
+            sleep(300);
+            held.close();
+        });
+        try (Fd mine = Fd.lockDirectory(dir.toString(), Long.MAX_VALUE / 1000)) {
+            assertThat(held.isOpen()).isFalse();
+        } finally {
+            releaser.join(5000);
+            held.close();
+        }
+    }
+
+    private static void sleep(long ms) {
+        try {
+            Thread.sleep(ms);
+        } catch (InterruptedException e) {
+            throw new IllegalStateException(e);
+        }
+    }
+
     private MemorySegment bytes(String s) {
         return arena.allocateFrom(s).asSlice(0, s.length()); // without the NUL
     }

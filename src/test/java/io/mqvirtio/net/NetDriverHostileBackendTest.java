@@ -178,6 +178,37 @@ class NetDriverHostileBackendTest {
         assertThat(TimeUnit.NANOSECONDS.toMillis(System.nanoTime() - t0)).as("ms until the driver gave up").isLessThan(4500);
     }
 
+    /**
+     * The longest wait a caller can ask for (Long.MAX_VALUE ms, "no limit" to many a Java caller) waits: the
+     * milliseconds were multiplied into nanoseconds, which overflowed (to -10^6 for Long.MAX_VALUE, and for anything
+     * above about 292 years) into a deadline already past, so a reply or message already there was refused at once
+     * ("no reply from the backend within the deadline set for the replies", "no message arrived").
+     */
+    @Test
+    @Timeout(30)
+    void theLongestTimeoutsWaitForTheReply() throws Exception {
+        for (long millis : new long[] {Long.MAX_VALUE, Long.MAX_VALUE / 1000}) {
+            try (UnixSocket.Pair p = UnixSocket.pair(); Channel backend = new Channel(p.second())) {
+                Thread t = Thread.ofPlatform().daemon().start(() -> {
+                    try (Message m = backend.receive()) {
+                        backend.send(m.requestId(), Protocol.FLAG_REPLY, Message.u64Payload(GOOD_FEATURES));
+                    }
+                });
+                io.mqvirtio.vhostuser.Frontend fe = io.mqvirtio.vhostuser.Frontend.over(p.first(), 5000);
+                fe.deadlineIn(millis);
+                assertThat(fe.getFeatures()).as("deadline of %d ms", millis).isEqualTo(GOOD_FEATURES);
+                t.join(5000);
+            }
+            try (UnixSocket.Pair p = UnixSocket.pair(); Channel a = new Channel(p.first());
+                    Channel b = new Channel(p.second())) {
+                a.send(Request.GET_FEATURES.id, 1, new byte[0]);
+                try (Message m = b.receive(millis)) {
+                    assertThat(m.requestId()).as("timeout of %d ms", millis).isEqualTo(Request.GET_FEATURES.id);
+                }
+            }
+        }
+    }
+
     @Test
     @Timeout(30)
     void refusedRequest() throws Exception {
