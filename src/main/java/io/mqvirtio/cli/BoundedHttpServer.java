@@ -195,7 +195,7 @@ final class BoundedHttpServer implements AutoCloseable {
             }
             try {
                 c = socket.accept();
-                int run = failures.succeeded();
+                long run = failures.succeeded();
                 if (run > 0) {
                     LOG.log(Level.INFO, "metrics endpoint: accepting again after {0} failures", run);
                 }

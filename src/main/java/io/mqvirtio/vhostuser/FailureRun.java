@@ -8,7 +8,8 @@ package io.mqvirtio.vhostuser;
  */
 public final class FailureRun {
     private static final int LOGGED = 10, THEN_EVERY = 1000;
-    private int failures;
+    /** A long: a run of ten failures a second passes 2^31 in about seven years (an int wrapped to "among the first"). */
+    private long failures;
 
     /** Counts a failure; true if this one is to be logged. */
     public boolean failed() {
@@ -16,7 +17,7 @@ public final class FailureRun {
     }
 
     /** Failures in the run so far. */
-    public int count() {
+    public long count() {
         return failures;
     }
 
@@ -24,8 +25,8 @@ public final class FailureRun {
      * The operation worked: the run ends. Returns how many failures it had if its lines had stopped (more than ten:
      * the log did not see them all, so the caller says that it is over), else 0.
      */
-    public int succeeded() {
-        int n = failures;
+    public long succeeded() {
+        long n = failures;
         failures = 0;
         return n > LOGGED ? n : 0;
     }

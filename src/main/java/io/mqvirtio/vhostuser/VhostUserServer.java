@@ -273,7 +273,7 @@ public final class VhostUserServer implements AutoCloseable {
                     continue;
                 }
                 conn = listener.accept();
-                int run = failures.succeeded();
+                long run = failures.succeeded();
                 if (run > 0) {
                     // the lines stopped at ten (then one in a thousand): say that it is over, and how long it lasted
                     LOG.log(Level.INFO, "{0}: accepting again after {1} failures", path, run);
