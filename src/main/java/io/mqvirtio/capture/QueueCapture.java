@@ -14,11 +14,13 @@ import java.nio.file.LinkOption;
 import java.nio.file.Path;
 import java.nio.file.StandardOpenOption;
 import java.nio.file.attribute.PosixFilePermissions;
+import java.time.Instant;
 import java.util.Set;
 import java.util.concurrent.ArrayBlockingQueue;
 import java.util.concurrent.ThreadFactory;
 import java.util.concurrent.TimeUnit;
 import java.util.concurrent.atomic.AtomicLong;
+import java.util.function.LongSupplier;
 
 /**
  * One queue pair's capture: the frames its worker moves, in a pcapng file ({@link Pcapng}), both directions in one
@@ -69,8 +71,12 @@ public final class QueueCapture implements AutoCloseable {
     private final FileChannel out;
     private final ArrayBlockingQueue<Frame> queue = new ArrayBlockingQueue<>(QUEUE);
     private final Thread writer;
-    private final long wallAtStart;
-    private final long nanoAtStart;
+    /**
+     * The time of day, read for each frame: the time of day at the start plus the monotonic time since drifted for good
+     * at the host clock's first step (a time sync after boot, a clock set by hand) and by every suspend (which the
+     * monotonic clock does not count), for the rest of a capture that lasts as long as serve.
+     */
+    private final LongSupplier wallNanos;
     private final AtomicLong captured = new AtomicLong();
     private final AtomicLong dropped = new AtomicLong();
     private final AtomicLong queuedBytes = new AtomicLong(); // added by the worker, taken off by the writer
@@ -97,6 +103,12 @@ public final class QueueCapture implements AutoCloseable {
     /** As above, with the writer a thread of {@code writers} (a test's, to hold the writer back as a slow disk would). */
     QueueCapture(Path file, String name, String description, int snaplen, long maxBytes, ThreadFactory writers)
             throws IOException {
+        this(file, name, description, snaplen, maxBytes, writers, QueueCapture::wallClockNanos);
+    }
+
+    /** As above, with the wall clock (nanoseconds since the epoch) a test's, to step it as a host's clock may step. */
+    QueueCapture(Path file, String name, String description, int snaplen, long maxBytes, ThreadFactory writers,
+                 LongSupplier wallNanos) throws IOException {
         if (snaplen < 64 || snaplen > Pcapng.MAX_SNAPLEN) {
             throw new IllegalArgumentException("snap length " + snaplen + " is not in 64.." + Pcapng.MAX_SNAPLEN);
         }
@@ -115,10 +127,15 @@ public final class QueueCapture implements AutoCloseable {
             out.close();
             throw e;
         }
-        this.wallAtStart = System.currentTimeMillis() * 1_000_000L;
-        this.nanoAtStart = System.nanoTime();
+        this.wallNanos = wallNanos;
         this.writer = writers.newThread(this::drain);
         writer.start();
+    }
+
+    /** The time of day, in nanoseconds since the epoch (CLOCK_REALTIME). */
+    static long wallClockNanos() {
+        Instant now = Instant.now();
+        return now.getEpochSecond() * 1_000_000_000L + now.getNano();
     }
 
     public Path file() {
@@ -201,7 +218,7 @@ public final class QueueCapture implements AutoCloseable {
     }
 
     private void offer(int direction, int original, byte[] data) {
-        long ts = wallAtStart + (System.nanoTime() - nanoAtStart);
+        long ts = wallNanos.getAsLong();
         queuedBytes.addAndGet(data.length);
         if (!queue.offer(new Frame(ts, direction, original, data))) {
             queuedBytes.addAndGet(-data.length);

@@ -206,4 +206,49 @@ public class CaptureTest {
         assertThat(cap.captured()).isEqualTo(queued);
         assertThat(Files.size(file)).isGreaterThan(queued * size);
     }
+
+    /**
+     * A capture that runs for months sees the host's clock step (the first time sync after boot, a clock set by hand)
+     * or stop (CLOCK_MONOTONIC does not count a suspend): each frame's timestamp is the time of day when it was
+     * captured. It was the time of day at the capture's start plus the monotonic time since, so after a step of an
+     * hour every frame for the rest of the capture (serve's life) was an hour off the host's clock and its logs.
+     */
+    @Test
+    void eachFrameIsStampedWithTheTimeOfDayAfterTheClockSteps() throws Exception {
+        long start = 1_700_000_000_000_000_000L;
+        long step = TimeUnit.HOURS.toNanos(1);
+        java.util.concurrent.atomic.AtomicLong wall = new java.util.concurrent.atomic.AtomicLong(start);
+        Path file = dir.resolve("clock.pcapng");
+        QueueCapture cap = new QueueCapture(file, "clock", "clock", Pcapng.MAX_SNAPLEN, 1L << 30,
+                Thread.ofPlatform().daemon().factory(), wall::get);
+        try (Arena a = Arena.ofConfined()) {
+            io.mqvirtio.linux.IoVec v = new io.mqvirtio.linux.IoVec(1);
+            v.add(a.allocate(12 + 60));
+            cap.sent(v, 12);
+            wall.addAndGet(step); // the host's clock steps an hour forward
+            cap.sent(v, 12);
+        }
+        cap.close();
+        List<Long> stamps = packetTimestamps(java.nio.ByteBuffer.wrap(Files.readAllBytes(file)));
+        assertThat(stamps).hasSize(2);
+        assertThat(stamps.get(0)).isBetween(start, start + TimeUnit.SECONDS.toNanos(5));
+        assertThat(stamps.get(1)).as("the frame after the step").isBetween(start + step,
+                start + step + TimeUnit.SECONDS.toNanos(5));
+    }
+
+    /** The timestamps of a pcapng file's Enhanced Packet Blocks (nanoseconds, as ours write them). */
+    private static List<Long> packetTimestamps(java.nio.ByteBuffer b) {
+        b.order(java.nio.ByteOrder.LITTLE_ENDIAN);
+        List<Long> stamps = new ArrayList<>();
+        while (b.remaining() >= 12) {
+            int at = b.position();
+            int type = b.getInt(at);
+            int len = b.getInt(at + 4);
+            if (type == Pcapng.EPB) {
+                stamps.add((Integer.toUnsignedLong(b.getInt(at + 12)) << 32) | Integer.toUnsignedLong(b.getInt(at + 16)));
+            }
+            b.position(at + len);
+        }
+        return stamps;
+    }
 }
