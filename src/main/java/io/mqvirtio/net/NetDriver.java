@@ -314,8 +314,9 @@ public final class NetDriver implements AutoCloseable {
             }
             frontend.setVringEnable(2 * p, on);
             frontend.setVringEnable(2 * p + 1, on);
-            if (on) {
+            if (on && !qp.enabled) {
                 qp.enabled = true;
+                qp.enabledAgain(); // a thread waiting on it while it was disabled
             }
         }
         activePairs = n;

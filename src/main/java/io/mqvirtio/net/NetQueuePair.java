@@ -164,6 +164,15 @@ public final class NetQueuePair {
         }
     }
 
+    /**
+     * The pair was enabled again: a thread waiting on it while it was disabled goes on waiting as on an enabled pair
+     * (its interrupts on, the ring looked at). Before, that wait ended only at a call, and none came: the driver's
+     * interrupts were off from its last wait, so it slept out its whole timeout while frames arrived.
+     */
+    void enabledAgain() {
+        wake.signal(); // ours alone; the wait tells it from close's by closed
+    }
+
     /** Makes every later operation throw "driver closed" and wakes one waiting in {@link #awaitReceive}. */
     void shut() {
         closed = true;
@@ -640,7 +649,10 @@ public final class NetQueuePair {
         long deadline = System.nanoTime() + timeoutMillis * 1_000_000L;
         while (true) {
             if (!enabled) {
-                return awaitEnabled(deadline);
+                if (!awaitEnabled(deadline)) {
+                    return false;
+                }
+                continue; // enabled again: its interrupts on, and its ring looked at, before any wait
             }
             if (rx.enableInterrupts()) {
                 rx.disableInterrupts();
@@ -667,20 +679,20 @@ public final class NetQueuePair {
     /**
      * The wait of a disabled pair, which delivers nothing: frames left in its ring (used just before the backend
      * stopped it, or by a backend that goes on using a disabled ring) must not end it, or every wait would return at
-     * once and a thread waiting on its pair would spin. It ends at {@code deadline}, at close, or at a call once the
-     * pair is enabled again (then true).
+     * once and a thread waiting on its pair would spin. It ends at {@code deadline}, at close, or once the pair is
+     * enabled again ({@link #enabledAgain}; then true, and the caller waits on as for an enabled pair).
      */
     private boolean awaitEnabled(long deadline) {
         while (deadline - System.nanoTime() > 0) {
+            if (enabled) {
+                return true;
+            }
             int n = awaitUntil(deadline);
             if (closing(n)) {
                 return false;
             }
-            if (n > 0 && enabled) {
-                return true;
-            }
         }
-        return false;
+        return enabled;
     }
 
     /**
@@ -692,11 +704,19 @@ public final class NetQueuePair {
         return waiter.await((int) Math.max(1, (left + 999_999) / 1_000_000L));
     }
 
-    /** Whether the {@code n} events of the last wait include close's wake-up. */
+    /**
+     * Whether the {@code n} events of the last wait include close's wake-up. The same eventfd also says that the pair
+     * was enabled again ({@link #enabledAgain}): that one is taken here, so that the next wait sleeps (close sets
+     * {@link #closed} before it signals, so a close is never taken for it).
+     */
     private boolean closing(int n) {
         for (int i = 0; i < n; i++) {
             if (waiter.data(i) == 1) {
-                return true;
+                if (closed) {
+                    return true;
+                }
+                wake.drain();
+                return closed;
             }
         }
         return false;

@@ -3,6 +3,7 @@ package io.mqvirtio.net;
 import static org.assertj.core.api.Assertions.assertThat;
 
 import io.mqvirtio.backend.LoopbackBackend;
+import io.mqvirtio.linux.IoVec;
 import io.mqvirtio.vhostuser.VhostUserServer;
 import io.mqvirtio.virtio.VirtioFeatures;
 import java.lang.foreign.Arena;
@@ -13,11 +14,15 @@ import java.nio.file.Path;
 import java.util.ArrayList;
 import java.util.List;
 import java.util.Random;
+import java.util.concurrent.ConcurrentLinkedQueue;
 import java.util.concurrent.TimeUnit;
+import java.util.concurrent.atomic.AtomicLong;
+import java.util.concurrent.atomic.AtomicReference;
 import java.util.concurrent.locks.LockSupport;
 import org.junit.jupiter.api.Timeout;
 import org.junit.jupiter.api.io.TempDir;
 import org.junit.jupiter.params.ParameterizedTest;
+import org.junit.jupiter.params.provider.CsvSource;
 import org.junit.jupiter.params.provider.MethodSource;
 
 /**
@@ -174,5 +179,125 @@ class NotificationStallPropertyTest {
 
     private static String counters(NetQueuePair q) {
         return "driver rx " + q.rxCounters() + " tx " + q.txCounters();
+    }
+
+    /**
+     * A thread waits on a pair the driver disabled ({@link NetDriver#setQueuePairs}), the pair is enabled again, and
+     * frames arrive: the wait ends with the first of them. Before, it waited out its whole timeout whatever came: the
+     * wait of a disabled pair ended only at a call, and the device sends none, since the driver's interrupts were
+     * still off from its last wait (its used_event crossed long ago; VRING_AVAIL_F_NO_INTERRUPT without EVENT_IDX),
+     * and a disabled pair's wait does not turn them on. Both layouts, with and without EVENT_IDX.
+     */
+    @ParameterizedTest(name = "packed {0}, event index {1}")
+    @CsvSource({"false,true", "false,false", "true,true", "true,false"})
+    @Timeout(30)
+    void aWaitOnADisabledPairEndsWithAFrameOnceItIsEnabledAgain(boolean packed, boolean eventIdx) throws Exception {
+        FedPorts ports = new FedPorts(2);
+        long features = new Case(packed, false, eventIdx, 64).features();
+        try (NetDevice device = new NetDevice(NetDevice.Config.of("fed", 2), ports);
+             VhostUserServer server = VhostUserServer.listen(dir.resolve("fed.sock"), device);
+             NetDriver nic = NetDriver.connect(server.path(), NetDriver.Options.pairs(2).withFeatures(features));
+             Arena a = Arena.ofConfined()) {
+            NetQueuePair q = nic.pair(1);
+            MemorySegment buf = a.allocate(2048);
+            // a first frame, waited for and taken: the pair's interrupts are off again, as after any wait
+            ports.feed(1, 1);
+            MemorySegment wakeUp = fill(a.allocate(60), 0, 60);
+            assertThat(q.send(wakeUp)).as("a frame out, whose kick has the worker read the port").isEqualTo(1);
+            assertThat(q.awaitReceive(5000)).isTrue();
+            assertThat(q.receive(new MemorySegment[] {buf}, new int[1], 1)).isEqualTo(1);
+            nic.setQueuePairs(1);
+            AtomicReference<Object> result = new AtomicReference<>();
+            AtomicLong endedAt = new AtomicLong();
+            Thread waiter = Thread.ofPlatform().daemon().start(() -> {
+                try {
+                    result.set(q.awaitReceive(4000));
+                } catch (Throwable e) {
+                    result.set(e);
+                }
+                endedAt.set(System.nanoTime());
+            });
+            try {
+                Thread.sleep(300); // the thread waits on the disabled pair
+                assertThat(waiter.isAlive()).as("the wait on a disabled pair goes on").isTrue();
+                ports.feed(1, 2); // waits at the host for the pair's RX ring, which is disabled
+                long enabledAt = System.nanoTime();
+                nic.setQueuePairs(2); // the worker's next round delivers it
+                waiter.join(8000);
+                assertThat(result.get()).as("the wait's result").isEqualTo(true);
+                assertThat(TimeUnit.NANOSECONDS.toMillis(endedAt.get() - enabledAt))
+                        .as("ms from the pair's enabling and its frame to the end of the wait").isLessThan(2000);
+                int[] len = new int[1];
+                assertThat(q.receive(new MemorySegment[] {buf}, len, 1)).isEqualTo(1);
+                assertThat(buf.get(BE32, 14)).isEqualTo(2);
+            } finally {
+                nic.close();
+                waiter.join(5000);
+            }
+        }
+    }
+
+    /** Ports whose RX frames the test hands over ({@link #feed}); what they are given to send they drop. */
+    static final class FedPorts implements PacketBackend {
+        private final int pairs;
+        private final List<ConcurrentLinkedQueue<byte[]>> frames = new ArrayList<>();
+
+        FedPorts(int pairs) {
+            this.pairs = pairs;
+            for (int i = 0; i < pairs; i++) {
+                frames.add(new ConcurrentLinkedQueue<>());
+            }
+        }
+
+        /**
+         * Queues frame {@code seq} (60 bytes, numbered as {@link #fill} numbers them) for pair {@code pair}'s RX: its
+         * worker delivers it at its next round (a port without a descriptor is read at each).
+         */
+        void feed(int pair, int seq) {
+            byte[] f = new byte[VirtioNet.HDR_SIZE + 60];
+            fill(MemorySegment.ofArray(f).asSlice(VirtioNet.HDR_SIZE), seq, 60);
+            frames.get(pair).add(f);
+        }
+
+        @Override
+        public int maxPairs() {
+            return pairs;
+        }
+
+        @Override
+        public long features() {
+            return 0;
+        }
+
+        @Override
+        public Port open(int pair) {
+            return new Port() {
+                @Override
+                public int readFd() {
+                    return POLL;
+                }
+
+                @Override
+                public long send(IoVec frame) {
+                    return frame.totalBytes();
+                }
+
+                @Override
+                public long receive(IoVec into) {
+                    return OnePortBackend.receiveFrom(frames.get(pair), into);
+                }
+
+                @Override
+                public void close() {}
+            };
+        }
+
+        @Override
+        public String describe() {
+            return "fed";
+        }
+
+        @Override
+        public void close() {}
     }
 }
