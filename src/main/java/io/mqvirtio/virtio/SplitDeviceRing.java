@@ -449,6 +449,12 @@ public final class SplitDeviceRing implements DeviceRing {
     @Override
     public void publish() {
         if (publishedUsed != usedIdx) {
+            // The used index passes the last decision's (no decision was taken for 65,536 entries: the ring had no
+            // call fd): vring_need_event's 16-bit distance would read a lap as nothing, so that decision is
+            // forgotten and the next one notifies, as Linux's vhost_add_used_n does.
+            if (((usedIdx - signalledUsed) & 0xffff) < ((usedIdx - publishedUsed) & 0xffff)) {
+                signalledValid = false;
+            }
             setU16Release(used, USED_IDX, usedIdx);
             publishedUsed = usedIdx;
             if (dirty.isLogging()) {
