@@ -667,12 +667,13 @@ public final class NetQueuePair {
             if (rx.usedPending() > 0) {
                 return true;
             }
-            if (closing(n) || n == 0) {
-                return false; // closing, or the timeout
+            if (closing(n)) {
+                return false;
             }
-            // a call with nothing used (a backend that signals in a loop, or a call for a frame taken since): it
-            // does not end the wait, or a thread waiting on its pair would return, find nothing and wait again
-            // once per call, as fast as the backend signals
+            // No event is the timeout, or a signal that ended the wait early (epoll_wait's EINTR: a profiler's, a
+            // program's own): the loop's deadline tells them apart. A call with nothing used (a backend that signals
+            // in a loop, or a call for a frame taken since) does not end the wait either, or a thread waiting on its
+            // pair would return, find nothing and wait again once per call, as fast as the backend signals
         }
     }
 
