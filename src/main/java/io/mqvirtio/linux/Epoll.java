@@ -24,6 +24,8 @@ public final class Epoll extends Fd {
             Native.downcall("epoll_ctl", FunctionDescriptor.of(C_INT, C_POINTER, C_INT, C_INT, C_INT, C_POINTER));
     private static final MethodHandle EPOLL_WAIT =
             Native.downcall("epoll_wait", FunctionDescriptor.of(C_INT, C_POINTER, C_INT, C_POINTER, C_INT, C_INT));
+    private static final MethodHandle EPOLL_WAIT_UNCAPTURED = Native.downcallUncaptured("epoll_wait",
+            FunctionDescriptor.of(C_INT, C_POINTER, C_INT, C_POINTER, C_INT, C_INT));
 
     /** Event bits, from {@code <sys/epoll.h>} (epoll_ctl(2)). */
     public static final int EPOLLIN = 0x001, EPOLLPRI = 0x002, EPOLLOUT = 0x004, EPOLLERR = 0x008,
@@ -114,7 +116,12 @@ public final class Epoll extends Fd {
      */
     public int await(int timeoutMillis) {
         try {
-            int n = (int) EPOLL_WAIT.invokeExact(Native.errnoState(), fd(), buffer, capacity, timeoutMillis);
+            // Without errno capture: a worker waits here at each round, and the capture costs an object per call
+            int n = (int) EPOLL_WAIT_UNCAPTURED.invokeExact(fd(), buffer, capacity, timeoutMillis);
+            if (n < 0) {
+                // Asked again, capturing errno, without waiting (a signal ended the wait, or a real failure)
+                n = (int) EPOLL_WAIT.invokeExact(Native.errnoState(), fd(), buffer, capacity, 0);
+            }
             if (n < 0) {
                 ready = 0;
                 int e = Native.lastErrno();

@@ -28,6 +28,10 @@ public final class EventFd extends Fd {
             Native.downcall("eventfd", FunctionDescriptor.of(C_INT, C_POINTER, C_INT, C_INT));
     private static final MethodHandle PREADV2 =
             Native.downcall("preadv2", FunctionDescriptor.of(C_LONG, C_POINTER, C_INT, C_POINTER, C_INT, C_LONG, C_INT));
+    private static final MethodHandle PREADV2_UNCAPTURED = Native.downcallUncaptured("preadv2",
+            FunctionDescriptor.of(C_LONG, C_POINTER, C_INT, C_POINTER, C_INT, C_LONG, C_INT));
+    private static final MethodHandle WRITE_UNCAPTURED = Native.downcallUncaptured("write",
+            FunctionDescriptor.of(C_LONG, C_POINTER, C_INT, C_POINTER, C_LONG));
     private static final MethodHandle POLL =
             Native.downcall("poll", FunctionDescriptor.of(C_INT, C_POINTER, C_POINTER, C_LONG, C_INT));
     private static final int EFD_CLOEXEC = 0x80000, EFD_NONBLOCK = 0x800;
@@ -38,12 +42,17 @@ public final class EventFd extends Fd {
     /** Whether this kernel reads eventfds with RWF_NOWAIT (Linux 5.10 and later); else plain reads. */
     private static volatile boolean nowaitReads = true;
 
-    /** Per thread: the counter (8 bytes), an iovec for preadv2 (16) and a pollfd (8); nothing allocated per call. */
-    private static final ThreadLocal<MemorySegment> SCRATCH = ThreadLocal.withInitial(() -> {
+    /**
+     * Per thread: the counter (8 bytes), an iovec for preadv2 naming it (16) and a pollfd (8), each sliced once:
+     * nothing allocated per call (a slice is an object, made at each {@code asSlice}).
+     */
+    private record Scratch(MemorySegment counter, MemorySegment iov, MemorySegment pollfd) {}
+
+    private static final ThreadLocal<Scratch> SCRATCH = ThreadLocal.withInitial(() -> {
         MemorySegment s = Arena.global().allocate(32, 8);
         s.set(ValueLayout.ADDRESS, 8, s.asSlice(0, 8));
         s.set(ValueLayout.JAVA_LONG, 16, 8L);
-        return s;
+        return new Scratch(s.asSlice(0, 8), s.asSlice(8, 16), s.asSlice(24, 8));
     });
 
     private EventFd(int fd) {
@@ -71,13 +80,19 @@ public final class EventFd extends Fd {
      * full counter fails the write at once, harmlessly: its reader is awake already.)
      */
     public boolean signal() {
-        MemorySegment w = SCRATCH.get().asSlice(0, 8);
+        MemorySegment w = SCRATCH.get().counter();
         w.set(ValueLayout.JAVA_LONG, 0, 1L);
         EventFdWatchdog.Slot slot = EventFdWatchdog.slot();
         slot.seq++;
         slot.writing = this;
         try {
-            write(w);
+            // Without errno capture first (see Native.downcallUncaptured): a driver kicks, a worker signals, per burst
+            long n = (long) WRITE_UNCAPTURED.invokeExact(fd(), w, 8L);
+            if (n != 8) {
+                write(w); // again, capturing errno: EAGAIN (a full counter on a non-blocking eventfd) or a failure
+            }
+        } catch (Throwable t) {
+            throw Native.rethrow(t);
         } finally {
             slot.writing = null;
         }
@@ -90,12 +105,16 @@ public final class EventFd extends Fd {
 
     /** Reads and clears the counter; 0 if nothing was signalled. Never waits, whatever the descriptor's flags. */
     public long drain() {
-        MemorySegment s = SCRATCH.get();
+        Scratch s = SCRATCH.get();
         if (nowaitReads) {
             try {
-                long n = (long) PREADV2.invokeExact(Native.errnoState(), fd(), s.asSlice(8, 16), 1, -1L, RWF_NOWAIT);
+                // Without errno capture first (see Native.downcallUncaptured): a worker reads its kicks here
+                long n = (long) PREADV2_UNCAPTURED.invokeExact(fd(), s.iov(), 1, -1L, RWF_NOWAIT);
+                if (n != 8) {
+                    n = (long) PREADV2.invokeExact(Native.errnoState(), fd(), s.iov(), 1, -1L, RWF_NOWAIT);
+                }
                 if (n == 8) {
-                    return s.get(ValueLayout.JAVA_LONG, 0);
+                    return s.counter().get(ValueLayout.JAVA_LONG, 0);
                 }
                 int e = Native.lastErrno();
                 if (n < 0 && (e == ErrnoException.EAGAIN || e == ErrnoException.EINTR)) {
@@ -109,13 +128,13 @@ public final class EventFd extends Fd {
                 throw Native.rethrow(t);
             }
         }
-        long n = read(s.asSlice(0, 8));
-        return n == 8 ? s.get(ValueLayout.JAVA_LONG, 0) : 0;
+        long n = read(s.counter());
+        return n == 8 ? s.counter().get(ValueLayout.JAVA_LONG, 0) : 0;
     }
 
     /** Whether the counter is at its limit, so that {@link #signal()} on a blocking descriptor would wait. */
     public boolean isFull() {
-        MemorySegment p = SCRATCH.get().asSlice(24, 8);
+        MemorySegment p = SCRATCH.get().pollfd();
         p.set(ValueLayout.JAVA_INT, 0, fd());
         p.set(ValueLayout.JAVA_SHORT, 4, POLLOUT);
         p.set(ValueLayout.JAVA_SHORT, 6, (short) 0);

@@ -28,6 +28,8 @@ public final class IoUring implements AutoCloseable {
             FunctionDescriptor.of(C_LONG, C_POINTER, C_LONG, C_INT, C_POINTER), 1);
     private static final MethodHandle ENTER = Native.downcallVariadic("syscall",
             FunctionDescriptor.of(C_LONG, C_POINTER, C_LONG, C_INT, C_INT, C_INT, C_INT, C_POINTER, C_LONG), 1);
+    private static final MethodHandle ENTER_UNCAPTURED = Native.downcallVariadicUncaptured("syscall",
+            FunctionDescriptor.of(C_LONG, C_POINTER, C_LONG, C_INT, C_INT, C_INT, C_INT, C_POINTER, C_LONG), 1);
     private static final long SYS_IO_URING_REGISTER = 427;
     private static final MethodHandle REGISTER = Native.downcallVariadic("syscall",
             FunctionDescriptor.of(C_LONG, C_POINTER, C_LONG, C_INT, C_INT, C_POINTER, C_INT), 1);
@@ -210,17 +212,21 @@ public final class IoUring implements AutoCloseable {
         if (free() <= 0) {
             return false;
         }
-        MemorySegment e = sqes.segment().asSlice((long) (tail & sqMask) * SQE_SIZE, SQE_SIZE);
-        e.fill((byte) 0);
-        e.set(ValueLayout.JAVA_BYTE, 0, op);
-        e.set(ValueLayout.JAVA_BYTE, 1, flags);
-        e.set(ValueLayout.JAVA_INT, 4, target);
-        e.set(ValueLayout.JAVA_SHORT, 40, (short) bufIndex);
-        e.set(ValueLayout.JAVA_LONG, 8, offset);
-        e.set(ValueLayout.JAVA_LONG, 16, addr);
-        e.set(ValueLayout.JAVA_INT, 24, len);
-        e.set(ValueLayout.JAVA_INT, 28, rwFlags);
-        e.set(ValueLayout.JAVA_LONG, 32, userData);
+        // offsets into the whole array, no slice: a slice is an object per entry
+        MemorySegment e = sqes.segment();
+        long b = (long) (tail & sqMask) * SQE_SIZE;
+        for (long k = 0; k < SQE_SIZE; k += 8) {
+            e.set(ValueLayout.JAVA_LONG, b + k, 0L);
+        }
+        e.set(ValueLayout.JAVA_BYTE, b, op);
+        e.set(ValueLayout.JAVA_BYTE, b + 1, flags);
+        e.set(ValueLayout.JAVA_INT, b + 4, target);
+        e.set(ValueLayout.JAVA_SHORT, b + 40, (short) bufIndex);
+        e.set(ValueLayout.JAVA_LONG, b + 8, offset);
+        e.set(ValueLayout.JAVA_LONG, b + 16, addr);
+        e.set(ValueLayout.JAVA_INT, b + 24, len);
+        e.set(ValueLayout.JAVA_INT, b + 28, rwFlags);
+        e.set(ValueLayout.JAVA_LONG, b + 32, userData);
         tail++;
         return true;
     }
@@ -237,14 +243,20 @@ public final class IoUring implements AutoCloseable {
             return 0;
         }
         try {
-            long r;
-            do {
+            // Without errno capture first (see Native.downcallUncaptured): a worker enters here for each TX batch.
+            // A call that failed took nothing (or failed the wait after taking nothing), so it is made again.
+            long r = (long) ENTER_UNCAPTURED.invokeExact(SYS_IO_URING_ENTER, fd.fd(), n, waitFor,
+                    waitFor > 0 ? ENTER_GETEVENTS : 0, MemorySegment.NULL, 0L);
+            while (r < 0) {
                 // A signal (serve handles SIGHUP and SIGTERM, on whichever thread the kernel picks) ends a wait with
                 // EINTR only where nothing was submitted by that call (the kernel answers the count it took
                 // otherwise), so trying again submits nothing twice.
                 r = (long) ENTER.invokeExact(Native.errnoState(), SYS_IO_URING_ENTER, fd.fd(), n, waitFor,
                         waitFor > 0 ? ENTER_GETEVENTS : 0, MemorySegment.NULL, 0L);
-            } while (r < 0 && Native.lastErrno() == ErrnoException.EINTR && waitFor > 0);
+                if (r >= 0 || Native.lastErrno() != ErrnoException.EINTR || waitFor == 0) {
+                    break;
+                }
+            }
             return (int) Native.check(r, "io_uring_enter");
         } catch (Throwable t) {
             throw Native.rethrow(t);

@@ -7,6 +7,7 @@ import static io.mqvirtio.linux.Native.C_POINTER;
 import java.lang.foreign.Arena;
 import java.lang.foreign.FunctionDescriptor;
 import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
 import java.lang.invoke.MethodHandle;
 
 /**
@@ -22,6 +23,14 @@ public final class IoVec {
             Native.downcall("readv", FunctionDescriptor.of(C_LONG, C_POINTER, C_INT, C_POINTER, C_INT));
     private static final MethodHandle WRITEV =
             Native.downcall("writev", FunctionDescriptor.of(C_LONG, C_POINTER, C_INT, C_POINTER, C_INT));
+    private static final MethodHandle READ_AT_UNCAPTURED = Native.downcallUncaptured("read",
+            FunctionDescriptor.of(C_LONG, C_POINTER, C_INT, C_LONG, C_LONG));
+    private static final MethodHandle POLL_UNCAPTURED = Native.downcallUncaptured("poll",
+            FunctionDescriptor.of(C_INT, C_POINTER, C_POINTER, C_LONG, C_INT));
+    /** Per thread: a struct pollfd for {@link #read}'s look at an empty queue, made once. */
+    private static final ThreadLocal<MemorySegment> POLLFD = ThreadLocal.withInitial(() -> Arena.global().allocate(8, 4));
+    private static final MethodHandle WRITEV_UNCAPTURED = Native.downcallUncaptured("writev",
+            FunctionDescriptor.of(C_LONG, C_POINTER, C_INT, C_POINTER, C_INT));
     /** read(2) with the buffer as an address (a pointer is passed as a long is on this ABI). */
     private static final MethodHandle READ_AT =
             Native.downcall("read", FunctionDescriptor.of(C_LONG, C_POINTER, C_INT, C_LONG, C_LONG));
@@ -205,10 +214,34 @@ public final class IoVec {
      */
     public static long read(Fd fd, long address, long length) {
         try {
-            long n;
-            do {
+            // Without errno capture first (see Native.downcallUncaptured): a worker reads each RX frame here, and
+            // each drain ends with a read that finds the queue empty (EAGAIN). That is told by poll, which needs no
+            // errno: nothing readable and no error is an empty queue. Otherwise (a frame came meanwhile, or the read
+            // failed for another reason) the read is made again, capturing errno: a read that failed read nothing.
+            // A frame that came between the read and the poll is read the same way, once.
+            long n = -1;
+            for (int tries = 0; tries < 2 && n < 0; tries++) {
+                n = (long) READ_AT_UNCAPTURED.invokeExact(fd.fd(), address, length);
+                if (n < 0) {
+                    MemorySegment p = POLLFD.get();
+                    p.set(ValueLayout.JAVA_INT, 0, fd.fd());
+                    p.set(ValueLayout.JAVA_SHORT, 4, Fd.POLLIN);
+                    p.set(ValueLayout.JAVA_SHORT, 6, (short) 0);
+                    int ready = (int) POLL_UNCAPTURED.invokeExact(p, 1L, 0);
+                    if (ready == 0) {
+                        return -1;
+                    }
+                    if (ready < 0 || p.get(ValueLayout.JAVA_SHORT, 6) != Fd.POLLIN) {
+                        break; // an error: errno says which
+                    }
+                }
+            }
+            while (n < 0) {
                 n = (long) READ_AT.invokeExact(Native.errnoState(), fd.fd(), address, length);
-            } while (n < 0 && Native.lastErrno() == ErrnoException.EINTR);
+                if (n >= 0 || Native.lastErrno() != ErrnoException.EINTR) {
+                    break;
+                }
+            }
             return Fd.again(n, "read");
         } catch (Throwable t) {
             throw Native.rethrow(t);
@@ -222,10 +255,16 @@ public final class IoVec {
      */
     public static long writev(Fd fd, IoVec v) {
         try {
-            long n;
-            do {
+            // Without errno capture first (see Native.downcallUncaptured): a worker writes each TX frame here. A
+            // write that failed wrote nothing (a TAP takes a packet whole or not at all), so it is made again,
+            // capturing errno: a full TAP (EAGAIN) costs that second call, the frames that go through nothing.
+            long n = (long) WRITEV_UNCAPTURED.invokeExact(fd.fd(), v.array, v.count);
+            while (n < 0) {
                 n = (long) WRITEV.invokeExact(Native.errnoState(), fd.fd(), v.array, v.count);
-            } while (n < 0 && Native.lastErrno() == ErrnoException.EINTR);
+                if (n >= 0 || Native.lastErrno() != ErrnoException.EINTR) {
+                    break;
+                }
+            }
             return Fd.again(n, "writev");
         } catch (Throwable t) {
             throw Native.rethrow(t);

@@ -51,12 +51,27 @@ final class Native {
     }
 
     /**
+     * The same downcall without errno capture, for the calls a worker makes at each wake-up: the JDK slices the capture
+     * segment at each call (an object, 40 bytes), which C2 removes only where it inlines the whole downcall, and a
+     * worker's loop is too large for that. Its caller makes the capturing call again where this one fails (a failed
+     * call of those did nothing, and errno is not kept between two downcalls). {@code fd} as for {@link #downcall}.
+     */
+    static MethodHandle downcallUncaptured(String name, FunctionDescriptor fd) {
+        return LINKER.downcallHandle(find(name), withoutCaptureSlot(fd));
+    }
+
+    /**
      * A variadic downcall (open, ioctl, fcntl): {@code fixed} is the number of named parameters of the C function,
      * not counting the capture slot.
      */
     static MethodHandle downcallVariadic(String name, FunctionDescriptor fd, int fixed) {
         return LINKER.downcallHandle(find(name), withoutCaptureSlot(fd), CAPTURE_ERRNO,
                 Linker.Option.firstVariadicArg(fixed));
+    }
+
+    /** {@link #downcallVariadic} without errno capture, as {@link #downcallUncaptured}. */
+    static MethodHandle downcallVariadicUncaptured(String name, FunctionDescriptor fd, int fixed) {
+        return LINKER.downcallHandle(find(name), withoutCaptureSlot(fd), Linker.Option.firstVariadicArg(fixed));
     }
 
     /** {@code fd} without its leading capture-segment parameter: the C function's own signature. */

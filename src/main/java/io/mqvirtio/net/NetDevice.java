@@ -327,6 +327,15 @@ public final class NetDevice implements VhostUserDevice, AutoCloseable {
         return t;
     }
 
+    /** The Java thread id of each pair's worker (for tests and the bench: CPU time, bytes allocated). */
+    long[] workerThreadIds() {
+        long[] t = new long[workers.length];
+        for (int i = 0; i < workers.length; i++) {
+            t[i] = workers[i].threadId();
+        }
+        return t;
+    }
+
     /** Per-queue counters: index 2i is pair i's RX, 2i+1 its TX. */
     public List<QueueCounters.Snapshot> counters() {
         List<QueueCounters.Snapshot> l = new ArrayList<>();
