@@ -462,13 +462,40 @@ public final class NetQueuePair {
      * stored in {@code lengths[i]}. A frame longer than its buffer is cut and counted as an error. Returns the count.
      * A frame the backend lied about (see {@link #takeFrame}) is dropped and counted as an error
      * ({@link #lastRxError()} says why).
+     *
+     * @throws IllegalArgumentException if {@code max} is negative or more than {@code bufs} or {@code lengths} hold,
+     *                                  or one of the first {@code max} buffers is null, read-only, of an arena
+     *                                  closed or this thread may not use: before any frame is taken (the frames
+     *                                  stay in the ring for the next receive)
      */
     public int receive(MemorySegment[] bufs, int[] lengths, int max) {
         boolean entered = enter();
         try {
+            checkBuffers(bufs, lengths, max);
             return enabled ? receiveFrames(bufs, lengths, max) : 0;
         } finally {
             leave(entered);
+        }
+    }
+
+    /**
+     * The caller's buffers, checked before a frame is taken: a copy into one that fails takes the frame's RX buffers
+     * out of the ring with it (reaped, never posted again), and when all of them were gone the pair received nothing
+     * more, for good.
+     */
+    private static void checkBuffers(MemorySegment[] bufs, int[] lengths, int max) {
+        if (max < 0 || max > bufs.length || max > lengths.length) {
+            throw new IllegalArgumentException("receive of " + max + " frames into " + bufs.length + " buffers and "
+                    + lengths.length + " lengths");
+        }
+        Thread me = Thread.currentThread();
+        for (int i = 0; i < max; i++) {
+            MemorySegment b = bufs[i];
+            String bad = b == null ? "null" : b.isReadOnly() ? "read-only" : !b.scope().isAlive() ? "of a closed arena"
+                    : !b.isAccessibleBy(me) ? "confined to another thread" : null;
+            if (bad != null) {
+                throw new IllegalArgumentException("receive buffer " + i + " is " + bad);
+            }
         }
     }
 
