@@ -289,7 +289,7 @@ public final class NetDriver implements AutoCloseable {
         return activePairs;
     }
 
-    /** Pair {@code i}'s handle; use each from one thread. */
+    /** Pair {@code i}'s handle; use each from one thread at a time (another thread's call meanwhile is refused). */
     public NetQueuePair pair(int i) {
         return pairs.get(i);
     }
@@ -406,7 +406,8 @@ public final class NetDriver implements AutoCloseable {
      * <li>every pair is shut: its next operation throws {@code IllegalStateException("driver closed")}, a thread
      *     waiting in {@link NetQueuePair#awaitReceive} is woken;
      * <li>close waits, one timeout at most, for each pair's thread to leave the operation it is in (see
-     *     NetQueuePair's enter/leave for how this costs one volatile store per burst);
+     *     NetQueuePair's enter/leave for how this costs one CAS per burst); not at all for the pair whose call it
+     *     is made from (a FrameWriter's), which is left as one whose thread did not leave;
      * <li>the shared arena that scopes every segment of the mapping the driver handed out is closed: the JVM
      *     handshakes with every thread, so from then on any access through those segments throws
      *     IllegalStateException instead of reaching the mapping, even from a pair whose thread did not leave (a
@@ -429,7 +430,12 @@ public final class NetDriver implements AutoCloseable {
         long left = System.nanoTime() + TimeUnit.MILLISECONDS.toNanos(timeoutMs);
         boolean[] busy = new boolean[pairs.size()];
         for (int p = 0; p < pairs.size(); p++) {
-            if (!pairs.get(p).awaitLeft(left)) {
+            if (pairs.get(p).isInside(Thread.currentThread())) {
+                // close called from inside the pair's own call (its FrameWriter): it cannot leave while we wait
+                busy[p] = true;
+                LOG.log(Level.WARNING, "closing: called from inside a call on queue pair {0}; the pair''s eventfds "
+                        + "stay open", p);
+            } else if (!pairs.get(p).awaitLeft(left)) {
                 busy[p] = true;
                 LOG.log(Level.WARNING, "closing: the thread of queue pair {0} did not leave its call within {1} ms; "
                         + "the pair''s eventfds stay open", p, timeoutMs);

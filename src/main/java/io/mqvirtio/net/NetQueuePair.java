@@ -16,6 +16,10 @@ import java.util.concurrent.locks.LockSupport;
  * ring. No lock: give each thread its own pair. Frames are copied into (and out of) buffers in the memory shared
  * with the backend, behind the 12-byte virtio-net header the driver writes and strips.
  *
+ * <p>One thread at a time: a pair may pass from one thread to another between calls (each call's end
+ * happens-before the next call's start), but a call made while another thread is inside one on the same pair
+ * (an {@link #awaitReceive} included) throws {@code IllegalStateException} and touches nothing.
+ *
  * <p>Back-pressure: {@link #send} takes what fits in the TX ring and says how many it took; a full ring takes none.
  * A pair the driver disabled ({@link NetDriver#setQueuePairs}) takes nothing and delivers nothing. Once the driver is
  * closed, every operation throws {@code IllegalStateException("driver closed")}.
@@ -28,11 +32,11 @@ import java.util.concurrent.locks.LockSupport;
  */
 public final class NetQueuePair {
     static final ValueLayout.OfShort LE16 = ValueLayout.JAVA_SHORT_UNALIGNED.withOrder(ByteOrder.LITTLE_ENDIAN);
-    private static final VarHandle BUSY;
+    private static final VarHandle OWNER;
 
     static {
         try {
-            BUSY = MethodHandles.lookup().findVarHandle(NetQueuePair.class, "busy", boolean.class);
+            OWNER = MethodHandles.lookup().findVarHandle(NetQueuePair.class, "owner", Thread.class);
         } catch (ReflectiveOperationException e) {
             throw new ExceptionInInitializerError(e);
         }
@@ -66,8 +70,8 @@ public final class NetQueuePair {
     volatile boolean enabled;
     /** Set once, by {@link NetDriver#close()}: see {@link #enter()}. */
     private volatile boolean closed;
-    /** True while the pair's thread is inside an operation (written by that thread only): see {@link #enter()}. */
-    private volatile boolean busy;
+    /** The thread inside an operation, null while none is (set and cleared by that thread): see {@link #enter()}. */
+    private volatile Thread owner;
 
     final QueueCounters rxCounters = new QueueCounters();
     final QueueCounters txCounters = new QueueCounters();
@@ -129,12 +133,15 @@ public final class NetQueuePair {
      * every operation that touches the shared memory or the pair's descriptors runs between enter() and leave(),
      * and close waits for the pair to be out before it releases anything.
      *
-     * Why this guard: it is a Dekker handshake on two volatile flags, one writer each. The pair's thread writes
-     * busy, then reads closed; close() writes closed, then reads busy. Volatile accesses are sequentially
-     * consistent, so at least one of them sees the other's write: either the operation sees closed and throws
-     * before touching anything, or close sees busy and waits until it is cleared. The cost per operation (per
-     * burst, not per frame) is one volatile store (on x86 a locked instruction, some 20 cycles), one load and one
-     * release store (a plain store): no lock, no CAS, no allocation. A lock per operation would cost more and
+     * Why this guard: it is a Dekker handshake on two volatile fields. The pair's thread sets owner (a CAS from
+     * null to itself), then reads closed; close() writes closed, then reads owner. Volatile accesses are
+     * sequentially consistent, so at least one of them sees the other's write: either the operation sees closed and
+     * throws before touching anything, or close sees the owner and waits until it is cleared. The CAS also finds
+     * a second thread calling in while another is inside (it fails on another's owner): that call throws instead of
+     * running the ring alongside the first, outside the guard (close would then have released the pair under it).
+     * The cost per operation (per burst, not per frame) is one CAS (on x86 a locked instruction, some 20 cycles,
+     * as the volatile store of a flag it replaced), one load and one release store (a plain store): no lock, no
+     * allocation. A lock per operation would cost more and
      * still need the flag for "driver closed"; liveness checks of an FFM shared arena alone (closing one
      * handshakes with every thread, and a racing access fails with IllegalStateException) cost nothing per
      * access but protect memory only, not the eventfds and the epoll instance, whose numbers the kernel may hand
@@ -143,16 +150,24 @@ public final class NetQueuePair {
      */
 
     /**
-     * Marks the pair's thread as inside an operation, or throws if the driver is closed. Returns false if it already
-     * was inside one (a FrameWriter calling back into its pair): only the outermost operation leaves.
+     * Marks the calling thread as inside an operation, or throws if the driver is closed or another thread is inside
+     * one. Returns false if this thread already was (a FrameWriter calling back into its pair): only the outermost
+     * operation leaves.
      */
     private boolean enter() {
-        if (busy) {
-            return false;
+        Thread me = Thread.currentThread();
+        while (!OWNER.compareAndSet(this, null, me)) {
+            Thread other = owner;
+            if (other == me) {
+                return false;
+            }
+            if (other != null) {
+                throw new IllegalStateException("queue pair " + index + " is in use by another thread (" + other
+                        + "): use a pair from one thread at a time");
+            }
         }
-        busy = true;
         if (closed) {
-            BUSY.setRelease(this, false);
+            OWNER.setRelease(this, null);
             throw new IllegalStateException("driver closed");
         }
         return true;
@@ -160,7 +175,7 @@ public final class NetQueuePair {
 
     private void leave(boolean entered) {
         if (entered) {
-            BUSY.setRelease(this, false); // release: what the operation did happens-before close's next read
+            OWNER.setRelease(this, null); // release: what the operation did happens-before close's next read
         }
     }
 
@@ -171,6 +186,11 @@ public final class NetQueuePair {
      */
     void enabledAgain() {
         wake.signal(); // ours alone; the wait tells it from close's by closed
+    }
+
+    /** Whether {@code t} is inside an operation of this pair (close called back from its FrameWriter). */
+    boolean isInside(Thread t) {
+        return owner == t;
     }
 
     /** Makes every later operation throw "driver closed" and wakes one waiting in {@link #awaitReceive}. */
@@ -185,7 +205,7 @@ public final class NetQueuePair {
      * returns whether it is out (then it never touches the pair's memory or descriptors again).
      */
     boolean awaitLeft(long deadlineNanos) {
-        for (int spins = 0; busy; spins++) {
+        for (int spins = 0; owner != null; spins++) {
             if (System.nanoTime() - deadlineNanos >= 0) {
                 return false;
             }

@@ -11,6 +11,9 @@ import java.nio.ByteBuffer;
 import java.nio.file.Path;
 import java.util.LinkedHashMap;
 import java.util.Map;
+import java.util.concurrent.CountDownLatch;
+import java.util.concurrent.TimeUnit;
+import java.util.concurrent.atomic.AtomicReference;
 import java.util.function.Supplier;
 import org.junit.jupiter.api.AfterEach;
 import org.junit.jupiter.api.BeforeEach;
@@ -95,5 +98,90 @@ class NetQueuePairMisuseTest {
             }
         }
         assertThat(q.rxCounters().errors()).isZero();
+    }
+
+    /**
+     * A second thread calling into a pair while another thread is inside a call on it (here a FrameWriter that
+     * waits) is refused with a clear IllegalStateException and touches nothing; once the first has left, the pair
+     * may pass to the second. Before, the second call ran the ring alongside the first, unguarded: it took the
+     * first's call for its own re-entry, so nothing kept the two from corrupting the ring's state, and close,
+     * seeing the first leave, released the pair's memory and eventfds under the second.
+     */
+    @Test
+    void aSecondThreadIsRefusedWhileAnotherIsInsideACallOnThePair() throws Exception {
+        NetQueuePair q = nic.pair(0);
+        MemorySegment f = NetDriverContract.frame(arena, 0, 1, 100);
+        CountDownLatch inside = new CountDownLatch(1);
+        CountDownLatch release = new CountDownLatch(1);
+        AtomicReference<Throwable> firstEnd = new AtomicReference<>();
+        Thread first = Thread.ofPlatform().name("first").daemon().start(() -> {
+            try {
+                q.sendInPlace(1, (buf, i) -> {
+                    inside.countDown();
+                    awaitQuietly(release);
+                    MemorySegment.copy(f, 0, buf, 0, 100);
+                    return 100;
+                });
+            } catch (Throwable t) {
+                firstEnd.set(t);
+            }
+        });
+        try {
+            assertThat(inside.await(5, TimeUnit.SECONDS)).isTrue();
+            Map<String, Supplier<Object>> calls = new LinkedHashMap<>();
+            calls.put("send", () -> q.send(f));
+            calls.put("send ByteBuffer", () -> q.send(ByteBuffer.allocate(60)));
+            calls.put("sendInPlace", () -> q.sendInPlace(1, (buf, i) -> 60));
+            calls.put("sendWithChecksumOffload", () -> q.sendWithChecksumOffload(f, 34, 6));
+            calls.put("receive", () -> q.receive(new MemorySegment[] {arena.allocate(2048)}, new int[1], 1));
+            calls.put("receive ByteBuffer", () -> q.receive(ByteBuffer.allocate(2048)));
+            calls.put("awaitReceive", () -> q.awaitReceive(10));
+            for (Map.Entry<String, Supplier<Object>> c : calls.entrySet()) {
+                assertThat(catchThrowable(c.getValue()::get)).as(c.getKey()).isInstanceOf(IllegalStateException.class)
+                        .hasMessageContaining("queue pair 0 is in use by another thread").hasMessageContaining("first");
+            }
+            assertThat(q.txCounters().packets()).as("nothing sent by the refused calls").isZero();
+        } finally {
+            release.countDown();
+            first.join(5000);
+        }
+        assertThat(firstEnd.get()).isNull();
+        assertThat(q.txCounters().packets()).isEqualTo(1);
+        // the first has left: the pair is this thread's now
+        assertThat(q.awaitReceive(5000)).isTrue();
+        MemorySegment[] bufs = {arena.allocate(2048)};
+        int[] lens = new int[1];
+        assertThat(q.receive(bufs, lens, 1)).isEqualTo(1);
+        assertThat(NetDriverContract.sameBytes(bufs[0], f, 100)).isTrue();
+    }
+
+    /**
+     * close() called back from a pair's own call (its FrameWriter) does not wait for that call to end, which cannot
+     * happen while close runs: it returns at once, the pair left as one whose thread did not leave (its memory gone
+     * behind the arena, its eventfds open), and the call ends with an IllegalStateException. Before, close waited
+     * the driver's whole timeout for its own thread.
+     */
+    @Test
+    void closeFromInsideAPairsCallDoesNotWaitForItself() {
+        NetQueuePair q = nic.pair(0);
+        long[] took = new long[1];
+        Throwable end = catchThrowable(() -> q.sendInPlace(1, (buf, i) -> {
+            long t0 = System.nanoTime();
+            nic.close();
+            took[0] = TimeUnit.NANOSECONDS.toMillis(System.nanoTime() - t0);
+            return 60;
+        }));
+        assertThat(took[0]).as("close took (ms), the driver's timeout 2000").isLessThan(1000);
+        assertThat(end).isInstanceOf(IllegalStateException.class);
+        assertThat(catchThrowable(() -> q.send(NetDriverContract.frame(arena, 0, 1, 60))))
+                .isInstanceOf(IllegalStateException.class).hasMessage("driver closed");
+    }
+
+    private static void awaitQuietly(CountDownLatch l) {
+        try {
+            l.await(10, TimeUnit.SECONDS);
+        } catch (InterruptedException e) {
+            Thread.currentThread().interrupt();
+        }
     }
 }
