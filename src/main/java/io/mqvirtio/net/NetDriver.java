@@ -65,7 +65,8 @@ public final class NetDriver implements AutoCloseable {
      * @param timeoutMs  how long to wait for each backend reply (1 ms or more: every wait is bounded), and for all
      *                   the replies of {@link #connect}'s set-up together; on close, also how long to wait for the
      *                   pairs' threads to leave their calls and, in all, for the backend to stop the rings
-     * @param features   features to negotiate when offered (a subset of {@link #WANTED} or more)
+     * @param features   features to negotiate when offered: a subset of {@link #WANTED} with VERSION_1 (the driver
+     *                   speaks virtio 1.x with its 12-byte header only, and none of the features beyond WANTED)
      */
     public record Options(int pairs, int ringSize, int bufSize, int timeoutMs, long features) {
         public Options {
@@ -80,6 +81,17 @@ public final class NetDriver implements AutoCloseable {
             }
             if (timeoutMs < 1) { // a negative one made each reply's wait endless (Channel: no limit), 0 none at all
                 throw new IllegalArgumentException("timeout must be 1 ms or more: " + timeoutMs);
+            }
+            // Without VERSION_1 a backend that serves legacy drivers too (DPDK's vhost) takes the header as 10 bytes
+            // (without MRG_RXBUF), every frame both ways 2 bytes off; a feature beyond WANTED changes what the
+            // backend expects in ways the driver does not follow (HASH_REPORT a 20-byte header, ACCESS_PLATFORM
+            // addresses through an IOTLB it never fills, NOTIFICATION_DATA kicks that carry data).
+            if (!VirtioFeatures.has(features, VirtioFeatures.F_VERSION_1)) {
+                throw new IllegalArgumentException("features must include VERSION_1 (bit 32): 0x" + Long.toHexString(features));
+            }
+            if ((features & ~WANTED) != 0) {
+                throw new IllegalArgumentException("features the driver does not implement: "
+                        + VirtioFeatures.list(features & ~WANTED) + " (it knows " + VirtioFeatures.list(WANTED) + ")");
             }
         }
 
