@@ -669,7 +669,9 @@ public final class NetQueuePair {
      * Waits up to {@code timeoutMillis} (0 or more: the backend may never send, so no wait is endless) for a frame
      * to arrive (the backend's call eventfd), instead of polling; returns true if the ring has a used entry to
      * receive (receive may still drop it, if the backend lied in it), false at the timeout. A call the backend
-     * signals with nothing used does not end the wait. Closing the driver ends it (false).
+     * signals with nothing used does not end the wait. Closing the driver ends it (false), and so does an interrupt
+     * of the waiting thread (false, within {@link #INTERRUPT_CHECK_MS} ms; its interrupt status kept, as
+     * {@link java.nio.channels.Selector#select(long)} keeps it); a thread already interrupted does not wait.
      */
     public boolean awaitReceive(int timeoutMillis) {
         if (timeoutMillis < 0) {
@@ -694,6 +696,7 @@ public final class NetQueuePair {
         }
         waiter.await(0); // takes the edges of calls for frames already in the ring: they must not wake the wait
         long deadline = System.nanoTime() + timeoutMillis * 1_000_000L;
+        Thread me = Thread.currentThread();
         while (true) {
             if (!enabled) {
                 if (!awaitEnabled(deadline)) {
@@ -705,7 +708,7 @@ public final class NetQueuePair {
                 rx.disableInterrupts();
                 return true;
             }
-            if (deadline - System.nanoTime() <= 0) {
+            if (deadline - System.nanoTime() <= 0 || me.isInterrupted()) {
                 rx.disableInterrupts();
                 return false;
             }
@@ -717,10 +720,10 @@ public final class NetQueuePair {
             if (closing(n)) {
                 return false;
             }
-            // No event is the timeout, or a signal that ended the wait early (epoll_wait's EINTR: a profiler's, a
-            // program's own): the loop's deadline tells them apart. A call with nothing used (a backend that signals
-            // in a loop, or a call for a frame taken since) does not end the wait either, or a thread waiting on its
-            // pair would return, find nothing and wait again once per call, as fast as the backend signals
+            // no event (a slice of the wait ended, or a signal interrupted epoll_wait: the deadline and the interrupt
+            // status are checked above), or a call with nothing used (a backend that signals in a loop, or a call
+            // for a frame taken since): neither ends the wait, or a thread waiting on its pair would return, find
+            // nothing and wait again once per call, as fast as the backend signals
         }
     }
 
@@ -731,7 +734,7 @@ public final class NetQueuePair {
      * enabled again ({@link #enabledAgain}; then true, and the caller waits on as for an enabled pair).
      */
     private boolean awaitEnabled(long deadline) {
-        while (deadline - System.nanoTime() > 0) {
+        while (deadline - System.nanoTime() > 0 && !Thread.currentThread().isInterrupted()) {
             if (enabled) {
                 return true;
             }
@@ -745,12 +748,17 @@ public final class NetQueuePair {
 
     /**
      * One epoll wait, until {@code deadline} (System.nanoTime) at most, rounded up to a whole millisecond (a wait of
-     * 0 ms returns at once, and a loop of those until the deadline would spin); how many events came.
+     * 0 ms returns at once, and a loop of those until the deadline would spin), and {@link #INTERRUPT_CHECK_MS} at
+     * most (Thread.interrupt does not end epoll_wait); how many events came, 0 for none (the slice's end, the
+     * deadline, a signal).
      */
     private int awaitUntil(long deadline) {
         long left = deadline - System.nanoTime();
-        return waiter.await((int) Math.max(1, (left + 999_999) / 1_000_000L));
+        return waiter.await((int) Math.min(INTERRUPT_CHECK_MS, Math.max(1, (left + 999_999) / 1_000_000L)));
     }
+
+    /** How long one epoll wait of {@link #awaitReceive} lasts at most: how soon it sees its thread interrupted. */
+    static final int INTERRUPT_CHECK_MS = 50;
 
     /**
      * Whether the {@code n} events of the last wait include close's wake-up. The same eventfd also says that the pair

@@ -40,9 +40,9 @@ class NetQueuePairMisuseTest {
 
     @BeforeEach
     void connect() {
-        device = new NetDevice(NetDevice.Config.of("loop", 1), new LoopbackBackend(1, 1500));
+        device = new NetDevice(NetDevice.Config.of("loop", 2), new LoopbackBackend(2, 1500));
         server = VhostUserServer.listen(dir.resolve("loop.sock"), device);
-        nic = NetDriver.connect(server.path(), new NetDriver.Options(1, RING, 2048, 2000, NetDriver.WANTED));
+        nic = NetDriver.connect(server.path(), new NetDriver.Options(2, RING, 2048, 2000, NetDriver.WANTED));
     }
 
     @AfterEach
@@ -175,6 +175,58 @@ class NetQueuePairMisuseTest {
         assertThat(end).isInstanceOf(IllegalStateException.class);
         assertThat(catchThrowable(() -> q.send(NetDriverContract.frame(arena, 0, 1, 60))))
                 .isInstanceOf(IllegalStateException.class).hasMessage("driver closed");
+    }
+
+    /**
+     * An interrupt ends a thread's wait for frames (false, its interrupt status kept), whether the pair is enabled or
+     * not, and a thread already interrupted does not wait; a frame waiting still ends the wait with true, and the
+     * pair goes on once the status is cleared. Before, the interrupt was kept but the wait went on to its timeout
+     * (with awaitReceive(Integer.MAX_VALUE), 24 days: an executor's shutdownNow could not stop the thread).
+     */
+    @Test
+    void anInterruptEndsAWaitForFrames() throws Exception {
+        for (boolean enabled : new boolean[] {true, false}) {
+            nic.setQueuePairs(enabled ? 2 : 1);
+            NetQueuePair q = nic.pair(1);
+            AtomicReference<String> end = new AtomicReference<>();
+            CountDownLatch started = new CountDownLatch(1);
+            Thread t = Thread.ofPlatform().daemon().start(() -> {
+                started.countDown();
+                long t0 = System.nanoTime();
+                boolean got = q.awaitReceive(20_000);
+                end.set(got + " after " + TimeUnit.NANOSECONDS.toMillis(System.nanoTime() - t0) + " ms, interrupted "
+                        + Thread.currentThread().isInterrupted());
+            });
+            assertThat(started.await(5, TimeUnit.SECONDS)).isTrue();
+            Thread.sleep(200); // in epoll_wait by now
+            long t0 = System.nanoTime();
+            t.interrupt();
+            t.join(5000);
+            assertThat(t.isAlive()).as("enabled %s: the interrupted thread still waits", enabled).isFalse();
+            assertThat(TimeUnit.NANOSECONDS.toMillis(System.nanoTime() - t0)).isLessThan(1000);
+            assertThat(end.get()).as("enabled %s", enabled).startsWith("false").endsWith("interrupted true");
+        }
+        nic.setQueuePairs(2);
+        NetQueuePair q = nic.pair(1);
+        Thread.currentThread().interrupt();
+        try {
+            long t0 = System.nanoTime();
+            assertThat(q.awaitReceive(20_000)).isFalse();
+            assertThat(TimeUnit.NANOSECONDS.toMillis(System.nanoTime() - t0)).isLessThan(1000);
+            assertThat(Thread.currentThread().isInterrupted()).isTrue();
+            MemorySegment f = NetDriverContract.frame(arena, 1, 1, 100);
+            assertThat(q.send(f)).isEqualTo(1);
+            long until = System.nanoTime() + TimeUnit.SECONDS.toNanos(5);
+            while (!q.awaitReceive(0) && System.nanoTime() < until) {
+                Thread.onSpinWait();
+            }
+            assertThat(q.awaitReceive(20_000)).as("a frame waiting ends the wait, interrupted or not").isTrue();
+        } finally {
+            Thread.interrupted();
+        }
+        loop(q, NetDriverContract.frame(arena, 1, 2, 100));
+        assertThat(q.receive(new MemorySegment[] {arena.allocate(2048), arena.allocate(2048)}, new int[2], 2))
+                .isEqualTo(2);
     }
 
     private static void awaitQuietly(CountDownLatch l) {
