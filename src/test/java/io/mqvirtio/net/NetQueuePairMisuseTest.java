@@ -6,7 +6,11 @@ import static org.assertj.core.api.Assertions.catchThrowable;
 import io.mqvirtio.backend.LoopbackBackend;
 import io.mqvirtio.vhostuser.VhostUserServer;
 import java.lang.foreign.Arena;
+import java.lang.foreign.FunctionDescriptor;
+import java.lang.foreign.Linker;
 import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
+import java.lang.invoke.MethodHandle;
 import java.nio.ByteBuffer;
 import java.nio.file.Path;
 import java.util.LinkedHashMap;
@@ -227,6 +231,50 @@ class NetQueuePairMisuseTest {
         loop(q, NetDriverContract.frame(arena, 1, 2, 100));
         assertThat(q.receive(new MemorySegment[] {arena.allocate(2048), arena.allocate(2048)}, new int[2], 2))
                 .isEqualTo(2);
+    }
+
+    /**
+     * A signal delivered to a thread waiting for frames (a profiler's SIGPROF; here SIGWINCH, with a handler) makes
+     * epoll_wait fail with EINTR: the wait goes on to its timeout. Before, Epoll.await's 0 for EINTR was taken for
+     * the timeout, and the wait ended at once, false, as if it had timed out.
+     */
+    @Test
+    void aSignalDoesNotEndAWaitForFrames() throws Throwable {
+        Linker linker = Linker.nativeLinker();
+        MethodHandle gettid = linker.downcallHandle(linker.defaultLookup().find("gettid").orElseThrow(),
+                FunctionDescriptor.of(ValueLayout.JAVA_INT));
+        MethodHandle tgkill = linker.downcallHandle(linker.defaultLookup().find("tgkill").orElseThrow(),
+                FunctionDescriptor.of(ValueLayout.JAVA_INT, ValueLayout.JAVA_INT, ValueLayout.JAVA_INT,
+                        ValueLayout.JAVA_INT));
+        sun.misc.Signal winch = new sun.misc.Signal("WINCH");
+        sun.misc.SignalHandler before = sun.misc.Signal.handle(winch, sig -> {});
+        try {
+            NetQueuePair q = nic.pair(0);
+            AtomicReference<String> end = new AtomicReference<>();
+            CountDownLatch started = new CountDownLatch(1);
+            int[] tid = new int[1];
+            Thread t = Thread.ofPlatform().daemon().start(() -> {
+                try {
+                    tid[0] = (int) gettid.invokeExact();
+                } catch (Throwable e) {
+                    throw new AssertionError(e);
+                }
+                started.countDown();
+                long t0 = System.nanoTime();
+                boolean got = q.awaitReceive(1500);
+                end.set(got + " after " + TimeUnit.NANOSECONDS.toMillis(System.nanoTime() - t0) + " ms");
+            });
+            assertThat(started.await(5, TimeUnit.SECONDS)).isTrue();
+            for (int i = 0; i < 10 && t.isAlive(); i++) {
+                Thread.sleep(100);
+                assertThat((int) tgkill.invokeExact((int) ProcessHandle.current().pid(), tid[0], 28)).isZero();
+            }
+            t.join(5000);
+            assertThat(end.get()).startsWith("false after ");
+            assertThat(Long.parseLong(end.get().replaceAll("\\D", ""))).as(end.get()).isGreaterThanOrEqualTo(1500);
+        } finally {
+            sun.misc.Signal.handle(winch, before);
+        }
     }
 
     private static void awaitQuietly(CountDownLatch l) {
