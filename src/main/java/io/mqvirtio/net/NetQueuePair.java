@@ -456,6 +456,9 @@ public final class NetQueuePair {
      */
     public int sendWithChecksumOffload(MemorySegment frame, int csumStart, int csumOffset) {
         long flen = frame.byteSize();
+        if (flen > maxFrame()) { // before the copy below: a caller's slice of gigabytes must not be copied first
+            throw new IllegalArgumentException("frame of " + flen + " bytes: must be 14.." + maxFrame());
+        }
         if (csumStart < 14 || csumOffset < 0 || (long) csumStart + csumOffset + 2 > flen) {
             throw new IllegalArgumentException("checksum at " + csumStart + "+" + csumOffset + " outside a frame of " + flen + " bytes");
         }

@@ -4,7 +4,10 @@ import static org.assertj.core.api.Assertions.assertThat;
 import static org.assertj.core.api.Assertions.catchThrowable;
 
 import io.mqvirtio.backend.LoopbackBackend;
+import io.mqvirtio.linux.MemFd;
+import io.mqvirtio.linux.Mmap;
 import io.mqvirtio.vhostuser.VhostUserServer;
+import io.mqvirtio.virtio.VirtioFeatures;
 import java.lang.foreign.Arena;
 import java.lang.foreign.FunctionDescriptor;
 import java.lang.foreign.Linker;
@@ -275,6 +278,29 @@ class NetQueuePairMisuseTest {
         } finally {
             sun.misc.Signal.handle(winch, before);
         }
+    }
+
+    /**
+     * A frame larger than a send can take, for a checksum the driver completes itself (the backend without CSUM),
+     * is refused before anything is copied: here a 1 TiB slice of a sparse mapping, a caller's mistake (a whole
+     * mapped file for one frame). Before, the driver first allocated a copy of it (OutOfMemoryError: 1 TiB; a
+     * slice of some GiB was copied into as much fresh memory and summed) and only then refused its length.
+     */
+    @Test
+    void aFrameTooLargeForChecksumOffloadIsRefusedBeforeItIsCopied() {
+        nic.close();
+        nic = NetDriver.connect(server.path(), new NetDriver.Options(2, RING, 2048, 2000,
+                NetDriver.WANTED & ~VirtioFeatures.bit(VirtioNet.F_CSUM)));
+        NetQueuePair q = nic.pair(0);
+        long huge = 1L << 40;
+        try (MemFd file = MemFd.create("misuse-huge-frame", huge); Mmap map = Mmap.shared(file, 0, huge)) {
+            assertThat(catchThrowable(() -> q.sendWithChecksumOffload(map.segment(), 34, 6)))
+                    .isInstanceOf(IllegalArgumentException.class).hasMessage("frame of " + huge + " bytes: must be 14.."
+                            + q.maxFrame());
+        }
+        assertThat(q.txCounters().packets()).isZero();
+        MemorySegment f = NetDriverContract.frame(arena, 0, 1, 100);
+        assertThat(q.sendWithChecksumOffload(f, 34, 6)).isEqualTo(1);
     }
 
     private static void awaitQuietly(CountDownLatch l) {
