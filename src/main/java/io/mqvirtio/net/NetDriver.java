@@ -234,6 +234,7 @@ public final class NetDriver implements AutoCloseable {
                         mem.asSlice(rxBufs, bufBytes), base + rxBufs, mem.asSlice(txBufs, bufBytes), base + txBufs,
                         o.bufSize(), mrg, VirtioFeatures.has(negotiated, VirtioNet.F_CSUM),
                         VirtioFeatures.has(negotiated, VirtioNet.F_GUEST_CSUM));
+                qp.watch(fe.socket());
                 for (int r = 0; r < 2; r++) {
                     int index = 2 * p + r;
                     long ringAddr = base + off + r * layout.totalBytes();

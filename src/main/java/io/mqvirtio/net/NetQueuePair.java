@@ -2,6 +2,8 @@ package io.mqvirtio.net;
 
 import io.mqvirtio.linux.Epoll;
 import io.mqvirtio.linux.EventFd;
+import io.mqvirtio.linux.UnixSocket;
+import io.mqvirtio.vhostuser.VhostUserException;
 import io.mqvirtio.virtio.DriverRing;
 import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
@@ -29,6 +31,11 @@ import java.util.concurrent.locks.LockSupport;
  * receive on the pair throws {@link io.mqvirtio.virtio.VirtqueueException} with the reason (frames a receive had
  * already copied in that call are lost with it); the other pairs go on. A frame the backend lied about in a way the
  * ring cannot see (a length or buffer count that does not fit) is dropped and counted instead ({@link #receive}).
+ *
+ * <p>A backend that closes its end of the vhost-user connection (it exited, crashed or was restarted) serves the
+ * rings no more: a wait for frames ends at once, and a send that finds the TX ring full or a receive that finds
+ * nothing checks the connection (every 100 ms at most), with a {@link VhostUserException} saying so; close the
+ * driver. Frames the backend used before it went are still received first.
  */
 public final class NetQueuePair {
     static final ValueLayout.OfShort LE16 = ValueLayout.JAVA_SHORT_UNALIGNED.withOrder(ByteOrder.LITTLE_ENDIAN);
@@ -66,6 +73,10 @@ public final class NetQueuePair {
     private final long[] addr = new long[1];
     private final int[] len = new int[1];
     private Epoll waiter;
+    /** The backend's vhost-user socket, watched for its hang-up (null: not watched): see {@link #checkBackend()}. */
+    private volatile UnixSocket control;
+    /** System.nanoTime of the next {@link #checkBackend()} that polls the socket. */
+    private long nextBackendCheck;
     private volatile String lastRxError;
     volatile boolean enabled;
     /** Set once, by {@link NetDriver#close()}: see {@link #enter()}. */
@@ -116,6 +127,35 @@ public final class NetQueuePair {
 
     public int index() {
         return index;
+    }
+
+    /** Watches the backend's vhost-user socket: its hang-up ends waits and idle sends and receives with an error. */
+    void watch(UnixSocket control) {
+        this.control = control;
+    }
+
+    /** How often at most an idle send or receive polls the backend's socket for its hang-up. */
+    private static final long BACKEND_CHECK_NANOS = 100_000_000L;
+
+    /**
+     * Throws if the backend has closed its end of the vhost-user connection; polls it every 100 ms at most (a send
+     * on a full ring, a receive of nothing: paths where the backend is awaited, and a caller may loop on them).
+     */
+    private void checkBackend() {
+        UnixSocket c = control;
+        long now = System.nanoTime();
+        if (c == null || now - nextBackendCheck < 0) {
+            return;
+        }
+        nextBackendCheck = now + BACKEND_CHECK_NANOS;
+        if (c.peerHungUp()) {
+            throw backendGone();
+        }
+    }
+
+    private VhostUserException backendGone() {
+        return new VhostUserException("the backend closed the vhost-user connection: queue pair " + index
+                + " is served no more; close the driver");
     }
 
     /** The largest frame (without header) one receive buffer or one send can hold. */
@@ -282,7 +322,11 @@ public final class NetQueuePair {
     public int send(MemorySegment[] frames, int offset, int count) {
         boolean entered = enter();
         try {
-            return enabled ? sendCopies(frames, offset, count) : 0;
+            int n = enabled ? sendCopies(frames, offset, count) : 0;
+            if (n == 0 && count > 0 && txFree == 0) {
+                checkBackend(); // the ring is full: is the backend still there to empty it?
+            }
+            return n;
         } finally {
             leave(entered);
         }
@@ -386,7 +430,11 @@ public final class NetQueuePair {
     public int sendInPlace(int count, FrameWriter writer) {
         boolean entered = enter();
         try {
-            return enabled ? sendWritten(count, writer) : 0;
+            int n = enabled ? sendWritten(count, writer) : 0;
+            if (n == 0 && count > 0 && txFree == 0) {
+                checkBackend();
+            }
+            return n;
         } finally {
             leave(entered);
         }
@@ -495,7 +543,11 @@ public final class NetQueuePair {
         boolean entered = enter();
         try {
             checkBuffers(bufs, lengths, max);
-            return enabled ? receiveFrames(bufs, lengths, max) : 0;
+            int n = enabled ? receiveFrames(bufs, lengths, max) : 0;
+            if (n == 0 && max > 0 && enabled) {
+                checkBackend();
+            }
+            return n;
         } finally {
             leave(entered);
         }
@@ -690,12 +742,18 @@ public final class NetQueuePair {
 
     private boolean awaitCall(int timeoutMillis) {
         if (waiter == null) {
-            waiter = Epoll.create(2);
+            waiter = Epoll.create(3);
             // Edge-triggered, and the counter is never read: the backend shares the call eventfd's open file and
             // can clear its O_NONBLOCK, and a read(2) of an empty counter would then block for good. Each write to
             // an eventfd is an edge, so every call the backend signals wakes one wait without a read.
             waiter.add(rxCall, Epoll.EPOLLIN | Epoll.EPOLLET, 0);
             waiter.add(wake, Epoll.EPOLLIN, 1); // ours alone: how close() ends a wait
+            UnixSocket c = control;
+            if (c != null) {
+                // the backend's hang-up only (never EPOLLIN: what it sends there must not wake the wait): it stays
+                // signalled, so every later wait ends at once, with the error
+                waiter.add(c, Epoll.EPOLLRDHUP, 2);
+            }
         }
         waiter.await(0); // takes the edges of calls for frames already in the ring: they must not wake the wait
         long deadline = System.nanoTime() + timeoutMillis * 1_000_000L;
@@ -723,6 +781,9 @@ public final class NetQueuePair {
             if (closing(n)) {
                 return false;
             }
+            if (hungUp(n)) {
+                throw backendGone();
+            }
             // no event (a slice of the wait ended, or a signal interrupted epoll_wait: the deadline and the interrupt
             // status are checked above), or a call with nothing used (a backend that signals in a loop, or a call
             // for a frame taken since): neither ends the wait, or a thread waiting on its pair would return, find
@@ -745,6 +806,9 @@ public final class NetQueuePair {
             if (closing(n)) {
                 return false;
             }
+            if (hungUp(n)) {
+                throw backendGone();
+            }
         }
         return enabled;
     }
@@ -762,6 +826,16 @@ public final class NetQueuePair {
 
     /** How long one epoll wait of {@link #awaitReceive} lasts at most: how soon it sees its thread interrupted. */
     static final int INTERRUPT_CHECK_MS = 50;
+
+    /** Whether the {@code n} events of the last wait include the backend's hang-up. */
+    private boolean hungUp(int n) {
+        for (int i = 0; i < n; i++) {
+            if (waiter.data(i) == 2) {
+                return true;
+            }
+        }
+        return false;
+    }
 
     /**
      * Whether the {@code n} events of the last wait include close's wake-up. The same eventfd also says that the pair

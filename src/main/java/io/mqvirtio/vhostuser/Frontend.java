@@ -240,6 +240,11 @@ public final class Frontend implements AutoCloseable {
         }
     }
 
+    /** The connection's socket, for watching it (its hang-up): requests go through the methods above only. */
+    public io.mqvirtio.linux.UnixSocket socket() {
+        return channel.socket();
+    }
+
     @Override
     public void close() {
         channel.close();

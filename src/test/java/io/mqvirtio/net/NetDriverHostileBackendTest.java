@@ -591,6 +591,68 @@ class NetDriverHostileBackendTest {
         }
     }
 
+    /**
+     * A backend that goes away (exits, crashes, is restarted: its end of the vhost-user connection closes) is said so
+     * by every path that waits on it: a thread waiting for frames wakes with a VhostUserException, a receive that
+     * finds nothing and a send that finds the TX ring full throw it too (each checks the connection, 100 ms apart at
+     * most); the frames the backend used before it went are received first. Before, nothing said anything: waits
+     * ran to their timeouts, sends returned 0 and receives nothing, for good, as for a backend merely idle.
+     */
+    @Test
+    @Timeout(30)
+    void aBackendThatGoesAwayIsSaidSoByWaitsSendsAndReceives() throws Exception {
+        ScriptedRingBackend be = new ScriptedRingBackend(dir.resolve("gone.sock"));
+        try (NetDriver nic = NetDriver.connect(be.path(), new NetDriver.Options(2, 64, BUF, 1000, NetDriver.WANTED));
+             Arena a = Arena.ofConfined()) {
+            NetQueuePair waiting = nic.pair(1);
+            AtomicReference<Object> end = new AtomicReference<>();
+            Thread t = Thread.ofPlatform().daemon().start(() -> {
+                try {
+                    end.set(waiting.awaitReceive(20_000));
+                } catch (Throwable e) {
+                    end.set(e);
+                }
+            });
+            byte[] f = frame(100, 1);
+            ScriptedRingBackend.Ring rx = be.ring(0);
+            put(rx, f, 1, honest(100));
+            rx.publish();
+            Thread.sleep(200); // the thread in its wait
+            be.close();
+            t.join(2000);
+            assertThat(t.isAlive()).as("the waiting thread still waits").isFalse();
+            assertThat(end.get()).isInstanceOf(VhostUserException.class).asString()
+                    .contains("the backend closed the vhost-user connection: queue pair 1");
+
+            NetQueuePair q = nic.pair(0);
+            assertThat(q.awaitReceive(1000)).as("the frame used before the backend went").isTrue();
+            MemorySegment[] bufs = {a.allocate(2048)};
+            int[] lens = new int[1];
+            assertThat(q.receive(bufs, lens, 1)).isEqualTo(1);
+            assertThat(bufs[0].asSlice(0, lens[0]).toArray(ValueLayout.JAVA_BYTE)).isEqualTo(f);
+            assertThatThrownBy(() -> q.awaitReceive(20_000)).isInstanceOf(VhostUserException.class)
+                    .hasMessageContaining("queue pair 0 is served no more");
+            assertThat(untilThrown(() -> q.receive(bufs, new int[1], 1))).isInstanceOf(VhostUserException.class);
+            MemorySegment out = a.allocate(60);
+            assertThat(untilThrown(() -> q.send(out))).isInstanceOf(VhostUserException.class);
+            assertThat(q.txCounters().packets()).as("the TX ring's room, then nothing").isEqualTo(64);
+        }
+    }
+
+    /** Calls {@code op} until it throws, 2 s at most; what it threw. */
+    private static Throwable untilThrown(Runnable op) throws InterruptedException {
+        long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(2);
+        while (System.nanoTime() < deadline) {
+            try {
+                op.run();
+            } catch (RuntimeException e) {
+                return e;
+            }
+            Thread.sleep(1);
+        }
+        throw new AssertionError("still no error after 2 s");
+    }
+
     /** A wait without end is refused: the backend may never send. Before, awaitReceive(-1) waited forever. */
     @Test
     @Timeout(30)
