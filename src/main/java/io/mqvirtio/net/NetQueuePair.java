@@ -318,10 +318,15 @@ public final class NetQueuePair {
     /**
      * Sends {@code count} frames from {@code frames[offset..]}; returns how many the ring took (in order), with one
      * publish and at most one kick for the burst.
+     *
+     * @throws IndexOutOfBoundsException if {@code frames} has no {@code count} frames from {@code offset}
+     * @throws IllegalArgumentException  if one of them is null, of a length out of 14..{@link #maxFrame()}, of an
+     *                                   arena closed or this thread may not use: before any frame is sent
      */
     public int send(MemorySegment[] frames, int offset, int count) {
         boolean entered = enter();
         try {
+            checkFrames(frames, offset, count);
             int n = enabled ? sendCopies(frames, offset, count) : 0;
             if (n == 0 && count > 0 && txFree == 0) {
                 checkBackend(); // the ring is full: is the backend still there to empty it?
@@ -329,6 +334,27 @@ public final class NetQueuePair {
             return n;
         } finally {
             leave(entered);
+        }
+    }
+
+    /**
+     * The caller's frames, checked before any is sent: a bad one in the middle of a burst threw after the frames
+     * before it had gone into the ring, and the caller, with an exception instead of a count, could not tell which
+     * (sent again, they went twice).
+     */
+    private void checkFrames(MemorySegment[] frames, int offset, int count) {
+        java.util.Objects.checkFromIndexSize(offset, count, frames.length);
+        Thread me = Thread.currentThread();
+        for (int i = offset; i < offset + count; i++) {
+            MemorySegment f = frames[i];
+            if (f == null || !f.scope().isAlive() || !f.isAccessibleBy(me)) {
+                throw new IllegalArgumentException("frame " + i + " is " + (f == null ? "null" : !f.scope().isAlive()
+                        ? "of a closed arena" : "confined to another thread"));
+            }
+            long flen = f.byteSize();
+            if (flen > maxFrame() || flen < 14) {
+                throw new IllegalArgumentException("frame of " + flen + " bytes: must be 14.." + maxFrame());
+            }
         }
     }
 
@@ -344,10 +370,7 @@ public final class NetQueuePair {
                 try {
                     for (; k < chunk; k++) {
                         MemorySegment f = frames[offset + n + k];
-                        long flen = f.byteSize();
-                        if (flen > maxFrame() || flen < 14) {
-                            throw new IllegalArgumentException("frame of " + flen + " bytes: must be 14.." + maxFrame());
-                        }
+                        long flen = f.byteSize(); // 14..maxFrame(): checkFrames
                         long base = zeroHeader(txFreeSlots[txFree - 1 - k]);
                         if (pendingCsumStart >= 0) {
                             txBufs.set(ValueLayout.JAVA_BYTE, base + VirtioNet.HDR_FLAGS, (byte) VirtioNet.HDR_F_NEEDS_CSUM);
