@@ -120,8 +120,12 @@ public final class NetDriver implements AutoCloseable {
     private final long features;
     private final long protocolFeatures;
     private final int maxPairs;
-    private int activePairs;
-    private boolean promiscuous = true;
+    /**
+     * Written under the driver's lock, read without it: {@link #pairFor} runs per frame on the pairs' threads, which
+     * must not wait for a control request (a slow backend holds the lock for a timeout per reply, close for three).
+     */
+    private volatile int activePairs;
+    private volatile boolean promiscuous = true;
     private boolean closed;
     /** What SET_FEATURES said at connect, and what the backend offered. */
     private long featuresSent;
@@ -298,7 +302,7 @@ public final class NetDriver implements AutoCloseable {
         return maxPairs;
     }
 
-    public synchronized int activePairs() {
+    public int activePairs() {
         return activePairs;
     }
 
@@ -390,7 +394,7 @@ public final class NetDriver implements AutoCloseable {
         return true;
     }
 
-    public synchronized boolean isPromiscuous() {
+    public boolean isPromiscuous() {
         return promiscuous;
     }
 

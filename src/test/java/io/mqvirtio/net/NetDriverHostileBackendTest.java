@@ -639,6 +639,38 @@ class NetDriverHostileBackendTest {
         }
     }
 
+    /**
+     * The pairs' threads never wait for a control request: pairFor (per frame) and activePairs answer at once while
+     * another thread changes the pair count against a backend that takes 400 ms to acknowledge each ring's enable.
+     * Before, both took the driver's lock, which setQueuePairs holds through every reply (close for up to three
+     * timeouts): each frame's choice of pair waited the whole change out, here 1.6 s.
+     */
+    @Test
+    @Timeout(30)
+    void choosingAPairNeverWaitsForAControlRequest() throws Exception {
+        java.util.concurrent.atomic.AtomicBoolean slow = new java.util.concurrent.atomic.AtomicBoolean();
+        try (ScriptedRingBackend be = new ScriptedRingBackend(dir.resolve("ctl.sock"),
+                m -> slow.get() && m.request() == Request.SET_VRING_ENABLE ? (Object) 400L : null);
+             NetDriver nic = NetDriver.connect(be.path(), new NetDriver.Options(2, 64, 2048, 1000, NetDriver.WANTED));
+             Arena a = Arena.ofConfined()) {
+            MemorySegment f = NetDriverContract.frame(a, 0, 1, 100);
+            slow.set(true);
+            Thread change = Thread.ofPlatform().daemon().start(() -> nic.setQueuePairs(1));
+            Thread.sleep(200); // inside setQueuePairs, waiting for the first ack
+            assertThat(change.isAlive()).isTrue();
+            long t0 = System.nanoTime();
+            int pair = nic.pairFor(f);
+            int active = nic.activePairs();
+            long took = TimeUnit.NANOSECONDS.toMillis(System.nanoTime() - t0);
+            assertThat(took).as("pairFor and activePairs took (ms) while the pair count changed").isLessThan(200);
+            assertThat(pair).isBetween(0, 1);
+            assertThat(active).isEqualTo(2);
+            change.join(5000);
+            assertThat(nic.activePairs()).isEqualTo(1);
+            assertThat(nic.pairFor(f)).isZero();
+        }
+    }
+
     /** Calls {@code op} until it throws, 2 s at most; what it threw. */
     private static Throwable untilThrown(Runnable op) throws InterruptedException {
         long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(2);
