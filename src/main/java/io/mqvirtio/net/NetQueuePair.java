@@ -181,11 +181,10 @@ public final class NetQueuePair {
      * running the ring alongside the first, outside the guard (close would then have released the pair under it).
      * The cost per operation (per burst, not per frame) is one CAS (on x86 a locked instruction, some 20 cycles,
      * as the volatile store of a flag it replaced), one load and one release store (a plain store): no lock, no
-     * allocation. A lock per operation would cost more and
-     * still need the flag for "driver closed"; liveness checks of an FFM shared arena alone (closing one
-     * handshakes with every thread, and a racing access fails with IllegalStateException) cost nothing per
-     * access but protect memory only, not the eventfds and the epoll instance, whose numbers the kernel may hand
-     * to someone else once closed. The driver has that arena as well (see NetDriver): it is what makes a pair
+     * allocation. A lock per operation would cost more and still need the flag for "driver closed"; liveness
+     * checks of an FFM shared arena alone (closing one handshakes with every thread, and a racing access fails with
+     * IllegalStateException) cost nothing per access but protect memory only, not the eventfds and the epoll
+     * instance, whose numbers the kernel may hand to someone else once closed. The driver has that arena as well (see NetDriver): it is what makes a pair
      * whose thread never leaves safe (a FrameWriter that blocks), and any buffer a writer kept past its call.
      */
 
