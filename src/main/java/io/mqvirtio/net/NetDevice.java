@@ -154,6 +154,20 @@ public final class NetDevice implements VhostUserDevice, AutoCloseable {
         return workers.length;
     }
 
+    /**
+     * A legacy frontend (no VERSION_1) without MRG_RXBUF puts a 10-byte header before each frame (virtio 1.3, 5.1.6.1:
+     * num_buffers is there only with VERSION_1 or MRG_RXBUF), where this device reads and writes 12 bytes: each frame
+     * would be misread by two bytes both ways. Refused, saying so; legacy with MRG_RXBUF has the 12-byte header.
+     */
+    @Override
+    public void checkFeatures(long f) {
+        if (!VirtioFeatures.has(f, VirtioFeatures.F_VERSION_1) && !VirtioFeatures.has(f, VirtioNet.F_MRG_RXBUF)) {
+            throw new VhostUserException("SET_FEATURES: a legacy driver (no VERSION_1) without MRG_RXBUF uses a "
+                    + "10-byte virtio-net header, which this device does not support (offer the guest a modern "
+                    + "device, or MRG_RXBUF)");
+        }
+    }
+
     @Override
     public void setFeatures(long f) {
         features = f;

@@ -771,6 +771,7 @@ public final class BackendSession implements Runnable {
         if (extra != 0) {
             throw new VhostUserException("SET_FEATURES: bits " + VirtioFeatures.list(extra) + " were not offered");
         }
+        device.checkFeatures(f);
         long logAll = 1L << F_LOG_ALL;
         boolean running = false;
         for (Ring ring : rings) {

@@ -23,6 +23,12 @@ public interface VhostUserDevice {
     /** The answer to GET_QUEUE_NUM (for net: queue pairs, as QEMU expects). */
     long queueNum();
 
+    /**
+     * Whether the device can work with {@code features}, which the frontend means to acknowledge (offered ones, before
+     * anything changes); a {@link VhostUserException} says why not.
+     */
+    default void checkFeatures(long features) {}
+
     /** The frontend acknowledged these virtio features (a subset of {@link #features()}). */
     void setFeatures(long features);
 

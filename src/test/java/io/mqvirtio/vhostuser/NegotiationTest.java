@@ -171,4 +171,28 @@ class NegotiationTest {
         }
         return false;
     }
+
+    /**
+     * A legacy frontend (no VERSION_1) without MRG_RXBUF uses a 10-byte header, where the device reads and writes 12:
+     * its SET_FEATURES is refused, saying why (before: accepted, and every frame was misread by two bytes both ways).
+     * Legacy with MRG_RXBUF has the 12-byte header and is served; so is every modern set.
+     */
+    @Test
+    void aLegacyDriverWithoutMergeableBuffersIsRefused() throws Exception {
+        Path sock = dir.resolve("legacy.sock");
+        try (NetDevice dev = new NetDevice(NetDevice.Config.of("legacy", 1), new LoopbackBackend(1, 1500));
+             VhostUserServer server = VhostUserServer.listen(sock, dev);
+             LogCapture log = new LogCapture();
+             RawPeer fe = RawPeer.connect(sock)) {
+            fe.get(Request.GET_FEATURES);
+            fe.send(Request.SET_PROTOCOL_FEATURES, u64(1L << Protocol.PF_REPLY_ACK));
+            fe.ok(Request.SET_OWNER, new byte[0]);
+            long pf = VirtioFeatures.bit(Protocol.F_PROTOCOL_FEATURES);
+            assertThat(fe.ack(Request.SET_FEATURES, u64(pf))).as("legacy, no MRG_RXBUF").isNotZero();
+            fe.ok(Request.SET_FEATURES, u64(pf | VirtioFeatures.bit(VirtioNet.F_MRG_RXBUF)));
+            assertThat(dev.negotiatedFeatures()).isEqualTo(VirtioFeatures.bit(VirtioNet.F_MRG_RXBUF));
+            fe.ok(Request.SET_FEATURES, u64(pf | VirtioFeatures.bit(VirtioFeatures.F_VERSION_1)));
+            assertThat(String.join("\n", log.lines())).contains("10-byte virtio-net header");
+        }
+    }
 }
