@@ -771,7 +771,6 @@ public final class BackendSession implements Runnable {
         if (extra != 0) {
             throw new VhostUserException("SET_FEATURES: bits " + VirtioFeatures.list(extra) + " were not offered");
         }
-        device.checkFeatures(f);
         long logAll = 1L << F_LOG_ALL;
         boolean running = false;
         for (Ring ring : rings) {
@@ -779,6 +778,10 @@ public final class BackendSession implements Runnable {
         }
         if (running && (f & ~logAll) != (ackedFeatures & ~logAll)) {
             throw new VhostUserException("SET_FEATURES: features other than LOG_ALL cannot change while rings run");
+        }
+        if (!running) {
+            // (rings that run already run with what they have: only LOG_ALL may change then)
+            device.checkFeatures(f);
         }
         if ((f & logAll) != 0 && dirtyLog == null) {
             throw new VhostUserException("SET_FEATURES: LOG_ALL without a log (SET_LOG_BASE comes first)");
