@@ -343,7 +343,9 @@ final class Serve {
                 if (!sockets.add(v.fd() >= 0 ? Path.of("fd:" + v.fd()) : v.socket().toAbsolutePath().normalize())) {
                     throw new UsageException("socket " + v.socket() + " is given to two VMs");
                 }
-                if (v.tap() != null && !taps.add(v.tap())) {
+                // a pattern (mqv%d) is the kernel's to fill, with a name free at the time: each VM gets its own
+                // device (the check at start, by the name the kernel gave, refuses one that another VM holds)
+                if (v.tap() != null && !v.tap().contains("%") && !taps.add(v.tap())) {
                     throw new UsageException("TAP device " + v.tap() + " is given to two VMs");
                 }
                 if (!names.add(v.name())) {
