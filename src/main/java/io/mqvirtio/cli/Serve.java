@@ -448,8 +448,9 @@ final class Serve {
         }
 
         Running r = new Running();
-        // SIGTERM/SIGINT only set the latch below, even during start-up; the hook covers the other ways out
-        // (SIGHUP, an exit elsewhere) and is a no-op after an orderly stop.
+        // SIGTERM/SIGINT only set the latch below, even during start-up, and SIGHUP is logged; the hook covers the
+        // other ways out (a signal the JVM could not be asked to handle, an exit elsewhere) and is a no-op after an
+        // orderly stop.
         Runtime.getRuntime().addShutdownHook(Thread.ofPlatform().name("mqvirtio-shutdown").unstarted(() -> r.stop("exit")));
         if (!Signals.onTermination(r::requestStop)) {
             LOG.log(Level.WARNING, "cannot handle SIGTERM/SIGINT (sun.misc.Signal unavailable): they exit with 128+signal");
