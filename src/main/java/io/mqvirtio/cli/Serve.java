@@ -393,7 +393,7 @@ final class Serve {
         List<String> vms = new ArrayList<>();
 
         @Option(names = "--max-total-memory", paramLabel = "SIZE", order = 21, description = "the most all VMs of this "
-                + "serve may share together; default: four times the host's memory")
+                + "serve may share together; default: four times the host's memory, or --max-memory if that is more")
         String maxTotalMemory;
 
         @Option(names = "--stats-interval", paramLabel = "S", order = 23, defaultValue = "0",
