@@ -42,7 +42,7 @@ public final class Bench {
             subcommands = RingCommand.class, sortOptions = false,
             description = {"Our driver, our backend and DPDK testpmd against each other: packets per second, Gbit/s, CPU "
                     + "time per packet of every busy thread, ratio to the reference (\"vs ref\": 3 for 1, 2 and 4; 7 for 5 and 9; "
-                    + "8 for 6). Writes bench.csv, bench.json and bench.png."})
+                    + "8 for 6, 10 and 11). Writes bench.csv, bench.json and bench.png."})
     static final class Command extends Streams implements java.util.concurrent.Callable<Integer> {
         @Option(names = "--scenarios", paramLabel = "LIST", defaultValue = "all", description = {
             "1 ours->ours (our driver -> our backend's sink), 2 dpdk->ours (testpmd virtio-user txonly -> our backend), "
