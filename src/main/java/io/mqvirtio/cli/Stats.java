@@ -127,13 +127,26 @@ final class Stats {
             }
             return 0;
         } catch (IOException e) {
-            err.println("mqvirtio: stats: cannot read " + uri + " or write the plot: "
-                    + (e.getMessage() == null ? e.toString() : e.getMessage()));
+            err.println("mqvirtio: stats: cannot read " + uri + " or write the plot: " + why(e));
             return 1;
         } catch (IllegalArgumentException e) {
             err.println("mqvirtio: stats: " + uri + " did not answer as mqvirtio serve does: " + e.getMessage());
             return 1;
         }
+    }
+
+    /**
+     * What went wrong, in words: the first message along the causes (the JDK's HTTP client throws a ConnectException
+     * without one, its cause says "Connection refused"), else the kind of failure.
+     */
+    static String why(Throwable e) {
+        for (Throwable t = e; t != null; t = t.getCause()) {
+            if (t.getMessage() != null && !t.getMessage().isBlank()) {
+                return t.getMessage();
+            }
+        }
+        return e instanceof java.net.ConnectException ? "cannot connect (nothing accepts connections there)"
+                : e.getClass().getSimpleName();
     }
 
     /** The terminal's columns and rows: $COLUMNS/$LINES, else stty's answer, else 80 x 24. */

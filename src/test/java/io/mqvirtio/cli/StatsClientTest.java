@@ -180,4 +180,15 @@ class StatsClientTest {
                     .containsExactly("queues.png", "queues.png.tmp", "victim");
         }
     }
+
+    /**
+     * Nothing listening where --from points: the line says so. Before it ended in "java.net.ConnectException", the
+     * JDK's HTTP client giving no message and no cause that has one.
+     */
+    @Test
+    void nothingListeningThereIsSaidInWords() {
+        MainTest.Out r = MainTest.run("stats", "--from", "127.0.0.1:1");
+        assertThat(r.rc()).isEqualTo(1);
+        assertThat(r.err()).contains("cannot connect (nothing accepts connections there)").doesNotContain("java.net");
+    }
 }
