@@ -57,6 +57,8 @@ public final class ManPage {
                 + "benchmark none of whose points ran)\n");
         b.append(".TP\n.B 2\na command line that cannot be run: one line on standard error says why, and where the "
                 + "command's help is\n");
+        b.append(".TP\n.B 130\nthe command was interrupted while it waited (its thread interrupted, as the JVM's "
+                + "shutdown does)\n");
         b.append(".SH ENVIRONMENT\n");
         b.append(".TP\n.B LISTEN_FDS, LISTEN_PID, LISTEN_FDNAMES\nsockets passed by systemd (socket activation): "
                 + "\\fBserve\\fR without \\fB\\-\\-socket\\-path\\fR or \\fB\\-\\-fd\\fR serves them, one VM each, in order\n");
