@@ -284,6 +284,7 @@ final class QueuePairWorker implements WorkerHandler {
             loop.register(kick.fd(), KICK_EVENTS, TOKEN_RX_KICK);
             portReadable = true; // frames may have queued while no ring ran
         } else {
+            q.deviceReadsOnly(); // a TX buffer is only read (DPDK's packed indirect tables mark their header WRITE)
             tx = q;
             txLoggedSeen = q.pagesLogged();
             txKick = kick;

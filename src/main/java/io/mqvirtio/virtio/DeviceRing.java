@@ -103,4 +103,13 @@ public interface DeviceRing {
 
     /** Why the ring broke, or null. */
     String brokenReason();
+
+    /**
+     * Says that the device only reads this ring's buffers (a transmit queue): the WRITE flag of a descriptor in a
+     * packed ring's indirect table is then ignored, as DPDK's vhost ignores it, instead of breaking the ring when a
+     * readable one follows it. DPDK's virtio PMD (22.11 and since) sends such tables for every frame of several
+     * segments on a packed ring: it presets each table's descriptors WRITE and never clears the flag of the first,
+     * the header's. Called by the ring's thread before its first pop.
+     */
+    default void deviceReadsOnly() {}
 }

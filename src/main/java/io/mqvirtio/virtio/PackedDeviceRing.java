@@ -39,6 +39,8 @@ public final class PackedDeviceRing implements DeviceRing {
     private final boolean eventIdx;
     private final boolean indirectAllowed;
     private final boolean inOrder;
+    /** A transmit queue's: an indirect table's WRITE flags are ignored ({@link #deviceReadsOnly}). */
+    private boolean readsOnly;
 
     // the next descriptor to read, with the device's view of the driver's wrap counter
     private int nextAvail;
@@ -556,7 +558,7 @@ public final class PackedDeviceRing implements DeviceRing {
         for (long b = 0; b < tlen; b += DESC_SIZE) {
             long a = table.get(U64, b + DESC_ADDR);
             int l = table.get(U32, b + DESC_LEN);
-            boolean writable = (Short.toUnsignedInt(table.get(U16, b + DESC_FLAGS)) & F_WRITE) != 0;
+            boolean writable = !readsOnly && (Short.toUnsignedInt(table.get(U16, b + DESC_FLAGS)) & F_WRITE) != 0;
             if (writable) {
                 writableSeen = true;
             } else if (writableSeen) {
@@ -568,6 +570,11 @@ public final class PackedDeviceRing implements DeviceRing {
             }
             addBuffer(chain, start, a, l, writable);
         }
+    }
+
+    @Override
+    public void deviceReadsOnly() {
+        readsOnly = true;
     }
 
     @Override

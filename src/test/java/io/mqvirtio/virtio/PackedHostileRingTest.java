@@ -88,6 +88,36 @@ class PackedHostileRingTest {
         assertThat(q.pop(c)).isFalse();
     }
 
+    /**
+     * DPDK's virtio PMD sends a frame of several segments on a packed ring as an indirect table whose first
+     * descriptor (the header) keeps the WRITE flag its init set, readable segments after it: a ring the device only
+     * reads (a TX ring) takes every buffer of the table as readable; any other ring is broken by it.
+     */
+    @Test
+    void aTransmitRingIgnoresWriteFlagsInAnIndirectTable() {
+        long table = dataOff + 60 * 1024;
+        d.set(U64, table, buf(1));
+        d.set(U32, table + 8, 12);
+        d.set(U16, table + 14, (short) F_WRITE); // the header, as DPDK leaves it
+        d.set(U64, table + 16, buf(2));
+        d.set(U32, table + 24, 500);
+        d.set(U16, table + 30, (short) (F_NEXT | F_AVAIL)); // what DPDK writes: NEXT and its wrap bits
+        d.set(U64, table + 32, buf(3));
+        d.set(U32, table + 40, 300);
+        d.set(U16, table + 46, (short) F_AVAIL);
+        desc(0, mem.gpa(table), 48, 5, F_INDIRECT);
+        DeviceRing q = device(ALL);
+        q.deviceReadsOnly();
+        DescriptorChain c = new DescriptorChain(64);
+        assertThat(q.pop(c)).isTrue();
+        assertThat(c.id()).isEqualTo(5);
+        assertThat(c.readableCount()).isEqualTo(3);
+        assertThat(c.readableBytes()).isEqualTo(812);
+        assertThat(c.writableBytes()).isZero();
+        assertThat(q.isBroken()).isFalse();
+        expectBroken(device(ALL), "readable descriptor after a writable one in the indirect table");
+    }
+
     @Test
     void wrongWrapBitsAndUsedFlagsAreNotAvailable() {
         DeviceRing q = device(ALL);
