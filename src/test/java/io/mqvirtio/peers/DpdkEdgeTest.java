@@ -20,7 +20,7 @@ import org.junit.jupiter.params.provider.MethodSource;
 
 /**
  * DPDK's virtio-user (testpmd forwarding {@code io} or {@code macswap} on its one port looped to itself) against our
- * backend at the edges: rings of 2 to the largest DPDK takes, split and packed, with and without IN_ORDER and
+ * backend at the edges: rings of 8 to the largest DPDK takes (32768), split and packed, with and without IN_ORDER and
  * mergeable buffers, several pairs, frames up to the MTU in buffers smaller than them. Each pair's frames go out
  * through testpmd's RX queue and come back on the same pair's TX: every frame checked byte for byte, in order, once.
  * With at most as many frames in flight per pair as its rings hold, none may be lost; a frame that does not fit
