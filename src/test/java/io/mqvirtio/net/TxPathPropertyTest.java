@@ -335,7 +335,9 @@ class TxPathPropertyTest {
                 c.bufs.add(new Buf(off, n, false));
             }
             int slotsLeft = indirect ? Integer.MAX_VALUE : room - pieces;
-            if (r.nextInt(12) == 0 && slotsLeft > 0) {
+            // (a packed TX ring's indirect tables have their WRITE flags ignored, as DPDK's vhost ignores them: DPDK's
+            // virtio marks its TX tables' entries WRITE; PackedHostileRingTest. So no writable part there.)
+            if (r.nextInt(12) == 0 && slotsLeft > 0 && !(packed && indirect)) {
                 int n = r.nextInt(300); // a writable part after the frame: not the frame's, never written
                 c.bufs.add(new Buf(alloc(n), n, true));
             }
@@ -375,8 +377,8 @@ class TxPathPropertyTest {
 
         void spoil(Chain c, boolean indirect, int room) {
             int k = r.nextInt(indirect ? 5 : 4);
-            if (k == 2 && !indirect && c.bufs.size() == room) {
-                k = 0; // no ring entry left for one more descriptor
+            if (k == 2 && (!indirect && c.bufs.size() == room || packed && indirect)) {
+                k = 0; // no ring entry left for one more descriptor; or a packed TX table, whose WRITE flags are ignored
             }
             switch (k) {
                 case 0 -> {
