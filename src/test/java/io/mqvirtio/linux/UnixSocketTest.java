@@ -50,20 +50,25 @@ class UnixSocketTest {
     }
 
 
+    /** Connects to the listener at {@link #path} until its backlog is full (the next connect: EAGAIN). */
+    private void fillBacklog(java.util.List<UnixSocket> queued) {
+        while (true) {
+            try {
+                queued.add(UnixSocket.connect(path, 50));
+            } catch (ErrnoException e) {
+                assertThat(e.errno()).isEqualTo(ErrnoException.EAGAIN);
+                return;
+            }
+            assertThat(queued.size()).isLessThan(100);
+        }
+    }
+
     /** A listener that never accepts, its backlog full: a connect to it waits no longer than asked, then says so. */
     @Test
     void connectToAListenerThatNeverAcceptsIsBounded() throws Exception {
         java.util.List<UnixSocket> queued = new java.util.ArrayList<>();
         try (UnixSocket l = UnixSocket.listen(path, 0)) {
-            while (true) { // fill the backlog
-                try {
-                    queued.add(UnixSocket.connect(path, 50));
-                } catch (ErrnoException e) {
-                    assertThat(e.errno()).isEqualTo(ErrnoException.EAGAIN);
-                    break;
-                }
-                assertThat(queued.size()).isLessThan(100);
-            }
+            fillBacklog(queued);
             long t0 = System.nanoTime();
             assertThatThrownBy(() -> UnixSocket.connect(path, 300)).isInstanceOf(ErrnoException.class)
                     .hasMessageContaining("accepted nothing within 300 ms");
@@ -89,14 +94,7 @@ class UnixSocketTest {
     void theLongestTimeoutsWaitForTheListenerAndTheLock() throws Exception {
         java.util.List<UnixSocket> queued = new java.util.ArrayList<>();
         try (UnixSocket l = UnixSocket.listen(path, 0)) {
-            while (true) { // fill the backlog
-                try {
-                    queued.add(UnixSocket.connect(path, 50));
-                } catch (ErrnoException e) {
-                    break;
-                }
-                assertThat(queued.size()).isLessThan(100);
-            }
+            fillBacklog(queued);
             Thread accepter = Thread.ofPlatform().daemon().start(() -> {
                 sleep(300);
                 l.accept().close();

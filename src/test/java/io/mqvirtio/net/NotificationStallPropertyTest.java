@@ -3,7 +3,6 @@ package io.mqvirtio.net;
 import static org.assertj.core.api.Assertions.assertThat;
 
 import io.mqvirtio.backend.LoopbackBackend;
-import io.mqvirtio.linux.IoVec;
 import io.mqvirtio.vhostuser.VhostUserServer;
 import io.mqvirtio.virtio.VirtioFeatures;
 import java.lang.foreign.Arena;
@@ -271,25 +270,7 @@ class NotificationStallPropertyTest {
 
         @Override
         public Port open(int pair) {
-            return new Port() {
-                @Override
-                public int readFd() {
-                    return POLL;
-                }
-
-                @Override
-                public long send(IoVec frame) {
-                    return frame.totalBytes();
-                }
-
-                @Override
-                public long receive(IoVec into) {
-                    return OnePortBackend.receiveFrom(frames.get(pair), into);
-                }
-
-                @Override
-                public void close() {}
-            };
+            return OnePortBackend.fedPort(frames.get(pair));
         }
 
         @Override

@@ -33,6 +33,32 @@ abstract class OnePortBackend implements PacketBackend {
     @Override
     public void close() {}
 
+    /**
+     * A port without a descriptor (read at each round of its worker) that drops what it is given to send and hands
+     * the worker the frames queued in {@code frames} ({@link #receiveFrom}).
+     */
+    static Port fedPort(Queue<byte[]> frames) {
+        return new Port() {
+            @Override
+            public int readFd() {
+                return POLL;
+            }
+
+            @Override
+            public long send(IoVec frame) {
+                return frame.totalBytes();
+            }
+
+            @Override
+            public long receive(IoVec into) {
+                return receiveFrom(frames, into);
+            }
+
+            @Override
+            public void close() {}
+        };
+    }
+
     /** The next frame of {@code frames} (header and frame) into {@code into}, cut to it as a TAP cuts; -1 if none. */
     static long receiveFrom(Queue<byte[]> frames, IoVec into) {
         byte[] f = frames.poll();

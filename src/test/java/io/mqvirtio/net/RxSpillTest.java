@@ -3,7 +3,6 @@ package io.mqvirtio.net;
 import static io.mqvirtio.virtio.SplitRing.*;
 import static org.assertj.core.api.Assertions.assertThat;
 
-import io.mqvirtio.linux.IoVec;
 import io.mqvirtio.vhostuser.VhostUserServer;
 import io.mqvirtio.virtio.VirtioFeatures;
 import java.lang.foreign.MemorySegment;
@@ -43,25 +42,7 @@ class RxSpillTest {
 
         @Override
         public Port open(int pair) {
-            return new Port() {
-                @Override
-                public int readFd() {
-                    return POLL;
-                }
-
-                @Override
-                public long send(IoVec frame) {
-                    return frame.totalBytes();
-                }
-
-                @Override
-                public long receive(IoVec into) {
-                    return receiveFrom(frames, into);
-                }
-
-                @Override
-                public void close() {}
-            };
+            return fedPort(frames);
         }
 
     }

@@ -56,17 +56,7 @@ class TapTxBlockedTest {
         // the limit set before our first frame: the queue's io_uring writer, set up by that frame, sees it and links
         // its writes from the start (set later, the first batch without room would drop)
         try (SlowHost h = new SlowHost(how, "100kbit", 8192)) { // a frame through every 80 ms
-            int frames = 24;
-            offer(h.d, 1, frames);
-            h.tx.kick(); // once: the guest now waits for its frames to be used
-            await(() -> h.tx.usedIdx() == 1 + frames, "every frame used without another kick");
-            await(() -> h.counters().packets() + h.counters().drops() == 1 + frames, "every frame counted");
-            QueueCounters.Snapshot c = h.counters();
-            assertThat(c.packets()).as("all sent, none dropped").isEqualTo(1 + frames);
-            assertThat(c.drops() + c.errors()).isZero();
-            assertThat(h.tx.err.drain()).as("no ring broke").isZero();
-            assertThat(arrivals(h.slowQueue, 1 + frames)).as("what reached the host, in order")
-                    .isEqualTo(IntStream.rangeClosed(0, frames).boxed().toList());
+            offerAndSeeEveryFrameOut(h, 24);
             assertThat(h.dev.ioMethods()).contains(how == TapBackend.TxMethod.WRITEV ? "writev" : "io_uring");
         }
     }
@@ -170,17 +160,7 @@ class TapTxBlockedTest {
     void aSendBufferTooSmallEverToPollWritableStillLetsEveryFrameOut(TapBackend.TxMethod how) throws Exception {
         // never writable to poll; a write fits while none of ours is held
         try (SlowHost h = new SlowHost(how, "100kbit", 2)) { // a frame through every 80 ms
-            int frames = 6;
-            offer(h.d, 1, frames);
-            h.tx.kick(); // once: the guest now waits for its frames to be used
-            await(() -> h.tx.usedIdx() == 1 + frames, "every frame used without another kick");
-            await(() -> h.counters().packets() + h.counters().drops() == 1 + frames, "every frame counted");
-            QueueCounters.Snapshot c = h.counters();
-            assertThat(c.packets()).as("all sent, none dropped").isEqualTo(1 + frames);
-            assertThat(c.drops() + c.errors()).isZero();
-            assertThat(h.tx.err.drain()).as("no ring broke").isZero();
-            assertThat(arrivals(h.slowQueue, 1 + frames)).as("what reached the host, in order")
-                    .isEqualTo(IntStream.rangeClosed(0, frames).boxed().toList());
+            offerAndSeeEveryFrameOut(h, 6);
         }
     }
 
@@ -267,6 +247,23 @@ class TapTxBlockedTest {
      * The sequence numbers of our frames that reached {@code q} (the slow TAP's queue: what the bridge flooded to it),
      * each checked byte for byte, until {@code n} came or none came for 3 s.
      */
+    /**
+     * Offers {@code frames} frames after the first and kicks once (the guest then waits for them to be used): every
+     * one is used without another kick, sent (none dropped, no error, no ring broken) and reaches the host in order.
+     */
+    private static void offerAndSeeEveryFrameOut(SlowHost h, int frames) throws Exception {
+        offer(h.d, 1, frames);
+        h.tx.kick(); // once: the guest now waits for its frames to be used
+        await(() -> h.tx.usedIdx() == 1 + frames, "every frame used without another kick");
+        await(() -> h.counters().packets() + h.counters().drops() == 1 + frames, "every frame counted");
+        QueueCounters.Snapshot c = h.counters();
+        assertThat(c.packets()).as("all sent, none dropped").isEqualTo(1 + frames);
+        assertThat(c.drops() + c.errors()).isZero();
+        assertThat(h.tx.err.drain()).as("no ring broke").isZero();
+        assertThat(arrivals(h.slowQueue, 1 + frames)).as("what reached the host, in order")
+                .isEqualTo(IntStream.rangeClosed(0, frames).boxed().toList());
+    }
+
     private static List<Integer> arrivals(Tap q, int n) {
         List<Integer> got = new ArrayList<>();
         try (Arena a = Arena.ofConfined()) {
