@@ -323,6 +323,11 @@ public final class NetDriver implements AutoCloseable {
             throw new IllegalArgumentException("queue pairs must be 1.." + maxPairs + ": " + n);
         }
         checkOpen();
+        if (n < activePairs) {
+            // Fewer: published before any pair is disabled, so that pairFor never chooses one that takes nothing,
+            // neither while the replies come nor after one that fails part way (the old count stayed, for good)
+            activePairs = n;
+        }
         for (int p = 0; p < maxPairs; p++) {
             boolean on = p < n;
             NetQueuePair qp = pairs.get(p);

@@ -26,7 +26,8 @@ import java.util.function.Function;
  * choosing, legal or not. What a malicious backend can do to the driver.
  *
  * <p>{@code twist} may replace the answer to a request: null behaves, {@code "silent"} never answers again (the
- * backend sleeps until closed), a {@code Long} answers after that many milliseconds.
+ * backend sleeps until closed), a {@code Long} answers after that many milliseconds, {@code "refused"} acknowledges
+ * a request that asked for it with a failure (ack 1), having done nothing.
  */
 final class ScriptedRingBackend implements AutoCloseable {
     static final long FEATURES = VirtioFeatures.bit(VirtioFeatures.F_VERSION_1) | VirtioFeatures.bit(VirtioNet.F_MRG_RXBUF)
@@ -145,7 +146,7 @@ final class ScriptedRingBackend implements AutoCloseable {
                     if (act instanceof Long delay) {
                         Thread.sleep(delay);
                     }
-                    byte[] reply = answer(m);
+                    byte[] reply = "refused".equals(act) && m.needsReply() ? Message.u64Payload(1) : answer(m);
                     if (reply != null) {
                         ch.send(m.requestId(), Protocol.FLAG_REPLY, reply);
                     }
