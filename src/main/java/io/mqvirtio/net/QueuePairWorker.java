@@ -1070,6 +1070,9 @@ final class QueuePairWorker implements WorkerHandler {
         }
     }
 
+    /** The byte {@link #receiveInto} last looked at in a buffer the port left empty (kept, so the look is made). */
+    private byte rxProbe;
+
     /** {@link #receiveInto}: the port has nothing, or failed (the burst's buffers from here were given back). */
     private static final long RX_STOP = Long.MIN_VALUE;
     /** {@link #receiveInto}: the frame was larger than the ring may get, and cut; dropped, the buffer stays. */
@@ -1147,6 +1150,13 @@ final class QueuePairWorker implements WorkerHandler {
             return RX_STOP;
         }
         if (len < 0) {
+            if (room > rxFrameNeed) {
+                // The read straight into the buffer tells an empty queue by poll, without errno (IoVec.read): a read
+                // that failed because the frontend took the buffer's memory away (EFAULT: the kernel drops the
+                // frame) and left the queue empty reads the same. A look at the buffer tells: memory taken away
+                // faults here (SIGBUS, an InternalError), and the ring breaks, as at any touch of such memory.
+                rxProbe = ALL.get(ValueLayout.JAVA_BYTE, host);
+            }
             giveBackRxBurst(q);
             portReadable = false;
             return RX_STOP;
