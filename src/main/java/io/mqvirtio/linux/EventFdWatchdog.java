@@ -79,19 +79,13 @@ final class EventFdWatchdog {
         if (e != null && e == s.seen && seq == s.seenSeq) {
             // Under the eventfd's lock, so that its owner cannot close it and the kernel give its number to another
             // file between our look and our read (the write we look at may end, and its ring be torn down, meanwhile).
+            // The line after, outside it: a log handler that waits (standard error into a full pipe) must not hold up
+            // the eventfd's close.
+            boolean released;
             synchronized (e) {
-                release(s, e);
+                released = release(s, e);
             }
-        }
-        s.seen = e;
-        s.seenSeq = seq;
-    }
-
-    private static void release(Slot s, EventFd e) {
-        try {
-            if (e.isOpen() && e.isFull()) {
-                s.released = true;
-                e.drain();
+            if (released) {
                 // A thread's first release is a WARNING, later ones DEBUG: a frontend can fill its eventfd again
                 // after each release, ten times a second, and the log is every VM's (the writer learns of each
                 // release from signal(), and a worker then breaks the ring, within its device's allowance)
@@ -99,8 +93,25 @@ final class EventFdWatchdog {
                         + "its peer filled to the limit with O_NONBLOCK cleared{1}", s.name, s.releases == 1
                         ? " (further releases on this thread are logged at DEBUG)" : " (" + s.releases + " so far)");
             }
+        }
+        s.seen = e;
+        s.seenSeq = seq;
+    }
+
+    /**
+     * Drains {@code e} if its counter is at its limit (a write on it waits), having told the writer first (its write
+     * returns as soon as the counter is drained); whether it did.
+     */
+    private static boolean release(Slot s, EventFd e) {
+        try {
+            if (e.isOpen() && e.isFull()) {
+                s.released = true;
+                e.drain();
+                return true;
+            }
         } catch (RuntimeException closed) {
             // closed meanwhile: that write is over
         }
+        return false;
     }
 }
