@@ -257,7 +257,8 @@ public final class IoVec {
         try {
             // Without errno capture first (see Native.downcallUncaptured): a worker writes each TX frame here. A
             // write that failed wrote nothing (a TAP takes a packet whole or not at all), so it is made again,
-            // capturing errno: a full TAP (EAGAIN) costs that second call, the frames that go through nothing.
+            // capturing errno: a full TAP (EAGAIN) costs that second call, the frames that go through nothing. While
+            // writes fail for another reason (a link down: EIO), the host's TAP counts each frame's drop twice.
             long n = (long) WRITEV_UNCAPTURED.invokeExact(fd.fd(), v.array, v.count);
             while (n < 0) {
                 n = (long) WRITEV.invokeExact(Native.errnoState(), fd.fd(), v.array, v.count);
