@@ -51,8 +51,8 @@ public final class ManPage {
             command(b, sub);
         }
         b.append(".SH EXIT STATUS\n");
-        b.append(".TP\n.B 0\ndone (serve: stopped by SIGTERM or SIGINT, everything it opened closed; SIGHUP is logged "
-                + "and serve goes on)\n");
+        b.append(".TP\n.B 0\ndone (serve: stopped by SIGTERM or SIGINT, everything it opened closed; SIGHUP, SIGUSR1 "
+                + "and SIGUSR2 are logged and serve goes on)\n");
         b.append(".TP\n.B 1\nsomething failed (a socket that cannot be listened on, a TAP that cannot be opened, a "
                 + "benchmark none of whose points ran)\n");
         b.append(".TP\n.B 2\na command line that cannot be run: one line on standard error says why, and where the "

@@ -455,9 +455,10 @@ final class Serve {
         if (!Signals.onTermination(r::requestStop)) {
             LOG.log(Level.WARNING, "cannot handle SIGTERM/SIGINT (sun.misc.Signal unavailable): they exit with 128+signal");
         }
-        if (!Signals.onHangup(sig -> LOG.log(Level.INFO, "SIGHUP: serve has nothing to reload and goes on serving "
-                + "(SIGTERM stops it)"))) {
-            LOG.log(Level.WARNING, "cannot handle SIGHUP (sun.misc.Signal unavailable): it stops serve, status 129");
+        if (!Signals.onRequests(sig -> LOG.log(Level.INFO, "SIG{0}: serve has nothing to reload and goes on serving "
+                + "(SIGTERM stops it)", sig))) {
+            LOG.log(Level.WARNING, "cannot handle SIGHUP, SIGUSR1 or SIGUSR2 (sun.misc.Signal unavailable): they stop "
+                    + "serve, status 128+signal");
         }
         try {
             r.start(o);

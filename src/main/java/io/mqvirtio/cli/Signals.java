@@ -28,14 +28,18 @@ final class Signals {
         return on(TERMINATION, handler);
     }
 
+    /** The signals whose default ends the process but which ask a daemon for something else: reload, reopen logs. */
+    static final List<String> REQUESTS = List.of("HUP", "USR1", "USR2");
+
     /**
-     * Calls {@code handler} with "HUP" at each SIGHUP, instead of the JVM's default (shutdown hooks, status 129): a
-     * terminal that hangs up, or a {@code kill -HUP} meant to make a daemon reload, would take every VM's network down.
+     * Calls {@code handler} with the signal's name at each SIGHUP, SIGUSR1 or SIGUSR2, instead of the JVM's default
+     * (shutdown hooks, status 128+signal): a terminal that hangs up, or a {@code kill -HUP} or {@code kill -USR1}
+     * meant to make a daemon reload or reopen its logs (as nginx does), would take every VM's network down.
      *
-     * @return whether the handler is installed
+     * @return whether every handler is installed
      */
-    static boolean onHangup(Consumer<String> handler) {
-        return on(List.of("HUP"), handler);
+    static boolean onRequests(Consumer<String> handler) {
+        return on(REQUESTS, handler);
     }
 
     private static boolean on(List<String> names, Consumer<String> handler) {

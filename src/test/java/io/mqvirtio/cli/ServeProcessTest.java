@@ -60,9 +60,9 @@ class ServeProcessTest {
     }
 
     /**
-     * SIGHUP (a terminal that hangs up, a {@code kill -HUP} meant to make a daemon reload) is logged and serve goes on
-     * serving; SIGTERM then stops it as always. Before, the JVM's default ended serve with status 129, and every VM's
-     * network with it.
+     * SIGHUP, SIGUSR1 and SIGUSR2 (a terminal that hangs up, a {@code kill -HUP} or {@code -USR1} meant to make a daemon
+     * reload or reopen its logs) are logged and serve goes on serving; SIGTERM then stops it as always. Before, the
+     * JVM's default ended serve with status 128+signal, and every VM's network with it.
      */
     @Test
     @Timeout(120)
@@ -71,8 +71,10 @@ class ServeProcessTest {
         try (Launcher.Run r = Launcher.start(dir, "serve-HUP",
                 Launcher.command("serve", "--socket-path", sock.toString(), "--queues", "1", "--loopback"))) {
             r.awaitErr("listening on " + java.util.regex.Pattern.quote(sock.toString()), START_MS);
-            kill("HUP", r.process().pid());
-            r.awaitErr("SIGHUP: serve has nothing to reload", 10_000);
+            for (String signal : List.of("HUP", "USR1", "USR2")) {
+                kill(signal, r.process().pid());
+                r.awaitErr("SIG" + signal + ": serve has nothing to reload", 10_000);
+            }
             Thread.sleep(500);
             assertThat(r.process().isAlive()).as("serve after SIGHUP; stderr:%n%s", r.stderr()).isTrue();
             assertThat(sock).exists();
