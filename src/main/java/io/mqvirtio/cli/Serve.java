@@ -348,6 +348,12 @@ final class Serve {
                 if (v.tap() != null && !v.tap().contains("%") && !taps.add(v.tap())) {
                     throw new UsageException("TAP device " + v.tap() + " is given to two VMs");
                 }
+                if (a.maxTotalMemory != null && v.maxMemory() > maxTotal && v.maxMemory() != defaults.perVm()) {
+                    // (a VM's limit left at its default, the host's memory, is simply capped by the total)
+                    throw new UsageException("--max-total-memory " + a.maxTotalMemory + " is below the max-memory of VM "
+                            + v.name() + " (" + v.maxMemory() + " bytes): that VM could never share what its own "
+                            + "limit allows");
+                }
                 if (!names.add(v.name())) {
                     throw new UsageException("two VMs are named " + v.name() + " (set name=...)");
                 }

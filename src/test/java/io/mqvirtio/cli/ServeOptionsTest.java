@@ -103,4 +103,22 @@ class ServeOptionsTest {
                 "socket-path=/tmp/b.sock,tap=mqv7,name=b")).isInstanceOf(UsageException.class)
                 .hasMessageContaining("TAP device mqv7 is given to two VMs");
     }
+
+    /**
+     * A total for all VMs below one VM's own limit, both given: that VM would be refused at run time whatever its
+     * limit said, so it is a usage error now (before: accepted). The total alone caps every VM's default limit.
+     */
+    @Test
+    void aTotalBelowAVmsOwnLimitIsRefused() {
+        assertThatThrownBy(() -> parse("serve", "--socket-path", "/tmp/x.sock", "--loopback", "--max-memory", "4G",
+                "--max-total-memory", "1G")).isInstanceOf(UsageException.class)
+                .hasMessageContaining("--max-total-memory 1G is below the max-memory of VM");
+        assertThatThrownBy(() -> parse("serve", "--vm", "socket-path=/tmp/a.sock,loopback,name=a,max-memory=2G",
+                "--vm", "socket-path=/tmp/b.sock,loopback,name=b", "--max-total-memory", "1G"))
+                .isInstanceOf(UsageException.class).hasMessageContaining("VM a");
+        assertThat(parse("serve", "--socket-path", "/tmp/x.sock", "--loopback", "--max-total-memory", "1G")
+                .maxTotalMemory()).isEqualTo(1L << 30);
+        assertThat(parse("serve", "--socket-path", "/tmp/x.sock", "--loopback", "--max-memory", "1G",
+                "--max-total-memory", "1G").maxTotalMemory()).isEqualTo(1L << 30);
+    }
 }
