@@ -334,9 +334,9 @@ public final class NetDevice implements VhostUserDevice, AutoCloseable {
     /** CPU time each pair's worker thread has used so far (ns), for CPU-per-packet figures. */
     public long[] workerCpuNanos() {
         java.lang.management.ThreadMXBean mx = java.lang.management.ManagementFactory.getThreadMXBean();
-        long[] t = new long[workers.length];
-        for (int i = 0; i < workers.length; i++) {
-            t[i] = mx.getThreadCpuTime(workers[i].threadId());
+        long[] t = workerThreadIds();
+        for (int i = 0; i < t.length; i++) {
+            t[i] = mx.getThreadCpuTime(t[i]);
         }
         return t;
     }

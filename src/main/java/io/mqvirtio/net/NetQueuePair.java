@@ -768,13 +768,13 @@ public final class NetQueuePair {
             // Edge-triggered, and the counter is never read: the backend shares the call eventfd's open file and
             // can clear its O_NONBLOCK, and a read(2) of an empty counter would then block for good. Each write to
             // an eventfd is an edge, so every call the backend signals wakes one wait without a read.
-            waiter.add(rxCall, Epoll.EPOLLIN | Epoll.EPOLLET, 0);
-            waiter.add(wake, Epoll.EPOLLIN, 1); // ours alone: how close() ends a wait
+            waiter.add(rxCall, Epoll.EPOLLIN | Epoll.EPOLLET, EVENT_CALL);
+            waiter.add(wake, Epoll.EPOLLIN, EVENT_WAKE); // ours alone: how close() ends a wait
             UnixSocket c = control;
             if (c != null) {
                 // the backend's hang-up only (never EPOLLIN: what it sends there must not wake the wait): it stays
                 // signalled, so every later wait ends at once, with the error
-                waiter.add(c, Epoll.EPOLLRDHUP, 2);
+                waiter.add(c, Epoll.EPOLLRDHUP, EVENT_HANGUP);
             }
         }
         waiter.await(0); // takes the edges of calls for frames already in the ring: they must not wake the wait
@@ -849,14 +849,22 @@ public final class NetQueuePair {
     /** How long one epoll wait of {@link #awaitReceive} lasts at most: how soon it sees its thread interrupted. */
     static final int INTERRUPT_CHECK_MS = 50;
 
-    /** Whether the {@code n} events of the last wait include the backend's hang-up. */
-    private boolean hungUp(int n) {
+    /** What each descriptor of the wait's epoll stands for, in its events' data. */
+    private static final long EVENT_CALL = 0, EVENT_WAKE = 1, EVENT_HANGUP = 2;
+
+    /** Whether the {@code n} events of the last wait include one of {@code token}. */
+    private boolean has(int n, long token) {
         for (int i = 0; i < n; i++) {
-            if (waiter.data(i) == 2) {
+            if (waiter.data(i) == token) {
                 return true;
             }
         }
         return false;
+    }
+
+    /** Whether the {@code n} events of the last wait include the backend's hang-up. */
+    private boolean hungUp(int n) {
+        return has(n, EVENT_HANGUP);
     }
 
     /**
@@ -865,16 +873,14 @@ public final class NetQueuePair {
      * {@link #closed} before it signals, so a close is never taken for it).
      */
     private boolean closing(int n) {
-        for (int i = 0; i < n; i++) {
-            if (waiter.data(i) == 1) {
-                if (closed) {
-                    return true;
-                }
-                wake.drain();
-                return closed;
-            }
+        if (!has(n, EVENT_WAKE)) {
+            return false;
         }
-        return false;
+        if (closed) {
+            return true;
+        }
+        wake.drain();
+        return closed;
     }
 
     public QueueCounters.Snapshot rxCounters() {

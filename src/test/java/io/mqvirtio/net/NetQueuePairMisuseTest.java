@@ -76,9 +76,7 @@ class NetQueuePairMisuseTest {
     @Test
     void aReceiveIntoBuffersItCannotWriteTakesNoFrameAndTheRingKeepsItsBuffers() {
         NetQueuePair q = nic.pair(0);
-        Arena gone = Arena.ofConfined();
-        MemorySegment closed = gone.allocate(2048);
-        gone.close();
+        MemorySegment closed = ofAClosedArena(2048);
         Map<String, Supplier<Integer>> misuses = new LinkedHashMap<>();
         misuses.put("read-only segment", () -> q.receive(new MemorySegment[] {arena.allocate(2048).asReadOnly()},
                 new int[1], 1));
@@ -116,9 +114,7 @@ class NetQueuePairMisuseTest {
     @Test
     void aBurstWithAFrameThatCannotBeSentSendsNothing() {
         NetQueuePair q = nic.pair(0);
-        Arena gone = Arena.ofConfined();
-        MemorySegment closed = gone.allocate(100);
-        gone.close();
+        MemorySegment closed = ofAClosedArena(100);
         MemorySegment good = NetDriverContract.frame(arena, 0, 1, 100);
         Map<String, Supplier<Integer>> bursts = new LinkedHashMap<>();
         bursts.put("a runt", () -> q.send(new MemorySegment[] {good, good, arena.allocate(13)}, 0, 3));
@@ -336,6 +332,13 @@ class NetQueuePairMisuseTest {
             l.await(10, TimeUnit.SECONDS);
         } catch (InterruptedException e) {
             Thread.currentThread().interrupt();
+        }
+    }
+
+    /** A segment of {@code bytes} whose arena is closed already. */
+    private static MemorySegment ofAClosedArena(long bytes) {
+        try (Arena gone = Arena.ofConfined()) {
+            return gone.allocate(bytes);
         }
     }
 }

@@ -403,6 +403,16 @@ class ControlUnderTrafficPropertyTest {
             }
         }
 
+        /** Offers buffer {@code id} again: an RX buffer whole, a TX buffer with a new frame ({@link #writeTx}). */
+        void post(GRing g, int id) {
+            if (g.rx) {
+                g.len[id] = BUF;
+            } else {
+                writeTx(g, id);
+            }
+            g.offer(id);
+        }
+
         /** A TX frame in buffer {@code id}: a zero header, a tag naming this ring and the frame, bytes made from it. */
         void writeTx(GRing g, int id) {
             long tag = ((long) (g.index + 1) << 56) | ++nextTag;
@@ -509,13 +519,7 @@ class ControlUnderTrafficPropertyTest {
             for (GRing g : rings) {
                 int posts = g.rx ? N : gr.nextInt(9);
                 for (int k = 0; k < posts && !g.free.isEmpty(); k++) {
-                    int id = g.free.poll();
-                    if (g.rx) {
-                        g.len[id] = BUF;
-                    } else {
-                        writeTx(g, id);
-                    }
-                    g.offer(id);
+                    post(g, g.free.poll());
                 }
             }
             for (GRing g : rings) {
@@ -1119,13 +1123,7 @@ class ControlUnderTrafficPropertyTest {
                 for (GRing g : rings) {
                     int posts = g.rx ? g.free.size() : frames;
                     for (int k = 0; k < posts; k++) {
-                        int id = g.free.poll();
-                        if (g.rx) {
-                            g.len[id] = BUF;
-                        } else {
-                            writeTx(g, id);
-                        }
-                        g.offer(id);
+                        post(g, g.free.poll());
                     }
                     g.kick.signal();
                 }
