@@ -12,8 +12,8 @@ import java.util.stream.Stream;
  * mappings of memfds ({@code /proc/self/maps} lines naming {@code memfd:}), with the descriptors listed by what they
  * point to, so a failure says what leaked.
  */
-record Leaks(int fds, int memfdMaps, List<String> fdTargets, List<String> memfdLines) {
-    static Leaks now() {
+public record Leaks(int fds, int memfdMaps, List<String> fdTargets, List<String> memfdLines) {
+    public static Leaks now() {
         List<String> targets;
         try (Stream<Path> s = Files.list(Path.of("/proc/self/fd"))) {
             targets = s.map(p -> {
@@ -36,7 +36,7 @@ record Leaks(int fds, int memfdMaps, List<String> fdTargets, List<String> memfdL
     }
 
     /** Waits (up to {@code timeoutMs}) for the counts to come back to {@code baseline}; returns the last reading. */
-    static Leaks settleTo(Leaks baseline, long timeoutMs) throws InterruptedException {
+    public static Leaks settleTo(Leaks baseline, long timeoutMs) throws InterruptedException {
         long deadline = System.nanoTime() + timeoutMs * 1_000_000L;
         Leaks now = now();
         while ((now.fds != baseline.fds || now.memfdMaps != baseline.memfdMaps) && System.nanoTime() < deadline) {
@@ -55,7 +55,7 @@ record Leaks(int fds, int memfdMaps, List<String> fdTargets, List<String> memfdL
         }
     }
 
-    String describe() {
+    public String describe() {
         return fds + " fds " + fdTargets + "\n" + memfdMaps + " memfd mappings " + memfdLines;
     }
 }
