@@ -1057,6 +1057,10 @@ final class QueuePairWorker implements WorkerHandler {
             if (waitBuffers) {
                 return !poll && q.enableKicksForMore();
             }
+            // Buffers to spare, or no frame to put in them: a kick for more buffers would wake this worker for
+            // nothing, once per receive of the driver's (it posts its buffers again as it takes frames). RX kicks
+            // stay off until the ring runs short (enableKicksForMore above), as vhost-net's handle_rx does.
+            q.disableKicks();
             return done + drops + errors == BUDGET;
         } catch (VirtqueueException e) {
             publishBeforeBreak(q, done, true);
