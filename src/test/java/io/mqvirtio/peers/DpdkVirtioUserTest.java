@@ -75,11 +75,16 @@ class DpdkVirtioUserTest {
                 .matcher(out);
         assertThat(m.find()).as("testpmd's totals in%n%s", Peers.tail(log, 30)).isTrue();
         long theirs = Long.parseLong(m.group(1));
+        // Taken: sent, or dropped by a TX ring that was started but not yet enabled (testpmd enables its rings without
+        // waiting for our ack and sends at once; on a loaded host our session reads the enables late: docs/peers.md)
         long ours = 0;
+        long dropped = 0;
         for (int q = 0; q < PAIRS; q++) {
-            ours += c.get(2 * q + 1).packets();
+            ours += c.get(2 * q + 1).packets() + c.get(2 * q + 1).drops();
+            dropped += c.get(2 * q + 1).drops();
         }
-        assertThat(ours).isLessThanOrEqualTo(theirs).isGreaterThanOrEqualTo(theirs - PAIRS * 256L);
+        assertThat(ours).as("frames we took (%d of them dropped) against testpmd's TX-packets", dropped)
+                .isLessThanOrEqualTo(theirs).isGreaterThanOrEqualTo(theirs - PAIRS * 256L);
         assertThat(out).doesNotContain("Error");
     }
 
