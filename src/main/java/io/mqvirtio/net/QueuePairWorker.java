@@ -291,6 +291,10 @@ final class QueuePairWorker implements WorkerHandler {
             txCall = call;
             txEnabled = enabled;
             loop.register(kick.fd(), KICK_EVENTS, TOKEN_TX_KICK);
+            // A wait for room from before the ring stopped does not outlive it: the restarted ring tries at once
+            // (still no room: it waits again). Its edge may never come (a send buffer too small ever to poll
+            // writable), and the ring then waited for the next upkeep, up to a second, with the TAP long drained.
+            txBlocked = false;
         }
         // A backend that died may have published used entries without signalling them: have the driver look.
         signalCall(isRx);

@@ -165,6 +165,43 @@ class TapTxBlockedTest {
     }
 
     /**
+     * A TX ring stopped (GET_VRING_BASE) and started again (SET_VRING_KICK, as a frontend that resets its device or
+     * a migration does) while it waited for room on a TAP whose send buffer is too small ever to poll writable: the
+     * restarted ring tries at once, and its next frame goes out (the host let the one before go meanwhile). Before,
+     * the worker's wait for room outlived the restart, and the restarted ring's first write waited for the next
+     * upkeep, up to a second. Each round starts just after an upkeep wrote a frame, so that the next is a second away.
+     */
+    @ParameterizedTest
+    @EnumSource(value = TapBackend.TxMethod.class, names = {"WRITEV", "IO_URING"})
+    void aTxRingRestartedWhileWaitingForRoomTriesAtOnce(TapBackend.TxMethod how) throws Exception {
+        try (SlowHost h = new SlowHost(how, "100kbit", 2)) { // a frame through every 80 ms, never writable to poll
+            offer(h.d, 1, 16);
+            h.tx.kick();
+            for (int round = 0; round < 3; round++) {
+                long before = h.counters().packets();
+                await(() -> h.counters().packets() > before, "a frame written (at an upkeep, or the kick)");
+                long sent = h.counters().packets();
+                Thread.sleep(200); // the host lets that frame go: the TAP has room, and no edge says so
+                assertThat(h.counters().packets()).as("round %d: waiting for room", round).isEqualTo(sent);
+                h.d.fe.setVringBase(1, h.d.fe.getVringBase(1));
+                h.d.fe.setVringEnable(1, true);
+                long t0 = System.nanoTime();
+                h.d.fe.setVringKick(1, h.tx.kick);
+                while (h.counters().packets() == sent && System.nanoTime() - t0 < 3_000_000_000L) {
+                    Thread.sleep(1);
+                }
+                assertThat((System.nanoTime() - t0) / 1_000_000).as("round %d: ms from the restart to the next frame"
+                        + " written", round).isLessThan(300);
+            }
+            h.letGo(); // the rest at once
+            await(() -> h.tx.usedIdx() == 17, "every frame used");
+            await(() -> h.counters().packets() == 17, "every frame sent");
+            assertThat(h.counters().drops() + h.counters().errors()).as("nothing dropped").isZero();
+            assertThat(h.tx.err.drain()).as("no ring broke").isZero();
+        }
+    }
+
+    /**
      * A guest on a TAP whose frames the host holds: in a namespace of the test's, our backend's one-queue TAP bridged
      * to a second TAP behind a token bucket of {@code rate} ({@link #bridgeToSlowTap}), the send buffer of every queue
      * of ours limited to {@code sndbuf} bytes (TUNSETSNDBUF through a queue of the host's, before the worker's first
