@@ -35,6 +35,7 @@ import java.util.concurrent.TimeUnit;
  * try (NetDriver nic = NetDriver.connect(Path.of("/tmp/vm0.sock"), NetDriver.Options.pairs(4))) {
  *     NetQueuePair q = nic.pair(0);                 // one per thread
  *     int sent = q.send(frame);                     // 1, or 0 when the TX ring is full
+ *     q.awaitSend(100);                             // then: sleep until it has room (100 ms at most)
  *     int got = q.receive(buffers, lengths, 32);    // frames copied into buffers
  *     nic.setQueuePairs(2);                         // like ethtool -L combined 2
  * }
@@ -426,7 +427,7 @@ public final class NetDriver implements AutoCloseable {
      *
      * <ol>
      * <li>every pair is shut: its next operation throws {@code IllegalStateException("driver closed")}, a thread
-     *     waiting in {@link NetQueuePair#awaitReceive} is woken;
+     *     waiting in {@link NetQueuePair#awaitReady} (awaitReceive, awaitSend) is woken;
      * <li>close waits, one timeout at most, for each pair's thread to leave the operation it is in (see
      *     NetQueuePair's enter/leave for how this costs one CAS per burst); not at all for the pair whose call it
      *     is made from (a FrameWriter's), which is left as one whose thread did not leave;

@@ -20,9 +20,11 @@ import java.util.concurrent.locks.LockSupport;
  *
  * <p>One thread at a time: a pair may pass from one thread to another between calls (each call's end
  * happens-before the next call's start), but a call made while another thread is inside one on the same pair
- * (an {@link #awaitReceive} included) throws {@code IllegalStateException} and touches nothing.
+ * (a wait included) throws {@code IllegalStateException} and touches nothing.
  *
- * <p>Back-pressure: {@link #send} takes what fits in the TX ring and says how many it took; a full ring takes none.
+ * <p>Back-pressure: {@link #send} takes what fits in the TX ring and says how many it took; a full ring takes none,
+ * and {@link #awaitSend} sleeps until it has room again ({@link #awaitReady}: until a frame arrives or the TX ring has
+ * room, for a thread that forwards).
  * A pair the driver disabled ({@link NetDriver#setQueuePairs}) takes nothing and delivers nothing. Once the driver is
  * closed, every operation throws {@code IllegalStateException("driver closed")}.
  *
@@ -33,7 +35,7 @@ import java.util.concurrent.locks.LockSupport;
  * ring cannot see (a length or buffer count that does not fit) is dropped and counted instead ({@link #receive}).
  *
  * <p>A backend that closes its end of the vhost-user connection (it exited, crashed or was restarted) serves the
- * rings no more: a wait for frames ends at once, and a send that finds the TX ring full or a receive that finds
+ * rings no more: a wait for frames or room ends at once, and a send that finds the TX ring full or a receive that finds
  * nothing checks the connection (every 100 ms at most), with a {@link VhostUserException} saying so; close the
  * driver. Frames the backend used before it went are still received first.
  */
@@ -55,8 +57,8 @@ public final class NetQueuePair {
     private final EventFd rxKick;
     private final EventFd txKick;
     private final EventFd rxCall;
-    private final EventFd txCall;       // only the backend signals it (we poll TX): owned here, closed with the pair
-    private final EventFd wake;         // never shared: close() signals it to end an awaitReceive
+    private final EventFd txCall;       // the backend's signal of used TX buffers: awaited only by a wait for TX room
+    private final EventFd wake;         // never shared: close() signals it to end a wait
     private final MemorySegment rxBufs;
     private final MemorySegment txBufs;
     private final long rxBufsGpa;
@@ -232,7 +234,7 @@ public final class NetQueuePair {
         return owner == t;
     }
 
-    /** Makes every later operation throw "driver closed" and wakes one waiting in {@link #awaitReceive}. */
+    /** Makes every later operation throw "driver closed" and wakes one waiting in {@link #awaitReady}. */
     void shut() {
         closed = true;
         enabled = false;
@@ -751,24 +753,56 @@ public final class NetQueuePair {
      * {@link java.nio.channels.Selector#select(long)} keeps it); a thread already interrupted does not wait.
      */
     public boolean awaitReceive(int timeoutMillis) {
+        return awaitReady(RX_READY, timeoutMillis) != 0;
+    }
+
+    /**
+     * Waits up to {@code timeoutMillis} for room in the TX ring (a {@link #send} that returned 0: the backend has not
+     * used the buffers yet), instead of spinning or sleeping; returns true if a send now takes at least one frame
+     * (or throws: a ring the backend broke), false at the timeout. As {@link #awaitReceive}: the backend's TX call
+     * eventfd wakes it, asked for (EVENT_IDX, or the ring's flags) only while the pair waits on a full ring; a call
+     * with nothing used does not end it; closing the driver or an interrupt ends it (false), a backend that closed
+     * the connection ends it with a {@link VhostUserException}.
+     */
+    public boolean awaitSend(int timeoutMillis) {
+        return awaitReady(TX_ROOM, timeoutMillis) != 0;
+    }
+
+    /** {@link #awaitReady}'s interests, and what it returns: a frame to receive, room to send. */
+    public static final int RX_READY = 1, TX_ROOM = 2;
+
+    /**
+     * The wait of a thread that both receives and sends on the pair (a forwarder): until a frame is there to receive
+     * ({@link #RX_READY} in {@code interest}) or the TX ring has room ({@link #TX_ROOM}), whichever comes first, up
+     * to {@code timeoutMillis}; returns which of those in {@code interest} hold (both may), 0 at the timeout, at
+     * close or at an interrupt. Each as {@link #awaitReceive} and {@link #awaitSend} say; no allocation.
+     *
+     * @throws IllegalArgumentException if {@code interest} names neither, or something else, or the timeout is
+     *                                  negative
+     */
+    public int awaitReady(int interest, int timeoutMillis) {
         if (timeoutMillis < 0) {
             throw new IllegalArgumentException("timeout must be 0 or more milliseconds: " + timeoutMillis);
         }
+        if (interest == 0 || (interest & ~(RX_READY | TX_ROOM)) != 0) {
+            throw new IllegalArgumentException("interest must be RX_READY, TX_ROOM or both: " + interest);
+        }
         boolean entered = enter();
         try {
-            return awaitCall(timeoutMillis);
+            return awaitCall(interest, timeoutMillis);
         } finally {
             leave(entered);
         }
     }
 
-    private boolean awaitCall(int timeoutMillis) {
+    private int awaitCall(int interest, int timeoutMillis) {
         if (waiter == null) {
-            waiter = Epoll.create(3);
+            waiter = Epoll.create(4);
             // Edge-triggered, and the counter is never read: the backend shares the call eventfd's open file and
             // can clear its O_NONBLOCK, and a read(2) of an empty counter would then block for good. Each write to
             // an eventfd is an edge, so every call the backend signals wakes one wait without a read.
             waiter.add(rxCall, Epoll.EPOLLIN | Epoll.EPOLLET, EVENT_CALL);
+            waiter.add(txCall, Epoll.EPOLLIN | Epoll.EPOLLET, EVENT_TX_CALL);
             waiter.add(wake, Epoll.EPOLLIN, EVENT_WAKE); // ours alone: how close() ends a wait
             UnixSocket c = control;
             if (c != null) {
@@ -777,31 +811,33 @@ public final class NetQueuePair {
                 waiter.add(c, Epoll.EPOLLRDHUP, EVENT_HANGUP);
             }
         }
-        waiter.await(0); // takes the edges of calls for frames already in the ring: they must not wake the wait
+        waiter.await(0); // takes the edges of calls for buffers already used: they must not wake the wait
         long deadline = System.nanoTime() + timeoutMillis * 1_000_000L;
         Thread me = Thread.currentThread();
         while (true) {
             if (!enabled) {
                 if (!awaitEnabled(deadline)) {
-                    return false;
+                    return 0;
                 }
                 continue; // enabled again: its interrupts on, and its ring looked at, before any wait
             }
-            if (rx.enableInterrupts()) {
-                rx.disableInterrupts();
-                return true;
+            int ready = armInterrupts(interest);
+            if (ready != 0) {
+                disarmInterrupts(interest);
+                return ready;
             }
             if (deadline - System.nanoTime() <= 0 || me.isInterrupted()) {
-                rx.disableInterrupts();
-                return false;
+                disarmInterrupts(interest);
+                return 0;
             }
             int n = awaitUntil(deadline);
-            rx.disableInterrupts();
-            if (rx.usedPending() > 0) {
-                return true;
+            disarmInterrupts(interest);
+            ready = readyNow(interest);
+            if (ready != 0) {
+                return ready;
             }
             if (closing(n)) {
-                return false;
+                return 0;
             }
             if (hungUp(n)) {
                 throw backendGone();
@@ -811,6 +847,44 @@ public final class NetQueuePair {
             // for a frame taken since): neither ends the wait, or a thread waiting on its pair would return, find
             // nothing and wait again once per call, as fast as the backend signals
         }
+    }
+
+    /**
+     * Asks the backend for a notification on each ring of {@code interest} that is not ready yet, and says which are
+     * ready (then reap them before sleeping). TX with a free slot is ready without asking: a wait for room on a ring
+     * that has room never turns on the TX ring's notifications, which the driver otherwise never wants (it polls TX).
+     * A ring the backend broke is ready: the send or receive that follows says why.
+     */
+    private int armInterrupts(int interest) {
+        int ready = 0;
+        if ((interest & RX_READY) != 0 && rx.enableInterrupts()) {
+            ready |= RX_READY;
+        }
+        if ((interest & TX_ROOM) != 0 && (txFree > 0 || tx.isBroken() || tx.enableInterrupts())) {
+            ready |= TX_ROOM;
+        }
+        return ready;
+    }
+
+    private void disarmInterrupts(int interest) {
+        if ((interest & RX_READY) != 0) {
+            rx.disableInterrupts();
+        }
+        if ((interest & TX_ROOM) != 0) {
+            tx.disableInterrupts();
+        }
+    }
+
+    /** Which rings of {@code interest} are ready after a wait (their notifications off again). */
+    private int readyNow(int interest) {
+        int ready = 0;
+        if ((interest & RX_READY) != 0 && rx.usedPending() > 0) {
+            ready |= RX_READY;
+        }
+        if ((interest & TX_ROOM) != 0 && (txFree > 0 || tx.isBroken() || tx.usedPending() > 0)) {
+            ready |= TX_ROOM;
+        }
+        return ready;
     }
 
     /**
@@ -846,11 +920,11 @@ public final class NetQueuePair {
         return waiter.await((int) Math.min(INTERRUPT_CHECK_MS, Math.max(1, (left + 999_999) / 1_000_000L)));
     }
 
-    /** How long one epoll wait of {@link #awaitReceive} lasts at most: how soon it sees its thread interrupted. */
+    /** How long one epoll wait of {@link #awaitReady} lasts at most: how soon it sees its thread interrupted. */
     static final int INTERRUPT_CHECK_MS = 50;
 
     /** What each descriptor of the wait's epoll stands for, in its events' data. */
-    private static final long EVENT_CALL = 0, EVENT_WAKE = 1, EVENT_HANGUP = 2;
+    private static final long EVENT_CALL = 0, EVENT_WAKE = 1, EVENT_HANGUP = 2, EVENT_TX_CALL = 3;
 
     /** Whether the {@code n} events of the last wait include one of {@code token}. */
     private boolean has(int n, long token) {

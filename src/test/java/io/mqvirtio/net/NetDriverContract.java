@@ -282,6 +282,96 @@ abstract class NetDriverContract {
      * whoever completes it (the backend, the driver before sending when the backend cannot, or the driver on receipt
      * when the frame comes back still partial), the frame that arrives carries a valid checksum.
      */
+    /**
+     * A single-threaded forwarder that sleeps in {@link NetQueuePair#awaitReady} (a frame to receive, or room in the
+     * TX ring) whenever it can do nothing, on small rings so that the TX ring fills: every frame comes back intact
+     * and in order, no wait times out while frames are on their way, and the loop does not spin (a wait that said
+     * "ready" with nothing ready would turn it many times per frame). {@link NetQueuePair#awaitSend} says at once
+     * that a ring with room has room.
+     */
+    @Test
+    @Timeout(60)
+    void aForwarderThatWaitsForFramesOrRoomGetsEveryFrameBack() throws Exception {
+        Path sock = startBackend(MAX_PAIRS);
+        int ring = 32;
+        NetDriver nic = NetDriver.connect(sock, options(2).withRingSize(ring));
+        try (nic; Arena a = Arena.ofConfined()) {
+            awaitForwarding(nic);
+            // a sender alone, as fast as it can, on pair 1: it fills the TX ring; a wait that says "room" is right
+            NetQueuePair sender = nic.pair(1);
+            assertThat(sender.awaitSend(0)).as("an empty ring has room").isTrue();
+            MemorySegment[] burst = new MemorySegment[ring];
+            java.util.Arrays.fill(burst, frame(a, 1, 0, 60));
+            long before = sender.txCounters().packets();
+            int waits = 0;
+            long waited = 0;
+            boolean roomSaid = false;
+            for (int sent = 0; sent < 20_000; ) {
+                int n = sender.send(burst, 0, Math.min(ring, 20_000 - sent));
+                if (roomSaid) {
+                    assertThat(n).as("a send after awaitSend said there was room").isPositive();
+                }
+                sent += n;
+                roomSaid = n == 0;
+                if (roomSaid) {
+                    waits++;
+                    long t0 = System.nanoTime();
+                    assertThat(sender.awaitSend(5000)).as("room within 5 s (wait %d)", waits).isTrue();
+                    waited += System.nanoTime() - t0;
+                }
+            }
+            assertThat(sender.txCounters().packets() - before).isEqualTo(20_000);
+            // woken by the backend's call, not by the end of a 50 ms slice of the wait (that would be 25 ms on average)
+            assertThat(waits == 0 ? 0 : waited / waits / 1000).as("mean microseconds of %d waits for room", waits)
+                    .isLessThan(10_000);
+
+            NetQueuePair q = nic.pair(0);
+            int count = 3000;
+            MemorySegment[] sent = new MemorySegment[count];
+            for (int s = 0; s < count; s++) {
+                sent[s] = frame(a, 0, s, 60 + (s * 41) % 1400);
+            }
+            MemorySegment[] bufs = new MemorySegment[ring];
+            for (int i = 0; i < bufs.length; i++) {
+                bufs[i] = a.allocate(2048);
+            }
+            int[] lens = new int[ring];
+            int next = 0;
+            int got = 0;
+            int loops = 0;
+            int timeouts = 0;
+            int txWaits = 0;
+            while (got < count && timeouts < 3) {
+                loops++;
+                // at most a ring's worth on its way: a backend that finds no RX buffer drops (testpmd does)
+                boolean mayGo = next < count && next - got < ring;
+                int n = 0;
+                if (mayGo) {
+                    n = q.send(sent, next, Math.min(ring, Math.min(count - next, ring - (next - got))));
+                    next += n;
+                }
+                int r = q.receive(bufs, lens, bufs.length);
+                for (int i = 0; i < r; i++) {
+                    assertThat(lens[i]).as("length of frame %d", got).isEqualTo((int) sent[got].byteSize());
+                    assertThat(sameBytes(bufs[i], sent[got], lens[i])).as("bytes of frame %d", got).isTrue();
+                    got++;
+                }
+                if (r == 0 && n == 0) {
+                    int interest = NetQueuePair.RX_READY | (mayGo ? NetQueuePair.TX_ROOM : 0);
+                    txWaits += mayGo ? 1 : 0;
+                    int ready = q.awaitReady(interest, 5000);
+                    assertThat(ready & ~interest).as("only what was asked").isZero();
+                    timeouts += ready == 0 ? 1 : 0;
+                }
+            }
+            assertThat(got).as("frames back (%d waits timed out)%n%s", timeouts, backendLog()).isEqualTo(count);
+            assertThat(timeouts).isZero();
+            assertThat(loops).as("turns of the loop for %d frames (%d waits for room)", count, txWaits)
+                    .isLessThan(10 * count);
+            assertThat(q.rxCounters().errors()).isZero();
+        }
+    }
+
     @Test
     @Timeout(60)
     void checksumOffloadArrivesComplete() throws Exception {

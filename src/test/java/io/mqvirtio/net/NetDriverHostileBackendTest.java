@@ -563,6 +563,121 @@ class NetDriverHostileBackendTest {
     }
 
     /**
+     * A wait for room in the TX ring against a backend that never uses a TX buffer: it times out asleep (its thread's
+     * CPU time), and calls the backend signals with nothing used do not end it; the driver asks for a notification
+     * of used TX buffers (the ring's NO_INTERRUPT flag cleared) only while it waits on a full ring; a TX buffer the
+     * backend then uses ends a wait at once, and a send takes a frame again. An interrupt, close and the backend's
+     * hang-up end it as they end a wait for frames. Before, a caller whose send returned 0 could only spin or sleep.
+     */
+    @Test
+    @Timeout(30)
+    void awaitSendSleepsUntilTheBackendUsesATxBuffer() throws Exception {
+        ScriptedRingBackend be = new ScriptedRingBackend(dir.resolve("txfull.sock"));
+        try (NetDriver nic = NetDriver.connect(be.path(), new NetDriver.Options(2, 64, BUF, 1000, NetDriver.WANTED))) {
+            NetQueuePair q = nic.pair(0);
+            ScriptedRingBackend.Ring tx = be.ring(1);
+            MemorySegment f = MemorySegment.ofArray(frame(100, 1));
+            assertThat(q.awaitSend(5000)).as("room at first, without asking").isTrue();
+            assertThat(tx.availFlags()).as("TX notifications while not waiting").isEqualTo(1);
+            int sent = 0;
+            while (q.send(f) == 1) {
+                sent++;
+            }
+            assertThat(sent).isEqualTo(64);
+
+            java.lang.management.ThreadMXBean mx = java.lang.management.ManagementFactory.getThreadMXBean();
+            long cpu = mx.getCurrentThreadCpuTime();
+            long t0 = System.nanoTime();
+            assertThat(q.awaitSend(500)).as("a backend that never uses a buffer").isFalse();
+            assertThat(System.nanoTime() - t0).isGreaterThanOrEqualTo(TimeUnit.MILLISECONDS.toNanos(500));
+            assertThat((mx.getCurrentThreadCpuTime() - cpu) / 1_000_000).as("CPU ms of a 500 ms wait").isLessThan(50);
+            assertThat(tx.availFlags()).as("TX notifications after the wait").isEqualTo(1);
+
+            java.util.concurrent.atomic.AtomicBoolean stop = new java.util.concurrent.atomic.AtomicBoolean();
+            Thread caller = Thread.ofPlatform().daemon().start(() -> {
+                while (!stop.get()) {
+                    tx.call.signal();
+                    LockSupport.parkNanos(200_000);
+                }
+            });
+            try {
+                int returns = 0;
+                t0 = System.nanoTime();
+                while (System.nanoTime() - t0 < TimeUnit.MILLISECONDS.toNanos(600)) {
+                    assertThat(q.awaitSend(200)).as("calls with nothing used").isFalse();
+                    returns++;
+                }
+                assertThat(returns).as("waits of 200 ms in 600 ms").isLessThanOrEqualTo(4);
+            } finally {
+                stop.set(true);
+                caller.join(2000);
+            }
+
+            // used while the driver asked for no call, so none came: the look after asking finds it, without a wait
+            ScriptedRingBackend.Buffer quiet = tx.take();
+            tx.use(quiet, 0);
+            tx.publishQuietly();
+            assertThat(q.awaitSend(0)).as("a TX buffer used without a call").isTrue();
+            assertThat(q.send(f)).isEqualTo(1);
+
+            AtomicReference<Object> end = new AtomicReference<>();
+            Thread t = Thread.ofPlatform().daemon().start(() -> {
+                try {
+                    end.set(q.awaitSend(20_000));
+                } catch (Throwable e) {
+                    end.set(e);
+                }
+            });
+            long until = System.nanoTime() + TimeUnit.SECONDS.toNanos(5);
+            while (tx.availFlags() != 0 && System.nanoTime() < until) {
+                Thread.sleep(1);
+            }
+            assertThat(tx.availFlags()).as("TX notifications asked for while waiting").isZero();
+            ScriptedRingBackend.Buffer b = tx.take();
+            tx.use(b, 0);
+            t0 = System.nanoTime();
+            tx.publish();
+            t.join(2000);
+            assertThat(t.isAlive()).as("still waiting after the backend used a TX buffer").isFalse();
+            assertThat(end.get()).isEqualTo(true);
+            assertThat(System.nanoTime() - t0).isLessThan(TimeUnit.SECONDS.toNanos(1));
+            assertThat(tx.availFlags()).isEqualTo(1);
+            assertThat(q.send(f)).as("room for one").isEqualTo(1);
+            assertThat(q.send(f)).isZero();
+
+            for (String how : new String[] {"interrupt", "close"}) {
+                NetQueuePair w = how.equals("close") ? nic.pair(1) : q;
+                if (w != q) {
+                    while (w.send(f) == 1) {
+                        // fill pair 1's ring too
+                    }
+                }
+                AtomicReference<Object> e2 = new AtomicReference<>();
+                Thread waiter = Thread.ofPlatform().daemon().start(() -> {
+                    try {
+                        e2.set(w.awaitSend(20_000) + " interrupted " + Thread.currentThread().isInterrupted());
+                    } catch (Throwable e) {
+                        e2.set(e);
+                    }
+                });
+                Thread.sleep(200); // in its wait
+                t0 = System.nanoTime();
+                if (how.equals("interrupt")) {
+                    waiter.interrupt();
+                } else {
+                    Thread.ofPlatform().daemon().start(nic::close);
+                }
+                waiter.join(2000);
+                assertThat(waiter.isAlive()).as("%s: still waiting", how).isFalse();
+                assertThat(System.nanoTime() - t0).as(how).isLessThan(TimeUnit.SECONDS.toNanos(1));
+                assertThat(e2.get()).as(how).isEqualTo("false interrupted " + how.equals("interrupt"));
+            }
+        } finally {
+            be.close();
+        }
+    }
+
+    /**
      * A disabled pair delivers nothing, so frames left in its RX ring (used just before the backend stopped the
      * ring, or by a backend that goes on using a disabled ring) must not end its waits: awaitReceive returned true
      * at once, again and again, while receive returned 0, and a thread waiting on its pair spun. Now it waits out
@@ -636,6 +751,10 @@ class NetDriverHostileBackendTest {
             MemorySegment out = a.allocate(60);
             assertThat(untilThrown(() -> q.send(out))).isInstanceOf(VhostUserException.class);
             assertThat(q.txCounters().packets()).as("the TX ring's room, then nothing").isEqualTo(64);
+            assertThatThrownBy(() -> q.awaitSend(20_000)).as("a wait for TX room").isInstanceOf(VhostUserException.class)
+                    .hasMessageContaining("queue pair 0 is served no more");
+            assertThatThrownBy(() -> q.awaitReady(NetQueuePair.RX_READY | NetQueuePair.TX_ROOM, 20_000))
+                    .isInstanceOf(VhostUserException.class);
         }
     }
 

@@ -65,6 +65,11 @@ final class ScriptedRingBackend implements AutoCloseable {
             return new Buffer(id, off(mem().get(U64, d)), mem().get(U32, d + 8));
         }
 
+        /** The driver's avail flags: 1 (NO_INTERRUPT) while it wants no notification of used buffers. */
+        int availFlags() {
+            return Short.toUnsignedInt((short) U16_ATOMIC.getAcquire(mem(), off(avail)));
+        }
+
         /** Writes {@code bytes} into {@code b} at {@code at}. */
         void write(Buffer b, int at, byte[] bytes) {
             MemorySegment.copy(MemorySegment.ofArray(bytes), 0, mem(), b.offset() + at, bytes.length);
@@ -79,8 +84,13 @@ final class ScriptedRingBackend implements AutoCloseable {
 
         /** Publishes the used entries added so far (one release store of used.idx) and signals the driver. */
         void publish() {
-            U16_ATOMIC.setRelease(mem(), off(used) + 2, (short) usedIdx);
+            publishQuietly();
             call.signal();
+        }
+
+        /** Publishes the used entries added so far without signalling (as when the driver asked for no call). */
+        void publishQuietly() {
+            U16_ATOMIC.setRelease(mem(), off(used) + 2, (short) usedIdx);
         }
     }
 
