@@ -74,7 +74,13 @@ public final class NetQueuePair {
     private int txFree;
     private final long[] addr = new long[1];
     private final int[] len = new int[1];
+    /** The epoll of the wait in progress: {@link #waiters}' one for its interest. */
     private Epoll waiter;
+    /**
+     * One epoll per interest (RX, TX, both), made at its first wait: each watches only the call eventfds of the rings
+     * its waits are for, so that calls on the other ring (a backend that signals it in a loop) never wake them.
+     */
+    private final Epoll[] waiters = new Epoll[(RX_READY | TX_ROOM) + 1];
     /** The backend's vhost-user socket, watched for its hang-up (null: not watched): see {@link #checkBackend()}. */
     private volatile UnixSocket control;
     /** System.nanoTime of the next {@link #checkBackend()} that polls the socket. */
@@ -796,13 +802,18 @@ public final class NetQueuePair {
     }
 
     private int awaitCall(int interest, int timeoutMillis) {
+        waiter = waiters[interest];
         if (waiter == null) {
-            waiter = Epoll.create(4);
+            waiter = waiters[interest] = Epoll.create(4);
             // Edge-triggered, and the counter is never read: the backend shares the call eventfd's open file and
             // can clear its O_NONBLOCK, and a read(2) of an empty counter would then block for good. Each write to
             // an eventfd is an edge, so every call the backend signals wakes one wait without a read.
-            waiter.add(rxCall, Epoll.EPOLLIN | Epoll.EPOLLET, EVENT_CALL);
-            waiter.add(txCall, Epoll.EPOLLIN | Epoll.EPOLLET, EVENT_TX_CALL);
+            if ((interest & RX_READY) != 0) {
+                waiter.add(rxCall, Epoll.EPOLLIN | Epoll.EPOLLET, EVENT_CALL);
+            }
+            if ((interest & TX_ROOM) != 0) {
+                waiter.add(txCall, Epoll.EPOLLIN | Epoll.EPOLLET, EVENT_TX_CALL);
+            }
             waiter.add(wake, Epoll.EPOLLIN, EVENT_WAKE); // ours alone: how close() ends a wait
             UnixSocket c = control;
             if (c != null) {
@@ -967,8 +978,10 @@ public final class NetQueuePair {
 
     /** Closes the pair's descriptors; only once its thread is out ({@link #awaitLeft}) or never started. */
     void close() {
-        if (waiter != null) {
-            waiter.close();
+        for (Epoll e : waiters) {
+            if (e != null) {
+                e.close();
+            }
         }
         rxKick.close();
         txKick.close();

@@ -678,6 +678,50 @@ class NetDriverHostileBackendTest {
     }
 
     /**
+     * Calls on the other ring do not wake a wait: a backend that signals the TX call eventfd as fast as it can costs a
+     * thread waiting for frames nothing, and one that signals the RX call costs a thread waiting for TX room nothing
+     * (the waiting thread's CPU time over 300 ms). Since waits for room joined the TX call to the wait's epoll, every
+     * wait watched both, and each call on either woke it to find nothing and sleep again, as fast as the backend
+     * signalled.
+     */
+    @Test
+    @Timeout(30)
+    void callsOnTheOtherRingDoNotWakeAWait() throws Exception {
+        try (ScriptedRingBackend be = new ScriptedRingBackend(dir.resolve("other.sock"));
+             NetDriver nic = NetDriver.connect(be.path(), mergeable())) {
+            NetQueuePair q = nic.pair(0);
+            MemorySegment f = MemorySegment.ofArray(frame(100, 1));
+            assertThat(q.awaitSend(0)).isTrue(); // both waits' epolls made before the calls start
+            assertThat(q.awaitReceive(0)).isFalse();
+            while (q.send(f) == 1) {
+                // the TX ring full: a wait for room waits
+            }
+            java.lang.management.ThreadMXBean mx = java.lang.management.ManagementFactory.getThreadMXBean();
+            for (int ring : new int[] {1, 0}) {
+                EventFd call = be.ring(ring).call;
+                java.util.concurrent.atomic.AtomicBoolean stop = new java.util.concurrent.atomic.AtomicBoolean();
+                Thread caller = Thread.ofPlatform().daemon().start(() -> {
+                    while (!stop.get()) {
+                        call.signal();
+                    }
+                });
+                try {
+                    Thread.sleep(20);
+                    long cpu = mx.getCurrentThreadCpuTime();
+                    boolean woke = ring == 1 ? q.awaitReceive(300) : q.awaitSend(300);
+                    long ms = (mx.getCurrentThreadCpuTime() - cpu) / 1_000_000;
+                    assertThat(woke).isFalse();
+                    assertThat(ms).as("CPU ms of a 300 ms wait for %s while the backend signals the %s call",
+                            ring == 1 ? "frames" : "room", ring == 1 ? "TX" : "RX").isLessThan(30);
+                } finally {
+                    stop.set(true);
+                    caller.join(2000);
+                }
+            }
+        }
+    }
+
+    /**
      * A disabled pair delivers nothing, so frames left in its RX ring (used just before the backend stopped the
      * ring, or by a backend that goes on using a disabled ring) must not end its waits: awaitReceive returned true
      * at once, again and again, while receive returned 0, and a thread waiting on its pair spun. Now it waits out
