@@ -578,6 +578,11 @@ class NetDriverHostileBackendTest {
             ScriptedRingBackend.Ring tx = be.ring(1);
             MemorySegment f = MemorySegment.ofArray(frame(100, 1));
             assertThat(q.awaitSend(5000)).as("room at first, without asking").isTrue();
+            for (int bad : new int[] {0, 4, -1}) {
+                assertThatThrownBy(() -> q.awaitReady(bad, 10)).isInstanceOf(IllegalArgumentException.class)
+                        .hasMessageContaining("RX_READY, TX_ROOM or both");
+            }
+            assertThatThrownBy(() -> q.awaitSend(-1)).isInstanceOf(IllegalArgumentException.class);
             assertThat(tx.availFlags()).as("TX notifications while not waiting").isEqualTo(1);
             int sent = 0;
             while (q.send(f) == 1) {

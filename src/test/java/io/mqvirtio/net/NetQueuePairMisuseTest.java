@@ -166,6 +166,8 @@ class NetQueuePairMisuseTest {
             calls.put("receive", () -> q.receive(new MemorySegment[] {arena.allocate(2048)}, new int[1], 1));
             calls.put("receive ByteBuffer", () -> q.receive(ByteBuffer.allocate(2048)));
             calls.put("awaitReceive", () -> q.awaitReceive(10));
+            calls.put("awaitSend", () -> q.awaitSend(10));
+            calls.put("awaitReady", () -> q.awaitReady(NetQueuePair.RX_READY | NetQueuePair.TX_ROOM, 10));
             for (Map.Entry<String, Supplier<Object>> c : calls.entrySet()) {
                 assertThat(catchThrowable(c.getValue()::get)).as(c.getKey()).isInstanceOf(IllegalStateException.class)
                         .hasMessageContaining("queue pair 0 is in use by another thread").hasMessageContaining("first");
