@@ -23,7 +23,7 @@ import org.junit.jupiter.api.Test;
  *
  * <p>System properties (docs/fuzzing.md has the long run's command):
  * <ul>
- *   <li>{@code fuzz.targets}: comma-separated subset of {@code ring,packed,session} (default all)</li>
+ *   <li>{@code fuzz.targets}: comma-separated subset of {@code ring,packed,session,driver} (default all)</li>
  *   <li>{@code fuzz.seconds}: time limit per target, 0 for none (default {@value #CI_SECONDS})</li>
  *   <li>{@code fuzz.runs}: number of inputs per target, 0 for no limit (default 0)</li>
  *   <li>{@code fuzz.seed}: libFuzzer's seed (default 1)</li>
@@ -38,13 +38,14 @@ class FuzzTest {
     record Target(String name, Class<?> fuzzer, int maxLen) {}
 
     static final List<Target> TARGETS = List.of(new Target("ring", RingFuzzer.class, 4096),
-            new Target("packed", PackedRingFuzzer.class, 4096), new Target("session", SessionFuzzer.class, 256));
+            new Target("packed", PackedRingFuzzer.class, 4096), new Target("session", SessionFuzzer.class, 256),
+            new Target("driver", DriverRingFuzzer.class, 4096));
 
     record Result(Target target, int exitCode, long runs, long seconds, String cov, Path log) {}
 
     @Test
     void fuzzTargetsFindNothing() throws Exception {
-        List<String> wanted = Arrays.asList(System.getProperty("fuzz.targets", "ring,packed,session").split(","));
+        List<String> wanted = Arrays.asList(System.getProperty("fuzz.targets", "ring,packed,session,driver").split(","));
         long seconds = Long.getLong("fuzz.seconds", CI_SECONDS);
         long runs = Long.getLong("fuzz.runs", 0);
         long seed = Long.getLong("fuzz.seed", 1);
