@@ -88,6 +88,8 @@ public final class DriverRingFuzzer {
     static final ArrayDeque<byte[]> txSent = new ArrayDeque<>();  // frames sent and not yet seen offered
     static long txSentTotal, txCompleted;
     static int gen;
+    /** awaitReceive said a frame waits, and the backend has not written into its rings since. */
+    static boolean awaited;
 
     /** The backend's view of one ring: what it has read of the offers, where it writes used entries. */
     static final class Dev {
@@ -265,6 +267,7 @@ public final class DriverRingFuzzer {
         bufSize = BUF_SIZES[d.consumeInt(0, BUF_SIZES.length - 1)];
         chaos = false;
         rxBroken = txBroken = false;
+        awaited = false;
         usedQ.clear();
         withheld.clear();
         txSent.clear();
@@ -461,6 +464,13 @@ public final class DriverRingFuzzer {
         }
         check(!rxBroken || n == 0 && max == 0, "receive on a broken RX ring returned " + n + " instead of throwing");
         QueueCounters.Snapshot after = q.rxCounters();
+        // awaitReceive's promise: a used entry is there to receive, which receive delivers or drops as an error (a
+        // caller looping on await and receive must not spin on an entry neither takes)
+        check(!awaited || max == 0 || n > 0 || after.errors() > before.errors(), "awaitReceive(0) said a frame waits,"
+                + " and receive took none and counted no error");
+        if (max > 0) {
+            awaited = false;
+        }
         check(n >= 0 && n <= max, "receive of at most " + max + " returned " + n);
         check(after.packets() - before.packets() == n, "receive returned " + n + " frames, counted "
                 + (after.packets() - before.packets()));
@@ -545,11 +555,13 @@ public final class DriverRingFuzzer {
             rxBroken = true;
             return;
         }
+        awaited = got;
         check(chaos || got == want, "awaitReceive(0) said " + got + " with " + usedQ.size() + " used buffers published");
     }
 
     /** A write of a hostile backend that the model does not follow: from here on only the safety oracle holds. */
     static void raw(FuzzedDataProvider d) {
+        awaited = false; // the backend may take back what awaitReceive saw
         boolean onTx = d.consumeBoolean();
         Dev r = onTx ? txDev : rxDev;
         int kind = d.consumeInt(0, 5);
