@@ -259,6 +259,7 @@ public final class DriverRingFuzzer {
     }
 
     public static void fuzzerTestOneInput(FuzzedDataProvider d) {
+        boolean bare = d.consumeInt(0, 2) == 0;
         packed = d.consumeBoolean();
         size = packed ? SIZES[d.consumeInt(0, SIZES.length - 1)] : 1 << d.consumeInt(0, 8);
         inOrder = d.consumeBoolean();
@@ -275,6 +276,10 @@ public final class DriverRingFuzzer {
         content = new byte[size][bufSize];
         drv.asSlice(0, TX_BUFS + (long) size * bufSize).fill((byte) 0);
 
+        if (bare) {
+            BareRing.run(d);
+            return;
+        }
         Rings.Layout layout = Rings.layout(size, features());
         DriverRing rx = Rings.driver(size, features(), drv.asSlice(RX_RING, layout.totalBytes()));
         DriverRing tx = Rings.driver(size, features(), drv.asSlice(TX_RING, layout.totalBytes()));
@@ -627,5 +632,219 @@ public final class DriverRingFuzzer {
         };
         r.pendingUsed = (r.usedIdx + delta) & 0xffff;
         r.publish();
+    }
+
+    /**
+     * The ring alone, through the whole {@link DriverRing} interface, which the queue pair uses only in part: chains
+     * of 1..4 direct descriptors, indirect chains (INDIRECT_DESC on, an indirect area given), bursts, publishes,
+     * reaps, usedPending, the interrupt calls. The model knows every chain in flight (its id, its descriptors,
+     * whether published); an honest backend (completions of chains it read from the ring, in ring order and in
+     * batches under IN_ORDER) gives exactly the ids and lengths the model expects, every count agrees; a chaotic
+     * one may break the ring (VirtqueueException, for good) but never makes a reap return an id that is not a
+     * published chain in flight (a buffer handed out twice, or never offered), and the free descriptors always
+     * equal the ring's size less those of the chains in flight.
+     */
+    static final class BareRing {
+        static final int INDIRECT_MAX = 4;
+        static DriverRing r;
+        static int[] slotsOf;                 // by id: descriptors in the ring the chain took, 0 = not in flight
+        static boolean[] published;
+        static final ArrayDeque<Integer> order = new ArrayDeque<>();     // ids in the order they were added
+        static final ArrayDeque<int[]> used = new ArrayDeque<>();        // honest used, published: id, len
+        static int freeDescs;
+        static boolean broken;
+
+        static void run(FuzzedDataProvider d) {
+            boolean indirect = d.consumeBoolean();
+            long f = features() | (indirect ? VirtioFeatures.bit(VirtioFeatures.F_INDIRECT_DESC) : 0);
+            Rings.Layout layout = Rings.layout(size, f);
+            r = indirect ? Rings.driver(size, f, drv.asSlice(RX_RING, layout.totalBytes()),
+                    drv.asSlice(TX_BUFS, (long) size * INDIRECT_MAX * 16), GPA_BASE + TX_BUFS, INDIRECT_MAX)
+                    : Rings.driver(size, f, drv.asSlice(RX_RING, layout.totalBytes()));
+            rxDev = new Dev(RX_RING);
+            txDev = rxDev; // raw writes go to the one ring
+            slotsOf = new int[size];
+            published = new boolean[size];
+            order.clear();
+            used.clear();
+            freeDescs = size;
+            broken = false;
+            for (int step = 0; step < 96 && d.remainingBytes() > 0; step++) {
+                try {
+                    op(d, indirect);
+                } catch (VirtqueueException e) {
+                    check(chaos || broken, "the ring broke while the backend named only chains in flight: " + e);
+                    check(r.isBroken(), "VirtqueueException from a ring that does not say it is broken: " + e);
+                    broken = true;
+                }
+                check(broken || r.freeDescriptors() == freeDescs, "the ring has " + r.freeDescriptors()
+                        + " free descriptors, the model " + freeDescs);
+                check(broken || r.inFlight() == order.size(), "the ring has " + r.inFlight() + " chains in flight, "
+                        + "the model " + order.size());
+            }
+        }
+
+        static void op(FuzzedDataProvider d, boolean indirect) {
+            switch (d.consumeInt(0, 9)) {
+                case 0, 1 -> {
+                    int n = d.consumeInt(1, indirect && d.consumeBoolean() ? INDIRECT_MAX : 4);
+                    int out = d.consumeInt(0, n);
+                    long[] addr = new long[n];
+                    int[] len = new int[n];
+                    for (int i = 0; i < n; i++) {
+                        addr[i] = d.consumeLong();
+                        len[i] = d.consumeInt();
+                    }
+                    boolean ind = indirect && d.consumeBoolean();
+                    int id = ind ? r.addIndirect(addr, len, out, n - out) : r.add(addr, len, out, n - out);
+                    check(!broken, "add on a broken ring returned " + id);
+                    int slots = ind ? 1 : n;
+                    if (id < 0) {
+                        check(freeDescs < slots, "add of " + slots + " descriptors refused with " + freeDescs + " free");
+                        return;
+                    }
+                    added(id, slots);
+                }
+                case 2 -> {
+                    int n = d.consumeInt(0, 8);
+                    long[] addr = new long[n];
+                    int[] len = new int[n];
+                    int[] ids = new int[n];
+                    for (int i = 0; i < n; i++) {
+                        addr[i] = d.consumeLong();
+                        len[i] = d.consumeInt();
+                    }
+                    int k = r.addBurst(addr, len, n, d.consumeBoolean(), ids);
+                    check(!broken, "addBurst on a broken ring returned " + k);
+                    check(k == Math.min(n, freeDescs), "addBurst of " + n + " added " + k + " with " + freeDescs + " free");
+                    for (int i = 0; i < k; i++) {
+                        added(ids[i], 1);
+                    }
+                }
+                case 3 -> {
+                    r.publish();
+                    for (int id : order) {
+                        published[id] = true;
+                    }
+                }
+                case 4, 5 -> complete(d);
+                case 6, 7 -> {
+                    for (int k = d.consumeInt(1, 4); k > 0; k--) {
+                        if (!reap()) {
+                            break;
+                        }
+                    }
+                }
+                case 8 -> {
+                    switch (d.consumeInt(0, 3)) {
+                        case 0 -> {
+                            int n = r.usedPending();
+                            check(chaos || broken || n == used.size(), "usedPending " + n + ", the model " + used.size());
+                        }
+                        case 1 -> r.disableInterrupts();
+                        case 2 -> {
+                            boolean more = r.enableInterrupts();
+                            check(chaos || broken || more == !used.isEmpty(), "enableInterrupts said " + more + " with "
+                                    + used.size() + " used");
+                        }
+                        default -> r.needsKick();
+                    }
+                }
+                default -> raw(d);
+            }
+        }
+
+        static void added(int id, int slots) {
+            check(id >= 0 && id < size && slotsOf[id] == 0, "add returned id " + id + ", in flight already or out of "
+                    + "range");
+            slotsOf[id] = slots;
+            published[id] = false;
+            order.add(id);
+            freeDescs -= slots;
+        }
+
+        /** The honest backend reads what was published and uses some of it. */
+        static void complete(FuzzedDataProvider d) {
+            Dev v = rxDev;
+            // what was made available: the chains' ids and descriptor counts, read as a device reads them
+            if (packed) {
+                while (true) {
+                    long b = v.base + v.layout.descOffset() + (long) PackedRing.DESC_SIZE * v.aPos;
+                    int flags = Short.toUnsignedInt((short) U16_VH.getAcquire(dev, b + PackedRing.DESC_FLAGS));
+                    if (((flags & PackedRing.F_AVAIL) != 0) != v.aWrap || ((flags & PackedRing.F_USED) != 0) == v.aWrap) {
+                        break;
+                    }
+                    int slots = 1;
+                    while ((flags & PackedRing.F_NEXT) != 0 && slots < size) {
+                        if (++v.aPos == size) {
+                            v.aPos = 0;
+                            v.aWrap = !v.aWrap;
+                        }
+                        b = v.base + v.layout.descOffset() + (long) PackedRing.DESC_SIZE * v.aPos;
+                        flags = Short.toUnsignedInt(dev.get(LE16, b + PackedRing.DESC_FLAGS));
+                        slots++;
+                    }
+                    int id = Short.toUnsignedInt(dev.get(LE16, b + PackedRing.DESC_ID));
+                    if (++v.aPos == size) {
+                        v.aPos = 0;
+                        v.aWrap = !v.aWrap;
+                    }
+                    if (!chaos) {
+                        check(id < size && slotsOf[id] == slots && published[id], "chain id " + id + " of " + slots
+                                + " descriptors made available");
+                    }
+                    v.offered.add(new long[] {id, slots});
+                }
+            } else {
+                long avail = v.base + v.layout.availOffset();
+                int idx = Short.toUnsignedInt((short) U16_VH.getAcquire(dev, avail + SplitRing.AVAIL_IDX));
+                while (v.availSeen != idx) {
+                    int head = Short.toUnsignedInt(dev.get(LE16, avail + SplitRing.AVAIL_RING + 2L * (v.availSeen % size)));
+                    v.availSeen = (v.availSeen + 1) & 0xffff;
+                    if (!chaos) {
+                        check(head < size && published[head], "avail entry names " + head);
+                    }
+                    v.offered.add(new long[] {head, 1});
+                }
+            }
+            if (v.offered.isEmpty()) {
+                return;
+            }
+            int n = d.consumeInt(1, v.offered.size());
+            boolean batch = inOrder && d.consumeBoolean();
+            int slots = 0;
+            for (int i = 0; i < n; i++) {
+                long[] o = v.take(inOrder ? 0 : d.consumeInt(0, v.offered.size() - 1), null);
+                int len = d.consumeBoolean() ? 0 : d.consumeInt();
+                slots += (int) o[1];
+                if (!batch || i == n - 1) {
+                    v.writeUsed((int) o[0], len, batch ? slots : (int) o[1], true);
+                    slots = 0;
+                }
+                used.add(new int[] {(int) o[0], !batch || i == n - 1 ? len : 0});
+            }
+        }
+
+        /** One reap; false when there was nothing. */
+        static boolean reap() {
+            int[] want = used.peek();
+            int id = r.reap();
+            check(!broken, "reap on a broken ring returned " + id);
+            if (id < 0) {
+                check(chaos || want == null, "reap found nothing, the model " + (want == null ? "" : want[0]));
+                return false;
+            }
+            check(id < size && slotsOf[id] != 0 && published[id], "reap returned id " + id + ", which is not a "
+                    + "published chain in flight (handed out twice, or never offered)");
+            if (!chaos) {
+                check(want != null && want[0] == id && want[1] == r.reapedLength(), "reap returned id " + id + " len "
+                        + r.reapedLength() + ", the model " + (want == null ? "nothing" : want[0] + " len " + want[1]));
+                used.poll();
+            }
+            freeDescs += slotsOf[id];
+            slotsOf[id] = 0;
+            order.remove(id);
+            return true;
+        }
     }
 }
