@@ -671,7 +671,7 @@ public final class NetQueuePair {
             return rxError("num_buffers " + numBuffers + " (a ring of " + rx.size() + ")");
         }
         int more = numBuffers - 1;
-        int there = more == 0 ? 0 : rx.usedPending();
+        int there = more == 0 ? 0 : rx.usedPending(more); // whether they are all there, not how many more
         String lie = null;
         if (more > there) {
             lie = "num_buffers " + numBuffers + " with " + there + " more used buffer" + (there == 1 ? "" : "s")
@@ -804,23 +804,8 @@ public final class NetQueuePair {
     private int awaitCall(int interest, int timeoutMillis) {
         waiter = waiters[interest];
         if (waiter == null) {
-            waiter = waiters[interest] = Epoll.create(4);
-            // Edge-triggered, and the counter is never read: the backend shares the call eventfd's open file and
-            // can clear its O_NONBLOCK, and a read(2) of an empty counter would then block for good. Each write to
-            // an eventfd is an edge, so every call the backend signals wakes one wait without a read.
-            if ((interest & RX_READY) != 0) {
-                waiter.add(rxCall, Epoll.EPOLLIN | Epoll.EPOLLET, EVENT_CALL);
-            }
-            if ((interest & TX_ROOM) != 0) {
-                waiter.add(txCall, Epoll.EPOLLIN | Epoll.EPOLLET, EVENT_TX_CALL);
-            }
-            waiter.add(wake, Epoll.EPOLLIN, EVENT_WAKE); // ours alone: how close() ends a wait
-            UnixSocket c = control;
-            if (c != null) {
-                // the backend's hang-up only (never EPOLLIN: what it sends there must not wake the wait): it stays
-                // signalled, so every later wait ends at once, with the error
-                waiter.add(c, Epoll.EPOLLRDHUP, EVENT_HANGUP);
-            }
+            waiter = newWaiter(interest);
+            waiters[interest] = waiter;
         }
         waiter.await(0); // takes the edges of calls for buffers already used: they must not wake the wait
         long deadline = System.nanoTime() + timeoutMillis * 1_000_000L;
@@ -861,6 +846,37 @@ public final class NetQueuePair {
     }
 
     /**
+     * The epoll of {@link #awaitCall}'s waits for {@code interest}, whole or not at all: one that an add failed in
+     * (the kernel's limit of watches per user, fs.epoll.max_user_watches; memory) is closed, not kept for later waits
+     * without the wake eventfd (close could not end them) or a call eventfd (they would see work only every 50 ms).
+     */
+    private Epoll newWaiter(int interest) {
+        Epoll e = Epoll.create(4);
+        try {
+            // Edge-triggered, and the counter is never read: the backend shares the call eventfd's open file and
+            // can clear its O_NONBLOCK, and a read(2) of an empty counter would then block for good. Each write to
+            // an eventfd is an edge, so every call the backend signals wakes one wait without a read.
+            if ((interest & RX_READY) != 0) {
+                e.add(rxCall, Epoll.EPOLLIN | Epoll.EPOLLET, EVENT_CALL);
+            }
+            if ((interest & TX_ROOM) != 0) {
+                e.add(txCall, Epoll.EPOLLIN | Epoll.EPOLLET, EVENT_TX_CALL);
+            }
+            e.add(wake, Epoll.EPOLLIN, EVENT_WAKE); // ours alone: how close() ends a wait
+            UnixSocket c = control;
+            if (c != null) {
+                // the backend's hang-up only (never EPOLLIN: what it sends there must not wake the wait): it stays
+                // signalled, so every later wait ends at once, with the error
+                e.add(c, Epoll.EPOLLRDHUP, EVENT_HANGUP);
+            }
+        } catch (RuntimeException ex) {
+            e.close();
+            throw ex;
+        }
+        return e;
+    }
+
+    /**
      * Asks the backend for a notification on each ring of {@code interest} that is not ready yet, and says which are
      * ready (then reap them before sleeping). TX with a free slot is ready without asking: a wait for room on a ring
      * that has room never turns on the TX ring's notifications, which the driver otherwise never wants (it polls TX).
@@ -889,10 +905,10 @@ public final class NetQueuePair {
     /** Which rings of {@code interest} are ready after a wait (their notifications off again). */
     private int readyNow(int interest) {
         int ready = 0;
-        if ((interest & RX_READY) != 0 && rx.usedPending() > 0) {
+        if ((interest & RX_READY) != 0 && rx.usedPending(1) > 0) {
             ready |= RX_READY;
         }
-        if ((interest & TX_ROOM) != 0 && (txFree > 0 || tx.isBroken() || tx.usedPending() > 0)) {
+        if ((interest & TX_ROOM) != 0 && (txFree > 0 || tx.isBroken() || tx.usedPending(1) > 0)) {
             ready |= TX_ROOM;
         }
         return ready;

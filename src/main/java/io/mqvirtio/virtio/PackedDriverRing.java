@@ -322,13 +322,13 @@ public final class PackedDriverRing implements DriverRing {
     }
 
     @Override
-    public int usedPending() {
+    public int usedPending(int enough) {
         checkNotBroken();
         int n = batchLeft;
         int covered = batchLeft; // ids in flight accounted for, oldest first
         int pos = nextUsed;
         boolean wrap = usedWrap;
-        while (covered < publishedInFlight()) {
+        while (covered < publishedInFlight() && n < enough) {
             long b = (long) pos * DESC_SIZE;
             if (!isUsed(getU16Acquire(desc, b + DESC_FLAGS), wrap)) {
                 break;

@@ -320,7 +320,7 @@ public final class SplitDriverRing implements DriverRing {
 
     /** Chains the device has used (published) that were not reaped yet. */
     @Override
-    public int usedPending() {
+    public int usedPending(int enough) {
         int idx = getU16Acquire(used, USED_IDX);
         int entries = (idx - lastUsed) & 0xffff;
         // Every used entry returns at least one chain published and in flight. Without IN_ORDER there is one entry
@@ -339,7 +339,7 @@ public final class SplitDriverRing implements DriverRing {
             return entries;
         }
         int n = batchLeft;
-        for (int e = 0; e < entries && n < publishedInFlight; e++) {
+        for (int e = 0; e < entries && n < publishedInFlight && n < enough; e++) {
             int id = used.get(U32, USED_RING + (long) USED_ELEM_SIZE * ((lastUsed + e) & mask));
             n += batchSize(id, n);
         }
@@ -373,7 +373,7 @@ public final class SplitDriverRing implements DriverRing {
         if (batchLeft > 0) {
             return reapFromBatch();
         }
-        if (lastUsed == usedShadow && usedPending() == 0) {
+        if (lastUsed == usedShadow && usedPending(1) == 0) {
             return -1;
         }
         long e = USED_RING + (long) USED_ELEM_SIZE * (lastUsed & mask);

@@ -952,8 +952,8 @@ public final class DriverRingFuzzer {
         }
 
         @Override
-        public int usedPending() {
-            int n = ring.usedPending();
+        public int usedPending(int enough) {
+            int n = ring.usedPending(enough);
             maybe();
             return n;
         }

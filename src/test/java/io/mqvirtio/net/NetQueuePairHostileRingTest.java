@@ -109,8 +109,8 @@ class NetQueuePairHostileRingTest {
         }
 
         @Override
-        public int usedPending() {
-            int n = ring.usedPending();
+        public int usedPending(int enough) {
+            int n = ring.usedPending(enough);
             afterUsedPending.run();
             return n;
         }
