@@ -8,6 +8,7 @@ import io.mqvirtio.net.NetQueuePair;
 import io.mqvirtio.net.QueueCounters;
 import io.mqvirtio.net.VirtioNet;
 import io.mqvirtio.virtio.DriverRing;
+import io.mqvirtio.virtio.ForwardingDriverRing;
 import io.mqvirtio.virtio.PackedRing;
 import io.mqvirtio.virtio.Rings;
 import io.mqvirtio.virtio.SplitRing;
@@ -868,12 +869,11 @@ public final class DriverRingFuzzer {
      * reap and after a usedPending (within takeFrame: between counting a frame's buffers and taking them) it may make
      * a raw write (one in eight), from the same input. Every call goes on to the real ring.
      */
-    static final class Hooked implements DriverRing {
-        final DriverRing ring;
+    static final class Hooked extends ForwardingDriverRing {
         final FuzzedDataProvider d;
 
         Hooked(DriverRing ring, FuzzedDataProvider d) {
-            this.ring = ring;
+            super(ring);
             this.d = d;
         }
 
@@ -881,74 +881,6 @@ public final class DriverRingFuzzer {
             if (d.remainingBytes() > 0 && d.consumeInt(0, 7) == 0) {
                 raw(d);
             }
-        }
-
-        @Override
-        public int size() {
-            return ring.size();
-        }
-
-        @Override
-        public int freeDescriptors() {
-            return ring.freeDescriptors();
-        }
-
-        @Override
-        public int inFlight() {
-            return ring.inFlight();
-        }
-
-        @Override
-        public boolean isBroken() {
-            return ring.isBroken();
-        }
-
-        @Override
-        public String brokenReason() {
-            return ring.brokenReason();
-        }
-
-        @Override
-        public boolean supportsIndirect() {
-            return ring.supportsIndirect();
-        }
-
-        @Override
-        public int add(long[] addr, int[] len, int out, int in) {
-            return ring.add(addr, len, out, in);
-        }
-
-        @Override
-        public int addBurst(long[] addr, int[] len, int n, boolean writable, int[] ids) {
-            return ring.addBurst(addr, len, n, writable, ids);
-        }
-        @Override
-        public int addIndirect(long[] addr, int[] len, int out, int in) {
-            return ring.addIndirect(addr, len, out, in);
-        }
-        @Override
-        public void publish() {
-            ring.publish();
-        }
-
-        @Override
-        public boolean needsKick() {
-            return ring.needsKick();
-        }
-
-        @Override
-        public int reapedLength() {
-            return ring.reapedLength();
-        }
-
-        @Override
-        public void disableInterrupts() {
-            ring.disableInterrupts();
-        }
-
-        @Override
-        public boolean enableInterrupts() {
-            return ring.enableInterrupts();
         }
 
         @Override
