@@ -1,6 +1,8 @@
 # Guest test (busybox sh, run as /test.sh): the guest's own lifecycle under traffic. Each boot, MQV_CYCLES times:
 #   link    ip link set eth0 down, then up
 #   queues  ethtool -L combined 1 and MTU 1400, then combined MQV_PAIRS and MTU 1500
+#   knobs   offloads off, rings resized, another MAC, promiscuous, MTU 9000 (an "MQV-KNOBS" line says which the
+#           driver refused); then all set back
 #   reload  combined 1 and MTU 1280, then rmmod virtio_net and insmod it again with csum=0 gso=0 napi_tx=0 (the
 #           device is reset and its features negotiated afresh; the guest then sends no offloaded frame), eth0
 #           configured again; then the same with the module's defaults
@@ -11,6 +13,7 @@
 #   run-guest.sh --script scripts/guest/tests/lifecycle.sh --arg pairs=2 --arg ip=A/24 --arg peer=B --arg done=C \
 #       --arg downmd5=MD5 --arg cycles=1 ...
 # The host serves http://PEER:5002/down (its MD5 is MQV_DOWNMD5).
+# MQV_CHURN (default 0) rounds of queues, link and reload back to back follow, then one traffic check ("churn").
 # Console: one "MQV-STEP boot=ID step=NAME n=I rc=RC resume_ms=MS combined=N mtu=M pings=0|1 bulk=0|1" line per step
 #   (rc: the step's own commands, 0 = all worked), "MQV-CYCLES-DONE boot=ID", "MQV-RESULT final=0|1".
 E=/usr/sbin/ethtool
@@ -36,7 +39,7 @@ traffic() {
   pings=1
   i=0
   while [ "$i" -lt "$(nproc)" ]; do
-    taskset -c "$i" ping -c 3 -i 0.2 -W 2 "$peer" >/tmp/ping$i 2>&1 &
+    taskset -c "$i" ping -c 2 -i 0.2 -W 2 "$peer" >/tmp/ping$i 2>&1 &
     i=$((i + 1))
   done
   wait
@@ -90,6 +93,24 @@ while [ "$n" -le "$cycles" ]; do
   traffic queues "$n" "$rc"
 
   rc=0
+  # knobs: offloads off (ethtool -K; with CTRL_GUEST_OFFLOADS the receive ones go to the device), rings resized
+  # (ethtool -G: needs RING_RESET), another MAC, promiscuous mode, MTU 9000 with an 8000-byte ping; each may be
+  # refused (rc in the MQV-KNOBS line), but traffic must flow after it
+  k1=0; k2=0; k3=0; k4=0; k5=0
+  $E -K eth0 rx off tx off sg off tso off gso off gro off >/dev/null 2>&1 || k1=1
+  $E -G eth0 rx 128 tx 128 >/dev/null 2>&1 || k2=1
+  mac="$(cat /sys/class/net/eth0/address)"
+  $IP link set eth0 address 02:00:00:00:5e:01 || k3=1
+  $IP link set eth0 promisc on
+  $IP link set eth0 mtu 9000 || k4=1
+  ping -c 2 -s 8000 -W 2 "$peer" >/dev/null 2>&1 || k5=1
+  echo "MQV-KNOBS boot=$boot offloads=$k1 ringsize=$k2 mac=$k3 mtu9000=$k4 ping8000=$k5"
+  traffic knobs "$n" "$rc"
+  $E -K eth0 rx on tx on sg on tso on gso on gro on >/dev/null 2>&1
+  $E -G eth0 rx 256 tx 256 >/dev/null 2>&1
+  $IP link set eth0 address "$mac" || rc=1
+  $IP link set eth0 promisc off
+  $IP link set eth0 mtu 1500 || rc=1
   if [ "$pairs" -gt 1 ]; then $E -L eth0 combined 1 || rc=1; fi
   $IP link set eth0 mtu 1280 || rc=1
   reload csum=0 gso=0 napi_tx=0 || rc=1
@@ -99,6 +120,17 @@ while [ "$n" -le "$cycles" ]; do
   traffic reload "$n" "$rc"
   n=$((n + 1))
 done
+# churn: MQV_CHURN rounds of the same, back to back, with no traffic check in between
+rc=0
+n=1
+while [ "$n" -le "${MQV_CHURN:-0}" ]; do
+  if [ "$pairs" -gt 1 ]; then $E -L eth0 combined 1 || rc=1; $E -L eth0 combined "$pairs" || rc=1; fi
+  $IP link set eth0 down || rc=1
+  $IP link set eth0 up || rc=1
+  if [ $((n % 2)) = 0 ]; then reload csum=0 || rc=1; else reload || rc=1; fi
+  n=$((n + 1))
+done
+[ "${MQV_CHURN:-0}" -gt 0 ] && traffic churn "${MQV_CHURN}" "$rc"
 echo "MQV-CYCLES-DONE boot=$boot"
 
 # traffic flows until the host resets us or says it is over

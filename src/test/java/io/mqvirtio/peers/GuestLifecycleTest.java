@@ -29,8 +29,10 @@ import org.junit.jupiter.params.provider.ValueSource;
 
 /**
  * What a real Linux guest does to its own device, under traffic, on one running backend: in each boot it takes eth0
- * down and up, changes its queue count ({@code ethtool -L}) and MTU, and unloads and loads virtio_net again (a
- * device reset and a new feature negotiation); between boots the host resets the VM (QMP {@code system_reset}, while
+ * down and up, changes its queue count ({@code ethtool -L}) and MTU, turns its offloads off, changes its MAC, goes
+ * promiscuous and to MTU 9000 (an 8000-byte ping), unloads and loads virtio_net again (a device reset and a new
+ * feature negotiation, once with {@code csum=0 gso=0 napi_tx=0}), then does all of it back to back a few times;
+ * the host sends UDP to the guest all along; between boots the host resets the VM (QMP {@code system_reset}, while
  * pings and a download flow: QEMU stops the rings, the rebooted kernel negotiates again and starts fresh ones).
  * After every step traffic resumes within a bound (pings from every vCPU, a download compared by checksum); the
  * backend logs no warning, counts no error, and each TX queue's counters grow from one boot to the next; after each
@@ -41,7 +43,7 @@ import org.junit.jupiter.params.provider.ValueSource;
 class GuestLifecycleTest {
     static final int PAIRS = 2;
     static final int BOOTS = 3;
-    static final int DOWN_KB = 512;
+    static final int DOWN_KB = 256;
     private static final Pattern STEP = Pattern.compile("MQV-STEP boot=(\\S+) step=(\\S+) n=(\\d+) rc=(\\d+) "
             + "resume_ms=(-?\\d+) combined=(\\d+) mtu=(\\d*) pings=(\\d) bulk=(\\d)");
 
@@ -82,7 +84,7 @@ class GuestLifecycleTest {
 
             Guest g = lab.guest("vm").vhostUser(sock).queues(PAIRS).smp(PAIRS).devOpts(devOpts).qmp()
                     .script("lifecycle.sh").timeout(220).arg("pairs", PAIRS).arg("ip", lab.guestCidr())
-                    .arg("peer", host).arg("done", doneAddr).arg("downmd5", QemuGuestTest.md5(down)).arg("cycles", 1)
+                    .arg("peer", host).arg("done", doneAddr).arg("downmd5", QemuGuestTest.md5(down)).arg("cycles", 1).arg("churn", 3)
                     .arg("max", 60).start();
             // a reset reboots the VM rather than ending QEMU (run-guest.sh passes -no-reboot)
             assertThat(g.qmp().execute("{\"execute\":\"set-action\",\"arguments\":{\"reboot\":\"reset\"}}", 10_000))
@@ -138,14 +140,16 @@ class GuestLifecycleTest {
             while (sm.find()) {
                 summary.append("  ").append(sm.group()).append('\n');
             }
+            console.lines().filter(l -> l.startsWith("MQV-KNOBS")).forEach(l -> summary.append("  ").append(l)
+                    .append('\n'));
             System.out.print(summary);
             String context = g.context() + "\ncounters " + c + "\nlog " + log.lines();
             Map<String, List<String>> steps = steps(console);
             assertThat(steps.keySet()).as("boots%s", context).hasSize(BOOTS);
             int b = 0;
             for (var boot : steps.entrySet()) {
-                List<String> want = new ArrayList<>(List.of("boot", "link", "queues1", "queues", "reload_nocsum",
-                        "reload"));
+                List<String> want = new ArrayList<>(List.of("boot", "link", "queues1", "queues", "knobs", "reload_nocsum",
+                        "reload", "churn"));
                 if (++b == BOOTS) {
                     want.add("final");
                 }
