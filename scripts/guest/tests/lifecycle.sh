@@ -1,5 +1,6 @@
 # Guest test (busybox sh, run as /test.sh): the guest's own lifecycle under traffic. Each boot, MQV_CYCLES times:
 #   link    ip link set eth0 down, then up
+#   suspend suspend to RAM (echo mem >/sys/power/state), woken by the RTC alarm or by the host
 #   queues  ethtool -L combined 1 and MTU 1400, then combined MQV_PAIRS and MTU 1500
 #   knobs   offloads off, rings resized, another MAC, promiscuous, MTU 9000 (an "MQV-KNOBS" line says which the
 #           driver refused); then all set back
@@ -82,6 +83,15 @@ while [ "$n" -le "$cycles" ]; do
   sleep 0.5
   $IP link set eth0 up || rc=1
   traffic link "$n" "$rc"
+
+  # suspend to RAM (S3): the driver's freeze resets the device, its restore negotiates again; the RTC alarm or the
+  # host (QMP system_wakeup) wakes the guest
+  rc=0
+  echo 0 >/sys/class/rtc/rtc0/wakealarm
+  echo +2 >/sys/class/rtc/rtc0/wakealarm
+  echo "MQV-SUSPEND boot=$boot"
+  echo mem >/sys/power/state || rc=1
+  traffic suspend "$n" "$rc"
 
   rc=0
   if [ "$pairs" -gt 1 ]; then $E -L eth0 combined 1 || rc=1; fi

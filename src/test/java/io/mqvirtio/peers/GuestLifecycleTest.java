@@ -29,7 +29,8 @@ import org.junit.jupiter.params.provider.ValueSource;
 
 /**
  * What a real Linux guest does to its own device, under traffic, on one running backend: in each boot it takes eth0
- * down and up, changes its queue count ({@code ethtool -L}) and MTU, turns its offloads off, changes its MAC, goes
+ * down and up, suspends to RAM (S3: the driver's freeze resets the device, its restore negotiates again), changes
+ * its queue count ({@code ethtool -L}) and MTU, turns its offloads off, changes its MAC, goes
  * promiscuous and to MTU 9000 (an 8000-byte ping), unloads and loads virtio_net again (a device reset and a new
  * feature negotiation, once with {@code csum=0 gso=0 napi_tx=0}), then does all of it back to back a few times;
  * the host sends UDP to the guest all along; between boots the host resets the VM (QMP {@code system_reset}, while
@@ -90,6 +91,23 @@ class GuestLifecycleTest {
             assertThat(g.qmp().execute("{\"execute\":\"set-action\",\"arguments\":{\"reboot\":\"reset\"}}", 10_000))
                     .contains("\"return\"");
 
+            // a guest suspended to RAM is woken within a second if its RTC alarm has not done it
+            Qmp qmp = g.qmp();
+            Thread waker = Thread.ofPlatform().daemon().name("waker").start(() -> {
+                try {
+                    while (!Thread.currentThread().isInterrupted()) {
+                        Thread.sleep(1000);
+                        synchronized (qmp) {
+                            if (qmp.execute("{\"execute\":\"query-status\"}", 10_000).contains("\"suspended\"")) {
+                                qmp.execute("{\"execute\":\"system_wakeup\"}", 10_000);
+                            }
+                        }
+                    }
+                } catch (Exception stopped) {
+                    // interrupted, or QEMU gone
+                }
+            });
+            lab.own(waker::interrupt);
             Leaks baseline = null;
             int threads = 0;
             List<QueueCounters.Snapshot> last = null;
@@ -125,7 +143,9 @@ class GuestLifecycleTest {
                 }
                 if (boot < BOOTS) {
                     Thread.sleep(1500); // pings and a download flow
-                    assertThat(g.qmp().execute("{\"execute\":\"system_reset\"}", 10_000)).contains("\"return\"");
+                    synchronized (qmp) {
+                        assertThat(qmp.execute("{\"execute\":\"system_reset\"}", 10_000)).contains("\"return\"");
+                    }
                 }
             }
             lab.ip("addr", "add", doneAddr + "/24", "dev", lab.ifname("mqvlc")); // tells the guest it is over
@@ -148,8 +168,8 @@ class GuestLifecycleTest {
             assertThat(steps.keySet()).as("boots%s", context).hasSize(BOOTS);
             int b = 0;
             for (var boot : steps.entrySet()) {
-                List<String> want = new ArrayList<>(List.of("boot", "link", "queues1", "queues", "knobs", "reload_nocsum",
-                        "reload", "churn"));
+                List<String> want = new ArrayList<>(List.of("boot", "link", "suspend", "queues1", "queues", "knobs",
+                        "reload_nocsum", "reload", "churn"));
                 if (++b == BOOTS) {
                     want.add("final");
                 }
@@ -278,8 +298,8 @@ class GuestLifecycleTest {
 
     private static int threads() {
         return (int) Thread.getAllStackTraces().keySet().stream().filter(Thread::isAlive)
-                .filter(t -> !t.getName().equals("qmp-reader") && !t.getName().equals("flood") && !t.getName().startsWith("HTTP-Dispatcher")
-                        && !t.getName().startsWith("pool-"))
+                .filter(t -> !List.of("qmp-reader", "flood", "waker").contains(t.getName())
+                        && !t.getName().startsWith("HTTP-Dispatcher") && !t.getName().startsWith("pool-"))
                 .count();
     }
 
