@@ -85,8 +85,8 @@ class GuestLifecycleTest {
 
             Guest g = lab.guest("vm").vhostUser(sock).queues(PAIRS).smp(PAIRS).devOpts(devOpts).qmp()
                     .script("lifecycle.sh").timeout(220).arg("pairs", PAIRS).arg("ip", lab.guestCidr())
-                    .arg("peer", host).arg("done", doneAddr).arg("downmd5", QemuGuestTest.md5(down)).arg("cycles", 1).arg("churn", 3)
-                    .arg("max", 60).start();
+                    .arg("peer", host).arg("done", doneAddr).arg("downmd5", QemuGuestTest.md5(down)).arg("cycles", 1)
+                    .arg("churn", 3).arg("max", 60).start();
             // a reset reboots the VM rather than ending QEMU (run-guest.sh passes -no-reboot)
             assertThat(g.qmp().execute("{\"execute\":\"set-action\",\"arguments\":{\"reboot\":\"reset\"}}", 10_000))
                     .contains("\"return\"");
