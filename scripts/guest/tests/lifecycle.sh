@@ -8,12 +8,13 @@
 #           device is reset and its features negotiated afresh; the guest then sends no offloaded frame), eth0
 #           configured again; then the same with the module's defaults
 # after each, traffic must resume (first ping reply within 30 s), then pings from every vCPU without loss and a
-# download compared by checksum. Then "MQV-CYCLES-DONE" and traffic flows (a pinger per vCPU, downloads in a loop)
+# download compared by checksum. Then "MQV-CYCLES-DONE" and traffic flows (a pinger per vCPU, downloads and
+# uploads in a loop)
 # until the host either resets the guest (QMP system_reset: the script runs again after the reboot) or adds
 # MQV_DONE to its side; then a last check and the end.
 #   run-guest.sh --script scripts/guest/tests/lifecycle.sh --arg pairs=2 --arg ip=A/24 --arg peer=B --arg done=C \
 #       --arg downmd5=MD5 --arg cycles=1 ...
-# The host serves http://PEER:5002/down (its MD5 is MQV_DOWNMD5).
+# The host serves http://PEER:5002/down (its MD5 is MQV_DOWNMD5) and takes whatever is sent to PEER:5001.
 # MQV_CHURN (default 0) rounds of queues, link and reload back to back follow, then one traffic check ("churn").
 # Console: one "MQV-STEP boot=ID step=NAME n=I rc=RC resume_ms=MS combined=N mtu=M pings=0|1 bulk=0|1" line per step
 #   (rc: the step's own commands, 0 = all worked), "MQV-CYCLES-DONE boot=ID", "MQV-RESULT final=0|1".
@@ -152,6 +153,8 @@ while [ "$i" -lt "$(nproc)" ]; do
   i=$((i + 1))
 done
 (while :; do timeout 30 wget -q -O /dev/null "http://$peer:5002/down"; done) >/dev/null 2>&1 &
+bg="$bg $!"
+(while :; do timeout 3 nc "$peer" 5001 </dev/zero; done) >/dev/null 2>&1 &
 bg="$bg $!"
 start=$(cut -d. -f1 /proc/uptime)
 reached=0

@@ -10,8 +10,12 @@ import io.mqvirtio.vhostuser.Leaks;
 import io.mqvirtio.vhostuser.LogCapture;
 import io.mqvirtio.vhostuser.VhostUserServer;
 import io.mqvirtio.virtio.VirtioFeatures;
+import java.io.InputStream;
 import java.io.OutputStream;
+import java.net.InetAddress;
 import java.net.InetSocketAddress;
+import java.net.ServerSocket;
+import java.net.Socket;
 import java.nio.file.Path;
 import java.util.ArrayList;
 import java.util.LinkedHashMap;
@@ -35,8 +39,9 @@ import org.junit.jupiter.params.provider.ValueSource;
  * promiscuous and to MTU 9000 (an 8000-byte ping), unloads and loads virtio_net again (a device reset and a new
  * feature negotiation, once with {@code csum=0 gso=0 napi_tx=0}), then does all of it back to back a few times;
  * the host sends UDP to the guest all along; between boots the host resets the VM (QMP {@code system_reset}, while
- * pings and a download flow: QEMU stops the rings, the rebooted kernel negotiates again and starts fresh ones), and
- * between the first two a few more times at random moments of the next boots (firmware, kernel, driver probe).
+ * pings, a download and an upload flow: QEMU stops the rings, the rebooted kernel negotiates again and starts fresh
+ * ones), and between the first two a few more times at random moments of the next boots (firmware, kernel, driver
+ * probe).
  * After every step traffic resumes within a bound (pings from every vCPU, a download compared by checksum); the
  * backend logs no warning, counts no error, and each TX queue's counters grow from one boot to the next; after each
  * boot the process holds what it held after the first (descriptors, memfd mappings, threads), and once QEMU is gone
@@ -82,6 +87,23 @@ class GuestLifecycleTest {
             // the host sends to the guest all along (UDP, four flows, so several TAP queues): frames meet rings
             // that stop, reset and start again
             Flood flood = lab.own(lab.inside(() -> new Flood(lab.guestIp())));
+            ServerSocket sink = lab.own(lab.inside(() -> new ServerSocket(5001, 16, InetAddress.getByName(host))));
+            Thread.ofPlatform().daemon().name("sink").start(() -> {
+                while (!sink.isClosed()) {
+                    try {
+                        Socket c = sink.accept();
+                        Thread.ofPlatform().daemon().name("sink").start(() -> {
+                            try (c; InputStream in = c.getInputStream()) {
+                                in.transferTo(OutputStream.nullOutputStream());
+                            } catch (java.io.IOException cut) {
+                                // the guest rebooted mid-upload
+                            }
+                        });
+                    } catch (java.io.IOException closed) {
+                        return;
+                    }
+                }
+            });
             NetDevice dev = lab.own(new NetDevice(NetDevice.Config.of("lifecycle", PAIRS), backend));
             lab.own(VhostUserServer.listen(sock, dev));
             Leaks beforeGuest = Leaks.now();
@@ -314,7 +336,7 @@ class GuestLifecycleTest {
 
     private static int threads() {
         return (int) Thread.getAllStackTraces().keySet().stream().filter(Thread::isAlive)
-                .filter(t -> !List.of("qmp-reader", "flood", "waker").contains(t.getName())
+                .filter(t -> !List.of("qmp-reader", "flood", "waker", "sink").contains(t.getName())
                         && !t.getName().startsWith("HTTP-Dispatcher") && !t.getName().startsWith("pool-"))
                 .count();
     }
