@@ -163,6 +163,9 @@ while [ $(( $(cut -d. -f1 /proc/uptime) - start )) -lt "${MQV_MAX:-120}" ]; do
   sleep 0.5
 done
 kill $bg 2>/dev/null
+# and what the loops had running: an upload still sending at poweroff -f can hang the guest's power-off under TCG
+# (seen with QEMU's own TAP backend as with ours: a soft lockup in nc, QEMU never exits)
+killall nc wget 2>/dev/null
 sleep 0.5
 traffic final 0 $((1 - reached))
 dmesg | grep -iE "virtio|eth0|timed out|error" | tail -10

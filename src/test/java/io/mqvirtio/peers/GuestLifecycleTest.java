@@ -81,7 +81,9 @@ class GuestLifecycleTest {
                     // the guest rebooted mid-download
                 }
             });
-            http.setExecutor(java.util.concurrent.Executors.newFixedThreadPool(4));
+            java.util.concurrent.ExecutorService httpThreads = java.util.concurrent.Executors.newFixedThreadPool(4);
+            lab.own(httpThreads::shutdownNow);
+            http.setExecutor(httpThreads); // downloads cut by a reset do not hold up the next ones
             http.start();
             lab.own(() -> http.stop(0));
             // the host sends to the guest all along (UDP, four flows, so several TAP queues): frames meet rings
