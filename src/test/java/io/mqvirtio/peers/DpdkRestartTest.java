@@ -54,6 +54,7 @@ class DpdkRestartTest {
             lab.own(VhostUserServer.listen(sock, dev));
             Leaks baseline = null;
             int threads = 0;
+            String baselineThreads = "";
             List<QueueCounters.Snapshot> before = dev.counters();
             String vdev = "net_virtio_user0,path=" + sock + ",queues=" + pairs + (pairs > 1 ? ",cq=1" : "") + ","
                     + devargs;
@@ -138,6 +139,7 @@ class DpdkRestartTest {
                 if (baseline == null) {
                     baseline = Leaks.settleTo(Leaks.now(), 200); // after a first session: the process warmed up
                     threads = threads();
+                    baselineThreads = threadNames();
                 } else {
                     // a testpmd that detached its port lives on: the test's own pipes to it and its log stay open, so
                     // what is compared then is what a session holds (eventfds, epolls, sockets)
@@ -157,7 +159,8 @@ class DpdkRestartTest {
                     while (threads() > threads && System.nanoTime() < settle) {
                         Thread.sleep(20);
                     }
-                    assertThat(threads()).as("threads after session %d", s).isLessThanOrEqualTo(threads);
+                    assertThat(threads()).as("threads after session %d: %s%nafter the first: %s", s, threadNames(), baselineThreads)
+                            .isLessThanOrEqualTo(threads);
                 }
                 if (endings[s].equals("detach")) {
                     tp.command("port attach " + vdev);
@@ -183,9 +186,24 @@ class DpdkRestartTest {
     }
 
     /** Threads of this process, the test's own readers of testpmd's output left out. */
+    /**
+     * Live threads but the JDK's pools that come and go with the processes the test starts and kills (the "process
+     * reaper" pool keeps an idle thread for a while, more of them when testpmd's exit and a start overlap; the common
+     * fork-join pool's workers likewise) and the test's readers of testpmd's output.
+     */
     private static int threads() {
-        return (int) Thread.getAllStackTraces().keySet().stream()
-                .filter(t -> t.isAlive() && !t.getName().startsWith("testpmd-out")).count();
+        return (int) Thread.getAllStackTraces().keySet().stream().filter(DpdkRestartTest::counted).count();
+    }
+
+    private static boolean counted(Thread t) {
+        String n = t.getName();
+        return t.isAlive() && !n.startsWith("testpmd-out") && !n.startsWith("process reaper")
+                && !n.startsWith("ForkJoinPool.commonPool-worker");
+    }
+
+    private static String threadNames() {
+        return Thread.getAllStackTraces().keySet().stream().filter(DpdkRestartTest::counted).map(Thread::getName)
+                .sorted().toList().toString();
     }
 
     private static long sessionFds(Leaks l) {
