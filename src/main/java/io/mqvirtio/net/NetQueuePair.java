@@ -880,17 +880,24 @@ public final class NetQueuePair {
      * Asks the backend for a notification on each ring of {@code interest} that is not ready yet, and says which are
      * ready (then reap them before sleeping). TX with a free slot is ready without asking: a wait for room on a ring
      * that has room never turns on the TX ring's notifications, which the driver otherwise never wants (it polls TX).
-     * A ring the backend broke is ready: the send or receive that follows says why.
      */
     private int armInterrupts(int interest) {
         int ready = 0;
         if ((interest & RX_READY) != 0 && rx.enableInterrupts()) {
             ready |= RX_READY;
         }
-        if ((interest & TX_ROOM) != 0 && (txFree > 0 || tx.isBroken() || tx.enableInterrupts())) {
+        if ((interest & TX_ROOM) != 0 && (txReadyWithoutAsking() || tx.enableInterrupts())) {
             ready |= TX_ROOM;
         }
         return ready;
+    }
+
+    /**
+     * A free TX slot, or a TX ring the backend broke: the send that follows says why, where a wait would sleep on a
+     * ring nobody serves. (An RX ring it broke is told by the receive or the look after the wait.)
+     */
+    private boolean txReadyWithoutAsking() {
+        return txFree > 0 || tx.isBroken();
     }
 
     private void disarmInterrupts(int interest) {
@@ -908,7 +915,7 @@ public final class NetQueuePair {
         if ((interest & RX_READY) != 0 && rx.usedPending(1) > 0) {
             ready |= RX_READY;
         }
-        if ((interest & TX_ROOM) != 0 && (txFree > 0 || tx.isBroken() || tx.usedPending(1) > 0)) {
+        if ((interest & TX_ROOM) != 0 && (txReadyWithoutAsking() || tx.usedPending(1) > 0)) {
             ready |= TX_ROOM;
         }
         return ready;

@@ -527,6 +527,32 @@ class NetDriverHostileBackendTest {
         assertThat(receive(q, 1)).singleElement().isEqualTo(f);
     }
 
+    /** {@code ring}'s call signalled every 0.2 ms, with nothing used, until closed. */
+    private static AutoCloseable callsInALoop(ScriptedRingBackend.Ring ring) {
+        java.util.concurrent.atomic.AtomicBoolean stop = new java.util.concurrent.atomic.AtomicBoolean();
+        Thread caller = Thread.ofPlatform().daemon().start(() -> {
+            while (!stop.get()) {
+                ring.call.signal();
+                LockSupport.parkNanos(200_000);
+            }
+        });
+        return () -> {
+            stop.set(true);
+            caller.join(2000);
+        };
+    }
+
+    /** For 600 ms, each {@code wait} (of 200 ms) returns false and runs to its timeout: at most 4 of them. */
+    private static void waitsRunOut(java.util.function.BooleanSupplier wait, String what) {
+        int returns = 0;
+        long t0 = System.nanoTime();
+        while (System.nanoTime() - t0 < TimeUnit.MILLISECONDS.toNanos(600)) {
+            assertThat(wait.getAsBoolean()).as(what).isFalse();
+            returns++;
+        }
+        assertThat(returns).as("waits of 200 ms in 600 ms").isLessThanOrEqualTo(4);
+    }
+
     /**
      * A backend that signals the RX call in a loop with nothing used does not end a wait: awaitReceive returned true
      * at each call, and a thread waiting on its pair returned, found nothing and waited again as fast as the
@@ -539,25 +565,9 @@ class NetDriverHostileBackendTest {
              NetDriver nic = NetDriver.connect(be.path(), mergeable())) {
             NetQueuePair q = nic.pair(0);
             ScriptedRingBackend.Ring rx = be.ring(0);
-            java.util.concurrent.atomic.AtomicBoolean stop = new java.util.concurrent.atomic.AtomicBoolean();
-            Thread caller = Thread.ofPlatform().daemon().start(() -> {
-                while (!stop.get()) {
-                    rx.call.signal();
-                    LockSupport.parkNanos(200_000);
-                }
-            });
-            try {
-                int returns = 0;
-                long t0 = System.nanoTime();
-                while (System.nanoTime() - t0 < TimeUnit.MILLISECONDS.toNanos(600)) {
-                    assertThat(q.awaitReceive(200)).as("nothing used").isFalse();
-                    returns++;
-                }
-                assertThat(returns).as("waits of 200 ms in 600 ms").isLessThanOrEqualTo(4);
+            try (AutoCloseable calls = callsInALoop(rx)) {
+                waitsRunOut(() -> q.awaitReceive(200), "nothing used");
                 assertAFrameEndsTheWait(q, rx, frame(100, 7));
-            } finally {
-                stop.set(true);
-                caller.join(2000);
             }
         }
     }
@@ -598,24 +608,8 @@ class NetDriverHostileBackendTest {
             assertThat((mx.getCurrentThreadCpuTime() - cpu) / 1_000_000).as("CPU ms of a 500 ms wait").isLessThan(50);
             assertThat(tx.availFlags()).as("TX notifications after the wait").isEqualTo(1);
 
-            java.util.concurrent.atomic.AtomicBoolean stop = new java.util.concurrent.atomic.AtomicBoolean();
-            Thread caller = Thread.ofPlatform().daemon().start(() -> {
-                while (!stop.get()) {
-                    tx.call.signal();
-                    LockSupport.parkNanos(200_000);
-                }
-            });
-            try {
-                int returns = 0;
-                t0 = System.nanoTime();
-                while (System.nanoTime() - t0 < TimeUnit.MILLISECONDS.toNanos(600)) {
-                    assertThat(q.awaitSend(200)).as("calls with nothing used").isFalse();
-                    returns++;
-                }
-                assertThat(returns).as("waits of 200 ms in 600 ms").isLessThanOrEqualTo(4);
-            } finally {
-                stop.set(true);
-                caller.join(2000);
+            try (AutoCloseable calls = callsInALoop(tx)) {
+                waitsRunOut(() -> q.awaitSend(200), "calls with nothing used");
             }
 
             // used while the driver asked for no call, so none came: the look after asking finds it, without a wait

@@ -129,15 +129,10 @@ public final class RoundTrips {
              Arena a = Arena.ofConfined()) {
             NetQueuePair q = nic.pair(0);
             int window = 4;
-            MemorySegment[] frames = new MemorySegment[window];
-            for (int i = 0; i < window; i++) {
-                frames[i] = NetDriverContract.frame(a, 0, i, 64);
-            }
-            MemorySegment[] bufs = new MemorySegment[64];
-            for (int i = 0; i < bufs.length; i++) {
-                bufs[i] = a.allocate(2048);
-            }
-            int[] lens = new int[bufs.length];
+            Window wb = Window.of(a, window);
+            MemorySegment[] frames = wb.frames();
+            MemorySegment[] bufs = wb.bufs();
+            int[] lens = wb.lens();
             var mx = java.lang.management.ManagementFactory.getThreadMXBean();
             int windows = (int) (seconds / 0.5);
             double[][] w = new double[windows][4]; // on?, rt/s, worker ns/rt, driver ns/rt
@@ -203,10 +198,9 @@ public final class RoundTrips {
         return new long[] {c.get(0).kicks(), c.get(1).kicks(), c.get(0).notifications(), c.get(1).notifications()};
     }
 
-    static String run(Path sock, long features, int window, double seconds, NetDevice device) throws Exception {
-        try (NetDriver nic = NetDriver.connect(sock, NetDriver.Options.pairs(1).withFeatures(features));
-                Arena a = Arena.ofConfined()) {
-            NetQueuePair q = nic.pair(0);
+    /** A window's 64-byte frames, and 64 receive buffers of 2 KiB with their lengths. */
+    record Window(MemorySegment[] frames, MemorySegment[] bufs, int[] lens) {
+        static Window of(Arena a, int window) {
             MemorySegment[] frames = new MemorySegment[window];
             for (int i = 0; i < window; i++) {
                 frames[i] = NetDriverContract.frame(a, 0, i, 64);
@@ -215,7 +209,18 @@ public final class RoundTrips {
             for (int i = 0; i < bufs.length; i++) {
                 bufs[i] = a.allocate(2048);
             }
-            int[] lens = new int[bufs.length];
+            return new Window(frames, bufs, new int[bufs.length]);
+        }
+    }
+
+    static String run(Path sock, long features, int window, double seconds, NetDevice device) throws Exception {
+        try (NetDriver nic = NetDriver.connect(sock, NetDriver.Options.pairs(1).withFeatures(features));
+                Arena a = Arena.ofConfined()) {
+            NetQueuePair q = nic.pair(0);
+            Window wb = Window.of(a, window);
+            MemorySegment[] frames = wb.frames();
+            MemorySegment[] bufs = wb.bufs();
+            int[] lens = wb.lens();
             // warm up and let a slow starter (testpmd's TX queue) come up
             long end0 = System.nanoTime() + 2_000_000_000L;
             while (System.nanoTime() < end0) {
