@@ -426,6 +426,18 @@ class HostileFrontendTest {
                         c -> ackd(c, Request.NET_SET_MTU, u64(1500)), "needs protocol feature 4"),
                 acked("SET_STATUS without STATUS", Setup.NEGOTIATED,
                         c -> ackd(c, Request.SET_STATUS, u64(1)), "needs protocol feature 16"),
+                // RESET_DEVICE needs its protocol feature, which is not offered: refused, and the ring goes on
+                // (before: the device was reset, its status 0, for any frontend that sent it)
+                withPf("RESET_DEVICE without RESET_DEVICE", ALL_PF, Setup.RING, c -> {
+                    c.fe.ok(Request.SET_STATUS, u64(0xf));
+                    assertThat(c.fe.ack(Request.RESET_DEVICE, new byte[0])).as("RESET_DEVICE's ack").isNotZero();
+                    assertThat(c.fe.get(Request.GET_STATUS)).as("the status after the refused reset").isEqualTo(0xf);
+                    return ackd(c, Request.RESET_DEVICE, new byte[0]);
+                }, Outcome.ACK_FAILURE, "needs protocol feature 13"),
+                closed("RESET_DEVICE without RESET_DEVICE, no ack asked", Setup.RING, c -> {
+                    c.fe.send(Request.RESET_DEVICE, new byte[0]);
+                    return 0;
+                }, "needs protocol feature 13"),
                 closed("GET_STATUS without STATUS", Setup.NEGOTIATED, c -> {
                     c.fe.send(Request.GET_STATUS, new byte[0]);
                     return 0;
