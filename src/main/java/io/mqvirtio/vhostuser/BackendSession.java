@@ -29,8 +29,8 @@ import java.util.List;
 /**
  * The backend side of one vhost-user connection: the control thread's loop. Reads each front-end message,
  * checks it against {@link Request}'s table and the session's state, applies it to the {@link VhostUserDevice},
- * and replies. Ring state follows vhost-user.rst: a ring starts when it has memory, a size, addresses and a kick
- * fd; GET_VRING_BASE stops it; SET_VRING_ENABLE enables it (all rings are enabled when protocol features were not
+ * and replies. Ring state follows vhost-user.rst: a ring starts when it has features, memory, a size, addresses and
+ * a kick fd; GET_VRING_BASE stops it; SET_VRING_ENABLE enables it (all rings are enabled when protocol features were not
  * negotiated).
  *
  * <p>Errors: a malformed frame closes the connection (the stream cannot be resynchronised). A well-framed request
@@ -998,6 +998,12 @@ public final class BackendSession implements Runnable {
     /** What ring {@code ring} lacks to start, or null. */
     private String missingForStart(Ring ring) {
         List<String> missing = new ArrayList<>();
+        if (!featuresSet) {
+            // The ring's layout and the net header's size come with the features (virtio: FEATURES_OK before
+            // DRIVER_OK; QEMU and DPDK's virtio-user send SET_FEATURES before any kick). Before, a ring kicked first
+            // ran with features 0 and a 12-byte header, where such a legacy driver's is 10 bytes (NegotiationTest).
+            missing.add("no features (SET_FEATURES)");
+        }
         if (memory.regionCount() == 0) {
             missing.add("no memory table");
         }

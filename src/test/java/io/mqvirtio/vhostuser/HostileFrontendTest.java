@@ -349,6 +349,16 @@ class HostileFrontendTest {
                     c.fe.send(Request.GET_VRING_BASE, state(4, 0));
                     return 0;
                 }, "ring index 4 is beyond"),
+                // (before: the ring started with features 0, a 12-byte header where such a driver's is 10 bytes)
+                acked("kick before SET_FEATURES", Setup.NONE, c -> {
+                    c.fe.get(Request.GET_FEATURES);
+                    c.fe.send(Request.SET_PROTOCOL_FEATURES, u64(BASIC_PF));
+                    c.fe.ok(Request.SET_OWNER, new byte[0]);
+                    c.fe.ok(Request.SET_MEM_TABLE, c.ram.memTable(), c.ram.fd());
+                    c.fe.ok(Request.SET_VRING_NUM, state(2, RING));
+                    c.fe.ok(Request.SET_VRING_ADDR, c.ram.vringAddr(r2));
+                    return ackd(c, Request.SET_VRING_KICK, u64(2), c.eventfd());
+                }, "no features (SET_FEATURES)"),
                 acked("kick before the memory table", Setup.NEGOTIATED, c -> {
                     c.fe.ok(Request.SET_VRING_NUM, state(2, RING));
                     c.fe.ok(Request.SET_VRING_ADDR, c.ram.vringAddr(r2));
