@@ -73,6 +73,32 @@ class SessionOrderTest {
         assertThat(dev.calls()).endsWith("stop 0", "reset");
     }
 
+    /**
+     * SET_VRING_BASE on a running ring is refused (the ring goes on where it is); GET_VRING_BASE twice stops the ring
+     * once and answers the same base both times; the ring starts again only with a new kick.
+     */
+    @Test
+    void aRunningRingKeepsItsBaseAndAStopAskedTwiceAnswersTheSame() throws Exception {
+        try (RawPeer fe = RawPeer.connect(server.path()); GuestRam ram = new GuestRam();
+             EventFd k0 = EventFd.create(); EventFd c0 = EventFd.create(); EventFd k1 = EventFd.create()) {
+            BackendHarness.negotiate(fe, ALL_PF);
+            fe.ok(Request.SET_MEM_TABLE, ram.memTable(), ram.fd());
+            BackendHarness.setupRing(fe, ram, 0, k0, c0);
+            assertThat(fe.ack(Request.SET_VRING_BASE, state(0, 7))).as("SET_VRING_BASE while it runs").isNotZero();
+            assertThat(dev.running()).isEqualTo(1);
+            dev.clear();
+            fe.send(Request.GET_VRING_BASE, state(0, 0));
+            RawPeer.Reply first = fe.expectReplyTo(Request.GET_VRING_BASE.id);
+            fe.send(Request.GET_VRING_BASE, state(0, 0));
+            RawPeer.Reply second = fe.expectReplyTo(Request.GET_VRING_BASE.id);
+            assertThat(second.u64()).as("the second answer").isEqualTo(first.u64()).isEqualTo(0L);
+            assertThat(dev.calls()).as("one stop").containsExactly("stop 0");
+            assertThat(dev.running()).isZero();
+            fe.ok(Request.SET_VRING_KICK, u64(0), k1.fd());
+            assertThat(dev.running()).isEqualTo(1);
+        }
+    }
+
     /** After a reset the ring's old kick fd is let go: only a new SET_VRING_KICK starts the ring again. */
     @Test
     void aResetLetsGoOfTheKickFds() throws Exception {
