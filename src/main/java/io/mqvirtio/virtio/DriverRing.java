@@ -48,7 +48,10 @@ public interface DriverRing {
     /** Whether the device wants a kick for what was published since the last call. */
     boolean needsKick();
 
-    /** Used buffers the device has made visible that were not reaped yet (reads the device's index; validated). */
+    /**
+     * Used buffers the device has made visible that were not reaped yet (reads the device's index; validated). A
+     * broken ring throws {@link VirtqueueException}, as {@link #reap()} does.
+     */
     default int usedPending() {
         return usedPending(Integer.MAX_VALUE);
     }

@@ -318,9 +318,13 @@ public final class SplitDriverRing implements DriverRing {
         return old != availIdx && (getU16(used, USED_FLAGS) & USED_F_NO_NOTIFY) == 0;
     }
 
-    /** Chains the device has used (published) that were not reaped yet. */
+    /**
+     * Chains the device has used (published) that were not reaped yet; a broken ring throws, as the packed one does
+     * (it counted on, from a used index it checked against books the break left behind).
+     */
     @Override
     public int usedPending(int enough) {
+        checkNotBroken();
         int idx = getU16Acquire(used, USED_IDX);
         int entries = (idx - lastUsed) & 0xffff;
         // Every used entry returns at least one chain published and in flight. Without IN_ORDER there is one entry

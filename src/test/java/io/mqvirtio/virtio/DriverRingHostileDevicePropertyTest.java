@@ -28,7 +28,8 @@ import org.junit.jupiter.params.provider.CsvSource;
  * that jumps (split), a wrong wrap bit (packed), garbage in the event suppression fields. A model of the chains in
  * flight says what the driver must accept: it reaps exactly the honest entries (ids, lengths, batches), a wrong wrap
  * bit hides what follows without harm, and any lie breaks the ring (a {@link VirtqueueException}, nothing else)
- * before the driver returns it or stops short of it; a broken ring refuses everything after. Reaping never returns
+ * before the driver returns it or stops short of it; a broken ring refuses everything after, a count of what is
+ * pending included (the split ring counted on, from a used index it no longer checked against anything). Reaping never returns
  * more buffers than were published, so a device cannot keep a driver's reap loop going. Seeded: each failure names
  * its seed.
  */
@@ -386,6 +387,8 @@ class DriverRingHostileDevicePropertyTest {
             assertThat(drv.isBroken()).as("%s: broken", at).isTrue();
             assertThat(drv.brokenReason()).as("%s: why", at).isNotBlank();
             assertThatThrownBy(drv::reap).as(at).isInstanceOf(VirtqueueException.class);
+            assertThatThrownBy(drv::usedPending).as(at).isInstanceOf(VirtqueueException.class);
+            assertThatThrownBy(() -> drv.usedPending(1)).as(at).isInstanceOf(VirtqueueException.class);
             assertThatThrownBy(() -> drv.add(new long[] {0}, new int[] {1}, 1, 0)).as(at)
                     .isInstanceOf(VirtqueueException.class);
             return false;
