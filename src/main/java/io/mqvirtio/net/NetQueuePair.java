@@ -5,6 +5,7 @@ import io.mqvirtio.linux.EventFd;
 import io.mqvirtio.linux.UnixSocket;
 import io.mqvirtio.vhostuser.VhostUserException;
 import io.mqvirtio.virtio.DriverRing;
+import io.mqvirtio.virtio.VirtqueueException;
 import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
 import java.lang.invoke.MethodHandles;
@@ -753,7 +754,8 @@ public final class NetQueuePair {
     /**
      * Waits up to {@code timeoutMillis} (0 or more: the backend may never send, so no wait is endless) for a frame
      * to arrive (the backend's call eventfd), instead of polling; returns true if the ring has a used entry to
-     * receive (receive may still drop it, if the backend lied in it), false at the timeout. A call the backend
+     * receive (receive may still drop it, if the backend lied in it) or the backend broke the ring (receive then
+     * throws, saying why: the wait does not sleep on a ring nobody serves), false at the timeout. A call the backend
      * signals with nothing used does not end the wait. Closing the driver ends it (false), and so does an interrupt
      * of the waiting thread (false, within {@link #INTERRUPT_CHECK_MS} ms; its interrupt status kept, as
      * {@link java.nio.channels.Selector#select(long)} keeps it); a thread already interrupted does not wait.
@@ -880,10 +882,12 @@ public final class NetQueuePair {
      * Asks the backend for a notification on each ring of {@code interest} that is not ready yet, and says which are
      * ready (then reap them before sleeping). TX with a free slot is ready without asking: a wait for room on a ring
      * that has room never turns on the TX ring's notifications, which the driver otherwise never wants (it polls TX).
+     * A ring the backend broke is ready without asking too: the receive or send that follows says why, where a wait
+     * would sleep on a ring nobody serves.
      */
     private int armInterrupts(int interest) {
         int ready = 0;
-        if ((interest & RX_READY) != 0 && rx.enableInterrupts()) {
+        if ((interest & RX_READY) != 0 && (rx.isBroken() || rx.enableInterrupts())) {
             ready |= RX_READY;
         }
         if ((interest & TX_ROOM) != 0 && (txReadyWithoutAsking() || tx.enableInterrupts())) {
@@ -892,10 +896,7 @@ public final class NetQueuePair {
         return ready;
     }
 
-    /**
-     * A free TX slot, or a TX ring the backend broke: the send that follows says why, where a wait would sleep on a
-     * ring nobody serves. (An RX ring it broke is told by the receive or the look after the wait.)
-     */
+    /** A free TX slot, or a TX ring the backend broke (see {@link #armInterrupts}). */
     private boolean txReadyWithoutAsking() {
         return txFree > 0 || tx.isBroken();
     }
@@ -912,13 +913,26 @@ public final class NetQueuePair {
     /** Which rings of {@code interest} are ready after a wait (their notifications off again). */
     private int readyNow(int interest) {
         int ready = 0;
-        if ((interest & RX_READY) != 0 && rx.usedPending(1) > 0) {
+        if ((interest & RX_READY) != 0 && usedOrBroken(rx)) {
             ready |= RX_READY;
         }
-        if ((interest & TX_ROOM) != 0 && (txReadyWithoutAsking() || tx.usedPending(1) > 0)) {
+        if ((interest & TX_ROOM) != 0 && (txFree > 0 || usedOrBroken(tx))) {
             ready |= TX_ROOM;
         }
         return ready;
+    }
+
+    /**
+     * Whether {@code ring} has a used buffer, or is broken: by the backend's lie this look finds (a packed ring reads
+     * the ids of its used descriptors, a split one its used index), which is ready as a ring broken before the wait
+     * is ({@link #armInterrupts}), whatever the layout; the receive or send that follows says why.
+     */
+    private static boolean usedOrBroken(DriverRing ring) {
+        try {
+            return ring.usedPending(1) > 0;
+        } catch (VirtqueueException e) {
+            return true;
+        }
     }
 
     /**

@@ -1,6 +1,7 @@
 package io.mqvirtio.net;
 
 import static org.assertj.core.api.Assertions.assertThat;
+import static org.assertj.core.api.Assertions.assertThatThrownBy;
 
 import io.mqvirtio.linux.EventFd;
 import io.mqvirtio.virtio.DriverRing;
@@ -16,6 +17,7 @@ import java.lang.foreign.ValueLayout;
 import java.lang.invoke.VarHandle;
 import java.nio.ByteOrder;
 import java.util.ArrayDeque;
+import java.util.concurrent.TimeUnit;
 import java.util.concurrent.atomic.AtomicReference;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.Timeout;
@@ -247,6 +249,68 @@ class NetQueuePairHostileRingTest {
             h.use(2, VirtioNet.HDR_SIZE + 60);
             assertThat(receive(h)).as("the next frame").isEqualTo(1);
         }
+    }
+
+    /**
+     * A backend that broke the RX ring (a used id out of range) and then took the entry back: a wait on the pair
+     * ends at once, ready, and the receive after it says why, split and packed alike; and a lie the wait's own look
+     * finds (a used index that jumps past the ring, a used descriptor naming an id not in flight, written while the
+     * pair waits) ends it the same way. Before, the split ring's wait slept out its whole timeout (its look after each
+     * slice counted on, from the index), the packed one's threw out of the wait, and a lie found by the look threw
+     * out of the wait with either layout.
+     */
+    @ParameterizedTest(name = "packed={0} inOrder={1}")
+    @CsvSource({"false,false", "false,true", "true,false", "true,true"})
+    void aWaitOnAnRxRingTheBackendBrokeEndsAtOnceAndTheReceiveSaysWhy(boolean packed, boolean inOrder)
+            throws Exception {
+        try (Harness h = new Harness(packed, inOrder, false)) {
+            h.use(SIZE + 3, 100);
+            assertThatThrownBy(() -> receive(h)).isInstanceOf(VirtqueueException.class).hasMessageContaining("not");
+            if (packed) { // the used descriptor available again, as the driver wrote it
+                h.rxArea.set(U16, h.layout.descOffset() + PackedRing.DESC_FLAGS, (short) PackedRing.F_AVAIL);
+            } else { // the used index back where the driver is
+                U16_VH.setRelease(h.rxArea, h.layout.usedOffset() + SplitRing.USED_IDX, (short) 0);
+            }
+            assertWaitEndsReady(h, null);
+        }
+        try (Harness h = new Harness(packed, inOrder, false)) {
+            assertWaitEndsReady(h, () -> {
+                if (packed) {
+                    h.use(SIZE + 3, 100);
+                } else {
+                    U16_VH.setRelease(h.rxArea, h.layout.usedOffset() + SplitRing.USED_IDX, (short) (SIZE + 1));
+                }
+            });
+        }
+    }
+
+    /**
+     * awaitReceive(5000) and awaitReady(RX_READY | TX_ROOM, 5000) end within a second, ready (after {@code lie},
+     * run 200 ms into the first wait, if not null), and the receive after them throws the ring's reason.
+     */
+    private static void assertWaitEndsReady(Harness h, Runnable lie) throws Exception {
+        AtomicReference<Object> result = new AtomicReference<>();
+        long t0 = System.nanoTime();
+        Thread t = Thread.ofPlatform().daemon().start(() -> {
+            try {
+                result.set(h.q.awaitReceive(5000));
+            } catch (Throwable e) {
+                result.set(e);
+            }
+        });
+        if (lie != null) {
+            Thread.sleep(200);
+            lie.run();
+        }
+        t.join(10_000);
+        assertThat(result.get()).as("awaitReceive(5000) on a broken ring").isEqualTo(true);
+        assertThat(System.nanoTime() - t0).as("its wait").isLessThan(TimeUnit.SECONDS.toNanos(1));
+        t0 = System.nanoTime();
+        assertThat(h.q.awaitReady(NetQueuePair.RX_READY | NetQueuePair.TX_ROOM, 5000))
+                .isEqualTo(NetQueuePair.RX_READY | NetQueuePair.TX_ROOM);
+        assertThat(System.nanoTime() - t0).as("awaitReady's wait").isLessThan(TimeUnit.SECONDS.toNanos(1));
+        assertThatThrownBy(() -> receive(h)).isInstanceOf(VirtqueueException.class).hasMessageContaining("broken");
+        assertThat(h.rx.isBroken()).isTrue();
     }
 
     private static int receive(Harness h) {
