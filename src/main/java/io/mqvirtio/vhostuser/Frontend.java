@@ -17,6 +17,10 @@ import java.util.concurrent.TimeUnit;
  * also for the ack of requests without a reply). The backend is not trusted: a reply for another request, of the
  * wrong size, a negative ack, a connection that drops, or no whole answer within the timeout is a
  * {@link VhostUserException} naming the request. Used by one thread at a time.
+ *
+ * <p>A reply that did not come whole in time, or one to another request, leaves the connection out of step: the
+ * backend may still send the reply, and the next request of that kind would take it for its own (an ack names no
+ * request). Every request after that is refused, saying why: close the connection.
  */
 public final class Frontend implements AutoCloseable {
     /** A region of our memory as SET_MEM_TABLE describes it. */
@@ -26,6 +30,7 @@ public final class Frontend implements AutoCloseable {
     private final int timeoutMillis;
     private boolean replyAck;
     private long deadline = Long.MAX_VALUE; // nanoTime by which every reply must have come, or none
+    private String outOfStep;               // why the replies can no longer be matched to the requests, or null
 
     private Frontend(UnixSocket socket, int timeoutMillis) {
         this.channel = new Channel(socket, Math.max(1, timeoutMillis)); // a send that finds no room waits as long
@@ -132,6 +137,7 @@ public final class Frontend implements AutoCloseable {
     public void setLogBase(Fd fd, long size, long offset) {
         ByteBuffer b = ByteBuffer.allocate(16).order(ByteOrder.LITTLE_ENDIAN);
         b.putLong(size).putLong(offset);
+        checkInStep(Request.SET_LOG_BASE);
         channel.send(Request.SET_LOG_BASE.id, 0, b.array(), fd.fd());
         await(Request.SET_LOG_BASE).close();
     }
@@ -176,6 +182,7 @@ public final class Frontend implements AutoCloseable {
 
     /** Sends a request that has no reply of its own (acked when REPLY_ACK is in use). */
     private void send(Request r, byte[] payload, int... fds) {
+        checkInStep(r);
         if (!replyAck) {
             channel.send(r.id, 0, payload, fds);
             return;
@@ -198,6 +205,7 @@ public final class Frontend implements AutoCloseable {
     }
 
     private Message request(Request r, byte[] payload) {
+        checkInStep(r);
         channel.send(r.id, 0, payload);
         return await(r);
     }
@@ -209,29 +217,46 @@ public final class Frontend implements AutoCloseable {
         if (deadline != Long.MAX_VALUE) {
             long left = Math.ceilDiv(deadline - System.nanoTime(), 1_000_000L);
             if (left <= 0) {
-                throw new VhostUserException(r + ": no reply from the backend within the deadline set for the replies");
+                throw outOfStep(new VhostUserException(r + ": no reply from the backend within the deadline set for "
+                        + "the replies"));
             }
             wait = Math.min(wait, left);
         }
         try {
             m = channel.receive(wait); // the whole reply, not only its first byte, within the timeout
         } catch (Channel.Stalled e) {
-            throw new VhostUserException(r + ": " + (e.begun ? "the backend stalled in the middle of its reply ("
-                    + e.getMessage() + ")" : "no reply from the backend") + " within " + wait + " ms"
-                    + (wait < timeoutMillis ? " (what was left of the deadline set for the replies)" : ""), e);
+            throw outOfStep(new VhostUserException(r + ": " + (e.begun ? "the backend stalled in the middle of its "
+                    + "reply (" + e.getMessage() + ")" : "no reply from the backend") + " within " + wait + " ms"
+                    + (wait < timeoutMillis ? " (what was left of the deadline set for the replies)" : ""), e));
+        } catch (VhostUserException e) {
+            throw outOfStep(e);
         }
         if (m == null) {
-            throw new VhostUserException(r + ": the backend closed the connection");
+            throw outOfStep(new VhostUserException(r + ": the backend closed the connection"));
         }
         if (m.requestId() != r.id || !m.isReply()) {
             m.close();
-            throw new VhostUserException(r + ": the backend answered with " + m.name() + (m.isReply() ? "" : " (not a reply)"));
+            throw outOfStep(new VhostUserException(r + ": the backend answered with " + m.name()
+                    + (m.isReply() ? "" : " (not a reply)")));
         }
         if (m.fdCount() != 0) {
             m.close();
             throw new VhostUserException(r + ": the reply carried file descriptors");
         }
         return m;
+    }
+
+    /** Marks the connection out of step because of {@code e}; returns it. */
+    private VhostUserException outOfStep(VhostUserException e) {
+        outOfStep = e.getMessage();
+        return e;
+    }
+
+    private void checkInStep(Request r) {
+        if (outOfStep != null) {
+            throw new VhostUserException(r + " not sent: the connection is out of step since an earlier reply failed ("
+                    + outOfStep + "); close it");
+        }
     }
 
     private static void expectSize(Message m, int size) {

@@ -865,6 +865,46 @@ class NetDriverHostileBackendTest {
         }
     }
 
+    /**
+     * A reply that does not come in time leaves the connection out of step: the backend may still send it, and the
+     * driver would take it for the reply to its next request of that kind (an ack is an ack: nothing in it names
+     * the request). Here the backend acknowledges a ring's disable only after the timeout, then refuses to enable
+     * that ring again: before, the retried setQueuePairs(2) took each ack for the request after it, the late "done"
+     * first, and returned normally with pair 1 enabled and chosen for flows, its refusal left unread in the socket.
+     * Now every request after the timeout is refused at once, saying why, and the pair count stays where it was.
+     */
+    @Test
+    @Timeout(30)
+    void aReplyThatCameTooLateIsNeverTakenForTheNextOne() throws Exception {
+        java.util.concurrent.atomic.AtomicInteger phase = new java.util.concurrent.atomic.AtomicInteger();
+        try (ScriptedRingBackend be = new ScriptedRingBackend(dir.resolve("late.sock"), m -> {
+            if (m.request() != Request.SET_VRING_ENABLE || m.u32(0) != 3) {
+                return null;
+            }
+            return switch (phase.get()) {
+                case 1 -> (Object) 1500L; // the ack of the disable, half a timeout late
+                case 2 -> "refused";      // the enable
+                default -> null;
+            };
+        });
+             NetDriver nic = NetDriver.connect(be.path(), new NetDriver.Options(2, 64, 2048, 1000, NetDriver.WANTED));
+             Arena a = Arena.ofConfined()) {
+            assertThat(nic.protocolFeatures() & (1L << Protocol.PF_REPLY_ACK)).as("acks").isNotZero();
+            phase.set(1);
+            assertThatThrownBy(() -> nic.setQueuePairs(1)).isInstanceOf(VhostUserException.class)
+                    .hasMessageContaining("no reply");
+            Thread.sleep(800); // the late ack is in the socket
+            phase.set(2);
+            assertThatThrownBy(() -> nic.setQueuePairs(2)).isInstanceOf(VhostUserException.class)
+                    .hasMessageContaining("out of step");
+            assertThat(nic.activePairs()).isEqualTo(1);
+            assertThat(nic.pair(1).isEnabled()).isFalse();
+            for (int f = 0; f < 16; f++) {
+                assertThat(nic.pairFor(NetDriverContract.frame(a, f, 1, 100))).isZero();
+            }
+        }
+    }
+
     /** Calls {@code op} until it throws, 2 s at most; what it threw. */
     private static Throwable untilThrown(Runnable op) throws InterruptedException {
         long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(2);
