@@ -316,8 +316,9 @@ public final class NetDriver implements AutoCloseable {
      * Changes the number of active queue pairs at run time (the control queue's VIRTIO_NET_CTRL_MQ, emulated):
      * pairs below {@code n} are enabled, the rest disabled on both rings. A disabled pair takes and delivers nothing.
      *
-     * @throws io.mqvirtio.vhostuser.VhostUserException if the backend fails or goes away part way (some rings may
-     *                                                  then have changed and others not: close the driver)
+     * @throws io.mqvirtio.vhostuser.VhostUserException if the backend fails, goes away or has not answered every
+     *                                                  ring within one timeout in all, part way (some rings may then
+     *                                                  have changed and others not: close the driver)
      */
     public synchronized void setQueuePairs(int n) {
         if (n < 1 || n > maxPairs) {
@@ -329,18 +330,25 @@ public final class NetDriver implements AutoCloseable {
             // neither while the replies come nor after one that fails part way (the old count stayed, for good)
             activePairs = n;
         }
-        for (int p = 0; p < maxPairs; p++) {
-            boolean on = p < n;
-            NetQueuePair qp = pairs.get(p);
-            if (!on) {
-                qp.enabled = false; // stop using it before the backend stops serving it
+        // The replies in all within one timeout, as the set-up's and close's: this holds the driver's lock, which
+        // close waits for, and a backend answering each ring just inside the timeout held both for one per ring.
+        frontend.deadlineIn(timeoutMs);
+        try {
+            for (int p = 0; p < maxPairs; p++) {
+                boolean on = p < n;
+                NetQueuePair qp = pairs.get(p);
+                if (!on) {
+                    qp.enabled = false; // stop using it before the backend stops serving it
+                }
+                frontend.setVringEnable(2 * p, on);
+                frontend.setVringEnable(2 * p + 1, on);
+                if (on && !qp.enabled) {
+                    qp.enabled = true;
+                    qp.enabledAgain(); // a thread waiting on it while it was disabled
+                }
             }
-            frontend.setVringEnable(2 * p, on);
-            frontend.setVringEnable(2 * p + 1, on);
-            if (on && !qp.enabled) {
-                qp.enabled = true;
-                qp.enabledAgain(); // a thread waiting on it while it was disabled
-            }
+        } finally {
+            frontend.noDeadline();
         }
         activePairs = n;
     }
@@ -352,7 +360,8 @@ public final class NetDriver implements AutoCloseable {
      * runs (the bench's {@code --ab dirty-log}): the driver itself cannot be migrated.
      *
      * @throws UnsupportedOperationException if the backend offers no dirty logging (LOG_ALL and LOG_SHMFD)
-     * @throws io.mqvirtio.vhostuser.VhostUserException if the backend fails or goes away part way (LOG_ALL may then
+     * @throws io.mqvirtio.vhostuser.VhostUserException if the backend fails, goes away or has not answered every
+     *                                                  request within one timeout in all, part way (LOG_ALL may then
      *                                                  still be on in the backend: close the driver)
      */
     public synchronized void setDirtyLog(boolean on) {
@@ -363,6 +372,15 @@ public final class NetDriver implements AutoCloseable {
         if (on == (dirtyLog != null)) {
             return;
         }
+        frontend.deadlineIn(timeoutMs); // the replies in all within one timeout, as setQueuePairs' (the lock)
+        try {
+            switchDirtyLog(on);
+        } finally {
+            frontend.noDeadline();
+        }
+    }
+
+    private void switchDirtyLog(boolean on) {
         if (on) {
             long end = map.segment().address() + map.size();
             long bytes = (Long.divideUnsigned(end, 4096) / 64 + 1) * 8;

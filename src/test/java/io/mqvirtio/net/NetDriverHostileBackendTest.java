@@ -813,7 +813,8 @@ class NetDriverHostileBackendTest {
         java.util.concurrent.atomic.AtomicBoolean slow = new java.util.concurrent.atomic.AtomicBoolean();
         try (ScriptedRingBackend be = new ScriptedRingBackend(dir.resolve("ctl.sock"),
                 m -> slow.get() && m.request() == Request.SET_VRING_ENABLE ? (Object) 400L : null);
-             NetDriver nic = NetDriver.connect(be.path(), new NetDriver.Options(2, 64, 2048, 1000, NetDriver.WANTED));
+             // a timeout the whole change fits in (its replies share one)
+             NetDriver nic = NetDriver.connect(be.path(), new NetDriver.Options(2, 64, 2048, 2000, NetDriver.WANTED));
              Arena a = Arena.ofConfined()) {
             MemorySegment f = NetDriverContract.frame(a, 0, 1, 100);
             slow.set(true);
@@ -957,6 +958,86 @@ class NetDriverHostileBackendTest {
             long t0 = System.nanoTime();
             nic.close();
             assertThat(TimeUnit.NANOSECONDS.toMillis(System.nanoTime() - t0)).as("close took (ms)").isLessThan(2500);
+        }
+    }
+
+    /**
+     * A backend that acknowledges each ring's enable or disable just inside the timeout gets one timeout in all for
+     * a change of the pair count, as for the set-up and for close, not one per ring: setQueuePairs holds the driver's
+     * lock, and close, called meanwhile from another thread, waits for it. Before, lowering 4 pairs to 1 took 8 acks
+     * of 600 ms (and up to 512 timeouts with 256 pairs), and close waited all of it out.
+     */
+    @Test
+    @Timeout(30)
+    void aSlowBackendGetsOneTimeoutInAllForAPairCountChange() throws Exception {
+        java.util.concurrent.atomic.AtomicBoolean slow = new java.util.concurrent.atomic.AtomicBoolean();
+        try (ScriptedRingBackend be = new ScriptedRingBackend(dir.resolve("slowctl.sock"),
+                m -> slow.get() && m.request() == Request.SET_VRING_ENABLE ? (Object) 600L : null)) {
+            NetDriver nic = NetDriver.connect(be.path(), new NetDriver.Options(4, 64, 2048, 1000, NetDriver.WANTED));
+            slow.set(true);
+            AtomicReference<Object> change = new AtomicReference<>();
+            long t0 = System.nanoTime();
+            Thread t = Thread.ofPlatform().daemon().start(() -> {
+                try {
+                    nic.setQueuePairs(1);
+                    change.set("returned");
+                } catch (Throwable e) {
+                    change.set(e);
+                }
+                change.set(change.get() + " after " + TimeUnit.NANOSECONDS.toMillis(System.nanoTime() - t0) + " ms");
+            });
+            Thread.sleep(200); // inside setQueuePairs, waiting for the first ack
+            long c0 = System.nanoTime();
+            nic.close();
+            long closeTook = TimeUnit.NANOSECONDS.toMillis(System.nanoTime() - c0);
+            t.join(10_000);
+            assertThat(change.get()).as("setQueuePairs").asString()
+                    .contains(VhostUserException.class.getName()).contains("deadline");
+            assertThat(TimeUnit.NANOSECONDS.toMillis(System.nanoTime() - t0)).as("setQueuePairs and close took (ms)")
+                    .isLessThan(2500);
+            assertThat(closeTook).as("close took (ms)").isLessThan(2500);
+        }
+    }
+
+    /**
+     * The same for turning dirty logging on (a log, LOG_ALL, then every ring's address again with logging): a
+     * backend that answers each just inside the timeout gets one timeout in all. Before, with 4 pairs, 10 replies
+     * of 600 ms, with close waiting for them.
+     */
+    @Test
+    @Timeout(30)
+    void aSlowBackendGetsOneTimeoutInAllToStartDirtyLogging() throws Exception {
+        java.util.concurrent.atomic.AtomicBoolean slow = new java.util.concurrent.atomic.AtomicBoolean();
+        try (ScriptedRingBackend be = new ScriptedRingBackend(dir.resolve("slowlog.sock"), m -> switch (m.request()) {
+            case GET_FEATURES -> Message.u64Payload(ScriptedRingBackend.FEATURES | (1L << Protocol.F_LOG_ALL));
+            case GET_PROTOCOL_FEATURES -> Message.u64Payload(ScriptedRingBackend.PROTOCOL
+                    | (1L << Protocol.PF_LOG_SHMFD));
+            case SET_LOG_BASE -> Message.u64Payload(0); // its reply, asked for or not
+            default -> slow.get() ? (Object) 600L : null;
+        })) {
+            NetDriver nic = NetDriver.connect(be.path(), new NetDriver.Options(4, 64, 2048, 1000, NetDriver.WANTED));
+            slow.set(true);
+            AtomicReference<Object> change = new AtomicReference<>();
+            long t0 = System.nanoTime();
+            Thread t = Thread.ofPlatform().daemon().start(() -> {
+                try {
+                    nic.setDirtyLog(true);
+                    change.set("returned");
+                } catch (Throwable e) {
+                    change.set(e);
+                }
+                change.set(change.get() + " after " + TimeUnit.NANOSECONDS.toMillis(System.nanoTime() - t0) + " ms");
+            });
+            Thread.sleep(200); // inside setDirtyLog, waiting for the first reply
+            long c0 = System.nanoTime();
+            nic.close();
+            long closeTook = TimeUnit.NANOSECONDS.toMillis(System.nanoTime() - c0);
+            t.join(10_000);
+            assertThat(change.get()).as("setDirtyLog").asString()
+                    .contains(VhostUserException.class.getName()).contains("deadline");
+            assertThat(TimeUnit.NANOSECONDS.toMillis(System.nanoTime() - t0)).as("setDirtyLog and close took (ms)")
+                    .isLessThan(2500);
+            assertThat(closeTook).as("close took (ms)").isLessThan(2500);
         }
     }
 

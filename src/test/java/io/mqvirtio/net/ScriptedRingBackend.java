@@ -27,7 +27,8 @@ import java.util.function.Function;
  *
  * <p>{@code twist} may replace the answer to a request: null behaves, {@code "silent"} never answers again (the
  * backend sleeps until closed), a {@code Long} answers after that many milliseconds, {@code "refused"} acknowledges
- * a request that asked for it with a failure (ack 1), having done nothing.
+ * a request that asked for it with a failure (ack 1), having done nothing, and a {@code byte[]} is the reply's
+ * payload (sent whether the request asked for one or not), the request done as usual.
  */
 final class ScriptedRingBackend implements AutoCloseable {
     static final long FEATURES = VirtioFeatures.bit(VirtioFeatures.F_VERSION_1) | VirtioFeatures.bit(VirtioNet.F_MRG_RXBUF)
@@ -157,6 +158,9 @@ final class ScriptedRingBackend implements AutoCloseable {
                         Thread.sleep(delay);
                     }
                     byte[] reply = "refused".equals(act) && m.needsReply() ? Message.u64Payload(1) : answer(m);
+                    if (act instanceof byte[] raw) {
+                        reply = raw;
+                    }
                     if (reply != null) {
                         ch.send(m.requestId(), Protocol.FLAG_REPLY, reply);
                     }
