@@ -441,7 +441,8 @@ public final class NetDriver implements AutoCloseable {
      * frees the memory. A backend that is already gone, or answers slowly or not at all, is no obstacle: the rings
      * get one timeout in all (and the reply in progress when it ends its own). May be called from any thread while
      * others use their pairs, and waits one timeout at most for them, whatever their threads do; so close returns
-     * within about three timeouts:
+     * within about three timeouts (four while another thread's {@link #setQueuePairs} or {@link #setDirtyLog}, which
+     * get one in all, holds the driver's lock):
      *
      * <ol>
      * <li>every pair is shut: its next operation throws {@code IllegalStateException("driver closed")}, a thread

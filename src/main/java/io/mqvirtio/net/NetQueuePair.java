@@ -32,7 +32,8 @@ import java.util.concurrent.locks.LockSupport;
  * <p>The backend is not trusted: a used entry or descriptor that breaks the ring's rules (a buffer not in flight or
  * not published, a used index that runs ahead, a wrong wrap counter) breaks that ring, and every later send or
  * receive on the pair throws {@link io.mqvirtio.virtio.VirtqueueException} with the reason (frames a receive had
- * already copied in that call are lost with it); the other pairs go on. A frame the backend lied about in a way the
+ * already copied in that call are lost with it), and a wait for that ring ends at once, ready, so that the send
+ * or receive after it says so; the other pairs go on. A frame the backend lied about in a way the
  * ring cannot see (a length or buffer count that does not fit) is dropped and counted instead ({@link #receive}).
  *
  * <p>A backend that closes its end of the vhost-user connection (it exited, crashed or was restarted) serves the
