@@ -19,7 +19,8 @@ import java.lang.invoke.VarHandle;
  * that, and every field of every descriptor is then read once. The buffer id comes from the chain's last
  * descriptor; an id out of range, or one still in flight, breaks the ring, as do a chain longer than the ring, an
  * indirect descriptor inside a chain (or with NEXT), a malformed indirect table, a readable buffer after a writable
- * one, a buffer outside guest memory, a chain above 2^32-1 bytes.
+ * one, a buffer outside guest memory, a chain above 2^32-1 bytes, a descriptor the device read as available and gave
+ * back ({@link #giveBack}) that no longer says so.
  *
  * <p>Writing: {@link #complete} keeps the used entry (its id, length and place: a chain's used descriptor goes where
  * its first descriptor was, if used in order, and the next one {@link DescriptorChain#slots()} further on);
@@ -307,6 +308,9 @@ public final class PackedDeviceRing implements DeviceRing {
         checkNotBroken();
         int first = getU16Acquire(desc, flagsOff(nextAvail)); // the driver wrote it last, with release
         if (!isAvail(first, availWrap)) {
+            if (availTotal < seenTotal) {
+                throw takenBack();
+            }
             return false;
         }
         int start = nextAvail;
@@ -420,6 +424,7 @@ public final class PackedDeviceRing implements DeviceRing {
             long a = ring + (long) pos * DESC_SIZE;
             int flags = Short.toUnsignedInt((short) U16_VH.getAcquire(ALL, a + DESC_FLAGS)); // written last, release
             if (!isAvail(flags, wrap)) {
+                other = availTotal + k < seenTotal; // read and given back before: pop breaks the ring over it
                 break;
             }
             if ((flags & (F_NEXT | F_INDIRECT | F_WRITE)) != want) {
@@ -508,6 +513,17 @@ public final class PackedDeviceRing implements DeviceRing {
             shadowWrap[j] = usedWrap;
         }
         advanceUsed(n);
+    }
+
+    /**
+     * The descriptor at the next position was read as available and given back ({@link #giveBack}: the device read it
+     * before, up to {@code seenTotal}), and now says it is not: the driver took back a buffer it had made available,
+     * which only the device returns (2.8.6). Not "nothing yet": a wait for chains beyond those given back would see
+     * the ones after it and have the worker pop here again, at once, for as long as the driver leaves it so.
+     */
+    private VirtqueueException takenBack() {
+        return broken("descriptor at " + nextAvail + " was made available, read and given back by the device, and is no"
+                + " longer available: the driver took it back");
     }
 
     private MemoryRegion regionFor(int start, long addr, long ulen) {

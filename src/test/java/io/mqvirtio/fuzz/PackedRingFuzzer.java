@@ -229,6 +229,9 @@ public final class PackedRingFuzzer {
         boolean refNone = !PackedRingFuzzer.isAvail(flagsAt(start), startWrap);
         if (!refNone) {
             refError = reference(start, startWrap);
+        } else if (refTotal < seenTotal) {
+            refError = "the descriptor at " + start + " was read and given back, and the driver took it back";
+            refNone = false;
         }
         DescriptorChain chain = freeChains.isEmpty() ? new DescriptorChain(capacity) : freeChains.pop();
         int got = popAgainst(q, chain, refError, refNone, expected, "the chain at " + start + " (flags 0x"
@@ -347,7 +350,8 @@ public final class PackedRingFuzzer {
             String refError = next ? reference(refPos, refWrap) : null;
             boolean sameShape = next && refError == null && !refIndirect && refSlots == 1 && expected.size() == 1
                     && (expected.get(0)[2] != 0) == writable;
-            if (b.stoppedAtOther() != next || sameShape) {
+            boolean takenBack = !next && refTotal < seenTotal; // read and given back before: pop breaks the ring there
+            if (b.stoppedAtOther() != (next || takenBack) || sameShape) {
                 throw new FuzzFinding("popBurst took " + k + " of " + limit + " and stopped " + (b.stoppedAtOther()
                         ? "before another chain" : "finding nothing") + " at " + refPos + " wrap " + refWrap
                         + "; the model has " + (!next ? "nothing available" : refError != null ? "a refusal: " + refError

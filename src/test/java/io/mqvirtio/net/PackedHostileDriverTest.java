@@ -119,6 +119,37 @@ class PackedHostileDriverTest {
         HostileDriverTest.assertEchoes(victimServer.path(), 2, 0); // and the next session gets everything back
     }
 
+    /**
+     * The device pops a burst of RX buffers and gives back those no frame came for (the loopback port is empty), so
+     * it has read them as available; the driver then takes the first one back (its flags rewritten as not available)
+     * and makes one more available beyond them. A wait for more buffers looked only beyond those given back, found
+     * that one, and said "more" to a worker whose next pop stops at the taken-back descriptor: the worker went round
+     * at 100 % of a core for as long as the driver left it so. Now a descriptor read as available and given back
+     * that is no longer available breaks the ring (the driver took back a buffer it had given the device).
+     */
+    @Test
+    @Timeout(60)
+    void aBufferTakenBackAfterTheDeviceGaveItBackBreaksTheRxRingAndNothingSpins() throws Exception {
+        try (EvilDriver d = new EvilDriver(victimServer.path(), 2, SIZE, FEATURES, 1 << 20)) {
+            long off = d.alloc(9 * 2048);
+            for (int i = 0; i < 8; i++) {
+                d.rx(0).packed(i, d.gpa(off + 2048L * i), 2048, i, F_WRITE);
+            }
+            d.rx(0).kick();
+            // the RX burst found buffers to spare and asked for no kicks: it popped them and gave them back
+            HostileDriverTest.await(() -> d.mem.get(EvilDriver.U16, d.rx(0).usedOff + 2) == 1,
+                    "the device to write DISABLE after an RX burst");
+            d.rx(0).packed(0, d.gpa(off), 2048, 0, F_WRITE | F_USED); // taken back: not available for wrap 1
+            d.rx(0).packed(8, d.gpa(off + 2048L * 8), 2048, 8, F_WRITE);
+            d.rx(0).kick();
+            assertThat(WorkerStallTest.workerCpuMillis(victim, 1000)).as("worker CPU over 1 s, ms").isLessThan(150);
+            HostileDriverTest.await(() -> victim.counters().get(0).errors() > 0, "the RX ring of pair 0 to break");
+            assertThat(victim.deadReason()).isNull();
+            HostileDriverTest.assertEchoes(bystanderServer.path(), 1, 0);
+        }
+        HostileDriverTest.assertEchoes(victimServer.path(), 2, 0); // and the next session gets everything back
+    }
+
     /** Flags that look used (set by the driver), or available for the other wrap counter: simply not there yet. */
     @Test
     @Timeout(60)

@@ -168,6 +168,50 @@ class PackedHostileRingTest {
     }
 
     /**
+     * Buffers read and given back stay the device's: a driver that rewrites one as not available (taken back) breaks
+     * the ring at the next pop there, whether a burst or a pop comes to it (a burst leaves it to pop); before, pop
+     * found "nothing yet" while a wait for more (enableKicksForMore) saw the buffers beyond it, and a worker waiting
+     * for RX buffers went round for good. A descriptor never read is simply not there yet, as before.
+     */
+    @Test
+    void aBufferGivenBackAndTakenBackBreaksTheRing() {
+        for (boolean burst : new boolean[] {false, true}) {
+            for (int i = 0; i < 5; i++) {
+                desc(i, buf(i), 1024, i, F_WRITE);
+            }
+            DeviceRing q = device(ALL);
+            ChainBurst b = new ChainBurst();
+            assertThat(q.popBurst(b, 4, true)).isEqualTo(4);
+            q.completeBurst(b, 0, 1, 100);
+            q.giveBack(3);
+            desc(2, buf(2), 1024, 2, F_WRITE | F_USED); // taken back
+            if (burst) {
+                assertThat(q.popBurst(b, 4, true)).isEqualTo(1); // slot 1 again, then it stops before slot 2
+                assertThat(b.stoppedAtOther()).isTrue();
+            } else {
+                DescriptorChain c = new DescriptorChain(64);
+                assertThat(q.pop(c)).isTrue();
+                assertThat(c.id()).isEqualTo(1);
+            }
+            assertThat(q.enableKicksForMore()).as("slot 4, beyond those given back, is there").isTrue();
+            expectBroken(q, "descriptor at 2 was made available, read and given back");
+            tearDown();
+            setUp();
+        }
+        // a descriptor never read is only not there yet
+        desc(0, buf(0), 1024, 0, F_WRITE);
+        DeviceRing q = device(ALL);
+        ChainBurst b = new ChainBurst();
+        assertThat(q.popBurst(b, 4, true)).isEqualTo(1);
+        assertThat(b.stoppedAtOther()).isFalse();
+        DescriptorChain c = new DescriptorChain(64);
+        assertThat(q.pop(c)).isFalse();
+        q.giveBack(1);
+        assertThat(q.pop(c)).isTrue();
+        assertThat(q.isBroken()).isFalse();
+    }
+
+    /**
      * A driver that offers buffers again before their used descriptors are published (ids are free once completed)
      * gets more completions kept than the ring has entries: they are published early, not an out-of-bounds store
      * (found by the packed fuzz target: ArrayIndexOutOfBoundsException in complete).
