@@ -372,6 +372,8 @@ public final class TapBackend implements PacketBackend {
         private boolean gone;
         private long reopenAt;
         private boolean fallbackLogged;
+        /** A write was refused: the next ones capture errno at once (no allocation per frame otherwise), until one is not. */
+        private boolean refusing;
         /** The writer's wait for a descriptor has been logged (and not its end yet). */
         private boolean waitLogged;
         /** Waits for a descriptor that ended: the first is logged at WARNING and INFO, later ones at DEBUG. */
@@ -469,7 +471,20 @@ public final class TapBackend implements PacketBackend {
 
         @Override
         public long send(IoVec frame) {
-            return IoVec.writev(q, frame);
+            // Without errno capture while writes go through (no allocation per frame); a failed one is made again
+            // capturing it (a TAP wrote nothing). A TAP counts each write it refuses for another reason than room
+            // (a link down: EIO) as a drop of its own, so while it refuses, writes capture errno at once: the host
+            // counted each such frame twice, now only the first of a run of refusals.
+            if (!refusing) {
+                long n = IoVec.tryWritev(q, frame);
+                if (n >= 0) {
+                    return n;
+                }
+            }
+            refusing = true;
+            long n = IoVec.writev(q, frame); // a refusal throws, and refusing stays set
+            refusing = false; // written, or no room (EAGAIN): the TAP takes frames
+            return n;
         }
 
         @Override

@@ -251,22 +251,29 @@ public final class IoVec {
     /**
      * Writes the entries in order as one unit: one packet to a TAP queue. Returns the byte count (a stream may
      * take less than {@link #totalBytes()}; a TAP takes the whole packet or nothing), -1 if {@code fd} is
-     * non-blocking and full.
+     * non-blocking and full. Captures errno: a worker's data path writes with {@link #tryWritev} first.
      */
     public static long writev(Fd fd, IoVec v) {
         try {
-            // Without errno capture first (see Native.downcallUncaptured): a worker writes each TX frame here. A
-            // write that failed wrote nothing (a TAP takes a packet whole or not at all), so it is made again,
-            // capturing errno: a full TAP (EAGAIN) costs that second call, the frames that go through nothing. While
-            // writes fail for another reason (a link down: EIO), the host's TAP counts each frame's drop twice.
-            long n = (long) WRITEV_UNCAPTURED.invokeExact(fd.fd(), v.array, v.count);
-            while (n < 0) {
+            long n;
+            do {
                 n = (long) WRITEV.invokeExact(Native.errnoState(), fd.fd(), v.array, v.count);
-                if (n >= 0 || Native.lastErrno() != ErrnoException.EINTR) {
-                    break;
-                }
-            }
+            } while (n < 0 && Native.lastErrno() == ErrnoException.EINTR);
             return Fd.again(n, "writev");
+        } catch (Throwable t) {
+            throw Native.rethrow(t);
+        }
+    }
+
+    /**
+     * {@link #writev} without errno capture (see Native.downcallUncaptured): a worker writes each TX frame here.
+     * Returns the byte count, or -1 where the write failed for any reason (a TAP then wrote nothing): the caller
+     * makes it again with {@link #writev} to learn why.
+     */
+    public static long tryWritev(Fd fd, IoVec v) {
+        try {
+            long n = (long) WRITEV_UNCAPTURED.invokeExact(fd.fd(), v.array, v.count);
+            return n < 0 ? -1 : n;
         } catch (Throwable t) {
             throw Native.rethrow(t);
         }
