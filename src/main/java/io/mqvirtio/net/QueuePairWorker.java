@@ -488,6 +488,7 @@ final class QueuePairWorker implements WorkerHandler {
     private void upkeep() {
         upkeepTimer.drain();
         txBlocked = false; // the round after this tries TX again; still no room: it waits for the edge (or this) again
+        watchPort();
         if (txHeld) {
             return; // frames held for the port's descriptor: they go (or fail) first, at its next edge
         }
@@ -499,8 +500,8 @@ final class QueuePairWorker implements WorkerHandler {
                 } catch (RuntimeException e) {
                     // closed: its entry went with it
                 }
-                loop.register(port.readFd(), PORT_EVENTS, TOKEN_PORT); // reports what is ready now, as at start
-                portReadable = true;
+                portUnwatched = true;
+                watchPort();
             }
         } catch (RuntimeException e) {
             logPortError(true, e); // not counted: no frame was lost to it; the next upkeep tries again
@@ -520,6 +521,28 @@ final class QueuePairWorker implements WorkerHandler {
             }
         }
     }
+
+    /**
+     * The port's descriptor changed (a TAP queue reopened) and is not watched yet: registered now, which reports what
+     * is ready, as at start. A registration the kernel refused (ENOMEM, ENOSPC: the user's epoll watches) is tried
+     * again at each upkeep; before, the port was never watched again: RX never woke for its frames, and a TX waiting
+     * for room waited for the upkeep.
+     */
+    private void watchPort() {
+        if (!portUnwatched) {
+            return;
+        }
+        try {
+            loop.register(port.readFd(), PORT_EVENTS, TOKEN_PORT);
+            portUnwatched = false;
+            portReadable = true;
+        } catch (RuntimeException e) {
+            logPortError(true, e); // not counted: no frame was lost to it
+        }
+    }
+
+    /** The port's descriptor is not in the worker's epoll (its registration failed): {@link #watchPort} retries. */
+    private boolean portUnwatched;
 
     /**
      * The port failed (a TAP that is down answers EIO, a runt frame or a bad header EINVAL, a deleted TAP EBADFD):

@@ -5,6 +5,8 @@ import static org.assertj.core.api.Assertions.assertThat;
 import io.mqvirtio.backend.TapBackend;
 import io.mqvirtio.linux.ErrnoException;
 import io.mqvirtio.linux.IoVec;
+import io.mqvirtio.linux.MemFd;
+import io.mqvirtio.linux.PacketSocket;
 import io.mqvirtio.linux.TestNetns;
 import io.mqvirtio.vhostuser.LogCapture;
 import io.mqvirtio.vhostuser.VhostUserServer;
@@ -14,7 +16,9 @@ import java.nio.file.Path;
 import java.util.List;
 import java.util.concurrent.ThreadLocalRandom;
 import java.util.concurrent.TimeUnit;
+import java.util.concurrent.atomic.AtomicBoolean;
 import java.util.concurrent.atomic.AtomicInteger;
+import java.util.concurrent.atomic.AtomicLong;
 import java.util.logging.Level;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.Timeout;
@@ -100,6 +104,98 @@ class TapAttachRetryTest {
                 assertThat(tries.get()).as("no more tries once attached").isEqualTo(3);
             }
         }
+    }
+
+    /**
+     * A TAP queue reopened (its device deleted and created again: {@link Port#upkeep} answers true, a new descriptor)
+     * whose registration in the worker's epoll the kernel refuses (ENOMEM, ENOSPC: the user's epoll watches; here the
+     * port names a memfd for the moment, which epoll refuses with EPERM). The worker used to log it and never watch
+     * the port again: the upkeep said true once, and the host's frames for the guest waited in the TAP for good (RX
+     * wakes on the port's edge only). Now the registration is tried again at each upkeep.
+     */
+    @Test
+    void aReopenedQueueWhoseWatchFailedIsWatchedAgainAtTheNextUpkeep() throws Exception {
+        String tap = "mqvw" + Integer.toHexString(ThreadLocalRandom.current().nextInt(0x10000));
+        try (TestNetns ns = TestNetns.create(); LogCapture log = new LogCapture("io.mqvirtio.net", Level.INFO).quiet();
+             MemFd unwatchable = MemFd.create("unwatchable", 4096);
+             java.lang.foreign.Arena a = java.lang.foreign.Arena.ofConfined()) {
+            ns.exec("sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1");
+            TapBackend tapBackend = ns.inside(() -> TapBackend.open(tap, 1, TapBackend.TxMethod.WRITEV));
+            ns.ip("link", "set", tap, "up");
+            AtomicBoolean reopen = new AtomicBoolean();
+            AtomicLong unwatchableUntil = new AtomicLong(System.nanoTime());
+            PacketBackend backend = new OnePortBackend("rewatch") {
+                @Override
+                public Port open(int pair) {
+                    return new ReopeningPort(tapBackend.open(pair), reopen, unwatchableUntil, unwatchable.fd());
+                }
+
+                @Override
+                public void close() {
+                    tapBackend.close();
+                }
+            };
+            try (NetDevice dev = new NetDevice(NetDevice.Config.of("rewatch", 1), backend);
+                 VhostUserServer server = VhostUserServer.listen(dir.resolve("w.sock"), dev);
+                 EvilDriver d = new EvilDriver(server.path(), 1, 64, FEATURES, 1 << 20);
+                 PacketSocket sock = ns.inside(() -> PacketSocket.open(tap))) {
+                HostileDriverTest.postRx(d, 8);
+                PacketSocket.Batch b = new PacketSocket.Batch(a, 1);
+                b.set(0, TapRxCutFrameTest.frame(a, 100, 0));
+                assertThat(sock.send(b, 1)).isEqualTo(1);
+                HostileDriverTest.await(() -> d.rx(0).usedIdx() == 1, "the first frame received");
+
+                reopen.set(true); // the next upkeep reopens, and the new descriptor cannot be watched for 0.5 s
+                HostileDriverTest.await(() -> !reopen.get(), "the upkeep to reopen the queue");
+                HostileDriverTest.await(() -> log.lines().stream().anyMatch(l -> l.contains("Operation not permitted")),
+                        "the refused registration logged");
+                Thread.sleep(1500); // past the next upkeep
+                assertThat(sock.send(b, 1)).isEqualTo(1);
+                HostileDriverTest.await(() -> d.rx(0).usedIdx() == 2, "the frame after the reopen received");
+                assertThat(dev.counters().get(0).errors()).as("no frame was lost to it").isZero();
+            }
+        }
+    }
+
+    /**
+     * A real TAP queue's port whose upkeep says, when {@code reopen} is set, that it was reopened (then names {@code
+     * unwatchable} until {@code unwatchableUntil}, as a new descriptor epoll refuses).
+     */
+    private record ReopeningPort(Port real, AtomicBoolean reopen, AtomicLong unwatchableUntil, int unwatchable)
+            implements Port {
+        @Override
+        public boolean upkeep() {
+            boolean r = real.upkeep();
+            if (reopen.get()) {
+                unwatchableUntil.set(System.nanoTime() + TimeUnit.MILLISECONDS.toNanos(500));
+                reopen.set(false);
+                return true;
+            }
+            return r;
+        }
+
+        @Override public int readFd() {
+            return System.nanoTime() - unwatchableUntil.get() < 0 ? unwatchable : real.readFd();
+        }
+        @Override public long send(IoVec frame) { return real.send(frame); }
+        @Override public long send(long address, long length, IoVec scratch) { return real.send(address, length, scratch); }
+        @Override public boolean queue(long address, long length, IoVec scratch) { return real.queue(address, length, scratch); }
+        @Override public boolean sendsBursts() { return real.sendsBursts(); }
+        @Override public void sendBurst(ChainBurst burst, int from, int n) { real.sendBurst(burst, from, n); }
+        @Override public int batch() { return real.batch(); }
+        @Override public boolean queue(IoVec frame) { return real.queue(frame); }
+        @Override public int flush(long[] results) { return real.flush(results); }
+        @Override public void discard() { real.discard(); }
+        @Override public String ioMethod(boolean isRx) { return real.ioMethod(isRx); }
+        @Override public long receive(IoVec into) { return real.receive(into); }
+        @Override public long receive(long address, long length, IoVec scratch) { return real.receive(address, length, scratch); }
+        @Override public boolean readsFrames() { return real.readsFrames(); }
+        @Override public boolean hostWritesHeaders() { return real.hostWritesHeaders(); }
+        @Override public long upkeepNanos() { return real.upkeepNanos(); }
+        @Override public void setActive(boolean active) { real.setActive(active); }
+        @Override public void setFeatures(long features) { real.setFeatures(features); }
+        @Override public void reset() { real.reset(); }
+        @Override public void close() { real.close(); }
     }
 
     /** A real TAP queue's port whose next attaches fail with ENOMEM while {@code refusals} is above 0. */
