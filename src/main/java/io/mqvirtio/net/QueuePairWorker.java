@@ -405,14 +405,54 @@ final class QueuePairWorker implements WorkerHandler {
         return null;
     }
 
-    /** Sends a frame the device made itself (header included) through the port, if it is active. */
+    /**
+     * Sends a frame the device made itself (header included: a RARP announce after a migration) through the port, if
+     * it is active. Where the port has no room (a TAP whose send buffer the host holds full) it is kept, behind the
+     * frames the port keeps, and sent when the port has room, as TX frames are: it used to be lost then, unsaid. One is
+     * kept: a newer one replaces it, and one not sent (replaced, the port inactive, a reset) counts as a TX drop.
+     */
     Void inject(MemorySegment frame) {
-        if (portActive) {
-            iov.clear();
-            iov.add(frame);
-            port.send(iov);
+        if (!portActive) {
+            return null;
         }
+        if (announce != null) {
+            txCounters.add(QueueCounters.DROPS, 1); // replaced before it could go
+        }
+        announce = frame;
+        sendAnnounce();
         return null;
+    }
+
+    /** The device's own frame waiting for room in the port (sent before the ring's next frames), or null. */
+    private MemorySegment announce;
+
+    /** Sends {@link #announce} unless the port is still without room; a port that refuses it drops it (counted). */
+    private void sendAnnounce() {
+        if (txBlocked || txHeld) {
+            return; // no room yet: tried again at the port's edge or the upkeep, which clear txBlocked
+        }
+        iov.clear();
+        iov.add(announce);
+        long n;
+        try {
+            n = port.send(iov);
+        } catch (ErrnoException e) {
+            n = 0;
+            portError(false, e); // refused (a link down): dropped, counted
+        }
+        if (n == -1) {
+            waitForRoom();
+            return;
+        }
+        announce = null;
+    }
+
+    /** Drops a kept {@link #announce} (counted): the port went inactive, or the device was reset. */
+    private void dropAnnounce() {
+        if (announce != null) {
+            announce = null;
+            txCounters.add(QueueCounters.DROPS, 1);
+        }
     }
 
     /**
@@ -422,6 +462,7 @@ final class QueuePairWorker implements WorkerHandler {
     Void reset() {
         pendingLen = 0;
         discardHeldTx();
+        dropAnnounce();
         try {
             port.reset();
         } catch (RuntimeException e) {
@@ -438,6 +479,7 @@ final class QueuePairWorker implements WorkerHandler {
             portReadable = true;
             if (!active) {
                 discardHeldTx(); // as any frame for a port that is not active (a detached TAP queue refuses them)
+                dropAnnounce();
             }
             try {
                 port.setActive(active);
@@ -598,6 +640,9 @@ final class QueuePairWorker implements WorkerHandler {
     public int work(boolean poll) {
         workDone = false;
         boolean more = false;
+        if (announce != null && !txHeld) {
+            sendAnnounce(); // first: the ring's frames wait behind it (frames the port keeps go before it)
+        }
         if (tx != null && !txBroken) {
             more |= txBurst(poll);
         } else if (txHeld && !txBlocked) {
