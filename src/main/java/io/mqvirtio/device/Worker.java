@@ -54,8 +54,8 @@ public final class Worker<H extends WorkerHandler> implements Runnable {
     private final Idle idle;
     private final int cpu;
     private final long commandTimeoutNanos;
-    private final Epoll epoll = Epoll.create(8);
-    private final EventFd wakeup = EventFd.create();
+    private final Epoll epoll;
+    private final EventFd wakeup;
     private final ConcurrentLinkedQueue<Command<H, ?>> commands = new ConcurrentLinkedQueue<>();
     private volatile boolean running = true;
     private long lastWork;   // System.nanoTime() after the last round that moved something (with a poll window only)
@@ -71,7 +71,20 @@ public final class Worker<H extends WorkerHandler> implements Runnable {
         this.idle = idle;
         this.cpu = cpu;
         this.commandTimeoutNanos = commandTimeoutNanos;
-        epoll.add(wakeup.fd(), Epoll.EPOLLIN, TOKEN_COMMAND);
+        // out of descriptors (EMFILE) halfway: what was made is closed, or each failed start leaked it
+        this.epoll = Epoll.create(8);
+        EventFd w = null;
+        try {
+            w = EventFd.create();
+            epoll.add(w.fd(), Epoll.EPOLLIN, TOKEN_COMMAND);
+        } catch (RuntimeException e) {
+            if (w != null) {
+                w.close();
+            }
+            epoll.close();
+            throw e;
+        }
+        this.wakeup = w;
     }
 
     public String name() {

@@ -117,6 +117,11 @@ public final class NetDevice implements VhostUserDevice, AutoCloseable {
                         commandTimeoutNanos, warnings);
             }
         } catch (RuntimeException e) {
+            for (QueuePairWorker w : workers) {
+                if (w != null) {
+                    w.closeUnstarted(); // its epoll, eventfd and timerfd (they leaked)
+                }
+            }
             opened.forEach(Port::close);
             throw e;
         }

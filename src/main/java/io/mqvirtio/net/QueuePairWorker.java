@@ -188,15 +188,36 @@ final class QueuePairWorker implements WorkerHandler {
         for (int i = 0; i < rxChains.length; i++) {
             rxChains[i] = new DescriptorChain(IoVec.IOV_MAX);
         }
-        if (port.readFd() >= 0) {
-            // Edge-triggered: with no RX buffers we stop reading, and must not be woken again and again meanwhile.
-            loop.register(port.readFd(), PORT_EVENTS, TOKEN_PORT);
+        TimerFd timer = null;
+        try {
+            if (port.readFd() >= 0) {
+                // Edge-triggered: with no RX buffers we stop reading, and must not be woken again and again meanwhile.
+                loop.register(port.readFd(), PORT_EVENTS, TOKEN_PORT);
+            }
+            long every = port.upkeepNanos();
+            timer = every > 0 ? TimerFd.periodic(every) : null;
+            if (timer != null) {
+                // its own descriptor in the worker's epoll: nothing is added to a round, an idle worker wakes once a
+                // period
+                loop.register(timer.fd(), Epoll.EPOLLIN, TOKEN_UPKEEP);
+            }
+        } catch (RuntimeException e) {
+            // out of descriptors (EMFILE) at the timerfd: the thread never starts, and its epoll and eventfd close
+            // (they leaked, two descriptors for each failed start; the port is its opener's)
+            if (timer != null) {
+                timer.close();
+            }
+            loop.close();
+            throw e;
         }
-        long every = port.upkeepNanos();
-        upkeepTimer = every > 0 ? TimerFd.periodic(every) : null;
+        upkeepTimer = timer;
+    }
+
+    /** Frees what a worker that never started holds (its device failed to start): not its port, the device's. */
+    void closeUnstarted() {
+        loop.close();
         if (upkeepTimer != null) {
-            // its own descriptor in the worker's epoll: nothing is added to a round, an idle worker wakes once a period
-            loop.register(upkeepTimer.fd(), Epoll.EPOLLIN, TOKEN_UPKEEP);
+            upkeepTimer.close();
         }
     }
 
