@@ -44,7 +44,8 @@ import java.util.function.Supplier;
  * network and spread its traffic over our queues; such a device stays gone. The virtio-net header size
  * is the device's, and any holder of one of its queues can change it (TUNSETVNETHDRSZ): a thread of the process's
  * reads it each second (not a worker: the ioctl takes the rtnl lock), and pair 0's worker sets it back, with our
- * offloads, logging the first time.
+ * offloads, logging the first time. The same thread reads each attached queue's flags (TUNGETIFF): another holder of
+ * a queue's file can detach it, and its worker attaches it again.
  */
 public final class TapBackend implements PacketBackend {
     private static final Logger LOG = System.getLogger(TapBackend.class.getName());
@@ -86,6 +87,8 @@ public final class TapBackend implements PacketBackend {
     /** The offloads set last (TUNSETOFFLOAD flags; the device's, so the same for every pair), or -1. */
     private volatile int offloads = -1;
     private final AtomicLong headerResets = new AtomicLong();
+    /** Queues found detached by another holder of their file and attached again. */
+    private final AtomicLong reattaches = new AtomicLong();
     /**
      * One thread of the process's for every TAP's header-size probe (once a second, pair 0's queue): TUNGETVNETHDRSZ
      * takes the kernel's rtnl lock, which the host's network configuration holds as long as it likes, and a worker
@@ -344,12 +347,29 @@ public final class TapBackend implements PacketBackend {
         TapPort p = new TapPort(pair, q, uring);
         synchronized (this) {
             ports.add(p);
-            if (pair == 0 && headerProbe == null) {
-                headerProbe = HEADER_PROBES.scheduleWithFixedDelay(p::probeHeaderSize, UPKEEP_NANOS, UPKEEP_NANOS,
+            if (headerProbe == null) {
+                headerProbe = HEADER_PROBES.scheduleWithFixedDelay(this::probe, UPKEEP_NANOS, UPKEEP_NANOS,
                         TimeUnit.NANOSECONDS);
             }
         }
         return p;
+    }
+
+    /**
+     * The probe, once a second on {@link #HEADER_PROBES}' thread: pair 0's queue for the device's header size, and
+     * each queue its worker holds attached for a detach it did not make (one TUNGETIFF each).
+     */
+    private void probe() {
+        List<TapPort> all;
+        synchronized (this) {
+            all = List.copyOf(ports);
+        }
+        for (TapPort p : all) {
+            if (p.pair == 0) {
+                p.probeHeaderSize();
+            }
+            p.probeDetached();
+        }
     }
 
     /** Pair {@code pair}'s port: its worker's only. */
@@ -362,6 +382,14 @@ public final class TapBackend implements PacketBackend {
         private volatile Tap q;
         /** The probe found the device's header size changed: pair 0's worker sets it back at its next upkeep. */
         private volatile boolean headerChanged;
+        /**
+         * The probe found the queue detached while its worker holds it attached: a holder of a duplicate of our
+         * descriptor (pidfd_getfd) detached it (TUNSETQUEUE acts on the file, whoever calls it). Attached again at
+         * the worker's next upkeep.
+         */
+        private volatile boolean detachedByOther;
+        /** What {@link #attached} says, for the probe's thread. */
+        private volatile boolean attachedSeen;
         private volatile TapUringWriter uring;
         private boolean attached;
         /** Not reopened yet since its device was last seen gone (guarded by the backend). */
@@ -518,6 +546,7 @@ public final class TapBackend implements PacketBackend {
                 q.detach();
             }
             attached = active;
+            attachedSeen = active;
             // DEBUG: a frontend disables and enables its rings as often as it likes, each time detaching and
             // attaching this queue; the session notes each of those requests within its socket's allowance, and
             // the log is every VM's
@@ -553,6 +582,10 @@ public final class TapBackend implements PacketBackend {
                     if (headerChanged) {
                         headerChanged = false;
                         checkHeaderSize();
+                    }
+                    if (detachedByOther) {
+                        detachedByOther = false;
+                        checkAttached();
                     }
                     return false;
                 }
@@ -595,6 +628,42 @@ public final class TapBackend implements PacketBackend {
                     + "another holder of one of its queues set it (TUNSETVNETHDRSZ), and frames both ways were misread "
                     + "meanwhile; set back, with our offloads ({3} time{4} so far; checked each second)", name, size,
                     VirtioNet.HDR_SIZE, n, n == 1 ? "" : "s");
+        }
+
+        /**
+         * The queue our worker holds attached was detached by another holder of its file: attached again (read again
+         * here, on the queue this worker holds: the probe may have read a descriptor closed meanwhile). The kernel
+         * steered no flow to it meanwhile (it drops frames when no queue is attached): the guest's RX on this pair
+         * was cut until it changed its pairs.
+         */
+        private void checkAttached() {
+            try {
+                if (!attached || (q.flags() & Tap.IFF_DETACH_QUEUE) == 0) {
+                    return;
+                }
+                q.attach();
+            } catch (RuntimeException e) {
+                return; // gone meanwhile: the next upkeep reopens; or refused: the probe sees it again
+            }
+            long n = reattaches.incrementAndGet();
+            LOG.log(n == 1 ? Level.WARNING : Level.DEBUG, "tap {0}: queue {1} was detached by another holder of its "
+                    + "file (TUNSETQUEUE), and the host''s frames for the guest were steered elsewhere or dropped "
+                    + "meanwhile; attached again ({2} time{3} so far; checked each second)", name, pair, n,
+                    n == 1 ? "" : "s");
+        }
+
+        /** The probe: whether the queue is detached while its worker holds it attached (a read only). */
+        void probeDetached() {
+            if (!attachedSeen) {
+                return;
+            }
+            try {
+                if ((q.flags() & Tap.IFF_DETACH_QUEUE) != 0) {
+                    detachedByOther = true;
+                }
+            } catch (RuntimeException e) {
+                // gone, or closed: the worker's upkeep sees to it
+            }
         }
 
         /**
@@ -650,6 +719,7 @@ public final class TapBackend implements PacketBackend {
             }
             was.close();
             attached = wanted;
+            attachedSeen = wanted;
             gone = false;
             reopened(this, pair, wanted);
             return true;

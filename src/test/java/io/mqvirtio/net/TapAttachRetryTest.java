@@ -7,6 +7,7 @@ import io.mqvirtio.linux.ErrnoException;
 import io.mqvirtio.linux.IoVec;
 import io.mqvirtio.linux.MemFd;
 import io.mqvirtio.linux.PacketSocket;
+import io.mqvirtio.linux.Tap;
 import io.mqvirtio.linux.TestNetns;
 import io.mqvirtio.vhostuser.LogCapture;
 import io.mqvirtio.vhostuser.VhostUserServer;
@@ -153,6 +154,45 @@ class TapAttachRetryTest {
                 assertThat(sock.send(b, 1)).isEqualTo(1);
                 HostileDriverTest.await(() -> d.rx(0).usedIdx() == 2, "the frame after the reopen received");
                 assertThat(dev.counters().get(0).errors()).as("no frame was lost to it").isZero();
+            }
+        }
+    }
+
+    /**
+     * Another holder of our queue's file (a duplicate taken with pidfd_getfd, or inherited) detaches it (TUNSETQUEUE
+     * acts on the file, whoever calls it): writes still go, but the kernel steers no frame for the guest to it (with
+     * no queue attached it drops them). The worker held it attached and never looked: the guest's RX on that pair was
+     * cut until it changed its pairs. Now the probe reads each attached queue's flags (IFF_DETACH_QUEUE) each second
+     * and the worker attaches it again, one line.
+     */
+    @Test
+    void aQueueDetachedByAnotherHolderOfItsFileIsAttachedAgain() throws Exception {
+        String tap = "mqvo" + Integer.toHexString(ThreadLocalRandom.current().nextInt(0x10000));
+        try (TestNetns ns = TestNetns.create(); LogCapture log = new LogCapture("io.mqvirtio", Level.INFO).quiet();
+             java.lang.foreign.Arena a = java.lang.foreign.Arena.ofConfined()) {
+            ns.exec("sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1");
+            TapBackend backend = ns.inside(() -> TapBackend.open(tap, 1, TapBackend.TxMethod.WRITEV));
+            ns.ip("link", "set", tap, "up");
+            try (NetDevice dev = new NetDevice(NetDevice.Config.of("outside", 1), backend);
+                 VhostUserServer server = VhostUserServer.listen(dir.resolve("o.sock"), dev);
+                 EvilDriver d = new EvilDriver(server.path(), 1, 64, FEATURES, 1 << 20);
+                 PacketSocket sock = ns.inside(() -> PacketSocket.open(tap))) {
+                HostileDriverTest.postRx(d, 8);
+                PacketSocket.Batch b = new PacketSocket.Batch(a, 1);
+                b.set(0, TapRxCutFrameTest.frame(a, 100, 0));
+                assertThat(sock.send(b, 1)).isEqualTo(1);
+                HostileDriverTest.await(() -> d.rx(0).usedIdx() == 1, "the first frame received");
+
+                backend.queueFd(0).detach(); // what another holder of the file can do
+                assertThat(backend.queueFd(0).flags() & Tap.IFF_DETACH_QUEUE).isNotZero();
+                long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(5);
+                while ((backend.queueFd(0).flags() & Tap.IFF_DETACH_QUEUE) != 0 && System.nanoTime() < deadline) {
+                    Thread.sleep(50);
+                }
+                assertThat(sock.send(b, 1)).isEqualTo(1);
+                HostileDriverTest.await(() -> d.rx(0).usedIdx() == 2, "the frame after the detach received");
+                assertThat(log.lines().stream().filter(l -> l.contains("detached by another holder")))
+                        .as("one line").hasSize(1);
             }
         }
     }
