@@ -791,6 +791,11 @@ public final class TapBackend implements PacketBackend {
         return reopened.get();
     }
 
+    /** How many times a queue was found detached by another holder of its file and attached again. */
+    public long queuesReattached() {
+        return reattaches.get();
+    }
+
     /** How many times the device's virtio-net header size was found changed by another holder and set back. */
     public long headerSizeResets() {
         return headerResets.get();

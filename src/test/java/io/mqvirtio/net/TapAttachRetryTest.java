@@ -193,6 +193,7 @@ class TapAttachRetryTest {
                 HostileDriverTest.await(() -> d.rx(0).usedIdx() == 2, "the frame after the detach received");
                 assertThat(log.lines().stream().filter(l -> l.contains("detached by another holder")))
                         .as("one line").hasSize(1);
+                assertThat(backend.queuesReattached()).isEqualTo(1);
             }
         }
     }
