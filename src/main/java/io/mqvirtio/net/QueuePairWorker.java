@@ -809,6 +809,7 @@ final class QueuePairWorker implements WorkerHandler {
             return false;
         } catch (RuntimeException | InternalError e) {
             // InternalError: the JVM's answer to SIGBUS, e.g. a frontend that shrank its memory file under us
+            publishBeforeBreak(q, done, false);
             broken(false, txErr, new VirtqueueException("fault while processing the ring: " + e, e));
             return false;
         } finally {
@@ -1160,6 +1161,7 @@ final class QueuePairWorker implements WorkerHandler {
             broken(true, rxErr, e);
             return false;
         } catch (RuntimeException | InternalError e) {
+            publishBeforeBreak(q, done, true);
             broken(true, rxErr, new VirtqueueException("fault while processing the ring: " + e, e));
             return false;
         } finally {
@@ -1439,6 +1441,7 @@ final class QueuePairWorker implements WorkerHandler {
                     }
                 }
             } catch (RuntimeException | InternalError e) { // a ring the driver broke: the frame is dropped
+                q.discardUnpublished(); // not counted in the base GET_VRING_BASE reads next: the driver never saw it
                 warnings.warn(LOG, "{0} qp{1} RX: parked frame not delivered at stop: {2}", name, pair, e.getMessage());
             }
         }
@@ -1473,12 +1476,16 @@ final class QueuePairWorker implements WorkerHandler {
     }
 
     /**
-     * The driver broke ring {@code isRx} at a chain after {@code done} frames of this burst were completed: those are
-     * made visible first, since their frames went out or landed in the guest's buffers (a burst pops chains ahead of
-     * the frames, so a bad chain is met sooner than one frame at a time would meet it).
+     * The driver broke ring {@code isRx} (a bad chain, or guest memory that faults) after {@code done} frames of this
+     * burst were completed: those are made visible first, since their frames went out or landed in the guest's
+     * buffers (a burst pops chains ahead of the frames, so a bad chain is met sooner than one frame at a time would
+     * meet it). Unpublished, a packed ring's base (GET_VRING_BASE) counted them, and a restart there resumed past
+     * buffers the driver never saw used. If the ring's own memory faults too, they are forgotten instead: the base
+     * then counts only what the driver can see, and a restart takes those chains again (TX may resend a frame).
      */
     private void publishBeforeBreak(DeviceRing q, int done, boolean isRx) {
         if (done == 0) {
+            q.discardUnpublished(); // a completion the burst did not finish (it faulted in between) is not shown
             return;
         }
         try {
@@ -1487,7 +1494,7 @@ final class QueuePairWorker implements WorkerHandler {
                 signalCall(isRx);
             }
         } catch (RuntimeException | InternalError e) {
-            // the ring is being broken anyway: what could not be published is lost with it
+            q.discardUnpublished(); // a no-op after a publish that went through
         }
     }
 

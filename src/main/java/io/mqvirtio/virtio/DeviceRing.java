@@ -55,6 +55,14 @@ public interface DeviceRing {
     /** Makes every completion so far visible to the driver (one release store for the batch). */
     void publish();
 
+    /**
+     * Forgets the completions not {@linkplain #publish() published} (a ring that breaks without publishing them: a
+     * fault on the memory it would write them to): {@link #base()} then counts only what the driver can see, and a
+     * ring restarted at it takes those chains again. A split ring's restart reads the used index from its memory
+     * anyway: nothing to do there.
+     */
+    default void discardUnpublished() {}
+
     /** Whether the driver wants a notification for what was published since the last call. */
     boolean needsNotification();
 

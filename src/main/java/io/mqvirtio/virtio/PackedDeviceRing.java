@@ -681,6 +681,15 @@ public final class PackedDeviceRing implements DeviceRing {
         publishedTotal = usedTotal;
     }
 
+    @Override
+    public void discardUnpublished() {
+        // what publish wrote before it failed has no visible first entry (written last): the driver saw none of it
+        shadowCount = 0;
+        nextUsed = publishedUsed;
+        usedWrap = publishedWrap;
+        usedTotal = publishedTotal;
+    }
+
     private int flags(int i) {
         return usedFlags(shadowWrap[i]) | (shadowLen[i] != 0 ? F_WRITE : 0);
     }

@@ -119,6 +119,169 @@ class PackedStopResumeTest {
         }
     }
 
+    /**
+     * A frontend shrinks its memory file under a burst (SIGBUS, which the JVM raises as an InternalError): the burst's
+     * first chain was completed (its frame sent, or a frame received into it) when the second one, whose buffer lies
+     * beyond the file's new end, faulted, and the ring broke. GET_VRING_BASE then reports a used position past the
+     * first chain, so what the device completed must be visible to the driver: the frontend restores its memory (a
+     * new memory table), restarts the ring at that base, and sees every chain used, in order. Before, the fault's
+     * branch broke the ring without publishing: the restarted ring resumed past a chain the driver never saw used
+     * (a TX buffer, or an RX buffer and its frame, lost; with IN_ORDER the driver's TX waits for it for good).
+     */
+    @ParameterizedTest(name = "{0}, in order {1}")
+    @org.junit.jupiter.params.provider.CsvSource({"TX, false", "TX, true", "RX, false", "RX, true"})
+    void whatABurstCompletedBeforeAFaultIsUsedAfterARestartAtTheReportedBase(String dir, boolean inOrder)
+            throws Exception {
+        boolean rx = dir.equals("RX");
+        SequencePort port = new SequencePort();
+        long memSize = 1 << 20, cut = memSize - 4096; // the file is cut here: the last page faults
+        long features = VirtioFeatures.bit(VirtioFeatures.F_VERSION_1) | VirtioFeatures.bit(VirtioFeatures.F_RING_PACKED)
+                | (inOrder ? VirtioFeatures.bit(VirtioFeatures.F_IN_ORDER) : 0);
+        try (NetDevice dev = new NetDevice(NetDevice.Config.of("fault", 1), port);
+             io.mqvirtio.vhostuser.VhostUserServer server =
+                     io.mqvirtio.vhostuser.VhostUserServer.listen(this.dir.resolve("f.sock"), dev);
+             EvilDriver d = new EvilDriver(server.path(), 1, SIZE, features, memSize)) {
+            assertThat(d.negotiated & VirtioFeatures.bit(VirtioFeatures.F_IN_ORDER)).as("IN_ORDER").isEqualTo(
+                    inOrder ? VirtioFeatures.bit(VirtioFeatures.F_IN_ORDER) : 0);
+            EvilDriver.Ring q = rx ? d.rx(0) : d.tx(0);
+            int index = rx ? 0 : 1;
+            long good = d.alloc(4096);
+            // chain 1 first (slot 1, and for TX slot 2), then chain 0 (slot 0): the device finds both in one burst
+            if (rx) {
+                port.frames.add(frame(0));
+                port.frames.add(frame(1));
+                q.packed(1, d.gpa(cut), 2048, 1, PackedRing.F_WRITE);
+            } else {
+                d.mem.set(LE32, good + 2048 + VirtioNet.HDR_SIZE, 0);
+                q.packed(1, d.gpa(good + 2048), VirtioNet.HDR_SIZE, 1, PackedRing.F_NEXT);
+                q.packed(2, d.gpa(cut), 60, 1, 0);
+                d.mem.asSlice(good, 200).fill((byte) 0);
+                d.mem.set(LE32, good + VirtioNet.HDR_SIZE, 0);
+            }
+            d.memfd.truncate(cut);
+            q.packedAt(0, d.gpa(good), rx ? 2048 : VirtioNet.HDR_SIZE + 60, 0, 0);
+            q.publishPacked(rx ? PackedRing.F_WRITE : 0, 1);
+            q.kick();
+            long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(3);
+            while (dev.counters().get(index).errors() == 0) {
+                assertThat(System.nanoTime()).as("the fault broke the ring within 3 s").isLessThan(deadline);
+                LockSupport.parkNanos(1_000_000);
+            }
+            int base = d.fe.getVringBase(index);
+            assertThat(base >>> 16).as("used position and wrap: chain 0 completed before the fault").isEqualTo(0x8001);
+            d.memfd.truncate(memSize);
+            if (rx) {
+                port.frames.add(frame(2)); // frame 1 was lost with the fault; its buffer takes the next
+            } else {
+                d.mem.set(LE32, cut, 1); // the frame's part in the page the file lost
+            }
+            d.fe.setMemTable(List.of(new Frontend.Region(d.base, d.memSize, d.base, 0, d.memfd)));
+            d.fe.setVringBase(index, base);
+            d.fe.setVringEnable(index, true); // before the kick starts it: a disabled ring's TX frames are dropped
+            d.fe.setVringKick(index, q.kick);
+            q.kick();
+            awaitUsed(q, 0, 1);
+            if (rx) {
+                assertThat(d.mem.get(LE32, good + VirtioNet.HDR_SIZE)).as("the frame in buffer 0").isEqualTo(0);
+            }
+            awaitUsed(q, 1, rx ? 1 : 2);
+            if (rx) {
+                assertThat(d.mem.get(LE32, cut + VirtioNet.HDR_SIZE)).as("the frame in buffer 1").isEqualTo(2);
+            } else {
+                assertThat(new ArrayList<>(port.sent)).as("each frame sent once, in order").containsExactly(0, 1);
+            }
+        }
+    }
+
+    /**
+     * As above, with the ring's own memory gone when the burst publishes: the frontend shrinks its file (here to
+     * nothing) just as the port took the burst's second frame, so the two chains are completed but their used
+     * descriptors cannot be written. GET_VRING_BASE then reports a used position that counts only what the driver
+     * can see (nothing), and a restart there, on the memory restored, takes both chains again (the frames are sent
+     * again) and the driver sees both used. Before, the base counted the two completions no one could see: the
+     * restarted ring resumed past them and the driver waited for them for good.
+     */
+    @org.junit.jupiter.api.Test
+    void completionsThatCouldNotBePublishedAreNotCountedInTheBase() throws Exception {
+        java.util.concurrent.atomic.AtomicReference<io.mqvirtio.linux.MemFd> shrink =
+                new java.util.concurrent.atomic.AtomicReference<>();
+        java.util.concurrent.ConcurrentLinkedQueue<Integer> sent = new java.util.concurrent.ConcurrentLinkedQueue<>();
+        OnePortBackend backend = new OnePortBackend("shrinking") {
+            @Override
+            public Port open(int pair) {
+                return new Port() {
+                    @Override
+                    public int readFd() {
+                        return POLL;
+                    }
+
+                    @Override
+                    public long send(io.mqvirtio.linux.IoVec frame) {
+                        int seq = SequencePort.seq(frame);
+                        sent.add(seq);
+                        io.mqvirtio.linux.MemFd m = seq == 1 ? shrink.getAndSet(null) : null;
+                        if (m != null) {
+                            m.truncate(0); // the frontend, at this moment
+                        }
+                        return frame.totalBytes();
+                    }
+
+                    @Override
+                    public long receive(io.mqvirtio.linux.IoVec into) {
+                        return -1;
+                    }
+
+                    @Override
+                    public void close() {}
+                };
+            }
+        };
+        long memSize = 1 << 20;
+        long features = VirtioFeatures.bit(VirtioFeatures.F_VERSION_1) | VirtioFeatures.bit(VirtioFeatures.F_RING_PACKED);
+        try (NetDevice dev = new NetDevice(NetDevice.Config.of("fault", 1), backend);
+             io.mqvirtio.vhostuser.VhostUserServer server =
+                     io.mqvirtio.vhostuser.VhostUserServer.listen(dir.resolve("p.sock"), dev);
+             EvilDriver d = new EvilDriver(server.path(), 1, SIZE, features, memSize)) {
+            EvilDriver.Ring tx = d.tx(0);
+            long buf = d.alloc(4096);
+            Runnable post = () -> { // chain 1, then chain 0: the device finds both in one burst
+                for (int seq = 1; seq >= 0; seq--) {
+                    d.mem.asSlice(buf + 512L * seq, 200).fill((byte) 0);
+                    d.mem.set(LE32, buf + 512L * seq + VirtioNet.HDR_SIZE, seq);
+                    tx.packed(seq, d.gpa(buf + 512L * seq), VirtioNet.HDR_SIZE + 60, seq, 0);
+                }
+            };
+            shrink.set(d.memfd);
+            post.run();
+            tx.kick();
+            long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(3);
+            while (dev.counters().get(1).errors() == 0) {
+                assertThat(System.nanoTime()).as("the fault broke the ring within 3 s").isLessThan(deadline);
+                LockSupport.parkNanos(1_000_000);
+            }
+            int base = d.fe.getVringBase(1);
+            assertThat(Integer.toHexString(base)).as("avail past both chains; used where the driver sees it: at the start")
+                    .isEqualTo("80008002");
+            d.memfd.truncate(memSize);
+            d.fe.setMemTable(List.of(new Frontend.Region(d.base, d.memSize, d.base, 0, d.memfd)));
+            post.run(); // the memory restored as the driver had it: both chains available, neither used
+            d.fe.setVringBase(1, base);
+            d.fe.setVringEnable(1, true);
+            d.fe.setVringKick(1, tx.kick);
+            tx.kick();
+            awaitUsed(tx, 0, 1);
+            awaitUsed(tx, 1, 1);
+            assertThat(new ArrayList<>(sent)).as("both frames, then both again").containsExactly(0, 1, 0, 1);
+        }
+    }
+
+    /** A frame of 60 bytes after its virtio-net header, carrying sequence number {@code seq}. */
+    static byte[] frame(int seq) {
+        byte[] f = new byte[VirtioNet.HDR_SIZE + 60];
+        java.lang.foreign.MemorySegment.ofArray(f).set(LE32, VirtioNet.HDR_SIZE, seq);
+        return f;
+    }
+
     /** A frame whose header and sequence number are in one descriptor and the rest in the next. */
     static void sendInTwo(EvilDriver d, EvilDriver.Ring tx, long buf, int seq) {
         long at = buf + 512L * (seq % 4);
@@ -132,6 +295,11 @@ class PackedStopResumeTest {
 
     /** Waits for the used descriptor of the chain {@code id} at the driver's used cursor, and moves past it. */
     static void awaitUsed(EvilDriver.Ring tx, int id) {
+        awaitUsed(tx, id, 2);
+    }
+
+    /** As {@link #awaitUsed(EvilDriver.Ring, int)}, for a chain of {@code slots} descriptors. */
+    static void awaitUsed(EvilDriver.Ring tx, int id, int slots) {
         long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(3);
         int[] u;
         while ((u = tx.packedUsedAtCursor()) == null) {
@@ -139,6 +307,6 @@ class PackedStopResumeTest {
             LockSupport.parkNanos(200_000);
         }
         assertThat(u[0]).as("the used id").isEqualTo(id);
-        tx.skipPackedUsed(2);
+        tx.skipPackedUsed(slots);
     }
 }
