@@ -1279,11 +1279,13 @@ final class QueuePairWorker implements WorkerHandler {
             iov.addRaw(host, room);
             cap.received(iov, len, VirtioNet.HDR_SIZE);
         }
+        // inside the written header, marked with it; before the completion: a fault here (the memory taken away
+        // since the receive) leaves the buffer unused, not used with a header the device never finished
+        ALL.set(LE16, host + VirtioNet.HDR_NUM_BUFFERS, (short) 1);
         q.completeBurst(rxChainBurst, i, 1, (int) len);
         if (q.isLogging()) {
             q.markWritten(rxChainBurst.guestAddress(i), len);
         }
-        ALL.set(LE16, host + VirtioNet.HDR_NUM_BUFFERS, (short) 1); // inside the written header, marked with it
         return len;
     }
 
@@ -1367,17 +1369,21 @@ final class QueuePairWorker implements WorkerHandler {
         long left = len;
         int used = 0;
         while (used < k && (left > 0 || used == 0)) {
-            long take = Math.min(left, rxChains[used].writableBytes());
-            q.complete(rxChains[used], (int) take);
+            left -= Math.min(left, rxChains[used++].writableBytes());
+        }
+        // inside what chain 0's mark covers; before the completions, as in receiveInto
+        numBuffers.set(LE16, 0, (short) used);
+        rxChains[0].writeTo(VirtioNet.HDR_NUM_BUFFERS, numBuffers);
+        left = len;
+        for (int i = 0; i < used; i++) {
+            long take = Math.min(left, rxChains[i].writableBytes());
+            q.complete(rxChains[i], (int) take);
             if (q.isLogging()) {
-                markWritten(q, rxChains[used], take);
+                markWritten(q, rxChains[i], take);
             }
             left -= take;
-            used++;
         }
         q.giveBack(k - used);
-        numBuffers.set(LE16, 0, (short) used);
-        rxChains[0].writeTo(VirtioNet.HDR_NUM_BUFFERS, numBuffers); // inside what chain 0's mark covers
     }
 
     /** Adds the page marks ring {@code q} logged since {@code seen} to its counters; returns the new total. */
