@@ -689,7 +689,7 @@ public final class NetQueuePair {
         int take = Math.min(more, there);
         for (int k = 1; k <= take; k++) {
             // -1 although usedPending counted it: the device took a used entry back in between (a packed used
-            // descriptor's flags rewritten, an IN_ORDER entry made to name a smaller batch)
+            // descriptor's flags rewritten)
             int h = rx.reap();
             if (h < 0) {
                 lie = lie != null ? lie : "num_buffers " + numBuffers + " with " + (k - 1) + " more used buffer"

@@ -58,8 +58,8 @@ public interface DriverRing {
 
     /**
      * {@link #usedPending()}, counted only as far as {@code enough}: the answer is exact below it, and at least
-     * {@code enough} otherwise. A packed ring, and a split one with IN_ORDER, count by reading the used entries one
-     * by one; a merged frame's check asks only whether its buffers are there, which, asked of a full ring of every
+     * {@code enough} otherwise. A packed ring counts by reading the used descriptors one by one (a split ring's
+     * used index counts the buffers, with IN_ORDER batches too); a merged frame's check asks only whether its buffers are there, which, asked of a full ring of every
      * frame in turn, read the whole ring each time (docs/performance.md, "Draining a ring of merged frames").
      */
     int usedPending(int enough);

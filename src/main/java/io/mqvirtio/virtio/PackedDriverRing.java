@@ -14,7 +14,9 @@ import java.lang.invoke.VarHandle;
  * {@link #publish} writes the first flags of every chain added since, after a release fence, so the device never
  * sees part of a chain (2.8.6). {@link #reap} reads a used descriptor's flags with acquire, then its id (which must
  * be in flight) and length, and skips the id's descriptor count. With IN_ORDER, one used descriptor may stand for
- * a batch: the ids before it, in the order they were made available, are reaped with it.
+ * a batch (2.8, "In-order use of descriptors"): the ids before it, in the order they were made available, are
+ * reaped with it, each used whole, with the bytes its writable descriptors offer, as Linux's virtio_ring does (its
+ * {@code total_len}).
  *
  * <p>Only published chains can come back: the driver looks for used descriptors only while a published chain is in
  * flight, and an id added but not published yet breaks the ring like one not in flight. The device sees a chain's descriptors
@@ -35,6 +37,7 @@ public final class PackedDriverRing implements DriverRing {
     private final int[] freeIds;
     private int freeIdCount;
     private final int[] slotsOf;      // by id: descriptors the chain took (0: not in flight)
+    private final int[] writable;     // by id: bytes its device-writable buffers offer (a skipped chain's length)
     private final int[] order;        // ids in the order they were made available (for IN_ORDER batches)
     private int orderHead;
     private int orderTail;
@@ -57,8 +60,7 @@ public final class PackedDriverRing implements DriverRing {
     private int nextUsed;
     private boolean usedWrap = true;
     private int reapedLen;
-    private int batchLeft;            // IN_ORDER: ids of the current batch still to reap before its last one
-    private int batchLastId;
+    private int batchLeft;            // IN_ORDER: ids of the current batch still to reap, its last one included
     private int batchLen;
     private String broken;
 
@@ -94,6 +96,7 @@ public final class PackedDriverRing implements DriverRing {
         }
         this.freeIdCount = size;
         this.slotsOf = new int[size];
+        this.writable = new int[size];
         this.order = new int[size];
         this.numFree = size;
         this.pendingPos = new int[size];
@@ -150,7 +153,9 @@ public final class PackedDriverRing implements DriverRing {
         int id = freeIds[--freeIdCount];
         int firstPos = nextAvail;
         int firstFlags = 0;
+        long offered = 0;
         for (int i = 0; i < n; i++) {
+            offered += i >= out ? Integer.toUnsignedLong(len[i]) : 0;
             long b = (long) nextAvail * DESC_SIZE;
             desc.set(U64, b + DESC_ADDR, addr[i]);
             desc.set(U32, b + DESC_LEN, len[i]);
@@ -163,6 +168,7 @@ public final class PackedDriverRing implements DriverRing {
             }
             advanceAvail();
         }
+        writable[id] = SplitDriverRing.offeredLength(offered);
         taken(id, n, firstPos, firstFlags);
         return id;
     }
@@ -193,6 +199,7 @@ public final class PackedDriverRing implements DriverRing {
             st.set(U64, b + DESC_ADDR, addr[i]);
             st.set(U64, b + DESC_LEN, Integer.toUnsignedLong(len[i]) | (long) id << 32 | (long) availFlags(!wrap) << 48);
             slotsOf[id] = 1;
+            this.writable[id] = writable ? len[i] : 0;
             chainNo[id] = chainsAdded++;
             if (inOrder) {
                 order[orderTail] = id;
@@ -230,7 +237,9 @@ public final class PackedDriverRing implements DriverRing {
         }
         int id = freeIds[--freeIdCount];
         long slot = (long) id * indirectMax * DESC_SIZE;
+        long offered = 0;
         for (int i = 0; i < n; i++) {
+            offered += i >= out ? Integer.toUnsignedLong(len[i]) : 0;
             long b = slot + (long) i * DESC_SIZE;
             indirectArea.set(U64, b + DESC_ADDR, addr[i]);
             indirectArea.set(U32, b + DESC_LEN, len[i]);
@@ -244,6 +253,7 @@ public final class PackedDriverRing implements DriverRing {
         desc.set(U16, b + DESC_ID, (short) id);
         int flags = availFlags(availWrap) | F_INDIRECT;
         advanceAvail();
+        writable[id] = SplitDriverRing.offeredLength(offered);
         taken(id, 1, pos, flags);
         return id;
     }
@@ -376,7 +386,6 @@ public final class PackedDriverRing implements DriverRing {
             int batch = batchSize(id, 0);
             int skip = slotsUpTo(id, 0);
             moveUsed(skip);
-            batchLastId = id;
             batchLen = len;
             batchLeft = batch;
             return reapFromBatch();
@@ -387,12 +396,15 @@ public final class PackedDriverRing implements DriverRing {
         return id;
     }
 
-    /** The next id of an IN_ORDER batch: the skipped ones were used whole (length 0: read-only use). */
+    /**
+     * The next id of an IN_ORDER batch: the one the used descriptor named, the last, gets its length; the ones before
+     * it were used whole (as 2.7.9 says for split rings), each the bytes it offered.
+     */
     private int reapFromBatch() {
         int id = order[orderHead];
         orderHead = orderHead + 1 == size ? 0 : orderHead + 1;
         batchLeft--;
-        reapedLen = id == batchLastId ? batchLen : 0;
+        reapedLen = batchLeft == 0 ? batchLen : writable[id];
         free(id);
         return id;
     }

@@ -18,9 +18,11 @@ import java.lang.invoke.VarHandle;
  * the loop reposts becomes "in flight" at once. So only what was published can come back.
  *
  * <p>With IN_ORDER (2.7.9) descriptors are taken in ring order (the free list is first in, first out, and the
- * device gives chains back in the order they were made available), and one used entry may stand for a batch: the
- * chains made available before the one it names, and not reaped yet, were used too (with length 0: read by the
- * device); they are reaped one by one, oldest first.
+ * device gives chains back in the order they were made available), and one used entry may stand for a batch: it
+ * lies in the slot of the batch's first chain, names its last, and the used index moves on by the batch's size, so
+ * the used index counts chains either way. The chains before the one it names were used whole: each is reaped with
+ * the bytes its writable descriptors offer, as Linux's virtio_ring does (its {@code total_len}); only the named one
+ * has the entry's length. They are reaped one by one, oldest first.
  *
  * <p>Buffers are given by guest-physical address, as the device will see them. Single-threaded: one queue-pair
  * handle owns a queue.
@@ -35,6 +37,7 @@ public final class SplitDriverRing implements DriverRing {
     private final long usedEventOff;
     private final long availEventOff;
     private final int[] chainLength;   // by head: descriptors the chain took from the free list (0 = not in flight)
+    private final int[] writable;      // by head: bytes its device-writable buffers offer (a skipped chain's length)
     private final int[] next;          // free-list and chain links, kept here: the device can write the table too
     private final MemorySegment indirectArea;
     private final long indirectAreaGpa;
@@ -52,7 +55,6 @@ public final class SplitDriverRing implements DriverRing {
     private int orderTail;
     private int chainsInFlight;
     private int batchLeft;         // IN_ORDER: chains of the current used entry still to reap
-    private int batchLastHead;
     private int batchLen;
     private int availIdx;      // shadow of avail.idx
     private int publishedIdx;  // avail.idx as last stored: the chains before it were made available
@@ -85,6 +87,7 @@ public final class SplitDriverRing implements DriverRing {
         this.usedEventOff = usedEventOffset(size);
         this.availEventOff = availEventOffset(size);
         this.chainLength = new int[size];
+        this.writable = new int[size];
         this.availAt = new int[size];
         this.next = new int[size];
         this.indirectArea = indirectArea;
@@ -163,7 +166,9 @@ public final class SplitDriverRing implements DriverRing {
         }
         int head = freeHead;
         int idx = head;
+        long offered = 0;
         for (int i = 0; i < n; i++) {
+            offered += i >= out ? Integer.toUnsignedLong(len[i]) : 0;
             long base = (long) idx * DESC_SIZE;
             desc.set(U64, base + DESC_ADDR, addr[i]);
             desc.set(U32, base + DESC_LEN, len[i]);
@@ -174,6 +179,7 @@ public final class SplitDriverRing implements DriverRing {
         freeHead = idx;
         numFree -= n;
         chainLength[head] = n;
+        writable[head] = offeredLength(offered);
         exposeHead(head);
         return head;
     }
@@ -210,6 +216,7 @@ public final class SplitDriverRing implements DriverRing {
             sd.set(U64, base + DESC_LEN, Integer.toUnsignedLong(len[i]) | flags);
             sa.set(U16, 2L * (availIdx & mask), (short) head);
             chainLength[head] = 1;
+            this.writable[head] = writable ? len[i] : 0;
             exposed(head);
             ids[i] = head;
             lo = Math.min(lo, head);
@@ -252,7 +259,9 @@ public final class SplitDriverRing implements DriverRing {
         }
         int head = freeHead;
         long slot = (long) head * indirectMax * DESC_SIZE;
+        long offered = 0;
         for (int i = 0; i < n; i++) {
+            offered += i >= out ? Integer.toUnsignedLong(len[i]) : 0;
             long base = slot + (long) i * DESC_SIZE;
             indirectArea.set(U64, base + DESC_ADDR, addr[i]);
             indirectArea.set(U32, base + DESC_LEN, len[i]);
@@ -266,8 +275,14 @@ public final class SplitDriverRing implements DriverRing {
         freeHead = next[head];
         numFree--;
         chainLength[head] = 1;
+        writable[head] = offeredLength(offered);
         exposeHead(head);
         return head;
+    }
+
+    /** A chain's writable bytes as a used length (32 bits, unsigned; a chain may not offer more, 2.7.5). */
+    static int offeredLength(long bytes) {
+        return (int) Math.min(bytes, 0xffff_ffffL);
     }
 
     private void exposeHead(int head) {
@@ -319,35 +334,25 @@ public final class SplitDriverRing implements DriverRing {
     }
 
     /**
-     * Chains the device has used (published) that were not reaped yet; a broken ring throws, as the packed one does
-     * (it counted on, from a used index it checked against books the break left behind).
+     * Chains the device has used (published) that were not reaped yet, exact whatever {@code enough} is: the used
+     * index counts them; a broken ring throws, as the packed one does (it counted on, from a used index it checked
+     * against books the break left behind).
      */
     @Override
     public int usedPending(int enough) {
         checkNotBroken();
         int idx = getU16Acquire(used, USED_IDX);
         int entries = (idx - lastUsed) & 0xffff;
-        // Every used entry returns at least one chain published and in flight. Without IN_ORDER there is one entry
-        // per chain, so the used index also stays within the published avail index; with it one entry may return a
-        // batch, the used index then runs slower than the avail index, and after 65536 chains more their 16-bit
-        // distance means nothing.
+        // The used index counts chains, IN_ORDER or not (2.7.9: a batch's one entry moves it on by the batch's
+        // size; lastUsed moves on by each chain reaped, a batch's included), so it stays within the published avail
+        // index and the chains published and in flight.
         int publishedInFlight = chainsInFlight - unpublished();
-        boolean ahead = inOrder ? entries > publishedInFlight - batchLeft
-                : entries > ((publishedIdx - lastUsed) & 0xffff) || entries > publishedInFlight;
-        if (ahead) {
+        if (entries > ((publishedIdx - lastUsed) & 0xffff) || entries > publishedInFlight) {
             fail("used index " + idx + " runs ahead of the " + publishedInFlight + " chains in flight that were made "
                     + "available");
         }
         usedShadow = idx;
-        if (!inOrder) {
-            return entries;
-        }
-        int n = batchLeft;
-        for (int e = 0; e < entries && n < publishedInFlight && n < enough; e++) {
-            int id = used.get(U32, USED_RING + (long) USED_ELEM_SIZE * ((lastUsed + e) & mask));
-            n += batchSize(id, n);
-        }
-        return n;
+        return entries;
     }
 
     /**
@@ -391,24 +396,33 @@ public final class SplitDriverRing implements DriverRing {
             fail("used ring slot " + (lastUsed & mask) + " returns descriptor " + id + ", a chain not made available"
                     + " yet (added, not published)");
         }
-        lastUsed = (lastUsed + 1) & 0xffff;
         if (inOrder) {
-            batchLeft = batchSize(id, 0);
-            batchLastHead = id;
+            int batch = batchSize(id, 0);
+            int counted = (usedShadow - lastUsed) & 0xffff;
+            if (batch > counted) {
+                fail("used ring slot " + (lastUsed & mask) + " names descriptor " + id + ", the last of a batch of "
+                        + batch + " chains (IN_ORDER), but the used index counts only " + counted + " more");
+            }
+            batchLeft = batch;
             batchLen = len;
             return reapFromBatch();
         }
+        lastUsed = (lastUsed + 1) & 0xffff;
         release(id);
         reapedLen = len;
         return id;
     }
 
-    /** The oldest chain of the current IN_ORDER batch: the one the entry named gets its length, the rest 0. */
+    /**
+     * The oldest chain of the current IN_ORDER batch: the one the entry named, the last, gets its length; the ones
+     * before it were used whole (2.7.9), each the bytes it offered.
+     */
     private int reapFromBatch() {
         int head = order[orderHead];
         orderHead = orderHead + 1 == size ? 0 : orderHead + 1;
         batchLeft--;
-        reapedLen = head == batchLastHead ? batchLen : 0;
+        lastUsed = (lastUsed + 1) & 0xffff;
+        reapedLen = batchLeft == 0 ? batchLen : writable[head];
         release(head);
         return head;
     }

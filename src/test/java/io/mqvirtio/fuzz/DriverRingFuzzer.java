@@ -39,7 +39,8 @@ import java.util.List;
  *   <li>structured RX frames: one or more offered buffers (any order, or ring order under IN_ORDER), filled with
  *       fresh bytes, the header's num_buffers right or a lie (0, 1, one short, one over, the ring's size, over it,
  *       0xffff, raw), each used length right or a lie (0, 11, 12, the buffer's size and one over, near 2^31 and
- *       2^32, raw), under IN_ORDER a batch as one entry; published at once or held back and published later;</li>
+ *       2^32, raw), under IN_ORDER a batch as one entry (a split used index moved on by the batch, the buffers
+ *       before its last used whole); published at once or held back and published later;</li>
  *   <li>TX completions (the frames read back and checked against what the application sent), batches under
  *       IN_ORDER;</li>
  *   <li>raw writes, after which the backend is "chaotic": used entries with ids out of range, in flight twice, not
@@ -188,7 +189,7 @@ public final class DriverRingFuzzer {
         }
 
         /** Writes a used entry for {@code id} covering {@code slots} positions; visible at once unless held. */
-        void writeUsed(int id, int len, int slots, boolean visible) {
+        void writeUsed(int id, int len, int slots, int chains, boolean visible) {
             if (packed) {
                 long b = base + layout.descOffset() + (long) PackedRing.DESC_SIZE * uPos;
                 dev.set(LE32, b + PackedRing.DESC_LEN, len);
@@ -203,7 +204,7 @@ public final class DriverRingFuzzer {
                 long e = base + layout.usedOffset() + SplitRing.USED_RING + 8L * (pendingUsed % size);
                 dev.set(LE32, e, id);
                 dev.set(LE32, e + 4, len);
-                pendingUsed = (pendingUsed + 1) & 0xffff;
+                pendingUsed = (pendingUsed + chains) & 0xffff; // IN_ORDER (2.7.9): a batch moves it by its size
             }
             if (visible) {
                 publish();
@@ -365,13 +366,13 @@ public final class DriverRingFuzzer {
             MemorySegment.copy(c, 0, dev, ValueLayout.JAVA_BYTE, o[1] - GPA_BASE, bufSize);
         }
         boolean hold = d.consumeInt(0, 4) == 0;
-        // under IN_ORDER a run of buffers may be one used entry naming the last (the others used for 0 bytes)
+        // under IN_ORDER a run of buffers may be one used entry naming the last (the others used whole)
         int batch = inOrder && k > 1 && d.consumeInt(0, 3) == 0 ? k : 1;
         for (int i = 0; i < k; i += batch) {
             int last = i + batch - 1;
-            rxDev.writeUsed(ids[last], lens[last], batch, !hold && withheld.isEmpty());
+            rxDev.writeUsed(ids[last], lens[last], batch, batch, !hold && withheld.isEmpty());
             for (int j = i; j <= last; j++) {
-                int[] e = {ids[j], j == last ? lens[j] : 0, slots[j]};
+                int[] e = {ids[j], j == last ? lens[j] : bufSize, slots[j]};
                 if (hold || !withheld.isEmpty()) {
                     withheld.add(e);
                 } else {
@@ -412,7 +413,7 @@ public final class DriverRingFuzzer {
                     case 1 -> (int) o[2];
                     default -> d.consumeInt();
                 };
-                txDev.writeUsed((int) o[0], len, batch ? n : 1, true);
+                txDev.writeUsed((int) o[0], len, batch ? n : 1, batch ? n : 1, true);
             }
         }
         txCompleted += n;
@@ -664,6 +665,7 @@ public final class DriverRingFuzzer {
         static final int INDIRECT_MAX = 4;
         static DriverRing r;
         static int[] slotsOf;                 // by id: descriptors in the ring the chain took, 0 = not in flight
+        static int[] writableOf;              // by id: bytes its writable buffers offer (unsigned, at most 2^32-1)
         static boolean[] published;
         static final ArrayDeque<Integer> order = new ArrayDeque<>();     // ids in the order they were added
         static final ArrayDeque<int[]> used = new ArrayDeque<>();        // honest used, published: id, len
@@ -680,6 +682,7 @@ public final class DriverRingFuzzer {
             rxDev = new Dev(RX_RING);
             txDev = rxDev; // raw writes go to the one ring
             slotsOf = new int[size];
+            writableOf = new int[size];
             published = new boolean[size];
             order.clear();
             used.clear();
@@ -719,7 +722,11 @@ public final class DriverRingFuzzer {
                         check(freeDescs < slots, "add of " + slots + " descriptors refused with " + freeDescs + " free");
                         return;
                     }
-                    added(id, slots);
+                    long offered = 0;
+                    for (int i = out; i < n; i++) {
+                        offered += Integer.toUnsignedLong(len[i]);
+                    }
+                    added(id, slots, (int) Math.min(offered, 0xffff_ffffL));
                 }
                 case 2 -> {
                     int n = d.consumeInt(0, 8);
@@ -730,11 +737,12 @@ public final class DriverRingFuzzer {
                         addr[i] = d.consumeLong();
                         len[i] = d.consumeInt();
                     }
-                    int k = r.addBurst(addr, len, n, d.consumeBoolean(), ids);
+                    boolean writable = d.consumeBoolean();
+                    int k = r.addBurst(addr, len, n, writable, ids);
                     check(!broken, "addBurst on a broken ring returned " + k);
                     check(k == Math.min(n, freeDescs), "addBurst of " + n + " added " + k + " with " + freeDescs + " free");
                     for (int i = 0; i < k; i++) {
-                        added(ids[i], 1);
+                        added(ids[i], 1, writable ? len[i] : 0);
                     }
                 }
                 case 3 -> {
@@ -770,10 +778,11 @@ public final class DriverRingFuzzer {
             }
         }
 
-        static void added(int id, int slots) {
+        static void added(int id, int slots, int writable) {
             check(id >= 0 && id < size && slotsOf[id] == 0, "add returned id " + id + ", in flight already or out of "
                     + "range");
             slotsOf[id] = slots;
+            writableOf[id] = writable;
             published[id] = false;
             order.add(id);
             freeDescs -= slots;
@@ -834,10 +843,12 @@ public final class DriverRingFuzzer {
                 int len = d.consumeBoolean() ? 0 : d.consumeInt();
                 slots += (int) o[1];
                 if (!batch || i == n - 1) {
-                    v.writeUsed((int) o[0], len, batch ? slots : (int) o[1], true);
+                    v.writeUsed((int) o[0], len, batch ? slots : (int) o[1], batch ? n : 1, true);
                     slots = 0;
                 }
-                used.add(new int[] {(int) o[0], !batch || i == n - 1 ? len : 0});
+                // a batch's chains before its last were used whole: the bytes they offered
+                int id = (int) o[0];
+                used.add(new int[] {id, !batch || i == n - 1 ? len : id < size ? writableOf[id] : 0});
             }
         }
 

@@ -11,12 +11,15 @@ import io.mqvirtio.virtio.Rings;
 import io.mqvirtio.virtio.SplitRing;
 import io.mqvirtio.virtio.VirtioFeatures;
 import io.mqvirtio.virtio.VirtqueueException;
+import java.io.ByteArrayOutputStream;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
 import java.lang.invoke.VarHandle;
 import java.nio.ByteOrder;
 import java.util.ArrayDeque;
+import java.util.Arrays;
+import java.util.Random;
 import java.util.concurrent.TimeUnit;
 import java.util.concurrent.atomic.AtomicReference;
 import org.junit.jupiter.api.Test;
@@ -121,21 +124,31 @@ class NetQueuePairHostileRingTest {
 
         /** Makes {@code id} used with {@code len} bytes: the used ring's next entry, or the next packed descriptor. */
         void use(int id, int len) {
+            useBatch(id, 1, len);
+        }
+
+        /**
+         * Makes a batch of {@code n} buffers used with one entry (IN_ORDER, 2.7.9): it names {@code lastId}, the
+         * batch's last, with {@code len} bytes, where the batch's first would have its entry; the device's position
+         * (split: its used index) moves on by {@code n} (every RX chain takes one descriptor).
+         */
+        void useBatch(int lastId, int n, int len) {
             if (packed) {
                 long b = layout.descOffset() + (long) PackedRing.DESC_SIZE * pos;
                 rxArea.set(U32, b + PackedRing.DESC_LEN, len);
-                rxArea.set(U16, b + PackedRing.DESC_ID, (short) id);
+                rxArea.set(U16, b + PackedRing.DESC_ID, (short) lastId);
                 U16_VH.setRelease(rxArea, b + PackedRing.DESC_FLAGS,
                         (short) (wrap ? PackedRing.F_AVAIL | PackedRing.F_USED : 0));
-                if (++pos == SIZE) {
-                    pos = 0;
+                pos += n;
+                if (pos >= SIZE) {
+                    pos -= SIZE;
                     wrap = !wrap;
                 }
             } else {
                 long e = layout.usedOffset() + SplitRing.USED_RING + 8L * (usedIdx % SIZE);
-                rxArea.set(U32, e, id);
+                rxArea.set(U32, e, lastId);
                 rxArea.set(U32, e + 4, len);
-                usedIdx++;
+                usedIdx += n;
                 U16_VH.setRelease(rxArea, layout.usedOffset() + SplitRing.USED_IDX, (short) usedIdx);
             }
         }
@@ -227,27 +240,102 @@ class NetQueuePairHostileRingTest {
 
     /**
      * With IN_ORDER a split device can rewrite a used entry between the count and the reap so that it returns
-     * fewer buffers (a batch of two named as one): the reap after it found nothing, and the receive path indexed
-     * its slots with -1. Now the frame is dropped and counted.
+     * fewer buffers (a batch of two named as one). The count is the used index (it counts buffers, 2.7.9), so the
+     * reap goes on to the next slot, where the device wrote nothing: an entry naming a buffer not in flight breaks
+     * the ring, as any such entry does (before the used index counted entries: the reap found nothing, and the
+     * receive path once indexed its slots with -1).
      */
     @Test
-    void anInOrderUsedEntryRewrittenAfterTheCountDropsTheFrame() throws Exception {
+    void anInOrderUsedEntryRewrittenAfterTheCountBreaksTheRing() throws Exception {
         try (Harness h = new Harness(false, true, true)) {
             h.header(0, 3);
             h.use(0, BUF);
-            h.use(2, 100); // buffers 1 and 2 as one batch
+            h.useBatch(2, 2, 100); // buffers 1 and 2 as one batch
             long entry1 = h.layout.usedOffset() + SplitRing.USED_RING + 8;
+            h.rxArea.set(U32, entry1 + 8, SIZE + 1); // the slot after the batch's: nothing the device wrote
             h.rx.afterUsedPending = () -> {
                 h.rxArea.set(U32, entry1, 1); // now names buffer 1 only
                 h.rxArea.set(U32, entry1 + 4, BUF);
                 h.rx.afterUsedPending = () -> {};
             };
-            assertThat(receive(h)).as("frames").isEqualTo(0);
-            assertThat(h.q.rxCounters().errors()).as("errors").isEqualTo(1);
-            assertThat(h.q.lastRxError()).contains("num_buffers 3");
-            h.header(2, 1);
-            h.use(2, VirtioNet.HDR_SIZE + 60);
-            assertThat(receive(h)).as("the next frame").isEqualTo(1);
+            assertThatThrownBy(() -> receive(h)).isInstanceOf(VirtqueueException.class)
+                    .hasMessageContaining("not a chain in flight");
+            assertThat(h.rx.isBroken()).isTrue();
+        }
+    }
+
+    /**
+     * With IN_ORDER a device may use a batch of RX buffers with one entry naming the last (2.7.9, and its packed
+     * twin): the buffers before it were used whole. A merged frame spread over several buffers, or frames filling
+     * theirs, then come with one entry for the lot. The driver took the skipped buffers as used for 0 bytes (a frame
+     * whose head had length 0 dropped as shorter than its header, its other buffers read as frames of their own or
+     * as lies), and on a split ring moved its used index by one per entry, where the device moves it by the batch's
+     * size (the next entry is read from the slot after the batch's first, which the device never wrote). Now a
+     * skipped buffer has its posted length, as Linux's virtio_ring gives it (total_len), and the split used index
+     * counts buffers: every frame arrives byte for byte.
+     */
+    @ParameterizedTest(name = "packed={0}")
+    @CsvSource({"false", "true"})
+    void mergedFramesUsedAsInOrderBatchesArriveWhole(boolean packed) throws Exception {
+        try (Harness h = new Harness(packed, true, true)) {
+            Random r = new Random(7);
+            // frame A: buffers 0, 1, 2 (the last 100 bytes), one entry; frames B (buffer 3, full) and C (buffers 4
+            // and 5, the last 70 bytes), one entry for the three; frame D: buffer 6 alone, an entry of its own
+            int[][] frames = {{0, 1, 2}, {3}, {4, 5}, {6}};
+            int[] lastLen = {100, BUF, 70, VirtioNet.HDR_SIZE + 60};
+            byte[][] want = new byte[frames.length][];
+            for (int f = 0; f < frames.length; f++) {
+                int[] b = frames[f];
+                ByteArrayOutputStream w = new ByteArrayOutputStream();
+                for (int k = 0; k < b.length; k++) {
+                    int l = k == b.length - 1 ? lastLen[f] : BUF;
+                    byte[] bytes = new byte[l];
+                    r.nextBytes(bytes);
+                    int from = k == 0 ? VirtioNet.HDR_SIZE : 0;
+                    if (k == 0) {
+                        Arrays.fill(bytes, 0, VirtioNet.HDR_SIZE, (byte) 0);
+                    }
+                    MemorySegment.copy(bytes, 0, h.rxBufs, ValueLayout.JAVA_BYTE, (long) b[k] * BUF, l);
+                    w.write(bytes, from, l - from);
+                }
+                h.header(b[0], b.length);
+                want[f] = w.toByteArray();
+            }
+            h.useBatch(2, 3, 100);
+            h.useBatch(5, 3, 70);
+            h.use(6, VirtioNet.HDR_SIZE + 60);
+            try (Arena a = Arena.ofConfined()) {
+                MemorySegment[] bufs = new MemorySegment[5];
+                for (int i = 0; i < bufs.length; i++) {
+                    bufs[i] = a.allocate(4096);
+                }
+                int[] lengths = new int[bufs.length];
+                int n = h.q.receive(bufs, lengths, bufs.length);
+                assertThat(h.q.lastRxError()).as("the last receive error").isNull();
+                assertThat(n).as("frames").isEqualTo(frames.length);
+                for (int f = 0; f < frames.length; f++) {
+                    assertThat(bufs[f].asSlice(0, lengths[f]).toArray(ValueLayout.JAVA_BYTE)).as("frame %d", f)
+                            .isEqualTo(want[f]);
+                }
+            }
+            assertThat(h.q.rxCounters().errors()).as("errors").isZero();
+            assertThat(h.rx.isBroken()).isFalse();
+            assertThat(h.rx.inFlight()).as("RX buffers posted again").isEqualTo(SIZE);
+        }
+    }
+
+    /**
+     * A split IN_ORDER entry naming a batch larger than the used index moved on by (the device says three buffers
+     * are used, its index says two) is a lie: the ring breaks, and no buffer past the index is taken as used.
+     */
+    @Test
+    void anInOrderBatchBeyondTheUsedIndexBreaksTheRing() throws Exception {
+        try (Harness h = new Harness(false, true, true)) {
+            h.header(0, 3);
+            h.useBatch(2, 2, 100); // names buffer 2, the third, but moves the index by two
+            assertThatThrownBy(() -> receive(h)).isInstanceOf(VirtqueueException.class)
+                    .hasMessageContaining("the used index counts only 2");
+            assertThat(h.rx.isBroken()).isTrue();
         }
     }
 

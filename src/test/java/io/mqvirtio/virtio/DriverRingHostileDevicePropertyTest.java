@@ -23,7 +23,9 @@ import org.junit.jupiter.params.provider.CsvSource;
 /**
  * Our driver's rings against a hostile device, for split (with and without IN_ORDER) and packed (likewise): random
  * adds, bursts and publishes on the driver's side; on the device's, rounds of used entries, each honest (a chain
- * made available and not used yet, any length; with IN_ORDER the last of a batch of the oldest) or a lie: an id out
+ * made available and not used yet, any length; with IN_ORDER the last of a batch of the oldest, the entry where the
+ * batch's first would have its own, a split used index moved on by the batch's size, and the chains before the last
+ * used whole: reaped with the bytes they offered) or a lie: an id out
  * of range, one not in flight, one in flight twice, one the driver added but has not published yet, a used index
  * that jumps (split), a wrong wrap bit (packed), garbage in the event suppression fields. A model of the chains in
  * flight says what the driver must accept: it reaps exactly the honest entries (ids, lengths, batches), a wrong wrap
@@ -64,12 +66,14 @@ class DriverRingHostileDevicePropertyTest {
     static final class Chain {
         final int id;
         final int slots;
+        final int writable; // bytes its device-writable buffers offer: its length when a batch skips it (IN_ORDER)
         boolean published;
         boolean named;     // a used entry of this device round names it (or covers it, IN_ORDER)
 
-        Chain(int id, int slots) {
+        Chain(int id, int slots, int writable) {
             this.id = id;
             this.slots = slots;
+            this.writable = writable;
         }
     }
 
@@ -162,7 +166,11 @@ class DriverRingHostileDevicePropertyTest {
                     assertThat(id).as("%s step %d: an add without room", where, step).isEqualTo(-1);
                     return;
                 }
-                taken(id, n, step);
+                int writable = 0;
+                for (int i = out; i < n; i++) {
+                    writable += len[i];
+                }
+                taken(id, n, writable, step);
                 return;
             }
             int n = 1 + r.nextInt(8);
@@ -173,18 +181,19 @@ class DriverRingHostileDevicePropertyTest {
                 addr[i] = buf + 64L * i;
                 len[i] = 1 + r.nextInt(64);
             }
-            int k = drv.addBurst(addr, len, n, r.nextBoolean(), ids);
+            boolean writable = r.nextBoolean();
+            int k = drv.addBurst(addr, len, n, writable, ids);
             assertThat(k).as("%s step %d: chains a burst added", where, step)
                     .isEqualTo(Math.min(n, packed ? Math.min(freeDescs, freeIds) : freeDescs));
             for (int i = 0; i < k; i++) {
-                taken(ids[i], 1, step);
+                taken(ids[i], 1, writable ? len[i] : 0, step);
             }
         }
 
-        void taken(int id, int slots, int step) {
+        void taken(int id, int slots, int writable, int step) {
             assertThat(id).as("%s step %d: a new chain's id", where, step).isBetween(0, size - 1);
             assertThat(inFlight).as("%s step %d: a new chain's id", where, step).doesNotContainKey(id);
-            Chain c = new Chain(id, slots);
+            Chain c = new Chain(id, slots, writable);
             inFlight.put(id, c);
             order.add(c);
             freeDescs -= slots;
@@ -252,7 +261,7 @@ class DriverRingHostileDevicePropertyTest {
                         b.named = true;
                         used.add(b);
                         slots += b.slots;
-                        expect.add(new Expect(b.id, i == k ? len : 0));
+                        expect.add(new Expect(b.id, i == k ? len : b.writable));
                     }
                 } else {
                     c.named = true;
@@ -261,7 +270,7 @@ class DriverRingHostileDevicePropertyTest {
                     expect.add(new Expect(c.id, len));
                 }
                 explicit.add(c);
-                writeUsed(m, ring, c.id, len, usedFlags(devWrap), slots);
+                writeUsed(m, ring, c.id, len, usedFlags(devWrap), slots, inOrder ? k + 1 : 1);
             }
             if (!packed && lie != Lie.INDEX_JUMP) {
                 U16_VH.setRelease(m, ring.usedOff() + SplitRing.USED_IDX, (short) devUsedIdx);
@@ -303,15 +312,18 @@ class DriverRingHostileDevicePropertyTest {
                 U16_VH.setRelease(m, ring.usedOff() + SplitRing.USED_IDX, (short) to);
                 return;
             }
-            writeUsed(m, ring, id, length(), usedFlags(lie == Lie.WRONG_WRAP ? !devWrap : devWrap), 0);
+            writeUsed(m, ring, id, length(), usedFlags(lie == Lie.WRONG_WRAP ? !devWrap : devWrap), 0, 1);
         }
 
         static int usedFlags(boolean w) {
             return w ? PackedRing.F_AVAIL | PackedRing.F_USED : 0;
         }
 
-        /** One used entry (split: the used ring's next slot; packed: the device's position, flags last). */
-        void writeUsed(MemorySegment m, TwoViewMemory.Ring ring, int id, int len, int flags, int skip) {
+        /**
+         * One used entry for {@code chains} chains taking {@code skip} descriptors (split: in the used ring's next
+         * slot, the used index moved on by the chains; packed: at the device's position, flags last).
+         */
+        void writeUsed(MemorySegment m, TwoViewMemory.Ring ring, int id, int len, int flags, int skip, int chains) {
             if (packed) {
                 long b = ring.descOff() + (long) PackedRing.DESC_SIZE * devPos;
                 m.set(U32, b + PackedRing.DESC_LEN, len);
@@ -326,7 +338,7 @@ class DriverRingHostileDevicePropertyTest {
                 long e = ring.usedOff() + SplitRing.USED_RING + 8L * (devUsedIdx & (size - 1));
                 m.set(U32, e, id);
                 m.set(U32, e + 4, len);
-                devUsedIdx = (devUsedIdx + 1) & 0xffff;
+                devUsedIdx = (devUsedIdx + chains) & 0xffff;
             }
         }
 

@@ -11,12 +11,12 @@ import org.junit.jupiter.params.provider.CsvSource;
 
 /**
  * A long run of TX-like bursts (one-descriptor chains completed with length 0) through one ring, past the laps of
- * the split ring's 16-bit indexes. With IN_ORDER the device returns a burst as one used entry, so the used index
- * runs slower than the avail index: the split driver once bounded the used entries pending by the 16-bit distance
- * between the two and, once that distance had lapped (65536 chains more made available than used entries
- * returned), declared the ring broken ("used index runs ahead"; found by {@code mqvirtio bench}: ours->ours in
- * split+inorder stopped after about 2 million frames). Bursts of two move that distance by one each: 70,000 of them
- * lap it.
+ * the split ring's 16-bit indexes. Our device once returned an IN_ORDER burst as one used entry moving the used
+ * index by one, and the split driver, which bounded the used entries pending by the 16-bit distance between the
+ * used and avail indexes, declared the ring broken once that distance had lapped ("used index runs ahead"; found by
+ * {@code mqvirtio bench}: ours->ours in split+inorder stopped after about 2 million frames). The used index counts
+ * chains (2.7.9: a batch's entry moves it by the batch's size), so the two indexes keep step; 70,000 bursts of two
+ * go past their laps many times.
  */
 class InOrderLapsTest {
     static final int BURST = 2;

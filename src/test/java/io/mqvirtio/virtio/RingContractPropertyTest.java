@@ -324,7 +324,11 @@ class RingContractPropertyTest {
                 for (int l : p.shape.inLens) {
                     writable += l;
                 }
-                int n = writable == 0 ? 0 : rnd.nextInt(writable + 1);
+                // With IN_ORDER a chain a used entry's batch skips was used whole (2.7.9): the driver gives it the
+                // bytes it offered. The packed device folds zero-length completions into one used descriptor, a
+                // chain it can write to included, so here such a chain gets at least a byte.
+                int n = writable == 0 ? 0 : sc.packed && sc.inOrder ? 1 + rnd.nextInt(writable)
+                        : rnd.nextInt(writable + 1);
                 byte[] out = pattern(head, n);
                 // write through the chain's own accessors: re-derive the writable part from the posted buffers
                 int at = 0;
