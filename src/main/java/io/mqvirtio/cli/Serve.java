@@ -446,6 +446,15 @@ final class Serve {
         Options o = Options.parse(a);
         Logging.setup(o.debug());
         for (Systemd.Passed p : o.unusedPassed()) {
+            // LISTEN_FDS is only a count: one above what was passed (a wrapper that sets it by hand, a supervisor that
+            // is not systemd) counts the JVM's own descriptors, opened before serve ran (its modules image, the
+            // jars), and closing those crashed the JVM. Only a socket is closed.
+            String what = Systemd.whatIs(p.fd());
+            if (what == null || !what.startsWith("socket:")) {
+                LOG.log(Level.WARNING, "LISTEN_FDS counts fd {0} ({1}), which is {2}: left alone", p.fd(), p.name(),
+                        what == null ? "not open" : "no socket but " + what);
+                continue;
+            }
             // Left open, it would go on listening with nobody to accept: a frontend pointed at it would wait forever
             // instead of being refused. Closed, systemd's own copy is what remains (it watches it again after serve
             // exits), or, under a supervisor that keeps none, the socket goes.

@@ -53,6 +53,18 @@ final class Systemd {
         return l;
     }
 
+    /**
+     * What descriptor {@code fd} of this process is, as {@code /proc/self/fd} says ("socket:[...]", "pipe:[...]", a
+     * file's path), or null when it is not open.
+     */
+    static String whatIs(int fd) {
+        try {
+            return java.nio.file.Files.readSymbolicLink(java.nio.file.Path.of("/proc/self/fd/" + fd)).toString();
+        } catch (java.io.IOException e) {
+            return null;
+        }
+    }
+
     /** Tells systemd (if it asked, through NOTIFY_SOCKET) {@code state}; a failure is a warning, not an error. */
     static void notify(String state) {
         try {

@@ -110,6 +110,37 @@ class ServeActivationTest {
         }
     }
 
+    /**
+     * LISTEN_FDS counting more descriptors than were passed (a unit's wrapper that sets it by hand, a supervisor that
+     * is not systemd): the descriptors above the passed ones are the JVM's own (its modules image, the jars), which
+     * it opened before serve ran. serve closed them as "unused passed sockets", and the JVM crashed (SIGSEGV) or
+     * failed to load classes. Only a socket is closed; anything else is left alone, with a warning.
+     */
+    @Test
+    @Timeout(120)
+    void aListenFdsCountAboveThePassedSocketsClosesNothingOfTheJvms() throws Exception {
+        Peers.require("systemd-socket-activate", "systemd's socket activation tool");
+        Path sock = dir.resolve("over.sock");
+        // systemd-socket-activate passes one socket (fd 3) and sets LISTEN_PID to serve's pid; env, which execs
+        // serve in that same process, says 8
+        List<String> cmd = new ArrayList<>(List.of("systemd-socket-activate", "-l", sock.toString(), "env",
+                "LISTEN_FDS=8"));
+        cmd.addAll(Launcher.command("serve", "--loopback", "--name", "vm-over"));
+        try (Launcher.Run r = Launcher.start(dir, "over", cmd)) {
+            r.awaitErr("Listening on " + Pattern.quote(sock.toString()), START_MS);
+            for (int session = 0; session < 2; session++) {
+                try (NetDriver nic = NetDriver.connect(sock, NetDriver.Options.pairs(1))) { // the first starts serve
+                    assertThat(nic.maxPairs()).as(r.stderr()).isEqualTo(1);
+                }
+            }
+            r.awaitErr("LISTEN_FDS counts fd 4 \\(fd:4\\), which is no socket but .*: left alone", START_MS);
+            r.process().destroy();
+            assertThat(r.exit(15_000)).as(r.stderr()).isZero();
+            assertThat(r.stderr()).contains("vm-over: stopped (SIGTERM)").doesNotContain("\tat ")
+                    .doesNotContain("no VM uses: fd:4");
+        }
+    }
+
     @Test
     @Timeout(120)
     void descriptorsThatAreNoListeningSocketAreOneLineErrors() throws Exception {
