@@ -33,12 +33,18 @@ final class Systemd {
         int n;
         try {
             p = Long.parseLong(forPid.trim());
-            n = Integer.parseInt(count.trim());
         } catch (NumberFormatException e) {
-            throw new UsageException("LISTEN_PID/LISTEN_FDS are not numbers: " + forPid + "/" + count);
+            throw new UsageException("LISTEN_PID is not a number: " + forPid);
         }
         if (p != pid) {
-            return List.of(); // meant for the process that started us
+            // meant for another process (the one that started us): the rest is not ours to judge, as sd_listen_fds
+            // does not (a LISTEN_FDS left over with it refused serve's start)
+            return List.of();
+        }
+        try {
+            n = Integer.parseInt(count.trim());
+        } catch (NumberFormatException e) {
+            throw new UsageException("LISTEN_FDS is not a number: " + count);
         }
         if (n < 0 || n > 1024) {
             throw new UsageException("LISTEN_FDS=" + n + " is not 0..1024");
