@@ -340,7 +340,11 @@ final class Serve {
             Set<String> taps = new HashSet<>();
             Set<String> names = new HashSet<>();
             for (Vm v : vms) {
-                if (!sockets.add(v.fd() >= 0 ? Path.of("fd:" + v.fd()) : v.socket().toAbsolutePath().normalize())) {
+                // an inherited socket by what it is ("socket:[inode]"): one socket passed at two descriptors (dup'ed)
+                // would have both VMs accept on it, each VM's frontend getting either device
+                String what = v.fd() >= 0 ? Systemd.whatIs(v.fd()) : null;
+                if (!sockets.add(v.fd() < 0 ? v.socket().toAbsolutePath().normalize()
+                        : Path.of(what != null && what.startsWith("socket:") ? what : "fd:" + v.fd()))) {
                     throw new UsageException("socket " + v.socket() + " is given to two VMs");
                 }
                 // a pattern (mqv%d) is the kernel's to fill, with a name free at the time: each VM gets its own

@@ -141,6 +141,36 @@ class ServeActivationTest {
         }
     }
 
+    /**
+     * One listening socket passed twice (at fd 3 and, dup'ed, at fd 4: a supervisor's mistake) for two VMs: both
+     * would accept on it, and each VM's frontend would get whichever device accepted first, another VM's backend (its
+     * TAP, its network) half the time. It is refused as a socket given to two VMs, as one path or one fd number is,
+     * whether the VMs name the descriptors (fd=) or take systemd's (LISTEN_FDS).
+     */
+    @Test
+    @Timeout(120)
+    void oneSocketPassedTwiceIsNotGivenToTwoVms() throws Exception {
+        Peers.require("python3", "Python 3, to pass one socket as two descriptors");
+        String passTwice = "import os, socket, sys\n"
+                + "s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); s.bind(sys.argv[1]); s.listen(8)\n"
+                + "for t in (3, 4):\n"
+                + "    if s.fileno() != t: os.dup2(s.fileno(), t)\n"
+                + "    os.set_inheritable(t, True)\n"
+                + "if sys.argv[2] == 'systemd': os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS='2')\n"
+                + "os.execvp(sys.argv[3], sys.argv[3:])\n";
+        for (String how : List.of("fd", "systemd")) {
+            Path sock = dir.resolve(how + "-twice.sock");
+            List<String> cmd = new ArrayList<>(List.of("python3", "-c", passTwice, sock.toString(), how));
+            cmd.addAll(how.equals("fd")
+                    ? Launcher.command("serve", "--vm", "fd=3,loopback,name=a", "--vm", "fd=4,loopback,name=b")
+                    : Launcher.command("serve", "--vm", "loopback,name=a", "--vm", "loopback,name=b"));
+            try (Launcher.Run r = Launcher.start(dir, how + "-twice", cmd)) {
+                assertThat(r.exit(20_000)).as("%s: %s", how, r.stderr()).isEqualTo(2);
+                assertThat(r.stderr()).as(how).contains("is given to two VMs").doesNotContain("\tat ");
+            }
+        }
+    }
+
     @Test
     @Timeout(120)
     void descriptorsThatAreNoListeningSocketAreOneLineErrors() throws Exception {
