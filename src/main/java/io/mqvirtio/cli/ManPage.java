@@ -64,6 +64,8 @@ public final class ManPage {
                 + "\\fBserve\\fR without \\fB\\-\\-socket\\-path\\fR or \\fB\\-\\-fd\\fR serves them, one VM each, in order\n");
         b.append(".TP\n.B NOTIFY_SOCKET\n\\fBserve\\fR tells systemd it is ready (READY=1) and stopping (STOPPING=1) "
                 + "(Type=notify)\n");
+        b.append(".TP\n.B WATCHDOG_USEC, WATCHDOG_PID\nsystemd's watchdog (WatchdogSec=): once ready, \\fBserve\\fR sends "
+                + "WATCHDOG=1 every half of WATCHDOG_USEC (10 ms at least, an hour at most) when WATCHDOG_PID is unset or its own\n");
         b.append(".TP\n.B MQVIRTIO_JAVA_OPTS\nmore options for the Java virtual machine (bin/mqvirtio)\n");
         b.append(".SH SEE ALSO\n");
         b.append(".BR qemu\\-system\\-x86_64 (1),\n.BR dpdk\\-testpmd (1),\n.BR systemd.socket (5),\n"

@@ -489,9 +489,24 @@ final class Serve {
         Systemd.notify("READY=1\nSTATUS=serving " + o.vms().size() + " VM" + (o.vms().size() == 1 ? "" : "s")
                 + "\nMAINPID=" + ProcessHandle.current().pid());
         long every = o.statsEvery() > 0 ? (long) (o.statsEvery() * 1000) : TimeUnit.HOURS.toMillis(1);
-        while (!r.stopRequested.await(every, TimeUnit.MILLISECONDS)) {
-            if (o.statsEvery() > 0) {
-                Stats.printTotals(new Stats.Sample(0, r.snapshot()), out);
+        // systemd's watchdog (WatchdogSec=), armed by READY: without its pings it kills serve (SIGABRT) each period
+        long watchdog = Systemd.watchdogPingMillis(System.getenv(), ProcessHandle.current().pid());
+        long nextStats = System.nanoTime() + TimeUnit.MILLISECONDS.toNanos(every);
+        boolean watchdogFailed = false;
+        while (true) {
+            long wait = Math.max(0, TimeUnit.NANOSECONDS.toMillis(nextStats - System.nanoTime()));
+            if (r.stopRequested.await(watchdog > 0 ? Math.min(wait, watchdog) : wait, TimeUnit.MILLISECONDS)) {
+                break;
+            }
+            // a ping that cannot be sent is said once (at 10 ms a ping, a line each would flood the log)
+            if (watchdog > 0 && !Systemd.notify("WATCHDOG=1", watchdogFailed ? Level.DEBUG : Level.WARNING)) {
+                watchdogFailed = true;
+            }
+            if (System.nanoTime() - nextStats >= 0) {
+                nextStats = System.nanoTime() + TimeUnit.MILLISECONDS.toNanos(every);
+                if (o.statsEvery() > 0) {
+                    Stats.printTotals(new Stats.Sample(0, r.snapshot()), out);
+                }
             }
         }
         LOG.log(Level.INFO, "SIG{0}: stopping", r.signal.get());

@@ -59,6 +59,40 @@ final class Systemd {
         return l;
     }
 
+    /** The shortest interval between watchdog pings: a WATCHDOG_USEC of 1 (a unit's "WatchdogSec=1us") is no spin. */
+    static final long MIN_WATCHDOG_PING_MS = 10;
+    /** The longest: a huge WATCHDOG_USEC (up to systemd's infinity, 2^64 - 1) still gets a ping an hour. */
+    static final long MAX_WATCHDOG_PING_MS = 3_600_000;
+
+    /**
+     * How often serve tells systemd's watchdog that it lives ("WATCHDOG=1", sd_watchdog_enabled(3)): every half of
+     * WATCHDOG_USEC, kept within {@link #MIN_WATCHDOG_PING_MS}..{@link #MAX_WATCHDOG_PING_MS}, when the variable is
+     * meant for this process (WATCHDOG_PID unset or ours); 0 when nobody asked (unset, 0, another process's, or not
+     * a number: a warning).
+     */
+    static long watchdogPingMillis(Map<String, String> env, long pid) {
+        String usec = env.get("WATCHDOG_USEC");
+        String forPid = env.get("WATCHDOG_PID");
+        if (usec == null) {
+            return 0;
+        }
+        try {
+            if (forPid != null && Long.parseLong(forPid.trim()) != pid) {
+                return 0; // the watchdog of the process that started us
+            }
+            long u = Long.parseUnsignedLong(usec.trim());
+            if (u == 0) {
+                return 0;
+            }
+            long half = Long.compareUnsigned(u, MAX_WATCHDOG_PING_MS * 2000) > 0 ? MAX_WATCHDOG_PING_MS : u / 2000;
+            return Math.max(MIN_WATCHDOG_PING_MS, half);
+        } catch (NumberFormatException e) {
+            LOG.log(Level.WARNING, "WATCHDOG_USEC={0} WATCHDOG_PID={1} are not numbers: systemd's watchdog is not told "
+                    + "that serve lives", usec, forPid);
+            return 0;
+        }
+    }
+
     /**
      * What descriptor {@code fd} of this process is, as {@code /proc/self/fd} says ("socket:[...]", "pipe:[...]", a
      * file's path), or null when it is not open.
@@ -73,10 +107,17 @@ final class Systemd {
 
     /** Tells systemd (if it asked, through NOTIFY_SOCKET) {@code state}; a failure is a warning, not an error. */
     static void notify(String state) {
+        notify(state, Level.WARNING);
+    }
+
+    /** As {@link #notify(String)}, a failure said at {@code failure}; returns false when it failed. */
+    static boolean notify(String state, Level failure) {
         try {
             SdNotify.notify(state);
+            return true;
         } catch (ErrnoException | IllegalArgumentException e) {
-            LOG.log(Level.WARNING, "cannot notify systemd ({0}): {1}", state.replace('\n', ' '), e.getMessage());
+            LOG.log(failure, "cannot notify systemd ({0}): {1}", state.replace('\n', ' '), e.getMessage());
+            return false;
         }
     }
 }

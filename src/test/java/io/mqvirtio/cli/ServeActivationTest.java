@@ -171,6 +171,46 @@ class ServeActivationTest {
         }
     }
 
+    /**
+     * A unit with WatchdogSec= (systemd passes WATCHDOG_USEC, and WATCHDOG_PID for the main process) kills a service
+     * that does not send WATCHDOG=1 within each period, from READY on (SIGABRT: every VM's network down, then a
+     * restart, each period). serve pings every half period once ready, and only for its own watchdog; a period of
+     * 1 us is no spin.
+     */
+    @Test
+    @Timeout(120)
+    void serveFeedsSystemdsWatchdogOnlyItsOwnAndWithoutSpinning() throws Exception {
+        record Case(String tag, String usec, String pid, int least, int most) {}
+        for (Case c : List.of(new Case("dog", "400000", null, 4, 12), new Case("tiny", "1", null, 20, 150),
+                new Case("other", "400000", "1", 0, 0))) {
+            Path notify = dir.resolve(c.tag() + ".notify");
+            try (SdNotify.Listener systemd = SdNotify.Listener.bind(notify.toString())) {
+                List<String> cmd = new ArrayList<>(List.of("env", "NOTIFY_SOCKET=" + notify, "WATCHDOG_USEC=" + c.usec()));
+                if (c.pid() != null) {
+                    cmd.add("WATCHDOG_PID=" + c.pid());
+                }
+                cmd.addAll(Launcher.command("serve", "--loopback", "--socket-path", dir.resolve(c.tag() + ".sock")
+                        .toString()));
+                try (Launcher.Run r = Launcher.start(dir, c.tag(), cmd)) {
+                    assertThat(systemd.receive((int) START_MS)).as("%s: %s", c.tag(), r.stderr()).contains("READY=1");
+                    int pings = 0;
+                    long end = System.nanoTime() + 1_000_000_000L;
+                    while (System.nanoTime() < end) {
+                        String m = systemd.receive(100);
+                        if (m != null) {
+                            assertThat(m).isEqualTo("WATCHDOG=1");
+                            pings++;
+                        }
+                    }
+                    assertThat(pings).as("%s: WATCHDOG=1 in the second after READY", c.tag()).isBetween(c.least(),
+                            c.most());
+                    r.process().destroy();
+                    assertThat(r.exit(15_000)).as(r.stderr()).isZero();
+                }
+            }
+        }
+    }
+
     @Test
     @Timeout(120)
     void descriptorsThatAreNoListeningSocketAreOneLineErrors() throws Exception {

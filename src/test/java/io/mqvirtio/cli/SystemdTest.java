@@ -38,4 +38,28 @@ class SystemdTest {
                 .isInstanceOf(UsageException.class).hasMessageContaining("LISTEN_PID");
         assertThat(Systemd.listenFds(Map.of("LISTEN_FDS", "1"), PID)).isEmpty();
     }
+
+    /**
+     * WATCHDOG_USEC as sd_watchdog_enabled(3) reads it (for us when WATCHDOG_PID is unset or ours), pinged every half
+     * of it; the hostile values: 0 (off), 1 us (no spin: 10 ms at least), 2^64 - 1 (an hour at most), another
+     * process's, not numbers.
+     */
+    @Test
+    void watchdogIntervalsAreHalfTheTimeoutWithinBounds() {
+        assertThat(Systemd.watchdogPingMillis(Map.of(), PID)).isZero();
+        assertThat(Systemd.watchdogPingMillis(Map.of("WATCHDOG_USEC", "20000000"), PID)).isEqualTo(10_000);
+        assertThat(Systemd.watchdogPingMillis(Map.of("WATCHDOG_USEC", "20000000", "WATCHDOG_PID", "4242"), PID))
+                .isEqualTo(10_000);
+        assertThat(Systemd.watchdogPingMillis(Map.of("WATCHDOG_USEC", "20000000", "WATCHDOG_PID", "1"), PID)).isZero();
+        assertThat(Systemd.watchdogPingMillis(Map.of("WATCHDOG_USEC", "0"), PID)).isZero();
+        assertThat(Systemd.watchdogPingMillis(Map.of("WATCHDOG_USEC", "1"), PID)).isEqualTo(Systemd.MIN_WATCHDOG_PING_MS);
+        for (String huge : List.of("18446744073709551615", "9223372036854775807", "7200000001")) {
+            assertThat(Systemd.watchdogPingMillis(Map.of("WATCHDOG_USEC", huge), PID)).as(huge)
+                    .isEqualTo(Systemd.MAX_WATCHDOG_PING_MS);
+        }
+        for (String bad : List.of("", "x", "-1", "18446744073709551616")) {
+            assertThat(Systemd.watchdogPingMillis(Map.of("WATCHDOG_USEC", bad), PID)).as(bad).isZero();
+        }
+        assertThat(Systemd.watchdogPingMillis(Map.of("WATCHDOG_USEC", "1000000", "WATCHDOG_PID", "me"), PID)).isZero();
+    }
 }
