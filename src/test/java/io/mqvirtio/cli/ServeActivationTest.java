@@ -211,6 +211,46 @@ class ServeActivationTest {
         }
     }
 
+    /**
+     * bin/mqvirtio, started by systemd, first makes its AOT cache with a training serve in the background when the
+     * jar is newer than the cache. That serve inherited NOTIFY_SOCKET and told systemd READY=1 and MAINPID=its own
+     * pid before the real serve listened: under NotifyAccess=all, systemd took it for the main process, which exits
+     * seconds later, and stopped the service. The training run gets none of systemd's variables.
+     */
+    @Test
+    @Timeout(180)
+    void theLaunchersTrainingRunTellsSystemdNothing() throws Exception {
+        Path root = dir.resolve("root");
+        java.nio.file.Files.createDirectories(root.resolve("bin/lib"));
+        java.nio.file.Files.createDirectories(root.resolve("src/main"));
+        java.nio.file.Files.createDirectories(root.resolve("target/lib"));
+        for (String f : List.of("bin/mqvirtio", "bin/lib/jdk.sh")) {
+            java.nio.file.Files.copy(Path.of(f), root.resolve(f), java.nio.file.StandardCopyOption.COPY_ATTRIBUTES);
+        }
+        java.nio.file.Files.writeString(root.resolve("pom.xml"), "<project/>\n");
+        Path jar = Launcher.jar();
+        java.nio.file.Files.copy(jar, root.resolve("target/mqvirtio.jar"));
+        try (var libs = java.nio.file.Files.list(jar.resolveSibling("lib"))) {
+            for (Path l : libs.toList()) {
+                java.nio.file.Files.copy(l, root.resolve("target/lib").resolve(l.getFileName()));
+            }
+        }
+        var old = java.nio.file.attribute.FileTime.fromMillis(System.currentTimeMillis() - 3_600_000);
+        for (String f : List.of("src/main", "pom.xml")) {
+            java.nio.file.Files.setLastModifiedTime(root.resolve(f), old);
+        }
+        Path notify = dir.resolve("launcher.notify");
+        try (SdNotify.Listener systemd = SdNotify.Listener.bind(notify.toString())) {
+            List<String> cmd = List.of("env", "NOTIFY_SOCKET=" + notify, "WATCHDOG_USEC=100000",
+                    root.resolve("bin/mqvirtio").toString(), "--version");
+            try (Launcher.Run r = Launcher.start(dir, "launcher", cmd)) {
+                assertThat(r.exit(150_000)).as(r.stderr()).isZero();
+            }
+            assertThat(root.resolve("target/mqvirtio.aot")).as("the training run made the cache").exists();
+            assertThat(systemd.receive(500)).as("what systemd was told").isNull();
+        }
+    }
+
     @Test
     @Timeout(120)
     void descriptorsThatAreNoListeningSocketAreOneLineErrors() throws Exception {
