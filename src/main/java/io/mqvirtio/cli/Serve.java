@@ -486,8 +486,10 @@ final class Serve {
             err.println("mqvirtio: serve: " + message(e));
             return 1;
         }
-        Systemd.notify("READY=1\nSTATUS=serving " + o.vms().size() + " VM" + (o.vms().size() == 1 ? "" : "s")
-                + "\nMAINPID=" + ProcessHandle.current().pid());
+        if (r.stopRequested.getCount() > 0) { // READY=1 only for a serve that serves every VM
+            Systemd.notify("READY=1\nSTATUS=serving " + o.vms().size() + " VM" + (o.vms().size() == 1 ? "" : "s")
+                    + "\nMAINPID=" + ProcessHandle.current().pid());
+        }
         long every = o.statsEvery() > 0 ? (long) (o.statsEvery() * 1000) : TimeUnit.HOURS.toMillis(1);
         // systemd's watchdog (WatchdogSec=), armed by READY: without its pings it kills serve (SIGABRT) each period
         long watchdog = Systemd.watchdogPingMillis(System.getenv(), ProcessHandle.current().pid());
@@ -555,9 +557,14 @@ final class Serve {
             io.mqvirtio.memory.MemoryBudget budget = new io.mqvirtio.memory.MemoryBudget(
                     o.vms().stream().mapToLong(Vm::maxMemory).max().orElse(1), o.maxTotalMemory());
             for (Vm vm : o.vms()) {
+                // a stop asked for meanwhile (SIGTERM while a VM's capture or TAP started) starts no more of them: each
+                // may take seconds, and many, past systemd's stop timeout (then SIGKILL)
+                if (stopRequested.getCount() == 0) {
+                    return;
+                }
                 startVm(vm, o, budget.withPerVm(vm.maxMemory()));
             }
-            if (o.metrics() != null) {
+            if (o.metrics() != null && stopRequested.getCount() > 0) {
                 List<MetricsServer.Source> sources = new ArrayList<>();
                 synchronized (this) {
                     for (Started s : started) {

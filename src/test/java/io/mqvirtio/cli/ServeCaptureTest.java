@@ -249,4 +249,42 @@ class ServeCaptureTest {
             }
         }
     }
+
+    /**
+     * SIGTERM while serve starts its VMs, one VM's capture waiting on a slow disk: serve starts no VM after it, tells
+     * systemd nothing of readiness, and stops. Before, the start went on through every VM (each up to 5 s on such a
+     * disk: with many VMs, past systemd's TimeoutStopSec, and SIGKILL) and then told systemd READY=1.
+     */
+    @Test
+    @Timeout(value = 120, threadMode = Timeout.ThreadMode.SEPARATE_THREAD)
+    void sigtermWhileVmsStartStartsNoMoreOfThem() throws Exception {
+        Path fsDir = Files.createTempDirectory("serve-capture-disk");
+        Path notify = dir.resolve("start.notify");
+        try (io.mqvirtio.capture.FaultyFs fs = io.mqvirtio.capture.FaultyFs.mount(fsDir);
+                io.mqvirtio.linux.SdNotify.Listener systemd = io.mqvirtio.linux.SdNotify.Listener.bind(notify.toString())) {
+            Path out = Files.createDirectory(fs.mount().resolve("caps"));
+            fs.freeze();
+            java.util.List<String> cmd = new java.util.ArrayList<>(java.util.List.of("env", "NOTIFY_SOCKET=" + notify));
+            cmd.addAll(Launcher.command("serve",
+                    "--vm", "socket-path=" + dir.resolve("a.sock") + ",loopback,name=a",
+                    "--vm", "socket-path=" + dir.resolve("b.sock") + ",loopback,name=b,capture=" + out,
+                    "--vm", "socket-path=" + dir.resolve("c.sock") + ",loopback,name=c"));
+            try (Launcher.Run r = Launcher.start(dir, "start", cmd)) {
+                r.awaitErr("listening on .*a\\.sock", 30_000);
+                Thread.sleep(300); // b's capture waits on the disk
+                r.process().destroy();
+                Thread.sleep(300);
+                fs.thaw(); // b's capture starts, within its 5 s
+                assertThat(r.exit(30_000)).as(r.stderr()).isZero();
+                assertThat(r.stderr()).as("a VM started after SIGTERM").doesNotContainPattern("listening on .*c\\.sock");
+                assertThat(r.stderr()).contains("a: stopped (SIGTERM)").doesNotContain("\tat ");
+            }
+            String told = systemd.receive(1000);
+            assertThat(told).as("what systemd was told").isEqualTo("STOPPING=1");
+        } finally {
+            try (var files = Files.walk(fsDir)) {
+                files.sorted(java.util.Comparator.reverseOrder()).forEach(p -> p.toFile().delete());
+            }
+        }
+    }
 }
