@@ -29,6 +29,9 @@ import java.util.function.Function;
  *
  * <p>Commands ({@link #call}) run on the worker thread between rounds, and the caller waits for them, a bounded time:
  * a command whose caller timed out is withdrawn and never runs (it may refer to memory its caller then released).
+ * A worker in a call its handler said waits for a lock of the host's ({@link #slowCall}: a TAP's ioctls take the
+ * kernel's rtnl lock, which the host's network configuration holds as long as it likes) is given a longer bound, said
+ * in the log: it is waiting, not stuck.
  */
 public final class Worker<H extends WorkerHandler> implements Runnable {
     private static final Logger LOG = System.getLogger(Worker.class.getName());
@@ -54,6 +57,12 @@ public final class Worker<H extends WorkerHandler> implements Runnable {
     private final Idle idle;
     private final int cpu;
     private final long commandTimeoutNanos;
+    /** How long a caller waits for a worker in a {@link #slowCall}, in all (at least the command timeout). */
+    private final long slowCallTimeoutNanos;
+    /** What the worker waits for in a {@link #slowCall} now, or null; and when its last one ended. */
+    private volatile String slowCall;
+    private volatile String lastSlowCall;
+    private volatile long slowCallEnded;
     private final Epoll epoll;
     private final EventFd wakeup;
     private final ConcurrentLinkedQueue<Command<H, ?>> commands = new ConcurrentLinkedQueue<>();
@@ -66,11 +75,20 @@ public final class Worker<H extends WorkerHandler> implements Runnable {
      * @param commandTimeoutNanos how long a control thread waits for a command's answer
      */
     public Worker(String name, H handler, Idle idle, int cpu, long commandTimeoutNanos) {
+        this(name, handler, idle, cpu, commandTimeoutNanos, commandTimeoutNanos);
+    }
+
+    /**
+     * @param slowCallTimeoutNanos how long a control thread waits, in all, for a worker that is in a
+     *                            {@link #slowCall} when the command timeout is over
+     */
+    public Worker(String name, H handler, Idle idle, int cpu, long commandTimeoutNanos, long slowCallTimeoutNanos) {
         this.name = name;
         this.handler = handler;
         this.idle = idle;
         this.cpu = cpu;
         this.commandTimeoutNanos = commandTimeoutNanos;
+        this.slowCallTimeoutNanos = Math.max(commandTimeoutNanos, slowCallTimeoutNanos);
         // out of descriptors (EMFILE) halfway: what was made is closed, or each failed start leaked it
         this.epoll = Epoll.create(8);
         EventFd w = null;
@@ -112,6 +130,22 @@ public final class Worker<H extends WorkerHandler> implements Runnable {
         epoll.remove(fd);
     }
 
+    /**
+     * On the worker thread: it enters a call that may wait for a lock of the host's ({@code what}, for the log), until
+     * {@link #slowCallDone}. A command waiting meanwhile gets the slow-call timeout instead of the command timeout.
+     * Not for the data path: for the rare calls that change the host's side (a TAP queue attached or detached).
+     */
+    public void slowCall(String what) {
+        slowCall = what;
+    }
+
+    /** The worker left its {@link #slowCall}. */
+    public void slowCallDone() {
+        lastSlowCall = slowCall;
+        slowCall = null;
+        slowCallEnded = System.nanoTime();
+    }
+
     public void start() {
         thread = Thread.ofPlatform().name(name).daemon(true).start(this);
     }
@@ -147,8 +181,9 @@ public final class Worker<H extends WorkerHandler> implements Runnable {
 
     /**
      * Runs {@code command} on the worker thread between rounds and returns its result. A worker that does not answer
-     * within the command timeout is a {@link WorkerStuckException}: the command is then withdrawn (if it had not
-     * started, it never will), and the worker may still be using whatever its handler holds.
+     * within the command timeout (one in a {@link #slowCall} then: within the slow-call timeout, in all) is a
+     * {@link WorkerStuckException}: the command is then withdrawn (if it had not started, it never will), and the
+     * worker may still be using whatever its handler holds.
      */
     public <T> T call(Function<H, T> command) {
         if (Thread.currentThread() == thread) {
@@ -161,19 +196,47 @@ public final class Worker<H extends WorkerHandler> implements Runnable {
         commands.add(c);
         wakeup.signal();
         try {
-            long deadline = System.nanoTime() + commandTimeoutNanos;
+            long start = System.nanoTime();
+            long deadline = start + commandTimeoutNanos;
+            long poll = Math.min(100, Math.max(1, commandTimeoutNanos / 1_000_000));
+            String waitedFor = null;
             while (true) {
                 try {
-                    return c.result.get(Math.min(100, Math.max(1, commandTimeoutNanos / 1_000_000)), TimeUnit.MILLISECONDS);
+                    T r = c.result.get(poll, TimeUnit.MILLISECONDS);
+                    if (waitedFor != null) {
+                        LOG.log(Level.WARNING, "{0}: answered after {1} ms, once the host let it through {2}", name,
+                                Long.toString(TimeUnit.NANOSECONDS.toMillis(System.nanoTime() - start)), waitedFor);
+                    }
+                    return r;
                 } catch (TimeoutException e) {
                     if (!thread.isAlive() && c.state.compareAndSet(Command.QUEUED, Command.CANCELLED)) {
                         throw new WorkerStuckException(name + " died", false);
                     }
-                    if (System.nanoTime() - deadline > 0) {
+                    long now = System.nanoTime();
+                    if (now - deadline > 0) {
+                        // in a call that waits for the host's lock (or just out of one, on to the next): waiting,
+                        // not stuck, up to the slow-call timeout in all; said once
+                        String slow = slowCall;
+                        if (slow == null && lastSlowCall != null
+                                && now - slowCallEnded < TimeUnit.MILLISECONDS.toNanos(poll) * 2) {
+                            slow = lastSlowCall;
+                        }
+                        if (slow != null && now - start - slowCallTimeoutNanos < 0) {
+                            if (waitedFor == null) {
+                                LOG.log(Level.WARNING, "{0}: a command waits past {1} ms for the worker, which is in {2}: "
+                                        + "waiting up to {3} ms in all", name,
+                                        Long.toString(TimeUnit.NANOSECONDS.toMillis(commandTimeoutNanos)), slow,
+                                        Long.toString(TimeUnit.NANOSECONDS.toMillis(slowCallTimeoutNanos)));
+                            }
+                            waitedFor = slow;
+                            continue;
+                        }
                         boolean neverRan = c.state.compareAndSet(Command.QUEUED, Command.CANCELLED);
                         String where = neverRan ? "did not take a command" : "did not finish a command";
                         throw new WorkerStuckException(name + " " + where + " within "
-                                + TimeUnit.NANOSECONDS.toMillis(commandTimeoutNanos) + " ms" + stuckAt(), thread.isAlive());
+                                + TimeUnit.NANOSECONDS.toMillis(waitedFor == null ? commandTimeoutNanos : now - start)
+                                + " ms" + (waitedFor == null ? "" : " (in " + waitedFor + ")") + stuckAt(),
+                                thread.isAlive());
                     }
                 }
             }

@@ -108,7 +108,11 @@ public interface Port extends AutoCloseable {
         return receive(scratch);
     }
 
-    /** Whether the host should hand this queue frames (a TAP queue is attached or detached). */
+    /**
+     * Whether the host should hand this queue frames (a TAP queue is attached or detached). This and the other
+     * control calls ({@link #setFeatures}, {@link #upkeep}, {@link #reset}) may wait for a lock of the host's (a TAP's
+     * ioctls take the kernel's rtnl lock): the worker says so to its commands' callers, who wait longer for it.
+     */
     default void setActive(boolean active) {}
 
     /**

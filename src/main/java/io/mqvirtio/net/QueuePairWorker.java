@@ -82,6 +82,14 @@ final class QueuePairWorker implements WorkerHandler {
     private static final int MAX_RX_CHAINS = 64;
     /** How long a control thread waits for the worker to answer a command (it normally takes microseconds). */
     static final long COMMAND_TIMEOUT_NANOS = TimeUnit.SECONDS.toNanos(10);
+    /**
+     * A command that finds the worker in a port's control call ({@link #portCall}: a TAP's TUNSETQUEUE, TUNSETOFFLOAD,
+     * reopen, each waiting for the kernel's rtnl lock, which the host holds as long as its network configuration
+     * takes: a network namespace of thousands of devices deleted) waits this many command timeouts in all, said in
+     * the log, before the device is declared dead: the worker is waiting for the host, not stuck.
+     */
+    static final int PORT_CALL_TIMEOUTS = 12;
+    private static final String PORT_CALL = "a port change (a TAP's ioctl waits for the host's rtnl lock)";
     /** Port errors logged in full per worker before they are only counted, and how often the count is logged. */
     private static final long PORT_ERROR_LOG_NANOS = TimeUnit.SECONDS.toNanos(10);
     private static final ValueLayout.OfShort LE16 = ValueLayout.JAVA_SHORT_UNALIGNED.withOrder(ByteOrder.LITTLE_ENDIAN);
@@ -184,7 +192,8 @@ final class QueuePairWorker implements WorkerHandler {
         this.port = port;
         this.readsFrames = port.readsFrames();
         this.checkRxHeaders = port.hostWritesHeaders();
-        this.loop = new Worker<>(name + "-qp" + pair, this, new Worker.Idle(busyPoll, pollNanos), cpu, commandTimeoutNanos);
+        this.loop = new Worker<>(name + "-qp" + pair, this, new Worker.Idle(busyPoll, pollNanos), cpu, commandTimeoutNanos,
+                PORT_CALL_TIMEOUTS * commandTimeoutNanos);
         for (int i = 0; i < rxChains.length; i++) {
             rxChains[i] = new DescriptorChain(IoVec.IOV_MAX);
         }
@@ -419,9 +428,12 @@ final class QueuePairWorker implements WorkerHandler {
                 | (VirtioFeatures.has(features, VirtioNet.F_GUEST_TSO6) ? 1 << VirtioNet.GSO_TCPV6 : 0);
         rxEcnAllowed = VirtioFeatures.has(features, VirtioNet.F_GUEST_ECN);
         try {
+            portCall();
             port.setFeatures(features);
         } catch (RuntimeException e) {
             portError(true, e); // a TAP that is gone: the offloads no longer matter
+        } finally {
+            loop.slowCallDone();
         }
         return null;
     }
@@ -485,9 +497,12 @@ final class QueuePairWorker implements WorkerHandler {
         discardHeldTx();
         dropAnnounce();
         try {
+            portCall();
             port.reset();
         } catch (RuntimeException e) {
             portError(true, e);
+        } finally {
+            loop.slowCallDone();
         }
         return null;
     }
@@ -503,6 +518,7 @@ final class QueuePairWorker implements WorkerHandler {
                 dropAnnounce();
             }
             try {
+                portCall();
                 port.setActive(active);
                 // only an attach that worked says the TAP is back: a detach of a queue that never attached does nothing
                 if (portStateFailing && active) {
@@ -522,8 +538,20 @@ final class QueuePairWorker implements WorkerHandler {
                     LOG.log(Level.WARNING, "{0}: cannot {1} the port''s queue (is the TAP device gone?); the rings go on: {2}",
                             workerName(), active ? "attach" : "detach", e.getMessage());
                 }
+            } finally {
+                loop.slowCallDone();
             }
         }
+    }
+
+    /**
+     * The worker enters a port's control call ({@link Port#setActive}, {@link Port#setFeatures}, {@link Port#upkeep},
+     * {@link Port#reset}), which may wait for a lock of the host's: a command waiting meanwhile gets
+     * {@link #PORT_CALL_TIMEOUTS} command timeouts (see {@link Worker#slowCall}); {@link Worker#slowCallDone} after it.
+     * Never on the data path.
+     */
+    private void portCall() {
+        loop.slowCall(PORT_CALL);
     }
 
     /** The port refused a change of {@link #updatePortActive} and has attached nothing since (counted and logged once). */
@@ -557,6 +585,7 @@ final class QueuePairWorker implements WorkerHandler {
         }
         int before = port.readFd();
         try {
+            portCall();
             if (port.upkeep()) {
                 try {
                     loop.unregister(before); // usually gone with its file already
@@ -568,10 +597,13 @@ final class QueuePairWorker implements WorkerHandler {
             }
         } catch (RuntimeException e) {
             logPortError(true, e); // not counted: no frame was lost to it; the next upkeep tries again
+        } finally {
+            loop.slowCallDone();
         }
         if (portStateFailing && System.nanoTime() - portRetryAt >= 0) {
             portRetries++;
             try {
+                portCall();
                 port.setActive(portActive);
                 if (portActive) {
                     portBack();
@@ -581,6 +613,8 @@ final class QueuePairWorker implements WorkerHandler {
             } catch (RuntimeException e) {
                 portRetryIn = Math.min(PORT_RETRY_MAX_NANOS, portRetryIn * 2);
                 portRetryAt = System.nanoTime() + portRetryIn;
+            } finally {
+                loop.slowCallDone();
             }
         }
     }
