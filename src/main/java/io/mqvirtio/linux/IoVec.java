@@ -234,6 +234,11 @@ public final class IoVec {
                     if (ready < 0 || p.get(ValueLayout.JAVA_SHORT, 6) != Fd.POLLIN) {
                         break; // an error: errno says which
                     }
+                    // A frame waits: it came after the read found none, or the read failed for a fault at the buffer
+                    // (EFAULT: memory the frontend took away, and the kernel dropped that frame) with more queued.
+                    // Touched before it is read into again: such memory faults here (SIGBUS, an InternalError), once,
+                    // instead of each read dropping one more frame.
+                    touch(address, length);
                 }
             }
             while (n < 0) {
@@ -247,6 +252,19 @@ public final class IoVec {
             throw Native.rethrow(t);
         }
     }
+
+    /** Reads a byte of each page of {@code length} bytes at {@code address}: a page that is gone faults here. */
+    private static void touch(long address, long length) {
+        byte b = 0;
+        for (long at = address & -4096L; at < address + length; at += 4096) {
+            b |= ALL.get(ValueLayout.JAVA_BYTE, Math.max(at, address));
+        }
+        touched = b;
+    }
+
+    /** What {@link #touch} read (kept, so the reads are made). */
+    @SuppressWarnings("unused")
+    private static volatile byte touched;
 
     /**
      * Writes the entries in order as one unit: one packet to a TAP queue. Returns the byte count (a stream may

@@ -138,6 +138,48 @@ class TapFaultTest {
     }
 
     /**
+     * Frames waiting in the TAP when the frontend took away the memory of the RX buffers it then posted: the first read
+     * fails (EFAULT) and the kernel drops that frame. The read goes first without errno (IoVec.read) and, finding
+     * the queue still readable, took the failure for a frame that came just after an empty read: it read again into
+     * the same buffer, and again with errno, each read dropping one more frame of the faulting frontend's (3 of 3
+     * here). Now the buffer is touched before it is read into again: memory taken away faults there, and the RX ring
+     * breaks at the first frame, the others staying in the TAP for the frontend's next ring.
+     */
+    @org.junit.jupiter.api.Test
+    void framesWaitingForBuffersWhoseMemoryIsGoneLoseOnlyTheFirst() throws Exception {
+        String tap = "mqvf" + Integer.toHexString(ThreadLocalRandom.current().nextInt(0x10000));
+        try (TestNetns ns = TestNetns.create(); java.lang.foreign.Arena a = java.lang.foreign.Arena.ofConfined()) {
+            ns.exec("sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1");
+            TapBackend backend = ns.inside(() -> TapBackend.open(tap, 1, TapBackend.TxMethod.WRITEV));
+            ns.ip("link", "set", tap, "up");
+            try (NetDevice dev = new NetDevice(NetDevice.Config.of("tapshrink3", 1), backend);
+                 VhostUserServer server = VhostUserServer.listen(dir.resolve("s3.sock"), dev);
+                 EvilDriver d = new EvilDriver(server.path(), 1, 64, FEATURES, 1 << 20);
+                 io.mqvirtio.linux.PacketSocket sock = ns.inside(() -> io.mqvirtio.linux.PacketSocket.open(tap))) {
+                io.mqvirtio.linux.PacketSocket.Batch b = new io.mqvirtio.linux.PacketSocket.Batch(a, 3);
+                for (int i = 0; i < 3; i++) {
+                    b.set(i, TapRxCutFrameTest.frame(a, 100, i));
+                }
+                assertThat(sock.send(b, 3)).isEqualTo(3); // no RX buffers yet: they wait in the TAP
+                Thread.sleep(100);
+                d.memfd.truncate(d.dataOff); // the rings stay, the buffers go
+                HostileDriverTest.postRx(d, 8);
+                boolean[] broke = new boolean[1];
+                HostileDriverTest.await(() -> dev.counters().get(0).errors() > 0
+                        || (broke[0] |= d.rx(0).err.drain() > 0), "the frame's loss said: an RX error, or the ring broken");
+                Thread.sleep(200);
+                java.lang.foreign.MemorySegment buf = a.allocate(2048);
+                int left = 0;
+                while (io.mqvirtio.linux.IoVec.read(backend.queueFd(0), buf.address(), buf.byteSize()) > 0) {
+                    left++;
+                }
+                assertThat(left).as("frames left in the TAP: only the first was read into the missing memory")
+                        .isEqualTo(2);
+            }
+        }
+    }
+
+    /**
      * A frontend that disables and enables its rings in a loop detaches and attaches the pair's TAP queue each time.
      * Each of those was an INFO line of the TAP backend's own, outside the socket's allowance for a frontend's
      * ordinary lines (whose "ring enabled" and "disabled" notes say the same): one line per request, into the log
