@@ -4,14 +4,12 @@ import static org.assertj.core.api.Assertions.assertThat;
 
 import io.mqvirtio.backend.TapBackend;
 import io.mqvirtio.linux.ErrnoException;
-import io.mqvirtio.linux.IoVec;
 import io.mqvirtio.linux.MemFd;
 import io.mqvirtio.linux.PacketSocket;
 import io.mqvirtio.linux.Tap;
 import io.mqvirtio.linux.TestNetns;
 import io.mqvirtio.vhostuser.LogCapture;
 import io.mqvirtio.vhostuser.VhostUserServer;
-import io.mqvirtio.virtio.ChainBurst;
 import io.mqvirtio.virtio.VirtioFeatures;
 import java.nio.file.Path;
 import java.util.List;
@@ -203,7 +201,7 @@ class TapAttachRetryTest {
      * unwatchable} until {@code unwatchableUntil}, as a new descriptor epoll refuses).
      */
     private record ReopeningPort(Port real, AtomicBoolean reopen, AtomicLong unwatchableUntil, int unwatchable)
-            implements Port {
+            implements ForwardingPort {
         @Override
         public boolean upkeep() {
             boolean r = real.upkeep();
@@ -215,32 +213,14 @@ class TapAttachRetryTest {
             return r;
         }
 
-        @Override public int readFd() {
+        @Override
+        public int readFd() {
             return System.nanoTime() - unwatchableUntil.get() < 0 ? unwatchable : real.readFd();
         }
-        @Override public long send(IoVec frame) { return real.send(frame); }
-        @Override public long send(long address, long length, IoVec scratch) { return real.send(address, length, scratch); }
-        @Override public boolean queue(long address, long length, IoVec scratch) { return real.queue(address, length, scratch); }
-        @Override public boolean sendsBursts() { return real.sendsBursts(); }
-        @Override public void sendBurst(ChainBurst burst, int from, int n) { real.sendBurst(burst, from, n); }
-        @Override public int batch() { return real.batch(); }
-        @Override public boolean queue(IoVec frame) { return real.queue(frame); }
-        @Override public int flush(long[] results) { return real.flush(results); }
-        @Override public void discard() { real.discard(); }
-        @Override public String ioMethod(boolean isRx) { return real.ioMethod(isRx); }
-        @Override public long receive(IoVec into) { return real.receive(into); }
-        @Override public long receive(long address, long length, IoVec scratch) { return real.receive(address, length, scratch); }
-        @Override public boolean readsFrames() { return real.readsFrames(); }
-        @Override public boolean hostWritesHeaders() { return real.hostWritesHeaders(); }
-        @Override public long upkeepNanos() { return real.upkeepNanos(); }
-        @Override public void setActive(boolean active) { real.setActive(active); }
-        @Override public void setFeatures(long features) { real.setFeatures(features); }
-        @Override public void reset() { real.reset(); }
-        @Override public void close() { real.close(); }
     }
 
     /** A real TAP queue's port whose next attaches fail with ENOMEM while {@code refusals} is above 0. */
-    private record RefusingPort(Port real, AtomicInteger refusals, AtomicInteger tries) implements Port {
+    private record RefusingPort(Port real, AtomicInteger refusals, AtomicInteger tries) implements ForwardingPort {
         @Override
         public void setActive(boolean active) {
             if (active) {
@@ -251,26 +231,5 @@ class TapAttachRetryTest {
             }
             real.setActive(active);
         }
-
-        @Override public int readFd() { return real.readFd(); }
-        @Override public long send(IoVec frame) { return real.send(frame); }
-        @Override public long send(long address, long length, IoVec scratch) { return real.send(address, length, scratch); }
-        @Override public boolean queue(long address, long length, IoVec scratch) { return real.queue(address, length, scratch); }
-        @Override public boolean sendsBursts() { return real.sendsBursts(); }
-        @Override public void sendBurst(ChainBurst burst, int from, int n) { real.sendBurst(burst, from, n); }
-        @Override public int batch() { return real.batch(); }
-        @Override public boolean queue(IoVec frame) { return real.queue(frame); }
-        @Override public int flush(long[] results) { return real.flush(results); }
-        @Override public void discard() { real.discard(); }
-        @Override public String ioMethod(boolean isRx) { return real.ioMethod(isRx); }
-        @Override public long receive(IoVec into) { return real.receive(into); }
-        @Override public long receive(long address, long length, IoVec scratch) { return real.receive(address, length, scratch); }
-        @Override public boolean readsFrames() { return real.readsFrames(); }
-        @Override public boolean hostWritesHeaders() { return real.hostWritesHeaders(); }
-        @Override public long upkeepNanos() { return real.upkeepNanos(); }
-        @Override public boolean upkeep() { return real.upkeep(); }
-        @Override public void setFeatures(long features) { real.setFeatures(features); }
-        @Override public void reset() { real.reset(); }
-        @Override public void close() { real.close(); }
     }
 }
