@@ -442,10 +442,12 @@ final class QueuePairWorker implements WorkerHandler {
      * Sends a frame the device made itself (header included: a RARP announce after a migration) through the port, if
      * it is active. Where the port has no room (a TAP whose send buffer the host holds full) it is kept, behind the
      * frames the port keeps, and sent when the port has room, as TX frames are: it used to be lost then, unsaid. One is
-     * kept: a newer one replaces it, and one not sent (replaced, the port inactive, a reset) counts as a TX drop.
+     * kept: a newer one replaces it, and one not sent (replaced, the port inactive when it comes or before it went, a
+     * reset) counts as a TX drop.
      */
     Void inject(MemorySegment frame) {
         if (!portActive) {
+            txCounters.add(QueueCounters.DROPS, 1); // as a frame of a disabled ring (a detached TAP queue refuses it)
             return null;
         }
         if (announce != null) {

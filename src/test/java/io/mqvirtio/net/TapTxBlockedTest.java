@@ -188,6 +188,21 @@ class TapTxBlockedTest {
     }
 
     /**
+     * An announce (SEND_RARP) for pair 0 while its queue is not active (no ring of the pair started and enabled: a
+     * detached TAP queue refuses frames) is not sent and counts as a TX drop, as a frame of a disabled ring does and as
+     * the announce's other losses (replaced, a detach, a reset) do; it was dropped unsaid.
+     */
+    @Test
+    void anAnnounceForAPairNotActiveIsCountedAsADrop() {
+        SequencePort port = new SequencePort();
+        try (NetDevice dev = new NetDevice(NetDevice.Config.of("idle", 1), port)) {
+            dev.sendRarp(new byte[] {0x02, 0x11, 0x22, 0x33, 0x44, 0x55}); // returns when the worker has taken it
+            assertThat(port.sent).as("nothing sent").isEmpty();
+            assertThat(dev.counters().get(1).drops()).as("pair 0's TX drops").isEqualTo(1);
+        }
+    }
+
+    /**
      * A host that sets the TAP's send buffer below 4 bytes (TUNSETSNDBUF takes any size above 0): a write goes through
      * whenever nothing of ours is in flight, but poll never reports the TAP writable (sock_writeable: less than half
      * the buffer in use, and the count starts at 1), so its EPOLLOUT edge never comes. The worker waited for that edge
