@@ -947,6 +947,9 @@ final class QueuePairWorker implements WorkerHandler {
             return; // a port without a descriptor never blocks (the loopback drops instead)
         }
         txBlocked = true;
+        if (portUnwatched) {
+            return; // not in the epoll (its registration failed): no edge to arm; the upkeep watches it, TX tries again
+        }
         try {
             loop.rearm(port.readFd(), PORT_EVENTS, TOKEN_PORT);
         } catch (RuntimeException e) {

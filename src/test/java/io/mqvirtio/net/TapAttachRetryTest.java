@@ -4,6 +4,7 @@ import static org.assertj.core.api.Assertions.assertThat;
 
 import io.mqvirtio.backend.TapBackend;
 import io.mqvirtio.linux.ErrnoException;
+import io.mqvirtio.linux.IoVec;
 import io.mqvirtio.linux.MemFd;
 import io.mqvirtio.linux.PacketSocket;
 import io.mqvirtio.linux.Tap;
@@ -126,7 +127,8 @@ class TapAttachRetryTest {
             PacketBackend backend = new OnePortBackend("rewatch") {
                 @Override
                 public Port open(int pair) {
-                    return new ReopeningPort(tapBackend.open(pair), reopen, unwatchableUntil, unwatchable.fd());
+                    return new ReopeningPort(tapBackend.open(pair), reopen, unwatchableUntil, unwatchable.fd(), 500,
+                            false);
                 }
 
                 @Override
@@ -152,6 +154,55 @@ class TapAttachRetryTest {
                 assertThat(sock.send(b, 1)).isEqualTo(1);
                 HostileDriverTest.await(() -> d.rx(0).usedIdx() == 2, "the frame after the reopen received");
                 assertThat(dev.counters().get(0).errors()).as("no frame was lost to it").isZero();
+            }
+        }
+    }
+
+    /**
+     * As above, with the guest sending while the reopened queue is not watched yet and the TAP has no room (here the
+     * port says so while its descriptor cannot be watched): TX waits for room, and with no edge to wait for (the
+     * descriptor is not in the epoll), waits for the upkeep that watches it. Before, each wait for room tried to re-arm
+     * a descriptor the epoll did not hold, failed, and counted a TX error for it ("frame dropped"; none was: the chain
+     * was given back), and TX went round again at the next kick.
+     */
+    @Test
+    void aWaitForRoomOnAnUnwatchedQueueWaitsForTheUpkeepAndCountsNothing() throws Exception {
+        String tap = "mqvf" + Integer.toHexString(ThreadLocalRandom.current().nextInt(0x10000));
+        try (TestNetns ns = TestNetns.create(); LogCapture log = new LogCapture("io.mqvirtio.net", Level.INFO).quiet();
+             MemFd unwatchable = MemFd.create("unwatchable", 4096)) {
+            TapBackend tapBackend = ns.inside(() -> TapBackend.open(tap, 1, TapBackend.TxMethod.WRITEV));
+            ns.ip("link", "set", tap, "up");
+            AtomicBoolean reopen = new AtomicBoolean();
+            AtomicLong unwatchableUntil = new AtomicLong(System.nanoTime());
+            PacketBackend backend = new OnePortBackend("fullwhile") {
+                @Override
+                public Port open(int pair) {
+                    return new ReopeningPort(tapBackend.open(pair), reopen, unwatchableUntil, unwatchable.fd(), 2000,
+                            true);
+                }
+
+                @Override
+                public void close() {
+                    tapBackend.close();
+                }
+            };
+            try (NetDevice dev = new NetDevice(NetDevice.Config.of("fullwhile", 1), backend);
+                 VhostUserServer server = VhostUserServer.listen(dir.resolve("f.sock"), dev);
+                 EvilDriver d = new EvilDriver(server.path(), 1, 64, FEATURES, 1 << 20)) {
+                reopen.set(true); // the next upkeep reopens; the new descriptor cannot be watched, nor take frames, 2 s
+                HostileDriverTest.await(() -> !reopen.get(), "the upkeep to reopen the queue");
+                EvilDriver.Ring tx = d.tx(0);
+                long off = d.alloc(VirtioNet.HDR_SIZE + 60);
+                d.mem.asSlice(off, VirtioNet.HDR_SIZE + 60).fill((byte) 0);
+                d.mem.asSlice(off + VirtioNet.HDR_SIZE, 6).fill((byte) 0xff);
+                tx.desc(0, d.gpa(off), VirtioNet.HDR_SIZE + 60, 0, 0);
+                tx.offer(0);
+                tx.kick();
+                Thread.sleep(200);
+                tx.kick(); // a second try while it waits
+                HostileDriverTest.await(() -> tx.usedIdx() == 1, "the frame sent once the queue is watched");
+                assertThat(dev.counters().get(1).errors()).as("TX errors: no frame was lost").isZero();
+                assertThat(dev.counters().get(1).packets()).as("TX packets").isEqualTo(1);
             }
         }
     }
@@ -197,25 +248,40 @@ class TapAttachRetryTest {
     }
 
     /**
-     * A real TAP queue's port whose upkeep says, when {@code reopen} is set, that it was reopened (then names {@code
-     * unwatchable} until {@code unwatchableUntil}, as a new descriptor epoll refuses).
+     * A real TAP queue's port whose upkeep says, when {@code reopen} is set, that it was reopened; it then names {@code
+     * unwatchable} (a descriptor epoll refuses) for {@code forMillis} ms, with no room for frames meanwhile if {@code
+     * full}.
      */
-    private record ReopeningPort(Port real, AtomicBoolean reopen, AtomicLong unwatchableUntil, int unwatchable)
-            implements ForwardingPort {
+    private record ReopeningPort(Port real, AtomicBoolean reopen, AtomicLong unwatchableUntil, int unwatchable,
+                                 long forMillis, boolean full) implements ForwardingPort {
         @Override
         public boolean upkeep() {
             boolean r = real.upkeep();
             if (reopen.get()) {
-                unwatchableUntil.set(System.nanoTime() + TimeUnit.MILLISECONDS.toNanos(500));
+                unwatchableUntil.set(System.nanoTime() + TimeUnit.MILLISECONDS.toNanos(forMillis));
                 reopen.set(false);
                 return true;
             }
             return r;
         }
 
+        private boolean unwatched() {
+            return System.nanoTime() - unwatchableUntil.get() < 0;
+        }
+
         @Override
         public int readFd() {
-            return System.nanoTime() - unwatchableUntil.get() < 0 ? unwatchable : real.readFd();
+            return unwatched() ? unwatchable : real.readFd();
+        }
+
+        @Override
+        public long send(IoVec frame) {
+            return full && unwatched() ? -1 : real.send(frame);
+        }
+
+        @Override
+        public long send(long address, long length, IoVec scratch) {
+            return full && unwatched() ? -1 : real.send(address, length, scratch);
         }
     }
 
