@@ -123,19 +123,7 @@ class TapAttachRetryTest {
             TapBackend tapBackend = ns.inside(() -> TapBackend.open(tap, 1, TapBackend.TxMethod.WRITEV));
             ns.ip("link", "set", tap, "up");
             AtomicBoolean reopen = new AtomicBoolean();
-            AtomicLong unwatchableUntil = new AtomicLong(System.nanoTime());
-            PacketBackend backend = new OnePortBackend("rewatch") {
-                @Override
-                public Port open(int pair) {
-                    return new ReopeningPort(tapBackend.open(pair), reopen, unwatchableUntil, unwatchable.fd(), 500,
-                            false);
-                }
-
-                @Override
-                public void close() {
-                    tapBackend.close();
-                }
-            };
+            PacketBackend backend = reopening("rewatch", tapBackend, reopen, unwatchable.fd(), 500, false);
             try (NetDevice dev = new NetDevice(NetDevice.Config.of("rewatch", 1), backend);
                  VhostUserServer server = VhostUserServer.listen(dir.resolve("w.sock"), dev);
                  EvilDriver d = new EvilDriver(server.path(), 1, 64, FEATURES, 1 << 20);
@@ -173,19 +161,7 @@ class TapAttachRetryTest {
             TapBackend tapBackend = ns.inside(() -> TapBackend.open(tap, 1, TapBackend.TxMethod.WRITEV));
             ns.ip("link", "set", tap, "up");
             AtomicBoolean reopen = new AtomicBoolean();
-            AtomicLong unwatchableUntil = new AtomicLong(System.nanoTime());
-            PacketBackend backend = new OnePortBackend("fullwhile") {
-                @Override
-                public Port open(int pair) {
-                    return new ReopeningPort(tapBackend.open(pair), reopen, unwatchableUntil, unwatchable.fd(), 2000,
-                            true);
-                }
-
-                @Override
-                public void close() {
-                    tapBackend.close();
-                }
-            };
+            PacketBackend backend = reopening("fullwhile", tapBackend, reopen, unwatchable.fd(), 2000, true);
             try (NetDevice dev = new NetDevice(NetDevice.Config.of("fullwhile", 1), backend);
                  VhostUserServer server = VhostUserServer.listen(dir.resolve("f.sock"), dev);
                  EvilDriver d = new EvilDriver(server.path(), 1, 64, FEATURES, 1 << 20)) {
@@ -245,6 +221,23 @@ class TapAttachRetryTest {
                 assertThat(backend.queuesReattached()).isEqualTo(1);
             }
         }
+    }
+
+    /** A backend of one {@link ReopeningPort} on {@code tapBackend}'s queue (closing it closes the TAP's). */
+    private static PacketBackend reopening(String name, TapBackend tapBackend, AtomicBoolean reopen, int unwatchable,
+                                           long forMillis, boolean full) {
+        AtomicLong unwatchableUntil = new AtomicLong(System.nanoTime());
+        return new OnePortBackend(name) {
+            @Override
+            public Port open(int pair) {
+                return new ReopeningPort(tapBackend.open(pair), reopen, unwatchableUntil, unwatchable, forMillis, full);
+            }
+
+            @Override
+            public void close() {
+                tapBackend.close();
+            }
+        };
     }
 
     /**
