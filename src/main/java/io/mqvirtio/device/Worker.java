@@ -318,25 +318,46 @@ public final class Worker<H extends WorkerHandler> implements Runnable {
     }
 
     /**
-     * Stops the thread and closes its epoll and eventfd. False, with nothing closed, if the thread does not stop: it
-     * may still use them (a closed descriptor's number would soon name another file).
+     * Stops the thread and closes its epoll and eventfd, waiting for it the command timeout at most (see
+     * {@link #stop} and {@link #awaitStop}). False, with nothing closed, if the thread does not stop: it may still use
+     * them (a closed descriptor's number would soon name another file).
      */
     public boolean close() {
+        stop();
+        return awaitStop(System.nanoTime() + commandTimeoutNanos);
+    }
+
+    /**
+     * Tells the thread to stop, without waiting: it ends after its current round, or when the call it is in returns
+     * (a {@link #slowCall} too: a worker that is stopping need not finish a port change first, nor be waited for
+     * while it waits for the host). Commands still queued are answered as it ends.
+     */
+    public void stop() {
+        running = false;
+        if (thread != null) {
+            wakeup.signal();
+        }
+    }
+
+    /**
+     * After {@link #stop}: waits until {@code deadline} ({@link System#nanoTime}) for the thread to end, then closes its
+     * epoll and eventfd. False, with nothing closed, if it has not ended (it may still use them); it ends by itself
+     * once what it waits for returns. Several workers are stopped together and waited for under one deadline.
+     */
+    public boolean awaitStop(long deadline) {
         if (thread != null && thread.isAlive()) {
             try {
-                call(h -> {
-                    running = false;
-                    return null;
-                });
-                thread.join(5000);
-            } catch (WorkerStuckException e) {
-                LOG.log(Level.ERROR, "{0}: does not stop, its resources stay: {1}", name, e.getMessage());
-                return false;
+                long left = deadline - System.nanoTime();
+                if (left > 0) {
+                    thread.join(java.time.Duration.ofNanos(left));
+                }
             } catch (InterruptedException e) {
                 Thread.currentThread().interrupt();
             }
             if (thread.isAlive()) {
-                LOG.log(Level.ERROR, "{0}: did not end within 5 s, its resources stay", name);
+                String slow = slowCall;
+                LOG.log(Level.ERROR, "{0}: does not stop, its resources stay: still {1}{2}", name,
+                        slow == null ? "running" : "in " + slow, stuckAt());
                 return false;
             }
         }

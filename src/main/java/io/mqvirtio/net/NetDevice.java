@@ -81,6 +81,8 @@ public final class NetDevice implements VhostUserDevice, AutoCloseable {
     private final Config config;
     private final PacketBackend backend;
     private final QueuePairWorker[] workers;
+    /** How long the control thread waits for a worker's answer, and for all workers to stop at {@link #close}. */
+    private final long commandTimeoutNanos;
     /** Per ring: 1 while it logs into a dirty log (written by the session's thread, read by the metrics). */
     private final AtomicIntegerArray ringLogged;
     private volatile long features;
@@ -101,6 +103,7 @@ public final class NetDevice implements VhostUserDevice, AutoCloseable {
         }
         this.config = config;
         this.backend = backend;
+        this.commandTimeoutNanos = commandTimeoutNanos;
         this.mtu = config.mtu();
         this.workers = new QueuePairWorker[config.pairs()];
         this.ringLogged = new AtomicIntegerArray(2 * config.pairs());
@@ -443,9 +446,16 @@ public final class NetDevice implements VhostUserDevice, AutoCloseable {
      * returns them: serve waits for every VM's under one deadline ({@link QueueCapture#closeAll}).
      */
     public List<QueueCapture> closeLeavingCaptures() {
+        // Every worker is told to stop first, then all are waited for under one deadline, the command timeout: a
+        // worker in a port change (a TAP ioctl waiting for the host's rtnl lock) is not waited for the slow-call
+        // timeout, nor one after another (16 pairs took 16 x 120 s, past systemd's stop timeout, then SIGKILL).
+        for (QueuePairWorker w : workers) {
+            w.stop();
+        }
+        long deadline = System.nanoTime() + commandTimeoutNanos;
         boolean all = true;
         for (QueuePairWorker w : workers) {
-            all &= w.close();
+            all &= w.awaitStop(deadline);
         }
         List<QueueCapture> finishing;
         synchronized (this) {

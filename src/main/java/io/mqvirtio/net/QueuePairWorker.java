@@ -102,6 +102,7 @@ final class QueuePairWorker implements WorkerHandler {
     private final boolean checkRxHeaders;
     /** The thread, its epoll, its commands and its idle policy: device-neutral. */
     private final Worker<QueuePairWorker> loop;
+    private final long commandTimeoutNanos;
     private boolean workDone;   // a burst of this round moved frames
     final QueueCounters rxCounters = new QueueCounters();
     final QueueCounters txCounters = new QueueCounters();
@@ -192,6 +193,7 @@ final class QueuePairWorker implements WorkerHandler {
         this.port = port;
         this.readsFrames = port.readsFrames();
         this.checkRxHeaders = port.hostWritesHeaders();
+        this.commandTimeoutNanos = commandTimeoutNanos;
         this.loop = new Worker<>(name + "-qp" + pair, this, new Worker.Idle(busyPoll, pollNanos), cpu, commandTimeoutNanos,
                 PORT_CALL_TIMEOUTS * commandTimeoutNanos);
         for (int i = 0; i < rxChains.length; i++) {
@@ -1571,7 +1573,21 @@ final class QueuePairWorker implements WorkerHandler {
      * use its descriptors (closing them would let their numbers reach another VM's files) and its port.
      */
     boolean close() {
-        if (!loop.close()) {
+        stop();
+        return awaitStop(System.nanoTime() + commandTimeoutNanos);
+    }
+
+    /** Tells the thread to stop, without waiting (see {@link Worker#stop}). */
+    void stop() {
+        loop.stop();
+    }
+
+    /**
+     * After {@link #stop}: waits until {@code deadline} for the thread to end, then frees what it owns, as
+     * {@link #close} does; false, with nothing freed, if it has not ended.
+     */
+    boolean awaitStop(long deadline) {
+        if (!loop.awaitStop(deadline)) {
             return false;
         }
         if (upkeepTimer != null) {

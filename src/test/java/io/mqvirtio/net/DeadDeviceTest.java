@@ -241,6 +241,61 @@ class DeadDeviceTest {
         }
     }
 
+    /**
+     * A device closed (serve's stop: SIGTERM, then SIGKILL after systemd's TimeoutStopSec, 90 s by default) while each
+     * pair's worker waits for the host's rtnl lock in a port change (here its upkeep, which never returns while the
+     * test holds it). Each worker's close waited the slow-call timeout (12 command timeouts, 120 s), one pair after
+     * another: 16 pairs, 32 minutes. Now every worker is told to stop at once and all are waited for under one command
+     * timeout; those still waiting for the host keep their resources (the device is dead) and end by themselves once
+     * the host lets them through.
+     */
+    @Test
+    void closingADeviceWhoseWorkersWaitForTheHostIsBounded() throws Exception {
+        java.util.concurrent.CountDownLatch held = new java.util.concurrent.CountDownLatch(1);
+        java.util.concurrent.atomic.AtomicInteger waiting = new java.util.concurrent.atomic.AtomicInteger();
+        PacketBackend backend = new OnePortBackend("held") {
+            @Override
+            public int maxPairs() {
+                return 4;
+            }
+
+            @Override
+            public Port open(int pair) {
+                return new Port() {
+                    @Override public int readFd() { return NEVER; }
+                    @Override public long send(IoVec frame) { return frame.totalBytes(); }
+                    @Override public long receive(IoVec into) { return -1; }
+                    @Override public long upkeepNanos() { return 20_000_000L; }
+                    @Override public boolean upkeep() {
+                        waiting.incrementAndGet();
+                        try {
+                            held.await();
+                        } catch (InterruptedException e) {
+                            Thread.currentThread().interrupt();
+                        }
+                        return false;
+                    }
+                    @Override public void close() {}
+                };
+            }
+        };
+        NetDevice dev = new NetDevice(NetDevice.Config.of("held", 4), backend, 250_000_000L);
+        try (LogCapture log = new LogCapture("io.mqvirtio", Level.INFO).quiet()) {
+            HostileDriverTest.await(() -> waiting.get() == 4, "every pair's upkeep to wait for the host");
+            long start = System.nanoTime();
+            dev.close();
+            assertThat((System.nanoTime() - start) / 1_000_000).as("one command timeout for all four pairs")
+                    .isLessThan(1500L);
+            assertThat(dev.deadReason()).contains("did not stop");
+            assertThat(log.lines().stream().filter(l -> l.contains("does not stop") && l.contains("port change")))
+                    .as("each pair says what it waits for").hasSize(4);
+        } finally {
+            held.countDown();
+        }
+        HostileDriverTest.await(() -> Thread.getAllStackTraces().keySet().stream()
+                .noneMatch(t -> t.getName().startsWith("held-qp")), "the workers to end once the host let them through");
+    }
+
     static long rxPackets(TestNetns ns, String tap) {
         try {
             return Long.parseLong(ns.exec("cat", "/sys/class/net/" + tap + "/statistics/rx_packets").trim());
