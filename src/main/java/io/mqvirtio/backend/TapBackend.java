@@ -86,7 +86,15 @@ public final class TapBackend implements PacketBackend {
     private final String netnsId;
     /** The offloads set last (TUNSETOFFLOAD flags; the device's, so the same for every pair), or -1. */
     private volatile int offloads = -1;
+    /**
+     * The offloads the device has from us: set by a queue (any: they are the device's) and not lost since (the device
+     * gone), or -1. Guarded by {@link #offloadLock}, with the setting of {@link #offloads} on a queue.
+     */
+    private int offloadsOnDevice = -1;
+    private final Object offloadLock = new Object();
     private final AtomicLong headerResets = new AtomicLong();
+    /** TUNSETOFFLOADs made on the device (each takes the host's rtnl lock). */
+    private final AtomicLong offloadSets = new AtomicLong();
     /** Queues found detached by another holder of their file and attached again. */
     private final AtomicLong reattaches = new AtomicLong();
     /**
@@ -561,8 +569,16 @@ public final class TapBackend implements PacketBackend {
         @Override
         public void setFeatures(long features) {
             int o = offloads(features);
-            offloads = o;
-            q.setOffload(o);
+            // Every pair's worker is told the features (SET_FEATURES, NET_SET_MTU, each reset): the device's offloads
+            // are set by the first, once per change (each TUNSETOFFLOAD takes the host's rtnl lock, which N pairs
+            // took N times, and a frontend may send NET_SET_MTU in a loop). A device created again gets them as each
+            // queue is reopened on it.
+            synchronized (offloadLock) {
+                offloads = o;
+                if (o != offloadsOnDevice) {
+                    setOffload(q, o);
+                }
+            }
         }
 
         @Override
@@ -737,6 +753,9 @@ public final class TapBackend implements PacketBackend {
      * name the kernel picked, one line for good (it is not joined again).
      */
     private synchronized void deviceGone() {
+        synchronized (offloadLock) {
+            offloadsOnDevice = -1; // a device created again has none of ours
+        }
         if (!named) {
             if (goneQueues == 0) {
                 goneQueues = -1; // said once: nothing is reopened
@@ -757,10 +776,20 @@ public final class TapBackend implements PacketBackend {
 
     /** Sets on {@code q} the offloads set last (the guest's features), if any were: they are the device's. */
     private void restoreOffloads(Tap q) {
-        int o = offloads;
-        if (o >= 0) {
-            q.setOffload(o);
+        synchronized (offloadLock) {
+            int o = offloads;
+            if (o >= 0) {
+                setOffload(q, o);
+            }
         }
+    }
+
+    /** Sets the device's offloads through {@code q}; with {@link #offloadLock} held. */
+    private void setOffload(Tap q, int o) {
+        offloadSets.incrementAndGet();
+        offloadsOnDevice = -1; // until it worked
+        q.setOffload(o);
+        offloadsOnDevice = o;
     }
 
     /** A device of our name refused a queue: one line per reason (each queue tries again, at a bounded rate). */
@@ -794,6 +823,11 @@ public final class TapBackend implements PacketBackend {
     /** How many times a queue was found detached by another holder of its file and attached again. */
     public long queuesReattached() {
         return reattaches.get();
+    }
+
+    /** How many times the device's offloads were set (TUNSETOFFLOAD, tried): by the guest's features, or set back. */
+    public long offloadSets() {
+        return offloadSets.get();
     }
 
     /** How many times the device's virtio-net header size was found changed by another holder and set back. */
