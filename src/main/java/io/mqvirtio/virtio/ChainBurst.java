@@ -29,6 +29,8 @@ public final class ChainBurst {
     final int[] id = new int[MAX];
     int count;
     boolean stoppedAtOther;
+    /** Whether the last {@link DeviceRing#popBurst} took writable buffers (RX) or readable ones (TX). */
+    boolean writable;
     @SuppressWarnings("unused")
     private long sink; // what touch loaded, kept so that the JIT keeps the loads
 

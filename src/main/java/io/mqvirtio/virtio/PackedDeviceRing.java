@@ -452,6 +452,7 @@ public final class PackedDeviceRing implements DeviceRing {
         }
         burst.count = k;
         burst.stoppedAtOther = other;
+        burst.writable = writable;
         if (k == 0) {
             return 0;
         }

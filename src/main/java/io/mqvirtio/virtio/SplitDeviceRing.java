@@ -48,6 +48,7 @@ public final class SplitDeviceRing implements DeviceRing {
     private final MemorySegment used;
     private final boolean eventIdx;
     private final boolean indirectAllowed;
+    private final boolean inOrder;
     private final long usedEventOff;
     private final long availEventOff;
 
@@ -57,6 +58,12 @@ public final class SplitDeviceRing implements DeviceRing {
     private int availShadow;    // avail.idx as last read: pops up to it without touching the driver's cache line
     private int usedIdx;        // next used ring slot to write (free-running 16-bit), published by publishUsed
     private int publishedUsed;  // value last stored in used.idx
+    /**
+     * IN_ORDER: the used index of the open batch's first chain (where its one entry goes), or -1 with none open; the
+     * batch's chains run from there to usedIdx, and batchHead is the last one's head (the entry names it).
+     */
+    private int batchAt = -1;
+    private int batchHead;
     private int signalledUsed;  // used index at the last notification decision
     private boolean signalledValid;
     private String broken;
@@ -93,6 +100,7 @@ public final class SplitDeviceRing implements DeviceRing {
         this.used = used;
         this.eventIdx = VirtioFeatures.has(features, VirtioFeatures.F_EVENT_IDX);
         this.indirectAllowed = VirtioFeatures.has(features, VirtioFeatures.F_INDIRECT_DESC);
+        this.inOrder = VirtioFeatures.has(features, VirtioFeatures.F_IN_ORDER);
         this.usedEventOff = usedEventOffset(size);
         this.availEventOff = availEventOffset(size);
         this.lastAvail = lastAvail & 0xffff;
@@ -321,6 +329,7 @@ public final class SplitDeviceRing implements DeviceRing {
         lastAvail = last;
         burst.count = k;
         burst.stoppedAtOther = other;
+        burst.writable = writable;
         return k;
     }
 
@@ -338,13 +347,26 @@ public final class SplitDeviceRing implements DeviceRing {
         return n;
     }
 
-    /** One used entry per chain, as {@link #complete} writes them. */
+    /**
+     * As {@link #complete} does chain by chain: with IN_ORDER a run of chains the device only read (a TX burst)
+     * joins the open batch with one step; other chains get an entry each.
+     */
     @Override
     public void completeBurst(ChainBurst burst, int from, int n, int len) {
         checkNotBroken();
         burst.checkRange(from, n);
+        if (!inOrder || len != 0 || burst.writable || !Experiment.SPLIT_IN_ORDER_BATCH.on()) {
+            for (int i = from; i < from + n; i++) {
+                push(burst.id[i], len);
+            }
+            return;
+        }
+        int[] ids = burst.id;
         for (int i = from; i < from + n; i++) {
-            push(burst.id[i], len);
+            checkHead(ids[i]);
+        }
+        if (n > 0) {
+            batch(ids[from + n - 1], n);
         }
     }
 
@@ -420,22 +442,61 @@ public final class SplitDeviceRing implements DeviceRing {
     }
 
     /**
-     * One used entry per chain, IN_ORDER or not. The spec lets a device complete an in-order batch with one entry
-     * (2.7.9), but DPDK 22.11's split in-order driver frees one chain per used entry without reading its id
-     * (virtio_xmit_cleanup_inorder): batched, its TX ring stayed nearly full and it sent 0.015 Mpps into us. The
-     * packed ring batches (its drivers read the id; see {@link PackedDeviceRing#complete}).
+     * With IN_ORDER (2.7.9), chains completed in a row with length 0 that offer no writable bytes (a TX burst) become
+     * one used entry naming the last of them, in the slot of the first, and the used index moves on by their number:
+     * the driver takes the chains before the last as used whole, which for these is nothing written. The entry is
+     * written when the batch ends (another completion, or {@link #publish}). Chains with a length (RX) or with
+     * writable bytes keep an entry each: a skipped chain would count as fully written.
      */
     @Override
     public void complete(DescriptorChain chain, int len) {
+        if (inOrder && len == 0 && chain.writableBytes() == 0 && Experiment.SPLIT_IN_ORDER_BATCH.on()) {
+            checkNotBroken();
+            checkHead(chain.head());
+            batch(chain.head(), 1);
+            return;
+        }
         push(chain.head(), len);
+    }
+
+    /** Adds {@code n} chains, the last of them at {@code head}, to the open batch (opening one if none is). */
+    private void batch(int head, int n) {
+        if (batchAt < 0) {
+            batchAt = usedIdx;
+        } else if (((usedIdx - batchAt) & 0xffff) + n > size) {
+            // a batch longer than the ring (chains offered again before their entry was visible) would move the index
+            // by more than the ring holds: what is kept goes out first
+            publish();
+            batchAt = usedIdx;
+        }
+        batchHead = head;
+        usedIdx = (usedIdx + n) & 0xffff;
+    }
+
+    /** Writes the open batch's one entry (naming its last chain, length 0) into the slot of its first chain. */
+    private void endBatch() {
+        if (batchAt >= 0) {
+            long e = USED_RING + (long) USED_ELEM_SIZE * (batchAt & mask);
+            used.set(U32, e, batchHead);
+            used.set(U32, e + 4, 0);
+            batchAt = -1;
+            if (dirty.isLogging()) {
+                logUsed(e, USED_ELEM_SIZE);
+            }
+        }
+    }
+
+    private void checkHead(int head) {
+        if (head < 0 || head >= size) {
+            throw new IllegalArgumentException("head " + head + " out of range for queue size " + size);
+        }
     }
 
     /** Returns the chain that began at {@code head} to the driver, having written {@code len} bytes into it. */
     public void push(int head, int len) {
         checkNotBroken();
-        if (head < 0 || head >= size) {
-            throw new IllegalArgumentException("head " + head + " out of range for queue size " + size);
-        }
+        checkHead(head);
+        endBatch();
         long e = USED_RING + (long) USED_ELEM_SIZE * (usedIdx & mask);
         used.set(U32, e, head);
         used.set(U32, e + 4, len);
@@ -448,6 +509,7 @@ public final class SplitDeviceRing implements DeviceRing {
     /** Makes every pushed entry visible to the driver (one release store for the batch). */
     @Override
     public void publish() {
+        endBatch();
         if (publishedUsed != usedIdx) {
             // The used index passes the last decision's (no decision was taken for 65,536 entries: the ring had no
             // call fd): vring_need_event's 16-bit distance would read a lap as nothing, so that decision is
@@ -462,6 +524,13 @@ public final class SplitDeviceRing implements DeviceRing {
             }
         }
         dirty.flush();
+    }
+
+    @Override
+    public void discardUnpublished() {
+        // what publish could not make visible (the ring's memory faulted) is not counted: the driver saw none of it
+        batchAt = -1;
+        usedIdx = publishedUsed;
     }
 
     @Override

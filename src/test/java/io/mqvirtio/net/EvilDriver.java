@@ -169,6 +169,25 @@ final class EvilDriver implements AutoCloseable {
             return Short.toUnsignedInt(mem.get(U16, usedOff + USED_IDX));
         }
 
+        /** The used element at the cursor, as {id, len}, without moving past it; null if the used index is there. */
+        int[] usedAtCursor() {
+            if (usedIdx() == lastUsed) {
+                return null;
+            }
+            long e = usedOff + USED_RING + 8L * (lastUsed % size);
+            return new int[] {mem.get(U32, e), mem.get(U32, e + 4)};
+        }
+
+        /** Buffers the used index counts beyond the cursor. */
+        int usedAhead() {
+            return (usedIdx() - lastUsed) & 0xffff;
+        }
+
+        /** Moves the used cursor past {@code n} buffers (an IN_ORDER batch's one entry moves the index by its size). */
+        void skipUsed(int n) {
+            lastUsed = (lastUsed + n) & 0xffff;
+        }
+
         /** The next used element not read yet, as {id, len}, or null. */
         int[] nextUsed() {
             if (usedIdx() == lastUsed) {

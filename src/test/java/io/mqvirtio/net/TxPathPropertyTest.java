@@ -43,7 +43,7 @@ import org.junit.jupiter.params.provider.CsvSource;
  * frame shorter than the header never reaches the port and is an error; a refusal (send's ErrnoException, a flush's
  * -EIO) is an error, an EAGAIN of a flush a drop, a frame of a disabled ring a drop, and the ring goes on; a frame
  * that would block is handed to the port again (the port's EPOLLOUT edge), and before any later one, as is one a
- * flush kept (its chain already used); the used entries (ids, length 0, packed IN_ORDER: one for a run) come in ring order; packets, bytes (beyond the 12-byte header),
+ * flush kept (its chain already used); the used entries (ids, length 0, IN_ORDER: one for a run; split: the used index moved by its length) come in ring order; packets, bytes (beyond the 12-byte header),
  * errors and drops are exact. Nothing of guest memory is written but the rings' used parts (the data area and a split
  * ring's descriptors and avail ring stay as the driver wrote them). A bad chain (a buffer outside memory or across its
  * end, readable after writable, a loop or a next out of range, a head or a packed id out of range, a bad indirect
@@ -496,13 +496,20 @@ class TxPathPropertyTest {
         /** The next used entry, as {id, len}, or null; packed: the ring position moved past it by {@code slots}. */
         int[] nextUsed() {
             if (!packed) {
-                return tx.nextUsed();
+                return tx.usedAtCursor();
             }
             return tx.packedUsedAtCursor();
         }
 
-        void advanceUsed(int slots) {
-            tx.skipPackedUsed(slots);
+        /** Past a used entry for {@code chains} chains taking {@code slots} descriptors (split: the index counts chains). */
+        void advanceUsed(int chains, int slots) {
+            if (packed) {
+                tx.skipPackedUsed(slots);
+            } else {
+                assertThat(tx.usedAhead()).as("a used entry for %d chains; the used index counts %d; %s", chains,
+                        tx.usedAhead(), where).isGreaterThanOrEqualTo(chains);
+                tx.skipUsed(chains);
+            }
         }
 
         void release(Chain c) {
@@ -615,20 +622,17 @@ class TxPathPropertyTest {
                 Chain head = inFlight.peek();
                 assertThat(head).as("a used entry (id %d) the model has no chain for; %s", u[0], where).isNotNull();
                 assertThat(usable(head)).as("a bad chain used (id %d); %s", u[0], where).isTrue();
-                if (!packed) {
-                    assertThat(u[0]).as("used id, in ring order; " + where).isEqualTo(head.id);
-                    used.add(inFlight.poll());
-                    release(head);
-                    continue;
-                }
-                // packed: one used descriptor, or (IN_ORDER) one for a run of chains naming its last
+                // one used entry (packed: descriptor), or (IN_ORDER) one for a run of chains naming its last (split:
+                // in the run's first slot, the used index moved on by the run's length)
                 int slots = 0;
+                int chains = 0;
                 boolean found = false;
                 for (Chain c : inFlight) {
                     if (!usable(c)) {
                         break;
                     }
                     slots += c.slots;
+                    chains++;
                     if (c.id == u[0]) {
                         found = true;
                         break;
@@ -644,7 +648,7 @@ class TxPathPropertyTest {
                     used.add(c);
                     release(c);
                 } while (c.id != u[0]);
-                advanceUsed(slots);
+                advanceUsed(chains, slots);
             }
         }
 

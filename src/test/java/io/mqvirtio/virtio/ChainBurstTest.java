@@ -304,11 +304,61 @@ class ChainBurstTest {
             assertThat(d.get(U16, used + 14) & (PackedRing.F_AVAIL | PackedRing.F_USED))
                     .isEqualTo(PackedRing.F_AVAIL | PackedRing.F_USED);
         } else {
-            // one used entry per chain, naming the heads popped
-            assertThat(d.get(U32, used + SplitRing.USED_RING)).isEqualTo(0);
-            assertThat(d.get(U32, used + SplitRing.USED_RING + 8)).isEqualTo(1);
+            // IN_ORDER: one used entry in the run's first slot, naming its last head (1, as popped); the index moves by 2
+            assertThat(d.get(U32, used + SplitRing.USED_RING)).isEqualTo(1);
+            assertThat(d.get(U32, used + SplitRing.USED_RING + 4)).isEqualTo(0);
             assertThat(d.get(U16, used + SplitRing.USED_IDX)).isEqualTo((short) 2);
         }
+        assertThat(q.isBroken()).isFalse();
+    }
+
+    /**
+     * VIRTIO 1.3, 2.7.9: with IN_ORDER a split ring returns a TX burst of N chains as one used entry, in the slot of
+     * the burst's first chain and naming its last, with the used index moved on by N (DPDK's split in-order driver
+     * frees as many chains as the index moved). Chains popped one by one join the batch the same way; an RX
+     * completion (a length) or a chain with writable bytes completed with 0 ends it and keeps its own entry (a chain a
+     * batch entry skips counts as fully written); the next TX run starts a new batch where the index stands.
+     */
+    @org.junit.jupiter.api.Test
+    void aSplitInOrderTxBurstIsOneUsedEntryAndMovesTheIndexByItsSize() {
+        DeviceRing q = device(false, true);
+        long used = base + layout.usedOffset();
+        for (int i = 0; i < 5; i++) {
+            one(i, buf(i), 60 + i, false); // heads 0..4: a TX burst
+        }
+        one(5, buf(5), 60, false);  // head 5: a TX chain popped on its own
+        one(6, buf(6), 1500, true); // head 6: an RX buffer, 80 bytes written
+        one(7, buf(7), 1500, true); // head 7: writable, completed with 0
+        one(8, buf(8), 60, false);  // heads 8, 9: the next TX run
+        one(9, buf(9), 60, false);
+        ChainBurst b = new ChainBurst();
+        assertThat(q.popBurst(b, 5, false)).isEqualTo(5);
+        q.completeBurst(b, 0, 5, 0);
+        DescriptorChain c = new DescriptorChain(4);
+        assertThat(q.pop(c)).isTrue();
+        q.complete(c, 0);
+        q.publish();
+        assertThat(d.get(U16, used + SplitRing.USED_IDX)).isEqualTo((short) 6);
+        assertThat(d.get(U32, used + SplitRing.USED_RING)).isEqualTo(5); // slot 0 names the batch's last head
+        assertThat(d.get(U32, used + SplitRing.USED_RING + 4)).isEqualTo(0);
+        for (int slot = 1; slot < 6; slot++) { // the slots the batch skips are not written
+            assertThat(d.get(U32, used + SplitRing.USED_RING + 8L * slot)).isEqualTo(0);
+        }
+        ChainBurst rx = new ChainBurst();
+        assertThat(q.popBurst(rx, 1, true)).isEqualTo(1);
+        q.completeBurst(rx, 0, 1, 80);
+        assertThat(q.popBurst(rx, 1, true)).isEqualTo(1);
+        q.completeBurst(rx, 0, 1, 0);
+        assertThat(q.popBurst(b, 8, false)).isEqualTo(2);
+        q.completeBurst(b, 0, 1, 0);
+        q.completeBurst(b, 1, 1, 0);
+        q.publish();
+        assertThat(d.get(U16, used + SplitRing.USED_IDX)).isEqualTo((short) 10);
+        assertThat(d.get(U32, used + SplitRing.USED_RING + 8L * 6)).isEqualTo(6);
+        assertThat(d.get(U32, used + SplitRing.USED_RING + 8L * 6 + 4)).isEqualTo(80);
+        assertThat(d.get(U32, used + SplitRing.USED_RING + 8L * 7)).isEqualTo(7);
+        assertThat(d.get(U32, used + SplitRing.USED_RING + 8L * 8)).isEqualTo(9);
+        assertThat(d.get(U32, used + SplitRing.USED_RING + 8L * 9)).isEqualTo(0);
         assertThat(q.isBroken()).isFalse();
     }
 
