@@ -74,6 +74,12 @@ public final class PackedDeviceRing implements DeviceRing {
     private final int[] shadowPos;
     private final boolean[] shadowWrap;
     private int shadowCount;
+    /**
+     * IN_ORDER: whether the last entry kept is for chains the device only read and completed with length 0, so that
+     * another such chain may join it (a batch's entry makes the driver take the chains before its last as fully
+     * written: right for chains with nothing to write, not for one that offers writable bytes).
+     */
+    private boolean lastFoldable;
     private long usedTotal;
 
     private final ReadAhead ahead = new ReadAhead();
@@ -482,9 +488,9 @@ public final class PackedDeviceRing implements DeviceRing {
         if (n == 0) {
             return;
         }
-        if (!inOrder || len != 0) {
+        if (!inOrder || len != 0 || burst.writable) {
             for (int i = from; i < from + n; i++) {
-                completeId(burst.id[i], len, 1);
+                completeId(burst.id[i], len, 1, false);
             }
             return;
         }
@@ -501,7 +507,7 @@ public final class PackedDeviceRing implements DeviceRing {
             }
             busy[id] = false;
         }
-        if (shadowCount > 0 && shadowLen[shadowCount - 1] == 0) {
+        if (shadowCount > 0 && lastFoldable) {
             shadowId[shadowCount - 1] = id;
         } else {
             if (shadowCount == size) {
@@ -512,6 +518,7 @@ public final class PackedDeviceRing implements DeviceRing {
             shadowLen[j] = 0;
             shadowPos[j] = nextUsed;
             shadowWrap[j] = usedWrap;
+            lastFoldable = true;
         }
         advanceUsed(n);
     }
@@ -616,16 +623,20 @@ public final class PackedDeviceRing implements DeviceRing {
     @Override
     public void complete(DescriptorChain chain, int len) {
         checkNotBroken();
-        completeId(chain.id(), len, chain.slots());
+        completeId(chain.id(), len, chain.slots(), len == 0 && chain.writableCount() == 0);
     }
 
-    /** Keeps the used entry of the chain with buffer id {@code id}, which took {@code slots} ring entries. */
-    private void completeId(int id, int len, int slots) {
+    /**
+     * Keeps the used entry of the chain with buffer id {@code id}, which took {@code slots} ring entries; with
+     * IN_ORDER a chain that may be {@code folded} (nothing written, no writable bytes) joins a kept entry of such
+     * chains.
+     */
+    private void completeId(int id, int len, int slots, boolean foldable) {
         if (id < 0 || id >= size || !inFlight[id]) {
             throw new IllegalArgumentException("buffer id " + id + " is not in flight");
         }
         inFlight[id] = false;
-        if (inOrder && len == 0 && shadowCount > 0 && shadowLen[shadowCount - 1] == 0) {
+        if (inOrder && foldable && shadowCount > 0 && lastFoldable) {
             // IN_ORDER (2.8.18): one used descriptor for the batch, where its first chain began, naming its last
             shadowId[shadowCount - 1] = id;
             advanceUsed(slots);
@@ -641,6 +652,7 @@ public final class PackedDeviceRing implements DeviceRing {
         shadowLen[i] = len;
         shadowPos[i] = nextUsed;
         shadowWrap[i] = usedWrap;
+        lastFoldable = foldable;
         advanceUsed(slots);
     }
 

@@ -450,7 +450,7 @@ public final class SplitDeviceRing implements DeviceRing {
      */
     @Override
     public void complete(DescriptorChain chain, int len) {
-        if (inOrder && len == 0 && chain.writableBytes() == 0 && Experiment.SPLIT_IN_ORDER_BATCH.on()) {
+        if (inOrder && len == 0 && chain.writableCount() == 0 && Experiment.SPLIT_IN_ORDER_BATCH.on()) {
             checkNotBroken();
             checkHead(chain.head());
             batch(chain.head(), 1);

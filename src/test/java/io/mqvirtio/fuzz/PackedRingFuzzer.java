@@ -69,7 +69,9 @@ public final class PackedRingFuzzer {
      * A pop of the model: where it started (with the totals before it), its id and slots; and its chain, or the burst
      * and index it was popped as ({@link #burst}).
      */
-    record Pop(int pos, boolean wrap, long total, int id, int slots, DescriptorChain chain, ChainBurst burst, int index) {}
+    /** A chain popped; {@code readsOnly}: it has no writable descriptor (IN_ORDER may fold it into a batch). */
+    record Pop(int pos, boolean wrap, long total, int id, int slots, DescriptorChain chain, ChainBurst burst, int index,
+               boolean readsOnly) {}
     static final List<Pop> pops = new ArrayList<>();          // popped and not completed, in pop order
     static final List<Pop> history = new ArrayList<>();       // every pop not given back, in pop order
     static final List<int[]> shadow = new ArrayList<>();      // completions not published: id, len, pos, wrap
@@ -249,7 +251,8 @@ public final class PackedRingFuzzer {
                     + refId + ", slots " + refSlots + ", indirect " + refIndirect);
         }
         checkBuffers(chain, expected, capacity, scratch);
-        Pop popped = new Pop(start, startWrap, refTotal, refId, refSlots, chain, null, -1);
+        boolean readsOnly = expected.stream().allMatch(e -> e[2] == 0);
+        Pop popped = new Pop(start, startWrap, refTotal, refId, refSlots, chain, null, -1, readsOnly);
         consumed(popped);
         return true;
     }
@@ -342,7 +345,7 @@ public final class PackedRingFuzzer {
                         + Long.toHexString(b.hostAddress(i)) + "; the model has " + describe(expected) + " id " + refId
                         + " at host 0x" + Long.toHexString(dev.address() + file));
             }
-            taken[i] = new Pop(start, wrap, refTotal, refId, 1, null, b, i);
+            taken[i] = new Pop(start, wrap, refTotal, refId, 1, null, b, i, !writable);
             consumed(taken[i]);
         }
         if (k < limit) {
@@ -568,18 +571,20 @@ public final class PackedRingFuzzer {
     }
 
     /**
-     * The model's completion: IN_ORDER runs of zero-length completions share one used descriptor (the last id); a
-     * completion beyond the ring's size with none published publishes the ones kept first.
+     * The model's completion: IN_ORDER runs of zero-length completions of chains with no writable descriptor share one
+     * used descriptor (the last id; a chain a batch skips counts as fully written, so one that can be written to keeps
+     * its own); a completion beyond the ring's size with none published publishes the ones kept first.
      */
     private static void complete(Pop p, int len) {
         refInFlight[p.id()] = false;
-        if (inOrder && len == 0 && !shadow.isEmpty() && shadow.get(shadow.size() - 1)[1] == 0) {
+        boolean fold = len == 0 && p.readsOnly();
+        if (inOrder && fold && !shadow.isEmpty() && shadow.get(shadow.size() - 1)[4] == 1) {
             shadow.get(shadow.size() - 1)[0] = p.id();
         } else {
             if (shadow.size() == size) {
                 checkPublished(); // a completion more than the ring holds publishes those kept first
             }
-            shadow.add(new int[] {p.id(), len, refUsed, refUsedWrap ? 1 : 0});
+            shadow.add(new int[] {p.id(), len, refUsed, refUsedWrap ? 1 : 0, fold ? 1 : 0});
         }
         refUsed += p.slots();
         if (refUsed >= size) {
