@@ -21,12 +21,6 @@ public enum Experiment {
     SPLIT_READ_AHEAD_SHORT(false),
 
     /**
-     * With IN_ORDER the device's split ring returns a run of chains it only read (a TX burst) as one used entry,
-     * moving the used index by the run's length (VIRTIO 1.3, 2.7.9); off, one used entry per chain.
-     */
-    SPLIT_IN_ORDER_BATCH(true),
-
-    /**
      * Not a code path: while on, the bench's driver has the backend under test log every page it writes, as QEMU
      * has it while migrating a VM (NetDriver.setDirtyLog): what dirty logging costs per packet, against our backend
      * (scenario 1) or DPDK's vhost (scenario 4). Scenarios whose frontend is not our driver refuse it.

@@ -363,6 +363,38 @@ class ChainBurstTest {
     }
 
     /**
+     * A driver that makes its chains available again before their used entries are visible (split rings do not track
+     * which heads are in flight) can have the device complete more chains in one IN_ORDER run than the ring holds:
+     * the run is published when it would exceed the ring, so no single used entry moves the index by more than the
+     * ring's size (a driver could not tell such a move from a lap).
+     */
+    @org.junit.jupiter.api.Test
+    void aSplitInOrderRunLongerThanTheRingIsPublishedBeforeItExceedsIt() {
+        DeviceRing q = device(false, true);
+        long used = base + layout.usedOffset();
+        for (int i = 0; i < SIZE; i++) {
+            one(i, buf(i), 60, false);
+        }
+        ChainBurst b = new ChainBurst();
+        assertThat(q.popBurst(b, SIZE, false)).isEqualTo(SIZE);
+        long avail = base + layout.availOffset();
+        d.set(U16, avail + SplitRing.AVAIL_RING, (short) 5); // the next lap's first slot: head 5 again, still in flight
+        d.set(U16, avail + SplitRing.AVAIL_IDX, (short) (SIZE + 1));
+        ChainBurst again = new ChainBurst();
+        assertThat(q.popBurst(again, 1, false)).isEqualTo(1);
+        q.completeBurst(b, 0, SIZE, 0);
+        assertThat(d.get(U16, used + SplitRing.USED_IDX)).isZero(); // kept until publish
+        q.completeBurst(again, 0, 1, 0);
+        assertThat(d.get(U16, used + SplitRing.USED_IDX)).as("the run of the ring's size, published first")
+                .isEqualTo((short) SIZE);
+        assertThat(d.get(U32, used + SplitRing.USED_RING)).isEqualTo(SIZE - 1);
+        q.publish();
+        assertThat(d.get(U16, used + SplitRing.USED_IDX)).isEqualTo((short) (SIZE + 1));
+        assertThat(d.get(U32, used + SplitRing.USED_RING)).isEqualTo(5);
+        assertThat(q.isBroken()).isFalse();
+    }
+
+    /**
      * A chain an IN_ORDER batch entry skips counts as fully written (2.7.9, 2.8.18: our drivers, and Linux's, reap it
      * with the bytes its writable buffers offer), so a chain that offers writable bytes and is completed with 0 keeps
      * an entry of its own, on both layouts, in a burst or chain by chain; before, the packed ring folded any
