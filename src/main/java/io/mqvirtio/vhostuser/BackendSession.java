@@ -1037,11 +1037,17 @@ public final class BackendSession implements Runnable {
         GuestMemory g = memory.memory();
         int num = ring.num;
         RingBase asked = RingBase.decode(ring.baseNum, packed(), num);
-        DeviceRing q = Rings.device(g, num, ring.descUva, ring.availUva, ring.usedUva, ackedFeatures, asked,
-                ring.baseNum == ring.stoppedAt);
+        boolean own = ring.baseNum == ring.stoppedAt;
+        DeviceRing q = Rings.device(g, num, ring.descUva, ring.availUva, ring.usedUva, ackedFeatures, asked, own);
         boolean differs = packed() ? !q.base().equals(asked) && !onlyAvailHalf(asked, q.base())
                 : q.base().avail() != asked.avail();
-        if (differs) {
+        if (differs && own) {
+            // This session's own base: its avail half counts the chains the ring had taken and not used when it
+            // stopped (a burst a fault ended: discardUnpublished takes back the completions, not the chains), and
+            // the ring is built to take them again from its used position. Nothing the frontend did: no warning.
+            note("{0}: ring {1}: chains in flight at the stop ({2}) are taken again from {3}",
+                    name, index, describe(ring.baseNum), describe(Integer.toUnsignedLong(q.base().encode(packed()))));
+        } else if (differs) {
             // Chains between the used index and the frontend's avail index were in flight with a backend that went
             // away: the ring takes them again from the used index (TX may resend a few frames; no RX buffer is lost).
             warn("{0}: ring {1}: base {2} differs from where the ring stands ({3}); resuming there",
