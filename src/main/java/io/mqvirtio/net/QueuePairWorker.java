@@ -699,8 +699,11 @@ final class QueuePairWorker implements WorkerHandler {
     public int work(boolean poll) {
         workDone = false;
         boolean more = false;
-        if (announce != null && !txHeld) {
-            sendAnnounce(); // first: the ring's frames wait behind it (frames the port keeps go before it)
+        if (announce != null) {
+            if (txHeld && !txBlocked) {
+                flushHeldTx(); // what the port kept from before the announce goes before it
+            }
+            sendAnnounce(); // then the announce: the ring's frames wait behind it (it waits if the port still has no room)
         }
         if (tx != null && !txBroken) {
             more |= txBurst(poll);
