@@ -52,7 +52,8 @@ public final class VhostUserServer implements AutoCloseable {
     private final Path path;
     /**
      * The listening socket is a supervisor's (shared with it): never shut down (that would end it for the supervisor
-     * too), so the accept loop waits in poll with a timeout and sees {@link #closed} within it.
+     * too), so the accept loop waits in poll with a timeout and sees {@link #closed} within it, and accepts without
+     * blocking (another holder may take what poll saw).
      */
     private boolean inherited;
     private final VhostUserDevice device;
@@ -269,8 +270,18 @@ public final class VhostUserServer implements AutoCloseable {
         while (!closed) {
             UnixSocket conn;
             try {
-                if (inherited && listener.poll(Fd.POLLIN, 250) == 0) {
-                    continue;
+                if (inherited) {
+                    if (listener.poll(Fd.POLLIN, 250) == 0) {
+                        continue;
+                    }
+                    // Another holder may take the connection poll saw before our accept does: a blocking accept would
+                    // then wait for the next one, past close(), and take the one meant for the next serve. So accept
+                    // on a non-blocking socket (null: nothing pending), set again each time: the flag is the open
+                    // file's, shared with the supervisor, and systemd sets it anew (NonBlocking=) each time it starts
+                    // a service on the socket.
+                    if (!listener.isNonBlocking()) {
+                        listener.setNonBlocking(true);
+                    }
                 }
                 conn = listener.accept();
                 long run = failures.succeeded();

@@ -350,6 +350,111 @@ class VhostUserServerTest {
         assertThat(sock).doesNotExist();
     }
 
+    /**
+     * An inherited socket has other holders (systemd keeps its copy; a second serve may be started on the same unit's
+     * sockets). One that takes the pending connection between our poll and our accept must not leave our accept
+     * thread waiting in accept(2): close() waits for it a bounded time only, and a thread left there takes the next
+     * connection, meant for whoever serves the socket next, and closes it. Here the test's own holder (three threads
+     * that poll and accept as we do) races us for each new connection until we lose one, 100 at most.
+     */
+    @Test
+    @Timeout(60)
+    void anInheritedSocketsOtherHolderTakingTheConnectionNeverLeavesUsInAccept() throws Exception {
+        Path sock = dir.resolve("shared.sock");
+        String name = "shared-" + System.nanoTime();
+        try (UnixSocket holder = UnixSocket.listen(sock, 16)) {
+            UnixSocket ours = UnixSocket.adoptListening(holder.dup().fd()); // the server owns and closes this one
+            java.util.concurrent.atomic.AtomicBoolean stop = new java.util.concurrent.atomic.AtomicBoolean();
+            java.util.concurrent.atomic.AtomicInteger taken = new java.util.concurrent.atomic.AtomicInteger();
+            Runnable holding = () -> {
+                while (!stop.get()) {
+                    try {
+                        if (holder.poll(io.mqvirtio.linux.Fd.POLLIN, 20) == 0) {
+                            continue;
+                        }
+                        UnixSocket c = holder.accept(); // as we do: whoever accepts first takes it
+                        if (c == null) {
+                            continue;
+                        }
+                        taken.incrementAndGet();
+                        c.close();
+                    } catch (RuntimeException e) {
+                        return; // shut down by the test's cleanup
+                    }
+                }
+            };
+            // three threads of the other holder: each new connection wakes four pollers, and one accepts it
+            java.util.List<Thread> others = java.util.stream.Stream.generate(() -> Thread.ofPlatform().daemon(true)
+                    .start(holding)).limit(3).toList();
+            VhostUserServer server = VhostUserServer.adopt(ours, name, new RecordingDevice(1),
+                    VhostUserServer.Options.defaults());
+            try {
+                Thread acceptor = Thread.getAllStackTraces().keySet().stream()
+                        .filter(t -> t.getName().equals("vhost-user-accept " + name)).findFirst().orElseThrow();
+                // connections until our thread has sat in accept for 300 ms (then it is stuck there), 100 at most
+                for (int i = 0; i < 100 && !sitsInAccept(acceptor); i++) {
+                    int before = taken.get();
+                    try (UnixSocket c = UnixSocket.connect(sock, 1000)) {
+                        long deadline = System.nanoTime() + 1_000_000_000L;
+                        while (taken.get() == before && !server.hasSession() && System.nanoTime() < deadline) {
+                            Thread.sleep(1);
+                        }
+                    }
+                    long deadline = System.nanoTime() + 2_000_000_000L;
+                    while (server.hasSession() && System.nanoTime() < deadline) {
+                        Thread.sleep(1);
+                    }
+                }
+                long t0 = System.nanoTime();
+                server.close();
+                assertThat((System.nanoTime() - t0) / 1_000_000).as("close takes ms").isLessThan(3000);
+                assertThat(acceptor.isAlive()).as("our accept thread, after close").isFalse();
+                // the other holder stops; a connection made now waits in the backlog for the next serve
+                stop.set(true);
+                for (Thread other : others) {
+                    other.join(2000);
+                    assertThat(other.isAlive()).as("the test's holder stopped").isFalse();
+                }
+                try (UnixSocket later = UnixSocket.connect(sock, 1000)) {
+                    Thread.sleep(300);
+                    holder.setNonBlocking(true);
+                    assertThat(holder.poll(io.mqvirtio.linux.Fd.POLLIN, 1000)).as("the later connection pending")
+                            .isNotZero();
+                    try (UnixSocket next = holder.accept()) {
+                        assertThat(next).as("the later connection, for the next serve").isNotNull();
+                        assertThat(later.poll(io.mqvirtio.linux.Fd.POLLIN, 0)).as("the later connection not closed")
+                                .isZero();
+                    }
+                }
+            } finally {
+                server.close();
+                stop.set(true);
+                holder.shutdown(); // wakes the test's holder from accept
+                for (Thread other : others) {
+                    other.join(2000);
+                }
+            }
+        }
+    }
+
+    /** Whether {@code t} is in accept(2) now and still, with no connection coming, 300 ms later. */
+    private static boolean sitsInAccept(Thread t) throws InterruptedException {
+        if (!inAccept(t)) {
+            return false;
+        }
+        Thread.sleep(300);
+        return inAccept(t);
+    }
+
+    private static boolean inAccept(Thread t) {
+        for (StackTraceElement e : t.getStackTrace()) {
+            if (e.getClassName().equals(UnixSocket.class.getName())) {
+                return e.getMethodName().equals("accept");
+            }
+        }
+        return false;
+    }
+
     @Test
     void clientModeConnectsAndReconnectsAfterTheFrontendCloses() throws Exception {
         Path sock = dir.resolve("fe.sock");
