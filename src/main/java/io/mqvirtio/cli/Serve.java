@@ -536,10 +536,21 @@ final class Serve {
         /** One VM's running parts. */
         private record Started(NetDevice device, VhostUserServer server, String socket, String backendName) {}
 
+        /** How long a second signal's exit waits for its line to be written to stderr. */
+        static final long SAY_EXIT_MILLIS = 200;
+
         void requestStop(String sig) {
             if (!signal.compareAndSet(null, sig)) {
-                // a second signal while stopping: the user insists (or stopping hangs); leave at once
-                System.err.println("mqvirtio: SIG" + sig + " again while stopping: exiting now");
+                // a second signal while stopping: the user insists (or stopping hangs); leave at once. The line is
+                // said on a thread of its own and waited for a bounded time: with stderr a pipe nobody reads, the
+                // print waits for good (for room, or for the log thread that holds the stream while it waits for room)
+                Thread say = Thread.ofPlatform().daemon().name("mqvirtio-exit").start(
+                        () -> System.err.println("mqvirtio: SIG" + sig + " again while stopping: exiting now"));
+                try {
+                    say.join(SAY_EXIT_MILLIS);
+                } catch (InterruptedException e) {
+                    // leaving anyway
+                }
                 Runtime.getRuntime().halt(1);
             }
             stopRequested.countDown();

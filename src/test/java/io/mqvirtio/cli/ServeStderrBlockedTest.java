@@ -58,6 +58,67 @@ class ServeStderrBlockedTest {
         }
     }
 
+    /**
+     * A second SIGTERM while serve stops (which waits for its log lines a bounded time: 2 s with stderr blocked) is
+     * the user insisting: serve exits at once, status 1, whatever its stderr does. Its line about it was printed on
+     * the signal's thread before the halt, and with the pipe full that print never returned: serve went on stopping
+     * for seconds and exited 0, as if the second signal had not come.
+     */
+    @Test
+    @Timeout(60)
+    void aSecondSigtermExitsAtOnceWithStderrFull() throws Exception {
+        Path sock = dir.resolve("vm.sock");
+        ProcessBuilder pb = new ProcessBuilder(Launcher.command("serve", "--socket-path", sock.toString(), "--queues",
+                "1", "--loopback"));
+        pb.redirectOutput(ProcessBuilder.Redirect.DISCARD);
+        pb.redirectError(ProcessBuilder.Redirect.PIPE); // never read
+        Process p = pb.start();
+        Thread filler = null;
+        try {
+            long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(30);
+            while (!Files.exists(sock)) {
+                assertThat(p.isAlive()).as("serve is running").isTrue();
+                assertThat(System.nanoTime()).as("the socket within 30 s").isLessThan(deadline);
+                Thread.sleep(50);
+            }
+            Thread.sleep(200);
+            // fill serve's stderr pipe through its own descriptor: the next line serve writes waits for good
+            java.util.concurrent.atomic.AtomicLong filled = new java.util.concurrent.atomic.AtomicLong();
+            java.io.OutputStream pipe = Files.newOutputStream(Path.of("/proc/" + p.pid() + "/fd/2"));
+            filler = Thread.ofPlatform().daemon().start(() -> {
+                try (pipe) {
+                    while (true) {
+                        pipe.write('.'); // a byte at a time: a larger write waits for room for all of it (PIPE_BUF)
+                        filled.incrementAndGet();
+                    }
+                } catch (java.io.IOException e) {
+                    // the pipe's reader is gone: the test is over
+                }
+            });
+            long last = -1;
+            while (filled.get() != last || last == 0) {
+                last = filled.get();
+                Thread.sleep(200);
+            }
+            // SIGTERM through the handle: Process.destroy also closes our end of the pipe, which would unblock it
+            p.toHandle().destroy(); // serve stops, and its "stopping" line waits for the pipe
+            Thread.sleep(500);
+            assertThat(p.isAlive()).as("serve still stopping (its logs waited for)").isTrue();
+            long t0 = System.nanoTime();
+            p.toHandle().destroy(); // SIGTERM again
+            assertThat(p.waitFor(1500, TimeUnit.MILLISECONDS)).as("exits within 1.5 s of the second SIGTERM").isTrue();
+            assertThat(p.exitValue()).as("status of the second signal's exit").isEqualTo(1);
+            assertThat((System.nanoTime() - t0) / 1_000_000).as("ms to exit").isLessThan(1500);
+        } finally {
+            p.destroyForcibly();
+            p.waitFor(10, TimeUnit.SECONDS);
+            p.getErrorStream().close(); // ends the filler's write
+            if (filler != null) {
+                filler.join(5000);
+            }
+        }
+    }
+
     private static void assertEchoes(NetQueuePair q, Arena a, int session) throws InterruptedException {
         MemorySegment f = a.allocate(200);
         f.fill((byte) session);
