@@ -449,14 +449,16 @@ final class Serve {
         }
         Options o = Options.parse(a);
         Logging.setup(o.debug());
+        List<String> notSockets = new ArrayList<>();
         for (Systemd.Passed p : o.unusedPassed()) {
             // LISTEN_FDS is only a count: one above what was passed (a wrapper that sets it by hand, a supervisor that
             // is not systemd) counts the JVM's own descriptors, opened before serve ran (its modules image, the
             // jars), and closing those crashed the JVM. Only a socket is closed.
             String what = Systemd.whatIs(p.fd());
             if (what == null || !what.startsWith("socket:")) {
-                LOG.log(Level.WARNING, "LISTEN_FDS counts fd {0} ({1}), which is {2}: left alone", p.fd(), p.name(),
-                        what == null ? "not open" : "no socket but " + what);
+                // said once below: LISTEN_FDS may count up to 1024, a line each would flood the log
+                notSockets.add("fd " + p.fd() + " (" + p.name() + "), which is "
+                        + (what == null ? "not open" : "no socket but " + what));
                 continue;
             }
             // Left open, it would go on listening with nobody to accept: a frontend pointed at it would wait forever
@@ -466,6 +468,14 @@ final class Serve {
             new io.mqvirtio.linux.Fd(p.fd()).close();
         }
 
+        if (notSockets.size() == 1) {
+            LOG.log(Level.WARNING, "LISTEN_FDS counts {0}: left alone", notSockets.get(0));
+        } else if (notSockets.size() > 1) {
+            int named = Math.min(3, notSockets.size());
+            LOG.log(Level.WARNING, "LISTEN_FDS counts {0} descriptors that are no socket: {1}{2}: left alone",
+                    String.valueOf(notSockets.size()), String.join("; ", notSockets.subList(0, named)),
+                    notSockets.size() > named ? "; and " + (notSockets.size() - named) + " more" : "");
+        }
         Running r = new Running();
         // SIGTERM/SIGINT only set the latch below, even during start-up, and SIGHUP is logged; the hook covers the
         // other ways out (a signal the JVM could not be asked to handle, an exit elsewhere) and is a no-op after an
