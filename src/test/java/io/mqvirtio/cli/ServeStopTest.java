@@ -2,10 +2,8 @@ package io.mqvirtio.cli;
 
 import static org.assertj.core.api.Assertions.assertThat;
 
-import io.mqvirtio.linux.IoVec;
+import io.mqvirtio.net.HeldUpkeepBackend;
 import io.mqvirtio.net.NetDevice;
-import io.mqvirtio.net.PacketBackend;
-import io.mqvirtio.net.Port;
 import io.mqvirtio.vhostuser.LogCapture;
 import io.mqvirtio.vhostuser.VhostUserServer;
 import java.nio.file.Files;
@@ -40,7 +38,7 @@ class ServeStopTest {
         List<Path> sockets = new ArrayList<>();
         try (LogCapture log = new LogCapture("io.mqvirtio", Level.INFO).quiet()) {
             for (int i = 0; i < 3; i++) {
-                NetDevice d = new NetDevice(NetDevice.Config.of("held" + i, 1), heldBackend(held, waiting));
+                NetDevice d = new NetDevice(NetDevice.Config.of("held" + i, 1), new HeldUpkeepBackend(1, held, waiting));
                 sockets.add(dir.resolve("held" + i + ".sock"));
                 r.adopt(d, VhostUserServer.listen(sockets.get(i), d));
             }
@@ -62,35 +60,5 @@ class ServeStopTest {
         } finally {
             held.countDown();
         }
-    }
-
-    /** One queue pair whose upkeep (every 20 ms) waits, as for the host's rtnl lock, until {@code held} opens. */
-    private static PacketBackend heldBackend(CountDownLatch held, AtomicInteger waiting) {
-        return new PacketBackend() {
-            @Override public int maxPairs() { return 1; }
-            @Override public long features() { return 0; }
-            @Override public String describe() { return "held"; }
-            @Override public void close() {}
-
-            @Override
-            public Port open(int pair) {
-                return new Port() {
-                    @Override public int readFd() { return NEVER; }
-                    @Override public long send(IoVec frame) { return frame.totalBytes(); }
-                    @Override public long receive(IoVec into) { return -1; }
-                    @Override public long upkeepNanos() { return 20_000_000L; }
-                    @Override public boolean upkeep() {
-                        waiting.incrementAndGet();
-                        try {
-                            held.await();
-                        } catch (InterruptedException e) {
-                            Thread.currentThread().interrupt();
-                        }
-                        return false;
-                    }
-                    @Override public void close() {}
-                };
-            }
-        };
     }
 }

@@ -253,32 +253,7 @@ class DeadDeviceTest {
     void closingADeviceWhoseWorkersWaitForTheHostIsBounded() throws Exception {
         java.util.concurrent.CountDownLatch held = new java.util.concurrent.CountDownLatch(1);
         java.util.concurrent.atomic.AtomicInteger waiting = new java.util.concurrent.atomic.AtomicInteger();
-        PacketBackend backend = new OnePortBackend("held") {
-            @Override
-            public int maxPairs() {
-                return 4;
-            }
-
-            @Override
-            public Port open(int pair) {
-                return new Port() {
-                    @Override public int readFd() { return NEVER; }
-                    @Override public long send(IoVec frame) { return frame.totalBytes(); }
-                    @Override public long receive(IoVec into) { return -1; }
-                    @Override public long upkeepNanos() { return 20_000_000L; }
-                    @Override public boolean upkeep() {
-                        waiting.incrementAndGet();
-                        try {
-                            held.await();
-                        } catch (InterruptedException e) {
-                            Thread.currentThread().interrupt();
-                        }
-                        return false;
-                    }
-                    @Override public void close() {}
-                };
-            }
-        };
+        PacketBackend backend = new HeldUpkeepBackend(4, held, waiting);
         NetDevice dev = new NetDevice(NetDevice.Config.of("held", 4), backend, 250_000_000L);
         try (LogCapture log = new LogCapture("io.mqvirtio", Level.INFO).quiet()) {
             HostileDriverTest.await(() -> waiting.get() == 4, "every pair's upkeep to wait for the host");
