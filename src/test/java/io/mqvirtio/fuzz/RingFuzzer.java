@@ -18,8 +18,11 @@ import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
 import java.nio.ByteOrder;
+import java.util.ArrayDeque;
 import java.util.ArrayList;
+import java.util.HashMap;
 import java.util.List;
+import java.util.Map;
 
 /**
  * Fuzz target (a): the device side of a split virtqueue ({@link SplitDeviceRing}) fed whatever a hostile driver can
@@ -75,7 +78,22 @@ public final class RingFuzzer {
     static int size;
     static int capacity;
     static boolean indirectAllowed;
+    static boolean inOrder;
     static final List<long[]> expected = new ArrayList<>();
+
+    // the used ring's model (IN_ORDER batches as design.md's "IN_ORDER" paragraph says)
+    static int refUsed;       // the used index after every completion so far
+    static int refPublished;  // the used index the driver can see
+    static int refBatchAt;    // IN_ORDER: the used index of the open batch's first chain, or -1
+    static int refBatchHead;  // the open batch's last head (its entry names it)
+    static final List<int[]> shadow = new ArrayList<>(); // entries written since the last publish: used index, id, len
+
+    /**
+     * A chain popped and not completed: its head, whether it has no writable descriptor (IN_ORDER may batch it), and
+     * what completes it: the chain {@code pop} filled (IN_ORDER inputs keep each one) or a burst and its index.
+     */
+    record Out(int head, boolean readsOnly, DescriptorChain chain, ChainBurst burst, int index) {}
+    static final ArrayDeque<DescriptorChain> freeChains = new ArrayDeque<>();
 
     private RingFuzzer() {}
 
@@ -105,11 +123,24 @@ public final class RingFuzzer {
 
     public static void fuzzerTestOneInput(FuzzedDataProvider d) {
         probes = 0; // the burst probes repeat for each input
-        size = 1 << d.consumeInt(0, 15);
+        // One byte: its low four bits the size's log (as before IN_ORDER was fuzzed, so older inputs decode to the
+        // same rings), the next one IN_ORDER.
+        int sizeAndOrder = d.consumeInt(0, 31);
+        size = 1 << (sizeAndOrder & 15);
+        inOrder = sizeAndOrder >= 16;
         long features = (d.consumeBoolean() ? VirtioFeatures.bit(VirtioFeatures.F_INDIRECT_DESC) : 0)
-                | (d.consumeBoolean() ? VirtioFeatures.bit(VirtioFeatures.F_EVENT_IDX) : 0);
+                | (d.consumeBoolean() ? VirtioFeatures.bit(VirtioFeatures.F_EVENT_IDX) : 0)
+                | (inOrder ? VirtioFeatures.bit(VirtioFeatures.F_IN_ORDER) : 0);
         indirectAllowed = (features & VirtioFeatures.bit(VirtioFeatures.F_INDIRECT_DESC)) != 0;
+        int lastCapacity = capacity;
         capacity = d.consumeBoolean() ? CAPACITIES[d.consumeInt(0, CAPACITIES.length - 1)] : d.consumeInt(1, 1100);
+        if (capacity != lastCapacity) {
+            freeChains.clear();
+        }
+        refUsed = 0;
+        refPublished = 0;
+        refBatchAt = -1;
+        shadow.clear();
         int lastAvail = switch (d.consumeInt(0, 3)) {
             case 0 -> 0;
             case 1 -> 0xffff - d.consumeInt(0, 16);
@@ -136,7 +167,7 @@ public final class RingFuzzer {
         // The reference's own view of the queue's progress (what pop's bookkeeping must match).
         int refLast = lastAvail;
         int refShadow = lastAvail;
-        List<Integer> outstanding = new ArrayList<>(); // heads popped and not pushed, in pop order
+        List<Out> outstanding = new ArrayList<>(); // popped and not completed, in pop order
         try (Arena scratchArena = Arena.ofConfined()) {
             MemorySegment scratch = scratchArena.allocate(256);
             for (int op = 0; op < MAX_OPS; op++) {
@@ -162,33 +193,74 @@ public final class RingFuzzer {
                         refLast = (refLast + 1) & 0xffff;
                         refError = reference(refHead);
                     }
-                    int got = popAgainst(q, chain, refError, refNone, expected, "head " + refHead);
+                    // IN_ORDER: each chain popped is kept until its completion, which takes it (as the worker's)
+                    DescriptorChain c = !inOrder ? chain : freeChains.isEmpty() ? new DescriptorChain(capacity)
+                            : freeChains.pop();
+                    int got = popAgainst(q, c, refError, refNone, expected, "head " + refHead);
                     if (got < 0) {
                         return;
                     }
                     if (got == 0) {
+                        if (inOrder) {
+                            freeChains.push(c);
+                        }
                         if (!more) {
                             break;
                         }
                         continue;
                     }
-                    checkChain(chain, refHead, scratch);
+                    checkChain(c, refHead, scratch);
                     if (q.lastAvailIndex() != refLast) {
                         throw new FuzzFinding("last avail index " + q.lastAvailIndex() + ", expected " + refLast);
                     }
-                    outstanding.add(refHead);
+                    boolean readsOnly = expected.stream().allMatch(e -> e[2] == 0);
+                    outstanding.add(new Out(refHead, readsOnly, inOrder ? c : null, null, -1));
                 } else if (kind == 10) {
                     int n = d.consumeInt(0, Math.min(outstanding.size(), size));
                     q.giveBack(n);
                     refLast = (refLast - n) & 0xffff;
                     for (int i = 0; i < n; i++) {
-                        outstanding.remove(outstanding.size() - 1);
+                        Out o = outstanding.remove(outstanding.size() - 1);
+                        if (o.chain() != null) {
+                            freeChains.push(o.chain());
+                        }
+                    }
+                } else if (kind == 11 && !inOrder) {
+                    if (!outstanding.isEmpty()) {
+                        int head = outstanding.remove(d.consumeInt(0, outstanding.size() - 1)).head();
+                        int len = d.consumeInt();
+                        q.push(head, len);
+                        modelPush(head, len);
+                        publish(q);
                     }
                 } else if (kind == 11) {
-                    if (!outstanding.isEmpty()) {
-                        int head = outstanding.remove(d.consumeInt(0, outstanding.size() - 1));
-                        q.push(head, d.consumeInt());
-                        q.publish();
+                    // IN_ORDER: completions as the worker makes them, in pop order (the device's promise)
+                    int sub = d.consumeInt(0, 3);
+                    if (sub <= 1) {
+                        int n = d.consumeInt(1, 8);
+                        for (int i = 0; i < n && !outstanding.isEmpty(); i++) {
+                            completeOne(q, outstanding.remove(0), d.consumeBoolean() ? 0 : d.consumeInt());
+                        }
+                        if (d.consumeBoolean()) {
+                            publish(q);
+                        }
+                    } else if (sub == 2) {
+                        int[] last = {refLast, refShadow};
+                        if (!burst(q, d, chain, outstanding, last)) {
+                            return;
+                        }
+                        refLast = last[0];
+                        refShadow = last[1];
+                    } else {
+                        // the ring's memory faulted before a publish: what was not published is forgotten
+                        q.discardUnpublished();
+                        refUsed = refPublished;
+                        refBatchAt = -1;
+                        shadow.clear();
+                        if (q.usedIndex() != refUsed) {
+                            throw new FuzzFinding("after discardUnpublished the used index is " + q.usedIndex()
+                                    + ", the driver saw " + refPublished);
+                        }
                     }
                 } else if (kind == 12) {
                     // the driver makes more (or fewer, or absurdly many) chains available
@@ -234,6 +306,204 @@ public final class RingFuzzer {
                 }
             }
         }
+    }
+
+    /** Completes {@code o} on the ring as the worker does ({@code complete}, or {@code completeBurst} of one) and in the model. */
+    private static void completeOne(SplitDeviceRing q, Out o, int len) {
+        if (o.chain() != null) {
+            q.complete(o.chain(), len);
+            freeChains.push(o.chain());
+        } else {
+            q.completeBurst(o.burst(), o.index(), 1, len);
+        }
+        if (inOrder && len == 0 && o.readsOnly()) {
+            modelBatch(q, o.head(), 1);
+        } else {
+            modelPush(o.head(), len);
+        }
+    }
+
+    /** The model's entry of its own: written at once, at the used index, which moves on by one. */
+    private static void modelPush(int head, int len) {
+        modelEndBatch();
+        shadow.add(new int[] {refUsed, head, len});
+        refUsed = (refUsed + 1) & 0xffff;
+    }
+
+    /**
+     * The model's IN_ORDER batch: {@code n} chains the device only read, completed with 0, the last at {@code head},
+     * join the open batch (one entry, naming the last head, in the slot of the batch's first chain, written when the
+     * batch ends); one entry never stands for more chains than the ring holds: a batch that would is published first.
+     */
+    private static void modelBatch(SplitDeviceRing q, int head, int n) {
+        if (refBatchAt < 0) {
+            refBatchAt = refUsed;
+        } else if (((refUsed - refBatchAt) & 0xffff) + n > size) {
+            modelEndBatch();
+            checkUsed(q, "the publish before a batch longer than the ring");
+            refBatchAt = refUsed;
+        }
+        refBatchHead = head;
+        refUsed = (refUsed + n) & 0xffff;
+    }
+
+    private static void modelEndBatch() {
+        if (refBatchAt >= 0) {
+            if (((refUsed - refBatchAt) & 0xffff) > size) {
+                throw new IllegalStateException("the model's batch is longer than the ring");
+            }
+            shadow.add(new int[] {refBatchAt, refBatchHead, 0});
+            refBatchAt = -1;
+        }
+    }
+
+    private static void publish(SplitDeviceRing q) {
+        q.publish();
+        modelEndBatch();
+        checkUsed(q, "publish");
+    }
+
+    /**
+     * After a publish: the used index the model's, and every entry written since the last publish in its slot (the
+     * later write wins where two share one), as the driver reads them.
+     */
+    private static void checkUsed(SplitDeviceRing q, String after) {
+        long u = A_FILE + USED_OFF;
+        int idx = Short.toUnsignedInt(drv.get(LE16, u + USED_IDX));
+        // (the ring's own index is checked only after a publish of ours: inside a completion it has moved on already)
+        if (idx != refUsed || after.equals("publish") && q.usedIndex() != refUsed) {
+            throw new FuzzFinding("after " + after + " the used index is " + idx + " (the ring's " + q.usedIndex()
+                    + "), the model has " + refUsed + " (published before: " + refPublished + ")");
+        }
+        Map<Integer, int[]> want = new HashMap<>();
+        for (int[] e : shadow) {
+            want.put(e[0] & (size - 1), e);
+        }
+        for (var w : want.entrySet()) {
+            long e = u + USED_RING + (long) USED_ELEM_SIZE * w.getKey();
+            int id = drv.get(LE32, e);
+            int len = drv.get(LE32, e + 4);
+            int[] v = w.getValue();
+            if (id != v[1] || len != v[2]) {
+                throw new FuzzFinding("after " + after + " used slot " + w.getKey() + " has id " + id + ", len " + len
+                        + "; the model wrote id " + v[1] + ", len " + v[2] + " for used index " + v[0]);
+            }
+        }
+        shadow.clear();
+        refPublished = refUsed;
+    }
+
+    /**
+     * IN_ORDER inputs: a burst ({@code popBurst} of 1..70, either direction) held against the model (the avail index
+     * read as {@code available} reads it when the burst wants more than was seen; then chains of one descriptor of
+     * that direction, inside memory, until one is not), then a prefix completed with {@code completeBurst} in runs
+     * (after the chains popped before it; each run's length zero or not, a publish between runs or not) and the rest
+     * given back or left for later completions. {@code last} holds the model's last avail index and avail shadow, in
+     * and out. Returns false when the ring broke (as it must).
+     */
+    private static boolean burst(SplitDeviceRing q, FuzzedDataProvider d, DescriptorChain spare, List<Out> outstanding,
+                                 int[] last) {
+        int max = d.consumeInt(1, 70);
+        boolean writable = d.consumeBoolean();
+        int refLast = last[0];
+        int refShadow = last[1];
+        int have = (refShadow - refLast) & 0xffff;
+        boolean jump = false;
+        if (have < max) {
+            int idx = Short.toUnsignedInt(drv.get(LE16, A_FILE + AVAIL_OFF + AVAIL_IDX));
+            int n = (idx - refLast) & 0xffff;
+            if (have == 0 && n > size) {
+                jump = true;
+            } else if (have == 0 || n > have && n <= size) {
+                refShadow = idx;
+                have = n;
+            }
+        }
+        ChainBurst b = new ChainBurst();
+        int k;
+        try {
+            k = q.popBurst(b, max, writable);
+        } catch (VirtqueueException e) {
+            if (!jump) {
+                throw new FuzzFinding("popBurst threw " + e.getMessage() + "; the model counts " + have, e);
+            }
+            checkBroken(q, spare);
+            return false;
+        }
+        if (jump) {
+            throw new FuzzFinding("popBurst took " + k + " past an avail index that jumped beyond the ring");
+        }
+        int limit = Math.min(Math.min(max, ChainBurst.MAX), have);
+        int want = 0;
+        boolean other = false;
+        List<long[]> takes = new ArrayList<>(); // head, gpa, len
+        while (want < limit) {
+            int head = Short.toUnsignedInt(drv.get(LE16, A_FILE + AVAIL_OFF + AVAIL_RING + 2L * ((refLast + want) & (size - 1))));
+            long db = A_FILE + DESC_OFF + 16L * head;
+            int flags = head < size ? Short.toUnsignedInt(drv.get(LE16, db + 12)) : 0;
+            long addr = head < size ? drv.get(LE64, db) : 0;
+            long len = head < size ? Integer.toUnsignedLong(drv.get(LE32, db + 8)) : 0;
+            if (head >= size || (flags & (DESC_F_NEXT | DESC_F_INDIRECT | DESC_F_WRITE)) != (writable ? DESC_F_WRITE : 0)
+                    || fileOffset(addr, len) < 0) {
+                other = true;
+                break;
+            }
+            takes.add(new long[] {head, addr, len});
+            want++;
+        }
+        if (k != want || b.count() != k || b.stoppedAtOther() != other) {
+            throw new FuzzFinding("popBurst of " + max + (writable ? " writable" : " readable") + " took " + k
+                    + (b.stoppedAtOther() ? " and stopped before another chain" : "") + "; the model takes " + want
+                    + (other ? " and stops before another chain" : "") + " of " + have + " available");
+        }
+        for (int i = 0; i < k; i++) {
+            long[] t = takes.get(i);
+            if (b.id(i) != t[0] || b.guestAddress(i) != t[1] || Integer.toUnsignedLong(b.length(i)) != t[2]
+                    || b.hostAddress(i) != dev.address() + fileOffset(t[1], t[2])) {
+                throw new FuzzFinding("popBurst's chain " + i + " is head " + b.id(i) + " 0x"
+                        + Long.toHexString(b.guestAddress(i)) + "+" + Integer.toUnsignedLong(b.length(i))
+                        + "; the model has head " + t[0] + " 0x" + Long.toHexString(t[1]) + "+" + t[2]);
+            }
+            outstanding.add(new Out((int) t[0], !writable, null, b, i));
+        }
+        refLast = (refLast + k) & 0xffff;
+        if (q.lastAvailIndex() != refLast) {
+            throw new FuzzFinding("after popBurst the last avail index is " + q.lastAvailIndex() + ", expected " + refLast);
+        }
+        int complete = d.consumeInt(0, k);
+        if (complete > 0) {
+            while (outstanding.get(0).burst() != b) { // in pop order: those popped before the burst first
+                completeOne(q, outstanding.remove(0), d.consumeBoolean() ? 0 : d.consumeInt());
+            }
+        }
+        for (int done = 0; done < complete; ) {
+            int n = d.consumeInt(1, complete - done);
+            int len = d.consumeBoolean() ? 0 : d.consumeInt();
+            q.completeBurst(b, done, n, len);
+            for (int i = done; i < done + n; i++) {
+                outstanding.remove(0);
+                if (len != 0 || writable) {
+                    modelPush(b.id(i), len);
+                }
+            }
+            if (len == 0 && !writable) {
+                modelBatch(q, b.id(done + n - 1), n);
+            }
+            done += n;
+            if (d.consumeBoolean()) {
+                publish(q);
+            }
+        }
+        if (complete < k && d.consumeBoolean()) {
+            q.giveBack(k - complete); // the burst's last chains: the last popped, none completed
+            refLast = (refLast - (k - complete)) & 0xffff;
+            for (int i = complete; i < k; i++) {
+                outstanding.remove(outstanding.size() - 1);
+            }
+        }
+        last[0] = refLast;
+        last[1] = refShadow;
+        return true;
     }
 
     /**

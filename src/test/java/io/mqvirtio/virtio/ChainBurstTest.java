@@ -94,7 +94,7 @@ class ChainBurstTest {
             }
             nextHead += n;
             long avail = base + layout.availOffset();
-            d.set(U16, avail + SplitRing.AVAIL_RING + 2L * offered, (short) head);
+            d.set(U16, avail + SplitRing.AVAIL_RING + 2L * (offered & (SIZE - 1)), (short) head); // the slot wraps
             offered++;
             d.set(U16, avail + SplitRing.AVAIL_IDX, (short) offered);
         }
@@ -109,7 +109,7 @@ class ChainBurstTest {
     /** Split: an avail slot naming {@code head} directly (for heads the driver should not name). */
     void offerHead(int head) {
         long avail = base + layout.availOffset();
-        d.set(U16, avail + SplitRing.AVAIL_RING + 2L * offered, (short) head);
+        d.set(U16, avail + SplitRing.AVAIL_RING + 2L * (offered & (SIZE - 1)), (short) head); // the slot wraps
         offered++;
         d.set(U16, avail + SplitRing.AVAIL_IDX, (short) offered);
     }
